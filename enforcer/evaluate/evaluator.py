@@ -1,0 +1,389 @@
+"""Decide a flow as Calico would (§2.7–2.10), with the trace that explains it.
+
+For every stage the packet crosses (path.py): failsafes first on host endpoints, then the tiers in
+order — within a tier the selecting policies by order, the first matching rule deciding, `Log`
+non-terminal, `Pass` skipping to the next tier, an end-of-tier deny when nothing matched (unless
+the tier's default is Pass) — then the profiles. The *pending* verdict is the same walk with
+staged policies taking part as if enforced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Literal
+
+from enforcer.evaluate.flow import Flow, Peer, peer_for_address
+from enforcer.evaluate.match import CompiledRule, compile_rule
+from enforcer.evaluate.path import Stage, stages_for
+from enforcer.model import Direction, FailsafePort, Policy, Profile, Rule
+from enforcer.resolve.endpoints import DEFAULT_ALLOW_PROFILE
+from enforcer.resolve.state import ClusterState, OrderedTier
+
+Outcome = Literal["allow", "deny", "continue"]
+MEMO_LIMIT = 1_000_000  # decisions remembered per evaluator (flows with equal keys decide alike)
+PROFILE_TIER = "__PROFILE__"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A rule that matched (or an end-of-tier default, rule -1), attributed to its policy."""
+
+    kind: str
+    namespace: str | None
+    name: str
+    tier: str
+    direction: Direction
+    rule: int
+    action: str
+    builtin: bool = False  # a built-in profile's default: not a decision by user policy
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "namespace": self.namespace,
+            "name": self.name,
+            "tier": self.tier,
+            "direction": self.direction,
+            "rule": self.rule,
+            "action": self.action,
+        }
+
+    def describe(self) -> str:
+        where = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        rule = "end of tier (no rule matched)" if self.rule < 0 else f"rule {self.rule}"
+        tier = "" if self.tier == PROFILE_TIER else f" in tier {self.tier}"
+        return f"{self.kind} {where}{tier}, {self.direction} {rule}: {self.action}"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: Stage
+    outcome: Outcome
+    hit: Hit | None
+    reason: str
+    failsafe: bool = False
+    skipped: bool = False  # host-endpoint policy skipped: already accepted by untracked/preDNAT
+    logged: tuple[Hit, ...] = ()
+    steps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: Literal["allow", "deny"]
+    decided_by: Hit | None
+    failsafe: bool
+    logged: tuple[Hit, ...]
+    stages: tuple[StageResult, ...]
+
+
+@dataclass(frozen=True)
+class Decision:
+    flow: Flow
+    src: Peer
+    dst: Peer
+    enforced: Verdict
+    pending: Verdict
+
+    @property
+    def verdict(self) -> str:
+        return self.enforced.verdict
+
+
+def _failsafe_hit(ports: tuple[FailsafePort, ...], flow: Flow, port: int | None, peer_is_src: bool) -> str | None:
+    if port is None or flow.protocol not in (6, 17):
+        return None
+    peer = flow.src if peer_is_src else flow.dst
+    for fs in ports:
+        if fs.protocol == flow.protocol and fs.port == port:
+            if fs.net is None or (fs.net.version == flow.version and peer in fs.net):
+                return str(fs)
+    return None
+
+
+@dataclass(frozen=True)
+class _StageTier:
+    tier: OrderedTier
+    policies: tuple[Policy, ...]  # staged included: the pending walk
+    enforced: tuple[Policy, ...]  # staged excluded: the enforced walk
+
+
+@dataclass
+class Evaluator:
+    """Decides flows against one ClusterState. Caches compiled rules and per-endpoint tiers."""
+
+    state: ClusterState
+    _rules: dict[tuple[object, ...], tuple[CompiledRule, ...]] = field(default_factory=dict)
+    _tiers: dict[tuple[object, ...], tuple[_StageTier, ...]] = field(default_factory=dict)
+    _memo: dict[tuple[object, ...], Decision] = field(default_factory=dict)
+
+    # ---- public ------------------------------------------------------------------------
+
+    def decide(self, flow: Flow, *, explain: bool = False) -> Decision:
+        if explain:
+            return self._decide(flow, explain=True)
+        key = self._memo_key(flow)
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) >= MEMO_LIMIT:
+                self._memo.clear()
+            found = self._memo[key] = self._decide(flow, explain=False)
+        return found if found.flow == flow else replace(found, flow=flow)
+
+    def _decide(self, flow: Flow, *, explain: bool) -> Decision:
+        src = peer_for_address(self.state, flow.src)
+        dst = peer_for_address(self.state, flow.dst)
+        stages = stages_for(self.state, src, dst)
+        enforced = self._walk(stages, flow, pending=False, explain=explain)
+        if any(self._has_staged(stage) for stage in stages):
+            pending = self._walk(stages, flow, pending=True, explain=explain)
+        else:
+            pending = enforced
+        return Decision(flow, src, dst, enforced, pending)
+
+    def _has_staged(self, stage: Stage) -> bool:
+        if stage.endpoint is None:
+            return False
+        return any(len(st.policies) != len(st.enforced) for st in self._stage_tiers(stage))
+
+    def _memo_key(self, flow: Flow) -> tuple[object, ...]:
+        """The flow with its source port dropped unless a rule or failsafe could look at it."""
+        sport = flow.src_port
+        if sport is not None and not self._source_ports_matter and sport not in self._failsafe_ports:
+            sport = None
+        return (flow.src, flow.dst, flow.protocol, sport, flow.dst_port, flow.icmp_type, flow.icmp_code)
+
+    @cached_property
+    def _source_ports_matter(self) -> bool:
+        rules = [r for p in self.state.active_policies for r in (*p.ingress, *p.egress)]
+        rules += [r for prof in self.state.profiles.values() for r in (*prof.ingress, *prof.egress)]
+        return any(r.source.ports or r.source.not_ports for r in rules)
+
+    @cached_property
+    def _failsafe_ports(self) -> frozenset[int]:
+        felix = self.state.felix
+        return frozenset(fs.port for fs in (*felix.failsafe_inbound, *felix.failsafe_outbound))
+
+    # ---- stages ------------------------------------------------------------------------
+
+    def _walk(self, stages: list[Stage], flow: Flow, *, pending: bool, explain: bool) -> Verdict:
+        results: list[StageResult] = []
+        accepted_on: set[str | None] = set()
+        for stage in stages:
+            if stage.family in ("normal", "forward") and stage.node in accepted_on:
+                results.append(
+                    StageResult(stage, "continue", None, "skipped: already accepted on this node by "
+                                "untracked/preDNAT policy", skipped=True)
+                )
+                continue
+            res = self._stage(stage, flow, pending, explain)
+            results.append(res)
+            if res.outcome == "deny":
+                return self._verdict("deny", results)
+            if res.outcome == "allow" and stage.family in ("untracked", "prednat"):
+                accepted_on.add(stage.node)
+        return self._verdict("allow", results)
+
+    @staticmethod
+    def _verdict(verdict: Literal["allow", "deny"], results: list[StageResult]) -> Verdict:
+        logged = tuple(h for r in results for h in r.logged)
+        if verdict == "deny":
+            hit = results[-1].hit
+            decided = hit if hit is not None and not hit.builtin else None
+            return Verdict("deny", decided, False, logged, tuple(results))
+        decided = None
+        for r in reversed(results):
+            if r.hit is not None and not r.hit.builtin and r.outcome == "allow":
+                decided = r.hit
+                break
+        failsafe = any(r.failsafe for r in results)
+        return Verdict("allow", decided, failsafe, logged, tuple(results))
+
+    def _stage(self, stage: Stage, flow: Flow, pending: bool, explain: bool) -> StageResult:
+        felix = self.state.felix
+        if stage.family == "to-host":
+            action = felix.default_endpoint_to_host_action
+            if action == "Drop":
+                return StageResult(stage, "deny", None, "DefaultEndpointToHostAction is Drop")
+            wildcard = self.state.host_endpoint_for(stage.node or "", "cali+")
+            if action == "Return" and wildcard is not None:
+                return self._stage(Stage("normal", "ingress", wildcard, stage.node), flow, pending, explain)
+            return StageResult(stage, "allow", None, f"DefaultEndpointToHostAction is {action}")
+
+        assert stage.endpoint is not None
+        if stage.endpoint.kind == "hep" and stage.family != "forward":
+            inbound = stage.direction == "ingress"
+            fs = _failsafe_hit(
+                felix.failsafe_inbound if inbound else felix.failsafe_outbound, flow, flow.dst_port, inbound
+            )
+            if fs is None and stage.family == "untracked":
+                # Untracked traffic has no conntrack: the raw chains also let failsafe replies through.
+                fs = _failsafe_hit(
+                    felix.failsafe_outbound if inbound else felix.failsafe_inbound, flow, flow.src_port, inbound
+                )
+            if fs is not None:
+                outcome: Outcome = "allow" if stage.family == "normal" else "continue"
+                return StageResult(stage, outcome, None, f"failsafe port {fs}", failsafe=True)
+
+        steps: list[str] = []
+        logged: list[Hit] = []
+        decided = self._tiers_walk(stage, flow, pending, explain, steps, logged)
+        if decided is not None:
+            outcome, hit, reason = decided
+            return StageResult(stage, outcome, hit, reason, logged=tuple(logged), steps=tuple(steps))
+        if stage.family in ("untracked", "prednat"):
+            return StageResult(stage, "continue", None, "no policy decided", logged=tuple(logged),
+                               steps=tuple(steps))
+        if stage.family == "forward":
+            return StageResult(stage, "continue", None, "forwarded traffic is allowed unless a policy denies",
+                               logged=tuple(logged), steps=tuple(steps))
+        outcome, hit, reason = self._profiles(stage, flow, explain, steps, logged)
+        return StageResult(stage, outcome, hit, reason, logged=tuple(logged), steps=tuple(steps))
+
+    # ---- tiers -------------------------------------------------------------------------
+
+    def _stage_tiers(self, stage: Stage) -> tuple[_StageTier, ...]:
+        """The tiers with policies for this endpoint, direction and family (cached)."""
+        assert stage.endpoint is not None
+        key = (stage.endpoint, stage.family, stage.direction)
+        found = self._tiers.get(key)
+        if found is None:
+            applicable = {p.key for p in self.state.applicable_policies(stage.endpoint)}
+            out = []
+            for ot in self.state.tiers:
+                pols = tuple(
+                    p for p in ot.policies
+                    if p.key in applicable and stage.direction in p.types and _in_family(p, stage)
+                )
+                if pols:
+                    out.append(_StageTier(ot, pols, tuple(p for p in pols if not p.staged)))
+            found = tuple(out)
+            self._tiers[key] = found
+        return found
+
+    def _compiled(self, key: tuple[str, str, str], namespace: str | None, rules: tuple[Rule, ...],
+                  direction: Direction, version: int) -> tuple[CompiledRule, ...]:
+        ckey = (key, direction, version)
+        found = self._rules.get(ckey)
+        if found is None:
+            out = []
+            for i, rule in enumerate(rules):
+                cr = compile_rule(self.state, i, rule, namespace, version)
+                if cr is not None:
+                    out.append(cr)
+            found = tuple(out)
+            self._rules[ckey] = found
+        return found
+
+    def _tiers_walk(
+        self, stage: Stage, flow: Flow, pending: bool, explain: bool, steps: list[str], logged: list[Hit]
+    ) -> tuple[Outcome, Hit | None, str] | None:
+        direction = stage.direction
+        for st in self._stage_tiers(stage):
+            ot = st.tier
+            enforced = st.policies if pending else st.enforced
+            if not enforced:
+                if explain:
+                    steps.append(f"tier {ot.name}: only staged policies select this endpoint; no effect")
+                continue
+            if explain:
+                names = ", ".join(_policy_label(p) for p in enforced)
+                steps.append(f"tier {ot.name}: policies in order: {names}")
+            verdict: Hit | None = None
+            for pol in enforced:
+                rules = self._compiled(pol.key, pol.namespace, pol.rules(direction), direction, flow.version)
+                if explain and not rules:
+                    steps.append(f"  {_policy_label(pol)}: no {direction} rules for IPv{flow.version}")
+                for cr in rules:
+                    if not cr.matches(flow):
+                        if explain:
+                            steps.append(f"  {_policy_label(pol)} rule {cr.index} ({cr.action}): "
+                                         f"no match — {cr.why_not(flow)}")
+                        continue
+                    hit = Hit(pol.kind, pol.namespace, pol.name, ot.name, direction, cr.index, cr.action)
+                    if cr.action == "Log":
+                        logged.append(hit)
+                        if explain:
+                            steps.append(f"  {_policy_label(pol)} rule {cr.index} (Log): matches — logged, "
+                                         "evaluation continues")
+                        continue
+                    verdict = hit
+                    if explain:
+                        steps.append(f"  {_policy_label(pol)} rule {cr.index} ({cr.action}): matches")
+                    break
+                if verdict is not None:
+                    break
+            if verdict is not None:
+                if verdict.action == "Pass":
+                    if explain:
+                        steps.append(f"tier {ot.name}: Pass — skip the rest of the tier")
+                    continue
+                outcome: Outcome = "allow" if verdict.action == "Allow" else "deny"
+                return outcome, verdict, f"{verdict.action} by {verdict.describe()}"
+            default = "Pass" if stage.family in ("untracked", "prednat") else ot.tier.default_action
+            if default == "Pass":
+                if explain:
+                    steps.append(f"tier {ot.name}: no rule matched; the tier's default action is Pass")
+                continue
+            trigger = enforced[0] if pending else enforced[-1]
+            hit = Hit(trigger.kind, trigger.namespace, trigger.name, ot.name, direction, -1, "Deny")
+            if explain:
+                steps.append(f"tier {ot.name}: no rule matched; end-of-tier deny "
+                             f"(policies select this endpoint but none allowed the packet)")
+            return "deny", hit, f"end of tier {ot.name}: no rule matched"
+        return None
+
+    # ---- profiles ----------------------------------------------------------------------
+
+    def _profiles(
+        self, stage: Stage, flow: Flow, explain: bool, steps: list[str], logged: list[Hit]
+    ) -> tuple[Outcome, Hit | None, str]:
+        assert stage.endpoint is not None
+        direction = stage.direction
+        user_profiles = {p.name for p in self.state.resources.profiles}
+        for name in stage.endpoint.profiles:
+            prof: Profile | None = self.state.profiles.get(name)
+            if prof is None:
+                continue
+            builtin = name not in user_profiles and (
+                name.startswith(("kns.", "ksa.")) or name == DEFAULT_ALLOW_PROFILE
+            )
+            rules = self._compiled(("Profile", "", name), None, prof.rules(direction), direction, flow.version)
+            for cr in rules:
+                if not cr.matches(flow):
+                    continue
+                hit = Hit("Profile", None, name, PROFILE_TIER, direction, cr.index, cr.action, builtin)
+                if cr.action == "Log":
+                    logged.append(hit)
+                    continue
+                if cr.action == "Pass":
+                    break
+                if explain:
+                    steps.append(f"profile {name}: rule {cr.index} ({cr.action}) matches")
+                outcome: Outcome = "allow" if cr.action == "Allow" else "deny"
+                why = (f"no policy applies; namespace profile {name} allows by default"
+                       if builtin and name.startswith("kns.") else f"{cr.action} by profile {name}")
+                return outcome, hit, why
+        if explain:
+            steps.append("no profile matched: drop")
+        what = "no policy applies and " if not steps else ""
+        return "deny", None, f"{what}no profile allowed the packet (default deny)"
+
+
+def _in_family(policy: Policy, stage: Stage) -> bool:
+    if stage.family == "workload":
+        return not (policy.do_not_track or policy.pre_dnat)
+    if stage.family == "untracked":
+        return policy.do_not_track
+    if stage.family == "prednat":
+        return policy.pre_dnat
+    if stage.family == "normal":
+        return not (policy.do_not_track or policy.pre_dnat)
+    return policy.apply_on_forward and not (policy.do_not_track or policy.pre_dnat)
+
+
+def _policy_label(p: Policy) -> str:
+    name = f"{p.namespace}/{p.name}" if p.namespace else p.name
+    order = "" if p.order is None else f" order {p.order:g}"
+    staged = " [staged]" if p.staged else ""
+    return f"{p.kind} {name}{order}{staged}"

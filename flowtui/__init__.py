@@ -1,0 +1,1 @@
+"""flowtui: the collector, the flow store, the CLI and the terminal dashboard."""

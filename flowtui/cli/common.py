@@ -1,0 +1,62 @@
+"""What every command shares: loading resources with clean errors, output formats, exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from importlib import resources as importlib_resources
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from enforcer.loader import LoadError, load_paths
+from enforcer.model import ResourceSet
+
+EXIT_INVALID = 2  # invalid input: nothing was changed
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def load_or_exit(paths: Sequence[str]) -> ResourceSet:
+    """Load and validate; on any problem print every one of them (file:line) and exit 2."""
+    if not paths:
+        fail("no input: give files or directories with -f PATH (or - for stdin)", EXIT_INVALID)
+    try:
+        return load_paths(list(paths))
+    except LoadError as err:
+        click.echo(str(err), err=True)
+        n = len(err.problems)
+        click.echo(f"{n} problem{'s' if n != 1 else ''} found; nothing was changed.", err=True)
+        sys.exit(EXIT_INVALID)
+
+
+def paths_option(func: click.decorators.FC) -> click.decorators.FC:
+    """`-f PATH` (repeatable); extra positional paths are accepted too: `-f a.yaml b.yaml`."""
+    func = click.argument("more_paths", nargs=-1, type=click.Path(allow_dash=True))(func)
+    return click.option(
+        "-f",
+        "--filename",
+        "paths",
+        multiple=True,
+        type=click.Path(allow_dash=True),
+        help="File or directory of YAML/JSON resources, or - for stdin. Repeatable.",
+    )(func)
+
+
+def all_paths(paths: Sequence[str], more_paths: Sequence[str]) -> list[str]:
+    return [*paths, *more_paths]
+
+
+def echo_json(doc: object) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
+
+
+def scenario_dir(name: str = "article") -> Path:
+    """The shipped example scenarios (the Calico article's five), as a directory path."""
+    root = importlib_resources.files("flowtui.scenarios") / name
+    return Path(str(root))

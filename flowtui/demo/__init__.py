@@ -1,0 +1,1 @@
+"""The article's scenarios as a runnable demonstration."""
