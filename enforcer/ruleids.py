@@ -31,6 +31,7 @@ RuleKind = Literal[
     "EndOfTier",  # name/namespace/kind_of_trigger name the trigger policy; rule = -1
     "NoProfileMatch",  # the final drop when no profile allowed; rule = -1
     "Default",  # a dataplane default: DefaultEndpointToHostAction, unknown interface
+    "Failsafe",  # a failsafe port let the packet through before policy
 ]
 
 
@@ -110,3 +111,40 @@ class RuleTable:
             return cls()
         with path.open() as f:
             return cls(RuleRef(**json.loads(line)) for line in f if line.strip())
+
+
+class IdAllocator:
+    """Stable identifiers: the same decision point (policy revision, direction, rule) always gets
+    the same id, and an id is never given to anything else. Persisted by the datastore."""
+
+    def __init__(self, known: Mapping[tuple[object, ...], int] | None = None) -> None:
+        self._ids: dict[tuple[object, ...], int] = dict(known or {})
+        self._next = max(self._ids.values(), default=0) + 1
+
+    def id_for(self, key: tuple[object, ...]) -> int:
+        found = self._ids.get(key)
+        if found is None:
+            found = self._ids[key] = self._next
+            self._next += 1
+        return found
+
+    def items(self) -> list[tuple[tuple[object, ...], int]]:
+        return sorted(self._ids.items(), key=lambda kv: kv[1])
+
+    def dump(self, path: Path) -> None:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with tmp.open("w") as f:
+            for key, rule_id in self.items():
+                f.write(json.dumps({"key": list(key), "id": rule_id}) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> IdAllocator:
+        known: dict[tuple[object, ...], int] = {}
+        if path.exists():
+            with path.open() as f:
+                for line in f:
+                    if line.strip():
+                        row = json.loads(line)
+                        known[tuple(row["key"])] = int(row["id"])
+        return cls(known)

@@ -101,7 +101,7 @@ RULES: list[tuple[str, str, str, str]] = [
     ("rules.yaml", "port-name-too-long", "spec.ingress[1].destination.ports[0]", "port name of up to 128"),
     ("rules.yaml", "ports-need-protocol", "spec.ingress[2].destination.ports", "numeric ports must set protocol"),
     ("rules.yaml", "notports-need-protocol", "spec.ingress[3].source.notPorts", "numeric ports must set protocol"),
-    ("rules.yaml", "ports-protocol-without-ports", "spec.ingress[4].destination.ports", "protocol 1 has no ports"),
+    ("rules.yaml", "ports-protocol-without-ports", "spec.ingress[4].destination.ports", "protocol icmp has no ports"),
     ("rules.yaml", "net-not-masked", "spec.egress[0].destination.nets[0]", "did you mean 10.0.0.0/8?"),
     ("rules.yaml", "net-bad-prefix", "spec.egress[0].destination.nets[1]", "prefix length 33 (allowed: 0-32"),
     ("rules.yaml", "net-invalid", "spec.egress[0].destination.nets[2]", '"not-a-cidr" is not a valid CIDR'),
@@ -324,25 +324,25 @@ metadata:
 """
 
 
-def test_a_file_with_a_problem_contributes_nothing() -> None:
+def test_a_file_with_a_problem_contributes_nothing(tmp_path: Path) -> None:
     # The same name in a good file and in a bad file is not a duplicate: the bad file's objects
     # are all dropped, so only its own problem is reported.
-    bad = GOOD_GNP.format(name="shared") + "spec: {order: x}\n"
+    (tmp_path / "a.yaml").write_text(GOOD_GNP.format(name="shared"))
+    (tmp_path / "b.yaml").write_text(GOOD_GNP.format(name="shared") + "spec: {order: x}\n")
     with pytest.raises(LoadError) as info:
-        from enforcer.loader import _load
-
-        _load([("good.yaml", GOOD_GNP.format(name="shared")), ("bad.yaml", bad)], [])
-    assert [(p.file, p.path) for p in info.value.problems] == [("bad.yaml", "spec.order")]
+        load_paths([str(tmp_path)])
+    assert [(p.file, p.path) for p in info.value.problems] == [(str(tmp_path / "b.yaml"), "spec.order")]
 
 
-def test_duplicates_across_files_name_both_places() -> None:
-    from enforcer.loader import _load
-
+def test_duplicates_across_files_name_both_places(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(GOOD_GNP.format(name="x"))
+    (tmp_path / "b.yaml").write_text("---\n" + GOOD_GNP.format(name="x"))
     with pytest.raises(LoadError) as info:
-        _load([("a.yaml", GOOD_GNP.format(name="x")), ("b.yaml", "---\n" + GOOD_GNP.format(name="x"))], [])
+        load_paths([str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")])
     (problem,) = info.value.problems
-    assert (problem.file, problem.line, problem.path) == ("b.yaml", 5, "metadata.name")
-    assert "here and at a.yaml:1" in problem.message
+    assert (problem.file, problem.line, problem.path) == (str(tmp_path / "b.yaml"), 5, "metadata.name")
+    assert f"here and at {tmp_path / 'a.yaml'}:1" in problem.message
+    assert problem.obj == "GlobalNetworkPolicy/x"
 
 
 def test_same_name_in_different_kinds_or_namespaces_is_fine() -> None:

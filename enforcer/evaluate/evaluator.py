@@ -21,6 +21,9 @@ from enforcer.resolve.endpoints import DEFAULT_ALLOW_PROFILE
 from enforcer.resolve.state import ClusterState, OrderedTier
 
 Outcome = Literal["allow", "deny", "continue"]
+# ICMPv6 neighbour discovery and MLD between a node and its neighbours pass before any policy, so
+# that IPv6 keeps working under a deny-all host policy (Calico does the same for workloads).
+ICMPV6_INFRA_TYPES = (130, 131, 132, 133, 135, 136)
 MEMO_LIMIT = 1_000_000  # decisions remembered per evaluator (flows with equal keys decide alike)
 PROFILE_TIER = "__PROFILE__"
 
@@ -102,7 +105,7 @@ def _failsafe_hit(ports: tuple[FailsafePort, ...], flow: Flow, port: int | None,
 
 
 @dataclass(frozen=True)
-class _StageTier:
+class StageTier:
     tier: OrderedTier
     policies: tuple[Policy, ...]  # staged included: the pending walk
     enforced: tuple[Policy, ...]  # staged excluded: the enforced walk
@@ -114,7 +117,7 @@ class Evaluator:
 
     state: ClusterState
     _rules: dict[tuple[object, ...], tuple[CompiledRule, ...]] = field(default_factory=dict)
-    _tiers: dict[tuple[object, ...], tuple[_StageTier, ...]] = field(default_factory=dict)
+    _tiers: dict[tuple[object, ...], tuple[StageTier, ...]] = field(default_factory=dict)
     _memo: dict[tuple[object, ...], Decision] = field(default_factory=dict)
 
     # ---- public ------------------------------------------------------------------------
@@ -134,6 +137,8 @@ class Evaluator:
         src = peer_for_address(self.state, flow.src)
         dst = peer_for_address(self.state, flow.dst)
         stages = stages_for(self.state, src, dst)
+        if flow.protocol == 58 and flow.icmp_type in ICMPV6_INFRA_TYPES:
+            stages = []
         enforced = self._walk(stages, flow, pending=False, explain=explain)
         if any(self._has_staged(stage) for stage in stages):
             pending = self._walk(stages, flow, pending=True, explain=explain)
@@ -144,7 +149,7 @@ class Evaluator:
     def _has_staged(self, stage: Stage) -> bool:
         if stage.endpoint is None:
             return False
-        return any(len(st.policies) != len(st.enforced) for st in self._stage_tiers(stage))
+        return any(len(st.policies) != len(st.enforced) for st in self.stage_tiers(stage))
 
     def _memo_key(self, flow: Flow) -> tuple[object, ...]:
         """The flow with its source port dropped unless a rule or failsafe could look at it."""
@@ -242,7 +247,7 @@ class Evaluator:
 
     # ---- tiers -------------------------------------------------------------------------
 
-    def _stage_tiers(self, stage: Stage) -> tuple[_StageTier, ...]:
+    def stage_tiers(self, stage: Stage) -> tuple[StageTier, ...]:
         """The tiers with policies for this endpoint, direction and family (cached)."""
         assert stage.endpoint is not None
         key = (stage.endpoint, stage.family, stage.direction)
@@ -256,7 +261,7 @@ class Evaluator:
                     if p.key in applicable and stage.direction in p.types and _in_family(p, stage)
                 )
                 if pols:
-                    out.append(_StageTier(ot, pols, tuple(p for p in pols if not p.staged)))
+                    out.append(StageTier(ot, pols, tuple(p for p in pols if not p.staged)))
             found = tuple(out)
             self._tiers[key] = found
         return found
@@ -279,7 +284,7 @@ class Evaluator:
         self, stage: Stage, flow: Flow, pending: bool, explain: bool, steps: list[str], logged: list[Hit]
     ) -> tuple[Outcome, Hit | None, str] | None:
         direction = stage.direction
-        for st in self._stage_tiers(stage):
+        for st in self.stage_tiers(stage):
             ot = st.tier
             enforced = st.policies if pending else st.enforced
             if not enforced:

@@ -8,6 +8,7 @@ rules in `api/pkg/apis/projectcalico/v3/*.go`.
 from __future__ import annotations
 
 import re
+from typing import Literal, cast
 
 from enforcer.loader.checks import (
     cidr_value,
@@ -46,7 +47,7 @@ PERFORMANCE_HINTS = ("AssumeNeededOnEveryNode",)
 # Built-in tiers whose order Calico fixes (v3.32: kube-admin and kube-baseline host
 # ClusterNetworkPolicy).
 BUILTIN_TIER_ORDERS = {"default": 1_000_000.0, "kube-admin": 1_000.0, "kube-baseline": 10_000_000.0}
-TIER_ACTIONS = ("Deny", "Pass")
+TIER_ACTIONS: dict[str, Literal["Deny", "Pass"]] = {"Deny": "Deny", "Pass": "Pass"}
 INTERFACE_RE = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")
 
 
@@ -110,7 +111,7 @@ def default_types(has_ingress: bool, has_egress: bool) -> tuple[Direction, ...]:
 
 def load_policy(obj: Obj) -> Policy | None:
     """GlobalNetworkPolicy, NetworkPolicy, StagedGlobalNetworkPolicy, StagedNetworkPolicy."""
-    kind: PolicyKind = obj.kind  # type: ignore[assignment]
+    kind = cast(PolicyKind, obj.kind)
     is_global = kind in ("GlobalNetworkPolicy", "StagedGlobalNetworkPolicy")
     staged = kind.startswith("Staged")
     allowed = (GNP_SPEC if is_global else NP_SPEC) + (("stagedAction",) if staged else ())
@@ -181,7 +182,7 @@ def load_tier(obj: Obj) -> Tier | None:
     fixed = BUILTIN_TIER_ORDERS.get(obj.meta.name)
     if fixed is not None and order != fixed:
         spec.error_at("order", f"the built-in tier {quote(obj.meta.name)} must have order {fixed:.0f}")
-    return Tier(obj.meta.name, order, default_action, obj.origin)  # type: ignore[arg-type]
+    return Tier(obj.meta.name, order, TIER_ACTIONS[default_action], obj.origin)
 
 
 def label_map(value: Value | None) -> tuple[tuple[str, str], ...]:

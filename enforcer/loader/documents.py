@@ -66,16 +66,6 @@ class DocumentError(Exception):
         self.message = message
 
 
-def plain(node: Node) -> Any:
-    """The node as plain Python data (dicts, lists, scalars)."""
-    if isinstance(node, Mapping):
-        return {k: plain(e.value) for k, e in node.entries.items()}
-    if isinstance(node, Sequence):
-        return [plain(n) for n in node.items]
-    assert isinstance(node, Scalar)
-    return node.value
-
-
 def describe(node: Node) -> str:
     """`a string`, `a list`, ...: for "must be X, not Y" messages."""
     if isinstance(node, Mapping):
@@ -103,6 +93,7 @@ def describe(node: Node) -> str:
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
 _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -156,6 +147,8 @@ class _YamlConverter:
         if depth > MAX_DEPTH or id(ynode) in self.stack:
             raise DocumentError(line, "document nested too deeply (or a recursive alias)")
         if isinstance(ynode, yaml.ScalarNode):
+            if ynode.tag == _STR_TAG:  # the common case, without the constructor's bookkeeping
+                return Scalar(line, ynode.value)
             try:
                 value = self.loader.construct_object(ynode, deep=True)
             except yaml.YAMLError as exc:
@@ -263,7 +256,7 @@ _LITERALS: dict[str, Any] = {"true": True, "false": False, "null": None}
 class _JsonParser:
     def __init__(self, text: str) -> None:
         self.text = text
-        self.newlines = [i for i, ch in enumerate(text) if ch == "\n"]
+        self.newlines = [m.start() for m in re.finditer("\n", text)]
         self.errors: list[DocumentError] = []
 
     def line(self, pos: int) -> int:

@@ -12,6 +12,8 @@ modelled fields; flowtui has no per-node Felix settings.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from enforcer.loader.calico import spec_fields
 from enforcer.loader.checks import cidr_value, dns_subdomain_error
 from enforcer.loader.fields import Fields, Value, quote
@@ -143,7 +145,11 @@ IGNORED_FELIX_FIELDS = (
     "sidecarAccelerationEnabled",
     "openstackRegion",
 )
-ENDPOINT_TO_HOST_ACTIONS = ("Drop", "Accept", "Return")
+ENDPOINT_TO_HOST_ACTIONS: dict[str, Literal["Drop", "Accept", "Return"]] = {
+    "Drop": "Drop",
+    "Accept": "Accept",
+    "Return": "Return",
+}
 FAILSAFE_PROTOCOLS = {"TCP": 6, "UDP": 17}
 
 
@@ -180,7 +186,7 @@ def load_felix(obj: Obj) -> FelixConfiguration | None:
         name=name,
         failsafe_inbound=defaults.failsafe_inbound if inbound is None else inbound,
         failsafe_outbound=defaults.failsafe_outbound if outbound is None else outbound,
-        default_endpoint_to_host_action=action,  # type: ignore[arg-type]
+        default_endpoint_to_host_action=ENDPOINT_TO_HOST_ACTIONS[action],
         wireguard_enabled=wireguard_enabled,
         wireguard_enabled_v6=wireguard_enabled_v6,
         origin=obj.origin,

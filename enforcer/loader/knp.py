@@ -23,6 +23,9 @@ a staged policy previews exactly what the enforced one will do.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import cast
+
 from enforcer.loader.calico import parse_types, require_zero_spec, spec_fields, staged_action
 from enforcer.loader.checks import (
     k8s_port_name_error,
@@ -59,16 +62,23 @@ Peer = tuple[Selector | None, Selector | None, tuple[IPNetwork, ...], tuple[IPNe
 
 
 def load_knp(obj: Obj) -> Policy | None:
-    kind: PolicyKind = obj.kind  # type: ignore[assignment]
+    kind = cast(PolicyKind, obj.kind)
     staged = kind == "StagedKubernetesNetworkPolicy"
     spec = spec_fields(obj, KNP_SPEC + (("stagedAction",) if staged else ()))
     action = staged_action(spec) if staged else None
-    disabled = disabled_flag(obj)
-    name, namespace = obj.meta.name, obj.meta.namespace
-    common = {"tier": "default", "order": KNP_ORDER, "disabled": disabled, "origin": obj.origin}
+    base = Policy(
+        kind,
+        obj.meta.name,
+        obj.meta.namespace,
+        tier="default",
+        order=KNP_ORDER,
+        staged_action=action,
+        disabled=disabled_flag(obj),
+        origin=obj.origin,
+    )
     if action == "Delete":
         require_zero_spec(spec, ("stagedAction",))
-        return Policy(kind, name, namespace, staged_action=action, **common)  # type: ignore[arg-type]
+        return base
     selector = to_selector(spec.get("podSelector"), pod=True, anchor=spec.value)
     types = parse_types(spec, "policyTypes")
     ingress_values, egress_values = spec.get_list("ingress"), spec.get_list("egress")
@@ -76,17 +86,7 @@ def load_knp(obj: Obj) -> Policy | None:
     egress = [rule for v in egress_values for rule in convert_rule(v, "egress")]
     if not types:
         types = ("ingress", "egress") if egress_values else ("ingress",)
-    return Policy(
-        kind,
-        name,
-        namespace,
-        selector=selector,
-        types=types,
-        ingress=tuple(ingress),
-        egress=tuple(egress),
-        staged_action=action,
-        **common,  # type: ignore[arg-type]
-    )
+    return replace(base, selector=selector, types=types, ingress=tuple(ingress), egress=tuple(egress))
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,8 +180,8 @@ def convert_rule(value: Value, direction: Direction) -> list[Rule]:
             groups[protocol] = None  # all ports of this protocol
         elif protocol not in groups:
             groups[protocol] = [port]
-        elif groups[protocol]:
-            groups[protocol].append(port)  # type: ignore[union-attr]
+        elif (group := groups[protocol]) is not None:
+            group.append(port)  # a protocol whose group is None already allows all ports
     rules = []
     origin = Origin(value.r.file, value.line)
     for protocol in sorted(groups):
@@ -262,13 +262,21 @@ def convert_ip_block(value: Value) -> Peer | None:
         net = _k8s_cidr(item)
         if net is None or cidr is None:
             continue
-        if net.version != cidr.version or not net.subnet_of(cidr) or net.prefixlen <= cidr.prefixlen:  # type: ignore[arg-type]
+        if not strict_subnet(net, cidr):
             item.error(f"{net} must be a strict subset of cidr {cidr}")
             continue
         excepts.append(net)
     if cidr is None:
         return None
     return (None, None, (cidr,), tuple(excepts))
+
+
+def strict_subnet(inner: IPNetwork, outer: IPNetwork) -> bool:
+    return (
+        inner.version == outer.version
+        and inner.prefixlen > outer.prefixlen
+        and int(outer.network_address) <= int(inner.network_address) <= int(outer.broadcast_address)
+    )
 
 
 def convert_port(value: Value) -> tuple[str, Port | None] | None:

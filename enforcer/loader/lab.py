@@ -21,7 +21,6 @@ from enforcer.model import ExternalHost, IPAddress, IPNetwork
 LAB_RANGES: tuple[IPNetwork, ...] = tuple(
     ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32", "fc00::/7")
 )
-TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec")
 METADATA_FIELDS = ("name",)
 
 

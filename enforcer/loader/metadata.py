@@ -76,7 +76,8 @@ def parse_metadata(
     if meta is None:
         return Meta("", None, line=root.line)
     name = meta.get_str("name")
-    name_line = meta.entry("name").key_line if meta.has("name") else meta.line  # type: ignore[union-attr]
+    name_entry = meta.entry("name")
+    name_line = name_entry.key_line if name_entry is not None else meta.line
     if name is None and not meta.has("name"):
         meta.missing("name", "metadata.name is required")
     elif name is not None and (problem := name_check(name)):

@@ -34,6 +34,7 @@ from enforcer.model import (
     Rule,
     ServiceAccountMatch,
     ServiceMatch,
+    protocol_name,
 )
 from enforcer.selector import Selector
 
@@ -360,8 +361,9 @@ def parse_rule(value: Value, ctx: RuleContext) -> Rule | None:
         _check_services(ctx, source, destination)
     annotations: tuple[tuple[str, str], ...] = ()
     rule_meta = fields.get_map("metadata", ("annotations",))
-    if rule_meta is not None and rule_meta.has("annotations"):
-        parsed, _ = parse_annotations(rule_meta.get("annotations"))  # type: ignore[arg-type]
+    located_annotations = rule_meta.get("annotations") if rule_meta is not None else None
+    if located_annotations is not None:
+        parsed, _ = parse_annotations(located_annotations)
         annotations = tuple(sorted(parsed.items()))
     if len(value.r.problems) != before or action not in ACTIONS:
         return None
@@ -396,7 +398,7 @@ def _check_ports(side: _Side, protocol: int | None) -> None:
         if protocol is None and numeric:
             side.error(key, "rules with numeric ports must set protocol to TCP, UDP or SCTP")
         elif protocol is not None and protocol not in PORT_PROTOCOLS and ports:
-            side.error(key, f"protocol {protocol} has no ports (ports need protocol TCP, UDP or SCTP)")
+            side.error(key, f"protocol {protocol_name(protocol)} has no ports (ports need protocol TCP, UDP or SCTP)")
 
 
 def _check_nets(source: _Side, destination: _Side, ip_version: int | None) -> None:

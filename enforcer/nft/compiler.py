@@ -1,0 +1,338 @@
+"""Compile a node's policy into one nftables table (`inet flowtui`), the dataplane twin of the
+evaluator: it walks the same stages (`evaluate.path`) and the same per-stage tiers
+(`Evaluator.stage_tiers`), so the kernel and the evaluator agree by construction, and the
+differential test checks that they do.
+
+Layout (hooks in the order a packet meets them; §3.3 of the Calico reference):
+
+    raw-prerouting / raw-output    untracked (doNotTrack) host endpoint policy, before conntrack
+    mangle-prerouting              established → accept; preDNAT host endpoint policy
+    filter-input                   conntrack; accepted-by-raw/preDNAT; workload→host; host endpoint
+    filter-forward                 conntrack; HEP forward in; workload egress (vmap); workload
+                                   ingress (vmap); HEP forward out
+    filter-output                  conntrack; to local workloads unpoliced; host endpoint out
+
+Endpoint chains clear the accept/pass marks, then per tier jump to each selecting policy's chain
+(`pi-…`/`po-…`, shared by every endpoint of the node), return when a policy accepted, and end the
+tier with an attributed drop unless it passed; then profiles; then an attributed drop. Every rule
+counts; every verdict point logs to NFLOG with prefix `ft:<A|D|P|L><id>` resolved by the rule table.
+Denies log at a bounded rate (the counter before the limit stays exact).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from enforcer.evaluate.evaluator import ICMPV6_INFRA_TYPES, Evaluator
+from enforcer.evaluate.path import Family, Stage
+from enforcer.lab.names import cali_name
+from enforcer.model import Direction, FailsafePort, Policy, Profile, Rule
+from enforcer.nft.ir import Chain, NftSet, Table
+from enforcer.nft.match import SetBook, rule_matches
+from enforcer.resolve.endpoints import Endpoint
+from enforcer.resolve.rules import rule_for_family
+from enforcer.resolve.state import ClusterState
+from enforcer.ruleids import IdAllocator, RuleRef, RuleTable, encode_prefix
+
+ACCEPT = 0x10000  # a policy accepted (Calico's accept bit)
+PASS = 0x20000  # a policy passed to the next tier
+PREACCEPT = 0x40000  # accepted by untracked or preDNAT policy: filter skips host endpoint policy
+CLEAR = "meta mark set mark & 0xfffcffff"
+CLEAR_PASS = "meta mark set mark & 0xfffdffff"
+PROFILE_TIER = "__PROFILE__"
+UPLINK = "eth0"
+INFRA_ICMPV6 = "icmpv6 type { " + ", ".join(map(str, ICMPV6_INFRA_TYPES)) + " } accept"
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    table: str = "flowtui"
+    verdict_group: int = 1  # NFLOG group of verdict attributions
+    log_group: int = 2  # NFLOG group of `Log` actions
+    snaplen: int = 128
+    deny_log_rate: int = 1000  # per second, per rule; 0 = log every denied packet
+    deny_log_burst: int = 1000
+
+
+@dataclass(frozen=True)
+class CompiledNode:
+    node: str
+    table: Table
+    rules: RuleTable
+
+
+def compile_node(
+    state: ClusterState,
+    node: str,
+    options: CompileOptions | None = None,
+    ids: IdAllocator | None = None,
+    evaluator: Evaluator | None = None,
+) -> CompiledNode:
+    """The whole table for `node`, with the identifiers its rules log."""
+    c = _NodeCompiler(state, node, options or CompileOptions(), ids or IdAllocator(),
+                      evaluator or Evaluator(state))
+    return c.compile()
+
+
+def _join(*parts: str) -> str:
+    return " ".join(p for p in parts if p)
+
+
+def _policy_chain_id(p: Policy) -> str:
+    short = {"GlobalNetworkPolicy": "gnp", "NetworkPolicy": "np", "KubernetesNetworkPolicy": "knp"}[p.kind]
+    return f"{short}-{p.namespace}.{p.name}" if p.namespace else f"{short}-{p.name}"
+
+
+@dataclass
+class _NodeCompiler:
+    state: ClusterState
+    node: str
+    options: CompileOptions
+    ids: IdAllocator
+    ev: Evaluator
+    chains: dict[str, Chain] = field(default_factory=dict)
+    refs: dict[int, RuleRef] = field(default_factory=dict)
+    book: SetBook = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.book = SetBook(self.state)
+
+    # ---- identifiers and verdict statements ---------------------------------------------
+
+    def _ref(self, key: tuple[object, ...], **fields: object) -> RuleRef:
+        rule_id = self.ids.id_for(key)
+        ref = self.refs.get(rule_id)
+        if ref is None:
+            ref = self.refs[rule_id] = RuleRef(id=rule_id, **fields)  # type: ignore[arg-type]
+        return ref
+
+    def _log(self, ref: RuleRef) -> str:
+        group = self.options.log_group if ref.action == "Log" else self.options.verdict_group
+        return f'log prefix "{encode_prefix(ref.action, ref.id)}" group {group} snaplen {self.options.snaplen}'
+
+    def _verdict(self, match: str, ref: RuleRef, action: str, *, limited: bool = False) -> list[str]:
+        """nft rules for `match` → `action`, counted and attributed to `ref`.
+
+        Denies (and everything in untracked chains, which see every packet) log at a bounded rate:
+        the counter comes before the limit, so it counts every packet exactly; packets over the
+        limit fall through to a second rule that ends them the same way, unlogged.
+        """
+        stmt = {
+            "Allow": f"meta mark set mark | {ACCEPT:#x} return",
+            "Pass": f"meta mark set mark | {PASS:#x} return",
+            "ProfilePass": "return",  # Pass in a profile: try the next profile
+            "Log": "",
+            "Deny": "drop",
+            "accept": "accept",
+        }[action]
+        tag = f'comment "r{ref.id}"'
+        rate = self.options.deny_log_rate
+        if (action == "Deny" or limited) and rate > 0 and action != "Log":
+            limit = f"limit rate {rate}/second burst {self.options.deny_log_burst} packets"
+            return [_join(match, "counter", limit, self._log(ref), stmt, tag), _join(match, stmt)]
+        return [_join(match, "counter", self._log(ref), stmt, tag)]
+
+    # ---- policy and profile chains ------------------------------------------------------
+
+    def _rule_lines(self, rules: tuple[Rule, ...], namespace: str | None, make_ref: object,
+                    *, profile: bool, limited: bool) -> list[str]:
+        lines: list[str] = []
+        for index, rule in enumerate(rules):
+            ref: RuleRef = make_ref(index, rule)  # type: ignore[operator]
+            for version in (4, 6):
+                fam_rule = rule_for_family(rule, version)
+                if fam_rule is None:
+                    continue
+                action = "ProfilePass" if profile and rule.action == "Pass" else rule.action
+                for match in rule_matches(self.book, fam_rule, namespace, version):
+                    lines += self._verdict(match, ref, action, limited=limited and rule.action != "Log")
+        return lines
+
+    def _policy_chain(self, p: Policy, direction: Direction) -> str | None:
+        name = f"{'pi' if direction == 'ingress' else 'po'}-{_policy_chain_id(p)}"
+        if name in self.chains:
+            return name
+        rules = p.rules(direction)
+
+        def ref(index: int, rule: Rule) -> RuleRef:
+            return self._ref(("rule", p.kind, p.namespace or "", p.name, p.revision, direction, index),
+                             kind=p.kind, namespace=p.namespace, name=p.name, tier=p.tier,
+                             revision=p.revision, direction=direction, rule=index, action=rule.action)
+
+        lines = self._rule_lines(rules, p.namespace, ref, profile=False, limited=p.do_not_track)
+        if not lines:
+            return None
+        self.chains[name] = Chain(name, tuple(lines))
+        return name
+
+    def _profile_chain(self, prof: Profile, direction: Direction) -> str | None:
+        name = f"{'pri' if direction == 'ingress' else 'pro'}-{prof.name}"
+        if name in self.chains:
+            return name
+
+        def ref(index: int, rule: Rule) -> RuleRef:
+            return self._ref(("profile", prof.name, direction, index, repr(rule)),
+                             kind="Profile", namespace=None, name=prof.name, tier=PROFILE_TIER, revision=0,
+                             direction=direction, rule=index, action=rule.action)
+
+        lines = self._rule_lines(prof.rules(direction), None, ref, profile=True, limited=False)
+        if not lines:
+            return None
+        self.chains[name] = Chain(name, tuple(lines))
+        return name
+
+    # ---- endpoint chains ----------------------------------------------------------------
+
+    def _tiers(self, stage: Stage) -> list[str]:
+        """Per tier: jump to each enforced policy; an attributed drop at the end unless passed."""
+        family = stage.family
+        if family == "untracked":
+            after = f"meta mark & {ACCEPT:#x} != 0 notrack meta mark set mark | {PREACCEPT:#x} accept"
+        elif family == "prednat":
+            after = f"meta mark & {ACCEPT:#x} != 0 meta mark set mark | {PREACCEPT:#x} accept"
+        else:
+            after = f"meta mark & {ACCEPT:#x} != 0 return"
+        lines: list[str] = []
+        for st in self.ev.stage_tiers(stage):
+            if not st.enforced:
+                continue  # only staged policies: no effect on packets
+            lines.append(CLEAR_PASS)
+            for p in st.enforced:
+                chain = self._policy_chain(p, stage.direction)
+                if chain is not None:
+                    lines.append(f"meta mark & {PASS:#x} == 0 jump {chain}")
+                    lines.append(after)
+            default = "Pass" if family in ("untracked", "prednat") else st.tier.tier.default_action
+            if default != "Pass":
+                trigger = st.enforced[-1]
+                ref = self._ref(("eot", st.tier.name, trigger.kind, trigger.namespace or "", trigger.name,
+                                 trigger.revision, stage.direction),
+                                kind="EndOfTier", namespace=trigger.namespace, name=trigger.name,
+                                tier=st.tier.name, revision=trigger.revision, direction=stage.direction,
+                                rule=-1, action="Deny", trigger_kind=trigger.kind)
+                lines += self._verdict(f"meta mark & {PASS:#x} == 0", ref, "Deny")
+        return lines
+
+    def _profiles(self, ep: Endpoint, direction: Direction) -> list[str]:
+        lines: list[str] = []
+        for name in ep.profiles:
+            prof = self.state.profiles.get(name)
+            chain = None if prof is None else self._profile_chain(prof, direction)
+            if chain is not None:
+                lines += [f"jump {chain}", f"meta mark & {ACCEPT:#x} != 0 return"]
+        ref = self._ref(("noprof", direction), kind="NoProfileMatch", namespace=None, name="", tier=None,
+                        revision=0, direction=direction, rule=-1, action="Deny")
+        return lines + self._verdict("", ref, "Deny")
+
+    def _failsafes(self, stage: Stage) -> list[str]:
+        felix = self.state.felix
+        inbound = stage.direction == "ingress"
+        ports = felix.failsafe_inbound if inbound else felix.failsafe_outbound
+        lines = [self._failsafe_rule(fs, "dport", inbound, stage) for fs in ports]
+        if stage.family == "untracked":
+            other = felix.failsafe_outbound if inbound else felix.failsafe_inbound
+            lines += [self._failsafe_rule(fs, "sport", inbound, stage) for fs in other]
+        return lines
+
+    def _failsafe_rule(self, fs: FailsafePort, field_: str, inbound: bool, stage: Stage) -> str:
+        proto = "tcp" if fs.protocol == 6 else "udp"
+        net = ""
+        if fs.net is not None:
+            l3 = "ip" if fs.net.version == 4 else "ip6"
+            net = f" {l3} {'saddr' if inbound else 'daddr'} {fs.net}"
+        match = f"meta l4proto {proto}{net} th {field_} {fs.port}"
+        if stage.family != "normal":
+            return f"{match} accept"  # raw/mangle: skip this hook's policy only; filter attributes it
+        ref = self._ref(("failsafe", stage.direction, str(fs)), kind="Failsafe", namespace=None, name=str(fs),
+                        tier=None, revision=0, direction=stage.direction, rule=-1, action="Allow")
+        return self._verdict(match, ref, "accept")[0]
+
+    def _endpoint_chain(self, name: str, stage: Stage) -> str:
+        assert stage.endpoint is not None
+        lines: list[str] = []
+        if stage.endpoint.kind == "hep" and stage.family != "forward":
+            lines += self._failsafes(stage)
+        lines.append(CLEAR)
+        lines += self._tiers(stage)
+        if stage.family in ("workload", "normal"):
+            lines += self._profiles(stage.endpoint, stage.direction)
+        self.chains[name] = Chain(name, tuple(lines))
+        return name
+
+    def _hep_chain(self, prefix: str, family: Family, direction: Direction, hep: Endpoint) -> str:
+        return self._endpoint_chain(f"{prefix}-{hep.name}", Stage(family, direction, hep, self.node))
+
+    # ---- the table ----------------------------------------------------------------------
+
+    def compile(self) -> CompiledNode:
+        local = sorted((ep for ep in self.state.endpoints if ep.kind == "wep" and ep.node == self.node),
+                       key=lambda ep: ep.ref)
+        from_map: set[str] = set()
+        to_map: set[str] = set()
+        for ep in local:
+            assert ep.namespace is not None
+            iface = cali_name(ep.namespace, ep.name)
+            fw = self._endpoint_chain(f"fw-{iface}", Stage("workload", "egress", ep, self.node))
+            tw = self._endpoint_chain(f"tw-{iface}", Stage("workload", "ingress", ep, self.node))
+            from_map.add(f'"{iface}" : goto {fw}')
+            to_map.add(f'"{iface}" : goto {tw}')
+        sets: dict[str, NftSet] = {
+            "wl-from": NftSet("wl-from", "ifname : verdict", (), frozenset(from_map), is_map=True),
+            "wl-to": NftSet("wl-to", "ifname : verdict", (), frozenset(to_map), is_map=True),
+        }
+        unknown = self._ref(("unknown-iface",), kind="Default", namespace=None, name="unknown interface",
+                            tier=None, revision=0, direction="egress", rule=-1, action="Deny")
+        self.chains["wl-from-dispatch"] = Chain("wl-from-dispatch", (
+            "iifname vmap @wl-from", *self._verdict("", unknown, "Deny")))
+        self.chains["wl-to-dispatch"] = Chain("wl-to-dispatch", ("oifname vmap @wl-to", "drop"))
+
+        hep = self.state.host_endpoint_for(self.node, UPLINK)
+        raw_pre = [INFRA_ICMPV6]
+        raw_out = [INFRA_ICMPV6]
+        mangle_pre = [INFRA_ICMPV6, "ct state established,related accept"]
+        conntrack = ["ct state established,related accept", "ct state invalid drop", INFRA_ICMPV6]
+        inp = [*conntrack, f"meta mark & {PREACCEPT:#x} != 0 accept", 'iifname "cali*" goto wl-to-host']
+        fwd = list(conntrack)
+        out = [*conntrack, f"meta mark & {PREACCEPT:#x} != 0 accept", 'oifname "cali*" accept']
+        up = f'"{UPLINK}"'
+        if hep is not None:
+            raw_pre.append(f"iifname {up} jump {self._hep_chain('raw-fh', 'untracked', 'ingress', hep)}")
+            raw_out.append(f"oifname {up} jump {self._hep_chain('raw-th', 'untracked', 'egress', hep)}")
+            mangle_pre.append(f"iifname {up} jump {self._hep_chain('mangle-fh', 'prednat', 'ingress', hep)}")
+            inp.append(f"iifname {up} jump {self._hep_chain('fh', 'normal', 'ingress', hep)}")
+            fwd.append(f"meta mark & {PREACCEPT:#x} == 0 iifname {up} "
+                       f"jump {self._hep_chain('fhfw', 'forward', 'ingress', hep)}")
+        fwd += ['iifname "cali*" jump wl-from-dispatch', 'oifname "cali*" jump wl-to-dispatch']
+        if hep is not None:
+            fwd.append(f"meta mark & {PREACCEPT:#x} == 0 oifname {up} "
+                       f"jump {self._hep_chain('thfw', 'forward', 'egress', hep)}")
+            out.append(f"oifname {up} jump {self._hep_chain('th', 'normal', 'egress', hep)}")
+        self.chains["wl-to-host"] = Chain("wl-to-host", tuple(self._to_host()))
+
+        bases = {
+            "raw-prerouting": ("prerouting", "raw", raw_pre),
+            "raw-output": ("output", "raw", raw_out),
+            "mangle-prerouting": ("prerouting", "mangle", mangle_pre),
+            "filter-input": ("input", "filter", inp),
+            "filter-forward": ("forward", "filter", fwd),
+            "filter-output": ("output", "filter", out),
+        }
+        for name, (hook, prio, rules) in bases.items():
+            self.chains[name] = Chain(name, tuple(rules), f"type filter hook {hook} priority {prio}; policy accept;")
+        sets.update(self.book.sets)
+        table = Table("inet", self.options.table, dict(sorted(self.chains.items())), dict(sorted(sets.items())))
+        return CompiledNode(self.node, table, RuleTable(self.refs.values()))
+
+    def _to_host(self) -> list[str]:
+        """A workload talking to its own host: its egress policy, then DefaultEndpointToHostAction."""
+        action = self.state.felix.default_endpoint_to_host_action
+        lines = ["jump wl-from-dispatch"]
+        wildcard = self.state.host_endpoint_for(self.node, "cali+")
+        if action == "Return" and wildcard is not None:
+            lines.append(f"jump {self._hep_chain('fh', 'normal', 'ingress', wildcard)}")
+            return lines
+        verdict = "Deny" if action == "Drop" else "Allow"
+        ref = self._ref(("to-host", action), kind="Default", namespace=None,
+                        name=f"DefaultEndpointToHostAction={action}", tier=None, revision=0,
+                        direction="ingress", rule=-1, action=verdict)
+        return lines + self._verdict("", ref, "Deny" if action == "Drop" else "accept")
