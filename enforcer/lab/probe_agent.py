@@ -51,12 +51,15 @@ def _parse(family: int, proto: int, data: bytes, src: str) -> tuple[str, int, in
 def recv(deadline_s: float) -> None:
     socks: dict[int, tuple[int, int]] = {}
     opened = []
-    for family, protos in ((socket.AF_INET, (socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_ICMP)),
-                           (socket.AF_INET6, (socket.IPPROTO_TCP, socket.IPPROTO_UDP, IPPROTO_ICMPV6))):
+    plan: tuple[tuple[int, tuple[int, ...]], ...] = (
+        (socket.AF_INET, (socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_ICMP)),
+        (socket.AF_INET6, (socket.IPPROTO_TCP, socket.IPPROTO_UDP, IPPROTO_ICMPV6)),
+    )
+    for fam, protos in plan:
         for proto in protos:
-            s = socket.socket(family, socket.SOCK_RAW, proto)
+            s = socket.socket(fam, socket.SOCK_RAW, proto)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            socks[s.fileno()] = (family, proto)
+            socks[s.fileno()] = (fam, proto)
             opened.append(s)
     by_fd = {s.fileno(): s for s in opened}
     print("ready", flush=True)
