@@ -205,10 +205,12 @@ class _NodeCompiler:
             default = "Pass" if family in ("untracked", "prednat") else st.tier.tier.default_action
             if default != "Pass":
                 trigger = st.enforced[-1]
+                # Keyed without the trigger's revision: editing a policy must not rewrite every
+                # endpoint chain whose tier it ends (the tier and trigger are what attribution needs).
                 ref = self._ref(("eot", st.tier.name, trigger.kind, trigger.namespace or "", trigger.name,
-                                 trigger.revision, stage.direction),
+                                 stage.direction),
                                 kind="EndOfTier", namespace=trigger.namespace, name=trigger.name,
-                                tier=st.tier.name, revision=trigger.revision, direction=stage.direction,
+                                tier=st.tier.name, revision=0, direction=stage.direction,
                                 rule=-1, action="Deny", trigger_kind=trigger.kind)
                 lines += self._verdict(f"meta mark & {PASS:#x} == 0", ref, "Deny")
         return lines
