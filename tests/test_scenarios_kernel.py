@@ -158,7 +158,7 @@ def _conntrack_sources(lab: ArticleLab, node: str) -> str:
 def test_dos_deny_list_drops_before_conntrack_with_exact_counts(lab: ArticleLab) -> None:
     dos_id = lab.rule_id("node-b", "dos-mitigation", "ingress", 0)
     before = lab.hits("node-b").get(dos_id, 0)
-    tx = str(next(p.ips[0] for p in lab.state.resources.pods if p.name == "transaction" and p.namespace == "production"))
+    tx = str(lab.state.pods_by_ref["production/transaction"].ips[0])
     count = 3000  # above the log rate's burst: the counter must still see every packet
     _flood(lab, "external:attacker", tx, 9000, count)
     _flood(lab, "external:attacker", _addr(lab, "node-b"), 80, 100)

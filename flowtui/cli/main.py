@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from flowtui.cli.demo import demo
+from flowtui.cli.lab import lab
 from flowtui.cli.policy import check, eval_cmd
+from flowtui.cli.state import apply, delete, get, policy_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -21,6 +23,11 @@ def cli() -> None:
 cli.add_command(check)
 cli.add_command(eval_cmd)
 cli.add_command(demo)
+cli.add_command(apply)
+cli.add_command(delete)
+cli.add_command(get)
+cli.add_command(policy_group)
+cli.add_command(lab)
 
 
 def main() -> None:
