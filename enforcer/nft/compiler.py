@@ -139,13 +139,19 @@ class _NodeCompiler:
         lines: list[str] = []
         for index, rule in enumerate(rules):
             ref: RuleRef = make_ref(index, rule)  # type: ignore[operator]
+            action = "ProfilePass" if profile and rule.action == "Pass" else rule.action
+            per_family: list[list[str]] = []
             for version in (4, 6):
                 fam_rule = rule_for_family(rule, version)
-                if fam_rule is None:
-                    continue
-                action = "ProfilePass" if profile and rule.action == "Pass" else rule.action
-                for match in rule_matches(self.book, fam_rule, namespace, version):
-                    lines += self._verdict(match, ref, action, limited=limited and rule.action != "Log")
+                per_family.append([] if fam_rule is None else rule_matches(self.book, fam_rule, namespace, version))
+            v4, v6 = per_family
+            agnostic = [m.removeprefix("meta nfproto ipv4").strip() for m in v4]
+            if v4 and agnostic == [m.removeprefix("meta nfproto ipv6").strip() for m in v6]:
+                matches = agnostic  # nothing family-specific: one rule serves both
+            else:
+                matches = v4 + v6
+            for match in matches:
+                lines += self._verdict(match, ref, action, limited=limited and rule.action != "Log")
         return lines
 
     def _policy_chain(self, p: Policy, direction: Direction) -> str | None:
