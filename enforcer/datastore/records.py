@@ -1,0 +1,90 @@
+"""What the datastore hands out: stored objects (its index entries) and the changes a write made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from enforcer.datastore.kinds import BY_MODEL_KIND, KindInfo, ObjectKey
+from enforcer.model import ResourceSet
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: ObjectKey
+    api_version: str
+    kind: str
+    revision: int  # of its last change
+    created: int  # datastore revision that created it
+    updated: str  # ISO 8601 time of its last change
+    file: str  # document file, relative to the datastore directory
+    source: str  # FILE:LINE it was last applied from
+    disabled: bool = False  # policies: flowtui.dev/disabled is "true"
+    position: int = 0  # among the objects created by the same write: keeps the files' order
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Load order: creation revision, then position in what was applied."""
+        return (self.created, self.position)
+
+    @property
+    def info(self) -> KindInfo:
+        return BY_MODEL_KIND[self.key.kind]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.key.kind,
+            "namespace": self.key.namespace,
+            "name": self.key.name,
+            "apiVersion": self.api_version,
+            "writtenKind": self.kind,
+            "revision": self.revision,
+            "created": self.created,
+            "updated": self.updated,
+            "file": self.file,
+            "source": self.source,
+            "disabled": self.disabled,
+            "position": self.position,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> StoredObject:
+        key = ObjectKey(raw["kind"], raw["namespace"], raw["name"])
+        return cls(key, raw["apiVersion"], raw["writtenKind"], int(raw["revision"]), int(raw["created"]),
+                   raw["updated"], raw["file"], raw["source"], bool(raw.get("disabled", False)),
+                   int(raw.get("position", 0)))
+
+
+@dataclass(frozen=True)
+class Change:
+    key: ObjectKey
+    action: str  # created | configured | unchanged | deleted | disabled | enabled | not found
+    revision: int
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.action}"
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    revision: int  # the datastore revision after the change
+    changes: tuple[Change, ...]
+
+    @property
+    def changed(self) -> bool:
+        return any(c.action not in ("unchanged", "not found") for c in self.changes)
+
+    @property
+    def not_found(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.action == "not found")
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What applying would do, and the resources that would result; nothing written."""
+
+    changes: ChangeSet
+    resources: ResourceSet
+
+
+__all__ = ["Change", "ChangeSet", "Preview", "StoredObject"]

@@ -1,0 +1,439 @@
+"""The datastore: the desired state on disk, with revisions, a lock and atomic writes.
+
+Layout of the directory (`/var/lib/flowtui`, or `$FLOWTUI_HOME`, or the CLI's `--state-dir`):
+
+    lock                      flock(2) target: writers take it exclusively, readers shared
+    state.json                the index: datastore revision and every object's key, revision,
+                              creation revision, update time, source and document file
+    objects/<apiVersion>/<Kind>/<namespace or _>/<name>@<revision>.yaml
+                              one document per object, as written (re-dumped YAML)
+    ids.jsonl                 rule id allocations (`enforcer.ruleids.IdAllocator`)
+    rules.jsonl               id -> rule, append-only (`enforcer.ruleids.RuleTable`)
+    applied/<node>.json       the table last applied to each node (`enforcer.reconcile`)
+
+A change writes the new document files (new names: the revision is part of the name), then
+replaces `state.json` (temp file, fsync, rename: the commit point), then removes the files it
+superseded. A crash at any point leaves the previous or the new state, never a mix; stray files
+are swept by the next write.
+
+Revisions: the datastore revision goes up by one for every write that changes something; each
+changed object gets that revision (so an object's revision is unique over time, as Kubernetes'
+resourceVersion is, and a rule id keyed on it is never reused for different rules). Loaded
+policies carry it as `Policy.revision`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from enforcer.datastore.kinds import KIND_INFO, KindInfo, ObjectKey, resolve_kinds
+from enforcer.datastore.records import Change, ChangeSet, Preview, StoredObject
+from enforcer.datastore.sources import (
+    Document,
+    annotation,
+    documents,
+    dump,
+    parse_stored,
+    read_sources,
+    with_annotation,
+)
+from enforcer.loader import LoadError, Problem, load_text
+from enforcer.loader.metadata import DISABLED_ANNOTATION
+from enforcer.model import FelixConfiguration, ResourceSet
+
+DEFAULT_HOME = "/var/lib/flowtui"
+HOME_ENV = "FLOWTUI_HOME"
+FORMAT = 1
+INDEX = "state.json"
+LOCK = "lock"
+OBJECTS = "objects"
+_KIND_ORDER = {k.model_kind: i for i, k in enumerate(KIND_INFO)}
+
+
+def default_home() -> Path:
+    """`$FLOWTUI_HOME` if set, else /var/lib/flowtui."""
+    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME)
+
+
+class DatastoreError(Exception):
+    """The datastore cannot do what was asked (the message says why); nothing was changed."""
+
+
+class NotFound(DatastoreError):
+    pass
+
+
+class Ambiguous(DatastoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class _Index:
+    revision: int
+    objects: dict[ObjectKey, StoredObject]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _object_file(info: KindInfo, key: ObjectKey, revision: int) -> str:
+    folder = f"{OBJECTS}/{info.api_version.replace('/', '_')}/{info.kind}/{key.namespace or '_'}"
+    return f"{folder}/{key.name}@{revision}.yaml"
+
+
+def atomic_write(path: Path, text: str, *, durable: bool = True, sync_dir: bool = False) -> None:
+    """Write `text` to `path` through a temporary file and a rename (never a half-written file).
+    `durable` fsyncs the file before the rename; `sync_dir` also fsyncs the directory after it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    if sync_dir:
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class Datastore:
+    """The desired state in directory `path` (default: `default_home()`). Safe to share between
+    threads and between processes (flock); every public method takes the lock it needs."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else default_home()
+        self._mutex = threading.RLock()
+        self._depth = 0
+        self._exclusive = False
+        self._cache: dict[str, ResourceSet] = {}
+
+    @property
+    def ids_path(self) -> Path:
+        return self.path / "ids.jsonl"
+
+    @property
+    def rules_path(self) -> Path:
+        return self.path / "rules.jsonl"
+
+    @property
+    def applied_dir(self) -> Path:
+        return self.path / "applied"
+
+    # ---- locking -----------------------------------------------------------------------------
+
+    @contextmanager
+    def locked(self, exclusive: bool = True) -> Iterator[None]:
+        """Hold the datastore lock (re-entrant in one thread; an exclusive hold covers shared)."""
+        with self._mutex:
+            if self._depth:
+                if exclusive and not self._exclusive:
+                    raise RuntimeError("cannot take the datastore lock exclusively while holding it shared")
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            fd = self._open_lock(exclusive)
+            try:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                self._depth, self._exclusive = 1, exclusive
+                yield
+            finally:
+                self._depth, self._exclusive = 0, False
+                if fd is not None:
+                    os.close(fd)  # releases the flock
+
+    def _open_lock(self, exclusive: bool) -> int | None:
+        lock = self.path / LOCK
+        if exclusive:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                return os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise DatastoreError(f"cannot write the datastore {self.path}: {exc.strerror or exc}") from exc
+        try:
+            return os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None  # nothing was ever stored here
+        except OSError as exc:
+            raise DatastoreError(f"cannot read the datastore {self.path}: {exc.strerror or exc}") from exc
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def _read_index(self) -> _Index:
+        try:
+            raw = json.loads((self.path / INDEX).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return _Index(0, {})
+        except (OSError, ValueError) as exc:
+            raise DatastoreError(f"cannot read {self.path / INDEX}: {exc}") from exc
+        if raw.get("format") != FORMAT:
+            raise DatastoreError(f"{self.path / INDEX}: unknown format {raw.get('format')!r} (expected {FORMAT})")
+        objects = (StoredObject.from_json(o) for o in raw["objects"])
+        return _Index(int(raw["revision"]), {o.key: o for o in objects})
+
+    def _document(self, obj: StoredObject) -> dict[str, Any]:
+        path = self.path / obj.file
+        try:
+            return parse_stored(path.read_text(encoding="utf-8"), str(path))
+        except (OSError, ValueError) as exc:
+            raise DatastoreError(f"cannot read stored document {path}: {exc}") from exc
+
+    @property
+    def revision(self) -> int:
+        with self.locked(exclusive=False):
+            return self._read_index().revision
+
+    def objects(
+        self, kind: str | None = None, *, name: str | None = None, namespace: str | None = None
+    ) -> list[StoredObject]:
+        """Stored objects, by kind (any name of it, or `policy`), then namespace, then name."""
+        kinds = {k.model_kind for k in resolve_kinds(kind)} if kind else None
+        with self.locked(exclusive=False):
+            found = self._read_index().objects.values()
+        return sorted(
+            (o for o in found if (kinds is None or o.key.kind in kinds) and (name is None or o.key.name == name)
+             and (namespace is None or not o.info.namespaced or o.key.namespace == namespace)),
+            key=lambda o: (_KIND_ORDER.get(o.key.kind, 99), o.key.namespace or "", o.key.name),
+        )
+
+    def object_documents(
+        self, kind: str | None = None, *, name: str | None = None, namespace: str | None = None
+    ) -> list[tuple[StoredObject, dict[str, Any]]]:
+        """`objects()` with each one's stored document."""
+        with self.locked(exclusive=False):
+            return [(o, self._document(o)) for o in self.objects(kind, name=name, namespace=namespace)]
+
+    def find(self, kind: str, name: str, namespace: str | None = None) -> StoredObject:
+        """The one object of that kind (any name of it, or `policy`) and name; NotFound or
+        Ambiguous otherwise. `namespace` None means any namespace."""
+        with self.locked(exclusive=False):
+            return self._find(self._read_index(), kind, name, namespace)
+
+    def _find(self, index: _Index, kind: str, name: str, namespace: str | None) -> StoredObject:
+        kinds = resolve_kinds(kind)
+        wanted = {k.model_kind for k in kinds}
+        matches = [
+            o for o in index.objects.values()
+            if o.key.kind in wanted and o.key.name == name
+            and (namespace is None or not o.info.namespaced or o.key.namespace == namespace)
+        ]
+        if not matches:
+            where = f" in namespace {namespace}" if namespace and any(k.namespaced for k in kinds) else ""
+            raise NotFound(f"{kind} {name!r} not found{where}")
+        if len(matches) > 1:
+            keys = ", ".join(sorted(str(o.key) for o in matches))
+            raise Ambiguous(f"{kind} {name!r} is ambiguous: {keys} (give the kind or -n NAMESPACE)")
+        return matches[0]
+
+    def resources(self) -> ResourceSet:
+        """Every stored object loaded through the loader, policies with their revision."""
+        with self.locked(exclusive=False):
+            index = self._read_index()
+            res = self._load(index.objects.values(), {})
+        live = {str(self.path / o.file) for o in index.objects.values()}
+        for stale in self._cache.keys() - live:
+            del self._cache[stale]
+        return res
+
+    def _load(self, objects: Iterable[StoredObject], pending: dict[str, str]) -> ResourceSet:
+        """Load `objects` (documents from `pending` or from disk); LoadError if any is invalid."""
+        parts: list[tuple[StoredObject, ResourceSet]] = []
+        problems: list[Problem] = []
+        for obj in sorted(objects, key=lambda o: o.order):
+            path = str(self.path / obj.file)
+            res = None if obj.file in pending else self._cache.get(path)
+            if res is None:
+                if obj.file in pending:
+                    text = pending[obj.file]
+                else:
+                    try:
+                        text = (self.path / obj.file).read_text(encoding="utf-8")
+                    except OSError as exc:
+                        raise DatastoreError(f"cannot read stored document {path}: {exc}") from exc
+                try:
+                    res = load_text(text, path)
+                except LoadError as err:
+                    problems += err.problems
+                    continue
+                if obj.file not in pending:
+                    self._cache[path] = res
+            parts.append((obj, res))
+        if problems:
+            raise LoadError(problems)
+        return _merge(parts)
+
+    # ---- writing -----------------------------------------------------------------------------
+
+    def _commit(self, revision: int, objects: dict[ObjectKey, StoredObject], files: dict[str, str]) -> None:
+        for rel, text in files.items():
+            atomic_write(self.path / rel, text)
+        index = {
+            "format": FORMAT,
+            "revision": revision,
+            "objects": [o.to_json() for o in sorted(objects.values(), key=lambda o: o.order)],
+        }
+        atomic_write(self.path / INDEX, json.dumps(index, indent=1) + "\n", sync_dir=True)
+        self._sweep({o.file for o in objects.values()})
+
+    def _sweep(self, referenced: set[str]) -> None:
+        """Remove document files the index no longer names (superseded, or left by a crash)."""
+        root = self.path / OBJECTS
+        for folder, _dirs, files in os.walk(root, topdown=False):
+            for file in files:
+                rel = os.path.relpath(os.path.join(folder, file), self.path)
+                if rel not in referenced:
+                    os.unlink(os.path.join(folder, file))
+            if folder != str(root) and not os.listdir(folder):
+                os.rmdir(folder)
+
+    def _plan_apply(
+        self, docs: Sequence[Document]
+    ) -> tuple[ChangeSet, dict[ObjectKey, StoredObject], dict[str, str], ResourceSet]:
+        index = self._read_index()
+        revision = index.revision + 1
+        objects = dict(index.objects)
+        files: dict[str, str] = {}
+        changes: list[Change] = []
+        now = _now()
+        for position, doc in enumerate(docs):
+            old = index.objects.get(doc.key)
+            body = doc.body
+            if old is not None:
+                stored = self._document(old)
+                toggle = annotation(stored, DISABLED_ANNOTATION)
+                if toggle is not None and annotation(body, DISABLED_ANNOTATION) is None:
+                    body = with_annotation(body, DISABLED_ANNOTATION, toggle)  # the live toggle survives
+                if stored == body:
+                    changes.append(Change(doc.key, "unchanged", old.revision))
+                    continue
+            rel = _object_file(doc.info, doc.key, revision)
+            files[rel] = dump(body)
+            created = old.created if old is not None else revision
+            disabled = annotation(body, DISABLED_ANNOTATION) == "true"
+            objects[doc.key] = StoredObject(doc.key, doc.info.api_version, doc.info.kind, revision, created, now, rel,
+                                            str(doc.origin), disabled, old.position if old else position)
+            changes.append(Change(doc.key, "configured" if old is not None else "created", revision))
+        resources = self._load(objects.values(), files)  # the merged result must load
+        return ChangeSet(revision if files else index.revision, tuple(changes)), objects, files, resources
+
+    def apply_documents(self, paths: Sequence[str]) -> ChangeSet:
+        """Store the objects of `paths` (files, directories, `-`), replacing same-key objects.
+
+        Validates the input and then the merged result (stored objects plus these) before writing
+        anything: any problem raises LoadError and nothing changes. A policy disabled with
+        `set_disabled` stays disabled unless the new document sets `flowtui.dev/disabled` itself.
+        """
+        docs = documents(read_sources(paths))
+        with self.locked():
+            changes, objects, files, _ = self._plan_apply(docs)
+            if files:
+                self._commit(changes.revision, objects, files)
+            return changes
+
+    def preview_documents(self, paths: Sequence[str]) -> Preview:
+        """What `apply_documents(paths)` would do and the resources it would leave; no writes."""
+        docs = documents(read_sources(paths))
+        with self.locked(exclusive=False):
+            changes, _, _, resources = self._plan_apply(docs)
+            return Preview(changes, resources)
+
+    def delete(self, kind: str, name: str, namespace: str | None = None) -> ChangeSet:
+        """Remove one object (NotFound / Ambiguous otherwise). Nothing cascades."""
+        with self.locked():
+            index = self._read_index()
+            obj = self._find(index, kind, name, namespace)
+            objects = {k: o for k, o in index.objects.items() if k != obj.key}
+            self._commit(index.revision + 1, objects, {})
+            return ChangeSet(index.revision + 1, (Change(obj.key, "deleted", index.revision + 1),))
+
+    def delete_documents(self, paths: Sequence[str]) -> ChangeSet:
+        """Remove the objects named in `paths` (only apiVersion, kind and metadata are needed);
+        absent ones are reported as "not found"."""
+        docs = documents(read_sources(paths), validate=False)
+        with self.locked():
+            index = self._read_index()
+            revision = index.revision + 1
+            objects = dict(index.objects)
+            changes = []
+            for doc in docs:
+                if objects.pop(doc.key, None) is None:
+                    changes.append(Change(doc.key, "not found", 0))
+                else:
+                    changes.append(Change(doc.key, "deleted", revision))
+            if len(objects) == len(index.objects):
+                return ChangeSet(index.revision, tuple(changes))
+            self._commit(revision, objects, {})
+            return ChangeSet(revision, tuple(changes))
+
+    def set_disabled(self, kind: str, name: str, namespace: str | None, disabled: bool) -> ChangeSet:
+        """The live toggle: annotate a policy `flowtui.dev/disabled: "true"` (or remove it)."""
+        with self.locked():
+            index = self._read_index()
+            obj = self._find(index, kind, name, namespace)
+            if not obj.info.is_policy:
+                raise DatastoreError(f"{obj.key} is not a policy: only policies can be disabled")
+            stored = self._document(obj)
+            if (annotation(stored, DISABLED_ANNOTATION) == "true") == disabled:
+                return ChangeSet(index.revision, (Change(obj.key, "unchanged", obj.revision),))
+            body = with_annotation(stored, DISABLED_ANNOTATION, "true" if disabled else None)
+            revision = index.revision + 1
+            rel = _object_file(obj.info, obj.key, revision)
+            files = {rel: dump(body)}
+            changed = replace(obj, revision=revision, updated=_now(), file=rel, disabled=disabled)
+            self._load([changed], files)
+            self._commit(revision, {**index.objects, obj.key: changed}, files)
+            return ChangeSet(revision, (Change(obj.key, "disabled" if disabled else "enabled", revision),))
+
+
+def _merge(parts: list[tuple[StoredObject, ResourceSet]]) -> ResourceSet:
+    """One ResourceSet from per-object ones, in creation order; policies get their revision."""
+    felix = next(
+        (res.felix for obj, res in parts if obj.key.kind == "FelixConfiguration" and obj.key.name == "default"),
+        FelixConfiguration(),
+    )
+    return ResourceSet(
+        policies=tuple(replace(p, revision=obj.revision) for obj, res in parts for p in res.policies),
+        tiers=tuple(t for _, res in parts for t in res.tiers),
+        profiles=tuple(p for _, res in parts for p in res.profiles),
+        namespaces=tuple(n for _, res in parts for n in res.namespaces),
+        service_accounts=tuple(s for _, res in parts for s in res.service_accounts),
+        pods=tuple(p for _, res in parts for p in res.pods),
+        nodes=tuple(n for _, res in parts for n in res.nodes),
+        host_endpoints=tuple(h for _, res in parts for h in res.host_endpoints),
+        network_sets=tuple(n for _, res in parts for n in res.network_sets),
+        felix=felix,
+        external_hosts=tuple(e for _, res in parts for e in res.external_hosts),
+    )
+
+
+__all__ = [
+    "DEFAULT_HOME",
+    "HOME_ENV",
+    "Ambiguous",
+    "Change",
+    "ChangeSet",
+    "Datastore",
+    "DatastoreError",
+    "NotFound",
+    "Preview",
+    "StoredObject",
+    "atomic_write",
+    "default_home",
+]

@@ -1,0 +1,349 @@
+"""The reconciler: desired state (the datastore) → one compiled table per node → one transaction each.
+
+    rec = Reconciler(Datastore(), KernelBackend("lab", netns_of), compile_node, CompileOptions(),
+                     lab_nodes=lambda: ["node-a", "node-b"], lab_id="lab")
+    result = rec.reconcile()            # every node lab_nodes() names
+    print(result.describe())            # per node: applied/unchanged/failed, ops, compile/apply ms
+
+Each run, under the datastore's lock (so concurrent CLI calls serialise):
+
+1. load the stored resources; with a lab id, fill in the lab's addresses (`lab_resources`), so
+   the tables match the addresses the lab's namespaces really hold;
+2. compile every node with the injected compile function and the persistent id allocator
+   (`ids.jsonl` in the datastore directory: the same policy revision, direction and rule get
+   the same id in every process); persist new ids and the merged, append-only rule table
+   (`rules.jsonl`) BEFORE applying, so every prefix the kernel can log is already resolvable;
+3. per node, diff against the table last applied and apply the operations as one transaction.
+   The last applied table is kept in memory and in `applied/<node>.json`; on first use in a
+   process it is checked against the backend (same chains with the same number of rules, same
+   sets with the same number of elements) and, if the live table differs or is unknown, the
+   whole table is replaced in one transaction. A node whose compile or apply fails keeps its
+   previous table (the kernel's transaction guarantee), is reported, and the others proceed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from enforcer.datastore import Datastore, atomic_write
+from enforcer.lab import lab_resources, plan_lab
+from enforcer.model import ResourceSet
+from enforcer.nft import ir
+from enforcer.nft.backend import ApplyError, Backend
+from enforcer.resolve import ClusterState
+from enforcer.ruleids import IdAllocator, RuleTable
+
+
+class Compiled(Protocol):
+    """What a compile function returns (the compiler's CompiledNode)."""
+
+    @property
+    def table(self) -> ir.Table: ...
+
+    @property
+    def rules(self) -> RuleTable: ...
+
+
+# compile_node(state, node, options, ids) -> CompiledNode
+CompileFn = Callable[[ClusterState, str, Any, IdAllocator], Compiled]
+Status = Literal["applied", "unchanged", "failed"]
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    node: str
+    status: Status
+    full: bool = False  # the whole table was (re)created
+    ops: int = 0
+    chains: int = 0
+    sets: int = 0
+    compile_ms: float = 0.0
+    apply_ms: float = 0.0
+    error: str | None = None
+    verify_ms: float = 0.0  # reading the live table back (first use of a node in a process)
+
+    def __str__(self) -> str:
+        if self.status == "failed":
+            return f"{self.node}: FAILED: {self.error}"
+        what = f"{_count(self.chains, 'chain')}, {_count(self.sets, 'set')}"
+        if self.status == "unchanged":
+            return f"{self.node}: unchanged ({what}; compile {self.compile_ms:.1f} ms)"
+        how = "replaced whole table" if self.full else f"{self.ops} changes"
+        return f"{self.node}: applied, {how} ({what}; compile {self.compile_ms:.1f} ms, apply {self.apply_ms:.1f} ms)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node, "status": self.status, "full": self.full, "ops": self.ops, "chains": self.chains,
+            "sets": self.sets, "compile_ms": round(self.compile_ms, 3), "apply_ms": round(self.apply_ms, 3),
+            "verify_ms": round(self.verify_ms, 3), "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    revision: int  # datastore revision that was enforced
+    nodes: tuple[NodeResult, ...]
+    load_ms: float  # datastore + cluster state
+    total_ms: float
+    rules: int  # size of the rule table
+    new_ids: int
+
+    @property
+    def ok(self) -> bool:
+        return all(n.status != "failed" for n in self.nodes)
+
+    @property
+    def failed(self) -> tuple[NodeResult, ...]:
+        return tuple(n for n in self.nodes if n.status == "failed")
+
+    def describe(self) -> str:
+        lines = [str(n) for n in self.nodes] or ["no nodes to enforce on"]
+        lines.append(f"revision {self.revision}: {len(self.nodes)} nodes in {self.total_ms:.1f} ms "
+                     f"(load {self.load_ms:.1f} ms), {self.rules} rule ids")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"revision": self.revision, "ok": self.ok, "load_ms": round(self.load_ms, 3),
+                "total_ms": round(self.total_ms, 3), "rules": self.rules, "new_ids": self.new_ids,
+                "nodes": [n.to_json() for n in self.nodes]}
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    """(mtime, size) of a file, None if it does not exist: has another process rewritten it?"""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1e3
+
+
+def cluster_state(resources: ResourceSet, lab_id: str | None) -> ClusterState:
+    """The state to compile: with a lab id, the lab's addresses filled in."""
+    if lab_id is not None:
+        resources = lab_resources(resources, plan_lab(resources, lab_id))
+    return ClusterState(resources)
+
+
+def compile_nodes(
+    resources: ResourceSet, compile_fn: CompileFn, options: Any, ids: IdAllocator, lab_id: str | None = None,
+    nodes: Sequence[str] | None = None,
+) -> dict[str, Compiled]:
+    """Compile `nodes` (default: every node of the lab plan, or of the resources) without applying:
+    what `flowtui apply --dry-run` prints."""
+    if nodes is None:
+        if lab_id is not None:
+            nodes = [n.name for n in plan_lab(resources, lab_id).nodes]
+        else:
+            nodes = [n.name for n in resources.nodes]
+    state = cluster_state(resources, lab_id)
+    return {node: compile_fn(state, node, options, ids) for node in nodes}
+
+
+# ---- the last applied table, on disk ----------------------------------------------------------
+
+
+def table_to_json(table: ir.Table) -> dict[str, Any]:
+    return {
+        "family": table.family,
+        "name": table.name,
+        "chains": [{"name": c.name, "hook": c.hook, "rules": list(c.rules)} for _, c in sorted(table.chains.items())],
+        "sets": [
+            {"name": s.name, "type": s.type, "flags": list(s.flags), "is_map": s.is_map, "elements": sorted(s.elements)}
+            for _, s in sorted(table.sets.items())
+        ],
+    }
+
+
+def table_from_json(raw: dict[str, Any]) -> ir.Table:
+    chains = {c["name"]: ir.Chain(c["name"], tuple(c["rules"]), c["hook"]) for c in raw["chains"]}
+    sets = {
+        s["name"]: ir.NftSet(s["name"], s["type"], tuple(s["flags"]), frozenset(s["elements"]), bool(s["is_map"]))
+        for s in raw["sets"]
+    }
+    return ir.Table(raw["family"], raw["name"], chains, sets)
+
+
+def fingerprint(table: ir.Table) -> tuple[object, ...]:
+    """What must agree between the live table and the one we think we applied: chain names, base
+    or not, rule counts; set names, set or map, element counts (kernels print rules and elements in
+    their own normal form, so texts cannot be compared with what was sent)."""
+    chains = tuple((n, c.hook is not None, len(c.rules)) for n, c in sorted(table.chains.items()))
+    sets = tuple((n, s.is_map, len(s.elements)) for n, s in sorted(table.sets.items()))
+    return (table.family, table.name, chains, sets)
+
+
+class Reconciler:
+    """Makes the backend's tables match the datastore. Thread-safe; one instance per backend."""
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        backend: Backend,
+        compile_fn: CompileFn,
+        options: Any,
+        lab_nodes: Callable[[], list[str]],
+        *,
+        lab_id: str | None = None,
+    ) -> None:
+        self.datastore = datastore
+        self.backend = backend
+        self.compile_fn = compile_fn
+        self.options = options
+        self.lab_nodes = lab_nodes
+        self.lab_id = lab_id
+        self._applied: dict[str, ir.Table] = {}  # verified: what the backend holds now
+        self._ids: tuple[tuple[int, int] | None, IdAllocator] | None = None
+        self._rules: tuple[tuple[int, int] | None, RuleTable] | None = None
+        self._lock = threading.Lock()
+
+    def forget(self, node: str | None = None) -> None:
+        """Drop what is known about `node` (or every node): the next run re-checks the backend."""
+        with self._lock:
+            if node is None:
+                self._applied.clear()
+            else:
+                self._applied.pop(node, None)
+
+    def reconcile(self, nodes: Sequence[str] | None = None, *, full: bool = False) -> ReconcileResult:
+        """Enforce the datastore on `nodes` (default: `lab_nodes()`). `full` replaces every table
+        whole instead of diffing. Raises only for problems of the whole run (unreadable datastore,
+        a lab that cannot be planned); per-node failures are in the result."""
+        start = time.perf_counter()
+        with self._lock, self.datastore.locked():
+            revision = self.datastore.revision
+            state = cluster_state(self.datastore.resources(), self.lab_id)
+            load_ms = _ms(start)
+            targets = list(self.lab_nodes() if nodes is None else nodes)
+            ids = self._load_ids()
+            known_ids = len(ids.items())
+            compiled: dict[str, Compiled] = {}
+            results: dict[str, NodeResult] = {}
+            times: dict[str, float] = {}
+            for node in targets:
+                t = time.perf_counter()
+                try:
+                    compiled[node] = self.compile_fn(state, node, self.options, ids)
+                except Exception as exc:  # one node's failure must not stop the others
+                    results[node] = NodeResult(node, "failed", compile_ms=_ms(t), error=f"compile: {exc!r}")
+                times[node] = _ms(t)
+            new_ids = len(ids.items()) - known_ids
+            if new_ids:
+                ids.dump(self.datastore.ids_path)
+                self._ids = (_stat(self.datastore.ids_path), ids)
+            rules = self._save_rules([c.rules for c in compiled.values()])
+            for node, out in compiled.items():
+                results[node] = self._apply(node, out.table, times[node], full)
+            return ReconcileResult(revision, tuple(results[n] for n in targets), load_ms, _ms(start), rules, new_ids)
+
+    def _load_ids(self) -> IdAllocator:
+        """The persistent allocator, re-read only when its file changed (another process wrote)."""
+        key = _stat(self.datastore.ids_path)
+        if self._ids is None or key is None or self._ids[0] != key:
+            self._ids = (key, IdAllocator.load(self.datastore.ids_path))
+        return self._ids[1]
+
+    def _save_rules(self, tables: list[RuleTable]) -> int:
+        """Merge the compiled refs into rules.jsonl (append-only); write only when something is new."""
+        path = self.datastore.rules_path
+        key = _stat(path)
+        if self._rules is None or key is None or self._rules[0] != key:
+            self._rules = (key, RuleTable.load(path))
+        merged = self._rules[1]
+        for table in tables:
+            if any(merged.refs.get(ref.id) != ref for ref in table):
+                merged = merged.merged(table)
+        if merged is not self._rules[1]:
+            merged.dump(path)
+            self._rules = (_stat(path), merged)
+        return len(merged)
+
+    def _apply(self, node: str, table: ir.Table, compile_ms: float, full: bool) -> NodeResult:
+        verify_ms = 0.0
+
+        def result(status: Status, whole: bool = False, ops: int = 0, apply_ms: float = 0.0,
+                   error: str | None = None) -> NodeResult:
+            return NodeResult(node, status, whole, ops, len(table.chains), len(table.sets), compile_ms, apply_ms, error,
+                              verify_ms)
+
+        t = time.perf_counter()
+        try:
+            old, existing = (None, self.backend.current(node) is not None) if full else self._baseline(node)
+        except Exception as exc:  # the node's namespace is missing, the backend cannot read it...
+            return result("failed", error=f"reading the live table: {exc}")
+        verify_ms = _ms(t)
+        ops: list[ir.Op] | None = None
+        if old is not None:
+            try:
+                ops = ir.diff(old, table)
+            except ValueError:  # a chain changes hook or a set its type: replace the table
+                ops = None
+        whole = ops is None
+        if ops is None:
+            ops = ir.full(table, existing=existing)
+        if not ops:
+            return result("unchanged")
+        t = time.perf_counter()
+        try:
+            self.backend.apply(node, table, ops)
+        except ApplyError as exc:
+            self._applied.pop(node, None)  # re-check the backend next time
+            return result("failed", whole, len(ops), _ms(t), exc.message)
+        apply_ms = _ms(t)
+        self._applied[node] = table
+        self._save_applied(node, table)
+        return result("applied", whole, len(ops), apply_ms)
+
+    def _baseline(self, node: str) -> tuple[ir.Table | None, bool]:
+        """(the table to diff from, or None for a whole replace; whether a table exists)."""
+        known = self._applied.get(node)
+        if known is not None:
+            return known, True
+        live = self.backend.current(node)
+        if live is None:
+            return None, False
+        recorded = self._load_applied(node)
+        if recorded is not None and fingerprint(recorded) == fingerprint(live):
+            self._applied[node] = recorded
+            return recorded, True
+        return None, True
+
+    def _applied_path(self, node: str) -> Path:
+        return self.datastore.applied_dir / f"{node}.json"
+
+    def _load_applied(self, node: str) -> ir.Table | None:
+        try:
+            return table_from_json(json.loads(self._applied_path(node).read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _save_applied(self, node: str, table: ir.Table) -> None:
+        # A cache, checked against the backend before use: no fsync needed.
+        atomic_write(self._applied_path(node), json.dumps(table_to_json(table)) + "\n", durable=False)
+
+
+__all__ = [
+    "CompileFn",
+    "Compiled",
+    "NodeResult",
+    "ReconcileResult",
+    "Reconciler",
+    "cluster_state",
+    "compile_nodes",
+    "fingerprint",
+    "table_from_json",
+    "table_to_json",
+]

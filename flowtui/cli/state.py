@@ -1,0 +1,444 @@
+"""`flowtui apply`, `delete`, `get` and `policy disable|enable`: the desired state and its enforcement.
+
+The desired state lives in a datastore directory: `--state-dir DIR`, else `$FLOWTUI_HOME`, else
+/var/lib/flowtui (see `enforcer.datastore`). Commands that change it also enforce it on the nodes
+of a running lab (`--lab ID`, default `lab`, or `$FLOWTUI_LAB`), through one nftables transaction
+per node. Everything these commands need from the outside world (the compiler, the backend, the
+lab's nodes, the root check) comes from a `Runtime`, which tests replace:
+`CliRunner().invoke(cli, [...], obj=Runtime(...))`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, TypeVar
+
+import click
+import yaml
+
+from enforcer.datastore import (
+    DEFAULT_HOME,
+    HOME_ENV,
+    ChangeSet,
+    Datastore,
+    DatastoreError,
+    NotFound,
+    StoredObject,
+    UnknownKind,
+    resolve_kinds,
+)
+from enforcer.lab import DEFAULT_LAB_ID, LabError
+from enforcer.loader import LoadError
+from enforcer.loader.objects import KINDS
+from enforcer.nft.backend import Backend
+from enforcer.reconcile import CompileFn, Reconciler, ReconcileResult
+from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, paths_option
+
+T = TypeVar("T")
+LAB_ENV = "FLOWTUI_LAB"
+ROOT_MESSAGE = "needs root (network namespaces and nftables): run as root"
+
+
+# --------------------------------------------------------------------------------------------
+# What the commands need from outside
+
+
+def default_compiler() -> tuple[CompileFn, Any]:
+    """The nftables compiler (`enforcer.nft.compiler.compile_node`) and its default options."""
+    try:
+        module = importlib.import_module("enforcer.nft.compiler")
+    except ImportError as exc:
+        fail(f"the nftables compiler is not available: {exc}")
+    compile_fn: CompileFn = module.compile_node
+    return compile_fn, module.CompileOptions()
+
+
+def default_backend(lab_id: str) -> Backend:
+    from enforcer.lab import netns_name
+    from enforcer.nft.backend import KernelBackend
+
+    return KernelBackend(lab_id, lambda node: netns_name(lab_id, f"node:{node}"))
+
+
+def default_lab_nodes(lab_id: str) -> list[str]:
+    """Nodes of lab `lab_id` whose namespaces exist."""
+    from enforcer.lab.names import target_of_netns
+    from enforcer.lab.state import lab_namespaces
+
+    targets = (target_of_netns(lab_id, name) for name in lab_namespaces(lab_id))
+    return [t.name for t in targets if t is not None and t.kind == "node"]
+
+
+@dataclass
+class Runtime:
+    """The outside world of the state and lab commands; tests pass their own as `obj=`."""
+
+    compiler: Callable[[], tuple[CompileFn, Any]] = default_compiler
+    backend: Callable[[str], Backend] = default_backend
+    lab_nodes: Callable[[str], list[str]] = default_lab_nodes
+    is_root: Callable[[], bool] = field(default=lambda: os.geteuid() == 0)
+
+
+def runtime() -> Runtime:
+    ctx = click.get_current_context()
+    if not isinstance(ctx.obj, Runtime):
+        ctx.obj = Runtime()
+    return ctx.obj
+
+
+def need_root(dry_run_hint: bool = False) -> None:
+    if not runtime().is_root():
+        fail(ROOT_MESSAGE + (" or use --dry-run" if dry_run_hint else ""))
+
+
+# --------------------------------------------------------------------------------------------
+# Shared options and helpers
+
+
+def state_dir_option(func: click.decorators.FC) -> click.decorators.FC:
+    return click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False),
+        envvar=HOME_ENV,
+        default=DEFAULT_HOME,
+        show_default=True,
+        help=f"Datastore directory (also ${HOME_ENV}).",
+    )(func)
+
+
+def lab_option(func: click.decorators.FC) -> click.decorators.FC:
+    return click.option(
+        "--lab",
+        "lab_id",
+        envvar=LAB_ENV,
+        default=DEFAULT_LAB_ID,
+        show_default=True,
+        metavar="ID",
+        help=f"The lab whose nodes enforce the state (also ${LAB_ENV}).",
+    )(func)
+
+
+def load_failed(err: LoadError) -> NoReturn:
+    """Every problem, FILE:LINE first, then exit 2 (as `load_or_exit` does)."""
+    click.echo(str(err), err=True)
+    n = len(err.problems)
+    click.echo(f"{n} problem{'s' if n != 1 else ''} found; nothing was changed.", err=True)
+    sys.exit(EXIT_INVALID)
+
+
+def guarded(work: Callable[[], T]) -> T:
+    """Run `work`, turning the expected failures into clean messages and exit codes."""
+    try:
+        return work()
+    except LoadError as err:
+        load_failed(err)
+    except UnknownKind as err:
+        fail(str(err), EXIT_INVALID)
+    except (DatastoreError, LabError) as err:
+        fail(str(err))
+
+
+def print_changes(changes: ChangeSet, suffix: str = "", *, err: bool = False) -> None:
+    for change in changes.changes:
+        if change.action == "not found":
+            click.echo(f"{change.key} not found", err=True)
+        else:
+            click.echo(f"{change}{suffix}", err=err)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in [headers, *rows]]
+    return "\n".join(lines)
+
+
+def make_reconciler(ds: Datastore, lab_id: str) -> Reconciler | None:
+    """A reconciler for the lab's nodes that are up; None (with a note) when the lab is not up."""
+    rt = runtime()
+    nodes = guarded(lambda: rt.lab_nodes(lab_id))
+    if not nodes:
+        click.echo(f"lab {lab_id} is not up: stored, nothing enforced (start it with `flowtui lab up -f ...`)",
+                   err=True)
+        return None
+    compile_fn, options = rt.compiler()
+    return Reconciler(ds, rt.backend(lab_id), compile_fn, options, lambda: nodes, lab_id=lab_id)
+
+
+def enforce(ds: Datastore, lab_id: str, *, echo: bool = True,
+            reconciler: Reconciler | None = None) -> ReconcileResult | None:
+    """Reconcile the lab's nodes with the datastore; None when the lab is not up."""
+    reconciler = reconciler or make_reconciler(ds, lab_id)
+    if reconciler is None:
+        return None
+    result = guarded(reconciler.reconcile)
+    if echo:
+        click.echo(result.describe())
+    for failed in result.failed:
+        click.echo(f"error: {failed.node}: {failed.error}", err=True)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# apply
+
+
+@click.command()
+@paths_option
+@click.option("--dry-run", is_flag=True,
+              help="Print the full nftables ruleset of every node instead; store nothing, no root needed.")
+@lab_option
+@state_dir_option
+def apply(paths: Sequence[str], more_paths: Sequence[str], dry_run: bool, lab_id: str, state_dir: str) -> None:
+    """Store resources in the datastore and enforce them on the lab's nodes.
+
+    Each object replaces the stored object of the same kind, namespace and name; the input and
+    then the merged result are validated first, and any problem (printed as FILE:LINE, exit 2)
+    changes nothing. A policy turned off with `flowtui policy disable` stays off when its file is
+    applied again, unless the file sets the `flowtui.dev/disabled` annotation itself.
+
+    With --dry-run, prints for each node of the lab (as it would be planned from the merged state)
+    the nftables table it would get, and stores nothing.
+    """
+    inputs = all_paths(paths, more_paths)
+    if not inputs:
+        fail("no input: give files or directories with -f PATH (or - for stdin)", EXIT_INVALID)
+    if dry_run:
+        _dry_run(inputs, lab_id, state_dir)
+        return
+    need_root(dry_run_hint=True)
+    ds = Datastore(state_dir)
+    changes = guarded(lambda: ds.apply_documents(inputs))
+    print_changes(changes)
+    result = enforce(ds, lab_id)
+    if result is not None and not result.ok:
+        sys.exit(1)
+
+
+def _dry_run(inputs: list[str], lab_id: str, state_dir: str) -> None:
+    from enforcer.nft import ir
+    from enforcer.reconcile import compile_nodes
+    from enforcer.ruleids import IdAllocator
+
+    ds = Datastore(state_dir)
+    try:
+        preview = ds.preview_documents(inputs)
+    except DatastoreError as err:
+        click.echo(f"warning: {err}; showing the input files alone", err=True)
+        ds = Datastore(tempfile.mkdtemp(prefix="flowtui-dry-run-"))
+        preview = guarded(lambda: ds.preview_documents(inputs))
+    except LoadError as err:
+        load_failed(err)
+    print_changes(preview.changes, " (dry run)", err=True)  # stdout is the ruleset alone
+    compile_fn, options = runtime().compiler()
+    try:
+        ids = IdAllocator.load(ds.ids_path)
+    except (OSError, ValueError):
+        ids = IdAllocator()
+    compiled = guarded(lambda: compile_nodes(preview.resources, compile_fn, options, ids, lab_id))
+    for node, out in compiled.items():
+        click.echo(f"# node {node}: {len(out.table.chains)} chains, {len(out.table.sets)} sets")
+        click.echo(ir.listing(out.table))
+
+
+# --------------------------------------------------------------------------------------------
+# delete
+
+
+@click.command()
+@click.argument("kind", required=False)
+@click.argument("name", required=False)
+@click.option("-f", "--filename", "paths", multiple=True, type=click.Path(allow_dash=True),
+              help="Delete the objects named in these files (only apiVersion, kind and metadata are read).")
+@click.option("-n", "--namespace", help="Namespace of a namespaced object (default: any, if unambiguous).")
+@click.option("--ignore-not-found", is_flag=True, help="Exit 0 when an object does not exist.")
+@lab_option
+@state_dir_option
+def delete(kind: str | None, name: str | None, paths: Sequence[str], namespace: str | None,
+           ignore_not_found: bool, lab_id: str, state_dir: str) -> None:
+    """Delete objects from the datastore and enforce the result: `delete KIND NAME [-n NS]` or
+    `delete -f PATH...`.
+
+    KIND is any kind name `flowtui get` accepts (gnp, np, knp, pod, ...). Nothing cascades:
+    deleting a namespace leaves its pods and policies.
+    """
+    if bool(paths) == bool(kind):
+        raise click.UsageError("give either KIND NAME or -f PATH")
+    if kind and not name:
+        raise click.UsageError("give the NAME of the object to delete")
+    need_root()
+    ds = Datastore(state_dir)
+    if paths:
+        changes = guarded(lambda: ds.delete_documents(list(paths)))
+    else:
+        assert kind is not None and name is not None
+
+        def delete_one() -> ChangeSet | None:
+            try:
+                return ds.delete(kind, name, namespace)
+            except NotFound as err:
+                if not ignore_not_found:
+                    raise
+                click.echo(str(err), err=True)
+                return None
+
+        found = guarded(delete_one)
+        if found is None:
+            return
+        changes = found
+    print_changes(changes)
+    if changes.changed:
+        result = enforce(ds, lab_id)
+        if result is not None and not result.ok:
+            sys.exit(1)
+    if changes.not_found and not ignore_not_found:
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------------------------
+# get
+
+
+def _with_revision(obj: StoredObject, doc: dict[str, Any]) -> dict[str, Any]:
+    kind = KINDS.get((obj.api_version, obj.kind))
+    if kind is None or "resourceVersion" not in kind.meta_server_fields:
+        return doc
+    meta = dict(doc.get("metadata") or {})
+    meta["resourceVersion"] = str(obj.revision)
+    return {**doc, "metadata": meta}
+
+
+def _spec(doc: dict[str, Any], key: str) -> str:
+    spec = doc.get("spec")
+    value = spec.get(key) if isinstance(spec, dict) else None
+    return "" if value is None else str(value)
+
+
+@click.command()
+@click.argument("kind", metavar="KIND")
+@click.argument("name", required=False)
+@click.option("-n", "--namespace", help="Only this namespace (default: every namespace).")
+@click.option("-o", "--output", type=click.Choice(["table", "yaml", "json"]), default="table", show_default=True)
+@state_dir_option
+def get(kind: str, name: str | None, namespace: str | None, output: str, state_dir: str) -> None:
+    """Show stored objects of one kind, or one object.
+
+    KIND is a kind, its plural or a short name, in any case: gnp, np (Calico NetworkPolicy), knp
+    (Kubernetes NetworkPolicy), sgnp, snp, sknp, tier, gns (GlobalNetworkSet), netset, hep,
+    profile, felixconfig, ns, pod, node, sa, ext (ExternalHost); `policy` means every policy kind.
+
+    `-o yaml` and `-o json` print the stored documents (with metadata.resourceVersion set to the
+    object's revision) in a form `flowtui apply -f` takes back; a list is a `kind: List`.
+    """
+    ds = Datastore(state_dir)
+    found = guarded(lambda: ds.object_documents(kind, name=name, namespace=namespace))
+    if not found:
+        if name:
+            where = f" in namespace {namespace}" if namespace else ""
+            fail(f"{kind} {name!r} not found{where}")
+        click.echo("No resources found.", err=True)
+        return
+    if output in ("yaml", "json"):
+        docs = [_with_revision(o, d) for o, d in found]
+        single = name is not None and len(docs) == 1
+        out: dict[str, Any] = docs[0] if single else {"apiVersion": "v1", "kind": "List", "items": docs}
+        if output == "json":
+            echo_json(out)
+        else:
+            click.echo(yaml.safe_dump(out, sort_keys=False, default_flow_style=False, allow_unicode=True), nl=False)
+        return
+    kinds = {o.key.kind for o, _ in found}
+    namespaced = any(o.info.namespaced for o, _ in found)
+    policies = all(o.info.is_policy for o, _ in found)
+    headers = [*(["KIND"] if len(kinds) > 1 else []), *(["NAMESPACE"] if namespaced else []), "NAME", "REVISION"]
+    if policies:
+        headers += ["TIER", "ORDER", "STATE"]
+    headers.append("SOURCE")
+    rows = []
+    for obj, doc in found:
+        row = [*([obj.info.label] if len(kinds) > 1 else []), *([obj.key.namespace or ""] if namespaced else []),
+               obj.key.name, str(obj.revision)]
+        if policies:
+            tier = _spec(doc, "tier") or ("default" if obj.info.is_policy else "")
+            row += [tier, _spec(doc, "order"), "disabled" if obj.disabled else "enabled"]
+        rows.append([*row, obj.source])
+    click.echo(format_table(headers, rows))
+
+
+# --------------------------------------------------------------------------------------------
+# policy disable | enable
+
+
+@click.group(name="policy")
+def policy_group() -> None:
+    """Turn policies off and on, live: the datastore is updated and every node of the lab gets
+    the change in one nftables transaction. A disabled policy is as if it did not exist."""
+
+
+def _toggle(name: str, namespace: str | None, kind: str, lab_id: str, state_dir: str, disabled: bool) -> None:
+    need_root()
+    kinds = guarded(lambda: resolve_kinds(kind))
+    if not all(k.is_policy for k in kinds):
+        fail(f"{kind}: only policies can be turned off and on", EXIT_INVALID)
+    ds = Datastore(state_dir)
+    reconciler = make_reconciler(ds, lab_id)  # imports and lookups first: time the change alone
+    start = time.perf_counter()
+    changes = guarded(lambda: ds.set_disabled(kind, name, namespace, disabled))
+    stored_ms = (time.perf_counter() - start) * 1e3
+    change = changes.changes[0]
+    word = "disabled" if disabled else "enabled"
+    if change.action == "unchanged":
+        click.echo(f"{change.key} was already {word} (revision {change.revision})")
+    else:
+        click.echo(f"{change.key} {word} (revision {change.revision}, stored in {stored_ms:.1f} ms)")
+    if reconciler is None:
+        return
+    result = enforce(ds, lab_id, echo=False, reconciler=reconciler)
+    assert result is not None
+    total_ms = (time.perf_counter() - start) * 1e3
+    applied = [n for n in result.nodes if n.status == "applied"]
+    compile_ms = sum(n.compile_ms for n in result.nodes)
+    verify_ms = sum(n.verify_ms for n in result.nodes)
+    apply_ms = sum(n.apply_ms for n in result.nodes)
+    click.echo(
+        f"in the kernel {total_ms:.1f} ms after the change was requested: {len(applied)} of {len(result.nodes)} "
+        f"nodes changed (load {result.load_ms:.1f} ms, compile {compile_ms:.1f} ms, reading live tables "
+        f"{verify_ms:.1f} ms, apply {apply_ms:.1f} ms)"
+    )
+    if not result.ok:
+        sys.exit(1)
+
+
+_kind_option = click.option("--kind", default="policy", show_default=True,
+                            help="Policy kind (gnp, np, knp, sgnp, ...) when the name alone is ambiguous.")
+
+
+@policy_group.command()
+@click.argument("name")
+@click.option("-n", "--namespace", help="Namespace of a namespaced policy (default: any, if unambiguous).")
+@_kind_option
+@lab_option
+@state_dir_option
+def disable(name: str, namespace: str | None, kind: str, lab_id: str, state_dir: str) -> None:
+    """Turn policy NAME off (annotation flowtui.dev/disabled: "true"), then enforce."""
+    _toggle(name, namespace, kind, lab_id, state_dir, True)
+
+
+@policy_group.command()
+@click.argument("name")
+@click.option("-n", "--namespace", help="Namespace of a namespaced policy (default: any, if unambiguous).")
+@_kind_option
+@lab_option
+@state_dir_option
+def enable(name: str, namespace: str | None, kind: str, lab_id: str, state_dir: str) -> None:
+    """Turn policy NAME back on, then enforce."""
+    _toggle(name, namespace, kind, lab_id, state_dir, False)
+
+
+__all__ = ["Runtime", "apply", "delete", "enforce", "format_table", "get", "guarded", "lab_option", "make_reconciler",
+           "need_root", "policy_group", "print_changes", "state_dir_option"]

@@ -1,0 +1,406 @@
+"""Backends: the fake (ordering, failure injection, all-or-nothing) and the kernel through libnftables
+(atomicity, listings, incremental == full, the root namespace untouched, latency)."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from enforcer.lab import LabError, netns_name
+from enforcer.nft import ir
+from enforcer.nft.backend import (
+    HOST_NOT_IMPLEMENTED,
+    TABLE_NAME,
+    ApplyError,
+    FakeBackend,
+    KernelBackend,
+    canonical,
+    empty_table,
+    host_backend,
+    parse_listing,
+)
+from enforcer.nft.libnft import NftError, parse_errors
+
+BASE = "type filter hook input priority filter; policy accept;"
+
+
+def table(chains: dict[str, tuple[str, ...]], sets: dict[str, frozenset[str]] | None = None,
+          hooks: dict[str, str] | None = None) -> ir.Table:
+    hooks = hooks or {}
+    return ir.Table(
+        "inet", TABLE_NAME,
+        {n: ir.Chain(n, rules, hooks.get(n)) for n, rules in chains.items()},
+        {n: ir.NftSet(n, "ipv4_addr", (), elems) for n, elems in (sets or {}).items()},
+    )
+
+
+T1 = table(
+    {"input": ("jump a", "jump b"), "a": ("tcp dport 22 accept",), "b": ("ip saddr @deny drop", "udp dport 53 accept")},
+    {"deny": frozenset({"192.0.2.1", "192.0.2.2"})},
+    {"input": BASE},
+)
+T2 = table(  # b removed, c added, a changed, the set changed
+    {"input": ("jump a", "jump c"), "a": ("tcp dport 443 accept",), "c": ("ip saddr @deny drop",)},
+    {"deny": frozenset({"192.0.2.2", "192.0.2.3"})},
+    {"input": BASE},
+)
+
+
+# --------------------------------------------------------------------------------------------
+# The fake
+
+
+def test_fake_applies_lists_and_records() -> None:
+    fake = FakeBackend()
+    assert fake.listing("n1") is None and fake.current("n1") is None
+    fake.apply("n1", T1, ir.full(T1, existing=False))
+    assert fake.current("n1") == T1
+    assert fake.listing("n1") == ir.listing(T1)
+    fake.apply("n1", T2, ir.diff(T1, T2))
+    assert fake.current("n1") == T2
+    assert [s.splitlines()[0] for s in fake.history["n1"]] == ["add table inet flowtui", "add chain inet flowtui c"]
+    fake.delete("n1")
+    fake.delete("n1")  # idempotent
+    assert fake.listing("n1") is None and fake.history["n1"][-1] == "delete table inet flowtui\n"
+
+
+def test_fake_diff_order_is_what_the_kernel_needs() -> None:
+    fake = FakeBackend()
+    fake.apply("n1", T1, ir.full(T1, existing=False))
+    ops = ir.diff(T1, T2)
+    kinds = [type(op).__name__ for op in ops]
+    # declare new chains first, write rules, and delete b only after nothing jumps to it
+    assert kinds.index("DeleteChain") > max(i for i, k in enumerate(kinds) if k == "DefineChain" and
+                                            isinstance(ops[i], ir.DefineChain) and ops[i].chain.name == "input")
+    # The same operations in a bad order (delete b while input still jumps to it) are refused whole.
+    deletes = [op for op in ops if isinstance(op, ir.DeleteChain)]
+    bad = deletes + [op for op in ops if op not in deletes]
+    with pytest.raises(ApplyError, match="still referenced"):
+        fake.apply("n1", T2, bad)
+    assert fake.current("n1") == T1 and len(fake.history["n1"]) == 1 and len(fake.failed["n1"]) == 1
+    fake.apply("n1", T2, ops)
+    assert fake.current("n1") == T2
+
+
+def test_fake_failure_injection_is_all_or_nothing() -> None:
+    fake = FakeBackend()
+    fake.apply("n1", T1, ir.full(T1, existing=False))
+    fake.fail_next("n1", "boom")
+    with pytest.raises(ApplyError, match="boom") as info:
+        fake.apply("n1", T2, ir.diff(T1, T2))
+    assert info.value.node == "n1" and "add chain inet flowtui c" in info.value.script
+    assert fake.current("n1") == T1 and len(fake.history["n1"]) == 1
+    fake.apply("n1", T2, ir.diff(T1, T2))  # only the next one failed
+    assert fake.current("n1") == T2
+
+
+def test_fake_bad_op_in_the_middle_changes_nothing() -> None:
+    fake = FakeBackend()
+    fake.apply("n1", T1, ir.full(T1, existing=False))
+    ops: list[ir.Op] = [
+        ir.DefineChain(ir.Chain("a", ("tcp dport 1 accept",)), new=False),
+        ir.SetElements("missing", add=("192.0.2.9",)),
+        ir.DefineChain(ir.Chain("z", ()), new=True),
+    ]
+    with pytest.raises(ApplyError):
+        fake.apply("n1", T1, ops)
+    assert fake.current("n1") == T1
+
+
+def test_backends_own_one_table() -> None:
+    other = ir.Table("inet", "filter")
+    with pytest.raises(ValueError, match="inet flowtui"):
+        FakeBackend().apply("n1", other, ir.full(other, existing=False))
+    assert empty_table().ref == "inet flowtui"
+
+
+def test_root_and_foreign_namespaces_are_refused() -> None:
+    with pytest.raises(NotImplementedError, match="root network namespace"):
+        host_backend()
+    assert "not implemented" in HOST_NOT_IMPLEMENTED
+    root = KernelBackend("lab", lambda node: "")
+    with pytest.raises(NotImplementedError):
+        root.apply("n1", T1, ir.full(T1, existing=False))
+    for name in ("ft-other-node-n1", "default", "../ft-lab-node-n1", "ft-lab"):
+        backend = KernelBackend("lab", lambda node, name=name: name)
+        with pytest.raises(LabError):
+            backend.listing("n1")
+    with pytest.raises(LabError):
+        KernelBackend("Not-A-Lab", lambda node: "ft-x")
+
+
+def test_nft_errors_point_at_the_script_line() -> None:
+    script = "add table inet t\nadd rule inet t c tcp dport 22 acept\nadd chain inet t d\n"
+    errors = ("/proc/self/fd/7:2:43-43: Error: syntax error, unexpected newline\n"
+              "add rule inet t c tcp dport 22 acept\n                                          ^\n")
+    (problem,) = parse_errors(errors, script)
+    assert (problem.line, problem.columns, problem.text) == (2, "43-43", "add rule inet t c tcp dport 22 acept")
+    assert str(problem).startswith("line 2: syntax error")
+    (bare,) = parse_errors("Error: Could not process rule: No such file or directory\n", script)
+    assert bare.line == 0 and "No such file" in str(bare)
+    assert NftError("x", script, (bare,)).missing
+
+
+def test_parse_listing() -> None:
+    text = (
+        "table inet flowtui {\n\tset s {\n\t\ttype ipv4_addr\n\t\tflags interval\n"
+        "\t\telements = { 10.0.0.0/8, 192.0.2.1,\n\t\t\t     198.51.100.0/24 }\n\t}\n\n"
+        "\tmap m {\n\t\ttype ifname : verdict\n\t\telements = { \"cali1\" : goto a, \"cali,2\" : jump a }\n\t}\n\n"
+        "\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n"
+        "\t\tiifname vmap @m\n\t}\n\n\tchain a {\n\t\ttcp dport 22 accept\n\t}\n}\n"
+    )
+    parsed = parse_listing(text)
+    assert parsed.sets["s"].flags == ("interval",)
+    assert parsed.sets["s"].elements == {"10.0.0.0/8", "192.0.2.1", "198.51.100.0/24"}
+    assert parsed.sets["m"].is_map and parsed.sets["m"].elements == {'"cali1" : goto a', '"cali,2" : jump a'}
+    assert parsed.chains["input"].hook == BASE and parsed.chains["input"].rules == ("iifname vmap @m",)
+    assert parsed.chains["a"] == ir.Chain("a", ("tcp dport 22 accept",))
+
+
+# --------------------------------------------------------------------------------------------
+# Random tables (used on the fake and on the kernel)
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> ir.Table:
+    """A random valid table: base chain input dispatching by interface through a verdict map, regular
+    chains that may jump to each other (no cycles), a hash set and an interval set they use."""
+    names = sorted(draw(st.sets(st.sampled_from([f"c{i}" for i in range(8)]), max_size=6)))
+    hosts = draw(st.frozensets(st.integers(1, 40).map(lambda i: f"192.0.2.{i}"), max_size=8))
+    nets = draw(st.frozensets(st.integers(0, 30).map(lambda i: f"10.{i}.0.0/16"), max_size=5))
+    chains: dict[str, ir.Chain] = {}
+    for pos, name in enumerate(names):
+        pool = ["tcp dport 22 accept", "udp dport 53 drop", "ip saddr @hosts counter drop",
+                "ip daddr @nets accept", "meta l4proto icmp counter accept", "tcp dport { 80, 443 } accept"]
+        pool += [f"jump {later}" for later in names[pos + 1 :]]
+        rules = draw(st.lists(st.sampled_from(pool), max_size=4))
+        chains[name] = ir.Chain(name, tuple(rules))
+    vmap = {f'"cali{i}" : goto {name}' for i, name in enumerate(names) if draw(st.booleans())}
+    dispatch = ["iifname vmap @dispatch"] + [f"jump {n}" for n in names if draw(st.booleans())]
+    chains["input"] = ir.Chain("input", tuple(dispatch), BASE)
+    sets = {
+        "hosts": ir.NftSet("hosts", "ipv4_addr", (), hosts),
+        "nets": ir.NftSet("nets", "ipv4_addr", ("interval",), nets),
+        "dispatch": ir.NftSet("dispatch", "ifname : verdict", (), frozenset(vmap), is_map=True),
+    }
+    return ir.Table("inet", TABLE_NAME, chains, sets)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(tables(), min_size=1, max_size=5))
+def test_fake_incremental_equals_full(versions: list[ir.Table]) -> None:
+    inc, whole = FakeBackend(), FakeBackend()
+    current: ir.Table | None = None
+    for version in versions:
+        inc.apply("n", version, ir.diff(current, version) if current else ir.full(version, existing=False))
+        current = version
+    whole.apply("n", current, ir.full(current, existing=False))  # type: ignore[arg-type]
+    assert inc.listing("n") == whole.listing("n")
+
+
+# --------------------------------------------------------------------------------------------
+# The kernel
+
+
+def root_ruleset() -> str:
+    """The root namespace's ruleset, read with the `nft` tool (never written)."""
+    return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=True, timeout=10).stdout
+
+
+def ns_listing(netns: str) -> str:
+    done = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "table", "inet", TABLE_NAME],
+                          capture_output=True, text=True, timeout=10)
+    return done.stdout if done.returncode == 0 else ""
+
+
+@pytest.fixture
+def kbackend(lab_id: str) -> Iterator[KernelBackend]:
+    """A KernelBackend over two fresh lab namespaces (nodes n1, n2); root ruleset checked after."""
+    from enforcer.lab.netns import create_netns
+
+    before = root_ruleset()
+    for node in ("n1", "n2"):
+        create_netns(netns_name(lab_id, f"node:{node}"))
+    backend = KernelBackend(lab_id, lambda node: netns_name(lab_id, f"node:{node}"))
+    yield backend
+    backend.close()
+    assert root_ruleset() == before, "the root namespace's ruleset changed"
+
+
+@pytest.mark.kernel
+def test_context_lives_in_its_namespace(lab_id: str) -> None:
+    from enforcer.lab.netns import create_netns
+    from enforcer.nft.libnft import Nft
+
+    before = root_ruleset()
+    netns = netns_name(lab_id, "node:n1")
+    create_netns(netns)
+    with Nft(netns) as nft:
+        nft.run(f"add table inet {TABLE_NAME}")
+        assert f"table inet {TABLE_NAME}" in nft.run("list tables")
+        with pytest.raises(NftError) as info:
+            nft.run(f"add chain inet {TABLE_NAME} c\nadd rule inet {TABLE_NAME} c jump nowhere\n")
+        assert info.value.problems[0].line == 2
+        assert info.value.problems[0].text == f"add rule inet {TABLE_NAME} c jump nowhere"
+        assert "No such file or directory" in str(info.value) and "line 2" in str(info.value)
+    assert ns_listing(netns).startswith(f"table inet {TABLE_NAME}")
+    assert root_ruleset() == before
+    with pytest.raises(NftError, match="closed"):
+        nft.run("list tables")
+
+
+@pytest.mark.kernel
+def test_apply_and_listing(kbackend: KernelBackend, lab_id: str) -> None:
+    assert kbackend.listing("n1") is None and kbackend.current("n1") is None
+    kbackend.apply("n1", T1, ir.full(T1, existing=False))
+    live = kbackend.listing("n1")
+    assert live == ns_listing(netns_name(lab_id, "node:n1"))  # what `nft list table` shows
+    assert live is not None and "chain b {" in live and "192.0.2.1" in live
+    assert kbackend.current("n1") == T1  # these rules print exactly as written
+    assert kbackend.listing("n2") is None  # only n1's namespace has it
+    kbackend.apply("n1", T2, ir.diff(T1, T2))
+    assert kbackend.current("n1") == T2
+    kbackend.delete("n1")
+    kbackend.delete("n1")
+    assert kbackend.listing("n1") is None
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("bad_rule", ["tcp dport 99999 accept", "jump nowhere", "ip saddr @nosuchset drop"])
+def test_apply_is_atomic(kbackend: KernelBackend, bad_rule: str) -> None:
+    kbackend.apply("n1", T1, ir.full(T1, existing=False))
+    before = kbackend.listing("n1")
+    ops: list[ir.Op] = [
+        ir.DefineChain(ir.Chain("a", ("tcp dport 2222 accept",)), new=False),  # a valid change first
+        ir.SetElements("deny", add=("192.0.2.77",)),
+        ir.DefineChain(ir.Chain("b", ("udp dport 1 drop", bad_rule, "udp dport 2 drop")), new=False),
+        ir.DefineChain(ir.Chain("z", ("tcp dport 3 accept",)), new=True),
+    ]
+    with pytest.raises(ApplyError) as info:
+        kbackend.apply("n1", T1, ops)
+    assert "line " in info.value.message and bad_rule.split()[0] in info.value.message
+    assert kbackend.listing("n1") == before  # byte-identical
+
+
+@pytest.mark.kernel
+def test_stale_namespace_gets_a_new_context(kbackend: KernelBackend, lab_id: str) -> None:
+    from enforcer.lab.netns import create_netns, remove_netns
+
+    kbackend.apply("n1", T1, ir.full(T1, existing=False))
+    netns = netns_name(lab_id, "node:n1")
+    remove_netns(netns)
+    with pytest.raises(LabError, match="does not exist"):
+        kbackend.listing("n1")
+    kbackend.delete("n1")  # nothing to delete: fine
+    create_netns(netns)
+    assert kbackend.listing("n1") is None  # the new namespace, not the removed one
+    kbackend.apply("n1", T1, ir.full(T1, existing=False))
+    assert ns_listing(netns).startswith("table inet flowtui")
+
+
+@pytest.mark.kernel
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(tables(), min_size=2, max_size=5))
+def test_kernel_incremental_equals_full(kbackend: KernelBackend, versions: list[ir.Table]) -> None:
+    for node in ("n1", "n2"):
+        kbackend.delete(node)
+    current: ir.Table | None = None
+    for version in versions:
+        kbackend.apply("n1", version, ir.diff(current, version) if current else ir.full(version, existing=False))
+        current = version
+    assert current is not None
+    kbackend.apply("n2", current, ir.full(current, existing=False))
+    incremental, rebuilt = kbackend.listing("n1"), kbackend.listing("n2")
+    assert incremental is not None and rebuilt is not None
+    # `nft list` prints blocks in creation order; otherwise the texts are identical.
+    assert canonical(incremental) == canonical(rebuilt)
+    assert parse_listing(kbackend.listing("n1", stateless=True) or "") == current  # these rules print as written
+
+
+def big_table(chains: int, variant: int) -> ir.Table:
+    rules = {f"c{i}": (f"ip saddr 10.{i // 256}.{i % 256}.0/24 counter accept", f"tcp dport {i + 1} drop")
+             for i in range(chains)}
+    rules["c500"] = (f"tcp dport {2000 + variant} drop",) if variant % 2 else ("tcp dport 1 accept",)
+    rules["input"] = tuple(f'iifname "cali{i}" jump c{i}' for i in range(chains))
+    return table(rules, {"s": frozenset(f"192.0.2.{i}" for i in range(1, 200))}, {"input": BASE})
+
+
+@pytest.mark.kernel
+def test_latency_one_chain_of_1000(kbackend: KernelBackend) -> None:
+    """A toggle-sized change (one chain rewritten) in a table of 1,000 chains: median < 10 ms."""
+    current = big_table(1000, 0)
+    start = time.perf_counter()
+    kbackend.apply("n1", current, ir.full(current, existing=False))
+    full_ms = (time.perf_counter() - start) * 1e3
+    samples = []
+    for variant in range(1, 41):
+        new = big_table(1000, variant)
+        ops = ir.diff(current, new)
+        assert len(ops) == 1
+        start = time.perf_counter()
+        kbackend.apply("n1", new, ops)
+        samples.append((time.perf_counter() - start) * 1e3)
+        current = new
+    start = time.perf_counter()
+    kbackend.listing("n1")
+    list_ms = (time.perf_counter() - start) * 1e3
+    median = statistics.median(samples)
+    print(f"\n1,000 chains: full apply {full_ms:.1f} ms; one-chain change median {median:.2f} ms, "
+          f"p90 {sorted(samples)[int(len(samples) * 0.9)]:.2f} ms, max {max(samples):.2f} ms; listing {list_ms:.1f} ms")
+    assert median < 10
+
+
+@pytest.mark.kernel
+def test_random_sequence_on_both_backends(kbackend: KernelBackend) -> None:
+    """The fake and the kernel accept and refuse the same transactions, ending in the same table."""
+    rng = random.Random(7)
+    fake = FakeBackend()
+    current = T1
+    for backend in (fake, kbackend):
+        backend.apply("n1", T1, ir.full(T1, existing=False))
+    for _ in range(20):
+        names = [f"k{i}" for i in range(rng.randint(0, 5))]
+        chains = {n: (f"tcp dport {rng.randint(1, 9)} accept",) for n in names}
+        chains["input"] = tuple(f"jump {n}" for n in names)
+        new = table(chains, {"deny": frozenset(f"192.0.2.{rng.randint(1, 9)}" for _ in range(3))}, {"input": BASE})
+        for backend in (fake, kbackend):
+            backend.apply("n1", new, ir.diff(current, new))
+        current = new
+    assert fake.current("n1") == kbackend.current("n1") == current
+
+
+@pytest.mark.kernel
+def test_contexts_are_thread_safe(kbackend: KernelBackend) -> None:
+    """Threads applying to two nodes and listing at once: every call completes and both tables end right."""
+    for node in ("n1", "n2"):
+        kbackend.apply(node, T1, ir.full(T1, existing=False))
+    errors: list[BaseException] = []
+
+    def work(node: str) -> None:
+        try:
+            current = T1
+            for i in range(30):
+                new = table({**{n: c.rules for n, c in T1.chains.items()}, "a": (f"tcp dport {i + 1} accept",)},
+                            {"deny": T1.sets["deny"].elements}, {"input": BASE})
+                kbackend.apply(node, new, ir.diff(current, new))
+                assert kbackend.listing(node) is not None
+                current = new
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(node,)) for node in ("n1", "n2", "n1", "n2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    for node in ("n1", "n2"):
+        assert kbackend.current(node) is not None

@@ -1,0 +1,278 @@
+"""The reconciler on the fake backend (and once on the kernel), with a small fake compiler.
+
+`fake_compile` stands in for `enforcer.nft.compiler.compile_node`: one chain per active policy
+with one rule per ingress rule (ids from the allocator), a base chain jumping to them, and a set
+of the node's addresses (so the lab's address filling can be seen). The CLI tests reuse it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enforcer.datastore import Datastore
+from enforcer.nft import ir
+from enforcer.nft.backend import Backend, FakeBackend, KernelBackend
+from enforcer.reconcile import Reconciler, compile_nodes, fingerprint, table_from_json, table_to_json
+from enforcer.resolve import ClusterState
+from enforcer.ruleids import ACTION_LETTER, IdAllocator, RuleRef, RuleTable
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "flowtui" / "scenarios" / "article"
+VERDICT = {"Allow": "accept", "Deny": "drop", "Pass": "return", "Log": "continue"}
+
+
+@dataclass(frozen=True)
+class FakeCompiled:
+    table: ir.Table
+    rules: RuleTable
+
+
+def fake_compile(state: ClusterState, node: str, options: Any, ids: IdAllocator) -> FakeCompiled:
+    """A stand-in compiler: valid nftables, one chain per active policy, stable ids."""
+    chains: dict[str, ir.Chain] = {}
+    refs: list[RuleRef] = []
+    jumps: list[str] = []
+    for pol in sorted(state.active_policies, key=lambda p: p.key):
+        chain = f"pol-{pol.namespace + '-' if pol.namespace else ''}{pol.name}"
+        rules = []
+        for i, rule in enumerate(pol.ingress):
+            rid = ids.id_for((pol.kind, pol.namespace, pol.name, pol.revision, "ingress", i))
+            refs.append(RuleRef(rid, pol.kind, pol.namespace, pol.name, pol.tier, pol.revision, "ingress", i,
+                                rule.action))
+            tag = f"{ACTION_LETTER[rule.action]}{rid}"
+            rules.append(f'meta mark 0x{rid:x} counter {VERDICT[rule.action]} comment "{tag}"')
+        chains[chain] = ir.Chain(chain, tuple(rules))
+        jumps.append(f"jump {chain}")
+    if "deny-ping" in {p.name for p in state.active_policies}:
+        jumps.append("meta l4proto icmp drop")
+    chains["forward"] = ir.Chain("forward", tuple(jumps), "type filter hook forward priority filter; policy accept;")
+    addresses = next((n.addresses for n in state.resources.nodes if n.name == node), ())
+    sets = {"node_v4": ir.NftSet("node_v4", "ipv4_addr", (), frozenset(str(a) for a in addresses if a.version == 4))}
+    return FakeCompiled(ir.Table("inet", "flowtui", chains, sets), RuleTable(refs))
+
+
+def failing_on(bad: str) -> Any:
+    def compile_fn(state: ClusterState, node: str, options: Any, ids: IdAllocator) -> FakeCompiled:
+        if node == bad:
+            raise RuntimeError(f"cannot compile {node}")
+        return fake_compile(state, node, options, ids)
+
+    return compile_fn
+
+
+NODES = ["node-a", "node-b"]
+
+
+def expected(ds: Datastore, node: str) -> str:
+    """The listing of a full compile of the datastore as it is now."""
+    return ir.listing(fake_compile(ClusterState(ds.resources()), node, None, IdAllocator.load(ds.ids_path)).table)
+
+
+@pytest.fixture
+def ds(tmp_path: Path) -> Datastore:
+    store = Datastore(tmp_path / "state")
+    store.apply_documents([str(SCENARIOS)])
+    return store
+
+
+def reconciler(ds: Datastore, backend: Backend, compile_fn: Any = fake_compile, lab_id: str | None = None,
+               nodes: list[str] | None = None) -> Reconciler:
+    return Reconciler(ds, backend, compile_fn, None, lambda: list(nodes or NODES), lab_id=lab_id)
+
+
+def test_first_run_creates_then_nothing_changes(ds: Datastore) -> None:
+    backend = FakeBackend()
+    rec = reconciler(ds, backend)
+    first = rec.reconcile()
+    assert first.ok and [n.status for n in first.nodes] == ["applied", "applied"]
+    assert all(n.full for n in first.nodes)
+    assert backend.history["node-a"][0].startswith("add table inet flowtui\n")
+    assert first.revision == ds.revision and first.rules > 0 and first.new_ids == first.rules
+    again = rec.reconcile()
+    assert [n.status for n in again.nodes] == ["unchanged", "unchanged"]
+    assert len(backend.history["node-a"]) == 1  # no transaction at all
+    assert "unchanged" in again.describe()
+
+
+def test_toggle_changes_only_what_it_must(ds: Datastore) -> None:
+    backend = FakeBackend()
+    rec = reconciler(ds, backend)
+    rec.reconcile()
+    ds.set_disabled("gnp", "deny-other-ingress", None, True)
+    result = rec.reconcile()
+    assert [n.status for n in result.nodes] == ["applied", "applied"]
+    assert not any(n.full for n in result.nodes)
+    script = backend.history["node-a"][-1]
+    assert "delete table" not in script and "add table" not in script
+    assert "delete chain inet flowtui pol-deny-other-ingress" in script
+    assert "flush chain inet flowtui forward" in script
+    assert "pol-deny-other-ingress" not in backend.listing("node-a")  # type: ignore[operator]
+    for node in NODES:  # the incremental result is the full rebuild
+        assert backend.listing(node) == expected(ds, node)
+    for n in result.nodes:
+        assert n.compile_ms >= 0 and n.apply_ms > 0
+
+
+def test_failed_node_keeps_its_table_and_others_proceed(ds: Datastore) -> None:
+    backend = FakeBackend()
+    rec = reconciler(ds, backend)
+    rec.reconcile()
+    before = backend.listing("node-a")
+    ds.set_disabled("gnp", "deny-other-ingress", None, True)
+    backend.fail_next("node-a", "injected: kernel said no")
+    result = rec.reconcile()
+    assert not result.ok
+    (failed,) = result.failed
+    assert failed.node == "node-a" and failed.error == "injected: kernel said no"
+    assert backend.listing("node-a") == before
+    assert [n.status for n in result.nodes] == ["failed", "applied"]
+    healed = rec.reconcile()  # re-checks node-a against the backend, then applies the diff
+    assert [n.status for n in healed.nodes] == ["applied", "unchanged"]
+    assert not healed.nodes[0].full
+    assert backend.listing("node-a") == expected(ds, "node-a")
+
+
+def test_compile_failure_is_per_node(ds: Datastore) -> None:
+    backend = FakeBackend()
+    result = reconciler(ds, backend, failing_on("node-a")).reconcile()
+    assert [n.status for n in result.nodes] == ["failed", "applied"]
+    assert "cannot compile node-a" in (result.nodes[0].error or "")
+    assert "node-a" not in backend.tables
+
+
+def test_ids_are_stable_across_processes_and_rules_append_only(ds: Datastore) -> None:
+    rec = reconciler(ds, FakeBackend())
+    rec.reconcile()
+    first = RuleTable.load(ds.rules_path)
+    # A second "process": new reconciler, new backend, same datastore: the same ids.
+    other = FakeBackend()
+    reconciler(ds, other).reconcile()
+    assert RuleTable.load(ds.rules_path).refs == first.refs
+    assert IdAllocator.load(ds.ids_path).items() == IdAllocator.load(ds.ids_path).items()
+    ids_before = dict((k, v) for k, v in IdAllocator.load(ds.ids_path).items())
+    ds.set_disabled("gnp", "deny-other-ingress", None, True)
+    ds.set_disabled("gnp", "deny-other-ingress", None, False)  # a new revision: new ids
+    result = rec.reconcile()
+    after = RuleTable.load(ds.rules_path)
+    assert result.new_ids > 0
+    assert set(first.refs) < set(after.refs)  # old ids kept (append-only)
+    new_ref = max(after.refs.values(), key=lambda r: r.id)
+    assert new_ref.name == "deny-other-ingress" and new_ref.revision == ds.revision
+    assert new_ref.id > max(ids_before.values())
+    assert {v for k, v in IdAllocator.load(ds.ids_path).items() if k in ids_before} == set(ids_before.values())
+
+
+def test_first_use_verifies_the_live_table(ds: Datastore) -> None:
+    backend = FakeBackend()
+    reconciler(ds, backend).reconcile()
+    ds.set_disabled("gnp", "deny-other-ingress", None, True)
+    # A new process whose record matches the live table: an incremental change.
+    result = reconciler(ds, backend).reconcile()
+    assert [n.full for n in result.nodes] == [False, False]
+    # Someone changed node-a's table behind our back: the next new process replaces it whole.
+    tampered = backend.tables["node-a"]
+    chains = dict(tampered.chains)
+    chains.pop("pol-deny-frontend-to-transaction")
+    backend.tables["node-a"] = ir.Table(tampered.family, tampered.name, chains, tampered.sets)
+    ds.set_disabled("gnp", "deny-other-ingress", None, False)
+    result = reconciler(ds, backend).reconcile()
+    assert [n.full for n in result.nodes] == [True, False]
+    assert backend.history["node-a"][-1].startswith("delete table inet flowtui\nadd table inet flowtui\n")
+    assert backend.listing("node-a") == expected(ds, "node-a")
+    # The table vanished: created again (no delete of a missing table).
+    backend.delete("node-b")
+    result = reconciler(ds, backend).reconcile()
+    assert result.nodes[1].full and backend.history["node-b"][-1].startswith("add table inet flowtui\n")
+
+
+def test_forced_full_replace(ds: Datastore) -> None:
+    backend = FakeBackend()
+    rec = reconciler(ds, backend)
+    rec.reconcile()
+    result = rec.reconcile(full=True)
+    assert all(n.full and n.status == "applied" for n in result.nodes)
+    assert backend.history["node-a"][-1].startswith("delete table inet flowtui\n")
+
+
+def test_lab_addresses_reach_the_compiler(tmp_path: Path) -> None:
+    ds = Datastore(tmp_path / "s")
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(textwrap.dedent("""\
+        apiVersion: v1
+        kind: Node
+        metadata: {name: n1}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: web, namespace: default}
+        spec: {nodeName: n1}
+    """))
+    ds.apply_documents([str(cluster)])
+    plain, lab = FakeBackend(), FakeBackend()
+    reconciler(ds, plain, nodes=["n1"]).reconcile()
+    assert plain.tables["n1"].sets["node_v4"].elements == frozenset()
+    reconciler(ds, lab, lab_id="tlab", nodes=["n1"]).reconcile()
+    (address,) = lab.tables["n1"].sets["node_v4"].elements
+    assert address.startswith("172.31.0.")  # the lab's underlay address
+    compiled = compile_nodes(ds.resources(), fake_compile, None, IdAllocator(), "tlab")
+    assert list(compiled) == ["n1"] and compiled["n1"].table.sets["node_v4"].elements == {address}
+
+
+def test_table_json_round_trip_and_fingerprint(ds: Datastore) -> None:
+    table = fake_compile(ClusterState(ds.resources()), "node-a", None, IdAllocator()).table
+    assert table_from_json(table_to_json(table)) == table
+    assert fingerprint(table) == fingerprint(table_from_json(table_to_json(table)))
+    fewer = ir.Table(table.family, table.name, {k: v for k, v in table.chains.items() if k != "forward"}, table.sets)
+    assert fingerprint(fewer) != fingerprint(table)
+
+
+def test_a_missing_node_namespace_is_a_node_failure(ds: Datastore) -> None:
+    class Broken(FakeBackend):
+        def current(self, node: str) -> ir.Table | None:
+            if node == "node-b":
+                raise OSError("namespace is gone")
+            return super().current(node)
+
+    result = reconciler(ds, Broken()).reconcile()
+    assert [n.status for n in result.nodes] == ["applied", "failed"]
+    assert "namespace is gone" in (result.nodes[1].error or "")
+
+
+@pytest.mark.kernel
+def test_kernel_toggle_latency_and_restart(ds: Datastore, lab_id: str) -> None:
+    from enforcer.lab import netns_name
+    from enforcer.lab.netns import create_netns
+
+    for node in NODES:
+        create_netns(netns_name(lab_id, f"node:{node}"))
+    backend = KernelBackend(lab_id, lambda node: netns_name(lab_id, f"node:{node}"))
+    try:
+        rec = reconciler(ds, backend)
+        assert all(n.full for n in rec.reconcile().nodes)
+        applies = []
+        totals = []
+        for i in range(10):
+            start = time.perf_counter()
+            ds.set_disabled("gnp", "deny-other-ingress", None, i % 2 == 0)
+            result = rec.reconcile()
+            totals.append((time.perf_counter() - start) * 1e3)
+            assert result.ok and not any(n.full for n in result.nodes)
+            applies += [n.apply_ms for n in result.nodes]
+        print(f"\ntoggle through the reconciler: apply median {statistics.median(applies):.2f} ms, "
+              f"write+reconcile median {statistics.median(totals):.1f} ms")
+        assert statistics.median(applies) < 10
+        live = backend.listing("node-a", stateless=True)
+        # A new process: verified against the kernel, then incremental.
+        ds.set_disabled("gnp", "deny-other-ingress", None, True)
+        fresh = reconciler(ds, KernelBackend(lab_id, lambda node: netns_name(lab_id, f"node:{node}")))
+        result = fresh.reconcile()
+        assert result.ok and not any(n.full for n in result.nodes)
+        assert backend.listing("node-a", stateless=True) != live
+    finally:
+        backend.close()
