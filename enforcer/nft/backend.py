@@ -26,7 +26,7 @@ from typing import Protocol
 from enforcer.lab.kernel import check_lab_netns, netns_exists
 from enforcer.lab.names import LabError, check_lab_id, lab_prefix
 from enforcer.nft import ir
-from enforcer.nft.libnft import OUTPUT_STATELESS, Nft, NftError
+from enforcer.nft.libnft import OUTPUT_JSON, OUTPUT_STATELESS, Nft, NftError
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "flowtui"
@@ -63,6 +63,10 @@ class Backend(Protocol):
     def current(self, node: str) -> ir.Table | None:
         """The live table read back, None if there is none. Rules are as the backend prints
         them (the kernel normalises rule text): compare listings, not rule strings."""
+        ...
+
+    def json_listing(self, node: str) -> str | None:
+        """The live table as `nft -j` JSON with counters, or None when there is none."""
         ...
 
     def delete(self, node: str) -> None:
@@ -130,6 +134,10 @@ class FakeBackend:
         table = self.tables.get(node)
         return None if table is None else ir.listing(table)
 
+    def json_listing(self, node: str) -> str | None:
+        """The fake keeps no counters: every rule reads zero."""
+        return None if node not in self.tables else '{"nftables": []}'
+
     def current(self, node: str) -> ir.Table | None:
         return self.tables.get(node)
 
@@ -193,6 +201,15 @@ class KernelBackend:
     def listing(self, node: str, *, stateless: bool = False) -> str | None:
         try:
             return self.nft(node).run(f"list table {TABLE_REF}", flags=OUTPUT_STATELESS if stateless else 0)
+        except NftError as exc:
+            if exc.missing:
+                return None
+            raise
+
+    def json_listing(self, node: str) -> str | None:
+        """The live table as `nft -j` prints it, counters included (for per-rule hits)."""
+        try:
+            return self.nft(node).run(f"list table {TABLE_REF}", flags=OUTPUT_JSON)
         except NftError as exc:
             if exc.missing:
                 return None

@@ -324,17 +324,31 @@ def _spec(doc: dict[str, Any], key: str) -> str:
 @click.argument("name", required=False)
 @click.option("-n", "--namespace", help="Only this namespace (default: every namespace).")
 @click.option("-o", "--output", type=click.Choice(["table", "yaml", "json"]), default="table", show_default=True)
+@click.option("--unused", is_flag=True, help="With `get hits`: only rules never hit.")
+@lab_option
 @state_dir_option
-def get(kind: str, name: str | None, namespace: str | None, output: str, state_dir: str) -> None:
-    """Show stored objects of one kind, or one object.
+def get(kind: str, name: str | None, namespace: str | None, output: str, unused: bool, lab_id: str,
+        state_dir: str) -> None:
+    """Show stored objects of one kind, or one object; `get hits` shows per-rule hit counters.
 
     KIND is a kind, its plural or a short name, in any case: gnp, np (Calico NetworkPolicy), knp
     (Kubernetes NetworkPolicy), sgnp, snp, sknp, tier, gns (GlobalNetworkSet), netset, hep,
     profile, felixconfig, ns, pod, node, sa, ext (ExternalHost); `policy` means every policy kind.
+    `hits` lists every rule's packet and byte counters on every lab node, with the tier, policy,
+    direction and rule index it stands for (`--unused`: only rules never hit).
 
     `-o yaml` and `-o json` print the stored documents (with metadata.resourceVersion set to the
     object's revision) in a form `flowtui apply -f` takes back; a list is a `kind: List`.
     """
+    if kind.lower() in ("hits", "hit"):
+        from flowtui.cli.hits import print_hits
+
+        need_root()
+        rt = runtime()
+        backend = rt.backend(lab_id)
+        print_hits(state_dir, rt.lab_nodes(lab_id), backend.json_listing, "json" if output == "json" else "table",
+                   unused)
+        return
     ds = Datastore(state_dir)
     found = guarded(lambda: ds.object_documents(kind, name=name, namespace=namespace))
     if not found:

@@ -1,0 +1,63 @@
+"""`flowtui get hits`: per-rule hit counters from the live tables, attributed through the rule table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from enforcer.nft.hits import Hits, hits_from_json
+from enforcer.ruleids import RuleRef, RuleTable
+from flowtui.cli.common import echo_json
+
+
+def hit_rows(tables: dict[str, str | None], rules: RuleTable) -> list[tuple[str, RuleRef | None, int, Hits]]:
+    """(node, rule reference, id, hits) for every counted rule of every node's live table."""
+    rows = []
+    for node, listing in sorted(tables.items()):
+        if listing is None:
+            continue
+        for rule_id, hits in sorted(hits_from_json(listing).items()):
+            rows.append((node, rules.get(rule_id), rule_id, hits))
+    return rows
+
+
+def _what(ref: RuleRef | None) -> tuple[str, str, str]:
+    if ref is None:
+        return "?", "(unknown id: rule table missing?)", ""
+    if ref.kind == "EndOfTier":
+        who = f"end of tier (last policy {ref.namespace + '/' if ref.namespace else ''}{ref.name})"
+    elif ref.namespace:
+        who = f"{ref.kind} {ref.namespace}/{ref.name}"
+    else:
+        who = f"{ref.kind} {ref.name}".strip()
+    rule = "" if ref.rule < 0 else str(ref.rule)
+    return ref.tier or "", who, rule
+
+
+def print_hits(state_dir: str, lab_nodes: list[str], json_listing: object, output: str, unused: bool) -> None:
+    rules = RuleTable.load(Path(state_dir) / "rules.jsonl")
+    tables = {node: json_listing(node) for node in lab_nodes}  # type: ignore[operator]
+    rows = hit_rows(tables, rules)
+    if unused:
+        rows = [r for r in rows if r[3].packets == 0]
+    if output == "json":
+        echo_json([{"node": node, "id": rid, "packets": h.packets, "bytes": h.bytes,
+                    "rule": None if ref is None else {"kind": ref.kind, "namespace": ref.namespace, "name": ref.name,
+                                                      "tier": ref.tier, "direction": ref.direction, "rule": ref.rule,
+                                                      "action": ref.action, "revision": ref.revision}}
+                   for node, ref, rid, h in rows])
+        return
+    if not rows:
+        click.echo("No counted rules: is the lab up and policy applied? (flowtui lab status)", err=True)
+        return
+    headers = ("NODE", "ID", "TIER", "POLICY", "DIRECTION", "RULE", "ACTION", "PACKETS", "BYTES")
+    table = []
+    for node, ref, rid, h in rows:
+        tier, who, rule = _what(ref)
+        table.append((node, str(rid), tier, who, ref.direction if ref else "", rule, ref.action if ref else "",
+                      str(h.packets), str(h.bytes)))
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for r in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

@@ -1,0 +1,30 @@
+"""Per-rule hit counters: summed per identifier and joined with the rule table."""
+
+from __future__ import annotations
+
+import json
+
+from enforcer.nft.hits import Hits, hits_from_json
+from enforcer.ruleids import RuleRef, RuleTable
+from flowtui.cli.hits import hit_rows
+
+
+def _rule(comment: str | None, packets: int, nbytes: int) -> dict[str, object]:
+    rule: dict[str, object] = {"family": "inet", "table": "flowtui", "chain": "c",
+                               "expr": [{"match": {}}, {"counter": {"packets": packets, "bytes": nbytes}}]}
+    if comment is not None:
+        rule["comment"] = comment
+    return {"rule": rule}
+
+
+def test_counters_are_summed_per_identifier_and_uncommented_rules_ignored() -> None:
+    doc = {"nftables": [{"metainfo": {}}, _rule("r7", 3, 300), _rule("r7", 2, 200), _rule(None, 99, 9900),
+                        _rule("r8", 0, 0), _rule("not-ours", 5, 5)]}
+    assert hits_from_json(json.dumps(doc)) == {7: Hits(5, 500), 8: Hits(0, 0)}
+
+
+def test_rows_name_the_policy_rule_behind_each_counter() -> None:
+    ref = RuleRef(7, "GlobalNetworkPolicy", None, "dos-mitigation", "default", 3, "ingress", 0, "Deny")
+    doc = json.dumps({"nftables": [_rule("r7", 4, 40), _rule("r9", 1, 10)]})
+    rows = hit_rows({"node-b": doc, "node-a": None}, RuleTable([ref]))
+    assert rows == [("node-b", ref, 7, Hits(4, 40)), ("node-b", None, 9, Hits(1, 10))]
