@@ -132,7 +132,7 @@ class _Gen:
             "all()",
         )))
 
-    def entity(self, side: str, namespaced: bool, externals: list[ExternalHost]) -> EntityRule:
+    def entity(self, side: str, namespaced: bool, externals: list[ExternalHost], family: int) -> EntityRule:
         r = self.r
         kw: dict[str, object] = {}
         pick = r.random()
@@ -140,9 +140,9 @@ class _Gen:
             kw["selector"] = self.selector()
         elif pick < 0.5 and externals:
             ext = r.choice(externals)
-            kw["nets"] = tuple(
-                ipaddress.ip_network(f"{a}/{24 if a.version == 4 else 64}", strict=False) for a in ext.addresses
-            )
+            # One family per rule: Calico rejects a rule mixing IPv4 and IPv6 nets.
+            addr = next((a for a in ext.addresses if a.version == family), ext.addresses[0])
+            kw["nets"] = (ipaddress.ip_network(f"{addr}/{24 if addr.version == 4 else 64}", strict=False),)
         elif pick < 0.6:
             kw["not_selector"] = self.selector()
         elif pick < 0.7:
@@ -163,14 +163,15 @@ class _Gen:
         actions: tuple[Action, ...] = ("Allow", "Deny", "Pass", "Log")
         action = r.choices(actions, (5, 3, 1, 1))[0]
         protocol = r.choice((6, 6, 17, 1, None))
-        dst = self.entity("destination", namespaced, externals)
+        family = r.choice((4, 4, 6))  # of any nets the rule names, on both sides
+        dst = self.entity("destination", namespaced, externals, family)
         if protocol not in (6, 17) and (dst.ports or dst.not_ports):
             protocol = 6
         icmp = None
         if protocol == 1 and r.random() < 0.4:
             icmp = ICMPMatch(8)
         return Rule(action=action, protocol=protocol, icmp=icmp,
-                    source=self.entity("source", namespaced, externals), destination=dst)
+                    source=self.entity("source", namespaced, externals, family), destination=dst)
 
     def policy(self, i: int, namespaces: list[Namespace], externals: list[ExternalHost], tiers: list[Tier]) -> Policy:
         r = self.r

@@ -242,7 +242,8 @@ class Evaluator:
         if stage.family == "forward":
             return StageResult(stage, "continue", None, "forwarded traffic is allowed unless a policy denies",
                                logged=tuple(logged), steps=tuple(steps))
-        outcome, hit, reason = self._profiles(stage, flow, explain, steps, logged)
+        policed = any(st.policies if pending else st.enforced for st in self.stage_tiers(stage))
+        outcome, hit, reason = self._profiles(stage, flow, explain, steps, logged, policed)
         return StageResult(stage, outcome, hit, reason, logged=tuple(logged), steps=tuple(steps))
 
     # ---- tiers -------------------------------------------------------------------------
@@ -341,8 +342,9 @@ class Evaluator:
     # ---- profiles ----------------------------------------------------------------------
 
     def _profiles(
-        self, stage: Stage, flow: Flow, explain: bool, steps: list[str], logged: list[Hit]
+        self, stage: Stage, flow: Flow, explain: bool, steps: list[str], logged: list[Hit], policed: bool
     ) -> tuple[Outcome, Hit | None, str]:
+        """The endpoint's profiles in order; `policed`: some tier applied (and every one passed)."""
         assert stage.endpoint is not None
         direction = stage.direction
         user_profiles = {p.name for p in self.state.resources.profiles}
@@ -366,12 +368,13 @@ class Evaluator:
                 if explain:
                     steps.append(f"profile {name}: rule {cr.index} ({cr.action}) matches")
                 outcome: Outcome = "allow" if cr.action == "Allow" else "deny"
-                why = (f"no policy applies; namespace profile {name} allows by default"
+                first = "every applicable tier passed" if policed else "no policy applies"
+                why = (f"{first}; namespace profile {name} allows by default"
                        if builtin and name.startswith("kns.") else f"{cr.action} by profile {name}")
                 return outcome, hit, why
         if explain:
             steps.append("no profile matched: drop")
-        what = "no policy applies and " if not steps else ""
+        what = "every applicable tier passed and " if policed else "no policy applies and "
         return "deny", None, f"{what}no profile allowed the packet (default deny)"
 
 
