@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 from enforcer.model import IPAddress, protocol_name
 from enforcer.resolve.endpoints import Endpoint
+from enforcer.resolve.ipsets import ip_key
 from enforcer.resolve.state import ClusterState
 
 
@@ -30,6 +32,14 @@ class Flow:
     @property
     def version(self) -> int:
         return self.src.version
+
+    @cached_property
+    def src_key(self) -> int:
+        return ip_key(self.src)
+
+    @cached_property
+    def dst_key(self) -> int:
+        return ip_key(self.dst)
 
     def describe(self) -> str:
         proto = protocol_name(self.protocol)

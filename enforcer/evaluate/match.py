@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from enforcer.evaluate.flow import Flow
 from enforcer.model import EntityRule, IPAddress, NamedPort, PortRange, Rule, protocol_name
-from enforcer.resolve.ipsets import IPSet, NamedPortSet
+from enforcer.resolve.ipsets import IPSet, NamedPortSet, net_range
 from enforcer.resolve.rules import rule_for_family
 from enforcer.resolve.selectors import entity_selector
 from enforcer.resolve.state import ClusterState
@@ -55,6 +55,13 @@ class CompiledRule:
         return None
 
 
+def _in_ranges(key: int, ranges: tuple[tuple[int, int], ...]) -> bool:
+    for first, last in ranges:
+        if first <= key <= last:
+            return True
+    return False
+
+
 def _ports_text(ports: tuple[PortRange | NamedPort, ...]) -> str:
     return "{" + ", ".join(str(p) for p in ports) + "}"
 
@@ -83,23 +90,28 @@ def _entity_checks(
     def addr(f: Flow) -> IPAddress:
         return f.src if is_src else f.dst
 
+    def key(f: Flow) -> int:
+        return f.src_key if is_src else f.dst_key
+
     def port(f: Flow) -> int | None:
         return f.src_port if is_src else f.dst_port
 
     checks: list[Check] = []
     if entity.nets:
         nets = entity.nets
+        net_ranges = tuple(net_range(n) for n in nets)
         checks.append(
             Check(
-                lambda f: any(addr(f) in n for n in nets),
+                lambda f: _in_ranges(key(f), net_ranges),
                 lambda f: f"{side} {addr(f)} is not in nets {', '.join(map(str, nets))}",
             )
         )
     if entity.not_nets:
         not_nets = entity.not_nets
+        not_ranges = tuple(net_range(n) for n in not_nets)
         checks.append(
             Check(
-                lambda f: not any(addr(f) in n for n in not_nets),
+                lambda f: not _in_ranges(key(f), not_ranges),
                 lambda f: f"{side} {addr(f)} is in notNets {', '.join(map(str, not_nets))}",
             )
         )
@@ -108,7 +120,7 @@ def _entity_checks(
         members: IPSet = state.ipset(positive)
         checks.append(
             Check(
-                lambda f: addr(f) in members,
+                lambda f: members.contains_key(key(f)),
                 lambda f: f"{side} {addr(f)} is not selected by {positive}",
             )
         )
@@ -117,7 +129,7 @@ def _entity_checks(
         not_sel = entity.not_selector
         checks.append(
             Check(
-                lambda f: addr(f) not in negative,
+                lambda f: not negative.contains_key(key(f)),
                 lambda f: f"{side} {addr(f)} is selected by notSelector {not_sel}",
             )
         )

@@ -7,6 +7,19 @@ from dataclasses import dataclass
 
 from enforcer.model import IPAddress, IPNetwork
 
+V6_BIT = 1 << 128
+
+
+def ip_key(ip: IPAddress) -> int:
+    """One integer per address across both families (IPv6 above 2**128): cheap to hash and compare,
+    unlike ipaddress objects, whose hashing and comparison run in Python."""
+    return int(ip) | V6_BIT if ip.version == 6 else int(ip)
+
+
+def net_range(net: IPNetwork) -> tuple[int, int]:
+    first = ip_key(net.network_address)
+    return first, first + net.num_addresses - 1
+
 
 @dataclass(frozen=True)
 class IPSet:
@@ -14,6 +27,10 @@ class IPSet:
 
     hosts: frozenset[IPAddress]
     nets: tuple[IPNetwork, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_host_keys", frozenset(ip_key(h) for h in self.hosts))
+        object.__setattr__(self, "_ranges", tuple(net_range(n) for n in self.nets))
 
     @classmethod
     def of(cls, networks: Iterable[IPNetwork]) -> IPSet:
@@ -25,6 +42,15 @@ class IPSet:
             else:
                 nets.append(net)
         return cls(frozenset(hosts), tuple(sorted(set(nets), key=lambda n: (n.version, n))))
+
+    def contains_key(self, key: int) -> bool:
+        """Membership of an address given as `ip_key(address)`: the evaluator's hot path."""
+        if key in self._host_keys:  # type: ignore[attr-defined]
+            return True
+        for first, last in self._ranges:  # type: ignore[attr-defined]
+            if first <= key <= last:
+                return True
+        return False
 
     def __contains__(self, ip: object) -> bool:
         if ip in self.hosts:
