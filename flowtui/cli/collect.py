@@ -1,0 +1,253 @@
+"""`flowtui collect` (NFLOG -> DuckDB) and `flowtui status` (what was collected, what was lost)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import signal
+import sys
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+DEFAULT_DB = "flowtui.duckdb"
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+_SIZE = re.compile(r"^(\d+)([kKmMgG]?)$")
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """`90s`, `15m`, `24h`, `30d`, a number of seconds, or `none` (keep forever)."""
+    if text.lower() in ("none", "forever", "0"):
+        return None
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise click.BadParameter(f"{text!r}: use e.g. 90s, 15m, 24h, 30d or none")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    return timedelta(seconds=float(m.group(1)) * unit)
+
+
+def parse_size(text: str) -> int:
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise click.BadParameter(f"{text!r}: use e.g. 64M")
+    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+
+
+@click.command("collect")
+@click.option("--db", "db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False), help="DuckDB file.")
+@click.option("--lab", "lab_id", help="Read NFLOG in every node namespace of this lab (default: the host).")
+@click.option("--netns", "netns", multiple=True, help="A lab namespace (ft-...) to read in. Repeatable.")
+@click.option("--duration", type=float, help="Stop after S seconds (default: until Ctrl-C / SIGTERM).")
+@click.option("-f", "--filename", "paths", multiple=True, type=click.Path(), help="Resources for enrichment.")
+@click.option("--rules", type=click.Path(dir_okay=False), help="Rule table [default: rules.jsonl next to --db].")
+@click.option("--group", "groups", multiple=True, type=int, help="NFLOG group to bind (default 1 and 2).")
+@click.option("--bucket", default=15.0, show_default=True, help="Flow time bucket, seconds.")
+@click.option("--events/--no-events", default=True, show_default=True, help="Keep raw events as well as flows.")
+@click.option("--conntrack/--no-conntrack", default=True, show_default=True, help="Allowed flows' counts.")
+@click.option("--counters/--no-counters", default=True, show_default=True, help="Poll nft rule counters.")
+@click.option("--retain-events", default="24h", show_default=True, help="Keep events this long (or none).")
+@click.option("--retain-flows", default="30d", show_default=True, help="Keep flows, connections, counters.")
+@click.option("--snapshot-interval", default=5.0, show_default=True, help="Seconds between reader snapshots.")
+@click.option("--rcvbuf", default="64M", show_default=True, help="Netlink receive buffer (SO_RCVBUFFORCE).")
+@click.option("--qthreshold", default=128, show_default=True, help="NFLOG messages per kernel batch.")
+@click.option("--flush-cs", default=5, show_default=True, help="NFLOG flush timeout, 1/100 s.")
+@click.option("--copy-range", default=80, show_default=True, help="Packet bytes copied per event.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("-v", "--verbose", is_flag=True, help="Progress every 5 s and debug logs on stderr.")
+def collect_cmd(
+    db: str,
+    lab_id: str | None,
+    netns: tuple[str, ...],
+    duration: float | None,
+    paths: tuple[str, ...],
+    rules: str | None,
+    groups: tuple[int, ...],
+    bucket: float,
+    events: bool,
+    conntrack: bool,
+    counters: bool,
+    retain_events: str,
+    retain_flows: str,
+    snapshot_interval: float,
+    rcvbuf: str,
+    qthreshold: int,
+    flush_cs: int,
+    copy_range: int,
+    output: str,
+    verbose: bool,
+) -> None:
+    """Read NFLOG (and conntrack, and nft counters) and store events and flows in DuckDB.
+
+    Every event the kernel logged with an `ft:` prefix is stored, or counted as lost by cause
+    (see `flowtui status`). Readers never open the live database while this runs: they open
+    the snapshot `<db>.snapshot.duckdb`, refreshed every --snapshot-interval seconds
+    (`duckdb -readonly flowtui.snapshot.duckdb`).
+    """
+    from flowtui.cli.common import fail
+    from flowtui.collector.nflog import NflogConfig
+    from flowtui.collector.service import Collector, CollectorConfig, lab_namespaces
+    from flowtui.store.duckdb_store import Retention
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
+    namespaces: list[str | None] = list(netns)
+    if lab_id:
+        found = lab_namespaces(lab_id)
+        if not found:
+            fail(f"lab {lab_id} has no node namespaces (is it up? `flowtui lab status`)")
+        namespaces.extend(found)
+    for name in namespaces:
+        if name is not None and not name.startswith("ft-"):
+            fail(f"{name}: only lab namespaces (ft-...) can be given")
+    if not namespaces:
+        namespaces = [None]
+    retain_flows_td = parse_duration(retain_flows)
+    cfg = CollectorConfig(
+        db=Path(db),
+        namespaces=tuple(namespaces),
+        nflog=NflogConfig(
+            groups=groups or (1, 2),
+            copy_range=copy_range,
+            qthreshold=qthreshold,
+            timeout_cs=flush_cs,
+            rcvbuf=parse_size(rcvbuf),
+        ),
+        rules_path=Path(rules) if rules else None,
+        load_resources=_resource_loader(paths, lab_id) if paths else None,
+        resource_paths=paths,
+        bucket_seconds=bucket,
+        keep_events=events,
+        conntrack=conntrack,
+        counters=counters,
+        snapshot_interval=snapshot_interval if snapshot_interval > 0 else None,
+        retention=Retention(
+            events=parse_duration(retain_events),
+            flows=retain_flows_td,
+            connections=retain_flows_td,
+            counters=retain_flows_td,
+        ),
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_a: stop.set())
+    collector = Collector(cfg)
+    try:
+        collector.start()
+    except OSError as exc:
+        fail(str(exc))
+    where = ", ".join(s.netns or "host" for s in collector.sources)
+    click.echo(f"collecting run {collector.run_id} from {where} into {db} (Ctrl-C to stop)", err=True)
+    if verbose:
+        _progress(collector, stop)
+    try:
+        collector.run(duration, stop)
+    except RuntimeError as exc:
+        fail(f"{exc}: {exc.__cause__!r} (what was collected until then is stored)")
+    summary = collector.summary()
+    if output == "json":
+        click.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        _print_summary(summary)
+
+
+def _resource_loader(paths: tuple[str, ...], lab_id: str | None) -> Any:
+    def load() -> Any:
+        from enforcer.loader import load_paths
+
+        resources = load_paths(list(paths))
+        if lab_id:
+            from enforcer.lab import plan_lab
+            from enforcer.lab.plan import lab_resources
+
+            resources = lab_resources(resources, plan_lab(resources, lab_id))
+        return resources
+
+    return load
+
+
+def _progress(collector: Any, stop: threading.Event) -> None:
+    def run() -> None:
+        last, t0 = 0, time.monotonic()
+        while not stop.wait(5.0):
+            got = collector.book.stat_total("received")
+            dt = time.monotonic() - t0
+            t0 = time.monotonic()
+            lost = collector.book.lost_by_cause()
+            click.echo(f"received {got} (+{(got - last) / dt:,.0f}/s) lost {lost}", err=True)
+            last = got
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    stats = summary["stats"]
+    click.echo(
+        f"run {summary['run_id']}: {stats.get('received', 0)} events received, "
+        f"{stats.get('stored', 0)} stored, in {summary['seconds']} s"
+    )
+    for cause, n in sorted(summary["lost"].items()):
+        click.echo(f"  lost ({cause}): {n}")
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+
+
+@click.command("status")
+@click.option("--db", "db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False))
+@click.option("--runs", "last_runs", default=3, show_default=True, help="How many recent runs to show.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def status_cmd(db: str, last_runs: int, output: str) -> None:
+    """What the collector stored and lost, by cause, per run and namespace.
+
+    Opens the database read-only, or its snapshot when a collector is writing it.
+    """
+    from flowtui.cli.common import fail
+    from flowtui.store.status import read_status
+
+    try:
+        doc = read_status(Path(db), last_runs)
+    except FileNotFoundError as exc:
+        fail(f"no flow store: {exc}")
+    if output == "json":
+        click.echo(json.dumps(doc, indent=2, default=str))
+        return
+    _print_status(doc)
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    snap = " (snapshot: a collector is writing)" if doc["snapshot"] else ""
+    click.echo(f"store {doc['path']}{snap}, data as of {_t(doc['as_of'])}")
+    t = doc["tables"]
+    click.echo(
+        f"  {t['events']:,} events, {t['flows']:,} flow rows, {t['connections']:,} connections, "
+        f"{t['rules']:,} rules, {t['policies']:,} policy revisions, {t['endpoints']:,} endpoints"
+    )
+    for run in doc["runs"]:
+        state = "running" if run["ended"] is None else f"ended {_t(run['ended'])}"
+        click.echo(f"run {run['run_id']}: started {_t(run['started'])}, {state}, pid {run['pid']} on {run['host']}")
+        for s in run["sources"]:
+            click.echo(
+                f"  {s['node']} ({s['netns'] or 'host'}): received {s['received']:,}, "
+                f"lost {s['lost_total']:,}" + "".join(f", {c} {n:,}" for c, n in s["lost"].items() if n)
+            )
+        click.echo(
+            f"  total: received {run['received']:,}, stored {run['stored']:,}, lost {run['lost_total']:,}"
+            f" ({run['loss_ratio']:.4%})"
+        )
+        for cause, n in run["lost"].items():
+            click.echo(f"    {cause:<17} {n:>12,}")
+        notable = {k: v for k, v in run["counters"].items() if v and k in _NOTABLE}
+        if notable:
+            click.echo("  " + ", ".join(f"{k} {v:,}" for k, v in notable.items()))
+
+
+_NOTABLE = ("enobufs", "unknown_rule", "foreign_prefix", "unexpected_messages", "unknown_attributes", "late_flow_rows")
+
+
+def _t(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")

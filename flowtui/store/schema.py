@@ -1,0 +1,382 @@
+"""The flow store's schema: every table and column, with what it means. One source of truth.
+
+The DDL, the `COMMENT ON` documentation inside the database (so `duckdb_columns()` and any SQL
+tool show it), the Arrow schemas the writer inserts with, and the Markdown reference
+(`python -m flowtui.store.schema`) are all generated from `TABLES` and `VIEWS` below.
+
+Conventions: times are UTC `TIMESTAMP` (microseconds). Identifiers are small integers that join
+other tables: `events.rule_id -> rules.id`, `*.source_id -> sources.source_id`,
+`events.src_ep/dst_ep -> endpoints.id`. Every table except `rules`, `endpoints`, `runs` and
+`sources` is append-only and time-ordered, which is what retention and the snapshot rely on.
+Counters in `loss` and `stats` are cumulative per run: the latest row per (run, source, cause)
+is the current value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    sql: str
+    doc: str
+
+    @property
+    def arrow(self) -> pa.DataType:
+        return _ARROW[self.sql]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    doc: str
+    columns: tuple[Column, ...]
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c.name, c.arrow) for c in self.columns])
+
+    def ddl(self) -> str:
+        cols = ",\n  ".join(f"{c.name} {c.sql}" for c in self.columns)
+        return f"CREATE TABLE IF NOT EXISTS {self.name} (\n  {cols}\n)"
+
+
+_ARROW: dict[str, pa.DataType] = {
+    "TIMESTAMP": pa.timestamp("us"),
+    "BIGINT": pa.int64(),
+    "INTEGER": pa.int32(),
+    "UINTEGER": pa.uint32(),
+    "USMALLINT": pa.uint16(),
+    "UTINYINT": pa.uint8(),
+    "DOUBLE": pa.float64(),
+    "BOOLEAN": pa.bool_(),
+    "VARCHAR": pa.string(),
+    "VARCHAR[]": pa.list_(pa.string()),
+}
+
+
+def _c(name: str, sql: str, doc: str) -> Column:
+    return Column(name, sql, doc)
+
+
+_TUPLE = (
+    _c("proto", "UTINYINT", "IP protocol number (6 tcp, 17 udp, 1 icmp, 58 icmpv6); NULL if not decoded."),
+    _c("src_ip", "VARCHAR", "Source address as text (IPv4 dotted, IPv6 RFC 5952)."),
+    _c("dst_ip", "VARCHAR", "Destination address as text."),
+    _c("sport", "USMALLINT", "Source port (TCP, UDP, SCTP, UDP-Lite, DCCP); NULL otherwise."),
+    _c("dport", "USMALLINT", "Destination port; NULL for protocols without ports."),
+)
+
+EVENTS = Table(
+    "events",
+    "One row per NFLOG event: a packet that an nftables rule logged with an `ft:` prefix. Optional "
+    "(`flowtui collect --no-events`); flows are aggregated from the same events.",
+    (
+        _c("time", "TIMESTAMP", "Kernel timestamp of the packet; the receive time for hooks without one (output)."),
+        _c("source_id", "INTEGER", "Which NFLOG reader (run, namespace) received it -> sources."),
+        _c("nflog_group", "USMALLINT", "NFLOG group the rule logged to (1 verdicts, 2 Log actions)."),
+        _c("seq", "UINTEGER", "Per-group NFLOG sequence number (NFULNL_CFG_F_SEQ); gaps are kernel drops."),
+        _c("hook", "UTINYINT", "Netfilter hook (0 prerouting, 1 input, 2 forward, 3 output, 4 postrouting)."),
+        _c("prefix", "VARCHAR", "The log prefix as received, e.g. `ft:D7`."),
+        _c("action", "VARCHAR", "Allow, Deny, Pass or Log, from the prefix letter; NULL for foreign prefixes."),
+        _c("rule_id", "INTEGER", "Rule identifier from the prefix -> rules.id (that id's policy revision)."),
+        _c("ip_version", "UTINYINT", "4 or 6; NULL when the payload was not an IP packet."),
+        *_TUPLE,
+        _c("icmp_type", "UTINYINT", "ICMP/ICMPv6 type; NULL otherwise."),
+        _c("icmp_code", "UTINYINT", "ICMP/ICMPv6 code; NULL otherwise."),
+        _c("tcp_flags", "UTINYINT", "TCP flags byte (FIN 1, SYN 2, RST 4, PSH 8, ACK 16, ...); NULL if not TCP."),
+        _c("length", "UINTEGER", "IP datagram length from its header, in bytes (GSO super-packets count once)."),
+        _c("indev", "UINTEGER", "Input interface index in the reporting namespace; NULL if none."),
+        _c("outdev", "UINTEGER", "Output interface index; NULL if none."),
+        _c("mark", "UINTEGER", "Packet mark; NULL if zero/absent."),
+        _c("src_ep", "INTEGER", "Source endpoint -> endpoints.id (as known when the event was stored)."),
+        _c("dst_ep", "INTEGER", "Destination endpoint -> endpoints.id."),
+    ),
+)
+
+FLOWS = Table(
+    "flows",
+    "Events aggregated per time bucket and key (reporter namespace, rule, action, 5-tuple), plus the "
+    "packet/byte counts of allowed connections from conntrack. Narrow on purpose (ids, not names): "
+    "`flows_v` joins in the node, the policy and the endpoints. Rows are partial aggregates: a late "
+    "event or a conntrack record adds a row with the same key, so always SUM over the key "
+    "(the `flow_summary` view does).",
+    (
+        _c("start_time", "TIMESTAMP", "Start of the time bucket."),
+        _c("end_time", "TIMESTAMP", "End of the time bucket (start + bucket length)."),
+        _c("source_id", "INTEGER", "Reporting NFLOG reader (node) -> sources."),
+        _c("action", "VARCHAR", "Allow, Deny, Pass or Log. Flows are never merged across actions."),
+        _c("rule_id", "INTEGER", "Deciding rule -> rules.id; NULL for foreign prefixes."),
+        _c("prefix", "VARCHAR", "NFLOG prefix of the deciding rule."),
+        *_TUPLE,
+        _c("src_ep", "INTEGER", "Source endpoint -> endpoints.id (resolved when the events were stored)."),
+        _c("dst_ep", "INTEGER", "Destination endpoint -> endpoints.id."),
+        _c("events", "BIGINT", "NFLOG events aggregated into this row."),
+        _c(
+            "packets",
+            "BIGINT",
+            "Packets in the original direction: events for Deny/Pass/Log rows, conntrack counters for "
+            "Allow (rows with count_source = 'conntrack'; Allow NFLOG rows carry 0, so sums never double count).",
+        ),
+        _c("bytes", "BIGINT", "Bytes in the original direction, counted like `packets`."),
+        _c("reply_packets", "BIGINT", "Packets in the reply direction (conntrack)."),
+        _c("reply_bytes", "BIGINT", "Bytes in the reply direction (conntrack)."),
+        _c("connections_started", "BIGINT", "Allowed connections whose first packet was logged in this bucket."),
+        _c("connections_completed", "BIGINT", "Connections whose conntrack entry ended in this bucket."),
+        _c("tcp_flags", "UTINYINT", "OR of the TCP flags of the events."),
+        _c("first_seen", "TIMESTAMP", "Earliest event (or connection end) in this row."),
+        _c("last_seen", "TIMESTAMP", "Latest event (or connection end) in this row."),
+        _c("count_source", "VARCHAR", "`nflog` (events) or `conntrack` (a connection's counters)."),
+    ),
+)
+
+CONNECTIONS = Table(
+    "connections",
+    "Conntrack DESTROY events with accounting, from each reporting namespace: the packet and byte "
+    "counts of allowed connections (needs net.netfilter.nf_conntrack_acct=1 there).",
+    (
+        _c("time", "TIMESTAMP", "When the connection ended (the event was received)."),
+        _c("source_id", "INTEGER", "Reporting namespace's reader -> sources."),
+        _c("start_time", "TIMESTAMP", "Connection start if nf_conntrack_timestamp=1, else NULL."),
+        *_TUPLE,
+        _c("packets", "BIGINT", "Packets in the original direction."),
+        _c("bytes", "BIGINT", "Bytes in the original direction."),
+        _c("reply_packets", "BIGINT", "Packets in the reply direction."),
+        _c("reply_bytes", "BIGINT", "Bytes in the reply direction."),
+        _c("rule_id", "INTEGER", "The Allow rule whose event opened it, if one was seen -> rules.id."),
+    ),
+)
+
+RULES = Table(
+    "rules",
+    "Every rule identifier the compiler allocated (rules.jsonl), one row per id. An id names one "
+    "rule of one policy revision and is never reused.",
+    (
+        _c("id", "INTEGER", "The identifier in the NFLOG prefix `ft:<A|D|P|L><id>`."),
+        _c("kind", "VARCHAR", "Policy kind, or Profile / EndOfTier / NoProfileMatch / Default / Failsafe."),
+        _c("namespace", "VARCHAR", "Policy namespace; NULL for global kinds."),
+        _c("name", "VARCHAR", "Policy or profile name (for EndOfTier: the trigger policy)."),
+        _c("tier", "VARCHAR", "Tier name."),
+        _c("revision", "BIGINT", "Policy revision the rule belongs to."),
+        _c("direction", "VARCHAR", "ingress or egress."),
+        _c("rule", "INTEGER", "Rule index as written; -1 for end of tier and defaults."),
+        _c("action", "VARCHAR", "Allow, Deny, Pass or Log."),
+        _c("trigger_kind", "VARCHAR", "For EndOfTier: the trigger policy's kind."),
+        _c("prefix", "VARCHAR", "The NFLOG prefix of this id."),
+        _c("policy", "VARCHAR", "Calico flow-log hit string for this rule."),
+        _c("first_seen", "TIMESTAMP", "When the collector first read this id."),
+    ),
+)
+
+ENDPOINTS = Table(
+    "endpoints",
+    "Endpoint metadata by revision: each load of the cluster's resources adds a revision; ids are "
+    "never reused, so an event keeps the metadata that was current when it was stored.",
+    (
+        _c("id", "INTEGER", "Endpoint id (events.src_ep / dst_ep)."),
+        _c("revision", "INTEGER", "Resource revision this row belongs to."),
+        _c("type", "VARCHAR", "wep (pod), hep (host endpoint), node, external (lab host), netset, net."),
+        _c("namespace", "VARCHAR", "Kubernetes namespace (pods, namespaced network sets)."),
+        _c("name", "VARCHAR", "Pod, host endpoint, node, host or set name; pvt/pub for `net`."),
+        _c("node", "VARCHAR", "Node the endpoint lives on."),
+        _c("labels", "VARCHAR[]", "Labels as `key=value`."),
+        _c("addresses", "VARCHAR[]", "Addresses or CIDRs that map to it."),
+        _c("loaded_at", "TIMESTAMP", "When this revision was loaded."),
+    ),
+)
+
+RUNS = Table(
+    "runs",
+    "One row per collector run.",
+    (
+        _c("run_id", "INTEGER", "Run number."),
+        _c("started", "TIMESTAMP", "Start time."),
+        _c("ended", "TIMESTAMP", "Clean end time; NULL while running or after a crash."),
+        _c("host", "VARCHAR", "Host name."),
+        _c("pid", "INTEGER", "Collector process id."),
+        _c("config", "VARCHAR", "Collector configuration (JSON)."),
+    ),
+)
+
+SOURCES = Table(
+    "sources",
+    "One row per NFLOG reader: a (run, network namespace) pair.",
+    (
+        _c("source_id", "INTEGER", "Reader id."),
+        _c("run_id", "INTEGER", "-> runs."),
+        _c("netns", "VARCHAR", "Network namespace name; NULL for the host namespace."),
+        _c("node", "VARCHAR", "Node name (from the lab namespace name) or host name."),
+        _c("groups", "VARCHAR", "NFLOG groups bound, comma separated."),
+        _c("rcvbuf", "BIGINT", "Receive buffer granted by the kernel, bytes."),
+    ),
+)
+
+LOSS = Table(
+    "loss",
+    "Events lost, by cause, cumulative per run and reader (latest row = current value). Every "
+    "event the kernel logged is either stored or counted here.",
+    (
+        _c("time", "TIMESTAMP", "When the value was recorded."),
+        _c("run_id", "INTEGER", "-> runs."),
+        _c("source_id", "INTEGER", "-> sources; NULL for process-wide causes."),
+        _c(
+            "cause",
+            "VARCHAR",
+            "kernel_ratelimit (nft `limit` before `log`, from rule counters), rcvbuf_overrun (socket "
+            "buffer full: sequence gaps, plus counter comparison for losses at the end of a burst), "
+            "writer_backlog (received but dropped because the writer was behind), malformed (unreadable "
+            "message), store_error (insert failed).",
+        ),
+        _c("events", "BIGINT", "Events lost so far in this run."),
+        _c("detail", "VARCHAR", "How it was measured."),
+    ),
+)
+
+STATS = Table(
+    "stats",
+    "Other collector counters, cumulative per run (latest row = current value): received, stored, "
+    "enobufs (overrun reports), unknown_rule, foreign_prefix, unexpected_messages, unknown_attributes, "
+    "conntrack_events, queue_peak_bytes, ...",
+    (
+        _c("time", "TIMESTAMP", "When the value was recorded."),
+        _c("run_id", "INTEGER", "-> runs."),
+        _c("source_id", "INTEGER", "-> sources; NULL for process-wide counters."),
+        _c("name", "VARCHAR", "Counter name."),
+        _c("value", "BIGINT", "Value."),
+    ),
+)
+
+RULE_COUNTERS = Table(
+    "rule_counters",
+    "Snapshots of the nftables counters of rules that log with an `ft:` prefix: the exact number "
+    "of packets a rule matched, also when its logging is rate-limited.",
+    (
+        _c("time", "TIMESTAMP", "When the counters were read."),
+        _c("run_id", "INTEGER", "-> runs."),
+        _c("source_id", "INTEGER", "Namespace's reader -> sources."),
+        _c("prefix", "VARCHAR", "Log prefix of the rule."),
+        _c("rule_id", "INTEGER", "-> rules.id."),
+        _c("nft_rule", "VARCHAR", "`family table chain handle` of the nftables rule."),
+        _c("packets", "BIGINT", "Packets the rule matched (its counter before any `limit`)."),
+        _c("bytes", "BIGINT", "Bytes the rule matched."),
+        _c("logged", "BIGINT", "Packets that reached the log statement (counter after the limit); NULL if unknown."),
+        _c("rate_limited", "BOOLEAN", "Whether a `limit` precedes the log statement."),
+        _c("run_packets", "BIGINT", "`packets` since the run started (rules created later count from 0)."),
+        _c("run_logged", "BIGINT", "`logged` since the run started."),
+    ),
+)
+
+TABLES: tuple[Table, ...] = (RUNS, SOURCES, RULES, ENDPOINTS, EVENTS, FLOWS, CONNECTIONS, LOSS, STATS, RULE_COUNTERS)
+BY_NAME = {t.name: t for t in TABLES}
+
+VIEWS: dict[str, tuple[str, str]] = {
+    "policies": (
+        "Policy revisions known to the collector, from the rules table.",
+        "SELECT kind, namespace, name, tier, revision, count(*) AS rules, min(first_seen) AS first_seen "
+        "FROM rules WHERE kind NOT IN ('EndOfTier', 'NoProfileMatch', 'Default', 'Failsafe') GROUP BY ALL",
+    ),
+    "events_v": (
+        "Events with their rule, policy, node and endpoints spelled out.",
+        "SELECT e.*, s.node, r.kind AS policy_kind, r.namespace AS policy_namespace, r.name AS policy_name, "
+        "r.tier, r.revision AS policy_revision, r.rule AS rule_index, r.direction, r.policy, "
+        "se.type AS src_type, se.namespace AS src_namespace, se.name AS src_name, se.labels AS src_labels, "
+        "de.type AS dst_type, de.namespace AS dst_namespace, de.name AS dst_name, de.labels AS dst_labels "
+        "FROM events e LEFT JOIN sources s USING (source_id) LEFT JOIN rules r ON r.id = e.rule_id "
+        "LEFT JOIN endpoints se ON se.id = e.src_ep LEFT JOIN endpoints de ON de.id = e.dst_ep",
+    ),
+    "flows_v": (
+        "Flows with the reporting node, the deciding policy (Calico flow-log string and fields) and both "
+        "endpoints (type, namespace, name, labels) joined in.",
+        "SELECT f.*, s.node, CASE r.direction WHEN 'ingress' THEN 'dst' WHEN 'egress' THEN 'src' END AS reporter, "
+        "r.policy, r.kind AS policy_kind, r.namespace AS policy_namespace, r.name AS policy_name, r.tier, "
+        "r.revision AS policy_revision, r.rule AS rule_index, "
+        "se.type AS src_type, coalesce(se.namespace, '-') AS src_namespace, se.name AS src_name, "
+        "se.labels AS src_labels, de.type AS dst_type, coalesce(de.namespace, '-') AS dst_namespace, "
+        "de.name AS dst_name, de.labels AS dst_labels "
+        "FROM flows f LEFT JOIN sources s USING (source_id) LEFT JOIN rules r ON r.id = f.rule_id "
+        "LEFT JOIN endpoints se ON se.id = f.src_ep LEFT JOIN endpoints de ON de.id = f.dst_ep",
+    ),
+    "flow_summary": (
+        "Flows summed over their key within each bucket (partial rows merged), with names.",
+        "SELECT start_time, end_time, node, reporter, action, rule_id, prefix, policy, proto, src_ip, dst_ip, "
+        "sport, dport, any_value(src_type) AS src_type, any_value(src_namespace) AS src_namespace, "
+        "any_value(src_name) AS src_name, any_value(dst_type) AS dst_type, "
+        "any_value(dst_namespace) AS dst_namespace, any_value(dst_name) AS dst_name, "
+        "sum(events) AS events, sum(packets) AS packets, sum(bytes) AS bytes, "
+        "sum(reply_packets) AS reply_packets, sum(reply_bytes) AS reply_bytes, "
+        "sum(connections_started) AS connections_started, sum(connections_completed) AS connections_completed, "
+        "bit_or(tcp_flags) AS tcp_flags, min(first_seen) AS first_seen, max(last_seen) AS last_seen "
+        "FROM flows_v GROUP BY start_time, end_time, node, reporter, action, rule_id, prefix, policy, proto, "
+        "src_ip, dst_ip, sport, dport",
+    ),
+    "rule_totals": (
+        "Exact packets per rule and run from the nft counters (latest reading), next to what was "
+        "logged: for a rate-limited rule, `packets` is the true count and `logged` the sample.",
+        "SELECT run_id, source_id, prefix, any_value(rule_id) AS rule_id, bool_or(rate_limited) AS rate_limited, "
+        "sum(packets) AS packets, sum(logged) AS logged, max(time) AS time FROM ("
+        "SELECT run_id, source_id, prefix, nft_rule, arg_max(rule_id, time) AS rule_id, "
+        "arg_max(rate_limited, time) AS rate_limited, arg_max(run_packets, time) AS packets, "
+        "arg_max(run_logged, time) AS logged, max(time) AS time "
+        "FROM rule_counters GROUP BY run_id, source_id, prefix, nft_rule) "
+        "GROUP BY run_id, source_id, prefix",
+    ),
+    "loss_latest": (
+        "Current loss per run, reader and cause.",
+        "SELECT run_id, source_id, cause, arg_max(events, time) AS events, max(time) AS time, "
+        "arg_max(detail, time) AS detail FROM loss GROUP BY run_id, source_id, cause",
+    ),
+    "stats_latest": (
+        "Current value of every counter per run and reader.",
+        "SELECT run_id, source_id, name, arg_max(value, time) AS value, max(time) AS time "
+        "FROM stats GROUP BY run_id, source_id, name",
+    ),
+}
+
+
+def statements() -> list[str]:
+    """DDL for a new or existing database (idempotent), with the documentation as comments."""
+    out = [t.ddl() for t in TABLES]
+    for t in TABLES:
+        out.append(f"COMMENT ON TABLE {t.name} IS {_quote(t.doc)}")
+        out.extend(f"COMMENT ON COLUMN {t.name}.{c.name} IS {_quote(c.doc)}" for c in t.columns)
+    for name, (doc, query) in VIEWS.items():
+        out.append(f"CREATE OR REPLACE VIEW {name} AS {query}")
+        out.append(f"COMMENT ON VIEW {name} IS {_quote(doc)}")
+    return out
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+_READERS = (
+    "## Reading while the collector writes",
+    "",
+    "DuckDB lets one process write a database file and then refuses every other process, even",
+    "read-only. While `flowtui collect` runs, open its snapshot instead, refreshed every few seconds:",
+    "`duckdb -readonly flowtui.snapshot.duckdb` (or `flowtui status`, which picks the right file).",
+    "Without a running collector the database itself opens read-only. Details and measurements:",
+    "`flowtui/store/duckdb_store.py`.",
+)
+
+
+def markdown() -> str:
+    """The schema reference as Markdown."""
+    lines = ["# flowtui flow store schema", "", (__doc__ or "").strip(), "", *_READERS, ""]
+    for t in TABLES:
+        lines += [f"## `{t.name}`", "", t.doc, "", "| column | type | meaning |", "|---|---|---|"]
+        lines += [f"| `{c.name}` | {c.sql} | {c.doc} |" for c in t.columns]
+        lines.append("")
+    lines += ["## Views", ""]
+    lines += [f"- `{name}`: {doc}" for name, (doc, _q) in VIEWS.items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    sys.stdout.write(markdown())
