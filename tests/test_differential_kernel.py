@@ -1,9 +1,13 @@
-"""The oracle: on random policy sets, the kernel's outcome equals the evaluator's verdict.
+"""The oracle: on random policy sets, the kernel's outcome equals the evaluator's verdict, and the
+kernel's NFLOG attribution names the same policies and rules as the evaluator.
 
 Random clusters and policies (tiers, orders, Allow/Deny/Pass/Log, selectors, nets, ports, named
 ports, network sets, host endpoints with untracked/preDNAT/forward policy) are compiled to
 nftables and applied in a lab; random TCP, UDP and ICMP probes run between pods, nodes and outside
-hosts, IPv4 and IPv6. Every probe's first packet must arrive exactly when the evaluator allows it.
+hosts, IPv4 and IPv6. Every probe's first packet must arrive exactly when the evaluator allows it;
+and the verdict events the collector stores for it (node, action, policy or profile, direction,
+rule — end-of-tier, failsafe, no-profile and default decisions included) and its `Log` events must
+be exactly those the evaluator's stages imply.
 `FLOWTUI_DIFF_SEEDS` widens the run (bench/ uses it for the long mode).
 """
 
@@ -12,16 +16,18 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from enforcer.evaluate import Evaluator, decision_text
+from enforcer.evaluate import Decision, Evaluator, decision_text
 from enforcer.lab import lab_resources, netns_name, plan_lab
 from enforcer.lab.probe import Probe, run_probes
 from enforcer.model import IPAddress, ResourceSet
 from enforcer.nft import ir
 from enforcer.nft.compiler import compile_node
 from enforcer.resolve import ClusterState
+from enforcer.ruleids import IdAllocator, RuleRef, RuleTable
 from enforcer.synth import PORTS, SynthSpec, synth_resources
 
 SEEDS = int(os.environ.get("FLOWTUI_DIFF_SEEDS", "8"))
@@ -57,20 +63,74 @@ def random_probes(res: ResourceSet, seed: int, count: int) -> list[Probe]:
     return probes
 
 
-def apply_tables(lab_id: str, state: ClusterState, evaluator: Evaluator) -> None:
+Attribution = tuple[object, ...]  # (node, action, kind, namespace, name, direction, rule)
+
+
+def expected_attribution(d: Decision) -> set[Attribution]:
+    """The verdict and Log events the dataplane must emit for this flow's first packet."""
+    out: set[Attribution] = set()
+    for r in d.enforced.stages:
+        node, direction, family = r.stage.node, r.stage.direction, r.stage.family
+        for h in r.logged:
+            out.add((node, "Log", h.kind, h.namespace, h.name, h.direction, h.rule))
+        if r.skipped or r.outcome == "continue":
+            continue
+        action = "Allow" if r.outcome == "allow" else "Deny"
+        if r.hit is not None:
+            out.add((node, action, r.hit.kind, r.hit.namespace, r.hit.name, direction, r.hit.rule))
+        elif r.failsafe and family == "normal":
+            out.add((node, "Allow", "Failsafe", None, r.reason.removeprefix("failsafe port "), direction, -1))
+        elif family == "to-host":
+            out.add((node, action, "Default", None, None, direction, -1))
+        elif action == "Deny":
+            out.add((node, "Deny", "NoProfileMatch", None, "", direction, -1))
+    return out
+
+
+def observed_attribution(node: str, ref: RuleRef) -> Attribution:
+    if ref.kind == "EndOfTier":
+        return (node, ref.action, ref.trigger_kind, ref.namespace, ref.name, ref.direction, -1)
+    if ref.kind == "Default":
+        return (node, ref.action, "Default", None, None, ref.direction, -1)
+    return (node, ref.action, ref.kind, ref.namespace, ref.name, ref.direction, ref.rule)
+
+
+def collected_events(db: Path) -> list[tuple[object, ...]]:
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT s.node, e.action, e.rule_id, e.src_ip, e.dst_ip, e.proto, e.sport, e.dport "
+            "FROM events e JOIN sources s USING (source_id) WHERE e.action IN ('Allow', 'Deny', 'Log')"
+        ).fetchall()
+        lost = con.execute("SELECT coalesce(sum(events), 0) FROM loss_latest").fetchone()
+    finally:
+        con.close()
+    assert lost is not None and lost[0] == 0, f"the collector lost {lost[0]} events: attribution incomplete"
+    return rows
+
+
+def apply_tables(lab_id: str, state: ClusterState, evaluator: Evaluator, ids: IdAllocator | None = None
+                 ) -> RuleTable:
+    rules = RuleTable()
     for node in state.nodes:
-        compiled = compile_node(state, node, evaluator=evaluator)
+        compiled = compile_node(state, node, evaluator=evaluator, ids=ids or IdAllocator())
+        rules = rules.merged(compiled.rules)
         script = ir.render(compiled.table, ir.full(compiled.table, existing=False))
         ns = netns_name(lab_id, f"node:{node}")
         done = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script, text=True,
                               capture_output=True)
         assert done.returncode == 0, f"nft rejected the ruleset of {node}: {done.stderr}"
+    return rules
 
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("seed", range(SEEDS))
-def test_kernel_agrees_with_evaluator(seed: int, lab_id: str) -> None:
+def test_kernel_agrees_with_evaluator(seed: int, lab_id: str, tmp_path: Path) -> None:
     from enforcer.lab import lab_up
+    from flowtui.collector.config import CollectorConfig
+    from flowtui.collector.service import Collector
 
     spec = SynthSpec(nodes=2, namespaces=2, pods=4, externals=2, policies=8, rules_per_policy=3)
     res = synth_resources(seed, spec)
@@ -79,10 +139,20 @@ def test_kernel_agrees_with_evaluator(seed: int, lab_id: str) -> None:
     res = lab_resources(res, plan)
     state = ClusterState(res)
     ev = Evaluator(state)
-    apply_tables(lab_id, state, ev)
+    rules = apply_tables(lab_id, state, ev, IdAllocator())
+    rules.dump(tmp_path / "rules.jsonl")
 
     probes = random_probes(res, seed, PROBES_PER_SEED)
-    delivered = run_probes(lab_id, probes)
+    namespaces = tuple(netns_name(lab_id, f"node:{n}") for n in state.nodes)
+    cfg = CollectorConfig(db=tmp_path / "flows.duckdb", namespaces=namespaces, rules_path=tmp_path / "rules.jsonl",
+                          conntrack=False, counters=False, snapshot_interval=None, bucket_seconds=1.0)
+    collector = Collector(cfg)
+    collector.start()
+    try:
+        delivered = run_probes(lab_id, probes)
+    finally:
+        collector.stop()
+
     wrong = []
     for p in probes:
         decision = ev.decide(p.flow)
@@ -96,3 +166,28 @@ def test_kernel_agrees_with_evaluator(seed: int, lab_id: str) -> None:
                     f"{'delivered' if p in delivered else 'dropped'}, evaluator says {d.verdict}\n{detail}")
     # The test must be able to fail: both verdicts occur across the probes of a seed set.
     assert delivered, "no probe was delivered: the lab is not forwarding"
+
+    # Attribution: events keyed by the probe's forward 5-tuple (replies are reversed; ICMP probes
+    # between the same pair would share a key, so only unambiguous ones are compared).
+    by_key: dict[tuple[object, ...], set[Attribution]] = {}
+    for node, action, rule_id, src, dst, proto, sport, dport in collected_events(tmp_path / "flows.duckdb"):
+        ref = rules.get(rule_id)
+        assert ref is not None, f"event with unknown rule id {rule_id}"
+        key = (src, dst, proto, sport, dport) if proto not in (1, 58) else (src, dst, proto)
+        by_key.setdefault(key, set()).add(observed_attribution(str(node), ref))
+    icmp_pairs = [(str(p.src), str(p.dst)) for p in probes if p.proto in (1, 58)]
+    compared = 0
+    for p in probes:
+        if p.proto in (1, 58):
+            if icmp_pairs.count((str(p.src), str(p.dst))) > 1:
+                continue
+            key: tuple[object, ...] = (str(p.src), str(p.dst), p.proto)
+        else:
+            key = (str(p.src), str(p.dst), p.proto, p.marker, p.dport)
+        want = expected_attribution(ev.decide(p.flow))
+        got = by_key.get(key, set())
+        assert got == want, (f"seed {seed}: {p.src_target} → {p.dst_target} proto {p.proto} port {p.dport}: "
+                             f"kernel logged {sorted(map(str, got))}, evaluator implies {sorted(map(str, want))}\n"
+                             f"{decision_text(ev.decide(p.flow, explain=True))}")
+        compared += 1
+    assert compared >= len(probes) * 3 // 4
