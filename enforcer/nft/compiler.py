@@ -12,7 +12,8 @@ Layout (hooks in the order a packet meets them; §3.3 of the Calico reference):
                                    ingress (vmap); HEP forward out
     filter-output                  conntrack; to local workloads unpoliced; host endpoint out
 
-Endpoint chains clear the accept/pass marks, then per tier jump to each selecting policy's chain
+Endpoint chains (`fw-<hash>`/`tw-<hash>`, shared by workloads whose policies are the same, reached
+through verdict maps on the interface name) clear the accept/pass marks, then per tier jump to each selecting policy's chain
 (`pi-…`/`po-…`, shared by every endpoint of the node), return when a policy accepted, and end the
 tier with an attributed drop unless it passed; then profiles; then an attributed drop. Every rule
 counts; every verdict point logs to NFLOG with prefix `ft:<A|D|P|L><id>` resolved by the rule table.
@@ -21,6 +22,7 @@ Denies log at a bounded rate (the counter before the limit stays exact).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from enforcer.evaluate.evaluator import ICMPV6_INFRA_TYPES, Evaluator
@@ -264,6 +266,11 @@ class _NodeCompiler:
         lines += self._tiers(stage)
         if stage.family in ("workload", "normal"):
             lines += self._profiles(stage.endpoint, stage.direction)
+        if stage.family == "workload":
+            # Workloads with the same policies (replicas, mostly) share one chain: the table grows
+            # with distinct policy sets, not with pods, and a policy change rewrites fewer chains.
+            digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
+            name = f"{name}-{digest}"
         self.chains[name] = Chain(name, tuple(lines))
         return name
 
@@ -280,8 +287,8 @@ class _NodeCompiler:
         for ep in local:
             assert ep.namespace is not None
             iface = cali_name(ep.namespace, ep.name)
-            fw = self._endpoint_chain(f"fw-{iface}", Stage("workload", "egress", ep, self.node))
-            tw = self._endpoint_chain(f"tw-{iface}", Stage("workload", "ingress", ep, self.node))
+            fw = self._endpoint_chain("fw", Stage("workload", "egress", ep, self.node))
+            tw = self._endpoint_chain("tw", Stage("workload", "ingress", ep, self.node))
             from_map.add(f'"{iface}" : goto {fw}')
             to_map.add(f'"{iface}" : goto {tw}')
         sets: dict[str, NftSet] = {

@@ -49,16 +49,20 @@ class SetBook:
 
     state: ClusterState
     sets: dict[str, NftSet] = field(default_factory=dict)
+    _names: dict[tuple[Selector, int], str] = field(default_factory=dict)
 
     def selector_set(self, selector: Selector, version: int) -> str:
+        found = self._names.get((selector, version))
+        if found is not None:
+            return found  # building and collapsing the members is the costly part: once per set
         nets = collapse(self.state.ipset(selector).networks(version))
         interval = any(n.num_addresses > 1 for n in nets)
         # The set's kind is part of its name, so its type never changes under one name.
         name = f"s{version}{'i' if interval else 'h'}-{_short_hash(selector.uid)}"
-        if name not in self.sets:
-            self.sets[name] = NftSet(
-                name, L3[version][2], ("interval",) if interval else (), frozenset(_net_text(n) for n in nets)
-            )
+        self.sets[name] = NftSet(
+            name, L3[version][2], ("interval",) if interval else (), frozenset(_net_text(n) for n in nets)
+        )
+        self._names[(selector, version)] = name
         return name
 
     def named_port_set(self, selector: Selector | None, port: str, protocol: int | None, version: int) -> str:
