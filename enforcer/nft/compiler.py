@@ -13,8 +13,9 @@ Layout (hooks in the order a packet meets them; §3.3 of the Calico reference):
     filter-output                  conntrack; to local workloads unpoliced; host endpoint out
 
 Endpoint chains (`fw-<hash>`/`tw-<hash>`, shared by workloads whose policies are the same, reached
-through verdict maps on the interface name) clear the accept/pass marks, then per tier jump to each selecting policy's chain
-(`pi-…`/`po-…`, shared by every endpoint of the node), return when a policy accepted, and end the
+through verdict maps on the interface name) clear the accept/pass marks, then per tier jump to each
+selecting policy's chain (`pi-…`/`po-…`, shared by every endpoint of the node), return when a
+policy accepted, and end the
 tier with an attributed drop unless it passed; then profiles; then an attributed drop. Every rule
 counts; every verdict point logs to NFLOG with prefix `ft:<A|D|P|L><id>` resolved by the rule table.
 Denies log at a bounded rate (the counter before the limit stays exact).
