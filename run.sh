@@ -20,6 +20,8 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 command -v conntrack >/dev/null 2>&1 || missing+=(conntrack)
 command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
+command -v wireguard-go >/dev/null 2>&1 || missing+=(wireguard-go)
+command -v wg >/dev/null 2>&1 || missing+=(wireguard-tools)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing system packages: ${missing[*]}"

@@ -355,6 +355,10 @@ DEFAULT_FAILSAFE_OUTBOUND = _failsafes(
 )
 
 
+# Calico's default wireguardListeningPort / wireguardListeningPortV6.
+WIREGUARD_PORTS: dict[int, int] = {4: 51820, 6: 51821}
+
+
 @dataclass(frozen=True)
 class FelixConfiguration:
     name: str = "default"
@@ -365,6 +369,10 @@ class FelixConfiguration:
     wireguard_enabled: bool = False
     wireguard_enabled_v6: bool = False
     origin: Origin = NO_ORIGIN
+
+    def wireguard(self, version: int) -> bool:
+        """Whether pod traffic between nodes is encrypted in IP family `version`."""
+        return self.wireguard_enabled if version == 4 else self.wireguard_enabled_v6
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,7 @@ class Reconciler:
         self._ids: tuple[tuple[int, int] | None, IdAllocator] | None = None
         self._rules: tuple[tuple[int, int] | None, RuleTable] | None = None
         self._lock = threading.Lock()
+        self.wireguard: Any = None  # the last run's `enforcer.wireguard.manager.WireGuardResult`, if any
 
     def forget(self, node: str | None = None) -> None:
         """Drop what is known about `node` (or every node): the next run re-checks the backend."""
@@ -247,7 +248,14 @@ class Reconciler:
             rules = self._save_rules([c.rules for c in compiled.values()])
             for node, out in compiled.items():
                 results[node] = self._apply(node, out.table, times[node], full)
-            return ReconcileResult(revision, tuple(results[n] for n in targets), load_ms, _ms(start), rules, new_ids)
+            result = ReconcileResult(revision, tuple(results[n] for n in targets), load_ms, _ms(start), rules, new_ids)
+        # WireGuard (FelixConfiguration wireguardEnabled/V6) after the tables, only when they went into
+        # this lab's kernel; a no-op without root or with WireGuard off; failures land in the result.
+        if self.lab_id is not None and getattr(self.backend, "lab_id", None) == self.lab_id:
+            from enforcer.wireguard.manager import reconcile_lab_reported
+
+            self.wireguard = reconcile_lab_reported(self.datastore, self.lab_id, targets, felix=state.felix)
+        return result
 
     def _load_ids(self) -> IdAllocator:
         """The persistent allocator, re-read only when its file changed (another process wrote)."""

@@ -16,7 +16,7 @@ from typing import Literal
 from enforcer.evaluate.flow import Flow, Peer, peer_for_address
 from enforcer.evaluate.match import CompiledRule, compile_rule
 from enforcer.evaluate.path import Stage, stages_for
-from enforcer.model import Direction, FailsafePort, Policy, Profile, Rule
+from enforcer.model import WIREGUARD_PORTS, Direction, FailsafePort, IPAddress, Policy, Profile, Rule
 from enforcer.resolve.endpoints import DEFAULT_ALLOW_PROFILE
 from enforcer.resolve.state import ClusterState, OrderedTier
 
@@ -136,7 +136,7 @@ class Evaluator:
     def _decide(self, flow: Flow, *, explain: bool) -> Decision:
         src = peer_for_address(self.state, flow.src)
         dst = peer_for_address(self.state, flow.dst)
-        stages = stages_for(self.state, src, dst)
+        stages = stages_for(self.state, src, dst, flow.version)
         if flow.protocol == 58 and flow.icmp_type in ICMPV6_INFRA_TYPES:
             stages = []
         enforced = self._walk(stages, flow, pending=False, explain=explain)
@@ -163,6 +163,17 @@ class Evaluator:
         rules = [r for p in self.state.active_policies for r in (*p.ingress, *p.egress)]
         rules += [r for prof in self.state.profiles.values() for r in (*prof.ingress, *prof.egress)]
         return any(r.source.ports or r.source.not_ports for r in rules)
+
+    def _wireguard_between_nodes(self, flow: Flow) -> bool:
+        """Calico auto-allows the tunnel's UDP between nodes (filter INPUT/OUTPUT, before HEP policy)."""
+        felix = self.state.felix
+        return (flow.protocol == 17 and felix.wireguard(flow.version)
+                and flow.dst_port == WIREGUARD_PORTS[flow.version]
+                and flow.src in self._node_addresses and flow.dst in self._node_addresses)
+
+    @cached_property
+    def _node_addresses(self) -> frozenset[IPAddress]:
+        return frozenset(ip for node in self.state.resources.nodes for ip in node.addresses)
 
     @cached_property
     def _failsafe_ports(self) -> frozenset[int]:
@@ -216,6 +227,8 @@ class Evaluator:
             return StageResult(stage, "allow", None, f"DefaultEndpointToHostAction is {action}")
 
         assert stage.endpoint is not None
+        if stage.family == "normal" and self._wireguard_between_nodes(flow):
+            return StageResult(stage, "allow", None, "WireGuard between nodes is allowed before host endpoint policy")
         if stage.endpoint.kind == "hep" and stage.family != "forward":
             inbound = stage.direction == "ingress"
             fs = _failsafe_hit(

@@ -66,8 +66,17 @@ def _arrive(state: ClusterState, node: str, dst: Peer) -> list[Stage]:
     return stages
 
 
-def stages_for(state: ClusterState, src: Peer, dst: Peer) -> list[Stage]:
-    """The policy stages between `src` and `dst`, source side first."""
+def stages_for(state: ClusterState, src: Peer, dst: Peer, version: int = 4) -> list[Stage]:
+    """The policy stages between `src` and `dst`, source side first.
+
+    With WireGuard on for the family, pod-to-pod traffic between nodes leaves and enters through
+    the tunnel interface, not `eth0`: no host endpoint stage sees it (only the encrypted UDP).
+    """
+    if (src.kind == "pod" and dst.kind == "pod" and src.node is not None and dst.node is not None
+            and src.node != dst.node and state.felix.wireguard(version)):
+        assert src.endpoint is not None and dst.endpoint is not None
+        return [Stage("workload", "egress", src.endpoint, src.node),
+                Stage("workload", "ingress", dst.endpoint, dst.node)]
     stages: list[Stage] = []
     leaves = True  # does the packet leave the source's node onto the underlay?
     if src.kind == "pod":

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from enforcer.evaluate.evaluator import ICMPV6_INFRA_TYPES, Evaluator
 from enforcer.evaluate.path import Family, Stage
 from enforcer.lab.names import cali_name
-from enforcer.model import Direction, FailsafePort, Policy, Profile, Rule
+from enforcer.model import WIREGUARD_PORTS, Direction, FailsafePort, Policy, Profile, Rule
 from enforcer.nft.ir import Chain, NftSet, Table
 from enforcer.nft.match import SetBook, rule_matches
 from enforcer.resolve.endpoints import Endpoint
@@ -311,6 +311,9 @@ class _NodeCompiler:
         fwd = list(conntrack)
         out = [*conntrack, f"meta mark & {PREACCEPT:#x} != 0 accept", 'oifname "cali*" accept']
         up = f'"{UPLINK}"'
+        wg_in, wg_out = self._wireguard_allow()
+        inp += wg_in
+        out += wg_out
         if hep is not None:
             raw_pre.append(f"iifname {up} jump {self._hep_chain('raw-fh', 'untracked', 'ingress', hep)}")
             raw_out.append(f"oifname {up} jump {self._hep_chain('raw-th', 'untracked', 'egress', hep)}")
@@ -338,6 +341,28 @@ class _NodeCompiler:
         sets.update(self.book.sets)
         table = Table("inet", self.options.table, dict(sorted(self.chains.items())), dict(sorted(sets.items())))
         return CompiledNode(self.node, table, RuleTable(self.refs.values()))
+
+    def _wireguard_allow(self) -> tuple[list[str], list[str]]:
+        """Calico auto-allows WireGuard UDP between nodes before host endpoint policy (unlogged)."""
+        felix = self.state.felix
+        me = self.state.nodes.get(self.node)
+        mine = set(me.addresses) if me is not None else set()
+        inp: list[str] = []
+        out: list[str] = []
+        for version, l3 in ((4, "ip"), (6, "ip6")):
+            if not felix.wireguard(version):
+                continue
+            nodes = sorted({ip for n in self.state.resources.nodes for ip in n.addresses if ip.version == version},
+                           key=int)
+            others = [ip for ip in nodes if ip not in mine]
+            port = WIREGUARD_PORTS[version]
+            if nodes:
+                inp.append(f'iifname "{UPLINK}" meta l4proto udp th dport {port} {l3} saddr '
+                           f'{{ {", ".join(map(str, nodes))} }} accept')
+            if others:
+                out.append(f'oifname "{UPLINK}" meta l4proto udp th dport {port} {l3} daddr '
+                           f'{{ {", ".join(map(str, others))} }} accept')
+        return inp, out
 
     def _to_host(self) -> list[str]:
         """A workload talking to its own host: its egress policy, then DefaultEndpointToHostAction."""

@@ -181,6 +181,12 @@ def enforce(ds: Datastore, lab_id: str, *, echo: bool = True,
         click.echo(result.describe())
     for failed in result.failed:
         click.echo(f"error: {failed.node}: {failed.error}", err=True)
+    wireguard = reconciler.wireguard
+    if wireguard is not None and (wireguard.families or wireguard.changed or not wireguard.ok):
+        if echo:
+            click.echo(wireguard.describe())
+        if not wireguard.ok:
+            click.echo("error: WireGuard did not come up on every node (flowtui get wireguard)", err=True)
     return result
 
 
@@ -335,7 +341,8 @@ def get(kind: str, name: str | None, namespace: str | None, output: str, unused:
     (Kubernetes NetworkPolicy), sgnp, snp, sknp, tier, gns (GlobalNetworkSet), netset, hep,
     profile, felixconfig, ns, pod, node, sa, ext (ExternalHost); `policy` means every policy kind.
     `hits` lists every rule's packet and byte counters on every lab node, with the tier, policy,
-    direction and rule index it stands for (`--unused`: only rules never hit).
+    direction and rule index it stands for (`--unused`: only rules never hit). `wireguard` shows each
+    node's WireGuard tunnels: enabled, backend, public key, peers, last handshake, bytes.
 
     `-o yaml` and `-o json` print the stored documents (with metadata.resourceVersion set to the
     object's revision) in a form `flowtui apply -f` takes back; a list is a `kind: List`.
@@ -348,6 +355,12 @@ def get(kind: str, name: str | None, namespace: str | None, output: str, unused:
         backend = rt.backend(lab_id)
         print_hits(state_dir, rt.lab_nodes(lab_id), backend.json_listing, "json" if output == "json" else "table",
                    unused)
+        return
+    if kind.lower() in ("wireguard", "wg"):
+        from flowtui.cli.wireguard import print_wireguard
+
+        need_root()
+        print_wireguard(lab_id, state_dir, "json" if output == "json" else "table")
         return
     ds = Datastore(state_dir)
     found = guarded(lambda: ds.object_documents(kind, name=name, namespace=namespace))
