@@ -1,0 +1,190 @@
+"""`flowtui export` (the flow store as Parquet, JSON Lines, Hubble or Calico flows) and
+`flowtui import hubble` (Cilium's Hubble flows into a flow store).
+
+`import hubble` joins the `flowtui import` group that `flowtui.cli.whatif` defines (next to
+`import pcap`); importing this module registers it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+import click
+
+from flowtui.cli.whatif import import_group
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from flowtui.interop.window import Window
+
+DEFAULT_DB = "flowtui.duckdb"  # as `flowtui collect --db`
+FORMATS = ("parquet", "jsonl", "hubble", "calico")
+
+
+@contextlib.contextmanager
+def _text_out(out: str, overwrite: bool) -> Iterator[IO[str]]:
+    from flowtui.cli.common import EXIT_INVALID, fail
+
+    if out == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    path = Path(out)
+    if path.is_dir():
+        fail(f"{out} is a directory: --format jsonl/hubble/calico write one file (or - for stdout)", EXIT_INVALID)
+    if path.exists() and not overwrite:
+        fail(f"{out} exists: use --overwrite, or another file", EXIT_INVALID)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", buffering=1 << 20) as handle:
+        yield handle
+    tmp.replace(path)
+
+
+@click.command("export")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True,
+              help="parquet: every table, hive-partitioned by day and node (a directory); jsonl: flow records "
+                   "with names; hubble: `hubble observe -o json` lines; calico: Whisker/Goldmane flow records.")
+@click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(),
+              help="Flow store: a DuckDB file (its snapshot while a collector writes it) or a Parquet directory.")
+@click.option("--since", metavar="WHEN", help="Only flows from this time on: a time, or a duration back from the "
+                                               "latest flow (30m, 24h, 7d). Tables without times go whole.")
+@click.option("--until", metavar="WHEN", help="Only flows before this time (same forms).")
+@click.option("--out", required=True, type=click.Path(allow_dash=True), metavar="DIR|FILE",
+              help="A directory for parquet; a file (or - for stdout) for the others.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export at --out.")
+@click.option("--calico-style", type=click.Choice(["whisker", "goldmane"]), default="whisker", show_default=True,
+              help="Calico records as whisker-backend serves them (string enums) or as Goldmane's NDJSON sink "
+                   "writes them (integer enums, nested key).")
+def export_cmd(fmt: str, db: str, since: str | None, until: str | None, out: str, overwrite: bool,
+               calico_style: str) -> None:
+    """Write the recorded flows in a format other tools read.
+
+    \b
+    Examples:
+      flowtui export --format parquet --out export/            # then: flowtui query top_denied --db export/
+      flowtui export --format jsonl --since 1h --out last-hour.jsonl
+      flowtui export --format hubble --out flows.json          # hubble observe -o json lines
+      flowtui export --format calico --calico-style goldmane --out - | jq .
+    """
+    import duckdb
+
+    from flowtui.cli.common import EXIT_INVALID, fail
+    from flowtui.interop.window import WindowError, parse_window
+    from flowtui.query.run import SourceError, open_source
+
+    if fmt == "parquet" and out == "-":
+        fail("--format parquet writes a directory: give --out DIR", EXIT_INVALID)
+    try:
+        source = open_source(db)
+    except SourceError as err:
+        fail(f"{err} (give --db PATH)")
+    with source:
+        if source.kind == "snapshot":
+            click.echo(f"note: a collector is writing {db}; exporting its snapshot {source.path}", err=True)
+        try:
+            window = parse_window(source.con, since, until)
+        except WindowError as err:
+            fail(str(err), EXIT_INVALID)
+        try:
+            if fmt == "parquet":
+                _export_parquet(source.con, Path(out), window, overwrite)
+                return
+            with _text_out(out, overwrite) as handle:
+                n, what = _export_text(source.con, fmt, handle, window, calico_style)
+        except duckdb.Error as err:
+            fail(f"export failed: {err}")
+    click.echo(f"{n:,} {what} written to {'stdout' if out == '-' else out}", err=True)
+
+
+def _export_parquet(con: duckdb.DuckDBPyConnection, out: Path, window: Window, overwrite: bool) -> None:
+    from flowtui.cli.common import EXIT_INVALID, fail
+    from flowtui.interop.parquet import ExportError, export_parquet
+
+    try:
+        result = export_parquet(con, out, window, overwrite)
+    except ExportError as err:
+        fail(str(err), EXIT_INVALID)
+    rows = ", ".join(f"{t} {n:,}" for t, n in result.rows.items() if n)
+    click.echo(f"{result.files} Parquet files in {out} ({rows or 'no rows'}); "
+               f"DuckDB: cd {out} && duckdb -c '.read views.sql'", err=True)
+
+
+def _export_text(con: duckdb.DuckDBPyConnection, fmt: str, handle: IO[str], window: Window,
+                 calico_style: str) -> tuple[int, str]:
+    if fmt == "jsonl":
+        from flowtui.interop.jsonl import write_jsonl
+
+        return write_jsonl(con, handle, window), "flow records"
+    if fmt == "hubble":
+        from flowtui.interop.hubble import write_hubble
+
+        return write_hubble(con, handle, window), "Hubble flows"
+    from flowtui.interop.calico import write_records
+
+    return write_records(con, handle, window, calico_style), f"Calico flow records ({calico_style})"
+
+
+@click.command("hubble")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False),
+              help="Flow store to add the flows to (created if missing; not while a collector writes it).")
+@click.option("--bucket", default=15.0, show_default=True, help="Flow time bucket, seconds (as `collect --bucket`).")
+@click.option("--events/--no-events", default=True, show_default=True,
+              help="Keep each Hubble flow as an event row too, not only the aggregated flows.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def import_hubble_cmd(file: str, db: str, bucket: float, events: bool, output: str) -> None:
+    """Import Hubble flows (`hubble observe -o json` output, or `flowtui export --format hubble`).
+
+    Policy verdicts and drops become events and flows of a new run, one source per node; the
+    policies Hubble names become rules, the endpoints a new endpoints revision. Then every
+    `flowtui query`, `flowtui whatif --db` and the dashboard work on Cilium's flows too.
+
+    \b
+    Example:
+      hubble observe --since 1h -o json > flows.json
+      flowtui import hubble flows.json --db cilium.duckdb
+      flowtui query top_denied --db cilium.duckdb
+    """
+    import duckdb
+
+    from flowtui.cli.common import EXIT_INVALID, echo_json, fail
+    from flowtui.interop.hubble import HubbleFormatError, import_hubble
+    from flowtui.store.duckdb_store import DuckStore
+
+    if bucket <= 0:
+        fail("--bucket must be positive", EXIT_INVALID)
+    try:
+        handle: IO[str] = sys.stdin if file == "-" else open(file, encoding="utf-8")
+    except OSError as err:
+        fail(f"{file}: {err.strerror or err}", EXIT_INVALID)
+    try:
+        store = DuckStore(db, snapshot_interval=None)
+    except duckdb.Error as err:
+        fail(f"cannot write {db}: {err} (is a collector writing it? import into another store)")
+    try:
+        with contextlib.closing(handle) if file != "-" else contextlib.nullcontext(handle):
+            result = import_hubble(store, handle, source=file, bucket_seconds=bucket, keep_events=events)
+    except HubbleFormatError as err:
+        fail(str(err), EXIT_INVALID)
+    finally:
+        store.close(snapshot=False)
+    if output == "json":
+        echo_json(vars(result))
+        return
+    click.echo(f"imported {result.events:,} Hubble flows of {result.lines:,} lines into {db} "
+               f"(run {result.run_id}): {result.flow_rows:,} flow rows, {result.rules_added} new rules, "
+               f"{result.endpoints_added} endpoints, nodes {', '.join(result.nodes) or '-'}")
+    if result.skipped:
+        click.echo("skipped: " + ", ".join(f"{k} {v:,}" for k, v in sorted(result.skipped.items())), err=True)
+    if result.lost:
+        click.echo(f"Hubble reported {result.lost:,} lost events (recorded as loss cause hubble_lost_events)",
+                   err=True)
+
+
+import_group.add_command(import_hubble_cmd)

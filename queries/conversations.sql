@@ -1,0 +1,94 @@
+-- conversations: traffic per pair of endpoints, both directions, like a packet analyser's conversations.
+--
+-- One row per (source endpoint, destination endpoint): pods as `namespace/pod`, other endpoints as
+-- `type:name` (hep, node, external, netset, net), unknown addresses as themselves. Flows are
+-- counted once each (one 5-tuple in one time bucket, merged across the reporting nodes; denied if
+-- either side denied it), with allowed connections opened, packets and bytes in the original and
+-- reply directions (conntrack counts), and the protocols/ports used.
+--
+-- Parameters (DuckDB variables, all optional: SET VARIABLE name = 'value'):
+--   since      window start: a time ('2026-03-14 12:00') or a duration back from now ('30m', '24h', '7d') (default: all recorded flows)
+--   until      window end, exclusive; same forms as since (default: no end)
+--   now        the time durations count back from (default: the end of the latest flow bucket)
+--   namespace  only conversations with this namespace on either side (default: every namespace)
+--   rows       rows returned (default: 50)
+--
+-- Example:
+--   flowtui query conversations --param namespace=production
+--   duckdb -readonly flowtui.duckdb -c "SET VARIABLE namespace = 'production'" -c ".read queries/conversations.sql"
+--
+-- Columns: src, dst, flows, denied, connections, packets, bytes, reply_packets, reply_bytes, ports, first_seen, last_seen
+WITH win AS (
+  SELECT now_,
+    coalesce(try_cast(getvariable('since')::VARCHAR AS TIMESTAMP),
+             now_ - try_cast(getvariable('since')::VARCHAR AS INTERVAL),
+             CASE WHEN getvariable('since') IS NULL THEN TIMESTAMP '-infinity'
+                  ELSE error('since: not a time or a duration: ' || getvariable('since')::VARCHAR) END::TIMESTAMP) AS since_,
+    coalesce(try_cast(getvariable('until')::VARCHAR AS TIMESTAMP),
+             now_ - try_cast(getvariable('until')::VARCHAR AS INTERVAL),
+             CASE WHEN getvariable('until') IS NULL THEN TIMESTAMP 'infinity'
+                  ELSE error('until: not a time or a duration: ' || getvariable('until')::VARCHAR) END::TIMESTAMP) AS until_
+  FROM (SELECT coalesce(try_cast(getvariable('now')::VARCHAR AS TIMESTAMP),
+                        CASE WHEN getvariable('now') IS NOT NULL
+                             THEN error('now: not a time: ' || getvariable('now')::VARCHAR) END::TIMESTAMP,
+                        (SELECT max(end_time) FROM flows),
+                        current_timestamp AT TIME ZONE 'UTC') AS now_)
+),
+once AS (  -- one row per flow (time bucket and 5-tuple), its two decisions merged: the source's egress and
+           -- the destination's ingress (each summed over its partial rows); denied if either side denied it,
+           -- counted from the side that counted more (both count the same packets when both track it)
+  SELECT f.start_time, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport, bool_or(f.action = 'Deny') AS denied,
+         greatest(coalesce(sum(f.packets) FILTER (WHERE r.direction = 'egress'), 0),
+                  coalesce(sum(f.packets) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS packets,
+         greatest(coalesce(sum(f.bytes) FILTER (WHERE r.direction = 'egress'), 0),
+                  coalesce(sum(f.bytes) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS bytes,
+         greatest(coalesce(sum(f.reply_packets) FILTER (WHERE r.direction = 'egress'), 0),
+                  coalesce(sum(f.reply_packets) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0))
+           AS reply_packets,
+         greatest(coalesce(sum(f.reply_bytes) FILTER (WHERE r.direction = 'egress'), 0),
+                  coalesce(sum(f.reply_bytes) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS reply_bytes,
+         CASE WHEN bool_or(f.action = 'Deny') THEN 0 ELSE
+           greatest(coalesce(sum(f.connections_started) FILTER (WHERE r.direction = 'egress'), 0),
+                    coalesce(sum(f.connections_started) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0))
+         END AS connections,
+         min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen,
+         any_value(f.src_ep) AS src_ep, any_value(f.dst_ep) AS dst_ep
+  FROM flows f
+  LEFT JOIN rules r ON r.id = f.rule_id
+  CROSS JOIN win
+  WHERE f.action IN ('Allow', 'Deny') AND f.start_time >= win.since_ AND f.start_time < win.until_
+  GROUP BY f.start_time, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport
+),
+by_ids AS (  -- per endpoint id (or address, when unknown) and port first: names are joined to few rows
+  SELECT src_ep, CASE WHEN src_ep IS NULL THEN src_ip END AS src_ip, dst_ep,
+         CASE WHEN dst_ep IS NULL THEN dst_ip END AS dst_ip, proto, dport,
+         count(*) AS flows, count(*) FILTER (WHERE denied) AS denied, sum(connections) AS connections,
+         sum(packets) AS packets, sum(bytes) AS bytes, sum(reply_packets) AS reply_packets,
+         sum(reply_bytes) AS reply_bytes, min(first_seen) AS first_seen, max(last_seen) AS last_seen
+  FROM once
+  GROUP BY ALL
+),
+named AS (
+  SELECT b.*,
+    coalesce(CASE WHEN se.type = 'wep' THEN se.namespace || '/' || se.name
+                  WHEN se.id IS NOT NULL THEN se.type || ':' || coalesce(se.namespace || '/', '') || se.name END,
+             b.src_ip) AS src,
+    coalesce(CASE WHEN de.type = 'wep' THEN de.namespace || '/' || de.name
+                  WHEN de.id IS NOT NULL THEN de.type || ':' || coalesce(de.namespace || '/', '') || de.name END,
+             b.dst_ip) AS dst,
+    se.namespace AS src_namespace, de.namespace AS dst_namespace,
+    CASE b.proto WHEN 6 THEN 'tcp' WHEN 17 THEN 'udp' WHEN 1 THEN 'icmp' WHEN 58 THEN 'icmpv6' WHEN 132 THEN 'sctp'
+                 ELSE b.proto::VARCHAR END || coalesce('/' || b.dport::VARCHAR, '') AS port
+  FROM by_ids b
+  LEFT JOIN endpoints se ON se.id = b.src_ep
+  LEFT JOIN endpoints de ON de.id = b.dst_ep
+)
+SELECT src, dst, sum(flows) AS flows, sum(denied) AS denied, sum(connections) AS connections,
+       sum(packets) AS packets, sum(bytes) AS bytes, sum(reply_packets) AS reply_packets,
+       sum(reply_bytes) AS reply_bytes, list_sort(list(DISTINCT port))[1:10] AS ports,
+       min(first_seen) AS first_seen, max(last_seen) AS last_seen
+FROM named
+WHERE getvariable('namespace') IS NULL OR getvariable('namespace') IN (src_namespace, dst_namespace)
+GROUP BY src, dst
+ORDER BY sum(packets) + sum(reply_packets) DESC, flows DESC, src, dst
+LIMIT coalesce(getvariable('rows')::INTEGER, 50);

@@ -1,0 +1,68 @@
+-- default_deny_attributions: flows denied by no rule in particular, and the policy that caused it.
+--
+-- Implicit denies, attributed the way Calico does: end of tier (a tier's policies selected the
+-- endpoint but none of their rules matched: `trigger` is the policy that made the tier apply, the
+-- last one selecting the endpoint), no profile match (no policy applied and no profile allowed),
+-- and dataplane defaults that deny (e.g. an unknown interface). One row per decision point and
+-- protected endpoint (the destination for ingress, the source for egress), with the flows
+-- (distinct 5-tuples), packets, an example tuple, and first and last seen.
+--
+-- Parameters (DuckDB variables, all optional: SET VARIABLE name = 'value'):
+--   since      window start: a time ('2026-03-14 12:00') or a duration back from now ('30m', '24h', '7d') (default: all recorded flows)
+--   until      window end, exclusive; same forms as since (default: no end)
+--   now        the time durations count back from (default: the end of the latest flow bucket)
+--   namespace  only endpoints of this namespace (default: every endpoint)
+--   rows       rows returned (default: 50)
+--
+-- Example:
+--   flowtui query default_deny_attributions --param since=1h
+--   duckdb -readonly flowtui.duckdb -c ".read queries/default_deny_attributions.sql"
+--
+-- Columns: kind, tier, trigger_kind, trigger, direction, endpoint, endpoint_ip, policy, flows, packets, example, first_seen, last_seen
+WITH win AS (
+  SELECT now_,
+    coalesce(try_cast(getvariable('since')::VARCHAR AS TIMESTAMP),
+             now_ - try_cast(getvariable('since')::VARCHAR AS INTERVAL),
+             CASE WHEN getvariable('since') IS NULL THEN TIMESTAMP '-infinity'
+                  ELSE error('since: not a time or a duration: ' || getvariable('since')::VARCHAR) END::TIMESTAMP) AS since_,
+    coalesce(try_cast(getvariable('until')::VARCHAR AS TIMESTAMP),
+             now_ - try_cast(getvariable('until')::VARCHAR AS INTERVAL),
+             CASE WHEN getvariable('until') IS NULL THEN TIMESTAMP 'infinity'
+                  ELSE error('until: not a time or a duration: ' || getvariable('until')::VARCHAR) END::TIMESTAMP) AS until_
+  FROM (SELECT coalesce(try_cast(getvariable('now')::VARCHAR AS TIMESTAMP),
+                        CASE WHEN getvariable('now') IS NOT NULL
+                             THEN error('now: not a time: ' || getvariable('now')::VARCHAR) END::TIMESTAMP,
+                        (SELECT max(end_time) FROM flows),
+                        current_timestamp AT TIME ZONE 'UTC') AS now_)
+),
+implicit AS (
+  SELECT id, kind, tier, trigger_kind, namespace, name, direction, policy FROM rules
+  WHERE action = 'Deny' AND kind IN ('EndOfTier', 'NoProfileMatch', 'Default')
+),
+d AS (
+  SELECT f.rule_id, CASE WHEN i.direction = 'egress' THEN f.src_ip ELSE f.dst_ip END AS endpoint_ip,
+         any_value(CASE WHEN i.direction = 'egress' THEN f.src_ep ELSE f.dst_ep END) AS ep,
+         count(DISTINCT (f.proto, f.src_ip, f.dst_ip, f.sport, f.dport)) AS flows, sum(f.packets) AS packets,
+         arg_min(CASE f.proto WHEN 6 THEN 'tcp' WHEN 17 THEN 'udp' WHEN 1 THEN 'icmp' WHEN 58 THEN 'icmpv6'
+                              WHEN 132 THEN 'sctp' ELSE f.proto::VARCHAR END
+                 || ' ' || f.src_ip || coalesce(':' || f.sport::VARCHAR, '')
+                 || ' -> ' || f.dst_ip || coalesce(':' || f.dport::VARCHAR, ''), f.first_seen) AS example,
+         min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen
+  FROM flows f
+  JOIN implicit i ON i.id = f.rule_id
+  CROSS JOIN win
+  WHERE f.action = 'Deny' AND f.start_time >= win.since_ AND f.start_time < win.until_
+  GROUP BY f.rule_id, endpoint_ip
+)
+SELECT i.kind, i.tier, i.trigger_kind,
+       CASE WHEN i.kind = 'EndOfTier' THEN coalesce(i.namespace || '/', '') || i.name END AS trigger,
+       i.direction,
+       CASE WHEN e.type = 'wep' THEN e.namespace || '/' || e.name
+            WHEN e.id IS NOT NULL THEN e.type || ':' || coalesce(e.namespace || '/', '') || e.name END AS endpoint,
+       d.endpoint_ip, i.policy, d.flows, d.packets, d.example, d.first_seen, d.last_seen
+FROM d
+JOIN implicit i ON i.id = d.rule_id
+LEFT JOIN endpoints e ON e.id = d.ep
+WHERE getvariable('namespace') IS NULL OR e.namespace = getvariable('namespace')
+ORDER BY d.packets DESC, d.flows DESC, i.kind, trigger, endpoint_ip
+LIMIT coalesce(getvariable('rows')::INTEGER, 50);

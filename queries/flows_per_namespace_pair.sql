@@ -1,0 +1,85 @@
+-- flows_per_namespace_pair: who talks to whom, by namespace, allowed and denied.
+--
+-- Flows counted once each: a flow is one 5-tuple in one time bucket, merged across the nodes
+-- that reported it (the source's egress and the destination's ingress decision), and denied if
+-- either side denied it. Namespace `-` is everything outside a namespace (hosts, outside
+-- addresses, global network sets). `connections` are allowed connections opened; packets and
+-- bytes are in the original direction (conntrack counts for allowed flows, the dropped packets
+-- for denied ones).
+--
+-- Parameters (DuckDB variables, all optional: SET VARIABLE name = 'value'):
+--   since      window start: a time ('2026-03-14 12:00') or a duration back from now ('30m', '24h', '7d') (default: all recorded flows)
+--   until      window end, exclusive; same forms as since (default: no end)
+--   now        the time durations count back from (default: the end of the latest flow bucket)
+--   namespace  only pairs with this namespace on either side (default: every namespace)
+--
+-- Example:
+--   flowtui query flows_per_namespace_pair --param since=24h -o csv
+--   duckdb -readonly flowtui.duckdb -c ".read queries/flows_per_namespace_pair.sql"
+--
+-- Columns: src_namespace, dst_namespace, action, flows, connections, packets, bytes, src_endpoints, dst_endpoints, first_seen, last_seen
+WITH win AS (
+  SELECT now_,
+    coalesce(try_cast(getvariable('since')::VARCHAR AS TIMESTAMP),
+             now_ - try_cast(getvariable('since')::VARCHAR AS INTERVAL),
+             CASE WHEN getvariable('since') IS NULL THEN TIMESTAMP '-infinity'
+                  ELSE error('since: not a time or a duration: ' || getvariable('since')::VARCHAR) END::TIMESTAMP) AS since_,
+    coalesce(try_cast(getvariable('until')::VARCHAR AS TIMESTAMP),
+             now_ - try_cast(getvariable('until')::VARCHAR AS INTERVAL),
+             CASE WHEN getvariable('until') IS NULL THEN TIMESTAMP 'infinity'
+                  ELSE error('until: not a time or a duration: ' || getvariable('until')::VARCHAR) END::TIMESTAMP) AS until_
+  FROM (SELECT coalesce(try_cast(getvariable('now')::VARCHAR AS TIMESTAMP),
+                        CASE WHEN getvariable('now') IS NOT NULL
+                             THEN error('now: not a time: ' || getvariable('now')::VARCHAR) END::TIMESTAMP,
+                        (SELECT max(end_time) FROM flows),
+                        current_timestamp AT TIME ZONE 'UTC') AS now_)
+),
+once AS (  -- one row per flow (time bucket and 5-tuple), its two decisions merged: the source's egress and
+           -- the destination's ingress (each summed over its partial rows); denied if either side denied it,
+           -- counted from the side that counted more (both count the same packets when both track it)
+  SELECT f.start_time, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport, bool_or(f.action = 'Deny') AS denied,
+         greatest(coalesce(sum(f.packets) FILTER (WHERE r.direction = 'egress'), 0),
+                  coalesce(sum(f.packets) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS packets,
+         greatest(coalesce(sum(f.bytes) FILTER (WHERE r.direction = 'egress'), 0),
+                  coalesce(sum(f.bytes) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS bytes,
+         greatest(coalesce(sum(f.reply_packets) FILTER (WHERE r.direction = 'egress'), 0),
+                  coalesce(sum(f.reply_packets) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0))
+           AS reply_packets,
+         greatest(coalesce(sum(f.reply_bytes) FILTER (WHERE r.direction = 'egress'), 0),
+                  coalesce(sum(f.reply_bytes) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS reply_bytes,
+         CASE WHEN bool_or(f.action = 'Deny') THEN 0 ELSE
+           greatest(coalesce(sum(f.connections_started) FILTER (WHERE r.direction = 'egress'), 0),
+                    coalesce(sum(f.connections_started) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0))
+         END AS connections,
+         min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen,
+         any_value(f.src_ep) AS src_ep, any_value(f.dst_ep) AS dst_ep
+  FROM flows f
+  LEFT JOIN rules r ON r.id = f.rule_id
+  CROSS JOIN win
+  WHERE f.action IN ('Allow', 'Deny') AND f.start_time >= win.since_ AND f.start_time < win.until_
+  GROUP BY f.start_time, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport
+),
+by_ids AS (  -- per endpoint id (or address, when unknown) first: names are joined to few rows
+  SELECT src_ep, CASE WHEN src_ep IS NULL THEN src_ip END AS src_ip, dst_ep,
+         CASE WHEN dst_ep IS NULL THEN dst_ip END AS dst_ip, denied,
+         count(*) AS flows, sum(connections) AS connections, sum(packets) AS packets, sum(bytes) AS bytes,
+         min(first_seen) AS first_seen, max(last_seen) AS last_seen
+  FROM once
+  GROUP BY ALL
+),
+named AS (
+  SELECT coalesce(se.namespace, '-') AS src_namespace, coalesce(de.namespace, '-') AS dst_namespace,
+         CASE WHEN b.denied THEN 'Deny' ELSE 'Allow' END AS action,
+         coalesce(se.type || ':' || se.name, b.src_ip) AS src, coalesce(de.type || ':' || de.name, b.dst_ip) AS dst,
+         b.flows, b.connections, b.packets, b.bytes, b.first_seen, b.last_seen, se.namespace AS sns, de.namespace AS dns
+  FROM by_ids b
+  LEFT JOIN endpoints se ON se.id = b.src_ep
+  LEFT JOIN endpoints de ON de.id = b.dst_ep
+)
+SELECT src_namespace, dst_namespace, action, sum(flows) AS flows, sum(connections) AS connections,
+       sum(packets) AS packets, sum(bytes) AS bytes, count(DISTINCT src) AS src_endpoints,
+       count(DISTINCT dst) AS dst_endpoints, min(first_seen) AS first_seen, max(last_seen) AS last_seen
+FROM named
+WHERE getvariable('namespace') IS NULL OR getvariable('namespace') IN (sns, dns)
+GROUP BY src_namespace, dst_namespace, action
+ORDER BY flows DESC, src_namespace, dst_namespace, action;

@@ -1,0 +1,70 @@
+-- hits_per_policy_rule: how often each policy rule decided, logged and counted.
+--
+-- One row per rule identifier (one rule of one policy revision, or an end-of-tier, profile or
+-- default decision point): the NFLOG events it logged and the packets of its flows in the window
+-- (`logged`, `packets`: conntrack counts for Allow, one per logged packet otherwise), the packets
+-- its nftables counter matched in the window (`counted`: exact even when logging is rate-limited;
+-- NULL when no counter was read), and its first and last logged hit. Lists every rule of the
+-- latest revision of each policy (zero hits included) and any older rule that was hit.
+--
+-- Parameters (DuckDB variables, all optional: SET VARIABLE name = 'value'):
+--   since      window start: a time ('2026-03-14 12:00') or a duration back from now ('30m', '24h', '7d') (default: all recorded flows)
+--   until      window end, exclusive; same forms as since (default: no end)
+--   now        the time durations count back from (default: the end of the latest flow bucket)
+--   policy     only policies whose name matches this LIKE pattern, e.g. 'deny-%' (default: every policy)
+--   namespace  only policies of this namespace (default: global and namespaced)
+--
+-- Example:
+--   flowtui query hits_per_policy_rule --param policy='%frontend%'
+--   duckdb -readonly flowtui.duckdb -c "SET VARIABLE since = '24h'" -c ".read queries/hits_per_policy_rule.sql"
+--
+-- Columns: tier, kind, namespace, name, revision, direction, rule, action, policy, rule_id, logged, packets, counted, rate_limited, first_hit, last_hit
+WITH win AS (
+  SELECT now_,
+    coalesce(try_cast(getvariable('since')::VARCHAR AS TIMESTAMP),
+             now_ - try_cast(getvariable('since')::VARCHAR AS INTERVAL),
+             CASE WHEN getvariable('since') IS NULL THEN TIMESTAMP '-infinity'
+                  ELSE error('since: not a time or a duration: ' || getvariable('since')::VARCHAR) END::TIMESTAMP) AS since_,
+    coalesce(try_cast(getvariable('until')::VARCHAR AS TIMESTAMP),
+             now_ - try_cast(getvariable('until')::VARCHAR AS INTERVAL),
+             CASE WHEN getvariable('until') IS NULL THEN TIMESTAMP 'infinity'
+                  ELSE error('until: not a time or a duration: ' || getvariable('until')::VARCHAR) END::TIMESTAMP) AS until_
+  FROM (SELECT coalesce(try_cast(getvariable('now')::VARCHAR AS TIMESTAMP),
+                        CASE WHEN getvariable('now') IS NOT NULL
+                             THEN error('now: not a time: ' || getvariable('now')::VARCHAR) END::TIMESTAMP,
+                        (SELECT max(end_time) FROM flows),
+                        current_timestamp AT TIME ZONE 'UTC') AS now_)
+),
+hits AS (
+  SELECT f.rule_id, sum(f.events) AS logged, sum(f.packets) AS packets,
+         min(f.first_seen) AS first_hit, max(f.last_seen) AS last_hit
+  FROM flows f, win
+  WHERE f.rule_id IS NOT NULL AND f.start_time >= win.since_ AND f.start_time < win.until_
+  GROUP BY f.rule_id
+),
+counters AS (  -- counters are cumulative per run: the window's count is the reading before until minus the one before since
+  SELECT rule_id, sum(in_window) AS counted, bool_or(rate_limited) AS rate_limited
+  FROM (
+    SELECT arg_max(c.rule_id, c.time) AS rule_id, bool_or(c.rate_limited) AS rate_limited,
+           coalesce(max(coalesce(c.run_packets, c.packets)) FILTER (WHERE c.time < win.until_), 0)
+           - coalesce(max(coalesce(c.run_packets, c.packets)) FILTER (WHERE c.time < win.since_), 0) AS in_window
+    FROM rule_counters c, win
+    GROUP BY c.run_id, c.source_id, c.nft_rule
+  )
+  GROUP BY rule_id
+),
+latest AS (
+  SELECT kind, namespace, name, max(revision) AS revision FROM rules GROUP BY kind, namespace, name
+)
+SELECT r.tier, r.kind, r.namespace, r.name, r.revision, r.direction, r.rule, r.action, r.policy, r.id AS rule_id,
+       coalesce(h.logged, 0) AS logged, coalesce(h.packets, 0) AS packets, c.counted, c.rate_limited,
+       h.first_hit, h.last_hit
+FROM rules r
+LEFT JOIN hits h ON h.rule_id = r.id
+LEFT JOIN counters c ON c.rule_id = r.id
+LEFT JOIN latest l ON l.kind = r.kind AND l.namespace IS NOT DISTINCT FROM r.namespace AND l.name = r.name
+                  AND l.revision = r.revision
+WHERE (h.rule_id IS NOT NULL OR c.counted > 0 OR l.revision IS NOT NULL)
+  AND (getvariable('policy') IS NULL OR r.name LIKE getvariable('policy'))
+  AND (getvariable('namespace') IS NULL OR r.namespace = getvariable('namespace'))
+ORDER BY r.tier NULLS LAST, r.kind, r.namespace NULLS FIRST, r.name, r.revision, r.direction, r.rule, r.id;

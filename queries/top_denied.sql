@@ -1,0 +1,65 @@
+-- top_denied: the denied flows seen most, with the policy and rule that denied each.
+--
+-- What is being blocked, and by what? Denied traffic grouped by source address, destination
+-- address, protocol and destination port (source ports change with every attempt), with the
+-- deciding rule as a Calico flow-log hit, `<idx>|<tier>|<kind>:[<ns>/]<name>|deny|<rule>`
+-- (rule -1 is the end of a tier, named after the policy that triggered it), the reporting node,
+-- the packets denied, the distinct source ports seen (about one per connection attempt), and
+-- when the flow was first and last denied.
+--
+-- Parameters (DuckDB variables, all optional: SET VARIABLE name = 'value'):
+--   since      window start: a time ('2026-03-14 12:00') or a duration back from now ('30m', '24h', '7d') (default: all recorded flows)
+--   until      window end, exclusive; same forms as since (default: no end)
+--   now        the time durations count back from (default: the end of the latest flow bucket)
+--   namespace  only flows from or to this namespace (default: every namespace)
+--   rows       rows returned (default: 20)
+--
+-- Example:
+--   flowtui query top_denied --param since=1h --param rows=10
+--   duckdb -readonly flowtui.duckdb -c "SET VARIABLE since = '1h'" -c ".read queries/top_denied.sql"
+--
+-- Columns: src, src_ip, dst, dst_ip, proto, dport, policy, node, packets, flows, first_seen, last_seen
+WITH win AS (
+  SELECT now_,
+    coalesce(try_cast(getvariable('since')::VARCHAR AS TIMESTAMP),
+             now_ - try_cast(getvariable('since')::VARCHAR AS INTERVAL),
+             CASE WHEN getvariable('since') IS NULL THEN TIMESTAMP '-infinity'
+                  ELSE error('since: not a time or a duration: ' || getvariable('since')::VARCHAR) END::TIMESTAMP) AS since_,
+    coalesce(try_cast(getvariable('until')::VARCHAR AS TIMESTAMP),
+             now_ - try_cast(getvariable('until')::VARCHAR AS INTERVAL),
+             CASE WHEN getvariable('until') IS NULL THEN TIMESTAMP 'infinity'
+                  ELSE error('until: not a time or a duration: ' || getvariable('until')::VARCHAR) END::TIMESTAMP) AS until_
+  FROM (SELECT coalesce(try_cast(getvariable('now')::VARCHAR AS TIMESTAMP),
+                        CASE WHEN getvariable('now') IS NOT NULL
+                             THEN error('now: not a time: ' || getvariable('now')::VARCHAR) END::TIMESTAMP,
+                        (SELECT max(end_time) FROM flows),
+                        current_timestamp AT TIME ZONE 'UTC') AS now_)
+),
+denied AS (
+  SELECT f.source_id, f.rule_id, f.src_ip, f.dst_ip, f.proto, f.dport,
+         any_value(f.src_ep) AS src_ep, any_value(f.dst_ep) AS dst_ep,
+         sum(f.packets) AS packets, count(DISTINCT coalesce(f.sport, -1)) AS flows,
+         min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen
+  FROM flows f, win
+  WHERE f.action = 'Deny' AND f.start_time >= win.since_ AND f.start_time < win.until_
+  GROUP BY f.source_id, f.rule_id, f.src_ip, f.dst_ip, f.proto, f.dport
+)
+SELECT
+  CASE WHEN se.type = 'wep' THEN se.namespace || '/' || se.name
+       WHEN se.id IS NOT NULL THEN se.type || ':' || coalesce(se.namespace || '/', '') || se.name END AS src,
+  d.src_ip,
+  CASE WHEN de.type = 'wep' THEN de.namespace || '/' || de.name
+       WHEN de.id IS NOT NULL THEN de.type || ':' || coalesce(de.namespace || '/', '') || de.name END AS dst,
+  d.dst_ip,
+  CASE d.proto WHEN 6 THEN 'tcp' WHEN 17 THEN 'udp' WHEN 1 THEN 'icmp' WHEN 58 THEN 'icmpv6' WHEN 132 THEN 'sctp'
+               ELSE d.proto::VARCHAR END AS proto,
+  d.dport, coalesce(r.policy, 'unknown rule ' || d.rule_id::VARCHAR) AS policy, s.node,
+  d.packets, d.flows, d.first_seen, d.last_seen
+FROM denied d
+LEFT JOIN sources s ON s.source_id = d.source_id
+LEFT JOIN rules r ON r.id = d.rule_id
+LEFT JOIN endpoints se ON se.id = d.src_ep
+LEFT JOIN endpoints de ON de.id = d.dst_ep
+WHERE getvariable('namespace') IS NULL OR getvariable('namespace') IN (se.namespace, de.namespace)
+ORDER BY d.packets DESC, d.last_seen DESC, d.src_ip, d.dst_ip, d.dport
+LIMIT coalesce(getvariable('rows')::INTEGER, 20);
