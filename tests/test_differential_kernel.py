@@ -173,6 +173,7 @@ def test_kernel_agrees_with_evaluator(seed: int, lab_id: str, tmp_path: Path) ->
     for node, action, rule_id, src, dst, proto, sport, dport in collected_events(tmp_path / "flows.duckdb"):
         ref = rules.get(rule_id)
         assert ref is not None, f"event with unknown rule id {rule_id}"
+        assert ref.action == action, f"rule {rule_id}: prefix says {action}, the rule table {ref.action}"
         key = (src, dst, proto, sport, dport) if proto not in (1, 58) else (src, dst, proto)
         by_key.setdefault(key, set()).add(observed_attribution(str(node), ref))
     icmp_pairs = [(str(p.src), str(p.dst)) for p in probes if p.proto in (1, 58)]

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import click
 
+from flowtui.cli.collect import collect_cmd, status_cmd
 from flowtui.cli.demo import demo
+from flowtui.cli.export import export_cmd  # also adds `import hubble` to the import group
 from flowtui.cli.lab import lab
 from flowtui.cli.policy import check, eval_cmd
+from flowtui.cli.query import query_cmd
 from flowtui.cli.state import apply, delete, get, policy_group
+from flowtui.cli.tui import tui
+from flowtui.cli.whatif import import_group, propose, whatif
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -15,19 +20,21 @@ from flowtui.cli.state import apply, delete, get, policy_group
 def cli() -> None:
     """flowtui: Calico network policy enforced with nftables, and made visible.
 
-    Validate and evaluate Calico and Kubernetes policy exactly as Calico does, and explain every
-    verdict. Run `flowtui demo` to see it on the article's five scenarios.
+    Validate and evaluate Calico and Kubernetes policy exactly as Calico does, enforce it with
+    nftables in a lab of network namespaces, collect every verdict into a flow store, and watch,
+    query and what-if it from the terminal. Run `flowtui demo` to see it all on the article's
+    five scenarios.
     """
 
 
-cli.add_command(check)
-cli.add_command(eval_cmd)
-cli.add_command(demo)
-cli.add_command(apply)
-cli.add_command(delete)
-cli.add_command(get)
-cli.add_command(policy_group)
-cli.add_command(lab)
+for command in (
+    check, eval_cmd, demo,  # policy: validate, decide, explain
+    apply, delete, get, policy_group, lab,  # enforcement and the lab
+    collect_cmd, status_cmd, query_cmd, export_cmd,  # the flow store
+    whatif, propose, import_group,  # what-if
+    tui,  # the dashboard
+):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -1,0 +1,166 @@
+"""The SQL behind the dashboard, over the flow store's tables (`flowtui.store.schema`). Headless.
+
+Every screen reads *stream rows*: one normalized record per logged event (or per flow row when a
+store kept no events), with the same columns whatever the source, so one filter language
+(`flowtui.tui.filters`) compiles to one `WHERE` clause for all of them:
+
+    time, node, action, verdict, proto, src_ip, dst_ip, sport, dport, icmp_type, icmp_code,
+    src_type, src_namespace, src_name, src_labels, dst_type, dst_namespace, dst_name, dst_labels,
+    tier, policy_kind, policy_namespace, policy_name, rule_index, direction, policy_revision,
+    rule_id, prefix, packets, bytes
+
+`verdict` is the action in lower case (allow, deny, pass, log). Endpoint `type` is `wep` (pod),
+`hep`, `node`, `external`, `netset` or `net` as the collector's enrichment names them.
+"""
+
+from __future__ import annotations
+
+STREAM_COLUMNS = (
+    "time", "node", "action", "verdict", "proto", "src_ip", "dst_ip", "sport", "dport", "icmp_type", "icmp_code",
+    "src_type", "src_namespace", "src_name", "src_labels", "dst_type", "dst_namespace", "dst_name", "dst_labels",
+    "tier", "policy_kind", "policy_namespace", "policy_name", "rule_index", "direction", "policy_revision",
+    "rule_id", "prefix", "packets", "bytes",
+)
+
+
+def events_stream(events: str = "events") -> str:
+    """Stream rows from an events relation (the table, or a registered Arrow batch)."""
+    return f"""
+SELECT e.time AS time, s.node AS node, e.action AS action, lower(e.action) AS verdict,
+  e.proto AS proto, e.src_ip AS src_ip, e.dst_ip AS dst_ip, e.sport AS sport, e.dport AS dport,
+  e.icmp_type AS icmp_type, e.icmp_code AS icmp_code,
+  se.type AS src_type, se.namespace AS src_namespace, se.name AS src_name, se.labels AS src_labels,
+  de.type AS dst_type, de.namespace AS dst_namespace, de.name AS dst_name, de.labels AS dst_labels,
+  r.tier AS tier, r.kind AS policy_kind, r.namespace AS policy_namespace, r.name AS policy_name,
+  r.rule AS rule_index, r.direction AS direction, r.revision AS policy_revision,
+  e.rule_id AS rule_id, e.prefix AS prefix, 1::BIGINT AS packets, coalesce(e.length, 0)::BIGINT AS bytes
+FROM {events} e
+LEFT JOIN sources s ON s.source_id = e.source_id
+LEFT JOIN rules r ON r.id = e.rule_id
+LEFT JOIN endpoints se ON se.id = e.src_ep
+LEFT JOIN endpoints de ON de.id = e.dst_ep"""
+
+
+def _ns(column: str) -> str:
+    return f"nullif(any_value({column}), '-')"
+
+
+FLOWS_STREAM = f"""
+SELECT min(coalesce(f.first_seen, f.start_time)) AS time, f.node AS node, f.action AS action,
+  lower(f.action) AS verdict, f.proto AS proto, f.src_ip AS src_ip, f.dst_ip AS dst_ip, f.sport AS sport,
+  f.dport AS dport, NULL::UTINYINT AS icmp_type, NULL::UTINYINT AS icmp_code,
+  any_value(f.src_type) AS src_type, {_ns('f.src_namespace')} AS src_namespace, any_value(f.src_name) AS src_name,
+  any_value(f.src_labels) AS src_labels,
+  any_value(f.dst_type) AS dst_type, {_ns('f.dst_namespace')} AS dst_namespace, any_value(f.dst_name) AS dst_name,
+  any_value(f.dst_labels) AS dst_labels,
+  any_value(f.tier) AS tier, any_value(f.policy_kind) AS policy_kind,
+  any_value(f.policy_namespace) AS policy_namespace, any_value(f.policy_name) AS policy_name,
+  any_value(f.rule_index) AS rule_index, any_value(r.direction) AS direction,
+  any_value(f.policy_revision) AS policy_revision, f.rule_id AS rule_id, any_value(f.prefix) AS prefix,
+  greatest(sum(f.packets), sum(f.events))::BIGINT AS packets, sum(f.bytes)::BIGINT AS bytes
+FROM flows_v f LEFT JOIN rules r ON r.id = f.rule_id
+GROUP BY f.start_time, f.node, f.action, f.rule_id, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport"""
+
+
+def stream_sql(kind: str) -> str:
+    """`events` (per logged packet) or `flows` (per flow row of a bucket)."""
+    return events_stream() if kind == "events" else FLOWS_STREAM
+
+
+def filtered(base: str, where: str | None) -> str:
+    return f"SELECT * FROM ({base}\n) AS stream" + (f"\nWHERE {where}" if where else "")
+
+
+def recent_sql(kind: str, where: str | None, limit: int) -> str:
+    """The newest `limit` matching stream rows, oldest first."""
+    inner = filtered(stream_sql(kind), where) + f"\nORDER BY time DESC LIMIT {int(limit)}"
+    return f"SELECT * FROM ({inner}) ORDER BY time"
+
+
+def window_sql(kind: str, where: str | None, limit: int) -> str:
+    """Matching stream rows with `time` in (?, ?], oldest first (the live tail of a store)."""
+    cond = "time > ? AND time <= ?" + (f" AND ({where})" if where else "")
+    return filtered(stream_sql(kind), cond) + f"\nORDER BY time LIMIT {int(limit)}"
+
+
+def endpoint_label(side: str) -> str:
+    """How screens name an endpoint: `ns/pod`, `hep:NAME`, `node:NAME`, `external:NAME`, or the IP."""
+    return (
+        f"CASE {side}_type WHEN 'wep' THEN coalesce({side}_namespace || '/', '') || {side}_name "
+        f"WHEN 'hep' THEN 'hep:' || {side}_name WHEN 'node' THEN 'node:' || {side}_name "
+        f"WHEN 'external' THEN 'external:' || {side}_name WHEN 'netset' THEN 'netset:' || {side}_name "
+        f"ELSE {side}_ip END"
+    )
+
+
+def conversations_sql(kind: str, where: str | None, limit: int = 500) -> str:
+    """Stream rows aggregated by endpoint pair (termshark's conversations).
+
+    Counted per flow (5-tuple), by its final verdict: denied if any node denied it (a denied
+    connection is also *allowed* by its source's egress policy, and both decisions are logged);
+    packets and bytes per flow are those of the reporter (node and direction) that saw the most,
+    not the sum of both ends, and `Log` events (copies of packets another rule decided) do not count."""
+    base = filtered(stream_sql(kind), where)
+    service = ("CASE proto WHEN 6 THEN 'tcp' WHEN 17 THEN 'udp' WHEN 1 THEN 'icmp' WHEN 58 THEN 'icmpv6' "
+               "ELSE CAST(proto AS VARCHAR) END || coalesce('/' || CAST(dport AS VARCHAR), '')")
+    policy = "coalesce(policy_namespace || '/', '') || policy_name"
+    return f"""
+WITH per_reporter AS (
+  SELECT {endpoint_label('src')} AS source, {endpoint_label('dst')} AS destination, proto, src_ip, dst_ip,
+    sport, dport, node, direction, bool_or(verdict = 'deny') AS denied, bool_or(verdict = 'log') AS logged,
+    coalesce(sum(packets) FILTER (WHERE verdict <> 'log'), 0) AS packets,
+    coalesce(sum(bytes) FILTER (WHERE verdict <> 'log'), 0) AS bytes, max(time) AS last_seen,
+    list(DISTINCT {policy}) FILTER (WHERE policy_name IS NOT NULL) AS policies
+  FROM ({base}) AS s
+  GROUP BY ALL
+), per_flow AS (
+  SELECT source, destination, proto, src_ip, dst_ip, sport, dport, bool_or(denied) AS denied,
+    bool_or(logged) AS logged, max(packets) AS packets, max(bytes) AS bytes, max(last_seen) AS last_seen,
+    flatten(list(policies)) AS policies
+  FROM per_reporter GROUP BY ALL
+)
+SELECT source, destination,
+  count(*) FILTER (WHERE NOT denied) AS allowed,
+  count(*) FILTER (WHERE denied) AS denied,
+  count(*) FILTER (WHERE logged) AS logged,
+  sum(packets)::BIGINT AS packets, sum(bytes)::BIGINT AS bytes,
+  string_agg(DISTINCT {service}, ' ') AS services,
+  array_to_string(list_sort(list_distinct(flatten(list(policies)))), ', ') AS policies,
+  max(last_seen) AS last_seen
+FROM per_flow
+GROUP BY source, destination
+ORDER BY sum(packets) DESC, count(*) DESC, source, destination
+LIMIT {int(limit)}"""
+
+
+def rule_activity_sql(kind: str) -> str:
+    """Per rule id: how often it decided (events) and when last, from the stored stream."""
+    if kind == "events":
+        return "SELECT rule_id, count(*)::BIGINT AS hits, max(time) AS last_hit FROM events " \
+               "WHERE rule_id IS NOT NULL GROUP BY rule_id"
+    return "SELECT rule_id, sum(events)::BIGINT AS hits, max(last_seen) AS last_hit FROM flows " \
+           "WHERE rule_id IS NOT NULL GROUP BY rule_id"
+
+
+# The latest nft counter value per rule id and reader, summed over readers, for the latest run.
+RULE_COUNTERS_SQL = """
+SELECT rule_id, sum(packets)::BIGINT AS packets, max(time) AS time FROM (
+  SELECT rule_id, source_id, arg_max(packets, time) AS packets, max(time) AS time
+  FROM rule_counters WHERE run_id = (SELECT max(run_id) FROM rule_counters) AND rule_id IS NOT NULL
+  GROUP BY rule_id, source_id
+) GROUP BY rule_id"""
+
+RULES_SQL = "SELECT id, kind, namespace, name, tier, revision, direction, rule, action FROM rules"
+
+LOSS_SQL = """
+SELECT cause, sum(events)::BIGINT FROM loss_latest
+WHERE run_id = (SELECT max(run_id) FROM runs) GROUP BY cause ORDER BY cause"""
+
+RECEIVED_SQL = """
+SELECT coalesce(sum(value), 0)::BIGINT, max(time) FROM stats_latest
+WHERE run_id = (SELECT max(run_id) FROM runs) AND name = 'received'"""
+
+RUN_SQL = "SELECT run_id, started, ended, host, pid FROM runs ORDER BY run_id DESC LIMIT 1"
+
+FLOWS_COUNT_SQL = "SELECT count(*) FROM flows"
+EVENTS_COUNT_SQL = "SELECT count(*) FROM events"

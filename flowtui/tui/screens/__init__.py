@@ -1,0 +1,1 @@
+"""One module per screen: flows, conversations, detail, policies, what-if, SQL, help."""

@@ -1,0 +1,568 @@
+"""Where the dashboard's data comes from: a live collector in this process, a store another
+process is writing, or a recording (a DuckDB file, Parquet/JSON Lines files). Headless: no Textual.
+
+Every source answers the same questions, on a DuckDB connection that has the flow store's
+tables and views (`flowtui.store.schema`):
+
+* `recent(where, limit)`: the newest matching stream rows (`flowtui.tui.queries`), oldest first;
+* `tail(where)`: the matching rows that arrived since the last `recent`/`tail` (live sources);
+* `status()`: events/s, events and flows stored, loss by cause, the collector's state;
+* `connect()`: a connection of its own for any other query (SQL screen, policies, what-if).
+
+Sources:
+
+* `LiveSource`: the collector runs in this process (`flowtui demo`) with a `TappedStore`: every
+  batch the writer inserts is also handed over, in memory, so a new event is on screen within
+  ~0.3 s (the writer's batch interval), and queries use a cursor on the writer's own database
+  (DuckDB serves concurrent readers in one process), so they see every committed row.
+* `StoreSource`: a DuckDB file. If a collector holds it, its snapshot is read, re-opened on every
+  poll (`flowtui.store.duckdb_store` explains why); the tail then lags by the snapshot interval.
+* `LogsSource`: a directory of `<table>.parquet` / `<table>.jsonl` files (what
+  `flowtui demo --headless --export DIR` writes, e.g. `sample-logs/`), or one file of flows.
+
+Memory stays bounded: the tap keeps at most `Tap.max_rows` undrained rows (older batches are
+dropped from the *display* path only, counted in `Tap.dropped_rows`; the store has them all).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flowtui.store import schema
+from flowtui.store.duckdb_store import DuckStore, open_reader, snapshot_path
+from flowtui.tui import queries
+
+TAIL_SETTLE_SECONDS = 1.0  # a store's snapshot holds every event older than this before its newest
+MAX_TAIL_ROWS = 200_000
+
+
+class SourceError(Exception):
+    """A data source that cannot be opened or read."""
+
+
+@dataclass
+class SourceStatus:
+    label: str
+    mode: str  # live | attach | replay
+    collector: str  # running, stopped, ended <time>, failed: ..., none
+    events_per_s: float | None = None
+    events_total: int = 0
+    flows_stored: int = 0
+    loss: dict[str, int] = field(default_factory=dict)
+    as_of: datetime | None = None
+    display_dropped: int = 0  # rows the tap dropped before the screen took them
+
+    @property
+    def lost_total(self) -> int:
+        return sum(self.loss.values())
+
+
+# --------------------------------------------------------------------------------------------
+# The in-process tap
+
+
+class Tap:
+    """Hands batches from the store's writer thread to the dashboard, never blocking the writer."""
+
+    def __init__(self, max_rows: int = 1_000_000) -> None:
+        self.max_rows = max_rows
+        self._lock = threading.Lock()
+        self._events: deque[tuple[int, pa.Table]] = deque()
+        self._rows = 0
+        self.seq = 0  # batches published so far
+        self.events_total = 0
+        self.dropped_rows = 0
+        self._rate: deque[tuple[float, int]] = deque(maxlen=64)
+        self.dims: dict[str, dict[Any, dict[str, Any]]] = {"rules": {}, "endpoints": {}, "sources": {}}
+        self.dims_version = 0
+
+    def publish(self, table: str, data: pa.Table) -> None:
+        if table == "events":
+            with self._lock:
+                self.seq += 1
+                self.events_total += data.num_rows
+                self._rate.append((time.monotonic(), self.events_total))
+                self._events.append((self.seq, data))
+                self._rows += data.num_rows
+                while self._rows > self.max_rows and len(self._events) > 1:
+                    _s, old = self._events.popleft()
+                    self._rows -= old.num_rows
+                    self.dropped_rows += old.num_rows
+        elif table in ("rules", "endpoints", "sources"):
+            key = {"rules": "id", "endpoints": "id", "sources": "source_id"}[table]
+            rows = data.to_pylist()
+            with self._lock:
+                dim = self.dims[table]
+                for row in rows:
+                    dim[row[key]] = row
+                self.dims_version += 1
+
+    def drain(self) -> list[tuple[int, pa.Table]]:
+        with self._lock:
+            out = list(self._events)
+            self._events.clear()
+            self._rows = 0
+        return out
+
+    def dim_rows(self, table: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.dims[table].values())
+
+    def rate(self, window: float = 2.0) -> float:
+        """Events per second over about the last `window` seconds."""
+        with self._lock:
+            points = list(self._rate)
+            total = self.events_total
+        now = time.monotonic()
+        recent = [(t, n) for t, n in points if now - t <= window]
+        if not recent:
+            return 0.0
+        t0, n0 = recent[0]
+        if len(recent) == 1 or now - t0 < 0.2:
+            return 0.0
+        # n0 was the total after the first batch in the window: count what came after it
+        return (total - n0) / max(now - t0, 1e-6)
+
+
+class TappedStore(DuckStore):
+    """A `DuckStore` that also hands every inserted batch to a `Tap` (the live dashboard).
+
+    Pass it to `Collector(cfg, store=TappedStore(cfg.db, tap=tap))`."""
+
+    def __init__(self, path: Path | str, *, tap: Tap | None = None, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.tap = tap or Tap()
+
+    def insert(self, table: str, data: pa.Table) -> int:
+        rows = super().insert(table, data)
+        if rows:
+            self.tap.publish(table, data)
+        return rows
+
+    def reader(self) -> duckdb.DuckDBPyConnection:
+        """A connection of the caller's own to the same database (sees every committed row)."""
+        with self._lock:
+            return self.con.cursor()
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+
+
+class DataSource:
+    """What every source offers; see the module docstring."""
+
+    label = ""
+    mode = "replay"
+    stream_kind = "events"  # or "flows": the store kept no events
+    can_tail = False
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def recent(self, where: str | None, limit: int) -> pa.Table:
+        with self.connect() as con:
+            table = con.sql(queries.recent_sql(self.stream_kind, where, limit)).to_arrow_table()
+        self._after_recent(table)
+        return table
+
+    def _after_recent(self, table: pa.Table) -> None:
+        pass
+
+    def tail(self, where: str | None) -> pa.Table | None:
+        return None
+
+    def status(self) -> SourceStatus:
+        with self.connect() as con:
+            return self._status(con)
+
+    def _status(self, con: duckdb.DuckDBPyConnection) -> SourceStatus:
+        st = SourceStatus(self.label, self.mode, "none")
+        st.flows_stored = _scalar(con, queries.FLOWS_COUNT_SQL)
+        st.loss = {str(c): int(n) for c, n in con.execute(queries.LOSS_SQL).fetchall()}
+        received, as_of = _first(con, queries.RECEIVED_SQL) or (0, None)
+        st.events_total = int(received or 0) or _scalar(con, queries.EVENTS_COUNT_SQL)
+        st.as_of = as_of
+        run = _first(con, queries.RUN_SQL)
+        if run is not None:
+            run_id, started, ended, _host, _pid = run
+            if ended is None:
+                st.collector = f"run {run_id} running" if self.mode != "replay" else f"run {run_id} (no clean end)"
+            else:
+                st.collector = f"run {run_id} ended {ended:%H:%M:%S}"
+                seconds = (ended - started).total_seconds() if started else 0
+                if seconds > 0 and self.mode == "replay":
+                    st.events_per_s = st.events_total / seconds
+        return st
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        with self.connect() as con:
+            return con.sql(sql, params=list(params or [])).to_arrow_table()
+
+    def script(self, sql: str) -> pa.Table:
+        """A user's SQL (the SQL screen): several statements allowed (`SET VARIABLE ...;` first),
+        the last one's rows returned, as `flowtui query` runs them."""
+        from flowtui.query.run import run_sql
+
+        with self.connect() as con:
+            return run_sql(con, sql)
+
+    def close(self) -> None:
+        pass
+
+
+def _first(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...] | None:
+    """The first row (the whole result is consumed: DuckDB wants every result finished)."""
+    rows = con.execute(sql).fetchall()
+    return rows[0] if rows else None
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    row = _first(con, sql)
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _stream_kind(con: duckdb.DuckDBPyConnection) -> str:
+    has_events = _first(con, "SELECT count(*) > 0 FROM (SELECT 1 FROM events LIMIT 1)")
+    has_flows = _first(con, "SELECT count(*) > 0 FROM (SELECT 1 FROM flows LIMIT 1)")
+    if has_events and has_events[0]:
+        return "events"
+    return "flows" if has_flows and has_flows[0] else "events"
+
+
+def _check_store(con: duckdb.DuckDBPyConnection, where: str) -> None:
+    have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    have |= {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    missing = {t.name for t in schema.TABLES} - have
+    if missing:
+        raise SourceError(f"{where} is not a flowtui flow store (no {', '.join(sorted(missing))})")
+
+
+class StoreSource(DataSource):
+    """A DuckDB flow store file: a recording, or the snapshot of one a collector is writing."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        try:
+            con, opened = open_reader(self.path)
+        except FileNotFoundError as exc:
+            raise SourceError(str(exc)) from exc
+        try:
+            _check_store(con, str(opened))
+            self.stream_kind = _stream_kind(con)
+            running = _first(con, "SELECT count(*) FROM runs WHERE ended IS NULL")
+        except duckdb.Error as exc:
+            con.close()
+            raise SourceError(f"{opened}: {exc}") from exc
+        self.snapshot = opened == snapshot_path(self.path)
+        self.mode = "attach" if self.snapshot or (running and running[0] and self._writer_alive(con)) else "replay"
+        self.can_tail = self.mode == "attach"
+        self.label = f"{'attached' if self.can_tail else 'replay'}: {opened}"
+        self._con: duckdb.DuckDBPyConnection | None = None
+        if self.can_tail:
+            con.close()
+        else:
+            self._con = con
+        self._lock = threading.Lock()
+        self._cursor: datetime | None = None
+        self._last_received: tuple[float, int] | None = None
+
+    @staticmethod
+    def _writer_alive(con: duckdb.DuckDBPyConnection) -> bool:
+        row = _first(con, "SELECT pid FROM runs WHERE ended IS NULL ORDER BY run_id DESC LIMIT 1")
+        if not row or row[0] is None:
+            return False
+        try:
+            os.kill(int(row[0]), 0)
+        except (ProcessLookupError, PermissionError, ValueError):
+            return False
+        return int(row[0]) != os.getpid()
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self._con is not None:
+            with self._lock:
+                cur = self._con.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+            return
+        try:
+            con, _opened = open_reader(self.path)  # a fresh snapshot each time
+        except (FileNotFoundError, duckdb.Error) as exc:
+            raise SourceError(str(exc)) from exc
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def _after_recent(self, table: pa.Table) -> None:
+        if self.can_tail:
+            with self.connect() as con:
+                row = _first(con, f"SELECT max(time) FROM ({queries.stream_sql(self.stream_kind)})")
+            self._cursor = row[0] if row else None  # recent() showed everything up to here
+
+    def tail(self, where: str | None) -> pa.Table | None:
+        if not self.can_tail:
+            return None
+        with self.connect() as con:
+            row = _first(con, f"SELECT max(time) FROM ({queries.stream_sql(self.stream_kind)})")
+            newest = row[0] if row else None
+            if newest is None:
+                return None
+            upto = newest - _settle()
+            start = self._cursor or (upto - _settle())
+            if upto <= start:
+                return None
+            sql = queries.window_sql(self.stream_kind, where, MAX_TAIL_ROWS)
+            out = con.sql(sql, params=[start, upto]).to_arrow_table()
+        self._cursor = upto
+        return out
+
+    def _status(self, con: duckdb.DuckDBPyConnection) -> SourceStatus:
+        st = super()._status(con)
+        if self.mode == "attach":
+            now = time.monotonic()
+            if self._last_received is not None and now > self._last_received[0]:
+                t0, n0 = self._last_received
+                st.events_per_s = max(0.0, (st.events_total - n0) / (now - t0))
+            self._last_received = (now, st.events_total)
+        return st
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+def _settle() -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=TAIL_SETTLE_SECONDS)
+
+
+class LogsSource(DataSource):
+    """Recorded tables as files: `<dir>/<table>.parquet` (or `.jsonl`), or one file of flows."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise SourceError(f"{self.path}: no such file or directory")
+        self._con = duckdb.connect(":memory:")
+        self._lock = threading.Lock()
+        found = self._files()
+        if not found:
+            raise SourceError(f"{self.path}: no <table>.parquet or <table>.jsonl files of the flow store")
+        for t in schema.TABLES:
+            file = found.get(t.name)
+            if file is None:
+                self._con.execute(t.ddl()).fetchall()
+                continue
+            reader = f"read_parquet({_lit(file)})" if file.suffix == ".parquet" else f"read_json_auto({_lit(file)})"
+            # recordings made with an older schema: missing columns read as NULL
+            have = {r[0] for r in self._con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()}
+            cols = ", ".join(c.name if c.name in have else f"NULL::{c.sql} AS {c.name}" for c in t.columns)
+            self._con.execute(f"CREATE VIEW {t.name} AS SELECT {cols} FROM {reader}").fetchall()
+        for name, (_doc, sql) in schema.VIEWS.items():
+            try:
+                self._con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}").fetchall()
+            except duckdb.Error:  # a view the recording's tables cannot support: leave it out
+                continue
+        try:
+            self.stream_kind = _stream_kind(self._con)
+        except duckdb.Error as exc:
+            raise SourceError(f"{self.path}: {exc}") from exc
+        self.label = f"replay: {self.path}"
+        self.files = found
+
+    def _files(self) -> dict[str, Path]:
+        names = {t.name for t in schema.TABLES}
+        if self.path.is_file():
+            return {"flows": self.path}
+        found: dict[str, Path] = {}
+        for file in sorted(self.path.iterdir()):
+            stem, _, ext = file.name.partition(".")
+            if stem in names and ext in ("parquet", "jsonl", "json"):
+                found.setdefault(stem, file)
+        return found
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        self._con.close()
+
+
+def _lit(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+class LiveSource(DataSource):
+    """The collector of this process, through its `TappedStore`."""
+
+    mode = "live"
+    can_tail = True
+
+    def __init__(self, store: TappedStore, *, label: str = "", rules_path: Path | None = None,
+                 collector_state: Any = None) -> None:
+        self.store = store
+        self.tap = store.tap
+        self.label = label or f"live: {store.path}"
+        self.rules_path = rules_path
+        self.collector_state = collector_state  # callable -> str, or None
+        self.stream_kind = "events"
+        self._mem = duckdb.connect(":memory:")
+        self._mem_lock = threading.Lock()
+        self._dims_version = -1
+        self._rules_stamp: tuple[int, int] | None = None
+        self._file_rules: dict[int, dict[str, Any]] = {}
+        self._after_seq = 0
+        self._after_time: datetime | None = None
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        cur = self.store.reader()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    def recent(self, where: str | None, limit: int) -> pa.Table:
+        seq = self.tap.seq
+        with self.connect() as con:
+            table = con.sql(queries.recent_sql(self.stream_kind, where, limit)).to_arrow_table()
+        self._after_seq = seq
+        self._after_time = pc.max(table.column("time")).as_py() if table.num_rows else None
+        return table
+
+    def tail(self, where: str | None) -> pa.Table | None:
+        batches = [t for s, t in self.tap.drain() if s > self._after_seq]
+        if not batches:
+            return None
+        events = pa.concat_tables([_events_shape(b) for b in batches], promote_options="permissive")
+        with self._mem_lock:
+            self._refresh_dims(events)
+            self._mem.register("tap_events", events)
+            try:
+                sql = queries.filtered(queries.events_stream("tap_events"), where) + "\nORDER BY time"
+                out = self._mem.sql(sql).to_arrow_table()
+            finally:
+                self._mem.unregister("tap_events")
+        if self._after_time is not None and out.num_rows:
+            out = out.filter(pc.greater(out.column("time"), pa.scalar(self._after_time, out.column("time").type)))
+            self._after_time = None
+        return out
+
+    def _refresh_dims(self, events: pa.Table) -> None:
+        version = self.tap.dims_version
+        need_rules = False
+        if self.rules_path is not None and "rule_id" in events.column_names:
+            ids = {i for i in pc.unique(events.column("rule_id")).to_pylist() if i is not None}
+            known = set(self.tap.dims["rules"]) | set(self._file_rules)
+            need_rules = bool(ids - known) and self._reload_rules()
+        if version == self._dims_version and not need_rules:
+            return
+        self._dims_version = version
+        rules = {**self._file_rules, **{r["id"]: r for r in self.tap.dim_rows("rules")}}
+        for name, rows in (("rules", list(rules.values())), ("endpoints", self.tap.dim_rows("endpoints")),
+                           ("sources", self.tap.dim_rows("sources"))):
+            tschema = schema.BY_NAME[name].arrow_schema
+            table = pa.Table.from_pylist([{n: r.get(n) for n in tschema.names} for r in rows], schema=tschema)
+            self._mem.register(name, table)
+
+    def _reload_rules(self) -> bool:
+        assert self.rules_path is not None
+        try:
+            st = self.rules_path.stat()
+        except FileNotFoundError:
+            return False
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._rules_stamp:
+            return False
+        self._rules_stamp = stamp
+        from flowtui.collector.attribution import load_rules
+
+        for ref in load_rules(self.rules_path):
+            self._file_rules[ref.id] = {
+                "id": ref.id, "kind": ref.kind, "namespace": ref.namespace, "name": ref.name, "tier": ref.tier,
+                "revision": ref.revision, "direction": ref.direction, "rule": ref.rule, "action": ref.action,
+                "trigger_kind": ref.trigger_kind,
+            }
+        return True
+
+    def _status(self, con: duckdb.DuckDBPyConnection) -> SourceStatus:
+        st = super()._status(con)
+        st.mode = "live"
+        st.events_per_s = self.tap.rate()
+        st.events_total = max(st.events_total, self.tap.events_total)
+        st.display_dropped = self.tap.dropped_rows
+        if self.collector_state is not None:
+            st.collector = str(self.collector_state())
+        return st
+
+    def close(self) -> None:
+        self._mem.close()
+
+
+_EVENTS_SCHEMA = schema.EVENTS.arrow_schema
+
+
+def _events_shape(batch: pa.Table) -> pa.Table:
+    """A tapped events batch with exactly the events table's columns (dictionary strings decoded)."""
+    cols = []
+    for f in _EVENTS_SCHEMA:
+        if f.name in batch.column_names:
+            col = batch.column(f.name)
+            if pa.types.is_dictionary(col.type):
+                col = col.cast(col.type.value_type)
+            if col.type != f.type:
+                col = col.cast(f.type, safe=False)
+            cols.append(col)
+        else:
+            cols.append(pa.nulls(batch.num_rows, f.type))
+    return pa.Table.from_arrays(cols, schema=_EVENTS_SCHEMA)
+
+
+def open_source(db: str | None = None, logs: str | None = None) -> DataSource:
+    """`--db FILE` or `--logs PATH` -> a source."""
+    if db and logs:
+        raise SourceError("give --db or --logs, not both")
+    if db:
+        return StoreSource(db)
+    if logs:
+        path = Path(logs)
+        if path.is_file() and path.suffix == ".duckdb":
+            return StoreSource(path)
+        return LogsSource(path)
+    raise SourceError("no data source: give --db FILE or --logs DIR")
+
+
+def rows_as_dicts(table: pa.Table, start: int, stop: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = table.slice(start, max(0, stop - start)).to_pylist()
+    return rows
+
+
+def table_columns(table: pa.Table) -> Mapping[str, pa.DataType]:
+    return {f.name: f.type for f in table.schema}

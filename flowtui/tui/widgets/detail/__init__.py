@@ -1,0 +1,1 @@
+"""The flow detail: trace and deciding rule."""
