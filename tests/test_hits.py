@@ -28,3 +28,9 @@ def test_rows_name_the_policy_rule_behind_each_counter() -> None:
     doc = json.dumps({"nftables": [_rule("r7", 4, 40), _rule("r9", 1, 10)]})
     rows = hit_rows({"node-b": doc, "node-a": None}, RuleTable([ref]))
     assert rows == [("node-b", ref, 7, Hits(4, 40)), ("node-b", None, 9, Hits(1, 10))]
+
+
+def test_only_the_first_counter_of_a_rate_limited_rule_counts() -> None:
+    rule = _rule("r3", 100, 6000)
+    rule["rule"]["expr"] += [{"limit": {"rate": 10}}, {"counter": {"packets": 10, "bytes": 600}}]  # type: ignore[index]
+    assert hits_from_json(json.dumps({"nftables": [rule]})) == {3: Hits(100, 6000)}

@@ -117,8 +117,9 @@ class _NodeCompiler:
         """nft rules for `match` → `action`, counted and attributed to `ref`.
 
         Denies (and everything in untracked chains, which see every packet) log at a bounded rate:
-        the counter comes before the limit, so it counts every packet exactly; packets over the
-        limit fall through to a second rule that ends them the same way, unlogged.
+        the first counter comes before the limit, so it counts every packet exactly; a second one
+        after the limit counts what was logged; packets over the limit fall through to a second
+        rule that ends them the same way, unlogged.
         """
         stmt = {
             "Allow": f"meta mark set mark | {ACCEPT:#x} return",
@@ -132,7 +133,9 @@ class _NodeCompiler:
         rate = self.options.deny_log_rate
         if (action == "Deny" or limited) and rate > 0 and action != "Log":
             limit = f"limit rate {rate}/second burst {self.options.deny_log_burst} packets"
-            return [_join(match, "counter", limit, self._log(ref), stmt, tag), _join(match, stmt)]
+            # The second counter, after the limit, counts what was logged: the collector reports
+            # the difference as loss by kernel rate limiting.
+            return [_join(match, "counter", limit, "counter", self._log(ref), stmt, tag), _join(match, stmt)]
         return [_join(match, "counter", self._log(ref), stmt, tag)]
 
     # ---- policy and profile chains ------------------------------------------------------

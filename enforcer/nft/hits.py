@@ -18,7 +18,8 @@ def hits_from_json(listing: str | Mapping[str, object]) -> dict[int, Hits]:
 
     One identifier can stand on several nft rules (IPv4 and IPv6 forms, numeric and named ports,
     the logged and the over-the-limit half of a rate-limited deny); only the rule carrying the
-    comment counts, and that counter sees every packet of the rule.
+    comment counts, and its first counter sees every packet of the rule (a second one, after a
+    rate limit, counts only what was logged).
     """
     doc = json.loads(listing) if isinstance(listing, str) else listing
     out: dict[int, Hits] = {}
@@ -38,4 +39,5 @@ def hits_from_json(listing: str | Mapping[str, object]) -> dict[int, Hits]:
                 before = out.get(rule_id, Hits(0, 0))
                 out[rule_id] = Hits(before.packets + int(counter.get("packets", 0)),
                                     before.bytes + int(counter.get("bytes", 0)))
+                break  # the first counter sees every packet; a later one (after a limit) what was logged
     return out
