@@ -210,4 +210,31 @@ def _free(lib: ctypes.CDLL, ctx: int) -> None:
         lib.nft_ctx_free(ctx)
 
 
-__all__ = ["OUTPUT_HANDLE", "OUTPUT_JSON", "OUTPUT_STATELESS", "Nft", "NftError", "NftProblem", "parse_errors"]
+def run_here(command: str, *, flags: int = 0) -> str:
+    """Run a (read-only) command with a temporary context in the calling thread's namespace.
+
+    For readers that are already inside a namespace (the collector's counter poller enters it with
+    `in_netns`, or reads the host's); the long-lived, lab-only `Nft` is for applying tables.
+    """
+    with _LOCK:
+        lib = _library()
+        ctx = lib.nft_ctx_new(0)
+        if not ctx:
+            raise NftError("nft_ctx_new failed")
+        try:
+            lib.nft_ctx_buffer_output(ctx)
+            lib.nft_ctx_buffer_error(ctx)
+            lib.nft_ctx_output_set_flags(ctx, flags)
+            rc = lib.nft_run_cmd_from_buffer(ctx, command.encode())
+            output = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
+            errors = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
+        finally:
+            lib.nft_ctx_free(ctx)
+    if rc != 0:
+        raise NftError(f"{command}: {errors.strip() or f'nft failed (rc {rc})'}")
+    return output
+
+
+__all__ = [
+    "OUTPUT_HANDLE", "OUTPUT_JSON", "OUTPUT_STATELESS", "Nft", "NftError", "NftProblem", "parse_errors", "run_here",
+]

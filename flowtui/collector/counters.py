@@ -1,7 +1,7 @@
 """nftables rule counters of `ft:` logging rules: exact hit counts, and what rate limiting hid.
 
-Read with libnftables (ctypes, JSON output) from a thread that has entered the namespace, so
-nothing is forked per poll. Only reading: `list ruleset`.
+Read with libnftables (`enforcer.nft.libnft.run_here`, JSON output) from a thread that has
+entered the namespace, so nothing is forked per poll. Only reading: `list ruleset`.
 
 How a rule's statements are read, in order (`nft -j` keeps statement order):
 
@@ -16,20 +16,16 @@ Several rules with the same prefix (e.g. IPv4 and IPv6 copies) are kept apart by
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from enforcer.nft.libnft import OUTPUT_HANDLE, OUTPUT_JSON, NftError, run_here
 from enforcer.ruleids import decode_prefix
 
 log = logging.getLogger(__name__)
-NFT_CTX_OUTPUT_JSON = 1 << 4
-NFT_CTX_OUTPUT_HANDLE = 1 << 3
 
 
 @dataclass(frozen=True)
@@ -48,48 +44,12 @@ class RuleCounter:
         return None if decoded is None else decoded[1]
 
 
-class _Lib:
-    _lock = threading.Lock()
-    _lib: Any = None
-
-    @classmethod
-    def get(cls) -> Any:
-        with cls._lock:
-            if cls._lib is None:
-                name = ctypes.util.find_library("nftables") or "libnftables.so.1"
-                lib = ctypes.CDLL(name, use_errno=True)
-                lib.nft_ctx_new.restype = ctypes.c_void_p
-                lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
-                lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
-                lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
-                lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
-                lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
-                lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
-                lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
-                lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
-                lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
-                lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-                cls._lib = lib
-            return cls._lib
-
-
 def list_ruleset_json() -> dict[str, Any]:
     """`nft -j list ruleset` of the calling thread's namespace, through libnftables."""
-    lib = _Lib.get()
-    ctx = lib.nft_ctx_new(0)
-    if not ctx:
-        raise OSError("nft_ctx_new failed")
     try:
-        lib.nft_ctx_output_set_flags(ctx, NFT_CTX_OUTPUT_JSON | NFT_CTX_OUTPUT_HANDLE)
-        lib.nft_ctx_buffer_output(ctx)
-        lib.nft_ctx_buffer_error(ctx)
-        rc = lib.nft_run_cmd_from_buffer(ctx, b"list ruleset")
-        if rc != 0:
-            err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
-            raise OSError(f"nft list ruleset failed: {err.strip()}")
-        out = (lib.nft_ctx_get_output_buffer(ctx) or b"{}").decode()
-    finally:
-        lib.nft_ctx_free(ctx)
+        out = run_here("list ruleset", flags=OUTPUT_JSON | OUTPUT_HANDLE)
+    except NftError as exc:
+        raise OSError(str(exc)) from exc
     doc: dict[str, Any] = json.loads(out or "{}")
     return doc
 
