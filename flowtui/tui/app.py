@@ -97,6 +97,7 @@ class FlowtuiApp(App[None]):
                         description="reading the status")
 
     def _status_worker(self) -> None:
+        self.control.refresh_wireguard()
         self.post_message(StatusUpdated(self.source.status()))
 
     def on_status_updated(self, message: StatusUpdated) -> None:

@@ -104,6 +104,8 @@ class PolicyControl:
         self._kernel = threading.Lock()  # one kernel operation at a time (toggles, counters)
         self._cache: tuple[object, ResourceSet] | None = None
         self.last_change: ChangeResult | None = None
+        self._wireguard_at = float("-inf")
+        self._wireguard_line = ""
 
     # ---- what can be done -----------------------------------------------------------------
 
@@ -137,7 +139,27 @@ class PolicyControl:
         last = self.last_change
         if last is not None and last.enforced_ms is not None:
             state += f", last change {last.enforced_ms:.0f} ms"
+        if self._wireguard_line:
+            state += f" · {self._wireguard_line}"
         return state
+
+    def refresh_wireguard(self, *, every: float = 5.0) -> None:
+        """Ask the lab's nodes for their WireGuard tunnels (slow: from a worker), at most every
+        `every` seconds; `describe()` then shows one line for them while any family is on."""
+        if self.datastore is None or self.reconciler is None or not self.lab_id:
+            return
+        now = time.monotonic()
+        if now - self._wireguard_at < every:
+            return
+        self._wireguard_at = now
+        try:
+            from enforcer.wireguard.status import lab_wireguard_status, summary
+
+            statuses = lab_wireguard_status(self.lab_id, self.datastore)
+            on = any(s.enabled or s.desired for s in statuses)
+            self._wireguard_line = summary(statuses) if on else ""
+        except Exception as exc:  # shown in the bar, never fatal to the dashboard
+            self._wireguard_line = f"WireGuard: {exc}"
 
     def _revision(self) -> int:
         assert self.datastore is not None
