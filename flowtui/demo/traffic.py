@@ -50,6 +50,8 @@ class Job:
     port: int | None = None
     every: float = 1.0  # seconds between two calls, attempts or pings
     pps: int = 0  # flood: datagrams per second
+    burst: float = 0.0  # flood: seconds on in every `period` (0: continuous)
+    period: float = 0.0
     payload: int = 512  # bytes sent per call or datagram
     what: str = ""  # for people: what the scenarios say about it
 
@@ -69,7 +71,9 @@ class TrafficPlan:
         out = []
         for src in self.sources:
             for j in src.jobs:
-                rate = f"{j.pps}/s" if j.kind == "flood" else f"every {j.every:g}s"
+                rate = f"every {j.every:g}s"
+                if j.kind == "flood":
+                    rate = f"{j.pps}/s" + (f", {j.burst:g} s every {j.period:g} s" if j.period else "")
                 port = f":{j.port}" if j.port else ""
                 out.append(f"{j.kind:7} {src.target} -> {j.dst} {j.proto}{port} {rate}  {j.what}")
         return out
@@ -166,8 +170,11 @@ def article_mix(plan: Any, *, flood_pps: int = 2000, scale: float = 1.0) -> Traf
             Job("ping", to("node:node-a"), "icmp", None, every(1.0), what="ping the worker: favorite-worker-host"),
         )),
         SourcePlan("external:attacker", (
-            Job("flood", to("production/transaction"), "udp", 9000, pps=flood_pps, payload=64,
-                what="deny-listed UDP flood: dos-mitigation (untracked)"),
+            # In bursts, so the rest of the mix stays visible in the live view between them; each
+            # burst still outruns the deny log's rate limit, so the sampling (and its exact
+            # counters) show.
+            Job("flood", to("production/transaction"), "udp", 9000, pps=flood_pps, payload=64, burst=2.0,
+                period=12.0, what="deny-listed UDP flood in 2 s bursts: dos-mitigation (untracked)"),
             Job("attempt", to("node:node-b"), "tcp", 80, every(0.5), what="deny-listed at the host: dos-mitigation"),
             Job("attempt", to("node:node-b", 6), "tcp", 80, every(2.0), what="IPv6 deny list: dos-mitigation"),
         )),
@@ -404,8 +411,9 @@ class _Client:
         mine[outcome] = mine.get(outcome, 0) + n
 
     def run(self) -> None:
-        due = [time.monotonic() + (i * 0.037) % 0.5 for i in range(len(self.jobs))]
-        last_flood = [time.monotonic()] * len(self.jobs)
+        started = time.monotonic()
+        due = [started + (i * 0.037) % 0.5 for i in range(len(self.jobs))]
+        last_flood = [started] * len(self.jobs)
         while True:
             now = time.monotonic()
             if now >= self.end:
@@ -414,7 +422,8 @@ class _Client:
                 if now < due[i]:
                     continue
                 if job.kind == "flood":  # catch up on the time other jobs took: the rate holds
-                    self.flood(i, job, min(now - last_flood[i], 0.5))
+                    if not job.period or (now - started) % job.period < job.burst:
+                        self.flood(i, job, min(now - last_flood[i], 0.5))
                     last_flood[i] = now
                     due[i] = now + 0.01
                     continue
