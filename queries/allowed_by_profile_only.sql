@@ -19,22 +19,7 @@
 --   duckdb -readonly flowtui.duckdb -c "SET VARIABLE namespace = 'staging'" -c ".read queries/allowed_by_profile_only.sql"
 --
 -- Columns: endpoint, direction, profile, src, src_ip, dst, dst_ip, proto, dport, flows, connections, packets, bytes, first_seen, last_seen
-WITH win AS (
-  SELECT now_,
-    coalesce(try_cast(getvariable('since')::VARCHAR AS TIMESTAMP),
-             now_ - try_cast(getvariable('since')::VARCHAR AS INTERVAL),
-             CASE WHEN getvariable('since') IS NULL THEN TIMESTAMP '-infinity'
-                  ELSE error('since: not a time or a duration: ' || getvariable('since')::VARCHAR) END::TIMESTAMP) AS since_,
-    coalesce(try_cast(getvariable('until')::VARCHAR AS TIMESTAMP),
-             now_ - try_cast(getvariable('until')::VARCHAR AS INTERVAL),
-             CASE WHEN getvariable('until') IS NULL THEN TIMESTAMP 'infinity'
-                  ELSE error('until: not a time or a duration: ' || getvariable('until')::VARCHAR) END::TIMESTAMP) AS until_
-  FROM (SELECT coalesce(try_cast(getvariable('now')::VARCHAR AS TIMESTAMP),
-                        CASE WHEN getvariable('now') IS NOT NULL
-                             THEN error('now: not a time: ' || getvariable('now')::VARCHAR) END::TIMESTAMP,
-                        (SELECT max(end_time) FROM flows),
-                        current_timestamp AT TIME ZONE 'UTC') AS now_)
-),
+WITH win AS (SELECT * FROM query_window),
 uncovered AS (
   SELECT id, direction, name, kind FROM rules WHERE action = 'Allow' AND kind IN ('Profile', 'Default')
 ),

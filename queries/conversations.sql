@@ -18,22 +18,7 @@
 --   duckdb -readonly flowtui.duckdb -c "SET VARIABLE namespace = 'production'" -c ".read queries/conversations.sql"
 --
 -- Columns: src, dst, flows, denied, connections, packets, bytes, reply_packets, reply_bytes, ports, first_seen, last_seen
-WITH win AS (
-  SELECT now_,
-    coalesce(try_cast(getvariable('since')::VARCHAR AS TIMESTAMP),
-             now_ - try_cast(getvariable('since')::VARCHAR AS INTERVAL),
-             CASE WHEN getvariable('since') IS NULL THEN TIMESTAMP '-infinity'
-                  ELSE error('since: not a time or a duration: ' || getvariable('since')::VARCHAR) END::TIMESTAMP) AS since_,
-    coalesce(try_cast(getvariable('until')::VARCHAR AS TIMESTAMP),
-             now_ - try_cast(getvariable('until')::VARCHAR AS INTERVAL),
-             CASE WHEN getvariable('until') IS NULL THEN TIMESTAMP 'infinity'
-                  ELSE error('until: not a time or a duration: ' || getvariable('until')::VARCHAR) END::TIMESTAMP) AS until_
-  FROM (SELECT coalesce(try_cast(getvariable('now')::VARCHAR AS TIMESTAMP),
-                        CASE WHEN getvariable('now') IS NOT NULL
-                             THEN error('now: not a time: ' || getvariable('now')::VARCHAR) END::TIMESTAMP,
-                        (SELECT max(end_time) FROM flows),
-                        current_timestamp AT TIME ZONE 'UTC') AS now_)
-),
+WITH win AS (SELECT * FROM query_window),
 once AS (  -- one row per flow (time bucket and 5-tuple), its two decisions merged: the source's egress and
            -- the destination's ingress (each summed over its partial rows); denied if either side denied it,
            -- counted from the side that counted more (both count the same packets when both track it)

@@ -39,22 +39,7 @@ CREATE OR REPLACE TEMP MACRO ft_in_cidr(ip, cidr) AS CASE
   WHEN ft_plen(cidr) = 0 THEN true
   ELSE (ft_ip_num(ip) >> (ft_bits(cidr) - ft_plen(cidr))::UHUGEINT)
        = (ft_ip_num(split_part(cidr, '/', 1)) >> (ft_bits(cidr) - ft_plen(cidr))::UHUGEINT) END;
-WITH win AS (
-  SELECT now_,
-    coalesce(try_cast(getvariable('since')::VARCHAR AS TIMESTAMP),
-             now_ - try_cast(getvariable('since')::VARCHAR AS INTERVAL),
-             CASE WHEN getvariable('since') IS NULL THEN TIMESTAMP '-infinity'
-                  ELSE error('since: not a time or a duration: ' || getvariable('since')::VARCHAR) END::TIMESTAMP) AS since_,
-    coalesce(try_cast(getvariable('until')::VARCHAR AS TIMESTAMP),
-             now_ - try_cast(getvariable('until')::VARCHAR AS INTERVAL),
-             CASE WHEN getvariable('until') IS NULL THEN TIMESTAMP 'infinity'
-                  ELSE error('until: not a time or a duration: ' || getvariable('until')::VARCHAR) END::TIMESTAMP) AS until_
-  FROM (SELECT coalesce(try_cast(getvariable('now')::VARCHAR AS TIMESTAMP),
-                        CASE WHEN getvariable('now') IS NOT NULL
-                             THEN error('now: not a time: ' || getvariable('now')::VARCHAR) END::TIMESTAMP,
-                        (SELECT max(end_time) FROM flows),
-                        current_timestamp AT TIME ZONE 'UTC') AS now_)
-),
+WITH win AS (SELECT * FROM query_window),
 sets AS (
   SELECT DISTINCT coalesce(namespace || '/', '') || name AS network_set, unnest(addresses) AS cidr
   FROM endpoints

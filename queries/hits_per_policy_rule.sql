@@ -19,22 +19,7 @@
 --   duckdb -readonly flowtui.duckdb -c "SET VARIABLE since = '24h'" -c ".read queries/hits_per_policy_rule.sql"
 --
 -- Columns: tier, kind, namespace, name, revision, direction, rule, action, policy, rule_id, logged, packets, counted, rate_limited, first_hit, last_hit
-WITH win AS (
-  SELECT now_,
-    coalesce(try_cast(getvariable('since')::VARCHAR AS TIMESTAMP),
-             now_ - try_cast(getvariable('since')::VARCHAR AS INTERVAL),
-             CASE WHEN getvariable('since') IS NULL THEN TIMESTAMP '-infinity'
-                  ELSE error('since: not a time or a duration: ' || getvariable('since')::VARCHAR) END::TIMESTAMP) AS since_,
-    coalesce(try_cast(getvariable('until')::VARCHAR AS TIMESTAMP),
-             now_ - try_cast(getvariable('until')::VARCHAR AS INTERVAL),
-             CASE WHEN getvariable('until') IS NULL THEN TIMESTAMP 'infinity'
-                  ELSE error('until: not a time or a duration: ' || getvariable('until')::VARCHAR) END::TIMESTAMP) AS until_
-  FROM (SELECT coalesce(try_cast(getvariable('now')::VARCHAR AS TIMESTAMP),
-                        CASE WHEN getvariable('now') IS NOT NULL
-                             THEN error('now: not a time: ' || getvariable('now')::VARCHAR) END::TIMESTAMP,
-                        (SELECT max(end_time) FROM flows),
-                        current_timestamp AT TIME ZONE 'UTC') AS now_)
-),
+WITH win AS (SELECT * FROM query_window),
 hits AS (
   SELECT f.rule_id, sum(f.events) AS logged, sum(f.packets) AS packets,
          min(f.first_seen) AS first_hit, max(f.last_seen) AS last_hit

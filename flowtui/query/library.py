@@ -77,9 +77,17 @@ class QueryFile:
         return next((p for p in self.params if p.name == name), None)
 
 
+# Views of the store that read variables themselves (flowtui/store/schema.py VIEWS).
+_VIEW_VARIABLES = {"query_window": {"since", "until", "now"}}
+
+
 def variables(sql: str) -> set[str]:
-    """The DuckDB variables a SQL text reads."""
-    return set(_VARIABLE.findall(sql))
+    """The DuckDB variables a SQL text reads, directly or through the store's `query_window` view."""
+    found = set(_VARIABLE.findall(sql))
+    for view, names in _VIEW_VARIABLES.items():
+        if re.search(rf"\b{view}\b", sql):
+            found |= names
+    return found
 
 
 def parse(text: str, path: Path) -> QueryFile:

@@ -274,6 +274,21 @@ TABLES: tuple[Table, ...] = (RUNS, SOURCES, RULES, ENDPOINTS, EVENTS, FLOWS, CON
 BY_NAME = {t.name: t for t in TABLES}
 
 VIEWS: dict[str, tuple[str, str]] = {
+    "query_window": (
+        "The time window of the files in queries/: since_, until_ and now_ from the DuckDB variables `since`, "
+        "`until` (a time, or a duration back from now) and `now` (default: the end of the latest flow bucket).",
+        "SELECT now_, coalesce(try_cast(getvariable('since')::VARCHAR AS TIMESTAMP), now_ - "
+        "try_cast(getvariable('since')::VARCHAR AS INTERVAL), CASE WHEN getvariable('since') IS NULL THEN "
+        "TIMESTAMP '-infinity' ELSE error('since: not a time or a duration: ' || "
+        "getvariable('since')::VARCHAR) END::TIMESTAMP) AS since_, "
+        "coalesce(try_cast(getvariable('until')::VARCHAR AS TIMESTAMP), now_ - "
+        "try_cast(getvariable('until')::VARCHAR AS INTERVAL), CASE WHEN getvariable('until') IS NULL THEN "
+        "TIMESTAMP 'infinity' ELSE error('until: not a time or a duration: ' || "
+        "getvariable('until')::VARCHAR) END::TIMESTAMP) AS until_ FROM (SELECT "
+        "coalesce(try_cast(getvariable('now')::VARCHAR AS TIMESTAMP), CASE WHEN getvariable('now') IS NOT "
+        "NULL THEN error('now: not a time: ' || getvariable('now')::VARCHAR) END::TIMESTAMP, (SELECT "
+        "max(end_time) FROM flows), current_timestamp AT TIME ZONE 'UTC') AS now_)",
+    ),
     "policies": (
         "Policy revisions known to the collector, from the rules table.",
         "SELECT kind, namespace, name, tier, revision, count(*) AS rules, min(first_seen) AS first_seen "
