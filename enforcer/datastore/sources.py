@@ -10,8 +10,6 @@ written (as the loader parsed it), with the API server's metadata fields (`uid`,
 from __future__ import annotations
 
 import copy
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,12 +18,10 @@ import yaml
 
 from enforcer.datastore.kinds import BY_API_KIND, KindInfo, ObjectKey
 from enforcer.loader import (  # the loader's own reading rules, shared on purpose
-    STDIN,
     LoadError,
     Problem,
     _is_json,
-    _read,
-    _walk,
+    gather_sources,
     load_text,
 )
 from enforcer.loader.documents import Mapping, Node, Scalar, parse_json, parse_yaml
@@ -51,16 +47,7 @@ def read_sources(paths: Sequence[str]) -> list[Source]:
     """The text of every input, read as `load_paths` reads it; unreadable inputs raise LoadError."""
     if not paths:
         raise LoadError([Problem("<input>", 0, "", "no input: give files or directories (or - for stdin)")])
-    sources: list[Source] = []
-    problems: list[Problem] = []
-    for path in paths:
-        if path == "-":
-            sources.append((STDIN, sys.stdin.read()))
-        elif os.path.isdir(path):
-            for file in _walk(path):
-                _read(file, sources, problems)
-        else:
-            _read(path, sources, problems)
+    sources, problems = gather_sources(paths)
     if problems:
         raise LoadError(problems)
     return sources

@@ -21,7 +21,8 @@ import time
 IPPROTO_ICMPV6 = 58
 
 
-def _checksum(data: bytes) -> int:
+def icmp_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of an ICMPv4 message."""
     if len(data) % 2:
         data += b"\x00"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -117,7 +118,7 @@ def send() -> None:
                 typ = 8 if family == socket.AF_INET else 128
                 header = struct.pack("!BBHHH", typ, 0, 0, p["sport"], 1) + b"flowtui-probe"
                 if family == socket.AF_INET:
-                    header = header[:2] + struct.pack("!H", _checksum(header)) + header[4:]
+                    header = header[:2] + struct.pack("!H", icmp_checksum(header)) + header[4:]
                 s.sendto(header, (p["dst"], 0))
                 s.close()
         except PermissionError:

@@ -43,7 +43,7 @@ from enforcer.model import (
     Tier,
 )
 
-__all__ = ["LoadError", "Problem", "load_paths", "load_text"]
+__all__ = ["LoadError", "Problem", "gather_sources", "load_paths", "load_text"]
 
 T = TypeVar("T")
 EXTENSIONS = (".yaml", ".yml", ".json")
@@ -56,8 +56,9 @@ def load_text(text: str, filename: str) -> ResourceSet:
     return _load([(filename, text)], [])
 
 
-def load_paths(paths: Sequence[str]) -> ResourceSet:
-    """Load files, directories (recursively) and `-` (stdin), in the order given."""
+def gather_sources(paths: Sequence[str]) -> tuple[list[tuple[str, str]], list[Problem]]:
+    """(file, text) of every input — files, directories (recursively, sorted) and `-` (stdin), in
+    the order given — and a Problem for each one that cannot be read."""
     sources: list[tuple[str, str]] = []
     problems: list[Problem] = []
     for path in paths:
@@ -68,6 +69,12 @@ def load_paths(paths: Sequence[str]) -> ResourceSet:
                 _read(file, sources, problems)
         else:
             _read(path, sources, problems)
+    return sources, problems
+
+
+def load_paths(paths: Sequence[str]) -> ResourceSet:
+    """Load files, directories (recursively) and `-` (stdin), in the order given."""
+    sources, problems = gather_sources(paths)
     return _load(sources, problems)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from enforcer.model import SHORT_KIND
 from enforcer.ruleids import RuleRef, RuleTable, decode_prefix
 
 log = logging.getLogger(__name__)
@@ -165,15 +166,6 @@ class Attribution:
         log.warning("NFLOG prefix %r: %s", prefix, why)
 
 
-_SHORT_KIND = {
-    "GlobalNetworkPolicy": "gnp",
-    "NetworkPolicy": "np",
-    "KubernetesNetworkPolicy": "knp",
-    "StagedGlobalNetworkPolicy": "sgnp",
-    "StagedNetworkPolicy": "snp",
-    "StagedKubernetesNetworkPolicy": "sknp",
-    "Profile": "pro",
-}
 
 
 def policy_hit(ref: RuleRef, index: int = 0) -> str:
@@ -191,7 +183,7 @@ def policy_hit(ref: RuleRef, index: int = 0) -> str:
     if ref.kind in ("Default", "Failsafe"):
         return f"{index}|__{ref.kind.upper()}__|dp:{ref.name}|{action}|{ref.rule}"
     kind = ref.trigger_kind if ref.kind == "EndOfTier" else ref.kind
-    short = _SHORT_KIND.get(kind or "", (kind or "unknown").lower())
+    short = SHORT_KIND.get(kind or "", (kind or "unknown").lower())
     name = f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
     rule = -1 if ref.kind == "EndOfTier" else ref.rule
     return f"{index}|{ref.tier or 'default'}|{short}:{name}|{action}|{rule}"

@@ -34,6 +34,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from enforcer.lab.probe_agent import icmp_checksum
+
 MAX_JOBS_PER_AGENT = 64
 MAX_FLOOD_PPS = 20_000
 MAX_ROUND_SECONDS = 600.0
@@ -388,14 +390,6 @@ def serve(ports: Sequence[int], deadline: float) -> None:
         s.close()
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return int(~total & 0xFFFF)
-
 
 class _Client:
     def __init__(self, jobs: list[Job], deadline: float) -> None:
@@ -473,7 +467,7 @@ class _Client:
         with socket.socket(family, socket.SOCK_RAW, proto) as s:
             header = struct.pack("!BBHHH", typ, 0, 0, os.getpid() & 0xFFFF, self.seq) + b"flowtui-demo"
             if family == socket.AF_INET:
-                header = header[:2] + struct.pack("!H", _checksum(header)) + header[4:]
+                header = header[:2] + struct.pack("!H", icmp_checksum(header)) + header[4:]
             s.sendto(header, (job.dst, 0))
         self.count("ping", "sent")
 
