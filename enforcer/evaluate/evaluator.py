@@ -360,12 +360,11 @@ class Evaluator:
         """The endpoint's profiles in order; `policed`: some tier applied (and every one passed)."""
         assert stage.endpoint is not None
         direction = stage.direction
-        user_profiles = {p.name for p in self.state.resources.profiles}
         for name in stage.endpoint.profiles:
             prof: Profile | None = self.state.profiles.get(name)
             if prof is None:
                 continue
-            builtin = name not in user_profiles and (
+            builtin = name not in self.state.user_profiles and (
                 name.startswith(("kns.", "ksa.")) or name == DEFAULT_ALLOW_PROFILE
             )
             rules = self._compiled(("Profile", "", name), None, prof.rules(direction), direction, flow.version)

@@ -84,6 +84,11 @@ class ClusterState:
         return self.index.profiles
 
     @cached_property
+    def user_profiles(self) -> frozenset[str]:
+        """Names of Profile resources the user defined (built-in kns./ksa. ones aside)."""
+        return frozenset(p.name for p in self.resources.profiles)
+
+    @cached_property
     def active_policies(self) -> tuple[Policy, ...]:
         """Policies that take part in evaluation: not disabled, not staged deletions."""
         return tuple(
