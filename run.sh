@@ -15,7 +15,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 # System packages: nftables (nft and libnftables), iproute2 (ip netns), ping, conntrack.
 missing=()
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
-ldconfig -p 2>/dev/null | grep -q 'libnftables\.so\.1' || missing+=(libnftables1)
+ldconfig -p 2>/dev/null | grep 'libnftables\.so\.1' >/dev/null || missing+=(libnftables1)  # no -q: an early exit fails the pipe (pipefail)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 command -v conntrack >/dev/null 2>&1 || missing+=(conntrack)

@@ -12,8 +12,14 @@ even on failure.
    one-policy changes (rule 0 of a random policy rewritten, revision bumped; then reverted) and
    live toggles (a random policy disabled; then enabled again), each timed as compile, diff,
    render and apply (libnftables) separately. The reconciler compiles the whole node for every
-   change, so that is what "compile" is here. Changes and toggles are sampled until their count
-   or a time budget is reached (at least one pair each); the sample size is printed.
+   change, so that is what "compile" is for changes; a toggle compiles nothing (policy gates:
+   `CompiledNode.with_disabled`), so its "compile" is switching the gate. Changes and toggles are
+   sampled until their count or a time budget is reached (at least one pair each).
+   Then the live toggle the way the product does it, end to end: the same cluster stored in a
+   datastore (YAML documents), a Reconciler with the kernel backend, and `set_disabled` +
+   `reconcile()` timed from the call to the kernel's commit (the backend's apply returning),
+   and to the call's return (which also records the applied table); the first reconcile (a whole
+   compile and apply) is the baseline in the same run.
 
 2. Packet rate. A lab with one node, one receiving pod and one external host. On the node:
    (a) an empty table, (b) the flowtui table compiled from 1,000 policies that all select the pod
@@ -83,7 +89,9 @@ from enforcer.model import (  # noqa: E402
     Rule,
 )
 from enforcer.nft import ir  # noqa: E402
-from enforcer.nft.compiler import compile_node  # noqa: E402
+from enforcer.nft.compiler import CompiledNode, compile_node  # noqa: E402
+from enforcer.nft.elements import ElementSocket  # noqa: E402
+from enforcer.nft.elements import supported as elements_only  # noqa: E402
 from enforcer.resolve import ClusterState  # noqa: E402
 from enforcer.ruleids import IdAllocator  # noqa: E402
 from enforcer.selector import parse_selector  # noqa: E402
@@ -220,13 +228,18 @@ def section_apply(args: argparse.Namespace, lab: str, report: dict[str, Any]) ->
     res = apply_cluster(args.seed, args.pods, args.policies, args.rules)
     ids = IdAllocator()
 
-    def compile_res(r: ResourceSet) -> tuple[ir.Table, float]:
+    def compile_node_of(r: ResourceSet) -> tuple[CompiledNode, float]:
         start = time.perf_counter()
-        table = compile_node(ClusterState(r), NODE, ids=ids).table
-        return table, time.perf_counter() - start
+        compiled = compile_node(ClusterState(r), NODE, ids=ids)
+        return compiled, time.perf_counter() - start
+
+    def compile_res(r: ResourceSet) -> tuple[ir.Table, float]:
+        compiled, seconds = compile_node_of(r)
+        return compiled.table, seconds
 
     log(f"apply: compiling {args.policies} policies x {args.rules} rules over {args.pods} pods ...")
-    base, t_compile = compile_res(res)
+    base_node, t_compile = compile_node_of(res)
+    base = base_node.table
     with timed() as t_render:
         script = ir.render(base, ir.full(base, existing=False))
     n_rules = sum(len(c.rules) for c in base.chains.values())
@@ -235,6 +248,7 @@ def section_apply(args: argparse.Namespace, lab: str, report: dict[str, Any]) ->
         f"{len(base.sets)} sets ({n_elems} elements), script {len(script) / 1e6:.1f} MB")
     ns = netns_name(lab, f"node:{NODE}")
     nft = Nft(ns)
+    sock = ElementSocket(ns)
     try:
         with timed() as t_lib:
             nft.run(script)
@@ -269,7 +283,10 @@ def section_apply(args: argparse.Namespace, lab: str, report: dict[str, Any]) ->
             with timed() as t_rend:
                 text = ir.render(new, ops)
             with timed() as t_app:
-                nft.run(text)
+                if elements_only(new, ops):  # as KernelBackend does: straight to the kernel
+                    sock.apply(new, ops)
+                else:
+                    nft.run(text)
             chains = sum(1 for o in ops if isinstance(o, (ir.DefineChain, ir.DeleteChain)))
             return OpTiming(compile_s, t_diff[0], t_rend[0], t_app[0], chains, text.count("\n"))
 
@@ -288,10 +305,28 @@ def section_apply(args: argparse.Namespace, lab: str, report: dict[str, Any]) ->
                     f"{ms(timings[-1].apply)} ms, {timings[-2].chains} chains")
             return timings
 
+        def sample_toggles() -> list[OpTiming]:
+            timings: list[OpTiming] = []
+            started = time.perf_counter()
+            for k, index in enumerate(candidates):
+                if len(timings) >= args.samples or (timings and time.perf_counter() - started > args.budget):
+                    break
+                with timed() as t_gate:
+                    off = base_node.with_disabled({res.policies[index].key}).table
+                timings.append(step(base, off, t_gate[0]))
+                with timed() as t_gate:
+                    on = base_node.with_disabled(set()).table
+                timings.append(step(off, on, t_gate[0]))
+                log(f"apply: toggle {k + 1}: gate {ms(t_gate[0])} ms, apply {ms(timings[-2].apply)} ms / "
+                    f"{ms(timings[-1].apply)} ms, {timings[-2].chains} chains, {timings[-2].lines} lines")
+            return timings
+
         changes = sample("change", edited)
-        toggles = sample("toggle", lambda k, p: replace(p, disabled=True))
+        toggles = sample_toggles()
     finally:
         nft.close()
+        sock.close()
+    report["apply"]["live_toggle"] = live_toggles(args, lab, res, [res.policies[i] for i in candidates])
     for name, timings in (("change", changes), ("toggle", toggles)):
         report["apply"][name] = {
             "samples": len(timings),
@@ -300,10 +335,70 @@ def section_apply(args: argparse.Namespace, lab: str, report: dict[str, Any]) ->
             "render": stats([t.render for t in timings]),
             "apply": stats([t.apply for t in timings]),
             "diff_render_apply": stats([t.diff + t.render + t.apply for t in timings]),
-            "end_to_end": stats([t.total if t.compile is not None else t.total + t_compile for t in timings]),
+            "end_to_end": stats([t.total if t.compile is not None or name == "toggle" else t.total + t_compile
+                                 for t in timings]),
             "chains_written": statistics.median([t.chains for t in timings]) if timings else 0,
             "script_lines": statistics.median([t.lines for t in timings]) if timings else 0,
         }
+
+
+def live_toggles(args: argparse.Namespace, lab: str, res: ResourceSet, policies: list[Policy]) -> dict[str, Any]:
+    """set_disabled + reconcile through the datastore and the kernel backend, as the CLI and the
+    dashboard do it: from the call to the kernel's commit, and to the call's return."""
+    from bench_evaluate import write_yaml
+
+    from enforcer.datastore import Datastore
+    from enforcer.nft.backend import KernelBackend
+    from enforcer.nft.compiler import CompileOptions
+    from enforcer.reconcile import Reconciler
+
+    committed: list[float] = []
+
+    class Stamped(KernelBackend):
+        def apply(self, node: str, table: ir.Table, ops: list[ir.Op]) -> None:
+            super().apply(node, table, ops)
+            committed.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory(prefix="flowtui-bench-ds-") as tmp:
+        docs = Path(tmp) / "docs"
+        docs.mkdir()
+        write_yaml(res, docs)
+        ds = Datastore(Path(tmp) / "state")
+        with timed() as t_store:
+            ds.apply_documents([str(docs)])
+        rec = Reconciler(ds, Stamped(lab, lambda node: netns_name(lab, f"node:{node}")), compile_node,
+                         CompileOptions(), lambda: [NODE])
+        with timed() as t_first:
+            first = rec.reconcile()
+        log(f"live toggle: stored {len(list(ds.objects()))} objects in {t_store[0]:.1f} s; first reconcile "
+            f"(whole compile and apply) {t_first[0]:.1f} s")
+        to_kernel: list[float] = []
+        to_return: list[float] = []
+        store: list[float] = []
+        served = 0
+        started = time.perf_counter()
+        for p in policies:
+            if len(to_kernel) >= args.samples or (to_kernel and time.perf_counter() - started > args.budget):
+                break
+            for disabled in (True, False):
+                committed.clear()
+                t0 = time.perf_counter()
+                ds.set_disabled(p.kind, p.name, p.namespace, disabled)
+                t1 = time.perf_counter()
+                result = rec.reconcile()
+                t2 = time.perf_counter()
+                node = result.nodes[0]
+                assert node.status == "applied" and committed, node
+                served += node.toggled
+                store.append(t1 - t0)
+                to_kernel.append(committed[-1] - t0)
+                to_return.append(t2 - t0)
+        log(f"live toggle: {len(to_kernel)} toggles, median {ms(statistics.median(to_kernel))} ms to the kernel")
+    return {
+        "first_reconcile_s": round(t_first[0], 3), "first": first.to_json(),
+        "samples": len(to_kernel), "served_by_gates": served,
+        "datastore_write": stats(store), "to_kernel": stats(to_kernel), "to_return": stats(to_return),
+    }
 
 
 # ---- section 2: packet rate ----------------------------------------------------------------------
@@ -638,6 +733,16 @@ def table_text(report: dict[str, Any]) -> str:
             out.append(f"   {kind} (n={k['samples']}, {k['chains_written']:g} chains, {k['script_lines']:g} lines)")
             for part in ("compile", "diff", "render", "apply", "diff_render_apply", "end_to_end"):
                 out.append(f"     {part:26} {fmt_stats(k[part])}")
+        lt = a.get("live_toggle")
+        if lt:
+            first_ms = lt["first_reconcile_s"] * 1e3
+            out.append(f"   live toggle through datastore + reconciler (n={lt['samples']}, "
+                       f"{lt['served_by_gates']} served by gates, no compile); baseline: the first reconcile, "
+                       f"whole compile + apply, "
+                       f"{lt['first_reconcile_s']:.1f} s")
+            for part in ("datastore_write", "to_kernel", "to_return"):
+                ratio = f"  (x{first_ms / lt[part]['median_ms']:,.0f} faster)" if part == "to_kernel" else ""
+                out.append(f"     {part:26} {fmt_stats(lt[part])}{ratio}")
         t = a["toggle"]
         if t["apply"]:
             kernel, e2e = t["apply"]["median_ms"], t["end_to_end"]["median_ms"]
@@ -646,8 +751,10 @@ def table_text(report: dict[str, Any]) -> str:
                 return "met" if value < TOGGLE_TARGET_MS else "MISSED"
 
             out.append(f"   toggle target {TOGGLE_TARGET_MS:g} ms median: kernel apply {kernel:.1f} ms "
-                       f"({verdict(kernel)}), diff+render+apply {t['diff_render_apply']['median_ms']:.1f} ms, "
-                       f"end to end with compile {e2e:.1f} ms ({verdict(e2e)})")
+                       f"({verdict(kernel)}), gate+diff+render+apply {e2e:.1f} ms ({verdict(e2e)})")
+            if lt:
+                kern = lt["to_kernel"]["median_ms"]
+                out.append(f"   live toggle from the call to the kernel's commit {kern:.1f} ms ({verdict(kern)})")
     r = report.get("rate")
     if r:
         out.append("")

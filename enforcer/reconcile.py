@@ -8,12 +8,24 @@
 Each run, under the datastore's lock (so concurrent CLI calls serialise):
 
 1. load the stored resources; with a lab id, fill in the lab's addresses (`lab_resources`), so
-   the tables match the addresses the lab's namespaces really hold;
+   the tables match the addresses the lab's namespaces really hold; resolve them by deriving
+   from the last compiled state (`ClusterState.derive`): after a policy edit, the endpoint
+   index, selector memberships, rendered sets and every unchanged policy's chain are reused;
 2. compile every node with the injected compile function and the persistent id allocator
    (`ids.jsonl` in the datastore directory: the same policy revision, direction and rule get
    the same id in every process); persist new ids and the merged, append-only rule table
    (`rules.jsonl`) BEFORE applying, so every prefix the kernel can log is already resolvable;
 3. per node, diff against the table last applied and apply the operations as one transaction.
+
+Live toggles skip steps 1–2. A toggle changes neither a policy's generation
+(`StoredObject.generation`) nor the datastore's layout revision (`Catalog.layout`: the last write
+that was not a toggle), so when the layout is that of the last compile, every node's table is that
+compile with other policies switched off (`CompiledNode.with_disabled`): the run reads only the
+datastore's index and applies set elements — no documents loaded, nothing compiled, no rule
+rewritten; tests check that the result equals a fresh compile. A fresh process (the CLI) does the
+same from the recorded table when `applied/<node>.layout.json` says it was compiled from the
+current layout (and the live table passes the first-use check below).
+
    The last applied table is kept in memory and in `applied/<node>.json`; on first use in a
    process it is checked against the backend (same chains with the same number of rules, same
    sets with the same number of elements) and, if the live table differs or is unknown, the
@@ -26,12 +38,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from enforcer.datastore import Datastore, atomic_write
+from enforcer.datastore import Datastore, StoredObject, atomic_write
 from enforcer.lab import lab_resources, plan_lab
 from enforcer.model import ResourceSet
 from enforcer.nft import ir
@@ -48,6 +60,13 @@ class Compiled(Protocol):
 
     @property
     def rules(self) -> RuleTable: ...
+
+
+@runtime_checkable
+class Gated(Compiled, Protocol):
+    """A compiled node whose policies can be switched off without compiling (policy gates)."""
+
+    def with_disabled(self, disabled: Collection[tuple[str, str, str]]) -> Gated: ...
 
 
 # compile_node(state, node, options, ids) -> CompiledNode
@@ -67,6 +86,7 @@ class NodeResult:
     apply_ms: float = 0.0
     error: str | None = None
     verify_ms: float = 0.0  # reading the live table back (first use of a node in a process)
+    toggled: bool = False  # served from the last compile by switching policy gates (no compile)
 
     def __str__(self) -> str:
         if self.status == "failed":
@@ -75,13 +95,14 @@ class NodeResult:
         if self.status == "unchanged":
             return f"{self.node}: unchanged ({what}; compile {self.compile_ms:.1f} ms)"
         how = "replaced whole table" if self.full else f"{self.ops} changes"
-        return f"{self.node}: applied, {how} ({what}; compile {self.compile_ms:.1f} ms, apply {self.apply_ms:.1f} ms)"
+        made = "gates switched" if self.toggled else "compile"
+        return f"{self.node}: applied, {how} ({what}; {made} {self.compile_ms:.1f} ms, apply {self.apply_ms:.1f} ms)"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "node": self.node, "status": self.status, "full": self.full, "ops": self.ops, "chains": self.chains,
             "sets": self.sets, "compile_ms": round(self.compile_ms, 3), "apply_ms": round(self.apply_ms, 3),
-            "verify_ms": round(self.verify_ms, 3), "error": self.error,
+            "verify_ms": round(self.verify_ms, 3), "error": self.error, "toggled": self.toggled,
         }
 
 
@@ -131,11 +152,20 @@ def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def lab_view(resources: ResourceSet, lab_id: str | None) -> ResourceSet:
+    """With a lab id, the resources with the lab's addresses filled in."""
+    return resources if lab_id is None else lab_resources(resources, plan_lab(resources, lab_id))
+
+
 def cluster_state(resources: ResourceSet, lab_id: str | None) -> ClusterState:
-    """The state to compile: with a lab id, the lab's addresses filled in."""
-    if lab_id is not None:
-        resources = lab_resources(resources, plan_lab(resources, lab_id))
-    return ClusterState(resources)
+    """The state to compile: with a lab id, the lab's addresses filled in; disabled policies
+    kept for the dataplane's layout (`ClusterState.for_dataplane`)."""
+    return ClusterState(lab_view(resources, lab_id), include_disabled=True)
+
+
+def disabled_keys(objects: Iterable[StoredObject]) -> frozenset[tuple[str, str, str]]:
+    """Policy keys (kind, namespace, name) switched off by the live toggle."""
+    return frozenset((o.key.kind, o.key.namespace or "", o.key.name) for o in objects if o.disabled)
 
 
 def compile_nodes(
@@ -177,6 +207,16 @@ def table_from_json(raw: dict[str, Any]) -> ir.Table:
     return ir.Table(raw["family"], raw["name"], chains, sets)
 
 
+def _same_layout(a: ir.Table, b: ir.Table) -> bool:
+    """Same chains, and the same sets but for their elements."""
+    if (a.family, a.name) != (b.family, b.name) or a.sets.keys() != b.sets.keys():
+        return False
+    if a.chains is not b.chains and a.chains != b.chains:
+        return False
+    return all((s.type, s.flags, s.is_map) == (b.sets[n].type, b.sets[n].flags, b.sets[n].is_map)
+               for n, s in a.sets.items())
+
+
 def fingerprint(table: ir.Table) -> tuple[object, ...]:
     """What must agree between the live table and the one we think we applied: chain names, base
     or not, rule counts; set names, set or map, element counts (kernels print rules and elements in
@@ -206,8 +246,12 @@ class Reconciler:
         self.lab_nodes = lab_nodes
         self.lab_id = lab_id
         self._applied: dict[str, ir.Table] = {}  # verified: what the backend holds now
+        self._bases: dict[str, tuple[str, ir.Table]] = {}  # the whole table last recorded per node, by id
+        self._metas: dict[str, dict[str, Any]] = {}  # per node: the recorded table's layout and gates
         self._ids: tuple[tuple[int, int] | None, IdAllocator] | None = None
         self._rules: tuple[tuple[int, int] | None, RuleTable] | None = None
+        self._layout: tuple[tuple[int, str | None], dict[str, Gated]] | None = None  # the last compile, per node
+        self._state: ClusterState | None = None  # the last compiled state, to derive the next one from
         self._lock = threading.Lock()
         self.wireguard: Any = None  # the last run's `enforcer.wireguard.manager.WireGuardResult`, if any
 
@@ -218,6 +262,8 @@ class Reconciler:
                 self._applied.clear()
             else:
                 self._applied.pop(node, None)
+            self._layout = None
+            self._state = None
 
     def reconcile(self, nodes: Sequence[str] | None = None, *, full: bool = False) -> ReconcileResult:
         """Enforce the datastore on `nodes` (default: `lab_nodes()`). `full` replaces every table
@@ -225,10 +271,25 @@ class Reconciler:
         a lab that cannot be planned); per-node failures are in the result."""
         start = time.perf_counter()
         with self._lock, self.datastore.locked():
-            revision = self.datastore.revision
-            state = cluster_state(self.datastore.resources(), self.lab_id)
-            load_ms = _ms(start)
+            catalog = self.datastore.catalog()
+            revision = catalog.revision
             targets = list(self.lab_nodes() if nodes is None else nodes)
+            # What a compile depends on: the stored objects but for their toggles, and the lab.
+            key = (catalog.layout, self.lab_id)
+            layout = self._layout
+            if not full and (layout is None or layout[0] != key or any(n not in layout[1] for n in targets)):
+                recorded = self._recorded_layout(targets, key)  # a fresh process: the last run's compile
+                if recorded is not None:
+                    layout = self._layout = (key, recorded)
+            if not full and layout is not None and layout[0] == key and all(n in layout[1] for n in targets):
+                return self._toggle(revision, targets, layout[1], disabled_keys(catalog.objects.values()), start)
+            resources = lab_view(self.datastore.resources(), self.lab_id)
+            # Derived from the last compiled state: when only policies changed, the endpoint index,
+            # selector sets and the compiler's rendered sets and unchanged policy chains are reused.
+            state = self._state.derive(resources) if self._state is not None else ClusterState(
+                resources, include_disabled=True)
+            self._state = state
+            load_ms = _ms(start)
             ids = self._load_ids()
             known_ids = len(ids.items())
             compiled: dict[str, Compiled] = {}
@@ -248,6 +309,11 @@ class Reconciler:
             rules = self._save_rules([c.rules for c in compiled.values()])
             for node, out in compiled.items():
                 results[node] = self._apply(node, out.table, times[node], full)
+            gated = {n: c for n, c in compiled.items() if isinstance(c, Gated) and results[n].status != "failed"}
+            kept = layout[1] if layout is not None and layout[0] == key else {}
+            self._layout = (key, {**kept, **gated}) if len(gated) == len(compiled) else None
+            for node, c in gated.items():
+                self._save_layout(node, key, c)
             result = ReconcileResult(revision, tuple(results[n] for n in targets), load_ms, _ms(start), rules, new_ids)
         # WireGuard (FelixConfiguration wireguardEnabled/V6) after the tables, only when they went into
         # this lab's kernel; a no-op without root or with WireGuard off; failures land in the result.
@@ -256,6 +322,52 @@ class Reconciler:
 
             self.wireguard = reconcile_lab_reported(self.datastore, self.lab_id, targets, felix=state.felix)
         return result
+
+    def _save_layout(self, node: str, key: tuple[int, str | None], compiled: Gated) -> None:
+        """Beside the recorded table: which layout it was compiled from and the policies' gates, so
+        that a toggle in another process (the CLI) switches gates on it instead of compiling."""
+        base = self._bases.get(node)
+        gates = getattr(compiled, "gates", None)
+        if base is None or not isinstance(gates, Mapping):
+            return
+        meta = {"base": base[0], "layout": list(key), "gates": sorted([*k, g] for k, g in gates.items())}
+        if self._metas.get(node) != meta:
+            atomic_write(self._applied_path(node, ".layout"), json.dumps(meta) + "\n", durable=False)
+            self._metas[node] = meta
+
+    def _recorded_layout(self, targets: list[str], key: tuple[int, str | None]) -> dict[str, Gated] | None:
+        """Every target's recorded table as a compiled node, if each was compiled from layout
+        `key`, is the one the backend holds (checked as on first use) and has its gates recorded."""
+        from enforcer.nft.compiler import CompiledNode
+
+        found: dict[str, Gated] = {}
+        for node in targets:
+            try:
+                meta = json.loads(self._applied_path(node, ".layout").read_text(encoding="utf-8"))
+                if meta.get("layout") != list(key):
+                    return None
+                live, _ = self._baseline(node)
+            except Exception:  # no record, unreadable, the namespace is gone: compile instead
+                return None
+            base = self._bases.get(node)
+            if live is None or base is None or meta.get("base") != base[0] or "disabled" not in live.sets:
+                return None
+            gates = {(str(k), str(ns), str(n)): int(g) for k, ns, n, g in meta["gates"]}
+            found[node] = CompiledNode(node, live, RuleTable(), gates)
+            self._metas[node] = meta
+        return found
+
+    def _toggle(self, revision: int, targets: list[str], layout: dict[str, Gated],
+                disabled: frozenset[tuple[str, str, str]], start: float) -> ReconcileResult:
+        """Only live toggles changed since the last compile: switch gates, compile nothing."""
+        load_ms = _ms(start)
+        results = []
+        for node in targets:
+            t = time.perf_counter()
+            table = layout[node].with_disabled(disabled).table
+            results.append(replace(self._apply(node, table, _ms(t), False), toggled=True))
+        rules = len(self._rules[1]) if self._rules is not None else 0
+        return ReconcileResult(revision, tuple(results), load_ms, _ms(start), rules, 0)
 
     def _load_ids(self) -> IdAllocator:
         """The persistent allocator, re-read only when its file changed (another process wrote)."""
@@ -329,18 +441,46 @@ class Reconciler:
             return recorded, True
         return None, True
 
-    def _applied_path(self, node: str) -> Path:
-        return self.datastore.applied_dir / f"{node}.json"
+    def _applied_path(self, node: str, part: str = "") -> Path:
+        return self.datastore.applied_dir / f"{node}{part}.json"
 
     def _load_applied(self, node: str) -> ir.Table | None:
+        """The recorded table: the whole-table file, with the element file's sets over it when
+        that was written for the same whole table."""
         try:
-            return table_from_json(json.loads(self._applied_path(node).read_text(encoding="utf-8")))
+            raw = json.loads(self._applied_path(node).read_text(encoding="utf-8"))
+            table = table_from_json(raw)
         except (OSError, ValueError, KeyError, TypeError):
             return None
+        if raw.get("id"):
+            self._bases[node] = (str(raw["id"]), table)
+        try:
+            delta = json.loads(self._applied_path(node, ".elements").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            delta = None
+        if isinstance(delta, dict) and delta.get("base") == raw.get("id") and raw.get("id"):
+            sets = dict(table.sets)
+            for name, elements in delta.get("elements", {}).items():
+                if name in sets:
+                    sets[name] = replace(sets[name], elements=frozenset(elements))
+            table = replace(table, sets=sets)
+        return table
 
     def _save_applied(self, node: str, table: ir.Table) -> None:
-        # A cache, checked against the backend before use: no fsync needed.
-        atomic_write(self._applied_path(node), json.dumps(table_to_json(table)) + "\n", durable=False)
+        """Record what the backend now holds (a cache, checked against the backend before use: no
+        fsync). When only set elements changed since the whole table was written (toggles, pod
+        churn), only those sets are written, beside it: a toggle must not rewrite megabytes."""
+        base = self._bases.get(node)
+        if base is not None and _same_layout(base[1], table):
+            changed = {n: sorted(s.elements) for n, s in table.sets.items()
+                       if s is not base[1].sets[n] and s.elements != base[1].sets[n].elements}
+            text = json.dumps({"base": base[0], "elements": changed}) + "\n"
+            atomic_write(self._applied_path(node, ".elements"), text, durable=False)
+            return
+        ident = f"{time.time_ns():x}-{id(table):x}"
+        atomic_write(self._applied_path(node), json.dumps({"id": ident, **table_to_json(table)}) + "\n", durable=False)
+        self._applied_path(node, ".elements").unlink(missing_ok=True)
+        self._bases[node] = (ident, table)
 
 
 __all__ = [

@@ -113,19 +113,45 @@ class RuleTable:
             return cls(RuleRef(**json.loads(line)) for line in f if line.strip())
 
 
+MAX_GATE = 0xFFFF  # the gate is a 16-bit field of the packet mark
+IDS_FILE = "ids.jsonl"
+
+
+class GateSpaceExhausted(RuntimeError):
+    """More policies than the packet mark's gate field can number."""
+
+
 class IdAllocator:
     """Stable identifiers: the same decision point (policy revision, direction, rule) always gets
-    the same id, and an id is never given to anything else. Persisted by the datastore."""
+    the same id, and an id is never given to anything else. Persisted by the datastore.
+
+    Policy gates (`gate_for`) are a second, small number space: each enforced policy's switch in
+    the dataplane (a 16-bit packet mark field and an element of the `disabled` set), stable for
+    the policy's name so that a toggle or an edit never renumbers other policies."""
 
     def __init__(self, known: Mapping[tuple[object, ...], int] | None = None) -> None:
         self._ids: dict[tuple[object, ...], int] = dict(known or {})
-        self._next = max(self._ids.values(), default=0) + 1
+        self._next = max((v for k, v in self._ids.items() if k[:1] != ("gate",)), default=0) + 1
+        self._next_gate = max((v for k, v in self._ids.items() if k[:1] == ("gate",)), default=0) + 1
 
     def id_for(self, key: tuple[object, ...]) -> int:
         found = self._ids.get(key)
         if found is None:
             found = self._ids[key] = self._next
             self._next += 1
+        return found
+
+    def gate_for(self, policy_key: tuple[str, str, str]) -> int:
+        """The gate of a policy (kind, namespace, name): 1..MAX_GATE, the same for its whole life."""
+        key = ("gate", *policy_key)
+        found = self._ids.get(key)
+        if found is None:
+            if self._next_gate > MAX_GATE:
+                raise GateSpaceExhausted(
+                    f"no policy gate left for {'/'.join(k for k in policy_key if k)}: {MAX_GATE} policies have "
+                    f"been enforced by this datastore (remove {IDS_FILE} with the tables down to renumber)")
+            found = self._ids[key] = self._next_gate
+            self._next_gate += 1
         return found
 
     def items(self) -> list[tuple[tuple[object, ...], int]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from enforcer.evaluate.flow import Flow
 from enforcer.model import (
@@ -56,6 +56,7 @@ class SynthSpec:
     tiers: bool = True
     staged: bool = True
     ipv6: bool = True
+    disabled: float = 0.0  # share of policies switched off by the live toggle
 
 
 def _ip(text: str) -> IPAddress:
@@ -218,6 +219,9 @@ def synth_resources(seed: int, spec: SynthSpec = SynthSpec()) -> ResourceSet:
     netsets = [NetworkSet("blocked", None, (("netset", "blocked"),),
                           tuple(_net(str(a)) for e in blocked for a in e.addresses))] if blocked else []
     policies = [g.policy(i, namespaces, externals, tiers) for i in range(spec.policies)]
+    if spec.disabled:
+        off = random.Random(seed * 7919 + 1)  # its own stream: the rest of the cluster stays as without it
+        policies = [replace(p, disabled=True) if off.random() < spec.disabled else p for p in policies]
     return ResourceSet(policies=tuple(policies), tiers=tuple(tiers), namespaces=tuple(namespaces),
                        pods=tuple(pods), nodes=tuple(nodes), host_endpoints=tuple(heps),
                        network_sets=tuple(netsets), external_hosts=tuple(externals))

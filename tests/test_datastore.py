@@ -172,7 +172,9 @@ def test_the_toggle_persists(ds: Datastore, tmp_path: Path) -> None:
     assert ds.set_disabled("gnp", "web", None, True).changes[0].action == "unchanged"
     reopened = Datastore(ds.path)
     (policy,) = reopened.resources().policies
-    assert policy.disabled and policy.revision == 2
+    # The object's revision moves (2); the policy's is its generation, which a toggle keeps (1),
+    # so its rule ids and compiled layout stay.
+    assert policy.disabled and policy.revision == 1 and reopened.find("gnp", "web").revision == 2
     (_, doc), = reopened.object_documents("gnp", name="web")
     assert doc["metadata"]["annotations"] == {"flowtui.dev/disabled": "true"}
     # applying the file again (which says nothing about the toggle) keeps it off
@@ -264,11 +266,12 @@ def test_reading_an_empty_or_missing_store_writes_nothing(tmp_path: Path) -> Non
 
 def test_layout_and_crash_leftovers(ds: Datastore, tmp_path: Path) -> None:
     ds.apply_documents([write(tmp_path / "a.yaml", GNP.format(name="a", order=1))])
-    ds.set_disabled("gnp", "a", None, True)
+    ds.set_disabled("gnp", "a", None, True)  # a toggle writes the index only
     files = sorted(str(p.relative_to(ds.path)) for p in ds.path.rglob("*") if p.is_file())
-    assert files == ["lock", "objects/projectcalico.org_v3/GlobalNetworkPolicy/_/a@2.yaml", "state.json"]
+    assert files == ["lock", "objects/projectcalico.org_v3/GlobalNetworkPolicy/_/a@1.yaml", "state.json"]
     index = json.loads((ds.path / "state.json").read_text())
-    assert index["revision"] == 2 and index["objects"][0]["file"].endswith("a@2.yaml")
+    assert index["revision"] == 2 and index["objects"][0]["file"].endswith("a@1.yaml")
+    assert index["objects"][0]["disabled"] and index["objects"][0]["generation"] == 1 and index["layout"] == 1
     # a crash between writing a document and the index leaves a stray file: the next write sweeps it
     stray = ds.path / "objects/projectcalico.org_v3/GlobalNetworkPolicy/_/b@3.yaml"
     stray.write_text("junk")

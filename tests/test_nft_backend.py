@@ -1,13 +1,12 @@
 """Backends: the fake (ordering, failure injection, all-or-nothing) and the kernel through libnftables
-(atomicity, listings, incremental == full, the root namespace untouched, latency)."""
+and, for element-only changes, nfnetlink (atomicity, listings, incremental == full, the root
+namespace untouched)."""
 
 from __future__ import annotations
 
 import random
-import statistics
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -334,28 +333,74 @@ def big_table(chains: int, variant: int) -> ir.Table:
 
 
 @pytest.mark.kernel
-def test_latency_one_chain_of_1000(kbackend: KernelBackend) -> None:
-    """A toggle-sized change (one chain rewritten) in a table of 1,000 chains: median < 10 ms."""
+def test_one_chain_change_in_a_big_table(kbackend: KernelBackend) -> None:
+    """A one-chain change among 1,000 chains rewrites that chain only, and the kernel holds the
+    result (its latency is a benchmark figure: bench/bench_dataplane.py)."""
     current = big_table(1000, 0)
-    start = time.perf_counter()
     kbackend.apply("n1", current, ir.full(current, existing=False))
-    full_ms = (time.perf_counter() - start) * 1e3
-    samples = []
-    for variant in range(1, 41):
+    for variant in range(1, 5):
         new = big_table(1000, variant)
         ops = ir.diff(current, new)
-        assert len(ops) == 1
-        start = time.perf_counter()
+        assert [type(op) for op in ops] == [ir.DefineChain] and ops[0].chain.name == "c500"  # type: ignore[union-attr]
         kbackend.apply("n1", new, ops)
-        samples.append((time.perf_counter() - start) * 1e3)
         current = new
-    start = time.perf_counter()
-    kbackend.listing("n1")
-    list_ms = (time.perf_counter() - start) * 1e3
-    median = statistics.median(samples)
-    print(f"\n1,000 chains: full apply {full_ms:.1f} ms; one-chain change median {median:.2f} ms, "
-          f"p90 {sorted(samples)[int(len(samples) * 0.9)]:.2f} ms, max {max(samples):.2f} ms; listing {list_ms:.1f} ms")
-    assert median < 10
+    assert parse_listing(kbackend.listing("n1", stateless=True) or "") == current
+
+
+GATES = ir.Table("inet", TABLE_NAME, {
+    "input": ir.Chain("input", ("meta mark & 0x0 | 0x5 @disabled counter", "ip saddr @a4 counter",
+                                "ip6 saddr @a6 counter"), BASE),
+}, {
+    "disabled": ir.NftSet("disabled", "mark"),
+    "a4": ir.NftSet("a4", "ipv4_addr", (), frozenset({"192.0.2.1"})),
+    "a6": ir.NftSet("a6", "ipv6_addr"),
+})
+
+
+def _elements(backend: KernelBackend, node: str) -> dict[str, set[str]]:
+    live = parse_listing(backend.listing(node, stateless=True) or "")
+    norm = {"mark": lambda e: hex(int(e, 0))}
+    return {n: {norm.get(s.type, str)(e) for e in s.elements} for n, s in live.sets.items()}
+
+
+@pytest.mark.kernel
+def test_element_changes_skip_libnftables(kbackend: KernelBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Element-only changes go to the kernel as their own nfnetlink batch: libnftables (whose cache
+    fill grows with the ruleset) is not called, and the kernel holds exactly the new elements."""
+    from enforcer.nft.libnft import Nft
+
+    kbackend.apply("n1", GATES, ir.full(GATES, existing=False))
+    new = ir.Table(GATES.family, GATES.name, GATES.chains, {
+        "disabled": ir.NftSet("disabled", "mark", (), frozenset({"0x5", "0xffff"})),
+        "a4": ir.NftSet("a4", "ipv4_addr", (), frozenset({"192.0.2.2", "198.51.100.7"})),
+        "a6": ir.NftSet("a6", "ipv6_addr", (), frozenset({"2001:db8::9"})),
+    })
+    ops = ir.diff(GATES, new)
+    real_run = Nft.run
+
+    def no_library(self: Nft, script: str, *, flags: int = 0) -> str:
+        raise AssertionError(f"libnftables was used for an element-only change: {script}")
+
+    monkeypatch.setattr(Nft, "run", no_library)
+    kbackend.apply("n1", new, ops)
+    monkeypatch.setattr(Nft, "run", real_run)
+    assert _elements(kbackend, "n1") == {"disabled": {"0x5", "0xffff"}, "a4": {"192.0.2.2", "198.51.100.7"},
+                                         "a6": {"2001:db8::9"}}
+    kbackend.apply("n1", GATES, ir.diff(new, GATES))
+    assert _elements(kbackend, "n1") == {"disabled": set(), "a4": {"192.0.2.1"}, "a6": set()}
+
+
+@pytest.mark.kernel
+def test_element_batch_is_atomic(kbackend: KernelBackend) -> None:
+    kbackend.apply("n1", GATES, ir.full(GATES, existing=False))
+    before = kbackend.listing("n1")
+    ops: list[ir.Op] = [ir.SetElements("disabled", add=("0x7",)), ir.SetElements("a4", add=("192.0.2.9",)),
+                        ir.SetElements("a6", delete=("2001:db8::1",))]  # not there: the kernel refuses
+    with pytest.raises(ApplyError) as info:
+        kbackend.apply("n1", GATES, ops)
+    assert "delete element inet flowtui a6 { 2001:db8::1 }" in info.value.message
+    assert "ENOENT" in info.value.message and "nothing applied" in info.value.message
+    assert kbackend.listing("n1") == before  # the valid additions did not happen either
 
 
 @pytest.mark.kernel
@@ -404,3 +449,49 @@ def test_contexts_are_thread_safe(kbackend: KernelBackend) -> None:
     assert not errors, errors
     for node in ("n1", "n2"):
         assert kbackend.current(node) is not None
+
+
+def test_element_batches_are_encoded_as_the_kernel_expects() -> None:
+    """BEGIN, one message per (set, add|delete) with an ack asked, END; 4-byte aligned; the
+    nftables subsystem in BEGIN/END; keys in the sets' byte orders."""
+    import struct
+
+    from enforcer.nft import elements
+
+    ops: list[ir.Op] = [ir.SetElements("disabled", add=("0x12",), delete=("0x5",)),
+                        ir.SetElements("a4", add=("192.0.2.1",))]
+    data, what = elements.batch(GATES, ops, 100)
+    assert list(what) == [101, 102, 103]
+    assert what[101] == "delete element inet flowtui disabled { 0x5 }"
+    kinds, offset = [], 0
+    while offset < len(data):
+        length, kind, flags, seq, _ = struct.unpack_from("=IHHII", data, offset)
+        assert length % 4 == 0 and seq == 100 + len(kinds)
+        kinds.append((kind, flags))
+        offset += length
+    assert offset == len(data)
+    begin, end = kinds[0], kinds[-1]
+    assert begin[0] == elements.NFNL_MSG_BATCH_BEGIN and end[0] == elements.NFNL_MSG_BATCH_END
+    assert struct.unpack_from("!H", data, 16 + 2)[0] == elements.NFNL_SUBSYS_NFTABLES  # res_id, big endian
+    assert [k for k, _ in kinds[1:-1]] == [0x0A0E, 0x0A0C, 0x0A0C]  # del, new, new
+    assert all(f & elements.NLM_F_ACK for _, f in kinds[1:-1])
+    assert struct.pack("=I", 0x12) in data and bytes([192, 0, 2, 1]) in data
+
+
+@pytest.mark.parametrize("ops", [
+    [ir.SetElements("a4", add=("192.0.2.1",), flush=True)],  # a flush: libnftables
+    [ir.SetElements("m", add=('"cali1" : goto x',))],  # a map
+    [ir.SetElements("iv", add=("10.0.0.0/8",))],  # an interval set
+    [ir.SetElements("a4", add=("not-an-address",))],
+    [ir.SetElements("nosuchset", add=("0x1",))],
+    [ir.SetElements("disabled", add=("0x1",)), ir.DefineChain(ir.Chain("input", ()), new=False)],
+    [],
+])
+def test_other_changes_go_through_libnftables(ops: list[ir.Op]) -> None:
+    from enforcer.nft import elements
+
+    t = ir.Table(GATES.family, GATES.name, GATES.chains, {
+        **GATES.sets, "m": ir.NftSet("m", "ifname : verdict", (), frozenset(), True),
+        "iv": ir.NftSet("iv", "ipv4_addr", ("interval",))})
+    assert not elements.supported(t, ops)
+    assert elements.supported(t, [ir.SetElements("disabled", add=("0x1",)), ir.SetElements("a6", delete=("::1",))])

@@ -7,6 +7,7 @@ of the node's addresses (so the lab's address filling can be seen). The CLI test
 
 from __future__ import annotations
 
+import json
 import statistics
 import textwrap
 import time
@@ -38,7 +39,8 @@ def fake_compile(state: ClusterState, node: str, options: Any, ids: IdAllocator)
     chains: dict[str, ir.Chain] = {}
     refs: list[RuleRef] = []
     jumps: list[str] = []
-    for pol in sorted(state.active_policies, key=lambda p: p.key):
+    # No policy gates here: a disabled policy is left out (the reconciler then compiles on toggles).
+    for pol in sorted((p for p in state.active_policies if not p.disabled), key=lambda p: p.key):
         chain = f"pol-{pol.namespace + '-' if pol.namespace else ''}{pol.name}"
         rules = []
         for i, rule in enumerate(pol.ingress):
@@ -49,7 +51,7 @@ def fake_compile(state: ClusterState, node: str, options: Any, ids: IdAllocator)
             rules.append(f'meta mark 0x{rid:x} counter {VERDICT[rule.action]} comment "{tag}"')
         chains[chain] = ir.Chain(chain, tuple(rules))
         jumps.append(f"jump {chain}")
-    if "deny-ping" in {p.name for p in state.active_policies}:
+    if "deny-ping" in {p.name for p in state.active_policies if not p.disabled}:
         jumps.append("meta l4proto icmp drop")
     chains["forward"] = ir.Chain("forward", tuple(jumps), "type filter hook forward priority filter; policy accept;")
     addresses = next((n.addresses for n in state.resources.nodes if n.name == node), ())
@@ -157,7 +159,13 @@ def test_ids_are_stable_across_processes_and_rules_append_only(ds: Datastore) ->
     assert IdAllocator.load(ds.ids_path).items() == IdAllocator.load(ds.ids_path).items()
     ids_before = dict((k, v) for k, v in IdAllocator.load(ds.ids_path).items())
     ds.set_disabled("gnp", "deny-other-ingress", None, True)
-    ds.set_disabled("gnp", "deny-other-ingress", None, False)  # a new revision: new ids
+    ds.set_disabled("gnp", "deny-other-ingress", None, False)  # toggles keep the policy's revision: same ids
+    assert rec.reconcile().new_ids == 0 and RuleTable.load(ds.rules_path).refs == first.refs
+    (_, doc), = ds.object_documents("gnp", name="deny-other-ingress")
+    doc["spec"]["order"] = float(doc["spec"].get("order", 0)) + 0.5
+    edited = ds.path.parent / "edited.json"
+    edited.write_text(json.dumps(doc), encoding="utf-8")
+    ds.apply_documents([str(edited)])  # an edit: a new revision, new ids
     result = rec.reconcile()
     after = RuleTable.load(ds.rules_path)
     assert result.new_ids > 0
@@ -276,3 +284,88 @@ def test_kernel_toggle_latency_and_restart(ds: Datastore, lab_id: str) -> None:
         assert backend.listing("node-a", stateless=True) != live
     finally:
         backend.close()
+
+
+# ---- live toggles: policy gates, no compile ----------------------------------------------------
+
+
+def gated(ds: Datastore, backend: Backend) -> Reconciler:
+    from enforcer.nft.compiler import CompileOptions, compile_node
+
+    return Reconciler(ds, backend, compile_node, CompileOptions(), lambda: list(NODES), lab_id="tlab")
+
+
+def fresh_tables(ds: Datastore) -> dict[str, str]:
+    """What a whole compile of the datastore gives, node by node (canonical listings; the
+    datastore's ids, nothing written)."""
+    from enforcer.nft.compiler import CompileOptions, compile_node
+
+    compiled = compile_nodes(ds.resources(), compile_node, CompileOptions(), IdAllocator.load(ds.ids_path), "tlab",
+                             NODES)
+    return {n: ir.listing(c.table) for n, c in compiled.items()}
+
+
+def test_toggles_switch_gates_without_compiling(ds: Datastore, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = FakeBackend()
+    rec = gated(ds, backend)
+    first = rec.reconcile()
+    assert not any(n.toggled for n in first.nodes)
+    compiles: list[str] = []
+    real = rec.compile_fn
+    rec.compile_fn = lambda *a: compiles.append(a[1]) or real(*a)  # type: ignore[func-returns-value]
+    for name, disabled in (("deny-other-ingress", True), ("allow-cluster-internal", True),
+                           ("deny-other-ingress", False), ("allow-cluster-internal", False)):
+        seen = {n: len(backend.history.get(n, [])) for n in NODES}
+        ds.set_disabled("gnp", name, None, disabled)
+        result = rec.reconcile()
+        assert all(n.toggled and n.status == "applied" for n in result.nodes), result.describe()
+        scripts = [s for n in NODES for s in backend.history[n][seen[n]:]]
+        assert len(scripts) == len(NODES) and all(
+            s.startswith(("add element inet flowtui disabled", "delete element inet flowtui disabled"))
+            and s.count("\n") == 1 for s in scripts), scripts
+        assert {n: ir.listing(backend.tables[n]) for n in NODES} == fresh_tables(ds)
+    assert compiles == []
+    # An edit is not a toggle: it compiles.
+    (_, doc), = ds.object_documents("gnp", name="deny-other-ingress")
+    doc["spec"]["order"] = float(doc["spec"].get("order", 0)) + 0.5
+    edited = ds.path.parent / "edited.json"
+    edited.write_text(json.dumps(doc), encoding="utf-8")
+    ds.apply_documents([str(edited)])
+    result = rec.reconcile()
+    assert not any(n.toggled for n in result.nodes) and sorted(compiles) == sorted(NODES)
+
+
+def test_a_fresh_process_toggles_from_the_recorded_table(ds: Datastore) -> None:
+    backend = FakeBackend()
+    gated(ds, backend).reconcile()
+    whole = {n: ds.applied_dir / f"{n}.json" for n in NODES}
+    stamps = {n: p.stat().st_mtime_ns for n, p in whole.items()}
+    ds.set_disabled("gnp", "deny-other-ingress", None, True)
+    other = gated(ds, backend)  # another process: nothing in memory
+    other.compile_fn = lambda *a: pytest.fail("compiled for a toggle")
+    result = other.reconcile()
+    assert all(n.toggled and n.status == "applied" for n in result.nodes), result.describe()
+    assert {n: ir.listing(backend.tables[n]) for n in NODES} == fresh_tables(ds)
+    # The toggle wrote the changed set beside the whole-table record, not the record itself...
+    assert {n: p.stat().st_mtime_ns for n, p in whole.items()} == stamps
+    assert all((ds.applied_dir / f"{n}.elements.json").exists() for n in NODES)
+    # ...and a third process reads both back as what the backend holds.
+    third = gated(ds, backend)
+    third.compile_fn = lambda *a: pytest.fail("compiled for a toggle")
+    ds.set_disabled("gnp", "deny-other-ingress", None, False)
+    assert all(n.toggled for n in third.reconcile().nodes)
+    assert {n: ir.listing(backend.tables[n]) for n in NODES} == fresh_tables(ds)
+
+
+def test_recorded_layout_is_not_used_for_another_layout_or_a_changed_table(ds: Datastore) -> None:
+    backend = FakeBackend()
+    gated(ds, backend).reconcile()
+    # Someone changed the live table behind our back: the first-use check fails, so compile.
+    node = NODES[0]
+    t = backend.tables[node]
+    backend.tables[node] = ir.Table(t.family, t.name, {k: c for k, c in t.chains.items() if k != "wl-to-host"},
+                                    t.sets)
+    ds.set_disabled("gnp", "deny-other-ingress", None, True)
+    result = gated(ds, backend).reconcile()
+    assert not any(n.toggled for n in result.nodes)
+    assert {n: ir.listing(backend.tables[n]) for n in NODES} == fresh_tables(ds)

@@ -213,16 +213,16 @@ def test_empty_frames_and_row_output() -> None:
 
 
 def test_paired_sets_share_what_an_edit_cannot_change() -> None:
-    """The speed of a what-if rests on this sharing; if the core's caches are renamed it silently
-    stops (never wrong, only slower), so this test says so."""
+    """The speed of a what-if rests on this sharing (never wrong, only slower without it)."""
+    from enforcer.resolve.state import DerivedApplicable
     from flowtui.whatif.edits import diff
-    from flowtui.whatif.sharing import DerivedApplicable, SharedRules, paired_evaluators, paired_states
+    from flowtui.whatif.sharing import SharedRules, paired_evaluators, paired_states
 
     base = synth_resources(2)
     edited = random_edit(base, 4, SynthSpec())
     changes = diff(base, edited)
     assert not changes.cluster_changed
-    b, e = paired_states(base, edited, changes)
+    b, e = paired_states(base, edited)
     assert e._ipsets is b._ipsets and e._named is b._named and e.index is b.index
     assert isinstance(e._applicable, DerivedApplicable)
     eb, ee = paired_evaluators(b, e, changes)

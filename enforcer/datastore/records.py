@@ -21,6 +21,14 @@ class StoredObject:
     source: str  # FILE:LINE it was last applied from
     disabled: bool = False  # policies: flowtui.dev/disabled is "true"
     position: int = 0  # among the objects created by the same write: keeps the files' order
+    # Datastore revision of its last change other than a live toggle (Kubernetes' metadata.generation
+    # to `revision`'s resourceVersion): policies carry it as `Policy.revision`, so a toggle keeps
+    # the policy's rule ids and the dataplane's layout, and only flips its gate. 0: same as revision.
+    generation: int = 0
+
+    @property
+    def spec_revision(self) -> int:
+        return self.generation or self.revision
 
     @property
     def order(self) -> tuple[int, int]:
@@ -45,6 +53,7 @@ class StoredObject:
             "source": self.source,
             "disabled": self.disabled,
             "position": self.position,
+            "generation": self.spec_revision,
         }
 
     @classmethod
@@ -52,7 +61,7 @@ class StoredObject:
         key = ObjectKey(raw["kind"], raw["namespace"], raw["name"])
         return cls(key, raw["apiVersion"], raw["writtenKind"], int(raw["revision"]), int(raw["created"]),
                    raw["updated"], raw["file"], raw["source"], bool(raw.get("disabled", False)),
-                   int(raw.get("position", 0)))
+                   int(raw.get("position", 0)), int(raw.get("generation", 0)))
 
 
 @dataclass(frozen=True)

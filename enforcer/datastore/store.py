@@ -18,8 +18,10 @@ are swept by the next write.
 
 Revisions: the datastore revision goes up by one for every write that changes something; each
 changed object gets that revision (so an object's revision is unique over time, as Kubernetes'
-resourceVersion is, and a rule id keyed on it is never reused for different rules). Loaded
-policies carry it as `Policy.revision`.
+resourceVersion is). Each object also keeps the revision of its last change other than a live
+toggle (its generation, as Kubernetes' metadata.generation): loaded policies carry that as
+`Policy.revision`, so a rule id keyed on it is never reused for different rules, and a toggle
+changes neither the policy's rule ids nor the compiled layout (only its gate).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -77,9 +79,14 @@ class Ambiguous(DatastoreError):
 
 
 @dataclass(frozen=True)
-class _Index:
+class Catalog:
+    """The index at one revision: every stored object by key. `layout` is the revision of the
+    last write that was not a live toggle: equal layouts mean equal stored objects but for their
+    toggles (what the reconciler compiles is then the same)."""
+
     revision: int
-    objects: dict[ObjectKey, StoredObject]
+    objects: Mapping[ObjectKey, StoredObject]
+    layout: int = 0
 
 
 def _now() -> str:
@@ -120,6 +127,9 @@ class Datastore:
         self._depth = 0
         self._exclusive = False
         self._cache: dict[str, ResourceSet] = {}
+        self._index: tuple[tuple[int, int, int], Catalog] | None = None  # (inode, mtime, size) of state.json
+        # state.json as this process last wrote it: each key's line number, and the lines
+        self._lines: tuple[tuple[int, int, int], dict[ObjectKey, int], list[str]] | None = None
 
     @property
     def ids_path(self) -> Path:
@@ -176,24 +186,44 @@ class Datastore:
 
     # ---- reading -----------------------------------------------------------------------------
 
-    def _read_index(self) -> _Index:
+    def _read_index(self) -> Catalog:
+        """The index, parsed again only when state.json was replaced (every commit renames a new
+        file over it, so its inode changes): live toggles read it on every run."""
+        path = self.path / INDEX
         try:
-            raw = json.loads((self.path / INDEX).read_text(encoding="utf-8"))
+            st = path.stat()
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if self._index is not None and self._index[0] == stamp:
+                return self._index[1]
+            raw = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return _Index(0, {})
+            return Catalog(0, {}, 0)
         except (OSError, ValueError) as exc:
             raise DatastoreError(f"cannot read {self.path / INDEX}: {exc}") from exc
         if raw.get("format") != FORMAT:
             raise DatastoreError(f"{self.path / INDEX}: unknown format {raw.get('format')!r} (expected {FORMAT})")
         objects = (StoredObject.from_json(o) for o in raw["objects"])
-        return _Index(int(raw["revision"]), {o.key: o for o in objects})
+        revision = int(raw["revision"])
+        index = Catalog(revision, {o.key: o for o in objects}, int(raw.get("layout", revision)))
+        self._index = (stamp, index)
+        return index
 
     def _document(self, obj: StoredObject) -> dict[str, Any]:
+        """The stored document, with the live toggle's annotation as the index says (a toggle
+        changes the index only, not the document file)."""
         path = self.path / obj.file
         try:
-            return parse_stored(path.read_text(encoding="utf-8"), str(path))
+            body = parse_stored(path.read_text(encoding="utf-8"), str(path))
         except (OSError, ValueError) as exc:
             raise DatastoreError(f"cannot read stored document {path}: {exc}") from exc
+        if obj.info.is_policy and (annotation(body, DISABLED_ANNOTATION) == "true") != obj.disabled:
+            body = with_annotation(body, DISABLED_ANNOTATION, "true" if obj.disabled else None)
+        return body
+
+    def catalog(self) -> Catalog:
+        """The index as it is now (re-read only when another write replaced it)."""
+        with self.locked(exclusive=False):
+            return self._read_index()
 
     @property
     def revision(self) -> int:
@@ -226,14 +256,18 @@ class Datastore:
         with self.locked(exclusive=False):
             return self._find(self._read_index(), kind, name, namespace)
 
-    def _find(self, index: _Index, kind: str, name: str, namespace: str | None) -> StoredObject:
+    def _find(self, index: Catalog, kind: str, name: str, namespace: str | None) -> StoredObject:
         kinds = resolve_kinds(kind)
         wanted = {k.model_kind for k in kinds}
-        matches = [
-            o for o in index.objects.values()
-            if o.key.kind in wanted and o.key.name == name
-            and (namespace is None or not o.info.namespaced or o.key.namespace == namespace)
-        ]
+        if all(not k.namespaced or namespace is not None for k in kinds):  # every key known: look up
+            wanted_keys = (ObjectKey(k.model_kind, namespace if k.namespaced else None, name) for k in kinds)
+            matches = [o for key in wanted_keys if (o := index.objects.get(key)) is not None]
+        else:
+            matches = [
+                o for o in index.objects.values()
+                if o.key.kind in wanted and o.key.name == name
+                and (namespace is None or not o.info.namespaced or o.key.namespace == namespace)
+            ]
         if not matches:
             where = f" in namespace {namespace}" if namespace and any(k.namespaced for k in kinds) else ""
             raise NotFound(f"{kind} {name!r} not found{where}")
@@ -281,16 +315,42 @@ class Datastore:
 
     # ---- writing -----------------------------------------------------------------------------
 
-    def _commit(self, revision: int, objects: dict[ObjectKey, StoredObject], files: dict[str, str]) -> None:
+    def _commit(self, revision: int, objects: dict[ObjectKey, StoredObject], files: dict[str, str],
+                superseded: Sequence[str] | None = None, layout: int | None = None,
+                replaced: ObjectKey | None = None) -> None:
+        """Write `files`, then the index (the commit point), then remove what the index no longer
+        names: `superseded` files when the caller knows them, else by sweeping the directory.
+        `layout`: the layout revision to keep (live toggles); default: this revision.
+        `replaced`: the only object that changed, in place (a toggle): one line of the index is
+        re-encoded and nothing re-sorted (a 2,000-object index: 0.1 ms instead of 13)."""
+        layout = revision if layout is None else layout
         for rel, text in files.items():
             atomic_write(self.path / rel, text)
-        index = {
-            "format": FORMAT,
-            "revision": revision,
-            "objects": [o.to_json() for o in sorted(objects.values(), key=lambda o: o.order)],
-        }
-        atomic_write(self.path / INDEX, json.dumps(index, indent=1) + "\n", sync_dir=True)
-        self._sweep({o.file for o in objects.values()})
+        lines = self._lines
+        # The cached lines are used only if state.json is still the file this process wrote.
+        if (replaced is not None and lines is not None and self._index is not None and self._index[0] == lines[0]
+                and len(lines[1]) == len(objects) and replaced in lines[1]):
+            keys, encoded = lines[1], list(lines[2])
+            encoded[keys[replaced]] = json.dumps(objects[replaced].to_json())
+        else:
+            ordered = sorted(objects.values(), key=lambda o: o.order)
+            keys = {o.key: i for i, o in enumerate(ordered)}
+            encoded = [json.dumps(o.to_json()) for o in ordered]
+        text = (f'{{"format": {FORMAT}, "revision": {revision}, "layout": {layout}, "objects": [\n'
+                + ",\n".join(encoded) + "\n]}\n")
+        atomic_write(self.path / INDEX, text, sync_dir=True)
+        st = (self.path / INDEX).stat()
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        self._index = (stamp, Catalog(revision, objects, layout))
+        self._lines = (stamp, keys, encoded)
+        if superseded is None:
+            self._sweep({o.file for o in objects.values()})
+            return
+        for rel in superseded:
+            try:
+                os.unlink(self.path / rel)
+            except FileNotFoundError:
+                pass
 
     def _sweep(self, referenced: set[str]) -> None:
         """Remove document files the index no longer names (superseded, or left by a crash)."""
@@ -383,22 +443,22 @@ class Datastore:
             return ChangeSet(revision, tuple(changes))
 
     def set_disabled(self, kind: str, name: str, namespace: str | None, disabled: bool) -> ChangeSet:
-        """The live toggle: annotate a policy `flowtui.dev/disabled: "true"` (or remove it)."""
+        """The live toggle: annotate a policy `flowtui.dev/disabled: "true"` (or remove it).
+
+        Written to the index only (one line of it re-encoded, nothing re-sorted, no document
+        read or written): the annotation is the index's `disabled`, which reading a document
+        (`get -o yaml`) and loading resources apply. The toggle keeps the policy's generation."""
         with self.locked():
             index = self._read_index()
             obj = self._find(index, kind, name, namespace)
             if not obj.info.is_policy:
                 raise DatastoreError(f"{obj.key} is not a policy: only policies can be disabled")
-            stored = self._document(obj)
-            if (annotation(stored, DISABLED_ANNOTATION) == "true") == disabled:
+            if obj.disabled == disabled:
                 return ChangeSet(index.revision, (Change(obj.key, "unchanged", obj.revision),))
-            body = with_annotation(stored, DISABLED_ANNOTATION, "true" if disabled else None)
             revision = index.revision + 1
-            rel = _object_file(obj.info, obj.key, revision)
-            files = {rel: dump(body)}
-            changed = replace(obj, revision=revision, updated=_now(), file=rel, disabled=disabled)
-            self._load([changed], files)
-            self._commit(revision, {**index.objects, obj.key: changed}, files)
+            changed = replace(obj, revision=revision, updated=_now(), disabled=disabled, generation=obj.spec_revision)
+            self._commit(revision, {**index.objects, obj.key: changed}, {}, superseded=(), layout=index.layout,
+                         replaced=obj.key)
             return ChangeSet(revision, (Change(obj.key, "disabled" if disabled else "enabled", revision),))
 
 
@@ -409,7 +469,9 @@ def _merge(parts: list[tuple[StoredObject, ResourceSet]]) -> ResourceSet:
         FelixConfiguration(),
     )
     return ResourceSet(
-        policies=tuple(replace(p, revision=obj.revision) for obj, res in parts for p in res.policies),
+        # The index's generation and toggle, not the document's (toggles change the index only).
+        policies=tuple(replace(p, revision=obj.spec_revision, disabled=obj.disabled)
+                       for obj, res in parts for p in res.policies),
         tiers=tuple(t for _, res in parts for t in res.tiers),
         profiles=tuple(p for _, res in parts for p in res.profiles),
         namespaces=tuple(n for _, res in parts for n in res.namespaces),
@@ -427,6 +489,7 @@ __all__ = [
     "DEFAULT_HOME",
     "HOME_ENV",
     "Ambiguous",
+    "Catalog",
     "Change",
     "ChangeSet",
     "Datastore",

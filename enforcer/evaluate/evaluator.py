@@ -267,16 +267,19 @@ class Evaluator:
         key = (stage.endpoint, stage.family, stage.direction)
         found = self._tiers.get(key)
         if found is None:
-            applicable = {p.key for p in self.state.applicable_policies(stage.endpoint)}
-            out = []
-            for ot in self.state.tiers:
-                pols = tuple(
-                    p for p in ot.policies
-                    if p.key in applicable and stage.direction in p.types and _in_family(p, stage)
-                )
-                if pols:
-                    out.append(StageTier(ot, pols, tuple(p for p in pols if not p.staged)))
-            found = tuple(out)
+            # Only the policies that select the endpoint, put in evaluation order by position
+            # (not a walk over every policy of every tier: that was O(all policies) per endpoint).
+            position = self.state.policy_positions
+            tiers = self.state.tiers
+            selected = sorted(
+                (position[p.key], p) for p in self.state.applicable_policies(stage.endpoint)
+                if stage.direction in p.types and _in_family(p, stage)
+            )
+            by_tier: dict[int, list[Policy]] = {}
+            for (tier_index, _), p in selected:
+                by_tier.setdefault(tier_index, []).append(p)
+            found = tuple(StageTier(tiers[t], tuple(pols), tuple(p for p in pols if not p.staged))
+                          for t, pols in sorted(by_tier.items()))
             self._tiers[key] = found
         return found
 

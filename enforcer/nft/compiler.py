@@ -15,16 +15,26 @@ Layout (hooks in the order a packet meets them; §3.3 of the Calico reference):
 Endpoint chains (`fw-<hash>`/`tw-<hash>`, shared by workloads whose policies are the same, reached
 through verdict maps on the interface name) clear the accept/pass marks, then per tier jump to each
 selecting policy's chain (`pi-…`/`po-…`, shared by every endpoint of the node), return when a
-policy accepted, and end the
-tier with an attributed drop unless it passed; then profiles; then an attributed drop. Every rule
-counts; every verdict point logs to NFLOG with prefix `ft:<A|D|P|L><id>` resolved by the rule table.
-Denies log at a bounded rate (the counter before the limit stays exact).
+policy accepted, and end the tier with an attributed drop unless it passed; then profiles; then an
+attributed drop. Every rule counts; every verdict point logs to NFLOG with prefix `ft:<A|D|P|L><id>`
+resolved by the rule table. Denies log at a bounded rate (the counter before the limit stays exact).
+
+Policy gates make the live toggle one set element. Every enforced policy has a gate number
+(`IdAllocator.gate_for`, stable for its name); disabled policies are laid out like the others,
+with their gate in the set `disabled`. A jump to a policy chain is skipped when the policy's gate
+is in that set; a policy chain that runs writes its gate into the mark's low 16 bits (cleared at
+each tier's start); the tier's end looks that field up in `eot-ingress`/`eot-egress`, whose
+elements go to the attributed drop of each policy (`ei-…`/`eo-…`). So the end-of-tier drop names
+the last enabled policy that selected the endpoint, and a tier whose every selecting policy is
+disabled vanishes (no element for 0) — Calico's semantics with the policy absent, and a toggle
+changes no rule (kernel commit independent of the table's size).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
 
 from enforcer.evaluate.evaluator import ICMPV6_INFRA_TYPES, Evaluator
 from enforcer.evaluate.path import Family, Stage
@@ -40,8 +50,10 @@ from enforcer.ruleids import IdAllocator, RuleRef, RuleTable, encode_prefix
 ACCEPT = 0x10000  # a policy accepted (Calico's accept bit)
 PASS = 0x20000  # a policy passed to the next tier
 PREACCEPT = 0x40000  # accepted by untracked or preDNAT policy: filter skips host endpoint policy
+GATE = 0xFFFF  # low 16 bits: the gate of the last enabled policy chain entered in this tier
 CLEAR = "meta mark set mark & 0xfffcffff"
-CLEAR_PASS = "meta mark set mark & 0xfffdffff"
+TIER_START = f"meta mark set mark & {0xFFFFFFFF & ~PASS & ~GATE:#x}"  # pass bit and gate field cleared
+DISABLED = "disabled"
 PROFILE_TIER = "__PROFILE__"
 UPLINK = "eth0"
 INFRA_ICMPV6 = "icmpv6 type { " + ", ".join(map(str, ICMPV6_INFRA_TYPES)) + " } accept"
@@ -62,6 +74,15 @@ class CompiledNode:
     node: str
     table: Table
     rules: RuleTable
+    gates: Mapping[tuple[str, str, str], int] = field(default_factory=dict)  # policy key → gate, laid out here
+
+    def with_disabled(self, disabled: Collection[tuple[str, str, str]]) -> CompiledNode:
+        """This node with exactly the policies `disabled` (keys) switched off: what compiling the
+        same state with those toggles gives, without compiling (only the `disabled` set differs)."""
+        elements = frozenset(f"{gate:#x}" for key, gate in self.gates.items() if key in disabled)
+        sets = dict(self.table.sets)
+        sets[DISABLED] = replace(sets[DISABLED], elements=elements)
+        return replace(self, table=replace(self.table, sets=sets))
 
 
 def compile_node(
@@ -72,8 +93,10 @@ def compile_node(
     evaluator: Evaluator | None = None,
 ) -> CompiledNode:
     """The whole table for `node`, with the identifiers its rules log."""
-    c = _NodeCompiler(state, node, options or CompileOptions(), ids or IdAllocator(),
-                      evaluator or Evaluator(state))
+    state = state.for_dataplane()
+    if evaluator is None or evaluator.state is not state:
+        evaluator = Evaluator(state)
+    c = _NodeCompiler(state, node, options or CompileOptions(), ids or IdAllocator(), evaluator)
     return c.compile()
 
 
@@ -86,6 +109,18 @@ def _policy_chain_id(p: Policy) -> str:
     return f"{short}-{p.namespace}.{p.name}" if p.namespace else f"{short}-{p.name}"
 
 
+@dataclass(frozen=True)
+class _RenderedChain:
+    """A policy chain as rendered, with what reusing it needs (kept in the state's caches)."""
+
+    policy: Policy
+    options: CompileOptions
+    ids: IdAllocator
+    chain: Chain
+    refs: tuple[RuleRef, ...]
+    sets: tuple[NftSet, ...]
+
+
 @dataclass
 class _NodeCompiler:
     state: ClusterState
@@ -95,6 +130,9 @@ class _NodeCompiler:
     ev: Evaluator
     chains: dict[str, Chain] = field(default_factory=dict)
     refs: dict[int, RuleRef] = field(default_factory=dict)
+    gates: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    eot: dict[str, set[str]] = field(default_factory=lambda: {"ingress": set(), "egress": set()})
+    workload_chains: dict[tuple[object, ...], str] = field(default_factory=dict)
     book: SetBook = field(init=False)
 
     def __post_init__(self) -> None:
@@ -160,22 +198,67 @@ class _NodeCompiler:
                 lines += self._verdict(match, ref, action, limited=limited and rule.action != "Log")
         return lines
 
-    def _policy_chain(self, p: Policy, direction: Direction) -> str | None:
+    def _policy_chain(self, p: Policy, direction: Direction) -> str:
+        """The policy's chain; it exists even without rules, to record the policy's gate.
+
+        Rendered chains are kept in the state's `caches` (valid while the cluster objects are the
+        same), so an edit recompiles the edited policy's chain only: the others, their rule refs
+        and the sets they use are taken as they were when the policy, the options and the id
+        allocator are the same."""
         name = f"{'pi' if direction == 'ingress' else 'po'}-{_policy_chain_id(p)}"
         if name in self.chains:
             return name
+        cache: dict[tuple[object, ...], _RenderedChain] = self.state.caches.setdefault("nft.policy_chains", {})
+        key = (p.key, direction)
+        hit = cache.get(key)
+        if hit is not None and (hit.policy is p or hit.policy == p) and hit.options == self.options \
+                and hit.ids is self.ids:
+            self.chains[name] = hit.chain
+            for old in hit.refs:
+                self.refs.setdefault(old.id, old)
+            for nset in hit.sets:
+                self.book.use(nset)
+            self._gate(p)
+            return name
+        gate = self._gate(p)
         rules = p.rules(direction)
+        known = set(self.refs)
+        used_sets: list[NftSet] = []
+        self.book.recording = used_sets
 
         def ref(index: int, rule: Rule) -> RuleRef:
             return self._ref(("rule", p.kind, p.namespace or "", p.name, p.revision, direction, index),
                              kind=p.kind, namespace=p.namespace, name=p.name, tier=p.tier,
                              revision=p.revision, direction=direction, rule=index, action=rule.action)
 
-        lines = self._rule_lines(rules, p.namespace, ref, profile=False, limited=p.do_not_track)
-        if not lines:
-            return None
-        self.chains[name] = Chain(name, tuple(lines))
+        try:
+            lines = self._rule_lines(rules, p.namespace, ref, profile=False, limited=p.do_not_track)
+        finally:
+            self.book.recording = None
+        chain = self.chains[name] = Chain(name, (f"meta mark set mark & {0xFFFFFFFF & ~GATE:#x} | {gate:#x}", *lines))
+        refs = tuple(r for i, r in self.refs.items() if i not in known)
+        sets = tuple({s.name: s for s in used_sets}.values())
+        cache[key] = _RenderedChain(p, self.options, self.ids, chain, refs, sets)
         return name
+
+    def _gate(self, p: Policy) -> int:
+        gate = self.gates.get(p.key)
+        if gate is None:
+            gate = self.gates[p.key] = self.ids.gate_for(p.key)
+        return gate
+
+    def _end_of_tier_chain(self, p: Policy, tier: str, direction: Direction) -> None:
+        """The attributed drop at the end of `tier` when `p` is its last enabled selecting policy,
+        reached through the direction's end-of-tier map by `p`'s gate."""
+        name = f"{'ei' if direction == 'ingress' else 'eo'}-{_policy_chain_id(p)}"
+        if name not in self.chains:
+            # Keyed without the policy's revision: editing a policy must not renumber its
+            # end-of-tier drop (the tier and trigger are what attribution needs).
+            ref = self._ref(("eot", tier, p.kind, p.namespace or "", p.name, direction),
+                            kind="EndOfTier", namespace=p.namespace, name=p.name, tier=tier, revision=0,
+                            direction=direction, rule=-1, action="Deny", trigger_kind=p.kind)
+            self.chains[name] = Chain(name, tuple(self._verdict("", ref, "Deny")))
+        self.eot[direction].add(f"{self._gate(p):#x} : goto {name}")
 
     def _profile_chain(self, prof: Profile, direction: Direction) -> str | None:
         name = f"{'pri' if direction == 'ingress' else 'pro'}-{prof.name}"
@@ -208,23 +291,17 @@ class _NodeCompiler:
         for st in self.ev.stage_tiers(stage):
             if not st.enforced:
                 continue  # only staged policies: no effect on packets
-            lines.append(CLEAR_PASS)
+            lines.append(TIER_START)
             for p in st.enforced:
                 chain = self._policy_chain(p, stage.direction)
-                if chain is not None:
-                    lines.append(f"meta mark & {PASS:#x} == 0 jump {chain}")
-                    lines.append(after)
+                gate = self._gate(p)
+                lines.append(f"meta mark & {PASS:#x} == 0 meta mark & 0x0 | {gate:#x} != @{DISABLED} jump {chain}")
+                lines.append(after)
             default = "Pass" if family in ("untracked", "prednat") else st.tier.tier.default_action
             if default != "Pass":
-                trigger = st.enforced[-1]
-                # Keyed without the trigger's revision: editing a policy must not rewrite every
-                # endpoint chain whose tier it ends (the tier and trigger are what attribution needs).
-                ref = self._ref(("eot", st.tier.name, trigger.kind, trigger.namespace or "", trigger.name,
-                                 stage.direction),
-                                kind="EndOfTier", namespace=trigger.namespace, name=trigger.name,
-                                tier=st.tier.name, revision=0, direction=stage.direction,
-                                rule=-1, action="Deny", trigger_kind=trigger.kind)
-                lines += self._verdict(f"meta mark & {PASS:#x} == 0", ref, "Deny")
+                for p in st.enforced:
+                    self._end_of_tier_chain(p, st.tier.name, stage.direction)
+                lines.append(f"meta mark & {PASS:#x} == 0 meta mark & {GATE:#x} vmap @eot-{stage.direction}")
         return lines
 
     def _profiles(self, ep: Endpoint, direction: Direction) -> list[str]:
@@ -263,6 +340,14 @@ class _NodeCompiler:
 
     def _endpoint_chain(self, name: str, stage: Stage) -> str:
         assert stage.endpoint is not None
+        signature: tuple[object, ...] | None = None
+        if stage.family == "workload":
+            # Replicas select the same policies: their chain is rendered once per compile.
+            signature = (name, stage.direction, stage.endpoint.profiles,
+                         tuple((st.tier.name, tuple(p.key for p in st.enforced)) for st in self.ev.stage_tiers(stage)))
+            found = self.workload_chains.get(signature)
+            if found is not None:
+                return found
         lines: list[str] = []
         if stage.endpoint.kind == "hep" and stage.family != "forward":
             lines += self._failsafes(stage)
@@ -275,6 +360,8 @@ class _NodeCompiler:
             # with distinct policy sets, not with pods, and a policy change rewrites fewer chains.
             digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
             name = f"{name}-{digest}"
+        if signature is not None:
+            self.workload_chains[signature] = name
         self.chains[name] = Chain(name, tuple(lines))
         return name
 
@@ -341,9 +428,15 @@ class _NodeCompiler:
         }
         for name, (hook, prio, rules) in bases.items():
             self.chains[name] = Chain(name, tuple(rules), f"type filter hook {hook} priority {prio}; policy accept;")
+        for direction, elements in self.eot.items():
+            sets[f"eot-{direction}"] = NftSet(f"eot-{direction}", "mark : verdict", (), frozenset(elements),
+                                              is_map=True)
+        closed = frozenset(f"{gate:#x}" for p in self.state.active_policies if p.disabled
+                           and (gate := self.gates.get(p.key)) is not None)
+        sets[DISABLED] = NftSet(DISABLED, "mark", (), closed)
         sets.update(self.book.sets)
         table = Table("inet", self.options.table, dict(sorted(self.chains.items())), dict(sorted(sets.items())))
-        return CompiledNode(self.node, table, RuleTable(self.refs.values()))
+        return CompiledNode(self.node, table, RuleTable(self.refs.values()), dict(self.gates))
 
     def _wireguard_allow(self) -> tuple[list[str], list[str]]:
         """Calico auto-allows WireGuard UDP between nodes before host endpoint policy (unlogged)."""

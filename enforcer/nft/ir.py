@@ -121,6 +121,8 @@ def diff(old: Table, new: Table) -> list[Op]:
     elements: list[Op] = []
     for name, s in sorted(new.sets.items()):
         before = old.sets.get(name)
+        if before is s:
+            continue  # the same object: unchanged (live toggles share everything but one set)
         if before is None:
             declare.append(DefineSet(replace(s, elements=frozenset())))
             if s.elements:
@@ -136,7 +138,7 @@ def diff(old: Table, new: Table) -> list[Op]:
                 elements.append(SetElements(name, add=tuple(sorted(s.elements - before.elements)),
                                             delete=tuple(sorted(before.elements - s.elements))))
     rules: list[Op] = []
-    for name, c in sorted(new.chains.items()):
+    for name, c in sorted(new.chains.items()) if old.chains is not new.chains else ():
         prev = old.chains.get(name)
         if prev is None:
             declare.append(DefineChain(Chain(c.name, (), c.hook), new=True))

@@ -45,35 +45,50 @@ def _short_hash(*parts: object) -> str:
 
 @dataclass
 class SetBook:
-    """The named sets a node's rules refer to, built from cluster state as rules are rendered."""
+    """The named sets a node's rules refer to, built from cluster state as rules are rendered.
+
+    Rendered sets are kept in the state's `caches` (they depend on cluster objects only), so
+    every node of a compile, and every compile of a state derived from this one, renders each
+    set once. `sets` holds the ones this compile used; `recording`, when a list, collects the
+    sets used meanwhile (a policy chain's, for reusing the chain)."""
 
     state: ClusterState
     sets: dict[str, NftSet] = field(default_factory=dict)
-    _names: dict[tuple[Selector, int], str] = field(default_factory=dict)
+    recording: list[NftSet] | None = None
+    _rendered: dict[tuple[object, ...], NftSet] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._rendered = self.state.caches.setdefault("nft.sets", {})
+
+    def use(self, nset: NftSet) -> str:
+        self.sets[nset.name] = nset
+        if self.recording is not None:
+            self.recording.append(nset)
+        return nset.name
 
     def selector_set(self, selector: Selector, version: int) -> str:
-        found = self._names.get((selector, version))
-        if found is not None:
-            return found  # building and collapsing the members is the costly part: once per set
-        nets = collapse(self.state.ipset(selector).networks(version))
-        interval = any(n.num_addresses > 1 for n in nets)
-        # The set's kind is part of its name, so its type never changes under one name.
-        name = f"s{version}{'i' if interval else 'h'}-{_short_hash(selector.uid)}"
-        self.sets[name] = NftSet(
-            name, L3[version][2], ("interval",) if interval else (), frozenset(_net_text(n) for n in nets)
-        )
-        self._names[(selector, version)] = name
-        return name
+        found = self._rendered.get((selector, version))
+        if found is None:  # building and collapsing the members is the costly part: once per set
+            nets = collapse(self.state.ipset(selector).networks(version))
+            interval = any(n.num_addresses > 1 for n in nets)
+            # The set's kind is part of its name, so its type never changes under one name.
+            name = f"s{version}{'i' if interval else 'h'}-{_short_hash(selector.uid)}"
+            found = self._rendered[(selector, version)] = NftSet(
+                name, L3[version][2], ("interval",) if interval else (), frozenset(_net_text(n) for n in nets)
+            )
+        return self.use(found)
 
     def named_port_set(self, selector: Selector | None, port: str, protocol: int | None, version: int) -> str:
-        members = self.state.named_ports(selector, port, protocol)
-        elements = frozenset(
-            f"{ip} . {proto_word(proto)} . {num}" for ip, proto, num in members.members if ip.version == version
-        )
-        name = f"n{version}-{_short_hash(selector.uid if selector else '*', port, protocol)}"
-        if name not in self.sets:
-            self.sets[name] = NftSet(name, f"{L3[version][2]} . inet_proto . inet_service", (), elements)
-        return name
+        key = ("named", selector, port, protocol, version)
+        found = self._rendered.get(key)
+        if found is None:
+            members = self.state.named_ports(selector, port, protocol)
+            elements = frozenset(
+                f"{ip} . {proto_word(proto)} . {num}" for ip, proto, num in members.members if ip.version == version
+            )
+            name = f"n{version}-{_short_hash(selector.uid if selector else '*', port, protocol)}"
+            found = self._rendered[key] = NftSet(name, f"{L3[version][2]} . inet_proto . inet_service", (), elements)
+        return self.use(found)
 
 
 def _anon(items: list[str]) -> str:

@@ -7,9 +7,10 @@ The evaluator, the nftables compiler and the what-if engine all read from this o
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from enforcer.model import (
     DEFAULT_TIER,
@@ -41,6 +42,14 @@ class OrderedTier:
         return self.tier.name
 
 
+# ResourceSet fields the endpoint index and selector memberships are computed from (all but
+# policies and tiers), and the cached properties computed from them alone.
+CLUSTER_FIELDS = ("profiles", "namespaces", "service_accounts", "pods", "nodes", "host_endpoints", "network_sets",
+                  "felix", "external_hosts")
+CLUSTER_PROPERTIES = ("index", "endpoints", "pods_by_ref", "heps_by_name", "nodes", "externals", "owners",
+                      "user_profiles", "_hep_for_interface", "_hep_wildcard")
+
+
 def _order_key(order: float | None) -> float:
     return math.inf if order is None else order
 
@@ -67,7 +76,13 @@ class ClusterState:
     _named: dict[tuple[Selector | None, str, int | None], NamedPortSet] = field(
         default_factory=dict, repr=False
     )
-    _applicable: dict[Endpoint, tuple[Policy, ...]] = field(default_factory=dict, repr=False)
+    _applicable: MutableMapping[Endpoint, tuple[Policy, ...]] = field(default_factory=dict, repr=False)
+    # The dataplane's view: disabled policies take part (the compiler puts them behind a gate
+    # that is closed), so a toggle is one set element, not a recompile. Never for deciding flows.
+    include_disabled: bool = False
+    # Results derived from the cluster objects only (never from policies), kept by their users
+    # (the nftables compiler's rendered sets and policy chains): shared by `derive`d states.
+    caches: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # ---- static views ------------------------------------------------------------------
 
@@ -92,8 +107,46 @@ class ClusterState:
     def active_policies(self) -> tuple[Policy, ...]:
         """Policies that take part in evaluation: not disabled, not staged deletions."""
         return tuple(
-            p for p in self.resources.policies if not p.disabled and p.staged_action != "Delete"
+            p for p in self.resources.policies
+            if (self.include_disabled or not p.disabled) and p.staged_action != "Delete"
         )
+
+    def derive(self, resources: ResourceSet, *, lazy: bool = False) -> ClusterState:
+        """The state of `resources`, reusing what this state resolved wherever it cannot differ.
+
+        When the cluster objects (everything but policies and tiers) are equal, the new state
+        shares the endpoint index, the selector address and named-port sets and `caches`, and
+        derives each endpoint's applicable policies from this state's: the old answer without the
+        policies that changed, plus the changed ones that select it. `lazy` derives on first use
+        and keeps a reference to this state (what-if: two states side by side); otherwise the
+        endpoints resolved so far are derived now and nothing refers back (a reconciler's chain of
+        edits stays bounded). Otherwise it is `ClusterState(resources)`.
+        """
+        old = self.resources
+        if any(getattr(old, f) != getattr(resources, f) for f in CLUSTER_FIELDS):
+            return ClusterState(resources, include_disabled=self.include_disabled)
+        new = ClusterState(resources, _ipsets=self._ipsets, _named=self._named,
+                           include_disabled=self.include_disabled, caches=self.caches)
+        for name in CLUSTER_PROPERTIES:  # computed here if not yet, once for both
+            new.__dict__[name] = getattr(self, name)
+        before = {p.key: p for p in old.policies}
+        after = {p.key: p for p in resources.policies}
+        changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+        if not changed:
+            new._applicable = self._applicable if lazy else dict(self._applicable)
+        elif lazy:
+            new._applicable = DerivedApplicable(self, new, changed)
+        else:
+            derived = DerivedApplicable(self, new, changed)
+            new._applicable = {ep: derived.get(ep) for ep in list(self._applicable)}
+        return new
+
+    def for_dataplane(self) -> ClusterState:
+        """The state the compiler lays out: disabled policies included (their gates closed).
+        Itself when nothing is disabled or it already is that view."""
+        if self.include_disabled or not any(p.disabled for p in self.resources.policies):
+            return self
+        return ClusterState(self.resources, include_disabled=True)
 
     @cached_property
     def tiers(self) -> tuple[OrderedTier, ...]:
@@ -107,6 +160,11 @@ class ClusterState:
             pols = sorted(by_tier.get(tier.name, []), key=policy_sort_key)
             out.append(OrderedTier(tier, exists, tuple(pols)))
         return tuple(out)
+
+    @cached_property
+    def policy_positions(self) -> Mapping[tuple[str, str, str], tuple[int, int]]:
+        """Policy key → (index of its tier in `tiers`, position in that tier's evaluation order)."""
+        return {p.key: (t, i) for t, ot in enumerate(self.tiers) for i, p in enumerate(ot.policies)}
 
     @cached_property
     def policy_selectors(self) -> Mapping[tuple[str, str, str], Selector]:
@@ -224,3 +282,43 @@ class ClusterState:
 
     def members_matching(self, selector: Selector) -> list[SetMember]:
         return [m for m in self.index.members if selector.matches(m.labels)]
+
+
+class DerivedApplicable(MutableMapping[Endpoint, tuple[Policy, ...]]):
+    """A derived state's endpoint → applicable policies, from its base state's answers."""
+
+    def __init__(self, base: ClusterState, edited: ClusterState, changed: set[tuple[str, str, str]]) -> None:
+        self.base = base
+        self.edited = edited
+        self.changed = changed
+        self.data: dict[Endpoint, tuple[Policy, ...]] = {}
+        self._new: list[Policy] | None = None
+
+    def _changed_active(self) -> list[Policy]:
+        if self._new is None:
+            self._new = [p for p in self.edited.active_policies if p.key in self.changed]
+        return self._new
+
+    def get(self, ep: Endpoint, default: Any = None) -> Any:
+        found = self.data.get(ep)
+        if found is None:
+            kept = tuple(p for p in self.base.applicable_policies(ep) if p.key not in self.changed)
+            sels = self.edited.policy_selectors
+            new = tuple(p for p in self._changed_active() if sels[p.key].matches(ep.labels))
+            found = self.data[ep] = kept + new
+        return found
+
+    def __getitem__(self, ep: Endpoint) -> tuple[Policy, ...]:
+        return self.data[ep]
+
+    def __setitem__(self, ep: Endpoint, value: tuple[Policy, ...]) -> None:
+        self.data[ep] = value
+
+    def __delitem__(self, ep: Endpoint) -> None:
+        del self.data[ep]
+
+    def __iter__(self) -> Iterator[Endpoint]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)

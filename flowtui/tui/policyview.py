@@ -164,11 +164,17 @@ def policy_lines(resources: ResourceSet, activity: Mapping[RuleKey, Activity]) -
                     pline.activity.add(act.hits, act.last)
                     lines.append(PolicyLine("rule", tier, rule_summary(rule), ref, state=pline.state,
                                             direction=direction, rule=i, action=rule.action, activity=act))
-            for direction in ("ingress", "egress"):  # the end of the tier, attributed to this policy
-                eot = activity.get(("EndOfTier", p.namespace, p.name, direction, -1))
-                if eot is not None:
-                    lines.append(PolicyLine("eot", tier, f"end of tier {tier} (no rule matched)", ref,
-                                            direction=direction, rule=-1, action="Deny", activity=eot))
+        # The end of the tier: one line per direction, summed over its policies' end-of-tier drops
+        # (each drop is attributed to the last enabled policy that selected the endpoint; the
+        # flows' detail names it). Every enforced policy has one in the dataplane, ready for toggles.
+        for direction in ("ingress", "egress"):
+            found = [a for p in pols if (a := activity.get(("EndOfTier", p.namespace, p.name, direction, -1)))]
+            if found:
+                total = Activity(known=True, action="Deny")
+                for a in found:
+                    total.add(a.hits, a.last)
+                lines.append(PolicyLine("eot", tier, f"end of tier {tier} (no rule matched)", None,
+                                        direction=direction, rule=-1, action="Deny", activity=total))
     prof = [(k, a) for k, a in activity.items() if k[0] == "Profile"]
     if prof:
         lines.append(PolicyLine("tier", "__PROFILE__", "profiles"))

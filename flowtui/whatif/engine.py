@@ -269,7 +269,7 @@ def compare(
     timings = Timings()
     progress = progress or NoProgress()
     changes = diff(base, edited)
-    base_state, edited_state = paired_states(base, edited, changes)
+    base_state, edited_state = paired_states(base, edited)
     timings.lap("states")
     keyed = reduce_frame(frame, [base_state, edited_state], progress, timings)
     addrs = keyed.addresses
