@@ -229,3 +229,33 @@ def test_help_reads_like_documentation(world: World) -> None:
         result = world.run(*args, "--help")
         assert result.exit_code == 0 and words in result.stdout, args
         assert "FLOWTUI_HOME" in result.stdout or args == ["policy"]
+
+
+def test_policy_toggle_from_the_cli_switches_gates_without_compiling(tmp_path: Path) -> None:
+    """With the real compiler, every CLI call is a fresh process: the toggle is served from the
+    recorded table (compiled from the same layout), one set element per node."""
+    from enforcer.nft.compiler import CompileOptions, compile_node
+
+    world = World(tmp_path)
+    calls: list[str] = []
+
+    def counting(state: Any, node: str, options: Any, ids: Any) -> Any:
+        calls.append(node)
+        return compile_node(state, node, options, ids)
+
+    world.compiler = lambda: (counting, CompileOptions())  # type: ignore[method-assign]
+    applied(world)
+    assert sorted(calls) == NODES
+    calls.clear()
+    before = {n: len(world.backend.history[n]) for n in NODES}
+    result = world.run("policy", "disable", "deny-other-ingress")
+    assert result.exit_code == 0, result.output
+    assert "2 of 2 nodes changed" in result.stdout and "gates switched, no compile" in result.stdout
+    assert calls == []
+    for n in NODES:
+        (script,) = world.backend.history[n][before[n]:]
+        assert script.startswith("add element inet flowtui disabled {")
+    # Enforced as if absent: the policy's chain is still there, its gate closed.
+    assert "pi-gnp-deny-other-ingress" in (world.backend.listing("node-a") or "")
+    assert world.run("policy", "enable", "deny-other-ingress").exit_code == 0 and calls == []
+    assert world.run("apply", "-f", str(SCENARIOS)).exit_code == 0 and calls == []  # unchanged: nothing compiled

@@ -118,6 +118,7 @@ class Evaluator:
     state: ClusterState
     _rules: dict[tuple[object, ...], tuple[CompiledRule, ...]] = field(default_factory=dict)
     _tiers: dict[tuple[object, ...], tuple[StageTier, ...]] = field(default_factory=dict)
+    _tiers_by_labels: dict[tuple[object, ...], tuple[StageTier, ...]] = field(default_factory=dict)
     _memo: dict[tuple[object, ...], Decision] = field(default_factory=dict)
 
     # ---- public ------------------------------------------------------------------------
@@ -267,21 +268,30 @@ class Evaluator:
         key = (stage.endpoint, stage.family, stage.direction)
         found = self._tiers.get(key)
         if found is None:
-            # Only the policies that select the endpoint, put in evaluation order by position
-            # (not a walk over every policy of every tier: that was O(all policies) per endpoint).
-            position = self.state.policy_positions
-            tiers = self.state.tiers
-            selected = sorted(
-                (position[p.key], p) for p in self.state.applicable_policies(stage.endpoint)
-                if stage.direction in p.types and _in_family(p, stage)
-            )
-            by_tier: dict[int, list[Policy]] = {}
-            for (tier_index, _), p in selected:
-                by_tier.setdefault(tier_index, []).append(p)
-            found = tuple(StageTier(tiers[t], tuple(pols), tuple(p for p in pols if not p.staged))
-                          for t, pols in sorted(by_tier.items()))
+            # Which policies select an endpoint depends on its labels alone: endpoints with the
+            # same labels (replicas) share the answer.
+            by_labels = (frozenset(stage.endpoint.labels.items()), stage.family, stage.direction)
+            found = self._tiers_by_labels.get(by_labels)
+            if found is None:
+                found = self._tiers_by_labels[by_labels] = self._stage_tiers(stage)
             self._tiers[key] = found
         return found
+
+    def _stage_tiers(self, stage: Stage) -> tuple[StageTier, ...]:
+        """Only the policies that select the endpoint, put in evaluation order by position (not a
+        walk over every policy of every tier: that was O(all policies) per endpoint)."""
+        assert stage.endpoint is not None
+        position = self.state.policy_positions
+        tiers = self.state.tiers
+        selected = sorted(
+            (position[p.key], p) for p in self.state.applicable_policies(stage.endpoint)
+            if stage.direction in p.types and _in_family(p, stage)
+        )
+        by_tier: dict[int, list[Policy]] = {}
+        for (tier_index, _), p in selected:
+            by_tier.setdefault(tier_index, []).append(p)
+        return tuple(StageTier(tiers[t], tuple(pols), tuple(p for p in pols if not p.staged))
+                     for t, pols in sorted(by_tier.items()))
 
     def _compiled(self, key: tuple[str, str, str], namespace: str | None, rules: tuple[Rule, ...],
                   direction: Direction, version: int) -> tuple[CompiledRule, ...]:

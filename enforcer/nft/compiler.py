@@ -342,9 +342,10 @@ class _NodeCompiler:
         assert stage.endpoint is not None
         signature: tuple[object, ...] | None = None
         if stage.family == "workload":
-            # Replicas select the same policies: their chain is rendered once per compile.
-            signature = (name, stage.direction, stage.endpoint.profiles,
-                         tuple((st.tier.name, tuple(p.key for p in st.enforced)) for st in self.ev.stage_tiers(stage)))
+            # Replicas select the same policies: their chain is rendered once per compile. The
+            # evaluator shares one stage_tiers answer between endpoints with the same labels
+            # and keeps it alive for the compile, so its identity stands for its content.
+            signature = (name, stage.direction, stage.endpoint.profiles, id(self.ev.stage_tiers(stage)))
             found = self.workload_chains.get(signature)
             if found is not None:
                 return found

@@ -432,9 +432,12 @@ def _toggle(name: str, namespace: str | None, kind: str, lab_id: str, state_dir:
     compile_ms = sum(n.compile_ms for n in result.nodes)
     verify_ms = sum(n.verify_ms for n in result.nodes)
     apply_ms = sum(n.apply_ms for n in result.nodes)
+    # Toggles switch policy gates on the last compile (no compile: one set element per node).
+    made = "gates switched, no compile" if result.nodes and all(n.toggled for n in result.nodes) else (
+        f"compile {compile_ms:.1f} ms")
     click.echo(
         f"in the kernel {total_ms:.1f} ms after the change was requested: {len(applied)} of {len(result.nodes)} "
-        f"nodes changed (load {result.load_ms:.1f} ms, compile {compile_ms:.1f} ms, reading live tables "
+        f"nodes changed (load {result.load_ms:.1f} ms, {made}, reading live tables "
         f"{verify_ms:.1f} ms, apply {apply_ms:.1f} ms)"
     )
     if not result.ok:
