@@ -2,8 +2,10 @@
 
     python bench/bench_differential.py [--seeds 50] [--workers 2]
 
-Runs tests/test_differential_kernel.py with FLOWTUI_DIFF_SEEDS (60 probes per seed: verdicts and
-NFLOG attribution compared probe by probe) and prints probes checked, disagreements and time.
+Runs tests/test_differential_kernel.py with FLOWTUI_DIFF_SEEDS (per seed: 60 probes against the
+compiled table, then a third of the policies toggled through their gates and 30 more probes;
+verdicts and NFLOG attribution compared probe by probe) and prints probes checked, disagreements
+and time.
 Needs root (network namespaces and nftables).
 """
 
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROBES_PER_SEED = 60
+PROBES_PER_SEED = 60 + 30  # compiled, then toggled
 
 
 def main() -> None:
@@ -36,7 +38,7 @@ def main() -> None:
     tail = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
     passed = int(m.group(1)) if (m := re.search(r"(\d+) passed", tail)) else 0
     failed = int(m.group(1)) if (m := re.search(r"(\d+) failed", tail)) else 0
-    print(f"seeds: {args.seeds} ({PROBES_PER_SEED} probes each, verdict + attribution)")
+    print(f"seeds: {args.seeds} ({PROBES_PER_SEED} probes each, 30 of them after toggles; verdict + attribution)")
     print(f"seeds agreeing: {passed}, disagreeing: {failed}")
     print(f"probes checked: {passed * PROBES_PER_SEED} agreeing in {seconds:.0f} s "
           f"({passed * PROBES_PER_SEED / seconds:.1f} probes/s, lab build and collector included)")

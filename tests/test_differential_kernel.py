@@ -7,7 +7,10 @@ nftables and applied in a lab; random TCP, UDP and ICMP probes run between pods,
 hosts, IPv4 and IPv6. Every probe's first packet must arrive exactly when the evaluator allows it;
 and the verdict events the collector stores for it (node, action, policy or profile, direction,
 rule — end-of-tier, failsafe, no-profile and default decisions included) and its `Log` events must
-be exactly those the evaluator's stages imply.
+be exactly those the evaluator's stages imply. Some policies start disabled (laid out behind a
+closed gate); then a third of the policies are toggled through their gates alone (set elements,
+no rule rewritten) and a second round of probes is checked against the evaluator of the toggled
+set: end-of-tier attribution moves to the last enabled policy, tiers vanish.
 `FLOWTUI_DIFF_SEEDS` widens the run (bench/ uses it for the long mode).
 """
 
