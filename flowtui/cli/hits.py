@@ -22,11 +22,18 @@ def hit_rows(tables: dict[str, str | None], rules: RuleTable) -> list[tuple[str,
     return rows
 
 
+def unused_rows(rows: list[tuple[str, RuleRef | None, int, Hits]]) -> list[tuple[str, RuleRef | None, int, Hits]]:
+    """Never-hit rules that someone wrote (as queries/unused_rules.sql): not end-of-tier drops
+    (every enforced policy has one, ready for toggles), defaults or profiles."""
+    return [r for r in rows if r[3].packets == 0 and r[1] is not None and r[1].rule >= 0
+            and r[1].kind not in ("Profile", "EndOfTier", "NoProfileMatch", "Default", "Failsafe")]
+
+
 def _what(ref: RuleRef | None) -> tuple[str, str, str]:
     if ref is None:
         return "?", "(unknown id: rule table missing?)", ""
-    if ref.kind == "EndOfTier":
-        who = f"end of tier (last policy {ref.namespace + '/' if ref.namespace else ''}{ref.name})"
+    if ref.kind == "EndOfTier":  # one per enforced policy: drops when it is the last enabled one selecting
+        who = f"end of tier (attributed to {ref.namespace + '/' if ref.namespace else ''}{ref.name})"
     elif ref.namespace:
         who = f"{ref.kind} {ref.namespace}/{ref.name}"
     else:
@@ -40,7 +47,7 @@ def print_hits(state_dir: str, lab_nodes: list[str], json_listing: object, outpu
     tables = {node: json_listing(node) for node in lab_nodes}  # type: ignore[operator]
     rows = hit_rows(tables, rules)
     if unused:
-        rows = [r for r in rows if r[3].packets == 0]
+        rows = unused_rows(rows)
     if output == "json":
         echo_json([{"node": node, "id": rid, "packets": h.packets, "bytes": h.bytes,
                     "rule": None if ref is None else {"kind": ref.kind, "namespace": ref.namespace, "name": ref.name,
