@@ -103,12 +103,11 @@ def demo(headless: bool, duration: float | None, export_dir: str | None, no_lab:
 
 
 def _dashboard(session: Any, read_only: bool) -> None:
-    from flowtui.tui.app import make_app
+    from flowtui.tui.app import make_app, run_app
 
     if read_only:
         session.control.read_only = True
-    app = make_app(session.source, session.control)
-    app.run()
+    run_app(make_app(session.source, session.control))
 
 
 def _install_signals(stop: threading.Event, *, raise_interrupt: bool) -> dict[int, Any]:

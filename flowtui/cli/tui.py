@@ -54,11 +54,11 @@ def tui(db: str | None, logs: str | None, paths: tuple[str, ...], state_dir: str
     except SourceError as exc:
         fail(str(exc))
     control = _control(paths, logs, state_dir, lab_id, read_only)
-    from flowtui.tui.app import make_app
+    from flowtui.tui.app import make_app, run_app
 
     app = make_app(source, control, read_only=read_only, queries_dir=Path(queries_dir) if queries_dir else None)
     try:
-        app.run()
+        run_app(app)
     finally:
         source.close()
 
