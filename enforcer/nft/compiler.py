@@ -22,8 +22,8 @@ resolved by the rule table. Denies log at a bounded rate (the counter before the
 Policy gates make the live toggle one set element. Every enforced policy has a gate number
 (`IdAllocator.gate_for`, stable for its name); disabled policies are laid out like the others,
 with their gate in the set `disabled`. A jump to a policy chain is skipped when the policy's gate
-is in that set; a policy chain that runs writes its gate into the mark's low 16 bits (cleared at
-each tier's start); the tier's end looks that field up in `eot-ingress`/`eot-egress`, whose
+is in that set; the same rule writes the gate into the mark's low 16 bits (cleared at each tier's
+start) before jumping; the tier's end looks that field up in `eot-ingress`/`eot-egress`, whose
 elements go to the attributed drop of each policy (`ei-…`/`eo-…`). So the end-of-tier drop names
 the last enabled policy that selected the endpoint, and a tier whose every selecting policy is
 disabled vanishes (no element for 0) — Calico's semantics with the policy absent, and a toggle
@@ -199,7 +199,7 @@ class _NodeCompiler:
         return lines
 
     def _policy_chain(self, p: Policy, direction: Direction) -> str:
-        """The policy's chain; it exists even without rules, to record the policy's gate.
+        """The policy's chain (it exists even without rules: jumping to it records the gate).
 
         Rendered chains are kept in the state's `caches` (valid while the cluster objects are the
         same), so an edit recompiles the edited policy's chain only: the others, their rule refs
@@ -220,7 +220,7 @@ class _NodeCompiler:
                 self.book.use(nset)
             self._gate(p)
             return name
-        gate = self._gate(p)
+        self._gate(p)
         rules = p.rules(direction)
         known = set(self.refs)
         used_sets: list[NftSet] = []
@@ -235,7 +235,7 @@ class _NodeCompiler:
             lines = self._rule_lines(rules, p.namespace, ref, profile=False, limited=p.do_not_track)
         finally:
             self.book.recording = None
-        chain = self.chains[name] = Chain(name, (f"meta mark set mark & {0xFFFFFFFF & ~GATE:#x} | {gate:#x}", *lines))
+        chain = self.chains[name] = Chain(name, tuple(lines))
         refs = tuple(r for i, r in self.refs.items() if i not in known)
         sets = tuple({s.name: s for s in used_sets}.values())
         cache[key] = _RenderedChain(p, self.options, self.ids, chain, refs, sets)
@@ -295,7 +295,10 @@ class _NodeCompiler:
             for p in st.enforced:
                 chain = self._policy_chain(p, stage.direction)
                 gate = self._gate(p)
-                lines.append(f"meta mark & {PASS:#x} == 0 meta mark & 0x0 | {gate:#x} != @{DISABLED} jump {chain}")
+                # Skipped when the gate is closed; otherwise the gate goes into the mark (the
+                # tier's end looks it up) and the policy's chain runs.
+                lines.append(f"meta mark & {PASS:#x} == 0 meta mark & 0x0 | {gate:#x} != @{DISABLED} "
+                             f"meta mark set mark & {0xFFFFFFFF & ~GATE:#x} | {gate:#x} jump {chain}")
                 lines.append(after)
             default = "Pass" if family in ("untracked", "prednat") else st.tier.tier.default_action
             if default != "Pass":
