@@ -47,7 +47,7 @@ from enforcer.datastore import Datastore, StoredObject, atomic_write
 from enforcer.lab import lab_resources, plan_lab
 from enforcer.model import ResourceSet
 from enforcer.nft import ir
-from enforcer.nft.backend import ApplyError, Backend
+from enforcer.nft.backend import TABLE_FAMILY, TABLE_NAME, ApplyError, Backend
 from enforcer.resolve import ClusterState
 from enforcer.ruleids import IdAllocator, RuleTable
 
@@ -207,6 +207,16 @@ def table_from_json(raw: dict[str, Any]) -> ir.Table:
     return ir.Table(raw["family"], raw["name"], chains, sets)
 
 
+DISABLED_SET = "disabled"  # the compiler's set of closed policy gates
+
+
+def _generation(backend: Backend, node: str) -> list[int] | None:
+    """The backend's (namespace, ruleset generation) of `node` as JSON stores it, None if unknown."""
+    gen = getattr(backend, "generation", None)
+    found = gen(node) if gen is not None else None
+    return None if found is None else list(found)
+
+
 def _same_layout(a: ir.Table, b: ir.Table) -> bool:
     """Same chains, and the same sets but for their elements."""
     if (a.family, a.name) != (b.family, b.name) or a.sets.keys() != b.sets.keys():
@@ -262,8 +272,6 @@ class Reconciler:
                 self._applied.clear()
             else:
                 self._applied.pop(node, None)
-            self._layout = None
-            self._state = None
 
     def reconcile(self, nodes: Sequence[str] | None = None, *, full: bool = False) -> ReconcileResult:
         """Enforce the datastore on `nodes` (default: `lab_nodes()`). `full` replaces every table
@@ -277,6 +285,10 @@ class Reconciler:
             # What a compile depends on: the stored objects but for their toggles, and the lab.
             key = (catalog.layout, self.lab_id)
             layout = self._layout
+            if not full and layout is None:  # a fresh process (the CLI): try the small records alone
+                light = self._light_toggle(revision, targets, key, disabled_keys(catalog.objects.values()), start)
+                if light is not None:
+                    return light
             if not full and (layout is None or layout[0] != key or any(n not in layout[1] for n in targets)):
                 recorded = self._recorded_layout(targets, key)  # a fresh process: the last run's compile
                 if recorded is not None:
@@ -330,7 +342,8 @@ class Reconciler:
         gates = getattr(compiled, "gates", None)
         if base is None or not isinstance(gates, Mapping):
             return
-        meta = {"base": base[0], "layout": list(key), "gates": sorted([*k, g] for k, g in gates.items())}
+        meta = {"base": base[0], "layout": list(key), "gates": sorted([*k, g] for k, g in gates.items()),
+                "chains": len(compiled.table.chains), "sets": len(compiled.table.sets)}
         if self._metas.get(node) != meta:
             atomic_write(self._applied_path(node, ".layout"), json.dumps(meta) + "\n", durable=False)
             self._metas[node] = meta
@@ -356,6 +369,49 @@ class Reconciler:
             found[node] = CompiledNode(node, live, RuleTable(), gates)
             self._metas[node] = meta
         return found
+
+    def _light_toggle(self, revision: int, targets: list[str], key: tuple[int, str | None],
+                      disabled: frozenset[tuple[str, str, str]], start: float) -> ReconcileResult | None:
+        """Only toggles since the recorded compile, and nothing committed in any target's
+        namespace since it was recorded (same ruleset generation): the `disabled` set's change
+        from the small records alone — no live table read back, no whole-table record loaded.
+        None when any of that does not hold (the caller takes the longer ways)."""
+        plans = []
+        for node in targets:
+            try:
+                meta = json.loads(self._applied_path(node, ".layout").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            state = self._load_state(node)
+            gen = _generation(self.backend, node)
+            if (not isinstance(meta, dict) or meta.get("layout") != list(key) or state is None or gen is None
+                    or state.get("generation") != gen or state.get("base") != meta.get("base")
+                    or DISABLED_SET not in state.get("elements", {})):
+                return None
+            gates = {(str(k), str(ns), str(n)): int(g) for k, ns, n, g in meta["gates"]}
+            want = {f"{g:#x}" for k, g in gates.items() if k in disabled}
+            plans.append((node, meta, state, set(state["elements"][DISABLED_SET]), want))
+        load_ms = _ms(start)
+        table = ir.Table(TABLE_FAMILY, TABLE_NAME, {}, {DISABLED_SET: ir.NftSet(DISABLED_SET, "mark")})
+        results = []
+        for node, meta, state, now, want in plans:
+            counts = (int(meta.get("chains", 0)), int(meta.get("sets", 0)))
+            if now == want:
+                results.append(NodeResult(node, "unchanged", chains=counts[0], sets=counts[1], toggled=True))
+                continue
+            ops: list[ir.Op] = [ir.SetElements(DISABLED_SET, add=tuple(sorted(want - now)),
+                                               delete=tuple(sorted(now - want)))]
+            t = time.perf_counter()
+            try:
+                self.backend.apply(node, table, ops)
+            except ApplyError as exc:
+                results.append(NodeResult(node, "failed", ops=1, apply_ms=_ms(t), error=exc.message, toggled=True))
+                continue
+            apply_ms = _ms(t)
+            self._write_state(node, str(state["base"]), {**state["elements"], DISABLED_SET: sorted(want)})
+            results.append(NodeResult(node, "applied", False, 1, counts[0], counts[1], 0.0, apply_ms, toggled=True))
+        rules = len(self._rules[1]) if self._rules is not None else 0
+        return ReconcileResult(revision, tuple(results), load_ms, _ms(start), rules, 0)
 
     def _toggle(self, revision: int, targets: list[str], layout: dict[str, Gated],
                 disabled: frozenset[tuple[str, str, str]], start: float) -> ReconcileResult:
@@ -432,6 +488,15 @@ class Reconciler:
         known = self._applied.get(node)
         if known is not None:
             return known, True
+        state = self._load_state(node)
+        gen = _generation(self.backend, node)
+        if state is not None and gen is not None and state.get("generation") == gen:
+            # Nothing was committed in the namespace since we recorded it: no need to read the
+            # live table back (seconds at 100k rules).
+            recorded = self._load_applied(node)
+            if recorded is not None:
+                self._applied[node] = recorded
+                return recorded, True
         live = self.backend.current(node)
         if live is None:
             return None, False
@@ -444,8 +509,16 @@ class Reconciler:
     def _applied_path(self, node: str, part: str = "") -> Path:
         return self.datastore.applied_dir / f"{node}{part}.json"
 
+    def _load_state(self, node: str) -> dict[str, Any] | None:
+        """The small record written after every apply: {base, generation, elements}."""
+        try:
+            raw = json.loads(self._applied_path(node, ".state").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return raw if isinstance(raw, dict) else None
+
     def _load_applied(self, node: str) -> ir.Table | None:
-        """The recorded table: the whole-table file, with the element file's sets over it when
+        """The recorded table: the whole-table file, with the state file's sets over it when
         that was written for the same whole table."""
         try:
             raw = json.loads(self._applied_path(node).read_text(encoding="utf-8"))
@@ -454,10 +527,7 @@ class Reconciler:
             return None
         if raw.get("id"):
             self._bases[node] = (str(raw["id"]), table)
-        try:
-            delta = json.loads(self._applied_path(node, ".elements").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            delta = None
+        delta = self._load_state(node)
         if isinstance(delta, dict) and delta.get("base") == raw.get("id") and raw.get("id"):
             sets = dict(table.sets)
             for name, elements in delta.get("elements", {}).items():
@@ -467,20 +537,23 @@ class Reconciler:
         return table
 
     def _save_applied(self, node: str, table: ir.Table) -> None:
-        """Record what the backend now holds (a cache, checked against the backend before use: no
-        fsync). When only set elements changed since the whole table was written (toggles, pod
-        churn), only those sets are written, beside it: a toggle must not rewrite megabytes."""
+        """Record what the backend now holds (a cache: no fsync). The whole table is written
+        only when more than set elements changed since it was; after every apply a small state
+        file says which whole table, the sets changed since (`disabled` always) and the
+        namespace's ruleset generation (equal later: nothing changed, no read-back needed)."""
         base = self._bases.get(node)
-        if base is not None and _same_layout(base[1], table):
-            changed = {n: sorted(s.elements) for n, s in table.sets.items()
-                       if s is not base[1].sets[n] and s.elements != base[1].sets[n].elements}
-            text = json.dumps({"base": base[0], "elements": changed}) + "\n"
-            atomic_write(self._applied_path(node, ".elements"), text, durable=False)
-            return
-        ident = f"{time.time_ns():x}-{id(table):x}"
-        atomic_write(self._applied_path(node), json.dumps({"id": ident, **table_to_json(table)}) + "\n", durable=False)
-        self._applied_path(node, ".elements").unlink(missing_ok=True)
-        self._bases[node] = (ident, table)
+        if base is None or not _same_layout(base[1], table):
+            ident = f"{time.time_ns():x}-{id(table):x}"
+            atomic_write(self._applied_path(node), json.dumps({"id": ident, **table_to_json(table)}) + "\n",
+                         durable=False)
+            base = self._bases[node] = (ident, table)
+        changed = {n: sorted(s.elements) for n, s in table.sets.items()
+                   if n == DISABLED_SET or (s is not base[1].sets[n] and s.elements != base[1].sets[n].elements)}
+        self._write_state(node, base[0], changed)
+
+    def _write_state(self, node: str, base: str, elements: Mapping[str, list[str]]) -> None:
+        state = {"base": base, "generation": _generation(self.backend, node), "elements": elements}
+        atomic_write(self._applied_path(node, ".state"), json.dumps(state) + "\n", durable=False)
 
 
 __all__ = [

@@ -495,3 +495,31 @@ def test_other_changes_go_through_libnftables(ops: list[ir.Op]) -> None:
         "iv": ir.NftSet("iv", "ipv4_addr", ("interval",))})
     assert not elements.supported(t, ops)
     assert elements.supported(t, [ir.SetElements("disabled", add=("0x1",)), ir.SetElements("a6", delete=("::1",))])
+
+
+@pytest.mark.kernel
+def test_generation_moves_on_every_commit_and_only_then(kbackend: KernelBackend, lab_id: str) -> None:
+    """What lets a fresh process skip reading a 100k-rule table back: equal generations mean
+    nothing was committed in the namespace in between, by flowtui or anyone else."""
+    from enforcer.lab.netns import create_netns, remove_netns
+
+    start = kbackend.generation("n1")
+    assert start is not None
+    kbackend.apply("n1", GATES, ir.full(GATES, existing=False))
+    after_apply = kbackend.generation("n1")
+    assert after_apply is not None and after_apply[1] != start[1]
+    kbackend.listing("n1")
+    kbackend.json_listing("n1")
+    assert kbackend.generation("n1") == after_apply  # reads commit nothing
+    kbackend.apply("n1", GATES, [ir.SetElements("disabled", add=("0x9",))])  # the nfnetlink path
+    after_toggle = kbackend.generation("n1")
+    assert after_toggle is not None and after_toggle[1] != after_apply[1]
+    ns = netns_name(lab_id, "node:n1")
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "add", "table", "inet", "someone-else"], check=True)
+    assert kbackend.generation("n1") != after_toggle  # another tool's commit counts too
+    assert kbackend.generation("n2") != kbackend.generation("n1")  # namespaces are told apart
+    remove_netns(ns)
+    assert kbackend.generation("n1") is None
+    create_netns(ns)
+    again = kbackend.generation("n1")
+    assert again is not None

@@ -187,7 +187,7 @@ def test_first_use_verifies_the_live_table(ds: Datastore) -> None:
     tampered = backend.tables["node-a"]
     chains = dict(tampered.chains)
     chains.pop("pol-deny-frontend-to-transaction")
-    backend.tables["node-a"] = ir.Table(tampered.family, tampered.name, chains, tampered.sets)
+    backend.tamper("node-a", ir.Table(tampered.family, tampered.name, chains, tampered.sets))
     ds.set_disabled("gnp", "deny-other-ingress", None, False)
     result = reconciler(ds, backend).reconcile()
     assert [n.full for n in result.nodes] == [True, False]
@@ -343,12 +343,17 @@ def test_a_fresh_process_toggles_from_the_recorded_table(ds: Datastore) -> None:
     ds.set_disabled("gnp", "deny-other-ingress", None, True)
     other = gated(ds, backend)  # another process: nothing in memory
     other.compile_fn = lambda *a: pytest.fail("compiled for a toggle")
+    # Nothing was committed in the namespaces since the record (same generation): the live table
+    # is not read back either.
+    current = backend.current
+    backend.current = lambda node: pytest.fail("read the live table back")  # type: ignore[method-assign]
     result = other.reconcile()
+    backend.current = current  # type: ignore[method-assign]
     assert all(n.toggled and n.status == "applied" for n in result.nodes), result.describe()
     assert {n: ir.listing(backend.tables[n]) for n in NODES} == fresh_tables(ds)
-    # The toggle wrote the changed set beside the whole-table record, not the record itself...
+    # The toggle wrote the small state record, not the whole-table one...
     assert {n: p.stat().st_mtime_ns for n, p in whole.items()} == stamps
-    assert all((ds.applied_dir / f"{n}.elements.json").exists() for n in NODES)
+    assert all((ds.applied_dir / f"{n}.state.json").exists() for n in NODES)
     # ...and a third process reads both back as what the backend holds.
     third = gated(ds, backend)
     third.compile_fn = lambda *a: pytest.fail("compiled for a toggle")
@@ -363,8 +368,7 @@ def test_recorded_layout_is_not_used_for_another_layout_or_a_changed_table(ds: D
     # Someone changed the live table behind our back: the first-use check fails, so compile.
     node = NODES[0]
     t = backend.tables[node]
-    backend.tables[node] = ir.Table(t.family, t.name, {k: c for k, c in t.chains.items() if k != "wl-to-host"},
-                                    t.sets)
+    backend.tamper(node, ir.Table(t.family, t.name, {k: c for k, c in t.chains.items() if k != "wl-to-host"}, t.sets))
     ds.set_disabled("gnp", "deny-other-ingress", None, True)
     result = gated(ds, backend).reconcile()
     assert not any(n.toggled for n in result.nodes)

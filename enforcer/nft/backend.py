@@ -22,11 +22,12 @@ The real host: applying to the root network namespace is deliberately not implem
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from enforcer.lab.kernel import check_lab_netns, netns_exists
+from enforcer.lab.kernel import check_lab_netns, netns_exists, netns_path
 from enforcer.lab.names import LabError, check_lab_id, lab_prefix
 from enforcer.nft import elements, ir
 from enforcer.nft.libnft import OUTPUT_JSON, OUTPUT_STATELESS, Nft, NftError
@@ -76,6 +77,11 @@ class Backend(Protocol):
         """Remove the table if it exists (idempotent)."""
         ...
 
+    def generation(self, node: str) -> tuple[int, int] | None:
+        """(identity of the node's namespace, its ruleset generation), which any committed change
+        moves on; None if unknown. Equal values mean nothing changed in between."""
+        ...
+
 
 def empty_table() -> ir.Table:
     return ir.Table(TABLE_FAMILY, TABLE_NAME)
@@ -108,11 +114,25 @@ class FakeBackend:
         self.history: dict[str, list[str]] = {}
         self.failed: dict[str, list[str]] = {}
         self._fail: dict[str, str] = {}
+        self._outside: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def fail_next(self, node: str, message: str = "injected failure") -> None:
         with self._lock:
             self._fail[node] = message
+
+    def generation(self, node: str) -> tuple[int, int] | None:
+        with self._lock:  # every applied script is one commit, and so is every outside change
+            return (0, len(self.history.get(node, [])) + self._outside.get(node, 0))
+
+    def tamper(self, node: str, table: ir.Table | None) -> None:
+        """A change made outside flowtui (another tool, a person): the generation moves on."""
+        with self._lock:
+            if table is None:
+                self.tables.pop(node, None)
+            else:
+                self.tables[node] = table
+            self._outside[node] = self._outside.get(node, 0) + 1
 
     def apply(self, node: str, table: ir.Table, ops: list[ir.Op]) -> None:
         check_table(table)
@@ -208,6 +228,17 @@ class KernelBackend:
                 raise LabError(f"node {node}: namespace {name} does not exist (is the lab up?)")
             made = self._sockets[name] = elements.ElementSocket(name)
             return made
+
+    def generation(self, node: str) -> tuple[int, int] | None:
+        name = self.netns(node)
+        try:
+            inode = os.stat(netns_path(name)).st_ino
+        except FileNotFoundError:
+            return None
+        try:
+            return (inode, self.element_socket(node).generation())
+        except (elements.ElementError, OSError, LabError):
+            return None
 
     def apply(self, node: str, table: ir.Table, ops: list[ir.Op]) -> None:
         check_table(table)

@@ -41,6 +41,9 @@ NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
 NFT_MSG_NEWSETELEM = 12
 NFT_MSG_DELSETELEM = 14
+NFT_MSG_NEWGEN = 15
+NFT_MSG_GETGEN = 16
+NFTA_GEN_ID = 1
 NFTA_SET_ELEM_LIST_TABLE = 1
 NFTA_SET_ELEM_LIST_SET = 2
 NFTA_SET_ELEM_LIST_ELEMENTS = 3
@@ -193,6 +196,39 @@ class ElementSocket:
                             errors.append(f"{what[seq]}: {os.strerror(code)} ({errno.errorcode.get(code, code)})")
         if errors:
             raise ElementError(f"{self.netns}: the kernel refused the change, nothing applied: " + "; ".join(errors))
+
+    def generation(self) -> int:
+        """The namespace's nftables ruleset generation: every committed transaction, of any
+        process, moves it on (`nft list ruleset` is not needed to know nothing changed)."""
+        with self._lock:
+            seq = self._seq
+            self._seq += 1
+            kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN
+            self._sock.send(_message(kind, NLM_F_REQUEST, seq, 0, 0, b""))
+            while True:
+                try:
+                    reply = self._sock.recv(65536)
+                except TimeoutError as exc:
+                    raise ElementError(f"{self.netns}: no answer from the kernel in {REPLY_TIMEOUT_S:g} s") from exc
+                offset = 0
+                while offset + 16 <= len(reply):
+                    length, got, _flags, rseq, _pid = struct.unpack_from("=IHHII", reply, offset)
+                    if length < 16:
+                        break
+                    if rseq == seq and got == NLMSG_ERROR:
+                        error = struct.unpack_from("=i", reply, offset + 16)[0]
+                        raise ElementError(f"{self.netns}: reading the ruleset generation: {os.strerror(-error)}")
+                    if rseq == seq and got == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
+                        attrs = offset + 20  # after nlmsghdr and nfgenmsg
+                        while attrs + 4 <= offset + length:
+                            alen, atype = struct.unpack_from("=HH", reply, attrs)
+                            if alen < 4:
+                                break
+                            if atype & 0x3FFF == NFTA_GEN_ID:
+                                return int(struct.unpack_from("!I", reply, attrs + 4)[0])
+                            attrs += (alen + 3) & ~3
+                        raise ElementError(f"{self.netns}: the kernel's generation answer has no id")
+                    offset += (length + 3) & ~3
 
     def close(self) -> None:
         self._finalizer()
