@@ -81,12 +81,13 @@ def test_summary_names_rules_and_renders(tmp_path: Path) -> None:
                   lab_id="demo", state_dir=str(tmp_path))
     names = {(f["verdict"], f["decided_by"]) for f in s.flows}
     assert ("deny", "GlobalNetworkPolicy dos-mitigation ingress rule 0") in names
-    assert ("deny", "end of tier default (last policy favorite-worker-host)") in names
+    assert ("deny", "end of tier default ingress (attributed to favorite-worker-host)") in names
     assert s.lost["kernel_ratelimit"] == 5 and set(s.lost) >= {"rcvbuf_overrun", "writer_backlog"}
     text = render(s)
     assert "flows by verdict" in text and "loss by cause" in text and "dos-mitigation" in text
     assert json.loads(json.dumps(s.to_json(), default=str))["verdicts"]["deny"] > 0
     assert who({"kind": "Profile", "name": "kns.prod"}) == "Profile kns.prod"
+    assert who({"kind": "Failsafe", "name": "tcp:2379", "direction": "egress"}) == "Failsafe tcp:2379 egress"
     written = export(db, tmp_path / "out")
     assert (tmp_path / "out" / "events.parquet") in written
 

@@ -41,16 +41,18 @@ WHERE c.packets - coalesce(l.events, 0) > greatest(10, c.packets // 100) ORDER B
 
 
 def who(row: dict[str, Any]) -> str:
-    """`GlobalNetworkPolicy dos-mitigation rule 0`, `end of tier default (deny-...)`, `Profile kns.staging`."""
+    """`GlobalNetworkPolicy dos-mitigation ingress rule 0`, `end of tier default ingress (attributed
+    to deny-...)`, `Profile kns.staging egress` (rows differ by direction: say it)."""
     kind, ns, name, rule = row.get("kind"), row.get("namespace"), row.get("name"), row.get("rule")
     if kind is None:
         return str(row.get("policy") or "unattributed")
     ident = f"{ns}/{name}" if ns else str(name)
+    direction = f" {row['direction']}" if row.get("direction") else ""
     if kind == "EndOfTier":
-        return f"end of tier {row.get('tier')} (last policy {ident})"
+        return f"end of tier {row.get('tier')}{direction} (attributed to {ident})"
     if kind in ("Profile", "NoProfileMatch", "Default", "Failsafe"):
-        return f"{kind} {ident}".strip()
-    return f"{kind} {ident} {row.get('direction')} rule {rule}"
+        return f"{kind} {ident}".strip() + direction
+    return f"{kind} {ident}{direction} rule {rule}"
 
 
 def summarize(db: Path, collector: dict[str, Any], *, seconds: float, lab_id: str, state_dir: str) -> DemoSummary:

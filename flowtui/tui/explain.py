@@ -106,8 +106,8 @@ def _rule_yaml(out: Explanation, control: PolicyControl, hit: Hit) -> None:
     rules = spec.get(hit.direction) or []
     if hit.rule < 0 or hit.rule >= len(rules):
         out.rule_lines = [RuleLine(f"# end of tier {hit.tier}: no rule of the tier matched, so Calico denies;"),
-                          RuleLine(f"# attributed to the last policy of the tier that selected the endpoint, "
-                                   f"{hit.name}")]
+                          RuleLine(f"# attributed to the last enabled policy of the tier that selected the "
+                                   f"endpoint, {hit.name}")]
         return
     rule = rules[hit.rule]
     out.rule_lines = [RuleLine(f"{hit.direction}[{hit.rule}]:")]
