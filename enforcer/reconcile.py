@@ -35,7 +35,6 @@ current layout (and the live table passes the first-use check below).
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -43,7 +42,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from enforcer.datastore import Datastore, StoredObject, atomic_write
+from enforcer.applied import DISABLED_SET, AppliedRecords, table_from_json, table_to_json
+from enforcer.datastore import Datastore, StoredObject
 from enforcer.lab import lab_resources, plan_lab
 from enforcer.model import ResourceSet
 from enforcer.nft import ir
@@ -183,48 +183,7 @@ def compile_nodes(
     return {node: compile_fn(state, node, options, ids) for node in nodes}
 
 
-# ---- the last applied table, on disk ----------------------------------------------------------
-
-
-def table_to_json(table: ir.Table) -> dict[str, Any]:
-    return {
-        "family": table.family,
-        "name": table.name,
-        "chains": [{"name": c.name, "hook": c.hook, "rules": list(c.rules)} for _, c in sorted(table.chains.items())],
-        "sets": [
-            {"name": s.name, "type": s.type, "flags": list(s.flags), "is_map": s.is_map, "elements": sorted(s.elements)}
-            for _, s in sorted(table.sets.items())
-        ],
-    }
-
-
-def table_from_json(raw: dict[str, Any]) -> ir.Table:
-    chains = {c["name"]: ir.Chain(c["name"], tuple(c["rules"]), c["hook"]) for c in raw["chains"]}
-    sets = {
-        s["name"]: ir.NftSet(s["name"], s["type"], tuple(s["flags"]), frozenset(s["elements"]), bool(s["is_map"]))
-        for s in raw["sets"]
-    }
-    return ir.Table(raw["family"], raw["name"], chains, sets)
-
-
-DISABLED_SET = "disabled"  # the compiler's set of closed policy gates
-
-
-def _generation(backend: Backend, node: str) -> list[int] | None:
-    """The backend's (namespace, ruleset generation) of `node` as JSON stores it, None if unknown."""
-    gen = getattr(backend, "generation", None)
-    found = gen(node) if gen is not None else None
-    return None if found is None else list(found)
-
-
-def _same_layout(a: ir.Table, b: ir.Table) -> bool:
-    """Same chains, and the same sets but for their elements."""
-    if (a.family, a.name) != (b.family, b.name) or a.sets.keys() != b.sets.keys():
-        return False
-    if a.chains is not b.chains and a.chains != b.chains:
-        return False
-    return all((s.type, s.flags, s.is_map) == (b.sets[n].type, b.sets[n].flags, b.sets[n].is_map)
-               for n, s in a.sets.items())
+# ---- checking the recorded table against the live one ------------------------------------------
 
 
 def fingerprint(table: ir.Table) -> tuple[object, ...]:
@@ -256,8 +215,7 @@ class Reconciler:
         self.lab_nodes = lab_nodes
         self.lab_id = lab_id
         self._applied: dict[str, ir.Table] = {}  # verified: what the backend holds now
-        self._bases: dict[str, tuple[str, ir.Table]] = {}  # the whole table last recorded per node, by id
-        self._metas: dict[str, dict[str, Any]] = {}  # per node: the recorded table's layout and gates
+        self.records = AppliedRecords(datastore.applied_dir, backend)
         self._ids: tuple[tuple[int, int] | None, IdAllocator] | None = None
         self._rules: tuple[tuple[int, int] | None, RuleTable] | None = None
         self._layout: tuple[tuple[int, str | None], dict[str, Gated]] | None = None  # the last compile, per node
@@ -325,7 +283,9 @@ class Reconciler:
             kept = layout[1] if layout is not None and layout[0] == key else {}
             self._layout = (key, {**kept, **gated}) if len(gated) == len(compiled) else None
             for node, c in gated.items():
-                self._save_layout(node, key, c)
+                gates = getattr(c, "gates", None)
+                if isinstance(gates, Mapping):
+                    self.records.save_layout(node, key, gates, c.table)
             result = ReconcileResult(revision, tuple(results[n] for n in targets), load_ms, _ms(start), rules, new_ids)
         # WireGuard (FelixConfiguration wireguardEnabled/V6) after the tables, only when they went into
         # this lab's kernel; a no-op without root or with WireGuard off; failures land in the result.
@@ -335,19 +295,6 @@ class Reconciler:
             self.wireguard = reconcile_lab_reported(self.datastore, self.lab_id, targets, felix=state.felix)
         return result
 
-    def _save_layout(self, node: str, key: tuple[int, str | None], compiled: Gated) -> None:
-        """Beside the recorded table: which layout it was compiled from and the policies' gates, so
-        that a toggle in another process (the CLI) switches gates on it instead of compiling."""
-        base = self._bases.get(node)
-        gates = getattr(compiled, "gates", None)
-        if base is None or not isinstance(gates, Mapping):
-            return
-        meta = {"base": base[0], "layout": list(key), "gates": sorted([*k, g] for k, g in gates.items()),
-                "chains": len(compiled.table.chains), "sets": len(compiled.table.sets)}
-        if self._metas.get(node) != meta:
-            atomic_write(self._applied_path(node, ".layout"), json.dumps(meta) + "\n", durable=False)
-            self._metas[node] = meta
-
     def _recorded_layout(self, targets: list[str], key: tuple[int, str | None]) -> dict[str, Gated] | None:
         """Every target's recorded table as a compiled node, if each was compiled from layout
         `key`, is the one the backend holds (checked as on first use) and has its gates recorded."""
@@ -355,19 +302,17 @@ class Reconciler:
 
         found: dict[str, Gated] = {}
         for node in targets:
-            try:
-                meta = json.loads(self._applied_path(node, ".layout").read_text(encoding="utf-8"))
-                if meta.get("layout") != list(key):
-                    return None
-                live, _ = self._baseline(node)
-            except Exception:  # no record, unreadable, the namespace is gone: compile instead
+            meta = self.records.layout(node)
+            if meta is None or meta.get("layout") != list(key):
                 return None
-            base = self._bases.get(node)
-            if live is None or base is None or meta.get("base") != base[0] or "disabled" not in live.sets:
+            try:
+                live, _ = self._baseline(node)
+            except Exception:  # the namespace is gone, the backend cannot read it: compile instead
+                return None
+            if live is None or meta.get("base") != self.records.base_id(node) or DISABLED_SET not in live.sets:
                 return None
             gates = {(str(k), str(ns), str(n)): int(g) for k, ns, n, g in meta["gates"]}
             found[node] = CompiledNode(node, live, RuleTable(), gates)
-            self._metas[node] = meta
         return found
 
     def _light_toggle(self, revision: int, targets: list[str], key: tuple[int, str | None],
@@ -378,15 +323,10 @@ class Reconciler:
         None when any of that does not hold (the caller takes the longer ways)."""
         plans = []
         for node in targets:
-            try:
-                meta = json.loads(self._applied_path(node, ".layout").read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                return None
-            state = self._load_state(node)
-            gen = _generation(self.backend, node)
-            if (not isinstance(meta, dict) or meta.get("layout") != list(key) or state is None or gen is None
-                    or state.get("generation") != gen or state.get("base") != meta.get("base")
-                    or DISABLED_SET not in state.get("elements", {})):
+            meta = self.records.layout(node)
+            state = self.records.state(node)
+            if (meta is None or meta.get("layout") != list(key) or state is None or not self.records.unchanged(node)
+                    or state.get("base") != meta.get("base") or DISABLED_SET not in state.get("elements", {})):
                 return None
             gates = {(str(k), str(ns), str(n)): int(g) for k, ns, n, g in meta["gates"]}
             want = {f"{g:#x}" for k, g in gates.items() if k in disabled}
@@ -408,7 +348,7 @@ class Reconciler:
                 results.append(NodeResult(node, "failed", ops=1, apply_ms=_ms(t), error=exc.message, toggled=True))
                 continue
             apply_ms = _ms(t)
-            self._write_state(node, str(state["base"]), {**state["elements"], DISABLED_SET: sorted(want)})
+            self.records.write_state(node, str(state["base"]), {**state["elements"], DISABLED_SET: sorted(want)})
             results.append(NodeResult(node, "applied", False, 1, counts[0], counts[1], 0.0, apply_ms, toggled=True))
         rules = len(self._rules[1]) if self._rules is not None else 0
         return ReconcileResult(revision, tuple(results), load_ms, _ms(start), rules, 0)
@@ -480,7 +420,7 @@ class Reconciler:
             return result("failed", whole, len(ops), _ms(t), exc.message)
         apply_ms = _ms(t)
         self._applied[node] = table
-        self._save_applied(node, table)
+        self.records.save(node, table)
         return result("applied", whole, len(ops), apply_ms)
 
     def _baseline(self, node: str) -> tuple[ir.Table | None, bool]:
@@ -488,72 +428,21 @@ class Reconciler:
         known = self._applied.get(node)
         if known is not None:
             return known, True
-        state = self._load_state(node)
-        gen = _generation(self.backend, node)
-        if state is not None and gen is not None and state.get("generation") == gen:
+        if self.records.unchanged(node):
             # Nothing was committed in the namespace since we recorded it: no need to read the
             # live table back (seconds at 100k rules).
-            recorded = self._load_applied(node)
+            recorded = self.records.table(node)
             if recorded is not None:
                 self._applied[node] = recorded
                 return recorded, True
         live = self.backend.current(node)
         if live is None:
             return None, False
-        recorded = self._load_applied(node)
+        recorded = self.records.table(node)
         if recorded is not None and fingerprint(recorded) == fingerprint(live):
             self._applied[node] = recorded
             return recorded, True
         return None, True
-
-    def _applied_path(self, node: str, part: str = "") -> Path:
-        return self.datastore.applied_dir / f"{node}{part}.json"
-
-    def _load_state(self, node: str) -> dict[str, Any] | None:
-        """The small record written after every apply: {base, generation, elements}."""
-        try:
-            raw = json.loads(self._applied_path(node, ".state").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return raw if isinstance(raw, dict) else None
-
-    def _load_applied(self, node: str) -> ir.Table | None:
-        """The recorded table: the whole-table file, with the state file's sets over it when
-        that was written for the same whole table."""
-        try:
-            raw = json.loads(self._applied_path(node).read_text(encoding="utf-8"))
-            table = table_from_json(raw)
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if raw.get("id"):
-            self._bases[node] = (str(raw["id"]), table)
-        delta = self._load_state(node)
-        if isinstance(delta, dict) and delta.get("base") == raw.get("id") and raw.get("id"):
-            sets = dict(table.sets)
-            for name, elements in delta.get("elements", {}).items():
-                if name in sets:
-                    sets[name] = replace(sets[name], elements=frozenset(elements))
-            table = replace(table, sets=sets)
-        return table
-
-    def _save_applied(self, node: str, table: ir.Table) -> None:
-        """Record what the backend now holds (a cache: no fsync). The whole table is written
-        only when more than set elements changed since it was; after every apply a small state
-        file says which whole table, the sets changed since (`disabled` always) and the
-        namespace's ruleset generation (equal later: nothing changed, no read-back needed)."""
-        base = self._bases.get(node)
-        if base is None or not _same_layout(base[1], table):
-            ident = f"{time.time_ns():x}-{id(table):x}"
-            atomic_write(self._applied_path(node), json.dumps({"id": ident, **table_to_json(table)}) + "\n",
-                         durable=False)
-            base = self._bases[node] = (ident, table)
-        changed = {n: sorted(s.elements) for n, s in table.sets.items()
-                   if n == DISABLED_SET or (s is not base[1].sets[n] and s.elements != base[1].sets[n].elements)}
-        self._write_state(node, base[0], changed)
-
-    def _write_state(self, node: str, base: str, elements: Mapping[str, list[str]]) -> None:
-        state = {"base": base, "generation": _generation(self.backend, node), "elements": elements}
-        atomic_write(self._applied_path(node, ".state"), json.dumps(state) + "\n", durable=False)
 
 
 __all__ = [

@@ -25,12 +25,21 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from enforcer.lab.kernel import check_lab_netns, netns_exists, netns_path
 from enforcer.lab.names import LabError, check_lab_id, lab_prefix
 from enforcer.nft import elements, ir
 from enforcer.nft.libnft import OUTPUT_JSON, OUTPUT_STATELESS, Nft, NftError
+
+
+class _PerNamespace(Protocol):
+    def current(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+_T = TypeVar("_T", bound=_PerNamespace)
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "flowtui"
@@ -201,33 +210,27 @@ class KernelBackend:
 
     def nft(self, node: str) -> Nft:
         """The libnftables context of `node`'s namespace (LabError if the namespace is missing)."""
-        name = self.netns(node)
-        with self._lock:
-            found = self._contexts.get(name)
-            if found is not None and found.current():
-                return found
-            if found is not None:
-                found.close()
-                del self._contexts[name]
-            if not netns_exists(name):
-                raise LabError(f"node {node}: namespace {name} does not exist (is the lab up?)")
-            made = self._contexts[name] = Nft(name)
-            return made
+        return self._in_namespace(node, self._contexts, Nft)
 
     def element_socket(self, node: str) -> elements.ElementSocket:
-        """The nfnetlink socket in `node`'s namespace for element-only changes (re-made with it)."""
+        """The nfnetlink socket in `node`'s namespace for element-only changes."""
+        return self._in_namespace(node, self._sockets, elements.ElementSocket)
+
+    def _in_namespace(self, node: str, made: dict[str, _T], make: Callable[[str], _T]) -> _T:
+        """One long-lived object per namespace, made again when the namespace was (a socket keeps
+        a removed namespace alive, unreachable by name)."""
         name = self.netns(node)
         with self._lock:
-            found = self._sockets.get(name)
+            found = made.get(name)
             if found is not None and found.current():
                 return found
             if found is not None:
                 found.close()
-                del self._sockets[name]
+                del made[name]
             if not netns_exists(name):
                 raise LabError(f"node {node}: namespace {name} does not exist (is the lab up?)")
-            made = self._sockets[name] = elements.ElementSocket(name)
-            return made
+            new = made[name] = make(name)
+            return new
 
     def generation(self, node: str) -> tuple[int, int] | None:
         name = self.netns(node)

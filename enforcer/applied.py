@@ -1,0 +1,168 @@
+"""What each node's backend holds, recorded in the datastore directory: a cache the reconciler
+checks before trusting it (no fsync).
+
+    applied/<node>.json         the whole table, with an id; rewritten only when more than set
+                                elements changed (a toggle must not rewrite megabytes)
+    applied/<node>.state.json   after every apply: the id of the whole table, the sets changed
+                                since (`disabled` always) and the namespace's ruleset generation
+                                (`Backend.generation`: unchanged means nothing was committed in
+                                between, by anyone, so the record need not be read back)
+    applied/<node>.layout.json  the compile the table came from (datastore layout revision, lab)
+                                and the policies' gates: a new process (the CLI) switches a gate
+                                without compiling
+
+    records = AppliedRecords(datastore.applied_dir, backend)
+    records.save(node, table)                 # after an apply
+    records.table(node)                       # the recorded table (whole table + state)
+    records.unchanged(node)                   # same ruleset generation as recorded
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from enforcer.datastore import atomic_write
+from enforcer.nft import ir
+from enforcer.nft.backend import Backend
+
+DISABLED_SET = "disabled"  # the compiler's set of closed policy gates
+
+
+def table_to_json(table: ir.Table) -> dict[str, Any]:
+    return {
+        "family": table.family,
+        "name": table.name,
+        "chains": [{"name": c.name, "hook": c.hook, "rules": list(c.rules)} for _, c in sorted(table.chains.items())],
+        "sets": [
+            {"name": s.name, "type": s.type, "flags": list(s.flags), "is_map": s.is_map, "elements": sorted(s.elements)}
+            for _, s in sorted(table.sets.items())
+        ],
+    }
+
+
+def table_from_json(raw: dict[str, Any]) -> ir.Table:
+    chains = {c["name"]: ir.Chain(c["name"], tuple(c["rules"]), c["hook"]) for c in raw["chains"]}
+    sets = {
+        s["name"]: ir.NftSet(s["name"], s["type"], tuple(s["flags"]), frozenset(s["elements"]), bool(s["is_map"]))
+        for s in raw["sets"]
+    }
+    return ir.Table(raw["family"], raw["name"], chains, sets)
+
+
+def same_layout(a: ir.Table, b: ir.Table) -> bool:
+    """Same chains, and the same sets but for their elements."""
+    if (a.family, a.name) != (b.family, b.name) or a.sets.keys() != b.sets.keys():
+        return False
+    if a.chains is not b.chains and a.chains != b.chains:
+        return False
+    return all((s.type, s.flags, s.is_map) == (b.sets[n].type, b.sets[n].flags, b.sets[n].is_map)
+               for n, s in a.sets.items())
+
+
+class AppliedRecords:
+    """The records of every node in `directory`, for one backend. Not thread-safe: the
+    reconciler calls it under its lock."""
+
+    def __init__(self, directory: Path, backend: Backend) -> None:
+        self.directory = directory
+        self.backend = backend
+        self._bases: dict[str, tuple[str, ir.Table]] = {}  # the whole table last written or read, by id
+        self._layouts: dict[str, dict[str, Any]] = {}  # the layout record last written or read
+
+    def path(self, node: str, part: str = "") -> Path:
+        return self.directory / f"{node}{part}.json"
+
+    def _read(self, node: str, part: str) -> dict[str, Any] | None:
+        try:
+            raw = json.loads(self.path(node, part).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return raw if isinstance(raw, dict) else None
+
+    def generation(self, node: str) -> list[int] | None:
+        """The backend's (namespace, ruleset generation) as JSON keeps it; None if unknown."""
+        gen = getattr(self.backend, "generation", None)
+        found = gen(node) if gen is not None else None
+        return None if found is None else list(found)
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def state(self, node: str) -> dict[str, Any] | None:
+        """{base, generation, elements}, written after every apply."""
+        return self._read(node, ".state")
+
+    def layout(self, node: str) -> dict[str, Any] | None:
+        """{base, layout, gates, chains, sets}, written after every compile with gates."""
+        found = self._read(node, ".layout")
+        if found is not None:
+            self._layouts[node] = found
+        return found
+
+    def base_id(self, node: str) -> str | None:
+        base = self._bases.get(node)
+        return None if base is None else base[0]
+
+    def unchanged(self, node: str) -> bool:
+        """The namespace's ruleset generation is the recorded one: nothing committed since."""
+        state = self.state(node)
+        gen = self.generation(node)
+        return state is not None and gen is not None and state.get("generation") == gen
+
+    def table(self, node: str) -> ir.Table | None:
+        """The recorded table: the whole-table file with the state's sets over it when the state
+        was written for that whole table."""
+        try:
+            raw = json.loads(self.path(node).read_text(encoding="utf-8"))
+            table = table_from_json(raw)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        ident = raw.get("id")
+        if not ident:
+            return table
+        self._bases[node] = (str(ident), table)
+        state = self.state(node)
+        if state is not None and state.get("base") == ident:
+            sets = dict(table.sets)
+            for name, elements in state.get("elements", {}).items():
+                if name in sets:
+                    sets[name] = replace(sets[name], elements=frozenset(elements))
+            table = replace(table, sets=sets)
+        return table
+
+    # ---- writing -----------------------------------------------------------------------------
+
+    def save(self, node: str, table: ir.Table) -> None:
+        """Record what the backend now holds: the whole table only when more than set elements
+        changed since it was written, then the state."""
+        base = self._bases.get(node)
+        if base is None or not same_layout(base[1], table):
+            ident = f"{time.time_ns():x}-{id(table):x}"
+            atomic_write(self.path(node), json.dumps({"id": ident, **table_to_json(table)}) + "\n", durable=False)
+            base = self._bases[node] = (ident, table)
+        changed = {n: sorted(s.elements) for n, s in table.sets.items()
+                   if n == DISABLED_SET or (s is not base[1].sets[n] and s.elements != base[1].sets[n].elements)}
+        self.write_state(node, base[0], changed)
+
+    def write_state(self, node: str, base: str, elements: Mapping[str, list[str]]) -> None:
+        state = {"base": base, "generation": self.generation(node), "elements": elements}
+        atomic_write(self.path(node, ".state"), json.dumps(state) + "\n", durable=False)
+
+    def save_layout(self, node: str, key: tuple[int, str | None], gates: Mapping[tuple[str, str, str], int],
+                    table: ir.Table) -> None:
+        """Beside the recorded table: the layout it was compiled from and the policies' gates."""
+        base = self._bases.get(node)
+        if base is None:
+            return
+        meta = {"base": base[0], "layout": list(key), "gates": sorted([*k, g] for k, g in gates.items()),
+                "chains": len(table.chains), "sets": len(table.sets)}
+        if self._layouts.get(node) != meta:
+            atomic_write(self.path(node, ".layout"), json.dumps(meta) + "\n", durable=False)
+            self._layouts[node] = meta
+
+
+__all__ = ["DISABLED_SET", "AppliedRecords", "same_layout", "table_from_json", "table_to_json"]
