@@ -152,7 +152,7 @@ class AppliedRecords:
         state = {"base": base, "generation": self.generation(node), "elements": elements}
         atomic_write(self.path(node, ".state"), json.dumps(state) + "\n", durable=False)
 
-    def save_layout(self, node: str, key: tuple[int, str | None], gates: Mapping[tuple[str, str, str], int],
+    def save_layout(self, node: str, key: tuple[int, str | None, str], gates: Mapping[tuple[str, str, str], int],
                     table: ir.Table) -> None:
         """Beside the recorded table: the layout it was compiled from and the policies' gates."""
         base = self._bases.get(node)

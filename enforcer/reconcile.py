@@ -218,7 +218,7 @@ class Reconciler:
         self.records = AppliedRecords(datastore.applied_dir, backend)
         self._ids: tuple[tuple[int, int] | None, IdAllocator] | None = None
         self._rules: tuple[tuple[int, int] | None, RuleTable] | None = None
-        self._layout: tuple[tuple[int, str | None], dict[str, Gated]] | None = None  # the last compile, per node
+        self._layout: tuple[tuple[int, str | None, str], dict[str, Gated]] | None = None  # the last compile, per node
         self._state: ClusterState | None = None  # the last compiled state, to derive the next one from
         self._lock = threading.Lock()
         self.wireguard: Any = None  # the last run's `enforcer.wireguard.manager.WireGuardResult`, if any
@@ -240,8 +240,9 @@ class Reconciler:
             catalog = self.datastore.catalog()
             revision = catalog.revision
             targets = list(self.lab_nodes() if nodes is None else nodes)
-            # What a compile depends on: the stored objects but for their toggles, and the lab.
-            key = (catalog.layout, self.lab_id)
+            # What a compile depends on: the stored objects but for their toggles, the lab, and the
+            # compiler's options (its layout version among them).
+            key = (catalog.layout, self.lab_id, repr(self.options))
             layout = self._layout
             if not full and layout is None:  # a fresh process (the CLI): try the small records alone
                 light = self._light_toggle(revision, targets, key, disabled_keys(catalog.objects.values()), start)
@@ -295,7 +296,7 @@ class Reconciler:
             self.wireguard = reconcile_lab_reported(self.datastore, self.lab_id, targets, felix=state.felix)
         return result
 
-    def _recorded_layout(self, targets: list[str], key: tuple[int, str | None]) -> dict[str, Gated] | None:
+    def _recorded_layout(self, targets: list[str], key: tuple[int, str | None, str]) -> dict[str, Gated] | None:
         """Every target's recorded table as a compiled node, if each was compiled from layout
         `key`, is the one the backend holds (checked as on first use) and has its gates recorded."""
         from enforcer.nft.compiler import CompiledNode
@@ -315,7 +316,7 @@ class Reconciler:
             found[node] = CompiledNode(node, live, RuleTable(), gates)
         return found
 
-    def _light_toggle(self, revision: int, targets: list[str], key: tuple[int, str | None],
+    def _light_toggle(self, revision: int, targets: list[str], key: tuple[int, str | None, str],
                       disabled: frozenset[tuple[str, str, str]], start: float) -> ReconcileResult | None:
         """Only toggles since the recorded compile, and nothing committed in any target's
         namespace since it was recorded (same ruleset generation): the `disabled` set's change

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -31,14 +32,27 @@ def compiled_text(res: ResourceSet, node: str, ids: IdAllocator | None = None) -
 
 @pytest.mark.parametrize("node", ["node-a", "node-b"])
 def test_golden_article(node: str) -> None:
-    """The article's ruleset, byte for byte. UPDATE_GOLDEN=1 rewrites the files after a reviewed change."""
+    """The article's ruleset, byte for byte. UPDATE_GOLDEN=1 rewrites the files after a reviewed
+    change, and only with LAYOUT_VERSION bumped: recorded tables of another layout must not be
+    taken for this one's."""
+    from enforcer.nft.compiler import LAYOUT_VERSION
+
     text = compiled_text(ARTICLE, node) + "\n"
     path = GOLDEN / f"article-{node}.nft"
+    stamp = GOLDEN / f"article-{node}.layout"
+    digest = hashlib.sha256(text.encode()).hexdigest()
     if os.environ.get("UPDATE_GOLDEN") == "1":
         path.parent.mkdir(exist_ok=True)
+        if path.exists() and path.read_text() != text and stamp.exists():
+            assert int(stamp.read_text().split()[0]) < LAYOUT_VERSION, (
+                "the compiled layout changed: bump enforcer.nft.compiler.LAYOUT_VERSION")
         path.write_text(text)
+        stamp.write_text(f"{LAYOUT_VERSION} {digest}\n")
     assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1"
     assert text == path.read_text()
+    version, recorded = stamp.read_text().split()
+    assert (int(version), recorded) == (LAYOUT_VERSION, digest), (
+        "golden file and layout version disagree: the layout changed without LAYOUT_VERSION (or the stamp is stale)")
 
 
 def test_compiling_twice_is_identical_and_diffs_to_nothing() -> None:

@@ -373,3 +373,23 @@ def test_recorded_layout_is_not_used_for_another_layout_or_a_changed_table(ds: D
     result = gated(ds, backend).reconcile()
     assert not any(n.toggled for n in result.nodes)
     assert {n: ir.listing(backend.tables[n]) for n in NODES} == fresh_tables(ds)
+
+
+def test_tables_recorded_by_another_layout_version_are_compiled_again(ds: Datastore) -> None:
+    """A new flowtui whose compiler lays tables out differently must not serve toggles from a
+    table an older one recorded: the options (with LAYOUT_VERSION) are part of the layout key."""
+    from enforcer.nft.compiler import LAYOUT_VERSION, CompileOptions, compile_node
+
+    backend = FakeBackend()
+    gated(ds, backend).reconcile()
+    ds.set_disabled("gnp", "deny-other-ingress", None, True)
+    compiles: list[str] = []
+
+    def counting(*a: Any) -> Any:
+        compiles.append(a[1])
+        return compile_node(*a)
+
+    newer = Reconciler(ds, backend, counting, CompileOptions(layout_version=LAYOUT_VERSION + 1), lambda: list(NODES),
+                       lab_id="tlab")
+    result = newer.reconcile()
+    assert sorted(compiles) == sorted(NODES) and not any(n.toggled for n in result.nodes)

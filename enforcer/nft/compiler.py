@@ -59,8 +59,15 @@ UPLINK = "eth0"
 INFRA_ICMPV6 = "icmpv6 type { " + ", ".join(map(str, ICMPV6_INFRA_TYPES)) + " } accept"
 
 
+# Bumped whenever the compiled layout changes: it is part of the options, so a reconciler in a
+# new flowtui version does not take tables recorded by an older one for its own (toggles are
+# served from the recorded compile). tests/test_compiler.py checks the golden files against it.
+LAYOUT_VERSION = 2
+
+
 @dataclass(frozen=True)
 class CompileOptions:
+    layout_version: int = LAYOUT_VERSION
     table: str = "flowtui"
     verdict_group: int = 1  # NFLOG group of verdict attributions
     log_group: int = 2  # NFLOG group of `Log` actions
