@@ -4,7 +4,7 @@ checks before trusting it (no fsync).
     applied/<node>.json         the whole table, with an id; rewritten only when more than set
                                 elements changed (a toggle must not rewrite megabytes)
     applied/<node>.state.json   after every apply: the id of the whole table, the sets changed
-                                since (`disabled` always) and the namespace's ruleset generation
+                                since (`closed` always) and the namespace's ruleset generation
                                 (`Backend.generation`: unchanged means nothing was committed in
                                 between, by anyone, so the record need not be read back)
     applied/<node>.layout.json  the compile the table came from (datastore layout revision, lab)
@@ -30,7 +30,7 @@ from enforcer.datastore import atomic_write
 from enforcer.nft import ir
 from enforcer.nft.backend import Backend
 
-DISABLED_SET = "disabled"  # the compiler's set of closed policy gates
+CLOSED_SET = "closed"  # the compiler's set of closed policy gates (enforcer.nft.compiler.CLOSED)
 
 
 def table_to_json(table: ir.Table) -> dict[str, Any]:
@@ -145,7 +145,7 @@ class AppliedRecords:
             atomic_write(self.path(node), json.dumps({"id": ident, **table_to_json(table)}) + "\n", durable=False)
             base = self._bases[node] = (ident, table)
         changed = {n: sorted(s.elements) for n, s in table.sets.items()
-                   if n == DISABLED_SET or (s is not base[1].sets[n] and s.elements != base[1].sets[n].elements)}
+                   if n == CLOSED_SET or (s is not base[1].sets[n] and s.elements != base[1].sets[n].elements)}
         self.write_state(node, base[0], changed)
 
     def write_state(self, node: str, base: str, elements: Mapping[str, list[str]]) -> None:
@@ -165,4 +165,4 @@ class AppliedRecords:
             self._layouts[node] = meta
 
 
-__all__ = ["DISABLED_SET", "AppliedRecords", "same_layout", "table_from_json", "table_to_json"]
+__all__ = ["CLOSED_SET", "AppliedRecords", "same_layout", "table_from_json", "table_to_json"]

@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from enforcer.applied import DISABLED_SET, AppliedRecords, table_from_json, table_to_json
+from enforcer.applied import CLOSED_SET, AppliedRecords, table_from_json, table_to_json
 from enforcer.datastore import Datastore, StoredObject
 from enforcer.lab import lab_resources, plan_lab
 from enforcer.model import ResourceSet
@@ -310,7 +310,7 @@ class Reconciler:
                 live, _ = self._baseline(node)
             except Exception:  # the namespace is gone, the backend cannot read it: compile instead
                 return None
-            if live is None or meta.get("base") != self.records.base_id(node) or DISABLED_SET not in live.sets:
+            if live is None or meta.get("base") != self.records.base_id(node) or CLOSED_SET not in live.sets:
                 return None
             gates = {(str(k), str(ns), str(n)): int(g) for k, ns, n, g in meta["gates"]}
             found[node] = CompiledNode(node, live, RuleTable(), gates)
@@ -319,28 +319,30 @@ class Reconciler:
     def _light_toggle(self, revision: int, targets: list[str], key: tuple[int, str | None, str],
                       disabled: frozenset[tuple[str, str, str]], start: float) -> ReconcileResult | None:
         """Only toggles since the recorded compile, and nothing committed in any target's
-        namespace since it was recorded (same ruleset generation): the `disabled` set's change
+        namespace since it was recorded (same ruleset generation): the `closed` set's change
         from the small records alone — no live table read back, no whole-table record loaded.
         None when any of that does not hold (the caller takes the longer ways)."""
+        from enforcer.nft.compiler import closed_gates
+
         plans = []
         for node in targets:
             meta = self.records.layout(node)
             state = self.records.state(node)
             if (meta is None or meta.get("layout") != list(key) or state is None or not self.records.unchanged(node)
-                    or state.get("base") != meta.get("base") or DISABLED_SET not in state.get("elements", {})):
+                    or state.get("base") != meta.get("base") or CLOSED_SET not in state.get("elements", {})):
                 return None
             gates = {(str(k), str(ns), str(n)): int(g) for k, ns, n, g in meta["gates"]}
-            want = {f"{g:#x}" for k, g in gates.items() if k in disabled}
-            plans.append((node, meta, state, set(state["elements"][DISABLED_SET]), want))
+            want = set(closed_gates(gates, disabled))
+            plans.append((node, meta, state, set(state["elements"][CLOSED_SET]), want))
         load_ms = _ms(start)
-        table = ir.Table(TABLE_FAMILY, TABLE_NAME, {}, {DISABLED_SET: ir.NftSet(DISABLED_SET, "mark")})
+        table = ir.Table(TABLE_FAMILY, TABLE_NAME, {}, {CLOSED_SET: ir.NftSet(CLOSED_SET, "mark")})
         results = []
         for node, meta, state, now, want in plans:
             counts = (int(meta.get("chains", 0)), int(meta.get("sets", 0)))
             if now == want:
                 results.append(NodeResult(node, "unchanged", chains=counts[0], sets=counts[1], toggled=True))
                 continue
-            ops: list[ir.Op] = [ir.SetElements(DISABLED_SET, add=tuple(sorted(want - now)),
+            ops: list[ir.Op] = [ir.SetElements(CLOSED_SET, add=tuple(sorted(want - now)),
                                                delete=tuple(sorted(now - want)))]
             t = time.perf_counter()
             try:
@@ -349,7 +351,7 @@ class Reconciler:
                 results.append(NodeResult(node, "failed", ops=1, apply_ms=_ms(t), error=exc.message, toggled=True))
                 continue
             apply_ms = _ms(t)
-            self.records.write_state(node, str(state["base"]), {**state["elements"], DISABLED_SET: sorted(want)})
+            self.records.write_state(node, str(state["base"]), {**state["elements"], CLOSED_SET: sorted(want)})
             results.append(NodeResult(node, "applied", False, 1, counts[0], counts[1], 0.0, apply_ms, toggled=True))
         rules = len(self._rules[1]) if self._rules is not None else 0
         return ReconcileResult(revision, tuple(results), load_ms, _ms(start), rules, 0)

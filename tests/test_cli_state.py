@@ -254,7 +254,7 @@ def test_policy_toggle_from_the_cli_switches_gates_without_compiling(tmp_path: P
     assert calls == []
     for n in NODES:
         (script,) = world.backend.history[n][before[n]:]
-        assert script.startswith("add element inet flowtui disabled {")
+        assert script.startswith("add element inet flowtui closed {")
     # Enforced as if absent: the policy's chain is still there, its gate closed.
     assert "pi-gnp-deny-other-ingress" in (world.backend.listing("node-a") or "")
     assert world.run("policy", "enable", "deny-other-ingress").exit_code == 0 and calls == []

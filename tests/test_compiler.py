@@ -99,8 +99,8 @@ def test_toggling_a_policy_is_one_set_element() -> None:
     compiled = compile_node(ClusterState(ARTICLE), "node-b", ids=ids)
     off = compile_node(ClusterState(_edit(ARTICLE, "dos-mitigation", disabled=True)), "node-b", ids=ids)
     gate = f"{compiled.gates[('GlobalNetworkPolicy', '', 'dos-mitigation')]:#x}"
-    assert ir.diff(compiled.table, off.table) == [ir.SetElements("disabled", add=(gate,))]
-    assert ir.diff(off.table, compiled.table) == [ir.SetElements("disabled", delete=(gate,))]
+    assert ir.diff(compiled.table, off.table) == [ir.SetElements("closed", add=(gate,))]
+    assert ir.diff(off.table, compiled.table) == [ir.SetElements("closed", delete=(gate,))]
     # Switching gates on the compiled node gives exactly what compiling the toggled state gives.
     keys = {("GlobalNetworkPolicy", "", "dos-mitigation")}
     assert ir.listing(compiled.with_disabled(keys).table) == ir.listing(off.table)

@@ -232,7 +232,7 @@ def test_kernel_agrees_with_evaluator(seed: int, lab_id: str, tmp_path: Path) ->
     off = {p.key for p in toggled.policies if p.disabled}
     for node, c in compiled.items():
         ops = ir.diff(c.table, c.with_disabled(off).table)
-        assert all(isinstance(op, ir.SetElements) and op.name == "disabled" for op in ops), ops
+        assert all(isinstance(op, ir.SetElements) and op.name == "closed" for op in ops), ops
         if ops:
             _nft(lab_id, node, ir.render(c.table, ops))
     check_round(lab_id, tmp_path, toggled, Evaluator(ClusterState(toggled)), _merged(compiled), seed + 1000,

@@ -321,7 +321,7 @@ def test_toggles_switch_gates_without_compiling(ds: Datastore, monkeypatch: pyte
         assert all(n.toggled and n.status == "applied" for n in result.nodes), result.describe()
         scripts = [s for n in NODES for s in backend.history[n][seen[n]:]]
         assert len(scripts) == len(NODES) and all(
-            s.startswith(("add element inet flowtui disabled", "delete element inet flowtui disabled"))
+            s.startswith(("add element inet flowtui closed", "delete element inet flowtui closed"))
             and s.count("\n") == 1 for s in scripts), scripts
         assert {n: ir.listing(backend.tables[n]) for n in NODES} == fresh_tables(ds)
     assert compiles == []

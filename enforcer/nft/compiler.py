@@ -21,9 +21,10 @@ resolved by the rule table. Denies log at a bounded rate (the counter before the
 
 Policy gates make the live toggle one set element. Every enforced policy has a gate number
 (`IdAllocator.gate_for`, stable for its name); disabled policies are laid out like the others,
-with their gate in the set `disabled`. A jump to a policy chain is skipped when the policy's gate
-is in that set; the same rule writes the gate into the mark's low 16 bits (cleared at each tier's
-start) before jumping; the tier's end looks that field up in `eot-ingress`/`eot-egress`, whose
+with their gate in the set `closed`. The jump to a policy chain looks up `pass bit | gate` in that
+set (one lookup skips the policy after a Pass, whose variants are all in it, and when disabled);
+the same rule writes the gate into the mark's low 16 bits (cleared at each tier's start) before
+jumping; the tier's end looks that field up in `eot-ingress`/`eot-egress`, whose
 elements go to the attributed drop of each policy (`ei-…`/`eo-…`). So the end-of-tier drop names
 the last enabled policy that selected the endpoint, and a tier whose every selecting policy is
 disabled vanishes (no element for 0) — Calico's semantics with the policy absent, and a toggle
@@ -53,7 +54,7 @@ PREACCEPT = 0x40000  # accepted by untracked or preDNAT policy: filter skips hos
 GATE = 0xFFFF  # low 16 bits: the gate of the last enabled policy chain entered in this tier
 CLEAR = "meta mark set mark & 0xfffcffff"
 TIER_START = f"meta mark set mark & {0xFFFFFFFF & ~PASS & ~GATE:#x}"  # pass bit and gate field cleared
-DISABLED = "disabled"
+CLOSED = "closed"  # gate values that must not run: see closed_gates()
 PROFILE_TIER = "__PROFILE__"
 UPLINK = "eth0"
 INFRA_ICMPV6 = "icmpv6 type { " + ", ".join(map(str, ICMPV6_INFRA_TYPES)) + " } accept"
@@ -62,7 +63,7 @@ INFRA_ICMPV6 = "icmpv6 type { " + ", ".join(map(str, ICMPV6_INFRA_TYPES)) + " } 
 # Bumped whenever the compiled layout changes: it is part of the options, so a reconciler in a
 # new flowtui version does not take tables recorded by an older one for its own (toggles are
 # served from the recorded compile). tests/test_compiler.py checks the golden files against it.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,19 @@ class CompiledNode:
 
     def with_disabled(self, disabled: Collection[tuple[str, str, str]]) -> CompiledNode:
         """This node with exactly the policies `disabled` (keys) switched off: what compiling the
-        same state with those toggles gives, without compiling (only the `disabled` set differs)."""
-        elements = frozenset(f"{gate:#x}" for key, gate in self.gates.items() if key in disabled)
+        same state with those toggles gives, without compiling (only the `closed` set differs)."""
         sets = dict(self.table.sets)
-        sets[DISABLED] = replace(sets[DISABLED], elements=elements)
+        sets[CLOSED] = replace(sets[CLOSED], elements=closed_gates(self.gates, disabled))
         return replace(self, table=replace(self.table, sets=sets))
+
+
+def closed_gates(gates: Mapping[tuple[str, str, str], int], disabled: Collection[tuple[str, str, str]]
+                 ) -> frozenset[str]:
+    """The `closed` set: the jump to a policy chain looks up `pass bit | gate`, so one lookup
+    skips the policy both when an earlier policy of the tier passed (every gate with the pass bit:
+    fixed) and when the policy is disabled (its gate alone: the toggle)."""
+    return frozenset([f"{gate | PASS:#x}" for gate in gates.values()]
+                     + [f"{gate:#x}" for key, gate in gates.items() if key in disabled])
 
 
 def compile_node(
@@ -304,7 +313,7 @@ class _NodeCompiler:
                 gate = self._gate(p)
                 # Skipped when the gate is closed; otherwise the gate goes into the mark (the
                 # tier's end looks it up) and the policy's chain runs.
-                lines.append(f"meta mark & {PASS:#x} == 0 meta mark & 0x0 | {gate:#x} != @{DISABLED} "
+                lines.append(f"meta mark & {PASS:#x} | {gate:#x} != @{CLOSED} "
                              f"meta mark set mark & {0xFFFFFFFF & ~GATE:#x} | {gate:#x} jump {chain}")
                 lines.append(after)
             default = "Pass" if family in ("untracked", "prednat") else st.tier.tier.default_action
@@ -442,9 +451,8 @@ class _NodeCompiler:
         for direction, elements in self.eot.items():
             sets[f"eot-{direction}"] = NftSet(f"eot-{direction}", "mark : verdict", (), frozenset(elements),
                                               is_map=True)
-        closed = frozenset(f"{gate:#x}" for p in self.state.active_policies if p.disabled
-                           and (gate := self.gates.get(p.key)) is not None)
-        sets[DISABLED] = NftSet(DISABLED, "mark", (), closed)
+        disabled = {p.key for p in self.state.active_policies if p.disabled}
+        sets[CLOSED] = NftSet(CLOSED, "mark", (), closed_gates(self.gates, disabled))
         sets.update(self.book.sets)
         table = Table("inet", self.options.table, dict(sorted(self.chains.items())), dict(sorted(sets.items())))
         return CompiledNode(self.node, table, RuleTable(self.refs.values()), dict(self.gates))
