@@ -14,7 +14,7 @@ checks before trusting it (no fsync).
     records = AppliedRecords(datastore.applied_dir, backend)
     records.save(node, table)                 # after an apply
     records.table(node)                       # the recorded table (whole table + state)
-    records.unchanged(node)                   # same ruleset generation as recorded
+    records.unchanged(node, records.state(node))   # same ruleset generation as recorded
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from typing import Any
 from enforcer.datastore import atomic_write
 from enforcer.nft import ir
 from enforcer.nft.backend import Backend
-
-CLOSED_SET = "closed"  # the compiler's set of closed policy gates (enforcer.nft.compiler.CLOSED)
+from enforcer.nft.compiler import CLOSED as CLOSED_SET  # the set of closed policy gates
 
 
 def table_to_json(table: ir.Table) -> dict[str, Any]:
@@ -107,15 +106,15 @@ class AppliedRecords:
         base = self._bases.get(node)
         return None if base is None else base[0]
 
-    def unchanged(self, node: str) -> bool:
-        """The namespace's ruleset generation is the recorded one: nothing committed since."""
-        state = self.state(node)
+    def unchanged(self, node: str, state: Mapping[str, Any] | None) -> bool:
+        """The namespace's ruleset generation is the one recorded in `state` (the node's state
+        record, read once by the caller): nothing committed since."""
         gen = self.generation(node)
         return state is not None and gen is not None and state.get("generation") == gen
 
-    def table(self, node: str) -> ir.Table | None:
+    def table(self, node: str, state: Mapping[str, Any] | None = None) -> ir.Table | None:
         """The recorded table: the whole-table file with the state's sets over it when the state
-        was written for that whole table."""
+        (read here unless given) was written for that whole table."""
         try:
             raw = json.loads(self.path(node).read_text(encoding="utf-8"))
             table = table_from_json(raw)
@@ -125,7 +124,7 @@ class AppliedRecords:
         if not ident:
             return table
         self._bases[node] = (str(ident), table)
-        state = self.state(node)
+        state = self.state(node) if state is None else state
         if state is not None and state.get("base") == ident:
             sets = dict(table.sets)
             for name, elements in state.get("elements", {}).items():

@@ -328,7 +328,8 @@ class Reconciler:
         for node in targets:
             meta = self.records.layout(node)
             state = self.records.state(node)
-            if (meta is None or meta.get("layout") != list(key) or state is None or not self.records.unchanged(node)
+            if (meta is None or meta.get("layout") != list(key) or state is None
+                    or not self.records.unchanged(node, state)
                     or state.get("base") != meta.get("base") or CLOSED_SET not in state.get("elements", {})):
                 return None
             gates = {(str(k), str(ns), str(n)): int(g) for k, ns, n, g in meta["gates"]}
@@ -431,10 +432,11 @@ class Reconciler:
         known = self._applied.get(node)
         if known is not None:
             return known, True
-        if self.records.unchanged(node):
+        state = self.records.state(node)
+        if self.records.unchanged(node, state):
             # Nothing was committed in the namespace since we recorded it: no need to read the
             # live table back (seconds at 100k rules).
-            recorded = self.records.table(node)
+            recorded = self.records.table(node, state)
             if recorded is not None:
                 self._applied[node] = recorded
                 return recorded, True

@@ -133,16 +133,30 @@ def batch(table: ir.Table, ops: list[ir.Op], first_seq: int) -> tuple[bytes, dic
     return b"".join(parts), what
 
 
-def _replies(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """(type, seq, error) of each netlink message in `data` (error 0 unless NLMSG_ERROR)."""
+def _replies(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
+    """(type, seq, error, attributes) of each netlink message in `data`: error is 0 unless
+    NLMSG_ERROR; attributes are what follows nlmsghdr and nfgenmsg."""
     offset = 0
     while offset + 16 <= len(data):
         length, kind, _flags, seq, _pid = struct.unpack_from("=IHHII", data, offset)
         if length < 16:
             break
         error = struct.unpack_from("=i", data, offset + 16)[0] if kind == NLMSG_ERROR else 0
-        yield kind, seq, error
+        yield kind, seq, error, data[offset + 20:offset + length]
         offset += (length + 3) & ~3
+
+
+def _attribute(attrs: bytes, wanted: int) -> bytes | None:
+    """The payload of netlink attribute `wanted` in `attrs`, None if absent."""
+    offset = 0
+    while offset + 4 <= len(attrs):
+        length, kind = struct.unpack_from("=HH", attrs, offset)
+        if length < 4:
+            break
+        if kind & 0x3FFF == wanted:
+            return attrs[offset + 4:offset + length]
+        offset += (length + 3) & ~3
+    return None
 
 
 class ElementSocket:
@@ -184,11 +198,7 @@ class ElementSocket:
             pending = set(what)
             errors: list[str] = []
             while pending:
-                try:
-                    reply = self._sock.recv(65536)
-                except TimeoutError as exc:
-                    raise ElementError(f"{self.netns}: no answer from the kernel in {REPLY_TIMEOUT_S:g} s") from exc
-                for kind, seq, error in _replies(reply):
+                for kind, seq, error, _attrs in _replies(self._recv()):
                     if kind == NLMSG_ERROR and seq in pending:
                         pending.discard(seq)
                         if error:
@@ -206,29 +216,22 @@ class ElementSocket:
             kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN
             self._sock.send(_message(kind, NLM_F_REQUEST, seq, 0, 0, b""))
             while True:
-                try:
-                    reply = self._sock.recv(65536)
-                except TimeoutError as exc:
-                    raise ElementError(f"{self.netns}: no answer from the kernel in {REPLY_TIMEOUT_S:g} s") from exc
-                offset = 0
-                while offset + 16 <= len(reply):
-                    length, got, _flags, rseq, _pid = struct.unpack_from("=IHHII", reply, offset)
-                    if length < 16:
-                        break
-                    if rseq == seq and got == NLMSG_ERROR:
-                        error = struct.unpack_from("=i", reply, offset + 16)[0]
+                for got, rseq, error, attrs in _replies(self._recv()):
+                    if rseq != seq:
+                        continue
+                    if got == NLMSG_ERROR:
                         raise ElementError(f"{self.netns}: reading the ruleset generation: {os.strerror(-error)}")
-                    if rseq == seq and got == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
-                        attrs = offset + 20  # after nlmsghdr and nfgenmsg
-                        while attrs + 4 <= offset + length:
-                            alen, atype = struct.unpack_from("=HH", reply, attrs)
-                            if alen < 4:
-                                break
-                            if atype & 0x3FFF == NFTA_GEN_ID:
-                                return int(struct.unpack_from("!I", reply, attrs + 4)[0])
-                            attrs += (alen + 3) & ~3
-                        raise ElementError(f"{self.netns}: the kernel's generation answer has no id")
-                    offset += (length + 3) & ~3
+                    if got == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
+                        found = _attribute(attrs, NFTA_GEN_ID)
+                        if found is None or len(found) < 4:
+                            raise ElementError(f"{self.netns}: the kernel's generation answer has no id")
+                        return int(struct.unpack_from("!I", found)[0])
+
+    def _recv(self) -> bytes:
+        try:
+            return self._sock.recv(65536)
+        except TimeoutError as exc:
+            raise ElementError(f"{self.netns}: no answer from the kernel in {REPLY_TIMEOUT_S:g} s") from exc
 
     def close(self) -> None:
         self._finalizer()
