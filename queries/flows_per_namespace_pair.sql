@@ -18,38 +18,12 @@
 --   duckdb -readonly flowtui.duckdb -c ".read queries/flows_per_namespace_pair.sql"
 --
 -- Columns: src_namespace, dst_namespace, action, flows, connections, packets, bytes, src_endpoints, dst_endpoints, first_seen, last_seen
-WITH win AS (SELECT * FROM query_window),
-once AS (  -- one row per flow (time bucket and 5-tuple), its two decisions merged: the source's egress and
-           -- the destination's ingress (each summed over its partial rows); denied if either side denied it,
-           -- counted from the side that counted more (both count the same packets when both track it)
-  SELECT f.start_time, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport, bool_or(f.action = 'Deny') AS denied,
-         greatest(coalesce(sum(f.packets) FILTER (WHERE r.direction = 'egress'), 0),
-                  coalesce(sum(f.packets) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS packets,
-         greatest(coalesce(sum(f.bytes) FILTER (WHERE r.direction = 'egress'), 0),
-                  coalesce(sum(f.bytes) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS bytes,
-         greatest(coalesce(sum(f.reply_packets) FILTER (WHERE r.direction = 'egress'), 0),
-                  coalesce(sum(f.reply_packets) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0))
-           AS reply_packets,
-         greatest(coalesce(sum(f.reply_bytes) FILTER (WHERE r.direction = 'egress'), 0),
-                  coalesce(sum(f.reply_bytes) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS reply_bytes,
-         CASE WHEN bool_or(f.action = 'Deny') THEN 0 ELSE
-           greatest(coalesce(sum(f.connections_started) FILTER (WHERE r.direction = 'egress'), 0),
-                    coalesce(sum(f.connections_started) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0))
-         END AS connections,
-         min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen,
-         any_value(f.src_ep) AS src_ep, any_value(f.dst_ep) AS dst_ep
-  FROM flows f
-  LEFT JOIN rules r ON r.id = f.rule_id
-  CROSS JOIN win
-  WHERE f.action IN ('Allow', 'Deny') AND f.start_time >= win.since_ AND f.start_time < win.until_
-  GROUP BY f.start_time, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport
-),
-by_ids AS (  -- per endpoint id (or address, when unknown) first: names are joined to few rows
+WITH by_ids AS (  -- per endpoint id (or address, when unknown) first: names are joined to few rows
   SELECT src_ep, CASE WHEN src_ep IS NULL THEN src_ip END AS src_ip, dst_ep,
          CASE WHEN dst_ep IS NULL THEN dst_ip END AS dst_ip, denied,
          count(*) AS flows, sum(connections) AS connections, sum(packets) AS packets, sum(bytes) AS bytes,
          min(first_seen) AS first_seen, max(last_seen) AS last_seen
-  FROM once
+  FROM flows_once  -- each flow once, both nodes' decisions merged (a store view)
   GROUP BY ALL
 ),
 named AS (

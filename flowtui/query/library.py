@@ -78,11 +78,11 @@ class QueryFile:
 
 
 # Views of the store that read variables themselves (flowtui/store/schema.py VIEWS).
-_VIEW_VARIABLES = {"query_window": {"since", "until", "now"}}
+_VIEW_VARIABLES = {"query_window": {"since", "until", "now"}, "flows_once": {"since", "until", "now"}}
 
 
 def variables(sql: str) -> set[str]:
-    """The DuckDB variables a SQL text reads, directly or through the store's `query_window` view."""
+    """The DuckDB variables a SQL text reads, directly or through the store's views that read them."""
     found = set(_VARIABLE.findall(sql))
     for view, names in _VIEW_VARIABLES.items():
         if re.search(rf"\b{view}\b", sql):

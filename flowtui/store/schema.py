@@ -289,6 +289,29 @@ VIEWS: dict[str, tuple[str, str]] = {
         "NULL THEN error('now: not a time: ' || getvariable('now')::VARCHAR) END::TIMESTAMP, (SELECT "
         "max(end_time) FROM flows), current_timestamp AT TIME ZONE 'UTC') AS now_)",
     ),
+    "flows_once": (
+        "One row per flow (time bucket and 5-tuple) in the query window, the two nodes' decisions merged: "
+        "the source's egress and the destination's ingress (each summed over its partial rows); denied if "
+        "either side denied it, counted from the side that counted more (both count the same packets when "
+        "both track it). Columns: start_time, proto, src_ip, dst_ip, sport, dport, denied, packets, bytes, "
+        "reply_packets, reply_bytes, connections, first_seen, last_seen, src_ep, dst_ep.",
+        "SELECT f.start_time, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport, bool_or(f.action = 'Deny') AS "
+        "denied, greatest(coalesce(sum(f.packets) FILTER (WHERE r.direction = 'egress'), 0), "
+        "coalesce(sum(f.packets) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS packets, "
+        "greatest(coalesce(sum(f.bytes) FILTER (WHERE r.direction = 'egress'), 0), coalesce(sum(f.bytes) "
+        "FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS bytes, "
+        "greatest(coalesce(sum(f.reply_packets) FILTER (WHERE r.direction = 'egress'), 0), "
+        "coalesce(sum(f.reply_packets) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS "
+        "reply_packets, greatest(coalesce(sum(f.reply_bytes) FILTER (WHERE r.direction = 'egress'), 0), "
+        "coalesce(sum(f.reply_bytes) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS "
+        "reply_bytes, CASE WHEN bool_or(f.action = 'Deny') THEN 0 ELSE "
+        "greatest(coalesce(sum(f.connections_started) FILTER (WHERE r.direction = 'egress'), 0), "
+        "coalesce(sum(f.connections_started) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) END AS "
+        'connections, min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen, any_value(f.src_ep) AS '
+        'src_ep, any_value(f.dst_ep) AS dst_ep FROM flows f LEFT JOIN rules r ON r.id = f.rule_id CROSS JOIN '
+        "query_window win WHERE f.action IN ('Allow', 'Deny') AND f.start_time >= win.since_ AND f.start_time "
+        '< win.until_ GROUP BY f.start_time, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport',
+    ),
     "policies": (
         "Policy revisions known to the collector, from the rules table.",
         "SELECT kind, namespace, name, tier, revision, count(*) AS rules, min(first_seen) AS first_seen "
