@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -149,24 +150,54 @@ def toggle_some(res: ResourceSet, seed: int) -> ResourceSet:
     return replace(res, policies=tuple(pols))
 
 
-def check_round(lab_id: str, tmp_path: Path, res: ResourceSet, ev: Evaluator, rules: RuleTable, seed: int,
-                count: int, what: str) -> None:
-    """Probe, then compare delivery with the evaluator's verdicts and NFLOG with its attribution."""
+def probe_with_collector(lab_id: str, nodes: Iterable[str], db: Path, rules_path: Path,
+                         probes: list[Probe]) -> set[Probe]:
+    """Send `probes` while the collector stores every node's NFLOG events in `db`; the delivered ones."""
     from flowtui.collector.config import CollectorConfig
     from flowtui.collector.service import Collector
 
-    rules.dump(tmp_path / f"rules-{what}.jsonl")
-    probes = random_probes(res, seed, count)
-    namespaces = tuple(netns_name(lab_id, f"node:{n}") for n in ev.state.nodes)
-    cfg = CollectorConfig(db=tmp_path / f"flows-{what}.duckdb", namespaces=namespaces,
-                          rules_path=tmp_path / f"rules-{what}.jsonl", conntrack=False, counters=False,
+    namespaces = tuple(netns_name(lab_id, f"node:{n}") for n in nodes)
+    cfg = CollectorConfig(db=db, namespaces=namespaces, rules_path=rules_path, conntrack=False, counters=False,
                           snapshot_interval=None, bucket_seconds=1.0)
     collector = Collector(cfg)
     collector.start()
     try:
-        delivered = run_probes(lab_id, probes)
+        return run_probes(lab_id, probes)
     finally:
         collector.stop()
+
+
+def events_by_key(db: Path, rules: RuleTable, *, check_action: bool) -> dict[tuple[object, ...], set[Attribution]]:
+    """The stored events' attributions, keyed by the probe's forward 5-tuple (replies are reversed;
+    ICMP by address pair and protocol)."""
+    by_key: dict[tuple[object, ...], set[Attribution]] = {}
+    for node, action, rule_id, src, dst, proto, sport, dport in collected_events(db):
+        ref = rules.get(rule_id)
+        assert ref is not None, f"event with unknown rule id {rule_id}"
+        if check_action:
+            assert ref.action == action, f"rule {rule_id}: prefix says {action}, the rule table {ref.action}"
+        key = (src, dst, proto, sport, dport) if proto not in (1, 58) else (src, dst, proto)
+        by_key.setdefault(key, set()).add(observed_attribution(str(node), ref))
+    return by_key
+
+
+def probe_key(p: Probe, probes: list[Probe]) -> tuple[object, ...] | None:
+    """`p`'s key in `events_by_key`; None for an ICMP probe that shares its pair with another (its
+    events cannot be told apart)."""
+    if p.proto in (1, 58):
+        if sum(1 for q in probes if q.proto in (1, 58) and (q.src, q.dst) == (p.src, p.dst)) > 1:
+            return None
+        return (str(p.src), str(p.dst), p.proto)
+    return (str(p.src), str(p.dst), p.proto, p.marker, p.dport)
+
+
+def check_round(lab_id: str, tmp_path: Path, res: ResourceSet, ev: Evaluator, rules: RuleTable, seed: int,
+                count: int, what: str) -> None:
+    """Probe, then compare delivery with the evaluator's verdicts and NFLOG with its attribution."""
+    rules.dump(tmp_path / f"rules-{what}.jsonl")
+    probes = random_probes(res, seed, count)
+    db = tmp_path / f"flows-{what}.duckdb"
+    delivered = probe_with_collector(lab_id, ev.state.nodes, db, tmp_path / f"rules-{what}.jsonl", probes)
 
     wrong = []
     for p in probes:
@@ -183,24 +214,12 @@ def check_round(lab_id: str, tmp_path: Path, res: ResourceSet, ev: Evaluator, ru
     # toggled round runs in the lab the first round proved forwarding; it may deny everything).
     assert delivered or what == "toggled", "no probe was delivered: the lab is not forwarding"
 
-    # Attribution: events keyed by the probe's forward 5-tuple (replies are reversed; ICMP probes
-    # between the same pair would share a key, so only unambiguous ones are compared).
-    by_key: dict[tuple[object, ...], set[Attribution]] = {}
-    for node, action, rule_id, src, dst, proto, sport, dport in collected_events(tmp_path / f"flows-{what}.duckdb"):
-        ref = rules.get(rule_id)
-        assert ref is not None, f"event with unknown rule id {rule_id}"
-        assert ref.action == action, f"rule {rule_id}: prefix says {action}, the rule table {ref.action}"
-        key = (src, dst, proto, sport, dport) if proto not in (1, 58) else (src, dst, proto)
-        by_key.setdefault(key, set()).add(observed_attribution(str(node), ref))
-    icmp_pairs = [(str(p.src), str(p.dst)) for p in probes if p.proto in (1, 58)]
+    by_key = events_by_key(db, rules, check_action=True)
     compared = 0
     for p in probes:
-        if p.proto in (1, 58):
-            if icmp_pairs.count((str(p.src), str(p.dst))) > 1:
-                continue
-            key: tuple[object, ...] = (str(p.src), str(p.dst), p.proto)
-        else:
-            key = (str(p.src), str(p.dst), p.proto, p.marker, p.dport)
+        key = probe_key(p, probes)
+        if key is None:
+            continue
         want = expected_attribution(ev.decide(p.flow))
         got = by_key.get(key, set())
         assert got == want, (f"{what}, seed {seed}: {p.src_target} → {p.dst_target} proto {p.proto} port {p.dport}: "

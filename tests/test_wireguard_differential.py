@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from enforcer.evaluate import Evaluator, decision_text
-from enforcer.lab import LabPlan, lab_resources, lab_up, netns_name, plan_lab
-from enforcer.lab.probe import Probe, run_probes
+from enforcer.lab import LabPlan, lab_resources, lab_up, plan_lab
+from enforcer.lab.probe import Probe
 from enforcer.loader import load_text
 from enforcer.model import FelixConfiguration, ResourceSet
 from enforcer.resolve import ClusterState
@@ -38,9 +38,10 @@ from tests.test_differential_kernel import (
     PROBES_PER_SEED,
     Attribution,
     apply_tables,
-    collected_events,
+    events_by_key,
     expected_attribution,
-    observed_attribution,
+    probe_key,
+    probe_with_collector,
     random_probes,
 )
 
@@ -74,15 +75,11 @@ class Run:
         return out
 
     def attribution_mismatches(self, probes: list[Probe]) -> tuple[list[str], int]:
-        icmp_pairs = [(str(p.src), str(p.dst)) for p in self.probes if p.proto in (1, 58)]
         wrong, compared = [], 0
         for p in probes:
-            if p.proto in (1, 58):
-                if icmp_pairs.count((str(p.src), str(p.dst))) > 1:
-                    continue
-                key: tuple[object, ...] = (str(p.src), str(p.dst), p.proto)
-            else:
-                key = (str(p.src), str(p.dst), p.proto, p.marker, p.dport)
+            key = probe_key(p, self.probes)
+            if key is None:
+                continue
             want = expected_attribution(self.ev.decide(p.flow))
             got = self.events.get(key, set())
             compared += 1
@@ -96,9 +93,6 @@ def differential(lab_id: str, tmp_path: Path, res: ResourceSet, probes_for: int 
                  felix: FelixConfiguration = BOTH, seed: int = 0) -> Run:
     """Build the lab for `res`, apply every node's table, turn WireGuard on as `felix` says, send
     the probes (random ones for `seed` when `probes_for` is a count) with the collector on."""
-    from flowtui.collector.config import CollectorConfig
-    from flowtui.collector.service import Collector
-
     plan = plan_lab(res, lab_id)
     lab_up(plan)
     res = replace(lab_resources(res, plan), felix=replace(res.felix, wireguard_enabled=felix.wireguard_enabled,
@@ -112,21 +106,8 @@ def differential(lab_id: str, tmp_path: Path, res: ResourceSet, probes_for: int 
     assert all(t.action == "enabled" for t in result.tunnels if t.family in result.families)
 
     probes = random_probes(res, seed, probes_for) if isinstance(probes_for, int) else probes_for
-    namespaces = tuple(netns_name(lab_id, f"node:{n}") for n in state.nodes)
-    cfg = CollectorConfig(db=tmp_path / "flows.duckdb", namespaces=namespaces, rules_path=tmp_path / "rules.jsonl",
-                          conntrack=False, counters=False, snapshot_interval=None, bucket_seconds=1.0)
-    collector = Collector(cfg)
-    collector.start()
-    try:
-        delivered = run_probes(lab_id, probes)
-    finally:
-        collector.stop()
-    events: dict[tuple[object, ...], set[Attribution]] = {}
-    for node, _action, rule_id, src, dst, proto, sport, dport in collected_events(tmp_path / "flows.duckdb"):
-        ref = rules.get(rule_id)
-        assert ref is not None, f"event with unknown rule id {rule_id}"
-        key = (src, dst, proto, sport, dport) if proto not in (1, 58) else (src, dst, proto)
-        events.setdefault(key, set()).add(observed_attribution(str(node), ref))
+    delivered = probe_with_collector(lab_id, state.nodes, tmp_path / "flows.duckdb", tmp_path / "rules.jsonl", probes)
+    events = events_by_key(tmp_path / "flows.duckdb", rules, check_action=False)
     return Run(res, plan, ev, probes, delivered, events)
 
 
