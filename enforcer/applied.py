@@ -29,7 +29,7 @@ from typing import Any
 from enforcer.datastore import atomic_write
 from enforcer.nft import ir
 from enforcer.nft.backend import Backend
-from enforcer.nft.compiler import CLOSED as CLOSED_SET  # the set of closed policy gates
+from enforcer.ruleids import CLOSED_SET  # the set of closed policy gates (not the compiler: CLI start-up)
 
 
 def table_to_json(table: ir.Table) -> dict[str, Any]:

@@ -114,6 +114,7 @@ class RuleTable:
 
 
 MAX_GATE = 0xFFFF  # the gate is a 16-bit field of the packet mark
+CLOSED_SET = "closed"  # the nftables set of closed gates (enforcer.nft.compiler, enforcer.applied)
 IDS_FILE = "ids.jsonl"
 
 

@@ -46,7 +46,7 @@ from enforcer.nft.match import SetBook, rule_matches
 from enforcer.resolve.endpoints import Endpoint
 from enforcer.resolve.rules import rule_for_family
 from enforcer.resolve.state import ClusterState
-from enforcer.ruleids import IdAllocator, RuleRef, RuleTable, encode_prefix
+from enforcer.ruleids import CLOSED_SET, IdAllocator, RuleRef, RuleTable, encode_prefix
 
 ACCEPT = 0x10000  # a policy accepted (Calico's accept bit)
 PASS = 0x20000  # a policy passed to the next tier
@@ -54,7 +54,7 @@ PREACCEPT = 0x40000  # accepted by untracked or preDNAT policy: filter skips hos
 GATE = 0xFFFF  # low 16 bits: the gate of the last enabled policy chain entered in this tier
 CLEAR = "meta mark set mark & 0xfffcffff"
 TIER_START = f"meta mark set mark & {0xFFFFFFFF & ~PASS & ~GATE:#x}"  # pass bit and gate field cleared
-CLOSED = "closed"  # gate values that must not run: see closed_gates()
+CLOSED = CLOSED_SET  # gate values that must not run: see closed_gates()
 PROFILE_TIER = "__PROFILE__"
 UPLINK = "eth0"
 INFRA_ICMPV6 = "icmpv6 type { " + ", ".join(map(str, ICMPV6_INFRA_TYPES)) + " } accept"
