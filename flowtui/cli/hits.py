@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from enforcer.model import POLICY_KINDS
 from enforcer.nft.hits import Hits, hits_from_json
 from enforcer.ruleids import RuleRef, RuleTable
 from flowtui.cli.common import echo_json
@@ -25,8 +26,7 @@ def hit_rows(tables: dict[str, str | None], rules: RuleTable) -> list[tuple[str,
 def unused_rows(rows: list[tuple[str, RuleRef | None, int, Hits]]) -> list[tuple[str, RuleRef | None, int, Hits]]:
     """Never-hit rules that someone wrote (as queries/unused_rules.sql): not end-of-tier drops
     (every enforced policy has one, ready for toggles), defaults or profiles."""
-    return [r for r in rows if r[3].packets == 0 and r[1] is not None and r[1].rule >= 0
-            and r[1].kind not in ("Profile", "EndOfTier", "NoProfileMatch", "Default", "Failsafe")]
+    return [r for r in rows if r[3].packets == 0 and r[1] is not None and r[1].kind in POLICY_KINDS]
 
 
 def _what(ref: RuleRef | None) -> tuple[str, str, str]:
