@@ -7,12 +7,15 @@ import sys
 from collections.abc import Sequence
 from importlib import resources as importlib_resources
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from enforcer.loader import LoadError, load_paths
 from enforcer.model import ResourceSet
+
+if TYPE_CHECKING:
+    from flowtui.query.run import Source
 
 EXIT_INVALID = 2  # invalid input: nothing was changed
 
@@ -20,6 +23,20 @@ EXIT_INVALID = 2  # invalid input: nothing was changed
 def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def open_store(db: str, hint: str, verb: str) -> Source:
+    """The flow store `db` for reading, or exit with the problem and `hint`; says so when a
+    collector is writing it and its snapshot is read instead (`verb`: what is done with it)."""
+    from flowtui.query.run import SourceError, open_source
+
+    try:
+        source = open_source(db)
+    except SourceError as err:
+        fail(f"{err} ({hint})")
+    if source.kind == "snapshot":
+        click.echo(f"note: a collector is writing {db}; {verb} its snapshot {source.path}", err=True)
+    return source
 
 
 def load_or_exit(paths: Sequence[str]) -> ResourceSet:

@@ -74,19 +74,12 @@ def export_cmd(fmt: str, db: str, since: str | None, until: str | None, out: str
     """
     import duckdb
 
-    from flowtui.cli.common import EXIT_INVALID, fail
+    from flowtui.cli.common import EXIT_INVALID, fail, open_store
     from flowtui.interop.window import WindowError, parse_window
-    from flowtui.query.run import SourceError, open_source
 
     if fmt == "parquet" and out == "-":
         fail("--format parquet writes a directory: give --out DIR", EXIT_INVALID)
-    try:
-        source = open_source(db)
-    except SourceError as err:
-        fail(f"{err} (give --db PATH)")
-    with source:
-        if source.kind == "snapshot":
-            click.echo(f"note: a collector is writing {db}; exporting its snapshot {source.path}", err=True)
+    with open_store(db, "give --db PATH", "exporting") as source:
         try:
             window = parse_window(source.con, since, until)
         except WindowError as err:

@@ -94,17 +94,11 @@ def query_cmd(name: str | None, params: tuple[str, ...], db: str, sql: str | Non
 def _run(db: str, text: str, values: dict[str, str], output: str, out: str | None, wide: bool) -> None:
     import duckdb
 
-    from flowtui.cli.common import fail
+    from flowtui.cli.common import fail, open_store
     from flowtui.query import output as fmt
-    from flowtui.query.run import SourceError, open_source, run_sql
+    from flowtui.query.run import run_sql
 
-    try:
-        source = open_source(db)
-    except SourceError as err:
-        fail(f"{err} (give --db PATH: a store file, its snapshot, or a Parquet export)")
-    with source:
-        if source.kind == "snapshot":
-            click.echo(f"note: a collector is writing {db}; reading its snapshot {source.path}", err=True)
+    with open_store(db, "give --db PATH: a store file, its snapshot, or a Parquet export", "reading") as source:
         try:
             table = run_sql(source.con, text, values)
         except duckdb.Error as err:
