@@ -17,11 +17,13 @@ back on the plain routes at once), then the routes. Nothing here touches the mai
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Iterable
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from enforcer.lab.kernel import open_netns
 from enforcer.lab.names import LabError
@@ -123,10 +125,17 @@ def set_routes(ipr: IPRoute, family: int, interface: str | None, prefixes: Itera
 
 
 def link_mtu(ipr: IPRoute, name: str) -> int | None:
+    """MTU of link `name`, None if there is no such link (also when it vanishes while asked:
+    a tunnel whose wireguard-go process died goes away on its own)."""
     index = _index(ipr, name)
     if index is None:
         return None
-    mtu = ipr.get_links(index)[0].get("mtu")
+    try:
+        mtu = ipr.get_links(index)[0].get("mtu")
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
     return int(mtu) if mtu is not None else None
 
 
