@@ -63,7 +63,13 @@ def gather_sources(paths: Sequence[str]) -> tuple[list[tuple[str, str]], list[Pr
     problems: list[Problem] = []
     for path in paths:
         if path == "-":
-            sources.append((STDIN, sys.stdin.read()))
+            # Bytes, so that invalid UTF-8 is reported like a file's (a text stdin would let it
+            # through as surrogates); a stdin replaced by a text-only stream is read as text.
+            raw = getattr(sys.stdin, "buffer", None)
+            if raw is None:
+                sources.append((STDIN, sys.stdin.read()))
+            else:
+                _decode(STDIN, raw.read(), sources, problems)
         elif os.path.isdir(path):
             for file in _walk(path):
                 _read(file, sources, problems)
@@ -88,14 +94,23 @@ def _walk(directory: str) -> list[str]:
 
 def _read(path: str, sources: list[tuple[str, str]], problems: list[Problem]) -> None:
     try:
-        with open(path, encoding="utf-8-sig") as handle:
-            sources.append((path, handle.read()))
+        with open(path, "rb") as handle:
+            data = handle.read()
     except FileNotFoundError:
         problems.append(Problem(path, 0, "", "no such file or directory"))
-    except UnicodeDecodeError as exc:
-        problems.append(Problem(path, 0, "", f"not UTF-8 text (byte {exc.start})"))
+        return
     except OSError as exc:
         problems.append(Problem(path, 0, "", f"cannot read: {exc.strerror or exc}"))
+        return
+    _decode(path, data, sources, problems)
+
+
+def _decode(name: str, data: bytes, sources: list[tuple[str, str]], problems: list[Problem]) -> None:
+    try:
+        sources.append((name, data.decode("utf-8-sig")))
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        problems.append(Problem(name, line, "", f"not UTF-8 text (byte {exc.start}: {data[exc.start]:#04x})"))
 
 
 def _is_json(filename: str, text: str) -> bool:

@@ -142,7 +142,7 @@ def parse_cidr(text: str, *, strict: bool) -> tuple[IPNetwork | None, str | None
     Calico rule `nets`; otherwise the network is normalised (as Calico does for network sets)."""
     address, slash, prefix = text.partition("/")
     ip = parse_ip(address)
-    if ip is None or (slash and not (prefix.isdigit() and prefix.isascii())):
+    if ip is None or (slash and not (prefix.isdigit() and prefix.isascii() and len(prefix) <= 3)):
         return None, f"{quote(text)} is not a valid CIDR (allowed: an IP address or address/prefix)"
     if slash and int(prefix) > ip.max_prefixlen:
         return None, f"{quote(text)} has prefix length {prefix} (allowed: 0-{ip.max_prefixlen} for IPv{ip.version})"

@@ -11,8 +11,12 @@ YAML details that matter for policy files:
   PyYAML's default `ports: [1000:1059]` would silently become the integer 60059. Here it stays
   the string `"1000:1059"`, which is what Calico sees.
 * Duplicate keys are errors (PyYAML silently keeps the last one).
-* Merge keys (`<<: *anchor`) are honoured; aliases are expanded with a size budget so that an
-  "alias bomb" is reported instead of exhausting memory.
+* Merge keys (`<<: *anchor`) are honoured. Before a document is converted, the size it would
+  have with its aliases expanded is counted over the composed graph (each node once, memoised):
+  an "alias bomb" (a few lines that expand to billions of nodes) is refused in milliseconds, in
+  the memory its text takes, instead of being built.
+* A scalar PyYAML cannot construct (`!!int abc`, `!!float x`, `!!timestamp 2001-13-45`, an
+  integer of more digits than Python converts) is an error at its line, never an exception.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ def describe(node: Node) -> str:
     if isinstance(value, float):
         return f"the number {value}"
     if isinstance(value, str):
-        return f"the string {json.dumps(value)}"
+        return f"the string {json.dumps(value if len(value) <= 60 else value[:57] + '...')}"
     return f"the {type(value).__name__} {value}"
 
 
@@ -129,7 +133,64 @@ _Loader.add_implicit_resolver(
 )
 
 MAX_DEPTH = 200
-MAX_NODES = 2_000_000  # per file, after alias expansion
+MAX_NODES = 2_000_000  # per document, after alias expansion
+# Nodes that aliases may add to a document beyond those written in it. Anchors shared by a few
+# hundred policies stay far below; an alias bomb reaches it after a handful of lines.
+MAX_ALIAS_NODES = 100_000
+MAX_INT_DIGITS = 4300  # Python's default int/str conversion limit (sys.get_int_max_str_digits)
+_MAX_INT_BITS = 14_284  # the largest bit length of a 4,300-digit integer
+
+
+def _expanded_size(root: Any) -> tuple[int, int]:
+    """(nodes with aliases expanded, distinct nodes) of a composed YAML document, counted once per
+    distinct node, so the cost is that of the text. Raises DocumentError for nesting deeper than
+    MAX_DEPTH and for a recursive alias (a node that contains itself)."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: Any, depth: int) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        line = node.start_mark.line + 1
+        if depth > MAX_DEPTH:
+            raise DocumentError(line, "document nested too deeply")
+        if id(node) in open_:
+            raise DocumentError(line, "a recursive alias (a node that contains itself)")
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            open_.add(id(node))
+            total += sum(size(item, depth + 1) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            open_.add(id(node))
+            total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        open_.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    return size(root, 0), len(sizes)
+
+
+def _check_expansion(root: Any) -> None:
+    expanded, written = _expanded_size(root)
+    line = root.start_mark.line + 1
+    if expanded - written > MAX_ALIAS_NODES:
+        raise DocumentError(line, f"aliases expand this document from {written:,} to {expanded:,} nodes "
+                                  f"(at most {MAX_ALIAS_NODES:,} more than written): refused as an alias bomb")
+    if expanded > MAX_NODES:
+        raise DocumentError(line, f"document too large: {expanded:,} nodes (at most {MAX_NODES:,})")
+
+
+def _scalar_problem(ynode: Any, exc: Exception) -> str:
+    """What is wrong with a scalar PyYAML could not construct, for a "line N: ..." message."""
+    tag = str(ynode.tag).removeprefix("tag:yaml.org,2002:")
+    text = str(ynode.value)
+    shown = json.dumps(text if len(text) <= 40 else text[:37] + "...")
+    if tag == "int" and "digits" in str(exc):
+        digits = sum(ch.isdigit() for ch in text)
+        return f"integer of {digits:,} digits (at most {MAX_INT_DIGITS:,})"
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"invalid !!{tag} value {shown}: {detail}"
 
 
 class _YamlConverter:
@@ -153,6 +214,15 @@ class _YamlConverter:
                 value = self.loader.construct_object(ynode, deep=True)
             except yaml.YAMLError as exc:
                 self.errors.append(DocumentError(line, _yaml_message(exc)))
+                value = ynode.value
+            except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+                # PyYAML's constructors call int(), float(), datetime() on the text unguarded.
+                self.loader.recursive_objects.pop(ynode, None)  # left behind by the failed call
+                self.errors.append(DocumentError(line, _scalar_problem(ynode, exc)))
+                value = ynode.value
+            if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+                # Hex, octal and binary escape the decimal limit, but str() of the result does not.
+                self.errors.append(DocumentError(line, f"integer of more than {MAX_INT_DIGITS:,} digits"))
                 value = ynode.value
             return Scalar(line, value)
         self.stack.add(id(ynode))
@@ -197,6 +267,9 @@ class _YamlConverter:
 
 
 def _yaml_message(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.reader.ReaderError):  # its str() spans lines and names "<unicode string>"
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return f"character #x{char:04x} is not allowed in YAML ({exc.reason})"
     if isinstance(exc, yaml.MarkedYAMLError):
         context = exc.context or ""
         if context and exc.context_mark is not None and exc.problem_mark is not None:
@@ -228,6 +301,7 @@ def parse_yaml(text: str) -> tuple[list[Node], list[DocumentError]]:
             ynode = loader.get_node()
             if ynode is None:
                 continue
+            _check_expansion(ynode)
             node = converter.convert(ynode)
             if isinstance(node, Scalar) and node.value is None:
                 continue
@@ -304,15 +378,25 @@ class _JsonParser:
         match = _NUMBER.match(text, pos)
         if match:
             number = match.group(0)
-            parsed: int | float = float(number) if match.group(1) or match.group(2) else int(number)
-            return Scalar(line, parsed), match.end()
+            if not (match.group(1) or match.group(2)):
+                digits = len(number.lstrip("-"))
+                if digits > MAX_INT_DIGITS:  # int() would raise: Python's conversion limit
+                    raise DocumentError(line, f"integer of {digits:,} digits (at most {MAX_INT_DIGITS:,})")
+                return Scalar(line, int(number)), match.end()
+            return Scalar(line, float(number)), match.end()
         raise self.fail(pos, f"unexpected character {json.dumps(ch)}")
 
     def string(self, pos: int) -> tuple[str, int]:
         try:
-            return _scanstring(self.text, pos + 1, True)
+            string, end = _scanstring(self.text, pos + 1, True)
         except JSONDecodeError as exc:
             raise self.fail(exc.pos, exc.msg) from None
+        if not string.isascii():
+            try:
+                string.encode()
+            except UnicodeEncodeError as exc:  # "\ud800": not text, and no file could store it
+                raise self.fail(pos, f"a lone surrogate (\\u{ord(string[exc.start]):04x}) is not a character") from None
+        return string, end
 
     def obj(self, pos: int, depth: int) -> tuple[Node, int]:
         text = self.text

@@ -109,10 +109,15 @@ class Value:
         if not isinstance(value, int | float) or isinstance(value, bool):
             self._wrong("a number")
             return None
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond a double's range
+            self.error("is out of range (too large for a number)")
+            return None
+        if not math.isfinite(number):
             self.error(f"{value} is not a finite number")
             return None
-        return float(value)
+        return number
 
     def as_bool(self) -> bool | None:
         value = self.raw

@@ -92,7 +92,7 @@ def parse_protocol(value: Value) -> int | None:
     if isinstance(raw, bool) or not isinstance(raw, int | str):
         value.error(f"must be a protocol name or number ({PROTOCOLS_ALLOWED})")
         return None
-    if isinstance(raw, str) and raw.isascii() and raw.isdigit():
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 5:
         raw = int(raw)
     if isinstance(raw, int):
         if not 1 <= raw <= 255:
