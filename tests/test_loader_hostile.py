@@ -46,6 +46,7 @@ def assert_refused_at(result: Result, where: str, fragment: str) -> None:
         ("!!int abc", 'invalid !!int value "abc"'),
         ("!!timestamp 2001-13-45", 'invalid !!timestamp value "2001-13-45": month must be in 1..12'),
         ("!!timestamp yesterday", 'invalid !!timestamp value "yesterday"'),
+        ("!!bool v1", 'invalid !!bool value "v1"'),
         ("!!binary '@@@'", "must be a number, not the bytes"),
         ("!!python/object:os.system x", "could not determine a constructor"),
     ],

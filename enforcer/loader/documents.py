@@ -215,8 +215,9 @@ class _YamlConverter:
             except yaml.YAMLError as exc:
                 self.errors.append(DocumentError(line, _yaml_message(exc)))
                 value = ynode.value
-            except (ValueError, TypeError, AttributeError, OverflowError) as exc:
-                # PyYAML's constructors call int(), float(), datetime() on the text unguarded.
+            except Exception as exc:  # noqa: BLE001
+                # PyYAML's scalar constructors call int(), float(), datetime(), dict lookups (!!bool)
+                # on the text unguarded: whatever they raise, the scalar is invalid.
                 self.loader.recursive_objects.pop(ynode, None)  # left behind by the failed call
                 self.errors.append(DocumentError(line, _scalar_problem(ynode, exc)))
                 value = ynode.value
