@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from enforcer.lab.kernel import check_lab_netns, netns_exists, netns_path
+from enforcer.safefile import PRIVATE, atomic_write, open_append, private_dir
 from enforcer.wireguard.device import DeviceError, DeviceStatus, parse_uapi_get, uapi_errno
 
 RUN_DIR = Path("/run/flowtui/wireguard")
@@ -102,15 +103,14 @@ def start(netns: str, interface: str) -> int:
         return existing
     if not available():
         raise DeviceError(f"{BINARY} is not installed (apt-get install --no-install-recommends wireguard-go)")
-    folder = runtime_dir(netns)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = private_dir(runtime_dir(netns))
     Path(WG_SOCKET_DIR).mkdir(mode=0o755, exist_ok=True)  # the bind mount's target (stays empty here)
     sock = socket_path(netns, interface)
     if sock.exists():
         sock.unlink()  # left by a daemon that was killed
     env = {**os.environ, "LOG_LEVEL": "error"}
     env.pop("WG_PROCESS_FOREGROUND", None)
-    with open(folder / f"{interface}.log", "ab") as log:
+    with open_append(folder / f"{interface}.log", PRIVATE) as log:
         try:
             done = subprocess.run(netns_command(netns, [BINARY, interface]), stdin=subprocess.DEVNULL,
                                   stdout=log, stderr=log, env=env, timeout=START_TIMEOUT)
@@ -126,7 +126,7 @@ def start(netns: str, interface: str) -> int:
         if time.monotonic() > deadline:
             raise DeviceError(f"{netns}: {BINARY} {interface} did not come up: {_tail(folder, interface)}")
         time.sleep(0.01)
-    (folder / f"{interface}.pid").write_text(f"{pid}\n")
+    atomic_write(folder / f"{interface}.pid", f"{pid}\n", PRIVATE)
     return pid
 
 

@@ -28,6 +28,7 @@ FORMATS = ("parquet", "jsonl", "hubble", "calico")
 
 @contextlib.contextmanager
 def _text_out(out: str, overwrite: bool) -> Iterator[IO[str]]:
+    from enforcer.safefile import SHARED, atomic_open
     from flowtui.cli.common import EXIT_INVALID, fail
 
     if out == "-":
@@ -40,10 +41,9 @@ def _text_out(out: str, overwrite: bool) -> Iterator[IO[str]]:
     if path.exists() and not overwrite:
         fail(f"{out} exists: use --overwrite, or another file", EXIT_INVALID)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", buffering=1 << 20) as handle:
+    # Not `<out>.tmp`: a predictable name would let a planted symlink redirect the export.
+    with atomic_open(path, SHARED, buffering=1 << 20) as handle:
         yield handle
-    tmp.replace(path)
 
 
 @click.command("export")

@@ -122,7 +122,9 @@ def _run(db: str, text: str, values: dict[str, str], output: str, out: str | Non
         rendered = buffer.getvalue()
     if out and out != "-":
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(rendered, encoding="utf-8")
+        from enforcer.safefile import SHARED, atomic_write
+
+        atomic_write(out, rendered, SHARED)
         click.echo(f"{table.num_rows:,} rows written to {out}", err=True)
     else:
         click.echo(rendered, nl=False)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from enforcer.safefile import SHARED, atomic_write
 from flowtui.store import schema
 
 if TYPE_CHECKING:
@@ -125,6 +126,6 @@ def export(db: Path, out: Path, datastore: Datastore | None = None) -> list[Path
 
         docs = [doc for _obj, doc in datastore.object_documents()]
         target = out / "resources.yaml"
-        target.write_text(dump({"apiVersion": "v1", "kind": "List", "items": docs}), encoding="utf-8")
+        atomic_write(target, dump({"apiVersion": "v1", "kind": "List", "items": docs}), SHARED)
         written.append(target)
     return written

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import duckdb
 
+from enforcer.safefile import SHARED, atomic_write
 from flowtui.interop.window import EVERYTHING, Window
 from flowtui.store import schema
 
@@ -161,7 +162,7 @@ def export_parquet(
             n = _count(con, query)
             con.execute(f"COPY ({query}) TO {_quote(str(target))} (FORMAT parquet, COMPRESSION zstd)")
         result.rows[table.name] = n
-    (out / "views.sql").write_text(views_script(out))
+    atomic_write(out / "views.sql", views_script(out), SHARED)
     result.files = sum(1 for _ in out.rglob("*.parquet"))
     return result
 

@@ -11,8 +11,9 @@ measured with DuckDB 2.0 here). So readers never open the live file while a coll
    checkpoints on its own). Between two checkpoints every commit goes to the `.wal` file only,
    so the main file is a consistent, complete database as of the last checkpoint.
 2. Every `snapshot_interval` seconds the writer checkpoints and a background thread copies the
-   main file (in the kernel: `copy_file_range`, no WAL) to `<name>.snapshot.duckdb.tmp` and
-   renames it to `<name>.snapshot.duckdb`, while inserts continue into the WAL. The next
+   main file (in the kernel: `copy_file_range`, no WAL) to a new file of unpredictable name next
+   to it (`enforcer.safefile`: `O_EXCL|O_NOFOLLOW`, mode 0600) and renames it to
+   `<name>.snapshot.duckdb`, while inserts continue into the WAL. The next
    checkpoint waits until the copy is done. The interval stretches to 20x the copy time so
    copying a large database never takes more than ~5% of the time.
    The copy reads through a descriptor opened once, right after DuckDB opened the file, and
@@ -49,6 +50,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from enforcer.safefile import PRIVATE, commit, create_temp
 from flowtui.store import schema
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,7 @@ class DuckStore:
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
         self.con = duckdb.connect(str(self.path))
         self.con.execute("SET checkpoint_threshold = '1000GB'")  # we checkpoint ourselves
         if threads:
@@ -134,6 +137,8 @@ class DuckStore:
         self._lock = threading.Lock()  # one statement at a time on self.con
         # Opened once, closed after DuckDB: see "Reading while the collector writes".
         self._read_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        if created:  # a store we made is private, whatever the umask (as its snapshots are)
+            os.fchmod(self._read_fd, PRIVATE)
 
     # ---------------------------------------------------------------------------------------
     # Inserts
@@ -254,15 +259,18 @@ class DuckStore:
     def _copy(self) -> None:
         t0 = time.perf_counter()
         target = snapshot_path(self.path)
-        tmp = target.with_name(target.name + ".tmp")
         try:
             size = os.fstat(self._read_fd).st_size
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            # A fresh file of unpredictable name (O_EXCL|O_NOFOLLOW, 0600), renamed over the
+            # snapshot: a symlink planted at a predictable name is never followed.
+            out, tmp = create_temp(target, PRIVATE)
             try:
                 _copy_range(self._read_fd, out, size)
-            finally:
+            except BaseException:
                 os.close(out)
-            os.replace(tmp, target)
+                os.unlink(tmp)
+                raise
+            commit(out, tmp, target)
             self.stats.snapshots += 1
         except OSError as exc:
             log.error("snapshot of %s failed: %s", self.path, exc)

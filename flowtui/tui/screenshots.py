@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from enforcer.safefile import SHARED, atomic_write
+
 SIZE = (140, 40)
 SHOTS = ("flows", "detail", "conversations", "policies", "whatif", "whatif-error", "sql", "help")
 
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             shots = asyncio.run(capture(replay_app(recording(Path(tmp)))))
     for name, svg in shots.items():
-        (out / f"{name}.svg").write_text(svg, encoding="utf-8")
+        atomic_write(out / f"{name}.svg", svg, SHARED)
         print(out / f"{name}.svg")
 
 
