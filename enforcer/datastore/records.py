@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from enforcer.datastore.kinds import BY_MODEL_KIND, KindInfo, ObjectKey
@@ -94,6 +95,9 @@ class Preview:
 
     changes: ChangeSet
     resources: ResourceSet
+    # stored document path → where it was read from ("FILE:LINE" of the input): the resources'
+    # origins are stored paths, errors about them should name what the user wrote
+    sources: Mapping[str, str] = field(default_factory=dict)
 
 
 __all__ = ["Change", "ChangeSet", "Preview", "StoredObject"]

@@ -30,7 +30,7 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -393,16 +393,20 @@ class Datastore:
         resources = self._load(objects.values(), files)  # the merged result must load
         return ChangeSet(revision if files else index.revision, tuple(changes)), objects, files, resources
 
-    def apply_documents(self, paths: Sequence[str]) -> ChangeSet:
+    def apply_documents(self, paths: Sequence[str], check: Callable[[Preview], object] | None = None) -> ChangeSet:
         """Store the objects of `paths` (files, directories, `-`), replacing same-key objects.
 
         Validates the input and then the merged result (stored objects plus these) before writing
-        anything: any problem raises LoadError and nothing changes. A policy disabled with
+        anything: any problem raises LoadError and nothing changes. `check`, given the merged
+        result under the lock, may raise to refuse it too (the CLI plans the lab with it, so that
+        nothing is stored that the lab or the kernel would refuse). A policy disabled with
         `set_disabled` stays disabled unless the new document sets `flowtui.dev/disabled` itself.
         """
         docs = documents(read_sources(paths))
         with self.locked():
-            changes, objects, files, _ = self._plan_apply(docs)
+            changes, objects, files, resources = self._plan_apply(docs)
+            if files and check is not None:
+                check(Preview(changes, resources, self._sources(objects)))
             if files:
                 self._commit(changes.revision, objects, files)
             return changes
@@ -411,8 +415,11 @@ class Datastore:
         """What `apply_documents(paths)` would do and the resources it would leave; no writes."""
         docs = documents(read_sources(paths))
         with self.locked(exclusive=False):
-            changes, _, _, resources = self._plan_apply(docs)
-            return Preview(changes, resources)
+            changes, objects, _, resources = self._plan_apply(docs)
+            return Preview(changes, resources, self._sources(objects))
+
+    def _sources(self, objects: Mapping[ObjectKey, StoredObject]) -> dict[str, str]:
+        return {str(self.path / o.file): o.source for o in objects.values()}
 
     def delete(self, kind: str, name: str, namespace: str | None = None) -> ChangeSet:
         """Remove one object (NotFound / Ambiguous otherwise). Nothing cascades."""

@@ -64,6 +64,24 @@ class Target:
         return f"{'node' if self.kind == 'node' else 'external'}:{self.name}"
 
 
+LAB_ID_MAX = 12
+
+
+def netns_name_error(kind: Kind, name: str) -> str | None:
+    """Why no lab could make a namespace for object `name` (`<ns>.<pod>` for a pod), or None.
+
+    Checked with the longest lab id, so that what `flowtui check` accepts fits in every lab: a
+    valid Kubernetes name can be longer than a namespace name may be (253 characters, and a pod's
+    namespace adds 64 more)."""
+    longest = len(f"{PREFIX}{'x' * LAB_ID_MAX}-{kind}-".encode())
+    size = longest + len(name.encode())
+    if size <= NETNS_NAME_MAX:
+        return None
+    return (f"too long for the lab: {size - longest} bytes give the network namespace "
+            f"ft-<lab>-{kind}-<name> {size} bytes with a {LAB_ID_MAX}-character lab id "
+            f"(at most {NETNS_NAME_MAX}, so at most {NETNS_NAME_MAX - longest} for the name)")
+
+
 def check_lab_id(lab_id: str) -> str:
     """Return `lab_id` if it is 1-12 lower-case letters or digits, else raise LabError."""
     if not _LAB_ID.fullmatch(lab_id):

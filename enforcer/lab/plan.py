@@ -155,11 +155,11 @@ def plan_lab(resources: ResourceSet, lab_id: str = "lab") -> LabPlan:
     # Addresses written in the resources are reserved first, then the rest is assigned.
     owners: dict[IPAddress, str] = {}
     for node in node_objs:
-        _claim(owners, node.addresses, f"node {node.name}")
+        _claim(owners, node.addresses, f"node {node.name} ({node.origin})")
     for ext in externals:
-        _claim(owners, ext.addresses, f"external host {ext.name}")
+        _claim(owners, ext.addresses, f"external host {ext.name} ({ext.origin})")
     for pod in pods:
-        _claim(owners, pod.ips, f"pod {pod.namespace}/{pod.name}")
+        _claim(owners, pod.ips, f"pod {pod.namespace}/{pod.name} ({pod.origin})")
     alloc = _Allocator(owners)
 
     node_plans: list[NodePlan] = []

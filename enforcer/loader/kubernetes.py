@@ -10,7 +10,8 @@ host-networked pod, the node's) must not match pod selectors.
 
 from __future__ import annotations
 
-from enforcer.loader.checks import cidr_value, ip_value, k8s_port_name_error
+from enforcer.lab.names import Kind, netns_name_error
+from enforcer.loader.checks import cidr_value, dns_subdomain_error, ip_value, k8s_port_name_error
 from enforcer.loader.fields import Fields, Value, empty_mapping, quote
 from enforcer.loader.metadata import Obj
 from enforcer.model import (
@@ -58,6 +59,10 @@ def load_service_account(obj: Obj) -> ServiceAccount | None:
 def load_pod(obj: Obj) -> Pod | None:
     spec, status = lenient(obj, "spec"), lenient(obj, "status")
     node = spec.get_str("nodeName") or None
+    if node is not None and (problem := dns_subdomain_error(node, "nodeName") or netns_name_error("node", node)):
+        spec.error_at("nodeName", problem)  # the API server's rule; the node becomes a lab namespace
+    if obj.meta.name and obj.meta.namespace:
+        lab_name_check(obj, "pod", f"{obj.meta.namespace}.{obj.meta.name}")
     service_account = spec.get_str("serviceAccountName") or spec.get_str("serviceAccount") or "default"
     host_network = spec.get_bool("hostNetwork")
     ports: list[NamedPortDef] = []
@@ -111,7 +116,15 @@ def container_port(fields: Fields) -> NamedPortDef | None:
     return NamedPortDef(name, protocol, number)
 
 
+def lab_name_check(obj: Obj, kind: Kind, name: str) -> None:
+    """Names the lab cannot turn into a network namespace are problems at metadata.name."""
+    if problem := netns_name_error(kind, name):
+        obj.r.error(obj.meta.line, "metadata.name", problem)
+
+
 def load_node(obj: Obj) -> Node | None:
+    if obj.meta.name:
+        lab_name_check(obj, "node", obj.meta.name)
     spec, status = lenient(obj, "spec"), lenient(obj, "status")
     cidr_values: list[Value] = spec.get_list("podCIDRs")
     if not cidr_values and (single := spec.get("podCIDR")) is not None:

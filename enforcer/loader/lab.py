@@ -15,6 +15,7 @@ import ipaddress
 
 from enforcer.loader.checks import ip_value
 from enforcer.loader.fields import Fields
+from enforcer.loader.kubernetes import lab_name_check
 from enforcer.loader.metadata import Obj
 from enforcer.model import ExternalHost, IPAddress, IPNetwork
 
@@ -29,6 +30,8 @@ def in_lab_ranges(ip: IPAddress) -> bool:
 
 
 def load_external_host(obj: Obj) -> ExternalHost | None:
+    if obj.meta.name:
+        lab_name_check(obj, "ext", obj.meta.name)
     spec: Fields | None = obj.root.get_map("spec", ("addresses",), required=True)
     if spec is None:
         return None

@@ -120,6 +120,24 @@ def _join(*parts: str) -> str:
     return " ".join(p for p in parts if p)
 
 
+NFT_NAME_MAX = 255  # NFT_NAME_MAXLEN - 1: the kernel refuses longer chain and set names (ERANGE)
+_NAME_HASH = 16  # hex digits of sha256 that stand for the cut part
+
+
+def bounded_name(name: str) -> str:
+    """`name` when the kernel takes it; else its first bytes, `-` and a hash of the whole name.
+
+    Chain names are built from object names: a 63-character namespace and a 253-character policy
+    name (both valid in Kubernetes) give `pi-np-<ns>.<name>`, 322 bytes. Cutting and hashing keeps
+    every valid object compilable, two long names apart, and short names as they always were."""
+    raw = name.encode()
+    if len(raw) <= NFT_NAME_MAX:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:_NAME_HASH]
+    keep = raw[: NFT_NAME_MAX - _NAME_HASH - 1].decode(errors="ignore")
+    return f"{keep}-{digest}"
+
+
 def _policy_chain_id(p: Policy) -> str:
     short = {"GlobalNetworkPolicy": "gnp", "NetworkPolicy": "np", "KubernetesNetworkPolicy": "knp"}[p.kind]
     return f"{short}-{p.namespace}.{p.name}" if p.namespace else f"{short}-{p.name}"
@@ -221,7 +239,7 @@ class _NodeCompiler:
         same), so an edit recompiles the edited policy's chain only: the others, their rule refs
         and the sets they use are taken as they were when the policy, the options and the id
         allocator are the same."""
-        name = f"{'pi' if direction == 'ingress' else 'po'}-{_policy_chain_id(p)}"
+        name = bounded_name(f"{'pi' if direction == 'ingress' else 'po'}-{_policy_chain_id(p)}")
         if name in self.chains:
             return name
         cache: dict[tuple[object, ...], _RenderedChain] = self.state.caches.setdefault("nft.policy_chains", {})
@@ -266,7 +284,7 @@ class _NodeCompiler:
     def _end_of_tier_chain(self, p: Policy, tier: str, direction: Direction) -> None:
         """The attributed drop at the end of `tier` when `p` is its last enabled selecting policy,
         reached through the direction's end-of-tier map by `p`'s gate."""
-        name = f"{'ei' if direction == 'ingress' else 'eo'}-{_policy_chain_id(p)}"
+        name = bounded_name(f"{'ei' if direction == 'ingress' else 'eo'}-{_policy_chain_id(p)}")
         if name not in self.chains:
             # Keyed without the policy's revision: editing a policy must not renumber its
             # end-of-tier drop (the tier and trigger are what attribution needs).
@@ -277,7 +295,7 @@ class _NodeCompiler:
         self.eot[direction].add(f"{self._gate(p):#x} : goto {name}")
 
     def _profile_chain(self, prof: Profile, direction: Direction) -> str | None:
-        name = f"{'pri' if direction == 'ingress' else 'pro'}-{prof.name}"
+        name = bounded_name(f"{'pri' if direction == 'ingress' else 'pro'}-{prof.name}")
         if name in self.chains:
             return name
 
@@ -386,7 +404,7 @@ class _NodeCompiler:
         return name
 
     def _hep_chain(self, prefix: str, family: Family, direction: Direction, hep: Endpoint) -> str:
-        return self._endpoint_chain(f"{prefix}-{hep.name}", Stage(family, direction, hep, self.node))
+        return self._endpoint_chain(bounded_name(f"{prefix}-{hep.name}"), Stage(family, direction, hep, self.node))
 
     # ---- the table ----------------------------------------------------------------------
 

@@ -16,7 +16,16 @@ import click
 from enforcer.datastore import Datastore
 from enforcer.lab import LabPlan, plan_lab
 from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, paths_option
-from flowtui.cli.state import enforce, format_table, guarded, lab_option, need_root, runtime, state_dir_option
+from flowtui.cli.state import (
+    enforce,
+    format_table,
+    guarded,
+    lab_option,
+    need_root,
+    runtime,
+    state_dir_option,
+    store_planned,
+)
 
 
 @click.group()
@@ -72,7 +81,7 @@ def up(paths: Sequence[str], more_paths: Sequence[str], lab_id: str, state_dir: 
         fail("no input: give files or directories with -f PATH (or - for stdin)", EXIT_INVALID)
     need_root()
     ds = Datastore(state_dir)
-    changes = guarded(lambda: ds.apply_documents(inputs))
+    changes = store_planned(ds, inputs, lab_id)
     counts: dict[str, int] = {}
     for change in changes.changes:
         counts[change.action] = counts.get(change.action, 0) + 1

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
@@ -29,6 +30,7 @@ from enforcer.datastore import (
     Datastore,
     DatastoreError,
     NotFound,
+    Preview,
     StoredObject,
     UnknownKind,
     resolve_kinds,
@@ -144,6 +146,33 @@ def guarded(work: Callable[[], T]) -> T:
         fail(str(err))
 
 
+def lab_refused(err: LabError, lab_id: str, sources: Mapping[str, str]) -> NoReturn:
+    """The objects cannot make lab `lab_id` (names, addresses): invalid input, exit 2. Stored
+    documents the message names (FILE:LINE) are named by the input they came from."""
+    message = str(err)
+    for stored, source in sources.items():
+        if stored in message:
+            message = re.sub(re.escape(stored) + r":\d+", source.replace("\\", r"\\"), message)
+    click.echo(f"error: lab {lab_id} cannot be planned with these objects: {message}", err=True)
+    click.echo("nothing was changed.", err=True)
+    sys.exit(EXIT_INVALID)
+
+
+def store_planned(ds: Datastore, inputs: Sequence[str], lab_id: str) -> ChangeSet:
+    """Store `inputs` as `apply` does, after planning lab `lab_id` with the merged result (under
+    the datastore's lock, before anything is written): what the lab cannot build is refused
+    (exit 2) instead of being stored and failing every later apply, toggle and `lab up`."""
+    from enforcer.lab import plan_lab
+
+    def plan(preview: Preview) -> None:
+        try:
+            plan_lab(preview.resources, lab_id)
+        except LabError as err:
+            lab_refused(err, lab_id, preview.sources)
+
+    return guarded(lambda: ds.apply_documents(inputs, check=plan))
+
+
 def print_changes(changes: ChangeSet, suffix: str = "", *, err: bool = False) -> None:
     for change in changes.changes:
         if change.action == "not found":
@@ -219,7 +248,7 @@ def apply(paths: Sequence[str], more_paths: Sequence[str], dry_run: bool, lab_id
         return
     need_root(dry_run_hint=True)
     ds = Datastore(state_dir)
-    changes = guarded(lambda: ds.apply_documents(inputs))
+    changes = store_planned(ds, inputs, lab_id)
     print_changes(changes)
     result = enforce(ds, lab_id)
     if result is not None and not result.ok:
@@ -246,7 +275,14 @@ def _dry_run(inputs: list[str], lab_id: str, state_dir: str) -> None:
         ids = IdAllocator.load(ds.ids_path)
     except (OSError, ValueError):
         ids = IdAllocator()
-    compiled = guarded(lambda: compile_nodes(preview.resources, compile_fn, options, ids, lab_id))
+
+    def compile_all() -> dict[str, Any]:
+        try:  # plans the lab first, as apply does before it stores
+            return dict(compile_nodes(preview.resources, compile_fn, options, ids, lab_id))
+        except LabError as err:
+            lab_refused(err, lab_id, preview.sources)
+
+    compiled = guarded(compile_all)
     for node, out in compiled.items():
         click.echo(f"# node {node}: {len(out.table.chains)} chains, {len(out.table.sets)} sets")
         click.echo(ir.listing(out.table))
@@ -471,4 +507,4 @@ def enable(name: str, namespace: str | None, kind: str, lab_id: str, state_dir: 
 
 
 __all__ = ["Runtime", "apply", "delete", "enforce", "format_table", "get", "guarded", "lab_option", "make_reconciler",
-           "need_root", "policy_group", "print_changes", "state_dir_option"]
+           "need_root", "policy_group", "print_changes", "state_dir_option", "store_planned"]
