@@ -69,8 +69,9 @@ def _example(plan: LabPlan) -> str | None:
 def up(paths: Sequence[str], more_paths: Sequence[str], lab_id: str, state_dir: str) -> None:
     """Build (or update) the lab from resources and enforce their policies in it.
 
-    The files' objects are stored in the datastore first (as `flowtui apply -f` does; invalid
-    input exits 2 and changes nothing); the lab is then planned from everything stored, built
+    The files' objects are stored in the datastore first (as `flowtui apply -f` does: invalid
+    input, or objects the lab cannot be planned with, exit 2 and change nothing); the lab is then
+    planned from everything stored, built
     (idempotent: what exists and matches is kept), and every node gets its nftables table.
     Prints the nodes, pods and outside hosts with their addresses.
     """

@@ -233,9 +233,10 @@ def apply(paths: Sequence[str], more_paths: Sequence[str], dry_run: bool, lab_id
     """Store resources in the datastore and enforce them on the lab's nodes.
 
     Each object replaces the stored object of the same kind, namespace and name; the input and
-    then the merged result are validated first, and any problem (printed as FILE:LINE, exit 2)
-    changes nothing. A policy turned off with `flowtui policy disable` stays off when its file is
-    applied again, unless the file sets the `flowtui.dev/disabled` annotation itself.
+    then the merged result are validated first, then the lab is planned from the merged result;
+    any problem (printed as FILE:LINE, exit 2) changes nothing. A policy turned off with
+    `flowtui policy disable` stays off when its file is applied again, unless the file sets the
+    `flowtui.dev/disabled` annotation itself.
 
     With --dry-run, prints for each node of the lab (as it would be planned from the merged state)
     the nftables table it would get, and stores nothing.
