@@ -229,3 +229,20 @@ def test_longest_names_apply_and_toggle_in_the_kernel(lab_id: str, tmp_path: Pat
     assert "1 of 1 nodes changed" in toggle.stdout
     again = run_real("apply", "-f", files, "--lab", lab_id, "--state-dir", state)
     assert again.exit_code == 0, again.output
+
+
+def test_the_dashboard_apply_plans_the_lab_before_it_stores(tmp_path: Path) -> None:
+    from enforcer.nft.backend import FakeBackend
+    from enforcer.nft.compiler import CompileOptions
+    from enforcer.reconcile import Reconciler
+    from flowtui.tui.control import ChangeRefused, PolicyControl
+
+    ds = Datastore(tmp_path / "state")
+    first = tmp_path / "a.yaml"
+    first.write_text(DUPLICATE_ADDRESS.split("---\n")[0])
+    ds.apply_documents([str(first)])
+    rec = Reconciler(ds, FakeBackend(), compile_node, CompileOptions(), lambda: ["node-a"], lab_id="lab")
+    control = PolicyControl(datastore=ds, lab_id="lab", reconciler=rec)
+    with pytest.raises(ChangeRefused, match="address 10.244.1.10 is used by both pod default/a"):
+        control.apply_text(DUPLICATE_ADDRESS.split("---\n")[1])
+    assert [o.key.name for o in ds.objects("pod")] == ["a"] and ds.revision == 1

@@ -5,12 +5,13 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.loader_fuzz import MUTATIONS, Tally, cases, corpus, make_case, run_check
+from tests.loader_fuzz import MUTATIONS, Case, Tally, cases, corpus, make_case, run_check
 
 SECONDS = float(os.environ.get("FLOWTUI_FUZZ_SECONDS", "15"))
 MIN_CASES = 300
@@ -47,13 +48,8 @@ def test_mutated_files_give_exit_0_or_2_never_a_traceback(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("mutation", sorted(MUTATIONS))
 def test_each_mutation_alone_on_a_real_policy(tmp_path: Path, mutation: str) -> None:
-    import random
-
     source = next(f for f in corpus() if f.suffix == ".yaml" and b"GlobalNetworkPolicy" in f.read_bytes())
     for seed in range(20):
-        rng = random.Random(seed)
-        data = MUTATIONS[mutation](source.read_bytes(), rng)
-        from tests.loader_fuzz import Case
-
+        data = MUTATIONS[mutation](source.read_bytes(), random.Random(seed))
         outcome = run_check(Case(seed, source, (mutation,), data), tmp_path)
         assert outcome.failure is None, (mutation, seed, outcome.failure)

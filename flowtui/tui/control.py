@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from enforcer.datastore import Datastore
+from enforcer.datastore import Datastore, Preview
 from enforcer.model import ResourceSet
 
 STAGED_KIND = {
@@ -235,6 +235,16 @@ class PolicyControl:
             return self._done(ChangeResult(True, f"{ref} was already {word}", change.revision, stored))
         return self._enforce(f"{ref} {word}", changes.revision, start, stored)
 
+    def _plan_lab(self, preview: Preview) -> None:
+        """Refuse, before anything is stored, what the lab cannot be planned with (as `apply`)."""
+        from enforcer.lab import LabError, plan_lab
+
+        assert self.lab_id is not None
+        try:
+            plan_lab(preview.resources, self.lab_id)
+        except LabError as err:
+            raise ChangeRefused(f"lab {self.lab_id} cannot be planned with it: {err}") from err
+
     def apply_text(self, text: str, *, staged: bool = False) -> ChangeResult:
         """Store the YAML document(s) in `text` (as staged policies with `staged`) and enforce."""
         self._check()
@@ -246,7 +256,7 @@ class PolicyControl:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
-            changes = self.datastore.apply_documents([path])
+            changes = self.datastore.apply_documents([path], check=self._plan_lab if self.lab_id else None)
         finally:
             os.unlink(path)
         stored = (time.perf_counter() - start) * 1e3
