@@ -138,7 +138,7 @@ MAX_NODES = 2_000_000  # per document, after alias expansion
 # hundred policies stay far below; an alias bomb reaches it after a handful of lines.
 MAX_ALIAS_NODES = 100_000
 MAX_INT_DIGITS = 4300  # Python's default int/str conversion limit (sys.get_int_max_str_digits)
-_MAX_INT_BITS = 14_284  # the largest bit length of a 4,300-digit integer
+_INT_LIMIT = 10**MAX_INT_DIGITS  # the smallest integer of more digits
 
 
 def _expanded_size(root: Any) -> tuple[int, int]:
@@ -221,7 +221,7 @@ class _YamlConverter:
                 self.loader.recursive_objects.pop(ynode, None)  # left behind by the failed call
                 self.errors.append(DocumentError(line, _scalar_problem(ynode, exc)))
                 value = ynode.value
-            if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+            if isinstance(value, int) and abs(value) >= _INT_LIMIT:
                 # Hex, octal and binary escape the decimal limit, but str() of the result does not.
                 self.errors.append(DocumentError(line, f"integer of more than {MAX_INT_DIGITS:,} digits"))
                 value = ynode.value
