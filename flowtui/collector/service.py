@@ -14,6 +14,9 @@
     counter poller
         nft counters of `ft:` rules in every namespace -> the writer's queue.
 
+Starting closes the runs that died (their open flows kept, the run marked crashed) and counts
+the events logged while no collector stored them (`recovery.py`, loss cause `collector_down`).
+
 Stopping drains: the reader keeps reading for the kernel's flush timeout, the rule counters
 are read a last time, the writer empties its queue, flushes every bucket and compares the
 counters with what arrived (loss at the end of an overrun burst leaves no sequence gap).
@@ -32,6 +35,7 @@ from dataclasses import asdict
 from typing import Any
 
 from flowtui.collector import counters as nft_counters
+from flowtui.collector import recovery
 from flowtui.collector.config import CollectorConfig, Source
 from flowtui.collector.conntrack import ConntrackSocket, accounting_enabled, enable_accounting
 from flowtui.collector.loss import LossBook
@@ -83,6 +87,13 @@ class Collector:
 
     def start(self) -> None:
         cfg = self.cfg
+        try:  # before this run exists and before its sockets are bound (see recovery.py)
+            recovery.close_crashed_runs(self.store)
+            if cfg.counters:
+                recovery.count_gaps(self.store, cfg.namespaces)
+        except BaseException:
+            self.store.close(snapshot=False)
+            raise
         self.run_id = self.store.begin_run(_config_doc(cfg))
         try:
             for index, netns in enumerate(cfg.namespaces):

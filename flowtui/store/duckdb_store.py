@@ -40,7 +40,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -123,7 +124,13 @@ class DuckStore:
             self.con.execute(f"SET threads = {int(threads)}")
         if memory_limit:
             self.con.execute(f"SET memory_limit = '{memory_limit}'")
-        for stmt in schema.statements():
+        existing = {
+            (str(t), str(c))
+            for t, c in self.con.execute(
+                "SELECT table_name, column_name FROM duckdb_columns() WHERE schema_name = 'main'"
+            ).fetchall()
+        }
+        for stmt in schema.statements(existing):
             self.con.execute(stmt)
         self.stats = StoreStats()
         self.snapshot_interval = snapshot_interval
@@ -131,7 +138,7 @@ class DuckStore:
         self._snap_thread: threading.Thread | None = None
         self._last_snapshot = 0.0
         self._snap_cost = 0.0
-        self._lock = threading.Lock()  # one statement at a time on self.con
+        self._lock = threading.RLock()  # one statement (or one transaction) at a time on self.con
         # Opened once, closed after DuckDB: see "Reading while the collector writes".
         self._read_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
 
@@ -161,6 +168,18 @@ class DuckStore:
         data = pa.Table.from_pylist([{n: r.get(n) for n in tschema.names} for r in rows], schema=tschema)
         return self.insert(table, data)
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything inside commits together or not at all (a crash keeps none of it)."""
+        with self._lock:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                yield
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            self.con.execute("COMMIT")
+
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         with self._lock:
             return self.con.execute(sql, params or []).fetchall()
@@ -174,12 +193,14 @@ class DuckStore:
 
     def begin_run(self, config: Mapping[str, Any]) -> int:
         run_id = self.next_id("runs", "run_id")
+        now = utcnow()
         self.insert_rows(
             "runs",
             [
                 {
                     "run_id": run_id,
-                    "started": utcnow(),
+                    "started": now,
+                    "heartbeat": now,
                     "host": socket.gethostname(),
                     "pid": os.getpid(),
                     "config": json.dumps(config, default=str, sort_keys=True),
@@ -189,7 +210,14 @@ class DuckStore:
         return run_id
 
     def end_run(self, run_id: int) -> None:
-        self.query("UPDATE runs SET ended = ? WHERE run_id = ?", [utcnow(), run_id])
+        now = utcnow()
+        self.query(
+            "UPDATE runs SET ended = ?, heartbeat = ?, outcome = 'stopped' WHERE run_id = ?", [now, now, run_id]
+        )
+
+    def heartbeat(self, run_id: int) -> None:
+        """The run is alive (see `runs.heartbeat`)."""
+        self.query("UPDATE runs SET heartbeat = ? WHERE run_id = ?", [utcnow(), run_id])
 
     def add_source(self, run_id: int, netns: str | None, node: str, groups: Iterable[int], rcvbuf: int) -> int:
         source_id = self.next_id("sources", "source_id")

@@ -6,8 +6,10 @@ tool show it), the Arrow schemas the writer inserts with, and the Markdown refer
 
 Conventions: times are UTC `TIMESTAMP` (microseconds). Identifiers are small integers that join
 other tables: `events.rule_id -> rules.id`, `*.source_id -> sources.source_id`,
-`events.src_ep/dst_ep -> endpoints.id`. Every table except `rules`, `endpoints`, `runs` and
-`sources` is append-only and time-ordered, which is what retention and the snapshot rely on.
+`events.src_ep/dst_ep -> endpoints.id`. Every table except `rules`, `endpoints`, `runs`,
+`sources` and `flows_open` is append-only and time-ordered, which is what retention and the
+snapshot rely on. A store written by an older version gains the newer columns and tables in
+place the first time a writer opens it (existing rows keep their values; new columns are NULL).
 Counters in `loss` and `stats` are cumulative per run: the latest row per (run, source, cause)
 is the current value.
 """
@@ -134,6 +136,16 @@ FLOWS = Table(
     ),
 )
 
+FLOWS_OPEN = Table(
+    "flows_open",
+    "Partial flows of the time buckets that are still open, committed in the same transaction as "
+    "the events they aggregate (every insert, at least every second), so a crash of the collector "
+    "costs no committed event its flow. When a bucket closes its rows move to `flows` (summed, in one "
+    "transaction); after a crash the next run moves them. Same columns as `flows`; the query views "
+    "read `flows` only.",
+    FLOWS.columns,
+)
+
 CONNECTIONS = Table(
     "connections",
     "Conntrack DESTROY events with accounting, from each reporting namespace: the packet and byte "
@@ -195,10 +207,27 @@ RUNS = Table(
     (
         _c("run_id", "INTEGER", "Run number."),
         _c("started", "TIMESTAMP", "Start time."),
-        _c("ended", "TIMESTAMP", "Clean end time; NULL while running or after a crash."),
+        _c(
+            "ended",
+            "TIMESTAMP",
+            "End time: the clean stop, or for a crashed run its last heartbeat (set by the next run, which "
+            "closes it); NULL while running, or after a crash until the next run starts.",
+        ),
         _c("host", "VARCHAR", "Host name."),
         _c("pid", "INTEGER", "Collector process id."),
         _c("config", "VARCHAR", "Collector configuration (JSON)."),
+        _c(
+            "heartbeat",
+            "TIMESTAMP",
+            "Last sign of life: the writer updates it every second. `flowtui status` shows a run without "
+            "`ended` as running only while its process holds the store (and is alive, on this host).",
+        ),
+        _c(
+            "outcome",
+            "VARCHAR",
+            "`stopped` (clean end), `crashed` (killed or failed: closed by the next run, its open flows "
+            "recovered and the events it never stored counted as `collector_down` loss); NULL while running.",
+        ),
     ),
 )
 
@@ -229,7 +258,9 @@ LOSS = Table(
             "kernel_ratelimit (nft `limit` before `log`, from rule counters), rcvbuf_overrun (socket "
             "buffer full: sequence gaps, plus counter comparison for losses at the end of a burst), "
             "writer_backlog (received but dropped because the writer was behind), malformed (unreadable "
-            "message), store_error (insert failed).",
+            "message), store_error (insert failed), collector_down (logged by the kernel while no collector "
+            "stored them: events in flight when a run died and events logged until the next run started; "
+            "from the rule counters at the next start, attributed to the run before the gap).",
         ),
         _c("events", "BIGINT", "Events lost so far in this run."),
         _c("detail", "VARCHAR", "How it was measured."),
@@ -270,7 +301,19 @@ RULE_COUNTERS = Table(
     ),
 )
 
-TABLES: tuple[Table, ...] = (RUNS, SOURCES, RULES, ENDPOINTS, EVENTS, FLOWS, CONNECTIONS, LOSS, STATS, RULE_COUNTERS)
+TABLES: tuple[Table, ...] = (
+    RUNS,
+    SOURCES,
+    RULES,
+    ENDPOINTS,
+    EVENTS,
+    FLOWS,
+    FLOWS_OPEN,
+    CONNECTIONS,
+    LOSS,
+    STATS,
+    RULE_COUNTERS,
+)
 BY_NAME = {t.name: t for t in TABLES}
 
 VIEWS: dict[str, tuple[str, str]] = {
@@ -375,9 +418,23 @@ VIEWS: dict[str, tuple[str, str]] = {
 }
 
 
-def statements() -> list[str]:
-    """DDL for a new or existing database (idempotent), with the documentation as comments."""
+def statements(existing: set[tuple[str, str]] | None = None) -> list[str]:
+    """DDL for a new or existing database (idempotent), with the documentation as comments.
+
+    `existing` holds the (table, column) pairs already in the database: the columns a newer
+    schema added are added in place (`ALTER TABLE ... ADD COLUMN`, NULL in existing rows), so a
+    store written by an older collector opens, upgrades once and keeps every row.
+    """
     out = [t.ddl() for t in TABLES]
+    if existing:
+        have_tables = {t for t, _c in existing}
+        out += [
+            f"ALTER TABLE {t.name} ADD COLUMN {c.name} {c.sql}"
+            for t in TABLES
+            if t.name in have_tables
+            for c in t.columns
+            if (t.name, c.name) not in existing
+        ]
     for t in TABLES:
         out.append(f"COMMENT ON TABLE {t.name} IS {_quote(t.doc)}")
         out.extend(f"COMMENT ON COLUMN {t.name}.{c.name} IS {_quote(c.doc)}" for c in t.columns)
