@@ -308,13 +308,16 @@ TABLES: tuple[Table, ...] = (
     ENDPOINTS,
     EVENTS,
     FLOWS,
-    FLOWS_OPEN,
     CONNECTIONS,
     LOSS,
     STATS,
     RULE_COUNTERS,
 )
-BY_NAME = {t.name: t for t in TABLES}
+# The writer's working state: in the database and documented, but not data a reader or an
+# export needs (readers of older stores must not require it).
+WORK_TABLES: tuple[Table, ...] = (FLOWS_OPEN,)
+ALL_TABLES = TABLES + WORK_TABLES
+BY_NAME = {t.name: t for t in ALL_TABLES}
 
 VIEWS: dict[str, tuple[str, str]] = {
     "query_window": (
@@ -425,17 +428,17 @@ def statements(existing: set[tuple[str, str]] | None = None) -> list[str]:
     schema added are added in place (`ALTER TABLE ... ADD COLUMN`, NULL in existing rows), so a
     store written by an older collector opens, upgrades once and keeps every row.
     """
-    out = [t.ddl() for t in TABLES]
+    out = [t.ddl() for t in ALL_TABLES]
     if existing:
         have_tables = {t for t, _c in existing}
         out += [
             f"ALTER TABLE {t.name} ADD COLUMN {c.name} {c.sql}"
-            for t in TABLES
+            for t in ALL_TABLES
             if t.name in have_tables
             for c in t.columns
             if (t.name, c.name) not in existing
         ]
-    for t in TABLES:
+    for t in ALL_TABLES:
         out.append(f"COMMENT ON TABLE {t.name} IS {_quote(t.doc)}")
         out.extend(f"COMMENT ON COLUMN {t.name}.{c.name} IS {_quote(c.doc)}" for c in t.columns)
     for name, (doc, query) in VIEWS.items():
@@ -462,7 +465,7 @@ _READERS = (
 def markdown() -> str:
     """The schema reference as Markdown."""
     lines = ["# flowtui flow store schema", "", (__doc__ or "").strip(), "", *_READERS, ""]
-    for t in TABLES:
+    for t in ALL_TABLES:
         lines += [f"## `{t.name}`", "", t.doc, "", "| column | type | meaning |", "|---|---|---|"]
         lines += [f"| `{c.name}` | {c.sql} | {c.doc} |" for c in t.columns]
         lines.append("")

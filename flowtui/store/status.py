@@ -20,9 +20,6 @@ CAUSE_ORDER = (
 )
 
 
-ADDED_TABLES = {"flows_open"}  # tables newer than the oldest stores a reader may meet
-
-
 def run_state(ended: object, outcome: str | None, host: str | None, pid: int | None, holds_store: bool) -> str:
     """running, stopped or crashed. A run without an end is running only if a process holds the
     store for writing (readers got the snapshot) and, on this host, its pid is alive: a killed
@@ -55,7 +52,7 @@ def _alive(pid: int) -> bool:
 def read_status(path: Path, last_runs: int = 3) -> dict[str, Any]:
     con, opened = open_reader(path)
     try:
-        names = {t.name for t in TABLES} - ADDED_TABLES
+        names = {t.name for t in TABLES}
         have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         if not names <= have:
             raise FileNotFoundError(f"{opened} is not a flowtui flow store")
