@@ -105,7 +105,7 @@ def read_status(path: Path, last_runs: int = 3) -> dict[str, Any]:
                 counters[name] = counters.get(name, 0) + int(v)
             received = counters.get("received", 0)
             lost_total = sum(by_cause.values())
-            offered = received + by_cause["kernel_ratelimit"] + by_cause["rcvbuf_overrun"]
+            offered = received + by_cause["kernel_ratelimit"] + by_cause["rcvbuf_overrun"] + by_cause["collector_down"]
             runs.append(
                 {
                     "run_id": run_id,
