@@ -74,6 +74,7 @@ def close_crashed_runs(store: DuckStore) -> Closed:
         return Closed((), 0)
     with store.transaction():
         if open_rows:
+            store.flows_changed(store.query("SELECT min(start_time) FROM flows_open")[0][0])
             store.query(_MOVE_OPEN_FLOWS)
             store.query("DELETE FROM flows_open")
         for run_id, ended in rows:

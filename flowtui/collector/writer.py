@@ -10,8 +10,9 @@ It takes what the reader and the counter poller queue, in order:
 - `("ct", ...)`: conntrack DESTROY events -> `connections` rows and Allow flows' counts;
 - `("counters", ...)`: nft rule counters -> `rule_counters` rows and `kernel_ratelimit` loss.
 
-Each commit is one transaction: the pending events, the flows of the buckets that closed and
-the partial flows of the open ones (`flows_open`), so a kill -9 loses no committed event's flow.
+Each commit is one transaction: the pending events, the flows of the buckets that closed, the
+partial flows of the open ones (`flows_open`), and the rollups of the hours that closed
+(`pair_hours`), so a kill -9 loses no committed event's flow and leaves no rollup stale.
 Between items it writes loss and stats rows and the run's heartbeat, reloads the rule
 table and the enrichment resources when their files change, snapshots the store for readers
 and applies retention. At STOP it flushes everything and, with the last counters, counts the
@@ -221,18 +222,19 @@ class Writer:
         if not rows and not closed.num_rows and not opened.num_rows:
             return
         ids = ",".join(str(int(i)) for i in self._source_ids) or "NULL"
+        before = datetime.fromtimestamp(self.aggregator.flushed_before / 1e6, UTC).replace(tzinfo=None)
         try:
             with self.store.transaction():
                 if rows and self.cfg.keep_events:
                     self.store.insert("events", pa.concat_tables(pending, promote_options="permissive"))
                 if closed.num_rows:
                     self.store.insert("flows", closed)
-                    before = datetime.fromtimestamp(self.aggregator.flushed_before / 1e6, UTC).replace(tzinfo=None)
-                    self.store.query(
-                        f"DELETE FROM flows_open WHERE source_id IN ({ids}) AND start_time < ?", [before]
-                    )
+                    self.store.query(f"DELETE FROM flows_open WHERE source_id IN ({ids}) AND start_time < ?", [before])
                 if opened.num_rows:
                     self.store.insert("flows_open", opened)
+                if closed.num_rows:  # the hours whose buckets all closed (one at a time: catching up
+                    # on a large upgraded store must not stall the writer)
+                    self.store.roll_up(before, max_hours=1)
         except Exception:
             log.exception("committing %d events and %d flow rows failed", rows, closed.num_rows + opened.num_rows)
             self.book.lose("store_error", rows)
