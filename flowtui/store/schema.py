@@ -389,10 +389,12 @@ FLOWS_ONCE_WINDOW = flows_once_sql(
 # The part of the query window the rollups answer: whole hours from the window's start (rounded up
 # to an hour) to its end or `rollup_state.rolled_until`, whichever is first. The rest is raw flows.
 _ROLLED = (
-    "(SELECT CASE WHEN isinf(since_) OR date_trunc('hour', since_) = since_ THEN since_ "
+    "(SELECT lo, hi, CASE WHEN lo < hi THEN lo ELSE until_ END AS raw_to, "
+    "CASE WHEN lo < hi THEN hi ELSE until_ END AS raw_from FROM (SELECT until_, "
+    "CASE WHEN isinf(since_) OR date_trunc('hour', since_) = since_ THEN since_ "
     "ELSE date_trunc('hour', since_) + INTERVAL 1 hour END AS lo, "
     "least(coalesce((SELECT max(rolled_until) FROM rollup_state), TIMESTAMP '-infinity'), "
-    "CASE WHEN isinf(until_) THEN until_ ELSE date_trunc('hour', until_) END) AS hi FROM query_window)"
+    "CASE WHEN isinf(until_) THEN until_ ELSE date_trunc('hour', until_) END) AS hi FROM query_window))"
 )
 _PAIR_COLUMNS = (
     "src_ep, src_ip, dst_ep, dst_ip, proto, dport, denied, flows, connections, packets, bytes, "
@@ -443,9 +445,13 @@ VIEWS: dict[str, tuple[str, str]] = {
         + " (flows: how many flows_once rows).",
         f"SELECT {_PAIR_COLUMNS} FROM pair_hours p, {_ROLLED} b WHERE p.hour >= b.lo AND p.hour < b.hi "
         f"UNION ALL SELECT {_PAIR_COLUMNS} FROM ("
+        + pair_hours_sql(  # the raw flows before and after the rolled-up hours, as two ranges (they prune)
+            "f.start_time >= win.since_ AND f.start_time < b.raw_to",
+            f"CROSS JOIN query_window win CROSS JOIN {_ROLLED} b",
+        )
+        + f") UNION ALL SELECT {_PAIR_COLUMNS} FROM ("
         + pair_hours_sql(
-            "f.start_time >= win.since_ AND f.start_time < win.until_ "
-            "AND NOT (f.start_time >= b.lo AND f.start_time < b.hi)",
+            "f.start_time >= b.raw_from AND f.start_time < win.until_",
             f"CROSS JOIN query_window win CROSS JOIN {_ROLLED} b",
         )
         + ")",
