@@ -16,8 +16,9 @@ process can be writing: every run without an end is dead (kill -9, power loss, a
    last reading) counts whole; a counter below its baseline (the rule was re-created) counts from
    zero.
 
-The counters are read before this run binds its sockets, so an event logged in between is
-neither stored nor counted (microseconds at start-up; the counters are the reference).
+The counters are read once, before this run binds its sockets: that reading ends the gap and
+is this run's baseline, so an event logged in between belongs to this run (stored, or counted
+lost by it) and none is counted twice or not at all.
 """
 
 from __future__ import annotations
