@@ -2,6 +2,7 @@
 
     python bench/bench_queries.py [--rows 10000000] [--nodes 20] [--namespaces 50] [--pods 5000]
                                   [--policies 1000] [--repeat 3] [--budget 30] [--db PATH] [--seed 1]
+                                  [--json]
 
 Writes a flow store with the store's own writer (`DuckStore.insert`, Arrow batches of 1M rows
 built with numpy: no row-by-row work), in the store's schema: `rules` for `--policies` policies
@@ -15,13 +16,18 @@ on a read-only connection (as `flowtui query` opens it): once to warm up, then u
 times or until `--budget` seconds have passed; the table shows the best and median latency and
 the flow rows scanned per second (rows in `flows` / best latency).
 
+`--json` adds, as the last line of stdout, `{"rows": N, "machine": {...}, "queries": {NAME:
+{"best_ms", "median_ms", "first_ms", "rows_out"}}}` for scripts that track the figures.
+
 Runs in about `generation + 11 queries x (1 + repeat) x latency`; `--rows 1000000` is a quick look.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -227,6 +233,18 @@ def build_store(path: Path, args: argparse.Namespace) -> dict[str, float]:
     return {"total": time.perf_counter() - t0, "generate": gen_s, "insert": insert_s, "checkpoint": close_s}
 
 
+def machine() -> dict[str, Any]:
+    """What the figures were measured on (the CPU is often shared: the load average matters)."""
+    return {
+        "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "duckdb": duckdb.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000, help="flow rows to generate")
@@ -238,6 +256,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=30.0, help="stop repeating a query after this many seconds")
     parser.add_argument("--db", type=Path, help="keep the generated store here (reused if it exists)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     args = parser.parse_args()
 
     tmp = None
@@ -284,6 +303,17 @@ def main() -> None:
                                                                                                strict=True))))
         total = sum(b for *_x, b, _m in results)
         print(f"all {len(results)} queries: {total:,.2f} s (best runs)")
+        if args.json:
+            doc = {
+                "rows": flow_rows,
+                "machine": machine(),
+                "queries": {
+                    n: {"best_ms": round(b * 1000, 1), "median_ms": round(m * 1000, 1), "first_ms": round(a * 1000, 1),
+                        "rows_out": r}
+                    for n, r, a, b, m in results
+                },
+            }
+            print(json.dumps(doc, sort_keys=True))
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -19,12 +19,12 @@
 --
 -- Columns: src, dst, flows, denied, connections, packets, bytes, reply_packets, reply_bytes, ports, first_seen, last_seen
 WITH by_ids AS (  -- per endpoint id (or address, when unknown) and port first: names are joined to few rows
-  SELECT src_ep, CASE WHEN src_ep IS NULL THEN src_ip END AS src_ip, dst_ep,
-         CASE WHEN dst_ep IS NULL THEN dst_ip END AS dst_ip, proto, dport,
-         count(*) AS flows, count(*) FILTER (WHERE denied) AS denied, sum(connections) AS connections,
-         sum(packets) AS packets, sum(bytes) AS bytes, sum(reply_packets) AS reply_packets,
-         sum(reply_bytes) AS reply_bytes, min(first_seen) AS first_seen, max(last_seen) AS last_seen
-  FROM flows_once  -- each flow once, both nodes' decisions merged (a store view)
+  SELECT src_ep, src_ip, dst_ep, dst_ip, proto, dport,
+         sum(flows) AS flows, coalesce(sum(flows) FILTER (WHERE denied), 0) AS denied,
+         sum(connections) AS connections, sum(packets) AS packets, sum(bytes) AS bytes,
+         sum(reply_packets) AS reply_packets, sum(reply_bytes) AS reply_bytes,
+         min(first_seen) AS first_seen, max(last_seen) AS last_seen
+  FROM flow_pairs  -- flows_once (each flow once, both nodes merged) per pair and port: hourly rollups + raw flows
   GROUP BY ALL
 ),
 named AS (

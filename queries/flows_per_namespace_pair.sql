@@ -19,11 +19,10 @@
 --
 -- Columns: src_namespace, dst_namespace, action, flows, connections, packets, bytes, src_endpoints, dst_endpoints, first_seen, last_seen
 WITH by_ids AS (  -- per endpoint id (or address, when unknown) first: names are joined to few rows
-  SELECT src_ep, CASE WHEN src_ep IS NULL THEN src_ip END AS src_ip, dst_ep,
-         CASE WHEN dst_ep IS NULL THEN dst_ip END AS dst_ip, denied,
-         count(*) AS flows, sum(connections) AS connections, sum(packets) AS packets, sum(bytes) AS bytes,
+  SELECT src_ep, src_ip, dst_ep, dst_ip, denied,
+         sum(flows) AS flows, sum(connections) AS connections, sum(packets) AS packets, sum(bytes) AS bytes,
          min(first_seen) AS first_seen, max(last_seen) AS last_seen
-  FROM flows_once  -- each flow once, both nodes' decisions merged (a store view)
+  FROM flow_pairs  -- flows_once (each flow once, both nodes merged) per pair: hourly rollups + raw flows
   GROUP BY ALL
 ),
 named AS (

@@ -2,9 +2,11 @@
 --
 -- Every event the kernel logged is either stored or counted as lost, by cause: kernel_ratelimit
 -- (an nft `limit` before `log`, from rule counters), rcvbuf_overrun (socket buffer full: sequence
--- gaps), writer_backlog (received but dropped while the writer was behind), malformed, store_error.
+-- gaps), writer_backlog (received but dropped while the writer was behind), malformed, store_error,
+-- collector_down (logged while no collector stored them: in flight when a run died, or before the next
+-- run started; booked on the run before the gap when the next one starts).
 -- One row per run, reader and cause with its current (latest) count, the events that reader
--- received, and the loss ratio lost / (received + rate-limited + overrun). Process-wide causes
+-- received, and the loss ratio lost / (received + rate-limited + overrun + collector down). Process-wide causes
 -- have node `(process)` and are compared with the whole run's received events.
 --
 -- Parameters (DuckDB variables, all optional: SET VARIABLE name = 'value'):
@@ -31,7 +33,7 @@ run_received AS (
 ),
 offered_loss AS (  -- losses before the reader: they add to what was offered
   SELECT run_id, source_id, sum(events) AS lost FROM sel
-  WHERE cause IN ('kernel_ratelimit', 'rcvbuf_overrun') GROUP BY run_id, source_id
+  WHERE cause IN ('kernel_ratelimit', 'rcvbuf_overrun', 'collector_down') GROUP BY run_id, source_id
 ),
 run_offered_loss AS (
   SELECT run_id, sum(lost) AS lost FROM offered_loss GROUP BY run_id
@@ -49,5 +51,6 @@ LEFT JOIN run_received rr ON rr.run_id = l.run_id
 LEFT JOIN offered_loss o ON o.run_id = l.run_id AND o.source_id IS NOT DISTINCT FROM l.source_id
 LEFT JOIN run_offered_loss ro ON ro.run_id = l.run_id
 ORDER BY l.run_id DESC, l.source_id NULLS FIRST,
-         list_position(['kernel_ratelimit', 'rcvbuf_overrun', 'writer_backlog', 'malformed', 'store_error'], l.cause),
+         list_position(['kernel_ratelimit', 'rcvbuf_overrun', 'writer_backlog', 'malformed', 'store_error',
+                        'collector_down'], l.cause),
          l.cause;

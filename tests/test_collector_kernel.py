@@ -318,3 +318,108 @@ def test_a_real_lab_two_nodes_both_reporters_and_pod_enrichment(lab_id: str, tmp
     ]
     groups = query(tmp_path, "SELECT nflog_group, min(seq), max(seq), count(*) FROM events GROUP BY ALL ORDER BY 1")
     assert groups == [(1, 0, 199, 200), (2, 0, 199, 200)]
+
+
+def test_kill_9_under_load_keeps_committed_rows_open_flows_and_counts_every_event(bed: Testbed, tmp_path: Path) -> None:
+    """A collector process killed mid-flood, a flood while none runs, then the next run starts."""
+    import os
+    import signal
+    import sys
+    import threading
+
+    RuleTable([DENY7]).dump(tmp_path / "rules.jsonl")
+    db = tmp_path / "flows.duckdb"
+    root = Path(__file__).resolve().parent.parent
+    argv = [sys.executable, "-c", "from flowtui.cli import main; main()", "collect", "--db", str(db)]
+    argv += ["--netns", bed.rx, "--no-conntrack", "--snapshot-interval", "0.5", "--bucket", "15"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    log_file = tmp_path / "collect.log"
+    with log_file.open("wb") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log, cwd=tmp_path)
+    snap = tmp_path / "flows.snapshot.duckdb"
+
+    def snapshot(sql: str) -> tuple[object, ...] | None:
+        try:
+            con = duckdb.connect(str(snap), read_only=True)
+        except duckdb.Error:
+            return None
+        try:
+            return con.execute(sql).fetchone()
+        finally:
+            con.close()
+
+    def wait(cond: object, what: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():  # type: ignore[operator]
+            assert proc.poll() is None, log_file.read_text()
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    stop = threading.Event()
+    sent = [0]
+
+    def flood() -> None:
+        with bed.udp_socket() as s:
+            while not stop.is_set() and sent[0] < 2_000_000:  # bounded
+                for _ in range(500):
+                    s.sendto(b"x" * 18, (RX_V4, 9999))
+                sent[0] += 500
+
+    try:
+        wait(lambda: (snapshot("SELECT count(*) FROM rule_counters") or (0,))[0] > 0, "the baseline counters")  # type: ignore[index]
+        sender = threading.Thread(target=flood)
+        sender.start()
+        wait(lambda: ((snapshot("SELECT count(*) FROM events") or (0,))[0] or 0) > 20_000, "committed events")  # type: ignore[operator,index]
+        committed = snapshot("SELECT count(*) FROM events")
+        assert committed is not None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        time.sleep(0.5)  # the flood goes on with no collector
+        dead = read_status(db)["runs"][0]
+        assert dead["state"] == "crashed" and dead["ended"] is None, "a killed collector shown as running"
+        # the next run closes the dead one, while the flood goes on (its start-up window counts too)
+        c = collector(tmp_path, bed, [DENY7], conntrack=False)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    sender.join()
+    c.stop()
+    assert proc.returncode == -signal.SIGKILL
+    counted = bed.counter("ft:D7")
+    assert counted == sent[0]
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        first = con.execute("SELECT outcome, ended IS NOT NULL FROM runs WHERE run_id = 1").fetchone()
+        in_events = con.execute("SELECT count(*) FROM events e JOIN sources s USING (source_id) WHERE run_id = 1")
+        events_1 = in_events.fetchone()[0]  # type: ignore[index]
+        flows_1 = con.execute(
+            "SELECT sum(events) FROM flows f JOIN sources s USING (source_id) WHERE run_id = 1"
+        ).fetchone()[0]  # type: ignore[index]
+        open_left = con.execute("SELECT count(*) FROM flows_open").fetchone()[0]  # type: ignore[index]
+        lost = dict(
+            con.execute(
+                "SELECT cause, sum(events) FROM loss_latest WHERE cause <> 'kernel_ratelimit' GROUP BY cause"
+            ).fetchall()
+        )
+        stored_2 = con.execute(
+            "SELECT coalesce(sum(events), 0) FROM flows f JOIN sources s USING (source_id) WHERE run_id = 2"
+        ).fetchone()[0]  # type: ignore[index]
+    finally:
+        con.close()
+    assert first == ("crashed", True)
+    assert events_1 >= committed[0]  # committed rows kept  # type: ignore[index]
+    assert flows_1 == events_1  # and every committed event has its flow, though its 15 s bucket never closed
+    assert open_left == 0
+    assert lost.get("collector_down", 0) > 0  # the flood after the kill
+    print(
+        f"kill -9: {counted} logged, run 1 stored {flows_1} ({committed} seen committed), run 2 {stored_2}, lost {lost}"
+    )
+    assert stored_2 > 0  # the second run read part of the flood
+    assert flows_1 + stored_2 + sum(lost.values()) == counted, (counted, flows_1, stored_2, lost)
+    status = read_status(db, last_runs=2)["runs"]
+    assert [r["state"] for r in status] == ["stopped", "crashed"]
+    assert status[1]["lost"]["collector_down"] == lost["collector_down"]

@@ -228,7 +228,14 @@ def _print_status(doc: dict[str, Any]) -> None:
         f"{t['rules']:,} rules, {t['policies']:,} policy revisions, {t['endpoints']:,} endpoints"
     )
     for run in doc["runs"]:
-        state = "running" if run["ended"] is None else f"ended {_t(run['ended'])}"
+        state = {
+            "running": f"running (heartbeat {_t(run['heartbeat'])})",
+            "stopped": f"ended {_t(run['ended'])}",
+            "crashed": "crashed, "
+            + (
+                f"last heartbeat {_t(run['ended'])}" if run["ended"] else "not running (closed when a collector starts)"
+            ),
+        }[run["state"]]
         click.echo(f"run {run['run_id']}: started {_t(run['started'])}, {state}, pid {run['pid']} on {run['host']}")
         for s in run["sources"]:
             click.echo(

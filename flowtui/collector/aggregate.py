@@ -6,6 +6,10 @@ grouped on integers only (polars) into a small partial table; partials wait per 
 the bucket has been closed for `grace_seconds` (events arrive up to the NFLOG flush timeout plus
 the writer's batch interval late), then they are summed into `flows` rows (`finish`).
 
+Open buckets are not only in memory: `take_open()` returns, summed, the partials added since
+its last call, which the writer commits to `flows_open` with the events they came from, so a
+crash loses no committed event's flow (`flush()` then says which buckets moved to `flows`).
+
 The `flows` table stays narrow (ids, not names): the endpoint, rule and node metadata is joined
 in by the `flows_v` view, which keeps inserts fast when every event is a new flow (floods).
 
@@ -117,6 +121,7 @@ class Aggregator:
         self.bucket_us = max(1, int(bucket_seconds * 1_000_000))
         self.grace_us = int(grace_seconds * 1_000_000)
         self.partials: dict[int, list[pl.DataFrame]] = {}
+        self.unsaved: dict[int, list[pl.DataFrame]] = {}  # partials not yet given to take_open()
         self.addresses = Interner()
         self.prefixes = Interner()
         self.prefix_action: dict[int, str | None] = {}
@@ -200,6 +205,7 @@ class Aggregator:
             if b < self._flushed_before:
                 self.late_rows += frame.height
             self.partials.setdefault(b, []).append(frame)
+            self.unsaved.setdefault(b, []).append(frame)
 
     def _remember_allowed(self, allowed: pl.DataFrame) -> None:
         cols = ["source_id", "proto", "src_id", "dst_id", "sport", "dport", "prefix_id"]
@@ -262,12 +268,36 @@ class Aggregator:
         return None if rule < 0 else rule
 
     def flush(self, now_us: int | None) -> pa.Table:
-        """`flows` rows for every bucket closed for `grace` (all of them if `now_us` is None)."""
+        """`flows` rows for every bucket closed for `grace` (all of them if `now_us` is None).
+
+        Closed buckets are always the lowest ones, so they all start before `flushed_before`.
+        """
         ready = sorted(b for b in self.partials if now_us is None or b + self.bucket_us + self.grace_us <= now_us)
         if not ready:
             return schema.FLOWS.arrow_schema.empty_table()
         frames = [f for b in ready for f in self.partials.pop(b)]
+        for b in ready:
+            self.unsaved.pop(b, None)  # their rows go to `flows` whole
         self._flushed_before = max(self._flushed_before, ready[-1] + self.bucket_us)
+        table = self._sum(frames)
+        if len(self.addresses) > INTERN_LIMIT:
+            self._compact()
+        return table
+
+    @property
+    def flushed_before(self) -> int:
+        """Buckets starting before this (µs) have been handed out by `flush()`."""
+        return self._flushed_before
+
+    def take_open(self) -> pa.Table:
+        """Rows (summed per key) of the partials of open buckets added since the last call."""
+        frames = [f for b in sorted(self.unsaved) for f in self.unsaved[b]]
+        self.unsaved = {}
+        if not frames:
+            return schema.FLOWS.arrow_schema.empty_table()
+        return self._sum(frames)
+
+    def _sum(self, frames: list[pl.DataFrame]) -> pa.Table:
         summed = (
             pl.concat(frames, how="vertical")
             .group_by(KEY)
@@ -281,10 +311,7 @@ class Aggregator:
             )
             .sort(["bucket", "source_id", "first_seen"])
         )
-        table = self._finish(summed)
-        if len(self.addresses) > INTERN_LIMIT:
-            self._compact()
-        return table
+        return self._finish(summed)
 
     def _finish(self, flows: pl.DataFrame) -> pa.Table:
         prefix_ids = sorted(self.prefix_action)
@@ -342,14 +369,17 @@ class Aggregator:
         for i in sorted(keep):
             remap[i] = fresh.id(old.values[i])
         self.addresses = fresh
-        for b, frames in self.partials.items():
-            self.partials[b] = [
+        def remapped(frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
+            return [
                 f.with_columns(
                     pl.Series("src_id", remap[f["src_id"].to_numpy()]),
                     pl.Series("dst_id", remap[f["dst_id"].to_numpy()]),
                 )
                 for f in frames
             ]
+
+        self.partials = {b: remapped(frames) for b, frames in self.partials.items()}
+        self.unsaved = {b: remapped(frames) for b, frames in self.unsaved.items()}
         self.allow_index = OrderedDict(
             ((k[0], k[1], int(remap[k[2]]), int(remap[k[3]]), k[4], k[5]), v) for k, v in self.allow_index.items()
         )

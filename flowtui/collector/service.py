@@ -14,6 +14,9 @@
     counter poller
         nft counters of `ft:` rules in every namespace -> the writer's queue.
 
+Starting closes the runs that died (their open flows kept, the run marked crashed) and counts
+the events logged while no collector stored them (`recovery.py`, loss cause `collector_down`).
+
 Stopping drains: the reader keeps reading for the kernel's flush timeout, the rule counters
 are read a last time, the writer empties its queue, flushes every bucket and compares the
 counters with what arrived (loss at the end of an overrun burst leaves no sequence gap).
@@ -27,11 +30,13 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from flowtui.collector import counters as nft_counters
+from flowtui.collector import recovery
 from flowtui.collector.config import CollectorConfig, Source
 from flowtui.collector.conntrack import ConntrackSocket, accounting_enabled, enable_accounting
 from flowtui.collector.loss import LossBook
@@ -83,6 +88,22 @@ class Collector:
 
     def start(self) -> None:
         cfg = self.cfg
+        # One reading of the rule counters before the sockets are bound ends the previous run's
+        # gap and starts this run's count: an event logged in between is this run's, stored or
+        # counted lost (a reading after binding would leave the events between uncounted).
+        baseline: dict[str | None, tuple[datetime, list[nft_counters.RuleCounter]]] = {}
+        try:  # before this run exists and before its sockets are bound (see recovery.py)
+            recovery.close_crashed_runs(self.store)
+            if cfg.counters:
+                for netns in cfg.namespaces:
+                    try:
+                        baseline[netns] = (utcnow(), nft_counters.read_counters(netns))
+                    except OSError as exc:
+                        log.warning("cannot read nft counters in %s: %s", netns or "host", exc)
+                recovery.count_gaps(self.store, cfg.namespaces, read=_cached(baseline))
+        except BaseException:
+            self.store.close(snapshot=False)
+            raise
         self.run_id = self.store.begin_run(_config_doc(cfg))
         try:
             for index, netns in enumerate(cfg.namespaces):
@@ -104,8 +125,15 @@ class Collector:
             raise
         for _ in range(cfg.buffers):
             self.pool.put(bytearray(cfg.buffer_bytes))
-        if cfg.counters:
-            self._poll_counters_once()  # the baseline: this run accounts only for its own packets
+        if cfg.counters:  # the baseline: this run accounts only for its own packets
+            groups = set(cfg.nflog.groups)
+            for src in self.sources:
+                if src.netns in baseline:
+                    when, found = baseline[src.netns]
+                    self.q.put(("counters", src.index, when, [c for c in found if c.group in groups]))
+                else:
+                    self._poll_counters_once()
+                    break
         self._started = time.monotonic()
         self._threads = [
             threading.Thread(target=self._guard(self._reader), name="flowtui reader", daemon=True),
@@ -276,6 +304,18 @@ class Collector:
         doc["seconds"] = round(time.monotonic() - self._started, 3) if self._started else 0.0
         doc["store"] = asdict(self.store.stats)
         return doc
+
+
+def _cached(
+    readings: dict[str | None, tuple[datetime, list[nft_counters.RuleCounter]]],
+) -> recovery.ReadCounters:
+    def read(netns: str | None, groups: Iterable[int]) -> list[nft_counters.RuleCounter]:
+        if netns not in readings:
+            raise OSError("not read")
+        wanted = set(groups)
+        return [c for c in readings[netns][1] if not wanted or c.group in wanted]
+
+    return read
 
 
 def _config_doc(cfg: CollectorConfig) -> dict[str, Any]:

@@ -3,14 +3,17 @@
 It takes what the reader and the counter poller queue, in order:
 
 - a `RawBatch`: `pipeline.process` (parse, decode, attribute, enrich), events pending for a
-  batched insert (128k rows, one DuckDB row group, or every second), the flows aggregator fed,
+  batched commit (128k rows, one DuckDB row group, or every second), the flows aggregator fed,
   the buffer handed back to the reader's pool;
 - `("dropped", ...)`: a chunk the reader could not buffer: `writer_backlog` loss, and its
   sequence range so it is not mistaken for a gap;
 - `("ct", ...)`: conntrack DESTROY events -> `connections` rows and Allow flows' counts;
 - `("counters", ...)`: nft rule counters -> `rule_counters` rows and `kernel_ratelimit` loss.
 
-Between items it flushes closed flow buckets, writes loss and stats rows, reloads the rule
+Each commit is one transaction: the pending events, the flows of the buckets that closed, the
+partial flows of the open ones (`flows_open`), and the rollups of the hours that closed
+(`pair_hours`), so a kill -9 loses no committed event's flow and leaves no rollup stale.
+Between items it writes loss and stats rows and the run's heartbeat, reloads the rule
 table and the enrichment resources when their files change, snapshots the store for readers
 and applies retention. At STOP it flushes everything and, with the last counters, counts the
 events lost at the end of an overrun burst (no sequence gap shows those).
@@ -124,15 +127,14 @@ class Writer:
             elif item is not None:
                 self._handle(item)
             now = time.monotonic()
-            if pending_rows >= cfg.max_batch_events or (pending and now - last["flush"] >= cfg.batch_seconds):
-                self._insert_events(pending, pending_rows)
-                pending, pending_rows = [], 0
-            if now - last["flush"] >= cfg.batch_seconds:
+            if pending_rows >= cfg.max_batch_events or now - last["flush"] >= cfg.batch_seconds:
                 last["flush"] = now
-                self._flush_flows(final=False)
+                self._commit(pending, pending_rows, final=False)
+                pending, pending_rows = [], 0
             if now - last["stats"] >= cfg.stats_interval:
                 last["stats"] = now
                 self._write_stats()
+                self.store.heartbeat(self.run_id)
             if now - last["resources"] >= 2.0:
                 last["resources"] = now
                 self._load_resources()
@@ -142,8 +144,7 @@ class Writer:
             if now - last["retention"] >= cfg.retention_interval:
                 last["retention"] = now
                 self.store.retain(cfg.retention)
-        self._insert_events(pending, pending_rows)
-        self._flush_flows(final=True)
+        self._commit(pending, pending_rows, final=True)
         self._store_rules()
         self.book.lose("malformed", self.seq.unresolved())  # at least one event each
         self._end_of_run_comparison()
@@ -212,16 +213,36 @@ class Writer:
             self._last_warning = now
             log.warning("odd netlink input (counted, see `flowtui status`): %s", odd)
 
-    def _insert_events(self, pending: list[pa.Table], rows: int) -> None:
-        if not pending or not rows:
+    def _commit(self, pending: list[pa.Table], rows: int, final: bool) -> None:
+        """One transaction: the pending events, the flows of buckets that closed (moved out of
+        `flows_open`), and the partial flows of open buckets since the last commit. A crash keeps
+        all of it or none, so every committed event has its flow (in `flows` or `flows_open`)."""
+        closed = self.aggregator.flush(None if final else time.time_ns() // 1000)
+        opened = self.aggregator.take_open()
+        if not rows and not closed.num_rows and not opened.num_rows:
             return
+        ids = ",".join(str(int(i)) for i in self._source_ids) or "NULL"
+        before = datetime.fromtimestamp(self.aggregator.flushed_before / 1e6, UTC).replace(tzinfo=None)
         try:
-            if self.cfg.keep_events:
-                self.store.insert("events", pa.concat_tables(pending, promote_options="permissive"))
-            self.book.count("stored", rows)
+            with self.store.transaction():
+                if rows and self.cfg.keep_events:
+                    self.store.insert("events", pa.concat_tables(pending, promote_options="permissive"))
+                if closed.num_rows:
+                    self.store.insert("flows", closed)
+                    self.store.query(f"DELETE FROM flows_open WHERE source_id IN ({ids}) AND start_time < ?", [before])
+                if opened.num_rows:
+                    self.store.insert("flows_open", opened)
+                if closed.num_rows:  # the hours whose buckets all closed (one at a time: catching up
+                    # on a large upgraded store must not stall the writer)
+                    self.store.roll_up(before, max_hours=1)
         except Exception:
-            log.exception("inserting %d events failed", rows)
+            log.exception("committing %d events and %d flow rows failed", rows, closed.num_rows + opened.num_rows)
             self.book.lose("store_error", rows)
+            return
+        self.book.count("stored", rows)
+        self.book.count("flow_rows", closed.num_rows)
+        self.book.count("open_flow_rows", opened.num_rows)
+        self.book.set("late_flow_rows", self.aggregator.late_rows)
 
     def _handle(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
@@ -344,18 +365,6 @@ class Writer:
                 log.warning("%s: %d events lost without a sequence gap (end of an overrun burst)", s.node, tail)
                 self.book.lose("rcvbuf_overrun", tail, s.source_id)
                 self.book.set("counter_tail_loss", tail, s.source_id)
-
-    def _flush_flows(self, final: bool) -> None:
-        now_us = None if final else time.time_ns() // 1000
-        table = self.aggregator.flush(now_us)
-        if table.num_rows == 0:
-            return
-        try:
-            self.store.insert("flows", table)
-            self.book.count("flow_rows", table.num_rows)
-        except Exception:
-            log.exception("inserting %d flow rows failed", table.num_rows)
-        self.book.set("late_flow_rows", self.aggregator.late_rows)
 
     def _write_stats(self, force: bool = False) -> None:
         for s in self.sources:

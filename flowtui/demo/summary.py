@@ -15,7 +15,14 @@ if TYPE_CHECKING:
     from enforcer.datastore import Datastore
     from flowtui.demo.session import DemoSummary
 
-CAUSES = ("kernel_ratelimit", "rcvbuf_overrun", "writer_backlog", "malformed", "store_error")
+CAUSES = (
+    "kernel_ratelimit",
+    "rcvbuf_overrun",
+    "writer_backlog",
+    "malformed",
+    "store_error",
+    "collector_down",
+)
 
 # Per verdict and deciding rule: the events logged, the distinct flows (5-tuples), the packets.
 BY_POLICY_SQL = """

@@ -6,6 +6,7 @@
     DIR/events/..., DIR/connections/..., DIR/loss/..., DIR/stats/..., DIR/rule_counters/...
     DIR/rules.parquet, DIR/endpoints.parquet,               what the ids join to, whole
     DIR/sources.parquet, DIR/runs.parquet
+    DIR/pair_hours.parquet, DIR/rollup_state.parquet        rollups (exports of the whole store)
     DIR/views.sql                                           the store's tables and views over them
 
 Every column keeps its name and type from `flowtui.store.schema`; `day` (UTC, of the row's time:
@@ -95,7 +96,7 @@ def is_parquet_dir(path: Path) -> bool:
 def attach(con: duckdb.DuckDBPyConnection, root: Path) -> list[str]:
     """Create the store's tables (as views over Parquet) and views in `con`; returns the tables found."""
     found = []
-    for table in schema.TABLES:
+    for table in schema.TABLES + schema.ROLLUP_TABLES:  # rollups absent (older or windowed exports): empty
         source = table_source(root, table.name)
         have: set[str] | None = None
         if source is not None:
@@ -113,7 +114,7 @@ def views_script(root: Path) -> str:
         "-- The flowtui store's tables and views over this Parquet export. From this directory:",
         "--   duckdb -c '.read views.sql' -c \"SET VARIABLE since = '1h'\" -c '.read ../queries/top_denied.sql'",
     ]
-    for table in schema.TABLES:
+    for table in schema.TABLES + schema.ROLLUP_TABLES:
         source = table_source(root, table.name, relative=True)
         lines.append(view_statement(table, source) + ";")
     lines += [s + ";" for s in derived_views()]
@@ -132,13 +133,16 @@ def export_parquet(
 ) -> ParquetExport:
     """Write every table under `out` (time-ordered tables within `window`, the others whole)."""
     out.mkdir(parents=True, exist_ok=True)
-    targets = [out / (t.name if t.name in TIME_OF else f"{t.name}.parquet") for t in schema.TABLES]
+    # The rollups cover whole hours of the whole store: exported only with everything (a windowed
+    # export reads its raw flows, which give the same answers).
+    tables = schema.TABLES + (schema.ROLLUP_TABLES if window == EVERYTHING else ())
+    targets = [out / (t.name if t.name in TIME_OF else f"{t.name}.parquet") for t in tables]
     existing = [p for p in [*targets, out / "views.sql"] if p.exists() and (p.is_file() or any(p.iterdir()))]
     if existing and not overwrite:
         names = ", ".join(p.name for p in existing[:4])
         raise ExportError(f"{out} already holds an export ({names}...): use another directory or --overwrite")
     result = ParquetExport(out)
-    for table, target in zip(schema.TABLES, targets, strict=True):
+    for table, target in zip(tables, targets, strict=True):
         if target.is_dir():
             shutil.rmtree(target)
         elif target.exists():

@@ -78,7 +78,11 @@ class QueryFile:
 
 
 # Views of the store that read variables themselves (flowtui/store/schema.py VIEWS).
-_VIEW_VARIABLES = {"query_window": {"since", "until", "now"}, "flows_once": {"since", "until", "now"}}
+_VIEW_VARIABLES = {
+    "query_window": {"since", "until", "now"},
+    "flows_once": {"since", "until", "now"},
+    "flow_pairs": {"since", "until", "now"},
+}
 
 
 def variables(sql: str) -> set[str]:

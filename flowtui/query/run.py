@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from flowtui.interop.parquet import attach, is_parquet_dir
 from flowtui.query.library import QueryFile
+from flowtui.store import schema
 from flowtui.store.duckdb_store import open_reader, snapshot_path
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -76,6 +77,7 @@ def open_source(path: Path | str) -> Source:
     if "flows" not in tables or "rules" not in tables:
         con.close()
         raise SourceError(f"{opened} is not a flowtui flow store (no flows/rules tables)")
+    schema.ensure_rollups(con)  # a store an older collector wrote, opened read-only
     return Source(con, opened, "snapshot" if opened == snapshot_path(path) else "duckdb")
 
 

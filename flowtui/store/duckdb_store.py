@@ -30,7 +30,13 @@ measured with DuckDB 2.0 here). So readers never open the live file while a coll
 Data in the snapshot is at most `snapshot_interval` (+ the copy time) old.
 
 **Retention.** `retain(...)` deletes rows older than the configured age per table (events
-first: they are the bulk); DuckDB reuses the freed blocks after the next checkpoint.
+first: they are the bulk); flows by whole hours, with their rollup rows; DuckDB reuses the
+freed blocks after the next checkpoint.
+
+**Rollups.** `insert("flows", ...)` moves `rollup_state.rolled_until` back to the hour of the
+batch's first flow, in the same transaction; `roll_up()` rolls the hours from there up to a
+given time into `pair_hours` (from the raw flows, so it is also how they are rebuilt);
+`end_run()` rolls up everything. Any writer of flows that uses this API keeps them exact.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,6 +56,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from enforcer.safefile import PRIVATE, commit, create_temp
 from flowtui.store import schema
@@ -126,7 +134,13 @@ class DuckStore:
             self.con.execute(f"SET threads = {int(threads)}")
         if memory_limit:
             self.con.execute(f"SET memory_limit = '{memory_limit}'")
-        for stmt in schema.statements():
+        existing = {
+            (str(t), str(c))
+            for t, c in self.con.execute(
+                "SELECT table_name, column_name FROM duckdb_columns() WHERE schema_name = 'main'"
+            ).fetchall()
+        }
+        for stmt in schema.statements(existing):
             self.con.execute(stmt)
         self.stats = StoreStats()
         self.snapshot_interval = snapshot_interval
@@ -134,7 +148,8 @@ class DuckStore:
         self._snap_thread: threading.Thread | None = None
         self._last_snapshot = 0.0
         self._snap_cost = 0.0
-        self._lock = threading.Lock()  # one statement at a time on self.con
+        self._lock = threading.RLock()  # one statement (or one transaction) at a time on self.con
+        self._in_transaction = False
         # Opened once, closed after DuckDB: see "Reading while the collector writes".
         self._read_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         if created:  # a store we made is private, whatever the umask (as its snapshots are)
@@ -151,8 +166,12 @@ class DuckStore:
         if data.schema.names != want.names:
             data = data.select(want.names)
         t0 = time.perf_counter()
-        with self._lock:
+        with self._lock, self._atomic():
             self.con.from_arrow(data).insert_into(table)
+            if table == "flows":  # hours already rolled up must be rolled up again
+                first = pc.min(data.column("start_time")).as_py()
+                if first is not None:
+                    self._unroll_from(first)
         self.stats.insert_seconds += time.perf_counter() - t0
         rows: int = data.num_rows
         self.stats.inserted[table] = self.stats.inserted.get(table, 0) + rows
@@ -165,6 +184,78 @@ class DuckStore:
         tschema = schema.BY_NAME[table].arrow_schema
         data = pa.Table.from_pylist([{n: r.get(n) for n in tschema.names} for r in rows], schema=tschema)
         return self.insert(table, data)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything inside commits together or not at all (a crash keeps none of it)."""
+        with self._lock:
+            if self._in_transaction:
+                yield
+                return
+            self.con.execute("BEGIN TRANSACTION")
+            self._in_transaction = True
+            try:
+                yield
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            else:
+                self.con.execute("COMMIT")
+            finally:
+                self._in_transaction = False
+
+    def _atomic(self) -> AbstractContextManager[None]:
+        return self.transaction()
+
+    # ---------------------------------------------------------------------------------------
+    # Rollups (see schema.PAIR_HOURS): part of the writer API, so every writer of flows keeps them
+
+    def rolled_until(self) -> datetime | None:
+        row = self.query("SELECT max(rolled_until) FROM rollup_state")
+        value: datetime | None = row[0][0] if row else None
+        return value
+
+    def _unroll_from(self, first: datetime) -> None:
+        """Flows from `first` on changed: the hours from its hour on are no longer rolled up."""
+        hour = first.replace(minute=0, second=0, microsecond=0)
+        self.con.execute("UPDATE rollup_state SET rolled_until = ? WHERE rolled_until > ?", [hour, hour])
+
+    def flows_changed(self, first: datetime | None) -> None:
+        """For writers that change `flows` with SQL rather than `insert` (recovery)."""
+        if first is not None:
+            with self._lock:
+                self._unroll_from(first)
+
+    def roll_up(self, until: datetime | None = None, max_hours: int | None = None) -> int:
+        """Roll up the flows of the hours before `until` (rounded down to an hour; default: every
+        hour with flows) that are not yet; at most `max_hours` at a time (a writer catching up
+        on a large store spreads the work). Returns the hours rolled up."""
+        with self.transaction():
+            start = self.rolled_until()
+            if start is None:
+                first = self.query("SELECT min(start_time) FROM flows")[0][0]
+                if first is None:
+                    return 0
+                start = first.replace(minute=0, second=0, microsecond=0)
+            if until is None:
+                last = self.query("SELECT max(start_time) FROM flows")[0][0]
+                if last is None:
+                    return 0
+                target = last.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+            else:
+                target = until.replace(minute=0, second=0, microsecond=0)
+            if max_hours is not None:
+                target = min(target, start + timedelta(hours=max_hours))
+            if target <= start:
+                return 0
+            self.query("DELETE FROM pair_hours WHERE hour >= ?", [start])
+            self.query(
+                "INSERT INTO pair_hours BY NAME "
+                + schema.pair_hours_sql(f"f.start_time >= {_ts(start)} AND f.start_time < {_ts(target)}")
+            )
+            self.query("DELETE FROM rollup_state")
+            self.query("INSERT INTO rollup_state VALUES (?)", [target])
+            return int((target - start) / timedelta(hours=1))
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -179,12 +270,14 @@ class DuckStore:
 
     def begin_run(self, config: Mapping[str, Any]) -> int:
         run_id = self.next_id("runs", "run_id")
+        now = utcnow()
         self.insert_rows(
             "runs",
             [
                 {
                     "run_id": run_id,
-                    "started": utcnow(),
+                    "started": now,
+                    "heartbeat": now,
                     "host": socket.gethostname(),
                     "pid": os.getpid(),
                     "config": json.dumps(config, default=str, sort_keys=True),
@@ -194,7 +287,13 @@ class DuckStore:
         return run_id
 
     def end_run(self, run_id: int) -> None:
-        self.query("UPDATE runs SET ended = ? WHERE run_id = ?", [utcnow(), run_id])
+        self.roll_up()
+        now = utcnow()
+        self.query("UPDATE runs SET ended = ?, heartbeat = ?, outcome = 'stopped' WHERE run_id = ?", [now, now, run_id])
+
+    def heartbeat(self, run_id: int) -> None:
+        """The run is alive (see `runs.heartbeat`)."""
+        self.query("UPDATE runs SET heartbeat = ? WHERE run_id = ?", [utcnow(), run_id])
 
     def add_source(self, run_id: int, netns: str | None, node: str, groups: Iterable[int], rcvbuf: int) -> int:
         source_id = self.next_id("sources", "source_id")
@@ -292,7 +391,14 @@ class DuckStore:
             if age is None:
                 continue
             column = TIME_COLUMN[table]
-            rows = self.query(f"DELETE FROM {table} WHERE {column} < ?", [now - age])
+            cutoff = now - age
+            if table == "flows":  # whole hours, so the rollups of the hours kept stay exact
+                cutoff = cutoff.replace(minute=0, second=0, microsecond=0)
+                with self.transaction():
+                    rows = self.query("DELETE FROM flows WHERE start_time < ?", [cutoff])
+                    self.query("DELETE FROM pair_hours WHERE hour < ?", [cutoff])
+            else:
+                rows = self.query(f"DELETE FROM {table} WHERE {column} < ?", [cutoff])
             deleted += int(rows[0][0]) if rows else 0
         self.stats.deleted += deleted
         return deleted
@@ -308,6 +414,11 @@ class DuckStore:
             with self._lock:
                 self.con.close()
             os.close(self._read_fd)
+
+
+def _ts(value: datetime) -> str:
+    """A TIMESTAMP literal (constants, so DuckDB prunes row groups by their min/max)."""
+    return f"TIMESTAMP '{value.isoformat(sep=' ')}'"
 
 
 def _copy_range(src: int, dst: int, size: int) -> None:

@@ -6,8 +6,10 @@ tool show it), the Arrow schemas the writer inserts with, and the Markdown refer
 
 Conventions: times are UTC `TIMESTAMP` (microseconds). Identifiers are small integers that join
 other tables: `events.rule_id -> rules.id`, `*.source_id -> sources.source_id`,
-`events.src_ep/dst_ep -> endpoints.id`. Every table except `rules`, `endpoints`, `runs` and
-`sources` is append-only and time-ordered, which is what retention and the snapshot rely on.
+`events.src_ep/dst_ep -> endpoints.id`. Every table except `rules`, `endpoints`, `runs`,
+`sources` and `flows_open` is append-only and time-ordered, which is what retention and the
+snapshot rely on. A store written by an older version gains the newer columns and tables in
+place the first time a writer opens it (existing rows keep their values; new columns are NULL).
 Counters in `loss` and `stats` are cumulative per run: the latest row per (run, source, cause)
 is the current value.
 """
@@ -15,6 +17,7 @@ is the current value.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -134,6 +137,16 @@ FLOWS = Table(
     ),
 )
 
+FLOWS_OPEN = Table(
+    "flows_open",
+    "Partial flows of the time buckets that are still open, committed in the same transaction as "
+    "the events they aggregate (every insert, at least every second), so a crash of the collector "
+    "costs no committed event its flow. When a bucket closes its rows move to `flows` (summed, in one "
+    "transaction); after a crash the next run moves them. Same columns as `flows`; the query views "
+    "read `flows` only.",
+    FLOWS.columns,
+)
+
 CONNECTIONS = Table(
     "connections",
     "Conntrack DESTROY events with accounting, from each reporting namespace: the packet and byte "
@@ -195,10 +208,27 @@ RUNS = Table(
     (
         _c("run_id", "INTEGER", "Run number."),
         _c("started", "TIMESTAMP", "Start time."),
-        _c("ended", "TIMESTAMP", "Clean end time; NULL while running or after a crash."),
+        _c(
+            "ended",
+            "TIMESTAMP",
+            "End time: the clean stop, or for a crashed run its last heartbeat (set by the next run, which "
+            "closes it); NULL while running, or after a crash until the next run starts.",
+        ),
         _c("host", "VARCHAR", "Host name."),
         _c("pid", "INTEGER", "Collector process id."),
         _c("config", "VARCHAR", "Collector configuration (JSON)."),
+        _c(
+            "heartbeat",
+            "TIMESTAMP",
+            "Last sign of life: the writer updates it every second. `flowtui status` shows a run without "
+            "`ended` as running only while its process holds the store (and is alive, on this host).",
+        ),
+        _c(
+            "outcome",
+            "VARCHAR",
+            "`stopped` (clean end), `crashed` (killed or failed: closed by the next run, its open flows "
+            "recovered and the events it never stored counted as `collector_down` loss); NULL while running.",
+        ),
     ),
 )
 
@@ -229,7 +259,9 @@ LOSS = Table(
             "kernel_ratelimit (nft `limit` before `log`, from rule counters), rcvbuf_overrun (socket "
             "buffer full: sequence gaps, plus counter comparison for losses at the end of a burst), "
             "writer_backlog (received but dropped because the writer was behind), malformed (unreadable "
-            "message), store_error (insert failed).",
+            "message), store_error (insert failed), collector_down (logged by the kernel while no collector "
+            "stored them: events in flight when a run died and events logged until the next run started; "
+            "from the rule counters at the next start, attributed to the run before the gap).",
         ),
         _c("events", "BIGINT", "Events lost so far in this run."),
         _c("detail", "VARCHAR", "How it was measured."),
@@ -270,8 +302,116 @@ RULE_COUNTERS = Table(
     ),
 )
 
-TABLES: tuple[Table, ...] = (RUNS, SOURCES, RULES, ENDPOINTS, EVENTS, FLOWS, CONNECTIONS, LOSS, STATS, RULE_COUNTERS)
-BY_NAME = {t.name: t for t in TABLES}
+PAIR_HOURS = Table(
+    "pair_hours",
+    "Rollup: the flows of `flows_once` (each flow once, both reporters merged) summed per hour, "
+    "endpoint pair, protocol, destination port and verdict, for every hour before "
+    "`rollup_state.rolled_until`. Kept by the store's writer in the same transaction as the flows "
+    "(any writer: collector, imports), rebuilt from `flows` when older flows arrive; the "
+    "`flow_pairs` view reads it for whole hours and `flows_once` for the rest, so answers equal "
+    "the raw flows'.",
+    (
+        _c("hour", "TIMESTAMP", "Start of the hour (of the flows' bucket start)."),
+        _c("src_ep", "INTEGER", "Source endpoint -> endpoints.id; NULL when the address is unknown."),
+        _c("src_ip", "VARCHAR", "Source address when src_ep is NULL, else NULL."),
+        _c("dst_ep", "INTEGER", "Destination endpoint -> endpoints.id."),
+        _c("dst_ip", "VARCHAR", "Destination address when dst_ep is NULL, else NULL."),
+        _c("proto", "UTINYINT", "IP protocol number."),
+        _c("dport", "USMALLINT", "Destination port; NULL for protocols without ports."),
+        _c("denied", "BOOLEAN", "Whether either side denied these flows."),
+        _c("flows", "BIGINT", "Flows (`flows_once` rows)."),
+        _c("connections", "BIGINT", "Allowed connections opened."),
+        _c("packets", "BIGINT", "Packets in the original direction."),
+        _c("bytes", "BIGINT", "Bytes in the original direction."),
+        _c("reply_packets", "BIGINT", "Packets in the reply direction."),
+        _c("reply_bytes", "BIGINT", "Bytes in the reply direction."),
+        _c("first_seen", "TIMESTAMP", "Earliest event of these flows."),
+        _c("last_seen", "TIMESTAMP", "Latest event of these flows."),
+    ),
+)
+
+ROLLUP_STATE = Table(
+    "rollup_state",
+    "How far the rollups reach: one row. Flows starting before `rolled_until` are summed in "
+    "`pair_hours`; later ones are read from `flows`. Writing flows for an earlier hour moves it back.",
+    (_c("rolled_until", "TIMESTAMP", "Hours before this are rolled up (an hour boundary)."),),
+)
+
+TABLES: tuple[Table, ...] = (
+    RUNS,
+    SOURCES,
+    RULES,
+    ENDPOINTS,
+    EVENTS,
+    FLOWS,
+    CONNECTIONS,
+    LOSS,
+    STATS,
+    RULE_COUNTERS,
+)
+# The writer's working state: in the database and documented, but not data a reader or an
+# export needs (readers of older stores must not require it).
+WORK_TABLES: tuple[Table, ...] = (FLOWS_OPEN,)
+# Rollups: derived from `flows` (rebuildable); a reader of a store or export without them creates
+# them empty (`ensure_rollups`), and the views then read the raw flows.
+ROLLUP_TABLES: tuple[Table, ...] = (PAIR_HOURS, ROLLUP_STATE)
+ALL_TABLES = TABLES + ROLLUP_TABLES + WORK_TABLES
+BY_NAME = {t.name: t for t in ALL_TABLES}
+
+
+def flows_once_sql(joins: str, where: str) -> str:
+    """The `flows_once` merge over the flows that `where` keeps (`joins` adds relations to it)."""
+    return (
+        "SELECT f.start_time, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport, bool_or(f.action = 'Deny') AS "
+        "denied, greatest(coalesce(sum(f.packets) FILTER (WHERE r.direction = 'egress'), 0), "
+        "coalesce(sum(f.packets) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS packets, "
+        "greatest(coalesce(sum(f.bytes) FILTER (WHERE r.direction = 'egress'), 0), coalesce(sum(f.bytes) "
+        "FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS bytes, "
+        "greatest(coalesce(sum(f.reply_packets) FILTER (WHERE r.direction = 'egress'), 0), "
+        "coalesce(sum(f.reply_packets) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS "
+        "reply_packets, greatest(coalesce(sum(f.reply_bytes) FILTER (WHERE r.direction = 'egress'), 0), "
+        "coalesce(sum(f.reply_bytes) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS "
+        "reply_bytes, CASE WHEN bool_or(f.action = 'Deny') THEN 0 ELSE "
+        "greatest(coalesce(sum(f.connections_started) FILTER (WHERE r.direction = 'egress'), 0), "
+        "coalesce(sum(f.connections_started) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) END AS "
+        "connections, min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen, any_value(f.src_ep) AS "
+        "src_ep, any_value(f.dst_ep) AS dst_ep FROM flows f LEFT JOIN rules r ON r.id = f.rule_id " + joins + " "
+        "WHERE f.action IN ('Allow', 'Deny') AND ("
+        + where
+        + ") GROUP BY f.start_time, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport"
+    )
+
+
+FLOWS_ONCE_WINDOW = flows_once_sql(
+    "CROSS JOIN query_window win", "f.start_time >= win.since_ AND f.start_time < win.until_"
+)
+
+# The part of the query window the rollups answer: whole hours from the window's start (rounded up
+# to an hour) to its end or `rollup_state.rolled_until`, whichever is first. The rest is raw flows.
+_ROLLED = (
+    "(SELECT lo, hi, CASE WHEN lo < hi THEN lo ELSE until_ END AS raw_to, "
+    "CASE WHEN lo < hi THEN hi ELSE until_ END AS raw_from FROM (SELECT until_, "
+    "CASE WHEN isinf(since_) OR date_trunc('hour', since_) = since_ THEN since_ "
+    "ELSE date_trunc('hour', since_) + INTERVAL 1 hour END AS lo, "
+    "least(coalesce((SELECT max(rolled_until) FROM rollup_state), TIMESTAMP '-infinity'), "
+    "CASE WHEN isinf(until_) THEN until_ ELSE date_trunc('hour', until_) END) AS hi FROM query_window))"
+)
+_PAIR_COLUMNS = (
+    "src_ep, src_ip, dst_ep, dst_ip, proto, dport, denied, flows, connections, packets, bytes, "
+    "reply_packets, reply_bytes, first_seen, last_seen"
+)
+
+
+def pair_hours_sql(where: str, joins: str = "") -> str:
+    """`pair_hours` rows (with `hour`) from the flows that `where` keeps."""
+    return (
+        "SELECT date_trunc('hour', start_time) AS hour, src_ep, CASE WHEN src_ep IS NULL THEN src_ip END AS src_ip, "
+        "dst_ep, CASE WHEN dst_ep IS NULL THEN dst_ip END AS dst_ip, proto, dport, denied, count(*) AS flows, "
+        "sum(connections) AS connections, sum(packets) AS packets, sum(bytes) AS bytes, "
+        "sum(reply_packets) AS reply_packets, sum(reply_bytes) AS reply_bytes, min(first_seen) AS first_seen, "
+        f"max(last_seen) AS last_seen FROM ({flows_once_sql(joins, where)}) GROUP BY ALL"
+    )
+
 
 VIEWS: dict[str, tuple[str, str]] = {
     "query_window": (
@@ -295,22 +435,26 @@ VIEWS: dict[str, tuple[str, str]] = {
         "either side denied it, counted from the side that counted more (both count the same packets when "
         "both track it). Columns: start_time, proto, src_ip, dst_ip, sport, dport, denied, packets, bytes, "
         "reply_packets, reply_bytes, connections, first_seen, last_seen, src_ep, dst_ep.",
-        "SELECT f.start_time, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport, bool_or(f.action = 'Deny') AS "
-        "denied, greatest(coalesce(sum(f.packets) FILTER (WHERE r.direction = 'egress'), 0), "
-        "coalesce(sum(f.packets) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS packets, "
-        "greatest(coalesce(sum(f.bytes) FILTER (WHERE r.direction = 'egress'), 0), coalesce(sum(f.bytes) "
-        "FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS bytes, "
-        "greatest(coalesce(sum(f.reply_packets) FILTER (WHERE r.direction = 'egress'), 0), "
-        "coalesce(sum(f.reply_packets) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS "
-        "reply_packets, greatest(coalesce(sum(f.reply_bytes) FILTER (WHERE r.direction = 'egress'), 0), "
-        "coalesce(sum(f.reply_bytes) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) AS "
-        "reply_bytes, CASE WHEN bool_or(f.action = 'Deny') THEN 0 ELSE "
-        "greatest(coalesce(sum(f.connections_started) FILTER (WHERE r.direction = 'egress'), 0), "
-        "coalesce(sum(f.connections_started) FILTER (WHERE r.direction IS DISTINCT FROM 'egress'), 0)) END AS "
-        'connections, min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen, any_value(f.src_ep) AS '
-        'src_ep, any_value(f.dst_ep) AS dst_ep FROM flows f LEFT JOIN rules r ON r.id = f.rule_id CROSS JOIN '
-        "query_window win WHERE f.action IN ('Allow', 'Deny') AND f.start_time >= win.since_ AND f.start_time "
-        '< win.until_ GROUP BY f.start_time, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport',
+        FLOWS_ONCE_WINDOW,
+    ),
+    "flow_pairs": (
+        "`flows_once` per endpoint pair, protocol, destination port and verdict, in the query window: "
+        "from the `pair_hours` rollup for its whole rolled-up hours, from the raw flows for the rest (the "
+        "same answer, fast). Endpoints as ids; src_ip/dst_ip only where the endpoint is unknown. Columns: "
+        + _PAIR_COLUMNS
+        + " (flows: how many flows_once rows).",
+        f"SELECT {_PAIR_COLUMNS} FROM pair_hours p, {_ROLLED} b WHERE p.hour >= b.lo AND p.hour < b.hi "
+        f"UNION ALL SELECT {_PAIR_COLUMNS} FROM ("
+        + pair_hours_sql(  # the raw flows before and after the rolled-up hours, as two ranges (they prune)
+            "f.start_time >= win.since_ AND f.start_time < b.raw_to",
+            f"CROSS JOIN query_window win CROSS JOIN {_ROLLED} b",
+        )
+        + f") UNION ALL SELECT {_PAIR_COLUMNS} FROM ("
+        + pair_hours_sql(
+            "f.start_time >= b.raw_from AND f.start_time < win.until_",
+            f"CROSS JOIN query_window win CROSS JOIN {_ROLLED} b",
+        )
+        + ")",
     ),
     "policies": (
         "Policy revisions known to the collector, from the rules table.",
@@ -375,16 +519,43 @@ VIEWS: dict[str, tuple[str, str]] = {
 }
 
 
-def statements() -> list[str]:
-    """DDL for a new or existing database (idempotent), with the documentation as comments."""
-    out = [t.ddl() for t in TABLES]
-    for t in TABLES:
+def statements(existing: set[tuple[str, str]] | None = None) -> list[str]:
+    """DDL for a new or existing database (idempotent), with the documentation as comments.
+
+    `existing` holds the (table, column) pairs already in the database: the columns a newer
+    schema added are added in place (`ALTER TABLE ... ADD COLUMN`, NULL in existing rows), so a
+    store written by an older collector opens, upgrades once and keeps every row.
+    """
+    out = [t.ddl() for t in ALL_TABLES]
+    if existing:
+        have_tables = {t for t, _c in existing}
+        out += [
+            f"ALTER TABLE {t.name} ADD COLUMN {c.name} {c.sql}"
+            for t in ALL_TABLES
+            if t.name in have_tables
+            for c in t.columns
+            if (t.name, c.name) not in existing
+        ]
+    for t in ALL_TABLES:
         out.append(f"COMMENT ON TABLE {t.name} IS {_quote(t.doc)}")
         out.extend(f"COMMENT ON COLUMN {t.name}.{c.name} IS {_quote(c.doc)}" for c in t.columns)
     for name, (doc, query) in VIEWS.items():
         out.append(f"CREATE OR REPLACE VIEW {name} AS {query}")
         out.append(f"COMMENT ON VIEW {name} IS {_quote(doc)}")
     return out
+
+
+def ensure_rollups(con: Any) -> None:
+    """For a reader of a store or export older than the rollups: empty temporary rollup tables
+    and the views that read them, so every query runs (on the raw flows, with the same answers)."""
+    have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    have |= {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    for t in ROLLUP_TABLES:
+        if t.name not in have:
+            con.execute(t.ddl().replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+    for name, (_doc, query) in VIEWS.items():
+        if name not in have:
+            con.execute(f"CREATE TEMP VIEW {name} AS {query}")
 
 
 def _quote(text: str) -> str:
@@ -405,7 +576,7 @@ _READERS = (
 def markdown() -> str:
     """The schema reference as Markdown."""
     lines = ["# flowtui flow store schema", "", (__doc__ or "").strip(), "", *_READERS, ""]
-    for t in TABLES:
+    for t in ALL_TABLES:
         lines += [f"## `{t.name}`", "", t.doc, "", "| column | type | meaning |", "|---|---|---|"]
         lines += [f"| `{c.name}` | {c.sql} | {c.doc} |" for c in t.columns]
         lines.append("")

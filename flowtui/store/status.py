@@ -2,13 +2,51 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
 from flowtui.store.duckdb_store import open_reader, snapshot_path
 from flowtui.store.schema import TABLES
 
-CAUSE_ORDER = ("kernel_ratelimit", "rcvbuf_overrun", "writer_backlog", "malformed", "store_error")
+CAUSE_ORDER = (
+    "kernel_ratelimit",
+    "rcvbuf_overrun",
+    "writer_backlog",
+    "malformed",
+    "store_error",
+    "collector_down",
+)
+
+
+def run_state(ended: object, outcome: str | None, host: str | None, pid: int | None, holds_store: bool) -> str:
+    """running, stopped or crashed. A run without an end is running only if a process holds the
+    store for writing (readers got the snapshot) and, on this host, its pid is alive: a killed
+    collector's row says nothing about its death until the next run closes it."""
+    if outcome == "crashed":
+        return "crashed"
+    if ended is not None:
+        return "stopped"
+    if not holds_store:
+        return "crashed"
+    if host == socket.gethostname() and pid is not None and not _alive(int(pid)):
+        return "crashed"
+    return "running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child its parent has not reaped yet is a zombie: dead
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def read_status(path: Path, last_runs: int = 3) -> dict[str, Any]:
@@ -18,6 +56,12 @@ def read_status(path: Path, last_runs: int = 3) -> dict[str, Any]:
         have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         if not names <= have:
             raise FileNotFoundError(f"{opened} is not a flowtui flow store")
+        run_columns = {
+            r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'runs'").fetchall()
+        }
+        # A store an older collector wrote (opened read-only, so not upgraded) has neither column.
+        extra = ", ".join(c if c in run_columns else f"NULL AS {c}" for c in ("heartbeat", "outcome"))
+        writer_holds_it = opened == snapshot_path(path)
         count = {
             t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0])  # type: ignore[index]
             for t in ("events", "flows", "connections", "rules", "endpoints")
@@ -27,9 +71,11 @@ def read_status(path: Path, last_runs: int = 3) -> dict[str, Any]:
             "SELECT max(t) FROM (SELECT max(time) AS t FROM stats UNION ALL SELECT max(started) FROM runs)"
         ).fetchone()[0]  # type: ignore[index]
         runs = []
-        for run_id, started, ended, host, pid in con.execute(
-            "SELECT run_id, started, ended, host, pid FROM runs ORDER BY run_id DESC LIMIT ?", [last_runs]
+        latest = con.execute("SELECT max(run_id) FROM runs").fetchone()[0]  # type: ignore[index]
+        for run_id, started, ended, host, pid, heartbeat, outcome in con.execute(
+            f"SELECT run_id, started, ended, host, pid, {extra} FROM runs ORDER BY run_id DESC LIMIT ?", [last_runs]
         ).fetchall():
+            state = run_state(ended, outcome, host, pid, writer_holds_it and run_id == latest)
             loss = con.execute("SELECT source_id, cause, events FROM loss_latest WHERE run_id = ?", [run_id]).fetchall()
             stats = con.execute("SELECT source_id, name, value FROM stats_latest WHERE run_id = ?", [run_id]).fetchall()
             sources = []
@@ -59,7 +105,7 @@ def read_status(path: Path, last_runs: int = 3) -> dict[str, Any]:
                 counters[name] = counters.get(name, 0) + int(v)
             received = counters.get("received", 0)
             lost_total = sum(by_cause.values())
-            offered = received + by_cause["kernel_ratelimit"] + by_cause["rcvbuf_overrun"]
+            offered = received + by_cause["kernel_ratelimit"] + by_cause["rcvbuf_overrun"] + by_cause["collector_down"]
             runs.append(
                 {
                     "run_id": run_id,
@@ -67,6 +113,8 @@ def read_status(path: Path, last_runs: int = 3) -> dict[str, Any]:
                     "ended": ended,
                     "host": host,
                     "pid": pid,
+                    "state": state,
+                    "heartbeat": heartbeat,
                     "sources": sources,
                     "received": received,
                     "stored": counters.get("stored", 0),

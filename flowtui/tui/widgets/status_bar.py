@@ -13,6 +13,7 @@ CAUSE_SHORT = {
     "writer_backlog": "backlog",
     "malformed": "malformed",
     "store_error": "store",
+    "collector_down": "down",
 }
 
 

@@ -1,0 +1,178 @@
+"""The rollups give the raw flows' answers: random stores, random write orders, random windows.
+
+Each seed builds a store the way writers do (batches through `DuckStore.insert`, late batches
+for hours already rolled up, `roll_up` at random points, retention), then compares the
+`flow_pairs` view and the queries that read it with the straightforward SQL over `flows_once`.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from flowtui.query.library import REPO_QUERIES, discover
+from flowtui.query.run import run_sql
+from flowtui.store import schema
+from flowtui.store.duckdb_store import DuckStore, Retention
+
+T0 = datetime(2026, 3, 14, 9, 0, 0)
+KEYS = "src_ep, src_ip, dst_ep, dst_ip, proto, dport, denied"
+# The oracle: every flows_once row on its own, no rollup.
+RAW_PAIRS = (
+    "(SELECT src_ep, CASE WHEN src_ep IS NULL THEN src_ip END AS src_ip, dst_ep, "
+    "CASE WHEN dst_ep IS NULL THEN dst_ip END AS dst_ip, proto, dport, denied, 1 AS flows, connections, packets, "
+    "bytes, reply_packets, reply_bytes, first_seen, last_seen FROM flows_once)"
+)
+SUMS = (
+    "sum(flows), sum(connections), sum(packets), sum(bytes), sum(reply_packets), sum(reply_bytes), "
+    "min(first_seen), max(last_seen)"
+)
+RULES = [  # id, direction, action
+    (1, "egress", "Allow"),
+    (2, "ingress", "Allow"),
+    (3, "ingress", "Deny"),
+    (4, "egress", "Deny"),
+    (5, "ingress", "Log"),
+]
+
+
+def rule_rows() -> list[dict[str, Any]]:
+    return [
+        {"id": i, "kind": "GlobalNetworkPolicy", "name": f"p{i}", "tier": "default", "revision": 1,
+         "direction": d, "rule": 0, "action": a, "prefix": f"ft:{a[0]}{i}", "policy": f"0|default|gnp:p{i}|{a}|0"}
+        for i, d, a in RULES
+    ]
+
+
+def endpoint_rows() -> list[dict[str, Any]]:
+    return [
+        {"id": i, "revision": 1, "type": "wep", "namespace": f"ns{i % 3}", "name": f"pod{i}", "node": "n",
+         "labels": [], "addresses": [f"10.0.0.{i}"]}
+        for i in range(1, 9)
+    ]
+
+
+def random_flows(rng: random.Random, n: int) -> list[dict[str, Any]]:
+    """Flow rows over 5 hours: one or both reporters per flow, partial rows, conntrack rows."""
+    out = []
+    for _ in range(n):
+        bucket = T0 + timedelta(seconds=15 * rng.randrange(0, 5 * 240))
+        src, dst = rng.randrange(1, 12), rng.randrange(1, 12)  # 9..11: unknown addresses
+        key = {
+            "proto": rng.choice([6, 17]),
+            "src_ip": f"10.0.0.{src}",
+            "dst_ip": f"10.0.0.{dst}",
+            "sport": rng.randrange(1000, 1010),
+            "dport": rng.choice([80, 443, None]),
+            "src_ep": src if src < 9 else None,
+            "dst_ep": dst if dst < 9 else None,
+        }
+        for rule_id, _direction, action in rng.sample(RULES, rng.randrange(1, 3)):
+            for _part in range(rng.randrange(1, 3)):
+                events = rng.randrange(1, 20)
+                conntrack = action == "Allow" and rng.random() < 0.3
+                first = bucket + timedelta(seconds=rng.randrange(0, 15))
+                out.append({
+                    "start_time": bucket, "end_time": bucket + timedelta(seconds=15),
+                    "source_id": 1 + rule_id % 2, "action": action, "rule_id": rule_id,
+                    "prefix": f"ft:{action[0]}{rule_id}", **key,
+                    "events": 0 if conntrack else events,
+                    "packets": events if conntrack or action != "Allow" else 0,
+                    "bytes": 60 * events, "reply_packets": events if conntrack else 0,
+                    "reply_bytes": 50 * events if conntrack else 0,
+                    "connections_started": 0 if conntrack else (events if action == "Allow" else 0),
+                    "connections_completed": 1 if conntrack else 0, "tcp_flags": 2,
+                    "first_seen": first, "last_seen": first + timedelta(milliseconds=rng.randrange(0, 900)),
+                    "count_source": "conntrack" if conntrack else "nflog",
+                })
+    return out
+
+
+def insert(store: DuckStore, rows: list[dict[str, Any]]) -> None:
+    t = schema.FLOWS.arrow_schema
+    store.insert("flows", pa.Table.from_pylist([{c: r.get(c) for c in t.names} for r in rows], schema=t))
+
+
+def pairs(store: DuckStore, source: str, params: dict[str, str]) -> list[tuple[Any, ...]]:
+    return sorted(
+        run_sql(store.con, f"SELECT {KEYS}, {SUMS} FROM {source} GROUP BY ALL", params).to_pylist(),
+        key=lambda r: repr(sorted(r.items())),
+    )
+
+
+WINDOWS: list[dict[str, str]] = [
+    {},
+    {"since": "2026-03-14 10:17:33"},  # mid-hour: the partial hour from raw flows
+    {"since": "2026-03-14 10:00:00", "until": "2026-03-14 13:00:00"},  # whole hours only
+    {"since": "2026-03-14 09:59:59", "until": "2026-03-14 12:00:01"},
+    {"since": "3h"},  # a duration back from now (the end of the latest bucket)
+    {"until": "2026-03-14 11:30:00"},
+]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_flow_pairs_and_its_queries_equal_the_raw_flows(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    store = DuckStore(tmp_path / "f.duckdb", snapshot_interval=None)
+    try:
+        store.insert_rows("rules", rule_rows())
+        store.insert_rows("endpoints", endpoint_rows())
+        rows = random_flows(rng, 400)
+        rows.sort(key=lambda r: r["start_time"])
+        late = [r for r in rows if rng.random() < 0.1]  # written after their hour was rolled up
+        rows = [r for r in rows if r not in late]
+        for i in range(0, len(rows), 97):
+            insert(store, rows[i : i + 97])
+            if rng.random() < 0.5:
+                store.roll_up(rows[min(i + 96, len(rows) - 1)]["start_time"], max_hours=rng.choice([1, 2, None]))
+        store.roll_up(T0 + timedelta(hours=4))  # the last hour stays raw
+        assert store.rolled_until() == T0 + timedelta(hours=4)
+        insert(store, late)
+        assert store.rolled_until() == min(r["start_time"] for r in late).replace(minute=0, second=0)
+        store.roll_up(T0 + timedelta(hours=rng.choice([2, 3, 4])))
+        assert int(store.query("SELECT count(*) FROM pair_hours")[0][0]) > 0
+        for params in WINDOWS:
+            assert pairs(store, "flow_pairs", params) == pairs(store, RAW_PAIRS, params), params
+        queries = discover([REPO_QUERIES])
+        for name in ("conversations", "flows_per_namespace_pair"):
+            sql = queries[name].sql
+            assert "FROM flow_pairs" in sql
+            for params in [*WINDOWS[:3], {"namespace": "ns1", "rows": "500"}]:
+                params = {k: v for k, v in params.items() if queries[name].param(k) is not None}
+                got = run_sql(store.con, sql, params).to_pylist()
+                want = run_sql(store.con, sql.replace("FROM flow_pairs", f"FROM {RAW_PAIRS}"), params).to_pylist()
+                assert got == want and got, (name, params)
+        # retention drops whole hours of flows with their rollup rows: still the same answers
+        deleted = store.retain(Retention(events=None, flows=timedelta(hours=2), connections=None, counters=None),
+                               now=T0 + timedelta(hours=3, minutes=40))
+        assert deleted > 0
+        cut = T0 + timedelta(hours=1)
+        assert store.query("SELECT min(start_time) >= ?, (SELECT min(hour) FROM pair_hours) FROM flows", [cut]) == [
+            (True, cut)]
+        for params in WINDOWS[:3]:
+            assert pairs(store, "flow_pairs", params) == pairs(store, RAW_PAIRS, params), params
+    finally:
+        store.close(snapshot=False)
+
+
+def test_roll_up_rebuilds_from_the_raw_flows_and_reports_what_it_did(tmp_path: Path) -> None:
+    store = DuckStore(tmp_path / "f.duckdb", snapshot_interval=None)
+    try:
+        assert store.roll_up() == 0 and store.rolled_until() is None  # no flows, nothing to do
+        store.insert_rows("rules", rule_rows())
+        insert(store, random_flows(random.Random(7), 200))
+        assert store.roll_up(T0 + timedelta(hours=2)) == 2
+        assert store.roll_up(T0 + timedelta(hours=2, minutes=59)) == 0  # only whole hours
+        assert store.roll_up() == 3 and store.rolled_until() == T0 + timedelta(hours=5)
+        before = store.query("SELECT * FROM pair_hours ORDER BY ALL")
+        store.query("DELETE FROM pair_hours")  # lost or damaged: rebuilt from the flows
+        store.query("DELETE FROM rollup_state")
+        assert store.roll_up() == 5
+        assert store.query("SELECT * FROM pair_hours ORDER BY ALL") == before
+    finally:
+        store.close(snapshot=False)
