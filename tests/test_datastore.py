@@ -311,5 +311,5 @@ def test_concurrent_writers_serialise(ds: Datastore, tmp_path: Path) -> None:
     objects = ds.objects("ns")
     assert sorted(o.key.name for o in objects) == sorted(f"w{n}" for n in range(writers))
     labels = {n.name: dict(n.labels) for n in ds.resources().namespaces}
-    assert all(lab == {"round": str(rounds - 1)} for lab in labels.values())
+    assert all(lab == {"round": str(rounds - 1), "kubernetes.io/metadata.name": name} for name, lab in labels.items())
     assert len({o.revision for o in objects}) == writers  # distinct last revisions

@@ -32,7 +32,7 @@ RULES: list[tuple[str, str, str, str]] = [
     ("metadata.yaml", "metadata-required", "metadata", "required field is missing"),
     ("metadata.yaml", "gnp-name-two-dots", "metadata.name", "two labels joined by one '.'"),
     ("metadata.yaml", "np-name-invalid", "metadata.name", 'name "UpperCase" is invalid'),
-    ("metadata.yaml", "namespace-required", "metadata.namespace", "NetworkPolicy is a namespaced kind"),
+    ("metadata.yaml", "namespace-type", "metadata.namespace", "must be a string, not the integer 5"),
     ("metadata.yaml", "namespace-forbidden", "metadata.namespace", "GlobalNetworkPolicy is not namespaced"),
     ("metadata.yaml", "namespace-invalid", "metadata.namespace", "is not a DNS-1123 label"),
     ("metadata.yaml", "label-key-invalid", 'metadata.labels["-bad"]', "is not a qualified name"),
@@ -210,7 +210,7 @@ RULES: list[tuple[str, str, str, str]] = [
     ("knp.yaml", "knp-endport-range", "spec.egress[0].ports[7].endPort", "70000 is out of range"),
     ("knp.yaml", "sknp-no-tier", "spec.tier", 'unknown field "tier"'),
     # --- cluster state
-    ("cluster.yaml", "pod-namespace-required", "metadata.namespace", "Pod is a namespaced kind"),
+    ("cluster.yaml", "pod-namespace-type", "metadata.namespace", "must be a string, not a list"),
     ("cluster.yaml", "pod-nodename-type", "spec.nodeName", "must be a string, not the integer 5"),
     ("cluster.yaml", "pod-port-name", "spec.containers[0].ports[0].name", 'port name "HTTP"'),
     ("cluster.yaml", "pod-container-port-range", "spec.containers[0].ports[1].containerPort", "70000 is out of range"),

@@ -27,7 +27,7 @@ from enforcer.loader import (  # the loader's own reading rules, shared on purpo
 from enforcer.loader.documents import Mapping, Node, Scalar, parse_json, parse_yaml
 from enforcer.loader.documents import Sequence as SeqNode
 from enforcer.loader.fields import Reporter
-from enforcer.loader.metadata import META_SERVER_FIELDS
+from enforcer.loader.metadata import DEFAULT_NAMESPACE, META_SERVER_FIELDS
 from enforcer.loader.objects import expand
 from enforcer.model import Origin
 
@@ -63,7 +63,7 @@ def plain(node: Node) -> Any:
     return node.value
 
 
-def _documents_of(filename: str, text: str, problems: list[Problem]) -> list[Document]:
+def _documents_of(filename: str, text: str, problems: list[Problem], namespace: str | None) -> list[Document]:
     nodes, _ = parse_json(text) if _is_json(filename, text) else parse_yaml(text)
     out: list[Document] = []
     for node in nodes:
@@ -86,21 +86,29 @@ def _documents_of(filename: str, text: str, problems: list[Problem]) -> list[Doc
                 continue
             for field in META_SERVER_FIELDS:
                 meta.pop(field, None)
-            namespace = meta.get("namespace") if info.namespaced else None
-            key = ObjectKey(info.model_kind, str(namespace) if namespace is not None else None, meta["name"])
+            if info.namespaced and namespace and meta.get("namespace") not in (None, "", namespace):
+                message = f"the object's namespace {meta['namespace']!r} does not match {namespace!r} (-n)"
+                problems.append(Problem(filename, item.line, "metadata.namespace", message))
+                continue
+            if info.namespaced and not meta.get("namespace"):
+                meta["namespace"] = namespace or DEFAULT_NAMESPACE  # stored as kubectl would store it
+            written_ns = meta.get("namespace") if info.namespaced else None
+            key = ObjectKey(info.model_kind, str(written_ns) if written_ns is not None else None, meta["name"])
             out.append(Document(key, info, body, Origin(filename, item.line)))
     return out
 
 
-def documents(sources: Sequence[Source], *, validate: bool = True) -> list[Document]:
+def documents(sources: Sequence[Source], *, validate: bool = True, namespace: str | None = None) -> list[Document]:
     """Every object of `sources`, in order. With `validate`, everything is first loaded by the
     loader and any problem raises LoadError (FILE:LINE messages), as does an object defined in
-    two places. Without it only the envelope is needed (apiVersion, kind, metadata.name)."""
+    two places. Without it only the envelope is needed (apiVersion, kind, metadata.name).
+    `namespace` is kubectl's `-n` (see `load_paths`); a namespaced document is stored with the
+    namespace it was put in."""
     problems: list[Problem] = []
     if validate:
         for filename, text in sources:
             try:
-                load_text(text, filename)
+                load_text(text, filename, namespace)
             except LoadError as err:
                 problems += err.problems
     if problems:
@@ -111,7 +119,7 @@ def documents(sources: Sequence[Source], *, validate: bool = True) -> list[Docum
         if errors:
             problems += [Problem(filename, e.line, "", e.message) for e in errors]
         else:
-            found += _documents_of(filename, text, problems)
+            found += _documents_of(filename, text, problems, namespace)
     seen: dict[ObjectKey, Document] = {}
     for doc in found:
         first = seen.setdefault(doc.key, doc)

@@ -393,23 +393,24 @@ class Datastore:
         resources = self._load(objects.values(), files)  # the merged result must load
         return ChangeSet(revision if files else index.revision, tuple(changes)), objects, files, resources
 
-    def apply_documents(self, paths: Sequence[str]) -> ChangeSet:
+    def apply_documents(self, paths: Sequence[str], namespace: str | None = None) -> ChangeSet:
         """Store the objects of `paths` (files, directories, `-`), replacing same-key objects.
 
         Validates the input and then the merged result (stored objects plus these) before writing
         anything: any problem raises LoadError and nothing changes. A policy disabled with
         `set_disabled` stays disabled unless the new document sets `flowtui.dev/disabled` itself.
+        `namespace`: kubectl's `-n` (see `enforcer.loader.load_paths`).
         """
-        docs = documents(read_sources(paths))
+        docs = documents(read_sources(paths), namespace=namespace)
         with self.locked():
             changes, objects, files, _ = self._plan_apply(docs)
             if files:
                 self._commit(changes.revision, objects, files)
             return changes
 
-    def preview_documents(self, paths: Sequence[str]) -> Preview:
+    def preview_documents(self, paths: Sequence[str], namespace: str | None = None) -> Preview:
         """What `apply_documents(paths)` would do and the resources it would leave; no writes."""
-        docs = documents(read_sources(paths))
+        docs = documents(read_sources(paths), namespace=namespace)
         with self.locked(exclusive=False):
             changes, _, _, resources = self._plan_apply(docs)
             return Preview(changes, resources)
@@ -423,10 +424,10 @@ class Datastore:
             self._commit(index.revision + 1, objects, {})
             return ChangeSet(index.revision + 1, (Change(obj.key, "deleted", index.revision + 1),))
 
-    def delete_documents(self, paths: Sequence[str]) -> ChangeSet:
+    def delete_documents(self, paths: Sequence[str], namespace: str | None = None) -> ChangeSet:
         """Remove the objects named in `paths` (only apiVersion, kind and metadata are needed);
-        absent ones are reported as "not found"."""
-        docs = documents(read_sources(paths), validate=False)
+        absent ones are reported as "not found". `namespace`: kubectl's `-n`."""
+        docs = documents(read_sources(paths), validate=False, namespace=namespace)
         with self.locked():
             index = self._read_index()
             revision = index.revision + 1

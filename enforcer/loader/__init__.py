@@ -50,10 +50,11 @@ EXTENSIONS = (".yaml", ".yml", ".json")
 STDIN = "<stdin>"
 
 
-def load_text(text: str, filename: str) -> ResourceSet:
+def load_text(text: str, filename: str, namespace: str | None = None) -> ResourceSet:
     """Load one file's text. `filename` is used in problems and chooses the format: `.json` is
-    JSON, `-` or `<stdin>` is sniffed (JSON if it starts with `{` or `[`), anything else YAML."""
-    return _load([(filename, text)], [])
+    JSON, `-` or `<stdin>` is sniffed (JSON if it starts with `{` or `[`), anything else YAML.
+    `namespace` is kubectl's `-n`: see `load_paths`."""
+    return _load([(filename, text)], [], namespace)
 
 
 def gather_sources(paths: Sequence[str]) -> tuple[list[tuple[str, str]], list[Problem]]:
@@ -72,10 +73,14 @@ def gather_sources(paths: Sequence[str]) -> tuple[list[tuple[str, str]], list[Pr
     return sources, problems
 
 
-def load_paths(paths: Sequence[str]) -> ResourceSet:
-    """Load files, directories (recursively) and `-` (stdin), in the order given."""
+def load_paths(paths: Sequence[str], namespace: str | None = None) -> ResourceSet:
+    """Load files, directories (recursively) and `-` (stdin), in the order given.
+
+    `namespace` is kubectl's `-n NS`: a namespaced object written without `metadata.namespace`
+    goes into it (else into `default`, as `kubectl apply -f` does), and one written with another
+    namespace is an error."""
     sources, problems = gather_sources(paths)
-    return _load(sources, problems)
+    return _load(sources, problems, namespace)
 
 
 def _walk(directory: str) -> list[str]:
@@ -104,7 +109,7 @@ def _is_json(filename: str, text: str) -> bool:
     return filename.lower().endswith(".json")
 
 
-def _load_file(filename: str, text: str) -> tuple[list[Loaded], list[Problem]]:
+def _load_file(filename: str, text: str, namespace: str | None = None) -> tuple[list[Loaded], list[Problem]]:
     nodes, errors = parse_json(text) if _is_json(filename, text) else parse_yaml(text)
     problems = [Problem(filename, e.line, "", e.message) for e in errors]
     reporter = Reporter(filename)
@@ -112,7 +117,7 @@ def _load_file(filename: str, text: str) -> tuple[list[Loaded], list[Problem]]:
     for node in nodes:
         for item, api_version, kind in expand(node, filename, reporter):
             try:
-                result = load_object(item, filename, api_version, kind)
+                result = load_object(item, filename, api_version, kind, namespace)
             except Exception as exc:  # a loader bug must still come out as a Problem
                 message = f"internal error while loading this object: {exc!r} (please report)"
                 result = Loaded(None, None, [Problem(filename, item.line, "", message)])
@@ -124,10 +129,10 @@ def _load_file(filename: str, text: str) -> tuple[list[Loaded], list[Problem]]:
     return loaded, problems
 
 
-def _load(sources: list[tuple[str, str]], problems: list[Problem]) -> ResourceSet:
+def _load(sources: list[tuple[str, str]], problems: list[Problem], namespace: str | None = None) -> ResourceSet:
     good: list[Loaded] = []
     for filename, text in sources:
-        loaded, file_problems = _load_file(filename, text)
+        loaded, file_problems = _load_file(filename, text, namespace)
         if file_problems:
             problems += file_problems
         else:

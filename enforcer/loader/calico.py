@@ -48,6 +48,8 @@ PERFORMANCE_HINTS = ("AssumeNeededOnEveryNode",)
 # ClusterNetworkPolicy).
 BUILTIN_TIER_ORDERS = {"default": 1_000_000.0, "kube-admin": 1_000.0, "kube-baseline": 10_000_000.0}
 TIER_ACTIONS: dict[str, Literal["Deny", "Pass"]] = {"Deny": "Deny", "Pass": "Pass"}
+# The built-in tiers' default action, as Calico's Tier CRD validation (CEL) fixes it.
+BUILTIN_TIER_ACTIONS = {"default": "Deny", "kube-admin": "Pass", "kube-baseline": "Pass"}
 INTERFACE_RE = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")
 
 
@@ -182,6 +184,14 @@ def load_tier(obj: Obj) -> Tier | None:
     fixed = BUILTIN_TIER_ORDERS.get(obj.meta.name)
     if fixed is not None and order != fixed:
         spec.error_at("order", f"the built-in tier {quote(obj.meta.name)} must have order {fixed:.0f}")
+    builtin_action = BUILTIN_TIER_ACTIONS.get(obj.meta.name)
+    if builtin_action is not None and default_action != builtin_action:
+        written = "" if spec.has("defaultAction") else " (none written: Deny)"
+        message = f"the built-in tier {quote(obj.meta.name)} must have defaultAction {builtin_action}{written}"
+        if spec.has("defaultAction"):
+            spec.error_at("defaultAction", message)
+        else:
+            spec.missing("defaultAction", message)
     return Tier(obj.meta.name, order, TIER_ACTIONS[default_action], obj.origin)
 
 

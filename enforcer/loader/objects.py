@@ -11,7 +11,14 @@ from enforcer.loader.checks import dns_label_error, dns_subdomain_error, gnp_nam
 from enforcer.loader.documents import Mapping, Node, Scalar
 from enforcer.loader.fields import Problem, Reporter, Value, quote
 from enforcer.loader.knp import load_knp
-from enforcer.loader.metadata import META_FIELDS, META_SERVER_FIELDS, NameCheck, Obj, parse_metadata
+from enforcer.loader.metadata import (
+    DEFAULT_NAMESPACE,
+    META_FIELDS,
+    META_SERVER_FIELDS,
+    NameCheck,
+    Obj,
+    parse_metadata,
+)
 from enforcer.model import Origin
 
 CALICO = "projectcalico.org/v3"
@@ -143,8 +150,11 @@ def expand(node: Node, file: str, reporter: Reporter) -> Iterator[tuple[Node, st
             yield item.node, api_version if item_kind else "", item_kind
 
 
-def load_object(node: Node, file: str, default_api: str = "", default_kind: str = "") -> Loaded:
-    """Validate one object and build its model value."""
+def load_object(
+    node: Node, file: str, default_api: str = "", default_kind: str = "", namespace: str | None = None
+) -> Loaded:
+    """Validate one object and build its model value. `namespace`: kubectl's `-n` (see
+    `parse_metadata`)."""
     api_version = default_api
     kind_text = default_kind
     if isinstance(node, Mapping):
@@ -153,8 +163,11 @@ def load_object(node: Node, file: str, default_api: str = "", default_kind: str 
     kind = KINDS.get((api_version, kind_text))
     label_kind = kind.model_kind if kind else kind_text
     name = _peek(node, "metadata", "name") if isinstance(node, Mapping) else None
-    namespace = _peek(node, "metadata", "namespace") if isinstance(node, Mapping) else None
-    shown_namespace = namespace if kind is None or kind.namespaced else None
+    written_ns = _peek(node, "metadata", "namespace") if isinstance(node, Mapping) else None
+    if kind is None:
+        shown_namespace = written_ns
+    else:
+        shown_namespace = (written_ns or namespace or DEFAULT_NAMESPACE) if kind.namespaced else None
     label = "/".join(p for p in (label_kind, shown_namespace, name) if p) if label_kind else ""
     r = Reporter(file, label)
     root_value = Value(r, node, "", node.line)
@@ -173,6 +186,7 @@ def load_object(node: Node, file: str, default_api: str = "", default_kind: str 
         name_check=kind.name_check,
         allowed=kind.meta_fields,
         server_fields=kind.meta_server_fields,
+        default_namespace=namespace,
     )
     obj = Obj(r, kind.model_kind, root, meta, Origin(file, node.line))
     value = kind.load(obj)

@@ -10,7 +10,7 @@ import click
 from enforcer.evaluate import Evaluator, Flow, RefError, decision_json, decision_text, resolve_ref
 from enforcer.model import PROTOCOL_NUMBERS, ResourceSet
 from enforcer.resolve import ClusterState
-from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, load_or_exit, paths_option
+from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, load_or_exit, namespace_option, paths_option
 
 _PROTO_NAMES = {name.lower(): num for name, num in PROTOCOL_NUMBERS.items()}
 
@@ -41,9 +41,10 @@ def summarize(res: ResourceSet) -> str:
 
 @click.command()
 @paths_option
-def check(paths: Sequence[str], more_paths: Sequence[str]) -> None:
+@namespace_option
+def check(paths: Sequence[str], more_paths: Sequence[str], namespace: str | None) -> None:
     """Validate resources as Calico would. Exit 2 with FILE:LINE errors when anything is wrong."""
-    res = load_or_exit(all_paths(paths, more_paths))
+    res = load_or_exit(all_paths(paths, more_paths), namespace)
     click.echo(f"ok: {summarize(res) or 'no resources'}")
 
 
@@ -81,6 +82,7 @@ def build_flow(
 
 @click.command(name="eval")
 @paths_option
+@namespace_option
 @click.option("--from", "src_ref", required=True, metavar="REF",
               help="Source: NAMESPACE/POD, hep:NAME, node:NAME, external:NAME or an IP address.")
 @click.option("--to", "dst_ref", required=True, metavar="REF", help="Destination, same forms as --from.")
@@ -95,6 +97,7 @@ def build_flow(
 def eval_cmd(
     paths: Sequence[str],
     more_paths: Sequence[str],
+    namespace: str | None,
     src_ref: str,
     dst_ref: str,
     proto_text: str,
@@ -111,7 +114,7 @@ def eval_cmd(
     policy (untracked, preDNAT, normal, applyOnForward) on the nodes the packet crosses.
     """
     proto = parse_protocol(proto_text)
-    res = load_or_exit(all_paths(paths, more_paths))
+    res = load_or_exit(all_paths(paths, more_paths), namespace)
     state = ClusterState(res)
     try:
         flow = build_flow(state, src_ref, dst_ref, proto, port, sport, icmp_type, icmp_code, ipv6)

@@ -38,7 +38,7 @@ from enforcer.loader import LoadError
 from enforcer.loader.objects import KINDS
 from enforcer.nft.backend import Backend
 from enforcer.reconcile import CompileFn, Reconciler, ReconcileResult
-from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, paths_option
+from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, namespace_option, paths_option
 
 T = TypeVar("T")
 LAB_ENV = "FLOWTUI_LAB"
@@ -196,11 +196,13 @@ def enforce(ds: Datastore, lab_id: str, *, echo: bool = True,
 
 @click.command()
 @paths_option
+@namespace_option
 @click.option("--dry-run", is_flag=True,
               help="Print the full nftables ruleset of every node instead; store nothing, no root needed.")
 @lab_option
 @state_dir_option
-def apply(paths: Sequence[str], more_paths: Sequence[str], dry_run: bool, lab_id: str, state_dir: str) -> None:
+def apply(paths: Sequence[str], more_paths: Sequence[str], namespace: str | None, dry_run: bool, lab_id: str,
+          state_dir: str) -> None:
     """Store resources in the datastore and enforce them on the lab's nodes.
 
     Each object replaces the stored object of the same kind, namespace and name; the input and
@@ -215,29 +217,29 @@ def apply(paths: Sequence[str], more_paths: Sequence[str], dry_run: bool, lab_id
     if not inputs:
         fail("no input: give files or directories with -f PATH (or - for stdin)", EXIT_INVALID)
     if dry_run:
-        _dry_run(inputs, lab_id, state_dir)
+        _dry_run(inputs, namespace, lab_id, state_dir)
         return
     need_root(dry_run_hint=True)
     ds = Datastore(state_dir)
-    changes = guarded(lambda: ds.apply_documents(inputs))
+    changes = guarded(lambda: ds.apply_documents(inputs, namespace))
     print_changes(changes)
     result = enforce(ds, lab_id)
     if result is not None and not result.ok:
         sys.exit(1)
 
 
-def _dry_run(inputs: list[str], lab_id: str, state_dir: str) -> None:
+def _dry_run(inputs: list[str], namespace: str | None, lab_id: str, state_dir: str) -> None:
     from enforcer.nft import ir
     from enforcer.reconcile import compile_nodes
     from enforcer.ruleids import IdAllocator
 
     ds = Datastore(state_dir)
     try:
-        preview = ds.preview_documents(inputs)
+        preview = ds.preview_documents(inputs, namespace)
     except DatastoreError as err:
         click.echo(f"warning: {err}; showing the input files alone", err=True)
         ds = Datastore(tempfile.mkdtemp(prefix="flowtui-dry-run-"))
-        preview = guarded(lambda: ds.preview_documents(inputs))
+        preview = guarded(lambda: ds.preview_documents(inputs, namespace))
     except LoadError as err:
         load_failed(err)
     print_changes(preview.changes, " (dry run)", err=True)  # stdout is the ruleset alone
@@ -261,7 +263,9 @@ def _dry_run(inputs: list[str], lab_id: str, state_dir: str) -> None:
 @click.argument("name", required=False)
 @click.option("-f", "--filename", "paths", multiple=True, type=click.Path(allow_dash=True),
               help="Delete the objects named in these files (only apiVersion, kind and metadata are read).")
-@click.option("-n", "--namespace", help="Namespace of a namespaced object (default: any, if unambiguous).")
+@click.option("-n", "--namespace", metavar="NS",
+              help="Namespace of a namespaced object (KIND NAME: default any, if unambiguous; -f: as kubectl, "
+                   "objects without metadata.namespace are in NS, else in default).")
 @click.option("--ignore-not-found", is_flag=True, help="Exit 0 when an object does not exist.")
 @lab_option
 @state_dir_option
@@ -280,7 +284,7 @@ def delete(kind: str | None, name: str | None, paths: Sequence[str], namespace: 
     need_root()
     ds = Datastore(state_dir)
     if paths:
-        changes = guarded(lambda: ds.delete_documents(list(paths)))
+        changes = guarded(lambda: ds.delete_documents(list(paths), namespace))
     else:
         assert kind is not None and name is not None
 
