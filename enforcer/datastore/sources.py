@@ -24,6 +24,7 @@ from enforcer.loader import (  # the loader's own reading rules, shared on purpo
     gather_sources,
     load_text,
 )
+from enforcer.loader.crd import as_v3 as v3_form
 from enforcer.loader.documents import Mapping, Node, Scalar, parse_json, parse_yaml
 from enforcer.loader.documents import Sequence as SeqNode
 from enforcer.loader.fields import Reporter
@@ -63,6 +64,12 @@ def plain(node: Node) -> Any:
     return node.value
 
 
+def _peek_str(node: Mapping, key: str) -> str:
+    entry = node.entries.get(key)
+    value = entry.value if entry is not None else None
+    return value.value if isinstance(value, Scalar) and isinstance(value.value, str) else ""
+
+
 def _documents_of(filename: str, text: str, problems: list[Problem], namespace: str | None) -> list[Document]:
     nodes, _ = parse_json(text) if _is_json(filename, text) else parse_yaml(text)
     out: list[Document] = []
@@ -71,7 +78,9 @@ def _documents_of(filename: str, text: str, problems: list[Problem], namespace: 
             if not isinstance(item, Mapping):
                 problems.append(Problem(filename, item.line, "", "a document must be a mapping"))
                 continue
-            written: dict[str, Any] = plain(item)
+            converted, api_default = v3_form(item, _peek_str(item, "apiVersion") or api_default,
+                                             _peek_str(item, "kind") or kind_default, Reporter(filename))
+            written: dict[str, Any] = plain(converted)
             body: dict[str, Any] = {}
             if written.get("apiVersion", api_default):
                 body["apiVersion"] = written.get("apiVersion", api_default)

@@ -46,6 +46,7 @@ POLICY_TYPES = {"Ingress": "ingress", "Egress": "egress"}
 PERFORMANCE_HINTS = ("AssumeNeededOnEveryNode",)
 # Built-in tiers whose order Calico fixes (v3.32: kube-admin and kube-baseline host
 # ClusterNetworkPolicy).
+DEFAULT_TIER_ORDER = 1_000_000.0
 BUILTIN_TIER_ORDERS = {"default": 1_000_000.0, "kube-admin": 1_000.0, "kube-baseline": 10_000_000.0}
 TIER_ACTIONS: dict[str, Literal["Deny", "Pass"]] = {"Deny": "Deny", "Pass": "Pass"}
 # The built-in tiers' default action, as Calico's Tier CRD validation (CEL) fixes it.
@@ -177,6 +178,8 @@ def load_policy(obj: Obj) -> Policy | None:
 def load_tier(obj: Obj) -> Tier | None:
     spec = spec_fields(obj, ("order", "defaultAction"))
     order = spec.get_number("order")
+    if order is None and not spec.has("order"):
+        order = DEFAULT_TIER_ORDER  # Calico's DefaultTierFields: no order means the default tier's
     default_action = spec.get_str("defaultAction") or "Deny"
     if default_action not in TIER_ACTIONS:
         spec.error_at("defaultAction", f"invalid defaultAction {quote(default_action)} (allowed: Deny, Pass)")

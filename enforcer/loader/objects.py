@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from enforcer.loader import calico, felix, kubernetes, lab
+from enforcer.loader import calico, crd, felix, kubernetes, lab
 from enforcer.loader.checks import dns_label_error, dns_subdomain_error, gnp_name_error, np_name_error
 from enforcer.loader.documents import Mapping, Node, Scalar
 from enforcer.loader.fields import Problem, Reporter, Value, quote
@@ -100,7 +100,9 @@ _KIND_LIST = [
     ),
 ]
 KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in _KIND_LIST}
-SUPPORTED = ", ".join(f"{k.api_version} {k.kind}" for k in _KIND_LIST)
+SUPPORTED = ", ".join(
+    [f"{k.api_version} {k.kind}" for k in _KIND_LIST] + [f"{crd.CRD_GROUP_VERSION} {k}" for k in crd.CRD_KINDS]
+)
 
 
 @dataclass
@@ -160,6 +162,8 @@ def load_object(
     if isinstance(node, Mapping):
         api_version = _peek(node, "apiVersion") or default_api
         kind_text = _peek(node, "kind") or default_kind
+    conversion = Reporter(file)
+    node, api_version = crd.as_v3(node, api_version, kind_text, conversion)
     kind = KINDS.get((api_version, kind_text))
     label_kind = kind.model_kind if kind else kind_text
     name = _peek(node, "metadata", "name") if isinstance(node, Mapping) else None
@@ -170,6 +174,8 @@ def load_object(
         shown_namespace = (written_ns or namespace or DEFAULT_NAMESPACE) if kind.namespaced else None
     label = "/".join(p for p in (label_kind, shown_namespace, name) if p) if label_kind else ""
     r = Reporter(file, label)
+    for problem in conversion.problems:
+        r.error(problem.line, problem.path, problem.message)
     root_value = Value(r, node, "", node.line)
     if not isinstance(node, Mapping):
         root_value.error("a document must be a mapping (a Kubernetes or Calico resource)")

@@ -13,6 +13,7 @@ from enforcer.resolve import ClusterState
 from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, load_or_exit, namespace_option, paths_option
 
 _PROTO_NAMES = {name.lower(): num for name, num in PROTOCOL_NUMBERS.items()}
+PORTED_PROTOCOLS = (6, 17, 132, 136)  # tcp, udp, sctp, udplite: a flow of these has a destination port
 
 
 def parse_protocol(text: str) -> int:
@@ -114,6 +115,8 @@ def eval_cmd(
     policy (untracked, preDNAT, normal, applyOnForward) on the nodes the packet crosses.
     """
     proto = parse_protocol(proto_text)
+    if proto in PORTED_PROTOCOLS and port is None:
+        raise click.UsageError(f"--proto {proto_text} needs --port N (the destination port)")
     res = load_or_exit(all_paths(paths, more_paths), namespace)
     state = ClusterState(res)
     try:

@@ -333,12 +333,13 @@ def _spec(doc: dict[str, Any], key: str) -> str:
 @click.argument("kind", metavar="KIND")
 @click.argument("name", required=False)
 @click.option("-n", "--namespace", help="Only this namespace (default: every namespace).")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace (the default; as kubectl's -A).")
 @click.option("-o", "--output", type=click.Choice(["table", "yaml", "json"]), default="table", show_default=True)
 @click.option("--unused", is_flag=True, help="With `get hits`: only rules never hit.")
 @lab_option
 @state_dir_option
-def get(kind: str, name: str | None, namespace: str | None, output: str, unused: bool, lab_id: str,
-        state_dir: str) -> None:
+def get(kind: str, name: str | None, namespace: str | None, all_namespaces: bool, output: str, unused: bool,
+        lab_id: str, state_dir: str) -> None:
     """Show stored objects of one kind, or one object; `get hits` shows per-rule hit counters.
 
     KIND is a kind, its plural or a short name, in any case: gnp, np (Calico NetworkPolicy), knp
@@ -351,6 +352,8 @@ def get(kind: str, name: str | None, namespace: str | None, output: str, unused:
     `-o yaml` and `-o json` print the stored documents (with metadata.resourceVersion set to the
     object's revision) in a form `flowtui apply -f` takes back; a list is a `kind: List`.
     """
+    if all_namespaces and namespace:
+        raise click.UsageError("-n and -A (--all-namespaces) exclude each other")
     if kind.lower() in ("hits", "hit"):
         from flowtui.cli.hits import print_hits
 
