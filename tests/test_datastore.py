@@ -220,7 +220,8 @@ def test_delete_documents_needs_only_the_envelope(ds: Datastore, tmp_path: Path)
                                             "metadata: {name: a}\nspec: {order: not-a-number}\n")
     assert ds.delete_documents([envelope]).changed
     with pytest.raises(LoadError, match="unknown or missing"):
-        ds.delete_documents([write(tmp_path / "x.yaml", "apiVersion: v9\nkind: Thing\nmetadata: {name: a}\n")])
+        ds.delete_documents([write(tmp_path / "x.yaml",
+                                   "apiVersion: projectcalico.org/v3\nkind: Thing\nmetadata: {name: a}\n")])
 
 
 def test_stdin_and_lists(ds: Datastore, monkeypatch: pytest.MonkeyPatch) -> None:

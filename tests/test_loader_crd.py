@@ -105,9 +105,9 @@ spec:
   - action: Maybe
 ---
 apiVersion: crd.projectcalico.org/v1
-kind: IPPool
-metadata: {name: pool}
-spec: {cidr: 10.0.0.0/16}
+kind: GlobalThing
+metadata: {name: thing}
+spec: {}
 """
     with pytest.raises(LoadError) as err:
         load_text(text, "bad.yaml")
@@ -115,6 +115,13 @@ spec: {cidr: 10.0.0.0/16}
     assert got == [(6, 'metadata.annotations["projectcalico.org/metadata"]'), (10, "spec.ingress[0].action"),
                    (13, "kind")]
     assert "crd.projectcalico.org/v1 GlobalNetworkPolicy" in err.value.problems[-1].message
+
+
+def test_calico_kinds_that_say_nothing_about_policy_are_skipped_and_counted() -> None:
+    text = ("apiVersion: crd.projectcalico.org/v1\nkind: IPPool\nmetadata: {name: pool}\n"
+            "spec: {cidr: 10.0.0.0/16}\n---\n"
+            "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {}\n")
+    assert load_text(text, "pools.yaml").skipped == (("BGPConfiguration", 1), ("IPPool", 1))
 
 
 def test_the_datastore_stores_the_v3_form(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ written (as the loader parsed it), with the API server's metadata fields (`uid`,
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ from enforcer.loader.documents import Mapping, Node, Scalar, parse_json, parse_y
 from enforcer.loader.documents import Sequence as SeqNode
 from enforcer.loader.fields import Reporter
 from enforcer.loader.metadata import DEFAULT_NAMESPACE, META_SERVER_FIELDS
-from enforcer.loader.objects import expand
+from enforcer.loader.objects import expand, skipped_kind
 from enforcer.model import Origin
 
 Source = tuple[str, str]  # (file name as shown in problems, text)
@@ -78,6 +79,8 @@ def _documents_of(filename: str, text: str, problems: list[Problem], namespace: 
             if not isinstance(item, Mapping):
                 problems.append(Problem(filename, item.line, "", "a document must be a mapping"))
                 continue
+            if skipped_kind(item, api_default, kind_default) is not None:
+                continue  # a kind flowtui does not read (the loader counts it)
             converted, api_default = v3_form(item, _peek_str(item, "apiVersion") or api_default,
                                              _peek_str(item, "kind") or kind_default, Reporter(filename))
             written: dict[str, Any] = plain(converted)
@@ -140,6 +143,19 @@ def documents(sources: Sequence[Source], *, validate: bool = True, namespace: st
     return found
 
 
+def skipped_in(sources: Sequence[Source]) -> tuple[tuple[str, int], ...]:
+    """(kind, how many) of the objects of `sources` that flowtui skips (ConfigMaps, Ingresses...)."""
+    counts: Counter[str] = Counter()
+    for filename, text in sources:
+        nodes, _ = parse_json(text) if _is_json(filename, text) else parse_yaml(text)
+        for node in nodes:
+            for item, api_default, kind_default in expand(node, filename, Reporter(filename)):
+                kind = skipped_kind(item, api_default, kind_default)
+                if kind is not None:
+                    counts[kind] += 1
+    return tuple(sorted(counts.items()))
+
+
 def dump(body: dict[str, Any]) -> str:
     """A stored document's YAML text (key order as written; strings quoted where YAML 1.1 would
     read them as something else, such as `"1000:1059"`)."""
@@ -179,4 +195,5 @@ def annotation(body: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-__all__ = ["Document", "Source", "annotation", "documents", "dump", "parse_stored", "read_sources", "with_annotation"]
+__all__ = ["Document", "Source", "annotation", "documents", "dump", "parse_stored", "read_sources", "skipped_in",
+           "with_annotation"]

@@ -46,6 +46,7 @@ from enforcer.datastore.sources import (
     dump,
     parse_stored,
     read_sources,
+    skipped_in,
     with_annotation,
 )
 from enforcer.loader import LoadError, Problem, load_text
@@ -401,19 +402,21 @@ class Datastore:
         `set_disabled` stays disabled unless the new document sets `flowtui.dev/disabled` itself.
         `namespace`: kubectl's `-n` (see `enforcer.loader.load_paths`).
         """
-        docs = documents(read_sources(paths), namespace=namespace)
+        sources = read_sources(paths)
+        docs = documents(sources, namespace=namespace)
         with self.locked():
             changes, objects, files, _ = self._plan_apply(docs)
             if files:
                 self._commit(changes.revision, objects, files)
-            return changes
+            return replace(changes, skipped=skipped_in(sources))
 
     def preview_documents(self, paths: Sequence[str], namespace: str | None = None) -> Preview:
         """What `apply_documents(paths)` would do and the resources it would leave; no writes."""
-        docs = documents(read_sources(paths), namespace=namespace)
+        sources = read_sources(paths)
+        docs = documents(sources, namespace=namespace)
         with self.locked(exclusive=False):
             changes, _, _, resources = self._plan_apply(docs)
-            return Preview(changes, resources)
+            return Preview(replace(changes, skipped=skipped_in(sources)), resources)
 
     def delete(self, kind: str, name: str, namespace: str | None = None) -> ChangeSet:
         """Remove one object (NotFound / Ambiguous otherwise). Nothing cascades."""
@@ -483,6 +486,8 @@ def _merge(parts: list[tuple[StoredObject, ResourceSet]]) -> ResourceSet:
         network_sets=tuple(n for _, res in parts for n in res.network_sets),
         felix=felix,
         external_hosts=tuple(e for _, res in parts for e in res.external_hosts),
+        workloads=tuple(w for _, res in parts for w in res.workloads),
+        services=tuple(s for _, res in parts for s in res.services),
     )
 
 

@@ -10,8 +10,15 @@ Inputs are YAML (multi-document) or JSON files, directories (searched recursivel
 
 Supported kinds: `projectcalico.org/v3` GlobalNetworkPolicy, NetworkPolicy, the three Staged
 kinds, Tier, GlobalNetworkSet, NetworkSet, HostEndpoint, Profile, FelixConfiguration;
+the same Calico kinds (but Profile) in their `crd.projectcalico.org/v1` form (`crd.py`);
 `networking.k8s.io/v1` NetworkPolicy (converted to Calico form, see `knp.py`); `v1` Namespace,
-Pod, Node, ServiceAccount; `lab.flowtui.dev/v1` ExternalHost.
+Pod, Node, ServiceAccount, Service; the workload controllers of `apps/v1` and `batch/v1`
+(`workloads.py`); `lab.flowtui.dev/v1` ExternalHost. Every other kind (ConfigMap, Ingress,
+IPPool...) is skipped and counted in `ResourceSet.skipped`; an unknown kind of a group flowtui
+reads (`projectcalico.org`, `networking.k8s.io`...) is an error.
+
+Namespaced objects without `metadata.namespace` go into `namespace` (kubectl's `-n`), else into
+`default`.
 
 Errors: every problem of every file is collected and raised together in one `LoadError`; each
 is a `Problem` with file, 1-based line, field path and message. A file with any problem
@@ -22,12 +29,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 from enforcer.loader.documents import looks_like_json, parse_json, parse_yaml
 from enforcer.loader.fields import LoadError, Problem, Reporter
-from enforcer.loader.objects import Loaded, expand, load_object
+from enforcer.loader.objects import Loaded, expand, load_object, skipped_kind
 from enforcer.model import (
     ExternalHost,
     FelixConfiguration,
@@ -39,11 +48,13 @@ from enforcer.model import (
     Policy,
     Profile,
     ResourceSet,
+    Service,
     ServiceAccount,
     Tier,
+    Workload,
 )
 
-__all__ = ["LoadError", "Problem", "gather_sources", "load_paths", "load_text"]
+__all__ = ["LoadError", "Problem", "gather_sources", "load_paths", "load_text", "skipped_line"]
 
 T = TypeVar("T")
 EXTENSIONS = (".yaml", ".yml", ".json")
@@ -109,13 +120,20 @@ def _is_json(filename: str, text: str) -> bool:
     return filename.lower().endswith(".json")
 
 
-def _load_file(filename: str, text: str, namespace: str | None = None) -> tuple[list[Loaded], list[Problem]]:
+def _load_file(
+    filename: str, text: str, namespace: str | None = None, skipped: Counter[str] | None = None
+) -> tuple[list[Loaded], list[Problem]]:
     nodes, errors = parse_json(text) if _is_json(filename, text) else parse_yaml(text)
     problems = [Problem(filename, e.line, "", e.message) for e in errors]
     reporter = Reporter(filename)
     loaded: list[Loaded] = []
     for node in nodes:
         for item, api_version, kind in expand(node, filename, reporter):
+            other = skipped_kind(item, api_version, kind)
+            if other is not None:
+                if skipped is not None:
+                    skipped[other] += 1
+                continue
             try:
                 result = load_object(item, filename, api_version, kind, namespace)
             except Exception as exc:  # a loader bug must still come out as a Problem
@@ -131,8 +149,9 @@ def _load_file(filename: str, text: str, namespace: str | None = None) -> tuple[
 
 def _load(sources: list[tuple[str, str]], problems: list[Problem], namespace: str | None = None) -> ResourceSet:
     good: list[Loaded] = []
+    skipped: Counter[str] = Counter()
     for filename, text in sources:
-        loaded, file_problems = _load_file(filename, text, namespace)
+        loaded, file_problems = _load_file(filename, text, namespace, skipped)
         if file_problems:
             problems += file_problems
         else:
@@ -140,7 +159,16 @@ def _load(sources: list[tuple[str, str]], problems: list[Problem], namespace: st
     problems += _duplicates(good)
     if problems:
         raise LoadError(problems)
-    return _resource_set([item.value for item in good if item.value is not None])
+    res = _resource_set([item.value for item in good if item.value is not None])
+    return replace(res, skipped=tuple(sorted(skipped.items()))) if skipped else res
+
+
+def skipped_line(skipped: Sequence[tuple[str, int]]) -> str | None:
+    """The one line that says which kinds were skipped: `skipped 2 ConfigMap, 1 Ingress (...)`."""
+    if not skipped:
+        return None
+    counts = ", ".join(f"{n} {kind}" for kind, n in skipped)
+    return f"skipped {counts}: kinds flowtui does not read"
 
 
 def _duplicates(loaded: list[Loaded]) -> list[Problem]:
@@ -185,4 +213,6 @@ def _resource_set(values: list[object]) -> ResourceSet:
         network_sets=_of(values, NetworkSet),
         felix=felix[0] if felix else FelixConfiguration(),
         external_hosts=_of(values, ExternalHost),
+        workloads=_of(values, Workload),
+        services=_of(values, Service),
     )

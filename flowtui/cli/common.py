@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from enforcer.loader import LoadError, load_paths
+from enforcer.loader import LoadError, load_paths, skipped_line
 from enforcer.model import ResourceSet
 
 if TYPE_CHECKING:
@@ -45,12 +45,16 @@ def load_or_exit(paths: Sequence[str], namespace: str | None = None) -> Resource
     if not paths:
         fail("no input: give files or directories with -f PATH (or - for stdin)", EXIT_INVALID)
     try:
-        return load_paths(list(paths), namespace)
+        res = load_paths(list(paths), namespace)
     except LoadError as err:
         click.echo(str(err), err=True)
         n = len(err.problems)
         click.echo(f"{n} problem{'s' if n != 1 else ''} found; nothing was changed.", err=True)
         sys.exit(EXIT_INVALID)
+    skipped = skipped_line(res.skipped)
+    if skipped:
+        click.echo(skipped, err=True)
+    return res
 
 
 def paths_option(func: click.decorators.FC) -> click.decorators.FC:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import click
 
 from enforcer.evaluate import Evaluator, Flow, RefError, decision_json, decision_text, resolve_ref
+from enforcer.evaluate.flow import is_service_ref, resolve_service
 from enforcer.model import PROTOCOL_NUMBERS, ResourceSet
 from enforcer.resolve import ClusterState
 from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, load_or_exit, namespace_option, paths_option
@@ -36,6 +37,8 @@ def summarize(res: ResourceSet) -> str:
         "network sets": len(res.network_sets),
         "profiles": len(res.profiles),
         "outside hosts": len(res.external_hosts),
+        "workloads": len(res.workloads),
+        "services": len(res.services),
     }
     return ", ".join(f"{n} {what}" for what, n in counts.items() if n)
 
@@ -67,7 +70,12 @@ def build_flow(
         except ValueError:
             pass
     src = resolve_ref(state, src_ref, version)
-    dst = resolve_ref(state, dst_ref, src.address.version)
+    if is_service_ref(dst_ref):
+        if port is None or proto not in PORTED_PROTOCOLS[:3]:
+            raise RefError(f"{dst_ref}: a Service is reached with --proto tcp, udp or sctp and --port N")
+        dst, port = resolve_service(state, dst_ref, proto, port, src.address.version)  # kube-proxy's DNAT
+    else:
+        dst = resolve_ref(state, dst_ref, src.address.version)
     if proto in (1, 58):
         if port is not None or sport is not None:
             raise click.BadParameter("ICMP has no ports; use --icmp-type/--icmp-code", param_hint="--port")

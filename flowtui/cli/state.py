@@ -34,7 +34,7 @@ from enforcer.datastore import (
     resolve_kinds,
 )
 from enforcer.lab import DEFAULT_LAB_ID, LabError
-from enforcer.loader import LoadError
+from enforcer.loader import LoadError, skipped_line
 from enforcer.loader.objects import KINDS
 from enforcer.nft.backend import Backend
 from enforcer.reconcile import CompileFn, Reconciler, ReconcileResult
@@ -145,6 +145,9 @@ def guarded(work: Callable[[], T]) -> T:
 
 
 def print_changes(changes: ChangeSet, suffix: str = "", *, err: bool = False) -> None:
+    skipped = skipped_line(changes.skipped)
+    if skipped:
+        click.echo(skipped, err=True)
     for change in changes.changes:
         if change.action == "not found":
             click.echo(f"{change.key} not found", err=True)

@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from enforcer.datastore import DEFAULT_HOME, HOME_ENV
-from enforcer.loader import LoadError, load_paths
+from enforcer.loader import LoadError, load_paths, skipped_line
 from enforcer.model import ResourceSet
 from flowtui.cli.common import EXIT_INVALID, NAMESPACE_HELP, echo_json, fail
 
@@ -167,6 +167,8 @@ def whatif(
     if edit_paths:
         try:
             edits = load_paths(list(edit_paths), namespace)
+            if (skipped := skipped_line(edits.skipped)) is not None:
+                click.echo(skipped, err=True)
         except LoadError as err:
             _load_failed(err)
     try:
