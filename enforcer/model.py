@@ -364,16 +364,19 @@ class NetworkSet:
 
 @dataclass(frozen=True)
 class FailsafePort:
-    protocol: int  # 6 or 17
-    port: int
+    protocol: int  # 6, 17 or 132
+    port: int  # 0-65535 (Calico accepts 0)
     net: IPNetwork | None = None
 
     def __str__(self) -> str:
-        proto = "tcp" if self.protocol == 6 else "udp"
+        proto = FAILSAFE_PROTOCOL_NAMES[self.protocol]
         if self.net is None:
             return f"{proto}:{self.port}"
         net = f"[{self.net}]" if self.net.version == 6 else str(self.net)
         return f"{proto}:{net}:{self.port}"
+
+
+FAILSAFE_PROTOCOL_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
 
 
 def _failsafes(spec: str) -> tuple[FailsafePort, ...]:

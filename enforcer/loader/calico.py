@@ -138,9 +138,13 @@ def load_policy(obj: Obj) -> Policy | None:
     egress_values = spec.get_list("egress", MAX_RULES)
     ingress = parse_rules(ingress_values, RuleContext("ingress", True, is_global))
     egress = parse_rules(egress_values, RuleContext("egress", True, is_global))
+    hints: set[str] = set()
     for hint, item in spec.get_str_list("performanceHints"):
         if hint not in PERFORMANCE_HINTS:
             item.error(f"invalid performance hint {quote(hint)} (allowed: {', '.join(PERFORMANCE_HINTS)})")
+        elif hint in hints:
+            item.error(f"performance hint {quote(hint)} is listed more than once")  # validate:"unique"
+        hints.add(hint)
     do_not_track = spec.get_bool("doNotTrack")
     pre_dnat = spec.get_bool("preDNAT")
     apply_on_forward = spec.get_bool("applyOnForward")

@@ -9,7 +9,7 @@ import click
 
 from enforcer.evaluate import Evaluator, Flow, RefError, decision_json, decision_text, resolve_ref
 from enforcer.evaluate.flow import is_service_ref, resolve_service
-from enforcer.model import PROTOCOL_NUMBERS, ResourceSet
+from enforcer.model import PROTOCOL_NUMBERS, FelixConfiguration, ResourceSet
 from enforcer.resolve import ClusterState
 from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, load_or_exit, namespace_option, paths_option
 
@@ -39,6 +39,7 @@ def summarize(res: ResourceSet) -> str:
         "outside hosts": len(res.external_hosts),
         "workloads": len(res.workloads),
         "services": len(res.services),
+        "Felix configuration": int(res.felix != FelixConfiguration()),
     }
     return ", ".join(f"{n} {what}" for what, n in counts.items() if n)
 
