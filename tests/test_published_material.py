@@ -134,7 +134,8 @@ def test_published_file_is_decided_as_calico_decides_it(name: str) -> None:
 def test_a_whole_repository_checks_at_once_with_every_error_of_every_file(tmp_path: Path) -> None:
     """`check -f material/` as a user would run it on a repo: the refused files' errors all at
     once, nothing else reported."""
-    paths = [str(MATERIAL / s) for s in ("k8s-recipes", "tigera-cs")]
+    # the workshop's scripts__* files are successive versions of the same policies: left out
+    paths = [str(MATERIAL / "k8s-recipes"), *map(str, sorted((MATERIAL / "tigera-cs").glob("manifests__*.yaml")))]
     with pytest.raises(LoadError) as err:
         load_paths(paths)
     found = sorted((p.file.removeprefix(f"{MATERIAL}/"), p.line, p.path) for p in err.value.problems)
