@@ -202,8 +202,7 @@ def whatif(
 
 
 @click.command()
-@click.option("-n", "--namespace", required=True,
-              help="Namespace to propose policy for; --current files' objects without a namespace are in it.")
+@click.option("-n", "--namespace", required=True, help="Namespace to propose policy for.")
 @flow_options
 @click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
 @click.option("--netsets/--no-netsets", default=True, show_default=True,
@@ -227,7 +226,7 @@ def propose(namespace: str, db: str | None, flow_files: Sequence[str], since: st
     from flowtui.whatif.propose import propose as make_proposal
 
     window = _since(since)
-    res = _current(current, state_dir, namespace)
+    res = _current(current, state_dir)  # the whole cluster: -n names the proposal's namespace only
     if namespace not in {p.namespace for p in res.pods} | {ns.name for ns in res.namespaces}:
         fail(f"namespace {namespace!r} has no pods in the current set", EXIT_INVALID)
     frame = _flows(db, flow_files, window)
