@@ -224,6 +224,8 @@ class TestEvalErrors:
         ("pods/staging/frontend", "node:node-a", "cannot read 'pods/staging/frontend': unknown kind 'pods' "
                                                  "(allowed: deploy, sts, ds, rs, job, cronjob, svc)"),
         ("staging/frontend", "svc/staging/nope", "no Service staging/nope"),
+        ("svc/staging/db", "staging/frontend", "svc/staging/db: a Service is a destination reached on a port "
+                                               "(--to svc/staging/db --port N)"),
         ("10.0.0.1", "fd00::1", "source 10.0.0.1 and destination fd00::1 are of different IP versions"),
     ])
     def test_bad_refs(self, src: str, dst: str, message: str) -> None:

@@ -100,6 +100,9 @@ def test_eval_a_service_port_goes_to_its_named_target_port(tmp_path: Path) -> No
     denied = run("eval", "-f", path, "-n", "shop", "--from", "sts/shop/db", "--to", "deploy/shop/web",
                  "--proto", "tcp", "--port", "8080", "-o", "json")
     assert '"verdict": "deny"' in denied.stdout
+    short = run("eval", "-f", path, "-n", "shop", "--from", "cronjob/report", "--to", "svc/web",
+                "--proto", "tcp", "--port", "80", "-o", "json")
+    assert short.stdout == allowed.stdout  # -n: names as kubectl reads them
     no_port = run("eval", "-f", path, "-n", "shop", "--from", "sts/shop/db", "--to", "svc/shop/web",
                   "--proto", "tcp", "--port", "443")
     assert no_port.exit_code == 2

@@ -156,7 +156,8 @@ def _resolve_controller(state: ClusterState, parts: list[str], version: int | No
     kind_text, namespace, name = parts
     kind = WORKLOAD_REFS.get(kind_text.lower())
     if kind_text.lower() in SERVICE_REFS:
-        raise RefError(f"a Service is reached on a port: give --port (svc/{namespace}/{name})")
+        raise RefError(f"svc/{namespace}/{name}: a Service is a destination reached on a port "
+                       f"(--to svc/{namespace}/{name} --port N)")
     if kind is None:
         allowed = "deploy, sts, ds, rs, job, cronjob, svc"
         raise RefError(f"cannot read {'/'.join(parts)!r}: unknown kind {kind_text!r} (allowed: {allowed})")

@@ -11,6 +11,7 @@ from enforcer.evaluate import Evaluator, Flow, RefError, decision_json, decision
 from enforcer.evaluate.flow import is_service_ref, resolve_service
 from enforcer.model import PROTOCOL_NUMBERS, FelixConfiguration, ResourceSet
 from enforcer.resolve import ClusterState
+from enforcer.resolve.workloads import SERVICE_REFS, WORKLOAD_REFS
 from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, load_or_exit, namespace_option, paths_option
 
 _PROTO_NAMES = {name.lower(): num for name, num in PROTOCOL_NUMBERS.items()}
@@ -51,6 +52,24 @@ def check(paths: Sequence[str], more_paths: Sequence[str], namespace: str | None
     """Validate resources as Calico would. Exit 2 with FILE:LINE errors when anything is wrong."""
     res = load_or_exit(all_paths(paths, more_paths), namespace)
     click.echo(f"ok: {summarize(res) or 'no resources'}")
+
+
+def in_namespace(ref: str, namespace: str | None) -> str:
+    """With `-n NS`, refs as kubectl reads names: `web` is the pod NS/web, `deploy/web` the
+    Deployment NS/web, `svc/web` the Service NS/web. Other refs are left as written."""
+    if namespace is None or ":" in ref:
+        return ref
+    try:
+        ipaddress.ip_address(ref)
+        return ref
+    except ValueError:
+        pass
+    parts = ref.split("/")
+    if len(parts) == 1:
+        return f"{namespace}/{ref}"
+    if len(parts) == 2 and (parts[0].lower() in WORKLOAD_REFS or parts[0].lower() in SERVICE_REFS):
+        return f"{parts[0]}/{namespace}/{parts[1]}"
+    return ref
 
 
 def build_flow(
@@ -127,6 +146,7 @@ def eval_cmd(
     if proto in PORTED_PROTOCOLS and port is None:
         raise click.UsageError(f"--proto {proto_text} needs --port N (the destination port)")
     res = load_or_exit(all_paths(paths, more_paths), namespace)
+    src_ref, dst_ref = in_namespace(src_ref, namespace), in_namespace(dst_ref, namespace)
     state = ClusterState(res)
     try:
         flow = build_flow(state, src_ref, dst_ref, proto, port, sport, icmp_type, icmp_code, ipv6)
