@@ -48,6 +48,7 @@ kind: Service
 metadata: {name: web}
 spec:
   selector: {app: web}
+  clusterIP: 10.96.0.80
   ports: [{name: http, port: 80, targetPort: http}]
 ---
 apiVersion: v1
@@ -103,6 +104,9 @@ def test_eval_a_service_port_goes_to_its_named_target_port(tmp_path: Path) -> No
     short = run("eval", "-f", path, "-n", "shop", "--from", "cronjob/report", "--to", "svc/web",
                 "--proto", "tcp", "--port", "80", "-o", "json")
     assert short.stdout == allowed.stdout  # -n: names as kubectl reads them
+    by_ip = run("eval", "-f", path, "-n", "shop", "--from", "cronjob/report", "--to", "10.96.0.80",
+                "--proto", "tcp", "--port", "80", "-o", "json")
+    assert by_ip.stdout == allowed.stdout  # the cluster IP: kube-proxy's DNAT
     no_port = run("eval", "-f", path, "-n", "shop", "--from", "sts/shop/db", "--to", "svc/shop/web",
                   "--proto", "tcp", "--port", "443")
     assert no_port.exit_code == 2

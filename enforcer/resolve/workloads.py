@@ -90,6 +90,15 @@ def workload_pod_ref(res: ResourceSet, workload: Workload) -> str:
     return f"{workload.namespace}/{pods[0].name if pods else workload.template.name}"
 
 
+def service_at(res: ResourceSet, address: str) -> Service | None:
+    """The Service whose cluster IP is `address` (kube-proxy DNATs it to a backend)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    return next((s for s in res.services if ip in s.cluster_ips), None)
+
+
 def find_service(res: ResourceSet, namespace: str, name: str) -> Service:
     for service in res.services:
         if (service.namespace, service.name) == (namespace, name):

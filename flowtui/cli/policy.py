@@ -11,7 +11,7 @@ from enforcer.evaluate import Evaluator, Flow, RefError, decision_json, decision
 from enforcer.evaluate.flow import is_service_ref, resolve_service
 from enforcer.model import PROTOCOL_NUMBERS, FelixConfiguration, ResourceSet
 from enforcer.resolve import ClusterState
-from enforcer.resolve.workloads import SERVICE_REFS, WORKLOAD_REFS
+from enforcer.resolve.workloads import SERVICE_REFS, WORKLOAD_REFS, service_at
 from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, load_or_exit, namespace_option, paths_option
 
 _PROTO_NAMES = {name.lower(): num for name, num in PROTOCOL_NUMBERS.items()}
@@ -90,6 +90,9 @@ def build_flow(
         except ValueError:
             pass
     src = resolve_ref(state, src_ref, version)
+    service = service_at(state.resources, dst_ref)
+    if service is not None:  # a cluster IP: the flow kube-proxy delivers
+        dst_ref = f"svc/{service.namespace}/{service.name}"
     if is_service_ref(dst_ref):
         if port is None or proto not in PORTED_PROTOCOLS[:3]:
             raise RefError(f"{dst_ref}: a Service is reached with --proto tcp, udp or sctp and --port N")
