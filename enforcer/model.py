@@ -289,6 +289,43 @@ class Pod:
     origin: Origin = NO_ORIGIN
 
 
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A workload controller (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob): its
+    pod template, as the pods it runs would be. `selector` (spec.selector, a Calico selector
+    over labels) finds the pods of the input that it runs."""
+
+    kind: str  # one of WORKLOAD_KINDS
+    name: str
+    namespace: str
+    template: Pod  # labels, service account and named ports; no node, no addresses
+    selector: Selector | None = None
+    origin: Origin = NO_ORIGIN
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    protocol: int  # 6, 17 or 132
+    port: int
+    target: int | str  # targetPort: a number, or a container port's name
+
+
+@dataclass(frozen=True)
+class Service:
+    """A Kubernetes Service: kube-proxy delivers `port` to the `target` of a pod `selector` picks."""
+
+    name: str
+    namespace: str
+    selector: tuple[tuple[str, str], ...] | None  # None: no selector (endpoints managed elsewhere)
+    ports: tuple[ServicePort, ...] = ()
+    cluster_ips: tuple[IPAddress, ...] = ()
+    origin: Origin = NO_ORIGIN
+
+
 @dataclass(frozen=True)
 class Node:
     name: str
@@ -327,16 +364,19 @@ class NetworkSet:
 
 @dataclass(frozen=True)
 class FailsafePort:
-    protocol: int  # 6 or 17
-    port: int
+    protocol: int  # 6, 17 or 132
+    port: int  # 0-65535 (Calico accepts 0)
     net: IPNetwork | None = None
 
     def __str__(self) -> str:
-        proto = "tcp" if self.protocol == 6 else "udp"
+        proto = FAILSAFE_PROTOCOL_NAMES[self.protocol]
         if self.net is None:
             return f"{proto}:{self.port}"
         net = f"[{self.net}]" if self.net.version == 6 else str(self.net)
         return f"{proto}:{net}:{self.port}"
+
+
+FAILSAFE_PROTOCOL_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
 
 
 def _failsafes(spec: str) -> tuple[FailsafePort, ...]:
@@ -399,3 +439,6 @@ class ResourceSet:
     network_sets: tuple[NetworkSet, ...] = ()
     felix: FelixConfiguration = field(default_factory=FelixConfiguration)
     external_hosts: tuple[ExternalHost, ...] = ()
+    workloads: tuple[Workload, ...] = ()
+    services: tuple[Service, ...] = ()
+    skipped: tuple[tuple[str, int], ...] = ()  # kinds flowtui does not read: (kind, how many)

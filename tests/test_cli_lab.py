@@ -49,7 +49,7 @@ def test_lab_commands_need_root(tmp_path: Path) -> None:
 
 def test_lab_up_invalid_input_exits_2_before_building(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n")
+    bad.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: Not_A_Label}\n")
     result = run("lab", "up", "-f", str(bad), "--lab", "tinvalid", "--state-dir", str(tmp_path / "s"))
     assert result.exit_code == 2 and f"{bad}:" in result.stderr
     assert not lab_namespaces("tinvalid")

@@ -217,8 +217,15 @@ class TestEvalErrors:
         ("hep:nope", "staging/database", "no HostEndpoint named 'nope'"),
         ("staging/frontend", "node:nope", "no Node named 'nope'"),
         ("external:nope", "node:node-a", "no ExternalHost named 'nope'"),
-        ("frontend", "node:node-a", "cannot read 'frontend': expected NAMESPACE/POD, hep:NAME, node:NAME, "
-                                    "external:NAME or an IP address"),
+        ("frontend", "node:node-a", "cannot read 'frontend': expected NAMESPACE/POD, deploy/NAMESPACE/NAME (or sts/, "
+                                    "ds/, rs/, job/, cronjob/, svc/), hep:NAME, node:NAME, external:NAME or an IP "
+                                    "address"),
+        ("deploy/staging/nope", "node:node-a", "no Deployment staging/nope"),
+        ("pods/staging/frontend", "node:node-a", "cannot read 'pods/staging/frontend': unknown kind 'pods' "
+                                                 "(allowed: deploy, sts, ds, rs, job, cronjob, svc)"),
+        ("staging/frontend", "svc/staging/nope", "no Service staging/nope"),
+        ("svc/staging/db", "staging/frontend", "svc/staging/db: a Service is a destination reached on a port "
+                                               "(--to svc/staging/db --port N)"),
         ("10.0.0.1", "fd00::1", "source 10.0.0.1 and destination fd00::1 are of different IP versions"),
     ])
     def test_bad_refs(self, src: str, dst: str, message: str) -> None:
@@ -250,7 +257,7 @@ class TestEvalErrors:
         assert "ICMP has no ports; use --icmp-type/--icmp-code" in result.stderr
 
     def test_icmp_options_without_icmp(self) -> None:
-        result = run(*eval_args("staging/frontend", "staging/database", "tcp", "--icmp-type", "8"))
+        result = run(*eval_args("staging/frontend", "staging/database", "tcp", "--port", "80", "--icmp-type", "8"))
         assert result.exit_code == 2
         assert "--icmp-type/--icmp-code need --proto icmp or icmpv6" in result.stderr
 
@@ -259,14 +266,14 @@ class TestEvalErrors:
         assert result.exit_code == 2
 
     def test_bad_files(self) -> None:
-        result = run(*eval_args("a/b", "c/d", "tcp", paths=(str(BAD / "tier.yaml"),)))
+        result = run(*eval_args("a/b", "c/d", "tcp", "--port", "80", paths=(str(BAD / "tier.yaml"),)))
         assert result.exit_code == 2
         lines = result.stderr.splitlines()
         assert lines[:-1] == problems_of(BAD / "tier.yaml")
         assert lines[-1].endswith("nothing was changed.")
 
     def test_no_input(self) -> None:
-        result = run(*eval_args("a/b", "c/d", "tcp", paths=()))
+        result = run(*eval_args("a/b", "c/d", "tcp", "--port", "80", paths=()))
         assert result.exit_code == 2
         assert result.stderr.startswith("error: no input")
 

@@ -220,7 +220,8 @@ def test_delete_documents_needs_only_the_envelope(ds: Datastore, tmp_path: Path)
                                             "metadata: {name: a}\nspec: {order: not-a-number}\n")
     assert ds.delete_documents([envelope]).changed
     with pytest.raises(LoadError, match="unknown or missing"):
-        ds.delete_documents([write(tmp_path / "x.yaml", "apiVersion: v9\nkind: Thing\nmetadata: {name: a}\n")])
+        ds.delete_documents([write(tmp_path / "x.yaml",
+                                   "apiVersion: projectcalico.org/v3\nkind: Thing\nmetadata: {name: a}\n")])
 
 
 def test_stdin_and_lists(ds: Datastore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -311,5 +312,5 @@ def test_concurrent_writers_serialise(ds: Datastore, tmp_path: Path) -> None:
     objects = ds.objects("ns")
     assert sorted(o.key.name for o in objects) == sorted(f"w{n}" for n in range(writers))
     labels = {n.name: dict(n.labels) for n in ds.resources().namespaces}
-    assert all(lab == {"round": str(rounds - 1)} for lab in labels.values())
+    assert all(lab == {"round": str(rounds - 1), "kubernetes.io/metadata.name": name} for name, lab in labels.items())
     assert len({o.revision for o in objects}) == writers  # distinct last revisions

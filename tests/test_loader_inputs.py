@@ -109,7 +109,7 @@ metadata: &meta {name: merged, labels: {a: b}}
     with pytest.raises(LoadError):  # the first document is not a resource
         load_text(text, "m.yaml")
     (namespace,) = load_text(text.split("---\n")[1], "m.yaml").namespaces
-    assert (namespace.name, namespace.labels) == ("merged", (("a", "b"),))
+    assert (namespace.name, namespace.labels) == ("merged", (("a", "b"), ("kubernetes.io/metadata.name", "merged")))
 
 
 def test_alias_bomb_is_a_problem_not_a_hang() -> None:

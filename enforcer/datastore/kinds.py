@@ -32,6 +32,13 @@ _NAMES: dict[str, tuple[str, ...]] = {
     "Node": ("no",),
     "ServiceAccount": ("sa",),
     "ExternalHost": ("ext", "external", "externals"),
+    "Deployment": ("deploy",),
+    "StatefulSet": ("sts",),
+    "DaemonSet": ("ds",),
+    "ReplicaSet": ("rs",),
+    "Job": ("job",),
+    "CronJob": ("cj",),
+    "Service": ("svc",),
 }
 POLICY_GROUP = ("policy", "policies", "pol")  # every policy kind at once
 

@@ -79,6 +79,7 @@ class Change:
 class ChangeSet:
     revision: int  # the datastore revision after the change
     changes: tuple[Change, ...]
+    skipped: tuple[tuple[str, int], ...] = ()  # kinds of the input flowtui does not read: (kind, how many)
 
     @property
     def changed(self) -> bool:

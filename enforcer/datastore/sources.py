@@ -10,6 +10,7 @@ written (as the loader parsed it), with the API server's metadata fields (`uid`,
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,11 +25,12 @@ from enforcer.loader import (  # the loader's own reading rules, shared on purpo
     gather_sources,
     load_text,
 )
+from enforcer.loader.crd import as_v3 as v3_form
 from enforcer.loader.documents import Mapping, Node, Scalar, parse_json, parse_yaml
 from enforcer.loader.documents import Sequence as SeqNode
 from enforcer.loader.fields import Reporter
-from enforcer.loader.metadata import META_SERVER_FIELDS
-from enforcer.loader.objects import expand
+from enforcer.loader.metadata import DEFAULT_NAMESPACE, META_SERVER_FIELDS
+from enforcer.loader.objects import expand, skipped_kind
 from enforcer.model import Origin
 
 Source = tuple[str, str]  # (file name as shown in problems, text)
@@ -63,7 +65,13 @@ def plain(node: Node) -> Any:
     return node.value
 
 
-def _documents_of(filename: str, text: str, problems: list[Problem]) -> list[Document]:
+def _peek_str(node: Mapping, key: str) -> str:
+    entry = node.entries.get(key)
+    value = entry.value if entry is not None else None
+    return value.value if isinstance(value, Scalar) and isinstance(value.value, str) else ""
+
+
+def _documents_of(filename: str, text: str, problems: list[Problem], namespace: str | None) -> list[Document]:
     nodes, _ = parse_json(text) if _is_json(filename, text) else parse_yaml(text)
     out: list[Document] = []
     for node in nodes:
@@ -71,7 +79,11 @@ def _documents_of(filename: str, text: str, problems: list[Problem]) -> list[Doc
             if not isinstance(item, Mapping):
                 problems.append(Problem(filename, item.line, "", "a document must be a mapping"))
                 continue
-            written: dict[str, Any] = plain(item)
+            if skipped_kind(item, api_default, kind_default) is not None:
+                continue  # a kind flowtui does not read (the loader counts it)
+            converted, api_default = v3_form(item, _peek_str(item, "apiVersion") or api_default,
+                                             _peek_str(item, "kind") or kind_default, Reporter(filename))
+            written: dict[str, Any] = plain(converted)
             body: dict[str, Any] = {}
             if written.get("apiVersion", api_default):
                 body["apiVersion"] = written.get("apiVersion", api_default)
@@ -86,21 +98,29 @@ def _documents_of(filename: str, text: str, problems: list[Problem]) -> list[Doc
                 continue
             for field in META_SERVER_FIELDS:
                 meta.pop(field, None)
-            namespace = meta.get("namespace") if info.namespaced else None
-            key = ObjectKey(info.model_kind, str(namespace) if namespace is not None else None, meta["name"])
+            if info.namespaced and namespace and meta.get("namespace") not in (None, "", namespace):
+                message = f"the object's namespace {meta['namespace']!r} does not match {namespace!r} (-n)"
+                problems.append(Problem(filename, item.line, "metadata.namespace", message))
+                continue
+            if info.namespaced and not meta.get("namespace"):
+                meta["namespace"] = namespace or DEFAULT_NAMESPACE  # stored as kubectl would store it
+            written_ns = meta.get("namespace") if info.namespaced else None
+            key = ObjectKey(info.model_kind, str(written_ns) if written_ns is not None else None, meta["name"])
             out.append(Document(key, info, body, Origin(filename, item.line)))
     return out
 
 
-def documents(sources: Sequence[Source], *, validate: bool = True) -> list[Document]:
+def documents(sources: Sequence[Source], *, validate: bool = True, namespace: str | None = None) -> list[Document]:
     """Every object of `sources`, in order. With `validate`, everything is first loaded by the
     loader and any problem raises LoadError (FILE:LINE messages), as does an object defined in
-    two places. Without it only the envelope is needed (apiVersion, kind, metadata.name)."""
+    two places. Without it only the envelope is needed (apiVersion, kind, metadata.name).
+    `namespace` is kubectl's `-n` (see `load_paths`); a namespaced document is stored with the
+    namespace it was put in."""
     problems: list[Problem] = []
     if validate:
         for filename, text in sources:
             try:
-                load_text(text, filename)
+                load_text(text, filename, namespace)
             except LoadError as err:
                 problems += err.problems
     if problems:
@@ -111,7 +131,7 @@ def documents(sources: Sequence[Source], *, validate: bool = True) -> list[Docum
         if errors:
             problems += [Problem(filename, e.line, "", e.message) for e in errors]
         else:
-            found += _documents_of(filename, text, problems)
+            found += _documents_of(filename, text, problems, namespace)
     seen: dict[ObjectKey, Document] = {}
     for doc in found:
         first = seen.setdefault(doc.key, doc)
@@ -121,6 +141,19 @@ def documents(sources: Sequence[Source], *, validate: bool = True) -> list[Docum
     if problems:
         raise LoadError(sorted(problems, key=lambda p: (p.file, p.line)))
     return found
+
+
+def skipped_in(sources: Sequence[Source]) -> tuple[tuple[str, int], ...]:
+    """(kind, how many) of the objects of `sources` that flowtui skips (ConfigMaps, Ingresses...)."""
+    counts: Counter[str] = Counter()
+    for filename, text in sources:
+        nodes, _ = parse_json(text) if _is_json(filename, text) else parse_yaml(text)
+        for node in nodes:
+            for item, api_default, kind_default in expand(node, filename, Reporter(filename)):
+                kind = skipped_kind(item, api_default, kind_default)
+                if kind is not None:
+                    counts[kind] += 1
+    return tuple(sorted(counts.items()))
 
 
 def dump(body: dict[str, Any]) -> str:
@@ -162,4 +195,5 @@ def annotation(body: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-__all__ = ["Document", "Source", "annotation", "documents", "dump", "parse_stored", "read_sources", "with_annotation"]
+__all__ = ["Document", "Source", "annotation", "documents", "dump", "parse_stored", "read_sources", "skipped_in",
+           "with_annotation"]

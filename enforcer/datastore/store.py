@@ -46,6 +46,7 @@ from enforcer.datastore.sources import (
     dump,
     parse_stored,
     read_sources,
+    skipped_in,
     with_annotation,
 )
 from enforcer.loader import LoadError, Problem, load_text
@@ -393,7 +394,9 @@ class Datastore:
         resources = self._load(objects.values(), files)  # the merged result must load
         return ChangeSet(revision if files else index.revision, tuple(changes)), objects, files, resources
 
-    def apply_documents(self, paths: Sequence[str], check: Callable[[Preview], object] | None = None) -> ChangeSet:
+    def apply_documents(
+        self, paths: Sequence[str], namespace: str | None = None, check: Callable[[Preview], object] | None = None
+    ) -> ChangeSet:
         """Store the objects of `paths` (files, directories, `-`), replacing same-key objects.
 
         Validates the input and then the merged result (stored objects plus these) before writing
@@ -401,22 +404,25 @@ class Datastore:
         result under the lock, may raise to refuse it too (the CLI plans the lab with it, so that
         nothing is stored that the lab or the kernel would refuse). A policy disabled with
         `set_disabled` stays disabled unless the new document sets `flowtui.dev/disabled` itself.
+        `namespace`: kubectl's `-n` (see `enforcer.loader.load_paths`).
         """
-        docs = documents(read_sources(paths))
+        sources = read_sources(paths)
+        docs = documents(sources, namespace=namespace)
         with self.locked():
             changes, objects, files, resources = self._plan_apply(docs)
             if files and check is not None:
                 check(Preview(changes, resources, self._sources(objects)))
             if files:
                 self._commit(changes.revision, objects, files)
-            return changes
+            return replace(changes, skipped=skipped_in(sources))
 
-    def preview_documents(self, paths: Sequence[str]) -> Preview:
+    def preview_documents(self, paths: Sequence[str], namespace: str | None = None) -> Preview:
         """What `apply_documents(paths)` would do and the resources it would leave; no writes."""
-        docs = documents(read_sources(paths))
+        sources = read_sources(paths)
+        docs = documents(sources, namespace=namespace)
         with self.locked(exclusive=False):
             changes, objects, _, resources = self._plan_apply(docs)
-            return Preview(changes, resources, self._sources(objects))
+            return Preview(replace(changes, skipped=skipped_in(sources)), resources, self._sources(objects))
 
     def _sources(self, objects: Mapping[ObjectKey, StoredObject]) -> dict[str, str]:
         return {str(self.path / o.file): o.source for o in objects.values()}
@@ -430,10 +436,10 @@ class Datastore:
             self._commit(index.revision + 1, objects, {})
             return ChangeSet(index.revision + 1, (Change(obj.key, "deleted", index.revision + 1),))
 
-    def delete_documents(self, paths: Sequence[str]) -> ChangeSet:
+    def delete_documents(self, paths: Sequence[str], namespace: str | None = None) -> ChangeSet:
         """Remove the objects named in `paths` (only apiVersion, kind and metadata are needed);
-        absent ones are reported as "not found"."""
-        docs = documents(read_sources(paths), validate=False)
+        absent ones are reported as "not found". `namespace`: kubectl's `-n`."""
+        docs = documents(read_sources(paths), validate=False, namespace=namespace)
         with self.locked():
             index = self._read_index()
             revision = index.revision + 1
@@ -489,6 +495,8 @@ def _merge(parts: list[tuple[StoredObject, ResourceSet]]) -> ResourceSet:
         network_sets=tuple(n for _, res in parts for n in res.network_sets),
         felix=felix,
         external_hosts=tuple(e for _, res in parts for e in res.external_hosts),
+        workloads=tuple(w for _, res in parts for w in res.workloads),
+        services=tuple(s for _, res in parts for s in res.services),
     )
 
 

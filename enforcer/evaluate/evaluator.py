@@ -16,7 +16,16 @@ from typing import Literal
 from enforcer.evaluate.flow import Flow, Peer, peer_for_address
 from enforcer.evaluate.match import CompiledRule, compile_rule
 from enforcer.evaluate.path import Stage, stages_for
-from enforcer.model import WIREGUARD_PORTS, Direction, FailsafePort, IPAddress, Policy, Profile, Rule
+from enforcer.model import (
+    FAILSAFE_PROTOCOL_NAMES,
+    WIREGUARD_PORTS,
+    Direction,
+    FailsafePort,
+    IPAddress,
+    Policy,
+    Profile,
+    Rule,
+)
 from enforcer.resolve.endpoints import DEFAULT_ALLOW_PROFILE
 from enforcer.resolve.state import ClusterState, OrderedTier
 
@@ -94,7 +103,7 @@ class Decision:
 
 
 def _failsafe_hit(ports: tuple[FailsafePort, ...], flow: Flow, port: int | None, peer_is_src: bool) -> str | None:
-    if port is None or flow.protocol not in (6, 17):
+    if port is None or flow.protocol not in FAILSAFE_PROTOCOL_NAMES:
         return None
     peer = flow.src if peer_is_src else flow.dst
     for fs in ports:

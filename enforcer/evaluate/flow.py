@@ -11,6 +11,14 @@ from enforcer.model import IPAddress, protocol_name
 from enforcer.resolve.endpoints import Endpoint
 from enforcer.resolve.ipsets import ip_key
 from enforcer.resolve.state import ClusterState
+from enforcer.resolve.workloads import (
+    SERVICE_REFS,
+    WORKLOAD_REFS,
+    WorkloadError,
+    find_workload,
+    service_target,
+    workload_pod_ref,
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,9 @@ class RefError(ValueError):
 
 
 def resolve_ref(state: ClusterState, ref: str, version: int | None = None) -> Peer:
-    """`ns/pod`, `hep:NAME`, `node:NAME`, `external:NAME`, or an IP address."""
+    """`ns/pod`, `hep:NAME`, `node:NAME`, `external:NAME`, a workload (`deploy/NS/NAME`,
+    `sts/`, `ds/`, `rs/`, `job/`, `cronjob/`), or an IP address. A Service (`svc/NS/NAME`) needs
+    its port: see `resolve_service`."""
     try:
         ip = ipaddress.ip_address(ref)
     except ValueError:
@@ -128,11 +138,48 @@ def _resolve_named(state: ClusterState, ref: str, version: int | None) -> Peer:
         if ext is None:
             raise RefError(f"no ExternalHost named {name!r}")
         return Peer("external", name, _pick(ext.addresses, version, f"outside host {name}"))
+    parts = ref.split("/")
+    if len(parts) == 3 and ":" not in ref and all(parts):
+        return _resolve_controller(state, parts, version)
     if "/" in ref and ":" not in ref:
         ep = state.pods_by_ref.get(ref)
         if ep is None:
             raise RefError(f"no Pod {ref!r} (expected NAMESPACE/POD)")
         return Peer("pod", ref, _pick(ep.ips, version, f"pod {ref}"), ep.node, ep)
     raise RefError(
-        f"cannot read {ref!r}: expected NAMESPACE/POD, hep:NAME, node:NAME, external:NAME or an IP address"
+        f"cannot read {ref!r}: expected NAMESPACE/POD, deploy/NAMESPACE/NAME (or sts/, ds/, rs/, job/, cronjob/, "
+        "svc/), hep:NAME, node:NAME, external:NAME or an IP address"
     )
+
+
+def _resolve_controller(state: ClusterState, parts: list[str], version: int | None) -> Peer:
+    kind_text, namespace, name = parts
+    kind = WORKLOAD_REFS.get(kind_text.lower())
+    if kind_text.lower() in SERVICE_REFS:
+        raise RefError(f"svc/{namespace}/{name}: a Service is a destination reached on a port "
+                       f"(--to svc/{namespace}/{name} --port N)")
+    if kind is None:
+        allowed = "deploy, sts, ds, rs, job, cronjob, svc"
+        raise RefError(f"cannot read {'/'.join(parts)!r}: unknown kind {kind_text!r} (allowed: {allowed})")
+    try:
+        ref = workload_pod_ref(state.resources, find_workload(state.resources, kind, namespace, name))
+    except WorkloadError as err:
+        raise RefError(str(err)) from None
+    ep = state.pods_by_ref[ref]
+    return Peer("pod", ref, _pick(ep.ips, version, f"pod {ref} of {kind} {namespace}/{name}"), ep.node, ep)
+
+
+def resolve_service(state: ClusterState, ref: str, protocol: int, port: int, version: int | None) -> tuple[Peer, int]:
+    """`svc/NS/NAME` at `port`: the pod kube-proxy would deliver to and its target port."""
+    kind_text, namespace, name = ref.split("/")
+    try:
+        pod, target = service_target(state.resources, namespace, name, protocol, port)
+    except WorkloadError as err:
+        raise RefError(str(err)) from None
+    peer = resolve_ref(state, f"{pod.namespace}/{pod.name}", version)
+    return peer, target
+
+
+def is_service_ref(ref: str) -> bool:
+    parts = ref.split("/")
+    return len(parts) == 3 and all(parts) and parts[0].lower() in SERVICE_REFS

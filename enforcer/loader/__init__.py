@@ -10,8 +10,15 @@ Inputs are YAML (multi-document) or JSON files, directories (searched recursivel
 
 Supported kinds: `projectcalico.org/v3` GlobalNetworkPolicy, NetworkPolicy, the three Staged
 kinds, Tier, GlobalNetworkSet, NetworkSet, HostEndpoint, Profile, FelixConfiguration;
+the same Calico kinds (but Profile) in their `crd.projectcalico.org/v1` form (`crd.py`);
 `networking.k8s.io/v1` NetworkPolicy (converted to Calico form, see `knp.py`); `v1` Namespace,
-Pod, Node, ServiceAccount; `lab.flowtui.dev/v1` ExternalHost.
+Pod, Node, ServiceAccount, Service; the workload controllers of `apps/v1` and `batch/v1`
+(`workloads.py`); `lab.flowtui.dev/v1` ExternalHost. Every other kind (ConfigMap, Ingress,
+IPPool...) is skipped and counted in `ResourceSet.skipped`; an unknown kind of a group flowtui
+reads (`projectcalico.org`, `networking.k8s.io`...) is an error.
+
+Namespaced objects without `metadata.namespace` go into `namespace` (kubectl's `-n`), else into
+`default`.
 
 Errors: every problem of every file is collected and raised together in one `LoadError`; each
 is a `Problem` with file, 1-based line, field path and message. A file with any problem
@@ -22,12 +29,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 from enforcer.loader.documents import looks_like_json, parse_json, parse_yaml
 from enforcer.loader.fields import LoadError, Problem, Reporter
-from enforcer.loader.objects import Loaded, expand, load_object
+from enforcer.loader.objects import Loaded, expand, load_object, skipped_kind
 from enforcer.model import (
     ExternalHost,
     FelixConfiguration,
@@ -39,21 +48,24 @@ from enforcer.model import (
     Policy,
     Profile,
     ResourceSet,
+    Service,
     ServiceAccount,
     Tier,
+    Workload,
 )
 
-__all__ = ["LoadError", "Problem", "gather_sources", "load_paths", "load_text"]
+__all__ = ["LoadError", "Problem", "gather_sources", "load_paths", "load_text", "skipped_line"]
 
 T = TypeVar("T")
 EXTENSIONS = (".yaml", ".yml", ".json")
 STDIN = "<stdin>"
 
 
-def load_text(text: str, filename: str) -> ResourceSet:
+def load_text(text: str, filename: str, namespace: str | None = None) -> ResourceSet:
     """Load one file's text. `filename` is used in problems and chooses the format: `.json` is
-    JSON, `-` or `<stdin>` is sniffed (JSON if it starts with `{` or `[`), anything else YAML."""
-    return _load([(filename, text)], [])
+    JSON, `-` or `<stdin>` is sniffed (JSON if it starts with `{` or `[`), anything else YAML.
+    `namespace` is kubectl's `-n`: see `load_paths`."""
+    return _load([(filename, text)], [], namespace)
 
 
 def gather_sources(paths: Sequence[str]) -> tuple[list[tuple[str, str]], list[Problem]]:
@@ -78,10 +90,14 @@ def gather_sources(paths: Sequence[str]) -> tuple[list[tuple[str, str]], list[Pr
     return sources, problems
 
 
-def load_paths(paths: Sequence[str]) -> ResourceSet:
-    """Load files, directories (recursively) and `-` (stdin), in the order given."""
+def load_paths(paths: Sequence[str], namespace: str | None = None) -> ResourceSet:
+    """Load files, directories (recursively) and `-` (stdin), in the order given.
+
+    `namespace` is kubectl's `-n NS`: a namespaced object written without `metadata.namespace`
+    goes into it (else into `default`, as `kubectl apply -f` does), and one written with another
+    namespace is an error."""
     sources, problems = gather_sources(paths)
-    return _load(sources, problems)
+    return _load(sources, problems, namespace)
 
 
 def _walk(directory: str) -> list[str]:
@@ -119,15 +135,22 @@ def _is_json(filename: str, text: str) -> bool:
     return filename.lower().endswith(".json")
 
 
-def _load_file(filename: str, text: str) -> tuple[list[Loaded], list[Problem]]:
+def _load_file(
+    filename: str, text: str, namespace: str | None = None, skipped: Counter[str] | None = None
+) -> tuple[list[Loaded], list[Problem]]:
     nodes, errors = parse_json(text) if _is_json(filename, text) else parse_yaml(text)
     problems = [Problem(filename, e.line, "", e.message) for e in errors]
     reporter = Reporter(filename)
     loaded: list[Loaded] = []
     for node in nodes:
         for item, api_version, kind in expand(node, filename, reporter):
+            other = skipped_kind(item, api_version, kind)
+            if other is not None:
+                if skipped is not None:
+                    skipped[other] += 1
+                continue
             try:
-                result = load_object(item, filename, api_version, kind)
+                result = load_object(item, filename, api_version, kind, namespace)
             except Exception as exc:  # a loader bug must still come out as a Problem
                 message = f"internal error while loading this object: {exc!r} (please report)"
                 result = Loaded(None, None, [Problem(filename, item.line, "", message)])
@@ -139,10 +162,11 @@ def _load_file(filename: str, text: str) -> tuple[list[Loaded], list[Problem]]:
     return loaded, problems
 
 
-def _load(sources: list[tuple[str, str]], problems: list[Problem]) -> ResourceSet:
+def _load(sources: list[tuple[str, str]], problems: list[Problem], namespace: str | None = None) -> ResourceSet:
     good: list[Loaded] = []
+    skipped: Counter[str] = Counter()
     for filename, text in sources:
-        loaded, file_problems = _load_file(filename, text)
+        loaded, file_problems = _load_file(filename, text, namespace, skipped)
         if file_problems:
             problems += file_problems
         else:
@@ -150,7 +174,16 @@ def _load(sources: list[tuple[str, str]], problems: list[Problem]) -> ResourceSe
     problems += _duplicates(good)
     if problems:
         raise LoadError(problems)
-    return _resource_set([item.value for item in good if item.value is not None])
+    res = _resource_set([item.value for item in good if item.value is not None])
+    return replace(res, skipped=tuple(sorted(skipped.items()))) if skipped else res
+
+
+def skipped_line(skipped: Sequence[tuple[str, int]]) -> str | None:
+    """The one line that says which kinds were skipped: `skipped 2 ConfigMap, 1 Ingress (...)`."""
+    if not skipped:
+        return None
+    counts = ", ".join(f"{n} {kind}" for kind, n in skipped)
+    return f"skipped {counts}: kinds flowtui does not read"
 
 
 def _duplicates(loaded: list[Loaded]) -> list[Problem]:
@@ -195,4 +228,6 @@ def _resource_set(values: list[object]) -> ResourceSet:
         network_sets=_of(values, NetworkSet),
         felix=felix[0] if felix else FelixConfiguration(),
         external_hosts=_of(values, ExternalHost),
+        workloads=_of(values, Workload),
+        services=_of(values, Service),
     )

@@ -46,8 +46,11 @@ POLICY_TYPES = {"Ingress": "ingress", "Egress": "egress"}
 PERFORMANCE_HINTS = ("AssumeNeededOnEveryNode",)
 # Built-in tiers whose order Calico fixes (v3.32: kube-admin and kube-baseline host
 # ClusterNetworkPolicy).
+DEFAULT_TIER_ORDER = 1_000_000.0
 BUILTIN_TIER_ORDERS = {"default": 1_000_000.0, "kube-admin": 1_000.0, "kube-baseline": 10_000_000.0}
 TIER_ACTIONS: dict[str, Literal["Deny", "Pass"]] = {"Deny": "Deny", "Pass": "Pass"}
+# The built-in tiers' default action, as Calico's Tier CRD validation (CEL) fixes it.
+BUILTIN_TIER_ACTIONS = {"default": "Deny", "kube-admin": "Pass", "kube-baseline": "Pass"}
 INTERFACE_RE = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")
 
 
@@ -135,9 +138,13 @@ def load_policy(obj: Obj) -> Policy | None:
     egress_values = spec.get_list("egress", MAX_RULES)
     ingress = parse_rules(ingress_values, RuleContext("ingress", True, is_global))
     egress = parse_rules(egress_values, RuleContext("egress", True, is_global))
+    hints: set[str] = set()
     for hint, item in spec.get_str_list("performanceHints"):
         if hint not in PERFORMANCE_HINTS:
             item.error(f"invalid performance hint {quote(hint)} (allowed: {', '.join(PERFORMANCE_HINTS)})")
+        elif hint in hints:
+            item.error(f"performance hint {quote(hint)} is listed more than once")  # validate:"unique"
+        hints.add(hint)
     do_not_track = spec.get_bool("doNotTrack")
     pre_dnat = spec.get_bool("preDNAT")
     apply_on_forward = spec.get_bool("applyOnForward")
@@ -175,6 +182,8 @@ def load_policy(obj: Obj) -> Policy | None:
 def load_tier(obj: Obj) -> Tier | None:
     spec = spec_fields(obj, ("order", "defaultAction"))
     order = spec.get_number("order")
+    if order is None and not spec.has("order"):
+        order = DEFAULT_TIER_ORDER  # Calico's DefaultTierFields: no order means the default tier's
     default_action = spec.get_str("defaultAction") or "Deny"
     if default_action not in TIER_ACTIONS:
         spec.error_at("defaultAction", f"invalid defaultAction {quote(default_action)} (allowed: Deny, Pass)")
@@ -182,6 +191,14 @@ def load_tier(obj: Obj) -> Tier | None:
     fixed = BUILTIN_TIER_ORDERS.get(obj.meta.name)
     if fixed is not None and order != fixed:
         spec.error_at("order", f"the built-in tier {quote(obj.meta.name)} must have order {fixed:.0f}")
+    builtin_action = BUILTIN_TIER_ACTIONS.get(obj.meta.name)
+    if builtin_action is not None and default_action != builtin_action:
+        written = "" if spec.has("defaultAction") else " (none written: Deny)"
+        message = f"the built-in tier {quote(obj.meta.name)} must have defaultAction {builtin_action}{written}"
+        if spec.has("defaultAction"):
+            spec.error_at("defaultAction", message)
+        else:
+            spec.missing("defaultAction", message)
     return Tier(obj.meta.name, order, TIER_ACTIONS[default_action], obj.origin)
 
 

@@ -1,9 +1,10 @@
 """`FelixConfiguration`: the few Felix settings that change policy semantics.
 
 flowtui models failsafe ports, `defaultEndpointToHostAction` and the WireGuard switches. The
-common Felix settings in `IGNORED_FELIX_FIELDS` are accepted and ignored (they tune Calico's own
-dataplane, logging and reporting, which flowtui replaces); any other field is an error, so a
-typo in a setting that matters is never silently dropped.
+common Felix settings of `felix_fields.FELIX_FIELD_CHECKS` are validated as Calico validates
+them and then ignored (they tune Calico's own dataplane, logging and reporting, which flowtui
+replaces); any other field is an error, so a typo in a setting that matters is never silently
+dropped.
 
 Only the FelixConfiguration named `default` feeds `ResourceSet.felix`. Per-node objects
 (`node.<nodename>`, which Calico creates by itself) are accepted when they set none of the
@@ -16,6 +17,7 @@ from typing import Literal
 
 from enforcer.loader.calico import spec_fields
 from enforcer.loader.checks import cidr_value, dns_subdomain_error
+from enforcer.loader.felix_fields import FELIX_FIELD_CHECKS, check_felix_fields
 from enforcer.loader.fields import Fields, Value, quote
 from enforcer.loader.metadata import Obj
 from enforcer.model import FailsafePort, FelixConfiguration
@@ -27,135 +29,20 @@ MODELLED_FELIX_FIELDS = (
     "wireguardEnabled",
     "wireguardEnabledV6",
 )
-IGNORED_FELIX_FIELDS = (
-    # logging and reporting
-    "logSeverityScreen",
-    "logSeverityFile",
-    "logSeveritySys",
-    "logFilePath",
-    "logPrefix",
-    "logDebugFilenameRegex",
-    "logActionRateLimit",
-    "logActionRateLimitBurst",
-    "reportingInterval",
-    "reportingTTL",
-    "healthEnabled",
-    "healthHost",
-    "healthPort",
-    "healthTimeoutOverrides",
-    "prometheusMetricsEnabled",
-    "prometheusMetricsHost",
-    "prometheusMetricsPort",
-    "prometheusGoMetricsEnabled",
-    "prometheusProcessMetricsEnabled",
-    "prometheusWireGuardMetricsEnabled",
-    "flowLogsFlushInterval",
-    "flowLogsGoldmaneServer",
-    "flowLogsCollectorDebugTrace",
-    "flowLogsPolicyEvaluationMode",
-    "flowLogsLocalReporter",
-    "endpointReportingEnabled",
-    "endpointReportingDelay",
-    "endpointStatusPathPrefix",
-    "usageReportingEnabled",
-    "usageReportingInitialDelay",
-    "usageReportingInterval",
-    "debugMemoryProfilePath",
-    "debugDisableLogDropping",
-    # dataplane selection and refresh
-    "bpfEnabled",
-    "bpfLogLevel",
-    "bpfLogFilters",
-    "bpfExternalServiceMode",
-    "bpfConnectTimeLoadBalancing",
-    "bpfHostNetworkedNATWithoutCTLB",
-    "bpfKubeProxyIptablesCleanupEnabled",
-    "bpfKubeProxyMinSyncPeriod",
-    "bpfDataIfacePattern",
-    "bpfL3IfacePattern",
-    "bpfMapSizeConntrack",
-    "bpfMapSizeNATFrontend",
-    "bpfMapSizeNATBackend",
-    "bpfMapSizeRoute",
-    "bpfMapSizeIPSets",
-    "bpfPolicyDebugEnabled",
-    "dataplaneDriver",
-    "dataplaneWatchdogTimeout",
-    "useInternalDataplaneDriver",
-    "iptablesBackend",
-    "nftablesMode",
-    "chainInsertMode",
-    "iptablesRefreshInterval",
-    "iptablesPostWriteCheckInterval",
-    "iptablesLockTimeout",
-    "iptablesLockProbeInterval",
-    "iptablesMarkMask",
-    "nftablesRefreshInterval",
-    "nftablesMarkMask",
-    "ipsetsRefreshInterval",
-    "routeRefreshInterval",
-    "interfaceRefreshInterval",
-    "netlinkTimeout",
-    "maxIpsetSize",
-    "featureDetectOverride",
-    "featureGates",
-    # encapsulation, routing and addressing
-    "ipipEnabled",
-    "ipipMTU",
-    "vxlanEnabled",
-    "vxlanMTU",
-    "vxlanMTUV6",
-    "vxlanPort",
-    "vxlanVNI",
-    "wireguardMTU",
-    "wireguardMTUV6",
-    "wireguardListeningPort",
-    "wireguardListeningPortV6",
-    "wireguardInterfaceName",
-    "wireguardInterfaceNameV6",
-    "wireguardRoutingRulePriority",
-    "wireguardHostEncryptionEnabled",
-    "wireguardPersistentKeepAlive",
-    "wireguardThreadingEnabled",
-    "mtuIfacePattern",
-    "awsSrcDstCheck",
-    "routeSource",
-    "routeTableRange",
-    "routeTableRanges",
-    "routeSyncDisabled",
-    "removeExternalRoutes",
-    "deviceRouteSourceAddress",
-    "deviceRouteSourceAddressIPv6",
-    "deviceRouteProtocol",
-    "natOutgoingAddress",
-    "natPortRange",
-    "ipv6Support",
-    "floatingIPs",
-    "serviceLoopPrevention",
-    "kubeNodePortRanges",
-    "externalNodesList",
-    "interfacePrefix",
-    "interfaceExclude",
-    "xdpEnabled",
-    "xdpRefreshInterval",
-    "genericXDPEnabled",
-    "allowVXLANPacketsFromWorkloads",
-    "allowIPIPPacketsFromWorkloads",
-    "policySyncPathPrefix",
-    "sidecarAccelerationEnabled",
-    "openstackRegion",
-)
+# Felix reads it case-insensitively (the schema's pattern is `^(?i)(Drop|Accept|Return)?$`).
 ENDPOINT_TO_HOST_ACTIONS: dict[str, Literal["Drop", "Accept", "Return"]] = {
-    "Drop": "Drop",
-    "Accept": "Accept",
-    "Return": "Return",
+    "drop": "Drop",
+    "accept": "Accept",
+    "return": "Return",
 }
-FAILSAFE_PROTOCOLS = {"TCP": 6, "UDP": 17}
+# validateProtoPort: exactly these spellings.
+FAILSAFE_PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 
 
 def load_felix(obj: Obj) -> FelixConfiguration | None:
     name = obj.meta.name
-    spec = spec_fields(obj, MODELLED_FELIX_FIELDS, ignored=IGNORED_FELIX_FIELDS)
+    spec = spec_fields(obj, (*MODELLED_FELIX_FIELDS, *FELIX_FIELD_CHECKS))
+    check_felix_fields(spec)
     if name != "default":
         if not name.startswith("node.") or dns_subdomain_error(name[len("node.") :]):
             obj.r.error(
@@ -168,12 +55,12 @@ def load_felix(obj: Obj) -> FelixConfiguration | None:
             if spec.has(key):
                 spec.error_at(key, "flowtui has no per-node Felix settings: set it in FelixConfiguration default")
         return None
-    action = spec.get_str("defaultEndpointToHostAction") or "Accept"
+    action = (spec.get_str("defaultEndpointToHostAction") or "Accept").lower()
     if action not in ENDPOINT_TO_HOST_ACTIONS:
-        allowed = ", ".join(ENDPOINT_TO_HOST_ACTIONS)
+        written = spec.get_str("defaultEndpointToHostAction")
         spec.error_at(
             "defaultEndpointToHostAction",
-            f"invalid defaultEndpointToHostAction {quote(action)} (allowed: {allowed})",
+            f"invalid defaultEndpointToHostAction {quote(written)} (allowed: Drop, Accept, Return, in any case)",
         )
     defaults = FelixConfiguration()
     inbound = failsafes(spec, "failsafeInboundHostPorts")
@@ -207,12 +94,8 @@ def failsafe_port(value: Value) -> FailsafePort | None:
     protocol_text = fields.get_str("protocol", required=True)
     protocol = FAILSAFE_PROTOCOLS.get(protocol_text or "")
     if protocol_text is not None and protocol is None:
-        fields.error_at(
-            "protocol",
-            f"invalid failsafe protocol {quote(protocol_text)} (allowed: TCP, UDP; "
-            "flowtui does not support SCTP failsafes)",
-        )
-    port = fields.get_int("port", 1, 65535)
+        fields.error_at("protocol", f"invalid failsafe protocol {quote(protocol_text)} (allowed: TCP, UDP, SCTP)")
+    port = fields.get_int("port", 0, 65535)
     if not fields.has("port"):
         fields.missing("port")
     net_value = fields.get("net")

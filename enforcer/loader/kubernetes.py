@@ -25,6 +25,9 @@ from enforcer.model import (
 )
 
 K8S_PORT_PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
+# The API server sets this label on every Namespace, to its name, whatever was written
+# (NamespaceDefaultLabelName, immutable since Kubernetes 1.22).
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 FINISHED_PHASES = ("Succeeded", "Failed")
 
@@ -49,7 +52,9 @@ def unique(items: list[IPAddress]) -> tuple[IPAddress, ...]:
 
 
 def load_namespace(obj: Obj) -> Namespace | None:
-    return Namespace(obj.meta.name, obj.meta.labels, obj.origin)
+    labels = dict(obj.meta.labels)
+    labels[NAMESPACE_NAME_LABEL] = obj.meta.name
+    return Namespace(obj.meta.name, tuple(sorted(labels.items())), obj.origin)
 
 
 def load_service_account(obj: Obj) -> ServiceAccount | None:

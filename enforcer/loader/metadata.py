@@ -31,6 +31,7 @@ META_SERVER_FIELDS = (
 ANNOTATIONS_MAX_BYTES = 256 * 1024
 DISABLED_ANNOTATION = "flowtui.dev/disabled"
 CALICO_NAMESPACE_LABEL = "projectcalico.org/namespace"
+DEFAULT_NAMESPACE = "default"  # where kubectl and calicoctl put a namespaced object without -n
 
 NameCheck = Callable[[str], "str | None"]
 
@@ -69,9 +70,14 @@ def parse_metadata(
     name_check: NameCheck,
     allowed: tuple[str, ...] = META_FIELDS,
     server_fields: tuple[str, ...] = META_SERVER_FIELDS,
+    default_namespace: str | None = None,
 ) -> Meta:
     """Always returns a Meta (with an empty name if there is none), so that the rest of the
-    object is still validated and all of its problems are found in one pass."""
+    object is still validated and all of its problems are found in one pass.
+
+    A namespaced object without `metadata.namespace` goes into `default_namespace` (kubectl's
+    `-n`), else into `default`; one whose namespace differs from `default_namespace` is an error,
+    as in kubectl."""
     meta = root.get_map("metadata", allowed, ignored=server_fields, required=True)
     if meta is None:
         return Meta("", None, line=root.line)
@@ -85,10 +91,16 @@ def parse_metadata(
     namespace: str | None = None
     if namespaced:
         namespace = meta.get_str("namespace")
-        if namespace is None and not meta.has("namespace"):
-            meta.missing("namespace", f"metadata.namespace is required ({kind} is a namespaced kind)")
+        if not meta.has("namespace") or namespace == "":  # "" is unset in Kubernetes' ObjectMeta
+            namespace = default_namespace or DEFAULT_NAMESPACE
         elif namespace is not None and (problem := dns_label_error(namespace, "namespace")):
             meta.error_at("namespace", problem)
+        elif namespace is not None and default_namespace is not None and namespace != default_namespace:
+            meta.error_at(
+                "namespace",
+                f"the namespace from the provided object {quote(namespace)} does not match the namespace "
+                f"{quote(default_namespace)} given with -n (use -n {namespace}, or no -n)",
+            )
     elif meta.has("namespace"):
         meta.error_at("namespace", f"{kind} is not namespaced: remove metadata.namespace")
     labels: list[tuple[str, str]] = []

@@ -6,18 +6,39 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from enforcer.loader import calico, felix, kubernetes, lab
+from enforcer.loader import calico, crd, felix, kubernetes, lab, workloads
 from enforcer.loader.checks import dns_label_error, dns_subdomain_error, gnp_name_error, np_name_error
 from enforcer.loader.documents import Mapping, Node, Scalar
 from enforcer.loader.fields import Problem, Reporter, Value, quote
 from enforcer.loader.knp import load_knp
-from enforcer.loader.metadata import META_FIELDS, META_SERVER_FIELDS, NameCheck, Obj, parse_metadata
+from enforcer.loader.metadata import (
+    DEFAULT_NAMESPACE,
+    META_FIELDS,
+    META_SERVER_FIELDS,
+    NameCheck,
+    Obj,
+    parse_metadata,
+)
 from enforcer.model import Origin
 
 CALICO = "projectcalico.org/v3"
 K8S_NETWORKING = "networking.k8s.io/v1"
 K8S_CORE = "v1"
+K8S_APPS = "apps/v1"
+K8S_BATCH = "batch/v1"
 LAB = "lab.flowtui.dev/v1"
+# API groups whose kinds flowtui reads: an unknown kind there is a mistake (a typo, a kind
+# flowtui does not model yet), reported as an error. Kinds of every other group are skipped.
+OWN_GROUPS = ("projectcalico.org", "crd.projectcalico.org", "networking.k8s.io", "policy.networking.k8s.io",
+              "lab.flowtui.dev")
+# Valid kinds of those groups that say nothing about policy: skipped too.
+SKIPPED_KINDS = {
+    "projectcalico.org": ("BGPConfiguration", "BGPFilter", "BGPPeer", "BlockAffinity", "CalicoNodeStatus",
+                          "ClusterInformation", "IPAMBlock", "IPAMConfig", "IPAMConfiguration", "IPAMHandle",
+                          "IPPool", "IPReservation", "KubeControllersConfiguration", "LiveMigration"),
+    "networking.k8s.io": ("Ingress", "IngressClass", "IPAddress", "ServiceCIDR"),
+}
+SKIPPED_KINDS["crd.projectcalico.org"] = SKIPPED_KINDS["projectcalico.org"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +102,12 @@ _KIND_LIST = [
         top_fields=(),
         top_ignored=("secrets", "imagePullSecrets", "automountServiceAccountToken"),
     ),
+    *(
+        Kind(api, kind, kind, True, _subdomain, workloads.load_workload, top_fields=CLUSTER_FIELDS)
+        for api, kind in ((K8S_APPS, "Deployment"), (K8S_APPS, "StatefulSet"), (K8S_APPS, "DaemonSet"),
+                          (K8S_APPS, "ReplicaSet"), (K8S_BATCH, "Job"), (K8S_BATCH, "CronJob"))
+    ),
+    _cluster("Service", True, _label_name, workloads.load_service),
     Kind(
         LAB,
         "ExternalHost",
@@ -93,7 +120,9 @@ _KIND_LIST = [
     ),
 ]
 KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in _KIND_LIST}
-SUPPORTED = ", ".join(f"{k.api_version} {k.kind}" for k in _KIND_LIST)
+SUPPORTED = ", ".join(
+    [f"{k.api_version} {k.kind}" for k in _KIND_LIST] + [f"{crd.CRD_GROUP_VERSION} {k}" for k in crd.CRD_KINDS]
+)
 
 
 @dataclass
@@ -143,20 +172,47 @@ def expand(node: Node, file: str, reporter: Reporter) -> Iterator[tuple[Node, st
             yield item.node, api_version if item_kind else "", item_kind
 
 
-def load_object(node: Node, file: str, default_api: str = "", default_kind: str = "") -> Loaded:
-    """Validate one object and build its model value."""
+def skipped_kind(node: Node, default_api: str = "", default_kind: str = "") -> str | None:
+    """The kind of an object flowtui does not read and skips (a ConfigMap, an Ingress, an
+    IPPool...), or None for one it reads or must report."""
+    api_version, kind = default_api, default_kind
+    if isinstance(node, Mapping):
+        api_version = _peek(node, "apiVersion") or default_api
+        kind = _peek(node, "kind") or default_kind
+    if not api_version or not kind or (api_version, kind) in KINDS:
+        return None
+    if api_version == crd.CRD_GROUP_VERSION and kind in crd.CRD_KINDS:
+        return None
+    group = api_version.rpartition("/")[0]
+    if group in OWN_GROUPS:
+        return kind if kind in SKIPPED_KINDS.get(group, ()) else None
+    return kind
+
+
+def load_object(
+    node: Node, file: str, default_api: str = "", default_kind: str = "", namespace: str | None = None
+) -> Loaded:
+    """Validate one object and build its model value. `namespace`: kubectl's `-n` (see
+    `parse_metadata`)."""
     api_version = default_api
     kind_text = default_kind
     if isinstance(node, Mapping):
         api_version = _peek(node, "apiVersion") or default_api
         kind_text = _peek(node, "kind") or default_kind
+    conversion = Reporter(file)
+    node, api_version = crd.as_v3(node, api_version, kind_text, conversion)
     kind = KINDS.get((api_version, kind_text))
     label_kind = kind.model_kind if kind else kind_text
     name = _peek(node, "metadata", "name") if isinstance(node, Mapping) else None
-    namespace = _peek(node, "metadata", "namespace") if isinstance(node, Mapping) else None
-    shown_namespace = namespace if kind is None or kind.namespaced else None
+    written_ns = _peek(node, "metadata", "namespace") if isinstance(node, Mapping) else None
+    if kind is None:
+        shown_namespace = written_ns
+    else:
+        shown_namespace = (written_ns or namespace or DEFAULT_NAMESPACE) if kind.namespaced else None
     label = "/".join(p for p in (label_kind, shown_namespace, name) if p) if label_kind else ""
     r = Reporter(file, label)
+    for problem in conversion.problems:
+        r.error(problem.line, problem.path, problem.message)
     root_value = Value(r, node, "", node.line)
     if not isinstance(node, Mapping):
         root_value.error("a document must be a mapping (a Kubernetes or Calico resource)")
@@ -173,6 +229,7 @@ def load_object(node: Node, file: str, default_api: str = "", default_kind: str 
         name_check=kind.name_check,
         allowed=kind.meta_fields,
         server_fields=kind.meta_server_fields,
+        default_namespace=namespace,
     )
     obj = Obj(r, kind.model_kind, root, meta, Origin(file, node.line))
     value = kind.load(obj)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from enforcer.evaluate.evaluator import ICMPV6_INFRA_TYPES, Evaluator
 from enforcer.evaluate.path import Family, Stage
 from enforcer.lab.names import cali_name
-from enforcer.model import WIREGUARD_PORTS, Direction, FailsafePort, Policy, Profile, Rule
+from enforcer.model import FAILSAFE_PROTOCOL_NAMES, WIREGUARD_PORTS, Direction, FailsafePort, Policy, Profile, Rule
 from enforcer.nft.ir import Chain, NftSet, Table
 from enforcer.nft.match import SetBook, rule_matches
 from enforcer.resolve.endpoints import Endpoint
@@ -363,7 +363,7 @@ class _NodeCompiler:
         return lines
 
     def _failsafe_rule(self, fs: FailsafePort, field_: str, inbound: bool, stage: Stage) -> str:
-        proto = "tcp" if fs.protocol == 6 else "udp"
+        proto = FAILSAFE_PROTOCOL_NAMES[fs.protocol]
         net = ""
         if fs.net is not None:
             l3 = "ip" if fs.net.version == 4 else "ip6"

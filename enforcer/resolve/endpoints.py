@@ -33,6 +33,7 @@ from enforcer.resolve.selectors import (
     SA_PREFIX,
     SERVICE_ACCOUNT_LABEL,
 )
+from enforcer.resolve.workloads import template_pods
 
 EndpointKind = Literal["wep", "hep"]
 DEFAULT_ALLOW_PROFILE = "projectcalico-default-allow"
@@ -114,14 +115,15 @@ class EndpointIndex:
 
 def build_endpoints(res: ResourceSet) -> EndpointIndex:
     """Workload and host endpoints with effective labels, set members, and all profiles."""
+    pods = (*res.pods, *template_pods(res))  # workloads without pods: a pod of their template
     namespaces = {ns.name: ns for ns in res.namespaces}
-    for pod in res.pods:
+    for pod in pods:
         namespaces.setdefault(pod.namespace, Namespace(pod.namespace))
     for nset in res.network_sets:
         if nset.namespace is not None:
             namespaces.setdefault(nset.namespace, Namespace(nset.namespace))
     accounts = {(sa.namespace, sa.name): sa for sa in res.service_accounts}
-    for pod in res.pods:
+    for pod in pods:
         key = (pod.namespace, pod.service_account)
         accounts.setdefault(key, ServiceAccount(pod.service_account, pod.namespace))
 
@@ -139,7 +141,7 @@ def build_endpoints(res: ResourceSet) -> EndpointIndex:
 
     endpoints: list[Endpoint] = []
     members: list[SetMember] = []
-    for pod in res.pods:
+    for pod in pods:
         endpoints.append(_pod_endpoint(pod, profiles))
     for hep in res.host_endpoints:
         endpoints.append(_host_endpoint(hep, profiles))

@@ -45,7 +45,7 @@ class OrderedTier:
 # ResourceSet fields the endpoint index and selector memberships are computed from (all but
 # policies and tiers), and the cached properties computed from them alone.
 CLUSTER_FIELDS = ("profiles", "namespaces", "service_accounts", "pods", "nodes", "host_endpoints", "network_sets",
-                  "felix", "external_hosts")
+                  "felix", "external_hosts", "workloads", "services")
 CLUSTER_PROPERTIES = ("index", "endpoints", "pods_by_ref", "heps_by_name", "nodes", "externals", "owners",
                       "user_profiles", "_hep_for_interface", "_hep_wildcard")
 

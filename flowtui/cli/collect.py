@@ -44,6 +44,8 @@ def parse_size(text: str) -> int:
 @click.option("--netns", "netns", multiple=True, help="A lab namespace (ft-...) to read in. Repeatable.")
 @click.option("--duration", type=float, help="Stop after S seconds (default: until Ctrl-C / SIGTERM).")
 @click.option("-f", "--filename", "paths", multiple=True, type=click.Path(), help="Resources for enrichment.")
+@click.option("-n", "--namespace", metavar="NS", default=None,
+              help="Namespace for namespaced objects of -f files written without one (default: default).")
 @click.option("--rules", type=click.Path(dir_okay=False), help="Rule table [default: rules.jsonl next to --db].")
 @click.option("--group", "groups", multiple=True, type=int, help="NFLOG group to bind (default 1 and 2).")
 @click.option("--bucket", default=15.0, show_default=True, help="Flow time bucket, seconds.")
@@ -65,6 +67,7 @@ def collect_cmd(
     netns: tuple[str, ...],
     duration: float | None,
     paths: tuple[str, ...],
+    namespace: str | None,
     rules: str | None,
     groups: tuple[int, ...],
     bucket: float,
@@ -117,7 +120,7 @@ def collect_cmd(
             rcvbuf=parse_size(rcvbuf),
         ),
         rules_path=Path(rules) if rules else None,
-        load_resources=_resource_loader(paths, lab_id) if paths else None,
+        load_resources=_resource_loader(paths, lab_id, namespace) if paths else None,
         resource_paths=paths,
         bucket_seconds=bucket,
         keep_events=events,
@@ -154,11 +157,11 @@ def collect_cmd(
         _print_summary(summary)
 
 
-def _resource_loader(paths: tuple[str, ...], lab_id: str | None) -> Any:
+def _resource_loader(paths: tuple[str, ...], lab_id: str | None, namespace: str | None = None) -> Any:
     def load() -> Any:
         from enforcer.loader import load_paths
 
-        resources = load_paths(list(paths))
+        resources = load_paths(list(paths), namespace)
         if lab_id:
             from enforcer.lab import plan_lab
             from enforcer.lab.plan import lab_resources

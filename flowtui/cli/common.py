@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from enforcer.loader import LoadError, load_paths
+from enforcer.loader import LoadError, load_paths, skipped_line
 from enforcer.model import ResourceSet
 
 if TYPE_CHECKING:
@@ -39,17 +39,22 @@ def open_store(db: str, hint: str, verb: str) -> Source:
     return source
 
 
-def load_or_exit(paths: Sequence[str]) -> ResourceSet:
-    """Load and validate; on any problem print every one of them (file:line) and exit 2."""
+def load_or_exit(paths: Sequence[str], namespace: str | None = None) -> ResourceSet:
+    """Load and validate; on any problem print every one of them (file:line) and exit 2.
+    `namespace`: the command's `-n` (see `namespace_option`)."""
     if not paths:
         fail("no input: give files or directories with -f PATH (or - for stdin)", EXIT_INVALID)
     try:
-        return load_paths(list(paths))
+        res = load_paths(list(paths), namespace)
     except LoadError as err:
         click.echo(str(err), err=True)
         n = len(err.problems)
         click.echo(f"{n} problem{'s' if n != 1 else ''} found; nothing was changed.", err=True)
         sys.exit(EXIT_INVALID)
+    skipped = skipped_line(res.skipped)
+    if skipped:
+        click.echo(skipped, err=True)
+    return res
 
 
 def paths_option(func: click.decorators.FC) -> click.decorators.FC:
@@ -63,6 +68,17 @@ def paths_option(func: click.decorators.FC) -> click.decorators.FC:
         type=click.Path(allow_dash=True),
         help="File or directory of YAML/JSON resources, or - for stdin. Repeatable.",
     )(func)
+
+
+NAMESPACE_HELP = (
+    "Namespace for namespaced objects written without metadata.namespace (default: default); "
+    "an object in another namespace is an error, as with kubectl apply -n."
+)
+
+
+def namespace_option(func: click.decorators.FC) -> click.decorators.FC:
+    """kubectl's `-n/--namespace NS` for commands that read resource files."""
+    return click.option("-n", "--namespace", metavar="NS", default=None, help=NAMESPACE_HELP)(func)
 
 
 def all_paths(paths: Sequence[str], more_paths: Sequence[str]) -> list[str]:

@@ -15,7 +15,7 @@ import click
 
 from enforcer.datastore import Datastore
 from enforcer.lab import LabPlan, plan_lab
-from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, paths_option
+from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, namespace_option, paths_option
 from flowtui.cli.state import (
     enforce,
     format_table,
@@ -64,9 +64,10 @@ def _example(plan: LabPlan) -> str | None:
 
 @lab.command()
 @paths_option
+@namespace_option
 @lab_option
 @state_dir_option
-def up(paths: Sequence[str], more_paths: Sequence[str], lab_id: str, state_dir: str) -> None:
+def up(paths: Sequence[str], more_paths: Sequence[str], namespace: str | None, lab_id: str, state_dir: str) -> None:
     """Build (or update) the lab from resources and enforce their policies in it.
 
     The files' objects are stored in the datastore first (as `flowtui apply -f` does: invalid
@@ -82,7 +83,7 @@ def up(paths: Sequence[str], more_paths: Sequence[str], lab_id: str, state_dir: 
         fail("no input: give files or directories with -f PATH (or - for stdin)", EXIT_INVALID)
     need_root()
     ds = Datastore(state_dir)
-    changes = store_planned(ds, inputs, lab_id)
+    changes = store_planned(ds, inputs, lab_id, namespace)
     counts: dict[str, int] = {}
     for change in changes.changes:
         counts[change.action] = counts.get(change.action, 0) + 1

@@ -8,11 +8,14 @@ from collections.abc import Sequence
 import click
 
 from enforcer.evaluate import Evaluator, Flow, RefError, decision_json, decision_text, resolve_ref
-from enforcer.model import PROTOCOL_NUMBERS, ResourceSet
+from enforcer.evaluate.flow import is_service_ref, resolve_service
+from enforcer.model import PROTOCOL_NUMBERS, FelixConfiguration, ResourceSet
 from enforcer.resolve import ClusterState
-from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, load_or_exit, paths_option
+from enforcer.resolve.workloads import SERVICE_REFS, WORKLOAD_REFS, service_at
+from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, load_or_exit, namespace_option, paths_option
 
 _PROTO_NAMES = {name.lower(): num for name, num in PROTOCOL_NUMBERS.items()}
+PORTED_PROTOCOLS = (6, 17, 132, 136)  # tcp, udp, sctp, udplite: a flow of these has a destination port
 
 
 def parse_protocol(text: str) -> int:
@@ -35,16 +38,38 @@ def summarize(res: ResourceSet) -> str:
         "network sets": len(res.network_sets),
         "profiles": len(res.profiles),
         "outside hosts": len(res.external_hosts),
+        "workloads": len(res.workloads),
+        "services": len(res.services),
+        "Felix configuration": int(res.felix != FelixConfiguration()),
     }
     return ", ".join(f"{n} {what}" for what, n in counts.items() if n)
 
 
 @click.command()
 @paths_option
-def check(paths: Sequence[str], more_paths: Sequence[str]) -> None:
+@namespace_option
+def check(paths: Sequence[str], more_paths: Sequence[str], namespace: str | None) -> None:
     """Validate resources as Calico would. Exit 2 with FILE:LINE errors when anything is wrong."""
-    res = load_or_exit(all_paths(paths, more_paths))
+    res = load_or_exit(all_paths(paths, more_paths), namespace)
     click.echo(f"ok: {summarize(res) or 'no resources'}")
+
+
+def in_namespace(ref: str, namespace: str | None) -> str:
+    """With `-n NS`, refs as kubectl reads names: `web` is the pod NS/web, `deploy/web` the
+    Deployment NS/web, `svc/web` the Service NS/web. Other refs are left as written."""
+    if namespace is None or ":" in ref:
+        return ref
+    try:
+        ipaddress.ip_address(ref)
+        return ref
+    except ValueError:
+        pass
+    parts = ref.split("/")
+    if len(parts) == 1:
+        return f"{namespace}/{ref}"
+    if len(parts) == 2 and (parts[0].lower() in WORKLOAD_REFS or parts[0].lower() in SERVICE_REFS):
+        return f"{parts[0]}/{namespace}/{parts[1]}"
+    return ref
 
 
 def build_flow(
@@ -65,7 +90,15 @@ def build_flow(
         except ValueError:
             pass
     src = resolve_ref(state, src_ref, version)
-    dst = resolve_ref(state, dst_ref, src.address.version)
+    service = service_at(state.resources, dst_ref)
+    if service is not None:  # a cluster IP: the flow kube-proxy delivers
+        dst_ref = f"svc/{service.namespace}/{service.name}"
+    if is_service_ref(dst_ref):
+        if port is None or proto not in PORTED_PROTOCOLS[:3]:
+            raise RefError(f"{dst_ref}: a Service is reached with --proto tcp, udp or sctp and --port N")
+        dst, port = resolve_service(state, dst_ref, proto, port, src.address.version)  # kube-proxy's DNAT
+    else:
+        dst = resolve_ref(state, dst_ref, src.address.version)
     if proto in (1, 58):
         if port is not None or sport is not None:
             raise click.BadParameter("ICMP has no ports; use --icmp-type/--icmp-code", param_hint="--port")
@@ -81,6 +114,7 @@ def build_flow(
 
 @click.command(name="eval")
 @paths_option
+@namespace_option
 @click.option("--from", "src_ref", required=True, metavar="REF",
               help="Source: NAMESPACE/POD, hep:NAME, node:NAME, external:NAME or an IP address.")
 @click.option("--to", "dst_ref", required=True, metavar="REF", help="Destination, same forms as --from.")
@@ -95,6 +129,7 @@ def build_flow(
 def eval_cmd(
     paths: Sequence[str],
     more_paths: Sequence[str],
+    namespace: str | None,
     src_ref: str,
     dst_ref: str,
     proto_text: str,
@@ -111,7 +146,10 @@ def eval_cmd(
     policy (untracked, preDNAT, normal, applyOnForward) on the nodes the packet crosses.
     """
     proto = parse_protocol(proto_text)
-    res = load_or_exit(all_paths(paths, more_paths))
+    if proto in PORTED_PROTOCOLS and port is None:
+        raise click.UsageError(f"--proto {proto_text} needs --port N (the destination port)")
+    res = load_or_exit(all_paths(paths, more_paths), namespace)
+    src_ref, dst_ref = in_namespace(src_ref, namespace), in_namespace(dst_ref, namespace)
     state = ClusterState(res)
     try:
         flow = build_flow(state, src_ref, dst_ref, proto, port, sport, icmp_type, icmp_code, ipv6)

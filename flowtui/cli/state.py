@@ -36,11 +36,11 @@ from enforcer.datastore import (
     resolve_kinds,
 )
 from enforcer.lab import DEFAULT_LAB_ID, LabError
-from enforcer.loader import LoadError
+from enforcer.loader import LoadError, skipped_line
 from enforcer.loader.objects import KINDS
 from enforcer.nft.backend import Backend
 from enforcer.reconcile import CompileFn, Reconciler, ReconcileResult
-from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, paths_option
+from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, namespace_option, paths_option
 
 T = TypeVar("T")
 LAB_ENV = "FLOWTUI_LAB"
@@ -158,7 +158,7 @@ def lab_refused(err: LabError, lab_id: str, sources: Mapping[str, str]) -> NoRet
     sys.exit(EXIT_INVALID)
 
 
-def store_planned(ds: Datastore, inputs: Sequence[str], lab_id: str) -> ChangeSet:
+def store_planned(ds: Datastore, inputs: Sequence[str], lab_id: str, namespace: str | None = None) -> ChangeSet:
     """Store `inputs` as `apply` does, after planning lab `lab_id` with the merged result (under
     the datastore's lock, before anything is written): what the lab cannot build is refused
     (exit 2) instead of being stored and failing every later apply, toggle and `lab up`."""
@@ -170,10 +170,13 @@ def store_planned(ds: Datastore, inputs: Sequence[str], lab_id: str) -> ChangeSe
         except LabError as err:
             lab_refused(err, lab_id, preview.sources)
 
-    return guarded(lambda: ds.apply_documents(inputs, check=plan))
+    return guarded(lambda: ds.apply_documents(inputs, namespace, check=plan))
 
 
 def print_changes(changes: ChangeSet, suffix: str = "", *, err: bool = False) -> None:
+    skipped = skipped_line(changes.skipped)
+    if skipped:
+        click.echo(skipped, err=True)
     for change in changes.changes:
         if change.action == "not found":
             click.echo(f"{change.key} not found", err=True)
@@ -225,11 +228,13 @@ def enforce(ds: Datastore, lab_id: str, *, echo: bool = True,
 
 @click.command()
 @paths_option
+@namespace_option
 @click.option("--dry-run", is_flag=True,
               help="Print the full nftables ruleset of every node instead; store nothing, no root needed.")
 @lab_option
 @state_dir_option
-def apply(paths: Sequence[str], more_paths: Sequence[str], dry_run: bool, lab_id: str, state_dir: str) -> None:
+def apply(paths: Sequence[str], more_paths: Sequence[str], namespace: str | None, dry_run: bool, lab_id: str,
+          state_dir: str) -> None:
     """Store resources in the datastore and enforce them on the lab's nodes.
 
     Each object replaces the stored object of the same kind, namespace and name; the input and
@@ -245,29 +250,29 @@ def apply(paths: Sequence[str], more_paths: Sequence[str], dry_run: bool, lab_id
     if not inputs:
         fail("no input: give files or directories with -f PATH (or - for stdin)", EXIT_INVALID)
     if dry_run:
-        _dry_run(inputs, lab_id, state_dir)
+        _dry_run(inputs, namespace, lab_id, state_dir)
         return
     need_root(dry_run_hint=True)
     ds = Datastore(state_dir)
-    changes = store_planned(ds, inputs, lab_id)
+    changes = store_planned(ds, inputs, lab_id, namespace)
     print_changes(changes)
     result = enforce(ds, lab_id)
     if result is not None and not result.ok:
         sys.exit(1)
 
 
-def _dry_run(inputs: list[str], lab_id: str, state_dir: str) -> None:
+def _dry_run(inputs: list[str], namespace: str | None, lab_id: str, state_dir: str) -> None:
     from enforcer.nft import ir
     from enforcer.reconcile import compile_nodes
     from enforcer.ruleids import IdAllocator
 
     ds = Datastore(state_dir)
     try:
-        preview = ds.preview_documents(inputs)
+        preview = ds.preview_documents(inputs, namespace)
     except DatastoreError as err:
         click.echo(f"warning: {err}; showing the input files alone", err=True)
         ds = Datastore(tempfile.mkdtemp(prefix="flowtui-dry-run-"))
-        preview = guarded(lambda: ds.preview_documents(inputs))
+        preview = guarded(lambda: ds.preview_documents(inputs, namespace))
     except LoadError as err:
         load_failed(err)
     print_changes(preview.changes, " (dry run)", err=True)  # stdout is the ruleset alone
@@ -298,7 +303,9 @@ def _dry_run(inputs: list[str], lab_id: str, state_dir: str) -> None:
 @click.argument("name", required=False)
 @click.option("-f", "--filename", "paths", multiple=True, type=click.Path(allow_dash=True),
               help="Delete the objects named in these files (only apiVersion, kind and metadata are read).")
-@click.option("-n", "--namespace", help="Namespace of a namespaced object (default: any, if unambiguous).")
+@click.option("-n", "--namespace", metavar="NS",
+              help="Namespace of a namespaced object (KIND NAME: default any, if unambiguous; -f: as kubectl, "
+                   "objects without metadata.namespace are in NS, else in default).")
 @click.option("--ignore-not-found", is_flag=True, help="Exit 0 when an object does not exist.")
 @lab_option
 @state_dir_option
@@ -317,7 +324,7 @@ def delete(kind: str | None, name: str | None, paths: Sequence[str], namespace: 
     need_root()
     ds = Datastore(state_dir)
     if paths:
-        changes = guarded(lambda: ds.delete_documents(list(paths)))
+        changes = guarded(lambda: ds.delete_documents(list(paths), namespace))
     else:
         assert kind is not None and name is not None
 
@@ -366,12 +373,13 @@ def _spec(doc: dict[str, Any], key: str) -> str:
 @click.argument("kind", metavar="KIND")
 @click.argument("name", required=False)
 @click.option("-n", "--namespace", help="Only this namespace (default: every namespace).")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace (the default; as kubectl's -A).")
 @click.option("-o", "--output", type=click.Choice(["table", "yaml", "json"]), default="table", show_default=True)
 @click.option("--unused", is_flag=True, help="With `get hits`: only rules never hit.")
 @lab_option
 @state_dir_option
-def get(kind: str, name: str | None, namespace: str | None, output: str, unused: bool, lab_id: str,
-        state_dir: str) -> None:
+def get(kind: str, name: str | None, namespace: str | None, all_namespaces: bool, output: str, unused: bool,
+        lab_id: str, state_dir: str) -> None:
     """Show stored objects of one kind, or one object; `get hits` shows per-rule hit counters.
 
     KIND is a kind, its plural or a short name, in any case: gnp, np (Calico NetworkPolicy), knp
@@ -384,6 +392,8 @@ def get(kind: str, name: str | None, namespace: str | None, output: str, unused:
     `-o yaml` and `-o json` print the stored documents (with metadata.resourceVersion set to the
     object's revision) in a form `flowtui apply -f` takes back; a list is a `kind: List`.
     """
+    if all_namespaces and namespace:
+        raise click.UsageError("-n and -A (--all-namespaces) exclude each other")
     if kind.lower() in ("hits", "hit"):
         from flowtui.cli.hits import print_hits
 

@@ -18,6 +18,8 @@ from enforcer.datastore import DEFAULT_HOME, HOME_ENV
 @click.option("-f", "--filename", "paths", multiple=True, type=click.Path(exists=True),
               help="Policy files for the trace, policies and what-if screens [default: the recording's "
                    "resources.yaml, else the datastore].")
+@click.option("-n", "--namespace", metavar="NS", default=None,
+              help="Namespace for namespaced objects of -f files written without one (default: default).")
 @click.option("--state-dir", type=click.Path(file_okay=False), envvar=HOME_ENV, default=DEFAULT_HOME,
               show_default=True, help=f"Datastore (also ${HOME_ENV}): policies, and live toggling with --lab.")
 @click.option("--lab", "lab_id", envvar="FLOWTUI_LAB", default="lab", show_default=True, metavar="ID",
@@ -26,8 +28,8 @@ from enforcer.datastore import DEFAULT_HOME, HOME_ENV
 @click.option("--queries", "queries_dir", type=click.Path(file_okay=False, exists=True),
               help="Directory of .sql files for the SQL screen [default: the query library, $FLOWTUI_QUERIES "
                    "then queries/].")
-def tui(db: str | None, logs: str | None, paths: tuple[str, ...], state_dir: str, lab_id: str, read_only: bool,
-        queries_dir: str | None) -> None:
+def tui(db: str | None, logs: str | None, paths: tuple[str, ...], namespace: str | None, state_dir: str, lab_id: str,
+        read_only: bool, queries_dir: str | None) -> None:
     """The terminal dashboard: flows allowed and denied, by which policy and rule.
 
     Screens (keys 1-5, or `:` commands as in k9s): live flows with a `/` filter, conversations,
@@ -53,7 +55,7 @@ def tui(db: str | None, logs: str | None, paths: tuple[str, ...], state_dir: str
         source = open_source(db, logs)
     except SourceError as exc:
         fail(str(exc))
-    control = _control(paths, logs, state_dir, lab_id, read_only)
+    control = _control(paths, logs, state_dir, lab_id, read_only, namespace)
     from flowtui.tui.app import make_app, run_app
 
     app = make_app(source, control, read_only=read_only, queries_dir=Path(queries_dir) if queries_dir else None)
@@ -63,13 +65,14 @@ def tui(db: str | None, logs: str | None, paths: tuple[str, ...], state_dir: str
         source.close()
 
 
-def _control(paths: tuple[str, ...], logs: str | None, state_dir: str, lab_id: str, read_only: bool):  # type: ignore[no-untyped-def]
+def _control(paths: tuple[str, ...], logs: str | None, state_dir: str, lab_id: str, read_only: bool,  # type: ignore[no-untyped-def]
+             namespace: str | None = None):
     """Where policies come from, and whether they can be changed from here."""
     from enforcer.datastore import Datastore
     from flowtui.tui.control import PolicyControl
 
     if paths:
-        return PolicyControl(files=paths, read_only=True, why_read_only="policies from files")
+        return PolicyControl(files=paths, namespace=namespace, read_only=True, why_read_only="policies from files")
     if logs:
         bundled = Path(logs) / "resources.yaml" if Path(logs).is_dir() else None
         if bundled is not None and bundled.exists():

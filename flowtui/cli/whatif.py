@@ -20,9 +20,9 @@ from typing import Any
 import click
 
 from enforcer.datastore import DEFAULT_HOME, HOME_ENV
-from enforcer.loader import LoadError, load_paths
+from enforcer.loader import LoadError, load_paths, skipped_line
 from enforcer.model import ResourceSet
-from flowtui.cli.common import EXIT_INVALID, echo_json, fail
+from flowtui.cli.common import EXIT_INVALID, NAMESPACE_HELP, echo_json, fail
 
 DEFAULT_DB = "flowtui.duckdb"  # as `flowtui collect --db`
 
@@ -34,11 +34,11 @@ def _load_failed(err: LoadError) -> None:
     sys.exit(EXIT_INVALID)
 
 
-def _current(current: Sequence[str], state_dir: str) -> ResourceSet:
+def _current(current: Sequence[str], state_dir: str, namespace: str | None = None) -> ResourceSet:
     from flowtui.whatif.edits import EditError, current_resources
 
     try:
-        return current_resources(list(current), state_dir)
+        return current_resources(list(current), state_dir, namespace)
     except LoadError as err:
         _load_failed(err)
     except EditError as err:
@@ -124,6 +124,7 @@ def flow_options(func: click.decorators.FC) -> click.decorators.FC:
               help="Delete an object from the current set: gnp/NAME, np/NAMESPACE/NAME, knp/NAMESPACE/NAME, "
                    "tier/NAME, ... Repeatable.")
 @flow_options
+@click.option("-n", "--namespace", metavar="NS", default=None, help=NAMESPACE_HELP + " For -f and --current.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--limit", type=click.IntRange(0), default=20, show_default=True,
               help="Groups shown per category (0: all).")
@@ -136,8 +137,8 @@ def flow_options(func: click.decorators.FC) -> click.decorators.FC:
 @click.option("--exit-code", is_flag=True, help="Exit 1 when any flow becomes denied (for CI).")
 def whatif(
     edit_paths: Sequence[str], deletions: Sequence[str], db: str | None, flow_files: Sequence[str],
-    since: str | None, current: Sequence[str], state_dir: str, progress: bool | None, output: str, limit: int,
-    examples: int, pending: bool, full: bool, exit_code: bool,
+    since: str | None, current: Sequence[str], state_dir: str, progress: bool | None, namespace: str | None,
+    output: str, limit: int, examples: int, pending: bool, full: bool, exit_code: bool,
 ) -> None:
     """Replay recorded flows against the current policy set with edits applied.
 
@@ -165,14 +166,16 @@ def whatif(
     edits = None
     if edit_paths:
         try:
-            edits = load_paths(list(edit_paths))
+            edits = load_paths(list(edit_paths), namespace)
+            if (skipped := skipped_line(edits.skipped)) is not None:
+                click.echo(skipped, err=True)
         except LoadError as err:
             _load_failed(err)
     try:
         dels = [parse_deletion(d) for d in deletions]
     except EditError as err:
         fail(str(err), EXIT_INVALID)
-    base = _current(current, state_dir)
+    base = _current(current, state_dir, namespace)
     try:
         edited = apply_edits(base, edits, dels)
     except EditError as err:
@@ -223,7 +226,7 @@ def propose(namespace: str, db: str | None, flow_files: Sequence[str], since: st
     from flowtui.whatif.propose import propose as make_proposal
 
     window = _since(since)
-    res = _current(current, state_dir)
+    res = _current(current, state_dir)  # the whole cluster: -n names the proposal's namespace only
     if namespace not in {p.namespace for p in res.pods} | {ns.name for ns in res.namespaces}:
         fail(f"namespace {namespace!r} has no pods in the current set", EXIT_INVALID)
     frame = _flows(db, flow_files, window)

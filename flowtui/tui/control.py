@@ -89,6 +89,7 @@ class PolicyControl:
         *,
         datastore: Datastore | None = None,
         files: Sequence[str] = (),
+        namespace: str | None = None,
         lab_id: str | None = None,
         reconciler: Any = None,
         read_only: bool = False,
@@ -96,6 +97,7 @@ class PolicyControl:
     ) -> None:
         self.datastore = datastore
         self.files = tuple(files)
+        self.namespace = namespace  # kubectl's -n for `files`
         self.lab_id = lab_id
         self.reconciler = reconciler
         self.read_only = read_only
@@ -181,7 +183,7 @@ class PolicyControl:
             elif self.files:
                 from enforcer.loader import load_paths
 
-                res = load_paths(list(self.files))
+                res = load_paths(list(self.files), self.namespace)
             else:
                 res = ResourceSet()
             if self.lab_id and (res.nodes or res.pods):

@@ -208,15 +208,16 @@ def describe_changes(base: ResourceSet, edited: ResourceSet) -> list[str]:
     return out
 
 
-def current_resources(paths: Sequence[str] | None, state_dir: str | None) -> ResourceSet:
-    """The current set: `paths` if given (loaded and validated), else the datastore at `state_dir`.
+def current_resources(paths: Sequence[str] | None, state_dir: str | None, namespace: str | None = None) -> ResourceSet:
+    """The current set: `paths` if given (loaded and validated, `namespace` as kubectl's `-n`),
+    else the datastore at `state_dir`.
 
     Raises `enforcer.loader.LoadError` for invalid files and EditError when there is no current set.
     """
     if paths:
         from enforcer.loader import load_paths
 
-        return load_paths(list(paths))
+        return load_paths(list(paths), namespace)
     from enforcer.datastore import Datastore, DatastoreError
 
     store = Datastore(state_dir)
