@@ -17,8 +17,9 @@ from scapy.utils import wrpcap, wrpcapng
 
 from enforcer.resolve import ClusterState
 from flowtui.cli.main import cli
-from flowtui.whatif.frames import FlowSourceError, read_flows
+from flowtui.whatif.frames import FlowSourceError
 from flowtui.whatif.pcap import attribute, read_pcap
+from flowtui.whatif.sources import read_flows
 from tests.test_whatif_fixtures import ADDR, cluster, write_cluster
 
 WEB, API, DB, NET = ADDR["web-1"], ADDR["api-1"], ADDR["db-1"], ADDR["internet"]

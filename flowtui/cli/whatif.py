@@ -69,7 +69,8 @@ def _sources(db: str | None, flow_files: Sequence[str]) -> list[str]:
 
 
 def _flows(db: str | None, flow_files: Sequence[str], since: timedelta | None) -> Any:
-    from flowtui.whatif.frames import FlowSourceError, read_flows
+    from flowtui.whatif.frames import FlowSourceError
+    from flowtui.whatif.sources import read_flows
 
     sources = _sources(db, flow_files)
     try:
@@ -158,8 +159,9 @@ def whatif(
     """
     from flowtui.whatif.edits import EditError, apply_edits, describe_changes, parse_deletion
     from flowtui.whatif.engine import compare
-    from flowtui.whatif.frames import FlowSourceError, read_flows
+    from flowtui.whatif.frames import FlowSourceError
     from flowtui.whatif.report import build_report, render_table
+    from flowtui.whatif.sources import read_flows
 
     window = _since(since)
     edits = None

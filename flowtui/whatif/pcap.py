@@ -22,8 +22,9 @@ from typing import Any
 import polars as pl
 
 from enforcer.resolve import ClusterState
+from flowtui.interop.imports import PCAP_MAGIC
 from flowtui.whatif.classes import parse_address, peer_label
-from flowtui.whatif.frames import PCAP_MAGIC, SCHEMA, FlowSourceError, normalize
+from flowtui.whatif.frames import SCHEMA, FlowSourceError, normalize
 
 ECHO = {1: (8, 0), 58: (128, 129)}  # protocol -> (echo request, echo reply)
 

@@ -27,6 +27,13 @@ from flowtui.whatif.frames import FlowSourceError, normalize, utcnow
 
 
 def _connect(path: Path) -> duckdb.DuckDBPyConnection:
+    if path.is_dir():  # a flow-store export (`flowtui export --format parquet`, `sample-logs/`)
+        from flowtui.query.run import SourceError, open_source
+
+        try:
+            return open_source(path).con
+        except SourceError as exc:
+            raise FlowSourceError(str(exc)) from exc
     open_reader: Callable[[Path], tuple[duckdb.DuckDBPyConnection, Path]] | None
     try:
         from flowtui.store.duckdb_store import open_reader
