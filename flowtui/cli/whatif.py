@@ -25,6 +25,7 @@ from enforcer.model import ResourceSet
 from flowtui.cli.common import EXIT_INVALID, echo_json, fail
 
 DEFAULT_DB = "flowtui.duckdb"  # as `flowtui collect --db`
+EXIT_NO_FLOWS = 1
 
 
 def _load_failed(err: LoadError) -> None:
@@ -273,6 +274,12 @@ def import_pcap(capture: str, out: str | None, current: Sequence[str], state_dir
     the answer), with the packets and bytes of both directions. Addresses are attributed to the
     pods, nodes and outside hosts of the current set (when there is one).
 
+    Reads pcap and pcapng with any link type scapy decodes (Ethernet, Linux SLL/SLL2, raw
+    IPv4/IPv6, BSD loopback) and NFLOG, through VLAN and QinQ tags; VXLAN, Geneve and IP-in-IP
+    packets give the inner (pod) flow with the outer (node) addresses in outer_src_ip and
+    outer_dst_ip. Packets with no IP flow are counted by reason on stderr. A capture with no IP
+    flow (empty, or only ARP) exits 1 and says why.
+
     \b
     Example:
       flowtui import pcap lab.pcap -w lab-flows.parquet
@@ -281,15 +288,21 @@ def import_pcap(capture: str, out: str | None, current: Sequence[str], state_dir
     from enforcer.resolve import ClusterState
     from flowtui.whatif.edits import EditError, current_resources
     from flowtui.whatif.frames import FlowSourceError
-    from flowtui.whatif.pcap import attribute, read_pcap
+    from flowtui.whatif.pcap import attribute, read_capture
 
     with _progress(progress) as bar:
         if bar is not None:
             bar.phase(f"reading {capture}")
         try:
-            frame = read_pcap(capture, bar.advance if bar is not None else None)
+            frame, stats = read_capture(capture, bar.advance if bar is not None else None)
         except FlowSourceError as err:
             fail(str(err), EXIT_INVALID)
+    for problem in stats.problems:
+        click.echo(f"warning: {problem}", err=True)
+    click.echo(f"{capture}: {stats.summary()}", err=True)
+    if frame.height == 0:
+        fail(f"{capture}: no flows: " + ("the capture holds no packets" if not stats.packets
+                                         else "none of its packets is an IP packet"), EXIT_NO_FLOWS)
     res: ResourceSet | None = None
     try:
         res = current_resources(list(current), state_dir)
@@ -313,6 +326,8 @@ def import_pcap(capture: str, out: str | None, current: Sequence[str], state_dir
                    for row in shown.iter_rows(named=True)])
         return
     cols = ["time", "proto", "src_ip", "src_port", "dst_ip", "dst_port", "icmp_type", "packets", "bytes"]
+    if frame["outer_src_ip"].is_not_null().any():
+        cols += ["outer_src_ip", "outer_dst_ip"]
     cols += [c for c in ("src_endpoint", "dst_endpoint") if c in frame.columns]
     rows = [["" if v is None else str(v) for v in r] for r in shown.select(cols).iter_rows()]
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]

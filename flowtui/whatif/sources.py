@@ -129,9 +129,12 @@ def read_source(path: str, since: timedelta | None = None) -> pl.DataFrame:
     if kind in ("hubble", "calico"):
         return read_foreign(path, since)
     if kind == "pcap":
-        from flowtui.whatif.pcap import read_pcap
+        from flowtui.whatif.pcap import read_capture
 
-        return since_filter(read_pcap(path), since)
+        frame, stats = read_capture(path)
+        if frame.height == 0:
+            raise FlowSourceError(f"{path}: no flows ({stats.summary()})")
+        return since_filter(frame, since)
     from flowtui.whatif.storeread import read_store
 
     return read_store(path, since)
