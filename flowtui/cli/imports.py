@@ -5,7 +5,8 @@ Both join the `flowtui import` group that `flowtui.cli.whatif` defines; importin
 registers them. Each file is read whole, parsed by its format's one parser
 (`flowtui.interop.imports`), and written as one run, unless a run already holds the same bytes.
 A file that cannot be read, or that yields no flow, is reported and the next file goes on; the
-exit status says whether every file gave flows.
+exit status says how it went: 2 when a file could not be read (missing, not this format), else 1
+when a file gave no flow (or, with --strict, had a malformed record), else 0.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def run_import(fmt: str, files: Sequence[str], db: str, bucket: float, events: b
     except duckdb.Error as err:
         fail(f"cannot write {db}: {err} (is a collector writing it? import into another store)")
     results: list[dict[str, Any]] = []
-    failed = malformed = False
+    failed = malformed = unreadable = False
     try:
         for path in files:
             try:
@@ -65,7 +66,7 @@ def run_import(fmt: str, files: Sequence[str], db: str, bucket: float, events: b
                 reason = f"{path}: {err.strerror or err}" if isinstance(err, OSError) else str(err)
                 click.echo(f"error: {reason}; nothing imported from it", err=True)
                 results.append({"source": path, "error": reason})
-                failed = True
+                unreadable = True
                 continue
             for line in parsed.problem_lines(path):
                 click.echo(f"warning: {line}", err=True)
@@ -99,6 +100,8 @@ def run_import(fmt: str, files: Sequence[str], db: str, bucket: float, events: b
         store.close(snapshot=False)
     if output == "json":
         echo_json(results)
+    if unreadable:
+        sys.exit(EXIT_INVALID)
     if failed or (strict and malformed):
         sys.exit(EXIT_NO_FLOWS)
 
@@ -126,8 +129,8 @@ def import_hubble_cmd(files: Sequence[str], db: str, bucket: float, events: bool
       flowtui query top_denied --db cilium.duckdb
 
     Malformed lines are skipped and reported with their line; the same file imported twice
-    stores nothing the second time. Exits 1 when a file gave no flow (or, with --strict, had a
-    malformed line).
+    stores nothing the second time. Exits 2 when a file cannot be read (missing, another format),
+    1 when a file gave no flow (or, with --strict, had a malformed line).
     """
     run_import("hubble", files, db, bucket, events, strict, output)
 
@@ -150,8 +153,8 @@ def import_calico_cmd(files: Sequence[str], db: str, bucket: float, events: bool
       flowtui whatif --db calico.duckdb -f tighter.yaml
 
     Malformed lines are skipped and reported with their line; the same file imported twice
-    stores nothing the second time. Exits 1 when a file gave no flow (or, with --strict, had a
-    malformed line).
+    stores nothing the second time. Exits 2 when a file cannot be read (missing, another format),
+    1 when a file gave no flow (or, with --strict, had a malformed line).
     """
     run_import("calico", files, db, bucket, events, strict, output)
 

@@ -96,11 +96,13 @@ def _progress(enabled: bool | None) -> Iterator[Any]:
 def flow_options(func: click.decorators.FC) -> click.decorators.FC:
     """--db, --flows, --since, --current, --state-dir, --progress."""
     options = [
-        click.option("--db", type=click.Path(dir_okay=False), default=None,
-                     help=f"DuckDB flow store to read recorded flows from [default: {DEFAULT_DB}]."),
+        click.option("--db", type=click.Path(), default=None,
+                     help="Flow store to read recorded flows from: a DuckDB file, or a flow-store Parquet export "
+                          f"directory like sample-logs/ [default: {DEFAULT_DB}]."),
         click.option("--flows", "flow_files", multiple=True, type=click.Path(), metavar="PATH",
-                     help="Recorded flows from a file instead: Parquet (file, glob or directory), Hubble JSON "
-                          "export, pcap/pcapng capture, or another flow store. Repeatable."),
+                     help="Recorded flows from files instead, told apart by content: a flow store (DuckDB or "
+                          "Parquet export directory), Parquet (file, glob or directory), Hubble JSON, Calico flow "
+                          "logs (flows.log, Goldmane, whisker), pcap/pcapng. Repeatable."),
         click.option("--since", metavar="DURATION", help="Only flows seen within this long (30m, 24h, 7d)."),
         click.option("--current", multiple=True, type=click.Path(allow_dash=True), metavar="PATH",
                      help="The current policy set and cluster from files instead of the datastore. Repeatable."),
@@ -161,6 +163,7 @@ def whatif(
     from flowtui.whatif.edits import EditError, apply_edits, describe_changes, parse_deletion
     from flowtui.whatif.engine import compare
     from flowtui.whatif.frames import FlowSourceError
+    from flowtui.whatif.recorded import with_recorded_pods
     from flowtui.whatif.report import build_report, render_table
     from flowtui.whatif.sources import read_flows
 
@@ -176,16 +179,24 @@ def whatif(
     except EditError as err:
         fail(str(err), EXIT_INVALID)
     base = _current(current, state_dir)
-    try:
-        edited = apply_edits(base, edits, dels)
-    except EditError as err:
-        fail(str(err), EXIT_INVALID)
     sources = _sources(db, flow_files)
     with _progress(progress) as bar:
-        try:  # flows are read while the policy sets are resolved
-            cmp = compare(lambda: read_flows(sources, window), base, edited, pending=pending, full=full, progress=bar)
+        if bar is not None:
+            bar.phase("reading flows")
+        try:
+            frame = read_flows(sources, window)
         except FlowSourceError as err:
             fail(str(err), EXIT_INVALID)
+        # imported flows name their pods: decide them as those pods when the current set does not know them
+        base, recorded = with_recorded_pods(base, frame)
+        if recorded:
+            click.echo(f"note: {recorded:,} pods the current set does not have were taken from the flows' "
+                       "recorded endpoints", err=True)
+        try:
+            edited = apply_edits(base, edits, dels)
+        except EditError as err:
+            fail(str(err), EXIT_INVALID)
+        cmp = compare(frame, base, edited, pending=pending, full=full, progress=bar)
         if bar is not None:
             bar.phase("grouping changed flows")
         report = build_report(cmp, limit=limit, examples=examples, edits=describe_changes(base, edited))

@@ -6,7 +6,8 @@
   snapshot while a collector holds it;
 - a directory of Parquet files (a `flowtui export --format parquet` directory, or one file per
   table like `sample-logs/`): attached as views (`flowtui.interop.parquet.attach`) in an
-  in-memory database.
+  in-memory database. A table file or glob inside such a directory (`sample-logs/flows.parquet`,
+  `export/flows/**/*.parquet`) opens the whole export.
 
 `run_sql(con, sql, params)` sets each parameter as a DuckDB variable (`SET VARIABLE name =
 'value'`: always a string; the SQL casts) and executes the text as one script: macros first, the
@@ -24,7 +25,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from flowtui.interop.parquet import attach, is_parquet_dir
+from flowtui.interop.parquet import attach, export_root, is_parquet_dir
 from flowtui.query.library import QueryFile
 from flowtui.store.duckdb_store import open_reader, snapshot_path
 
@@ -58,6 +59,9 @@ class Source:
 def open_source(path: Path | str) -> Source:
     """A read-only connection with the flow store's tables and views (see the module doc)."""
     path = Path(path)
+    root = export_root(path)
+    if root is not None:  # a table file or glob of an export means the export
+        path = root
     if path.is_dir():
         if not is_parquet_dir(path):
             raise SourceError(f"{path}: no flow-store Parquet files here (flows.parquet or flows/**/*.parquet)")

@@ -18,7 +18,6 @@ import glob
 import os
 from collections.abc import Sequence
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -88,7 +87,9 @@ def parsed_frame(parsed: Parsed) -> pl.DataFrame:
     for side in ("src", "dst"):
         schema |= {f"{side}_type": pl.String(), f"{side}_namespace": pl.String(), f"{side}_name": pl.String(),
                    f"{side}_labels": pl.List(pl.String())}
-    return normalize(pl.DataFrame(rows, schema=schema, orient="row"))
+    from flowtui.whatif.recorded import fill_addresses
+
+    return normalize(fill_addresses(pl.DataFrame(rows, schema=schema, orient="row")))
 
 
 def read_foreign(path: str, since: timedelta | None = None) -> pl.DataFrame:
@@ -109,20 +110,18 @@ def read_foreign(path: str, since: timedelta | None = None) -> pl.DataFrame:
     return since_filter(parsed_frame(parsed), since)
 
 
-def _store_dir(path: str) -> bool:
-    """A flow-store export directory (`flowtui export --format parquet`, `sample-logs/`)?"""
-    from flowtui.interop.parquet import is_parquet_dir
-
-    return os.path.isdir(path) and is_parquet_dir(Path(path))
 
 
 def read_source(path: str, since: timedelta | None = None) -> pl.DataFrame:
+    from flowtui.interop.parquet import export_root
+
     kind = source_kind(path)
     if kind == "parquet":
-        if _store_dir(path):  # the store's own tables: read them as the store, not as loose flow rows
+        root = export_root(path)
+        if root is not None:  # a flow-store export (or a table file of one): read it as the store
             from flowtui.whatif.storeread import read_store
 
-            return read_store(path, since)
+            return read_store(root, since)
         if "*" in path and not glob.glob(path):
             raise FlowSourceError(f"{path}: no file matches")
         return read_parquet(path, since)
