@@ -78,9 +78,13 @@ def run_import(fmt: str, files: Sequence[str], db: str, bucket: float, events: b
                 continue
             if result.run_id is None:
                 failed = True
-                why = (f"all {parsed.lines:,} records were malformed" if parsed.lines and len(parsed.problems)
-                       == parsed.lines else f"{parsed.lines:,} records, none of them a flow"
-                       + (f" (skipped: {_counts(result.skipped)})" if result.skipped else ""))
+                if not parsed.lines:
+                    why = "the file is empty"
+                elif len(parsed.problems) >= parsed.lines:
+                    why = f"all {parsed.lines:,} records are malformed"
+                else:
+                    why = f"{parsed.lines:,} records, none of them a flow" + (
+                        f" (skipped: {_counts(result.skipped)})" if result.skipped else "")
                 click.echo(f"error: {path}: no flows: {why}; nothing stored", err=True)
                 continue
             if output == "text":

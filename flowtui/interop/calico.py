@@ -177,7 +177,8 @@ def flow_records(con: duckdb.DuckDBPyConnection, window: Window = EVERYTHING, st
           SELECT f.src_ip AS ip FROM flows f LEFT JOIN endpoints e ON e.id = f.src_ep
           WHERE e.type IS NULL OR e.type IN ('external', 'net')
           UNION SELECT f.dst_ip FROM flows f LEFT JOIN endpoints e ON e.id = f.dst_ep
-          WHERE e.type IS NULL OR e.type IN ('external', 'net'))""").fetchall()
+          WHERE e.type IS NULL OR e.type IN ('external', 'net'))
+        WHERE ip IS NOT NULL""").fetchall()
     ip_class = pa.table({"ip": [r[0] for r in ips], "net": [net_name(r[0]) for r in ips]},
                         schema=pa.schema([("ip", pa.string()), ("net", pa.string())]))
     rules = _rules(con)

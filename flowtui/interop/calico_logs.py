@@ -107,7 +107,7 @@ def parse_policy_string(text: str, direction: str) -> RuleKey:
         default_kind = "Failsafe" if tier == "__FAILSAFE__" else "Default"
         return RuleKey(default_kind, None, name, None, 0, direction, rule, action, None)
     if kind == "Profile":
-        return RuleKey("Profile", None, name, None, 0, direction, rule, action, None)
+        return RuleKey("Profile", None, name, "__PROFILE__", 0, direction, rule, action, None)
     if rule == -1:
         return RuleKey("EndOfTier", namespace, name, tier, 0, direction, -1, action, kind)
     return RuleKey(kind, namespace, name, tier or None, 0, direction, rule, action, None)
@@ -129,7 +129,7 @@ def _hit_key(hit: dict[str, Any], direction: str) -> RuleKey:
     if kind == "Profile":
         if hit.get("name") == "__NO_MATCH__":
             return RuleKey("NoProfileMatch", None, "__NO_MATCH__", None, 0, direction, -1, action, None)
-        return RuleKey("Profile", None, str(hit.get("name") or ""), None, 0, direction, rule, action, None)
+        return RuleKey("Profile", None, str(hit.get("name") or ""), "__PROFILE__", 0, direction, rule, action, None)
     if kind == "KindUnspecified":
         default_kind = "Failsafe" if tier == "__FAILSAFE__" else "Default"
         return RuleKey(default_kind, None, str(hit.get("name") or ""), None, 0, direction, rule, action, None)
