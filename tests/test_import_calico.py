@@ -184,3 +184,18 @@ def test_an_empty_file_says_so(tmp_path: Path) -> None:
     empty.write_text("")
     result = invoke("import", "calico", str(empty), "--db", str(tmp_path / "c.duckdb"))
     assert result.exit_code == 1 and "no flows: the file is empty" in result.stderr
+
+
+def test_commands_that_read_no_flow_say_so(tmp_path: Path) -> None:
+    from flowtui.store.duckdb_store import DuckStore
+
+    empty = tmp_path / "empty.duckdb"
+    DuckStore(empty, snapshot_interval=None).close(snapshot=False)
+    query = invoke("query", "top_denied", "--db", str(empty))
+    assert query.exit_code == 1 and "holds no flows" in query.stderr
+    whatif = invoke("whatif", "--db", str(empty), "--current", "/dev/null")
+    assert whatif.exit_code == 1 and "no flows in" in whatif.stderr
+    log = tmp_path / "flows.log"
+    log.write_text(json.dumps(flows_log()) + "\n")
+    wrong = invoke("query", "top_denied", "--db", str(log))
+    assert wrong.exit_code == 1 and "flowtui import calico" in wrong.stderr

@@ -187,6 +187,8 @@ def whatif(
             frame = read_flows(sources, window)
         except FlowSourceError as err:
             fail(str(err), EXIT_INVALID)
+        if frame.height == 0 and window is None:
+            fail(f"no flows in {', '.join(sources)}: nothing to replay", EXIT_NO_FLOWS)
         # imported flows name their pods: decide them as those pods when the current set does not know them
         base, recorded = with_recorded_pods(base, frame)
         if recorded:

@@ -72,6 +72,7 @@ def open_source(path: Path | str) -> Source:
             con.close()
             raise SourceError(f"{path}: cannot read the Parquet files: {exc}") from exc
         return Source(con, path, "parquet")
+    _not_a_flow_file(path)
     try:
         con, opened = open_reader(path)
     except FileNotFoundError as exc:
@@ -81,6 +82,22 @@ def open_source(path: Path | str) -> Source:
         con.close()
         raise SourceError(f"{opened} is not a flowtui flow store (no flows/rules tables)")
     return Source(con, opened, "snapshot" if opened == snapshot_path(path) else "duckdb")
+
+
+def _not_a_flow_file(path: Path) -> None:
+    """A Hubble, Calico or capture file given where a store belongs: say how to make it one."""
+    from flowtui.interop.imports import NAMES, sniff_path
+
+    try:
+        kind = sniff_path(path) if path.is_file() else None
+    except OSError:
+        return
+    if kind in ("hubble", "calico"):
+        raise SourceError(f"{path} is {NAMES[kind]}, not a flow store: `flowtui import {kind} {path} --db STORE` "
+                          "makes it one")
+    if kind == "pcap":
+        raise SourceError(f"{path} is a packet capture, not a flow store: `flowtui import pcap {path} -w "
+                          "flows.parquet` gives its flows (for `flowtui whatif --flows`)")
 
 
 def sql_literal(value: str) -> str:
