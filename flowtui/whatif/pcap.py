@@ -17,6 +17,7 @@ Addresses are attributed to cluster endpoints when a cluster is given (`src_endp
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -233,20 +234,43 @@ def read_capture(path: str | Path, progress: Callable[[int], None] | None = None
         raise FlowSourceError(f"{path}: not a pcap or pcapng capture")
     load_layers()
     stats = CaptureStats()
-    quiet = logging.getLogger("scapy.runtime")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # scapy warns that NFLOG is "unknown": we decode it ourselves
-    try:
-        reader = PcapReader(str(path))
-    except (Scapy_Exception, OSError, EOFError, ValueError) as exc:
-        raise FlowSourceError(f"{path}: not a readable capture: {exc}") from exc
-    finally:
-        quiet.setLevel(level)
-    with reader:
-        linktype = getattr(reader, "linktype", None)
-        packets = _guarded(reader, stats, str(path))
-        frame = packets_to_flows(packets, progress, stats, linktype)
+    with _scapy_warnings(stats, str(path)):
+        try:
+            reader = PcapReader(str(path))
+        except (Scapy_Exception, OSError, EOFError, ValueError) as exc:
+            raise FlowSourceError(f"{path}: not a readable capture: {exc}") from exc
+        with reader:
+            linktype = getattr(reader, "linktype", None)
+            frame = packets_to_flows(_guarded(reader, stats, str(path)), progress, stats, linktype)
     return frame, stats
+
+
+class _Collect(logging.Handler):
+    def __init__(self, stats: CaptureStats, path: str) -> None:
+        super().__init__(logging.WARNING)
+        self.stats, self.path = stats, path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "unknown LL type" in message:  # NFLOG: decoded here
+            return
+        self.stats.problems.append(f"{self.path}: packet {self.stats.packets + 1}: {message}")
+
+
+@contextlib.contextmanager
+def _scapy_warnings(stats: CaptureStats, path: str) -> Iterator[None]:
+    """Scapy's warnings about the file (a truncated packet, ...) become the capture's problems,
+    reported with the packet number, instead of log lines on stderr."""
+    log = logging.getLogger("scapy.runtime")
+    handler = _Collect(stats, path)
+    propagate = log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
 
 
 def _guarded(reader: Any, stats: CaptureStats, path: str) -> Iterator[Any]:
