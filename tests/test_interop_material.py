@@ -230,3 +230,12 @@ def test_whatif_on_calico_flows_names_the_newly_denied(tmp_path: Path) -> None:
     assert invoke("import", "calico", str(path), "--db", str(db)).exit_code == 0
     assert _newly_denied(invoke("whatif", "--db", str(db), "--current", "/dev/null", "-f", str(edit),
                                 "-o", "json")) == want
+
+
+def test_propose_from_imported_hubble_flows() -> None:
+    path = MATERIAL / "hubble" / "hubble-otel__basic-sample-400-l7-redirected-flows.json"
+    result = invoke("propose", "-n", "bookinfo", "--flows", str(path), "--current", "/dev/null", "-o", "json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    names = {d["metadata"]["name"] for d in doc["documents"] if d["kind"] == "NetworkPolicy"}
+    assert {"flowtui-ratings", "flowtui-productpage"} <= names and doc["newly_denied"] == 0

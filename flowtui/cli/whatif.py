@@ -237,12 +237,17 @@ def propose(namespace: str, db: str | None, flow_files: Sequence[str], since: st
       flowtui whatif -f shop-policy.yaml --since 7d
     """
     from flowtui.whatif.propose import propose as make_proposal
+    from flowtui.whatif.recorded import with_recorded_pods
 
     window = _since(since)
     res = _current(current, state_dir)
+    frame = _flows(db, flow_files, window)
+    res, recorded = with_recorded_pods(res, frame)  # imported flows name their pods
+    if recorded:
+        click.echo(f"note: {recorded:,} pods the current set does not have were taken from the flows' "
+                   "recorded endpoints", err=True)
     if namespace not in {p.namespace for p in res.pods} | {ns.name for ns in res.namespaces}:
         fail(f"namespace {namespace!r} has no pods in the current set", EXIT_INVALID)
-    frame = _flows(db, flow_files, window)
     with _progress(progress) as bar:
         if bar is not None:
             bar.phase(f"proposing policy for {namespace} from {frame.height:,} flows")
