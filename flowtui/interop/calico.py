@@ -26,14 +26,14 @@ does not report, are `KindUnspecified` in tier `__DEFAULT__` / `__FAILSAFE__`.
 Two encodings (`style`): **whisker** (whisker-backend's `FlowResponse`: RFC 3339 times, enum
 names as strings, labels joined with " | ") and **goldmane** (Goldmane's NDJSON sink: the proto
 `Flow` through Go's encoding/json: a nested `key`, unix-second times, enums as integers, labels
-as lists). `read_records` parses either back.
+as lists). `flowtui.interop.calico_logs` parses either back (and Calico Enterprise's flows.log).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -243,63 +243,3 @@ def write_records(con: duckdb.DuckDBPyConnection, out: IO[str], window: Window =
         out.write("\n")
         n += 1
     return n
-
-
-_ACTION_NAME = {v: k for k, v in ACTION_ENUM.items()}
-_REPORTER_NAME = {v: k for k, v in REPORTER_ENUM.items()}
-_KIND_NAME = {v: k for k, v in KIND_ENUM.items()}
-
-
-def read_records(lines: Iterable[str]) -> list[dict[str, Any]]:
-    """Parse Whisker or Goldmane flow records into one flat shape (Whisker's names, lists for labels,
-    UTC datetimes, enum names, `enforced`/`pending` hit lists)."""
-    out = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"line {number}: not JSON: {exc.msg}") from exc
-        if "key" in doc:  # Goldmane
-            key = doc["key"]
-            hits = key.get("policies") or {}
-
-            def named(hit: dict[str, Any] | None) -> dict[str, Any] | None:
-                if hit is None:
-                    return None
-                return dict(hit, kind=_KIND_NAME.get(hit.get("kind", 0), "KindUnspecified"),
-                            action=_ACTION_NAME.get(hit.get("action", 0), ""), trigger=named(hit.get("trigger")))
-
-            out.append({
-                "start_time": datetime.fromtimestamp(doc["start_time"], UTC).replace(tzinfo=None),
-                "end_time": datetime.fromtimestamp(doc["end_time"], UTC).replace(tzinfo=None),
-                "action": _ACTION_NAME.get(key.get("action", 0), ""),
-                "source_name": key.get("source_name", ""), "source_namespace": key.get("source_namespace", ""),
-                "source_labels": list(doc.get("source_labels") or []),
-                "dest_name": key.get("dest_name", ""), "dest_namespace": key.get("dest_namespace", ""),
-                "dest_labels": list(doc.get("dest_labels") or []),
-                "protocol": key.get("proto", ""), "dest_port": int(key.get("dest_port", 0)),
-                "reporter": _REPORTER_NAME.get(key.get("reporter", 0), ""),
-                "enforced": [named(h) for h in hits.get("enforced_policies") or []],
-                "pending": [named(h) for h in hits.get("pending_policies") or []],
-                **{k: int(doc.get(k, 0)) for k in ("packets_in", "packets_out", "bytes_in", "bytes_out")},
-            })
-        else:  # Whisker
-            policies = doc.get("policies") or {}
-            out.append({
-                "start_time": datetime.fromisoformat(doc["start_time"].replace("Z", "+00:00"))
-                .astimezone(UTC).replace(tzinfo=None),
-                "end_time": datetime.fromisoformat(doc["end_time"].replace("Z", "+00:00"))
-                .astimezone(UTC).replace(tzinfo=None),
-                "action": doc.get("action", ""),
-                "source_name": doc.get("source_name", ""), "source_namespace": doc.get("source_namespace", ""),
-                "source_labels": [s for s in (doc.get("source_labels") or "").split(" | ") if s],
-                "dest_name": doc.get("dest_name", ""), "dest_namespace": doc.get("dest_namespace", ""),
-                "dest_labels": [s for s in (doc.get("dest_labels") or "").split(" | ") if s],
-                "protocol": doc.get("protocol", ""), "dest_port": int(doc.get("dest_port", 0)),
-                "reporter": doc.get("reporter", ""),
-                "enforced": list(policies.get("enforced") or []), "pending": list(policies.get("pending") or []),
-                **{k: int(doc.get(k, 0)) for k in ("packets_in", "packets_out", "bytes_in", "bytes_out")},
-            })
-    return out

@@ -23,16 +23,22 @@ as extra labels with the source `flowtui:` (`flowtui:tier=default`, `flowtui:rul
 imports into the same flows. Pass and Log rows are intermediate steps with no Hubble verdict and
 are not exported; conntrack rows (counts only) neither.
 
-**In** (`import_hubble`, `flowtui import hubble FILE`): Hubble JSON from Cilium (or from the
-export above) into a flow store, through the store's writer. Kept: policy-verdict events,
-drops, and events that name a policy; when a file has none of those (a plain trace capture),
-forwarded connection openings (no replies, TCP only SYN without ACK) instead. Skipped, and
-counted: replies, L7 records, errors, other trace points. Hubble `lost_events` are recorded in
-the `loss` table (cause `hubble_lost_events`). Each kept event becomes an `events` row and is
-aggregated into `flows` per time bucket like the collector does (`count_source` = `hubble`, one
-packet per event, no byte counts). Policies become `rules` rows (an existing identical rule is
-reused; Cilium gives no rule index, so `rule` is NULL), endpoints become one new `endpoints`
-revision, nodes become `sources` of one new run.
+**In** (`parse_lines`; `flowtui import hubble FILE`, `whatif --flows FILE`): Hubble JSON from
+Cilium (or from the export above) into observations (`flowtui.interop.observed`), which the
+import writes into a store and what-if reads as flows. Kept: policy-verdict events, drops,
+flows redirected to the proxy (`REDIRECTED`: attributed to a `ProxyRedirect` rule named after
+`policy_match_type`, never to "no policy"), L7 requests (HTTP, DNS, Kafka: they carry IP and L4;
+their summary such as `http GET http://x/metrics` is kept as the observation's `l7`) and events
+that name a policy; when a file has none of those (a plain trace capture), forwarded connection
+openings (no replies, TCP only SYN without ACK) instead. Skipped, and counted: replies (L7
+responses too), other trace points, flows without addresses or L4. Lines that cannot be read are
+problems with their line number; the rest go on. Hubble `lost_events` are recorded in the `loss`
+table (cause `hubble_lost_events`). Endpoints keep their pod labels, their namespace's labels
+(`pcns.<key>`, as Calico names them) and service account (`projectcalico.org/serviceaccount`).
+Each kept event is aggregated into `flows` per time bucket like the collector does
+(`count_source` = `hubble`, one packet per event, no byte counts). Policies become `rules` rows
+(an existing identical rule is reused; Cilium gives no rule index, so `rule` is NULL).
+Dataplane defaults, failsafes and proxy redirects are no policy: the export names none for them.
 """
 
 from __future__ import annotations
