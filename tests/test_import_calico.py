@@ -199,3 +199,22 @@ def test_commands_that_read_no_flow_say_so(tmp_path: Path) -> None:
     log.write_text(json.dumps(flows_log()) + "\n")
     wrong = invoke("query", "top_denied", "--db", str(log))
     assert wrong.exit_code == 1 and "flowtui import calico" in wrong.stderr
+
+
+def test_whisker_backend_responses(tmp_path: Path) -> None:
+    """whisker-backend's list response (`{"total": ..., "items": [...]}`, here pretty-printed) and its
+    event stream (`data: {...}` lines) are read like the records one per line."""
+    lines = export(build_store(tmp_path / "flows.duckdb"), "whisker")
+    items = [json.loads(line) for line in lines]
+    listed = tmp_path / "list.json"
+    listed.write_text(json.dumps({"total": {"totalPages": 1}, "items": items}, indent=2))
+    stream = tmp_path / "stream.txt"
+    stream.write_text("".join(f"data: {line}\n\n" for line in lines))
+    for path in (listed, stream):
+        result = invoke("import", "calico", str(path), "--db", str(tmp_path / f"{path.stem}.duckdb"), "-o", "json")
+        assert result.exit_code == 0, result.stderr
+        [doc] = json.loads(result.stdout)
+        assert (doc["records"], doc["malformed"]) == (len(lines), 0)
+    whatif = invoke("whatif", "--flows", str(listed), "--current", "/dev/null", "-o", "json")
+    assert whatif.exit_code == 0, whatif.stderr
+    assert json.loads(whatif.stdout)["summary"]["rows"] == len(lines)

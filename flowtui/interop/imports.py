@@ -10,7 +10,6 @@ unless a run already holds the same content.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -51,26 +50,46 @@ def sniff(head: bytes) -> str | None:
         return "pcap"
     if head[8:12] == b"DUCK":
         return "duckdb"
-    text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
-    stripped = text.lstrip()
-    if stripped[:1] == "[":  # a JSON array of records
+    text = head.decode("utf-8", errors="replace")
+    for record in _records(text)[:SNIFF_LINES]:
         try:
-            return _json_kind(json.loads(text))
-        except json.JSONDecodeError:
-            return None
-    for line in stripped.splitlines()[:SNIFF_LINES]:
-        try:
-            kind = _json_kind(json.loads(line))
+            kind = _json_kind(json.loads(record))
         except json.JSONDecodeError:
             continue  # a cut-off last line, or one malformed line among good ones
         if kind:
             return kind
+    stripped = text.lstrip("\ufeff \t\r\n")
+    if stripped[:1] in ("[", "{"):  # one JSON document longer than the head: its keys tell
+        if '"flow"' in stripped and '"IP"' in stripped:
+            return "hubble"
+        if '"reporter"' in stripped and '"policies"' in stripped:
+            return "calico"
     return None
 
 
 def sniff_path(path: str | Path, size: int = 1 << 16) -> str | None:
     with open(path, "rb") as handle:
         return sniff(handle.read(size))
+
+
+def _records(text: str) -> list[str]:
+    """One JSON text per record, numbered like the file's lines where it has them: NDJSON; one JSON
+    document (a list of records, whisker-backend's `{"items": [...]}` list response, or a single
+    record, pretty-printed or not); or whisker-backend's event stream (`data: {...}` lines)."""
+    stripped = text.lstrip("\ufeff \t\r\n")
+    if stripped[:1] in ("[", "{"):
+        try:
+            doc = json.loads(stripped)
+        except json.JSONDecodeError:
+            doc = None  # several lines of JSON: NDJSON
+        if isinstance(doc, dict) and isinstance(doc.get("items"), list):
+            doc = doc["items"]
+        if isinstance(doc, list):
+            return [json.dumps(item) for item in doc]
+        if isinstance(doc, dict):
+            return [json.dumps(doc)]
+    return [line[5:] if line.startswith("data:") else "" if line.startswith(("event:", "id:", ":")) else line
+            for line in text.splitlines()]
 
 
 def parse_lines(fmt: str, lines: Iterable[str], source: str) -> Parsed:
@@ -100,15 +119,7 @@ def read_file(path: str, fmt: str | None = None, data: bytes | None = None) -> R
     if kind not in JSON_FORMATS:
         what = "empty" if not data.strip() else f"{kind} data" if kind else "no Hubble or Calico flow record"
         raise UnknownFormat(f"{path}: {what} (expected Hubble JSON or Calico flow records)")
-    text = data.decode("utf-8", errors="replace")
-    if text.lstrip()[:1] == "[":  # a JSON array: one record per element, numbered as lines
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UnknownFormat(f"{path}:{exc.lineno}: not JSON: {exc.msg}") from exc
-        lines: Iterable[str] = [json.dumps(item) for item in items] if isinstance(items, list) else [text]
-    else:
-        lines = io.StringIO(text)
+    lines = _records(data.decode("utf-8", errors="replace"))
     return ReadFile(kind, parse_lines(kind, lines, path), digest(data))
 
 
