@@ -180,9 +180,21 @@ def _int(doc: dict[str, Any], name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise RecordError(f"{name}: {value!r} is not a count")
     try:
-        return int(value)
-    except ValueError:
+        count = int(value)
+    except (ValueError, OverflowError):
         raise RecordError(f"{name}: {value!r} is not a count") from None
+    if not 0 <= count < 2**63:
+        raise RecordError(f"{name}: {value!r} is not a count (0 to 2^63-1)")
+    return count
+
+
+def _port(value: Any, name: str) -> int | None:
+    """A port, None when absent (`-`, null, 0 for Calico's portless protocols)."""
+    if value in (None, "", "-", 0):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 65535:
+        raise RecordError(f"{name}: {value!r} is not a port (1-65535)")
+    return value
 
 
 def _endpoint(kind: Any, namespace: Any, name: Any, aggregated: Any, labels: tuple[str, ...],
@@ -263,8 +275,8 @@ def record(doc: dict[str, Any], node_default: str = "calico") -> Observation:
         proto = int(str(proto_value))
     else:
         proto = PROTO_NUMBER.get(str(proto_value).lower())
-    if proto is None:
-        raise RecordError(f"proto: {proto_value!r} is not a protocol name or number")
+    if proto is None or not 0 <= proto <= 255:
+        raise RecordError(f"proto: {proto_value!r} is not a protocol name or number (0-255)")
     if "enforced_strings" in flat:
         hits = sorted(flat["enforced_strings"], key=lambda s: int(str(s).split("|", 1)[0])
                       if str(s).split("|", 1)[0].isdigit() else 0)
@@ -292,13 +304,12 @@ def record(doc: dict[str, Any], node_default: str = "calico") -> Observation:
     packets_in, packets_out = _int(flat, "packets_in"), _int(flat, "packets_out")
     bytes_in, bytes_out = _int(flat, "bytes_in"), _int(flat, "bytes_out")
     started = _int(flat, "num_flows_started")
-    dport = flat.get("dest_port")
-    sport = flat.get("source_port")
+    dport = _port(flat.get("dest_port"), "dest_port")
+    sport = _port(flat.get("source_port"), "source_port")
     return Observation(
         time=start, end=end, node=str(flat.get("host") or node_default), action=action, proto=proto,
         src_ip=src_addresses[0] if src_addresses else None, dst_ip=dst_addresses[0] if dst_addresses else None,
-        sport=int(sport) if isinstance(sport, int) else None,
-        dport=int(dport) if isinstance(dport, int) and not isinstance(dport, bool) and dport > 0 else None,
+        sport=sport, dport=dport,
         icmp_type=None, icmp_code=None, tcp_flags=None, rule=final, src=src, dst=dst,
         src_addresses=src_addresses, dst_addresses=dst_addresses,
         packets=packets_in if at_dst else packets_out, bytes=bytes_in if at_dst else bytes_out,
@@ -321,6 +332,9 @@ def parse_lines(lines: Iterable[str], source: str = "<calico>") -> Parsed:
         except json.JSONDecodeError as exc:
             parsed.problem(number, "not_json", exc.msg)
             continue
+        except RecursionError:
+            parsed.problem(number, "not_json", "nested too deeply")
+            continue
         for item in doc if isinstance(doc, list) else [doc]:
             if not isinstance(item, dict):
                 parsed.problem(number, "not_an_object", f"expected a flow record object, got {type(item).__name__}")
@@ -329,7 +343,7 @@ def parse_lines(lines: Iterable[str], source: str = "<calico>") -> Parsed:
                 parsed.observations.append(record(item))
             except RecordError as exc:
                 parsed.problem(number, "bad_record", str(exc))
-            except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
+            except (TypeError, ValueError, AttributeError, KeyError, OverflowError, OSError, RecursionError) as exc:
                 parsed.problem(number, "bad_field", f"{type(exc).__name__}: {exc}")
     return parsed
 

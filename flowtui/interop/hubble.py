@@ -376,6 +376,13 @@ def _rule(flow: dict[str, Any], action: str, direction: str, verdict: str) -> Ru
                    revision, direction, rule, extra.get("action") or action, extra.get("trigger-kind"))
 
 
+def _bounded(body: dict[str, Any], name: str, top: int) -> int:
+    value = body.get(name) or 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+        raise ValueError(f"{name}: {value!r} is not a number from 0 to {top}")
+    return value
+
+
 def _l7_summary(l7: dict[str, Any]) -> str:
     """`GET http://x/metrics 200`, `dns www.example.com. A NOERROR`, `kafka produce orders 0`."""
     if isinstance(l7.get("http"), dict):
@@ -402,7 +409,10 @@ def parse_line(doc: dict[str, Any], parsed: Parsed, number: int = 0) -> None:
     if "lost_events" in doc:
         lost = doc["lost_events"] or {}
         node = str(doc.get("node_name") or "")
-        parsed.lost[node] = parsed.lost.get(node, 0) + int(lost.get("num_events_lost") or 0)
+        count = lost.get("num_events_lost") or 0
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 2**63:
+            raise ValueError(f"num_events_lost: {count!r} is not a count")
+        parsed.lost[node] = parsed.lost.get(node, 0) + count
         return
     flow = doc.get("flow", doc if "IP" in doc else None)
     if not isinstance(flow, dict):
@@ -435,9 +445,9 @@ def parse_line(doc: dict[str, Any], parsed: Parsed, number: int = 0) -> None:
         if isinstance(body, dict):
             proto = number_
             if layer.startswith("ICMP"):
-                icmp_type, icmp_code = int(body.get("type") or 0), int(body.get("code") or 0)
+                icmp_type, icmp_code = _bounded(body, "type", 255), _bounded(body, "code", 255)
             else:
-                sport, dport = int(body.get("source_port") or 0), int(body.get("destination_port") or 0)
+                sport, dport = _bounded(body, "source_port", 65535), _bounded(body, "destination_port", 65535)
             if layer == "TCP" and isinstance(body.get("flags"), dict):
                 flags = sum(bit for name, bit in TCP_FLAGS if body["flags"].get(name))
             break
@@ -479,12 +489,15 @@ def parse_lines(lines: Iterable[str], source: str = "<hubble>") -> Parsed:
         except json.JSONDecodeError as exc:
             parsed.problem(number, "not_json", exc.msg)
             continue
+        except RecursionError:
+            parsed.problem(number, "not_json", "nested too deeply")
+            continue
         if not isinstance(doc, dict):
             parsed.problem(number, "not_an_object", f"expected one JSON object per line, got {type(doc).__name__}")
             continue
         try:
             parse_line(doc, parsed, number)
-        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError, OSError, RecursionError) as exc:
             parsed.problem(number, "bad_field", f"{type(exc).__name__}: {exc}")
     observations = parsed.observations
     if any(o.decision for o in observations):

@@ -54,7 +54,7 @@ def sniff(head: bytes) -> str | None:
     for record in _records(text)[:SNIFF_LINES]:
         try:
             kind = _json_kind(json.loads(record))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue  # a cut-off last line, or one malformed line among good ones
         if kind:
             return kind
@@ -80,8 +80,8 @@ def _records(text: str) -> list[str]:
     if stripped[:1] in ("[", "{"):
         try:
             doc = json.loads(stripped)
-        except json.JSONDecodeError:
-            doc = None  # several lines of JSON: NDJSON
+        except (json.JSONDecodeError, RecursionError):
+            doc = None  # several lines of JSON (NDJSON), or not JSON: read line by line
         if isinstance(doc, dict) and isinstance(doc.get("items"), list):
             doc = doc["items"]
         if isinstance(doc, list):
