@@ -27,6 +27,7 @@ its number; the rest of the file goes on.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -65,6 +66,7 @@ def _staged(kind: str) -> bool:
     return kind.startswith("Staged")
 
 
+@functools.lru_cache(maxsize=4096)  # a log repeats a few hundred hit strings at most
 def parse_policy_string(text: str, direction: str) -> RuleKey:
     """One policy hit string, in either syntax, as the rule it names."""
     parts = str(text).split("|")
@@ -280,8 +282,8 @@ def record(doc: dict[str, Any], node_default: str = "calico") -> Observation:
     if "enforced_strings" in flat:
         hits = sorted(flat["enforced_strings"], key=lambda s: int(str(s).split("|", 1)[0])
                       if str(s).split("|", 1)[0].isdigit() else 0)
-        keys = [parse_policy_string(s, direction) for s in hits]
-        pending = [parse_policy_string(s, direction) for s in flat["pending_strings"]]
+        keys = [parse_policy_string(str(s), direction) for s in hits]
+        pending = [parse_policy_string(str(s), direction) for s in flat["pending_strings"]]
         if flat.get("staged_in_all"):
             pending += [k for k in keys if _staged(k.kind) or _staged(k.trigger_kind or "")]
             keys = [k for k in keys if not (_staged(k.kind) or _staged(k.trigger_kind or ""))]

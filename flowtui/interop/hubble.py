@@ -43,6 +43,7 @@ Dataplane defaults, failsafes and proxy redirects are no policy: the export name
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 import zlib
@@ -297,7 +298,8 @@ def _flowtui_labels(labels: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def _clean_labels(labels: Iterable[str]) -> tuple[str, ...]:
+@functools.lru_cache(maxsize=65536)  # a capture repeats the label sets of its few identities
+def _clean_labels(labels: tuple[str, ...]) -> tuple[str, ...]:
     out = []
     for label in labels:
         source, sep, rest = label.partition(":")
@@ -318,7 +320,7 @@ def _clean_labels(labels: Iterable[str]) -> tuple[str, ...]:
 
 def _endpoint(doc: Any, ip: str, node: str) -> tuple[EndpointKey | None, tuple[str, ...]]:
     doc = doc if isinstance(doc, dict) else {}
-    labels = [str(x) for x in doc.get("labels") or []]
+    labels = tuple(str(x) for x in doc.get("labels") or [])
     extra = _flowtui_labels(labels)
     namespace = doc.get("namespace") or None
     clean = _clean_labels(labels)

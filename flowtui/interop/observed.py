@@ -332,21 +332,27 @@ def _aggregate(events: pa.Table, bucket_seconds: float, count_source: str) -> pa
 
 def _record_flows(records: list[Observation], source_ids: dict[str, int], rule_ids: dict[RuleKey, int],
                   ep_ids: dict[EndpointKey, int], count_source: str) -> pa.Table:
-    rows: list[dict[str, Any]] = []
-    for o in records:
-        base = {"start_time": o.time, "end_time": o.end, "source_id": source_ids[o.node], "prefix": None,
-                "proto": o.proto, "src_ip": o.src_ip, "dst_ip": o.dst_ip, "sport": o.sport, "dport": o.dport,
-                "src_ep": ep_ids.get(o.src) if o.src else None, "dst_ep": ep_ids.get(o.dst) if o.dst else None,
-                "tcp_flags": o.tcp_flags, "first_seen": o.time, "last_seen": o.end, "count_source": count_source}
-        zero = {"events": 0, "packets": 0, "bytes": 0, "reply_packets": 0, "reply_bytes": 0,
-                "connections_started": 0, "connections_completed": 0}
-        rows += [{**base, **zero, "action": "Pass", "rule_id": rule_ids[step]} for step in o.steps]
-        rows.append({**base, "action": o.action, "rule_id": rule_ids[o.rule], "events": o.events,
-                     "packets": o.packets, "bytes": o.bytes, "reply_packets": o.reply_packets,
-                     "reply_bytes": o.reply_bytes,
-                     "connections_started": o.events if o.started is None else o.started,
-                     "connections_completed": o.completed})
-        rows += [{**base, **zero, "action": "Log", "rule_id": rule_ids[hit]} for hit in o.pending]
-    tschema = schema.FLOWS.arrow_schema
-    return pa.Table.from_pylist([{n: r.get(n) for n in tschema.names} for r in rows], schema=tschema)
+    cols: dict[str, list[Any]] = {c.name: [] for c in schema.FLOWS.columns}
+    counted = ("events", "packets", "bytes", "reply_packets", "reply_bytes", "connections_started",
+               "connections_completed")
 
+    def add(o: Observation, action: str, rule: RuleKey, counts: tuple[Any, ...] | None) -> None:
+        for name, value in (("start_time", o.time), ("end_time", o.end), ("source_id", source_ids[o.node]),
+                            ("action", action), ("rule_id", rule_ids[rule]), ("prefix", None), ("proto", o.proto),
+                            ("src_ip", o.src_ip), ("dst_ip", o.dst_ip), ("sport", o.sport), ("dport", o.dport),
+                            ("src_ep", ep_ids.get(o.src) if o.src else None),
+                            ("dst_ep", ep_ids.get(o.dst) if o.dst else None), ("tcp_flags", o.tcp_flags),
+                            ("first_seen", o.time), ("last_seen", o.end), ("count_source", count_source)):
+            cols[name].append(value)
+        for name, value in zip(counted, counts or (0,) * len(counted), strict=True):
+            cols[name].append(value)
+
+    for o in records:
+        for step in o.steps:
+            add(o, "Pass", step, None)
+        add(o, o.action, o.rule, (o.events, o.packets, o.bytes, o.reply_packets, o.reply_bytes,
+                                  o.events if o.started is None else o.started, o.completed))
+        for hit in o.pending:
+            add(o, "Log", hit, None)
+    tschema = schema.FLOWS.arrow_schema
+    return pa.Table.from_arrays([pa.array(cols[f.name], f.type) for f in tschema], schema=tschema)
