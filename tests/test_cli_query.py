@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
 
-from flowtui.cli.export import export_cmd, import_hubble_cmd
+from flowtui.cli.export import export_cmd
+from flowtui.cli.imports import import_hubble_cmd
 from flowtui.cli.query import query_cmd
 from flowtui.cli.whatif import import_group
 from flowtui.query.library import REPO_QUERIES
@@ -169,13 +170,13 @@ def test_export_hubble_then_import_hubble(db: Path, tmp_path: Path) -> None:
     result = run(import_group, "hubble", str(flows), "--db", str(back), "-o", "json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["events"] == len(flows.read_text().splitlines()) and doc["nodes"] == ["node-a", "node-b"]
+    assert doc[0]["records"] == len(flows.read_text().splitlines()) and doc[0]["nodes"] == ["node-a", "node-b"]
     rows = json.loads(run(query_cmd, "top_denied", "--db", str(back), "-o", "json").stdout)
     original = json.loads(run(query_cmd, "top_denied", "--db", str(db), "-o", "json").stdout)
     assert [(r["src_ip"], r["dst_ip"], r["policy"], r["packets"]) for r in rows] == [
         (r["src_ip"], r["dst_ip"], r["policy"], r["packets"]) for r in original]
     text = run(import_group, "hubble", str(flows), "--db", str(tmp_path / "n.duckdb"), "--no-events")
-    assert "imported" in text.stdout
+    assert "hubble flow records of" in text.stdout
     con = duckdb.connect(str(tmp_path / "n.duckdb"), read_only=True)
     try:
         assert con.execute("SELECT count(*) FROM events").fetchone() == (0,)
@@ -187,9 +188,9 @@ def test_import_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"flow": {}}\nnot json\n')
     result = run(import_group, "hubble", str(bad), "--db", str(tmp_path / "x.duckdb"))
-    assert result.exit_code == 2 and "bad.json:2: not JSON" in result.stderr
+    assert result.exit_code == 1 and "bad.json:2: not_json" in result.stderr and "no flows" in result.stderr
     result = run(import_group, "hubble", str(tmp_path / "missing.json"), "--db", str(tmp_path / "x.duckdb"))
-    assert result.exit_code == 2
+    assert result.exit_code == 2 and "missing.json" in result.stderr
 
 
 def test_the_commands_load_without_textual() -> None:

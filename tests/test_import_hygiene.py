@@ -6,6 +6,7 @@ process itself may well have Textual loaded by other tests).
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -57,3 +58,81 @@ def test_cli_does_not_import_textual() -> None:
     assert Path(files["flowtui.cli"]).is_relative_to(ROOT)
     assert "flowtui.cli.main" in modules  # the whole command tree was imported
     assert tops(modules, "textual") == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Import cycles: every `import` counts, also those inside functions (a lazy import hides a cycle
+# from the interpreter, not from a reader).
+
+ACYCLIC = ("flowtui.whatif", "flowtui.demo", "flowtui.interop", "flowtui.store", "flowtui.query",
+           "flowtui.collector", "flowtui.cli")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports (`from pkg import name` counts `pkg.name` when that
+    is a module)."""
+    files = {module_name(p): p for top in ("flowtui", "enforcer") for p in (ROOT / top).rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in files}
+    for name, path in files.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+            for target in targets:  # a submodule naming its own package is how packages work, not a cycle
+                if target in files and target != name and not name.startswith(f"{target}."):
+                    graph[name].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]], scope: tuple[str, ...]) -> list[list[str]]:
+    """Strongly connected components (of more than one module) among the modules in `scope`."""
+    nodes = [n for n in graph if n.startswith(scope)]
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph[node]:
+            if not nxt.startswith(scope):
+                continue
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in nodes:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph()
+    assert {"flowtui.whatif.pcap", "flowtui.whatif.sources"} <= graph["flowtui.cli.whatif"] | graph[
+        "flowtui.whatif.sources"]  # the graph sees function-level imports
+    assert cycles(graph, ACYCLIC) == []
+
+
+def test_the_cycle_finder_finds_one() -> None:
+    graph = {"a.x": {"a.y"}, "a.y": {"a.z"}, "a.z": {"a.x"}, "a.w": {"a.x"}}
+    assert cycles(graph, ("a",)) == [["a.x", "a.y", "a.z"]]

@@ -12,14 +12,18 @@ from typing import Any
 import duckdb
 import pytest
 
-from flowtui.interop.hubble import HubbleFormatError, flow_objects, import_hubble, parse_lines, write_hubble
+from flowtui.interop.hubble import flow_objects, import_hubble, parse_lines, write_hubble
 from flowtui.query.run import open_source
 from flowtui.store.duckdb_store import DuckStore
-from flowtui.whatif.frames import read_hubble, read_hubble_lines
+from flowtui.whatif.sources import parsed_frame, read_flows
 from tests.test_queries import FLOWS, SAMPLE, build_store
 
+# Dataplane defaults and failsafes are no policy: Hubble gets none for them (it would name one), so
+# they come back as "no policy" (allow) or Cilium's POLICY_DENIED (deny).
 SAME_FLOWS = """
-SELECT start_time, node, action, policy, proto, src_ip, dst_ip, sport, dport, src_type, src_namespace, src_name,
+SELECT start_time, node, action,
+       CASE WHEN policy_kind IN ('Default', 'Failsafe') THEN 'not a policy' ELSE policy END AS policy,
+       proto, src_ip, dst_ip, sport, dport, src_type, src_namespace, src_name,
        dst_type, dst_namespace, dst_name, sum(events) AS events
 FROM flows_v WHERE action IN ('Allow', 'Deny') AND events > 0
 GROUP BY ALL ORDER BY ALL"""
@@ -54,7 +58,7 @@ def test_export_then_import_gives_the_same_flows(tmp_path: Path) -> None:
     verdict_events = sum(f["events"] for f in FLOWS if f["action"] in ("Allow", "Deny"))
     assert len(lines) == verdict_events
     result = _import(lines, tmp_path / "back.duckdb")
-    assert result.events == verdict_events and result.skipped == {} and result.nodes == ["node-a", "node-b"]
+    assert result.records == verdict_events and result.skipped == {} and result.nodes == ["node-a", "node-b"]
     assert _rows(tmp_path / "back.duckdb") == _rows(db)
 
 
@@ -83,7 +87,7 @@ def test_the_what_if_reader_reads_the_export(tmp_path: Path) -> None:
     db = build_store(tmp_path / "flows.duckdb")
     path = tmp_path / "flows.json"
     path.write_text("\n".join(_export(db)) + "\n")
-    frame = read_hubble(path)
+    frame = read_flows([str(path)])
     assert frame.height == sum(f["events"] for f in FLOWS if f["action"] in ("Allow", "Deny"))
     assert sorted(set(frame["verdict"])) == ["allow", "deny"]
     attacker = frame.filter(frame["src_ip"] == "198.51.100.7")
@@ -99,7 +103,7 @@ def test_sample_logs_round_trip_through_hubble(tmp_path: Path) -> None:
         n = write_hubble(sample.con, buf)
     lines = buf.getvalue().splitlines()
     assert n == len(lines) == sum(r[-1] for r in want)
-    assert read_hubble_lines(lines).height == n  # every exported line is a connection opening or a drop
+    assert parsed_frame(parse_lines(lines)).height == n  # every exported line is a connection opening or a drop
     _import(lines, tmp_path / "back.duckdb", bucket=1.0)  # the sample's bucket
     assert _rows(tmp_path / "back.duckdb") == want
 
@@ -162,8 +166,8 @@ CILIUM_LINES = [
 
 def test_importing_cilium_output(tmp_path: Path) -> None:
     result = _import(CILIUM_LINES, tmp_path / "cilium.duckdb")
-    assert result.events == 3 and result.lost == 12 and result.nodes == ["kind-worker"]
-    assert result.skipped == {"trace_not_a_decision": 1, "reply": 1, "l7_or_no_ip": 1}
+    assert result.records == 3 and result.lost == 12 and result.nodes == ["kind-worker"]
+    assert result.skipped == {"trace_not_a_decision": 1, "reply": 1, "no_l4": 1}  # an L7 record without L4
     con = duckdb.connect(str(tmp_path / "cilium.duckdb"), read_only=True)
     try:
         rows = con.sql("SELECT action, policy, policy_kind, rule_index, src_type, src_namespace, src_name, "
@@ -195,11 +199,12 @@ def test_a_trace_only_capture_keeps_the_connection_openings() -> None:
     assert parsed.observations[0].rule.name == "no-policy"
 
 
-def test_not_json_names_the_line() -> None:
-    with pytest.raises(HubbleFormatError, match="x.json:2: not JSON"):
-        parse_lines([CILIUM_LINES[0], "{oops"], "x.json")
-    with pytest.raises(HubbleFormatError, match="one JSON object per line"):
-        parse_lines(["[1, 2]"], "x.json")
+def test_malformed_lines_are_skipped_and_named() -> None:
+    parsed = parse_lines([CILIUM_LINES[0], "{oops", "[1, 2]", json.dumps({"flow": {**json.loads(CILIUM_LINES[0])[
+        "flow"], "time": "yesterday"}}), CILIUM_LINES[1]], "x.json")
+    assert len(parsed.observations) == 2  # the lines around the bad ones
+    assert [(p.line, p.reason) for p in parsed.problems] == [(2, "not_json"), (3, "not_an_object"), (4, "no_time")]
+    assert parsed.problem_lines("x.json")[0].startswith("x.json:2: not_json: ")
 
 
 def test_flow_objects_only_for_verdicts(tmp_path: Path) -> None:

@@ -17,8 +17,9 @@ from scapy.utils import wrpcap, wrpcapng
 
 from enforcer.resolve import ClusterState
 from flowtui.cli.main import cli
-from flowtui.whatif.frames import FlowSourceError, read_flows
+from flowtui.whatif.frames import FlowSourceError
 from flowtui.whatif.pcap import attribute, read_pcap
+from flowtui.whatif.sources import read_flows
 from tests.test_whatif_fixtures import ADDR, cluster, write_cluster
 
 WEB, API, DB, NET = ADDR["web-1"], ADDR["api-1"], ADDR["db-1"], ADDR["internet"]
@@ -127,3 +128,46 @@ def test_cli_import_then_whatif(tmp_path: Path) -> None:
                                      "-o", "json"], catch_exceptions=False)
         assert replay.exit_code == 0, replay.stderr
         assert json.loads(replay.stdout)["summary"]["newly_denied"] == 1
+
+
+def test_link_types_tags_and_tunnels(tmp_path: Path) -> None:
+    from scapy.layers.l2 import CookedLinuxV2, Dot1AD, Dot1Q
+    from scapy.layers.vxlan import VXLAN
+
+    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    tagged = stamp([eth / Dot1AD(vlan=200) / Dot1Q(vlan=10) / IP(src=WEB, dst=API) / TCP(sport=1, dport=80, flags="S")])
+    wrpcap(str(tmp_path / "qinq.pcap"), tagged)
+    assert rows(read_pcap(tmp_path / "qinq.pcap")) == [(WEB, API, 6, 1, 80, None, None, 1)]
+    sll2 = stamp([CookedLinuxV2(proto=0x0800) / IP(src=WEB, dst=DB) / UDP(sport=2, dport=53)])
+    wrpcap(str(tmp_path / "sll2.pcap"), sll2, linktype=276)
+    assert rows(read_pcap(tmp_path / "sll2.pcap")) == [(WEB, DB, 17, 2, 53, None, None, 1)]
+    tunnels = stamp([
+        eth / IP(src="192.0.2.1", dst="192.0.2.2") / IP(src=WEB, dst=DB) / TCP(sport=3, dport=5432, flags="S"),
+        eth / IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=40000, dport=4789) / VXLAN(vni=1) / eth
+        / IP(src=API, dst=DB) / TCP(sport=4, dport=5432, flags="S"),
+    ])
+    wrpcap(str(tmp_path / "tunnels.pcap"), tunnels)
+    frame = read_pcap(tmp_path / "tunnels.pcap")
+    assert frame.select("src_ip", "dst_ip", "dst_port", "outer_src_ip", "outer_dst_ip").rows() == [
+        (WEB, DB, 5432, "192.0.2.1", "192.0.2.2"), (API, DB, 5432, "192.0.2.1", "192.0.2.2")]
+
+
+def test_a_damaged_capture_keeps_what_came_before(tmp_path: Path) -> None:
+    from flowtui.whatif.pcap import read_capture
+
+    path = tmp_path / "cut.pcap"
+    wrpcap(str(path), capture())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 30])  # the last record cut short
+    frame, stats = read_capture(path)
+    assert rows(frame) == EXPECTED  # the cut record was the ARP packet at the end
+    assert stats.problems == [f"{path}: packet 15: Pcap: packet has been truncated"]
+    result = CliRunner().invoke(cli, ["import", "pcap", str(path), "--current", "/dev/null", "-o", "json"])
+    assert result.exit_code == 0 and len(json.loads(result.stdout)) == len(EXPECTED)
+    assert f"warning: {path}: packet 15" in result.stderr
+    garbage = tmp_path / "garbage.pcap"
+    garbage.write_bytes(data[:24] + b"\xff" * 40)  # a header, then a record that claims 4 GB
+    frame, stats = read_capture(garbage)
+    assert frame.height == 0
+    result = CliRunner().invoke(cli, ["import", "pcap", str(garbage), "--current", "/dev/null"])
+    assert result.exit_code == 1 and "no flows" in result.stderr

@@ -12,17 +12,9 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from flowtui.whatif.frames import (
-    FlowSourceError,
-    hubble_record,
-    normalize,
-    parse_duration,
-    read_flows,
-    read_hubble_lines,
-    read_parquet,
-    since_filter,
-    source_kind,
-)
+from flowtui.interop.hubble import parse_lines
+from flowtui.whatif.frames import FlowSourceError, normalize, parse_duration, read_parquet, since_filter
+from flowtui.whatif.sources import parsed_frame, read_flows, source_kind
 from flowtui.whatif.storeread import read_store
 
 NOW = datetime(2026, 1, 1, 12, 0, 0)
@@ -97,9 +89,10 @@ HUBBLE = [
               "is_reply": True}},
     {"flow": {"verdict": "FORWARDED", "IP": {"source": "10.0.0.1", "destination": "10.0.0.2"},
               "l4": {"TCP": {"source_port": 40000, "destination_port": 80, "flags": {"ACK": True}}}}},
-    {"flow": {"verdict": "DROPPED", "IP": {"source": "fd00::1", "destination": "fd00::2"},
+    {"flow": {"time": "2026-01-01T11:00:01Z", "verdict": "DROPPED",
+              "IP": {"source": "fd00::1", "destination": "fd00::2"},
               "l4": {"ICMPv6": {"type": 128}}}},
-    {"verdict": "DROPPED", "IP": {"source": "10.0.0.1", "destination": "10.0.0.9"},
+    {"time": "2026-01-01T11:00:02Z", "verdict": "DROPPED", "IP": {"source": "10.0.0.1", "destination": "10.0.0.9"},
      "l4": {"UDP": {"source_port": 5353, "destination_port": 53}}},
     {"flow": {"Type": "L7", "l7": {"http": {}}}},
     {"lost_events": {"num_events_lost": 3}},
@@ -108,7 +101,7 @@ HUBBLE = [
 
 def test_hubble_export(tmp_path: Path) -> None:
     lines = [json.dumps(d) for d in HUBBLE] + [""]
-    frame = read_hubble_lines(lines)
+    frame = parsed_frame(parse_lines(lines))  # the import parser: decisions only (the ACK-only trace is not one)
     assert frame.select("src_ip", "dst_ip", "proto", "src_port", "dst_port", "icmp_type", "verdict").rows() == [
         ("10.0.0.1", "10.0.0.2", 6, 40000, 80, None, "allow"),
         ("fd00::1", "fd00::2", 58, None, None, 128, "deny"),
@@ -119,9 +112,11 @@ def test_hubble_export(tmp_path: Path) -> None:
     path = tmp_path / "hubble.json"
     path.write_text("\n".join(lines))
     assert source_kind(str(path)) == "hubble" and read_flows([str(path)]).height == 3
-    with pytest.raises(FlowSourceError, match=r"x\.json:2: not JSON"):
-        read_hubble_lines(["{}", "{nope"], "x.json")
-    assert hubble_record({"flow": {"IP": {"source": "1.1.1.1", "destination": "2.2.2.2"}, "l4": {}}}) is None
+    bad = tmp_path / "bad.json"
+    bad.write_text(lines[0] + "\n{nope\n")
+    assert read_flows([str(bad)]).height == 1  # the malformed line is skipped, as `flowtui import` does
+    no_l4 = parse_lines([json.dumps({"flow": {"IP": {"source": "1.1.1.1", "destination": "2.2.2.2"}, "l4": {}}})])
+    assert no_l4.observations == [] and no_l4.skipped["verdict_unknown"] == 1 and not no_l4.problems
 
 
 def make_store(path: Path) -> set[str]:
@@ -191,3 +186,7 @@ def test_source_kind_by_content(tmp_path: Path) -> None:
     other.write_text("hello")
     with pytest.raises(FlowSourceError, match="cannot tell"):
         source_kind(str(other))
+    calico = tmp_path / "flows.json"  # the content decides, not the suffix
+    calico.write_text('{"start_time": 1, "end_time": 2, "action": "allow", "reporter": "dst", "dest_name": "x", '
+                      '"policies": {"all_policies": []}}\n')
+    assert source_kind(str(calico)) == "calico"

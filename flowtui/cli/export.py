@@ -1,9 +1,5 @@
-"""`flowtui export` (the flow store as Parquet, JSON Lines, Hubble or Calico flows) and
-`flowtui import hubble` (Cilium's Hubble flows into a flow store).
-
-`import hubble` joins the `flowtui import` group that `flowtui.cli.whatif` defines (next to
-`import pcap`); importing this module registers it.
-"""
+"""`flowtui export`: the flow store as Parquet, JSON Lines, Hubble or Calico flows
+(`flowtui.cli.imports` reads the last two back)."""
 
 from __future__ import annotations
 
@@ -14,8 +10,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import click
-
-from flowtui.cli.whatif import import_group
 
 if TYPE_CHECKING:
     import duckdb
@@ -121,63 +115,3 @@ def _export_text(con: duckdb.DuckDBPyConnection, fmt: str, handle: IO[str], wind
     from flowtui.interop.calico import write_records
 
     return write_records(con, handle, window, calico_style), f"Calico flow records ({calico_style})"
-
-
-@click.command("hubble")
-@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False),
-              help="Flow store to add the flows to (created if missing; not while a collector writes it).")
-@click.option("--bucket", default=15.0, show_default=True, help="Flow time bucket, seconds (as `collect --bucket`).")
-@click.option("--events/--no-events", default=True, show_default=True,
-              help="Keep each Hubble flow as an event row too, not only the aggregated flows.")
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def import_hubble_cmd(file: str, db: str, bucket: float, events: bool, output: str) -> None:
-    """Import Hubble flows (`hubble observe -o json` output, or `flowtui export --format hubble`).
-
-    Policy verdicts and drops become events and flows of a new run, one source per node; the
-    policies Hubble names become rules, the endpoints a new endpoints revision. Then every
-    `flowtui query`, `flowtui whatif --db` and the dashboard work on Cilium's flows too.
-
-    \b
-    Example:
-      hubble observe --since 1h -o json > flows.json
-      flowtui import hubble flows.json --db cilium.duckdb
-      flowtui query top_denied --db cilium.duckdb
-    """
-    import duckdb
-
-    from flowtui.cli.common import EXIT_INVALID, echo_json, fail
-    from flowtui.interop.hubble import HubbleFormatError, import_hubble
-    from flowtui.store.duckdb_store import DuckStore
-
-    if bucket <= 0:
-        fail("--bucket must be positive", EXIT_INVALID)
-    try:
-        handle: IO[str] = sys.stdin if file == "-" else open(file, encoding="utf-8")
-    except OSError as err:
-        fail(f"{file}: {err.strerror or err}", EXIT_INVALID)
-    try:
-        store = DuckStore(db, snapshot_interval=None)
-    except duckdb.Error as err:
-        fail(f"cannot write {db}: {err} (is a collector writing it? import into another store)")
-    try:
-        with contextlib.closing(handle) if file != "-" else contextlib.nullcontext(handle):
-            result = import_hubble(store, handle, source=file, bucket_seconds=bucket, keep_events=events)
-    except HubbleFormatError as err:
-        fail(str(err), EXIT_INVALID)
-    finally:
-        store.close(snapshot=False)
-    if output == "json":
-        echo_json(vars(result))
-        return
-    click.echo(f"imported {result.events:,} Hubble flows of {result.lines:,} lines into {db} "
-               f"(run {result.run_id}): {result.flow_rows:,} flow rows, {result.rules_added} new rules, "
-               f"{result.endpoints_added} endpoints, nodes {', '.join(result.nodes) or '-'}")
-    if result.skipped:
-        click.echo("skipped: " + ", ".join(f"{k} {v:,}" for k, v in sorted(result.skipped.items())), err=True)
-    if result.lost:
-        click.echo(f"Hubble reported {result.lost:,} lost events (recorded as loss cause hubble_lost_events)",
-                   err=True)
-
-
-import_group.add_command(import_hubble_cmd)

@@ -6,7 +6,8 @@ import click
 
 from flowtui.cli.collect import collect_cmd, status_cmd
 from flowtui.cli.demo import demo
-from flowtui.cli.export import export_cmd  # also adds `import hubble` to the import group
+from flowtui.cli.export import export_cmd
+from flowtui.cli.imports import import_calico_cmd  # noqa: F401  (adds `import hubble|calico` to the group)
 from flowtui.cli.lab import lab
 from flowtui.cli.policy import check, eval_cmd
 from flowtui.cli.query import query_cmd

@@ -99,6 +99,8 @@ def _run(db: str, text: str, values: dict[str, str], output: str, out: str | Non
     from flowtui.query.run import run_sql
 
     with open_store(db, "give --db PATH: a store file, its snapshot, or a Parquet export", "reading") as source:
+        if source.con.execute("SELECT count(*) FROM flows").fetchall() == [(0,)]:
+            fail(f"{db} holds no flows (nothing collected or imported into it yet)")
         try:
             table = run_sql(source.con, text, values)
         except duckdb.Error as err:

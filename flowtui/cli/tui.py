@@ -11,8 +11,8 @@ from enforcer.datastore import DEFAULT_HOME, HOME_ENV
 
 
 @click.command("tui")
-@click.option("--db", type=click.Path(dir_okay=False), help="A DuckDB flow store (`flowtui collect --db`); "
-              "while a collector writes it, its snapshot is followed live.")
+@click.option("--db", type=click.Path(), help="A DuckDB flow store (`flowtui collect --db`; while a collector "
+              "writes it, its snapshot is followed live), or a Parquet export like sample-logs/ (as --logs).")
 @click.option("--logs", type=click.Path(exists=True),
               help="A recording: a directory of <table>.parquet / .jsonl files (e.g. sample-logs/), or one file.")
 @click.option("-f", "--filename", "paths", multiple=True, type=click.Path(exists=True),
@@ -44,8 +44,12 @@ def tui(db: str | None, logs: str | None, paths: tuple[str, ...], namespace: str
       flowtui demo                             # the lab, the collector and this dashboard, live
     """
     from flowtui.cli.common import fail
+    from flowtui.interop.parquet import export_root
     from flowtui.tui.sources import SourceError, open_source
 
+    root = export_root(db) if db else None
+    if root is not None:  # --db takes the same forms everywhere: an export (or a table file of one) is a recording
+        db, logs = None, str(root)
     if not db and not logs:
         if Path("flowtui.duckdb").exists():
             db = "flowtui.duckdb"

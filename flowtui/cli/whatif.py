@@ -25,6 +25,7 @@ from enforcer.model import ResourceSet
 from flowtui.cli.common import EXIT_INVALID, NAMESPACE_HELP, echo_json, fail
 
 DEFAULT_DB = "flowtui.duckdb"  # as `flowtui collect --db`
+EXIT_NO_FLOWS = 1
 
 
 def _load_failed(err: LoadError) -> None:
@@ -69,7 +70,8 @@ def _sources(db: str | None, flow_files: Sequence[str]) -> list[str]:
 
 
 def _flows(db: str | None, flow_files: Sequence[str], since: timedelta | None) -> Any:
-    from flowtui.whatif.frames import FlowSourceError, read_flows
+    from flowtui.whatif.frames import FlowSourceError
+    from flowtui.whatif.sources import read_flows
 
     sources = _sources(db, flow_files)
     try:
@@ -94,11 +96,13 @@ def _progress(enabled: bool | None) -> Iterator[Any]:
 def flow_options(func: click.decorators.FC) -> click.decorators.FC:
     """--db, --flows, --since, --current, --state-dir, --progress."""
     options = [
-        click.option("--db", type=click.Path(dir_okay=False), default=None,
-                     help=f"DuckDB flow store to read recorded flows from [default: {DEFAULT_DB}]."),
+        click.option("--db", type=click.Path(), default=None,
+                     help="Flow store to read recorded flows from: a DuckDB file, or a flow-store Parquet export "
+                          f"directory like sample-logs/ [default: {DEFAULT_DB}]."),
         click.option("--flows", "flow_files", multiple=True, type=click.Path(), metavar="PATH",
-                     help="Recorded flows from a file instead: Parquet (file, glob or directory), Hubble JSON "
-                          "export, pcap/pcapng capture, or another flow store. Repeatable."),
+                     help="Recorded flows from files instead, told apart by content: a flow store (DuckDB or "
+                          "Parquet export directory), Parquet (file, glob or directory), Hubble JSON, Calico flow "
+                          "logs (flows.log, Goldmane, whisker), pcap/pcapng. Repeatable."),
         click.option("--since", metavar="DURATION", help="Only flows seen within this long (30m, 24h, 7d)."),
         click.option("--current", multiple=True, type=click.Path(allow_dash=True), metavar="PATH",
                      help="The current policy set and cluster from files instead of the datastore. Repeatable."),
@@ -159,8 +163,10 @@ def whatif(
     """
     from flowtui.whatif.edits import EditError, apply_edits, describe_changes, parse_deletion
     from flowtui.whatif.engine import compare
-    from flowtui.whatif.frames import FlowSourceError, read_flows
+    from flowtui.whatif.frames import FlowSourceError
+    from flowtui.whatif.recorded import with_recorded_pods
     from flowtui.whatif.report import build_report, render_table
+    from flowtui.whatif.sources import read_flows
 
     window = _since(since)
     edits = None
@@ -176,16 +182,26 @@ def whatif(
     except EditError as err:
         fail(str(err), EXIT_INVALID)
     base = _current(current, state_dir, namespace)
-    try:
-        edited = apply_edits(base, edits, dels)
-    except EditError as err:
-        fail(str(err), EXIT_INVALID)
     sources = _sources(db, flow_files)
     with _progress(progress) as bar:
-        try:  # flows are read while the policy sets are resolved
-            cmp = compare(lambda: read_flows(sources, window), base, edited, pending=pending, full=full, progress=bar)
+        if bar is not None:
+            bar.phase("reading flows")
+        try:
+            frame = read_flows(sources, window)
         except FlowSourceError as err:
             fail(str(err), EXIT_INVALID)
+        if frame.height == 0 and window is None:
+            fail(f"no flows in {', '.join(sources)}: nothing to replay", EXIT_NO_FLOWS)
+        # imported flows name their pods: decide them as those pods when the current set does not know them
+        base, recorded = with_recorded_pods(base, frame)
+        if recorded:
+            click.echo(f"note: {recorded:,} pods the current set does not have were taken from the flows' "
+                       "recorded endpoints", err=True)
+        try:
+            edited = apply_edits(base, edits, dels)
+        except EditError as err:
+            fail(str(err), EXIT_INVALID)
+        cmp = compare(frame, base, edited, pending=pending, full=full, progress=bar)
         if bar is not None:
             bar.phase("grouping changed flows")
         report = build_report(cmp, limit=limit, examples=examples, edits=describe_changes(base, edited))
@@ -224,12 +240,17 @@ def propose(namespace: str, db: str | None, flow_files: Sequence[str], since: st
       flowtui whatif -f shop-policy.yaml --since 7d
     """
     from flowtui.whatif.propose import propose as make_proposal
+    from flowtui.whatif.recorded import with_recorded_pods
 
     window = _since(since)
     res = _current(current, state_dir)  # the whole cluster: -n names the proposal's namespace only
+    frame = _flows(db, flow_files, window)
+    res, recorded = with_recorded_pods(res, frame)  # imported flows name their pods
+    if recorded:
+        click.echo(f"note: {recorded:,} pods the current set does not have were taken from the flows' "
+                   "recorded endpoints", err=True)
     if namespace not in {p.namespace for p in res.pods} | {ns.name for ns in res.namespaces}:
         fail(f"namespace {namespace!r} has no pods in the current set", EXIT_INVALID)
-    frame = _flows(db, flow_files, window)
     with _progress(progress) as bar:
         if bar is not None:
             bar.phase(f"proposing policy for {namespace} from {frame.height:,} flows")
@@ -274,6 +295,12 @@ def import_pcap(capture: str, out: str | None, current: Sequence[str], state_dir
     the answer), with the packets and bytes of both directions. Addresses are attributed to the
     pods, nodes and outside hosts of the current set (when there is one).
 
+    Reads pcap and pcapng with any link type scapy decodes (Ethernet, Linux SLL/SLL2, raw
+    IPv4/IPv6, BSD loopback) and NFLOG, through VLAN and QinQ tags; VXLAN, Geneve and IP-in-IP
+    packets give the inner (pod) flow with the outer (node) addresses in outer_src_ip and
+    outer_dst_ip. Packets with no IP flow are counted by reason on stderr. A capture with no IP
+    flow (empty, or only ARP) exits 1 and says why.
+
     \b
     Example:
       flowtui import pcap lab.pcap -w lab-flows.parquet
@@ -282,15 +309,21 @@ def import_pcap(capture: str, out: str | None, current: Sequence[str], state_dir
     from enforcer.resolve import ClusterState
     from flowtui.whatif.edits import EditError, current_resources
     from flowtui.whatif.frames import FlowSourceError
-    from flowtui.whatif.pcap import attribute, read_pcap
+    from flowtui.whatif.pcap import attribute, read_capture
 
     with _progress(progress) as bar:
         if bar is not None:
             bar.phase(f"reading {capture}")
         try:
-            frame = read_pcap(capture, bar.advance if bar is not None else None)
+            frame, stats = read_capture(capture, bar.advance if bar is not None else None)
         except FlowSourceError as err:
             fail(str(err), EXIT_INVALID)
+    for problem in stats.problems:
+        click.echo(f"warning: {problem}", err=True)
+    click.echo(f"{capture}: {stats.summary()}", err=True)
+    if frame.height == 0:
+        fail(f"{capture}: no flows: " + ("the capture holds no packets" if not stats.packets
+                                         else "none of its packets is an IP packet"), EXIT_NO_FLOWS)
     res: ResourceSet | None = None
     try:
         res = current_resources(list(current), state_dir)
@@ -314,6 +347,8 @@ def import_pcap(capture: str, out: str | None, current: Sequence[str], state_dir
                    for row in shown.iter_rows(named=True)])
         return
     cols = ["time", "proto", "src_ip", "src_port", "dst_ip", "dst_port", "icmp_type", "packets", "bytes"]
+    if frame["outer_src_ip"].is_not_null().any():
+        cols += ["outer_src_ip", "outer_dst_ip"]
     cols += [c for c in ("src_endpoint", "dst_endpoint") if c in frame.columns]
     rows = [["" if v is None else str(v) for v in r] for r in shown.select(cols).iter_rows()]
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]

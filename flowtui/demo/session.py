@@ -20,11 +20,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from enforcer.datastore import HOME_ENV, Datastore
+from flowtui.demo.summary import DemoSummary, summarize
 
 log = logging.getLogger(__name__)
 DEMO_LAB = "demo"
@@ -54,30 +55,6 @@ class DemoOptions:
     scale: float = 1.0
     bucket_seconds: float = 1.0
     keep_state: bool = False
-
-
-@dataclass
-class DemoSummary:
-    """What `flowtui demo --headless` prints."""
-
-    seconds: float
-    lab_id: str
-    state_dir: str
-    db: str
-    flows: list[dict[str, Any]] = field(default_factory=list)  # by verdict and policy
-    verdicts: dict[str, int] = field(default_factory=dict)
-    lost: dict[str, int] = field(default_factory=dict)
-    stats: dict[str, int] = field(default_factory=dict)
-    traffic: dict[str, dict[str, int]] = field(default_factory=dict)
-    traffic_errors: list[str] = field(default_factory=list)
-    sampled: list[dict[str, Any]] = field(default_factory=list)  # rate-limited rules: counted vs logged
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "seconds": round(self.seconds, 2), "lab": self.lab_id, "state_dir": self.state_dir, "db": self.db,
-            "verdicts": self.verdicts, "flows": self.flows, "lost": self.lost, "stats": self.stats,
-            "sampled": self.sampled, "traffic": self.traffic, "traffic_errors": self.traffic_errors,
-        }
 
 
 class DemoSession:
@@ -254,8 +231,6 @@ class DemoSession:
             self.source.close()
         if self._collector_error is not None:
             raise RuntimeError(f"the collector failed: {self._collector_error}") from self._collector_error
-        from flowtui.demo.summary import summarize
-
         summary = summarize(self.db, self._collector_summary or {}, seconds=time.monotonic() - self._started,
                             lab_id=self.lab_id, state_dir=str(self.state_dir))
         if self.traffic is not None:

@@ -3,6 +3,7 @@ and the recording exported as files `flowtui tui --logs DIR` replays (e.g. `samp
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,6 @@ from flowtui.store import schema
 
 if TYPE_CHECKING:
     from enforcer.datastore import Datastore
-    from flowtui.demo.session import DemoSummary
 
 CAUSES = (
     "kernel_ratelimit",
@@ -23,6 +23,30 @@ CAUSES = (
     "store_error",
     "collector_down",
 )
+
+@dataclass
+class DemoSummary:
+    """What `flowtui demo --headless` prints."""
+
+    seconds: float
+    lab_id: str
+    state_dir: str
+    db: str
+    flows: list[dict[str, Any]] = field(default_factory=list)  # by verdict and policy
+    verdicts: dict[str, int] = field(default_factory=dict)
+    lost: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=dict)
+    traffic: dict[str, dict[str, int]] = field(default_factory=dict)
+    traffic_errors: list[str] = field(default_factory=list)
+    sampled: list[dict[str, Any]] = field(default_factory=list)  # rate-limited rules: counted vs logged
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seconds": round(self.seconds, 2), "lab": self.lab_id, "state_dir": self.state_dir, "db": self.db,
+            "verdicts": self.verdicts, "flows": self.flows, "lost": self.lost, "stats": self.stats,
+            "sampled": self.sampled, "traffic": self.traffic, "traffic_errors": self.traffic_errors,
+        }
+
 
 # Per verdict and deciding rule: the events logged, the distinct flows (5-tuples), the packets.
 BY_POLICY_SQL = """
@@ -64,8 +88,6 @@ def who(row: dict[str, Any]) -> str:
 
 
 def summarize(db: Path, collector: dict[str, Any], *, seconds: float, lab_id: str, state_dir: str) -> DemoSummary:
-    from flowtui.demo.session import DemoSummary
-
     con = duckdb.connect(str(db), read_only=True)
     try:
         cur = con.execute(BY_POLICY_SQL)

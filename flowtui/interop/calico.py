@@ -9,7 +9,8 @@ store, per flow bucket:
    action is the Allow/Deny row's, its *enforced trace* the Pass and Log rules that fired
    (in rule-id order: the compiler allocates ids in evaluation order) followed by the deciding
    rule; counts come from the Allow/Deny rows only. Buckets with only Pass/Log rows have no
-   verdict and are left out; the pending trace is empty (the store keeps no staged verdicts).
+   verdict and are left out. The pending trace is the bucket's `Log` rows of non-Log rules: how
+   `flowtui import calico` keeps staged verdicts (the collector records none).
 2. Endpoints are named like Calico's: pods as WorkloadEndpoint `<pod>` in their namespace, host
    endpoints and nodes as HostEndpoint `<node>` in `-`, network sets as NetworkSet, anything else
    as Network `pvt` (RFC 1918, or IPv6 unique local fc00::/7, as Felix decides) or `pub`. Pods keep their own names
@@ -25,14 +26,14 @@ does not report, are `KindUnspecified` in tier `__DEFAULT__` / `__FAILSAFE__`.
 Two encodings (`style`): **whisker** (whisker-backend's `FlowResponse`: RFC 3339 times, enum
 names as strings, labels joined with " | ") and **goldmane** (Goldmane's NDJSON sink: the proto
 `Flow` through Go's encoding/json: a nested `key`, unix-second times, enums as integers, labels
-as lists). `read_records` parses either back.
+as lists). `flowtui.interop.calico_logs` parses either back (and Calico Enterprise's flows.log).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -64,16 +65,18 @@ WITH decisions AS (
          any_value(f.action) FILTER (WHERE f.action IN ('Allow', 'Deny')) AS action,
          any_value(f.rule_id) FILTER (WHERE f.action IN ('Allow', 'Deny')) AS final_rule,
          list(DISTINCT f.rule_id) FILTER (WHERE f.action = 'Pass') AS steps,
+         list(DISTINCT f.rule_id) FILTER (WHERE f.action = 'Log' AND r.action <> 'Log') AS pending,
          coalesce(sum(f.packets) FILTER (WHERE f.action IN ('Allow', 'Deny')), 0) AS packets,
          coalesce(sum(f.bytes) FILTER (WHERE f.action IN ('Allow', 'Deny')), 0) AS bytes,
          coalesce(sum(f.reply_packets) FILTER (WHERE f.action IN ('Allow', 'Deny')), 0) AS reply_packets,
          coalesce(sum(f.reply_bytes) FILTER (WHERE f.action IN ('Allow', 'Deny')), 0) AS reply_bytes,
          coalesce(sum(f.connections_started) FILTER (WHERE f.action IN ('Allow', 'Deny')), 0) AS started,
          coalesce(sum(f.connections_completed) FILTER (WHERE f.action IN ('Allow', 'Deny')), 0) AS completed,
-         any_value(f.src_ep) AS src_ep, any_value(f.dst_ep) AS dst_ep
+         f.src_ep, f.dst_ep
   FROM flows f JOIN rules r ON r.id = f.rule_id
   WHERE r.direction IN ('ingress', 'egress') AND {where}
-  GROUP BY f.start_time, f.end_time, f.source_id, r.direction, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport
+  GROUP BY f.start_time, f.end_time, f.source_id, r.direction, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport,
+           f.src_ep, f.dst_ep
   HAVING count(*) FILTER (WHERE f.action IN ('Allow', 'Deny')) > 0
 ),
 named AS (
@@ -102,11 +105,12 @@ SELECT start_time, end_time, action, src_type, src_namespace, src_name, any_valu
        dst_type, dst_namespace, dst_name, any_value(dst_labels) AS dst_labels, proto, coalesce(dport, 0) AS dport,
        CASE direction WHEN 'ingress' THEN 'Dst' ELSE 'Src' END AS reporter,
        list_concat(list_sort(coalesce(steps, []::INTEGER[])), [final_rule]) AS trace,
+       list_sort(coalesce(pending, []::INTEGER[])) AS pending,
        sum(packets) AS packets, sum(bytes) AS bytes, sum(reply_packets) AS reply_packets,
        sum(reply_bytes) AS reply_bytes, sum(started) AS started, sum(completed) AS completed
 FROM named
 GROUP BY start_time, end_time, action, src_type, src_namespace, src_name, dst_type, dst_namespace, dst_name, proto,
-         dport, direction, trace
+         dport, direction, trace, pending
 ORDER BY start_time, src_namespace, src_name, dst_namespace, dst_name, dport, reporter
 """
 
@@ -173,7 +177,8 @@ def flow_records(con: duckdb.DuckDBPyConnection, window: Window = EVERYTHING, st
           SELECT f.src_ip AS ip FROM flows f LEFT JOIN endpoints e ON e.id = f.src_ep
           WHERE e.type IS NULL OR e.type IN ('external', 'net')
           UNION SELECT f.dst_ip FROM flows f LEFT JOIN endpoints e ON e.id = f.dst_ep
-          WHERE e.type IS NULL OR e.type IN ('external', 'net'))""").fetchall()
+          WHERE e.type IS NULL OR e.type IN ('external', 'net'))
+        WHERE ip IS NOT NULL""").fetchall()
     ip_class = pa.table({"ip": [r[0] for r in ips], "net": [net_name(r[0]) for r in ips]},
                         schema=pa.schema([("ip", pa.string()), ("net", pa.string())]))
     rules = _rules(con)
@@ -189,8 +194,9 @@ def flow_records(con: duckdb.DuckDBPyConnection, window: Window = EVERYTHING, st
 
 def _record(row: tuple[Any, ...], rules: dict[int, tuple[Any, ...]], style: str) -> dict[str, Any]:
     (start, end, action, src_type, src_ns, src_name, src_labels, dst_type, dst_ns, dst_name, dst_labels, proto,
-     dport, reporter, trace, packets, bytes_, reply_packets, reply_bytes, started, completed) = row
+     dport, reporter, trace, pending, packets, bytes_, reply_packets, reply_bytes, started, completed) = row
     hits = [_hit(rules.get(rule_id), i) for i, rule_id in enumerate(trace)]
+    pending_hits = [_hit(rules.get(rule_id), i) for i, rule_id in enumerate(pending)]
     dst_side = reporter == "Dst"
     counts = {
         "packets_in": int(packets if dst_side else reply_packets),
@@ -206,7 +212,7 @@ def _record(row: tuple[Any, ...], rules: dict[int, tuple[Any, ...]], style: str)
             "source_labels": " | ".join(src_labels or []),
             "dest_name": dst_name or "", "dest_namespace": dst_ns or "", "dest_labels": " | ".join(dst_labels or []),
             "protocol": protocol, "dest_port": int(dport), "reporter": reporter,
-            "policies": {"enforced": hits, "pending": []},
+            "policies": {"enforced": hits, "pending": pending_hits},
             **counts,
         }
     return {
@@ -217,7 +223,8 @@ def _record(row: tuple[Any, ...], rules: dict[int, tuple[Any, ...]], style: str)
             "dest_port": int(dport), "dest_service_name": "", "dest_service_namespace": "",
             "dest_service_port_name": "", "dest_service_port": 0,
             "proto": protocol, "reporter": REPORTER_ENUM[reporter], "action": ACTION_ENUM[action],
-            "policies": {"enforced_policies": [_goldmane_hit(h) for h in hits], "pending_policies": []},
+            "policies": {"enforced_policies": [_goldmane_hit(h) for h in hits],
+                         "pending_policies": [_goldmane_hit(h) for h in pending_hits]},
         },
         "start_time": _unix(start), "end_time": _unix(end),
         "source_labels": list(src_labels or []), "dest_labels": list(dst_labels or []),
@@ -236,63 +243,3 @@ def write_records(con: duckdb.DuckDBPyConnection, out: IO[str], window: Window =
         out.write("\n")
         n += 1
     return n
-
-
-_ACTION_NAME = {v: k for k, v in ACTION_ENUM.items()}
-_REPORTER_NAME = {v: k for k, v in REPORTER_ENUM.items()}
-_KIND_NAME = {v: k for k, v in KIND_ENUM.items()}
-
-
-def read_records(lines: Iterable[str]) -> list[dict[str, Any]]:
-    """Parse Whisker or Goldmane flow records into one flat shape (Whisker's names, lists for labels,
-    UTC datetimes, enum names, `enforced`/`pending` hit lists)."""
-    out = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"line {number}: not JSON: {exc.msg}") from exc
-        if "key" in doc:  # Goldmane
-            key = doc["key"]
-            hits = key.get("policies") or {}
-
-            def named(hit: dict[str, Any] | None) -> dict[str, Any] | None:
-                if hit is None:
-                    return None
-                return dict(hit, kind=_KIND_NAME.get(hit.get("kind", 0), "KindUnspecified"),
-                            action=_ACTION_NAME.get(hit.get("action", 0), ""), trigger=named(hit.get("trigger")))
-
-            out.append({
-                "start_time": datetime.fromtimestamp(doc["start_time"], UTC).replace(tzinfo=None),
-                "end_time": datetime.fromtimestamp(doc["end_time"], UTC).replace(tzinfo=None),
-                "action": _ACTION_NAME.get(key.get("action", 0), ""),
-                "source_name": key.get("source_name", ""), "source_namespace": key.get("source_namespace", ""),
-                "source_labels": list(doc.get("source_labels") or []),
-                "dest_name": key.get("dest_name", ""), "dest_namespace": key.get("dest_namespace", ""),
-                "dest_labels": list(doc.get("dest_labels") or []),
-                "protocol": key.get("proto", ""), "dest_port": int(key.get("dest_port", 0)),
-                "reporter": _REPORTER_NAME.get(key.get("reporter", 0), ""),
-                "enforced": [named(h) for h in hits.get("enforced_policies") or []],
-                "pending": [named(h) for h in hits.get("pending_policies") or []],
-                **{k: int(doc.get(k, 0)) for k in ("packets_in", "packets_out", "bytes_in", "bytes_out")},
-            })
-        else:  # Whisker
-            policies = doc.get("policies") or {}
-            out.append({
-                "start_time": datetime.fromisoformat(doc["start_time"].replace("Z", "+00:00"))
-                .astimezone(UTC).replace(tzinfo=None),
-                "end_time": datetime.fromisoformat(doc["end_time"].replace("Z", "+00:00"))
-                .astimezone(UTC).replace(tzinfo=None),
-                "action": doc.get("action", ""),
-                "source_name": doc.get("source_name", ""), "source_namespace": doc.get("source_namespace", ""),
-                "source_labels": [s for s in (doc.get("source_labels") or "").split(" | ") if s],
-                "dest_name": doc.get("dest_name", ""), "dest_namespace": doc.get("dest_namespace", ""),
-                "dest_labels": [s for s in (doc.get("dest_labels") or "").split(" | ") if s],
-                "protocol": doc.get("protocol", ""), "dest_port": int(doc.get("dest_port", 0)),
-                "reporter": doc.get("reporter", ""),
-                "enforced": list(policies.get("enforced") or []), "pending": list(policies.get("pending") or []),
-                **{k: int(doc.get(k, 0)) for k in ("packets_in", "packets_out", "bytes_in", "bytes_out")},
-            })
-    return out

@@ -23,37 +23,48 @@ as extra labels with the source `flowtui:` (`flowtui:tier=default`, `flowtui:rul
 imports into the same flows. Pass and Log rows are intermediate steps with no Hubble verdict and
 are not exported; conntrack rows (counts only) neither.
 
-**In** (`import_hubble`, `flowtui import hubble FILE`): Hubble JSON from Cilium (or from the
-export above) into a flow store, through the store's writer. Kept: policy-verdict events,
-drops, and events that name a policy; when a file has none of those (a plain trace capture),
-forwarded connection openings (no replies, TCP only SYN without ACK) instead. Skipped, and
-counted: replies, L7 records, errors, other trace points. Hubble `lost_events` are recorded in
-the `loss` table (cause `hubble_lost_events`). Each kept event becomes an `events` row and is
-aggregated into `flows` per time bucket like the collector does (`count_source` = `hubble`, one
-packet per event, no byte counts). Policies become `rules` rows (an existing identical rule is
-reused; Cilium gives no rule index, so `rule` is NULL), endpoints become one new `endpoints`
-revision, nodes become `sources` of one new run.
+**In** (`parse_lines`; `flowtui import hubble FILE`, `whatif --flows FILE`): Hubble JSON from
+Cilium (or from the export above) into observations (`flowtui.interop.observed`), which the
+import writes into a store and what-if reads as flows. Kept: policy-verdict events, drops,
+flows redirected to the proxy (`REDIRECTED`: attributed to a `ProxyRedirect` rule named after
+`policy_match_type`, never to "no policy"), L7 requests (HTTP, DNS, Kafka: they carry IP and L4;
+their summary such as `http GET http://x/metrics` is kept as the observation's `l7`) and events
+that name a policy; when a file has none of those (a plain trace capture), forwarded connection
+openings (no replies, TCP only SYN without ACK) instead. Skipped, and counted: replies (L7
+responses too), other trace points, flows without addresses or L4. Lines that cannot be read are
+problems with their line number; the rest go on. Hubble `lost_events` are recorded in the `loss`
+table (cause `hubble_lost_events`). Endpoints keep their pod labels, their namespace's labels
+(`pcns.<key>`, as Calico names them) and service account (`projectcalico.org/serviceaccount`).
+Each kept event is aggregated into `flows` per time bucket like the collector does
+(`count_source` = `hubble`, one packet per event, no byte counts). Policies become `rules` rows
+(an existing identical rule is reused; Cilium gives no rule index, so `rule` is NULL).
+Dataplane defaults, failsafes and proxy redirects are no policy: the export names none for them.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 import zlib
-from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
 import duckdb
-import pyarrow as pa
 
-from enforcer.ruleids import RuleRef
-from flowtui.collector.attribution import policy_hit
 from flowtui.interop.calico import net_name
+from flowtui.interop.observed import (
+    IMPLICIT,
+    EndpointKey,
+    ImportResult,
+    Observation,
+    Parsed,
+    RuleKey,
+    digest,
+    write_import,
+)
 from flowtui.interop.window import EVERYTHING, Window
-from flowtui.store import schema
 
 POLICY_VERDICT_EVENT = 5  # Cilium monitor MessageTypePolicyVerdict
 DROP_EVENT = 1
@@ -63,7 +74,6 @@ ACTION = {"FORWARDED": "Allow", "REDIRECTED": "Allow", "TRANSLATED": "Allow", "T
 L4 = {6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMPv4", 58: "ICMPv6"}
 L4_PROTO = {v: k for k, v in L4.items()}
 TCP_FLAGS = (("FIN", 1), ("SYN", 2), ("RST", 4), ("PSH", 8), ("ACK", 16), ("URG", 32), ("ECE", 64), ("CWR", 128))
-IMPLICIT = ("EndOfTier", "NoProfileMatch", "Default")
 HUBBLE_KIND = {
     "GlobalNetworkPolicy": "GlobalNetworkPolicy",
     "NetworkPolicy": "CalicoNetworkPolicy",
@@ -73,11 +83,20 @@ HUBBLE_KIND = {
     "StagedKubernetesNetworkPolicy": "StagedKubernetesNetworkPolicy",
 }
 FROM_HUBBLE_KIND = {v: k for k, v in HUBBLE_KIND.items()}
-CILIUM_SHORT = {"CiliumNetworkPolicy": "cnp", "CiliumClusterwideNetworkPolicy": "ccnp"}
 RESERVED_IDENTITY = {"host": 1, "world": 2, "remote-node": 6}
 LABEL_SOURCES = ("k8s", "container", "any", "unspec", "cni", "kvstore", "cilium-generated")
 DROPPED_LABELS = ("io.kubernetes.pod.namespace=", "io.cilium.k8s.")
+# Cilium's namespace labels and service account, kept as Calico names them on its endpoints
+CILIUM_NS_LABEL = "io.cilium.k8s.namespace.labels."
+CILIUM_SA_LABEL = "io.cilium.k8s.policy.serviceaccount="
+NS_LABEL = "pcns."  # Calico: a namespace's labels on its pods' profile
+SA_LABEL = "projectcalico.org/serviceaccount="
 NO_ENDPOINT = "none"
+# Rules no policy wrote: exported without `*_allowed_by` / `*_denied_by` (Hubble would name a policy)
+NOT_A_POLICY = ("Default", "Failsafe", "ProxyRedirect")
+# Cilium's monitor API: what part of a policy matched (flow.policy_match_type)
+POLICY_MATCH = {0: "none", 1: "L3-only", 2: "L3-L4", 3: "L4-only", 4: "all"}
+DNS_RCODE = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 _UUID_NS = uuid.UUID("7f1f6c1e-57a1-4c1b-9d8e-2f0e2a3c4b5d")
 
 
@@ -111,13 +130,23 @@ def _time(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _cilium_label(label: str) -> str:
+    """Namespace labels and the service account as Cilium writes them (the reverse of `_clean_labels`)."""
+    if label.startswith(NS_LABEL):
+        return CILIUM_NS_LABEL + label[len(NS_LABEL):]
+    if label.startswith(SA_LABEL):
+        return CILIUM_SA_LABEL + label[len(SA_LABEL):]
+    return label
+
+
 def _hubble_endpoint(ep: tuple[Any, ...], ip: str, reporting_node: str | None) -> dict[str, Any]:
     ep_id, kind, namespace, name, node, labels, addresses = ep
     labels = list(labels or [])
     if ep_id is None:
         return {"identity": RESERVED_IDENTITY["world"], "labels": ["reserved:world", f"flowtui:type={NO_ENDPOINT}"]}
     if kind == "wep":
-        out_labels = [f"k8s:{label}" for label in labels] + [f"k8s:io.kubernetes.pod.namespace={namespace}"]
+        out_labels = [f"k8s:{_cilium_label(label)}" for label in labels] + [
+            f"k8s:io.kubernetes.pod.namespace={namespace}"]
         identity = 256 + zlib.crc32("\0".join([namespace or "", *labels]).encode()) % 65000
         return {"ID": int(ep_id), "identity": identity, "namespace": namespace, "labels": out_labels,
                 "pod_name": name}
@@ -208,7 +237,12 @@ def _row_objects(row: tuple[Any, ...]) -> Iterator[dict[str, Any]]:
         flow["traffic_direction"] = direction.upper()
     if action == "Deny":
         flow["drop_reason_desc"] = "POLICY_DENIED" if kind is None or kind in IMPLICIT else "POLICY_DENY"
-    if kind is not None and direction in ("ingress", "egress"):
+    if kind == "ProxyRedirect":
+        flow["verdict"] = "REDIRECTED"
+        match = {v: k for k, v in POLICY_MATCH.items()}.get((pol_name or "").removeprefix("policy-match:"))
+        if match:
+            flow["policy_match_type"] = match
+    elif kind is not None and kind not in NOT_A_POLICY and direction in ("ingress", "egress"):
         verb = "allowed" if action == "Allow" else "denied"
         flow[f"{direction}_{verb}_by"] = [
             _hubble_policy(kind, pol_ns, pol_name, tier, revision, rule, action, trigger_kind)]
@@ -235,61 +269,6 @@ def write_hubble(con: duckdb.DuckDBPyConnection, out: IO[str], window: Window = 
 
 # ------------------------------------------------------------------------------------------------
 # In: Hubble JSON -> store
-
-
-@dataclass(frozen=True)
-class RuleKey:
-    kind: str
-    namespace: str | None
-    name: str
-    tier: str | None
-    revision: int
-    direction: str
-    rule: int | None
-    action: str
-    trigger_kind: str | None
-
-
-@dataclass(frozen=True)
-class EndpointKey:
-    type: str
-    namespace: str | None
-    name: str
-    labels: tuple[str, ...]
-
-
-@dataclass
-class Observation:
-    time: datetime
-    node: str
-    action: str
-    proto: int
-    src_ip: str
-    dst_ip: str
-    sport: int | None
-    dport: int | None
-    icmp_type: int | None
-    icmp_code: int | None
-    tcp_flags: int | None
-    rule: RuleKey
-    src: EndpointKey | None
-    dst: EndpointKey | None
-    src_addresses: tuple[str, ...]
-    dst_addresses: tuple[str, ...]
-    decision: bool  # a policy verdict, a drop, or an event naming a policy
-    opening: bool  # not a reply; for TCP, SYN without ACK
-
-
-@dataclass
-class Parsed:
-    observations: list[Observation] = field(default_factory=list)
-    skipped: Counter[str] = field(default_factory=Counter)
-    lost: dict[str, int] = field(default_factory=dict)  # node ('' = unknown) -> events Hubble lost
-    lines: int = 0
-
-
-class HubbleFormatError(ValueError):
-    """A line that is not JSON (with its line number)."""
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -319,7 +298,8 @@ def _flowtui_labels(labels: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def _clean_labels(labels: Iterable[str]) -> tuple[str, ...]:
+@functools.lru_cache(maxsize=65536)  # a capture repeats the label sets of its few identities
+def _clean_labels(labels: tuple[str, ...]) -> tuple[str, ...]:
     out = []
     for label in labels:
         source, sep, rest = label.partition(":")
@@ -327,7 +307,11 @@ def _clean_labels(labels: Iterable[str]) -> tuple[str, ...]:
             continue
         if sep and source in LABEL_SOURCES:
             label = rest
-        if label.startswith(DROPPED_LABELS):
+        if label.startswith(CILIUM_NS_LABEL):
+            label = NS_LABEL + label[len(CILIUM_NS_LABEL):]
+        elif label.startswith(CILIUM_SA_LABEL):
+            label = SA_LABEL + label[len(CILIUM_SA_LABEL):]
+        elif label.startswith(DROPPED_LABELS):
             continue
         if label not in out:
             out.append(label)
@@ -336,7 +320,7 @@ def _clean_labels(labels: Iterable[str]) -> tuple[str, ...]:
 
 def _endpoint(doc: Any, ip: str, node: str) -> tuple[EndpointKey | None, tuple[str, ...]]:
     doc = doc if isinstance(doc, dict) else {}
-    labels = [str(x) for x in doc.get("labels") or []]
+    labels = tuple(str(x) for x in doc.get("labels") or [])
     extra = _flowtui_labels(labels)
     namespace = doc.get("namespace") or None
     clean = _clean_labels(labels)
@@ -367,6 +351,9 @@ def _rule(flow: dict[str, Any], action: str, direction: str, verdict: str) -> Ru
     if not policies and verdict == "AUDIT":
         policies = flow.get(f"{direction}_denied_by") or []
     policy = policies[0] if policies and isinstance(policies[0], dict) else None
+    if policy is None and verdict == "REDIRECTED":  # a policy matched and sent it to the proxy
+        match = POLICY_MATCH.get(int(flow.get("policy_match_type") or 0), str(flow.get("policy_match_type")))
+        return RuleKey("ProxyRedirect", None, f"policy-match:{match}", None, 0, direction, -1, action, None)
     if policy is None:
         reason = str(flow.get("drop_reason_desc") or "POLICY_DENIED")
         name = "no-policy" if action == "Allow" else reason
@@ -391,43 +378,78 @@ def _rule(flow: dict[str, Any], action: str, direction: str, verdict: str) -> Ru
                    revision, direction, rule, extra.get("action") or action, extra.get("trigger-kind"))
 
 
-def parse_line(doc: dict[str, Any], parsed: Parsed) -> None:
-    """One JSON object of `hubble observe -o json` output, into `parsed` (kept or counted as skipped)."""
+def _bounded(body: dict[str, Any], name: str, top: int) -> int:
+    value = body.get(name) or 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+        raise ValueError(f"{name}: {value!r} is not a number from 0 to {top}")
+    return value
+
+
+def _l7_summary(l7: dict[str, Any]) -> str:
+    """`GET http://x/metrics 200`, `dns www.example.com. A NOERROR`, `kafka produce orders 0`."""
+    if isinstance(l7.get("http"), dict):
+        http = l7["http"]
+        parts = [str(http.get("method") or ""), str(http.get("url") or "")]
+        if http.get("code"):
+            parts.append(str(http["code"]))
+        return "http " + " ".join(p for p in parts if p)
+    if isinstance(l7.get("dns"), dict):
+        dns = l7["dns"]
+        qtypes = ",".join(str(q) for q in dns.get("qtypes") or [])
+        return " ".join(p for p in ("dns", str(dns.get("query") or ""), qtypes,
+                                     DNS_RCODE.get(int(dns.get("rcode") or 0), str(dns.get("rcode")))) if p)
+    if isinstance(l7.get("kafka"), dict):
+        kafka = l7["kafka"]
+        return " ".join(p for p in ("kafka", str(kafka.get("api_key") or ""), str(kafka.get("topic") or ""),
+                                     str(kafka.get("error_code") or 0)) if p)
+    return "l7"
+
+
+def parse_line(doc: dict[str, Any], parsed: Parsed, number: int = 0) -> None:
+    """One JSON object of `hubble observe -o json` output, into `parsed` (kept, counted as skipped,
+    or recorded as a problem with its line `number`)."""
     if "lost_events" in doc:
         lost = doc["lost_events"] or {}
         node = str(doc.get("node_name") or "")
-        parsed.lost[node] = parsed.lost.get(node, 0) + int(lost.get("num_events_lost") or 0)
+        count = lost.get("num_events_lost") or 0
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 2**63:
+            raise ValueError(f"num_events_lost: {count!r} is not a count")
+        parsed.lost[node] = parsed.lost.get(node, 0) + count
         return
     flow = doc.get("flow", doc if "IP" in doc else None)
     if not isinstance(flow, dict):
-        parsed.skipped["not_a_flow"] += 1
+        if any(k in doc for k in ("node_status", "debug_event", "agent_event")):
+            parsed.skipped["not_a_flow"] += 1
+        else:
+            parsed.problem(number, "not_a_flow", "no `flow` object (is this `hubble observe -o json` output?)")
         return
     ip = flow.get("IP") or {}
-    if flow.get("Type") == "L7" or flow.get("l7") or not ip.get("source") or not ip.get("destination"):
-        parsed.skipped["l7_or_no_ip"] += 1
+    if not isinstance(ip, dict) or not ip.get("source") or not ip.get("destination"):
+        parsed.skipped["no_ip"] += 1  # e.g. L7 records of a proxy that saw no addresses, or non-IP traces
         return
+    l7 = flow.get("l7") if isinstance(flow.get("l7"), dict) else None
     verdict = str(flow.get("verdict") or "")
     action = ACTION.get(verdict)
     if action is None:
         parsed.skipped[f"verdict_{verdict.lower() or 'unknown'}"] += 1
         return
-    if flow.get("is_reply") is True or flow.get("reply") is True:
+    if flow.get("is_reply") is True or flow.get("reply") is True or (l7 or {}).get("type") == "RESPONSE":
         parsed.skipped["reply"] += 1
         return
     when = _parse_time(flow.get("time") or doc.get("time"))
-    if when is None:
-        parsed.skipped["no_time"] += 1
+    if when is None and (flow.get("time") or doc.get("time")):
+        parsed.problem(number, "no_time", f"flow time {flow.get('time') or doc.get('time')!r} is not RFC 3339")
         return
     l4 = flow.get("l4") or {}
     proto, sport, dport, icmp_type, icmp_code, flags = None, None, None, None, None, None
-    for layer, number in L4_PROTO.items():
+    for layer, number_ in L4_PROTO.items():
         body = l4.get(layer)
         if isinstance(body, dict):
-            proto = number
+            proto = number_
             if layer.startswith("ICMP"):
-                icmp_type, icmp_code = int(body.get("type") or 0), int(body.get("code") or 0)
+                icmp_type, icmp_code = _bounded(body, "type", 255), _bounded(body, "code", 255)
             else:
-                sport, dport = int(body.get("source_port") or 0), int(body.get("destination_port") or 0)
+                sport, dport = _bounded(body, "source_port", 65535), _bounded(body, "destination_port", 65535)
             if layer == "TCP" and isinstance(body.get("flags"), dict):
                 flags = sum(bit for name, bit in TCP_FLAGS if body["flags"].get(name))
             break
@@ -447,14 +469,18 @@ def parse_line(doc: dict[str, Any], parsed: Parsed) -> None:
         sport=sport, dport=dport, icmp_type=icmp_type, icmp_code=icmp_code, tcp_flags=flags,
         rule=_rule(flow, action, direction, verdict), src=src, dst=dst,
         src_addresses=src_addresses, dst_addresses=dst_addresses,
-        decision=event_type in (POLICY_VERDICT_EVENT, DROP_EVENT) or verdict in ("DROPPED", "AUDIT") or named,
-        opening=flags is None or flags & 0x12 == 0x02,
+        # a proxy's L7 request record is a decision too: the L7 policy allowed (or denied) it
+        decision=event_type in (POLICY_VERDICT_EVENT, DROP_EVENT) or verdict in ("DROPPED", "AUDIT", "REDIRECTED")
+        or named or l7 is not None,
+        opening=flags is None or flags & 0x12 == 0x02, line=number,
+        l7=_l7_summary(l7) if l7 is not None else None,
     ))
 
 
 def parse_lines(lines: Iterable[str], source: str = "<hubble>") -> Parsed:
-    """Parse Hubble JSON lines; then keep decisions, or openings when the file has no decisions."""
-    parsed = Parsed()
+    """Parse Hubble JSON lines; then keep decisions, or openings when the file has no decisions.
+    A line that cannot be read is recorded in `problems` with its number and the rest go on."""
+    parsed = Parsed("hubble")
     for number, line in enumerate(lines, 1):
         line = line.strip()
         if not line:
@@ -463,10 +489,18 @@ def parse_lines(lines: Iterable[str], source: str = "<hubble>") -> Parsed:
         try:
             doc = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise HubbleFormatError(f"{source}:{number}: not JSON: {exc.msg}") from exc
+            parsed.problem(number, "not_json", exc.msg)
+            continue
+        except RecursionError:
+            parsed.problem(number, "not_json", "nested too deeply")
+            continue
         if not isinstance(doc, dict):
-            raise HubbleFormatError(f"{source}:{number}: expected one JSON object per line")
-        parse_line(doc, parsed)
+            parsed.problem(number, "not_an_object", f"expected one JSON object per line, got {type(doc).__name__}")
+            continue
+        try:
+            parse_line(doc, parsed, number)
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError, OSError, RecursionError) as exc:
+            parsed.problem(number, "bad_field", f"{type(exc).__name__}: {exc}")
     observations = parsed.observations
     if any(o.decision for o in observations):
         parsed.skipped["trace_not_a_decision"] += sum(1 for o in observations if not o.decision)
@@ -477,154 +511,9 @@ def parse_lines(lines: Iterable[str], source: str = "<hubble>") -> Parsed:
     return parsed
 
 
-@dataclass
-class HubbleImport:
-    lines: int
-    events: int
-    flow_rows: int
-    run_id: int
-    nodes: list[str]
-    rules_added: int
-    endpoints_added: int
-    skipped: dict[str, int]
-    lost: int
-
-
-def _policy_string(key: RuleKey) -> str:
-    if key.kind in CILIUM_SHORT or key.rule is None:
-        short = CILIUM_SHORT.get(key.kind, key.kind.lower())
-        name = f"{key.namespace}/{key.name}" if key.namespace else key.name
-        rule = "-" if key.rule is None else str(key.rule)
-        return f"0|{key.tier or 'default'}|{short}:{name}|{key.action.lower()}|{rule}"
-    ref = RuleRef(0, key.kind, key.namespace, key.name, key.tier, key.revision, key.direction, key.rule,
-                  key.action, key.trigger_kind)
-    return policy_hit(ref)
-
-
 def import_hubble(store: Any, lines: Iterable[str], *, source: str = "<hubble>", bucket_seconds: float = 15.0,
-                  keep_events: bool = True) -> HubbleImport:
-    """Parse Hubble JSON and write it into `store` (a `flowtui.store.duckdb_store.DuckStore`)."""
-    parsed = parse_lines(lines, source)
-    obs = parsed.observations
-    run_id = store.begin_run({"import": "hubble", "source": source, "bucket": bucket_seconds})
-    nodes = sorted({o.node for o in obs} | {n for n in parsed.lost if n})
-    source_ids = {node: store.add_source(run_id, None, node, (), 0) for node in nodes}
-    # rules: reuse an identical row, else allocate
-    existing: dict[RuleKey, int] = {}
-    for row in store.query("SELECT id, kind, namespace, name, tier, revision, direction, rule, action, trigger_kind "
-                           "FROM rules"):
-        existing.setdefault(RuleKey(row[1], row[2], row[3], row[4], int(row[5] or 0), row[6], row[7], row[8],
-                                    row[9]), int(row[0]))
-    next_rule = store.next_id("rules", "id")
-    first_use: dict[RuleKey, datetime] = {}
-    for o in obs:
-        if o.rule not in first_use or o.time < first_use[o.rule]:
-            first_use[o.rule] = o.time
-    new_rules = []
-    rule_ids: dict[RuleKey, int] = {}
-    for key in sorted(first_use, key=lambda k: first_use[k]):
-        if key in existing:
-            rule_ids[key] = existing[key]
-            continue
-        rule_ids[key] = next_rule
-        new_rules.append({**vars(key), "id": next_rule, "prefix": None, "policy": _policy_string(key),
-                          "first_seen": first_use[key]})
-        next_rule += 1
-    store.insert_rows("rules", new_rules)
-    # endpoints: one new revision
-    revision = store.next_id("endpoints", "revision")
-    next_ep = store.next_id("endpoints", "id")
-    ep_ids: dict[EndpointKey, int] = {}
-    ep_rows: dict[int, dict[str, Any]] = {}
-    loaded_at = min((o.time for o in obs), default=None)
-    for o in obs:
-        for ep_key, addresses, local in ((o.src, o.src_addresses, o.rule.direction == "egress"),
-                                      (o.dst, o.dst_addresses, o.rule.direction == "ingress")):
-            if ep_key is None:
-                continue
-            if ep_key not in ep_ids:
-                ep_ids[ep_key] = next_ep
-                ep_rows[next_ep] = {"id": next_ep, "revision": revision, "type": ep_key.type,
-                                    "namespace": ep_key.namespace, "name": ep_key.name, "node": None,
-                                    "labels": list(ep_key.labels), "addresses": [], "loaded_at": loaded_at}
-                next_ep += 1
-            row = ep_rows[ep_ids[ep_key]]
-            for address in addresses:
-                if address not in row["addresses"]:
-                    row["addresses"].append(address)
-            if local and row["node"] is None and ep_key.type in ("wep", "node", "hep"):
-                row["node"] = ep_key.name if ep_key.type == "node" and ep_key.name != "remote-node" else o.node
-    store.insert_rows("endpoints", list(ep_rows.values()))
-    events = _events_table(obs, source_ids, rule_ids, ep_ids)
-    if keep_events:
-        store.insert("events", events)
-    flows = _aggregate(events, bucket_seconds)
-    store.insert("flows", flows)
-    now = max((o.time for o in obs), default=None) or datetime.now()
-    store.insert_rows("stats", [
-        {"time": now, "run_id": run_id, "source_id": source_ids[node], "name": "received",
-         "value": sum(1 for o in obs if o.node == node)} for node in nodes
-    ] + [
-        {"time": now, "run_id": run_id, "source_id": None, "name": f"hubble_skipped_{reason}", "value": n}
-        for reason, n in sorted(parsed.skipped.items())
-    ])
-    store.insert_rows("loss", [
-        {"time": now, "run_id": run_id, "source_id": source_ids.get(node), "cause": "hubble_lost_events",
-         "events": n, "detail": "Hubble LostEvent records in the imported file"}
-        for node, n in sorted(parsed.lost.items())
-    ])
-    store.end_run(run_id)
-    return HubbleImport(
-        lines=parsed.lines, events=len(obs), flow_rows=flows.num_rows, run_id=run_id, nodes=nodes,
-        rules_added=len(new_rules), endpoints_added=len(ep_rows),
-        skipped={k: v for k, v in parsed.skipped.items() if v},
-        lost=sum(parsed.lost.values()),
-    )
-
-
-def _events_table(obs: list[Observation], source_ids: dict[str, int], rule_ids: dict[RuleKey, int],
-                  ep_ids: dict[EndpointKey, int]) -> pa.Table:
-    n = len(obs)
-    cols: dict[str, list[Any]] = {
-        "time": [o.time for o in obs],
-        "source_id": [source_ids[o.node] for o in obs],
-        "action": [o.action for o in obs],
-        "rule_id": [rule_ids[o.rule] for o in obs],
-        "ip_version": [6 if ":" in o.src_ip else 4 for o in obs],
-        "proto": [o.proto for o in obs],
-        "src_ip": [o.src_ip for o in obs],
-        "dst_ip": [o.dst_ip for o in obs],
-        "sport": [o.sport for o in obs],
-        "dport": [o.dport for o in obs],
-        "icmp_type": [o.icmp_type for o in obs],
-        "icmp_code": [o.icmp_code for o in obs],
-        "tcp_flags": [o.tcp_flags for o in obs],
-        "src_ep": [ep_ids.get(o.src) if o.src else None for o in obs],
-        "dst_ep": [ep_ids.get(o.dst) if o.dst else None for o in obs],
-    }
-    arrays = [pa.array(cols[c.name], c.arrow) if c.name in cols else pa.nulls(n, c.arrow)
-              for c in schema.EVENTS.columns]
-    return pa.Table.from_arrays(arrays, schema=schema.EVENTS.arrow_schema)
-
-
-def _aggregate(events: pa.Table, bucket_seconds: float) -> pa.Table:
-    """Events into flow rows per bucket and key, like the collector (one packet per event)."""
-    con = duckdb.connect()
-    try:
-        con.register("observed", events)
-        micros = max(1, int(round(bucket_seconds * 1e6)))
-        result = con.sql(f"""
-            SELECT time_bucket(INTERVAL {micros} MICROSECONDS, time) AS start_time,
-                   time_bucket(INTERVAL {micros} MICROSECONDS, time) + INTERVAL {micros} MICROSECONDS AS end_time,
-                   source_id, action, rule_id, NULL::VARCHAR AS prefix, proto, src_ip, dst_ip, sport, dport,
-                   any_value(src_ep) AS src_ep, any_value(dst_ep) AS dst_ep, count(*) AS events, count(*) AS packets,
-                   NULL::BIGINT AS bytes, 0::BIGINT AS reply_packets, 0::BIGINT AS reply_bytes,
-                   CASE WHEN action = 'Allow' THEN count(*) ELSE 0 END AS connections_started,
-                   0::BIGINT AS connections_completed, bit_or(tcp_flags) AS tcp_flags,
-                   min(time) AS first_seen, max(time) AS last_seen, 'hubble' AS count_source
-            FROM observed
-            GROUP BY 1, 2, source_id, action, rule_id, proto, src_ip, dst_ip, sport, dport
-            ORDER BY 1, source_id""").to_arrow_table()
-    finally:
-        con.close()
-    return result.cast(schema.FLOWS.arrow_schema)
+                  keep_events: bool = True) -> ImportResult:
+    """Parse Hubble JSON lines and write them into `store` (a `flowtui.store.duckdb_store.DuckStore`)."""
+    text = list(lines)
+    return write_import(store, parse_lines(text, source), source=source, sha256=digest("".join(text).encode()),
+                        bucket_seconds=bucket_seconds, keep_events=keep_events)

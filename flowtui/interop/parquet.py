@@ -93,6 +93,29 @@ def is_parquet_dir(path: Path) -> bool:
     return path.is_dir() and (table_source(path, "flows") is not None or table_source(path, "rules") is not None)
 
 
+def export_root(path: Path | str) -> Path | None:
+    """The flow-store export directory (flows and rules tables) `path` is, or is a table file of
+    (`sample-logs/flows.parquet`, `export/flows/day=.../*.parquet`, a glob inside one), or None."""
+    text = str(path)
+    if "*" in text:  # the directory part before the first wildcard
+        text = text[: text.index("*")].rpartition("/")[0] or "."
+    candidate = Path(text)
+    if candidate.is_dir() and _is_export(candidate):
+        return candidate
+    tables = {t.name for t in schema.TABLES}
+    if candidate.suffix == ".parquet" and candidate.stem in tables and _is_export(candidate.parent):
+        return candidate.parent
+    for directory in candidate.parents:  # hive partitions: <root>/<table>/day=.../node=.../*.parquet
+        if directory.name in tables and _is_export(directory.parent):
+            return directory.parent
+    return None
+
+
+def _is_export(path: Path) -> bool:
+    """The store's flows and rules side by side: an export, not a loose `flows.parquet` of flow rows."""
+    return path.is_dir() and table_source(path, "flows") is not None and table_source(path, "rules") is not None
+
+
 def attach(con: duckdb.DuckDBPyConnection, root: Path) -> list[str]:
     """Create the store's tables (as views over Parquet) and views in `con`; returns the tables found."""
     found = []

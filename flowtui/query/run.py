@@ -6,7 +6,8 @@
   snapshot while a collector holds it;
 - a directory of Parquet files (a `flowtui export --format parquet` directory, or one file per
   table like `sample-logs/`): attached as views (`flowtui.interop.parquet.attach`) in an
-  in-memory database.
+  in-memory database. A table file or glob inside such a directory (`sample-logs/flows.parquet`,
+  `export/flows/**/*.parquet`) opens the whole export.
 
 `run_sql(con, sql, params)` sets each parameter as a DuckDB variable (`SET VARIABLE name =
 'value'`: always a string; the SQL casts) and executes the text as one script: macros first, the
@@ -24,7 +25,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from flowtui.interop.parquet import attach, is_parquet_dir
+from flowtui.interop.parquet import attach, export_root, is_parquet_dir
 from flowtui.query.library import QueryFile
 from flowtui.store import schema
 from flowtui.store.duckdb_store import open_reader, snapshot_path
@@ -59,6 +60,9 @@ class Source:
 def open_source(path: Path | str) -> Source:
     """A read-only connection with the flow store's tables and views (see the module doc)."""
     path = Path(path)
+    root = export_root(path)
+    if root is not None:  # a table file or glob of an export means the export
+        path = root
     if path.is_dir():
         if not is_parquet_dir(path):
             raise SourceError(f"{path}: no flow-store Parquet files here (flows.parquet or flows/**/*.parquet)")
@@ -69,6 +73,7 @@ def open_source(path: Path | str) -> Source:
             con.close()
             raise SourceError(f"{path}: cannot read the Parquet files: {exc}") from exc
         return Source(con, path, "parquet")
+    _not_a_flow_file(path)
     try:
         con, opened = open_reader(path)
     except FileNotFoundError as exc:
@@ -79,6 +84,22 @@ def open_source(path: Path | str) -> Source:
         raise SourceError(f"{opened} is not a flowtui flow store (no flows/rules tables)")
     schema.ensure_rollups(con)  # a store an older collector wrote, opened read-only
     return Source(con, opened, "snapshot" if opened == snapshot_path(path) else "duckdb")
+
+
+def _not_a_flow_file(path: Path) -> None:
+    """A Hubble, Calico or capture file given where a store belongs: say how to make it one."""
+    from flowtui.interop.imports import NAMES, sniff_path
+
+    try:
+        kind = sniff_path(path) if path.is_file() else None
+    except OSError:
+        return
+    if kind in ("hubble", "calico"):
+        raise SourceError(f"{path} is {NAMES[kind]}, not a flow store: `flowtui import {kind} {path} --db STORE` "
+                          "makes it one")
+    if kind == "pcap":
+        raise SourceError(f"{path} is a packet capture, not a flow store: `flowtui import pcap {path} -w "
+                          "flows.parquet` gives its flows (for `flowtui whatif --flows`)")
 
 
 def sql_literal(value: str) -> str:

@@ -17,20 +17,18 @@ flows, weighted by `count`):
 
 `normalize()` turns any frame with recognisable column names into that shape (`sport` and
 `source_port` are `src_port`, `protocol: "tcp"` is 6, ...). Readers: `read_parquet` (files,
-globs, hive-partitioned directories, from any engine), `read_hubble` (`hubble observe -o json`
-lines), `flowtui.whatif.storeread.read_store` (the DuckDB flow store) and
-`flowtui.whatif.pcap.read_pcap`. `read_flows` picks one by looking at the path.
+globs, hive-partitioned directories, from any engine), `flowtui.whatif.storeread.read_store`
+(the DuckDB flow store), `flowtui.whatif.pcap.read_pcap`, and the import parsers for Hubble and
+Calico files; `flowtui.whatif.sources.read_flows` picks one by looking at the content. Those
+modules import this one, never the reverse.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
@@ -68,10 +66,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 _PROTOS = {name.lower(): num for name, num in PROTOCOL_NUMBERS.items()} | {"icmpv4": 1, "sctp": 132}
 PCAP_SUFFIXES = (".pcap", ".pcapng", ".cap")
-HUBBLE_SUFFIXES = (".json", ".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 DUCKDB_SUFFIXES = (".duckdb", ".db")
-PCAP_MAGIC = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a")
 
 
 class FlowSourceError(ValueError):
@@ -208,143 +204,3 @@ def read_parquet(path: str | Path, since: timedelta | None = None) -> pl.DataFra
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise FlowSourceError(f"{source}: cannot read Parquet: {exc}") from exc
     return since_filter(normalize(frame), since)
-
-
-# --------------------------------------------------------------------------------------------
-# Hubble
-
-
-_HUBBLE_VERDICT = {
-    "FORWARDED": "allow",
-    "DROPPED": "deny",
-    "AUDIT": "audit",
-    "ERROR": "error",
-    "REDIRECTED": "allow",
-    "TRANSLATED": "allow",
-    "TRACED": "allow",
-}
-_L4_PROTO = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMPv4": 1, "ICMPv6": 58}
-
-
-def hubble_record(doc: dict[str, Any]) -> dict[str, Any] | None:
-    """One `hubble observe -o json` line (with or without the `flow` wrapper) as a frame row, or
-    None when it is not the first packet of an L3/L4 flow (replies, non-SYN TCP, L7, lost events)."""
-    flow = doc.get("flow", doc)
-    if not isinstance(flow, dict):
-        return None
-    ip = flow.get("IP") or {}
-    src, dst = ip.get("source"), ip.get("destination")
-    if not src or not dst:
-        return None
-    if flow.get("is_reply") is True:
-        return None
-    l4 = flow.get("l4") or {}
-    row: dict[str, Any] = {"src_ip": src, "dst_ip": dst, "proto": None, "src_port": None, "dst_port": None,
-                           "icmp_type": None, "icmp_code": None}
-    for name, number in _L4_PROTO.items():
-        layer = l4.get(name)
-        if not isinstance(layer, dict):
-            continue
-        row["proto"] = number
-        if number in (1, 58):
-            row["icmp_type"] = layer.get("type", 0)
-            row["icmp_code"] = layer.get("code", 0)
-        else:
-            row["src_port"] = layer.get("source_port")
-            row["dst_port"] = layer.get("destination_port")
-        if number == 6:
-            flags = layer.get("flags")
-            if isinstance(flags, dict) and flags and not (flags.get("SYN") and not flags.get("ACK")):
-                return None  # only connection openings are decided by policy
-        break
-    if row["proto"] is None:
-        return None
-    verdict = flow.get("verdict")
-    row["verdict"] = _HUBBLE_VERDICT.get(verdict, str(verdict).lower()) if verdict else None
-    row["time"] = flow.get("time") or doc.get("time")
-    policies = [*(flow.get("egress_allowed_by") or []), *(flow.get("ingress_allowed_by") or []),
-                *(flow.get("egress_denied_by") or []), *(flow.get("ingress_denied_by") or [])]
-    row["policy"] = ",".join(str(p.get("name", "")) for p in policies if isinstance(p, dict)) or None
-    return row
-
-
-def read_hubble_lines(lines: Iterable[str], source: str = "<hubble>") -> pl.DataFrame:
-    rows = []
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise FlowSourceError(f"{source}:{number}: not JSON: {exc.msg}") from exc
-        if not isinstance(doc, dict):
-            raise FlowSourceError(f"{source}:{number}: expected a JSON object per line")
-        row = hubble_record(doc)
-        if row is not None:
-            rows.append(row)
-    schema = {**SCHEMA, "verdict": pl.String(), "time": pl.String(), "policy": pl.String()}
-    return normalize(pl.DataFrame(rows, schema=schema, orient="row"))
-
-
-def read_hubble(path: str | Path, since: timedelta | None = None) -> pl.DataFrame:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            frame = read_hubble_lines(handle, str(path))
-    except OSError as exc:
-        raise FlowSourceError(f"{path}: {exc.strerror or exc}") from exc
-    return since_filter(frame, since)
-
-
-# --------------------------------------------------------------------------------------------
-# Dispatch
-
-
-def source_kind(path: str) -> str:
-    """`parquet`, `hubble`, `pcap` or `duckdb`, by suffix, then by the first bytes."""
-    lower = path.lower()
-    if os.path.isdir(path) or lower.endswith(PARQUET_SUFFIXES) or "*" in path:
-        return "parquet"
-    for kind, suffixes in (("hubble", HUBBLE_SUFFIXES), ("pcap", PCAP_SUFFIXES), ("duckdb", DUCKDB_SUFFIXES)):
-        if lower.endswith(suffixes):
-            return kind
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-    except OSError as exc:
-        raise FlowSourceError(f"{path}: {exc.strerror or exc}") from exc
-    if head[:4] == b"PAR1":
-        return "parquet"
-    if head[:4] in PCAP_MAGIC:
-        return "pcap"
-    if head[8:12] == b"DUCK":
-        return "duckdb"
-    if head.lstrip()[:1] == b"{":
-        return "hubble"
-    raise FlowSourceError(f"{path}: cannot tell what this is (expected Parquet, Hubble JSON, pcap or DuckDB)")
-
-
-def read_flows(paths: Sequence[str], since: timedelta | None = None) -> pl.DataFrame:
-    """Every source, concatenated into one flow frame."""
-    frames = []
-    for path in paths:
-        kind = source_kind(path)
-        if kind == "parquet":
-            frames.append(read_parquet(path, since))
-        elif kind == "hubble":
-            frames.append(read_hubble(path, since))
-        elif kind == "pcap":
-            from flowtui.whatif.pcap import read_pcap
-
-            frames.append(since_filter(read_pcap(path), since))
-        else:
-            from flowtui.whatif.storeread import read_store
-
-            frames.append(read_store(path, since))
-    if not frames:
-        return empty_frame()
-    if len(frames) == 1:
-        return frames[0]
-    common = [c for c in frames[0].columns if all(c in f.columns for f in frames)]
-    return pl.concat([f.select(common).with_columns(pl.col("src_ip", "dst_ip").cast(pl.String))
-                      for f in frames], how="vertical_relaxed")

@@ -27,6 +27,13 @@ from flowtui.whatif.frames import FlowSourceError, normalize, utcnow
 
 
 def _connect(path: Path) -> duckdb.DuckDBPyConnection:
+    if path.is_dir():  # a flow-store export (`flowtui export --format parquet`, `sample-logs/`)
+        from flowtui.query.run import SourceError, open_source
+
+        try:
+            return open_source(path).con
+        except SourceError as exc:
+            raise FlowSourceError(str(exc)) from exc
     open_reader: Callable[[Path], tuple[duckdb.DuckDBPyConnection, Path]] | None
     try:
         from flowtui.store.duckdb_store import open_reader
@@ -55,8 +62,15 @@ def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
     return {r[0] for r in rows}
 
 
-def flows_query(cols: set[str], since: timedelta | None) -> tuple[str, list[object]]:
-    """The SQL that reads `flows` into frame rows, using only the columns that exist."""
+_WITH_ENDPOINTS = """(SELECT f.*, se.type AS src_type, se.namespace AS src_namespace, se.name AS src_name,
+       se.labels AS src_labels, de.type AS dst_type, de.namespace AS dst_namespace, de.name AS dst_name,
+       de.labels AS dst_labels
+FROM flows f LEFT JOIN endpoints se ON se.id = f.src_ep LEFT JOIN endpoints de ON de.id = f.dst_ep) flows"""
+
+
+def flows_query(cols: set[str], since: timedelta | None, endpoints: bool = False) -> tuple[str, list[object]]:
+    """The SQL that reads `flows` into frame rows, using only the columns that exist; with
+    `endpoints`, also the recorded endpoints (`src_namespace`, `src_name`, `src_labels`, ...)."""
     if not {"src_ip", "dst_ip", "proto"} <= cols:
         missing = ", ".join(sorted({"src_ip", "dst_ip", "proto"} - cols))
         raise FlowSourceError(f"the flows table has no {missing} column: not a flowtui flow store?")
@@ -87,12 +101,17 @@ def flows_query(cols: set[str], since: timedelta | None) -> tuple[str, list[obje
     for counter in ("packets", "bytes"):
         if counter in cols:
             select.append(f"sum({counter})::BIGINT AS {counter}")
+    endpoints = endpoints and {"src_ep", "dst_ep"} <= cols
+    if endpoints:
+        select += [f"any_value({side}_{col}) AS {side}_{col}" for side in ("src", "dst")
+                   for col in ("type", "namespace", "name", "labels")]
     params: list[object] = []
     if since is not None and end:
         conditions.append(f"{end} >= ?")
         params.append(utcnow() - since)
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    return f"SELECT {', '.join(select)} FROM flows {where} GROUP BY {', '.join(keys)}", params
+    source = _WITH_ENDPOINTS if endpoints else "flows"
+    return f"SELECT {', '.join(select)} FROM {source} {where} GROUP BY {', '.join(keys)}", params
 
 
 def read_store(path: str | Path, since: timedelta | None = None) -> pl.DataFrame:
@@ -103,7 +122,8 @@ def read_store(path: str | Path, since: timedelta | None = None) -> pl.DataFrame
         cols = _columns(con, "flows")
         if not cols:
             raise FlowSourceError(f"{path}: no flows table (is this a flowtui flow store?)")
-        sql, params = flows_query(cols, since)
+        endpoint_cols = _columns(con, "endpoints")
+        sql, params = flows_query(cols, since, endpoints={"id", "type", "namespace", "name", "labels"} <= endpoint_cols)
         try:
             frame = con.sql(sql, params=params).pl()
         except duckdb.Error as exc:
