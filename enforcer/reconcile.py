@@ -49,7 +49,7 @@ from enforcer.model import ResourceSet
 from enforcer.nft import ir
 from enforcer.nft.backend import TABLE_FAMILY, TABLE_NAME, ApplyError, Backend
 from enforcer.resolve import ClusterState
-from enforcer.ruleids import IdAllocator, RuleTable
+from enforcer.ruleids import IdAllocator, RuleIdError, RuleRef, RuleTable
 
 
 class Compiled(Protocol):
@@ -261,8 +261,7 @@ class Reconciler:
                 resources, include_disabled=True)
             self._state = state
             load_ms = _ms(start)
-            ids = self._load_ids()
-            known_ids = len(ids.items())
+            ids, table = self.rule_ids()
             compiled: dict[str, Compiled] = {}
             results: dict[str, NodeResult] = {}
             times: dict[str, float] = {}
@@ -273,11 +272,11 @@ class Reconciler:
                 except Exception as exc:  # one node's failure must not stop the others
                     results[node] = NodeResult(node, "failed", compile_ms=_ms(t), error=f"compile: {exc!r}")
                 times[node] = _ms(t)
-            new_ids = len(ids.items()) - known_ids
-            if new_ids:
-                ids.dump(self.datastore.ids_path)
-                self._ids = (_stat(self.datastore.ids_path), ids)
-            rules = self._save_rules([c.rules for c in compiled.values()])
+            new_ids = ids.pending
+            # Both appended and fsynced before any kernel can log one of these ids.
+            ids.persist(self.datastore.ids_path)
+            self._ids = (_stat(self.datastore.ids_path), ids)
+            rules = self._save_rules(table, [c.rules for c in compiled.values()])
             for node, out in compiled.items():
                 results[node] = self._apply(node, out.table, times[node], full)
             gated = {n: c for n, c in compiled.items() if isinstance(c, Gated) and results[n].status != "failed"}
@@ -369,27 +368,31 @@ class Reconciler:
         rules = len(self._rules[1]) if self._rules is not None else 0
         return ReconcileResult(revision, tuple(results), load_ms, _ms(start), rules, 0)
 
-    def _load_ids(self) -> IdAllocator:
-        """The persistent allocator, re-read only when its file changed (another process wrote)."""
-        key = _stat(self.datastore.ids_path)
-        if self._ids is None or key is None or self._ids[0] != key:
-            self._ids = (key, IdAllocator.load(self.datastore.ids_path))
-        return self._ids[1]
+    def rule_ids(self) -> tuple[IdAllocator, RuleTable]:
+        """The persistent allocator and rule table, verified against each other (RuleIdError if
+        either is damaged: nothing is compiled or applied then); re-read only when a file changed.
+        A torn last line (an append a crash interrupted) is cut off first. The CLI calls this
+        before committing a change, so a damaged file stops it before the datastore moves."""
+        ids_key, rules_key = _stat(self.datastore.ids_path), _stat(self.datastore.rules_path)
+        if self._rules is None or rules_key is None or self._rules[0] != rules_key:
+            self._rules = (rules_key, RuleTable.load(self.datastore.rules_path, cut_torn=True))
+            self._ids = None
+        if self._ids is None or ids_key is None or self._ids[0] != ids_key:
+            self._ids = (ids_key, IdAllocator.load(self.datastore.ids_path, self._rules[1], cut_torn=True))
+        return self._ids[1], self._rules[1]
 
-    def _save_rules(self, tables: list[RuleTable]) -> int:
-        """Merge the compiled refs into rules.jsonl (append-only); write only when something is new."""
-        path = self.datastore.rules_path
-        key = _stat(path)
-        if self._rules is None or key is None or self._rules[0] != key:
-            self._rules = (key, RuleTable.load(path))
-        merged = self._rules[1]
-        for table in tables:
-            if any(merged.refs.get(ref.id) != ref for ref in table):
-                merged = merged.merged(table)
-        if merged is not self._rules[1]:
-            merged.dump(path)
-            self._rules = (_stat(path), merged)
-        return len(merged)
+    def _save_rules(self, table: RuleTable, tables: list[RuleTable]) -> int:
+        """Append the compiled refs rules.jsonl lacks (fsynced); a known id never changes meaning."""
+        new: dict[int, RuleRef] = {}
+        for compiled in tables:
+            for ref in table.new_refs(compiled):
+                if new.setdefault(ref.id, ref) != ref:
+                    raise RuleIdError(f"rule id {ref.id} compiled for two rules")
+        if new:
+            RuleTable.append(self.datastore.rules_path, new.values())
+            table = table.merged(new)
+            self._rules = (_stat(self.datastore.rules_path), table)
+        return len(table)
 
     def _apply(self, node: str, table: ir.Table, compile_ms: float, full: bool) -> NodeResult:
         verify_ms = 0.0
