@@ -215,6 +215,7 @@ class Reconciler:
         self.lab_nodes = lab_nodes
         self.lab_id = lab_id
         self._applied: dict[str, ir.Table] = {}  # verified: what the backend holds now
+        self._distrusted: set[str] = set()  # nodes whose records the kernel contradicted: replace whole
         self.records = AppliedRecords(datastore.applied_dir, backend)
         self._ids: tuple[tuple[int, int] | None, IdAllocator] | None = None
         self._rules: tuple[tuple[int, int] | None, RuleTable] | None = None
@@ -222,6 +223,14 @@ class Reconciler:
         self._state: ClusterState | None = None  # the last compiled state, to derive the next one from
         self._lock = threading.Lock()
         self.wireguard: Any = None  # the last run's `enforcer.wireguard.manager.WireGuardResult`, if any
+
+    def _distrust(self, node: str) -> None:
+        """The node's records (or memory) were contradicted by its kernel: read the live table,
+        replace it whole, trust nothing recorded until that succeeded."""
+        self._distrusted.add(node)
+        self._applied.pop(node, None)
+        self.records.forget(node)
+        self._layout = None
 
     def forget(self, node: str | None = None) -> None:
         """Drop what is known about `node` (or every node): the next run re-checks the backend."""
@@ -239,15 +248,24 @@ class Reconciler:
         with self._lock, self.datastore.locked():
             catalog = self.datastore.catalog()
             revision = catalog.revision
+            self.records.revision = revision
             targets = list(self.lab_nodes() if nodes is None else nodes)
             # What a compile depends on: the stored objects but for their toggles, the lab, and the
             # compiler's options (its layout version among them).
             key = (catalog.layout, self.lab_id, repr(self.options))
             layout = self._layout
+            every, light_done = targets, {}
             if not full and layout is None:  # a fresh process (the CLI): try the small records alone
                 light = self._light_toggle(revision, targets, key, disabled_keys(catalog.objects.values()), start)
                 if light is not None:
-                    return light
+                    stale = [n.node for n in light.nodes if n.status == "failed" and n.node in self._distrusted]
+                    if not stale:
+                        return light
+                    # The kernel refused a change the records said would fit (an element they say
+                    # is there is not): they are wrong. Those nodes go the long way: the live
+                    # table is read, and replaced whole.
+                    light_done = {n.node: n for n in light.nodes if n.status != "failed"}
+                    targets = stale
             if not full and (layout is None or layout[0] != key or any(n not in layout[1] for n in targets)):
                 recorded = self._recorded_layout(targets, key)  # a fresh process: the last run's compile
                 if recorded is not None:
@@ -286,13 +304,14 @@ class Reconciler:
                 gates = getattr(c, "gates", None)
                 if isinstance(gates, Mapping):
                     self.records.save_layout(node, key, gates, c.table)
-            result = ReconcileResult(revision, tuple(results[n] for n in targets), load_ms, _ms(start), rules, new_ids)
+            nodes_done = tuple(light_done.get(n) or results[n] for n in every)
+            result = ReconcileResult(revision, nodes_done, load_ms, _ms(start), rules, new_ids)
         # WireGuard (FelixConfiguration wireguardEnabled/V6) after the tables, only when they went into
         # this lab's kernel; a no-op without root or with WireGuard off; failures land in the result.
         if self.lab_id is not None and getattr(self.backend, "lab_id", None) == self.lab_id:
             from enforcer.wireguard.manager import reconcile_lab_reported
 
-            self.wireguard = reconcile_lab_reported(self.datastore, self.lab_id, targets, felix=state.felix)
+            self.wireguard = reconcile_lab_reported(self.datastore, self.lab_id, every, felix=state.felix)
         return result
 
     def _recorded_layout(self, targets: list[str], key: tuple[int, str | None, str]) -> dict[str, Gated] | None:
@@ -340,6 +359,8 @@ class Reconciler:
         for node, meta, state, now, want in plans:
             counts = (int(meta.get("chains", 0)), int(meta.get("sets", 0)))
             if now == want:
+                if state.get("revision") != revision:
+                    self.records.write_state(node, str(state["base"]), state["elements"])
                 results.append(NodeResult(node, "unchanged", chains=counts[0], sets=counts[1], toggled=True))
                 continue
             ops: list[ir.Op] = [ir.SetElements(CLOSED_SET, add=tuple(sorted(want - now)),
@@ -348,6 +369,8 @@ class Reconciler:
             try:
                 self.backend.apply(node, table, ops)
             except ApplyError as exc:
+                if exc.stale:  # the records named an element the kernel does not have: retried the long way
+                    self._distrust(node)
                 results.append(NodeResult(node, "failed", ops=1, apply_ms=_ms(t), error=exc.message, toggled=True))
                 continue
             apply_ms = _ms(t)
@@ -418,20 +441,38 @@ class Reconciler:
         if ops is None:
             ops = ir.full(table, existing=existing)
         if not ops:
+            if not self.records.stamped(node):  # the record names the revision now enforced
+                self.records.save(node, table)
             return result("unchanged")
         t = time.perf_counter()
         try:
             self.backend.apply(node, table, ops)
         except ApplyError as exc:
-            self._applied.pop(node, None)  # re-check the backend next time
-            return result("failed", whole, len(ops), _ms(t), exc.message)
+            if not exc.stale:
+                self._applied.pop(node, None)  # re-check the backend next time
+                return result("failed", whole, len(ops), _ms(t), exc.message)
+            self._distrust(node)  # what we diffed from is not what the kernel holds
+            if whole:
+                return result("failed", whole, len(ops), _ms(t), exc.message)
+            # A diff the kernel refuses (ENOENT: an element or chain the baseline has and the
+            # kernel does not): the baseline was wrong. Replace the table whole, once.
+            try:
+                ops = ir.full(table, existing=self.backend.current(node) is not None)
+                whole = True
+                self.backend.apply(node, table, ops)
+            except Exception as again:
+                message = again.message if isinstance(again, ApplyError) else str(again)
+                return result("failed", whole, len(ops), _ms(t), message)
         apply_ms = _ms(t)
+        self._distrusted.discard(node)
         self._applied[node] = table
         self.records.save(node, table)
         return result("applied", whole, len(ops), apply_ms)
 
     def _baseline(self, node: str) -> tuple[ir.Table | None, bool]:
         """(the table to diff from, or None for a whole replace; whether a table exists)."""
+        if node in self._distrusted:
+            return None, self.backend.current(node) is not None
         known = self._applied.get(node)
         if known is not None:
             return known, True

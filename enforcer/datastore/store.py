@@ -425,6 +425,13 @@ class Datastore:
             except FileNotFoundError:
                 pass
 
+    def replace_index(self, revision: int, objects: Mapping[ObjectKey, StoredObject]) -> None:
+        """Commit `objects` as the whole index at `revision` (repair): no document is written or
+        removed, the documents must already be there."""
+        with self.locked():
+            self._index = self._lines = None
+            self._commit(revision, dict(objects), {}, superseded=())
+
     def _sweep(self, referenced: set[str]) -> None:
         """Remove document files the index no longer names (superseded, or left by a crash)."""
         root = self.path / OBJECTS
