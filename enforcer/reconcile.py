@@ -183,6 +183,14 @@ def compile_nodes(
     return {node: compile_fn(state, node, options, ids) for node in nodes}
 
 
+def verify_rule_ids(datastore: Datastore) -> None:
+    """ids.jsonl and rules.jsonl are whole and agree (a torn last line is cut); RuleIdError
+    otherwise. Called before a change is committed, so a damaged file stops it before the
+    datastore moves ahead of what the kernel can be given."""
+    with datastore.locked():
+        IdAllocator.load(datastore.ids_path, RuleTable.load(datastore.rules_path, cut_torn=True), cut_torn=True)
+
+
 # ---- checking the recorded table against the live one ------------------------------------------
 
 
@@ -503,6 +511,7 @@ __all__ = [
     "cluster_state",
     "compile_nodes",
     "fingerprint",
+    "verify_rule_ids",
     "table_from_json",
     "table_to_json",
 ]

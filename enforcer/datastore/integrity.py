@@ -51,7 +51,12 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.behind
+
+    def behind_lines(self) -> list[str]:
+        return [f"node {node} enforces revision {enforced}, the datastore is at {self.revision}: an apply stopped "
+                f"before the kernel took it (`flowtui datastore repair` or the next apply enforces it)"
+                for node, enforced in sorted(self.behind.items())]
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "revision": self.revision, "problems": self.problems, "repaired": self.repaired,
@@ -76,11 +81,6 @@ def check(ds: Datastore) -> Report:
         _check_rule_ids(ds, report)
         if catalog is not None:
             report.behind = nodes_behind(ds, catalog.revision)
-            for node, enforced in sorted(report.behind.items()):
-                report.problems.append(
-                    f"{ds.applied_dir / node}.state.json: node {node} enforces revision {enforced}, the datastore "
-                    f"is at {catalog.revision}: an apply stopped before the kernel took it (`flowtui datastore repair` "
-                    f"enforces it)")
     return report
 
 

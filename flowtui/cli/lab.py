@@ -15,8 +15,19 @@ import click
 
 from enforcer.datastore import Datastore
 from enforcer.lab import LabPlan, plan_lab
+from enforcer.reconcile import verify_rule_ids
 from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, paths_option
-from flowtui.cli.state import enforce, format_table, guarded, lab_option, need_root, runtime, state_dir_option
+from flowtui.cli.state import (
+    behind_lines,
+    enforce,
+    enforcement_behind,
+    format_table,
+    guarded,
+    lab_option,
+    need_root,
+    runtime,
+    state_dir_option,
+)
 
 
 @click.group()
@@ -72,6 +83,7 @@ def up(paths: Sequence[str], more_paths: Sequence[str], lab_id: str, state_dir: 
         fail("no input: give files or directories with -f PATH (or - for stdin)", EXIT_INVALID)
     need_root()
     ds = Datastore(state_dir)
+    guarded(lambda: verify_rule_ids(ds))  # before the commit (see `flowtui apply`)
     changes = guarded(lambda: ds.apply_documents(inputs))
     counts: dict[str, int] = {}
     for change in changes.changes:
@@ -148,16 +160,19 @@ def _tables(lab_id: str, nodes: list[str]) -> dict[str, dict[str, Any] | None]:
 @lab.command()
 @lab_option
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def status(lab_id: str, output: str) -> None:
-    """What exists of the lab: namespaces, interfaces, addresses, and each node's nftables table."""
+@state_dir_option
+def status(lab_id: str, output: str, state_dir: str) -> None:
+    """What exists of the lab: namespaces, interfaces, addresses, each node's nftables table, and
+    nodes an interrupted apply left behind the datastore."""
     from enforcer.lab import lab_status
 
     need_root()
     st = guarded(lambda: lab_status(lab_id))
     nodes = [str(ns.target.name) for ns in st.namespaces if ns.target is not None and ns.target.kind == "node"]
     tables = _tables(lab_id, nodes)
+    behind = enforcement_behind(state_dir, nodes)
     if output == "json":
-        echo_json({**st.to_dict(), "up": st.exists, "nftables": tables})
+        echo_json({**st.to_dict(), "up": st.exists, "nftables": tables, "behind": behind})
         return
     if not st.exists:
         click.echo(f"lab {lab_id} is not up")
@@ -171,6 +186,8 @@ def status(lab_id: str, output: str) -> None:
             click.echo(f"  node:{node}  cannot read: {info['error']}")
         else:
             click.echo(f"  node:{node}  {info['chains']} chains, {info['rules']} rules, {info['sets']} sets")
+    for line in behind_lines(behind):
+        click.echo(f"warning: {line}")
 
 
 @lab.command()

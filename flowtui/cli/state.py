@@ -37,7 +37,8 @@ from enforcer.lab import DEFAULT_LAB_ID, LabError
 from enforcer.loader import LoadError
 from enforcer.loader.objects import KINDS
 from enforcer.nft.backend import Backend
-from enforcer.reconcile import CompileFn, Reconciler, ReconcileResult
+from enforcer.reconcile import CompileFn, Reconciler, ReconcileResult, verify_rule_ids
+from enforcer.ruleids import RuleIdError
 from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, paths_option
 
 T = TypeVar("T")
@@ -140,7 +141,7 @@ def guarded(work: Callable[[], T]) -> T:
         load_failed(err)
     except UnknownKind as err:
         fail(str(err), EXIT_INVALID)
-    except (DatastoreError, LabError) as err:
+    except (DatastoreError, LabError, RuleIdError) as err:
         fail(str(err))
 
 
@@ -190,6 +191,28 @@ def enforce(ds: Datastore, lab_id: str, *, echo: bool = True,
     return result
 
 
+def enforcement_behind(state_dir: str, nodes: Sequence[str] | None = None) -> dict[str, Any]:
+    """{"revision": the datastore's, "nodes": {node: revision it enforces}} for the nodes an
+    interrupted apply left behind (of `nodes`, or all); {} when nothing is stored or readable."""
+    from enforcer.datastore.integrity import nodes_behind
+
+    ds = Datastore(state_dir)
+    try:
+        revision = ds.revision
+    except DatastoreError as err:
+        return {"error": str(err)}
+    found = {n: r for n, r in nodes_behind(ds, revision).items() if nodes is None or n in nodes}
+    return {"revision": revision, "nodes": found} if found else {}
+
+
+def behind_lines(behind: dict[str, Any]) -> list[str]:
+    if "error" in behind:
+        return [f"datastore: {behind['error']}"]
+    return [f"node {node} enforces datastore revision {rev}, the datastore is at {behind['revision']}: an apply "
+            f"stopped before the kernel took it (`flowtui datastore repair` or the next apply enforces it)"
+            for node, rev in sorted(behind.get("nodes", {}).items())]
+
+
 # --------------------------------------------------------------------------------------------
 # apply
 
@@ -219,6 +242,7 @@ def apply(paths: Sequence[str], more_paths: Sequence[str], dry_run: bool, lab_id
         return
     need_root(dry_run_hint=True)
     ds = Datastore(state_dir)
+    guarded(lambda: verify_rule_ids(ds))  # before the commit: never a datastore the kernel cannot follow
     changes = guarded(lambda: ds.apply_documents(inputs))
     print_changes(changes)
     result = enforce(ds, lab_id)
@@ -279,6 +303,7 @@ def delete(kind: str | None, name: str | None, paths: Sequence[str], namespace: 
         raise click.UsageError("give the NAME of the object to delete")
     need_root()
     ds = Datastore(state_dir)
+    guarded(lambda: verify_rule_ids(ds))
     if paths:
         changes = guarded(lambda: ds.delete_documents(list(paths)))
     else:
@@ -470,5 +495,6 @@ def enable(name: str, namespace: str | None, kind: str, lab_id: str, state_dir: 
     _toggle(name, namespace, kind, lab_id, state_dir, False)
 
 
-__all__ = ["Runtime", "apply", "delete", "enforce", "format_table", "get", "guarded", "lab_option", "make_reconciler",
+__all__ = ["Runtime", "apply", "behind_lines", "enforcement_behind",
+           "delete", "enforce", "format_table", "get", "guarded", "lab_option", "make_reconciler",
            "need_root", "policy_group", "print_changes", "state_dir_option"]
