@@ -368,20 +368,23 @@ def test_lab_down_removes_the_labs_wireguard_runtime_dirs(tmp_path: Path) -> Non
 
 # ---- kill -9 between the datastore's commit and the kernel's (kernel) ----------------------------
 
-KILL_AT_RECONCILE = """
-import os, sys
-import enforcer.reconcile as r
-def die(*a, **k):
-    os.kill(os.getpid(), 9)
-r.Reconciler.reconcile = die
+CLI = """
+import sys
 from flowtui.cli.main import cli
 cli(sys.argv[1:], prog_name="flowtui")
 """
+# The real `flowtui apply`, killed (SIGKILL) right after the datastore committed, as the
+# reconciler starts: the datastore is ahead of every node's kernel.
+KILL_AT_RECONCILE = """
+import os
+import enforcer.reconcile as r
+r.Reconciler.reconcile = lambda *a, **k: os.kill(os.getpid(), 9)
+""" + CLI
 
 
 def flowtui(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "flowtui.cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=300)
 
 

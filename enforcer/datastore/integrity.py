@@ -157,9 +157,8 @@ def repair(ds: Datastore, *, drop_damaged: bool = False) -> Report:
     with ds.locked():
         try:
             catalog: Catalog | None = ds.catalog()
-        except DamagedDatastore as exc:
-            done.append(f"index: {exc}")
-            catalog = None
+        except DamagedDatastore:
+            catalog = None  # lost or damaged: rebuilt from the documents
         if catalog is None:
             done += _rebuild_index(ds)
         elif drop_damaged:

@@ -4,17 +4,22 @@ Layout of the directory (`/var/lib/flowtui`, or `$FLOWTUI_HOME`, or the CLI's `-
 
     lock                      flock(2) target: writers take it exclusively, readers shared
     state.json                the index: datastore revision and every object's key, revision,
-                              creation revision, update time, source and document file
+                              creation revision, update time, source, document file and the
+                              file's sha256 (checked on every read: damage is refused, never loaded)
     objects/<apiVersion>/<Kind>/<namespace or _>/<name>@<revision>.yaml
-                              one document per object, as written (re-dumped YAML)
+                              one document per object, as written (re-dumped YAML); names over
+                              120 bytes are cut and get a hash suffix (`_file_stem`)
     ids.jsonl                 rule id allocations (`enforcer.ruleids.IdAllocator`)
     rules.jsonl               id -> rule, append-only (`enforcer.ruleids.RuleTable`)
     applied/<node>.json       the table last applied to each node (`enforcer.reconcile`)
 
-A change writes the new document files (new names: the revision is part of the name), then
-replaces `state.json` (temp file, fsync, rename: the commit point), then removes the files it
-superseded. A crash at any point leaves the previous or the new state, never a mix; stray files
-are swept by the next write.
+A change writes the new document files (new names: the revision is part of the name, each
+fsynced, then their directories), then replaces `state.json` (temp file, fsync, rename, directory
+fsync: the commit point), then removes the files it superseded. A crash at any point leaves the
+previous or the new state, never a mix; stray files are swept by the next write. A missing
+`state.json` is an empty datastore only when no document exists: beside documents it is damage
+(`DamagedDatastore`; `integrity.repair` rebuilds it), so no write can sweep them. Files are 0600
+and directories 0700 whatever the umask (`files.py`).
 
 Revisions: the datastore revision goes up by one for every write that changes something; each
 changed object gets that revision (so an object's revision is unique over time, as Kubernetes'

@@ -378,8 +378,8 @@ def get(kind: str, name: str | None, namespace: str | None, output: str, unused:
         need_root()
         rt = runtime()
         backend = rt.backend(lab_id)
-        print_hits(state_dir, rt.lab_nodes(lab_id), backend.json_listing, "json" if output == "json" else "table",
-                   unused)
+        guarded(lambda: print_hits(state_dir, rt.lab_nodes(lab_id), backend.json_listing,
+                                   "json" if output == "json" else "table", unused))
         return
     if kind.lower() in ("wireguard", "wg"):
         from flowtui.cli.wireguard import print_wireguard
