@@ -129,13 +129,14 @@ def test_a_damaged_index_is_refused_naming_it(world: World) -> None:
 # ---- documents ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("damage", ["truncated", "emptied", "not utf-8"])
+@pytest.mark.parametrize("damage", ["truncated", "cut at a line", "emptied", "not utf-8"])
 def test_a_damaged_document_is_refused_and_never_enforced(world: World, damage: str) -> None:
     obj = world.ds.find("gnp", "deny-other-ingress")
     path = world.state / obj.file
     data = path.read_bytes()
     # Before: a truncated policy was enforced with no selector and no rules; an emptied one removed.
-    path.write_bytes({"truncated": data[: len(data) // 3], "emptied": b"", "not utf-8": data + b"\xff\xfe"}[damage])
+    path.write_bytes({"truncated": data[: len(data) // 3], "cut at a line": b"".join(data.splitlines(True)[:5]),
+                      "emptied": b"", "not utf-8": data + b"\xff\xfe"}[damage])
     kernel = world.tables()
     with pytest.raises(DamagedDatastore, match=str(path)):
         Datastore(world.state).resources()
