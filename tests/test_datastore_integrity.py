@@ -97,6 +97,9 @@ def files(root: Path) -> dict[str, bytes]:
 def test_a_missing_index_beside_documents_is_damage_and_repair_rebuilds_it(world: World) -> None:
     policies = world.ok("get", "policy").stdout
     kernel = world.tables()
+    world.ok("policy", "disable", "deny-other-ingress")
+    world.ok("policy", "enable", "deny-other-ingress")
+    revision = world.ds.revision
     (world.state / "state.json").unlink()
     documents = {k: v for k, v in files(world.state).items() if k.startswith("objects/")}
     # Before: "No resources found" (exit 0), and the next apply swept every document.
@@ -109,9 +112,19 @@ def test_a_missing_index_beside_documents_is_damage_and_repair_rebuilds_it(world
     assert world.run("datastore", "check").exit_code == 1
     repaired = world.ok("datastore", "repair")
     assert "rebuilt state.json from" in repaired.stdout
+    assert world.ds.revision > revision  # revisions never go back, even past a lost index
     assert "datastore OK" in world.ok("datastore", "check").output
     assert _names(world.ok("get", "policy").stdout) == _names(policies)
     assert world.tables() == world.fresh()
+
+
+def test_a_missing_index_beside_rule_ids_is_damage_too(world: World) -> None:
+    for obj in world.ds.objects():
+        world.ds.delete(obj.info.short, obj.key.name, obj.key.namespace)
+    assert world.ds.objects() == [] and not any((world.state / "objects").rglob("*.yaml"))
+    (world.state / "state.json").unlink()
+    with pytest.raises(DamagedDatastore, match="the index is lost"):
+        Datastore(world.state).objects()
 
 
 def _names(table: str) -> list[str]:

@@ -127,14 +127,14 @@ def _check_rule_ids(ds: Datastore, report: Report) -> None:
     report.notes.append(f"rules.jsonl: {len(rules)} rule ids; ids.jsonl: {len(ids.items())} allocations")
 
 
-def nodes_behind(ds: Datastore, revision: int) -> dict[str, int | None]:
-    """Nodes whose applied record names a datastore revision older than `revision` (what they
-    enforce). A record without one (written before this existed) is not judged."""
-    behind: dict[str, int | None] = {}
+def enforced_revisions(ds: Datastore) -> dict[str, int]:
+    """The datastore revision each node's applied record says it enforces (records written before
+    this existed name none and are left out)."""
+    found: dict[str, int] = {}
     try:
         names = sorted(os.listdir(ds.applied_dir))
     except FileNotFoundError:
-        return behind
+        return found
     for name in names:
         if not name.endswith(".state.json"):
             continue
@@ -143,9 +143,15 @@ def nodes_behind(ds: Datastore, revision: int) -> dict[str, int | None]:
         except (OSError, ValueError):
             continue
         enforced = state.get("revision") if isinstance(state, dict) else None
-        if isinstance(enforced, int) and enforced < revision:
-            behind[name[: -len(".state.json")]] = enforced
-    return behind
+        if isinstance(enforced, int) and not isinstance(enforced, bool):
+            found[name[: -len(".state.json")]] = enforced
+    return found
+
+
+def nodes_behind(ds: Datastore, revision: int) -> dict[str, int | None]:
+    """Nodes whose applied record names a datastore revision older than `revision` (what they
+    enforce): an apply stopped between the datastore's commit and the kernel's."""
+    return {node: enforced for node, enforced in enforced_revisions(ds).items() if enforced < revision}
 
 
 # ---- repair ------------------------------------------------------------------------------------
@@ -204,7 +210,8 @@ def _rebuild_index(ds: Datastore) -> list[str]:
         if old is None or old[0] < revision:
             newest[key] = (revision, obj)
     objects = {k: o for k, (_, o) in newest.items()}
-    revision = max((o.revision for o in objects.values()), default=0) + 1
+    # Revisions never go back: past every document and every revision a node says it enforces.
+    revision = max([*(o.revision for o in objects.values()), *enforced_revisions(ds).values()], default=0) + 1
     ds.replace_index(revision, objects)
     done.append(f"rebuilt {INDEX} from {len(objects)} documents at revision {revision}; toggles only the lost index "
                 f"held are gone: every policy is as its document says")
@@ -307,4 +314,4 @@ def _lines(path: Path, done: list[str]) -> tuple[list[tuple[int, dict[str, Any]]
     return out, len(done) > before
 
 
-__all__ = ["Report", "check", "nodes_behind", "repair"]
+__all__ = ["Report", "check", "enforced_revisions", "nodes_behind", "repair"]

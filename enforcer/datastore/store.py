@@ -119,6 +119,13 @@ def _object_file(info: KindInfo, key: ObjectKey, revision: int) -> str:
     return f"{folder}/{_file_stem(key.name)}@{revision}.yaml"
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -250,6 +257,10 @@ class Datastore:
                     f"{path} is missing but {len(found)} stored documents exist under {self.path / OBJECTS}: the "
                     f"index is lost, nothing is read or written until `flowtui datastore repair` rebuilds it "
                     f"from them") from None
+            if any(_size(p) for p in (self.ids_path, self.rules_path)):  # only ever written after a commit
+                raise DamagedDatastore(
+                    f"{path} is missing but {self.rules_path.name} and {self.ids_path.name} say objects were "
+                    f"stored here: the index is lost (`flowtui datastore repair` rebuilds it)") from None
             return Catalog(0, {}, 0)
         except OSError as exc:
             raise DatastoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
