@@ -43,16 +43,24 @@ def _must_exist(ds: Datastore) -> None:
         fail(f"no datastore at {ds.path}: nothing to check (give --state-dir or set $FLOWTUI_HOME)")
 
 
+def _live_only(report: Report, lab_id: str) -> None:
+    """Only nodes of the lab that is up can be behind (a lab that is down enforces nothing)."""
+    live = set(guarded(lambda: runtime().lab_nodes(lab_id)))
+    report.behind = {n: r for n, r in report.behind.items() if n in live}
+
+
 @datastore_group.command(name="check")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@lab_option
 @state_dir_option
-def check_cmd(output: str, state_dir: str) -> None:
+def check_cmd(output: str, lab_id: str, state_dir: str) -> None:
     """Read and verify everything stored: the index, every document (checksum, and that it loads),
     rules.jsonl and ids.jsonl (whole lines, no id with two meanings, none lost), and whether every
-    node enforces the datastore's revision. Writes nothing; exit 1 when anything is wrong."""
+    node of the lab enforces the datastore's revision. Writes nothing; exit 1 when anything is wrong."""
     ds = Datastore(state_dir)
     _must_exist(ds)
     report = check(ds)
+    _live_only(report, lab_id)
     _print(report, output)
     if not report.ok:
         sys.exit(1)
@@ -76,10 +84,12 @@ def repair_cmd(drop_damaged: bool, output: str, lab_id: str, state_dir: str) -> 
     ds = Datastore(state_dir)
     _must_exist(ds)
     report = guarded(lambda: repair(ds, drop_damaged=drop_damaged))
+    _live_only(report, lab_id)
     if not report.problems:  # a datastore that reads: give it to the nodes (heals those left behind)
         if runtime().is_root():
             enforce(ds, lab_id, echo=output != "json")
             report.behind = nodes_behind(ds, ds.revision)
+            _live_only(report, lab_id)
         elif report.behind:
             click.echo("not root: the nodes left behind are enforced by the next apply as root", err=True)
     _print(report, output)
