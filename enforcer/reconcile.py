@@ -404,13 +404,16 @@ class Reconciler:
         either is damaged: nothing is compiled or applied then); re-read only when a file changed.
         A torn last line (an append a crash interrupted) is cut off first. The CLI calls this
         before committing a change, so a damaged file stops it before the datastore moves."""
-        ids_key, rules_key = _stat(self.datastore.ids_path), _stat(self.datastore.rules_path)
-        if self._rules is None or rules_key is None or self._rules[0] != rules_key:
-            self._rules = (rules_key, RuleTable.load(self.datastore.rules_path, cut_torn=True))
-            self._ids = None
-        if self._ids is None or ids_key is None or self._ids[0] != ids_key:
-            self._ids = (ids_key, IdAllocator.load(self.datastore.ids_path, self._rules[1], cut_torn=True))
-        return self._ids[1], self._rules[1]
+        with self.datastore.locked():  # cutting a torn line is a write
+            ids_key, rules_key = _stat(self.datastore.ids_path), _stat(self.datastore.rules_path)
+            if self._rules is None or rules_key is None or self._rules[0] != rules_key:
+                self._rules = (_stat(self.datastore.rules_path),
+                               RuleTable.load(self.datastore.rules_path, cut_torn=True))
+                self._ids = None
+            if self._ids is None or ids_key is None or self._ids[0] != ids_key:
+                allocator = IdAllocator.load(self.datastore.ids_path, self._rules[1], cut_torn=True)
+                self._ids = (_stat(self.datastore.ids_path), allocator)
+            return self._ids[1], self._rules[1]
 
     def _save_rules(self, table: RuleTable, tables: list[RuleTable]) -> int:
         """Append the compiled refs rules.jsonl lacks (fsynced); a known id never changes meaning."""

@@ -159,13 +159,15 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def make_reconciler(ds: Datastore, lab_id: str) -> Reconciler | None:
-    """A reconciler for the lab's nodes that are up; None (with a note) when the lab is not up."""
+def make_reconciler(ds: Datastore, lab_id: str, *, note: bool = True) -> Reconciler | None:
+    """A reconciler for the lab's nodes that are up; None (with a note, unless not `note`) when the
+    lab is not up."""
     rt = runtime()
     nodes = guarded(lambda: rt.lab_nodes(lab_id))
     if not nodes:
-        click.echo(f"lab {lab_id} is not up: stored, nothing enforced (start it with `flowtui lab up -f ...`)",
-                   err=True)
+        if note:
+            click.echo(f"lab {lab_id} is not up: stored, nothing enforced (start it with `flowtui lab up -f ...`)",
+                       err=True)
         return None
     compile_fn, options = rt.compiler()
     return Reconciler(ds, rt.backend(lab_id), compile_fn, options, lambda: nodes, lab_id=lab_id)
@@ -242,10 +244,12 @@ def apply(paths: Sequence[str], more_paths: Sequence[str], dry_run: bool, lab_id
         return
     need_root(dry_run_hint=True)
     ds = Datastore(state_dir)
-    guarded(lambda: verify_rule_ids(ds))  # before the commit: never a datastore the kernel cannot follow
+    reconciler = make_reconciler(ds, lab_id, note=False)
+    # Before the commit: never a datastore the kernel cannot follow (read once: the reconciler keeps it).
+    guarded(reconciler.rule_ids if reconciler is not None else lambda: verify_rule_ids(ds))
     changes = guarded(lambda: ds.apply_documents(inputs))
     print_changes(changes)
-    result = enforce(ds, lab_id)
+    result = enforce(ds, lab_id, reconciler=reconciler)
     if result is not None and not result.ok:
         sys.exit(1)
 
