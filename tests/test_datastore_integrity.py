@@ -416,10 +416,10 @@ def test_kill_9_between_commit_and_kernel_apply(kernel: None, lab_id: str, tmp_p
     assert "configured" in killed.stdout  # the datastore committed
     status = flowtui("lab", "status", "--lab", lab_id, "--state-dir", state)
     assert status.returncode == 0 and "enforces datastore revision" in status.stdout, status.stdout
-    assert flowtui("datastore", "check", "--state-dir", state).returncode == 1
+    assert flowtui("datastore", "check", "--lab", lab_id, "--state-dir", state).returncode == 1
     healed = flowtui("datastore", "repair", "--lab", lab_id, "--state-dir", state)
     assert healed.returncode == 0, healed.stderr
-    assert flowtui("datastore", "check", "--state-dir", state).returncode == 0
+    assert flowtui("datastore", "check", "--lab", lab_id, "--state-dir", state).returncode == 0
     assert "enforces datastore revision" not in flowtui("lab", "status", "--lab", lab_id, "--state-dir", state).stdout
     # The kernel holds what a fresh compile of the datastore gives (the edit included).
     from enforcer.reconcile import fingerprint
