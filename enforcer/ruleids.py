@@ -5,6 +5,12 @@ Every verdict the dataplane reaches is attributed: the nftables rule logs with p
 Identifiers are allocated per (policy revision, direction, rule) — or per end-of-tier / profile /
 default decision point — and are never reused, so an event is attributed by the policy revision
 that was in force when the packet was seen, even while policies change.
+
+Both files (`ids.jsonl`: allocations, `rules.jsonl`: what each id stands for) are append-only
+and fsynced before any kernel sees an id. Loading verifies them: a line that does not parse, an
+id with two meanings, or an id of rules.jsonl that ids.jsonl lost (the next allocation would give
+it to another rule) is a RuleIdError naming the file and line, never a reassignment; a torn last
+line (an append a crash interrupted) is cut. `enforcer.datastore.integrity` repairs the rest.
 """
 
 from __future__ import annotations
