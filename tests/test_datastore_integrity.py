@@ -378,6 +378,15 @@ def test_lab_down_removes_the_labs_wireguard_runtime_dirs(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ft-x12-node-a", "other"]
 
 
+def test_lab_down_calls_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import enforcer.lab.netns as netns
+
+    (tmp_path / "ft-zq9-node-a").mkdir()
+    monkeypatch.setattr(netns, "WIREGUARD_RUN_DIR", tmp_path)
+    assert netns.lab_down("zq9") == 0  # no namespace of that lab: nothing else to remove
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- kill -9 between the datastore's commit and the kernel's (kernel) ----------------------------
 
 CLI = """
