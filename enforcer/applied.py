@@ -4,9 +4,12 @@ checks before trusting it (no fsync).
     applied/<node>.json         the whole table, with an id; rewritten only when more than set
                                 elements changed (a toggle must not rewrite megabytes)
     applied/<node>.state.json   after every apply: the id of the whole table, the sets changed
-                                since (`closed` always) and the namespace's ruleset generation
+                                since (`closed` always), the namespace's ruleset generation
                                 (`Backend.generation`: unchanged means nothing was committed in
-                                between, by anyone, so the record need not be read back)
+                                between, by anyone, so the record need not be read back) and the
+                                datastore revision the node now enforces (older than the
+                                datastore's: an apply stopped between the datastore's commit and
+                                the kernel's; `lab status`, `datastore check` show it)
     applied/<node>.layout.json  the compile the table came from (datastore layout revision, lab)
                                 and the policies' gates: a new process (the CLI) switches a gate
                                 without compiling
@@ -72,6 +75,8 @@ class AppliedRecords:
         self.backend = backend
         self._bases: dict[str, tuple[str, ir.Table]] = {}  # the whole table last written or read, by id
         self._layouts: dict[str, dict[str, Any]] = {}  # the layout record last written or read
+        self.revision: int | None = None  # the datastore revision being enforced (the reconciler sets it)
+        self._stamped: dict[str, int | None] = {}  # the revision last recorded per node
 
     def path(self, node: str, part: str = "") -> Path:
         return self.directory / f"{node}{part}.json"
@@ -148,8 +153,19 @@ class AppliedRecords:
         self.write_state(node, base[0], changed)
 
     def write_state(self, node: str, base: str, elements: Mapping[str, list[str]]) -> None:
-        state = {"base": base, "generation": self.generation(node), "elements": elements}
+        state = {"base": base, "generation": self.generation(node), "elements": elements, "revision": self.revision}
         atomic_write(self.path(node, ".state"), json.dumps(state) + "\n", durable=False)
+        self._stamped[node] = self.revision
+
+    def stamped(self, node: str) -> bool:
+        """The node's state record already names the revision being enforced (this process wrote it)."""
+        return node in self._stamped and self._stamped[node] == self.revision
+
+    def forget(self, node: str) -> None:
+        """Distrust what is remembered of `node`'s records (its kernel table was found to differ)."""
+        self._bases.pop(node, None)
+        self._layouts.pop(node, None)
+        self._stamped.pop(node, None)
 
     def save_layout(self, node: str, key: tuple[int, str | None, str], gates: Mapping[tuple[str, str, str], int],
                     table: ir.Table) -> None:

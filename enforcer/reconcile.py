@@ -49,7 +49,7 @@ from enforcer.model import ResourceSet
 from enforcer.nft import ir
 from enforcer.nft.backend import TABLE_FAMILY, TABLE_NAME, ApplyError, Backend
 from enforcer.resolve import ClusterState
-from enforcer.ruleids import IdAllocator, RuleTable
+from enforcer.ruleids import IdAllocator, RuleIdError, RuleRef, RuleTable
 
 
 class Compiled(Protocol):
@@ -183,6 +183,14 @@ def compile_nodes(
     return {node: compile_fn(state, node, options, ids) for node in nodes}
 
 
+def verify_rule_ids(datastore: Datastore) -> None:
+    """ids.jsonl and rules.jsonl are whole and agree (a torn last line is cut); RuleIdError
+    otherwise. Called before a change is committed, so a damaged file stops it before the
+    datastore moves ahead of what the kernel can be given."""
+    with datastore.locked():
+        IdAllocator.load(datastore.ids_path, RuleTable.load(datastore.rules_path, cut_torn=True), cut_torn=True)
+
+
 # ---- checking the recorded table against the live one ------------------------------------------
 
 
@@ -215,6 +223,7 @@ class Reconciler:
         self.lab_nodes = lab_nodes
         self.lab_id = lab_id
         self._applied: dict[str, ir.Table] = {}  # verified: what the backend holds now
+        self._distrusted: set[str] = set()  # nodes whose records the kernel contradicted: replace whole
         self.records = AppliedRecords(datastore.applied_dir, backend)
         self._ids: tuple[tuple[int, int] | None, IdAllocator] | None = None
         self._rules: tuple[tuple[int, int] | None, RuleTable] | None = None
@@ -222,6 +231,14 @@ class Reconciler:
         self._state: ClusterState | None = None  # the last compiled state, to derive the next one from
         self._lock = threading.Lock()
         self.wireguard: Any = None  # the last run's `enforcer.wireguard.manager.WireGuardResult`, if any
+
+    def _distrust(self, node: str) -> None:
+        """The node's records (or memory) were contradicted by its kernel: read the live table,
+        replace it whole, trust nothing recorded until that succeeded."""
+        self._distrusted.add(node)
+        self._applied.pop(node, None)
+        self.records.forget(node)
+        self._layout = None
 
     def forget(self, node: str | None = None) -> None:
         """Drop what is known about `node` (or every node): the next run re-checks the backend."""
@@ -239,15 +256,24 @@ class Reconciler:
         with self._lock, self.datastore.locked():
             catalog = self.datastore.catalog()
             revision = catalog.revision
+            self.records.revision = revision
             targets = list(self.lab_nodes() if nodes is None else nodes)
             # What a compile depends on: the stored objects but for their toggles, the lab, and the
             # compiler's options (its layout version among them).
             key = (catalog.layout, self.lab_id, repr(self.options))
             layout = self._layout
+            every, light_done = targets, {}
             if not full and layout is None:  # a fresh process (the CLI): try the small records alone
                 light = self._light_toggle(revision, targets, key, disabled_keys(catalog.objects.values()), start)
                 if light is not None:
-                    return light
+                    stale = [n.node for n in light.nodes if n.status == "failed" and n.node in self._distrusted]
+                    if not stale:
+                        return light
+                    # The kernel refused a change the records said would fit (an element they say
+                    # is there is not): they are wrong. Those nodes go the long way: the live
+                    # table is read, and replaced whole.
+                    light_done = {n.node: n for n in light.nodes if n.status != "failed"}
+                    targets = stale
             if not full and (layout is None or layout[0] != key or any(n not in layout[1] for n in targets)):
                 recorded = self._recorded_layout(targets, key)  # a fresh process: the last run's compile
                 if recorded is not None:
@@ -261,8 +287,7 @@ class Reconciler:
                 resources, include_disabled=True)
             self._state = state
             load_ms = _ms(start)
-            ids = self._load_ids()
-            known_ids = len(ids.items())
+            ids, table = self.rule_ids()
             compiled: dict[str, Compiled] = {}
             results: dict[str, NodeResult] = {}
             times: dict[str, float] = {}
@@ -273,11 +298,11 @@ class Reconciler:
                 except Exception as exc:  # one node's failure must not stop the others
                     results[node] = NodeResult(node, "failed", compile_ms=_ms(t), error=f"compile: {exc!r}")
                 times[node] = _ms(t)
-            new_ids = len(ids.items()) - known_ids
-            if new_ids:
-                ids.dump(self.datastore.ids_path)
-                self._ids = (_stat(self.datastore.ids_path), ids)
-            rules = self._save_rules([c.rules for c in compiled.values()])
+            new_ids = ids.pending
+            # Both appended and fsynced before any kernel can log one of these ids.
+            ids.persist(self.datastore.ids_path)
+            self._ids = (_stat(self.datastore.ids_path), ids)
+            rules = self._save_rules(table, [c.rules for c in compiled.values()])
             for node, out in compiled.items():
                 results[node] = self._apply(node, out.table, times[node], full)
             gated = {n: c for n, c in compiled.items() if isinstance(c, Gated) and results[n].status != "failed"}
@@ -287,13 +312,14 @@ class Reconciler:
                 gates = getattr(c, "gates", None)
                 if isinstance(gates, Mapping):
                     self.records.save_layout(node, key, gates, c.table)
-            result = ReconcileResult(revision, tuple(results[n] for n in targets), load_ms, _ms(start), rules, new_ids)
+            nodes_done = tuple(light_done.get(n) or results[n] for n in every)
+            result = ReconcileResult(revision, nodes_done, load_ms, _ms(start), rules, new_ids)
         # WireGuard (FelixConfiguration wireguardEnabled/V6) after the tables, only when they went into
         # this lab's kernel; a no-op without root or with WireGuard off; failures land in the result.
         if self.lab_id is not None and getattr(self.backend, "lab_id", None) == self.lab_id:
             from enforcer.wireguard.manager import reconcile_lab_reported
 
-            self.wireguard = reconcile_lab_reported(self.datastore, self.lab_id, targets, felix=state.felix)
+            self.wireguard = reconcile_lab_reported(self.datastore, self.lab_id, every, felix=state.felix)
         return result
 
     def _recorded_layout(self, targets: list[str], key: tuple[int, str | None, str]) -> dict[str, Gated] | None:
@@ -341,6 +367,8 @@ class Reconciler:
         for node, meta, state, now, want in plans:
             counts = (int(meta.get("chains", 0)), int(meta.get("sets", 0)))
             if now == want:
+                if state.get("revision") != revision:
+                    self.records.write_state(node, str(state["base"]), state["elements"])
                 results.append(NodeResult(node, "unchanged", chains=counts[0], sets=counts[1], toggled=True))
                 continue
             ops: list[ir.Op] = [ir.SetElements(CLOSED_SET, add=tuple(sorted(want - now)),
@@ -349,6 +377,8 @@ class Reconciler:
             try:
                 self.backend.apply(node, table, ops)
             except ApplyError as exc:
+                if exc.stale:  # the records named an element the kernel does not have: retried the long way
+                    self._distrust(node)
                 results.append(NodeResult(node, "failed", ops=1, apply_ms=_ms(t), error=exc.message, toggled=True))
                 continue
             apply_ms = _ms(t)
@@ -369,27 +399,34 @@ class Reconciler:
         rules = len(self._rules[1]) if self._rules is not None else 0
         return ReconcileResult(revision, tuple(results), load_ms, _ms(start), rules, 0)
 
-    def _load_ids(self) -> IdAllocator:
-        """The persistent allocator, re-read only when its file changed (another process wrote)."""
-        key = _stat(self.datastore.ids_path)
-        if self._ids is None or key is None or self._ids[0] != key:
-            self._ids = (key, IdAllocator.load(self.datastore.ids_path))
-        return self._ids[1]
+    def rule_ids(self) -> tuple[IdAllocator, RuleTable]:
+        """The persistent allocator and rule table, verified against each other (RuleIdError if
+        either is damaged: nothing is compiled or applied then); re-read only when a file changed.
+        A torn last line (an append a crash interrupted) is cut off first. The CLI calls this
+        before committing a change, so a damaged file stops it before the datastore moves."""
+        with self.datastore.locked():  # cutting a torn line is a write
+            ids_key, rules_key = _stat(self.datastore.ids_path), _stat(self.datastore.rules_path)
+            if self._rules is None or rules_key is None or self._rules[0] != rules_key:
+                self._rules = (_stat(self.datastore.rules_path),
+                               RuleTable.load(self.datastore.rules_path, cut_torn=True))
+                self._ids = None
+            if self._ids is None or ids_key is None or self._ids[0] != ids_key:
+                allocator = IdAllocator.load(self.datastore.ids_path, self._rules[1], cut_torn=True)
+                self._ids = (_stat(self.datastore.ids_path), allocator)
+            return self._ids[1], self._rules[1]
 
-    def _save_rules(self, tables: list[RuleTable]) -> int:
-        """Merge the compiled refs into rules.jsonl (append-only); write only when something is new."""
-        path = self.datastore.rules_path
-        key = _stat(path)
-        if self._rules is None or key is None or self._rules[0] != key:
-            self._rules = (key, RuleTable.load(path))
-        merged = self._rules[1]
-        for table in tables:
-            if any(merged.refs.get(ref.id) != ref for ref in table):
-                merged = merged.merged(table)
-        if merged is not self._rules[1]:
-            merged.dump(path)
-            self._rules = (_stat(path), merged)
-        return len(merged)
+    def _save_rules(self, table: RuleTable, tables: list[RuleTable]) -> int:
+        """Append the compiled refs rules.jsonl lacks (fsynced); a known id never changes meaning."""
+        new: dict[int, RuleRef] = {}
+        for compiled in tables:
+            for ref in table.new_refs(compiled):
+                if new.setdefault(ref.id, ref) != ref:
+                    raise RuleIdError(f"rule id {ref.id} compiled for two rules")
+        if new:
+            RuleTable.append(self.datastore.rules_path, new.values())
+            table = table.merged(new)
+            self._rules = (_stat(self.datastore.rules_path), table)
+        return len(table)
 
     def _apply(self, node: str, table: ir.Table, compile_ms: float, full: bool) -> NodeResult:
         verify_ms = 0.0
@@ -415,20 +452,38 @@ class Reconciler:
         if ops is None:
             ops = ir.full(table, existing=existing)
         if not ops:
+            if not self.records.stamped(node):  # the record names the revision now enforced
+                self.records.save(node, table)
             return result("unchanged")
         t = time.perf_counter()
         try:
             self.backend.apply(node, table, ops)
         except ApplyError as exc:
-            self._applied.pop(node, None)  # re-check the backend next time
-            return result("failed", whole, len(ops), _ms(t), exc.message)
+            if not exc.stale:
+                self._applied.pop(node, None)  # re-check the backend next time
+                return result("failed", whole, len(ops), _ms(t), exc.message)
+            self._distrust(node)  # what we diffed from is not what the kernel holds
+            if whole:
+                return result("failed", whole, len(ops), _ms(t), exc.message)
+            # A diff the kernel refuses (ENOENT: an element or chain the baseline has and the
+            # kernel does not): the baseline was wrong. Replace the table whole, once.
+            try:
+                ops = ir.full(table, existing=self.backend.current(node) is not None)
+                whole = True
+                self.backend.apply(node, table, ops)
+            except Exception as again:
+                message = again.message if isinstance(again, ApplyError) else str(again)
+                return result("failed", whole, len(ops), _ms(t), message)
         apply_ms = _ms(t)
+        self._distrusted.discard(node)
         self._applied[node] = table
         self.records.save(node, table)
         return result("applied", whole, len(ops), apply_ms)
 
     def _baseline(self, node: str) -> tuple[ir.Table | None, bool]:
         """(the table to diff from, or None for a whole replace; whether a table exists)."""
+        if node in self._distrusted:
+            return None, self.backend.current(node) is not None
         known = self._applied.get(node)
         if known is not None:
             return known, True
@@ -459,6 +514,7 @@ __all__ = [
     "cluster_state",
     "compile_nodes",
     "fingerprint",
+    "verify_rule_ids",
     "table_from_json",
     "table_to_json",
 ]

@@ -26,6 +26,9 @@ class StoredObject:
     # to `revision`'s resourceVersion): policies carry it as `Policy.revision`, so a toggle keeps
     # the policy's rule ids and the dataplane's layout, and only flips its gate. 0: same as revision.
     generation: int = 0
+    # sha256 of the document file's bytes: every read checks it (a truncated or emptied document
+    # is damage, never a policy with less in it). "" in stores written before it existed.
+    sha256: str = ""
 
     @property
     def spec_revision(self) -> int:
@@ -55,6 +58,7 @@ class StoredObject:
             "disabled": self.disabled,
             "position": self.position,
             "generation": self.spec_revision,
+            **({"sha256": self.sha256} if self.sha256 else {}),
         }
 
     @classmethod
@@ -62,7 +66,7 @@ class StoredObject:
         key = ObjectKey(raw["kind"], raw["namespace"], raw["name"])
         return cls(key, raw["apiVersion"], raw["writtenKind"], int(raw["revision"]), int(raw["created"]),
                    raw["updated"], raw["file"], raw["source"], bool(raw.get("disabled", False)),
-                   int(raw.get("position", 0)), int(raw.get("generation", 0)))
+                   int(raw.get("position", 0)), int(raw.get("generation", 0)), str(raw.get("sha256", "")))
 
 
 @dataclass(frozen=True)

@@ -4,17 +4,22 @@ Layout of the directory (`/var/lib/flowtui`, or `$FLOWTUI_HOME`, or the CLI's `-
 
     lock                      flock(2) target: writers take it exclusively, readers shared
     state.json                the index: datastore revision and every object's key, revision,
-                              creation revision, update time, source and document file
+                              creation revision, update time, source, document file and the
+                              file's sha256 (checked on every read: damage is refused, never loaded)
     objects/<apiVersion>/<Kind>/<namespace or _>/<name>@<revision>.yaml
-                              one document per object, as written (re-dumped YAML)
+                              one document per object, as written (re-dumped YAML); names over
+                              120 bytes are cut and get a hash suffix (`_file_stem`)
     ids.jsonl                 rule id allocations (`enforcer.ruleids.IdAllocator`)
     rules.jsonl               id -> rule, append-only (`enforcer.ruleids.RuleTable`)
     applied/<node>.json       the table last applied to each node (`enforcer.reconcile`)
 
-A change writes the new document files (new names: the revision is part of the name), then
-replaces `state.json` (temp file, fsync, rename: the commit point), then removes the files it
-superseded. A crash at any point leaves the previous or the new state, never a mix; stray files
-are swept by the next write.
+A change writes the new document files (new names: the revision is part of the name, each
+fsynced, then their directories), then replaces `state.json` (temp file, fsync, rename, directory
+fsync: the commit point), then removes the files it superseded. A crash at any point leaves the
+previous or the new state, never a mix; stray files are swept by the next write. A missing
+`state.json` is an empty datastore only when no document exists: beside documents it is damage
+(`DamagedDatastore`; `integrity.repair` rebuilds it), so no write can sweep them. Files are 0600
+and directories 0700 whatever the umask (`files.py`).
 
 Revisions: the datastore revision goes up by one for every write that changes something; each
 changed object gets that revision (so an object's revision is unique over time, as Kubernetes'
@@ -27,6 +32,7 @@ changes neither the policy's rule ids nor the compiled layout (only its gate).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import threading
@@ -37,7 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from enforcer.datastore.kinds import KIND_INFO, KindInfo, ObjectKey, resolve_kinds
+from enforcer.datastore.files import FILE_MODE, atomic_write, fsync_dir, make_dirs
+from enforcer.datastore.kinds import BY_MODEL_KIND, KIND_INFO, KindInfo, ObjectKey, resolve_kinds
 from enforcer.datastore.records import Change, ChangeSet, Preview, StoredObject
 from enforcer.datastore.sources import (
     Document,
@@ -94,28 +101,71 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+NAME_BYTES = 120  # longer names are cut and get a hash suffix: file names stay far below NAME_MAX
+
+
+def _file_stem(name: str) -> str:
+    """`name`, or for a long one (Kubernetes allows 253 characters; NAME_MAX is 255 bytes, and the
+    revision and the temporary file's suffixes come on top) its first characters and a hash of
+    the whole: readable, bounded, unique. The index names every file, so stores written with
+    full long names are read as they are."""
+    if len(name.encode()) <= NAME_BYTES:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return f"{name.encode()[:NAME_BYTES - 17].decode(errors='ignore')}~{digest}"
+
+
 def _object_file(info: KindInfo, key: ObjectKey, revision: int) -> str:
-    folder = f"{OBJECTS}/{info.api_version.replace('/', '_')}/{info.kind}/{key.namespace or '_'}"
-    return f"{folder}/{key.name}@{revision}.yaml"
+    folder = f"{OBJECTS}/{info.api_version.replace('/', '_')}/{info.kind}/{_file_stem(key.namespace or '_')}"
+    return f"{folder}/{_file_stem(key.name)}@{revision}.yaml"
 
 
-def atomic_write(path: Path, text: str, *, durable: bool = True, sync_dir: bool = False) -> None:
-    """Write `text` to `path` through a temporary file and a rename (never a half-written file).
-    `durable` fsyncs the file before the rename; `sync_dir` also fsyncs the directory after it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    if sync_dir:
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class DamagedDatastore(DatastoreError):
+    """Stored state that is missing, truncated or contradicts itself: refused, never guessed."""
+
+
+def parse_index(data: bytes, path: Path) -> Catalog:
+    """state.json, strictly: DamagedDatastore naming the file (and the entry) for anything else."""
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:  # UnicodeDecodeError is one
+        raise DamagedDatastore(f"{path} is damaged ({len(data)} bytes, not JSON: {exc}); `flowtui datastore "
+                               f"repair` rebuilds it from the stored documents") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise DamagedDatastore(f"{path}: unknown format {found!r} (expected {FORMAT})")
+    entries = raw.get("objects")
+    if not isinstance(entries, list):
+        raise DamagedDatastore(f"{path}: no objects list")
+    objects: dict[ObjectKey, StoredObject] = {}
+    for number, entry in enumerate(entries):
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            obj = StoredObject.from_json(entry)
+            if obj.key.kind not in BY_MODEL_KIND or not isinstance(obj.key.name, str) or not obj.key.name:
+                raise ValueError(f"kind {obj.key.kind!r}, name {obj.key.name!r}")
+            if not isinstance(obj.file, str) or not obj.file.startswith(OBJECTS + "/") or ".." in obj.file.split("/"):
+                raise ValueError(f"file {obj.file!r} is not under {OBJECTS}/")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DamagedDatastore(f"{path}: object #{number + 1} is damaged ({exc!r})") from exc
+        if objects.setdefault(obj.key, obj) is not obj:
+            raise DamagedDatastore(f"{path}: {obj.key} is listed twice")
+    try:
+        revision = int(raw["revision"])
+        layout = int(raw.get("layout", revision))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DamagedDatastore(f"{path}: no valid revision ({exc!r})") from exc
+    return Catalog(revision, objects, layout)
 
 
 class Datastore:
@@ -174,8 +224,10 @@ class Datastore:
         lock = self.path / LOCK
         if exclusive:
             try:
-                self.path.mkdir(parents=True, exist_ok=True)
-                return os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                make_dirs(self.path)
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+                os.fchmod(fd, FILE_MODE)
+                return fd
             except OSError as exc:
                 raise DatastoreError(f"cannot write the datastore {self.path}: {exc.strerror or exc}") from exc
         try:
@@ -189,34 +241,75 @@ class Datastore:
 
     def _read_index(self) -> Catalog:
         """The index, parsed again only when state.json was replaced (every commit renames a new
-        file over it, so its inode changes): live toggles read it on every run."""
+        file over it, so its inode changes): live toggles read it on every run. A missing index
+        is emptiness only when no document exists either; otherwise it is damage (DamagedDatastore),
+        never an empty catalog a write would then sweep the documents from."""
         path = self.path / INDEX
         try:
             st = path.stat()
             stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
             if self._index is not None and self._index[0] == stamp:
                 return self._index[1]
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            data = path.read_bytes()
         except FileNotFoundError:
+            found = self.document_files()
+            if found:
+                raise DamagedDatastore(
+                    f"{path} is missing but {len(found)} stored documents exist under {self.path / OBJECTS}: the "
+                    f"index is lost, nothing is read or written until `flowtui datastore repair` rebuilds it "
+                    f"from them") from None
+            if any(_size(p) for p in (self.ids_path, self.rules_path)):  # only ever written after a commit
+                raise DamagedDatastore(
+                    f"{path} is missing but {self.rules_path.name} and {self.ids_path.name} say objects were "
+                    f"stored here: the index is lost (`flowtui datastore repair` rebuilds it)") from None
             return Catalog(0, {}, 0)
-        except (OSError, ValueError) as exc:
-            raise DatastoreError(f"cannot read {self.path / INDEX}: {exc}") from exc
-        if raw.get("format") != FORMAT:
-            raise DatastoreError(f"{self.path / INDEX}: unknown format {raw.get('format')!r} (expected {FORMAT})")
-        objects = (StoredObject.from_json(o) for o in raw["objects"])
-        revision = int(raw["revision"])
-        index = Catalog(revision, {o.key: o for o in objects}, int(raw.get("layout", revision)))
+        except OSError as exc:
+            raise DatastoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        index = parse_index(data, path)
         self._index = (stamp, index)
         return index
+
+    def document_files(self) -> list[str]:
+        """Every file under objects/, relative to the datastore (stray temporary files included)."""
+        root = self.path / OBJECTS
+        return sorted(os.path.relpath(os.path.join(folder, f), self.path)
+                      for folder, _dirs, files in os.walk(root) for f in files)
+
+    def read_document(self, obj: StoredObject) -> str:
+        """The text of `obj`'s document, verified against the index's checksum (DamagedDatastore
+        naming the file when it was truncated, emptied, replaced or is not UTF-8)."""
+        path = self.path / obj.file
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DamagedDatastore(f"cannot read stored document {path} ({obj.key}): {exc.strerror or exc}; "
+                                   f"re-apply it (last from {obj.source}) or see `flowtui datastore check`") from exc
+        if obj.sha256 and _digest(data) != obj.sha256:
+            raise DamagedDatastore(f"stored document {path} ({obj.key}) is damaged: {len(data)} bytes that are not "
+                                   f"what was stored (checksum differs); re-apply it (last from {obj.source}) or "
+                                   f"see `flowtui datastore check`")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DamagedDatastore(f"stored document {path} ({obj.key}) is not UTF-8: {exc}") from exc
+        if not obj.sha256:  # written before checksums: the document must at least be the object
+            try:
+                body = parse_stored(text, str(path))
+            except ValueError as exc:
+                raise DamagedDatastore(f"stored document {path} ({obj.key}) is damaged: {exc}") from exc
+            meta = body.get("metadata")
+            if body.get("kind") != obj.kind or not isinstance(meta, dict) or meta.get("name") != obj.key.name:
+                raise DamagedDatastore(f"stored document {path} is not {obj.key} (damaged or replaced)")
+        return text
 
     def _document(self, obj: StoredObject) -> dict[str, Any]:
         """The stored document, with the live toggle's annotation as the index says (a toggle
         changes the index only, not the document file)."""
         path = self.path / obj.file
         try:
-            body = parse_stored(path.read_text(encoding="utf-8"), str(path))
-        except (OSError, ValueError) as exc:
-            raise DatastoreError(f"cannot read stored document {path}: {exc}") from exc
+            body = parse_stored(self.read_document(obj), str(path))
+        except ValueError as exc:
+            raise DamagedDatastore(f"stored document {path} ({obj.key}) is damaged: {exc}") from exc
         if obj.info.is_policy and (annotation(body, DISABLED_ANNOTATION) == "true") != obj.disabled:
             body = with_annotation(body, DISABLED_ANNOTATION, "true" if obj.disabled else None)
         return body
@@ -295,13 +388,7 @@ class Datastore:
             path = str(self.path / obj.file)
             res = None if obj.file in pending else self._cache.get(path)
             if res is None:
-                if obj.file in pending:
-                    text = pending[obj.file]
-                else:
-                    try:
-                        text = (self.path / obj.file).read_text(encoding="utf-8")
-                    except OSError as exc:
-                        raise DatastoreError(f"cannot read stored document {path}: {exc}") from exc
+                text = pending[obj.file] if obj.file in pending else self.read_document(obj)
                 try:
                     res = load_text(text, path)
                 except LoadError as err:
@@ -327,6 +414,8 @@ class Datastore:
         layout = revision if layout is None else layout
         for rel, text in files.items():
             atomic_write(self.path / rel, text)
+        for folder in {(self.path / rel).parent for rel in files}:
+            fsync_dir(folder)  # the documents' names are durable before the index names them
         lines = self._lines
         # The cached lines are used only if state.json is still the file this process wrote.
         if (replaced is not None and lines is not None and self._index is not None and self._index[0] == lines[0]
@@ -352,6 +441,13 @@ class Datastore:
                 os.unlink(self.path / rel)
             except FileNotFoundError:
                 pass
+
+    def replace_index(self, revision: int, objects: Mapping[ObjectKey, StoredObject]) -> None:
+        """Commit `objects` as the whole index at `revision` (repair): no document is written or
+        removed, the documents must already be there."""
+        with self.locked():
+            self._index = self._lines = None
+            self._commit(revision, dict(objects), {}, superseded=())
 
     def _sweep(self, referenced: set[str]) -> None:
         """Remove document files the index no longer names (superseded, or left by a crash)."""
@@ -386,10 +482,12 @@ class Datastore:
                     continue
             rel = _object_file(doc.info, doc.key, revision)
             files[rel] = dump(body)
+            digest = _digest(files[rel].encode("utf-8"))
             created = old.created if old is not None else revision
             disabled = annotation(body, DISABLED_ANNOTATION) == "true"
             objects[doc.key] = StoredObject(doc.key, doc.info.api_version, doc.info.kind, revision, created, now, rel,
-                                            str(doc.origin), disabled, old.position if old else position)
+                                            str(doc.origin), disabled, old.position if old else position,
+                                            sha256=digest)
             changes.append(Change(doc.key, "configured" if old is not None else "created", revision))
         resources = self._load(objects.values(), files)  # the merged result must load
         return ChangeSet(revision if files else index.revision, tuple(changes)), objects, files, resources
@@ -511,7 +609,9 @@ __all__ = [
     "DatastoreError",
     "NotFound",
     "Preview",
+    "DamagedDatastore",
     "StoredObject",
     "atomic_write",
+    "parse_index",
     "default_home",
 ]

@@ -25,10 +25,14 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 NETNS_DIR = "/var/run/netns"  # where `ip netns` (and pyroute2) keep named namespaces
 PREFIX = "ft-"
+# wireguard-go's runtime directories, one per node namespace (`enforcer.wireguard.userspace`):
+# `lab_down` removes a lab's with its namespaces.
+WIREGUARD_RUN_DIR = Path("/run/flowtui/wireguard")
 DEFAULT_LAB_ID = "lab"
 
 BRIDGE = "ftbr0"  # the underlay bridge, inside ft-<labid>-underlay

@@ -19,17 +19,19 @@ every namespace touched has the `ft-` prefix (checked again at the lowest level)
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
 from enforcer.lab.kernel import check_lab_netns, in_netns, netns_exists, netns_path, open_netns
-from enforcer.lab.names import LabError, Target, lab_prefix, netns_name
+from enforcer.lab.names import WIREGUARD_RUN_DIR, LabError, Target, lab_prefix, netns_name
 from enforcer.lab.spec import InterfaceSpec, LabPlan, NetnsSpec, Route, Sysctls, VethSpec
 from enforcer.lab.state import RT_SCOPE_LINK, RT_TABLE_MAIN, LabStatus, lab_namespaces, lab_status, netns_pids
 
@@ -269,7 +271,22 @@ def lab_down(lab_id: str) -> int:
     left = lab_namespaces(lab_id)
     if left:
         raise LabError(f"could not remove {', '.join(left)}")
+    remove_runtime_dirs(lab_id)
     return removed
+
+
+def remove_runtime_dirs(lab_id: str, run_dir: Path | None = None) -> list[str]:
+    """Remove the lab's wireguard-go runtime directories (`<run_dir>/ft-<lab>-node-*`: sockets,
+    pids, logs), once their namespaces are gone; returns their names."""
+    root = WIREGUARD_RUN_DIR if run_dir is None else run_dir
+    prefix = lab_prefix(lab_id)
+    try:
+        names = sorted(n for n in os.listdir(root) if n.startswith(prefix) and not netns_exists(n))
+    except FileNotFoundError:
+        return []
+    for name in names:
+        shutil.rmtree(root / name, ignore_errors=True)
+    return names
 
 
 def command_in(lab_id: str, target: str | Target, argv: Sequence[str]) -> list[str]:

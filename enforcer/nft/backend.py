@@ -60,6 +60,12 @@ class ApplyError(Exception):
         self.script = script
         super().__init__(f"{node}: {message}")
 
+    @property
+    def stale(self) -> bool:
+        """The kernel lacks something the change assumed (ENOENT): the change was computed from a
+        table that is not the one the node holds."""
+        return "No such file or directory" in self.message
+
 
 class Backend(Protocol):
     """Applies tables to nodes. Implementations own the table `inet flowtui` and nothing else."""
@@ -155,7 +161,8 @@ class FakeBackend:
                 new = ir.apply_ops(self.tables.get(node), table.family, table.name, ops)
             except (KeyError, ValueError) as exc:
                 self.failed.setdefault(node, []).append(script)
-                raise ApplyError(node, str(exc), script) from exc
+                reason = f"{exc.args[0]}: No such file or directory" if isinstance(exc, KeyError) else str(exc)
+                raise ApplyError(node, reason, script) from exc
             if new is None:
                 self.tables.pop(node, None)
             else:

@@ -218,6 +218,9 @@ def apply_ops(table: Table | None, family: str, name: str, ops: list[Op]) -> Tab
         elif isinstance(op, SetElements):
             s = sets[op.name]
             elements = set() if op.flush else set(s.elements)
+            absent = set(op.delete) - elements
+            if absent:  # the kernel refuses to delete what is not there (ENOENT)
+                raise KeyError(f"element {min(absent)} of set {op.name} does not exist")
             elements -= set(op.delete)
             elements |= set(op.add)
             sets[op.name] = replace(s, elements=frozenset(elements))

@@ -29,10 +29,11 @@ import time
 from pathlib import Path
 
 from enforcer.lab.kernel import check_lab_netns, netns_exists, netns_path
+from enforcer.lab.names import WIREGUARD_RUN_DIR
 from enforcer.safefile import PRIVATE, atomic_write, open_append, private_dir
 from enforcer.wireguard.device import DeviceError, DeviceStatus, parse_uapi_get, uapi_errno
 
-RUN_DIR = Path("/run/flowtui/wireguard")
+RUN_DIR = WIREGUARD_RUN_DIR
 WG_SOCKET_DIR = "/run/wireguard"  # = /var/run/wireguard, wireguard-go's fixed socket directory
 BINARY = "wireguard-go"
 START_TIMEOUT = 10.0

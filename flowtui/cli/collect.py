@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from flowtui.cli.state import lab_option, state_dir_option
+
 DEFAULT_DB = "flowtui.duckdb"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _SIZE = re.compile(r"^(\d+)([kKmMgG]?)$")
@@ -204,20 +206,27 @@ def _print_summary(summary: dict[str, Any]) -> None:
 @click.option("--db", "db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False))
 @click.option("--runs", "last_runs", default=3, show_default=True, help="How many recent runs to show.")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def status_cmd(db: str, last_runs: int, output: str) -> None:
-    """What the collector stored and lost, by cause, per run and namespace.
+@lab_option
+@state_dir_option
+def status_cmd(db: str, last_runs: int, output: str, lab_id: str, state_dir: str) -> None:
+    """What the collector stored and lost, by cause, per run and namespace; and lab nodes an
+    interrupted apply left behind the datastore (`--state-dir`, `--lab`).
 
     Opens the database read-only, or its snapshot when a collector is writing it.
     """
     from flowtui.cli.common import fail
+    from flowtui.cli.state import behind_lines, enforcement_behind, guarded, runtime
     from flowtui.store.status import read_status
 
+    behind = enforcement_behind(state_dir, guarded(lambda: runtime().lab_nodes(lab_id)))
+    for line in behind_lines(behind):
+        click.echo(f"warning: {line}", err=True)
     try:
         doc = read_status(Path(db), last_runs)
     except FileNotFoundError as exc:
         fail(f"no flow store: {exc}")
     if output == "json":
-        click.echo(json.dumps(doc, indent=2, default=str))
+        click.echo(json.dumps({**doc, "enforcement_behind": behind}, indent=2, default=str))
         return
     _print_status(doc)
 

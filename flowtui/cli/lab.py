@@ -15,9 +15,12 @@ import click
 
 from enforcer.datastore import Datastore
 from enforcer.lab import LabPlan, plan_lab
+from enforcer.reconcile import verify_rule_ids
 from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, namespace_option, paths_option
 from flowtui.cli.state import (
+    behind_lines,
     enforce,
+    enforcement_behind,
     format_table,
     guarded,
     lab_option,
@@ -83,6 +86,7 @@ def up(paths: Sequence[str], more_paths: Sequence[str], namespace: str | None, l
         fail("no input: give files or directories with -f PATH (or - for stdin)", EXIT_INVALID)
     need_root()
     ds = Datastore(state_dir)
+    guarded(lambda: verify_rule_ids(ds))  # before the commit (see `flowtui apply`)
     changes = store_planned(ds, inputs, lab_id, namespace)
     counts: dict[str, int] = {}
     for change in changes.changes:
@@ -159,16 +163,19 @@ def _tables(lab_id: str, nodes: list[str]) -> dict[str, dict[str, Any] | None]:
 @lab.command()
 @lab_option
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def status(lab_id: str, output: str) -> None:
-    """What exists of the lab: namespaces, interfaces, addresses, and each node's nftables table."""
+@state_dir_option
+def status(lab_id: str, output: str, state_dir: str) -> None:
+    """What exists of the lab: namespaces, interfaces, addresses, each node's nftables table, and
+    nodes an interrupted apply left behind the datastore."""
     from enforcer.lab import lab_status
 
     need_root()
     st = guarded(lambda: lab_status(lab_id))
     nodes = [str(ns.target.name) for ns in st.namespaces if ns.target is not None and ns.target.kind == "node"]
     tables = _tables(lab_id, nodes)
+    behind = enforcement_behind(state_dir, nodes)
     if output == "json":
-        echo_json({**st.to_dict(), "up": st.exists, "nftables": tables})
+        echo_json({**st.to_dict(), "up": st.exists, "nftables": tables, "behind": behind})
         return
     if not st.exists:
         click.echo(f"lab {lab_id} is not up")
@@ -182,6 +189,8 @@ def status(lab_id: str, output: str) -> None:
             click.echo(f"  node:{node}  cannot read: {info['error']}")
         else:
             click.echo(f"  node:{node}  {info['chains']} chains, {info['rules']} rules, {info['sets']} sets")
+    for line in behind_lines(behind):
+        click.echo(f"warning: {line}")
 
 
 @lab.command()

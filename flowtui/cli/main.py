@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from flowtui.cli.collect import collect_cmd, status_cmd
+from flowtui.cli.datastore import datastore_group
 from flowtui.cli.demo import demo
 from flowtui.cli.export import export_cmd
 from flowtui.cli.imports import import_calico_cmd  # noqa: F401  (adds `import hubble|calico` to the group)
@@ -30,7 +31,7 @@ def cli() -> None:
 
 for command in (
     check, eval_cmd, demo,  # policy: validate, decide, explain
-    apply, delete, get, policy_group, lab,  # enforcement and the lab
+    apply, delete, get, policy_group, lab, datastore_group,  # enforcement, the lab, the datastore
     collect_cmd, status_cmd, query_cmd, export_cmd,  # the flow store
     whatif, propose, import_group,  # what-if
     tui,  # the dashboard

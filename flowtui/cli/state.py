@@ -39,7 +39,8 @@ from enforcer.lab import DEFAULT_LAB_ID, LabError
 from enforcer.loader import LoadError, skipped_line
 from enforcer.loader.objects import KINDS
 from enforcer.nft.backend import Backend
-from enforcer.reconcile import CompileFn, Reconciler, ReconcileResult
+from enforcer.reconcile import CompileFn, Reconciler, ReconcileResult, verify_rule_ids
+from enforcer.ruleids import RuleIdError
 from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, namespace_option, paths_option
 
 T = TypeVar("T")
@@ -142,7 +143,7 @@ def guarded(work: Callable[[], T]) -> T:
         load_failed(err)
     except UnknownKind as err:
         fail(str(err), EXIT_INVALID)
-    except (DatastoreError, LabError) as err:
+    except (DatastoreError, LabError, RuleIdError) as err:
         fail(str(err))
 
 
@@ -190,13 +191,15 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def make_reconciler(ds: Datastore, lab_id: str) -> Reconciler | None:
-    """A reconciler for the lab's nodes that are up; None (with a note) when the lab is not up."""
+def make_reconciler(ds: Datastore, lab_id: str, *, note: bool = True) -> Reconciler | None:
+    """A reconciler for the lab's nodes that are up; None (with a note, unless not `note`) when the
+    lab is not up."""
     rt = runtime()
     nodes = guarded(lambda: rt.lab_nodes(lab_id))
     if not nodes:
-        click.echo(f"lab {lab_id} is not up: stored, nothing enforced (start it with `flowtui lab up -f ...`)",
-                   err=True)
+        if note:
+            click.echo(f"lab {lab_id} is not up: stored, nothing enforced (start it with `flowtui lab up -f ...`)",
+                       err=True)
         return None
     compile_fn, options = rt.compiler()
     return Reconciler(ds, rt.backend(lab_id), compile_fn, options, lambda: nodes, lab_id=lab_id)
@@ -220,6 +223,28 @@ def enforce(ds: Datastore, lab_id: str, *, echo: bool = True,
         if not wireguard.ok:
             click.echo("error: WireGuard did not come up on every node (flowtui get wireguard)", err=True)
     return result
+
+
+def enforcement_behind(state_dir: str, nodes: Sequence[str] | None = None) -> dict[str, Any]:
+    """{"revision": the datastore's, "nodes": {node: revision it enforces}} for the nodes an
+    interrupted apply left behind (of `nodes`, or all); {} when nothing is stored or readable."""
+    from enforcer.datastore.integrity import nodes_behind
+
+    ds = Datastore(state_dir)
+    try:
+        revision = ds.revision
+    except DatastoreError as err:
+        return {"error": str(err)}
+    found = {n: r for n, r in nodes_behind(ds, revision).items() if nodes is None or n in nodes}
+    return {"revision": revision, "nodes": found} if found else {}
+
+
+def behind_lines(behind: dict[str, Any]) -> list[str]:
+    if "error" in behind:
+        return [f"datastore: {behind['error']}"]
+    return [f"node {node} enforces datastore revision {rev}, the datastore is at {behind['revision']}: an apply "
+            f"stopped before the kernel took it (`flowtui datastore repair` or the next apply enforces it)"
+            for node, rev in sorted(behind.get("nodes", {}).items())]
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,9 +279,12 @@ def apply(paths: Sequence[str], more_paths: Sequence[str], namespace: str | None
         return
     need_root(dry_run_hint=True)
     ds = Datastore(state_dir)
+    reconciler = make_reconciler(ds, lab_id, note=False)
+    # Before the commit: never a datastore the kernel cannot follow (read once: the reconciler keeps it).
+    guarded(reconciler.rule_ids if reconciler is not None else lambda: verify_rule_ids(ds))
     changes = store_planned(ds, inputs, lab_id, namespace)
     print_changes(changes)
-    result = enforce(ds, lab_id)
+    result = enforce(ds, lab_id, reconciler=reconciler)
     if result is not None and not result.ok:
         sys.exit(1)
 
@@ -323,6 +351,7 @@ def delete(kind: str | None, name: str | None, paths: Sequence[str], namespace: 
         raise click.UsageError("give the NAME of the object to delete")
     need_root()
     ds = Datastore(state_dir)
+    guarded(lambda: verify_rule_ids(ds))
     if paths:
         changes = guarded(lambda: ds.delete_documents(list(paths), namespace))
     else:
@@ -400,8 +429,8 @@ def get(kind: str, name: str | None, namespace: str | None, all_namespaces: bool
         need_root()
         rt = runtime()
         backend = rt.backend(lab_id)
-        print_hits(state_dir, rt.lab_nodes(lab_id), backend.json_listing, "json" if output == "json" else "table",
-                   unused)
+        guarded(lambda: print_hits(state_dir, rt.lab_nodes(lab_id), backend.json_listing,
+                                   "json" if output == "json" else "table", unused))
         return
     if kind.lower() in ("wireguard", "wg"):
         from flowtui.cli.wireguard import print_wireguard
@@ -517,5 +546,6 @@ def enable(name: str, namespace: str | None, kind: str, lab_id: str, state_dir: 
     _toggle(name, namespace, kind, lab_id, state_dir, False)
 
 
-__all__ = ["Runtime", "apply", "delete", "enforce", "format_table", "get", "guarded", "lab_option", "make_reconciler",
+__all__ = ["Runtime", "apply", "behind_lines", "enforcement_behind",
+           "delete", "enforce", "format_table", "get", "guarded", "lab_option", "make_reconciler",
            "need_root", "policy_group", "print_changes", "state_dir_option", "store_planned"]

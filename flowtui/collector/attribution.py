@@ -105,7 +105,9 @@ class Attribution:
             return False
         self._stamp = stamp
         fresh = load_rules(self.path, self.stats)
-        new = {i: r for i, r in fresh.refs.items() if self.table.refs.get(i) != r}
+        # An id keeps the meaning it was first read with (rules.jsonl is append-only; a file that
+        # says otherwise was damaged or rewritten: `flowtui datastore check` reports it).
+        new = {i: r for i, r in fresh.refs.items() if i not in self.table.refs}
         if new:
             self.table = self.table.merged(new)
             self._unstored.update(new)
@@ -115,7 +117,7 @@ class Attribution:
     def add(self, refs: Iterable[RuleRef]) -> None:
         """Add identifiers directly (tests, or a compiler in the same process)."""
         new = {r.id: r for r in refs}
-        self.table = self.table.merged(new)
+        self.table = RuleTable([*self.table.refs.values(), *new.values()])
         self._unstored.update(new)
 
     def take_unstored(self) -> list[RuleRef]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from enforcer.datastore import HOME_ENV, Datastore
+from enforcer.datastore.files import make_dirs
 from flowtui.demo.summary import DemoSummary, summarize
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class DemoSession:
                     shutil.rmtree(child)
                 else:
                     child.unlink()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.state_dir)  # 0700, as every directory flowtui makes for state
 
     def _start_collector(self) -> None:
         from flowtui.collector.service import Collector, CollectorConfig, lab_namespaces
