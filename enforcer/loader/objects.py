@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from enforcer.loader import calico, felix, kubernetes, lab
 from enforcer.loader.checks import dns_label_error, dns_subdomain_error, gnp_name_error, np_name_error
+from enforcer.loader.cnp import load_anp, load_banp, load_cnp
 from enforcer.loader.documents import Mapping, Node, Scalar
 from enforcer.loader.fields import Problem, Reporter, Value, quote
 from enforcer.loader.knp import load_knp
@@ -18,6 +19,9 @@ CALICO = "projectcalico.org/v3"
 K8S_NETWORKING = "networking.k8s.io/v1"
 K8S_CORE = "v1"
 LAB = "lab.flowtui.dev/v1"
+K8S_POLICY = "policy.networking.k8s.io/v1alpha2"
+K8S_POLICY_LEGACY = "policy.networking.k8s.io/v1alpha1"
+ANTREA = "crd.antrea.io/"
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,15 @@ _KIND_LIST = [
     Kind(CALICO, "Profile", "Profile", False, _subdomain, calico.load_profile),
     Kind(CALICO, "FelixConfiguration", "FelixConfiguration", False, _subdomain, felix.load_felix),
     _policy(K8S_NETWORKING, "NetworkPolicy", "KubernetesNetworkPolicy", True, _subdomain),
+    # The legacy kinds are read as ClusterNetworkPolicy (one identity: an AdminNetworkPolicy and a
+    # ClusterNetworkPolicy of the same name are the same policy); listed before it, so that the
+    # datastore's tables by model kind keep ClusterNetworkPolicy's own entry.
+    Kind(K8S_POLICY_LEGACY, "AdminNetworkPolicy", "ClusterNetworkPolicy", False, _subdomain, load_anp,
+         top_ignored=POLICY_IGNORED),
+    Kind(K8S_POLICY_LEGACY, "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy", False, _subdomain, load_banp,
+         top_ignored=POLICY_IGNORED),
+    Kind(K8S_POLICY, "ClusterNetworkPolicy", "ClusterNetworkPolicy", False, _subdomain, load_cnp,
+         top_ignored=POLICY_IGNORED),
     _cluster("Namespace", False, _label_name, kubernetes.load_namespace),
     _cluster("Pod", True, _subdomain, kubernetes.load_pod),
     _cluster("Node", False, _subdomain, kubernetes.load_node),
@@ -184,7 +197,14 @@ def _report_unknown_kind(root: Value, node: Mapping, api_version: str, kind: str
         root.r.error(_key_line(node, "apiVersion"), "apiVersion", "apiVersion is missing or not a string")
     if not kind:
         root.r.error(_key_line(node, "kind"), "kind", "kind is missing or not a string")
-    if api_version and kind:
+    if api_version.startswith(ANTREA) and kind == "ClusterNetworkPolicy":
+        message = (
+            f"{api_version} ClusterNetworkPolicy is Antrea's, a different kind with the same name that "
+            f"Calico does not read; flowtui reads Kubernetes' {K8S_POLICY} ClusterNetworkPolicy (which "
+            f"Calico 3.32 enforces)"
+        )
+        root.r.error(_key_line(node, "apiVersion"), "apiVersion", message)
+    elif api_version and kind:
         known_kinds = sorted(k.kind for k in _KIND_LIST if k.api_version == api_version)
         if known_kinds:
             message = f"unsupported kind {quote(kind)} for {api_version} (supported: {', '.join(known_kinds)})"

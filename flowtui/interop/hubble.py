@@ -71,6 +71,7 @@ HUBBLE_KIND = {
     "StagedGlobalNetworkPolicy": "StagedGlobalNetworkPolicy",
     "StagedNetworkPolicy": "StagedNetworkPolicy",
     "StagedKubernetesNetworkPolicy": "StagedKubernetesNetworkPolicy",
+    "ClusterNetworkPolicy": "ClusterNetworkPolicy",
 }
 FROM_HUBBLE_KIND = {v: k for k, v in HUBBLE_KIND.items()}
 CILIUM_SHORT = {"CiliumNetworkPolicy": "cnp", "CiliumClusterwideNetworkPolicy": "ccnp"}

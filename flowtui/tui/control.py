@@ -33,6 +33,8 @@ STAGED_KIND = {
 MODEL_KIND = {
     ("projectcalico.org/v3", "NetworkPolicy"): "NetworkPolicy",
     ("networking.k8s.io/v1", "NetworkPolicy"): "KubernetesNetworkPolicy",
+    ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy"): "ClusterNetworkPolicy",
+    ("policy.networking.k8s.io/v1alpha1", "BaselineAdminNetworkPolicy"): "ClusterNetworkPolicy",
 }
 
 
