@@ -112,7 +112,7 @@ def load_cnp(obj: Obj) -> Policy | None:
 def load_anp(obj: Obj) -> Policy | None:
     spec = spec_fields(obj, ("priority", "subject", "ingress", "egress"), required=True)
     policy = _policy(obj, spec, KUBE_ADMIN_TIER.name, _priority(spec), _ANP)
-    _warn_legacy(obj, f"tier: Admin, priority: {policy.order:.0f}" if policy else "")
+    _warn_legacy(obj, "AdminNetworkPolicy", f"tier: Admin, priority: {policy.order:.0f}" if policy else "")
     return policy
 
 
@@ -122,18 +122,24 @@ def load_banp(obj: Obj) -> Policy | None:
         obj.r.error(obj.meta.line, "metadata.name",
                     'only one BaselineAdminNetworkPolicy may exist and it must be named "default"')
     policy = _policy(obj, spec, KUBE_BASELINE_TIER.name, 0, _BANP)
-    _warn_legacy(obj, "tier: Baseline, priority: 0")
+    _warn_legacy(obj, "BaselineAdminNetworkPolicy", "tier: Baseline, priority: 0")
     return policy
 
 
-def _warn_legacy(obj: Obj, translated: str) -> None:
-    if obj.r.problems:
+def _warn_legacy(obj: Obj, kind: str, translated: str) -> None:
+    """Once per object and process: the datastore re-reads stored documents on every command."""
+    key = (str(obj.origin), obj.meta.name)
+    if obj.r.problems or key in _warned:
         return
+    _warned.add(key)
     log.warning(
-        "%s: %s: warning: policy.networking.k8s.io/v1alpha1 %s is read as a ClusterNetworkPolicy "
-        "(%s); Calico >= 3.32 no longer enforces %s: convert it to policy.networking.k8s.io/v1alpha2",
-        obj.origin, obj.r.obj, obj.kind, translated, obj.kind,
+        "%s: %s: warning: policy.networking.k8s.io/v1alpha1 %s is read as the ClusterNetworkPolicy "
+        "%s (%s); Calico >= 3.32 no longer enforces %s: rewrite it as policy.networking.k8s.io/v1alpha2",
+        obj.origin, obj.r.obj, kind, obj.meta.name, translated, kind,
     )
+
+
+_warned: set[tuple[str, str]] = set()
 
 
 def _priority(spec: Fields) -> int | None:

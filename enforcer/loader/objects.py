@@ -36,6 +36,7 @@ class Kind:
     top_ignored: tuple[str, ...] = ()
     meta_fields: tuple[str, ...] = META_FIELDS
     meta_server_fields: tuple[str, ...] = META_SERVER_FIELDS
+    shown_kind: str = ""  # the kind named in problems, when not the model kind (legacy kinds)
 
 
 def _label_name(name: str) -> str | None:
@@ -76,9 +77,9 @@ _KIND_LIST = [
     # ClusterNetworkPolicy of the same name are the same policy); listed before it, so that the
     # datastore's tables by model kind keep ClusterNetworkPolicy's own entry.
     Kind(K8S_POLICY_LEGACY, "AdminNetworkPolicy", "ClusterNetworkPolicy", False, _subdomain, load_anp,
-         top_ignored=POLICY_IGNORED),
+         top_ignored=POLICY_IGNORED, shown_kind="AdminNetworkPolicy"),
     Kind(K8S_POLICY_LEGACY, "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy", False, _subdomain, load_banp,
-         top_ignored=POLICY_IGNORED),
+         top_ignored=POLICY_IGNORED, shown_kind="BaselineAdminNetworkPolicy"),
     Kind(K8S_POLICY, "ClusterNetworkPolicy", "ClusterNetworkPolicy", False, _subdomain, load_cnp,
          top_ignored=POLICY_IGNORED),
     _cluster("Namespace", False, _label_name, kubernetes.load_namespace),
@@ -164,7 +165,7 @@ def load_object(node: Node, file: str, default_api: str = "", default_kind: str 
         api_version = _peek(node, "apiVersion") or default_api
         kind_text = _peek(node, "kind") or default_kind
     kind = KINDS.get((api_version, kind_text))
-    label_kind = kind.model_kind if kind else kind_text
+    label_kind = (kind.shown_kind or kind.model_kind) if kind else kind_text
     name = _peek(node, "metadata", "name") if isinstance(node, Mapping) else None
     namespace = _peek(node, "metadata", "namespace") if isinstance(node, Mapping) else None
     shown_namespace = namespace if kind is None or kind.namespaced else None
