@@ -99,6 +99,18 @@ class _Dialect:
         self.egress_peers = egress_peers
 
 
+def cnp_placement(kind: str, tier: str, priority: str) -> tuple[str, str] | None:
+    """(Calico tier, order) of a stored ClusterNetworkPolicy or legacy document, as text; None
+    for other kinds."""
+    if kind == "ClusterNetworkPolicy":
+        return CNP_TIERS.get(tier, tier), priority
+    if kind == "AdminNetworkPolicy":
+        return KUBE_ADMIN_TIER.name, priority
+    if kind == "BaselineAdminNetworkPolicy":
+        return KUBE_BASELINE_TIER.name, "0"
+    return None
+
+
 def load_cnp(obj: Obj) -> Policy | None:
     spec = spec_fields(obj, ("tier", "priority", "subject", "ingress", "egress"), required=True)
     tier_text = spec.get_str("tier", required=True)
@@ -127,8 +139,8 @@ def load_banp(obj: Obj) -> Policy | None:
 
 
 def _warn_legacy(obj: Obj, kind: str, translated: str) -> None:
-    """Once per object and process: the datastore re-reads stored documents on every command."""
-    key = (str(obj.origin), obj.meta.name)
+    """Once per policy and process: `apply` reads the user's file and the stored copy."""
+    key = (kind, obj.meta.name)
     if obj.r.problems or key in _warned:
         return
     _warned.add(key)
