@@ -10,7 +10,9 @@ Inputs are YAML (multi-document) or JSON files, directories (searched recursivel
 
 Supported kinds: `projectcalico.org/v3` GlobalNetworkPolicy, NetworkPolicy, the three Staged
 kinds, Tier, GlobalNetworkSet, NetworkSet, HostEndpoint, Profile, FelixConfiguration;
-`networking.k8s.io/v1` NetworkPolicy (converted to Calico form, see `knp.py`); `v1` Namespace,
+`networking.k8s.io/v1` NetworkPolicy (converted to Calico form, see `knp.py`);
+`policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy and the legacy v1alpha1
+AdminNetworkPolicy / BaselineAdminNetworkPolicy (converted, see `cnp.py`); `v1` Namespace,
 Pod, Node, ServiceAccount; `lab.flowtui.dev/v1` ExternalHost.
 
 Errors: every problem of every file is collected and raised together in one `LoadError`; each
