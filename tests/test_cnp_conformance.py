@@ -241,6 +241,62 @@ for _tier, _manifest, _short in (("Admin", ADMIN, "inline-cidr-as-peers-example"
     ]))
 
 
+
+def both_swapped(name: str, i: int, j: int) -> Mutation:
+    def mutate(docs: Docs) -> None:
+        swap(name, "egress", i, j)(docs)
+        swap(name, "ingress", i, j)(docs)
+    return mutate
+
+
+def gress_pokes(egress_server: str, egress: list[tuple[str, str, str]], ingress_server: str,
+                ingress: list[tuple[str, str, str]]) -> list[str]:
+    """One subtest of the combined tests: gryffindor's pods as clients of `egress_server`, then
+    other pods as clients of gryffindor's `ingress_server`; (client, proto/port, expect)."""
+    return [f"{c} > {egress_server} {p} {e}" for c, p, e in egress] + \
+        [f"{c} > {ingress_server} {p} {e}" for c, p, e in ingress]
+
+
+def gress_case(tier: str, policy: str) -> Case:
+    """CNP{Admin,Baseline}TierGress: one policy over gryffindor with egress and ingress rules for
+    TCP, UDP and SCTP at once."""
+    manifest = (ADMIN if tier == "Admin" else BASELINE) + "gress-rules-combined.yaml"
+    allow_at_ports = gress_pokes(
+        "hufflepuff-1", [("gryffindor-0", "tcp/8080", "A"), ("gryffindor-1", "tcp/80", "D"),
+                         ("gryffindor-0", "udp/5353", "A"), ("gryffindor-1", "udp/53", "D"),
+                         ("gryffindor-0", "sctp/9003", "A"), ("gryffindor-1", "sctp/9005", "D")],
+        "gryffindor-1", [("hufflepuff-0", "tcp/80", "A"), ("hufflepuff-1", "tcp/8080", "D"),
+                         ("hufflepuff-0", "udp/5353", "A"), ("hufflepuff-1", "udp/53", "D"),
+                         ("hufflepuff-0", "sctp/9003", "A"), ("hufflepuff-1", "sctp/9005", "D")])
+
+    def slytherin(first: str, second: str) -> list[str]:
+        return gress_pokes(
+            "slytherin-0", [("gryffindor-0", "tcp/80", first), ("gryffindor-1", "tcp/8080", second),
+                            ("gryffindor-0", "udp/53", first), ("gryffindor-1", "udp/5353", second),
+                            ("gryffindor-0", "sctp/9003", first), ("gryffindor-1", "sctp/9005", second)],
+            "gryffindor-0", [("slytherin-0", "tcp/80", first), ("slytherin-1", "tcp/8080", second),
+                             ("slytherin-0", "udp/53", first), ("slytherin-1", "udp/5353", second),
+                             ("slytherin-0", "sctp/9003", first), ("slytherin-1", "sctp/9005", second)])
+
+    def ravenclaw(server: str, inner: str, expect: str, udp: str = "udp/53") -> list[str]:
+        return gress_pokes(
+            server, [("gryffindor-0", "tcp/80", expect), ("gryffindor-1" if udp == "udp/53" else "gryffindor-0",
+                                                         udp, expect), ("gryffindor-0", "sctp/9003", expect)],
+            inner, [("ravenclaw-0", "tcp/80", expect), ("ravenclaw-1", "udp/53", expect),
+                    ("ravenclaw-1", "sctp/9003", expect)])
+
+    steps = [Step(ravenclaw("ravenclaw-0", "gryffindor-0", "A")),
+             Step(allow_at_ports),
+             Step(ravenclaw("ravenclaw-1", "gryffindor-1", "D"), both_swapped(policy, 0, 1)),
+             Step(slytherin("D", "-"))]
+    if tier == "Admin":
+        steps += [Step(ravenclaw("ravenclaw-0", "gryffindor-0", "-", udp="udp/5353"), both_swapped(policy, 0, 2)),
+                  Step(slytherin("-", "-"), both_swapped(policy, 3, 4))]
+    return Case(f"CNP{tier}TierGress", manifest, policy, steps)
+
+
+CASES += [gress_case("Admin", "gress-rules"), gress_case("Baseline", "default")]
+
 def decide(resources_text: str, poke: str) -> dict[str, Any]:
     client, _, server, spec, _expected = poke.split()
     proto, _, port = spec.partition("/")
