@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from enforcer.loader import load_paths
@@ -16,6 +17,7 @@ from flowtui.cli.common import scenario_dir
 from flowtui.cli.main import cli
 from flowtui.interop.calico import _goldmane_hit, _hit
 from flowtui.interop.hubble import HUBBLE_KIND
+from flowtui.tui.control import staged_document
 
 FIXTURE = Path(__file__).parent / "fixtures" / "good" / "cnp-article.yaml"
 
@@ -62,3 +64,10 @@ def test_apply_and_get_cnp(tmp_path: Path) -> None:
                     "staging-stays-out-of-production": ["kube-admin", "10"]}
     stored = CliRunner().invoke(cli, ["get", "cnp", "legacy", "--state-dir", state, "-o", "json"])
     assert json.loads(stored.output)["kind"] == "AdminNetworkPolicy"
+
+
+def test_staging_a_cluster_network_policy_is_refused_with_the_reason() -> None:
+    body = {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "x"}, "spec": {}}
+    with pytest.raises(ValueError, match="Calico has no staged ClusterNetworkPolicy"):
+        staged_document(body)
