@@ -12,9 +12,10 @@ from click.testing import CliRunner
 from enforcer.loader import load_paths
 from enforcer.nft.compiler import compile_node
 from enforcer.resolve import ClusterState
-from enforcer.ruleids import IdAllocator, RuleTable
+from enforcer.ruleids import IdAllocator, RuleRef, RuleTable
 from flowtui.cli.common import scenario_dir
 from flowtui.cli.main import cli
+from flowtui.collector.attribution import policy_hit
 from flowtui.interop.calico import _goldmane_hit, _hit
 from flowtui.interop.hubble import HUBBLE_KIND
 from flowtui.tui.control import staged_document
@@ -71,3 +72,9 @@ def test_staging_a_cluster_network_policy_is_refused_with_the_reason() -> None:
             "metadata": {"name": "x"}, "spec": {}}
     with pytest.raises(ValueError, match="Calico has no staged ClusterNetworkPolicy"):
         staged_document(body)
+
+
+def test_flow_log_policy_string_is_calicos() -> None:
+    """Goldmane parses `kcnp:NAME` as PolicyKind ClusterNetworkPolicy (goldmane/proto/methods.go)."""
+    ref = RuleRef(9, "ClusterNetworkPolicy", None, "guard", "kube-admin", 1, "ingress", 2, "Pass")
+    assert policy_hit(ref) == "0|kube-admin|kcnp:guard|pass|2"
