@@ -39,7 +39,8 @@ def test_denied_flow_is_stored_as_the_cluster_network_policys(lab_id: str, tmp_p
     assert decided is not None and (decided["kind"], decided["name"]) == ("ClusterNetworkPolicy",
                                                                            "staging-stays-out-of-production")
     db = tmp_path / "flows.duckdb"
-    config = CollectorConfig(db=db, namespaces=tuple(lab_namespaces(lab_id)), rules_path=Path(state_dir) / "rules.jsonl",
+    rules = Path(state_dir) / "rules.jsonl"
+    config = CollectorConfig(db=db, namespaces=tuple(lab_namespaces(lab_id)), rules_path=rules,
                              load_resources=lambda: state.resources, bucket_seconds=1.0, counters_interval=0.5,
                              snapshot_interval=None)
     collector = Collector(config)
