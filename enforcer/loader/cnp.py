@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from enforcer.loader.calico import spec_fields
 from enforcer.loader.checks import k8s_port_name_error
 from enforcer.loader.documents import Sequence
 from enforcer.loader.fields import Fields, Value, quote
-from enforcer.loader.knp import _k8s_cidr, simplify_ports, to_selector
+from enforcer.loader.knp import k8s_cidr, simplify_ports, to_selector
 from enforcer.loader.metadata import Obj, disabled_flag
 from enforcer.model import (
     KUBE_ADMIN_TIER,
@@ -79,24 +80,16 @@ Peer = tuple[Selector | None, Selector | None, tuple[IPNetwork, ...]]
 ProtoPort = tuple[str, Port]
 
 
+@dataclass(frozen=True)
 class _Dialect:
     """What differs between ClusterNetworkPolicy and the legacy v1alpha1 kinds."""
 
-    def __init__(
-        self,
-        actions: dict[str, Action],
-        max_rules: int,
-        max_peers: int,
-        ports_key: str,
-        parse_port: Callable[[Value], ProtoPort | None],
-        egress_peers: tuple[str, ...],
-    ) -> None:
-        self.actions = actions
-        self.max_rules = max_rules
-        self.max_peers = max_peers
-        self.ports_key = ports_key
-        self.parse_port = parse_port
-        self.egress_peers = egress_peers
+    actions: dict[str, Action]
+    max_rules: int  # per direction
+    max_items: int  # peers and ports per rule
+    ports_key: str  # "protocols" or v1alpha1's "ports"
+    parse_port: Callable[[Value], ProtoPort | None]
+    egress_peers: tuple[str, ...]
 
 
 def cnp_placement(kind: str, tier: str, priority: str) -> tuple[str, str] | None:
@@ -278,7 +271,7 @@ def _networks(value: Value) -> tuple[IPNetwork, ...]:
             item.error(f"duplicate value {quote(text)} (networks is a set)")
             continue
         seen[text] = item.line
-        net = _k8s_cidr(item)
+        net = k8s_cidr(item)
         if net is not None:
             nets.append(net)
     return tuple(nets)
@@ -317,10 +310,10 @@ def _rule(value: Value, direction: Direction, dialect: _Dialect) -> list[Rule]:
     if action_text is not None and action is None:
         fields.error_at("action", f"invalid action {quote(action_text)} (allowed: {', '.join(dialect.actions)})")
     located_peers = fields.get(peers_key, required=True)
-    peers = [_peer(v, direction, dialect) for v in _bounded_list(located_peers, dialect.max_peers)] \
+    peers = [_peer(v, direction, dialect) for v in _bounded_list(located_peers, dialect.max_items)] \
         if located_peers is not None else []
     located_ports = fields.get(dialect.ports_key)
-    ports = [dialect.parse_port(v) for v in _bounded_list(located_ports, dialect.max_peers)] \
+    ports = [dialect.parse_port(v) for v in _bounded_list(located_ports, dialect.max_items)] \
         if located_ports is not None else []
     if len(value.r.problems) != before or action is None:
         return []
