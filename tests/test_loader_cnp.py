@@ -108,6 +108,15 @@ def test_builtin_tiers_order_and_pass() -> None:
         ("kube-baseline", True, 10_000_000.0, "Pass")]
 
 
+def test_order_ties_break_on_felixs_kind_name() -> None:
+    """A GlobalNetworkPolicy and a ClusterNetworkPolicy of one name and order in kube-admin:
+    felix compares "guard-db//GlobalNetworkPolicy" < "guard-db//KubernetesClusterNetworkPolicy"."""
+    cnp = load_text(CNP, "a.yaml").policies[0]
+    gnp = replace(cnp, kind="GlobalNetworkPolicy")
+    state = ClusterState(replace(load_text("", "x.yaml"), policies=(cnp, gnp)))
+    assert [p.kind for p in state.tiers[0].policies] == ["GlobalNetworkPolicy", "ClusterNetworkPolicy"]
+
+
 def test_legacy_admin_network_policy_is_its_cluster_network_policy(caplog: pytest.LogCaptureFixture) -> None:
     legacy = """\
 apiVersion: policy.networking.k8s.io/v1alpha1

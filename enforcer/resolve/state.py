@@ -55,9 +55,15 @@ def _order_key(order: float | None) -> float:
     return math.inf if order is None else order
 
 
+# Felix's kind where it differs from flowtui's model kind (it breaks order ties).
+_FELIX_KIND = {"ClusterNetworkPolicy": "KubernetesClusterNetworkPolicy"}
+
+
 def policy_sort_key(policy: Policy) -> tuple[float, str]:
-    """Calico v3.32+: ascending order (none = +inf), then "<name>/<namespace>/<kind>" bytewise."""
-    return (_order_key(policy.order), f"{policy.name}/{policy.namespace or ''}/{policy.kind}")
+    """Calico v3.32+: ascending order (none = +inf), then "<name>/<namespace>/<kind>" bytewise,
+    with felix's kind names."""
+    kind = _FELIX_KIND.get(policy.kind, policy.kind)
+    return (_order_key(policy.order), f"{policy.name}/{policy.namespace or ''}/{kind}")
 
 
 def defined_tiers(tiers: Iterable[Tier], referenced: set[str]) -> dict[str, Tier]:
