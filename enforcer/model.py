@@ -2,8 +2,9 @@
 
 Everything here has already passed validation at the edge (`enforcer.loader`); nothing below
 re-checks input. Kubernetes NetworkPolicies are converted to Calico form on load (kind
-`KubernetesNetworkPolicy`, tier `default`, order 1000), so the evaluator and the compiler see
-one policy shape.
+`KubernetesNetworkPolicy`, tier `default`, order 1000), and so are ClusterNetworkPolicies (kind
+`ClusterNetworkPolicy`, tier `kube-admin` or `kube-baseline`, order = priority), so the evaluator
+and the compiler see one policy shape.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ POLICY_KINDS = (
     "StagedGlobalNetworkPolicy",
     "StagedNetworkPolicy",
     "StagedKubernetesNetworkPolicy",
+    "ClusterNetworkPolicy",
 )
 PolicyKind = Literal[
     "GlobalNetworkPolicy",
@@ -35,6 +37,7 @@ PolicyKind = Literal[
     "StagedGlobalNetworkPolicy",
     "StagedNetworkPolicy",
     "StagedKubernetesNetworkPolicy",
+    "ClusterNetworkPolicy",
 ]
 # Short kinds as Calico v3.32+ writes them in NFLOG prefixes and flow-log strings.
 SHORT_KIND: dict[str, str] = {
@@ -44,6 +47,7 @@ SHORT_KIND: dict[str, str] = {
     "StagedGlobalNetworkPolicy": "sgnp",
     "StagedNetworkPolicy": "snp",
     "StagedKubernetesNetworkPolicy": "sknp",
+    "ClusterNetworkPolicy": "kcnp",  # Calico's KubernetesClusterNetworkPolicy
     "Profile": "pro",
 }
 
@@ -185,12 +189,17 @@ class Tier:
 
 
 DEFAULT_TIER = Tier("default", 1_000_000.0, "Deny")
+# The tiers Calico (v3.32+) always creates for ClusterNetworkPolicy's Admin and Baseline tiers.
+KUBE_ADMIN_TIER = Tier("kube-admin", 1_000.0, "Pass")
+KUBE_BASELINE_TIER = Tier("kube-baseline", 10_000_000.0, "Pass")
+BUILTIN_TIERS = (DEFAULT_TIER, KUBE_ADMIN_TIER, KUBE_BASELINE_TIER)
 KNP_ORDER = 1000.0
 
 
 @dataclass(frozen=True)
 class Policy:
-    """GlobalNetworkPolicy, NetworkPolicy, KubernetesNetworkPolicy and their staged variants."""
+    """GlobalNetworkPolicy, NetworkPolicy, KubernetesNetworkPolicy, their staged variants, and
+    ClusterNetworkPolicy (global, like a GlobalNetworkPolicy)."""
 
     kind: PolicyKind
     name: str

@@ -34,6 +34,7 @@ RuleKind = Literal[
     "GlobalNetworkPolicy",
     "NetworkPolicy",
     "KubernetesNetworkPolicy",
+    "ClusterNetworkPolicy",
     "Profile",
     "EndOfTier",  # name/namespace/kind_of_trigger name the trigger policy; rule = -1
     "NoProfileMatch",  # the final drop when no profile allowed; rule = -1

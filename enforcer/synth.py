@@ -57,6 +57,9 @@ class SynthSpec:
     staged: bool = True
     ipv6: bool = True
     disabled: float = 0.0  # share of policies switched off by the live toggle
+    # ClusterNetworkPolicies (kube-admin / kube-baseline) added, from a stream of their own: the
+    # rest of a seed's cluster stays as it is without them.
+    cluster_network_policies: int = 0
 
 
 def _ip(text: str) -> IPAddress:
@@ -203,6 +206,76 @@ class _Gen:
                       apply_on_forward=mode != "normal", do_not_track=mode == "untracked", pre_dnat=mode == "prednat")
 
 
+ORCHESTRATOR = "projectcalico.org/orchestrator == 'k8s'"
+
+
+class _CNPGen:
+    """ClusterNetworkPolicies as Calico's converter shapes them (enforcer/loader/cnp.py): pod and
+    namespace peers, egress networks (both families in one rule, as users write them), numeric
+    ports per protocol or a named port without a protocol, Accept/Deny/Pass."""
+
+    def __init__(self, seed: int, externals: list[ExternalHost]) -> None:
+        self.r = random.Random(seed * 104729 + 3)
+        self.externals = externals
+
+    def namespaces(self) -> Selector:
+        return _sel(self.r.choice(("all()", f"env == '{self.r.choice(ENVS)}'")))
+
+    def pods(self) -> Selector:
+        r = self.r
+        label = r.choice((f" && app == '{r.choice(APPS)}'", f" && tier == '{r.choice(TIERS)}'", ""))
+        return _sel(ORCHESTRATOR + label)
+
+    def peer(self, direction: Direction) -> EntityRule:
+        r = self.r
+        pick = r.random()
+        if pick < 0.35:
+            return EntityRule(namespace_selector=self.namespaces())
+        if pick < 0.75 or direction == "ingress" or not self.externals:
+            return EntityRule(selector=self.pods(), namespace_selector=self.namespaces())
+        ext = r.choice(self.externals)
+        nets = tuple(ipaddress.ip_network(f"{a}/{24 if a.version == 4 else 64}", strict=False) for a in ext.addresses)
+        if r.random() < 0.3:
+            nets += (_net("10.244.0.0/16"),)  # networks match pods too
+        return EntityRule(nets=nets)
+
+    def rules(self, direction: Direction) -> tuple[Rule, ...]:
+        r = self.r
+        out: list[Rule] = []
+        for _ in range(r.randint(0, 3)):
+            action: Action = r.choice(("Allow", "Deny", "Pass"))
+            peers = [self.peer(direction) for _ in range(r.randint(1, 2))]
+            if direction == "ingress":
+                peers = [p for p in peers if not p.nets] or [EntityRule(namespace_selector=_sel("all()"))]
+            groups: list[tuple[int | None, tuple[PortRange | NamedPort, ...]]] = [(None, ())]
+            pick = r.random()
+            if pick < 0.4:
+                groups = [(r.choice((6, 17)), tuple(PortRange(p, p) for p in sorted(r.sample(PORTS, 2))))]
+            elif pick < 0.55:
+                groups = [(None, (NamedPort("http"),))]
+            for protocol, ports in groups:
+                for peer in peers:
+                    if direction == "ingress":
+                        out.append(Rule(action, protocol=protocol, source=peer, destination=EntityRule(ports=ports)))
+                    else:
+                        out.append(Rule(action, protocol=protocol, destination=replace(peer, ports=ports)))
+        return tuple(out)
+
+    def policy(self, i: int) -> Policy:
+        r = self.r
+        if r.random() < 0.5:
+            selector, namespace_selector = _sel(ORCHESTRATOR), self.namespaces()
+        else:
+            selector, namespace_selector = self.pods(), self.namespaces()
+        ingress, egress = self.rules("ingress"), self.rules("egress")
+        directions: tuple[tuple[Direction, tuple[Rule, ...]], ...] = (("ingress", ingress), ("egress", egress))
+        types = tuple(d for d, rs in directions if rs) or ("ingress", "egress")
+        return Policy(kind="ClusterNetworkPolicy", name=f"cnp{i}", namespace=None,
+                      tier=r.choice(("kube-admin", "kube-baseline")), order=float(r.choice((0, 5, 10, 1000))),
+                      selector=selector, namespace_selector=namespace_selector, types=types,
+                      ingress=ingress, egress=egress)
+
+
 def synth_resources(seed: int, spec: SynthSpec = SynthSpec()) -> ResourceSet:
     """A random, valid cluster with policies: nodes, namespaces, pods, outside hosts, HEPs, sets."""
     g = _Gen(seed, spec)
@@ -219,6 +292,9 @@ def synth_resources(seed: int, spec: SynthSpec = SynthSpec()) -> ResourceSet:
     netsets = [NetworkSet("blocked", None, (("netset", "blocked"),),
                           tuple(_net(str(a)) for e in blocked for a in e.addresses))] if blocked else []
     policies = [g.policy(i, namespaces, externals, tiers) for i in range(spec.policies)]
+    if spec.cluster_network_policies:
+        cnps = _CNPGen(seed, externals)
+        policies += [cnps.policy(i) for i in range(spec.cluster_network_policies)]
     if spec.disabled:
         off = random.Random(seed * 7919 + 1)  # its own stream: the rest of the cluster stays as without it
         policies = [replace(p, disabled=True) if off.random() < spec.disabled else p for p in policies]

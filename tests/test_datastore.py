@@ -248,7 +248,10 @@ def test_kind_names() -> None:
                        ("tier", "Tier"), ("sa", "ServiceAccount"), ("ext", "ExternalHost"), ("sgnp",
                        "StagedGlobalNetworkPolicy"), ("felixconfig", "FelixConfiguration")]:
         assert resolve_kind(name).model_kind == kind, name
-    assert len(resolve_kinds("policy")) == 6
+    assert len(resolve_kinds("policy")) == 7
+    assert resolve_kind("cnp").model_kind == "ClusterNetworkPolicy"
+    assert resolve_kind("clusternetworkpolicies").api_version == "policy.networking.k8s.io/v1alpha2"
+    assert resolve_kind("caliconetworkpolicy").model_kind == "NetworkPolicy"
     with pytest.raises(UnknownKind, match="unknown kind 'gnpx'"):
         resolve_kinds("gnpx")
     with pytest.raises(UnknownKind, match="several kinds"):

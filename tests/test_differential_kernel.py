@@ -234,7 +234,9 @@ def check_round(lab_id: str, tmp_path: Path, res: ResourceSet, ev: Evaluator, ru
 def test_kernel_agrees_with_evaluator(seed: int, lab_id: str, tmp_path: Path) -> None:
     from enforcer.lab import lab_up
 
-    spec = SynthSpec(nodes=2, namespaces=2, pods=4, externals=2, policies=8, rules_per_policy=3, disabled=0.15)
+    # ClusterNetworkPolicies on every other seed: kube-admin and kube-baseline around the rest.
+    spec = SynthSpec(nodes=2, namespaces=2, pods=4, externals=2, policies=8, rules_per_policy=3, disabled=0.15,
+                     cluster_network_policies=3 * (seed % 2))
     res = synth_resources(seed, spec)
     plan = plan_lab(res, lab_id)
     lab_up(plan)

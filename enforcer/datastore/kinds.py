@@ -16,11 +16,14 @@ from enforcer.model import POLICY_KINDS, SHORT_KIND
 # Kubernetes' is `knp` or `kubernetesnetworkpolicy`.
 _NAMES: dict[str, tuple[str, ...]] = {
     "GlobalNetworkPolicy": ("gnp", "gnps"),
-    "NetworkPolicy": ("np", "cnp", "caliconetworkpolicy", "caliconetworkpolicies", "networkpolicy.projectcalico.org"),
+    "NetworkPolicy": ("np", "caliconetworkpolicy", "caliconetworkpolicies", "networkpolicy.projectcalico.org"),
     "KubernetesNetworkPolicy": ("knp", "knps", "networkpolicy.networking.k8s.io", "networkpolicies.networking.k8s.io"),
     "StagedGlobalNetworkPolicy": ("sgnp",),
     "StagedNetworkPolicy": ("snp",),
     "StagedKubernetesNetworkPolicy": ("sknp",),
+    # kubectl's short name for the CRD; Calico's own short kind (kcnp) is accepted too. The legacy
+    # AdminNetworkPolicy / BaselineAdminNetworkPolicy are stored as ClusterNetworkPolicy.
+    "ClusterNetworkPolicy": ("cnp", "cnps", "kcnp", "clusternetworkpolicy.policy.networking.k8s.io"),
     "Tier": ("tier",),
     "GlobalNetworkSet": ("gns", "globalnetset", "globalnetsets"),
     "NetworkSet": ("netset", "netsets"),
@@ -90,12 +93,15 @@ class ObjectKey:
         return f"{short}/{self.namespace}/{self.name}" if self.namespace else f"{short}/{self.name}"
 
 
-KIND_INFO: tuple[KindInfo, ...] = tuple(
+_ALL_INFO: tuple[KindInfo, ...] = tuple(
     KindInfo(k.api_version, k.kind, k.model_kind, k.namespaced, _NAMES.get(k.model_kind, (k.kind.lower(),))[0])
     for k in KINDS.values()
 )
-BY_MODEL_KIND: dict[str, KindInfo] = {k.model_kind: k for k in KIND_INFO}
-BY_API_KIND: dict[tuple[str, str], KindInfo] = {(k.api_version, k.kind): k for k in KIND_INFO}
+# One entry per model kind (the last written: ClusterNetworkPolicy's own, not the legacy kinds
+# read as it); every apiVersion/kind the loader reads is still known by BY_API_KIND.
+BY_MODEL_KIND: dict[str, KindInfo] = {k.model_kind: k for k in _ALL_INFO}
+KIND_INFO: tuple[KindInfo, ...] = tuple(BY_MODEL_KIND.values())
+BY_API_KIND: dict[tuple[str, str], KindInfo] = {(k.api_version, k.kind): k for k in _ALL_INFO}
 _BY_NAME: dict[str, tuple[KindInfo, ...]] = {}
 for _info in KIND_INFO:
     for _name in _info.names():

@@ -11,7 +11,9 @@ Inputs are YAML (multi-document) or JSON files, directories (searched recursivel
 Supported kinds: `projectcalico.org/v3` GlobalNetworkPolicy, NetworkPolicy, the three Staged
 kinds, Tier, GlobalNetworkSet, NetworkSet, HostEndpoint, Profile, FelixConfiguration;
 the same Calico kinds (but Profile) in their `crd.projectcalico.org/v1` form (`crd.py`);
-`networking.k8s.io/v1` NetworkPolicy (converted to Calico form, see `knp.py`); `v1` Namespace,
+`networking.k8s.io/v1` NetworkPolicy (converted to Calico form, see `knp.py`);
+`policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy and the legacy v1alpha1
+AdminNetworkPolicy / BaselineAdminNetworkPolicy (converted, see `cnp.py`); `v1` Namespace,
 Pod, Node, ServiceAccount, Service; the workload controllers of `apps/v1` and `batch/v1`
 (`workloads.py`); `lab.flowtui.dev/v1` ExternalHost. Every other kind (ConfigMap, Ingress,
 IPPool...) is skipped and counted in `ResourceSet.skipped`; an unknown kind of a group flowtui

@@ -241,7 +241,7 @@ def convert_peer(value: Value) -> Peer | None:
     return (selector, namespace_selector, (), ())
 
 
-def _k8s_cidr(value: Value) -> IPNetwork | None:
+def k8s_cidr(value: Value) -> IPNetwork | None:
     text = value.as_str()
     if text is None:
         return None
@@ -256,10 +256,10 @@ def convert_ip_block(value: Value) -> Peer | None:
     if fields is None:
         return None
     located = fields.get("cidr", required=True)
-    cidr = _k8s_cidr(located) if located is not None else None
+    cidr = k8s_cidr(located) if located is not None else None
     excepts: list[IPNetwork] = []
     for item in fields.get_list("except"):
-        net = _k8s_cidr(item)
+        net = k8s_cidr(item)
         if net is None or cidr is None:
             continue
         if not strict_subnet(net, cidr):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from enforcer.loader import calico, crd, felix, kubernetes, lab, workloads
 from enforcer.loader.checks import dns_label_error, dns_subdomain_error, gnp_name_error, np_name_error
+from enforcer.loader.cnp import load_anp, load_banp, load_cnp
 from enforcer.loader.documents import Mapping, Node, Scalar
 from enforcer.loader.fields import Problem, Reporter, Value, quote
 from enforcer.loader.knp import load_knp
@@ -27,6 +28,9 @@ K8S_CORE = "v1"
 K8S_APPS = "apps/v1"
 K8S_BATCH = "batch/v1"
 LAB = "lab.flowtui.dev/v1"
+K8S_POLICY = "policy.networking.k8s.io/v1alpha2"
+K8S_POLICY_LEGACY = "policy.networking.k8s.io/v1alpha1"
+ANTREA = "crd.antrea.io/"
 # API groups whose kinds flowtui reads: an unknown kind there is a mistake (a typo, a kind
 # flowtui does not model yet), reported as an error. Kinds of every other group are skipped.
 OWN_GROUPS = ("projectcalico.org", "crd.projectcalico.org", "networking.k8s.io", "policy.networking.k8s.io",
@@ -53,6 +57,7 @@ class Kind:
     top_ignored: tuple[str, ...] = ()
     meta_fields: tuple[str, ...] = META_FIELDS
     meta_server_fields: tuple[str, ...] = META_SERVER_FIELDS
+    shown_kind: str = ""  # the kind named in problems, when not the model kind (legacy kinds)
 
 
 def _label_name(name: str) -> str | None:
@@ -89,6 +94,15 @@ _KIND_LIST = [
     Kind(CALICO, "Profile", "Profile", False, _subdomain, calico.load_profile),
     Kind(CALICO, "FelixConfiguration", "FelixConfiguration", False, _subdomain, felix.load_felix),
     _policy(K8S_NETWORKING, "NetworkPolicy", "KubernetesNetworkPolicy", True, _subdomain),
+    # The legacy kinds are read as ClusterNetworkPolicy (one identity: an AdminNetworkPolicy and a
+    # ClusterNetworkPolicy of the same name are the same policy); listed before it, so that the
+    # datastore's tables by model kind keep ClusterNetworkPolicy's own entry.
+    Kind(K8S_POLICY_LEGACY, "AdminNetworkPolicy", "ClusterNetworkPolicy", False, _subdomain, load_anp,
+         top_ignored=POLICY_IGNORED, shown_kind="AdminNetworkPolicy"),
+    Kind(K8S_POLICY_LEGACY, "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy", False, _subdomain, load_banp,
+         top_ignored=POLICY_IGNORED, shown_kind="BaselineAdminNetworkPolicy"),
+    Kind(K8S_POLICY, "ClusterNetworkPolicy", "ClusterNetworkPolicy", False, _subdomain, load_cnp,
+         top_ignored=POLICY_IGNORED),
     _cluster("Namespace", False, _label_name, kubernetes.load_namespace),
     _cluster("Pod", True, _subdomain, kubernetes.load_pod),
     _cluster("Node", False, _subdomain, kubernetes.load_node),
@@ -183,6 +197,8 @@ def skipped_kind(node: Node, default_api: str = "", default_kind: str = "") -> s
         return None
     if api_version == crd.CRD_GROUP_VERSION and kind in crd.CRD_KINDS:
         return None
+    if api_version.startswith(ANTREA) and kind == "ClusterNetworkPolicy":
+        return None  # reported: a user who wrote it expects it enforced (see _report_unknown_kind)
     group = api_version.rpartition("/")[0]
     if group in OWN_GROUPS:
         return kind if kind in SKIPPED_KINDS.get(group, ()) else None
@@ -202,7 +218,7 @@ def load_object(
     conversion = Reporter(file)
     node, api_version = crd.as_v3(node, api_version, kind_text, conversion)
     kind = KINDS.get((api_version, kind_text))
-    label_kind = kind.model_kind if kind else kind_text
+    label_kind = (kind.shown_kind or kind.model_kind) if kind else kind_text
     name = _peek(node, "metadata", "name") if isinstance(node, Mapping) else None
     written_ns = _peek(node, "metadata", "namespace") if isinstance(node, Mapping) else None
     if kind is None:
@@ -241,7 +257,14 @@ def _report_unknown_kind(root: Value, node: Mapping, api_version: str, kind: str
         root.r.error(_key_line(node, "apiVersion"), "apiVersion", "apiVersion is missing or not a string")
     if not kind:
         root.r.error(_key_line(node, "kind"), "kind", "kind is missing or not a string")
-    if api_version and kind:
+    if api_version.startswith(ANTREA) and kind == "ClusterNetworkPolicy":
+        message = (
+            f"{api_version} ClusterNetworkPolicy is Antrea's, a different kind with the same name that "
+            f"Calico does not read; flowtui reads Kubernetes' {K8S_POLICY} ClusterNetworkPolicy (which "
+            f"Calico 3.32 enforces)"
+        )
+        root.r.error(_key_line(node, "apiVersion"), "apiVersion", message)
+    elif api_version and kind:
         known_kinds = sorted(k.kind for k in _KIND_LIST if k.api_version == api_version)
         if known_kinds:
             message = f"unsupported kind {quote(kind)} for {api_version} (supported: {', '.join(known_kinds)})"

@@ -40,7 +40,16 @@ from dataclasses import dataclass, field, replace
 from enforcer.evaluate.evaluator import ICMPV6_INFRA_TYPES, Evaluator
 from enforcer.evaluate.path import Family, Stage
 from enforcer.lab.names import cali_name
-from enforcer.model import FAILSAFE_PROTOCOL_NAMES, WIREGUARD_PORTS, Direction, FailsafePort, Policy, Profile, Rule
+from enforcer.model import (
+    FAILSAFE_PROTOCOL_NAMES,
+    SHORT_KIND,
+    WIREGUARD_PORTS,
+    Direction,
+    FailsafePort,
+    Policy,
+    Profile,
+    Rule,
+)
 from enforcer.nft.ir import Chain, NftSet, Table
 from enforcer.nft.match import SetBook, rule_matches
 from enforcer.resolve.endpoints import Endpoint
@@ -139,7 +148,7 @@ def bounded_name(name: str) -> str:
 
 
 def _policy_chain_id(p: Policy) -> str:
-    short = {"GlobalNetworkPolicy": "gnp", "NetworkPolicy": "np", "KubernetesNetworkPolicy": "knp"}[p.kind]
+    short = SHORT_KIND[p.kind]
     return f"{short}-{p.namespace}.{p.name}" if p.namespace else f"{short}-{p.name}"
 
 

@@ -7,12 +7,13 @@ The evaluator, the nftables compiler and the what-if engine all read from this o
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from enforcer.model import (
+    BUILTIN_TIERS,
     DEFAULT_TIER,
     ExternalHost,
     FelixConfiguration,
@@ -54,9 +55,24 @@ def _order_key(order: float | None) -> float:
     return math.inf if order is None else order
 
 
+# Felix's kind where it differs from flowtui's model kind (it breaks order ties).
+_FELIX_KIND = {"ClusterNetworkPolicy": "KubernetesClusterNetworkPolicy"}
+
+
 def policy_sort_key(policy: Policy) -> tuple[float, str]:
-    """Calico v3.32+: ascending order (none = +inf), then "<name>/<namespace>/<kind>" bytewise."""
-    return (_order_key(policy.order), f"{policy.name}/{policy.namespace or ''}/{policy.kind}")
+    """Calico v3.32+: ascending order (none = +inf), then "<name>/<namespace>/<kind>" bytewise,
+    with felix's kind names."""
+    kind = _FELIX_KIND.get(policy.kind, policy.kind)
+    return (_order_key(policy.order), f"{policy.name}/{policy.namespace or ''}/{kind}")
+
+
+def defined_tiers(tiers: Iterable[Tier], referenced: set[str]) -> dict[str, Tier]:
+    """The tiers that exist: the user's, and Calico's built-in ones (which Calico creates itself).
+    kube-admin and kube-baseline are listed only once a policy is in them: empty, they change
+    nothing, and listing them would clutter every view."""
+    out = {t.name: t for t in BUILTIN_TIERS if t is DEFAULT_TIER or t.name in referenced}
+    out.update({t.name: t for t in tiers})
+    return out
 
 
 def order_tiers(tiers: Mapping[str, Tier], referenced: set[str]) -> list[tuple[Tier, bool]]:
@@ -150,11 +166,10 @@ class ClusterState:
 
     @cached_property
     def tiers(self) -> tuple[OrderedTier, ...]:
-        defined = {DEFAULT_TIER.name: DEFAULT_TIER}
-        defined.update({t.name: t for t in self.resources.tiers})
         by_tier: dict[str, list[Policy]] = {}
         for pol in self.active_policies:
             by_tier.setdefault(pol.tier, []).append(pol)
+        defined = defined_tiers(self.resources.tiers, set(by_tier))
         out = []
         for tier, exists in order_tiers(defined, set(by_tier)):
             pols = sorted(by_tier.get(tier.name, []), key=policy_sort_key)

@@ -37,6 +37,7 @@ from enforcer.datastore import (
 )
 from enforcer.lab import DEFAULT_LAB_ID, LabError
 from enforcer.loader import LoadError, skipped_line
+from enforcer.loader.cnp import cnp_placement
 from enforcer.loader.objects import KINDS
 from enforcer.nft.backend import Backend
 from enforcer.reconcile import CompileFn, Reconciler, ReconcileResult, verify_rule_ids
@@ -392,6 +393,12 @@ def _with_revision(obj: StoredObject, doc: dict[str, Any]) -> dict[str, Any]:
     return {**doc, "metadata": meta}
 
 
+def _tier_and_order(doc: dict[str, Any]) -> tuple[str, str]:
+    """The Calico tier and order a stored policy document is evaluated at."""
+    placed = cnp_placement(str(doc.get("kind")), _spec(doc, "tier"), _spec(doc, "priority"))
+    return placed or (_spec(doc, "tier") or "default", _spec(doc, "order"))
+
+
 def _spec(doc: dict[str, Any], key: str) -> str:
     spec = doc.get("spec")
     value = spec.get(key) if isinstance(spec, dict) else None
@@ -467,8 +474,7 @@ def get(kind: str, name: str | None, namespace: str | None, all_namespaces: bool
         row = [*([obj.info.label] if len(kinds) > 1 else []), *([obj.key.namespace or ""] if namespaced else []),
                obj.key.name, str(obj.revision)]
         if policies:
-            tier = _spec(doc, "tier") or ("default" if obj.info.is_policy else "")
-            row += [tier, _spec(doc, "order"), "disabled" if obj.disabled else "enabled"]
+            row += [*_tier_and_order(doc), "disabled" if obj.disabled else "enabled"]
         rows.append([*row, obj.source])
     click.echo(format_table(headers, rows))
 

@@ -56,6 +56,7 @@ CALICO_KIND = {
     "KubernetesNetworkPolicy": "NetworkPolicy", "StagedNetworkPolicy": "StagedNetworkPolicy",
     "StagedGlobalNetworkPolicy": "StagedGlobalNetworkPolicy",
     "StagedKubernetesNetworkPolicy": "StagedKubernetesNetworkPolicy", "Profile": "Profile",
+    "ClusterNetworkPolicy": "ClusterNetworkPolicy",
 }
 PROTO = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 132: "sctp"}
 

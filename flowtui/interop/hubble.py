@@ -81,6 +81,7 @@ HUBBLE_KIND = {
     "StagedGlobalNetworkPolicy": "StagedGlobalNetworkPolicy",
     "StagedNetworkPolicy": "StagedNetworkPolicy",
     "StagedKubernetesNetworkPolicy": "StagedKubernetesNetworkPolicy",
+    "ClusterNetworkPolicy": "ClusterNetworkPolicy",
 }
 FROM_HUBBLE_KIND = {v: k for k, v in HUBBLE_KIND.items()}
 RESERVED_IDENTITY = {"host": 1, "world": 2, "remote-node": 6}

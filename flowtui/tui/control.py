@@ -33,6 +33,8 @@ STAGED_KIND = {
 MODEL_KIND = {
     ("projectcalico.org/v3", "NetworkPolicy"): "NetworkPolicy",
     ("networking.k8s.io/v1", "NetworkPolicy"): "KubernetesNetworkPolicy",
+    ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy"): "ClusterNetworkPolicy",
+    ("policy.networking.k8s.io/v1alpha1", "BaselineAdminNetworkPolicy"): "ClusterNetworkPolicy",
 }
 
 
@@ -70,6 +72,8 @@ def staged_document(body: dict[str, Any]) -> dict[str, Any]:
     if kind.startswith("Staged"):
         return dict(body)
     staged = STAGED_KIND.get((api, kind))
+    if staged is None and model_kind(body) == "ClusterNetworkPolicy":
+        raise ValueError(f"{api} {kind} cannot be staged: Calico has no staged ClusterNetworkPolicy")
     if staged is None:
         raise ValueError(f"{api} {kind} cannot be staged (only policies can)")
     out = dict(body)

@@ -42,7 +42,8 @@ TYPES = {"wep": "wep", "pod": "wep", "workload": "wep", "hep": "hep", "host": "h
          "external": "external", "ext": "external", "netset": "netset", "net": "net"}
 KIND_PREFIX = {"gnp": "GlobalNetworkPolicy", "np": "NetworkPolicy", "knp": "KubernetesNetworkPolicy",
                "sgnp": "StagedGlobalNetworkPolicy", "snp": "StagedNetworkPolicy",
-               "sknp": "StagedKubernetesNetworkPolicy", "pro": "Profile", "profile": "Profile",
+               "sknp": "StagedKubernetesNetworkPolicy", "kcnp": "ClusterNetworkPolicy",
+               "cnp": "ClusterNetworkPolicy", "pro": "Profile", "profile": "Profile",
                "eot": "EndOfTier"}
 FREE_TEXT_COLUMNS = ("src_ip", "dst_ip", "src_namespace", "src_name", "dst_namespace", "dst_name", "node",
                      "tier", "policy_namespace", "policy_name", "verdict")

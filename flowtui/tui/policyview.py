@@ -112,16 +112,13 @@ def _state(p: Policy) -> str:
 
 def ordered_policies(resources: ResourceSet) -> list[tuple[str, float | None, list[Policy]]]:
     """(tier, tier order, policies in evaluation order), disabled ones included in place."""
-    from enforcer.model import DEFAULT_TIER
-    from enforcer.resolve.state import order_tiers, policy_sort_key
+    from enforcer.resolve.state import defined_tiers, order_tiers, policy_sort_key
 
-    defined = {DEFAULT_TIER.name: DEFAULT_TIER}
-    defined.update({t.name: t for t in resources.tiers})
     by_tier: dict[str, list[Policy]] = {}
     for p in resources.policies:
         by_tier.setdefault(p.tier, []).append(p)
     out = []
-    for tier, _exists in order_tiers(defined, set(by_tier)):
+    for tier, _exists in order_tiers(defined_tiers(resources.tiers, set(by_tier)), set(by_tier)):
         pols = sorted(by_tier.get(tier.name, []), key=policy_sort_key)
         if pols:
             out.append((tier.name, tier.order, pols))

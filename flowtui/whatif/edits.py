@@ -70,7 +70,8 @@ class Deletion:
 _MODEL_FIELD = {
     "GlobalNetworkPolicy": "policies", "NetworkPolicy": "policies", "KubernetesNetworkPolicy": "policies",
     "StagedGlobalNetworkPolicy": "policies", "StagedNetworkPolicy": "policies",
-    "StagedKubernetesNetworkPolicy": "policies", "Tier": "tiers", "Profile": "profiles",
+    "StagedKubernetesNetworkPolicy": "policies", "ClusterNetworkPolicy": "policies", "Tier": "tiers",
+    "Profile": "profiles",
     "Namespace": "namespaces", "ServiceAccount": "service_accounts", "Pod": "pods", "Node": "nodes",
     "HostEndpoint": "host_endpoints", "GlobalNetworkSet": "network_sets", "NetworkSet": "network_sets",
     "ExternalHost": "external_hosts",
