@@ -30,14 +30,16 @@ PRIVATE = 0o600
 SHARED = 0o644
 PRIVATE_DIR = 0o700
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_TMP_STEM = 100  # bytes of the target's name kept in a temporary name (NAME_MAX is 255)
 
 
 def create_temp(target: str | os.PathLike[str], mode: int = PRIVATE) -> tuple[int, Path]:
     """A new, empty file next to `target` (same directory, so a rename is atomic) with an
     unpredictable name and exactly `mode`: (descriptor, path). Never opens an existing file."""
     target = Path(target)
+    stem = target.name.encode()[:_TMP_STEM].decode(errors="ignore")
     for _ in range(16):
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+        tmp = target.with_name(f".{stem}.{secrets.token_hex(8)}.tmp")
         try:
             fd = os.open(tmp, _CREATE, mode)
         except FileExistsError:
@@ -52,9 +54,11 @@ def create_temp(target: str | os.PathLike[str], mode: int = PRIVATE) -> tuple[in
     raise FileExistsError(f"cannot create a temporary file next to {target}")
 
 
-def commit(fd: int, tmp: Path, target: str | os.PathLike[str], *, fsync: bool = False) -> None:
+def commit(fd: int, tmp: Path, target: str | os.PathLike[str], *, fsync: bool = False,
+           fsync_dir: bool | None = None) -> None:
     """Close `fd` (fsynced first with `fsync`) and rename `tmp` over `target`; on failure the
-    temporary file is removed and `target` is untouched."""
+    temporary file is removed and `target` is untouched. `fsync_dir` (default: as `fsync`) also
+    fsyncs the directory after the rename; a caller writing many files there syncs it once."""
     try:
         if fsync:
             os.fsync(fd)
@@ -68,7 +72,7 @@ def commit(fd: int, tmp: Path, target: str | os.PathLike[str], *, fsync: bool = 
     except BaseException:
         _discard(tmp)
         raise
-    if fsync:
+    if fsync if fsync_dir is None else fsync_dir:
         sync_dir(Path(target).parent)
 
 
@@ -87,7 +91,7 @@ def sync_dir(directory: str | os.PathLike[str]) -> None:
 
 
 def atomic_write(target: str | os.PathLike[str], data: bytes | str, mode: int = PRIVATE, *,
-                 fsync: bool = False) -> None:
+                 fsync: bool = False, fsync_dir: bool | None = None) -> None:
     """Replace `target` with `data` (str is written as UTF-8) in one atomic step, with `mode`."""
     payload = data.encode() if isinstance(data, str) else data
     fd, tmp = create_temp(target, mode)
@@ -99,7 +103,7 @@ def atomic_write(target: str | os.PathLike[str], data: bytes | str, mode: int = 
         os.close(fd)
         _discard(tmp)
         raise
-    commit(fd, tmp, target, fsync=fsync)
+    commit(fd, tmp, target, fsync=fsync, fsync_dir=fsync_dir)
 
 
 @contextlib.contextmanager
