@@ -5,11 +5,13 @@ differential test checks that they do.
 
 Layout (hooks in the order a packet meets them; §3.3 of the Calico reference):
 
-    raw-prerouting / raw-output    untracked (doNotTrack) host endpoint policy, before conntrack
-    mangle-prerouting              established → accept; preDNAT host endpoint policy
-    filter-input                   conntrack; accepted-by-raw/preDNAT; workload→host; host endpoint
-    filter-forward                 conntrack; HEP forward in; workload egress (vmap); workload
-                                   ingress (vmap); HEP forward out
+    raw-prerouting / raw-output    untracked (doNotTrack) policy of eth0's named HEP, before
+                                   conntrack, on every packet (replies too)
+    mangle-prerouting              established → accept; accepted-by-raw; preDNAT policy (eth0's
+                                   HEP; the `*` HEP on every other interface: pods, the tunnel)
+    filter-input                   conntrack; workload→host; accepted-by-raw/preDNAT; host endpoint
+    filter-forward                 conntrack; HEP forward in (eth0's, else `*`); workload egress
+                                   (vmap); workload ingress (vmap); HEP forward out (likewise)
     filter-output                  conntrack; to local workloads unpoliced; host endpoint out
 
 Endpoint chains (`fw-<hash>`/`tw-<hash>`, shared by workloads whose policies are the same, reached
