@@ -465,3 +465,66 @@ class TestDefaultEndpointToHost:
                      DB_DENY)
         d = decide(ev, "node:node-b", "prod/db", "tcp", 5432)
         assert d.verdict == "allow" and d.enforced.stages == ()
+
+
+# --------------------------------------------------------------------------------------------
+# All-interfaces host endpoints (`interfaceName: "*"`): Felix's dispatch chains make them the
+# default for every interface no HEP names — pod interfaces and the WireGuard tunnel too.
+
+
+class TestAllInterfaces:
+    STAR = hep_b(DEFAULT_ALLOW, name="all-b", interface="*")
+
+    def test_forward_policy_sees_pod_to_pod_traffic_on_the_node(self) -> None:
+        ev = cluster(self.STAR, host_policy("fwd", "[{action: Deny, protocol: TCP}, {action: Allow}]",
+                                            egress="[{action: Allow}]", extra=FORWARD))
+        d = decide(ev, "prod/db", "dev/db", "tcp", 5432)
+        assert (d.verdict, by(d)) == ("deny", (GNP, None, "fwd", "default", "ingress", 0, "Deny"))
+        assert [(r.stage.family, r.stage.via) for r in d.enforced.stages] == [("prednat", "pod"), ("forward", "pod")]
+        d = decide(ev, "prod/db", "dev/db", "udp", 53)  # ingress passes; the egress towards dev/db allows
+        assert d.verdict == "allow"
+        assert [(r.stage.family, r.stage.direction, r.stage.via) for r in d.enforced.stages] == [
+            ("prednat", "ingress", "pod"), ("forward", "ingress", "pod"), ("workload", "egress", "eth0"),
+            ("workload", "ingress", "eth0"), ("forward", "egress", "pod")]
+
+    def test_forward_egress_towards_a_pod(self) -> None:
+        ev = cluster(self.STAR, host_policy("fwd-out", "[{action: Allow}]", egress="[{action: Deny, protocol: UDP}]",
+                                            extra=FORWARD))
+        d = decide(ev, "external:client", "prod/db", "udp", 5432)
+        assert (d.verdict, by(d)) == ("deny", (GNP, None, "fwd-out", "default", "egress", 0, "Deny"))
+        assert d.enforced.stages[-1].stage.via == "pod"
+
+    def test_do_not_track_is_ignored_on_an_all_interfaces_hep(self) -> None:
+        ev = cluster(self.STAR, host_policy("dnt", "[{action: Deny}]", extra=UNTRACKED))
+        d = decide(ev, "external:client", "node:node-b", "tcp", 80)
+        assert d.verdict == "allow" and "untracked" not in [f for f, _ in families(d)]
+
+    def test_prednat_allow_from_a_pod_skips_forward_ingress_only(self) -> None:
+        ev = cluster(self.STAR, host_policy("pre", "[{action: Allow}]", extra=PREDNAT, order=1),
+                     host_policy("fwd", "[{action: Deny}]", egress="[{action: Deny}]", extra=FORWARD, order=2))
+        d = decide(ev, "prod/db", "external:client", "tcp", 443)
+        assert (d.verdict, by(d)) == ("deny", (GNP, None, "fwd", "default", "egress", 0, "Deny"))
+        assert [(r.stage.family, r.stage.direction, r.outcome, r.skipped) for r in d.enforced.stages] == [
+            ("prednat", "ingress", "allow", False), ("forward", "ingress", "continue", True),
+            ("workload", "egress", "allow", False), ("forward", "egress", "deny", False)]
+
+    def test_a_named_hep_keeps_eth0(self) -> None:
+        ev = cluster(hep_b(DEFAULT_ALLOW), self.STAR.replace("host: b", "host: star"),
+                     host_policy("star-pre", "[{action: Deny}]", extra=PREDNAT, selector="host == 'star'"))
+        assert decide(ev, "external:client", "node:node-b", "tcp", 80).verdict == "allow"  # eth0: hep-b
+        d = decide(ev, "prod/db", "node:node-b", "tcp", 80)  # from a pod: the '*' HEP
+        assert (d.verdict, by(d)) == ("deny", (GNP, None, "star-pre", "default", "ingress", 0, "Deny"))
+
+
+def test_reply_of() -> None:
+    from ipaddress import ip_address
+
+    from enforcer.evaluate.evaluator import reply_of
+    from enforcer.evaluate.flow import Flow
+
+    a, b = ip_address("192.0.2.1"), ip_address("198.51.100.2")
+    assert reply_of(Flow(a, b, 6, 40000, 80)) == Flow(b, a, 6, 80, 40000)
+    assert reply_of(Flow(a, b, 1, icmp_type=8, icmp_code=0)) == Flow(b, a, 1, icmp_type=0, icmp_code=0)
+    assert reply_of(Flow(a, b, 1, icmp_type=3, icmp_code=1)) is None
+    a6, b6 = ip_address("2001:db8::1"), ip_address("2001:db8::2")
+    assert reply_of(Flow(a6, b6, 58, icmp_type=128, icmp_code=0)) == Flow(b6, a6, 58, icmp_type=129, icmp_code=0)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from enforcer.evaluate import Evaluator
+from enforcer.evaluate import Evaluator, peer_for_address
+from enforcer.evaluate.path import stages_for
 from enforcer.lab import LabPlan, lab_resources, lab_up, plan_lab
 from enforcer.lab.probe import Probe
 from enforcer.loader import load_text
@@ -146,9 +147,11 @@ def test_differential_with_wireguard_and_host_endpoints(seed: int, lab_id: str, 
     assert not mismatches, f"seed {seed}: {mismatches[0]}"
     assert any(run.rides_tunnel(p) for p in run.probes)
     if spec.wildcard_heps:
-        # All-interfaces HEPs cover the tunnel: their preDNAT/forward policy saw decapsulated packets.
-        assert any(r.stage.via == "tunnel" and run.ev.stage_tiers(r.stage)
-                   for p in run.probes for r in run.ev.decide(p.flow).enforced.stages)
+        # All-interfaces HEPs cover the tunnel: their preDNAT/forward policy lies on tunnelled paths.
+        state = run.ev.state
+        paths = [stages_for(state, peer_for_address(state, p.src), peer_for_address(state, p.dst), p.src.version)
+                 for p in run.probes]
+        assert any(st.via == "tunnel" and run.ev.stage_tiers(st) for path in paths for st in path)
 
 
 def host_endpoint_spec(seed: int) -> SynthSpec:

@@ -151,7 +151,7 @@ class Evaluator:
         stages = stages_for(self.state, src, dst, flow.version)
         if flow.protocol == 58 and flow.icmp_type in ICMPV6_INFRA_TYPES:
             stages = []
-        reply = reply_of(flow)
+        reply = reply_of(flow) if self._any_untracked else None
         reply_stages = stages_for(self.state, dst, src, flow.version) if reply is not None else []
         if reply is not None and not any(self._untracked(st) for st in (*stages, *reply_stages)):
             reply_stages = []  # conntrack lets the reply through: nothing untracked sees either packet
@@ -161,6 +161,11 @@ class Evaluator:
         else:
             pending = enforced
         return Decision(flow, src, dst, enforced, pending)
+
+    @cached_property
+    def _any_untracked(self) -> bool:
+        """Whether any policy is untracked (without, conntrack lets every reply through)."""
+        return any(p.do_not_track for p in self.state.resources.policies)
 
     def _untracked(self, stage: Stage) -> bool:
         return stage.family == "untracked" and bool(self.stage_tiers(stage))
@@ -235,7 +240,10 @@ class Evaluator:
     def _source_ports_matter(self) -> bool:
         rules = [r for p in self.state.active_policies for r in (*p.ingress, *p.egress)]
         rules += [r for prof in self.state.profiles.values() for r in (*prof.ingress, *prof.egress)]
-        return any(r.source.ports or r.source.not_ports for r in rules)
+        # Replies are checked where untracked policy lies on the path: the reply's destination
+        # port is the request's source port (and policy may decide a UDP reply anywhere then).
+        untracked = any(p.do_not_track for p in self.state.active_policies)
+        return untracked or any(r.source.ports or r.source.not_ports for r in rules)
 
     def _wireguard_between_nodes(self, flow: Flow) -> bool:
         """Calico auto-allows the tunnel's UDP between nodes (filter INPUT/OUTPUT, before HEP policy)."""
