@@ -3,9 +3,9 @@
 encryption changes what host endpoint policy sees.
 
 With WireGuard, pod traffic between nodes leaves the source node on `ftwg0`/`ftwg0v6` and enters
-the destination node there, encrypted on `eth0` in between. Calico's host endpoint policy applies
-to the underlay interface, so it sees only the tunnel's UDP, which Calico auto-allows between
-nodes (filter INPUT and OUTPUT). What follows from that for flowtui:
+the destination node there, encrypted on `eth0` in between. eth0's host endpoint sees only the
+tunnel's UDP, which Calico auto-allows between nodes (filter INPUT and OUTPUT); an all-interfaces
+host endpoint also covers the tunnel interface. What follows from that for flowtui:
 
 - without host endpoints, the evaluator's path model is unchanged and every verdict and every
   NFLOG attribution must agree, tunnel or not (`test_differential_with_wireguard`);
