@@ -18,6 +18,7 @@ from enforcer.model import (
     Direction,
     EntityRule,
     ExternalHost,
+    FelixConfiguration,
     HostEndpoint,
     ICMPMatch,
     IPAddress,
@@ -60,6 +61,14 @@ class SynthSpec:
     # ClusterNetworkPolicies (kube-admin / kube-baseline) added, from a stream of their own: the
     # rest of a seed's cluster stays as it is without them.
     cluster_network_policies: int = 0
+    # Share of nodes whose host endpoint is all-interfaces (`interfaceName: "*"`, covering pod and
+    # tunnel interfaces too) rather than eth0's.
+    wildcard_heps: float = 0.0
+    endpoint_to_host: bool = False  # DefaultEndpointToHostAction by seed: Accept, Drop, Return in turn
+    # A preDNAT and an untracked policy on every host endpoint (the preDNAT one denies some UDP,
+    # from pods too on all-interfaces HEPs; the untracked one allows some TCP in, with random egress
+    # rules that may not allow the replies): the paths Calico's FV tests check.
+    host_extras: bool = False
 
 
 def _ip(text: str) -> IPAddress:
@@ -206,6 +215,30 @@ class _Gen:
                       apply_on_forward=mode != "normal", do_not_track=mode == "untracked", pre_dnat=mode == "prednat")
 
 
+    def host_policy(self, i: int, mode: str, externals: list[ExternalHost], tiers: list[Tier]) -> Policy:
+        """A GlobalNetworkPolicy on every host endpoint, preDNAT or untracked."""
+        r = self.r
+        n = self.spec.rules_per_policy
+        ingress = tuple(self.rule(False, externals, True) for _ in range(r.randint(0, n)))
+        egress: tuple[Rule, ...] = ()
+        types: tuple[Direction, ...] = ("ingress",)
+        if mode == "prednat":
+            port = r.choice(PORTS)
+            ingress = (Rule(action="Deny", protocol=17, destination=EntityRule(ports=(PortRange(port, port),))),
+                       *ingress)
+        if mode == "untracked":
+            port = r.choice(PORTS)
+            ingress = (Rule(action="Allow", protocol=6, destination=EntityRule(ports=(PortRange(port, port),))),
+                       *ingress)
+            egress = tuple(self.rule(False, externals, True) for _ in range(r.randint(0, n)))
+            types = ("ingress", "egress")
+        tier = r.choice(tiers).name if tiers and r.random() < 0.5 else "default"
+        return Policy(kind="GlobalNetworkPolicy", name=f"p{i}", namespace=None, tier=tier,
+                      order=float(r.randint(1, 50) * 10), selector=_sel("has(role)"), types=types,
+                      ingress=ingress, egress=egress, apply_on_forward=True,
+                      do_not_track=mode == "untracked", pre_dnat=mode == "prednat")
+
+
 ORCHESTRATOR = "projectcalico.org/orchestrator == 'k8s'"
 
 
@@ -284,10 +317,18 @@ def synth_resources(seed: int, spec: SynthSpec = SynthSpec()) -> ResourceSet:
     if spec.tiers:
         tiers = [Tier("security", 100.0, g.r.choice(("Deny", "Pass"))), Tier("platform", 200.0, "Pass")]
     heps = []
+    # Their own stream: the rest of the cluster stays as without them.
+    extra = random.Random(seed * 7919 + 2)
     if spec.host_endpoints:
         for node in nodes:
-            heps.append(HostEndpoint(f"{node.name}-eth0", node.name, node.labels, "eth0", node.addresses,
-                                     profiles=("projectcalico-default-allow",) if g.r.random() < 0.7 else ()))
+            profiles = ("projectcalico-default-allow",) if g.r.random() < 0.7 else ()
+            if extra.random() < spec.wildcard_heps:
+                heps.append(HostEndpoint(f"{node.name}-all", node.name, node.labels, "*", node.addresses, profiles))
+            else:
+                heps.append(HostEndpoint(f"{node.name}-eth0", node.name, node.labels, "eth0", node.addresses, profiles))
+    felix = FelixConfiguration()
+    if spec.endpoint_to_host:
+        felix = FelixConfiguration(default_endpoint_to_host_action=("Accept", "Drop", "Return")[seed % 3])
     blocked = [ext for ext in externals if g.r.random() < 0.5][:1]
     netsets = [NetworkSet("blocked", None, (("netset", "blocked"),),
                           tuple(_net(str(a)) for e in blocked for a in e.addresses))] if blocked else []
@@ -295,12 +336,16 @@ def synth_resources(seed: int, spec: SynthSpec = SynthSpec()) -> ResourceSet:
     if spec.cluster_network_policies:
         cnps = _CNPGen(seed, externals)
         policies += [cnps.policy(i) for i in range(spec.cluster_network_policies)]
+    if spec.host_extras and spec.host_endpoints:
+        eg = _Gen(seed * 7919 + 3, spec)
+        policies += [eg.host_policy(len(policies), "prednat", externals, tiers),
+                     eg.host_policy(len(policies) + 1, "untracked", externals, tiers)]
     if spec.disabled:
         off = random.Random(seed * 7919 + 1)  # its own stream: the rest of the cluster stays as without it
         policies = [replace(p, disabled=True) if off.random() < spec.disabled else p for p in policies]
     return ResourceSet(policies=tuple(policies), tiers=tuple(tiers), namespaces=tuple(namespaces),
                        pods=tuple(pods), nodes=tuple(nodes), host_endpoints=tuple(heps),
-                       network_sets=tuple(netsets), external_hosts=tuple(externals))
+                       network_sets=tuple(netsets), external_hosts=tuple(externals), felix=felix)
 
 
 def synth_flows(res: ResourceSet, seed: int, count: int, *, ipv6_share: float = 0.2) -> list[Flow]:

@@ -2,9 +2,12 @@
 kernel's NFLOG attribution names the same policies and rules as the evaluator.
 
 Random clusters and policies (tiers, orders, Allow/Deny/Pass/Log, selectors, nets, ports, named
-ports, network sets, host endpoints with untracked/preDNAT/forward policy) are compiled to
-nftables and applied in a lab; random TCP, UDP and ICMP probes run between pods, nodes and outside
-hosts, IPv4 and IPv6. Every probe's first packet must arrive exactly when the evaluator allows it;
+ports, network sets, host endpoints — on eth0 or all interfaces — with untracked/preDNAT/forward
+policy, DefaultEndpointToHostAction Accept, Drop or Return) are compiled to nftables and applied in
+a lab; random TCP, UDP and ICMP probes run between pods, nodes and outside hosts, IPv4 and IPv6.
+Every probe's first packet must arrive exactly when the evaluator lets it through, and its reply
+(TCP, ICMP) come back exactly when the evaluator allows the connection (untracked policy checks
+replies; where the request was untracked there is no conntrack entry for the reply);
 and the verdict events the collector stores for it (node, action, policy or profile, direction,
 rule — end-of-tier, failsafe, no-profile and default decisions included) and its `Log` events must
 be exactly those the evaluator's stages imply. Some policies start disabled (laid out behind a
@@ -27,7 +30,7 @@ import pytest
 
 from enforcer.evaluate import Decision, Evaluator, decision_text
 from enforcer.lab import lab_resources, netns_name, plan_lab
-from enforcer.lab.probe import Probe, run_probes
+from enforcer.lab.probe import Probe, answerable, probe_both_ways
 from enforcer.model import IPAddress, ResourceSet
 from enforcer.nft import ir
 from enforcer.nft.compiler import CompiledNode, compile_node
@@ -37,6 +40,10 @@ from enforcer.synth import PORTS, SynthSpec, synth_resources
 
 SEEDS = int(os.environ.get("FLOWTUI_DIFF_SEEDS", "8"))
 PROBES_PER_SEED = 60
+# Half the nodes' host endpoints all-interfaces, DefaultEndpointToHostAction by seed, a preDNAT
+# and an untracked policy on every host endpoint: every path of `test_random_sets_cover_every_path`.
+SPEC = SynthSpec(nodes=2, namespaces=2, pods=4, externals=2, policies=8, rules_per_policy=3, disabled=0.15,
+                 wildcard_heps=0.5, endpoint_to_host=True, host_extras=True)
 
 
 def _targets(res: ResourceSet) -> list[tuple[str, tuple[IPAddress, ...]]]:
@@ -75,6 +82,8 @@ def expected_attribution(d: Decision) -> set[Attribution]:
     """The verdict and Log events the dataplane must emit for this flow's first packet."""
     out: set[Attribution] = set()
     for r in d.enforced.stages:
+        if r.reply:
+            continue  # the reply's events carry the reversed 5-tuple (its verdict is checked by `answered`)
         node, direction, family = r.stage.node, r.stage.direction, r.stage.family
         for h in r.logged:
             out.add((node, "Log", h.kind, h.namespace, h.name, h.direction, h.rule))
@@ -151,8 +160,9 @@ def toggle_some(res: ResourceSet, seed: int) -> ResourceSet:
 
 
 def probe_with_collector(lab_id: str, nodes: Iterable[str], db: Path, rules_path: Path,
-                         probes: list[Probe]) -> set[Probe]:
-    """Send `probes` while the collector stores every node's NFLOG events in `db`; the delivered ones."""
+                         probes: list[Probe]) -> tuple[set[Probe], set[Probe]]:
+    """Send `probes` while the collector stores every node's NFLOG events in `db`; the delivered
+    ones and the answered ones (`probe_both_ways`)."""
     from flowtui.collector.config import CollectorConfig
     from flowtui.collector.service import Collector
 
@@ -162,7 +172,7 @@ def probe_with_collector(lab_id: str, nodes: Iterable[str], db: Path, rules_path
     collector = Collector(cfg)
     collector.start()
     try:
-        return run_probes(lab_id, probes)
+        return probe_both_ways(lab_id, probes)
     finally:
         collector.stop()
 
@@ -191,25 +201,36 @@ def probe_key(p: Probe, probes: list[Probe]) -> tuple[object, ...] | None:
     return (str(p.src), str(p.dst), p.proto, p.marker, p.dport)
 
 
+def disagreements(ev: Evaluator, probes: list[Probe], delivered: set[Probe], answered: set[Probe]) -> list[str]:
+    """Probes where the kernel and the evaluator differ: on the first packet (delivered exactly when
+    it gets through), and, where the sender sees replies (TCP, ICMP), on the reply (answered
+    exactly when the connection is allowed: untracked policy checks replies too)."""
+    out = []
+    for p in probes:
+        d = ev.decide(p.flow)
+        first, both = d.enforced.first_packet == "allow", d.verdict == "allow"
+        if (p in delivered) != first:
+            what = f"kernel {'delivered' if p in delivered else 'dropped'} it, evaluator says {d.enforced.first_packet}"
+        elif answerable(p) and (p in answered) != both:
+            what = (f"kernel {'delivered' if p in answered else 'dropped'} its reply, evaluator says the "
+                    f"connection is {d.verdict}")
+        else:
+            continue
+        out.append(f"{p.src_target} → {p.dst_target} proto {p.proto} port {p.dport}: {what}\n"
+                   f"{decision_text(ev.decide(p.flow, explain=True))}")
+    return out
+
+
 def check_round(lab_id: str, tmp_path: Path, res: ResourceSet, ev: Evaluator, rules: RuleTable, seed: int,
                 count: int, what: str) -> None:
     """Probe, then compare delivery with the evaluator's verdicts and NFLOG with its attribution."""
     rules.dump(tmp_path / f"rules-{what}.jsonl")
     probes = random_probes(res, seed, count)
     db = tmp_path / f"flows-{what}.duckdb"
-    delivered = probe_with_collector(lab_id, ev.state.nodes, db, tmp_path / f"rules-{what}.jsonl", probes)
-
-    wrong = []
-    for p in probes:
-        decision = ev.decide(p.flow)
-        if (p in delivered) != (decision.verdict == "allow"):
-            wrong.append((p, decision))
+    delivered, answered = probe_with_collector(lab_id, ev.state.nodes, db, tmp_path / f"rules-{what}.jsonl", probes)
+    wrong = disagreements(ev, probes, delivered, answered)
     if wrong:
-        p, d = wrong[0]
-        detail = decision_text(ev.decide(p.flow, explain=True))
-        pytest.fail(f"{what}: {len(wrong)}/{len(probes)} probes disagree (seed {seed}); first: {p.src_target} → "
-                    f"{p.dst_target} proto {p.proto} port {p.dport}: kernel "
-                    f"{'delivered' if p in delivered else 'dropped'}, evaluator says {d.verdict}\n{detail}")
+        pytest.fail(f"{what}: {len(wrong)}/{len(probes)} probes disagree (seed {seed}); first: {wrong[0]}")
     # The test must be able to fail: both verdicts occur across the probes of a seed set (the
     # toggled round runs in the lab the first round proved forwarding; it may deny everything).
     assert delivered or what == "toggled", "no probe was delivered: the lab is not forwarding"
@@ -235,9 +256,7 @@ def test_kernel_agrees_with_evaluator(seed: int, lab_id: str, tmp_path: Path) ->
     from enforcer.lab import lab_up
 
     # ClusterNetworkPolicies on every other seed: kube-admin and kube-baseline around the rest.
-    spec = SynthSpec(nodes=2, namespaces=2, pods=4, externals=2, policies=8, rules_per_policy=3, disabled=0.15,
-                     cluster_network_policies=3 * (seed % 2))
-    res = synth_resources(seed, spec)
+    res = synth_resources(seed, replace(SPEC, cluster_network_policies=3 * (seed % 2)))
     plan = plan_lab(res, lab_id)
     lab_up(plan)
     res = lab_resources(res, plan)
@@ -258,3 +277,27 @@ def test_kernel_agrees_with_evaluator(seed: int, lab_id: str, tmp_path: Path) ->
             _nft(lab_id, node, ir.render(c.table, ops))
     check_round(lab_id, tmp_path, toggled, Evaluator(ClusterState(toggled)), _merged(compiled), seed + 1000,
                 PROBES_PER_SEED // 2, "toggled")
+
+
+def test_random_sets_cover_every_path() -> None:
+    """The random sets and probes of the kernel test reach each of Calico's paths that flowtui
+    once got wrong (issue 11): a reply denied after an untracked request, an all-interfaces HEP's
+    preDNAT and forward policy on packets from pods, DefaultEndpointToHostAction Return."""
+    from enforcer.lab import plan_lab as plan
+
+    seen: set[str] = set()
+    for seed in range(SEEDS):
+        res = synth_resources(seed, SPEC)
+        res = lab_resources(res, plan(res, "tcover"))
+        ev = Evaluator(ClusterState(res))
+        for p in random_probes(res, seed, PROBES_PER_SEED):
+            d = ev.decide(p.flow)
+            if d.enforced.first_packet == "allow" and d.verdict == "deny" and answerable(p):
+                seen.add("reply denied")
+            for r in d.enforced.stages:
+                st = r.stage
+                if st.family in ("prednat", "forward") and st.via == "pod" and ev.stage_tiers(st) and not r.skipped:
+                    seen.add(f"{st.family} from a pod")
+                if st.family == "to-host" and ev.state.felix.default_endpoint_to_host_action == "Return":
+                    seen.add("Return")
+    assert seen == {"reply denied", "prednat from a pod", "forward from a pod", "Return"}

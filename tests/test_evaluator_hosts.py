@@ -242,7 +242,23 @@ class TestUntracked:
     def test_no_match_passes_to_normal_processing(self) -> None:
         d = decide(self.ev, "external:admin", "node:node-b", "tcp", 80)
         assert d.verdict == "allow" and by(d) is None
-        assert [r.outcome for r in d.enforced.stages] == ["continue", "continue", "allow"]
+        assert [r.outcome for r in d.enforced.stages if not r.reply] == ["continue", "continue", "allow"]
+        # The raw table sees the reply too: the untracked egress rules checked it (no match), and
+        # the request was tracked, so conntrack lets the reply through without more policy.
+        assert [(r.stage.family, r.stage.direction, r.outcome) for r in d.enforced.stages if r.reply] == [
+            ("untracked", "egress", "continue")]
+
+    def test_untracked_deny_of_the_reply_denies_the_connection(self) -> None:
+        # The request is admitted by normal policy (default-allow profile); its reply to
+        # 192.0.2.0/24 meets the untracked egress Deny in the raw table, conntrack or not.
+        d = decide(self.ev, "external:client", "node:node-b", "tcp", 22)  # failsafe port: still allowed
+        assert d.verdict == "allow"
+        ev = cluster(hep_b(DEFAULT_ALLOW), host_policy("reply-deny", "[]", egress="[{action: Deny, protocol: TCP, "
+                                                        "source: {ports: [80]}}]", extra=UNTRACKED))
+        d = decide(ev, "external:client", "node:node-b", "tcp", 80)
+        assert (d.verdict, by(d)) == ("deny", (GNP, None, "reply-deny", "default", "egress", 0, "Deny"))
+        assert d.enforced.stages[-1].reply and d.enforced.first_packet == "allow"
+        assert decide(ev, "external:client", "node:node-b", "tcp", 81).verdict == "allow"
 
     def test_failsafe_destination_ports_first(self) -> None:
         d = decide(self.ev, "external:client", "node:node-b", "tcp", 22)
@@ -266,11 +282,29 @@ class TestUntracked:
         assert (d.verdict, by(d)) == ("deny", (GNP, None, "deny", "default", "ingress", 0, "Deny"))
 
     def test_untracked_allow_skips_normal_host_policy(self) -> None:
-        ev = cluster(hep_b(), host_policy("untracked-allow", "[{action: Allow}]", extra=UNTRACKED, order=1),
+        ev = cluster(hep_b(), host_policy("untracked-allow", "[{action: Allow}]", egress="[{action: Allow}]",
+                                          extra=UNTRACKED, order=1),
                      host_policy("normal-deny", order=2))
         d = decide(ev, "external:client", "node:node-b", "tcp", 80)
         assert (d.verdict, by(d)) == ("allow", (GNP, None, "untracked-allow", "default", "ingress", 0, "Allow"))
-        assert d.enforced.stages[-1].skipped
+        assert [(r.stage.family, r.stage.direction, r.outcome, r.skipped, r.reply) for r in d.enforced.stages] == [
+            ("untracked", "ingress", "allow", False, False), ("prednat", "ingress", "continue", True, False),
+            ("normal", "ingress", "continue", True, False),
+            # no conntrack: the reply is checked too, and accepted past normal policy the same way
+            ("untracked", "egress", "allow", False, True), ("normal", "egress", "continue", True, True)]
+
+    def test_untracked_allow_without_a_rule_for_the_reply(self) -> None:
+        # Calico's donottrack FV (dnt-reply.yaml): the request is NOTRACKed, the SYN-ACK matches
+        # no untracked rule and has no conntrack entry: invalid, dropped. UDP's reply is a new
+        # flow for conntrack, decided by normal host policy (here: none, no profile: deny).
+        ev = cluster(hep_b(), host_policy("untracked-in", "[{action: Allow}]", egress="[]", extra=UNTRACKED))
+        for proto, port in (("tcp", 80), ("udp", 80), ("icmp", None)):
+            d = decide(ev, "external:client", "node:node-b", proto, port)
+            assert (d.verdict, by(d), d.enforced.first_packet) == ("deny", None, "allow"), proto
+            last = d.enforced.stages[-1]
+            assert (last.reply, last.stage.family, last.stage.direction) == (True, "normal", "egress")
+        assert "invalid" in decide(ev, "external:client", "node:node-b", "tcp", 80).enforced.stages[-1].reason
+        assert "no profile" in decide(ev, "external:client", "node:node-b", "udp", 80).enforced.stages[-1].reason
 
     def test_untracked_policy_does_not_apply_to_workloads(self) -> None:
         ev = cluster(host_policy("everything", extra=UNTRACKED, selector="all()"))
@@ -412,16 +446,85 @@ class TestDefaultEndpointToHost:
         d = decide(ev, "prod/web", "node:node-a", "tcp", 80)
         assert (d.verdict, by(d)) == ("deny", (NP, "prod", "no-out", "default", "egress", 0, "Deny"))
 
-    def test_return_goes_to_the_wildcard_host_endpoint(self) -> None:
+    def test_return_skips_host_endpoint_policy(self) -> None:
+        # Return hands the packet back to the host's INPUT chain, past Calico's rules: no host
+        # endpoint's normal policy sees workload → host packets (Calico's ep_to_host_action FV,
+        # entry "ACCEPT", "Return", "*", Deny → connectivity; return-wildcard-hep.yaml).
         ev = cluster(felix("{defaultEndpointToHostAction: Return}"), hep_b(name="all-a", interface="*", node="node-a"),
                      host_policy("host-in", "[{action: Deny, protocol: TCP}]", egress="[{action: Allow}]"))
         d = decide(ev, "prod/web", "node:node-a", "tcp", 80)
+        assert (d.verdict, by(d)) == ("allow", None)
+        assert families(d) == [("prednat", "ingress"), ("workload", "egress"), ("to-host", "ingress")]
+        assert "Return" in d.enforced.stages[-1].reason
+        # The host endpoint's policy still applies to what arrives on eth0.
+        d = decide(ev, "external:client", "node:node-a", "tcp", 80)
         assert (d.verdict, by(d)) == ("deny", (GNP, None, "host-in", "default", "ingress", 0, "Deny"))
-        d = decide(ev, "prod/web", "node:node-a", "tcp", 22)
-        assert (d.verdict, d.enforced.failsafe) == ("allow", True)
 
     def test_host_to_its_own_pods_is_not_policed(self) -> None:
         ev = cluster(hep_b(), host_policy("deny-all", egress="[{action: Deny}]", extra=FORWARD),
                      DB_DENY)
         d = decide(ev, "node:node-b", "prod/db", "tcp", 5432)
         assert d.verdict == "allow" and d.enforced.stages == ()
+
+
+# --------------------------------------------------------------------------------------------
+# All-interfaces host endpoints (`interfaceName: "*"`): Felix's dispatch chains make them the
+# default for every interface no HEP names — pod interfaces and the WireGuard tunnel too.
+
+
+class TestAllInterfaces:
+    STAR = hep_b(DEFAULT_ALLOW, name="all-b", interface="*")
+
+    def test_forward_policy_sees_pod_to_pod_traffic_on_the_node(self) -> None:
+        ev = cluster(self.STAR, host_policy("fwd", "[{action: Deny, protocol: TCP}, {action: Allow}]",
+                                            egress="[{action: Allow}]", extra=FORWARD))
+        d = decide(ev, "prod/db", "dev/db", "tcp", 5432)
+        assert (d.verdict, by(d)) == ("deny", (GNP, None, "fwd", "default", "ingress", 0, "Deny"))
+        assert [(r.stage.family, r.stage.via) for r in d.enforced.stages] == [("prednat", "pod"), ("forward", "pod")]
+        d = decide(ev, "prod/db", "dev/db", "udp", 53)  # ingress passes; the egress towards dev/db allows
+        assert d.verdict == "allow"
+        assert [(r.stage.family, r.stage.direction, r.stage.via) for r in d.enforced.stages] == [
+            ("prednat", "ingress", "pod"), ("forward", "ingress", "pod"), ("workload", "egress", "eth0"),
+            ("workload", "ingress", "eth0"), ("forward", "egress", "pod")]
+
+    def test_forward_egress_towards_a_pod(self) -> None:
+        ev = cluster(self.STAR, host_policy("fwd-out", "[{action: Allow}]", egress="[{action: Deny, protocol: UDP}]",
+                                            extra=FORWARD))
+        d = decide(ev, "external:client", "prod/db", "udp", 5432)
+        assert (d.verdict, by(d)) == ("deny", (GNP, None, "fwd-out", "default", "egress", 0, "Deny"))
+        assert d.enforced.stages[-1].stage.via == "pod"
+
+    def test_do_not_track_is_ignored_on_an_all_interfaces_hep(self) -> None:
+        ev = cluster(self.STAR, host_policy("dnt", "[{action: Deny}]", extra=UNTRACKED))
+        d = decide(ev, "external:client", "node:node-b", "tcp", 80)
+        assert d.verdict == "allow" and "untracked" not in [f for f, _ in families(d)]
+
+    def test_prednat_allow_from_a_pod_skips_forward_ingress_only(self) -> None:
+        ev = cluster(self.STAR, host_policy("pre", "[{action: Allow}]", extra=PREDNAT, order=1),
+                     host_policy("fwd", "[{action: Deny}]", egress="[{action: Deny}]", extra=FORWARD, order=2))
+        d = decide(ev, "prod/db", "external:client", "tcp", 443)
+        assert (d.verdict, by(d)) == ("deny", (GNP, None, "fwd", "default", "egress", 0, "Deny"))
+        assert [(r.stage.family, r.stage.direction, r.outcome, r.skipped) for r in d.enforced.stages] == [
+            ("prednat", "ingress", "allow", False), ("forward", "ingress", "continue", True),
+            ("workload", "egress", "allow", False), ("forward", "egress", "deny", False)]
+
+    def test_a_named_hep_keeps_eth0(self) -> None:
+        ev = cluster(hep_b(DEFAULT_ALLOW), self.STAR.replace("host: b", "host: star"),
+                     host_policy("star-pre", "[{action: Deny}]", extra=PREDNAT, selector="host == 'star'"))
+        assert decide(ev, "external:client", "node:node-b", "tcp", 80).verdict == "allow"  # eth0: hep-b
+        d = decide(ev, "prod/db", "node:node-b", "tcp", 80)  # from a pod: the '*' HEP
+        assert (d.verdict, by(d)) == ("deny", (GNP, None, "star-pre", "default", "ingress", 0, "Deny"))
+
+
+def test_reply_of() -> None:
+    from ipaddress import ip_address
+
+    from enforcer.evaluate.evaluator import reply_of
+    from enforcer.evaluate.flow import Flow
+
+    a, b = ip_address("192.0.2.1"), ip_address("198.51.100.2")
+    assert reply_of(Flow(a, b, 6, 40000, 80)) == Flow(b, a, 6, 80, 40000)
+    assert reply_of(Flow(a, b, 1, icmp_type=8, icmp_code=0)) == Flow(b, a, 1, icmp_type=0, icmp_code=0)
+    assert reply_of(Flow(a, b, 1, icmp_type=3, icmp_code=1)) is None
+    a6, b6 = ip_address("2001:db8::1"), ip_address("2001:db8::2")
+    assert reply_of(Flow(a6, b6, 58, icmp_type=128, icmp_code=0)) == Flow(b6, a6, 58, icmp_type=129, icmp_code=0)

@@ -171,7 +171,7 @@ def check_document(doc: dict[str, Any]) -> None:
     assert isinstance(doc["trace"], list)
     for stage in doc["trace"]:
         assert list(stage) == ["stage", "direction", "endpoint", "node", "result", "reason", "hit", "failsafe",
-                               "skipped", "steps"]
+                               "skipped", "reply", "steps"]
         assert stage["stage"] in ("workload", "untracked", "prednat", "normal", "forward", "to-host")
         assert stage["direction"] in ("ingress", "egress")
         assert _opt(stage["endpoint"], str) and _opt(stage["node"], str)

@@ -184,7 +184,7 @@ class TestScenario5DosDenyList:
         d = decide(self.ev, "external:client", "node:node-b", "tcp", 80)
         assert d.verdict == "allow" and by(d) is None
         families = [s.stage.family for s in d.enforced.stages]
-        assert families == ["untracked", "prednat", "normal"]
+        assert families == ["untracked", "prednat", "normal"]  # no untracked policy sees the reply
 
 
 class TestAllScenariosTogether:

@@ -3,15 +3,17 @@
 encryption changes what host endpoint policy sees.
 
 With WireGuard, pod traffic between nodes leaves the source node on `ftwg0`/`ftwg0v6` and enters
-the destination node there, encrypted on `eth0` in between. Calico's host endpoint policy applies
-to the underlay interface, so it sees only the tunnel's UDP, which Calico auto-allows between
-nodes (filter INPUT and OUTPUT). What follows from that for flowtui:
+the destination node there, encrypted on `eth0` in between. eth0's host endpoint sees only the
+tunnel's UDP, which Calico auto-allows between nodes (filter INPUT and OUTPUT); an all-interfaces
+host endpoint also covers the tunnel interface. What follows from that for flowtui:
 
 - without host endpoints, the evaluator's path model is unchanged and every verdict and every
   NFLOG attribution must agree, tunnel or not (`test_differential_with_wireguard`);
 - with host endpoints too, every flow must agree, tunnelled or not
-  (`test_differential_with_wireguard_and_host_endpoints`): the evaluator leaves eth0's host
-  endpoint stages off tunnelled pod traffic, and both allow the tunnel's UDP between nodes.
+  (`test_differential_with_wireguard_and_host_endpoints`): eth0's host endpoint stages stay off
+  tunnelled pod traffic, an all-interfaces host endpoint's preDNAT and applyOnForward policy see
+  it as it leaves the pod and as it comes out of the tunnel (Calico's "with wireguard tunnel"
+  apply-on-forward FV test), and both allow the tunnel's UDP between nodes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from enforcer.evaluate import Evaluator, decision_text
+from enforcer.evaluate import Evaluator, peer_for_address
+from enforcer.evaluate.path import stages_for
 from enforcer.lab import LabPlan, lab_resources, lab_up, plan_lab
 from enforcer.lab.probe import Probe
 from enforcer.loader import load_text
@@ -38,6 +41,7 @@ from tests.test_differential_kernel import (
     PROBES_PER_SEED,
     Attribution,
     apply_tables,
+    disagreements,
     events_by_key,
     expected_attribution,
     probe_key,
@@ -56,6 +60,7 @@ class Run:
     ev: Evaluator
     probes: list[Probe]
     delivered: set[Probe]
+    answered: set[Probe]
     events: dict[tuple[object, ...], set[Attribution]]
 
     def rides_tunnel(self, p: Probe) -> bool:
@@ -65,14 +70,7 @@ class Run:
         return src is not None and dst is not None and src != dst
 
     def disagreements(self, probes: list[Probe]) -> list[str]:
-        out = []
-        for p in probes:
-            d = self.ev.decide(p.flow)
-            if (p in self.delivered) != (d.verdict == "allow"):
-                out.append(f"{p.src_target} → {p.dst_target} proto {p.proto} port {p.dport}: kernel "
-                           f"{'delivered' if p in self.delivered else 'dropped'}, evaluator says {d.verdict}\n"
-                           f"{decision_text(self.ev.decide(p.flow, explain=True))}")
-        return out
+        return disagreements(self.ev, probes, self.delivered, self.answered)
 
     def attribution_mismatches(self, probes: list[Probe]) -> tuple[list[str], int]:
         wrong, compared = [], 0
@@ -106,9 +104,10 @@ def differential(lab_id: str, tmp_path: Path, res: ResourceSet, probes_for: int 
     assert all(t.action == "enabled" for t in result.tunnels if t.family in result.families)
 
     probes = random_probes(res, seed, probes_for) if isinstance(probes_for, int) else probes_for
-    delivered = probe_with_collector(lab_id, state.nodes, tmp_path / "flows.duckdb", tmp_path / "rules.jsonl", probes)
+    delivered, answered = probe_with_collector(lab_id, state.nodes, tmp_path / "flows.duckdb",
+                                               tmp_path / "rules.jsonl", probes)
     events = events_by_key(tmp_path / "flows.duckdb", rules, check_action=False)
-    return Run(res, plan, ev, probes, delivered, events)
+    return Run(res, plan, ev, probes, delivered, answered, events)
 
 
 def tunnel_bytes(lab_id: str) -> int:
@@ -140,13 +139,27 @@ def test_differential_with_wireguard_and_host_endpoints(seed: int, lab_id: str, 
     """With host endpoints (untracked, preDNAT, forward policy): every flow agrees, verdict and
     attribution, tunnelled or not — tunnelled pod traffic bypasses eth0's host endpoint stages in
     both the kernel and the evaluator, and the tunnel's own UDP is allowed between nodes."""
-    spec = SynthSpec(nodes=2, namespaces=2, pods=4, externals=2, policies=8, rules_per_policy=3)
+    spec = host_endpoint_spec(seed)
     run = differential(lab_id, tmp_path, synth_resources(seed, spec), PROBES_PER_SEED, seed=seed)
     wrong = run.disagreements(run.probes)
     assert not wrong, f"{len(wrong)}/{len(run.probes)} probes disagree (seed {seed}); first: {wrong[0]}"
     mismatches, _ = run.attribution_mismatches(run.probes)
     assert not mismatches, f"seed {seed}: {mismatches[0]}"
     assert any(run.rides_tunnel(p) for p in run.probes)
+    if spec.wildcard_heps:
+        # All-interfaces HEPs cover the tunnel: their preDNAT/forward policy lies on tunnelled paths.
+        state = run.ev.state
+        paths = [stages_for(state, peer_for_address(state, p.src), peer_for_address(state, p.dst), p.src.version)
+                 for p in run.probes]
+        assert any(st.via == "tunnel" and run.ev.stage_tiers(st) for path in paths for st in path)
+
+
+def host_endpoint_spec(seed: int) -> SynthSpec:
+    """Even seeds: every node's host endpoint all-interfaces (they cover the tunnel, so their
+    preDNAT and applyOnForward policy see decapsulated pod traffic); odd seeds: eth0's (the
+    tunnel bypasses them). A preDNAT and an untracked policy on every host endpoint."""
+    return SynthSpec(nodes=2, namespaces=2, pods=4, externals=2, policies=8, rules_per_policy=3,
+                     wildcard_heps=1.0 if seed % 2 == 0 else 0.0, endpoint_to_host=True, host_extras=True)
 
 
 # ---- fixed scenarios ---------------------------------------------------------------------------

@@ -33,6 +33,9 @@ Outcome = Literal["allow", "deny", "continue"]
 # ICMPv6 neighbour discovery and MLD between a node and its neighbours pass before any policy, so
 # that IPv6 keeps working under a deny-all host policy (Calico does the same for workloads).
 ICMPV6_INFRA_TYPES = (130, 131, 132, 133, 135, 136)
+# Protocols whose reply, without a conntrack entry for the request, is invalid to conntrack: a
+# SYN-ACK or RST, an SCTP INIT-ACK, an ICMP echo reply (nf_conntrack_proto_{tcp,sctp,icmp}.c).
+CONNTRACK_INVALID_REPLIES = frozenset((1, 6, 58, 132))
 MEMO_LIMIT = 1_000_000  # decisions remembered per evaluator (flows with equal keys decide alike)
 PROFILE_TIER = "__PROFILE__"
 
@@ -78,6 +81,7 @@ class StageResult:
     skipped: bool = False  # host-endpoint policy skipped: already accepted by untracked/preDNAT
     logged: tuple[Hit, ...] = ()
     steps: tuple[str, ...] = ()
+    reply: bool = False  # a stage of the reply's path (checked when untracked policy is involved)
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,13 @@ class Verdict:
     failsafe: bool
     logged: tuple[Hit, ...]
     stages: tuple[StageResult, ...]
+
+    @property
+    def first_packet(self) -> Literal["allow", "deny"]:
+        """Whether the connection's first packet gets through (a denied reply does not stop it)."""
+        if self.verdict == "deny" and self.stages and self.stages[-1].reply:
+            return "allow"
+        return self.verdict
 
 
 @dataclass(frozen=True)
@@ -149,12 +160,78 @@ class Evaluator:
         stages = stages_for(self.state, src, dst, flow.version)
         if flow.protocol == 58 and flow.icmp_type in ICMPV6_INFRA_TYPES:
             stages = []
-        enforced = self._walk(stages, flow, pending=False, explain=explain)
-        if any(self._has_staged(stage) for stage in stages):
-            pending = self._walk(stages, flow, pending=True, explain=explain)
+        reply = reply_of(flow) if self._any_untracked else None
+        reply_stages = stages_for(self.state, dst, src, flow.version) if reply is not None else []
+        if reply is not None and not any(self._untracked(st) for st in (*stages, *reply_stages)):
+            reply_stages = []  # conntrack lets the reply through: nothing untracked sees either packet
+        enforced = self._both_ways(stages, reply_stages, flow, reply, pending=False, explain=explain)
+        if any(self._has_staged(stage) for stage in (*stages, *reply_stages)):
+            pending = self._both_ways(stages, reply_stages, flow, reply, pending=True, explain=explain)
         else:
             pending = enforced
         return Decision(flow, src, dst, enforced, pending)
+
+    @cached_property
+    def _any_untracked(self) -> bool:
+        """Whether any policy is untracked (without, conntrack lets every reply through)."""
+        return any(p.do_not_track for p in self.state.resources.policies)
+
+    def _untracked(self, stage: Stage) -> bool:
+        return stage.family == "untracked" and bool(self.stage_tiers(stage))
+
+    def _both_ways(self, stages: list[Stage], reply_stages: list[Stage], flow: Flow, reply: Flow | None,
+                   *, pending: bool, explain: bool) -> Verdict:
+        forward = self._walk(stages, flow, pending=pending, explain=explain)
+        if forward.verdict == "deny" or not reply_stages:
+            return forward
+        assert reply is not None
+        results = self._reply_walk(forward, reply_stages, reply, pending=pending, explain=explain)
+        if results and results[-1].outcome == "deny":
+            return self._verdict("deny", [*forward.stages, *results])
+        return replace(forward, stages=(*forward.stages, *results))
+
+    def _reply_walk(self, forward: Verdict, stages: list[Stage], reply: Flow, *, pending: bool,
+                    explain: bool) -> list[StageResult]:
+        """The reply's stages, as each node's conntrack lets them run.
+
+        The raw table sees every packet, so untracked policy checks the reply everywhere. On a node
+        where the request was tracked, the reply is established: nothing else runs. Where the request
+        was untracked (its Allow is a NOTRACK), there is no conntrack entry: a reply the untracked
+        policy allows is accepted past host endpoint policy like the request; any other is new to
+        conntrack — invalid for TCP, SCTP and ICMP (a SYN-ACK, an echo reply), dropped by filter —
+        or, for UDP and the like, a new flow that filter's policy decides."""
+        untracked_request = {r.stage.node for r in forward.stages
+                             if r.stage.family == "untracked" and r.outcome == "allow"}
+        accepted: set[str | None] = set()
+        results: list[StageResult] = []
+        for stage in stages:
+            if stage.family == "untracked":
+                if not self._untracked(stage):
+                    continue  # no untracked policy here: the raw table lets the reply by
+                res = replace(self._stage(stage, reply, pending, explain), reply=True)
+                results.append(res)
+                if res.outcome == "deny":
+                    return results
+                if res.outcome == "allow":
+                    accepted.add(stage.node)
+                continue
+            if stage.node in accepted:
+                if _preaccept_skips(stage):
+                    results.append(StageResult(stage, "continue", None, "skipped: the reply was accepted on this "
+                                               "node by untracked policy", skipped=True, reply=True))
+                    continue
+            elif stage.node not in untracked_request:
+                continue  # established on this node
+            elif reply.protocol in CONNTRACK_INVALID_REPLIES:
+                results.append(StageResult(stage, "deny", None, "the request was untracked on this node, so the "
+                                           "reply has no conntrack entry: conntrack marks it invalid and it is "
+                                           "dropped", reply=True))
+                return results
+            res = replace(self._stage(stage, reply, pending, explain), reply=True)
+            results.append(res)
+            if res.outcome == "deny":
+                return results
+        return results
 
     def _has_staged(self, stage: Stage) -> bool:
         if stage.endpoint is None:
@@ -172,7 +249,10 @@ class Evaluator:
     def _source_ports_matter(self) -> bool:
         rules = [r for p in self.state.active_policies for r in (*p.ingress, *p.egress)]
         rules += [r for prof in self.state.profiles.values() for r in (*prof.ingress, *prof.egress)]
-        return any(r.source.ports or r.source.not_ports for r in rules)
+        # Replies are checked where untracked policy lies on the path: the reply's destination
+        # port is the request's source port (and policy may decide a UDP reply anywhere then).
+        untracked = any(p.do_not_track for p in self.state.active_policies)
+        return untracked or any(r.source.ports or r.source.not_ports for r in rules)
 
     def _wireguard_between_nodes(self, flow: Flow) -> bool:
         """Calico auto-allows the tunnel's UDP between nodes (filter INPUT/OUTPUT, before HEP policy)."""
@@ -196,7 +276,7 @@ class Evaluator:
         results: list[StageResult] = []
         accepted_on: set[str | None] = set()
         for stage in stages:
-            if stage.family in ("normal", "forward") and stage.node in accepted_on:
+            if stage.node in accepted_on and _preaccept_skips(stage):
                 results.append(
                     StageResult(stage, "continue", None, "skipped: already accepted on this node by "
                                 "untracked/preDNAT policy", skipped=True)
@@ -212,12 +292,13 @@ class Evaluator:
 
     @staticmethod
     def _verdict(verdict: Literal["allow", "deny"], results: list[StageResult]) -> Verdict:
-        logged = tuple(h for r in results for h in r.logged)
+        logged = tuple(h for r in results if not r.reply for h in r.logged)
         if verdict == "deny":
             hit = results[-1].hit
             decided = hit if hit is not None and not hit.builtin else None
             return Verdict("deny", decided, False, logged, tuple(results))
         decided = None
+        results = [r for r in results if not r.reply]  # the request's path decides who allowed it
         for r in reversed(results):
             if r.hit is not None and not r.hit.builtin and r.outcome == "allow":
                 decided = r.hit
@@ -231,9 +312,11 @@ class Evaluator:
             action = felix.default_endpoint_to_host_action
             if action == "Drop":
                 return StageResult(stage, "deny", None, "DefaultEndpointToHostAction is Drop")
-            wildcard = self.state.host_endpoint_for(stage.node or "", "cali+")
-            if action == "Return" and wildcard is not None:
-                return self._stage(Stage("normal", "ingress", wildcard, stage.node), flow, pending, explain)
+            if action == "Return":
+                # Back to the host's INPUT chain (felix/rules/static.go filterWorkloadToHostChain),
+                # past Calico's rules: no host endpoint policy sees workload → host packets.
+                return StageResult(stage, "allow", None, "DefaultEndpointToHostAction is Return: back to the "
+                                   "host's INPUT chain, which accepts; no host endpoint policy applies")
             return StageResult(stage, "allow", None, f"DefaultEndpointToHostAction is {action}")
 
         assert stage.endpoint is not None
@@ -410,6 +493,24 @@ class Evaluator:
             steps.append("no profile matched: drop")
         what = "every applicable tier passed and " if policed else "no policy applies and "
         return "deny", None, f"{what}no profile allowed the packet (default deny)"
+
+
+def reply_of(flow: Flow) -> Flow | None:
+    """The first packet back: ports swapped, an echo request answered; None when nothing replies
+    (ICMP other than echo requests)."""
+    if flow.protocol in (1, 58):
+        request, answer = (8, 0) if flow.protocol == 1 else (128, 129)
+        if flow.icmp_type != request:
+            return None
+        return Flow(flow.dst, flow.src, flow.protocol, icmp_type=answer, icmp_code=0)
+    return Flow(flow.dst, flow.src, flow.protocol, flow.dst_port, flow.src_port)
+
+
+def _preaccept_skips(stage: Stage) -> bool:
+    """Whether an untracked/preDNAT Allow on the stage's node skips it: mangle PREROUTING and
+    filter INPUT and OUTPUT accept such packets first, FORWARD skips the incoming host endpoint's
+    forward policy only."""
+    return stage.family in ("prednat", "normal") or (stage.family == "forward" and stage.direction == "ingress")
 
 
 def _in_family(policy: Policy, stage: Stage) -> bool:

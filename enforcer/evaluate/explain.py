@@ -21,6 +21,7 @@ def _stage_json(res: StageResult) -> dict[str, object]:
         "hit": _hit(res.hit),
         "failsafe": res.failsafe,
         "skipped": res.skipped,
+        "reply": res.reply,
         "steps": list(res.steps),
     }
 
@@ -61,7 +62,7 @@ def decision_text(d: Decision) -> str:
     if not d.enforced.stages:
         lines.append("No policy point lies on this path (for example host to its own pod): allowed.")
     for n, res in enumerate(d.enforced.stages, 1):
-        lines.append(f"{n}. {res.stage.describe()}")
+        lines.append(f"{n}. {'reply: ' if res.reply else ''}{res.stage.describe()}")
         for step in res.steps:
             lines.append(f"     {step}")
         lines.append(f"   → {res.outcome.upper() if res.outcome != 'continue' else 'continue'}: {res.reason}")

@@ -1,9 +1,11 @@
-"""Probe the lab: send one first packet per flow and see which arrived.
+"""Probe the lab: send one first packet per flow and see which arrived, and which were answered.
 
 A receiver (raw sockets, after the destination's INPUT hook) runs in every destination; a sender
 runs in every source. Each probe carries a marker — its source port, or its ICMP echo id — so
-arrivals map back to probes. Used by the evaluator-versus-kernel differential test, the demo's
-traffic and the benchmarks. Bounded in count and time.
+arrivals map back to probes. The sender also sees the destination kernel's answer come back (TCP:
+the SYN-ACK or RST; ICMP: the echo reply), which is the reply path's verdict: what untracked
+policy decides, since replies skip stateful policy. Used by the evaluator-versus-kernel
+differential test, the demo's traffic and the benchmarks. Bounded in count and time.
 """
 
 from __future__ import annotations
@@ -46,7 +48,20 @@ class Probe:
 
 def run_probes(lab_id: str, probes: Iterable[Probe], *, settle: float = 0.6, deadline: float = 30.0) -> set[Probe]:
     """Send every probe once; return those whose first packet reached its destination."""
+    return probe_both_ways(lab_id, probes, settle=settle, deadline=deadline)[0]
+
+
+def answerable(p: Probe) -> bool:
+    """Whether the sender can see the probe's reply (UDP has none without a server)."""
+    return p.proto in (1, 6, 58)
+
+
+def probe_both_ways(lab_id: str, probes: Iterable[Probe], *, settle: float = 0.6, deadline: float = 30.0
+                    ) -> tuple[set[Probe], set[Probe]]:
+    """Send every probe once; return those whose first packet reached its destination, and the
+    answerable ones whose reply came back to the sender."""
     todo = list(probes)
+    replied: set[tuple[str, int, int]] = set()
     if len(todo) > MAX_PROBES:
         raise ValueError(f"{len(todo)} probes: at most {MAX_PROBES} per run")
     agent = [sys.executable, "-m", "enforcer.lab.probe_agent"]
@@ -75,6 +90,9 @@ def run_probes(lab_id: str, probes: Iterable[Probe], *, settle: float = 0.6, dea
             errors = [line for line in out.splitlines() if '"error"' in line]
             if errors:
                 raise RuntimeError(f"probe sender in {target} failed: {errors[0]}")
+            for line in out.splitlines():
+                if line.startswith('{"replied"'):
+                    replied |= {(target, proto, marker) for proto, marker in json.loads(line)["replied"]}
         time.sleep(settle)
         seen: set[tuple[str, int, int, int]] = set()
         for proc in receivers.values():
@@ -88,4 +106,5 @@ def run_probes(lab_id: str, probes: Iterable[Probe], *, settle: float = 0.6, dea
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return {p for p in todo if p.key() in seen}
+    delivered = {p for p in todo if p.key() in seen}
+    return delivered, {p for p in todo if (p.src_target, p.proto, p.marker) in replied}

@@ -5,12 +5,15 @@ recv: raw sockets for TCP, UDP and ICMP on both families see every packet delive
       lines on stdout when stdin closes or the deadline passes. This observes the *first packet*
       of each probe arriving, independent of any reply path.
 send: reads probes as JSON lines on stdin and sends one packet (a UDP datagram, a TCP SYN via a
-      non-blocking connect, an ICMP echo request) for each, from the given source address.
+      non-blocking connect, an ICMP echo request) for each, from the given source address; then
+      reports which were answered — a TCP SYN-ACK or RST, an ICMP echo reply — as
+      {"replied": [[proto, marker], ...]}: the reply path's verdict (UDP: not observed).
 Bounded: every loop has a deadline and a count.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import select
 import socket
@@ -88,8 +91,39 @@ def recv(deadline_s: float) -> None:
     sys.stdout.flush()
 
 
-def send() -> None:
-    keep = []
+def _echo_reply_ids(sock: socket.socket, family: int) -> set[int]:
+    """Echo-reply identifiers waiting on a raw ICMP/ICMPv6 socket."""
+    ids: set[int] = set()
+    for _ in range(4096):
+        try:
+            data = sock.recv(65535, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+        if family == socket.AF_INET:
+            data = data[(data[0] & 0x0F) * 4:]
+        if len(data) >= 8 and data[0] == (0 if family == socket.AF_INET else 129):
+            ids.add(struct.unpack("!H", data[4:6])[0])
+    return ids
+
+
+def _answered(sock: socket.socket) -> bool:
+    """Whether a non-blocking connect got its reply: connected (SYN-ACK) or refused (RST)."""
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err == errno.ECONNREFUSED:
+        return True
+    if err:
+        return False
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
+
+
+def send(wait_s: float = 0.8) -> None:
+    keep: list[tuple[int, socket.socket]] = []
+    echo: dict[int, socket.socket] = {}  # one raw socket per family receives the echo replies
+    echo_markers: set[tuple[int, int]] = set()
     count = 0
     for line in sys.stdin:
         if not line.strip() or count >= 100_000:
@@ -110,9 +144,11 @@ def send() -> None:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind((p["src"], p["sport"]))
                 s.connect_ex((p["dst"], p["dport"]))
-                keep.append(s)
+                keep.append((p["sport"], s))
             else:
                 icmp = socket.IPPROTO_ICMP if family == socket.AF_INET else IPPROTO_ICMPV6
+                if family not in echo:
+                    echo[family] = socket.socket(family, socket.SOCK_RAW, icmp)
                 s = socket.socket(family, socket.SOCK_RAW, icmp)
                 s.bind((p["src"], 0))
                 typ = 8 if family == socket.AF_INET else 128
@@ -121,13 +157,21 @@ def send() -> None:
                     header = header[:2] + struct.pack("!H", icmp_checksum(header)) + header[4:]
                 s.sendto(header, (p["dst"], 0))
                 s.close()
+                echo_markers.add((proto, p["sport"]))
         except PermissionError:
             pass  # EPERM: a local OUTPUT rule dropped it — a verdict, not a failure
         except OSError as err:
             print(json.dumps({"error": str(err), "probe": p}), flush=True)
-    time.sleep(0.3)  # let SYNs leave before closing (closing an unanswered connect sends nothing)
-    for s in keep:
+    # Let SYNs leave and replies come back (closing an unanswered connect sends nothing).
+    time.sleep(wait_s)
+    replied = [[6, marker] for marker, s in keep if _answered(s)]
+    for family, sock in echo.items():
+        proto = 1 if family == socket.AF_INET else IPPROTO_ICMPV6
+        replied += [[proto, ident] for ident in sorted(_echo_reply_ids(sock, family)) if (proto, ident) in echo_markers]
+        sock.close()
+    for _, s in keep:
         s.close()
+    print(json.dumps({"replied": replied}), flush=True)
     print(json.dumps({"sent": count}), flush=True)
 
 

@@ -5,11 +5,13 @@ differential test checks that they do.
 
 Layout (hooks in the order a packet meets them; §3.3 of the Calico reference):
 
-    raw-prerouting / raw-output    untracked (doNotTrack) host endpoint policy, before conntrack
-    mangle-prerouting              established → accept; preDNAT host endpoint policy
-    filter-input                   conntrack; accepted-by-raw/preDNAT; workload→host; host endpoint
-    filter-forward                 conntrack; HEP forward in; workload egress (vmap); workload
-                                   ingress (vmap); HEP forward out
+    raw-prerouting / raw-output    untracked (doNotTrack) policy of eth0's named HEP, before
+                                   conntrack, on every packet (replies too)
+    mangle-prerouting              established → accept; accepted-by-raw; preDNAT policy (eth0's
+                                   HEP; the `*` HEP on every other interface: pods, the tunnel)
+    filter-input                   conntrack; workload→host; accepted-by-raw/preDNAT; host endpoint
+    filter-forward                 conntrack; HEP forward in (eth0's, else `*`); workload egress
+                                   (vmap); workload ingress (vmap); HEP forward out (likewise)
     filter-output                  conntrack; to local workloads unpoliced; host endpoint out
 
 Endpoint chains (`fw-<hash>`/`tw-<hash>`, shared by workloads whose policies are the same, reached
@@ -72,7 +74,7 @@ INFRA_ICMPV6 = "icmpv6 type { " + ", ".join(map(str, ICMPV6_INFRA_TYPES)) + " } 
 # Bumped whenever the compiled layout changes: it is part of the options, so a reconciler in a
 # new flowtui version does not take tables recorded by an older one for its own (toggles are
 # served from the recorded compile). tests/test_compiler.py checks the golden files against it.
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -439,30 +441,43 @@ class _NodeCompiler:
             "iifname vmap @wl-from", *self._verdict("", unknown, "Deny")))
         self.chains["wl-to-dispatch"] = Chain("wl-to-dispatch", ("oifname vmap @wl-to", "drop"))
 
+        # The uplink's HEP (named, else the all-interfaces one) and the all-interfaces HEP, which
+        # also covers pod interfaces and the WireGuard tunnel (never `lo`: host to itself).
         hep = self.state.host_endpoint_for(self.node, UPLINK)
+        star = self.state.all_interfaces_endpoint(self.node)
+        named = hep if hep is not None and hep.interface_name != "*" else None
+        up = f'"{UPLINK}"'
+        others = f'!= {{ {up}, "lo" }}'
         raw_pre = [INFRA_ICMPV6]
         raw_out = [INFRA_ICMPV6]
-        mangle_pre = [INFRA_ICMPV6, "ct state established,related accept"]
+        mangle_pre = [INFRA_ICMPV6, "ct state established,related accept", f"meta mark & {PREACCEPT:#x} != 0 accept"]
         conntrack = ["ct state established,related accept", "ct state invalid drop", INFRA_ICMPV6]
-        inp = [*conntrack, f"meta mark & {PREACCEPT:#x} != 0 accept", 'iifname "cali*" goto wl-to-host']
+        # Pod → host first: its egress policy and DefaultEndpointToHostAction, whatever preDNAT did.
+        inp = [*conntrack, 'iifname "cali*" goto wl-to-host', f"meta mark & {PREACCEPT:#x} != 0 accept"]
         fwd = list(conntrack)
         out = [*conntrack, f"meta mark & {PREACCEPT:#x} != 0 accept", 'oifname "cali*" accept']
-        up = f'"{UPLINK}"'
         wg_in, wg_out = self._wireguard_allow()
         inp += wg_in
         out += wg_out
+        unaccepted = f"meta mark & {PREACCEPT:#x} == 0"
+        if named is not None:  # doNotTrack policy of an all-interfaces HEP is ignored, as by Felix
+            raw_pre.append(f"iifname {up} jump {self._hep_chain('raw-fh', 'untracked', 'ingress', named)}")
+            raw_out.append(f"oifname {up} jump {self._hep_chain('raw-th', 'untracked', 'egress', named)}")
         if hep is not None:
-            raw_pre.append(f"iifname {up} jump {self._hep_chain('raw-fh', 'untracked', 'ingress', hep)}")
-            raw_out.append(f"oifname {up} jump {self._hep_chain('raw-th', 'untracked', 'egress', hep)}")
             mangle_pre.append(f"iifname {up} jump {self._hep_chain('mangle-fh', 'prednat', 'ingress', hep)}")
             inp.append(f"iifname {up} jump {self._hep_chain('fh', 'normal', 'ingress', hep)}")
-            fwd.append(f"meta mark & {PREACCEPT:#x} == 0 iifname {up} "
-                       f"jump {self._hep_chain('fhfw', 'forward', 'ingress', hep)}")
+            fwd.append(f"{unaccepted} iifname {up} jump {self._hep_chain('fhfw', 'forward', 'ingress', hep)}")
+        if star is not None:
+            mangle_pre.append(f"iifname {others} jump {self._hep_chain('mangle-fh', 'prednat', 'ingress', star)}")
+            inp.append(f"iifname {others} jump {self._hep_chain('fh', 'normal', 'ingress', star)}")
+            fwd.append(f"{unaccepted} iifname {others} "
+                       f"jump {self._hep_chain('fhfw', 'forward', 'ingress', star)}")
         fwd += ['iifname "cali*" jump wl-from-dispatch', 'oifname "cali*" jump wl-to-dispatch']
         if hep is not None:
-            fwd.append(f"meta mark & {PREACCEPT:#x} == 0 oifname {up} "
-                       f"jump {self._hep_chain('thfw', 'forward', 'egress', hep)}")
+            fwd.append(f"oifname {up} jump {self._hep_chain('thfw', 'forward', 'egress', hep)}")
             out.append(f"oifname {up} jump {self._hep_chain('th', 'normal', 'egress', hep)}")
+        if star is not None:
+            fwd.append(f"oifname {others} jump {self._hep_chain('thfw', 'forward', 'egress', star)}")
         self.chains["wl-to-host"] = Chain("wl-to-host", tuple(self._to_host()))
 
         bases = {
@@ -510,10 +525,8 @@ class _NodeCompiler:
         """A workload talking to its own host: its egress policy, then DefaultEndpointToHostAction."""
         action = self.state.felix.default_endpoint_to_host_action
         lines = ["jump wl-from-dispatch"]
-        wildcard = self.state.host_endpoint_for(self.node, "cali+")
-        if action == "Return" and wildcard is not None:
-            lines.append(f"jump {self._hep_chain('fh', 'normal', 'ingress', wildcard)}")
-            return lines
+        # Return hands the packet back to the host's INPUT chain past Calico's rules, which here
+        # means its policy: accept (no host endpoint policy sees workload → host packets).
         verdict = "Deny" if action == "Drop" else "Allow"
         ref = self._ref(("to-host", action), kind="Default", namespace=None,
                         name=f"DefaultEndpointToHostAction={action}", tier=None, revision=0,

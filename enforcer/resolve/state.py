@@ -228,6 +228,11 @@ class ClusterState:
         """The HEP governing `interface` on `node` (§2.9): exact name, then expectedIPs, then `*`."""
         return self._hep_for_interface.get((node, interface)) or self._hep_wildcard.get(node)
 
+    def all_interfaces_endpoint(self, node: str) -> Endpoint | None:
+        """The node's all-interfaces HEP (`interfaceName: "*"`): the one that covers every interface
+        no other HEP names — pod interfaces and the WireGuard tunnel included."""
+        return self._hep_wildcard.get(node)
+
     @cached_property
     def _hep_for_interface(self) -> Mapping[tuple[str, str], Endpoint]:
         node_ips = {n.name: set(n.addresses) for n in self.resources.nodes}

@@ -120,6 +120,10 @@ def collect_tests(states: Sequence[ClusterState]) -> Tests:
     for value in named_values:  # named-port sets hold exact ports: each such port is its own class
         for bounds in (tests.src_ports, tests.dst_ports):
             bounds.update((value, value + 1))
+    if any(p.do_not_track for state in states for p in state.resources.policies):
+        # Untracked policy checks replies, whose ports are the request's swapped.
+        both = tests.src_ports | tests.dst_ports
+        tests.src_ports, tests.dst_ports = set(both), set(both)
     return tests
 
 
@@ -183,7 +187,8 @@ def parse_address(text: str | None) -> IPAddress | None:
 def _endpoint_sig(ep: Endpoint | None) -> object:
     if ep is None:
         return None
-    return (ep.kind, ep.namespace, tuple(sorted(ep.labels.items())), ep.profiles)
+    # An all-interfaces HEP differs from a named one (doNotTrack policy never applies to it).
+    return (ep.kind, ep.namespace, tuple(sorted(ep.labels.items())), ep.profiles, ep.interface_name == "*")
 
 
 def node_signature(state: ClusterState, node: str | None) -> object:
