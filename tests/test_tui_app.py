@@ -106,24 +106,35 @@ def stream(app: FlowtuiApp) -> FlowStream:
     return app.screen.query_one(FlowStream)
 
 
+def held(app: FlowtuiApp) -> list[dict[str, Any]]:
+    s = stream(app)
+    return s.ring.rows(s.ring.first, s.ring.end)
+
+
 @sync
 async def test_flows_stream_filter_negation_and_sql(recording: Path) -> None:
     app, seen = app_for(recording)
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         await until(pilot, lambda: len(stream(app).ring) > 0)
-        total = len(stream(app).ring)
-        assert total == 3000 + 107 or total > 3000  # the events and the Log events they fired
+        assert app.screen.view == "flows" and stream(app).view == "flows"  # flows, not packets, by default
+        flows = held(app)
+        keys = {(r["proto"], r["src_ip"], r["dst_ip"], r["dport"], r["icmp_type"], r["verdict"], r["rule_id"],
+                 r["prefix"]) for r in flows}
+        assert len(keys) == len(flows) < 100  # one row per flow
+        assert sum(r["events"] for r in flows) == 3000 + 107  # every event, and the Log events they fired
+        assert all(r["packets"] >= r["events"] >= 1 and r["first_seen"] <= r["last_seen"] for r in flows)
+        total = len(flows)
         assert any(isinstance(m, FlowsArrived) and m.reset for m in seen)
         assert stream(app).cursor == stream(app).ring.end - 1  # following the newest
         await pilot.press("slash")
         await pilot.press(*"verdict:deny", "enter")
-        await until(pilot, lambda: app.filter.text == "verdict:deny" and stream(app).ring.rows(0, 10**6) and all(
-            r["verdict"] == "deny" for r in stream(app).ring.rows(stream(app).ring.first, stream(app).ring.end)))
+        await until(pilot, lambda: app.filter.text == "verdict:deny" and held(app) and all(
+            r["verdict"] == "deny" for r in held(app)))
         denied = len(stream(app).ring)
         await pilot.press("exclamation_mark", "enter")  # `/!`: the same filter, negated
         await until(pilot, lambda: app.filter.negated)
         await settle(pilot)
-        rows = stream(app).ring.rows(stream(app).ring.first, stream(app).ring.end)
+        rows = held(app)
         assert rows and all(r["verdict"] != "deny" for r in rows)
         assert len(rows) + denied == total
         await pilot.press("s")
@@ -131,6 +142,11 @@ async def test_flows_stream_filter_negation_and_sql(recording: Path) -> None:
         await pilot.press("escape")
         await pilot.press("x")  # clear
         await until(pilot, lambda: app.filter.empty and len(stream(app).ring) == total)
+        await pilot.press("e")  # raw events: one row per logged packet
+        await until(pilot, lambda: stream(app).view == "events" and len(stream(app).ring) == 3000 + 107)
+        assert "Events" in str(app.screen.query_one("#flows-title").render())
+        await pilot.press("e")
+        await until(pilot, lambda: stream(app).view == "flows" and len(stream(app).ring) == total)
 
 
 @sync
@@ -390,16 +406,17 @@ async def test_live_source_streams_pauses_and_resumes(tmp_path: Path) -> None:
                    queries_dir=Path("/nonexistent"))
     try:
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: len(stream(app).ring) >= 500)
+            folded = lambda: stream(app).ring.total_appended  # noqa: E731 (events folded into flows)
+            await until(pilot, lambda: folded() >= 500)
             await asyncio.to_thread(feed.push, 2000, start + 1_000_000, 500)
-            await until(pilot, lambda: len(stream(app).ring) >= 2500)  # tailed within a poll or two
+            await until(pilot, lambda: folded() >= 2500)  # tailed within a poll or two
             assert app.status is not None and app.status.mode == "live"
             await pilot.press("space")  # pause
-            held_before = len(stream(app).ring)
+            held_before = folded()
             await asyncio.to_thread(feed.push, 1000, start + 3_000_000, 500)
             await until(pilot, lambda: app.screen.held_rows >= 1000)
-            assert len(stream(app).ring) == held_before
+            assert folded() == held_before
             await pilot.press("space")  # resume: what was held is shown
-            assert len(stream(app).ring) >= held_before + 1000
+            assert folded() >= held_before + 1000
     finally:
         store.close(snapshot=False)

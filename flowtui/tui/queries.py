@@ -77,6 +77,31 @@ def recent_sql(kind: str, where: str | None, limit: int) -> str:
     return f"SELECT * FROM ({inner}) ORDER BY time"
 
 
+def flows_view_sql(kind: str, where: str | None, limit: int) -> str:
+    """The newest `limit` matching flows of the flows view, reduced as `flowtable.reduce` reduces a
+    batch: one row per flow and second of its last `RATE_WINDOW` seconds, and one (second -1) for
+    everything before; `FlowTable.append_reduced` folds them in."""
+    from flowtui.tui.flowtable import FIRST, KEY, MAX_PORTS, RATE_WINDOW
+
+    keys = ", ".join(KEY)
+    same = " AND ".join(f"s.{k} IS NOT DISTINCT FROM k.{k}" for k in KEY)
+    firsts = ", ".join(f"arg_min({c}, time) AS {c}" for c in FIRST)
+    return f"""
+WITH s AS ({filtered(stream_sql(kind), where)}),
+newest AS (SELECT max(time) AS t FROM s),
+k AS (SELECT {keys}, max(time) AS last FROM s GROUP BY ALL ORDER BY last DESC LIMIT {int(limit)}),
+rows AS (
+  SELECT s.*, CASE WHEN s.time > newest.t - INTERVAL {RATE_WINDOW} SECOND
+    THEN epoch_us(s.time) // 1000000 ELSE -1 END AS second
+  FROM s JOIN k ON {same} CROSS JOIN newest
+)
+SELECT {keys}, second, min(time) AS first_seen, max(time) AS last_seen,
+  coalesce(sum(packets), count(*))::BIGINT AS packets, coalesce(sum(bytes), 0)::BIGINT AS bytes,
+  count(*) AS events, list_slice(list(DISTINCT sport) FILTER (WHERE sport IS NOT NULL), 1, {MAX_PORTS}) AS ports,
+  {firsts}
+FROM rows GROUP BY {keys}, second ORDER BY first_seen"""
+
+
 def window_sql(kind: str, where: str | None, limit: int) -> str:
     """Matching stream rows with `time` in (?, ?], oldest first (the live tail of a store)."""
     cond = "time > ? AND time <= ?" + (f" AND ({where})" if where else "")

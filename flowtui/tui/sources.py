@@ -181,6 +181,14 @@ class DataSource:
         self._after_recent(table)
         return table
 
+    def recent_flows(self, where: str | None, limit: int) -> pa.Table:
+        """The newest `limit` matching flows, reduced for `FlowTable.append_reduced` (the flows
+        view's first load; `tail` follows with stream rows as for the events view)."""
+        with self.connect() as con:
+            table = con.sql(queries.flows_view_sql(self.stream_kind, where, limit)).to_arrow_table()
+        self._after_recent(table)
+        return table
+
     def _after_recent(self, table: pa.Table) -> None:
         pass
 
@@ -455,6 +463,14 @@ class LiveSource(DataSource):
             table = con.sql(queries.recent_sql(self.stream_kind, where, limit)).to_arrow_table()
         self._after_seq = seq
         self._after_time = pc.max(table.column("time")).as_py() if table.num_rows else None
+        return table
+
+    def recent_flows(self, where: str | None, limit: int) -> pa.Table:
+        seq = self.tap.seq
+        with self.connect() as con:
+            table = con.sql(queries.flows_view_sql(self.stream_kind, where, limit)).to_arrow_table()
+        self._after_seq = seq
+        self._after_time = pc.max(table.column("last_seen")).as_py() if table.num_rows else None
         return table
 
     def tail(self, where: str | None) -> pa.Table | None:

@@ -1,6 +1,11 @@
 """Live flows: the streaming table, the `/` filter, follow and pause, and the way to a flow's detail.
 
-Data path: on a filter change a thread worker loads the newest matching rows (`recent`); then,
+Two views (`e` switches): *flows*, the default, one row per flow (5-tuple but for the source
+port, verdict, policy and rule) with its packets, rate and last seen updated in place, so a
+flood is one busy row; and *events*, one row per logged packet, as the kernel logged them.
+
+Data path: on a filter or view change a thread worker loads the newest matching flows
+(`recent_flows`) or rows (`recent`); then,
 for live sources, a tail worker polls every `TAIL_INTERVAL` seconds and posts what arrived as one
 `FlowsArrived` message (a batch per poll, never a message per row). The next poll is armed only
 when the message has been handled, so polls never overlap and a slow UI slows the polling, not
@@ -33,6 +38,7 @@ class FlowsScreen(DashboardScreen):
     BINDINGS = [
         Binding("slash", "filter", "Filter"),
         Binding("exclamation_mark", "filter_not", "Filter NOT", show=False),
+        Binding("e", "toggle_view", "Flows/Events"),
         Binding("f", "toggle_follow", "Follow"),
         Binding("space,p", "toggle_pause", "Pause"),
         Binding("s", "show_sql", "Show SQL", show=False),
@@ -48,12 +54,13 @@ class FlowsScreen(DashboardScreen):
         self.held_rows = 0
         self._tail_armed = False
         self.loads = 0
+        self.view = "flows"  # or "events"
 
     def compose(self) -> ComposeResult:
         yield FilterBar()
         yield Static(id="flows-title", classes="screen-title")
         yield FlowHeader()
-        yield FlowStream(capacity=self.dash.stream_capacity, id="stream")
+        yield FlowStream(capacity=self.dash.stream_capacity, view=self.view, id="stream")
         yield from self.chrome()
 
     @property
@@ -61,7 +68,7 @@ class FlowsScreen(DashboardScreen):
         return self.query_one(FlowStream)
 
     def on_mount(self) -> None:
-        self.watch(self.dash, "filter", self._filter_changed, init=False)
+        self.watch(self.app, "filter", self._filter_changed, init=False)
         self.watch(self.stream, "follow", lambda _follow: self._title(), init=False)
         self.reload()
         self.stream.focus()
@@ -74,12 +81,15 @@ class FlowsScreen(DashboardScreen):
     def reload(self) -> None:
         self.generation += 1
         self._title()
-        self.load_recent(self.generation, self.dash.filter.where)
+        self.load_recent(self.generation, self.dash.filter.where, self.view)
 
     @work(thread=True, group="flows-load", exclusive=True, exit_on_error=False, description="loading the newest flows")
-    def load_recent(self, generation: int, where: str | None) -> None:
-        rows = self.dash.source.recent(where, RECENT_LIMIT)
-        self.post_message(FlowsArrived(rows, reset=True, generation=generation))
+    def load_recent(self, generation: int, where: str | None, view: str) -> None:
+        if view == "flows":
+            rows = self.dash.source.recent_flows(where, RECENT_LIMIT)
+        else:
+            rows = self.dash.source.recent(where, RECENT_LIMIT)
+        self.post_message(FlowsArrived(rows, reset=True, generation=generation, reduced=view == "flows"))
 
     @work(thread=True, group="flows-tail", exclusive=True, exit_on_error=False, description="polling new flows")
     def tail(self, generation: int, where: str | None) -> None:
@@ -108,8 +118,9 @@ class FlowsScreen(DashboardScreen):
         if message.reset:
             self.loads += 1
             self.held, self.held_rows = [], 0
-            self.stream.clear()
-            self.stream.add(message.rows)
+            self.stream.set_view(self.view)
+            self.query_one(FlowHeader).view = self.view
+            self.stream.add(message.rows, reduced=message.reduced)
         elif message.rows.num_rows:
             if self.paused:
                 self.held.append(message.rows)
@@ -136,6 +147,11 @@ class FlowsScreen(DashboardScreen):
 
     def action_clear_filter(self) -> None:
         self.dash.set_filter_text("")
+
+    def action_toggle_view(self) -> None:
+        """Flows (one row per flow, counts in place) <-> events (one row per logged packet)."""
+        self.view = "events" if self.view == "flows" else "flows"
+        self.reload()
 
     def action_toggle_follow(self) -> None:
         self.stream.follow = not self.stream.follow
@@ -170,10 +186,12 @@ class FlowsScreen(DashboardScreen):
 
     def _title(self) -> None:
         f = self.dash.filter
-        text = Text(" Flows ", style="bold reverse")
+        text = Text(" Flows " if self.view == "flows" else " Events ", style="bold reverse")
         text.append(f"  filter: {f.describe()}", "bold" if not f.empty else "dim")
         stream = self.stream
-        text.append(f"  · {len(stream.ring):,} rows held (of {stream.ring.capacity:,})", "dim")
+        what = "flows" if self.view == "flows" else "events"
+        text.append(f"  · {len(stream.ring):,} {what} held (of {stream.ring.capacity:,})", "dim")
+        text.append("  e: " + ("events" if self.view == "flows" else "flows"), "dim")
         if self.paused:
             text.append(f"  ⏸ PAUSED, {self.held_rows:,} new", "bold yellow")
         elif stream.follow:
