@@ -420,3 +420,67 @@ async def test_live_source_streams_pauses_and_resumes(tmp_path: Path) -> None:
             assert folded() >= held_before + 1000
     finally:
         store.close(snapshot=False)
+
+
+@sync
+async def test_screen_keys_from_the_whatif_editor_and_while_typing(recording: Path) -> None:
+    app, _ = app_for(recording)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        screen = app.screen
+        assert app.current_mode == "whatif" and isinstance(screen, WhatIfScreen)
+        screen.editor.focus()
+        screen.editor.load_text("order: ")
+        screen.editor.move_cursor((0, 7))
+        await pilot.press("1", "2")  # text in the editor, not screen switches
+        assert app.current_mode == "whatif" and screen.editor.text == "order: 12"
+        await pilot.press("alt+1")  # from inside the editor
+        assert app.current_mode == "flows"
+        await pilot.press("4")
+        assert app.current_mode == "whatif" and app.focused is screen.editor  # the editor kept its focus
+        await pilot.press("f3")
+        assert app.current_mode == "policies"
+        await pilot.press("1")  # no editor focused: plain digits switch
+        assert app.current_mode == "flows"
+        await pilot.press("slash", *"port:1234", "enter")  # digits typed into the filter stay text
+        assert app.current_mode == "flows" and app.filter.text == "port:1234"
+        await pilot.press("question_mark")  # a dialog keeps its keys
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("2")
+        assert isinstance(app.screen, HelpScreen) and app.current_mode == "flows"
+        keys = dict(app.screen.keys)
+        assert keys.get("e") == "Flows/Events" and keys.get("alt+2") == "Convs"
+
+
+@sync
+async def test_a_flood_is_one_row_whose_counts_grow_in_place(tmp_path: Path) -> None:
+    tap = Tap()
+    store = TappedStore(tmp_path / "live.duckdb", tap=tap, snapshot_interval=None)
+    feed = SyntheticFeed(store)
+    start = int((START.timestamp() - START.astimezone().utcoffset().total_seconds()) * 1e6)  # type: ignore[union-attr]
+    feed.push(5000, start, 100)
+    app = make_app(LiveSource(store, collector_state=lambda: "running"), file_control(),
+                   queries_dir=Path("/nonexistent"))
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            s = stream(app)
+            await until(pilot, lambda: s.ring.total_appended >= 5000)
+
+            def flood() -> tuple[int, dict[str, Any]]:
+                rows = held(app)
+                top = max(rows, key=lambda r: r["packets"])
+                return s.ring.first + rows.index(top), top
+
+            index, before = flood()
+            assert before["policy_name"] == "dos-mitigation" and before["src_name"] == "attacker"
+            assert before["ports"] > 100 and len(s.ring) < 40  # thousands of source ports, one row
+            rows_before = len(s.ring)
+            await asyncio.to_thread(feed.push, 5000, start + 500_000, 100)
+            await until(pilot, lambda: s.ring.total_appended >= 10_000)
+            index_after, after = flood()
+            assert index_after == index and after["packets"] > before["packets"] and after["rate"] > 0
+            assert after["last_seen"] > before["last_seen"] and len(s.ring) == rows_before
+            line = "".join(seg.text for seg in s._strip(after, SIZE[0], False))
+            assert "external:attacker" in line and "gnp:dos-mitigation" in line
+    finally:
+        store.close(snapshot=False)
