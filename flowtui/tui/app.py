@@ -192,11 +192,15 @@ class FlowtuiApp(App[None]):
     def action_help(self) -> None:
         from flowtui.tui.screens.help import HelpScreen
 
-        seen: dict[str, str] = {}
-        for key, active in self.active_bindings.items():
+        # One line per action: `1  alt+1  f1  Flows`, the keys that do the same thing together.
+        keys: dict[tuple[str, str], list[str]] = {}
+        for _key, active in self.active_bindings.items():
             b = active.binding
-            if b.description and key not in seen:
-                seen[self.get_key_display(b)] = b.description
+            if b.description:
+                shown = keys.setdefault((b.action.replace("goto(", "screen("), b.description), [])
+                if (display := self.get_key_display(b)) not in shown:
+                    shown.append(display)
+        seen = {"  ".join(shown): description for (_action, description), shown in keys.items()}
         name = SCREENS.get(self.current_mode, self.screen.__class__.__name__)
         self.push_screen(HelpScreen(sorted(seen.items()), name))
 

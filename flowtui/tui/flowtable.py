@@ -88,7 +88,8 @@ class FlowRow:
         row = dict(self.static)
         row.update(time=self.last, first_seen=self.first, last_seen=self.last, packets=self.packets,
                    bytes=self.bytes, events=self.events, rate=self.rate(newest_second),
-                   sport=min(self.ports) if len(self.ports) == 1 else None, ports=len(self.ports))
+                   # a real source port of the flow (the evaluator decides with it), and how many
+                   sport=min(self.ports) if self.ports else None, ports=len(self.ports))
         return row
 
 
