@@ -99,7 +99,8 @@ SELECT {keys}, second, min(time) AS first_seen, max(time) AS last_seen,
   coalesce(sum(packets), count(*))::BIGINT AS packets, coalesce(sum(bytes), 0)::BIGINT AS bytes,
   count(*) AS events, list_slice(list(DISTINCT sport) FILTER (WHERE sport IS NOT NULL), 1, {MAX_PORTS}) AS ports,
   {firsts}
-FROM rows GROUP BY {keys}, second ORDER BY first_seen"""
+FROM rows GROUP BY {keys}, second
+ORDER BY first_seen, second, {keys}"""  # ties (a Log event and its packet's verdict): by key, stably
 
 
 def window_sql(kind: str, where: str | None, limit: int) -> str:
