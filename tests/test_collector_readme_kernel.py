@@ -7,8 +7,9 @@ table, no resource files: the collector reads the datastore `apply` wrote), traf
 built as the command builds it and driven with Textual's pilot). Every reader must name the
 policy, the rule and the pods from the store alone.
 
-Each step is a subprocess with a temporary `$FLOWTUI_HOME` and `$FLOWTUI_LAB` (a unique lab id,
-so parallel runs do not meet; the commands themselves are the README's).
+The commands are read from the README's block itself ("From nothing to named flows"), so what
+is documented is what runs. Each is a subprocess in a temporary directory, with the README's
+`$FLOWTUI_HOME` and a `$FLOWTUI_LAB` of its own (a unique lab id, so parallel runs do not meet).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTICLE = ROOT / "flowtui" / "scenarios" / "article"
-DURATION = 120  # an upper bound: the test stops it with Ctrl-C (SIGINT) once the traffic is done
 
 CHANGE = """\
 apiVersion: projectcalico.org/v3
@@ -103,6 +103,29 @@ class Steps:
         return proc, lines, started
 
 
+def readme_steps() -> dict[str, list[str]]:
+    """The README's collector walkthrough: the `flowtui` commands by what they do."""
+    import re
+    import shlex
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"From nothing to named flows.*?```sh\n(.*?)```", text, re.S)
+    assert block, "the README lost its collector walkthrough"
+    lines = [line.split("  #")[0].strip() for line in block.group(1).splitlines()]
+    assert "export FLOWTUI_HOME=$PWD/state" in lines
+    commands = [shlex.split(line)[1:] for line in lines if line.startswith("flowtui ")]
+    steps = {
+        "lab up": commands[0], "apply": commands[1], "collect": commands[2], "denied": commands[3],
+        "allowed": commands[4], "export": commands[5], "tui": commands[6], "lab down": commands[7],
+    }
+    assert steps["collect"][0] == "collect" and "curl" in steps["denied"] and "ping" in steps["allowed"]
+    assert steps["export"][:3] == ["export", "--format", "jsonl"] and steps["lab down"] == ["lab", "down"]
+    for name, argv in steps.items():
+        argv[:] = [str(ROOT / a) if a.startswith("flowtui/scenarios/") else a for a in argv]
+        assert name.split()[0] in argv[0] or name in ("denied", "allowed"), (name, argv)
+    return steps
+
+
 def records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -110,33 +133,29 @@ def records(path: Path) -> list[dict[str, Any]]:
 @pytest.mark.kernel
 def test_the_readme_collector_steps_give_named_flows_everywhere(lab_id: str, tmp_path: Path) -> None:
     steps = Steps(tmp_path, lab_id)
+    readme = readme_steps()
     (tmp_path / "change.yaml").write_text(CHANGE)
     try:
-        steps.run("lab", "up", "-f", str(ARTICLE / "00-cluster.yaml"))
-        steps.run("apply", "-f", str(ARTICLE))
-        collector, stderr, started = steps.start("collect", "--db", "flows.duckdb", "--duration", str(DURATION))
-        t0 = time.monotonic()
+        steps.run(*readme["lab up"])
+        steps.run(*readme["apply"])
+        collector, stderr, started = steps.start(*readme["collect"])
         assert started.wait(30), "".join(stderr)
         # denied (scenario 1: TCP from the frontend tier to the transaction tier) and allowed (ICMP)
-        curl = steps.run("lab", "exec", "production/frontend", "--", "curl", "-s", "-m", "2",
-                         "http://10.244.2.10:9000/", ok=False)
-        assert curl.returncode != 0  # it never connected
-        steps.run("lab", "exec", "production/frontend", "--", "ping", "-c", "2", "-i", "0.2", "-W", "1",
-                  "10.244.2.10")
+        assert steps.run(*readme["denied"], ok=False).returncode != 0  # it never connected
+        steps.run(*readme["allowed"])
         # while it runs: a new policy (the rule table grows) and the pod's labels (endpoints)
         steps.run("apply", "-f", "change.yaml")
         time.sleep(2.5)  # the collector looks at the datastore every 2 s (what is being tested)
-        ping = steps.run("lab", "exec", "production/frontend", "--", "ping", "-c", "2", "-i", "0.2", "-W", "1",
-                         "10.244.2.10", ok=False)
+        ping = steps.run(*readme["allowed"], ok=False)
         assert ping.returncode != 0  # now denied
-        assert time.monotonic() - t0 < DURATION - 1, "the traffic outlasted the collection: raise DURATION"
+        assert collector.poll() is None, "the traffic outlasted the collection: raise --duration in the README"
         collector.send_signal(signal.SIGINT)  # Ctrl-C: drain, flush, close the run
         out, _ = collector.communicate(timeout=60)
         assert collector.returncode == 0, "".join(stderr)
         assert "events received" in out
 
-        steps.run("export", "--format", "jsonl", "--db", "flows.duckdb", "--out", "flows.jsonl")
-        flows = records(tmp_path / "flows.jsonl")
+        steps.run(*readme["export"])
+        flows = records(tmp_path / readme["export"][readme["export"].index("--out") + 1])
         denied = [r for r in flows if r["policy_name"] == "deny-frontend-to-transaction"]
         assert denied, flows
         tcp = denied[0]
@@ -163,13 +182,13 @@ def test_the_readme_collector_steps_give_named_flows_everywhere(lab_id: str, tmp
         assert group["before"]["decided_by"]["name"] == "deny-frontend-to-transaction"
         assert group["after"]["decided_by"]["name"] == "allow-cluster-internal"
 
-        asyncio.run(dashboard_names_them(tmp_path, lab_id))
+        assert readme["tui"][:2] == ["tui", "--db"]
+        asyncio.run(dashboard_names_them(tmp_path, lab_id, readme["tui"][2]))
     finally:
-        subprocess.run([*flowtui_command(), "lab", "down"], cwd=tmp_path, env=steps.env, capture_output=True,
-                       timeout=120)
+        steps.run(*readme_steps()["lab down"], ok=False)
 
 
-async def dashboard_names_them(tmp_path: Path, lab_id: str) -> None:
+async def dashboard_names_them(tmp_path: Path, lab_id: str, db: str) -> None:
     """`flowtui tui --db flows.duckdb`, built as the command builds it, shows the names."""
     from flowtui.cli.tui import build_app
     from flowtui.tui.widgets.stream.flow_stream import FlowStream
@@ -177,7 +196,7 @@ async def dashboard_names_them(tmp_path: Path, lab_id: str) -> None:
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        app = build_app("flows.duckdb", None, state_dir=str(tmp_path / "state"), lab_id=lab_id, read_only=True)
+        app = build_app(db, None, state_dir=str(tmp_path / "state"), lab_id=lab_id, read_only=True)
         async with app.run_test(size=(180, 40)) as pilot:
             stream = app.screen.query_one(FlowStream)
             deadline = time.monotonic() + 20

@@ -60,7 +60,7 @@ def test_live_demo_dashboard_toggle_shows_in_the_flows(tmp_path: Path) -> None:
         async def drive() -> None:
             async with app.run_test(size=(150, 40), message_hook=seen.append) as pilot:
                 stream = app.screen.query_one(FlowStream)
-                await until(pilot, lambda: len(stream.ring) > 50 and app.status is not None
+                await until(pilot, lambda: stream.ring.total_appended > 50 and app.status is not None
                             and app.status.events_total > 0)
                 assert app.status.mode == "live" and app.status.collector.startswith("running")
                 assert {r["verdict"] for r in stream.ring.rows(stream.ring.first, stream.ring.end)} >= {"allow",
