@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -30,6 +31,15 @@ from flowtui.tui.widgets.filter_bar import FilterBar
 from flowtui.tui.widgets.stream.flow_stream import FlowHeader, FlowStream
 
 TAIL_INTERVAL = 0.15
+
+
+def _events(rows: pa.Table) -> int:
+    """Events in a batch: its rows, or for rows reduced per flow, what they count."""
+    if "events" in rows.column_names:
+        return int(pc.sum(rows.column("events")).as_py() or 0)
+    return int(rows.num_rows)
+
+
 RECENT_LIMIT = 5_000
 PAUSED_LIMIT = 200_000
 
@@ -92,13 +102,15 @@ class FlowsScreen(DashboardScreen):
         self.post_message(FlowsArrived(rows, reset=True, generation=generation, reduced=view == "flows"))
 
     @work(thread=True, group="flows-tail", exclusive=True, exit_on_error=False, description="polling new flows")
-    def tail(self, generation: int, where: str | None) -> None:
+    def tail(self, generation: int, where: str | None, view: str) -> None:
+        reduced = view == "flows"  # reduced here, in the worker, not on the UI's thread
         try:
-            rows = self.dash.source.tail(where)
+            rows = self.dash.source.tail_flows(where) if reduced else self.dash.source.tail(where)
         except Exception:
             self.post_message(FlowsArrived(pa.table({}), generation=generation))  # keep polling
             raise
-        self.post_message(FlowsArrived(rows if rows is not None else pa.table({}), generation=generation))
+        self.post_message(FlowsArrived(rows if rows is not None else pa.table({}), generation=generation,
+                                       reduced=reduced))
 
     def _arm_tail(self) -> None:
         if self._tail_armed or not self.dash.source.can_tail:
@@ -107,7 +119,7 @@ class FlowsScreen(DashboardScreen):
         self.set_timer(TAIL_INTERVAL, self._poll)
 
     def _poll(self) -> None:
-        self.tail(self.generation, self.dash.filter.where)
+        self.tail(self.generation, self.dash.filter.where, self.view)
 
     def on_flows_arrived(self, message: FlowsArrived) -> None:
         if not message.reset:
@@ -124,11 +136,11 @@ class FlowsScreen(DashboardScreen):
         elif message.rows.num_rows:
             if self.paused:
                 self.held.append(message.rows)
-                self.held_rows += message.rows.num_rows
+                self.held_rows += _events(message.rows)
                 while self.held_rows > PAUSED_LIMIT and len(self.held) > 1:
-                    self.held_rows -= self.held.pop(0).num_rows
+                    self.held_rows -= _events(self.held.pop(0))
             else:
-                self.stream.add(message.rows)
+                self.stream.add(message.rows, reduced=message.reduced)
         self._title()
         self._arm_tail()
 
@@ -160,8 +172,8 @@ class FlowsScreen(DashboardScreen):
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
         if not self.paused:
-            for table in self.held:
-                self.stream.add(table)
+            for table in self.held:  # a view change empties `held`: these are of the current view
+                self.stream.add(table, reduced=self.view == "flows")
             self.held, self.held_rows = [], 0
         self._title()
         self.dash.refresh_status()
