@@ -139,3 +139,21 @@ def test_the_datastore_gives_the_rule_table_and_follows_endpoint_changes(tmp_pat
     ds.apply_documents([str(pods)])
     assert (ds.path / "state.json").stat().st_mtime_ns != stamp  # what the writer watches
     assert dict(load().pods[0].labels) == {"app": "web", "release": "canary"}
+
+
+def test_collect_says_when_the_datastore_is_not_the_labs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import flowtui.collector.service as service
+    from enforcer.datastore import Datastore
+
+    node = tmp_path / "node.yaml"
+    node.write_text("apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n")
+    Datastore(tmp_path / "state").apply_documents([str(node)])
+    monkeypatch.delenv("FLOWTUI_LAB", raising=False)
+    monkeypatch.setattr(service, "labs_up", lambda: ["t0none"])
+    monkeypatch.setattr(service, "lab_namespaces", lambda lab: [f"ft-{lab}-node-n1", f"ft-{lab}-node-n9"])
+    args = ["--db", str(tmp_path / "f.duckdb"), "--state-dir", str(tmp_path / "state")]
+    done = CliRunner().invoke(collect_cmd, args)
+    assert "has no Node n9: is it the one this lab was made from?" in done.output
+    assert done.exit_code == 1  # and then: no such namespace to read in
+    empty = CliRunner().invoke(collect_cmd, ["--db", str(tmp_path / "g.duckdb"), "--state-dir", str(tmp_path / "x")])
+    assert "no datastore at" in empty.output and empty.exit_code == 1

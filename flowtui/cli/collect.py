@@ -129,9 +129,8 @@ def collect_cmd(
     if not namespaces:
         namespaces = [None]
     datastore = Datastore(state_dir)
-    if not paths and not rules and not (datastore.path / "state.json").exists():
-        click.echo(f"note: no datastore at {datastore.path} yet: events get names once `flowtui apply` "
-                   "stores policies there (or give --state-dir / $FLOWTUI_HOME)", err=True)
+    if not paths and not rules:
+        _check_datastore(datastore, [n for n in namespaces if n is not None])
     retain_flows_td = parse_duration(retain_flows)
     cfg = CollectorConfig(
         db=Path(db),
@@ -194,6 +193,26 @@ def _the_lab_that_is_up() -> str | None:
     if labs:
         fail(f"{len(labs)} labs are up ({', '.join(labs)}): choose one with --lab ID", EXIT_INVALID)
     fail("no lab is up: start one with `flowtui lab up -f PATH`, or read this machine's own NFLOG with --host")
+
+
+def _check_datastore(datastore: Any, namespaces: list[str]) -> None:
+    """Say so when the datastore cannot name what is read: nothing stored yet, or not this lab's."""
+    from enforcer.datastore import DatastoreError
+    from flowtui.collector.service import node_of
+
+    if not (datastore.path / "state.json").exists():
+        click.echo(f"note: no datastore at {datastore.path} yet: events get names once `flowtui apply` "
+                   "stores policies there (or give --state-dir / $FLOWTUI_HOME)", err=True)
+        return
+    try:
+        stored = {o.key.name for o in datastore.objects("node")}
+    except DatastoreError as exc:
+        click.echo(f"note: {exc}: events may get no names", err=True)
+        return
+    missing = sorted({node_of(n) for n in namespaces} - stored)
+    if missing:
+        click.echo(f"note: the datastore {datastore.path} has no Node {', '.join(missing)}: is it the one this "
+                   "lab was made from? (--state-dir / $FLOWTUI_HOME)", err=True)
 
 
 def _datastore_loader(datastore: Any, lab_id: str | None) -> Any:
