@@ -114,3 +114,27 @@ def test_the_store_reduces_as_the_view_does(tmp_path: Path) -> None:
 def test_flows_sql_columns_are_what_the_table_folds() -> None:
     sql = queries.flows_view_sql("events", None, 10)
     assert "GROUP BY proto, src_ip, dst_ip, dport, icmp_type, verdict, rule_id, prefix, second" in sql
+
+
+def test_many_new_flows_batch_after_batch_keep_their_counts() -> None:
+    """Spoofed sources or a port scan: every packet a new flow. The table keeps the newest
+    `capacity` flows, each with its own counts, across the arrays being compacted and grown."""
+    flows = FlowTable(capacity=100)
+    for batch in range(40):
+        rows = [{**CALL, "time": T0 + timedelta(seconds=batch), "dport": batch * 30 + i, "sport": 5000 + i,
+                 "packets": 2, "bytes": 120} for i in range(30)]
+        flows.append(table(rows))
+    assert len(flows) == 100 and flows.evicted == 40 * 30 - 100 and flows.end == 1200
+    held = flows.rows(flows.first, flows.end)
+    assert [r["dport"] for r in held] == list(range(1100, 1200))
+    assert all(r["packets"] == 2 and r["events"] == 1 and r["ports"] == 1 for r in held)
+    assert held[0]["sport"] == 5000 + 1100 % 30
+    # the same flow again, later: counted on its row, its ports not twice
+    flows.append(table([{**CALL, "time": T0 + timedelta(seconds=41), "dport": 1199, "sport": 5029, "packets": 1,
+                         "bytes": 60}, {**CALL, "time": T0 + timedelta(seconds=41), "dport": 1199, "sport": 7,
+                                        "packets": 1, "bytes": 60}]))
+    last = flows.row(flows.end - 1)
+    assert last is not None and (last["packets"], last["ports"], last["sport"]) == (4, 2, 7) and flows.updated == 1
+    # a flow that was dropped comes back as a new row
+    flows.append(table([{**CALL, "time": T0 + timedelta(seconds=42), "dport": 0, "sport": 1}]))
+    assert flows.row(flows.end - 1)["dport"] == 0 and len(flows) == 100  # type: ignore[index]
