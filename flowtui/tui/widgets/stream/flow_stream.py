@@ -111,9 +111,10 @@ class FlowStream(ScrollView, can_focus=True):
                 self.ring.append_reduced(table)
             else:
                 self.ring.append(table)
-            if self.ring.updated:  # rows on screen changed in place: render them again
-                self._cache.clear()
-                self._rows = {}
+            # rows on screen changed in place, and every rate moves with the newest data: render
+            # the screen's rows again (a few dozen), not only the new ones
+            self._cache.clear()
+            self._rows = {}
         else:
             self.ring.append(table)
         dropped = self.ring.first - old_first
