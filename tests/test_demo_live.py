@@ -28,16 +28,19 @@ async def until(pilot: Any, cond: Any, timeout: float = 20.0) -> float:
 
 
 class Watch:
-    """Finds the first allowed frontend -> transaction row logged after `after`, looking only at
-    rows appended since the last look (so that watching does not slow the dashboard down)."""
+    """Finds the first allowed frontend -> transaction row logged after `after`. In the events
+    view it looks only at rows appended since the last look (so that watching does not slow the
+    dashboard down); in the flows view (a few dozen rows, updated in place) at every row: the
+    flow's row may have appeared before the watch began, and then only its last packet moves."""
 
     def __init__(self, stream: FlowStream, after: Any) -> None:
         self.stream, self.after, self.seen, self.found = stream, after, stream.ring.end, None
 
     def __call__(self) -> Any:
         ring = self.stream.ring
-        if self.found is None and ring.end > self.seen:
-            for row in ring.rows(max(self.seen, ring.first), ring.end):
+        in_place = self.stream.view == "flows"
+        if self.found is None and (ring.end > self.seen or in_place):
+            for row in ring.rows(ring.first if in_place else max(self.seen, ring.first), ring.end):
                 if (row["verdict"] == "allow" and row["src_name"] == "frontend" and row["dst_name"] == "transaction"
                         and row["dport"] == 9000 and row["time"] is not None and row["time"] > self.after):
                     self.found = row
