@@ -28,7 +28,8 @@ async def until(pilot: Any, cond: Any, timeout: float = 20.0) -> float:
 
 
 class Watch:
-    """Finds the first allowed frontend -> transaction row logged after `after`. In the events
+    """Finds the first frontend -> transaction row that the destination's ingress allowed (what
+    the toggle changes; the source's egress allowed it all along) logged after `after`. In the events
     view it looks only at rows appended since the last look (so that watching does not slow the
     dashboard down); in the flows view (a few dozen rows, updated in place) at every row: the
     flow's row may have appeared before the watch began, and then only its last packet moves."""
@@ -42,6 +43,7 @@ class Watch:
         if self.found is None and (ring.end > self.seen or in_place):
             for row in ring.rows(ring.first if in_place else max(self.seen, ring.first), ring.end):
                 if (row["verdict"] == "allow" and row["src_name"] == "frontend" and row["dst_name"] == "transaction"
+                        and row["direction"] == "ingress"  # the destination's decision: the toggled one
                         and row["dport"] == 9000 and row["time"] is not None and row["time"] > self.after):
                     self.found = row
                     break
