@@ -484,3 +484,25 @@ async def test_a_flood_is_one_row_whose_counts_grow_in_place(tmp_path: Path) -> 
             assert "external:attacker" in line and "gnp:dos-mitigation" in line
     finally:
         store.close(snapshot=False)
+
+
+@sync
+async def test_busiest_first_puts_the_flood_on_top(recording: Path) -> None:
+    app, _ = app_for(recording)
+    async with app.run_test(size=SIZE) as pilot:
+        s = stream(app)
+        await until(pilot, lambda: len(s.ring) > 0)
+        await pilot.press("o")
+        assert s.busiest_first and not s.follow and s.cursor == s.ring.first
+        top = held(app)
+        assert top[0]["policy_name"] == "dos-mitigation" and top[0]["src_name"] == "attacker"
+        assert [r["packets"] for r in top] == sorted((r["packets"] for r in top), reverse=True)
+        assert s.selected is not None and s.selected["policy_name"] == "dos-mitigation"
+        assert "busiest first" in str(app.screen.query_one("#flows-title").render())
+        app.set_filter_text("verdict:allow")  # a reload keeps the ranking
+        await until(pilot, lambda: app.filter.text == "verdict:allow" and held(app) and all(
+            r["verdict"] == "allow" for r in held(app)))
+        assert s.busiest_first and [r["packets"] for r in held(app)] == sorted(
+            (r["packets"] for r in held(app)), reverse=True)
+        await pilot.press("o")
+        assert not s.busiest_first and s.follow

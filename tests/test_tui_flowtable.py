@@ -138,3 +138,20 @@ def test_many_new_flows_batch_after_batch_keep_their_counts() -> None:
     # a flow that was dropped comes back as a new row
     flows.append(table([{**CALL, "time": T0 + timedelta(seconds=42), "dport": 0, "sport": 1}]))
     assert flows.row(flows.end - 1)["dport"] == 0 and len(flows) == 100  # type: ignore[index]
+
+
+def test_busiest_first_ranks_the_flows_by_packets_after_every_batch() -> None:
+    flows = FlowTable()
+    flows.append(table(events(CALL, 3, T0, timedelta(0), ports=1)))
+    flows.append(table(events(FLOOD, 50, T0, timedelta(milliseconds=1))))
+    flows.append(table(events(CALL, 10, T0, timedelta(0), dport=443)))
+    flows.set_busiest_first(True)
+    assert [(r["dport"], r["packets"]) for r in flows.rows(flows.first, flows.end)] == [(9000, 50), (443, 10),
+                                                                                       (9000, 3)]
+    assert flows.row(flows.first + 1)["dport"] == 443  # type: ignore[index]
+    flows.append(table(events(CALL, 100, T0, timedelta(0), dport=443)))  # the last flow, now the busiest
+    assert [(r["dport"], r["packets"]) for r in flows.rows(flows.first, flows.end)] == [(443, 110), (9000, 50),
+                                                                                       (9000, 3)]
+    flows.set_busiest_first(False)  # as first seen again
+    assert [(r["dport"], r["packets"]) for r in flows.rows(flows.first, flows.end)] == [(9000, 3), (9000, 50),
+                                                                                       (443, 110)]

@@ -94,6 +94,8 @@ class FlowTable:
         self._base = 0
         self._chunks: deque[tuple[int, pa.Table]] = deque()  # (first absolute index, KEY + FIRST columns)
         self._ports_seen: set[int] = set()  # absolute index << 16 | source port
+        self.busiest_first = False
+        self._ranked: npt.NDArray[np.int64] | None = None
         self._alloc(1024)
 
     def _alloc(self, size: int, keep: bool = False) -> None:
@@ -133,6 +135,7 @@ class FlowTable:
         self._key_at.clear()
         self._chunks.clear()
         self._ports_seen.clear()
+        self._ranked = None
         self._alloc(1024)
 
     def append(self, table: pa.Table) -> int:
@@ -161,6 +164,7 @@ class FlowTable:
                 self.end += 1
             at[i] = found
         self.updated = int(np.count_nonzero(at < before))
+        self._ranked = None
         if new_rows:
             self._chunks.append((before, groups.take(new_rows).select([*KEY, *FIRST])))
         self._room()
@@ -232,9 +236,23 @@ class FlowTable:
         rows = self.rows(index, index + 1)
         return rows[0] if rows else None
 
+    def set_busiest_first(self, on: bool) -> None:
+        """Show the flows by packets, most first (like `top`), instead of in the order first seen:
+        row i is then the i-th busiest flow held; the order is taken again after every batch."""
+        self.busiest_first = on
+        self._ranked = None
+
+    def _ranking(self) -> npt.NDArray[np.int64]:
+        if self._ranked is None:
+            held = self._packets[self.first - self._base: self.end - self._base]
+            self._ranked = np.argsort(-held, kind="stable") + self.first  # ties: first seen first
+        return self._ranked
+
     def rows(self, start: int, stop: int) -> list[dict[str, Any]]:
         """Rows start..stop-1 (absolute) as stream rows with their counts, clipped to what is held."""
         start, stop = max(start, self.first), min(stop, self.end)
+        if self.busiest_first:
+            return [self._one(int(i)) for i in self._ranking()[start - self.first: stop - self.first]]
         out: list[dict[str, Any]] = []
         starts = [s for s, _t in self._chunks]
         while start < stop:
@@ -245,6 +263,12 @@ class FlowTable:
                 out.append(self._counted(static, i - self._base))
             start += n
         return out
+
+    def _one(self, index: int) -> dict[str, Any]:
+        starts = [s for s, _t in self._chunks]
+        chunk_start, chunk = self._chunks[bisect.bisect_right(starts, index) - 1]
+        static: dict[str, Any] = chunk.slice(index - chunk_start, 1).to_pylist()[0]
+        return self._counted(static, index - self._base)
 
     def _counted(self, row: dict[str, Any], p: int) -> dict[str, Any]:
         last = _when(self._last_us[p])

@@ -49,6 +49,7 @@ class FlowsScreen(DashboardScreen):
         Binding("slash", "filter", "Filter"),
         Binding("exclamation_mark", "filter_not", "Filter NOT", show=False),
         Binding("e", "toggle_view", "Flows/Events"),
+        Binding("o", "toggle_order", "Busiest first", show=False),
         Binding("f", "toggle_follow", "Follow"),
         Binding("space,p", "toggle_pause", "Pause"),
         Binding("s", "show_sql", "Show SQL", show=False),
@@ -65,6 +66,7 @@ class FlowsScreen(DashboardScreen):
         self._tail_armed = False
         self.loads = 0
         self.view = "flows"  # or "events"
+        self.busiest = False  # flows view: ranked by packets instead of in the order first seen
 
     def compose(self) -> ComposeResult:
         yield FilterBar()
@@ -131,6 +133,8 @@ class FlowsScreen(DashboardScreen):
             self.loads += 1
             self.held, self.held_rows = [], 0
             self.stream.set_view(self.view)
+            if self.view == "flows":
+                self.stream.set_busiest_first(self.busiest)
             self.query_one(FlowHeader).view = self.view
             self.stream.add(message.rows, reduced=message.reduced)
         elif message.rows.num_rows:
@@ -164,6 +168,15 @@ class FlowsScreen(DashboardScreen):
         """Flows (one row per flow, counts in place) <-> events (one row per logged packet)."""
         self.view = "events" if self.view == "flows" else "flows"
         self.reload()
+
+    def action_toggle_order(self) -> None:
+        """Flows view: busiest flows first (by packets, re-ranked with every batch) <-> first seen."""
+        if self.view != "flows":
+            self.notify("o ranks flows: switch to the flows view first (e)", severity="warning")
+            return
+        self.busiest = not self.busiest
+        self.stream.set_busiest_first(self.busiest)
+        self._title()
 
     def action_toggle_follow(self) -> None:
         self.stream.follow = not self.stream.follow
@@ -206,6 +219,8 @@ class FlowsScreen(DashboardScreen):
         text.append("  e: " + ("events" if self.view == "flows" else "flows"), "dim")
         if self.paused:
             text.append(f"  ⏸ PAUSED, {self.held_rows:,} new", "bold yellow")
+        elif stream.busiest_first:
+            text.append("  ▲ busiest first (o: as first seen)", "green")
         elif stream.follow:
             text.append("  ▼ following", "green")
         else:

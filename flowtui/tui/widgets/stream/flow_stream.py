@@ -92,6 +92,24 @@ class FlowStream(ScrollView, can_focus=True):
             self.ring = FlowTable(self.capacity) if view == "flows" else FlowRing(self.capacity)
         self.clear()
 
+    @property
+    def busiest_first(self) -> bool:
+        return isinstance(self.ring, FlowTable) and self.ring.busiest_first
+
+    def set_busiest_first(self, on: bool) -> None:
+        """Flows view: rank the flows by packets (the busiest on top) or show them as first seen."""
+        if not isinstance(self.ring, FlowTable):
+            return
+        self.ring.set_busiest_first(on)
+        self._cache.clear()
+        self._rows = {}
+        if on:
+            self.follow = False
+            self._move_to(self.ring.first)
+        elif len(self.ring):
+            self.follow = True
+        self.refresh()
+
     def clear(self) -> None:
         self.ring.clear()
         self.cursor = None
@@ -122,7 +140,10 @@ class FlowStream(ScrollView, can_focus=True):
             self.refresh()
             return
         self._resize()
-        if self.follow or self.cursor is None:  # following, or a fresh view: the newest row
+        if self.busiest_first:  # a ranking: the cursor stays on its place in it (the top, at first)
+            if self.cursor is None or self.cursor < self.ring.first:
+                self.cursor = self.ring.first
+        elif self.follow or self.cursor is None:  # following, or a fresh view: the newest row
             self.cursor = self.ring.end - 1
             self._stick_to_end()
         else:
