@@ -15,11 +15,12 @@ Measured:
 * keypress -> repaint: a key (cursor up/down, page up/down) is delivered to the app as the
   terminal driver delivers it, and the time until the flow table has drawn the cursor on its
   new row is taken; p50/p95/p99/max over `--keys` presses, spread over the run;
-* stream: events inserted/s and rows appended to the screen/s;
+* stream: events inserted/s and events taken onto the screen/s (`--view flows`, the default: folded
+  into one row per flow, counts updated in place; `--view events`: one row per event);
 * memory: the process's RSS every 1M events up to `--events`, with the part DuckDB's buffer
   manager holds for the store (capped at `--duckdb-memory`; the producer checkpoints and
   snapshots every 5 s as the collector's writer does), the gc-tracked Python objects and the
-  rows the dashboard holds (at most 100k).
+  rows the dashboard holds (at most 100k: flows or events).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class Producer(threading.Thread):
         self.finished = time.monotonic()
 
 
-async def drive(app: Any, producer: Producer, keys: int, marks: list[int]) -> dict[str, Any]:
+async def drive(app: Any, producer: Producer, keys: int, marks: list[int], view: str = "flows") -> dict[str, Any]:
     from textual import events
 
     from flowtui.tui.widgets.stream.flow_stream import FlowStream
@@ -117,6 +118,10 @@ async def drive(app: Any, producer: Producer, keys: int, marks: list[int]) -> di
 
         freeze_heap()  # as a real (non-headless) run does on mount
         stream = app.screen.query_one(FlowStream)
+        if view != app.screen.view:
+            app.screen.action_toggle_view()
+            while stream.view != view:
+                await pilot.pause(0.01)
         producer.start()
         appended0, t0 = stream.ring.total_appended, time.monotonic()
         key_every = max(1, producer.total // max(keys, 1))
@@ -180,6 +185,7 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=100_000, help="events/s inserted")
     ap.add_argument("--events", type=int, default=10_000_000, help="events in total")
     ap.add_argument("--keys", type=int, default=300, help="keypresses measured")
+    ap.add_argument("--view", choices=("flows", "events"), default="flows", help="the flows screen's view")
     ap.add_argument("--duckdb-memory", default="1GB", help="DuckDB memory_limit of the store")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -201,20 +207,21 @@ def main() -> None:
         app = make_app(source, control, queries_dir=Path(tmp))
         marks = list(range(1_000_000, args.events + 1, 1_000_000)) or [args.events]
         try:
-            result = asyncio.run(drive(app, producer, args.keys, marks))
+            result = asyncio.run(drive(app, producer, args.keys, marks, args.view))
         finally:
             producer.stop.set()
             store.close(snapshot=False)
     result["rss_before_mb"] = round(base_rss, 1)
     result["rate_asked"] = args.rate
+    result["view"] = args.view
     if args.json:
         print(json.dumps(result, indent=2))
         return
     r = result
     print(f"events inserted        {r['events']:,} in {r['seconds']} s ({r['insert_rate']:,}/s asked {args.rate:,}/s; "
           f"producer at most {r['producer_max_behind_s']} s behind)")
-    print(f"rows onto the screen   {r['screen_rows_per_s']:,}/s; held {r['rows_held']:,} rows "
-          f"({r['rows_held_mb']} MiB of Arrow)")
+    print(f"events onto the screen {r['screen_rows_per_s']:,}/s ({r['view']} view); held {r['rows_held']:,} rows "
+          f"({r['rows_held_mb']} MiB)")
     lat = r["repaint_ms"]
     print(f"keypress -> repaint    p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms, "
           f"max {lat['max']} ms ({r['keypresses']} presses)")

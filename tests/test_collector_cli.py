@@ -83,3 +83,77 @@ def test_collector_and_store_never_import_the_ui() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ---- which lab, and where names come from -------------------------------------------------------
+
+
+def test_collect_without_lab_reads_the_one_lab_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import flowtui.collector.service as service
+
+    monkeypatch.delenv("FLOWTUI_LAB", raising=False)
+    monkeypatch.setattr(service, "labs_up", lambda: ["solo"])
+    monkeypatch.setattr(service, "lab_namespaces", lambda lab: [])  # gone between the look and the read
+    done = CliRunner().invoke(collect_cmd, ["--db", str(tmp_path / "f.duckdb"), "--state-dir", str(tmp_path)])
+    assert "reading lab solo (the one that is up)" in done.output
+    assert done.exit_code == 1 and "lab solo has no node namespaces" in done.output
+
+
+def test_collect_without_lab_names_the_labs_up_and_exits_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import flowtui.collector.service as service
+
+    monkeypatch.delenv("FLOWTUI_LAB", raising=False)
+    monkeypatch.setattr(service, "labs_up", lambda: ["blue", "green"])
+    done = CliRunner().invoke(collect_cmd, ["--db", str(tmp_path / "f.duckdb")])
+    assert done.exit_code == 2 and "2 labs are up (blue, green): choose one with --lab ID" in done.output
+    assert not (tmp_path / "f.duckdb").exists()  # nothing was started
+
+
+def test_collect_with_no_lab_up_says_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import flowtui.collector.service as service
+
+    monkeypatch.delenv("FLOWTUI_LAB", raising=False)
+    monkeypatch.setattr(service, "labs_up", lambda: [])
+    done = CliRunner().invoke(collect_cmd, ["--db", str(tmp_path / "f.duckdb")])
+    assert done.exit_code == 1 and "no lab is up" in done.output and "--host" in done.output
+    both = CliRunner().invoke(collect_cmd, ["--db", str(tmp_path / "f.duckdb"), "--host", "--lab", "x"])
+    assert both.exit_code == 2 and "give one" in both.output
+
+
+def test_the_datastore_gives_the_rule_table_and_follows_endpoint_changes(tmp_path: Path) -> None:
+    """What `collect` reads by default: the datastore `apply` wrote, re-read when it changes."""
+    from enforcer.datastore import Datastore
+    from flowtui.cli.collect import _datastore_loader
+
+    pods = tmp_path / "pods.yaml"
+    pod = ("apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: shop, labels: {{app: web{extra}}}}}\n"
+           "spec: {{nodeName: n1}}\nstatus: {{podIP: 10.244.1.5}}\n---\n"
+           "apiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\n")
+    pods.write_text(pod.format(extra=""))
+    ds = Datastore(tmp_path / "state")
+    ds.apply_documents([str(pods)])
+    load = _datastore_loader(ds, None)
+    assert [(p.namespace, p.name, p.labels) for p in load().pods] == [("shop", "web", (("app", "web"),))]
+    stamp = (ds.path / "state.json").stat().st_mtime_ns
+    pods.write_text(pod.format(extra=", release: canary"))
+    ds.apply_documents([str(pods)])
+    assert (ds.path / "state.json").stat().st_mtime_ns != stamp  # what the writer watches
+    assert dict(load().pods[0].labels) == {"app": "web", "release": "canary"}
+
+
+def test_collect_says_when_the_datastore_is_not_the_labs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import flowtui.collector.service as service
+    from enforcer.datastore import Datastore
+
+    node = tmp_path / "node.yaml"
+    node.write_text("apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n")
+    Datastore(tmp_path / "state").apply_documents([str(node)])
+    monkeypatch.delenv("FLOWTUI_LAB", raising=False)
+    monkeypatch.setattr(service, "labs_up", lambda: ["t0none"])
+    monkeypatch.setattr(service, "lab_namespaces", lambda lab: [f"ft-{lab}-node-n1", f"ft-{lab}-node-n9"])
+    args = ["--db", str(tmp_path / "f.duckdb"), "--state-dir", str(tmp_path / "state")]
+    done = CliRunner().invoke(collect_cmd, args)
+    assert "has no Node n9: is it the one this lab was made from?" in done.output
+    assert done.exit_code == 1  # and then: no such namespace to read in
+    empty = CliRunner().invoke(collect_cmd, ["--db", str(tmp_path / "g.duckdb"), "--state-dir", str(tmp_path / "x")])
+    assert "no datastore at" in empty.output and empty.exit_code == 1

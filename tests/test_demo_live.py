@@ -28,17 +28,22 @@ async def until(pilot: Any, cond: Any, timeout: float = 20.0) -> float:
 
 
 class Watch:
-    """Finds the first allowed frontend -> transaction row logged after `after`, looking only at
-    rows appended since the last look (so that watching does not slow the dashboard down)."""
+    """Finds the first frontend -> transaction row that the destination's ingress allowed (what
+    the toggle changes; the source's egress allowed it all along) logged after `after`. In the events
+    view it looks only at rows appended since the last look (so that watching does not slow the
+    dashboard down); in the flows view (a few dozen rows, updated in place) at every row: the
+    flow's row may have appeared before the watch began, and then only its last packet moves."""
 
     def __init__(self, stream: FlowStream, after: Any) -> None:
         self.stream, self.after, self.seen, self.found = stream, after, stream.ring.end, None
 
     def __call__(self) -> Any:
         ring = self.stream.ring
-        if self.found is None and ring.end > self.seen:
-            for row in ring.rows(max(self.seen, ring.first), ring.end):
+        in_place = self.stream.view == "flows"
+        if self.found is None and (ring.end > self.seen or in_place):
+            for row in ring.rows(ring.first if in_place else max(self.seen, ring.first), ring.end):
                 if (row["verdict"] == "allow" and row["src_name"] == "frontend" and row["dst_name"] == "transaction"
+                        and row["direction"] == "ingress"  # the destination's decision: the toggled one
                         and row["dport"] == 9000 and row["time"] is not None and row["time"] > self.after):
                     self.found = row
                     break
@@ -60,7 +65,7 @@ def test_live_demo_dashboard_toggle_shows_in_the_flows(tmp_path: Path) -> None:
         async def drive() -> None:
             async with app.run_test(size=(150, 40), message_hook=seen.append) as pilot:
                 stream = app.screen.query_one(FlowStream)
-                await until(pilot, lambda: len(stream.ring) > 50 and app.status is not None
+                await until(pilot, lambda: stream.ring.total_appended > 50 and app.status is not None
                             and app.status.events_total > 0)
                 assert app.status.mode == "live" and app.status.collector.startswith("running")
                 assert {r["verdict"] for r in stream.ring.rows(stream.ring.first, stream.ring.end)} >= {"allow",

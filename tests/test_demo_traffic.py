@@ -142,7 +142,8 @@ def test_tui_command_builds_the_app_for_a_recording(tmp_path: Path, monkeypatch:
 
 def test_headless_modules_never_import_textual() -> None:
     code = ("import sys; import flowtui.tui.sources, flowtui.tui.filters, flowtui.tui.queries, flowtui.tui.control, "
-            "flowtui.tui.ring, flowtui.tui.explain, flowtui.tui.policyview, flowtui.tui.whatif_run, "
+            "flowtui.tui.ring, flowtui.tui.flowtable, flowtui.tui.explain, flowtui.tui.policyview, "
+            "flowtui.tui.whatif_run, "
             "flowtui.demo.session, flowtui.demo.traffic, flowtui.demo.summary, flowtui.demo.synthetic; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'textual'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -106,24 +106,35 @@ def stream(app: FlowtuiApp) -> FlowStream:
     return app.screen.query_one(FlowStream)
 
 
+def held(app: FlowtuiApp) -> list[dict[str, Any]]:
+    s = stream(app)
+    return s.ring.rows(s.ring.first, s.ring.end)
+
+
 @sync
 async def test_flows_stream_filter_negation_and_sql(recording: Path) -> None:
     app, seen = app_for(recording)
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         await until(pilot, lambda: len(stream(app).ring) > 0)
-        total = len(stream(app).ring)
-        assert total == 3000 + 107 or total > 3000  # the events and the Log events they fired
+        assert app.screen.view == "flows" and stream(app).view == "flows"  # flows, not packets, by default
+        flows = held(app)
+        keys = {(r["proto"], r["src_ip"], r["dst_ip"], r["dport"], r["icmp_type"], r["verdict"], r["rule_id"],
+                 r["prefix"]) for r in flows}
+        assert len(keys) == len(flows) < 100  # one row per flow
+        assert sum(r["events"] for r in flows) == 3000 + 107  # every event, and the Log events they fired
+        assert all(r["packets"] >= r["events"] >= 1 and r["first_seen"] <= r["last_seen"] for r in flows)
+        total = len(flows)
         assert any(isinstance(m, FlowsArrived) and m.reset for m in seen)
         assert stream(app).cursor == stream(app).ring.end - 1  # following the newest
         await pilot.press("slash")
         await pilot.press(*"verdict:deny", "enter")
-        await until(pilot, lambda: app.filter.text == "verdict:deny" and stream(app).ring.rows(0, 10**6) and all(
-            r["verdict"] == "deny" for r in stream(app).ring.rows(stream(app).ring.first, stream(app).ring.end)))
+        await until(pilot, lambda: app.filter.text == "verdict:deny" and held(app) and all(
+            r["verdict"] == "deny" for r in held(app)))
         denied = len(stream(app).ring)
         await pilot.press("exclamation_mark", "enter")  # `/!`: the same filter, negated
         await until(pilot, lambda: app.filter.negated)
         await settle(pilot)
-        rows = stream(app).ring.rows(stream(app).ring.first, stream(app).ring.end)
+        rows = held(app)
         assert rows and all(r["verdict"] != "deny" for r in rows)
         assert len(rows) + denied == total
         await pilot.press("s")
@@ -131,6 +142,11 @@ async def test_flows_stream_filter_negation_and_sql(recording: Path) -> None:
         await pilot.press("escape")
         await pilot.press("x")  # clear
         await until(pilot, lambda: app.filter.empty and len(stream(app).ring) == total)
+        await pilot.press("e")  # raw events: one row per logged packet
+        await until(pilot, lambda: stream(app).view == "events" and len(stream(app).ring) == 3000 + 107)
+        assert "Events" in str(app.screen.query_one("#flows-title").render())
+        await pilot.press("e")
+        await until(pilot, lambda: stream(app).view == "flows" and len(stream(app).ring) == total)
 
 
 @sync
@@ -390,16 +406,103 @@ async def test_live_source_streams_pauses_and_resumes(tmp_path: Path) -> None:
                    queries_dir=Path("/nonexistent"))
     try:
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: len(stream(app).ring) >= 500)
+            folded = lambda: stream(app).ring.total_appended  # noqa: E731 (events folded into flows)
+            await until(pilot, lambda: folded() >= 500)
             await asyncio.to_thread(feed.push, 2000, start + 1_000_000, 500)
-            await until(pilot, lambda: len(stream(app).ring) >= 2500)  # tailed within a poll or two
+            await until(pilot, lambda: folded() >= 2500)  # tailed within a poll or two
             assert app.status is not None and app.status.mode == "live"
             await pilot.press("space")  # pause
-            held_before = len(stream(app).ring)
+            held_before = folded()
             await asyncio.to_thread(feed.push, 1000, start + 3_000_000, 500)
             await until(pilot, lambda: app.screen.held_rows >= 1000)
-            assert len(stream(app).ring) == held_before
+            assert folded() == held_before
             await pilot.press("space")  # resume: what was held is shown
-            assert len(stream(app).ring) >= held_before + 1000
+            assert folded() >= held_before + 1000
     finally:
         store.close(snapshot=False)
+
+
+@sync
+async def test_screen_keys_from_the_whatif_editor_and_while_typing(recording: Path) -> None:
+    app, _ = app_for(recording)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        screen = app.screen
+        assert app.current_mode == "whatif" and isinstance(screen, WhatIfScreen)
+        screen.editor.focus()
+        screen.editor.load_text("order: ")
+        screen.editor.move_cursor((0, 7))
+        await pilot.press("1", "2")  # text in the editor, not screen switches
+        assert app.current_mode == "whatif" and screen.editor.text == "order: 12"
+        await pilot.press("alt+1")  # from inside the editor
+        assert app.current_mode == "flows"
+        await pilot.press("4")
+        assert app.current_mode == "whatif" and app.focused is screen.editor  # the editor kept its focus
+        await pilot.press("f3")
+        assert app.current_mode == "policies"
+        await pilot.press("1")  # no editor focused: plain digits switch
+        assert app.current_mode == "flows"
+        await pilot.press("slash", *"port:1234", "enter")  # digits typed into the filter stay text
+        assert app.current_mode == "flows" and app.filter.text == "port:1234"
+        await pilot.press("question_mark")  # a dialog keeps its keys
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("2")
+        assert isinstance(app.screen, HelpScreen) and app.current_mode == "flows"
+        keys = dict(app.screen.keys)
+        assert keys.get("e") == "Flows/Events" and keys.get("2  alt+2  f2") == "Convs"
+
+
+@sync
+async def test_a_flood_is_one_row_whose_counts_grow_in_place(tmp_path: Path) -> None:
+    tap = Tap()
+    store = TappedStore(tmp_path / "live.duckdb", tap=tap, snapshot_interval=None)
+    feed = SyntheticFeed(store)
+    start = int((START.timestamp() - START.astimezone().utcoffset().total_seconds()) * 1e6)  # type: ignore[union-attr]
+    feed.push(5000, start, 100)
+    app = make_app(LiveSource(store, collector_state=lambda: "running"), file_control(),
+                   queries_dir=Path("/nonexistent"))
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            s = stream(app)
+            await until(pilot, lambda: s.ring.total_appended >= 5000)
+
+            def flood() -> tuple[int, dict[str, Any]]:
+                rows = held(app)
+                top = max(rows, key=lambda r: r["packets"])
+                return s.ring.first + rows.index(top), top
+
+            index, before = flood()
+            assert before["policy_name"] == "dos-mitigation" and before["src_name"] == "attacker"
+            assert before["ports"] > 100 and len(s.ring) < 40  # thousands of source ports, one row
+            rows_before = len(s.ring)
+            await asyncio.to_thread(feed.push, 5000, start + 500_000, 100)
+            await until(pilot, lambda: s.ring.total_appended >= 10_000)
+            index_after, after = flood()
+            assert index_after == index and after["packets"] > before["packets"] and after["rate"] > 0
+            assert after["last_seen"] > before["last_seen"] and len(s.ring) == rows_before
+            line = "".join(seg.text for seg in s._strip(after, SIZE[0], False))
+            assert "external:attacker" in line and "gnp:dos-mitigation" in line
+    finally:
+        store.close(snapshot=False)
+
+
+@sync
+async def test_busiest_first_puts_the_flood_on_top(recording: Path) -> None:
+    app, _ = app_for(recording)
+    async with app.run_test(size=SIZE) as pilot:
+        s = stream(app)
+        await until(pilot, lambda: len(s.ring) > 0)
+        await pilot.press("o")
+        assert s.busiest_first and not s.follow and s.cursor == s.ring.first
+        top = held(app)
+        assert top[0]["policy_name"] == "dos-mitigation" and top[0]["src_name"] == "attacker"
+        assert [r["packets"] for r in top] == sorted((r["packets"] for r in top), reverse=True)
+        assert s.selected is not None and s.selected["policy_name"] == "dos-mitigation"
+        assert "busiest first" in str(app.screen.query_one("#flows-title").render())
+        app.set_filter_text("verdict:allow")  # a reload keeps the ranking
+        await until(pilot, lambda: app.filter.text == "verdict:allow" and held(app) and all(
+            r["verdict"] == "allow" for r in held(app)))
+        assert s.busiest_first and [r["packets"] for r in held(app)] == sorted(
+            (r["packets"] for r in held(app)), reverse=True)
+        await pilot.press("o")
+        assert not s.busiest_first and s.follow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -146,3 +147,34 @@ def test_ring_keeps_absolute_indexes_and_capacity() -> None:
     assert len(ring) == 2500 and ring.row(19_999) == {"i": 19_999}
     ring.clear()
     assert len(ring) == 0 and ring.rows(0, 10) == []
+
+
+def test_the_flows_tail_of_a_store_counts_every_event(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The events view's tail stops at a row limit (a screen cannot show more anyway); the flows
+    view's tail is reduced in the store, so a flood's counts stay exact however many arrive."""
+    import flowtui.tui.sources as sources
+
+    monkeypatch.setattr(sources, "MAX_TAIL_ROWS", 50)
+    db = tmp_path / "live.duckdb"
+    store = DuckStore(db, snapshot_interval=0.1)
+    try:
+        feed = SyntheticFeed(store)
+        feed.push(500, start_us(), 1000)
+        store.snapshot(wait=True)
+        flows_src, events_src = StoreSource(db), StoreSource(db)
+        flows_src.recent_flows(None, 1000)
+        events_src.recent(None, 1000)
+        feed.push(3000, start_us(1.0), 1000)  # 3 s more
+        store.snapshot(wait=True)
+        reduced, rows = flows_src.tail_flows(None), events_src.tail(None)
+        assert rows is not None and rows.num_rows == 50  # the limit
+        assert reduced is not None and set(reduced.column("second").to_pylist()) >= {start_us(1.0) // 1_000_000}
+        with flows_src.connect() as con:  # the window the tail covered: (first one's end, newest - 1 s]
+            upto = flows_src._cursor
+            expected = con.execute(f"SELECT count(*) FROM ({queries.stream_sql('events')}) WHERE time > ? "
+                                   "AND time <= ?", [START + timedelta(seconds=0.499), upto]).fetchall()[0][0]
+        assert sum(reduced.column("events").to_pylist()) == expected > 50
+        flows_src.close()
+        events_src.close()
+    finally:
+        store.close(snapshot=False)

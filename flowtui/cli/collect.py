@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from enforcer.datastore import DEFAULT_HOME, HOME_ENV
+from flowtui.cli.common import EXIT_INVALID
 from flowtui.cli.state import lab_option, state_dir_option
 
 DEFAULT_DB = "flowtui.duckdb"
@@ -42,13 +44,20 @@ def parse_size(text: str) -> int:
 
 @click.command("collect")
 @click.option("--db", "db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False), help="DuckDB file.")
-@click.option("--lab", "lab_id", help="Read NFLOG in every node namespace of this lab (default: the host).")
+@click.option("--lab", "lab_id", envvar="FLOWTUI_LAB", metavar="ID",
+              help="Read NFLOG in every node namespace of this lab (also $FLOWTUI_LAB) [default: the lab "
+                   "that is up; several up: name one].")
+@click.option("--host", "host", is_flag=True, help="Read this machine's own NFLOG instead of a lab's.")
 @click.option("--netns", "netns", multiple=True, help="A lab namespace (ft-...) to read in. Repeatable.")
 @click.option("--duration", type=float, help="Stop after S seconds (default: until Ctrl-C / SIGTERM).")
-@click.option("-f", "--filename", "paths", multiple=True, type=click.Path(), help="Resources for enrichment.")
+@click.option("--state-dir", type=click.Path(file_okay=False), envvar=HOME_ENV, default=DEFAULT_HOME,
+              show_default=True, help=f"The datastore `flowtui apply` writes (also ${HOME_ENV}): the rule table "
+                                      "and the endpoints, followed while collecting.")
+@click.option("-f", "--filename", "paths", multiple=True, type=click.Path(),
+              help="Resources for enrichment instead of the datastore's.")
 @click.option("-n", "--namespace", metavar="NS", default=None,
               help="Namespace for namespaced objects of -f files written without one (default: default).")
-@click.option("--rules", type=click.Path(dir_okay=False), help="Rule table [default: rules.jsonl next to --db].")
+@click.option("--rules", type=click.Path(dir_okay=False), help="Rule table [default: the datastore's rules.jsonl].")
 @click.option("--group", "groups", multiple=True, type=int, help="NFLOG group to bind (default 1 and 2).")
 @click.option("--bucket", default=15.0, show_default=True, help="Flow time bucket, seconds.")
 @click.option("--events/--no-events", default=True, show_default=True, help="Keep raw events as well as flows.")
@@ -66,8 +75,10 @@ def parse_size(text: str) -> int:
 def collect_cmd(
     db: str,
     lab_id: str | None,
+    host: bool,
     netns: tuple[str, ...],
     duration: float | None,
+    state_dir: str,
     paths: tuple[str, ...],
     namespace: str | None,
     rules: str | None,
@@ -89,27 +100,41 @@ def collect_cmd(
     """Read NFLOG (and conntrack, and nft counters) and store events and flows in DuckDB.
 
     Every event the kernel logged with an `ft:` prefix is stored, or counted as lost by cause
-    (see `flowtui status`). Readers never open the live database while this runs: they open
-    the snapshot `<db>.snapshot.duckdb`, refreshed every --snapshot-interval seconds
-    (`duckdb -readonly flowtui.snapshot.duckdb`).
+    (see `flowtui status`). Each event is attributed to its policy and rule through the
+    datastore's rule table, and its addresses to pods, host endpoints and sets through the
+    datastore's resources; both are followed while this runs (`flowtui apply` in another
+    terminal takes effect here) and recorded in the store, so readers need neither.
+
+    Without --lab it reads the lab that is up (several up: it names them and exits 2; none: it
+    says so, and --host reads this machine instead). Readers never open the live database
+    while this runs: they open the snapshot `<db>.snapshot.duckdb`, refreshed every
+    --snapshot-interval seconds (`duckdb -readonly flowtui.snapshot.duckdb`).
     """
+    from enforcer.datastore import Datastore
     from flowtui.cli.common import fail
     from flowtui.collector.nflog import NflogConfig
     from flowtui.collector.service import Collector, CollectorConfig, lab_namespaces
     from flowtui.store.duckdb_store import Retention
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
+    for name in netns:
+        if not name.startswith("ft-"):
+            fail(f"{name}: only lab namespaces (ft-...) can be given")
+    if host and lab_id:
+        fail("--host and --lab: give one (the machine's own NFLOG, or a lab's)", EXIT_INVALID)
+    if not lab_id and not host and not netns:
+        lab_id = _the_lab_that_is_up()
     namespaces: list[str | None] = list(netns)
     if lab_id:
         found = lab_namespaces(lab_id)
         if not found:
-            fail(f"lab {lab_id} has no node namespaces (is it up? `flowtui lab status`)")
+            fail(f"lab {lab_id} has no node namespaces (is it up? `flowtui lab status --lab {lab_id}`)")
         namespaces.extend(found)
-    for name in namespaces:
-        if name is not None and not name.startswith("ft-"):
-            fail(f"{name}: only lab namespaces (ft-...) can be given")
     if not namespaces:
         namespaces = [None]
+    datastore = Datastore(state_dir)
+    if not paths and not rules:
+        _check_datastore(datastore, [n for n in namespaces if n is not None])
     retain_flows_td = parse_duration(retain_flows)
     cfg = CollectorConfig(
         db=Path(db),
@@ -121,9 +146,10 @@ def collect_cmd(
             timeout_cs=flush_cs,
             rcvbuf=parse_size(rcvbuf),
         ),
-        rules_path=Path(rules) if rules else None,
-        load_resources=_resource_loader(paths, lab_id, namespace) if paths else None,
-        resource_paths=paths,
+        rules_path=Path(rules) if rules else datastore.rules_path,
+        load_resources=_resource_loader(paths, lab_id, namespace) if paths else _datastore_loader(datastore, lab_id),
+        # Re-load when these change: the files, or the datastore's index (every commit replaces it).
+        resource_paths=paths or (str(datastore.path / "state.json"),),
         bucket_seconds=bucket,
         keep_events=events,
         conntrack=conntrack,
@@ -157,6 +183,54 @@ def collect_cmd(
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
         _print_summary(summary)
+
+
+def _the_lab_that_is_up() -> str | None:
+    """The one lab up on this machine; several: name them and exit 2; none: say so and exit 1."""
+    from flowtui.cli.common import fail
+    from flowtui.collector.service import labs_up
+
+    labs = labs_up()
+    if len(labs) == 1:
+        click.echo(f"reading lab {labs[0]} (the one that is up)", err=True)
+        return labs[0]
+    if labs:
+        fail(f"{len(labs)} labs are up ({', '.join(labs)}): choose one with --lab ID", EXIT_INVALID)
+    fail("no lab is up: start one with `flowtui lab up -f PATH`, or read this machine's own NFLOG with --host")
+
+
+def _check_datastore(datastore: Any, namespaces: list[str]) -> None:
+    """Say so when the datastore cannot name what is read: nothing stored yet, or not this lab's."""
+    from enforcer.datastore import DatastoreError
+    from flowtui.collector.service import node_of
+
+    if not (datastore.path / "state.json").exists():
+        click.echo(f"note: no datastore at {datastore.path} yet: events get names once `flowtui apply` "
+                   "stores policies there (or give --state-dir / $FLOWTUI_HOME)", err=True)
+        return
+    try:
+        stored = {o.key.name for o in datastore.objects("node")}
+    except DatastoreError as exc:
+        click.echo(f"note: {exc}: events may get no names", err=True)
+        return
+    missing = sorted({node_of(n) for n in namespaces} - stored)
+    if missing:
+        click.echo(f"note: the datastore {datastore.path} has no Node {', '.join(missing)}: is it the one this "
+                   "lab was made from? (--state-dir / $FLOWTUI_HOME)", err=True)
+
+
+def _datastore_loader(datastore: Any, lab_id: str | None) -> Any:
+    """The datastore's resources (with the lab's addresses when reading a lab), as `apply` sees them."""
+
+    def load() -> Any:
+        resources = datastore.resources()
+        if lab_id:
+            from enforcer.lab import lab_resources, plan_lab
+
+            resources = lab_resources(resources, plan_lab(resources, lab_id))
+        return resources
+
+    return load
 
 
 def _resource_loader(paths: tuple[str, ...], lab_id: str | None, namespace: str | None = None) -> Any:

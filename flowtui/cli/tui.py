@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from enforcer.datastore import DEFAULT_HOME, HOME_ENV
+
+if TYPE_CHECKING:
+    from flowtui.tui.app import FlowtuiApp
 
 
 @click.command("tui")
@@ -43,6 +47,19 @@ def tui(db: str | None, logs: str | None, paths: tuple[str, ...], namespace: str
       flowtui tui --db flows.duckdb            # a store (followed live while `flowtui collect` runs)
       flowtui demo                             # the lab, the collector and this dashboard, live
     """
+    app = build_app(db, logs, paths, state_dir, lab_id, read_only, queries_dir, namespace)
+    from flowtui.tui.app import run_app
+
+    try:
+        run_app(app)
+    finally:
+        app.source.close()
+
+
+def build_app(db: str | None, logs: str | None, paths: tuple[str, ...] = (), state_dir: str = DEFAULT_HOME,
+              lab_id: str = "lab", read_only: bool = False, queries_dir: str | None = None,
+              namespace: str | None = None) -> FlowtuiApp:
+    """The dashboard `flowtui tui` runs, from its options (tests drive it with `run_test`)."""
     from flowtui.cli.common import fail
     from flowtui.interop.parquet import export_root
     from flowtui.tui.sources import SourceError, open_source
@@ -60,13 +77,9 @@ def tui(db: str | None, logs: str | None, paths: tuple[str, ...], namespace: str
     except SourceError as exc:
         fail(str(exc))
     control = _control(paths, logs, state_dir, lab_id, read_only, namespace)
-    from flowtui.tui.app import make_app, run_app
+    from flowtui.tui.app import make_app
 
-    app = make_app(source, control, read_only=read_only, queries_dir=Path(queries_dir) if queries_dir else None)
-    try:
-        run_app(app)
-    finally:
-        source.close()
+    return make_app(source, control, read_only=read_only, queries_dir=Path(queries_dir) if queries_dir else None)
 
 
 def _control(paths: tuple[str, ...], logs: str | None, state_dir: str, lab_id: str, read_only: bool,  # type: ignore[no-untyped-def]

@@ -341,6 +341,13 @@ def lab_namespaces(lab_id: str) -> list[str]:
     return [n for n in all_namespaces(lab_id) if n.startswith(prefix)]
 
 
+def labs_up() -> list[str]:
+    """Ids of the labs with a node namespace on this machine."""
+    from enforcer.lab.state import list_labs
+
+    return [lab for lab in list_labs() if lab_namespaces(lab)]
+
+
 def collect(cfg: CollectorConfig, duration: float | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
     """Run a collector to completion (the CLI's entry point)."""
     collector = Collector(cfg)
@@ -349,4 +356,4 @@ def collect(cfg: CollectorConfig, duration: float | None = None, stop: threading
     return collector.summary()
 
 
-__all__: Sequence[str] = ["Collector", "CollectorConfig", "collect", "lab_namespaces", "node_of"]
+__all__: Sequence[str] = ["Collector", "CollectorConfig", "collect", "lab_namespaces", "labs_up", "node_of"]

@@ -24,6 +24,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from flowtui.tui.control import PolicyControl, PolicyRef
+from flowtui.tui.dashboard import Dashboard
 from flowtui.tui.filters import NOTHING, CompiledFilter, FilterError, compile_filter
 from flowtui.tui.messages import StatusUpdated
 from flowtui.tui.screens.conversations import ConversationsScreen
@@ -45,6 +46,14 @@ def freeze_heap() -> None:
     gc.freeze()
 SCREENS = {"flows": "Flows", "conversations": "Conversations", "policies": "Policies", "whatif": "What-if",
            "sql": "SQL"}
+SHORT = {"flows": "Flows", "conversations": "Convs", "policies": "Policies", "whatif": "What-if", "sql": "SQL"}
+
+
+def typing_in(widget: object) -> bool:
+    """Whether keys typed now are text: an editable TextArea or an Input has the focus."""
+    from textual.widgets import Input, TextArea
+
+    return isinstance(widget, Input) or (isinstance(widget, TextArea) and not widget.read_only)
 
 
 class FlowtuiApp(App[None]):
@@ -58,12 +67,12 @@ class FlowtuiApp(App[None]):
         "sql": SqlScreen,
     }
     DEFAULT_MODE = "flows"
+    # Screen keys: `1`-`5` everywhere but while typing in an editor or an input (where they are
+    # text: `check_action` lets the key through); alt+1..5 and F1..F5 everywhere, editors included.
     BINDINGS = [
-        Binding("1", "switch_mode('flows')", "Flows"),
-        Binding("2", "switch_mode('conversations')", "Convs"),
-        Binding("3", "switch_mode('policies')", "Policies"),
-        Binding("4", "switch_mode('whatif')", "What-if"),
-        Binding("5", "switch_mode('sql')", "SQL"),
+        *(Binding(str(n), f"screen('{mode}')", SHORT[mode], priority=True) for n, mode in enumerate(SCREENS, 1)),
+        *(Binding(f"alt+{n},f{n}", f"goto('{mode}')", SHORT[mode], show=False, priority=True)
+          for n, mode in enumerate(SCREENS, 1)),
         Binding("question_mark", "help", "Help"),
         Binding("colon", "command", "Cmd"),
         Binding("q", "quit", "Quit"),
@@ -167,14 +176,31 @@ class FlowtuiApp(App[None]):
 
     # ---- keys ------------------------------------------------------------------------------
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("screen", "goto") and self.screen.is_modal:
+            return False  # a dialog (help, `:`, confirm) is open: its keys are its own
+        if action == "screen" and typing_in(self.focused):
+            return False  # the digit is text here: the focused editor gets the key
+        return True
+
+    def action_screen(self, mode: str) -> None:
+        self.switch_mode(mode)
+
+    def action_goto(self, mode: str) -> None:
+        self.switch_mode(mode)
+
     def action_help(self) -> None:
         from flowtui.tui.screens.help import HelpScreen
 
-        seen: dict[str, str] = {}
-        for key, active in self.active_bindings.items():
+        # One line per action: `1  alt+1  f1  Flows`, the keys that do the same thing together.
+        keys: dict[tuple[str, str], list[str]] = {}
+        for _key, active in self.active_bindings.items():
             b = active.binding
-            if b.description and key not in seen:
-                seen[self.get_key_display(b)] = b.description
+            if b.description:
+                shown = keys.setdefault((b.action.replace("goto(", "screen("), b.description), [])
+                if (display := self.get_key_display(b)) not in shown:
+                    shown.append(display)
+        seen = {"  ".join(shown): description for (_action, description), shown in keys.items()}
         name = SCREENS.get(self.current_mode, self.screen.__class__.__name__)
         self.push_screen(HelpScreen(sorted(seen.items()), name))
 
@@ -243,8 +269,10 @@ def make_app(source: DataSource, control: PolicyControl | None = None, *, read_o
     control = control or PolicyControl()
     if read_only:
         control.read_only = True
-    return FlowtuiApp(source, control, read_only=read_only, stream_capacity=stream_capacity,
-                      queries_dir=queries_dir)
+    app = FlowtuiApp(source, control, read_only=read_only, stream_capacity=stream_capacity,
+                     queries_dir=queries_dir)
+    _dashboard: Dashboard = app  # mypy: the app gives screens what `Dashboard` promises them
+    return app
 
 
 # The dashboard shares its process with the collector's threads and the enforcer: a thread back

@@ -101,13 +101,37 @@ COLUMNS: tuple[tuple[str, int, Any], ...] = (
 FLEX_SHARE = {"SOURCE": 2, "DESTINATION": 2, "TIER/POLICY/RULE": 3}
 
 
-def layout(width: int) -> list[tuple[str, int, Any]]:
+def rate(value: Any) -> str:
+    """Packets per second: `-` when quiet, one decimal below 10, `12k` above 10,000."""
+    if not value:
+        return "-"
+    value = float(value)
+    if value < 10:
+        return f"{value:.1f}"
+    return count(round(value))
+
+
+# The flows view's columns: one row per flow (see `flowtable`), its counts updated in place.
+FLOW_COLUMNS: tuple[tuple[str, int, Any], ...] = (
+    ("LAST SEEN", 12, lambda r: when(r.get("last_seen") or r.get("time"))),
+    ("SOURCE", 0, lambda r: endpoint(r, "src")),
+    ("DESTINATION", 0, lambda r: endpoint(r, "dst")),
+    ("SERVICE", 11, service),
+    ("VERDICT", 7, lambda r: str(r.get("verdict") or "").upper()),
+    ("TIER/POLICY/RULE", 0, policy),
+    ("PKTS/BYTES", 14, lambda r: f"{count(r.get('packets'))}/{size(r.get('bytes'))}"),
+    ("PKT/S", 6, lambda r: rate(r.get("rate"))),
+    ("NODE", 8, lambda r: str(r.get("node") or "")),
+)
+
+
+def layout(width: int, columns: tuple[tuple[str, int, Any], ...] = COLUMNS) -> list[tuple[str, int, Any]]:
     """Column widths for a terminal `width` wide (one space between columns)."""
-    fixed = sum(w for _t, w, _f in COLUMNS if w) + len(COLUMNS) - 1
+    fixed = sum(w for _t, w, _f in columns if w) + len(columns) - 1
     left = max(width - fixed, 30)
     shares = sum(FLEX_SHARE.values())
     out = []
-    for title, w, fn in COLUMNS:
+    for title, w, fn in columns:
         if not w:
             w = max(10, left * FLEX_SHARE[title] // shares)
         out.append((title, w, fn))

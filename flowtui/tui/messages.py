@@ -13,11 +13,12 @@ from flowtui.tui.sources import SourceStatus
 class FlowsArrived(Message):
     """A batch of stream rows (a poll's worth: ~0.25 s of events), or a reload after a filter change."""
 
-    def __init__(self, rows: pa.Table, *, reset: bool = False, generation: int = 0) -> None:
+    def __init__(self, rows: pa.Table, *, reset: bool = False, generation: int = 0, reduced: bool = False) -> None:
         super().__init__()
         self.rows = rows
         self.reset = reset
         self.generation = generation
+        self.reduced = reduced  # rows already reduced per flow (the flows view's first load)
 
 
 class StatusUpdated(Message):

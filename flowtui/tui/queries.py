@@ -77,6 +77,45 @@ def recent_sql(kind: str, where: str | None, limit: int) -> str:
     return f"SELECT * FROM ({inner}) ORDER BY time"
 
 
+def _reduced(rows: str) -> str:
+    """Rows with a `second` column -> one row per flow and second, as `flowtable.reduce` makes."""
+    from flowtui.tui.flowtable import FIRST, KEY, MAX_PORTS
+
+    keys = ", ".join(KEY)
+    firsts = ", ".join(f"arg_min({c}, time) AS {c}" for c in FIRST)
+    return f"""
+SELECT {keys}, second, min(time) AS first_seen, max(time) AS last_seen,
+  coalesce(sum(packets), count(*))::BIGINT AS packets, coalesce(sum(bytes), 0)::BIGINT AS bytes,
+  count(*) AS events, list_slice(list(DISTINCT sport) FILTER (WHERE sport IS NOT NULL), 1, {MAX_PORTS}) AS ports,
+  {firsts}
+FROM ({rows}) AS rows GROUP BY {keys}, second
+ORDER BY first_seen, second, {keys}"""  # ties (a Log event and its packet's verdict): by key, stably
+
+
+def flows_view_sql(kind: str, where: str | None, limit: int) -> str:
+    """The newest `limit` matching flows of the flows view, reduced as `flowtable.reduce` reduces a
+    batch: one row per flow and second of its last `RATE_WINDOW` seconds, and one (second -1) for
+    everything before; `FlowTable.append_reduced` folds them in."""
+    from flowtui.tui.flowtable import KEY, RATE_WINDOW
+
+    keys = ", ".join(KEY)
+    same = " AND ".join(f"s.{k} IS NOT DISTINCT FROM k.{k}" for k in KEY)
+    rows = (f"SELECT s.*, CASE WHEN s.time > newest.t - INTERVAL {RATE_WINDOW} SECOND "
+            f"THEN epoch_us(s.time) // 1000000 ELSE -1 END AS second FROM s JOIN k ON {same} CROSS JOIN newest")
+    return f"""
+WITH s AS ({filtered(stream_sql(kind), where)}),
+newest AS (SELECT max(time) AS t FROM s),
+k AS (SELECT {keys}, max(time) AS last FROM s GROUP BY ALL ORDER BY last DESC LIMIT {int(limit)})
+{_reduced(rows)}"""
+
+
+def flows_window_sql(kind: str, where: str | None) -> str:
+    """Matching stream rows with `time` in (?, ?], reduced per flow and second (the flows view's
+    live tail: every row counts, however many arrived, unlike `window_sql`'s row limit)."""
+    cond = "time > ? AND time <= ?" + (f" AND ({where})" if where else "")
+    return _reduced(f"SELECT *, epoch_us(time) // 1000000 AS second FROM ({filtered(stream_sql(kind), cond)})")
+
+
 def window_sql(kind: str, where: str | None, limit: int) -> str:
     """Matching stream rows with `time` in (?, ?], oldest first (the live tail of a store)."""
     cond = "time > ? AND time <= ?" + (f" AND ({where})" if where else "")

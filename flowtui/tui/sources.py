@@ -181,11 +181,29 @@ class DataSource:
         self._after_recent(table)
         return table
 
+    def recent_flows(self, where: str | None, limit: int) -> pa.Table:
+        """The newest `limit` matching flows, reduced for `FlowTable.append_reduced` (the flows
+        view's first load; `tail` follows with stream rows as for the events view)."""
+        with self.connect() as con:
+            table = con.sql(queries.flows_view_sql(self.stream_kind, where, limit)).to_arrow_table()
+        self._after_recent(table)
+        return table
+
     def _after_recent(self, table: pa.Table) -> None:
         pass
 
     def tail(self, where: str | None) -> pa.Table | None:
         return None
+
+    def tail_flows(self, where: str | None) -> pa.Table | None:
+        """What `tail` would give, reduced per flow and second (`flowtable.reduce`): the flows
+        view folds it in without doing the work on the UI's thread."""
+        rows = self.tail(where)
+        if rows is None or rows.num_rows == 0:
+            return None
+        from flowtui.tui.flowtable import reduce
+
+        return reduce(rows)
 
     def status(self) -> SourceStatus:
         with self.connect() as con:
@@ -319,6 +337,12 @@ class StoreSource(DataSource):
             self._cursor = row[0] if row else None  # recent() showed everything up to here
 
     def tail(self, where: str | None) -> pa.Table | None:
+        return self._tail(where, reduced=False)
+
+    def tail_flows(self, where: str | None) -> pa.Table | None:
+        return self._tail(where, reduced=True)  # in the store: no row limit, every event counts
+
+    def _tail(self, where: str | None, *, reduced: bool) -> pa.Table | None:
         if not self.can_tail:
             return None
         with self.connect() as con:
@@ -330,7 +354,10 @@ class StoreSource(DataSource):
             start = self._cursor or (upto - _settle())
             if upto <= start:
                 return None
-            sql = queries.window_sql(self.stream_kind, where, MAX_TAIL_ROWS)
+            if reduced:
+                sql = queries.flows_window_sql(self.stream_kind, where)
+            else:
+                sql = queries.window_sql(self.stream_kind, where, MAX_TAIL_ROWS)
             out = con.sql(sql, params=[start, upto]).to_arrow_table()
         self._cursor = upto
         return out
@@ -455,6 +482,14 @@ class LiveSource(DataSource):
             table = con.sql(queries.recent_sql(self.stream_kind, where, limit)).to_arrow_table()
         self._after_seq = seq
         self._after_time = pc.max(table.column("time")).as_py() if table.num_rows else None
+        return table
+
+    def recent_flows(self, where: str | None, limit: int) -> pa.Table:
+        seq = self.tap.seq
+        with self.connect() as con:
+            table = con.sql(queries.flows_view_sql(self.stream_kind, where, limit)).to_arrow_table()
+        self._after_seq = seq
+        self._after_time = pc.max(table.column("last_seen")).as_py() if table.num_rows else None
         return table
 
     def tail(self, where: str | None) -> pa.Table | None:

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from textual.screen import Screen
 from textual.widgets import Footer
 
+from flowtui.tui.dashboard import Dashboard
 from flowtui.tui.widgets.status_bar import StatusBar
-
-if TYPE_CHECKING:
-    from flowtui.tui.app import FlowtuiApp
 
 
 class DashboardScreen(Screen[None]):
     """A screen of the dashboard: `self.dash` is the app, with its source and policy control."""
 
     @property
-    def dash(self) -> FlowtuiApp:
-        from flowtui.tui.app import FlowtuiApp
-
-        return cast(FlowtuiApp, self.app)
+    def dash(self) -> Dashboard:
+        # The app, seen through what screens may use of it (no import of app.py: no cycle).
+        return cast(Dashboard, self.app)
 
     def chrome(self) -> tuple[StatusBar, Footer]:
         return StatusBar(), Footer()

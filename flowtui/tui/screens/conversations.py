@@ -47,7 +47,7 @@ class ConversationsScreen(DashboardScreen):
         table = self.query_one(DataTable)
         for col in COLUMNS:
             table.add_column(col, key=col)
-        self.watch(self.dash, "filter", self._filter_changed, init=False)
+        self.watch(self.app, "filter", self._filter_changed, init=False)
         self.action_refresh()
         table.focus()
 

@@ -46,8 +46,16 @@ class DetailScreen(DashboardScreen):
         r = self.row
         text = Text(" Flow ", style="bold reverse")
         text.append(f"  {fmt.endpoint(r, 'src')} → {fmt.endpoint(r, 'dst')}  {fmt.service(r)}", "bold")
-        text.append(f"  {r.get('src_ip')}:{r.get('sport') or ''} → {r.get('dst_ip')}:{r.get('dport') or ''}", "dim")
-        text.append(f"  at {fmt.when(r.get('time'))} on {r.get('node') or '?'}", "dim")
+        one_port = r.get("sport") is not None and (r.get("ports") or 1) <= 1
+        sport = f":{r['sport']}" if one_port else ""
+        dport = f":{r['dport']}" if r.get("dport") is not None else ""
+        text.append(f"  {r.get('src_ip')}{sport} → {r.get('dst_ip')}{dport}", "dim")
+        if "first_seen" in r:  # a row of the flows view: the flow's counts
+            ports = f" · {r['ports']} sports" if (r.get("ports") or 0) > 1 else ""
+            text.append(f"  {fmt.count(r.get('packets'))} pkts{ports} · last {fmt.when(r.get('last_seen'))}"
+                        f" on {r.get('node') or '?'}", "dim")
+        else:
+            text.append(f"  at {fmt.when(r.get('time'))} on {r.get('node') or '?'}", "dim")
         return text
 
     def on_mount(self) -> None:

@@ -1,6 +1,11 @@
 """Live flows: the streaming table, the `/` filter, follow and pause, and the way to a flow's detail.
 
-Data path: on a filter change a thread worker loads the newest matching rows (`recent`); then,
+Two views (`e` switches): *flows*, the default, one row per flow (5-tuple but for the source
+port, verdict, policy and rule) with its packets, rate and last seen updated in place, so a
+flood is one busy row; and *events*, one row per logged packet, as the kernel logged them.
+
+Data path: on a filter or view change a thread worker loads the newest matching flows
+(`recent_flows`) or rows (`recent`); then,
 for live sources, a tail worker polls every `TAIL_INTERVAL` seconds and posts what arrived as one
 `FlowsArrived` message (a batch per poll, never a message per row). The next poll is armed only
 when the message has been handled, so polls never overlap and a slow UI slows the polling, not
@@ -12,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -25,6 +31,15 @@ from flowtui.tui.widgets.filter_bar import FilterBar
 from flowtui.tui.widgets.stream.flow_stream import FlowHeader, FlowStream
 
 TAIL_INTERVAL = 0.15
+
+
+def _events(rows: pa.Table) -> int:
+    """Events in a batch: its rows, or for rows reduced per flow, what they count."""
+    if "events" in rows.column_names:
+        return int(pc.sum(rows.column("events")).as_py() or 0)
+    return int(rows.num_rows)
+
+
 RECENT_LIMIT = 5_000
 PAUSED_LIMIT = 200_000
 
@@ -33,6 +48,8 @@ class FlowsScreen(DashboardScreen):
     BINDINGS = [
         Binding("slash", "filter", "Filter"),
         Binding("exclamation_mark", "filter_not", "Filter NOT", show=False),
+        Binding("e", "toggle_view", "Flows/Events"),
+        Binding("o", "toggle_order", "Busiest first", show=False),
         Binding("f", "toggle_follow", "Follow"),
         Binding("space,p", "toggle_pause", "Pause"),
         Binding("s", "show_sql", "Show SQL", show=False),
@@ -48,12 +65,14 @@ class FlowsScreen(DashboardScreen):
         self.held_rows = 0
         self._tail_armed = False
         self.loads = 0
+        self.view = "flows"  # or "events"
+        self.busiest = False  # flows view: ranked by packets instead of in the order first seen
 
     def compose(self) -> ComposeResult:
         yield FilterBar()
         yield Static(id="flows-title", classes="screen-title")
         yield FlowHeader()
-        yield FlowStream(capacity=self.dash.stream_capacity, id="stream")
+        yield FlowStream(capacity=self.dash.stream_capacity, view=self.view, id="stream")
         yield from self.chrome()
 
     @property
@@ -61,7 +80,7 @@ class FlowsScreen(DashboardScreen):
         return self.query_one(FlowStream)
 
     def on_mount(self) -> None:
-        self.watch(self.dash, "filter", self._filter_changed, init=False)
+        self.watch(self.app, "filter", self._filter_changed, init=False)
         self.watch(self.stream, "follow", lambda _follow: self._title(), init=False)
         self.reload()
         self.stream.focus()
@@ -74,21 +93,26 @@ class FlowsScreen(DashboardScreen):
     def reload(self) -> None:
         self.generation += 1
         self._title()
-        self.load_recent(self.generation, self.dash.filter.where)
+        self.load_recent(self.generation, self.dash.filter.where, self.view)
 
     @work(thread=True, group="flows-load", exclusive=True, exit_on_error=False, description="loading the newest flows")
-    def load_recent(self, generation: int, where: str | None) -> None:
-        rows = self.dash.source.recent(where, RECENT_LIMIT)
-        self.post_message(FlowsArrived(rows, reset=True, generation=generation))
+    def load_recent(self, generation: int, where: str | None, view: str) -> None:
+        if view == "flows":
+            rows = self.dash.source.recent_flows(where, RECENT_LIMIT)
+        else:
+            rows = self.dash.source.recent(where, RECENT_LIMIT)
+        self.post_message(FlowsArrived(rows, reset=True, generation=generation, reduced=view == "flows"))
 
     @work(thread=True, group="flows-tail", exclusive=True, exit_on_error=False, description="polling new flows")
-    def tail(self, generation: int, where: str | None) -> None:
+    def tail(self, generation: int, where: str | None, view: str) -> None:
+        reduced = view == "flows"  # reduced here, in the worker, not on the UI's thread
         try:
-            rows = self.dash.source.tail(where)
+            rows = self.dash.source.tail_flows(where) if reduced else self.dash.source.tail(where)
         except Exception:
             self.post_message(FlowsArrived(pa.table({}), generation=generation))  # keep polling
             raise
-        self.post_message(FlowsArrived(rows if rows is not None else pa.table({}), generation=generation))
+        self.post_message(FlowsArrived(rows if rows is not None else pa.table({}), generation=generation,
+                                       reduced=reduced))
 
     def _arm_tail(self) -> None:
         if self._tail_armed or not self.dash.source.can_tail:
@@ -97,7 +121,7 @@ class FlowsScreen(DashboardScreen):
         self.set_timer(TAIL_INTERVAL, self._poll)
 
     def _poll(self) -> None:
-        self.tail(self.generation, self.dash.filter.where)
+        self.tail(self.generation, self.dash.filter.where, self.view)
 
     def on_flows_arrived(self, message: FlowsArrived) -> None:
         if not message.reset:
@@ -108,16 +132,19 @@ class FlowsScreen(DashboardScreen):
         if message.reset:
             self.loads += 1
             self.held, self.held_rows = [], 0
-            self.stream.clear()
-            self.stream.add(message.rows)
+            self.stream.set_view(self.view)
+            if self.view == "flows":
+                self.stream.set_busiest_first(self.busiest)
+            self.query_one(FlowHeader).view = self.view
+            self.stream.add(message.rows, reduced=message.reduced)
         elif message.rows.num_rows:
             if self.paused:
                 self.held.append(message.rows)
-                self.held_rows += message.rows.num_rows
+                self.held_rows += _events(message.rows)
                 while self.held_rows > PAUSED_LIMIT and len(self.held) > 1:
-                    self.held_rows -= self.held.pop(0).num_rows
+                    self.held_rows -= _events(self.held.pop(0))
             else:
-                self.stream.add(message.rows)
+                self.stream.add(message.rows, reduced=message.reduced)
         self._title()
         self._arm_tail()
 
@@ -137,6 +164,20 @@ class FlowsScreen(DashboardScreen):
     def action_clear_filter(self) -> None:
         self.dash.set_filter_text("")
 
+    def action_toggle_view(self) -> None:
+        """Flows (one row per flow, counts in place) <-> events (one row per logged packet)."""
+        self.view = "events" if self.view == "flows" else "flows"
+        self.reload()
+
+    def action_toggle_order(self) -> None:
+        """Flows view: busiest flows first (by packets, re-ranked with every batch) <-> first seen."""
+        if self.view != "flows":
+            self.notify("o ranks flows: switch to the flows view first (e)", severity="warning")
+            return
+        self.busiest = not self.busiest
+        self.stream.set_busiest_first(self.busiest)
+        self._title()
+
     def action_toggle_follow(self) -> None:
         self.stream.follow = not self.stream.follow
         self._title()
@@ -144,8 +185,8 @@ class FlowsScreen(DashboardScreen):
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
         if not self.paused:
-            for table in self.held:
-                self.stream.add(table)
+            for table in self.held:  # a view change empties `held`: these are of the current view
+                self.stream.add(table, reduced=self.view == "flows")
             self.held, self.held_rows = [], 0
         self._title()
         self.dash.refresh_status()
@@ -170,12 +211,16 @@ class FlowsScreen(DashboardScreen):
 
     def _title(self) -> None:
         f = self.dash.filter
-        text = Text(" Flows ", style="bold reverse")
+        text = Text(" Flows " if self.view == "flows" else " Events ", style="bold reverse")
         text.append(f"  filter: {f.describe()}", "bold" if not f.empty else "dim")
         stream = self.stream
-        text.append(f"  · {len(stream.ring):,} rows held (of {stream.ring.capacity:,})", "dim")
+        what = "flows" if self.view == "flows" else "events"
+        text.append(f"  · {len(stream.ring):,} {what} held (of {stream.ring.capacity:,})", "dim")
+        text.append("  e: " + ("events" if self.view == "flows" else "flows"), "dim")
         if self.paused:
             text.append(f"  ⏸ PAUSED, {self.held_rows:,} new", "bold yellow")
+        elif stream.busiest_first:
+            text.append("  ▲ busiest first (o: as first seen)", "green")
         elif stream.follow:
             text.append("  ▼ following", "green")
         else:

@@ -40,6 +40,7 @@ class HelpScreen(ModalScreen[None]):
         for key, what in self.keys:
             keys.add_row(key, what)
         keys.add_row("ctrl+p", "command palette (every action, searchable)")
+        keys.add_row("alt+1…alt+5, F1…F5", "switch screens from inside an editor or input (where 1–5 are text)")
         commands = Table(title="Commands (type : first, as in k9s)", show_header=False, box=None, padding=(0, 2))
         commands.add_column(style="bold cyan")
         commands.add_column()

@@ -1,9 +1,11 @@
 """The live flow table: a line-API scroll view that renders only the rows on screen.
 
-Rows live in a `FlowRing` (Arrow batches, bounded); `render_line(y)` turns the one row at that
-line into a strip, so the cost of a repaint depends on the height of the terminal, not on how
-many rows are held or how fast they arrive. Allowed, denied, logged and passed rows have their
-own colours. `follow` keeps the cursor and the view on the newest row.
+Two views of the same stream: `flows` (the default) holds a `FlowTable`, one row per flow whose
+counts are updated in place; `events` holds a `FlowRing` (Arrow batches, bounded), one row per
+logged packet. `render_line(y)` turns the one row at that line into a strip, so the cost of a
+repaint depends on the height of the terminal, not on how many rows are held or how fast they
+arrive. Allowed, denied, logged and passed rows have their own colours. `follow` keeps the cursor
+and the view on the newest row.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from flowtui.tui import format as fmt
+from flowtui.tui.flowtable import FlowTable
 from flowtui.tui.ring import FlowRing
+
+VIEWS = {"flows": fmt.FLOW_COLUMNS, "events": fmt.COLUMNS}
 
 VERDICT_STYLES = {v: Style.parse(s) for v, s in fmt.ROW_STYLE.items()}
 VERDICT_CELL = {v: Style.parse(s) for v, s in fmt.VERDICT_STYLE.items()}
@@ -36,8 +41,10 @@ class FlowHeader(Widget):
 
     DEFAULT_CSS = "FlowHeader { height: 1; }"
 
+    view: reactive[str] = reactive("flows")
+
     def render_line(self, y: int) -> Strip:
-        cols = fmt.layout(self.size.width - 1)
+        cols = fmt.layout(self.size.width - 1, VIEWS[self.view])
         text = " ".join(title.ljust(width)[:width] for title, width, _f in cols)
         return Strip([Segment(text, Style(bold=True, underline=True))]).crop_extend(0, self.size.width, None)
 
@@ -64,9 +71,11 @@ class FlowStream(ScrollView, can_focus=True):
             super().__init__()
             self.row = row
 
-    def __init__(self, capacity: int = 100_000, **kwargs: Any) -> None:
+    def __init__(self, capacity: int = 100_000, view: str = "flows", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.ring = FlowRing(capacity)
+        self.capacity = capacity
+        self.view = view
+        self.ring: FlowRing | FlowTable = FlowTable(capacity) if view == "flows" else FlowRing(capacity)
         self.cursor: int | None = None  # absolute row index
         self._cache: LRUCache[tuple[int, int, bool], Strip] = LRUCache(1024)
         self._rows: dict[int, dict[str, Any]] = {}  # the rows on screen, as Python objects
@@ -76,6 +85,31 @@ class FlowStream(ScrollView, can_focus=True):
 
     # ---- data ------------------------------------------------------------------------------
 
+    def set_view(self, view: str) -> None:
+        """`flows` (one row per flow) or `events` (one per logged packet); empties the view."""
+        if view != self.view:
+            self.view = view
+            self.ring = FlowTable(self.capacity) if view == "flows" else FlowRing(self.capacity)
+        self.clear()
+
+    @property
+    def busiest_first(self) -> bool:
+        return isinstance(self.ring, FlowTable) and self.ring.busiest_first
+
+    def set_busiest_first(self, on: bool) -> None:
+        """Flows view: rank the flows by packets (the busiest on top) or show them as first seen."""
+        if not isinstance(self.ring, FlowTable):
+            return
+        self.ring.set_busiest_first(on)
+        self._cache.clear()
+        self._rows = {}
+        if on:
+            self.follow = False
+            self._move_to(self.ring.first)
+        elif len(self.ring):
+            self.follow = True
+        self.refresh()
+
     def clear(self) -> None:
         self.ring.clear()
         self.cursor = None
@@ -84,15 +118,32 @@ class FlowStream(ScrollView, can_focus=True):
         self._resize()
         self.refresh()
 
-    def add(self, table: pa.Table) -> None:
-        """Append rows (one batch); keeps the view steady unless following."""
+    def add(self, table: pa.Table, *, reduced: bool = False) -> None:
+        """Append stream rows (one batch), or rows already reduced per flow (`reduced`, the
+        flows view's first load); keeps the view steady unless following."""
         if table.num_rows == 0:
             return
-        old_first = self.ring.first
-        self.ring.append(table)
+        old_first, old_end = self.ring.first, self.ring.end
+        if isinstance(self.ring, FlowTable):
+            if reduced:
+                self.ring.append_reduced(table)
+            else:
+                self.ring.append(table)
+            # rows on screen changed in place, and every rate moves with the newest data: render
+            # the screen's rows again (a few dozen), not only the new ones
+            self._cache.clear()
+            self._rows = {}
+        else:
+            self.ring.append(table)
         dropped = self.ring.first - old_first
+        if self.ring.end == old_end and not dropped and self.cursor is not None:  # no new row: stay put
+            self.refresh()
+            return
         self._resize()
-        if self.follow or self.cursor is None:  # following, or a fresh view: the newest row
+        if self.busiest_first:  # a ranking: the cursor stays on its place in it (the top, at first)
+            if self.cursor is None or self.cursor < self.ring.first:
+                self.cursor = self.ring.first
+        elif self.follow or self.cursor is None:  # following, or a fresh view: the newest row
             self.cursor = self.ring.end - 1
             self._stick_to_end()
         else:
@@ -148,12 +199,15 @@ class FlowStream(ScrollView, can_focus=True):
         return strip
 
     def _strip(self, row: dict[str, Any], width: int, selected: bool) -> Strip:
-        cols = fmt.layout(width - 1)
+        cols = fmt.layout(width - 1, VIEWS[self.view])
         verdict = str(row.get("verdict") or "")
         base = VERDICT_STYLES.get(verdict, Style())
         segments = []
         for i, ((title, _w, _f), text) in enumerate(zip(cols, fmt.cells(row, cols), strict=True)):
-            style = VERDICT_CELL.get(verdict, base) if title == "VERDICT" else (DIM if title == "TIME" else base)
+            if title == "VERDICT":
+                style = VERDICT_CELL.get(verdict, base)
+            else:
+                style = DIM if title in ("TIME", "LAST SEEN") else base
             if selected:
                 style = style + CURSOR
             segments.append(Segment(text, style))
