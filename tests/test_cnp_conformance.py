@@ -388,27 +388,26 @@ def gress_case(tier: str) -> Case:
     policy = f"{tier.lower()}-gress"
     allow_at_ports = gress_pokes(
         "east-1", [("north-0", "tcp/8080", "A"), ("north-1", "tcp/80", "D"),
-                         ("north-0", "udp/5353", "A"), ("north-1", "udp/53", "D"),
-                         ("north-0", "sctp/9003", "A"), ("north-1", "sctp/9005", "D")],
+                   ("north-0", "udp/5353", "A"), ("north-1", "udp/53", "D"),
+                   ("north-0", "sctp/9003", "A"), ("north-1", "sctp/9005", "D")],
         "north-1", [("east-0", "tcp/80", "A"), ("east-1", "tcp/8080", "D"),
-                         ("east-0", "udp/5353", "A"), ("east-1", "udp/53", "D"),
-                         ("east-0", "sctp/9003", "A"), ("east-1", "sctp/9005", "D")])
+                    ("east-0", "udp/5353", "A"), ("east-1", "udp/53", "D"),
+                    ("east-0", "sctp/9003", "A"), ("east-1", "sctp/9005", "D")])
 
     def south(first: str, second: str) -> list[str]:
         return gress_pokes(
             "south-0", [("north-0", "tcp/80", first), ("north-1", "tcp/8080", second),
-                            ("north-0", "udp/53", first), ("north-1", "udp/5353", second),
-                            ("north-0", "sctp/9003", first), ("north-1", "sctp/9005", second)],
+                        ("north-0", "udp/53", first), ("north-1", "udp/5353", second),
+                        ("north-0", "sctp/9003", first), ("north-1", "sctp/9005", second)],
             "north-0", [("south-0", "tcp/80", first), ("south-1", "tcp/8080", second),
-                             ("south-0", "udp/53", first), ("south-1", "udp/5353", second),
-                             ("south-0", "sctp/9003", first), ("south-1", "sctp/9005", second)])
+                        ("south-0", "udp/53", first), ("south-1", "udp/5353", second),
+                        ("south-0", "sctp/9003", first), ("south-1", "sctp/9005", second)])
 
     def west(server: str, inner: str, expect: str, udp: str = "udp/53") -> list[str]:
+        udp_client = "north-1" if udp == "udp/53" else "north-0"
         return gress_pokes(
-            server, [("north-0", "tcp/80", expect), ("north-1" if udp == "udp/53" else "north-0",
-                                                         udp, expect), ("north-0", "sctp/9003", expect)],
-            inner, [("west-0", "tcp/80", expect), ("west-1", "udp/53", expect),
-                    ("west-1", "sctp/9003", expect)])
+            server, [("north-0", "tcp/80", expect), (udp_client, udp, expect), ("north-0", "sctp/9003", expect)],
+            inner, [("west-0", "tcp/80", expect), ("west-1", "udp/53", expect), ("west-1", "sctp/9003", expect)])
 
     steps = [Step(west("west-0", "north-0", "A")),
              Step(allow_at_ports),
