@@ -9,12 +9,14 @@ import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import get_args
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from enforcer.ruleids import RuleKind
 from flowtui.store import schema
 from flowtui.store.duckdb_store import DuckStore, Retention, open_reader, snapshot_path
 
@@ -54,6 +56,19 @@ def test_schema_is_documented_in_the_database(tmp_path: Path) -> None:
     assert "## `events`" in text and "| `rule_id` | INTEGER |" in text
     # reopening applies the DDL again without harm
     DuckStore(tmp_path / "f.duckdb", snapshot_interval=None).close(snapshot=False)
+
+
+def test_rule_kinds_are_all_named_in_the_database_and_reference(tmp_path: Path) -> None:
+    """`rules.kind` holds a RuleKind; its COMMENT ON (and so SCHEMA.md) names every one of them,
+    ClusterNetworkPolicy included, so a reader of the store knows what to filter on."""
+    store = DuckStore(tmp_path / "f.duckdb", snapshot_interval=None)
+    try:
+        [(comment,)] = store.query(
+            "SELECT comment FROM duckdb_columns() WHERE table_name = 'rules' AND column_name = 'kind'")
+    finally:
+        store.close(snapshot=False)
+    assert [k for k in get_args(RuleKind) if k not in comment] == []
+    assert f"| `kind` | VARCHAR | {comment} |" in Path(schema.__file__).with_name("SCHEMA.md").read_text()
 
 
 def test_arrow_schemas_match_the_ddl(tmp_path: Path) -> None:

@@ -170,17 +170,22 @@ RULES = Table(
     "rule of one policy revision and is never reused.",
     (
         _c("id", "INTEGER", "The identifier in the NFLOG prefix `ft:<A|D|P|L><id>`."),
-        _c("kind", "VARCHAR", "Policy kind, or Profile / EndOfTier / NoProfileMatch / Default / Failsafe."),
-        _c("namespace", "VARCHAR", "Policy namespace; NULL for global kinds."),
+        _c("kind", "VARCHAR", "Policy kind: GlobalNetworkPolicy, NetworkPolicy, KubernetesNetworkPolicy or "
+           "ClusterNetworkPolicy (Calico's KubernetesClusterNetworkPolicy, short kind kcnp); or Profile / "
+           "EndOfTier / NoProfileMatch / Default / Failsafe."),
+        _c("namespace", "VARCHAR", "Policy namespace; NULL for global kinds (GlobalNetworkPolicy, "
+           "ClusterNetworkPolicy) and profiles."),
         _c("name", "VARCHAR", "Policy or profile name (for EndOfTier: the trigger policy)."),
         _c("tier", "VARCHAR", "Tier name."),
         _c("revision", "BIGINT", "Policy revision the rule belongs to."),
         _c("direction", "VARCHAR", "ingress or egress."),
         _c("rule", "INTEGER", "Rule index as written; -1 for end of tier and defaults."),
         _c("action", "VARCHAR", "Allow, Deny, Pass or Log."),
-        _c("trigger_kind", "VARCHAR", "For EndOfTier: the trigger policy's kind."),
+        _c("trigger_kind", "VARCHAR", "For EndOfTier: the trigger policy's kind (one of the policy kinds "
+           "above)."),
         _c("prefix", "VARCHAR", "The NFLOG prefix of this id."),
-        _c("policy", "VARCHAR", "Calico flow-log hit string for this rule."),
+        _c("policy", "VARCHAR", "Calico flow-log hit string for this rule, e.g. "
+           "`0|kube-admin|kcnp:deny-south|deny|0`."),
         _c("first_seen", "TIMESTAMP", "When the collector first read this id."),
     ),
 )
@@ -573,12 +578,17 @@ _READERS = (
 )
 
 
+def _cell(text: str) -> str:
+    """A Markdown table cell: GitHub splits cells at every `|`, code spans included, unless escaped."""
+    return text.replace("|", "\\|")
+
+
 def markdown() -> str:
     """The schema reference as Markdown."""
     lines = ["# flowtui flow store schema", "", (__doc__ or "").strip(), "", *_READERS, ""]
     for t in ALL_TABLES:
         lines += [f"## `{t.name}`", "", t.doc, "", "| column | type | meaning |", "|---|---|---|"]
-        lines += [f"| `{c.name}` | {c.sql} | {c.doc} |" for c in t.columns]
+        lines += [f"| `{c.name}` | {c.sql} | {_cell(c.doc)} |" for c in t.columns]
         lines.append("")
     lines += ["## Views", ""]
     lines += [f"- `{name}`: {doc}" for name, (doc, _q) in VIEWS.items()]
