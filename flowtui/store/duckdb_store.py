@@ -35,7 +35,9 @@ freed blocks after the next checkpoint.
 
 **Rollups.** `insert("flows", ...)` moves `rollup_state.rolled_until` back to the hour of the
 batch's first flow, in the same transaction; `roll_up()` rolls the hours from there up to a
-given time into `pair_hours` (from the raw flows, so it is also how they are rebuilt);
+given time into `pair_hours` (from the raw flows, so it is also how they are rebuilt) and merges
+their talkers into `talkers` (first/last seen: min/max, so merging an hour again is harmless;
+retention, which deletes flows, rebuilds it);
 `end_run()` rolls up everything. Any writer of flows that uses this API keeps them exact.
 """
 
@@ -140,8 +142,14 @@ class DuckStore:
                 "SELECT table_name, column_name FROM duckdb_columns() WHERE schema_name = 'main'"
             ).fetchall()
         }
+        # One transaction: a store from before opens upgraded (tables, columns, rollups it lacked
+        # built from its flows) or, after a crash, as it was.
+        self.con.execute("BEGIN TRANSACTION")
         for stmt in schema.statements(existing):
             self.con.execute(stmt)
+        if existing and not any(t == "talkers" for t, _c in existing):  # rolled up before talkers existed
+            _rebuild_talkers(self.con)
+        self.con.execute("COMMIT")
         self.stats = StoreStats()
         self.snapshot_interval = snapshot_interval
         self._snap_lock = threading.Lock()  # held while a checkpoint or a snapshot copy runs
@@ -253,9 +261,23 @@ class DuckStore:
                 "INSERT INTO pair_hours BY NAME "
                 + schema.pair_hours_sql(f"f.start_time >= {_ts(start)} AND f.start_time < {_ts(target)}")
             )
+            self._merge_talkers(f"start_time >= {_ts(start)} AND start_time < {_ts(target)}")
             self.query("DELETE FROM rollup_state")
             self.query("INSERT INTO rollup_state VALUES (?)", [target])
             return int((target - start) / timedelta(hours=1))
+
+    def _merge_talkers(self, where: str) -> None:
+        """Merge the talkers of the flows `where` keeps into `talkers` (min/max: idempotent)."""
+        on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM s.{k}" for k in ("src_ip", "dst_ip", "proto", "dport"))
+        self.query(
+            f"MERGE INTO talkers t USING ({schema.talkers_sql(where)}) s ON {on} "
+            "WHEN MATCHED THEN UPDATE SET first_seen = least(t.first_seen, s.first_seen), "
+            "last_seen = greatest(t.last_seen, s.last_seen) WHEN NOT MATCHED THEN INSERT BY NAME"
+        )
+
+    def _rebuild_talkers(self) -> None:
+        with self._lock:
+            _rebuild_talkers(self.con)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -397,6 +419,8 @@ class DuckStore:
                 with self.transaction():
                     rows = self.query("DELETE FROM flows WHERE start_time < ?", [cutoff])
                     self.query("DELETE FROM pair_hours WHERE hour < ?", [cutoff])
+                    if rows and rows[0][0]:  # first_seen may have been a deleted flow's
+                        self._rebuild_talkers()
             else:
                 rows = self.query(f"DELETE FROM {table} WHERE {column} < ?", [cutoff])
             deleted += int(rows[0][0]) if rows else 0
@@ -414,6 +438,15 @@ class DuckStore:
             with self._lock:
                 self.con.close()
             os.close(self._read_fd)
+
+
+def _rebuild_talkers(con: duckdb.DuckDBPyConnection) -> None:
+    """`talkers` from the flows of the rolled-up hours (after retention deleted some, or for a
+    store rolled up before the table existed)."""
+    con.execute("DELETE FROM talkers")
+    until = con.execute("SELECT max(rolled_until) FROM rollup_state").fetchone()
+    if until is not None and until[0] is not None:
+        con.execute("INSERT INTO talkers BY NAME " + schema.talkers_sql(f"start_time < {_ts(until[0])}"))
 
 
 def _ts(value: datetime) -> str:

@@ -337,6 +337,23 @@ ROLLUP_STATE = Table(
     (_c("rolled_until", "TIMESTAMP", "Hours before this are rolled up (an hour boundary)."),),
 )
 
+TALKERS = Table(
+    "talkers",
+    "Rollup: first and last seen per talker (source address, destination address, protocol, "
+    "destination port; Allow and Deny flows) over the hours before `rollup_state.rolled_until`. "
+    "Merged by `roll_up` (a minimum and a maximum: merging an hour twice changes nothing, so late "
+    "flows only need their hours merged again); rebuilt from `flows` when retention deletes some. "
+    "The `talkers_seen` view adds the raw flows after it.",
+    (
+        _c("src_ip", "VARCHAR", "Source address."),
+        _c("dst_ip", "VARCHAR", "Destination address."),
+        _c("proto", "UTINYINT", "IP protocol number."),
+        _c("dport", "USMALLINT", "Destination port; NULL for protocols without ports."),
+        _c("first_seen", "TIMESTAMP", "Earliest flow of the talker (its first_seen, or bucket start if NULL)."),
+        _c("last_seen", "TIMESTAMP", "Latest flow of the talker (its last_seen, or bucket end if NULL)."),
+    ),
+)
+
 TABLES: tuple[Table, ...] = (
     RUNS,
     SOURCES,
@@ -354,7 +371,7 @@ TABLES: tuple[Table, ...] = (
 WORK_TABLES: tuple[Table, ...] = (FLOWS_OPEN,)
 # Rollups: derived from `flows` (rebuildable); a reader of a store or export without them creates
 # them empty (`ensure_rollups`), and the views then read the raw flows.
-ROLLUP_TABLES: tuple[Table, ...] = (PAIR_HOURS, ROLLUP_STATE)
+ROLLUP_TABLES: tuple[Table, ...] = (PAIR_HOURS, TALKERS, ROLLUP_STATE)
 ALL_TABLES = TABLES + ROLLUP_TABLES + WORK_TABLES
 BY_NAME = {t.name: t for t in ALL_TABLES}
 
@@ -400,6 +417,15 @@ _PAIR_COLUMNS = (
     "src_ep, src_ip, dst_ep, dst_ip, proto, dport, denied, flows, connections, packets, bytes, "
     "reply_packets, reply_bytes, first_seen, last_seen"
 )
+
+
+def talkers_sql(where: str) -> str:
+    """`talkers` rows from the Allow and Deny flows that `where` keeps."""
+    return (
+        "SELECT src_ip, dst_ip, proto, dport, min(coalesce(first_seen, start_time)) AS first_seen, "
+        "max(coalesce(last_seen, end_time)) AS last_seen FROM flows "
+        f"WHERE action IN ('Allow', 'Deny') AND ({where}) GROUP BY src_ip, dst_ip, proto, dport"
+    )
 
 
 def pair_hours_sql(where: str, joins: str = "") -> str:
@@ -455,6 +481,16 @@ VIEWS: dict[str, tuple[str, str]] = {
             f"CROSS JOIN query_window win CROSS JOIN {_ROLLED} b",
         )
         + ")",
+    ),
+    "talkers_seen": (
+        "First and last seen per talker (src_ip, dst_ip, proto, dport; Allow and Deny flows) over the whole "
+        "store: the `talkers` rollup merged with the raw flows from `rollup_state.rolled_until` on.",
+        "SELECT src_ip, dst_ip, proto, dport, min(first_seen) AS first_seen, max(last_seen) AS last_seen FROM ("
+        "SELECT src_ip, dst_ip, proto, dport, first_seen, last_seen FROM talkers UNION ALL "
+        + talkers_sql(
+            "start_time >= coalesce((SELECT max(rolled_until) FROM rollup_state), TIMESTAMP '-infinity')"
+        )
+        + ") GROUP BY src_ip, dst_ip, proto, dport",
     ),
     "policies": (
         "Policy revisions known to the collector, from the rules table.",
