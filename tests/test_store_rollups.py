@@ -198,6 +198,9 @@ NAMED_PARAMS: dict[str, list[dict[str, str]]] = {
     "top_denied": [{}, {"since": "2026-03-14 10:17:33"}, {"namespace": "ns2"}],
     "default_deny_attributions": [{}, {"since": "2h"}, {"namespace": "ns0"}],
     "denylisted_traffic": [{}, {"action": "any"}, {"netset": "bad-%", "until": "2026-03-14 12:00:00"}],
+    "hits_per_policy_rule": [{}, {"since": "2026-03-14 10:17:33"}, {"since": "2026-03-14 10:00:00",
+                             "until": "2026-03-14 12:00:01"}, {"since": "2h", "namespace": "ns1"}],
+    "unused_rules": [{}, {"since": "2026-03-14 11:00:00"}, {"since": "90m"}, {"since": "10h"}],
     "allowed_by_profile_only": [{}, {"since": "2026-03-14 10:00:00", "until": "2026-03-14 12:30:00"},
                                 {"namespace": "ns1"}],
 }
@@ -210,7 +213,7 @@ def kind_rule_rows() -> list[dict[str, Any]]:
          "direction": d, "rule": -1 if k in ("EndOfTier", "NoProfileMatch", "Default") else 0, "action": a,
          "trigger_kind": "GlobalNetworkPolicy" if k == "EndOfTier" else None, "prefix": f"ft:{a[0]}{i}",
          "policy": f"0|default|{k}:p{i}|{a.lower()}|0"}
-        for i, k, d, a in KIND_RULES
+        for i, k, d, a in [*KIND_RULES, (10, "GlobalNetworkPolicy", "ingress", "Allow")]  # 10: never hit
     ]
 
 
@@ -241,6 +244,7 @@ def test_every_named_query_equals_its_straightforward_sql(tmp_path: Path, seed: 
         insert(store, late)
         store.roll_up(T0 + timedelta(hours=rng.choice([2, 3, 4])))
         assert int(store.query("SELECT count(*) FROM talkers")[0][0]) > 0
+        assert int(store.query("SELECT count(*) FROM rule_hours")[0][0]) > 0
         queries = discover([REPO_QUERIES])
 
         def compare(stage: str) -> None:
@@ -249,8 +253,9 @@ def test_every_named_query_equals_its_straightforward_sql(tmp_path: Path, seed: 
                 nonempty = 0
                 for params in param_sets:
                     params = {"rows": "100000", **params}  # every row: ties in ORDER BY may come in any order
-                    got = sorted(run_sql(store.con, queries[name].sql, params).to_pylist(), key=repr)
-                    want = sorted(run_sql(store.con, raw, params).to_pylist(), key=repr)
+                    reset = tuple(p.name for p in queries[name].params)  # the previous call's variables
+                    got = sorted(run_sql(store.con, queries[name].sql, params, reset).to_pylist(), key=repr)
+                    want = sorted(run_sql(store.con, raw, params, reset).to_pylist(), key=repr)
                     assert got == want, (stage, name, params)
                     nonempty += bool(got)
                 assert nonempty, (stage, name, "every answer empty: the comparison would prove nothing")
@@ -262,6 +267,7 @@ def test_every_named_query_equals_its_straightforward_sql(tmp_path: Path, seed: 
         compare("after retention")
         # a store rolled up before `talkers` existed: the writer that opens it builds it once
         store.query("DROP TABLE talkers")
+        store.query("DROP TABLE rule_hours")
         store.close(snapshot=False)
         store = DuckStore(tmp_path / "f.duckdb", snapshot_interval=None)
         compare("upgraded")

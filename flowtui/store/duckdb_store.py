@@ -147,8 +147,14 @@ class DuckStore:
         self.con.execute("BEGIN TRANSACTION")
         for stmt in schema.statements(existing):
             self.con.execute(stmt)
-        if existing and not any(t == "talkers" for t, _c in existing):  # rolled up before talkers existed
+        tables = {t for t, _c in existing}
+        if existing and "talkers" not in tables:  # rolled up before talkers existed
             _rebuild_talkers(self.con)
+        if existing and "rule_hours" not in tables:  # nor rule_hours: roll the same hours up again
+            until = self.con.execute("SELECT max(rolled_until) FROM rollup_state").fetchone()
+            if until is not None and until[0] is not None:
+                rolled = schema.rule_hours_sql(f"f.start_time < {_ts(until[0])}")
+                self.con.execute("INSERT INTO rule_hours BY NAME " + rolled)
         self.con.execute("COMMIT")
         self.stats = StoreStats()
         self.snapshot_interval = snapshot_interval
@@ -260,6 +266,11 @@ class DuckStore:
             self.query(
                 "INSERT INTO pair_hours BY NAME "
                 + schema.pair_hours_sql(f"f.start_time >= {_ts(start)} AND f.start_time < {_ts(target)}")
+            )
+            self.query("DELETE FROM rule_hours WHERE hour >= ?", [start])
+            self.query(
+                "INSERT INTO rule_hours BY NAME "
+                + schema.rule_hours_sql(f"f.start_time >= {_ts(start)} AND f.start_time < {_ts(target)}")
             )
             self._merge_talkers(f"start_time >= {_ts(start)} AND start_time < {_ts(target)}")
             self.query("DELETE FROM rollup_state")
@@ -419,6 +430,7 @@ class DuckStore:
                 with self.transaction():
                     rows = self.query("DELETE FROM flows WHERE start_time < ?", [cutoff])
                     self.query("DELETE FROM pair_hours WHERE hour < ?", [cutoff])
+                    self.query("DELETE FROM rule_hours WHERE hour < ?", [cutoff])
                     if rows and rows[0][0]:  # first_seen may have been a deleted flow's
                         self._rebuild_talkers()
             else:

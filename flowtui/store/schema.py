@@ -337,6 +337,22 @@ ROLLUP_STATE = Table(
     (_c("rolled_until", "TIMESTAMP", "Hours before this are rolled up (an hour boundary)."),),
 )
 
+RULE_HOURS = Table(
+    "rule_hours",
+    "Rollup: the flows of each rule (every action, each reporter's rows as stored) summed per hour, for "
+    "every hour before `rollup_state.rolled_until`; kept like `pair_hours`. The `rule_hits` (query "
+    "window) and `rule_hits_all` (whole store) views read it for whole hours and `flows` for the rest.",
+    (
+        _c("hour", "TIMESTAMP", "Start of the hour (of the flows' bucket start)."),
+        _c("rule_id", "INTEGER", "Deciding rule -> rules.id (flows without one are left out)."),
+        _c("events", "BIGINT", "NFLOG events."),
+        _c("packets", "BIGINT", "Packets (as counted in `flows`)."),
+        _c("first_seen", "TIMESTAMP", "Earliest flow row's first_seen."),
+        _c("last_seen", "TIMESTAMP", "Latest flow row's last_seen."),
+        _c("last_hit", "TIMESTAMP", "Latest last_seen of the rows that counted a hit (events or packets > 0)."),
+    ),
+)
+
 TALKERS = Table(
     "talkers",
     "Rollup: first and last seen per talker (source address, destination address, protocol, "
@@ -371,7 +387,7 @@ TABLES: tuple[Table, ...] = (
 WORK_TABLES: tuple[Table, ...] = (FLOWS_OPEN,)
 # Rollups: derived from `flows` (rebuildable); a reader of a store or export without them creates
 # them empty (`ensure_rollups`), and the views then read the raw flows.
-ROLLUP_TABLES: tuple[Table, ...] = (PAIR_HOURS, TALKERS, ROLLUP_STATE)
+ROLLUP_TABLES: tuple[Table, ...] = (PAIR_HOURS, RULE_HOURS, TALKERS, ROLLUP_STATE)
 ALL_TABLES = TABLES + ROLLUP_TABLES + WORK_TABLES
 BY_NAME = {t.name: t for t in ALL_TABLES}
 
@@ -417,6 +433,28 @@ _PAIR_COLUMNS = (
     "src_ep, src_ip, dst_ep, dst_ip, proto, dport, denied, flows, connections, packets, bytes, "
     "reply_packets, reply_bytes, first_seen, last_seen"
 )
+
+
+_RULE_COLUMNS = "rule_id, events, packets, first_seen, last_seen, last_hit"
+
+
+def rule_hours_sql(where: str, joins: str = "") -> str:
+    """`rule_hours` rows (with `hour`) from the flows that `where` keeps."""
+    return (
+        "SELECT date_trunc('hour', f.start_time) AS hour, f.rule_id, sum(f.events) AS events, "
+        "sum(f.packets) AS packets, min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen, "
+        "max(f.last_seen) FILTER (WHERE f.events > 0 OR f.packets > 0) AS last_hit "
+        f"FROM flows f {joins} WHERE f.rule_id IS NOT NULL AND ({where}) GROUP BY ALL"
+    )
+
+
+def _rule_hits_sql(rollup_where: str, raw_ranges: list[str], joins: str) -> str:
+    parts = [f"SELECT {_RULE_COLUMNS} FROM rule_hours p{joins} WHERE {rollup_where}"]
+    parts += [f"SELECT {_RULE_COLUMNS} FROM ({rule_hours_sql(w, joins)})" for w in raw_ranges]
+    return (
+        "SELECT rule_id, sum(events) AS events, sum(packets) AS packets, min(first_seen) AS first_seen, "
+        f"max(last_seen) AS last_seen, max(last_hit) AS last_hit FROM ({' UNION ALL '.join(parts)}) GROUP BY rule_id"
+    )
 
 
 def talkers_sql(where: str) -> str:
@@ -481,6 +519,25 @@ VIEWS: dict[str, tuple[str, str]] = {
             f"CROSS JOIN query_window win CROSS JOIN {_ROLLED} b",
         )
         + ")",
+    ),
+    "rule_hits": (
+        "Per rule id in the query window: events, packets, first_seen, last_seen and last_hit (the latest "
+        "row that counted a hit), from the `rule_hours` rollup for whole rolled-up hours and the raw "
+        "flows for the rest.",
+        _rule_hits_sql(
+            "p.hour >= b.lo AND p.hour < b.hi",
+            ["f.start_time >= win.since_ AND f.start_time < b.raw_to",
+             "f.start_time >= b.raw_from AND f.start_time < win.until_"],
+            f", query_window win, {_ROLLED} b",
+        ),
+    ),
+    "rule_hits_all": (
+        "`rule_hits` over the whole store, whatever the query window.",
+        _rule_hits_sql(
+            "p.hour < b.r",
+            ["f.start_time >= b.r"],
+            ", (SELECT coalesce(max(rolled_until), TIMESTAMP '-infinity') AS r FROM rollup_state) b",
+        ),
     ),
     "talkers_seen": (
         "First and last seen per talker (src_ip, dst_ip, proto, dport; Allow and Deny flows) over the whole "
