@@ -148,7 +148,8 @@ def test_flow_pairs_and_its_queries_equal_the_raw_flows(tmp_path: Path, seed: in
                 want = run_sql(store.con, sql.replace("FROM flow_pairs", f"FROM {RAW_PAIRS}"), params).to_pylist()
                 assert got == want and got, (name, params)
         # retention drops whole hours of flows with their rollup rows: still the same answers
-        deleted = store.retain(Retention(events=None, flows=timedelta(hours=2), connections=None, counters=None),
+        deleted = store.retain(Retention(events=None, flows=timedelta(hours=2), connections=None, counters=None,
+                                         rollups=timedelta(hours=2)),
                                now=T0 + timedelta(hours=3, minutes=40))
         assert deleted > 0
         cut = T0 + timedelta(hours=1)
@@ -261,7 +262,8 @@ def test_every_named_query_equals_its_straightforward_sql(tmp_path: Path, seed: 
                 assert nonempty, (stage, name, "every answer empty: the comparison would prove nothing")
 
         compare("rolled up")
-        deleted = store.retain(Retention(events=None, flows=timedelta(hours=2), connections=None, counters=None),
+        deleted = store.retain(Retention(events=None, flows=timedelta(hours=2), connections=None, counters=None,
+                                         rollups=timedelta(hours=2)),
                                now=T0 + timedelta(hours=3, minutes=40))
         assert deleted > 0
         compare("after retention")
@@ -271,5 +273,55 @@ def test_every_named_query_equals_its_straightforward_sql(tmp_path: Path, seed: 
         store.close(snapshot=False)
         store = DuckStore(tmp_path / "f.duckdb", snapshot_interval=None)
         compare("upgraded")
+    finally:
+        store.close(snapshot=False)
+
+
+def test_retention_compacts_old_hours_into_their_rollups(tmp_path: Path) -> None:
+    """Raw flows go after `flows`, their hourly rollups stay until `rollups`: the named queries that
+    read rollups give the same answers for the compacted hours as when the raw flows were there."""
+    rng = random.Random(42)
+    store = DuckStore(tmp_path / "f.duckdb", snapshot_interval=None)
+    try:
+        store.insert_rows("rules", kind_rule_rows())
+        store.insert_rows("endpoints", endpoint_rows())
+        rows = random_flows(rng, 400)
+        for r in rows:
+            rule_id, _kind, _direction, action = rng.choice(KIND_RULES)
+            r.update(rule_id=rule_id, action=action, prefix=f"ft:{action[0]}{rule_id}")
+        insert(store, rows)
+        store.roll_up(T0 + timedelta(hours=2))  # some of the hours to delete are not rolled up yet
+        queries = discover([REPO_QUERIES])
+        asked = [("conversations", {}), ("flows_per_namespace_pair", {}), ("hits_per_policy_rule", {}),
+                 ("hits_per_policy_rule", {"since": "2026-03-14 09:00:00", "until": "2026-03-14 12:00:00"}),
+                 ("unused_rules", {"since": "2026-03-14 12:00:00"}), ("conversations", {"namespace": "ns2"})]
+
+        def answers() -> list[list[dict[str, Any]]]:
+            return [run_sql(store.con, queries[n].sql, {"rows": "100000", **p},
+                            tuple(q.name for q in queries[n].params)).to_pylist() for n, p in asked]
+
+        before = answers()
+        assert all(before)
+        pairs_before = pairs(store, "flow_pairs", {})
+        early_before = pairs(store, "flow_pairs", {"until": "2026-03-14 11:00:00"})
+        deleted = store.retain(Retention(events=None, flows=timedelta(hours=2), connections=None, counters=None,
+                                         rollups=None), now=T0 + timedelta(hours=4, minutes=40))
+        cut = T0 + timedelta(hours=2)
+        assert deleted > 0 and store.query("SELECT min(start_time) >= ? FROM flows", [cut]) == [(True,)]
+        assert store.compacted_until() == cut and store.rolled_until() is not None and store.rolled_until() >= cut
+        assert answers() == before  # the compacted hours answer from their rollups
+        assert pairs(store, "flow_pairs", {}) == pairs_before
+        # flows written later for a compacted hour do not unroll it (its raw flows are gone)
+        rolled = store.rolled_until()
+        insert(store, [dict(rows[0], start_time=T0, end_time=T0 + timedelta(seconds=15))])
+        assert store.rolled_until() == rolled
+        assert store.roll_up() > 0  # the last hour
+        assert pairs(store, "flow_pairs", {"until": "2026-03-14 11:00:00"}) == early_before  # compacted: as it was
+        # and the rollups go when their own retention says so, with the talkers not seen since
+        store.retain(Retention(events=None, flows=timedelta(hours=2), connections=None, counters=None,
+                               rollups=timedelta(hours=3, minutes=30)), now=T0 + timedelta(hours=4, minutes=40))
+        assert store.query("SELECT min(hour) FROM pair_hours UNION ALL SELECT min(hour) FROM rule_hours") == [
+            (T0 + timedelta(hours=1),), (T0 + timedelta(hours=1),)]
+        assert store.query("SELECT count(*) FROM talkers WHERE last_seen < ?", [T0 + timedelta(hours=1)]) == [(0,)]
     finally:
         store.close(snapshot=False)

@@ -93,6 +93,9 @@ class Retention:
     flows: timedelta | None = timedelta(days=30)
     connections: timedelta | None = timedelta(days=30)
     counters: timedelta | None = timedelta(days=30)  # loss, stats, rule_counters
+    # The hourly rollups (pair_hours, rule_hours, talkers) outlive the raw flows: the questions
+    # about last month stay answerable, 15 s buckets compacted into hours.
+    rollups: timedelta | None = timedelta(days=365)
 
     def per_table(self) -> dict[str, timedelta | None]:
         return {
@@ -229,9 +232,18 @@ class DuckStore:
         value: datetime | None = row[0][0] if row else None
         return value
 
+    def compacted_until(self) -> datetime | None:
+        row = self.query("SELECT max(compacted_until) FROM rollup_state")
+        value: datetime | None = row[0][0] if row else None
+        return value
+
     def _unroll_from(self, first: datetime) -> None:
-        """Flows from `first` on changed: the hours from its hour on are no longer rolled up."""
+        """Flows from `first` on changed: the hours from its hour on are no longer rolled up
+        (except compacted hours: their rollups are all that is left of their raw flows)."""
         hour = first.replace(minute=0, second=0, microsecond=0)
+        compacted = self.compacted_until()
+        if compacted is not None:
+            hour = max(hour, compacted)
         self.con.execute("UPDATE rollup_state SET rolled_until = ? WHERE rolled_until > ?", [hour, hour])
 
     def flows_changed(self, first: datetime | None) -> None:
@@ -273,9 +285,13 @@ class DuckStore:
                 + schema.rule_hours_sql(f"f.start_time >= {_ts(start)} AND f.start_time < {_ts(target)}")
             )
             self._merge_talkers(f"start_time >= {_ts(start)} AND start_time < {_ts(target)}")
-            self.query("DELETE FROM rollup_state")
-            self.query("INSERT INTO rollup_state VALUES (?)", [target])
+            self._set_state(target, self.compacted_until())
             return int((target - start) / timedelta(hours=1))
+
+    def _set_state(self, rolled_until: datetime, compacted_until: datetime | None) -> None:
+        self.query("DELETE FROM rollup_state")
+        self.query("INSERT INTO rollup_state (rolled_until, compacted_until) VALUES (?, ?)",
+                   [rolled_until, compacted_until])
 
     def _merge_talkers(self, where: str) -> None:
         """Merge the talkers of the flows `where` keeps into `talkers` (min/max: idempotent)."""
@@ -425,19 +441,38 @@ class DuckStore:
                 continue
             column = TIME_COLUMN[table]
             cutoff = now - age
-            if table == "flows":  # whole hours, so the rollups of the hours kept stay exact
-                cutoff = cutoff.replace(minute=0, second=0, microsecond=0)
-                with self.transaction():
-                    rows = self.query("DELETE FROM flows WHERE start_time < ?", [cutoff])
-                    self.query("DELETE FROM pair_hours WHERE hour < ?", [cutoff])
-                    self.query("DELETE FROM rule_hours WHERE hour < ?", [cutoff])
-                    if rows and rows[0][0]:  # first_seen may have been a deleted flow's
-                        self._rebuild_talkers()
+            if table == "flows":
+                rows = self._retain_flows(now, cutoff, policy.rollups)
             else:
                 rows = self.query(f"DELETE FROM {table} WHERE {column} < ?", [cutoff])
             deleted += int(rows[0][0]) if rows else 0
         self.stats.deleted += deleted
         return deleted
+
+    def _retain_flows(self, now: datetime, cutoff: datetime, rollups: timedelta | None) -> list[tuple[Any, ...]]:
+        """Delete flows by whole hours (so the rollups of the hours kept stay exact). Rollups kept
+        longer than flows: the hours deleted are rolled up first and stay, as rollups only
+        (compacted); rollups older than their own retention go, with talkers not seen since."""
+        cutoff = _hour(cutoff)
+        roll_cut = None if rollups is None else _hour(now - rollups)
+        with self.transaction():
+            if roll_cut is not None and roll_cut >= cutoff:  # no longer than the flows: they go together
+                rows = self.query("DELETE FROM flows WHERE start_time < ?", [cutoff])
+                self.query("DELETE FROM pair_hours WHERE hour < ?", [cutoff])
+                self.query("DELETE FROM rule_hours WHERE hour < ?", [cutoff])
+                if rows and rows[0][0]:  # first_seen may have been a deleted flow's
+                    self._rebuild_talkers()
+                return rows
+            self.roll_up(cutoff)  # every hour about to lose its raw flows has its rollups
+            rows = self.query("DELETE FROM flows WHERE start_time < ?", [cutoff])
+            rolled = self.rolled_until()
+            if rolled is not None:
+                self._set_state(rolled, max(cutoff, self.compacted_until() or cutoff))
+            if roll_cut is not None:
+                self.query("DELETE FROM pair_hours WHERE hour < ?", [roll_cut])
+                self.query("DELETE FROM rule_hours WHERE hour < ?", [roll_cut])
+                self.query("DELETE FROM talkers WHERE last_seen < ?", [roll_cut])
+            return rows
 
     def close(self, snapshot: bool = True) -> None:
         """Final snapshot (so readers see everything), then close (which checkpoints)."""
@@ -459,6 +494,10 @@ def _rebuild_talkers(con: duckdb.DuckDBPyConnection) -> None:
     until = con.execute("SELECT max(rolled_until) FROM rollup_state").fetchone()
     if until is not None and until[0] is not None:
         con.execute("INSERT INTO talkers BY NAME " + schema.talkers_sql(f"start_time < {_ts(until[0])}"))
+
+
+def _hour(value: datetime) -> datetime:
+    return value.replace(minute=0, second=0, microsecond=0)
 
 
 def _ts(value: datetime) -> str:

@@ -334,7 +334,16 @@ ROLLUP_STATE = Table(
     "rollup_state",
     "How far the rollups reach: one row. Flows starting before `rolled_until` are summed in "
     "`pair_hours`; later ones are read from `flows`. Writing flows for an earlier hour moves it back.",
-    (_c("rolled_until", "TIMESTAMP", "Hours before this are rolled up (an hour boundary)."),),
+    (
+        _c("rolled_until", "TIMESTAMP", "Hours before this are rolled up (an hour boundary)."),
+        _c(
+            "compacted_until",
+            "TIMESTAMP",
+            "Hours before this are kept as rollups only: retention deleted their raw flows and kept the "
+            "hourly rollups longer (`--retain-rollups`). NULL if none. Flows written for these hours "
+            "later stay raw (not rolled up) until retention deletes them.",
+        ),
+    ),
 )
 
 RULE_HOURS = Table(
