@@ -30,8 +30,9 @@ measured with DuckDB 2.0 here). So readers never open the live file while a coll
 Data in the snapshot is at most `snapshot_interval` (+ the copy time) old.
 
 **Retention.** `retain(...)` deletes rows older than the configured age per table (events
-first: they are the bulk); flows by whole hours, with their rollup rows; DuckDB reuses the
-freed blocks after the next checkpoint.
+first: they are the bulk); flows by whole hours, rolled up first: their hourly rollups stay until
+`Retention.rollups` (compacted hours, `rollup_state.compacted_until`); DuckDB reuses the freed
+blocks after the next checkpoint.
 
 **Rollups.** `insert("flows", ...)` moves `rollup_state.rolled_until` back to the hour of the
 batch's first flow, in the same transaction; `roll_up()` rolls the hours from there up to a
