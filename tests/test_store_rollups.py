@@ -15,8 +15,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from flowtui.interop.parquet import export_parquet
 from flowtui.query.library import REPO_QUERIES, discover
-from flowtui.query.run import run_sql
+from flowtui.query.run import open_source, run_sql
 from flowtui.store import schema
 from flowtui.store.duckdb_store import DuckStore, Retention
 
@@ -248,20 +249,26 @@ def test_every_named_query_equals_its_straightforward_sql(tmp_path: Path, seed: 
         assert int(store.query("SELECT count(*) FROM rule_hours")[0][0]) > 0
         queries = discover([REPO_QUERIES])
 
-        def compare(stage: str) -> None:
+        def compare(stage: str, con: Any = None) -> None:
+            con = con or store.con
             for name, param_sets in NAMED_PARAMS.items():
                 raw = (RAW_QUERIES / f"{name}.sql").read_text()
                 nonempty = 0
                 for params in param_sets:
                     params = {"rows": "100000", **params}  # every row: ties in ORDER BY may come in any order
                     reset = tuple(p.name for p in queries[name].params)  # the previous call's variables
-                    got = sorted(run_sql(store.con, queries[name].sql, params, reset).to_pylist(), key=repr)
-                    want = sorted(run_sql(store.con, raw, params, reset).to_pylist(), key=repr)
+                    got = sorted(run_sql(con, queries[name].sql, params, reset).to_pylist(), key=repr)
+                    want = sorted(run_sql(con, raw, params, reset).to_pylist(), key=repr)
                     assert got == want, (stage, name, params)
                     nonempty += bool(got)
                 assert nonempty, (stage, name, "every answer empty: the comparison would prove nothing")
 
         compare("rolled up")
+        export_parquet(store.con, tmp_path / "export")  # an export of then: no talkers, no rule_hours
+        for gone in ("talkers", "rule_hours"):
+            (tmp_path / "export" / f"{gone}.parquet").unlink()
+        with open_source(tmp_path / "export") as source:  # computed from the export's flows
+            compare("export without them", source.con)
         deleted = store.retain(Retention(events=None, flows=timedelta(hours=2), connections=None, counters=None,
                                          rollups=timedelta(hours=2)),
                                now=T0 + timedelta(hours=3, minutes=40))
@@ -271,6 +278,8 @@ def test_every_named_query_equals_its_straightforward_sql(tmp_path: Path, seed: 
         store.query("DROP TABLE talkers")
         store.query("DROP TABLE rule_hours")
         store.close(snapshot=False)
+        with open_source(tmp_path / "f.duckdb") as source:  # a reader does not upgrade: it computes them
+            compare("read as it was", source.con)
         store = DuckStore(tmp_path / "f.duckdb", snapshot_interval=None)
         compare("upgraded")
     finally:

@@ -103,6 +103,9 @@ def attach(con: duckdb.DuckDBPyConnection, root: Path) -> list[str]:
             have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
             found.append(table.name)
         con.execute(view_statement(table, source, have))
+    for table in schema.ROLLUP_TABLES:  # an export from before this rollup: computed from its flows
+        if table.name not in found and table is not schema.ROLLUP_STATE and "rollup_state" in found:
+            con.execute(f"CREATE OR REPLACE VIEW {table.name} AS {schema.computed_rollup_sql(table.name)}")
     for statement in derived_views():
         con.execute(statement)
     return found

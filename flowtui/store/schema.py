@@ -647,14 +647,30 @@ def statements(existing: set[tuple[str, str]] | None = None) -> list[str]:
     return out
 
 
+_BEFORE_ROLLED = "start_time < coalesce((SELECT max(rolled_until) FROM rollup_state), TIMESTAMP '-infinity')"
+
+
+def computed_rollup_sql(name: str) -> str:
+    """A rollup a store or export lacks (written before it existed, with `rollup_state` already set),
+    computed from the raw flows of the hours the others cover: the views then stay exact."""
+    return {
+        "pair_hours": lambda: pair_hours_sql("f." + _BEFORE_ROLLED),
+        "rule_hours": lambda: rule_hours_sql("f." + _BEFORE_ROLLED),
+        "talkers": lambda: talkers_sql(_BEFORE_ROLLED),
+    }[name]()
+
+
 def ensure_rollups(con: Any) -> None:
-    """For a reader of a store or export older than the rollups: empty temporary rollup tables
-    and the views that read them, so every query runs (on the raw flows, with the same answers)."""
+    """For a reader of a store or export older than (some of) the rollups: the missing ones as
+    temporary views computed from the raw flows (empty when nothing is rolled up), and the views
+    that read them, so every query runs with the same answers (slower)."""
     have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     have |= {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    if ROLLUP_STATE.name not in have:
+        con.execute(ROLLUP_STATE.ddl().replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
     for t in ROLLUP_TABLES:
-        if t.name not in have:
-            con.execute(t.ddl().replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+        if t.name not in have and t is not ROLLUP_STATE:
+            con.execute(f"CREATE TEMP VIEW {t.name} AS {computed_rollup_sql(t.name)}")
     for name, (_doc, query) in VIEWS.items():
         if name not in have:
             con.execute(f"CREATE TEMP VIEW {name} AS {query}")
