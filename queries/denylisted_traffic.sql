@@ -54,14 +54,20 @@ members AS (
   SELECT DISTINCT s.src_ip, t.network_set
   FROM (SELECT DISTINCT src_ip FROM window_flows) s JOIN sets t ON ft_in_cidr(s.src_ip, t.cidr)
 ),
-hits AS (
-  SELECT f.src_ip, f.dst_ip, f.proto, f.dport, f.action, f.rule_id,
-         sum(f.packets) AS packets, count(DISTINCT coalesce(f.sport, -1)) AS flows,
-         min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen,
+per_sport AS (  -- per source port first: counting its rows then equals count(DISTINCT sport), at a fraction of the cost
+  SELECT f.src_ip, f.dst_ip, f.proto, f.dport, f.action, f.rule_id, coalesce(f.sport, -1) AS sport,
+         sum(f.packets) AS packets, min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen,
          any_value(f.src_ep) AS src_ep, any_value(f.dst_ep) AS dst_ep
   FROM window_flows f
   WHERE f.src_ip IN (SELECT src_ip FROM members)
-  GROUP BY f.src_ip, f.dst_ip, f.proto, f.dport, f.action, f.rule_id
+  GROUP BY f.src_ip, f.dst_ip, f.proto, f.dport, f.action, f.rule_id, coalesce(f.sport, -1)
+),
+hits AS (
+  SELECT src_ip, dst_ip, proto, dport, action, rule_id, sum(packets) AS packets, count(*) AS flows,
+         min(first_seen) AS first_seen, max(last_seen) AS last_seen,
+         any_value(src_ep) AS src_ep, any_value(dst_ep) AS dst_ep
+  FROM per_sport
+  GROUP BY src_ip, dst_ip, proto, dport, action, rule_id
 )
 SELECT m.network_set,
   CASE WHEN se.type = 'wep' THEN se.namespace || '/' || se.name

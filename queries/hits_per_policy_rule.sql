@@ -20,12 +20,8 @@
 --
 -- Columns: tier, kind, namespace, name, revision, direction, rule, action, policy, rule_id, logged, packets, counted, rate_limited, first_hit, last_hit
 WITH win AS (SELECT * FROM query_window),
-hits AS (
-  SELECT f.rule_id, sum(f.events) AS logged, sum(f.packets) AS packets,
-         min(f.first_seen) AS first_hit, max(f.last_seen) AS last_hit
-  FROM flows f, win
-  WHERE f.rule_id IS NOT NULL AND f.start_time >= win.since_ AND f.start_time < win.until_
-  GROUP BY f.rule_id
+hits AS (  -- per rule in the window: hourly rollup + raw flows
+  SELECT rule_id, events AS logged, packets, first_seen AS first_hit, last_seen AS last_hit FROM rule_hits
 ),
 counters AS (  -- counters are cumulative per run: the window's count is the reading before until minus the one before since
   SELECT rule_id, sum(in_window) AS counted, bool_or(rate_limited) AS rate_limited

@@ -16,7 +16,7 @@
 --   duckdb -readonly flowtui.duckdb -c "SET VARIABLE minutes = 5" -c ".read queries/new_talkers.sql"
 --
 -- Columns: first_seen, src, src_ip, dst, dst_ip, proto, dport, actions, flows, packets, last_seen
-WITH p AS (
+WITH p AS MATERIALIZED (
   SELECT now_, now_ - coalesce(getvariable('minutes')::DOUBLE, 15) * INTERVAL 1 minute AS new_since
   FROM (SELECT coalesce(try_cast(getvariable('now')::VARCHAR AS TIMESTAMP),
                         CASE WHEN getvariable('now') IS NOT NULL
@@ -24,13 +24,25 @@ WITH p AS (
                         (SELECT max(end_time) FROM flows),
                         current_timestamp AT TIME ZONE 'UTC') AS now_)
 ),
+fresh AS (  -- first seen per talker, kept by the store (`talkers` rollup + the raw flows after it)
+  SELECT t.src_ip, t.dst_ip, t.proto, t.dport FROM talkers_seen t, p
+  WHERE t.first_seen >= p.new_since AND t.first_seen <= p.now_
+),
+recent AS MATERIALIZED (  -- no flow of a new talker starts before new_since: only the last minutes are read
+  SELECT f.src_ip, f.dst_ip, f.proto, f.dport, f.sport, f.action, f.packets, f.src_ep, f.dst_ep,
+         coalesce(f.first_seen, f.start_time) AS first_seen, coalesce(f.last_seen, f.end_time) AS last_seen
+  FROM flows f
+  WHERE f.action IN ('Allow', 'Deny') AND coalesce(f.first_seen, f.start_time) <= (SELECT now_ FROM p)
+    AND (f.first_seen >= (SELECT new_since FROM p)  -- scalars, so the time-ordered scan prunes
+         OR f.first_seen IS NULL AND f.start_time >= (SELECT new_since FROM p))
+),
 pairs AS (
-  SELECT f.src_ip, f.dst_ip, f.proto, f.dport,
-         min(coalesce(f.first_seen, f.start_time)) AS first_seen, max(coalesce(f.last_seen, f.end_time)) AS last_seen,
+  SELECT f.src_ip, f.dst_ip, f.proto, f.dport, min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen,
          list_sort(list(DISTINCT f.action)) AS actions, count(DISTINCT coalesce(f.sport, -1)) AS flows,
          sum(f.packets) AS packets, any_value(f.src_ep) AS src_ep, any_value(f.dst_ep) AS dst_ep
-  FROM flows f, p
-  WHERE f.action IN ('Allow', 'Deny') AND coalesce(f.first_seen, f.start_time) <= p.now_
+  FROM recent f
+  SEMI JOIN fresh n ON n.src_ip = f.src_ip AND n.dst_ip = f.dst_ip AND n.proto IS NOT DISTINCT FROM f.proto
+                   AND n.dport IS NOT DISTINCT FROM f.dport
   GROUP BY f.src_ip, f.dst_ip, f.proto, f.dport
 )
 SELECT t.first_seen,

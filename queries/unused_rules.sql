@@ -45,7 +45,7 @@ counter_steps AS (  -- a reading above the previous one (same run, reader and nf
 ),
 seen AS (
   SELECT rule_id, max(t) AS last_hit FROM (
-    SELECT rule_id, max(last_seen) AS t FROM flows WHERE events > 0 OR packets > 0 GROUP BY rule_id
+    SELECT rule_id, last_hit AS t FROM rule_hits_all  -- hourly rollup + raw flows
     UNION ALL SELECT rule_id, max(time) FROM events GROUP BY rule_id
     UNION ALL SELECT rule_id, max(time) FROM counter_steps WHERE n > coalesce(before, 0) GROUP BY rule_id
   ) WHERE rule_id IS NOT NULL GROUP BY rule_id

@@ -298,8 +298,8 @@ def test_a_store_written_before_this_schema_opens_upgrades_once_and_keeps_everyt
             old = [c for c in table.columns if (table.name, c.name) not in {("runs", "heartbeat"), ("runs", "outcome")}]
             con.execute(f"CREATE TABLE {table.name} ({', '.join(f'{c.name} {c.sql}' for c in old)})")
         counts[table.name] = con.execute(f"SELECT count(*) FROM {table.name}").fetchone()[0]  # type: ignore[index]
-    for name, (_doc, query) in schema.VIEWS.items():  # the views of then (flow_pairs came with the rollups)
-        if name != "flow_pairs":
+    for name, (_doc, query) in schema.VIEWS.items():  # the views of then (these came with the rollups)
+        if name not in ("flow_pairs", "rule_hits", "rule_hits_all", "talkers_seen"):
             con.execute(f"CREATE VIEW {name} AS {query}")
     old_runs = con.execute("SELECT * FROM runs").fetchall()
     con.close()
@@ -310,7 +310,9 @@ def test_a_store_written_before_this_schema_opens_upgrades_once_and_keeps_everyt
 
     doc = read_status(db)  # a reader does not upgrade, and copes
     assert doc["runs"][0]["state"] == "stopped" and doc["tables"]["flows"] == counts["flows"]
-    before = {name: answer(db, name) for name in ("conversations", "flows_per_namespace_pair")}
+    from flowtui.query.library import REPO_QUERIES, discover
+
+    before = {name: answer(db, name) for name in discover([REPO_QUERIES])}  # every named query
     assert before["conversations"]  # the queries run on the old store, read-only (from the raw flows)
 
     store = DuckStore(db, snapshot_interval=None)

@@ -34,7 +34,8 @@ def test_layout_is_hive_partitioned_by_day_and_node(exported: tuple[Path, Path])
     assert parts == ["flows/day=2026-03-14/node=node-a/data_0.parquet",
                      "flows/day=2026-03-14/node=node-b/data_0.parquet"]
     assert {p.name for p in out.glob("*.parquet")} == {"rules.parquet", "endpoints.parquet", "sources.parquet",
-                                                       "runs.parquet", "pair_hours.parquet", "rollup_state.parquet"}
+                                                       "runs.parquet", "pair_hours.parquet", "rule_hours.parquet",
+                                                       "talkers.parquet", "rollup_state.parquet"}
     assert (out / "loss" / "day=2026-03-14" / "node=_none").is_dir()  # process-wide counters
     assert (out / "views.sql").is_file()
 

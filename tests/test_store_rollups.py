@@ -15,8 +15,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from flowtui.interop.parquet import export_parquet
 from flowtui.query.library import REPO_QUERIES, discover
-from flowtui.query.run import run_sql
+from flowtui.query.run import open_source, run_sql
 from flowtui.store import schema
 from flowtui.store.duckdb_store import DuckStore, Retention
 
@@ -148,7 +149,8 @@ def test_flow_pairs_and_its_queries_equal_the_raw_flows(tmp_path: Path, seed: in
                 want = run_sql(store.con, sql.replace("FROM flow_pairs", f"FROM {RAW_PAIRS}"), params).to_pylist()
                 assert got == want and got, (name, params)
         # retention drops whole hours of flows with their rollup rows: still the same answers
-        deleted = store.retain(Retention(events=None, flows=timedelta(hours=2), connections=None, counters=None),
+        deleted = store.retain(Retention(events=None, flows=timedelta(hours=2), connections=None, counters=None,
+                                         rollups=timedelta(hours=2)),
                                now=T0 + timedelta(hours=3, minutes=40))
         assert deleted > 0
         cut = T0 + timedelta(hours=1)
@@ -174,5 +176,161 @@ def test_roll_up_rebuilds_from_the_raw_flows_and_reports_what_it_did(tmp_path: P
         store.query("DELETE FROM rollup_state")
         assert store.roll_up() == 5
         assert store.query("SELECT * FROM pair_hours ORDER BY ALL") == before
+    finally:
+        store.close(snapshot=False)
+
+
+# The named queries that read rollups (or aggregate in stages) against their straightforward SQL over
+# the raw flows, kept in tests/data/raw_queries/ as they were before the rollups.
+RAW_QUERIES = Path(__file__).parent / "data" / "raw_queries"
+KIND_RULES = [  # id, kind, direction, action: every kind the queries single out
+    (1, "GlobalNetworkPolicy", "egress", "Allow"),
+    (2, "NetworkPolicy", "ingress", "Allow"),
+    (3, "NetworkPolicy", "ingress", "Deny"),
+    (4, "EndOfTier", "egress", "Deny"),
+    (5, "Profile", "ingress", "Allow"),
+    (6, "NoProfileMatch", "egress", "Deny"),
+    (7, "Default", "ingress", "Deny"),
+    (8, "Default", "egress", "Allow"),
+    (9, "GlobalNetworkPolicy", "ingress", "Log"),
+]
+NAMED_PARAMS: dict[str, list[dict[str, str]]] = {
+    "new_talkers": [{"minutes": "60"}, {"minutes": "400"},
+                    {"minutes": "90", "now": "2026-03-14 12:10:00"}, {"minutes": "45", "namespace": "ns1"}],
+    "top_denied": [{}, {"since": "2026-03-14 10:17:33"}, {"namespace": "ns2"}],
+    "default_deny_attributions": [{}, {"since": "2h"}, {"namespace": "ns0"}],
+    "denylisted_traffic": [{}, {"action": "any"}, {"netset": "bad-%", "until": "2026-03-14 12:00:00"}],
+    "hits_per_policy_rule": [{}, {"since": "2026-03-14 10:17:33"}, {"since": "2026-03-14 10:00:00",
+                             "until": "2026-03-14 12:00:01"}, {"since": "2h", "namespace": "ns1"}],
+    "unused_rules": [{}, {"since": "2026-03-14 11:00:00"}, {"since": "90m"}, {"since": "10h"}],
+    "allowed_by_profile_only": [{}, {"since": "2026-03-14 10:00:00", "until": "2026-03-14 12:30:00"},
+                                {"namespace": "ns1"}],
+}
+
+
+def kind_rule_rows() -> list[dict[str, Any]]:
+    return [
+        {"id": i, "kind": k, "namespace": "ns1" if k == "NetworkPolicy" else None, "name": f"p{i}",
+         "tier": None if k in ("Profile", "NoProfileMatch", "Default") else "default", "revision": 1,
+         "direction": d, "rule": -1 if k in ("EndOfTier", "NoProfileMatch", "Default") else 0, "action": a,
+         "trigger_kind": "GlobalNetworkPolicy" if k == "EndOfTier" else None, "prefix": f"ft:{a[0]}{i}",
+         "policy": f"0|default|{k}:p{i}|{a.lower()}|0"}
+        for i, k, d, a in [*KIND_RULES, (10, "GlobalNetworkPolicy", "ingress", "Allow")]  # 10: never hit
+    ]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_named_query_equals_its_straightforward_sql(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(100 + seed)
+    store = DuckStore(tmp_path / "f.duckdb", snapshot_interval=None)
+    try:
+        store.insert_rows("rules", kind_rule_rows())
+        netsets = [{"id": 20 + j, "revision": 1, "type": "netset", "namespace": None, "name": f"bad-{j}",
+                    "node": None, "labels": [], "addresses": [cidr]}
+                   for j, cidr in enumerate(("10.0.0.8/30", "10.0.0.3/32"))]
+        store.insert_rows("endpoints", endpoint_rows() + netsets)
+        rows = random_flows(rng, 500)
+        for r in rows:  # the kinds above instead of the five plain rules
+            rule_id, _kind, _direction, action = rng.choice(KIND_RULES)
+            r.update(rule_id=rule_id, action=action, prefix=f"ft:{action[0]}{rule_id}")
+            if rng.random() < 0.05:
+                r["first_seen"] = None  # talkers fall back to the bucket's start and end
+                r["last_seen"] = None
+        rows.sort(key=lambda r: r["start_time"])
+        late = [r for r in rows if rng.random() < 0.1]
+        rows = [r for r in rows if r not in late]
+        for i in range(0, len(rows), 89):
+            insert(store, rows[i : i + 89])
+            if rng.random() < 0.5:
+                store.roll_up(rows[min(i + 88, len(rows) - 1)]["start_time"], max_hours=rng.choice([1, 2, None]))
+        insert(store, late)
+        store.roll_up(T0 + timedelta(hours=rng.choice([2, 3, 4])))
+        assert int(store.query("SELECT count(*) FROM talkers")[0][0]) > 0
+        assert int(store.query("SELECT count(*) FROM rule_hours")[0][0]) > 0
+        queries = discover([REPO_QUERIES])
+
+        def compare(stage: str, con: Any = None) -> None:
+            con = con or store.con
+            for name, param_sets in NAMED_PARAMS.items():
+                raw = (RAW_QUERIES / f"{name}.sql").read_text()
+                nonempty = 0
+                for params in param_sets:
+                    params = {"rows": "100000", **params}  # every row: ties in ORDER BY may come in any order
+                    reset = tuple(p.name for p in queries[name].params)  # the previous call's variables
+                    got = sorted(run_sql(con, queries[name].sql, params, reset).to_pylist(), key=repr)
+                    want = sorted(run_sql(con, raw, params, reset).to_pylist(), key=repr)
+                    assert got == want, (stage, name, params)
+                    nonempty += bool(got)
+                assert nonempty, (stage, name, "every answer empty: the comparison would prove nothing")
+
+        compare("rolled up")
+        export_parquet(store.con, tmp_path / "export")  # an export of then: no talkers, no rule_hours
+        for gone in ("talkers", "rule_hours"):
+            (tmp_path / "export" / f"{gone}.parquet").unlink()
+        with open_source(tmp_path / "export") as source:  # computed from the export's flows
+            compare("export without them", source.con)
+        deleted = store.retain(Retention(events=None, flows=timedelta(hours=2), connections=None, counters=None,
+                                         rollups=timedelta(hours=2)),
+                               now=T0 + timedelta(hours=3, minutes=40))
+        assert deleted > 0
+        compare("after retention")
+        # a store rolled up before `talkers` existed: the writer that opens it builds it once
+        store.query("DROP TABLE talkers")
+        store.query("DROP TABLE rule_hours")
+        store.close(snapshot=False)
+        with open_source(tmp_path / "f.duckdb") as source:  # a reader does not upgrade: it computes them
+            compare("read as it was", source.con)
+        store = DuckStore(tmp_path / "f.duckdb", snapshot_interval=None)
+        compare("upgraded")
+    finally:
+        store.close(snapshot=False)
+
+
+def test_retention_compacts_old_hours_into_their_rollups(tmp_path: Path) -> None:
+    """Raw flows go after `flows`, their hourly rollups stay until `rollups`: the named queries that
+    read rollups give the same answers for the compacted hours as when the raw flows were there."""
+    rng = random.Random(42)
+    store = DuckStore(tmp_path / "f.duckdb", snapshot_interval=None)
+    try:
+        store.insert_rows("rules", kind_rule_rows())
+        store.insert_rows("endpoints", endpoint_rows())
+        rows = random_flows(rng, 400)
+        for r in rows:
+            rule_id, _kind, _direction, action = rng.choice(KIND_RULES)
+            r.update(rule_id=rule_id, action=action, prefix=f"ft:{action[0]}{rule_id}")
+        insert(store, rows)
+        store.roll_up(T0 + timedelta(hours=2))  # some of the hours to delete are not rolled up yet
+        queries = discover([REPO_QUERIES])
+        asked = [("conversations", {}), ("flows_per_namespace_pair", {}), ("hits_per_policy_rule", {}),
+                 ("hits_per_policy_rule", {"since": "2026-03-14 09:00:00", "until": "2026-03-14 12:00:00"}),
+                 ("unused_rules", {"since": "2026-03-14 12:00:00"}), ("conversations", {"namespace": "ns2"})]
+
+        def answers() -> list[list[dict[str, Any]]]:
+            return [run_sql(store.con, queries[n].sql, {"rows": "100000", **p},
+                            tuple(q.name for q in queries[n].params)).to_pylist() for n, p in asked]
+
+        before = answers()
+        assert all(before)
+        pairs_before = pairs(store, "flow_pairs", {})
+        early_before = pairs(store, "flow_pairs", {"until": "2026-03-14 11:00:00"})
+        deleted = store.retain(Retention(events=None, flows=timedelta(hours=2), connections=None, counters=None,
+                                         rollups=None), now=T0 + timedelta(hours=4, minutes=40))
+        cut = T0 + timedelta(hours=2)
+        assert deleted > 0 and store.query("SELECT min(start_time) >= ? FROM flows", [cut]) == [(True,)]
+        assert store.compacted_until() == cut and store.rolled_until() is not None and store.rolled_until() >= cut
+        assert answers() == before  # the compacted hours answer from their rollups
+        assert pairs(store, "flow_pairs", {}) == pairs_before
+        # flows written later for a compacted hour do not unroll it (its raw flows are gone)
+        rolled = store.rolled_until()
+        insert(store, [dict(rows[0], start_time=T0, end_time=T0 + timedelta(seconds=15))])
+        assert store.rolled_until() == rolled
+        assert store.roll_up() > 0  # the last hour
+        assert pairs(store, "flow_pairs", {"until": "2026-03-14 11:00:00"}) == early_before  # compacted: as it was
+        # and the rollups go when their own retention says so, with the talkers not seen since
+        store.retain(Retention(events=None, flows=timedelta(hours=2), connections=None, counters=None,
+                               rollups=timedelta(hours=3, minutes=30)), now=T0 + timedelta(hours=4, minutes=40))
+        assert store.query("SELECT min(hour) FROM pair_hours UNION ALL SELECT min(hour) FROM rule_hours") == [
+            (T0 + timedelta(hours=1),), (T0 + timedelta(hours=1),)]
+        assert store.query("SELECT count(*) FROM talkers WHERE last_seen < ?", [T0 + timedelta(hours=1)]) == [(0,)]
     finally:
         store.close(snapshot=False)

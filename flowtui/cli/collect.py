@@ -65,6 +65,8 @@ def parse_size(text: str) -> int:
 @click.option("--counters/--no-counters", default=True, show_default=True, help="Poll nft rule counters.")
 @click.option("--retain-events", default="24h", show_default=True, help="Keep events this long (or none).")
 @click.option("--retain-flows", default="30d", show_default=True, help="Keep flows, connections, counters.")
+@click.option("--retain-rollups", default="365d", show_default=True,
+              help="Keep the hourly rollups (what the named queries read) this long, past the raw flows (or none).")
 @click.option("--snapshot-interval", default=5.0, show_default=True, help="Seconds between reader snapshots.")
 @click.option("--rcvbuf", default="64M", show_default=True, help="Netlink receive buffer (SO_RCVBUFFORCE).")
 @click.option("--qthreshold", default=128, show_default=True, help="NFLOG messages per kernel batch.")
@@ -89,6 +91,7 @@ def collect_cmd(
     counters: bool,
     retain_events: str,
     retain_flows: str,
+    retain_rollups: str,
     snapshot_interval: float,
     rcvbuf: str,
     qthreshold: int,
@@ -160,6 +163,7 @@ def collect_cmd(
             flows=retain_flows_td,
             connections=retain_flows_td,
             counters=retain_flows_td,
+            rollups=parse_duration(retain_rollups),
         ),
     )
     stop = threading.Event()

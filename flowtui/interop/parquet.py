@@ -6,7 +6,7 @@
     DIR/events/..., DIR/connections/..., DIR/loss/..., DIR/stats/..., DIR/rule_counters/...
     DIR/rules.parquet, DIR/endpoints.parquet,               what the ids join to, whole
     DIR/sources.parquet, DIR/runs.parquet
-    DIR/pair_hours.parquet, DIR/rollup_state.parquet        rollups (exports of the whole store)
+    DIR/pair_hours.parquet, rule_hours, talkers, rollup_state  rollups (exports of the whole store)
     DIR/views.sql                                           the store's tables and views over them
 
 Every column keeps its name and type from `flowtui.store.schema`; `day` (UTC, of the row's time:
@@ -126,6 +126,9 @@ def attach(con: duckdb.DuckDBPyConnection, root: Path) -> list[str]:
             have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
             found.append(table.name)
         con.execute(view_statement(table, source, have))
+    for table in schema.ROLLUP_TABLES:  # an export from before this rollup: computed from its flows
+        if table.name not in found and table is not schema.ROLLUP_STATE and "rollup_state" in found:
+            con.execute(f"CREATE OR REPLACE VIEW {table.name} AS {schema.computed_rollup_sql(table.name)}")
     for statement in derived_views():
         con.execute(statement)
     return found

@@ -30,12 +30,15 @@ measured with DuckDB 2.0 here). So readers never open the live file while a coll
 Data in the snapshot is at most `snapshot_interval` (+ the copy time) old.
 
 **Retention.** `retain(...)` deletes rows older than the configured age per table (events
-first: they are the bulk); flows by whole hours, with their rollup rows; DuckDB reuses the
-freed blocks after the next checkpoint.
+first: they are the bulk); flows by whole hours, rolled up first: their hourly rollups stay until
+`Retention.rollups` (compacted hours, `rollup_state.compacted_until`); DuckDB reuses the freed
+blocks after the next checkpoint.
 
 **Rollups.** `insert("flows", ...)` moves `rollup_state.rolled_until` back to the hour of the
 batch's first flow, in the same transaction; `roll_up()` rolls the hours from there up to a
-given time into `pair_hours` (from the raw flows, so it is also how they are rebuilt);
+given time into `pair_hours` (from the raw flows, so it is also how they are rebuilt) and merges
+their talkers into `talkers` (first/last seen: min/max, so merging an hour again is harmless;
+retention, which deletes flows, rebuilds it);
 `end_run()` rolls up everything. Any writer of flows that uses this API keeps them exact.
 """
 
@@ -91,6 +94,9 @@ class Retention:
     flows: timedelta | None = timedelta(days=30)
     connections: timedelta | None = timedelta(days=30)
     counters: timedelta | None = timedelta(days=30)  # loss, stats, rule_counters
+    # The hourly rollups (pair_hours, rule_hours, talkers) outlive the raw flows: the questions
+    # about last month stay answerable, 15 s buckets compacted into hours.
+    rollups: timedelta | None = timedelta(days=365)
 
     def per_table(self) -> dict[str, timedelta | None]:
         return {
@@ -140,8 +146,20 @@ class DuckStore:
                 "SELECT table_name, column_name FROM duckdb_columns() WHERE schema_name = 'main'"
             ).fetchall()
         }
+        # One transaction: a store from before opens upgraded (tables, columns, rollups it lacked
+        # built from its flows) or, after a crash, as it was.
+        self.con.execute("BEGIN TRANSACTION")
         for stmt in schema.statements(existing):
             self.con.execute(stmt)
+        tables = {t for t, _c in existing}
+        if existing and "talkers" not in tables:  # rolled up before talkers existed
+            _rebuild_talkers(self.con)
+        if existing and "rule_hours" not in tables:  # nor rule_hours: roll the same hours up again
+            until = self.con.execute("SELECT max(rolled_until) FROM rollup_state").fetchone()
+            if until is not None and until[0] is not None:
+                rolled = schema.rule_hours_sql(f"f.start_time < {_ts(until[0])}")
+                self.con.execute("INSERT INTO rule_hours BY NAME " + rolled)
+        self.con.execute("COMMIT")
         self.stats = StoreStats()
         self.snapshot_interval = snapshot_interval
         self._snap_lock = threading.Lock()  # held while a checkpoint or a snapshot copy runs
@@ -215,9 +233,18 @@ class DuckStore:
         value: datetime | None = row[0][0] if row else None
         return value
 
+    def compacted_until(self) -> datetime | None:
+        row = self.query("SELECT max(compacted_until) FROM rollup_state")
+        value: datetime | None = row[0][0] if row else None
+        return value
+
     def _unroll_from(self, first: datetime) -> None:
-        """Flows from `first` on changed: the hours from its hour on are no longer rolled up."""
+        """Flows from `first` on changed: the hours from its hour on are no longer rolled up
+        (except compacted hours: their rollups are all that is left of their raw flows)."""
         hour = first.replace(minute=0, second=0, microsecond=0)
+        compacted = self.compacted_until()
+        if compacted is not None:
+            hour = max(hour, compacted)
         self.con.execute("UPDATE rollup_state SET rolled_until = ? WHERE rolled_until > ?", [hour, hour])
 
     def flows_changed(self, first: datetime | None) -> None:
@@ -253,9 +280,32 @@ class DuckStore:
                 "INSERT INTO pair_hours BY NAME "
                 + schema.pair_hours_sql(f"f.start_time >= {_ts(start)} AND f.start_time < {_ts(target)}")
             )
-            self.query("DELETE FROM rollup_state")
-            self.query("INSERT INTO rollup_state VALUES (?)", [target])
+            self.query("DELETE FROM rule_hours WHERE hour >= ?", [start])
+            self.query(
+                "INSERT INTO rule_hours BY NAME "
+                + schema.rule_hours_sql(f"f.start_time >= {_ts(start)} AND f.start_time < {_ts(target)}")
+            )
+            self._merge_talkers(f"start_time >= {_ts(start)} AND start_time < {_ts(target)}")
+            self._set_state(target, self.compacted_until())
             return int((target - start) / timedelta(hours=1))
+
+    def _set_state(self, rolled_until: datetime, compacted_until: datetime | None) -> None:
+        self.query("DELETE FROM rollup_state")
+        self.query("INSERT INTO rollup_state (rolled_until, compacted_until) VALUES (?, ?)",
+                   [rolled_until, compacted_until])
+
+    def _merge_talkers(self, where: str) -> None:
+        """Merge the talkers of the flows `where` keeps into `talkers` (min/max: idempotent)."""
+        on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM s.{k}" for k in ("src_ip", "dst_ip", "proto", "dport"))
+        self.query(
+            f"MERGE INTO talkers t USING ({schema.talkers_sql(where)}) s ON {on} "
+            "WHEN MATCHED THEN UPDATE SET first_seen = least(t.first_seen, s.first_seen), "
+            "last_seen = greatest(t.last_seen, s.last_seen) WHEN NOT MATCHED THEN INSERT BY NAME"
+        )
+
+    def _rebuild_talkers(self) -> None:
+        with self._lock:
+            _rebuild_talkers(self.con)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -392,16 +442,38 @@ class DuckStore:
                 continue
             column = TIME_COLUMN[table]
             cutoff = now - age
-            if table == "flows":  # whole hours, so the rollups of the hours kept stay exact
-                cutoff = cutoff.replace(minute=0, second=0, microsecond=0)
-                with self.transaction():
-                    rows = self.query("DELETE FROM flows WHERE start_time < ?", [cutoff])
-                    self.query("DELETE FROM pair_hours WHERE hour < ?", [cutoff])
+            if table == "flows":
+                rows = self._retain_flows(now, cutoff, policy.rollups)
             else:
                 rows = self.query(f"DELETE FROM {table} WHERE {column} < ?", [cutoff])
             deleted += int(rows[0][0]) if rows else 0
         self.stats.deleted += deleted
         return deleted
+
+    def _retain_flows(self, now: datetime, cutoff: datetime, rollups: timedelta | None) -> list[tuple[Any, ...]]:
+        """Delete flows by whole hours (so the rollups of the hours kept stay exact). Rollups kept
+        longer than flows: the hours deleted are rolled up first and stay, as rollups only
+        (compacted); rollups older than their own retention go, with talkers not seen since."""
+        cutoff = _hour(cutoff)
+        roll_cut = None if rollups is None else _hour(now - rollups)
+        with self.transaction():
+            if roll_cut is not None and roll_cut >= cutoff:  # no longer than the flows: they go together
+                rows = self.query("DELETE FROM flows WHERE start_time < ?", [cutoff])
+                self.query("DELETE FROM pair_hours WHERE hour < ?", [cutoff])
+                self.query("DELETE FROM rule_hours WHERE hour < ?", [cutoff])
+                if rows and rows[0][0]:  # first_seen may have been a deleted flow's
+                    self._rebuild_talkers()
+                return rows
+            self.roll_up(cutoff)  # every hour about to lose its raw flows has its rollups
+            rows = self.query("DELETE FROM flows WHERE start_time < ?", [cutoff])
+            rolled = self.rolled_until()
+            if rolled is not None:
+                self._set_state(rolled, max(cutoff, self.compacted_until() or cutoff))
+            if roll_cut is not None:
+                self.query("DELETE FROM pair_hours WHERE hour < ?", [roll_cut])
+                self.query("DELETE FROM rule_hours WHERE hour < ?", [roll_cut])
+                self.query("DELETE FROM talkers WHERE last_seen < ?", [roll_cut])
+            return rows
 
     def close(self, snapshot: bool = True) -> None:
         """Final snapshot (so readers see everything), then close (which checkpoints)."""
@@ -414,6 +486,19 @@ class DuckStore:
             with self._lock:
                 self.con.close()
             os.close(self._read_fd)
+
+
+def _rebuild_talkers(con: duckdb.DuckDBPyConnection) -> None:
+    """`talkers` from the flows of the rolled-up hours (after retention deleted some, or for a
+    store rolled up before the table existed)."""
+    con.execute("DELETE FROM talkers")
+    until = con.execute("SELECT max(rolled_until) FROM rollup_state").fetchone()
+    if until is not None and until[0] is not None:
+        con.execute("INSERT INTO talkers BY NAME " + schema.talkers_sql(f"start_time < {_ts(until[0])}"))
+
+
+def _hour(value: datetime) -> datetime:
+    return value.replace(minute=0, second=0, microsecond=0)
 
 
 def _ts(value: datetime) -> str:

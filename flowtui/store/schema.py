@@ -339,7 +339,49 @@ ROLLUP_STATE = Table(
     "rollup_state",
     "How far the rollups reach: one row. Flows starting before `rolled_until` are summed in "
     "`pair_hours`; later ones are read from `flows`. Writing flows for an earlier hour moves it back.",
-    (_c("rolled_until", "TIMESTAMP", "Hours before this are rolled up (an hour boundary)."),),
+    (
+        _c("rolled_until", "TIMESTAMP", "Hours before this are rolled up (an hour boundary)."),
+        _c(
+            "compacted_until",
+            "TIMESTAMP",
+            "Hours before this are kept as rollups only: retention deleted their raw flows and kept the "
+            "hourly rollups longer (`--retain-rollups`). NULL if none. Flows written for these hours "
+            "later stay raw (not rolled up) until retention deletes them.",
+        ),
+    ),
+)
+
+RULE_HOURS = Table(
+    "rule_hours",
+    "Rollup: the flows of each rule (every action, each reporter's rows as stored) summed per hour, for "
+    "every hour before `rollup_state.rolled_until`; kept like `pair_hours`. The `rule_hits` (query "
+    "window) and `rule_hits_all` (whole store) views read it for whole hours and `flows` for the rest.",
+    (
+        _c("hour", "TIMESTAMP", "Start of the hour (of the flows' bucket start)."),
+        _c("rule_id", "INTEGER", "Deciding rule -> rules.id (flows without one are left out)."),
+        _c("events", "BIGINT", "NFLOG events."),
+        _c("packets", "BIGINT", "Packets (as counted in `flows`)."),
+        _c("first_seen", "TIMESTAMP", "Earliest flow row's first_seen."),
+        _c("last_seen", "TIMESTAMP", "Latest flow row's last_seen."),
+        _c("last_hit", "TIMESTAMP", "Latest last_seen of the rows that counted a hit (events or packets > 0)."),
+    ),
+)
+
+TALKERS = Table(
+    "talkers",
+    "Rollup: first and last seen per talker (source address, destination address, protocol, "
+    "destination port; Allow and Deny flows) over the hours before `rollup_state.rolled_until`. "
+    "Merged by `roll_up` (a minimum and a maximum: merging an hour twice changes nothing, so late "
+    "flows only need their hours merged again); rebuilt from `flows` when retention deletes some. "
+    "The `talkers_seen` view adds the raw flows after it.",
+    (
+        _c("src_ip", "VARCHAR", "Source address."),
+        _c("dst_ip", "VARCHAR", "Destination address."),
+        _c("proto", "UTINYINT", "IP protocol number."),
+        _c("dport", "USMALLINT", "Destination port; NULL for protocols without ports."),
+        _c("first_seen", "TIMESTAMP", "Earliest flow of the talker (its first_seen, or bucket start if NULL)."),
+        _c("last_seen", "TIMESTAMP", "Latest flow of the talker (its last_seen, or bucket end if NULL)."),
+    ),
 )
 
 TABLES: tuple[Table, ...] = (
@@ -359,7 +401,7 @@ TABLES: tuple[Table, ...] = (
 WORK_TABLES: tuple[Table, ...] = (FLOWS_OPEN,)
 # Rollups: derived from `flows` (rebuildable); a reader of a store or export without them creates
 # them empty (`ensure_rollups`), and the views then read the raw flows.
-ROLLUP_TABLES: tuple[Table, ...] = (PAIR_HOURS, ROLLUP_STATE)
+ROLLUP_TABLES: tuple[Table, ...] = (PAIR_HOURS, RULE_HOURS, TALKERS, ROLLUP_STATE)
 ALL_TABLES = TABLES + ROLLUP_TABLES + WORK_TABLES
 BY_NAME = {t.name: t for t in ALL_TABLES}
 
@@ -405,6 +447,37 @@ _PAIR_COLUMNS = (
     "src_ep, src_ip, dst_ep, dst_ip, proto, dport, denied, flows, connections, packets, bytes, "
     "reply_packets, reply_bytes, first_seen, last_seen"
 )
+
+
+_RULE_COLUMNS = "rule_id, events, packets, first_seen, last_seen, last_hit"
+
+
+def rule_hours_sql(where: str, joins: str = "") -> str:
+    """`rule_hours` rows (with `hour`) from the flows that `where` keeps."""
+    return (
+        "SELECT date_trunc('hour', f.start_time) AS hour, f.rule_id, sum(f.events) AS events, "
+        "sum(f.packets) AS packets, min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen, "
+        "max(f.last_seen) FILTER (WHERE f.events > 0 OR f.packets > 0) AS last_hit "
+        f"FROM flows f {joins} WHERE f.rule_id IS NOT NULL AND ({where}) GROUP BY ALL"
+    )
+
+
+def _rule_hits_sql(rollup_where: str, raw_ranges: list[str], joins: str) -> str:
+    parts = [f"SELECT {_RULE_COLUMNS} FROM rule_hours p{joins} WHERE {rollup_where}"]
+    parts += [f"SELECT {_RULE_COLUMNS} FROM ({rule_hours_sql(w, joins)})" for w in raw_ranges]
+    return (
+        "SELECT rule_id, sum(events) AS events, sum(packets) AS packets, min(first_seen) AS first_seen, "
+        f"max(last_seen) AS last_seen, max(last_hit) AS last_hit FROM ({' UNION ALL '.join(parts)}) GROUP BY rule_id"
+    )
+
+
+def talkers_sql(where: str) -> str:
+    """`talkers` rows from the Allow and Deny flows that `where` keeps."""
+    return (
+        "SELECT src_ip, dst_ip, proto, dport, min(coalesce(first_seen, start_time)) AS first_seen, "
+        "max(coalesce(last_seen, end_time)) AS last_seen FROM flows "
+        f"WHERE action IN ('Allow', 'Deny') AND ({where}) GROUP BY src_ip, dst_ip, proto, dport"
+    )
 
 
 def pair_hours_sql(where: str, joins: str = "") -> str:
@@ -460,6 +533,35 @@ VIEWS: dict[str, tuple[str, str]] = {
             f"CROSS JOIN query_window win CROSS JOIN {_ROLLED} b",
         )
         + ")",
+    ),
+    "rule_hits": (
+        "Per rule id in the query window: events, packets, first_seen, last_seen and last_hit (the latest "
+        "row that counted a hit), from the `rule_hours` rollup for whole rolled-up hours and the raw "
+        "flows for the rest.",
+        _rule_hits_sql(
+            "p.hour >= b.lo AND p.hour < b.hi",
+            ["f.start_time >= win.since_ AND f.start_time < b.raw_to",
+             "f.start_time >= b.raw_from AND f.start_time < win.until_"],
+            f", query_window win, {_ROLLED} b",
+        ),
+    ),
+    "rule_hits_all": (
+        "`rule_hits` over the whole store, whatever the query window.",
+        _rule_hits_sql(
+            "p.hour < b.r",
+            ["f.start_time >= b.r"],
+            ", (SELECT coalesce(max(rolled_until), TIMESTAMP '-infinity') AS r FROM rollup_state) b",
+        ),
+    ),
+    "talkers_seen": (
+        "First and last seen per talker (src_ip, dst_ip, proto, dport; Allow and Deny flows) over the whole "
+        "store: the `talkers` rollup merged with the raw flows from `rollup_state.rolled_until` on.",
+        "SELECT src_ip, dst_ip, proto, dport, min(first_seen) AS first_seen, max(last_seen) AS last_seen FROM ("
+        "SELECT src_ip, dst_ip, proto, dport, first_seen, last_seen FROM talkers UNION ALL "
+        + talkers_sql(
+            "start_time >= coalesce((SELECT max(rolled_until) FROM rollup_state), TIMESTAMP '-infinity')"
+        )
+        + ") GROUP BY src_ip, dst_ip, proto, dport",
     ),
     "policies": (
         "Policy revisions known to the collector, from the rules table.",
@@ -550,14 +652,30 @@ def statements(existing: set[tuple[str, str]] | None = None) -> list[str]:
     return out
 
 
+_BEFORE_ROLLED = "start_time < coalesce((SELECT max(rolled_until) FROM rollup_state), TIMESTAMP '-infinity')"
+
+
+def computed_rollup_sql(name: str) -> str:
+    """A rollup a store or export lacks (written before it existed, with `rollup_state` already set),
+    computed from the raw flows of the hours the others cover: the views then stay exact."""
+    return {
+        "pair_hours": lambda: pair_hours_sql("f." + _BEFORE_ROLLED),
+        "rule_hours": lambda: rule_hours_sql("f." + _BEFORE_ROLLED),
+        "talkers": lambda: talkers_sql(_BEFORE_ROLLED),
+    }[name]()
+
+
 def ensure_rollups(con: Any) -> None:
-    """For a reader of a store or export older than the rollups: empty temporary rollup tables
-    and the views that read them, so every query runs (on the raw flows, with the same answers)."""
+    """For a reader of a store or export older than (some of) the rollups: the missing ones as
+    temporary views computed from the raw flows (empty when nothing is rolled up), and the views
+    that read them, so every query runs with the same answers (slower)."""
     have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     have |= {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    if ROLLUP_STATE.name not in have:
+        con.execute(ROLLUP_STATE.ddl().replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
     for t in ROLLUP_TABLES:
-        if t.name not in have:
-            con.execute(t.ddl().replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+        if t.name not in have and t is not ROLLUP_STATE:
+            con.execute(f"CREATE TEMP VIEW {t.name} AS {computed_rollup_sql(t.name)}")
     for name, (_doc, query) in VIEWS.items():
         if name not in have:
             con.execute(f"CREATE TEMP VIEW {name} AS {query}")
