@@ -7,7 +7,6 @@ or fail under `CI=true` (`run.sh` installs `etcd-server`), as kernel tests do (c
 from __future__ import annotations
 
 import datetime
-import os
 import shutil
 import socket
 import subprocess

@@ -14,9 +14,11 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
+if TYPE_CHECKING:
+    from enforcer.datastore.store import Catalog
 from enforcer.datastore.records import ChangeSet, Preview, StoredObject
 from enforcer.model import ResourceSet
 
@@ -36,6 +38,8 @@ class DesiredState(Protocol):
     def applied_dir(self) -> Path: ...
     @property
     def revision(self) -> int: ...
+    def catalog(self) -> Catalog: ...
+    def read_document(self, obj: StoredObject) -> str: ...
     def locked(self, exclusive: bool = True) -> AbstractContextManager[None]: ...
     def objects(self, kind: str | None = None, *, name: str | None = None,
                 namespace: str | None = None) -> list[StoredObject]: ...
