@@ -94,7 +94,10 @@ def make_tls(folder: Path) -> TLSMaterial:
     def pem_cert(cert: object) -> bytes:
         return cert.public_bytes(serialization.Encoding.PEM)  # type: ignore[attr-defined, no-any-return]
 
-    for role, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
+    # etcd's HTTP gateway dials its own gRPC port with the server's certificate: that one must be
+    # good for client authentication too (else every gateway request is "connection closed").
+    for role, usage in (("server", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                        ("client", [ExtendedKeyUsageOID.CLIENT_AUTH])):
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"flowtui-{role}")]))
@@ -103,7 +106,7 @@ def make_tls(folder: Path) -> TLSMaterial:
                 .not_valid_after(now + datetime.timedelta(days=1))
                 .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                                critical=False)
-                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
                 .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
         files[f"{role}_cert"] = write(f"{role}.crt", pem_cert(cert))
         files[f"{role}_key"] = write(f"{role}.key", key.private_bytes(

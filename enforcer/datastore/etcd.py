@@ -150,10 +150,20 @@ class EtcdKV:
         secure = url.tls or tls.given
         self._clients = [
             (f"{host}:{port}", Etcd3Client(host=host, port=port, protocol="https" if secure else "http",
-                                           ca_cert=tls.ca, cert_key=tls.key, cert_cert=tls.cert,
-                                           timeout=timeout, api_path="/v3/"))
+                                           timeout=timeout, api_path="/v3/", session=self._session(tls)))
             for host, port in url.endpoints
         ]
+
+    @staticmethod
+    def _session(tls: TLSFiles) -> requests.Session:
+        """No settings from the environment: requests would let $REQUESTS_CA_BUNDLE override the CA
+        given, and send the endpoints named explicitly through $HTTPS_PROXY."""
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = tls.ca or True
+        if tls.cert and tls.key:
+            session.cert = (tls.cert, tls.key)
+        return session
 
     def _post(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         failures = []

@@ -92,7 +92,7 @@ def up(paths: Sequence[str], more_paths: Sequence[str], namespace: str | None, l
     for change in changes.changes:
         counts[change.action] = counts.get(change.action, 0) + 1
     summary = ", ".join(f"{n} {action}" for action, n in counts.items()) or "nothing"
-    click.echo(f"datastore {ds.path}: revision {changes.revision} ({summary})", err=True)
+    click.echo(f"datastore {getattr(ds, 'url', ds.path)}: revision {changes.revision} ({summary})", err=True)
     plan = guarded(lambda: plan_lab(ds.resources(), lab_id))
     for warning in plan.warnings:
         click.echo(f"warning: {warning}", err=True)
