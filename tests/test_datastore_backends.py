@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from enforcer.datastore import (
     Ambiguous,
@@ -28,7 +29,16 @@ from enforcer.datastore import (
     open_datastore,
     parse_datastore_url,
 )
-from enforcer.datastore.etcd import CALICO_PREFIX, EtcdDatastore, EtcdUnavailable, etcd_key
+from enforcer.datastore.etcd import (
+    CALICO_PREFIX,
+    Compacted,
+    EtcdDatastore,
+    EtcdKV,
+    EtcdUnavailable,
+    KeyExists,
+    RevisionConflict,
+    etcd_key,
+)
 from enforcer.loader import LoadError, load_paths
 from tests.conftest import require_etcd
 from tests.test_datastore import GNP, NP, SCENARIOS, strip
@@ -323,3 +333,55 @@ def test_etcd_key_layout() -> None:
     assert etcd_key(ObjectKey("Tier", None, "t")) == CALICO_PREFIX + "tiers/t"
     assert etcd_key(ObjectKey("Pod", "ns", "p")) == "/flowtui/resources/core/pods/ns/p"
     assert etcd_key(ObjectKey("KubernetesNetworkPolicy", "ns", "k")).startswith("/flowtui/resources/networking.k8s.io/")
+
+
+def test_kv_verbs_compare_revisions(etcd_url: str) -> None:
+    """libcalico-go's Create/Update/Apply/Delete/Get/List on single keys, with revisions."""
+    kv = EtcdKV(parse_datastore_url(etcd_url), TLSFiles())
+    made = kv.create("/flowtui/test/a", "1")
+    assert kv.get("/flowtui/test/a") == made
+    with pytest.raises(KeyExists):
+        kv.create("/flowtui/test/a", "2")
+    updated = kv.update("/flowtui/test/a", "2", made.revision)
+    assert updated.value == b"2" and updated.revision > made.revision and updated.created == made.created
+    with pytest.raises(RevisionConflict):
+        kv.update("/flowtui/test/a", "3", made.revision)  # stale: nothing written
+    assert kv.get("/flowtui/test/a") == updated
+    applied = kv.apply("/flowtui/test/b", "x")
+    revision, listed = kv.list("/flowtui/test/")
+    assert listed == {"/flowtui/test/a": updated, "/flowtui/test/b": applied} and revision == applied.revision
+    with pytest.raises(RevisionConflict):
+        kv.delete("/flowtui/test/a", made.revision)
+    kv.delete("/flowtui/test/a", updated.revision)
+    with pytest.raises(NotFound):
+        kv.delete("/flowtui/test/a")
+    assert kv.get("/flowtui/test/a") is None
+
+
+def test_watch_from_a_revision_and_compaction(etcd_url: str) -> None:
+    kv = EtcdKV(parse_datastore_url(etcd_url), TLSFiles())
+    start, _ = kv.list("/flowtui/w/")
+    first = kv.apply("/flowtui/w/a", "1")
+    kv.apply("/flowtui/other", "not watched")
+    second = kv.apply("/flowtui/w/b", "2")
+    gone = kv.delete("/flowtui/w/a")
+    events = kv.watch("/flowtui/w/", start + 1)
+    seen = [next(events) for _ in range(3)]
+    events.close()
+    assert [(e.kind, e.kv.key, e.kv.revision) for e in seen] == [
+        ("put", "/flowtui/w/a", first.revision), ("put", "/flowtui/w/b", second.revision),
+        ("delete", "/flowtui/w/a", gone)]
+    requests.post(f"http://{etcd_url.split('://', 1)[1]}/v3/kv/compaction", json={"revision": gone},
+                  timeout=5).raise_for_status()
+    with pytest.raises(Compacted) as err:
+        next(kv.watch("/flowtui/w/", start + 1))
+    assert err.value.revision == gone
+
+
+def test_a_dead_endpoint_is_skipped(etcd_url: str, tmp_path: Path) -> None:
+    from tests.etcd_server import free_port
+
+    live = etcd_url.split("://", 1)[1]
+    ds = open_datastore(f"etcd://127.0.0.1:{free_port()},{live}", tmp_path)
+    ds.apply_documents([write(tmp_path / "a.yaml", GNP.format(name="a", order=1))])
+    assert [o.key.name for o in ds.objects()] == ["a"]

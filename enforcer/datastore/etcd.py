@@ -69,6 +69,22 @@ class EtcdUnavailable(DatastoreError):
     """No endpoint answered (or every one refused us): the message names each and why."""
 
 
+class KeyExists(DatastoreError):
+    pass
+
+
+class RevisionConflict(DatastoreError):
+    """A compare-and-swap lost: the key changed since the revision given."""
+
+
+class Compacted(DatastoreError):
+    """A watch asked for revisions etcd has compacted away: list again and watch from there."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"etcd compacted its history up to revision {revision}")
+        self.revision = revision
+
+
 def _plural(kind: str) -> str:
     lower = kind.lower()
     return lower[:-1] + "ies" if lower.endswith("y") else lower + "s"
@@ -108,6 +124,12 @@ class KVPair:
     value: bytes
     revision: int  # mod_revision
     created: int  # create_revision
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    kind: str  # put | delete
+    kv: KVPair  # for a delete: the key and the revision of the deletion
 
 
 def _kv(raw: Mapping[str, Any]) -> KVPair:
@@ -201,6 +223,67 @@ class EtcdKV:
         kvs = result.get("kvs") or []
         return _kv(kvs[0]) if kvs else None
 
+    # libcalico-go's backend verbs over single keys: Create fails when the key exists, Update and
+    # Delete when its revision moved (compare-and-swap), Apply writes whatever is there.
+
+    def create(self, key: str, value: str) -> KVPair:
+        ok, revision, _ = self.txn([_created_is(key, 0)], [_put(key, value)])
+        if not ok:
+            raise KeyExists(f"{key} already exists in {self.url}")
+        return KVPair(key, value.encode(), revision, revision)
+
+    def update(self, key: str, value: str, revision: int) -> KVPair:
+        ok, new, _ = self.txn([_mod_is(key, revision)], [_put(key, value)])
+        if not ok:
+            raise RevisionConflict(f"{key} is no longer at revision {revision} in {self.url}")
+        found = self.get(key)
+        return found if found is not None else KVPair(key, value.encode(), new, new)
+
+    def apply(self, key: str, value: str) -> KVPair:
+        _, revision, _ = self.txn([], [_put(key, value)])
+        found = self.get(key)
+        return found if found is not None else KVPair(key, value.encode(), revision, revision)
+
+    def delete(self, key: str, revision: int | None = None) -> int:
+        """Remove `key` (at `revision` if given); the store's revision after. NotFound if absent."""
+        compare = [_mod_is(key, revision)] if revision is not None else [_created_is(key, 0, "GREATER")]
+        ok, new, _ = self.txn(compare, [_delete(key)])
+        if not ok:
+            if self.get(key) is None:
+                raise NotFound(f"{key} not found in {self.url}")
+            raise RevisionConflict(f"{key} is no longer at revision {revision} in {self.url}")
+        return new
+
+    def watch(self, prefix: str, start_revision: int) -> Iterator[WatchEvent]:
+        """Every change under `prefix` from `start_revision` on, as etcd orders them. Raises
+        Compacted when etcd no longer has that revision (list again, then watch from the list's
+        revision), EtcdUnavailable when the stream cannot be opened or breaks."""
+        request = {"create_request": {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix)),
+                                      "start_revision": start_revision}}
+        name, client = self._clients[0]
+        try:
+            response = client.session.post(client.get_url("/watch"), data=json.dumps(request), stream=True,
+                                           timeout=(self.timeout, None))
+            response.raise_for_status()
+        except (requests.RequestException, OSError) as exc:
+            raise EtcdUnavailable(f"etcd datastore {self.url}: watch on {name}: {_cause(exc, self.timeout)}") from exc
+        try:
+            for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                result = json.loads(line).get("result", {})
+                if int(result.get("compact_revision", 0) or 0):
+                    raise Compacted(int(result["compact_revision"]))
+                if result.get("canceled"):
+                    raise EtcdUnavailable(f"etcd datastore {self.url}: watch canceled by {name}: "
+                                          f"{result.get('cancel_reason', 'no reason given')}")
+                for event in result.get("events", []):
+                    yield WatchEvent("delete" if event.get("type") == "DELETE" else "put", _kv(event["kv"]))
+        except (requests.RequestException, OSError, ValueError) as exc:
+            raise EtcdUnavailable(f"etcd datastore {self.url}: watch on {name} lost: {exc}") from exc
+        finally:
+            response.close()
+
 
 def _put(key: str, value: str) -> dict[str, Any]:
     return {"request_put": {"key": _b64(key), "value": _b64(value)}}
@@ -212,6 +295,10 @@ def _delete(key: str) -> dict[str, Any]:
 
 def _mod_is(key: str, revision: int) -> dict[str, Any]:
     return {"key": _b64(key), "result": "EQUAL", "target": "MOD", "mod_revision": str(revision)}
+
+
+def _created_is(key: str, revision: int, result: str = "EQUAL") -> dict[str, Any]:
+    return {"key": _b64(key), "result": result, "target": "CREATE", "create_revision": str(revision)}
 
 
 @dataclass(frozen=True)
@@ -524,4 +611,5 @@ class EtcdDatastore:
         raise DatastoreError(f"etcd datastore {self.url}: {RETRIES} attempts lost to concurrent writers; try again")
 
 
-__all__ = ["CALICO_PREFIX", "EtcdDatastore", "EtcdKV", "EtcdUnavailable", "KVPair", "etcd_key"]
+__all__ = ["CALICO_PREFIX", "Compacted", "EtcdDatastore", "EtcdKV", "EtcdUnavailable", "KVPair", "KeyExists",
+           "RevisionConflict", "WatchEvent", "etcd_key"]
