@@ -128,37 +128,71 @@ def _healthy(endpoint: str, tls: TLSMaterial | None) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class EtcdCluster:
+    members: tuple[EtcdServer, ...]
+
+    @property
+    def url(self) -> str:
+        return "etcd://" + ",".join(m.endpoint for m in self.members)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @contextmanager
-def etcd_server(tls: bool = False) -> Iterator[EtcdServer]:
-    """One etcd member on 127.0.0.1 (random ports, temp data dir), stopped and removed after."""
+def etcd_cluster(members: int = 1, tls: bool = False) -> Iterator[EtcdCluster]:
+    """`members` etcd members on 127.0.0.1 (random ports, temp data dirs) forming one cluster,
+    each stopped (and its files removed) afterwards; TLS between clients and members with `tls`."""
     with tempfile.TemporaryDirectory(prefix="ft-etcd-") as tmp:
         folder = Path(tmp)
         material = make_tls(folder) if tls else None
-        client, peer = free_port(), free_port()
         scheme = "https" if tls else "http"
-        endpoint = f"127.0.0.1:{client}"
-        argv = ["etcd", "--name", "ft0", "--data-dir", str(folder / "data"),
-                "--listen-client-urls", f"{scheme}://{endpoint}", "--advertise-client-urls", f"{scheme}://{endpoint}",
-                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-cluster", f"ft0=http://127.0.0.1:{peer}", "--quota-backend-bytes", str(256 << 20)]
-        if material is not None:
-            argv += ["--cert-file", material.server_cert, "--key-file", material.server_key,
-                     "--trusted-ca-file", material.ca, "--client-cert-auth"]
-        log = open(folder / "etcd.log", "wb")  # noqa: SIM115 - closed below
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        ports = [(free_port(), free_port()) for _ in range(members)]
+        initial = ",".join(f"ft{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(ports))
+        started: list[EtcdServer] = []
+        logs = []
         try:
+            for i, (client, peer) in enumerate(ports):
+                endpoint = f"127.0.0.1:{client}"
+                argv = ["etcd", "--name", f"ft{i}", "--data-dir", str(folder / f"data{i}"),
+                        "--listen-client-urls", f"{scheme}://{endpoint}",
+                        "--advertise-client-urls", f"{scheme}://{endpoint}",
+                        "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                        "--initial-cluster", initial, "--initial-cluster-token", folder.name,
+                        "--quota-backend-bytes", str(256 << 20)]
+                if material is not None:
+                    argv += ["--cert-file", material.server_cert, "--key-file", material.server_key,
+                             "--trusted-ca-file", material.ca, "--client-cert-auth"]
+                log = open(folder / f"etcd{i}.log", "wb")  # noqa: SIM115 - closed below
+                logs.append(log)
+                started.append(EtcdServer(endpoint, material,
+                                          subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)))
             deadline = time.monotonic() + START_TIMEOUT
-            while not _healthy(endpoint, material):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"etcd did not start: {(folder / 'etcd.log').read_text()[-2000:]}")
-                time.sleep(0.1)
-            yield EtcdServer(endpoint, material, process)
+            for i, member in enumerate(started):
+                while not _healthy(member.endpoint, material):
+                    if member.process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"etcd member ft{i} did not start: "
+                                           f"{(folder / f'etcd{i}.log').read_text()[-2000:]}")
+                    time.sleep(0.1)
+            yield EtcdCluster(tuple(started))
         finally:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            log.close()
+            for member in started:
+                _stop(member.process)
+            for log in logs:
+                log.close()
+
+
+@contextmanager
+def etcd_server(tls: bool = False) -> Iterator[EtcdServer]:
+    """One etcd member on 127.0.0.1 (random ports, temp data dir), stopped and removed after."""
+    with etcd_cluster(1, tls) as cluster:
+        yield cluster.members[0]

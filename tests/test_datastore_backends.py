@@ -385,3 +385,26 @@ def test_a_dead_endpoint_is_skipped(etcd_url: str, tmp_path: Path) -> None:
     ds = open_datastore(f"etcd://127.0.0.1:{free_port()},{live}", tmp_path)
     ds.apply_documents([write(tmp_path / "a.yaml", GNP.format(name="a", order=1))])
     assert [o.key.name for o in ds.objects()] == ["a"]
+
+
+def test_one_member_of_three_down_changes_nothing(tmp_path: Path) -> None:
+    require_etcd()
+    from tests.etcd_server import etcd_cluster
+
+    with etcd_cluster(3) as cluster:
+        ds = open_datastore(cluster.url, tmp_path)
+        ds.apply_documents([write(tmp_path / "a.yaml", GNP.format(name="a", order=1))])
+        cluster.members[0].process.kill()  # the first endpoint tried
+        cluster.members[0].process.wait()
+        start = time.monotonic()
+        ds.apply_documents([write(tmp_path / "b.yaml", GNP.format(name="b", order=2))])
+        assert ds.set_disabled("gnp", "a", None, True).changes[0].action == "disabled"
+        assert time.monotonic() - start < 5
+        other = open_datastore(f"etcd://{cluster.members[2].endpoint}", tmp_path)
+        assert {p.name: p.disabled for p in other.resources().policies} == {"a": True, "b": False}
+        cluster.members[1].process.kill()  # quorum lost: a clear error, not a hang
+        cluster.members[1].process.wait()
+        start = time.monotonic()
+        with pytest.raises(DatastoreError, match=cluster.members[2].endpoint):
+            ds.apply_documents([write(tmp_path / "c.yaml", GNP.format(name="c", order=3))])
+        assert time.monotonic() - start < 10
