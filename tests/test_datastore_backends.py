@@ -408,3 +408,15 @@ def test_one_member_of_three_down_changes_nothing(tmp_path: Path) -> None:
         with pytest.raises(DatastoreError, match=cluster.members[2].endpoint):
             ds.apply_documents([write(tmp_path / "c.yaml", GNP.format(name="c", order=3))])
         assert time.monotonic() - start < 10
+
+
+def test_local_records_are_locked_as_with_a_directory(etcd_url: str, tmp_path: Path) -> None:
+    """Rule ids and applied tables stay on this machine: reconcilers here serialise on its lock."""
+    ds = open_datastore(etcd_url, tmp_path)
+    probe = ("import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\n"
+             "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)\n")
+    with ds.locked(), ds.locked(exclusive=False):  # re-entrant
+        held = subprocess.run([sys.executable, "-c", probe, str(ds.path / "lock")], timeout=30)
+    free = subprocess.run([sys.executable, "-c", probe, str(ds.path / "lock")], timeout=30)
+    assert (held.returncode, free.returncode) == (3, 0)
+    assert oct(ds.path.stat().st_mode & 0o777) == "0o700"

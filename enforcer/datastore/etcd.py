@@ -30,10 +30,12 @@ Objects written by other tools under Calico's prefix (no meta key) are read too.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -46,6 +48,7 @@ from etcd3gw.client import Etcd3Client
 from etcd3gw.exceptions import ConnectionTimeoutError, Etcd3Exception
 
 from enforcer.datastore.backend import DatastoreURL, TLSFiles
+from enforcer.datastore.files import FILE_MODE, make_dirs
 from enforcer.datastore.kinds import BY_MODEL_KIND, KIND_INFO, KindInfo, ObjectKey, resolve_kinds
 from enforcer.datastore.records import Change, ChangeSet, Preview, StoredObject
 from enforcer.datastore.sources import Document, annotation, documents, read_sources, skipped_in, with_annotation
@@ -332,6 +335,8 @@ class EtcdDatastore:
         name = hashlib.sha256(str(url).encode()).hexdigest()[:12]
         self.path = base / "etcd" / name  # this machine's rule ids and applied tables for this store
         self._cache: dict[tuple[str, int], ResourceSet] = {}
+        self._mutex = threading.RLock()
+        self._depth = 0
 
     def __str__(self) -> str:
         return str(self.url)
@@ -350,8 +355,29 @@ class EtcdDatastore:
 
     @contextmanager
     def locked(self, exclusive: bool = True) -> Iterator[None]:
-        """No lock: every write is a compare-and-swap transaction, every read one revision."""
-        yield
+        """The lock of this machine's records (rule ids, applied tables: `path`), as the directory
+        datastore's: reconcilers on this machine serialise on it. etcd itself needs none: every
+        write is a compare-and-swap transaction, every read one revision."""
+        with self._mutex:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            try:
+                make_dirs(self.path)
+                fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+            except OSError as exc:
+                raise DatastoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                self._depth = 1
+                yield
+            finally:
+                self._depth = 0
+                os.close(fd)
 
     # ---- reading -----------------------------------------------------------------------------
 
