@@ -148,7 +148,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def etcd_cluster(members: int = 1, tls: bool = False) -> Iterator[EtcdCluster]:
+def etcd_cluster(members: int = 1, tls: bool = False, extra: tuple[str, ...] = ()) -> Iterator[EtcdCluster]:
     """`members` etcd members on 127.0.0.1 (random ports, temp data dirs) forming one cluster,
     each stopped (and its files removed) afterwards; TLS between clients and members with `tls`."""
     with tempfile.TemporaryDirectory(prefix="ft-etcd-") as tmp:
@@ -168,7 +168,7 @@ def etcd_cluster(members: int = 1, tls: bool = False) -> Iterator[EtcdCluster]:
                         "--listen-peer-urls", f"http://127.0.0.1:{peer}",
                         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
                         "--initial-cluster", initial, "--initial-cluster-token", folder.name,
-                        "--quota-backend-bytes", str(256 << 20)]
+                        "--quota-backend-bytes", str(256 << 20), *extra]
                 if material is not None:
                     argv += ["--cert-file", material.server_cert, "--key-file", material.server_key,
                              "--trusted-ca-file", material.ca, "--client-cert-auth"]
@@ -192,7 +192,8 @@ def etcd_cluster(members: int = 1, tls: bool = False) -> Iterator[EtcdCluster]:
 
 
 @contextmanager
-def etcd_server(tls: bool = False) -> Iterator[EtcdServer]:
-    """One etcd member on 127.0.0.1 (random ports, temp data dir), stopped and removed after."""
-    with etcd_cluster(1, tls) as cluster:
+def etcd_server(tls: bool = False, extra: tuple[str, ...] = ()) -> Iterator[EtcdServer]:
+    """One etcd member on 127.0.0.1 (random ports, temp data dir), stopped and removed after;
+    `extra`: more etcd flags (`--max-txn-ops`...)."""
+    with etcd_cluster(1, tls, extra) as cluster:
         yield cluster.members[0]

@@ -420,3 +420,15 @@ def test_local_records_are_locked_as_with_a_directory(etcd_url: str, tmp_path: P
     free = subprocess.run([sys.executable, "-c", probe, str(ds.path / "lock")], timeout=30)
     assert (held.returncode, free.returncode) == (3, 0)
     assert oct(ds.path.stat().st_mode & 0o777) == "0o700"
+
+
+def test_an_apply_larger_than_etcd_allows_changes_nothing(etcd_url: str, tmp_path: Path) -> None:
+    """etcd's default --max-txn-ops is 128: an apply of 70 objects (141 operations) is refused
+    whole, with a message saying what to change; nothing is stored."""
+    ds = open_datastore(etcd_url, tmp_path)
+    big = write(tmp_path / "big.yaml", "---\n".join(GNP.format(name=f"p{i}", order=i) for i in range(70)))
+    before = everything(ds)
+    with pytest.raises(DatastoreError, match=r"--max-txn-ops 141 or more.*nothing was stored|nothing was stored"
+                                             r".*--max-txn-ops 141"):
+        ds.apply_documents([big])
+    assert everything(ds) == before and not ds.objects()

@@ -45,7 +45,7 @@ from typing import Any
 
 import requests
 from etcd3gw.client import Etcd3Client
-from etcd3gw.exceptions import ConnectionTimeoutError, Etcd3Exception
+from etcd3gw.exceptions import ConnectionFailedError, ConnectionTimeoutError, Etcd3Exception, InternalServerError
 
 from enforcer.datastore.backend import DatastoreURL, TLSFiles
 from enforcer.datastore.files import FILE_MODE, make_dirs
@@ -70,6 +70,24 @@ _KIND_ORDER = {k.model_kind: i for i, k in enumerate(KIND_INFO)}
 
 class EtcdUnavailable(DatastoreError):
     """No endpoint answered (or every one refused us): the message names each and why."""
+
+
+class EtcdRefused(DatastoreError):
+    """etcd answered and refused the request (too large, not permitted): nothing was written."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+def _refused(exc: Exception) -> bool:
+    """An answer from a working member (HTTP 4xx from the gateway), not a member that is down,
+    unreachable, or without a leader (those are worth the next endpoint)."""
+    if not isinstance(exc, Etcd3Exception) or isinstance(exc, ConnectionTimeoutError | ConnectionFailedError
+                                                         | InternalServerError):
+        return False
+    text = f"{exc.detail_text or ''} {exc.args}".lower()
+    return not any(word in text for word in ("leader", "unavailable", "timed out", "timeout"))
 
 
 class KeyExists(DatastoreError):
@@ -196,6 +214,9 @@ class EtcdKV:
             try:
                 result: dict[str, Any] = client.post(client.get_url(path), data=json.dumps(payload))
             except (Etcd3Exception, requests.RequestException, OSError) as exc:
+                if _refused(exc):  # a member that answered and said no: another would say the same
+                    raise EtcdRefused(f"etcd datastore {self.url}: {name} {_cause(exc, self.timeout)}",
+                                      _cause(exc, self.timeout)) from None
                 failures.append(f"{name}: {_cause(exc, self.timeout)}")
                 continue
             if index:  # the one that answered is tried first from now on
@@ -546,7 +567,16 @@ class EtcdDatastore:
 
     def _write(self, snap: _Snapshot, ops: list[dict[str, Any]]) -> int | None:
         """Commit `ops` plus a new layout if nobody else wrote since `snap`; the new revision or None."""
-        ok, revision, _ = self.kv.txn([_mod_is(LAYOUT, snap.layout_revision)], [*ops, _put(LAYOUT, _now())])
+        try:
+            ok, revision, _ = self.kv.txn([_mod_is(LAYOUT, snap.layout_revision)], [*ops, _put(LAYOUT, _now())])
+        except EtcdRefused as err:
+            if "too many operations" in err.cause or "too large" in err.cause:
+                raise EtcdRefused(
+                    f"etcd datastore {self.url} refused this write as one transaction ({err.cause}: "
+                    f"{len(ops) + 1} operations, {len(ops) // 2} objects); nothing was stored. Start etcd with "
+                    f"--max-txn-ops {len(ops) + 1} or more (default 128) and a --max-request-bytes that fits, "
+                    f"or apply fewer objects at a time", err.cause) from None
+            raise
         return revision if ok else None
 
     def _retrying(self, attempt: Callable[[_Snapshot], ChangeSet | None]) -> ChangeSet:
@@ -620,22 +650,46 @@ class EtcdDatastore:
         docs = documents(read_sources(paths), validate=False, namespace=namespace)
         return self._delete_keys([d.key for d in docs], strict=False)
 
+    def _toggle_target(self, kind: str, name: str, namespace: str | None) -> tuple[ObjectKey, KVPair, int]:
+        """The one object a toggle names, and the store's revision. Read by key when every kind
+        it may be has a known key (one read of a few keys, whatever the size of the store); else
+        found in a full read (a namespaced kind without a namespace)."""
+        kinds = resolve_kinds(kind)
+        if all(not k.namespaced or namespace is not None for k in kinds):
+            keys = [ObjectKey(k.model_kind, namespace if k.namespaced else None, name) for k in kinds]
+            _, revision, responses = self.kv.txn([], [{"request_range": {"key": _b64(etcd_key(k))}} for k in keys])
+            found = [(k, _kv(raw)) for k, r in zip(keys, responses, strict=True)
+                     for raw in r.get("response_range", {}).get("kvs", [])]
+            if len(found) == 1:
+                return found[0][0], found[0][1], revision
+            if not found:
+                where = f" in namespace {namespace}" if namespace and any(k.namespaced for k in kinds) else ""
+                raise NotFound(f"{kind} {name!r} not found{where}")
+        snap = self._snapshot()  # several matches: _find names them (Ambiguous)
+        obj = self._find(snap.catalog, kind, name, namespace)
+        return (obj.key, KVPair(obj.file, snap.texts[obj.file].encode(), obj.revision, obj.created),
+                snap.catalog.revision)
+
     def set_disabled(self, kind: str, name: str, namespace: str | None, disabled: bool) -> ChangeSet:
         """The live toggle: one key rewritten (the policy's own, its annotation flipped), compared
         on that key's revision; its generation and the layout stay."""
         for _ in range(RETRIES):
-            snap = self._snapshot()
-            obj = self._find(snap.catalog, kind, name, namespace)
-            if not obj.info.is_policy:
-                raise DatastoreError(f"{obj.key} is not a policy: only policies can be disabled")
-            if obj.disabled == disabled:
-                return ChangeSet(snap.catalog.revision, (Change(obj.key, "unchanged", obj.revision),))
-            body = with_annotation(self._body(snap, obj), DISABLED_ANNOTATION, "true" if disabled else None)
-            ok, revision, _ = self.kv.txn([_mod_is(obj.file, obj.revision)], [_put(obj.file, _encode(body))])
+            key, kv, revision = self._toggle_target(kind, name, namespace)
+            info = BY_MODEL_KIND[key.kind]
+            if not info.is_policy:
+                raise DatastoreError(f"{key} is not a policy: only policies can be disabled")
+            try:
+                body = json.loads(kv.value)
+            except ValueError as exc:
+                raise DatastoreError(f"etcd datastore {self.url}: {kv.key} is not JSON ({exc})") from exc
+            if (annotation(body, DISABLED_ANNOTATION) == "true") == disabled:
+                return ChangeSet(revision, (Change(key, "unchanged", kv.revision),))
+            body = with_annotation(body, DISABLED_ANNOTATION, "true" if disabled else None)
+            ok, revision, _ = self.kv.txn([_mod_is(kv.key, kv.revision)], [_put(kv.key, _encode(body))])
             if ok:
-                return ChangeSet(revision, (Change(obj.key, "disabled" if disabled else "enabled", revision),))
+                return ChangeSet(revision, (Change(key, "disabled" if disabled else "enabled", revision),))
         raise DatastoreError(f"etcd datastore {self.url}: {RETRIES} attempts lost to concurrent writers; try again")
 
 
-__all__ = ["CALICO_PREFIX", "Compacted", "EtcdDatastore", "EtcdKV", "EtcdUnavailable", "KVPair", "KeyExists",
-           "RevisionConflict", "WatchEvent", "etcd_key"]
+__all__ = ["CALICO_PREFIX", "Compacted", "EtcdDatastore", "EtcdKV", "EtcdRefused", "EtcdUnavailable", "KVPair",
+           "KeyExists", "RevisionConflict", "WatchEvent", "etcd_key"]
