@@ -278,11 +278,12 @@ class EtcdKV:
             raise RevisionConflict(f"{key} is no longer at revision {revision} in {self.url}")
         return new
 
-    def watch(self, prefix: str, start_revision: int) -> Iterator[WatchEvent]:
-        """Every change under `prefix` from `start_revision` on, as etcd orders them. Raises
+    def watch(self, prefix: str, start_revision: int, range_end: str | None = None) -> Iterator[WatchEvent]:
+        """Every change under `prefix` (or in [prefix, range_end)) from `start_revision` on, as etcd
+        orders them. Raises
         Compacted when etcd no longer has that revision (list again, then watch from the list's
         revision), EtcdUnavailable when the stream cannot be opened or breaks."""
-        request = {"create_request": {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix)),
+        request = {"create_request": {"key": _b64(prefix), "range_end": _b64(range_end or _prefix_end(prefix)),
                                       "start_revision": start_revision}}
         name, client = self._clients[0]
         try:
