@@ -43,15 +43,31 @@ class TLSMaterial:
     other_ca: str  # a CA that signed nothing here: the "wrong CA" case
 
 
-@dataclass(frozen=True)
+@dataclass
 class EtcdServer:
+    """One member; `process` is replaced by `restart()` (the cluster stops whichever runs)."""
+
     endpoint: str  # host:port
     tls: TLSMaterial | None
     process: subprocess.Popen[bytes]
+    argv: tuple[str, ...] = ()
+    log: Path | None = None
 
     @property
     def url(self) -> str:
         return f"{'etcds' if self.tls else 'etcd'}://{self.endpoint}"
+
+    def restart(self) -> None:
+        """Start the member again (same ports, same data) after it was stopped or killed."""
+        assert self.process.poll() is not None, "the member is still running"
+        assert self.log is not None
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _healthy(self.endpoint, self.tls):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"etcd did not restart: {self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
 
 
 def _ca(name: str) -> tuple[object, object]:
@@ -175,7 +191,8 @@ def etcd_cluster(members: int = 1, tls: bool = False, extra: tuple[str, ...] = (
                 log = open(folder / f"etcd{i}.log", "wb")  # noqa: SIM115 - closed below
                 logs.append(log)
                 started.append(EtcdServer(endpoint, material,
-                                          subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)))
+                                          subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT),
+                                          tuple(argv), folder / f"etcd{i}.log"))
             deadline = time.monotonic() + START_TIMEOUT
             for i, member in enumerate(started):
                 while not _healthy(member.endpoint, material):

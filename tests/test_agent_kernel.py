@@ -1,5 +1,6 @@
 """The per-node agent against a real etcd and a real lab: it adopts the table `lab up` left,
-enforces changes on its own node only, and keeps the last table when etcd goes away."""
+enforces changes on its own node only, keeps the last table when etcd goes away, and converges
+when etcd is back."""
 
 from __future__ import annotations
 
@@ -84,6 +85,14 @@ def test_agent_enforces_its_node_and_fails_static(lab_id: str, tmp_path: Path) -
             assert degraded["state"] == "degraded" and server.endpoint in degraded["error"]
             time.sleep(0.5)
             assert closed_set(lab_id, "node-a") == after_a and agent.poll() is None
+            # etcd back: the agent lists, converges, and follows changes again
+            server.restart()
+            back = time.monotonic()
+            lines.until(lambda e: e["event"] == "reconciled" and e["state"] == "in-sync", timeout=15)
+            assert time.monotonic() - back < 6.5  # back-off tops at 5 s
+            enabled = ds.set_disabled("gnp", "allow-cluster-internal", None, False)
+            lines.until(lambda e: e["event"] == "reconciled" and e["revision"] >= enabled.revision)
+            assert closed_set(lab_id, "node-a") == before_a
         finally:
             agent.terminate()
             try:
