@@ -432,3 +432,20 @@ def test_an_apply_larger_than_etcd_allows_changes_nothing(etcd_url: str, tmp_pat
                                              r".*--max-txn-ops 141"):
         ds.apply_documents([big])
     assert everything(ds) == before and not ds.objects()
+
+
+def test_cli_datastore_options_are_checked(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLOWTUI_HOME": str(tmp_path)}
+    env.pop("FLOWTUI_DATASTORE", None)
+    cases = [
+        (["get", "gnp", "--datastore", "mysql://db"], "unknown datastore scheme 'mysql'"),
+        (["get", "gnp", "--etcd-ca", str(ROOT / "README.md")], "need --datastore etcd://"),
+        (["get", "gnp", "--datastore", "etcd://127.0.0.1:1", "--etcd-cert", str(ROOT / "README.md")],
+         "--etcd-cert and --etcd-key go together"),
+        (["get", "gnp", "--datastore", "etcd://127.0.0.1:1", "--etcd-ca", str(tmp_path / "nope.crt")],
+         "no such file"),
+        (["agent", "--node", "node-a"], "flowtui agent needs an etcd datastore"),
+    ]
+    for args, message in cases:
+        done = subprocess.run([*FLOWTUI, *args], capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
