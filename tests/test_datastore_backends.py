@@ -449,3 +449,31 @@ def test_cli_datastore_options_are_checked(tmp_path: Path) -> None:
     for args, message in cases:
         done = subprocess.run([*FLOWTUI, *args], capture_output=True, text=True, env=env, timeout=60)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+
+
+def test_what_the_lab_cannot_build_is_refused_at_its_input_line(etcd_url: str, tmp_path: Path) -> None:
+    """As with the directory: the lab is planned from the merged result before the transaction,
+    errors name the input's FILE:LINE (not the etcd key), and nothing is stored."""
+    from tests.test_check_before_commit import DUPLICATE_ADDRESS
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLOWTUI_HOME": str(tmp_path / "home"),
+           "FLOWTUI_DATASTORE": etcd_url}
+    bad = tmp_path / "dup.yaml"
+    bad.write_text(DUPLICATE_ADDRESS)
+    lab = ["--lab", "tnolab"]
+    dry = subprocess.run([*FLOWTUI, "apply", "--dry-run", *lab, "-f", str(bad)], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert dry.returncode == 2 and f"({bad}:1)" in dry.stderr and f"({bad}:7)" in dry.stderr, dry.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text(DUPLICATE_ADDRESS.split("---\n")[0])
+    assert subprocess.run([*FLOWTUI, "apply", *lab, "-f", str(good)], env=env, timeout=60,
+                          capture_output=True).returncode == 0
+    ds = open_datastore(etcd_url, tmp_path / "reader")
+    before = everything(ds)
+    clash = tmp_path / "clash.yaml"
+    clash.write_text(DUPLICATE_ADDRESS.split("---\n")[1])
+    done = subprocess.run([*FLOWTUI, "apply", *lab, "-f", str(clash)], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode == 2 and "address 10.244.1.10 is used by both pod default/a" in done.stderr
+    assert "nothing was changed" in done.stderr and "etcd://" not in done.stderr
+    assert everything(ds) == before

@@ -516,6 +516,13 @@ class EtcdDatastore:
             del self._cache[stale]
         return res
 
+    def _origin(self, obj: StoredObject) -> str:
+        """What loaded objects name as their file: the URL and key (`sources` maps it back)."""
+        return f"{self.url}{obj.file}"
+
+    def _sources(self, objects: Mapping[ObjectKey, StoredObject]) -> dict[str, str]:
+        return {self._origin(o): o.source for o in objects.values()}
+
     def _load(self, snap: _Snapshot, objects: Iterable[StoredObject], pending: Mapping[str, str]) -> ResourceSet:
         parts: list[tuple[StoredObject, ResourceSet]] = []
         problems: list[Problem] = []
@@ -524,7 +531,7 @@ class EtcdDatastore:
             if cached is None:
                 text = pending[obj.file] if obj.file in pending else snap.texts[obj.file]
                 try:
-                    cached = load_text(text, obj.source if obj.file in pending else f"{self.url}{obj.file}")
+                    cached = load_text(text, self._origin(obj))
                 except LoadError as err:
                     problems += err.problems
                     continue
@@ -600,7 +607,7 @@ class EtcdDatastore:
                 return ChangeSet(snap.catalog.revision, tuple(changes), skipped_in(sources))
             if check is not None:
                 check(Preview(ChangeSet(snap.catalog.revision + 1, tuple(changes)), resources,
-                              {o.source: o.source for o in objects.values()}))
+                              self._sources(objects)))
             ops = []
             for change in changes:
                 if change.action == "unchanged":
@@ -625,7 +632,7 @@ class EtcdDatastore:
         changes, objects, _, resources = self._plan_apply(snap, docs)
         revision = snap.catalog.revision + (1 if any(c.action != "unchanged" for c in changes) else 0)
         return Preview(ChangeSet(revision, tuple(changes), skipped_in(sources)), resources,
-                       {o.source: o.source for o in objects.values()})
+                       self._sources(objects))
 
     def _delete_keys(self, keys: Sequence[ObjectKey], strict: bool) -> ChangeSet:
         def attempt(snap: _Snapshot) -> ChangeSet | None:
