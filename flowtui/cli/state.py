@@ -483,7 +483,7 @@ def get(kind: str, name: str | None, namespace: str | None, all_namespaces: bool
         from flowtui.cli.wireguard import print_wireguard
 
         need_root()
-        print_wireguard(lab_id, state_dir, "json" if output == "json" else "table")
+        print_wireguard(lab_id, open_state(state_dir), "json" if output == "json" else "table")
         return
     ds = open_state(state_dir)
     found = guarded(lambda: ds.object_documents(kind, name=name, namespace=namespace))
