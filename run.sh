@@ -22,6 +22,8 @@ command -v conntrack >/dev/null 2>&1 || missing+=(conntrack)
 command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
 command -v wireguard-go >/dev/null 2>&1 || missing+=(wireguard-go)
 command -v wg >/dev/null 2>&1 || missing+=(wireguard-tools)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)  # the etcd datastore's tests run a real etcd
+command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing system packages: ${missing[*]}"

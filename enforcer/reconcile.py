@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from enforcer.applied import CLOSED_SET, AppliedRecords, table_from_json, table_to_json
-from enforcer.datastore import Datastore, StoredObject
+from enforcer.datastore import DesiredState, StoredObject
 from enforcer.lab import lab_resources, plan_lab
 from enforcer.model import ResourceSet
 from enforcer.nft import ir
@@ -183,7 +183,7 @@ def compile_nodes(
     return {node: compile_fn(state, node, options, ids) for node in nodes}
 
 
-def verify_rule_ids(datastore: Datastore) -> None:
+def verify_rule_ids(datastore: DesiredState) -> None:
     """ids.jsonl and rules.jsonl are whole and agree (a torn last line is cut); RuleIdError
     otherwise. Called before a change is committed, so a damaged file stops it before the
     datastore moves ahead of what the kernel can be given."""
@@ -208,7 +208,7 @@ class Reconciler:
 
     def __init__(
         self,
-        datastore: Datastore,
+        datastore: DesiredState,
         backend: Backend,
         compile_fn: CompileFn,
         options: Any,

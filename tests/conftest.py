@@ -71,3 +71,36 @@ def lab_id() -> Iterator[str]:
         from enforcer.lab import lab_down
 
         lab_down(candidate)
+
+
+def require_etcd() -> None:
+    from tests.etcd_server import etcd_unavailable
+
+    reason = etcd_unavailable()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def etcd_endpoint() -> Iterator[str]:
+    """`etcd://127.0.0.1:PORT` of one real etcd member for the session (skips, or fails under
+    CI=true, without etcd). Tests that use it start from an empty store (`etcd_url`)."""
+    require_etcd()
+    from tests.etcd_server import etcd_server
+
+    with etcd_server() as server:
+        yield server.url
+
+
+@pytest.fixture
+def etcd_url(etcd_endpoint: str) -> str:
+    """The session's etcd, emptied: every key removed before the test."""
+    import requests
+
+    host = etcd_endpoint.split("://", 1)[1]
+    done = requests.post(f"http://{host}/v3/kv/deleterange", json={"key": "AA==", "range_end": "AA=="}, timeout=5)
+    done.raise_for_status()
+    return etcd_endpoint

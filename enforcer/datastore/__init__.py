@@ -1,4 +1,4 @@
-"""The desired state, on disk: what `flowtui apply` stores and the reconciler enforces.
+"""The desired state: what `flowtui apply` stores and the reconciler enforces (a directory, or etcd).
 
     ds = Datastore()                                 # $FLOWTUI_HOME or /var/lib/flowtui
     ds.apply_documents(["policies/"])                # validated first; LoadError changes nothing
@@ -10,8 +10,21 @@ Objects are keyed by (kind, namespace, name) and stored as the documents the use
 loader reads them back, so what is stored is exactly what `flowtui check` accepts. Writers
 serialise on a file lock; every write is atomic. See `store.py` for the directory layout, and
 `kinds.py` for the kind names users may type (`gnp`, `np`, `knp`, `pods`, ...).
+
+`open_datastore(url)` picks the backend from a datastore URL (`file:///var/lib/flowtui`, or
+`etcd://HOST:PORT[,...]` for `etcd.EtcdDatastore`, Calico's etcdv3 key layout); both satisfy
+`DesiredState` (`backend.py`).
 """
 
+from enforcer.datastore.backend import (
+    DATASTORE_ENV,
+    BadDatastoreURL,
+    DatastoreURL,
+    DesiredState,
+    TLSFiles,
+    open_datastore,
+    parse_datastore_url,
+)
 from enforcer.datastore.kinds import KIND_INFO, KindInfo, ObjectKey, UnknownKind, resolve_kind, resolve_kinds
 from enforcer.datastore.store import (
     DEFAULT_HOME,
@@ -31,6 +44,13 @@ from enforcer.datastore.store import (
 )
 
 __all__ = [
+    "DATASTORE_ENV",
+    "BadDatastoreURL",
+    "DatastoreURL",
+    "DesiredState",
+    "TLSFiles",
+    "open_datastore",
+    "parse_datastore_url",
     "DEFAULT_HOME",
     "HOME_ENV",
     "KIND_INFO",

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from enforcer.datastore.backend import DesiredState
 from enforcer.datastore.kinds import BY_API_KIND, ObjectKey
 from enforcer.datastore.records import StoredObject
 from enforcer.datastore.sources import annotation, parse_stored
@@ -127,7 +128,7 @@ def _check_rule_ids(ds: Datastore, report: Report) -> None:
     report.notes.append(f"rules.jsonl: {len(rules)} rule ids; ids.jsonl: {len(ids.items())} allocations")
 
 
-def enforced_revisions(ds: Datastore) -> dict[str, int]:
+def enforced_revisions(ds: DesiredState) -> dict[str, int]:
     """The datastore revision each node's applied record says it enforces (records written before
     this existed name none and are left out)."""
     found: dict[str, int] = {}
@@ -148,7 +149,7 @@ def enforced_revisions(ds: Datastore) -> dict[str, int]:
     return found
 
 
-def nodes_behind(ds: Datastore, revision: int) -> dict[str, int | None]:
+def nodes_behind(ds: DesiredState, revision: int) -> dict[str, int | None]:
     """Nodes whose applied record names a datastore revision older than `revision` (what they
     enforce): an apply stopped between the datastore's commit and the kernel's."""
     return {node: enforced for node, enforced in enforced_revisions(ds).items() if enforced < revision}

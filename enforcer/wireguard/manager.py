@@ -28,7 +28,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from enforcer.datastore import Datastore
+from enforcer.datastore import DesiredState
 from enforcer.lab import LabPlan, plan_lab
 from enforcer.lab.kernel import netns_exists, open_netns
 from enforcer.lab.names import lab_prefix
@@ -252,7 +252,7 @@ def disable_lab(lab: LabPlan, keys: KeyStore) -> WireGuardResult:
     return apply_lab(FelixConfiguration(), lab, keys)
 
 
-def reconcile_lab(ds: Datastore, lab_id: str | None, nodes: Collection[str] | None = None, *,
+def reconcile_lab(ds: DesiredState, lab_id: str | None, nodes: Collection[str] | None = None, *,
                   mode: Mode | None = None, felix: FelixConfiguration | None = None) -> WireGuardResult | None:
     """WireGuard for the lab as the datastore wants it; None when there is nothing to do (not
     root, no lab id, the lab not up, WireGuard off and never set up in this lab). `nodes` limits
@@ -266,7 +266,7 @@ def reconcile_lab(ds: Datastore, lab_id: str | None, nodes: Collection[str] | No
         return _reconcile_locked(ds, lab_id, nodes, mode)
 
 
-def _reconcile_locked(ds: Datastore, lab_id: str, nodes: Collection[str] | None, mode: Mode | None
+def _reconcile_locked(ds: DesiredState, lab_id: str, nodes: Collection[str] | None, mode: Mode | None
                       ) -> WireGuardResult | None:
     resources = ds.resources()
     families = enabled_families(resources.felix)
@@ -290,7 +290,7 @@ def _reconcile_locked(ds: Datastore, lab_id: str, nodes: Collection[str] | None,
                    elapsed_ms=(time.perf_counter() - start) * 1e3)
 
 
-def reconcile_lab_reported(ds: Datastore, lab_id: str | None, nodes: Collection[str] | None = None, *,
+def reconcile_lab_reported(ds: DesiredState, lab_id: str | None, nodes: Collection[str] | None = None, *,
                            felix: FelixConfiguration | None = None) -> WireGuardResult | None:
     """`reconcile_lab` for the reconciler: a failure of the whole run comes back in the result
     (`error`), never as an exception, so nftables enforcement is never undone by WireGuard."""

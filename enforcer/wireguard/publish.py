@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from enforcer.datastore import Datastore, atomic_write
+from enforcer.datastore import DesiredState, atomic_write
 from enforcer.datastore.sources import annotation, dump, with_annotation
 from enforcer.wireguard.keys import is_key
 
@@ -34,11 +34,11 @@ ANNOTATIONS: dict[int, str] = {4: "projectcalico.org/WireguardPublicKey", 6: "pr
 STATUS_FIELDS: dict[int, str] = {4: "wireguardPublicKey", 6: "wireguardPublicKeyV6"}
 
 
-def published_dir(ds: Datastore) -> Path:
+def published_dir(ds: DesiredState) -> Path:
     return ds.path / "wireguard" / "published"
 
 
-def published_keys(ds: Datastore) -> dict[tuple[str, int], str]:
+def published_keys(ds: DesiredState) -> dict[tuple[str, int], str]:
     """(node, family) → the public key annotated on the stored Node (valid keys only)."""
     out: dict[tuple[str, int], str] = {}
     for obj, doc in ds.object_documents("node"):
@@ -49,11 +49,11 @@ def published_keys(ds: Datastore) -> dict[tuple[str, int], str]:
     return out
 
 
-def stored_nodes(ds: Datastore) -> set[str]:
+def stored_nodes(ds: DesiredState) -> set[str]:
     return {obj.key.name for obj in ds.objects("node")}
 
 
-def publish_keys(ds: Datastore, wanted: Mapping[str, Mapping[int, str | None]]) -> list[str]:
+def publish_keys(ds: DesiredState, wanted: Mapping[str, Mapping[int, str | None]]) -> list[str]:
     """Annotate each stored Node named in `wanted` with its key per family (None: remove the
     annotation); returns the nodes whose document changed. One datastore revision for all."""
     with ds.locked():

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from enforcer.datastore import Datastore
+from enforcer.datastore import DesiredState
 from enforcer.lab.kernel import open_netns
 from enforcer.lab.names import target_of_netns
 from enforcer.lab.state import lab_namespaces
@@ -125,7 +125,7 @@ def read_tunnel(node: str, netns: str, family: int, desired: bool, published: st
                         st.public_key, published, st.listen_port, mtu, peers)
 
 
-def lab_wireguard_status(lab_id: str, ds: Datastore | None = None) -> tuple[TunnelStatus, ...]:
+def lab_wireguard_status(lab_id: str, ds: DesiredState | None = None) -> tuple[TunnelStatus, ...]:
     """Every node of lab `lab_id` × IPv4/IPv6; with a datastore, what is desired and published."""
     desired: tuple[int, ...] = ()
     published: dict[tuple[str, int], str] = {}

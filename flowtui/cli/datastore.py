@@ -9,10 +9,10 @@ import sys
 
 import click
 
-from enforcer.datastore import Datastore
+from enforcer.datastore import Datastore, DatastoreError, DesiredState
 from enforcer.datastore.integrity import Report, check, nodes_behind, repair
 from flowtui.cli.common import echo_json, fail
-from flowtui.cli.state import enforce, guarded, lab_option, runtime, state_dir_option
+from flowtui.cli.state import enforce, guarded, lab_option, open_state, runtime, state_dir_option
 
 
 @click.group(name="datastore")
@@ -43,6 +43,29 @@ def _must_exist(ds: Datastore) -> None:
         fail(f"no datastore at {ds.path}: nothing to check (give --state-dir or set $FLOWTUI_HOME)")
 
 
+def _check_remote(store: DesiredState, output: str) -> None:
+    """An etcd datastore: every object read at one revision and loaded (each transaction is
+    whole, so there is no index or torn file to verify); exit 1 naming what does not load."""
+    from enforcer.loader import LoadError
+
+    try:
+        objects = store.objects()
+        store.resources()
+        problems: list[str] = []
+    except LoadError as err:
+        problems = [str(p) for p in err.problems]
+    except DatastoreError as err:
+        fail(str(err))
+    if output == "json":
+        echo_json({"datastore": str(store), "objects": len(objects), "ok": not problems, "problems": problems})
+    else:
+        for problem in problems:
+            click.echo(f"error: {problem}")
+        click.echo(f"{store}: {len(objects)} objects, " + ("all load" if not problems else f"{len(problems)} problems"))
+    if problems:
+        sys.exit(1)
+
+
 def _live_only(report: Report, lab_id: str) -> None:
     """Only nodes of the lab that is up can be behind (a lab that is down enforces nothing)."""
     live = set(guarded(lambda: runtime().lab_nodes(lab_id)))
@@ -57,7 +80,11 @@ def check_cmd(output: str, lab_id: str, state_dir: str) -> None:
     """Read and verify everything stored: the index, every document (checksum, and that it loads),
     rules.jsonl and ids.jsonl (whole lines, no id with two meanings, none lost), and whether every
     node of the lab enforces the datastore's revision. Writes nothing; exit 1 when anything is wrong."""
-    ds = Datastore(state_dir)
+    store = open_state(state_dir)
+    if not isinstance(store, Datastore):
+        _check_remote(store, output)
+        return
+    ds = store
     _must_exist(ds)
     report = check(ds)
     _live_only(report, lab_id)
@@ -81,7 +108,11 @@ def repair_cmd(drop_damaged: bool, output: str, lab_id: str, state_dir: str) -> 
     given again; damaged documents are reported (removed from the index with --drop-damaged).
     Nodes left behind by an interrupted apply get the datastore's revision. Exit 1 when something
     is still wrong."""
-    ds = Datastore(state_dir)
+    store = open_state(state_dir)
+    if not isinstance(store, Datastore):
+        fail(f"{store}: repair is for the directory datastore (etcd keeps every write whole itself); "
+             f"`flowtui datastore check` reads and verifies what it holds")
+    ds = store
     _must_exist(ds)
     report = guarded(lambda: repair(ds, drop_damaged=drop_damaged))
     _live_only(report, lab_id)

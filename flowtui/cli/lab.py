@@ -13,7 +13,6 @@ from typing import Any
 
 import click
 
-from enforcer.datastore import Datastore
 from enforcer.lab import LabPlan, plan_lab
 from enforcer.reconcile import verify_rule_ids
 from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, namespace_option, paths_option
@@ -25,6 +24,7 @@ from flowtui.cli.state import (
     guarded,
     lab_option,
     need_root,
+    open_state,
     runtime,
     state_dir_option,
     store_planned,
@@ -85,14 +85,14 @@ def up(paths: Sequence[str], more_paths: Sequence[str], namespace: str | None, l
     if not inputs:
         fail("no input: give files or directories with -f PATH (or - for stdin)", EXIT_INVALID)
     need_root()
-    ds = Datastore(state_dir)
+    ds = open_state(state_dir)
     guarded(lambda: verify_rule_ids(ds))  # before the commit (see `flowtui apply`)
     changes = store_planned(ds, inputs, lab_id, namespace)
     counts: dict[str, int] = {}
     for change in changes.changes:
         counts[change.action] = counts.get(change.action, 0) + 1
     summary = ", ".join(f"{n} {action}" for action, n in counts.items()) or "nothing"
-    click.echo(f"datastore {ds.path}: revision {changes.revision} ({summary})", err=True)
+    click.echo(f"datastore {getattr(ds, 'url', ds.path)}: revision {changes.revision} ({summary})", err=True)
     plan = guarded(lambda: plan_lab(ds.resources(), lab_id))
     for warning in plan.warnings:
         click.echo(f"warning: {warning}", err=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from flowtui.cli.agent import agent_cmd
 from flowtui.cli.collect import collect_cmd, status_cmd
 from flowtui.cli.datastore import datastore_group
 from flowtui.cli.demo import demo
@@ -31,7 +32,7 @@ def cli() -> None:
 
 for command in (
     check, eval_cmd, demo,  # policy: validate, decide, explain
-    apply, delete, get, policy_group, lab, datastore_group,  # enforcement, the lab, the datastore
+    apply, delete, get, policy_group, lab, datastore_group, agent_cmd,  # enforcement, the lab, the datastore
     collect_cmd, status_cmd, query_cmd, export_cmd,  # the flow store
     whatif, propose, import_group,  # what-if
     tui,  # the dashboard

@@ -24,15 +24,20 @@ import click
 import yaml
 
 from enforcer.datastore import (
+    DATASTORE_ENV,
     DEFAULT_HOME,
     HOME_ENV,
+    BadDatastoreURL,
     ChangeSet,
     Datastore,
     DatastoreError,
+    DesiredState,
     NotFound,
     Preview,
     StoredObject,
+    TLSFiles,
     UnknownKind,
+    open_datastore,
     resolve_kinds,
 )
 from enforcer.lab import DEFAULT_LAB_ID, LabError
@@ -105,15 +110,50 @@ def need_root(dry_run_hint: bool = False) -> None:
 # Shared options and helpers
 
 
+_DATASTORE_META = "flowtui.datastore"  # click context meta: the --datastore/--etcd-* values
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    ctx.meta.setdefault(_DATASTORE_META, {})[param.name] = value
+
+
 def state_dir_option(func: click.decorators.FC) -> click.decorators.FC:
-    return click.option(
-        "--state-dir",
-        type=click.Path(file_okay=False),
-        envvar=HOME_ENV,
-        default=DEFAULT_HOME,
-        show_default=True,
-        help=f"Datastore directory (also ${HOME_ENV}).",
-    )(func)
+    """`--state-dir`, `--datastore URL` and etcd's TLS files; commands open the datastore they
+    name with `open_state(state_dir)`."""
+    for option in (
+        click.option("--etcd-key", type=click.Path(dir_okay=False), expose_value=False, callback=_remember,
+                     envvar="FLOWTUI_ETCD_KEY", help="etcd client private key (PEM; also $FLOWTUI_ETCD_KEY)."),
+        click.option("--etcd-cert", type=click.Path(dir_okay=False), expose_value=False, callback=_remember,
+                     envvar="FLOWTUI_ETCD_CERT", help="etcd client certificate (PEM; also $FLOWTUI_ETCD_CERT)."),
+        click.option("--etcd-ca", type=click.Path(dir_okay=False), expose_value=False, callback=_remember,
+                     envvar="FLOWTUI_ETCD_CA", help="CA that signed the etcd servers (PEM; also $FLOWTUI_ETCD_CA)."),
+        click.option("--datastore", metavar="URL", expose_value=False, callback=_remember, envvar=DATASTORE_ENV,
+                     help=f"Where the desired state is: file:///DIR (the default: --state-dir) or "
+                          f"etcd://HOST:PORT[,HOST:PORT...] (etcds:// for TLS; also ${DATASTORE_ENV})."),
+        click.option("--state-dir", type=click.Path(file_okay=False), envvar=HOME_ENV, default=DEFAULT_HOME,
+                     show_default=True, help=f"Datastore directory (also ${HOME_ENV}); with --datastore etcd://, "
+                                         f"where this machine keeps rule ids and applied tables."),
+    ):
+        func = option(func)
+    return func
+
+
+def open_state(state_dir: str) -> DesiredState:
+    """The datastore this command was given: `--datastore URL`, else the directory `state_dir`."""
+    given = click.get_current_context().meta.get(_DATASTORE_META, {})
+    tls = TLSFiles(given.get("etcd_ca"), given.get("etcd_cert"), given.get("etcd_key"))
+    if bool(tls.cert) != bool(tls.key):
+        fail("--etcd-cert and --etcd-key go together (the client certificate and its key)", EXIT_INVALID)
+    for name, path in (("--etcd-ca", tls.ca), ("--etcd-cert", tls.cert), ("--etcd-key", tls.key)):
+        if path and not os.path.isfile(path):
+            fail(f"{name} {path}: no such file", EXIT_INVALID)
+    url = given.get("datastore")
+    if tls.given and not url:
+        fail("--etcd-ca/--etcd-cert/--etcd-key need --datastore etcd://HOST:PORT", EXIT_INVALID)
+    try:
+        return open_datastore(url, state_dir, tls)
+    except BadDatastoreURL as err:
+        fail(f"--datastore: {err}", EXIT_INVALID)
 
 
 def lab_option(func: click.decorators.FC) -> click.decorators.FC:
@@ -160,7 +200,7 @@ def lab_refused(err: LabError, lab_id: str, sources: Mapping[str, str]) -> NoRet
     sys.exit(EXIT_INVALID)
 
 
-def store_planned(ds: Datastore, inputs: Sequence[str], lab_id: str, namespace: str | None = None) -> ChangeSet:
+def store_planned(ds: DesiredState, inputs: Sequence[str], lab_id: str, namespace: str | None = None) -> ChangeSet:
     """Store `inputs` as `apply` does, after planning lab `lab_id` with the merged result (under
     the datastore's lock, before anything is written): what the lab cannot build is refused
     (exit 2) instead of being stored and failing every later apply, toggle and `lab up`."""
@@ -192,7 +232,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def make_reconciler(ds: Datastore, lab_id: str, *, note: bool = True) -> Reconciler | None:
+def make_reconciler(ds: DesiredState, lab_id: str, *, note: bool = True) -> Reconciler | None:
     """A reconciler for the lab's nodes that are up; None (with a note, unless not `note`) when the
     lab is not up."""
     rt = runtime()
@@ -206,7 +246,7 @@ def make_reconciler(ds: Datastore, lab_id: str, *, note: bool = True) -> Reconci
     return Reconciler(ds, rt.backend(lab_id), compile_fn, options, lambda: nodes, lab_id=lab_id)
 
 
-def enforce(ds: Datastore, lab_id: str, *, echo: bool = True,
+def enforce(ds: DesiredState, lab_id: str, *, echo: bool = True,
             reconciler: Reconciler | None = None) -> ReconcileResult | None:
     """Reconcile the lab's nodes with the datastore; None when the lab is not up."""
     reconciler = reconciler or make_reconciler(ds, lab_id)
@@ -231,7 +271,7 @@ def enforcement_behind(state_dir: str, nodes: Sequence[str] | None = None) -> di
     interrupted apply left behind (of `nodes`, or all); {} when nothing is stored or readable."""
     from enforcer.datastore.integrity import nodes_behind
 
-    ds = Datastore(state_dir)
+    ds = open_state(state_dir)
     try:
         revision = ds.revision
     except DatastoreError as err:
@@ -279,7 +319,7 @@ def apply(paths: Sequence[str], more_paths: Sequence[str], namespace: str | None
         _dry_run(inputs, namespace, lab_id, state_dir)
         return
     need_root(dry_run_hint=True)
-    ds = Datastore(state_dir)
+    ds = open_state(state_dir)
     reconciler = make_reconciler(ds, lab_id, note=False)
     # Before the commit: never a datastore the kernel cannot follow (read once: the reconciler keeps it).
     guarded(reconciler.rule_ids if reconciler is not None else lambda: verify_rule_ids(ds))
@@ -295,7 +335,7 @@ def _dry_run(inputs: list[str], namespace: str | None, lab_id: str, state_dir: s
     from enforcer.reconcile import compile_nodes
     from enforcer.ruleids import IdAllocator
 
-    ds = Datastore(state_dir)
+    ds = open_state(state_dir)
     try:
         preview = ds.preview_documents(inputs, namespace)
     except DatastoreError as err:
@@ -351,7 +391,7 @@ def delete(kind: str | None, name: str | None, paths: Sequence[str], namespace: 
     if kind and not name:
         raise click.UsageError("give the NAME of the object to delete")
     need_root()
-    ds = Datastore(state_dir)
+    ds = open_state(state_dir)
     guarded(lambda: verify_rule_ids(ds))
     if paths:
         changes = guarded(lambda: ds.delete_documents(list(paths), namespace))
@@ -443,9 +483,9 @@ def get(kind: str, name: str | None, namespace: str | None, all_namespaces: bool
         from flowtui.cli.wireguard import print_wireguard
 
         need_root()
-        print_wireguard(lab_id, state_dir, "json" if output == "json" else "table")
+        print_wireguard(lab_id, open_state(state_dir), "json" if output == "json" else "table")
         return
-    ds = Datastore(state_dir)
+    ds = open_state(state_dir)
     found = guarded(lambda: ds.object_documents(kind, name=name, namespace=namespace))
     if not found:
         if name:
@@ -494,7 +534,7 @@ def _toggle(name: str, namespace: str | None, kind: str, lab_id: str, state_dir:
     kinds = guarded(lambda: resolve_kinds(kind))
     if not all(k.is_policy for k in kinds):
         fail(f"{kind}: only policies can be turned off and on", EXIT_INVALID)
-    ds = Datastore(state_dir)
+    ds = open_state(state_dir)
     reconciler = make_reconciler(ds, lab_id)  # imports and lookups first: time the change alone
     start = time.perf_counter()
     changes = guarded(lambda: ds.set_disabled(kind, name, namespace, disabled))
@@ -554,4 +594,4 @@ def enable(name: str, namespace: str | None, kind: str, lab_id: str, state_dir: 
 
 __all__ = ["Runtime", "apply", "behind_lines", "enforcement_behind",
            "delete", "enforce", "format_table", "get", "guarded", "lab_option", "make_reconciler",
-           "need_root", "policy_group", "print_changes", "state_dir_option", "store_planned"]
+           "need_root", "policy_group", "print_changes", "open_state", "state_dir_option", "store_planned"]

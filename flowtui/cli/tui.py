@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from enforcer.datastore import DEFAULT_HOME, HOME_ENV
+from flowtui.cli.state import open_state, state_dir_option
 
 if TYPE_CHECKING:
     from flowtui.tui.app import FlowtuiApp
@@ -24,8 +24,7 @@ if TYPE_CHECKING:
                    "resources.yaml, else the datastore].")
 @click.option("-n", "--namespace", metavar="NS", default=None,
               help="Namespace for namespaced objects of -f files written without one (default: default).")
-@click.option("--state-dir", type=click.Path(file_okay=False), envvar=HOME_ENV, default=DEFAULT_HOME,
-              show_default=True, help=f"Datastore (also ${HOME_ENV}): policies, and live toggling with --lab.")
+@state_dir_option
 @click.option("--lab", "lab_id", envvar="FLOWTUI_LAB", default="lab", show_default=True, metavar="ID",
               help="Lab whose nodes enforce policy changes (root; only if it is up).")
 @click.option("--read-only", is_flag=True, help="No policy changes from the dashboard.")
@@ -95,8 +94,8 @@ def _control(paths: tuple[str, ...], logs: str | None, state_dir: str, lab_id: s
         if bundled is not None and bundled.exists():
             return PolicyControl(files=[str(bundled)], read_only=True,
                                  why_read_only="a recording: policies shown as recorded")
-    ds = Datastore(state_dir)
-    if not (Path(state_dir) / "state.json").exists():
+    ds = open_state(state_dir)
+    if isinstance(ds, Datastore) and not (ds.path / "state.json").exists():
         return PolicyControl(read_only=True, why_read_only="no policy set: give -f PATH or --state-dir")
     if read_only:
         return PolicyControl(datastore=ds, read_only=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from enforcer.datastore import DEFAULT_HOME, HOME_ENV
+from enforcer.datastore import DesiredState
 from enforcer.loader import LoadError, load_paths, skipped_line
 from enforcer.model import ResourceSet
 from flowtui.cli.common import EXIT_INVALID, NAMESPACE_HELP, echo_json, fail
@@ -35,11 +35,17 @@ def _load_failed(err: LoadError) -> None:
     sys.exit(EXIT_INVALID)
 
 
+def _state(state_dir: str) -> DesiredState:
+    from flowtui.cli.state import open_state
+
+    return open_state(state_dir)
+
+
 def _current(current: Sequence[str], state_dir: str, namespace: str | None = None) -> ResourceSet:
     from flowtui.whatif.edits import EditError, current_resources
 
     try:
-        return current_resources(list(current), state_dir, namespace)
+        return current_resources(list(current), None if current else _state(state_dir), namespace)
     except LoadError as err:
         _load_failed(err)
     except EditError as err:
@@ -106,14 +112,19 @@ def flow_options(func: click.decorators.FC) -> click.decorators.FC:
         click.option("--since", metavar="DURATION", help="Only flows seen within this long (30m, 24h, 7d)."),
         click.option("--current", multiple=True, type=click.Path(allow_dash=True), metavar="PATH",
                      help="The current policy set and cluster from files instead of the datastore. Repeatable."),
-        click.option("--state-dir", type=click.Path(file_okay=False), envvar=HOME_ENV, default=DEFAULT_HOME,
-                     show_default=True, help=f"Datastore directory (also ${HOME_ENV})."),
+        _state_dir_option,
         click.option("--progress/--no-progress", "progress", default=None,
                      help="Progress bars on stderr [default: when stderr is a terminal]."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _state_dir_option(func: click.decorators.FC) -> click.decorators.FC:
+    from flowtui.cli.state import state_dir_option
+
+    return state_dir_option(func)
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,8 +292,7 @@ def import_group() -> None:
               help="Write the flows as Parquet (for `flowtui whatif --flows OUT.parquet`).")
 @click.option("--current", multiple=True, type=click.Path(allow_dash=True), metavar="PATH",
               help="Attribute addresses to the endpoints of these files instead of the datastore's.")
-@click.option("--state-dir", type=click.Path(file_okay=False), envvar=HOME_ENV, default=DEFAULT_HOME,
-              show_default=True, help=f"Datastore directory (also ${HOME_ENV}).")
+@_state_dir_option
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--limit", type=click.IntRange(0), default=50, show_default=True, help="Flows printed (0: all).")
 @click.option("--progress/--no-progress", "progress", default=None,
@@ -326,7 +336,7 @@ def import_pcap(capture: str, out: str | None, current: Sequence[str], state_dir
                                          else "none of its packets is an IP packet"), EXIT_NO_FLOWS)
     res: ResourceSet | None = None
     try:
-        res = current_resources(list(current), state_dir)
+        res = current_resources(list(current), None if current else _state(state_dir))
     except LoadError as err:
         _load_failed(err)
     except EditError:

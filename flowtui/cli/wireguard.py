@@ -19,7 +19,7 @@ import time
 
 import click
 
-from enforcer.datastore import Datastore
+from enforcer.datastore import DesiredState
 from flowtui.cli.common import echo_json, fail
 
 
@@ -32,12 +32,12 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
-def print_wireguard(lab_id: str, state_dir: str, output: str) -> None:
+def print_wireguard(lab_id: str, ds: DesiredState, output: str) -> None:
     """Print the WireGuard status of lab `lab_id` (needs root) as a table or JSON."""
     from enforcer.wireguard.status import handshake_text, lab_wireguard_status, summary
 
     try:
-        statuses = lab_wireguard_status(lab_id, Datastore(state_dir))
+        statuses = lab_wireguard_status(lab_id, ds)
     except Exception as exc:  # an unreadable datastore, a lab being torn down
         fail(f"reading WireGuard state of lab {lab_id}: {exc}")
     now = time.time()

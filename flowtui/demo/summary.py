@@ -13,7 +13,7 @@ from enforcer.safefile import SHARED, atomic_write
 from flowtui.store import schema
 
 if TYPE_CHECKING:
-    from enforcer.datastore import Datastore
+    from enforcer.datastore import DesiredState
 
 CAUSES = (
     "kernel_ratelimit",
@@ -136,7 +136,7 @@ def render(summary: DemoSummary) -> str:
     return "\n".join(lines)
 
 
-def export(db: Path, out: Path, datastore: Datastore | None = None) -> list[Path]:
+def export(db: Path, out: Path, datastore: DesiredState | None = None) -> list[Path]:
     """Every table of the store as `<table>.parquet` in `out`, plus `resources.yaml` (the stored
     objects as a `kind: List`), which `flowtui tui --logs OUT` replays."""
     out.mkdir(parents=True, exist_ok=True)

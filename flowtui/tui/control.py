@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from enforcer.datastore import Datastore, Preview
+from enforcer.datastore import DesiredState, Preview
 from enforcer.model import ResourceSet
 
 STAGED_KIND = {
@@ -91,7 +91,7 @@ class PolicyControl:
     def __init__(
         self,
         *,
-        datastore: Datastore | None = None,
+        datastore: DesiredState | None = None,
         files: Sequence[str] = (),
         namespace: str | None = None,
         lab_id: str | None = None,
@@ -329,7 +329,7 @@ def stage_text(text: str) -> str:
     return "---\n".join(dump(staged_document(d)) for d in docs)
 
 
-def lab_control(datastore: Datastore, lab_id: str, *, read_only: bool = False,
+def lab_control(datastore: DesiredState, lab_id: str, *, read_only: bool = False,
                 lab_nodes: Callable[[], list[str]] | None = None) -> PolicyControl:
     """A control that enforces on lab `lab_id`'s nodes (root), as `flowtui policy` does."""
     from enforcer.nft.compiler import CompileOptions, compile_node

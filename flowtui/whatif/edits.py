@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from enforcer.model import NO_ORIGIN, SHORT_KIND, Policy, ResourceSet, Rule, Tier
 from enforcer.resolve.selectors import policy_selector
+
+if TYPE_CHECKING:
+    from enforcer.datastore import DesiredState
 from enforcer.selector import Selector
 
 
@@ -209,9 +212,10 @@ def describe_changes(base: ResourceSet, edited: ResourceSet) -> list[str]:
     return out
 
 
-def current_resources(paths: Sequence[str] | None, state_dir: str | None, namespace: str | None = None) -> ResourceSet:
+def current_resources(paths: Sequence[str] | None, store: DesiredState | str | None,
+                      namespace: str | None = None) -> ResourceSet:
     """The current set: `paths` if given (loaded and validated, `namespace` as kubectl's `-n`),
-    else the datastore at `state_dir`.
+    else the datastore `store` (or the directory datastore at that path).
 
     Raises `enforcer.loader.LoadError` for invalid files and EditError when there is no current set.
     """
@@ -221,12 +225,13 @@ def current_resources(paths: Sequence[str] | None, state_dir: str | None, namesp
         return load_paths(list(paths), namespace)
     from enforcer.datastore import Datastore, DatastoreError
 
-    store = Datastore(state_dir)
+    if store is None or isinstance(store, str):
+        store = Datastore(store)
     try:
         if not store.objects():
             raise EditError(
-                f"no current policy set: the datastore {store.path} is empty "
-                "(use --current FILES, --state-dir DIR or $FLOWTUI_HOME)"
+                f"no current policy set: the datastore {getattr(store, 'url', store.path)} is empty "
+                "(use --current FILES, --state-dir DIR, --datastore URL or $FLOWTUI_HOME)"
             )
         return store.resources()
     except DatastoreError as exc:

@@ -1,0 +1,703 @@
+"""The desired state in etcd, laid out as Calico's etcdv3 datastore lays it out.
+
+Keys (libcalico-go's `lib/backend/etcdv3` with the v3 model's resource keys):
+
+    /calico/resources/v3/projectcalico.org/<plural>/[<namespace>/]<name>
+                              Calico's kinds (globalnetworkpolicies, networkpolicies, tiers,
+                              hostendpoints, ...): the v3 object as JSON, as calicoctl stores it,
+                              so `etcdctl get --prefix` and Calico's own tools see them
+    /flowtui/resources/<group or core>/<plural>/[<namespace>/]<name>
+                              the kinds Calico's etcd mode does not hold as such: Pods, Namespaces,
+                              Nodes, Kubernetes NetworkPolicies, ExternalHosts... Calico would hold
+                              WorkloadEndpoints written by its CNI plugin; converting Pods to them
+                              is for later, so they stay under flowtui's own prefix
+    /flowtui/meta/<object key without its leading />
+                              flowtui's bookkeeping per object: where it was applied from, its
+                              position in that input; rewritten with every change but a toggle, so
+                              its mod_revision is the object's generation
+    /flowtui/layout           rewritten by every write but a toggle: its mod_revision is the layout
+
+Revisions are etcd's: an object's revision is its key's mod_revision, its creation revision the
+key's create_revision, the datastore revision the store's. Every write is one etcd transaction
+that compares revisions (compare-and-swap): an apply or delete compares `/flowtui/layout`, so
+writers are serialised and one that lost the race re-reads, re-validates and tries again (no write
+is ever lost or applied against state it did not validate); a toggle compares and writes the one
+policy key. A transaction etcd refuses changes nothing.
+
+Objects written by other tools under Calico's prefix (no meta key) are read too.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+from etcd3gw.client import Etcd3Client
+from etcd3gw.exceptions import ConnectionFailedError, ConnectionTimeoutError, Etcd3Exception, InternalServerError
+
+from enforcer.datastore.backend import DatastoreURL, TLSFiles
+from enforcer.datastore.files import FILE_MODE, make_dirs
+from enforcer.datastore.kinds import BY_MODEL_KIND, KIND_INFO, KindInfo, ObjectKey, resolve_kinds
+from enforcer.datastore.records import Change, ChangeSet, Preview, StoredObject
+from enforcer.datastore.sources import Document, annotation, documents, read_sources, skipped_in, with_annotation
+from enforcer.datastore.store import Ambiguous, Catalog, DatastoreError, NotFound, _merge, default_home
+from enforcer.loader import LoadError, Problem, load_text
+from enforcer.loader.metadata import DISABLED_ANNOTATION
+from enforcer.model import ResourceSet
+
+CALICO_PREFIX = "/calico/resources/v3/projectcalico.org/"
+CALICO_API = "projectcalico.org/v3"
+OWN_PREFIX = "/flowtui/"
+OWN_RESOURCES = OWN_PREFIX + "resources/"
+META = OWN_PREFIX + "meta/"
+LAYOUT = OWN_PREFIX + "layout"
+TIMEOUT = 3.0  # seconds per endpoint and request: an unreachable etcd is an error, never a hang
+RETRIES = 50  # compare-and-swap attempts before giving up (each one lost to another writer)
+_KIND_ORDER = {k.model_kind: i for i, k in enumerate(KIND_INFO)}
+
+
+class EtcdUnavailable(DatastoreError):
+    """No endpoint answered (or every one refused us): the message names each and why."""
+
+
+class EtcdRefused(DatastoreError):
+    """etcd answered and refused the request (too large, not permitted): nothing was written."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+def _refused(exc: Exception) -> bool:
+    """An answer from a working member (HTTP 4xx from the gateway), not a member that is down,
+    unreachable, or without a leader (those are worth the next endpoint)."""
+    if not isinstance(exc, Etcd3Exception) or isinstance(exc, ConnectionTimeoutError | ConnectionFailedError
+                                                         | InternalServerError):
+        return False
+    text = f"{exc.detail_text or ''} {exc.args}".lower()
+    return not any(word in text for word in ("leader", "unavailable", "timed out", "timeout"))
+
+
+class KeyExists(DatastoreError):
+    pass
+
+
+class RevisionConflict(DatastoreError):
+    """A compare-and-swap lost: the key changed since the revision given."""
+
+
+class Compacted(DatastoreError):
+    """A watch asked for revisions etcd has compacted away: list again and watch from there."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"etcd compacted its history up to revision {revision}")
+        self.revision = revision
+
+
+def _plural(kind: str) -> str:
+    lower = kind.lower()
+    return lower[:-1] + "ies" if lower.endswith("y") else lower + "s"
+
+
+_CALICO_BY_PLURAL = {_plural(k.kind): k for k in KIND_INFO if k.api_version == CALICO_API}
+
+
+def etcd_key(key: ObjectKey) -> str:
+    """Where `key` lives: Calico's resource key for Calico's kinds, flowtui's own otherwise."""
+    info = BY_MODEL_KIND[key.kind]
+    tail = f"{key.namespace}/{key.name}" if info.namespaced else key.name
+    if info.api_version == CALICO_API:
+        return f"{CALICO_PREFIX}{_plural(info.kind)}/{tail}"
+    group = info.api_version.rpartition("/")[0] or "core"
+    return f"{OWN_RESOURCES}{group}/{_plural(info.kind)}/{tail}"
+
+
+def _meta_key(key: str) -> str:
+    return META + key.lstrip("/")
+
+
+def _b64(text: str | bytes) -> str:
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+def _prefix_end(prefix: str) -> str:
+    raw = prefix.encode()
+    return (raw[:-1] + bytes([raw[-1] + 1])).decode()
+
+
+@dataclass(frozen=True)
+class KVPair:
+    """One key at one revision (libcalico-go's model.KVPair: key, value, revision)."""
+
+    key: str
+    value: bytes
+    revision: int  # mod_revision
+    created: int  # create_revision
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    kind: str  # put | delete
+    kv: KVPair  # for a delete: the key and the revision of the deletion
+
+
+def _kv(raw: Mapping[str, Any]) -> KVPair:
+    return KVPair(base64.b64decode(raw["key"]).decode(), base64.b64decode(raw.get("value", "")),
+                  int(raw.get("mod_revision", 0)), int(raw.get("create_revision", 0)))
+
+
+def _cause(exc: Exception, timeout: float) -> str:
+    """A short human reason for a failed request (no traceback, no urllib3 object reprs)."""
+    text = str(exc.args[0] if exc.args else exc) if not isinstance(exc, Etcd3Exception) else (
+        f"{exc.detail_text or ''} {' '.join(map(str, exc.args))}")
+    if isinstance(exc, ConnectionTimeoutError) or "timed out" in text.lower():
+        return f"no answer within {timeout:g} s"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return "TLS: the server's certificate is not signed by the CA given (--etcd-ca)"
+    if "SSL" in text or "TLS" in text:
+        found = re.search(r"\[SSL[^\]]*\] ([^()']+)", text)
+        return f"TLS handshake failed: {found.group(1).strip() if found else 'the server refused this client'}"
+    if "Connection refused" in text:
+        return "connection refused (is etcd running there?)"
+    if "Name or service not known" in text or "Temporary failure in name resolution" in text:
+        return "unknown host name"
+    if isinstance(exc, Etcd3Exception):
+        try:
+            message = json.loads(exc.detail_text or "{}").get("error") or json.loads(exc.detail_text or "{}").get(
+                "message")
+        except ValueError:
+            message = None
+        return f"refused: {message or text.strip()}"
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+class EtcdKV:
+    """A small etcd v3 client over its HTTP/JSON gateway (etcd3gw): ranges and transactions,
+    each request tried on every endpoint in turn, each bounded by `timeout`."""
+
+    def __init__(self, url: DatastoreURL, tls: TLSFiles, timeout: float = TIMEOUT) -> None:
+        self.url = url
+        self.timeout = timeout
+        secure = url.tls or tls.given
+        self._clients = [
+            (f"{host}:{port}", Etcd3Client(host=host, port=port, protocol="https" if secure else "http",
+                                           timeout=timeout, api_path="/v3/", session=self._session(tls)))
+            for host, port in url.endpoints
+        ]
+
+    @staticmethod
+    def _session(tls: TLSFiles) -> requests.Session:
+        """No settings from the environment: requests would let $REQUESTS_CA_BUNDLE override the CA
+        given, and send the endpoints named explicitly through $HTTPS_PROXY."""
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = tls.ca or True
+        if tls.cert and tls.key:
+            session.cert = (tls.cert, tls.key)
+        return session
+
+    def _post(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        failures = []
+        for index, (name, client) in enumerate(self._clients):
+            try:
+                result: dict[str, Any] = client.post(client.get_url(path), data=json.dumps(payload))
+            except (Etcd3Exception, requests.RequestException, OSError) as exc:
+                if _refused(exc):  # a member that answered and said no: another would say the same
+                    raise EtcdRefused(f"etcd datastore {self.url}: {name} {_cause(exc, self.timeout)}",
+                                      _cause(exc, self.timeout)) from None
+                failures.append(f"{name}: {_cause(exc, self.timeout)}")
+                continue
+            if index:  # the one that answered is tried first from now on
+                self._clients.insert(0, self._clients.pop(index))
+            return result
+        raise EtcdUnavailable(f"etcd datastore {self.url} unavailable: " + "; ".join(failures))
+
+    def txn(self, compare: Sequence[Mapping[str, Any]], success: Sequence[Mapping[str, Any]]
+            ) -> tuple[bool, int, list[dict[str, Any]]]:
+        """One transaction: (whether the comparisons held, the store's revision, responses)."""
+        result = self._post("/kv/txn", {"compare": list(compare), "success": list(success)})
+        return (bool(result.get("succeeded", False)), int(result.get("header", {}).get("revision", 0)),
+                list(result.get("responses", [])))
+
+    def list(self, *prefixes: str) -> tuple[int, dict[str, KVPair]]:
+        """Every key under `prefixes`, all at one revision (one read-only transaction)."""
+        ranges = [{"request_range": {"key": _b64(p), "range_end": _b64(_prefix_end(p))}} for p in prefixes]
+        _, revision, responses = self.txn([], ranges)
+        found: dict[str, KVPair] = {}
+        for response in responses:
+            for raw in response.get("response_range", {}).get("kvs", []):
+                kv = _kv(raw)
+                found[kv.key] = kv
+        return revision, found
+
+    def get(self, key: str) -> KVPair | None:
+        result = self._post("/kv/range", {"key": _b64(key)})
+        kvs = result.get("kvs") or []
+        return _kv(kvs[0]) if kvs else None
+
+    # libcalico-go's backend verbs over single keys: Create fails when the key exists, Update and
+    # Delete when its revision moved (compare-and-swap), Apply writes whatever is there.
+
+    def create(self, key: str, value: str) -> KVPair:
+        ok, revision, _ = self.txn([_created_is(key, 0)], [_put(key, value)])
+        if not ok:
+            raise KeyExists(f"{key} already exists in {self.url}")
+        return KVPair(key, value.encode(), revision, revision)
+
+    def update(self, key: str, value: str, revision: int) -> KVPair:
+        ok, new, _ = self.txn([_mod_is(key, revision)], [_put(key, value)])
+        if not ok:
+            raise RevisionConflict(f"{key} is no longer at revision {revision} in {self.url}")
+        found = self.get(key)
+        return found if found is not None else KVPair(key, value.encode(), new, new)
+
+    def apply(self, key: str, value: str) -> KVPair:
+        _, revision, _ = self.txn([], [_put(key, value)])
+        found = self.get(key)
+        return found if found is not None else KVPair(key, value.encode(), revision, revision)
+
+    def delete(self, key: str, revision: int | None = None) -> int:
+        """Remove `key` (at `revision` if given); the store's revision after. NotFound if absent."""
+        compare = [_mod_is(key, revision)] if revision is not None else [_created_is(key, 0, "GREATER")]
+        ok, new, _ = self.txn(compare, [_delete(key)])
+        if not ok:
+            if self.get(key) is None:
+                raise NotFound(f"{key} not found in {self.url}")
+            raise RevisionConflict(f"{key} is no longer at revision {revision} in {self.url}")
+        return new
+
+    def watch(self, prefix: str, start_revision: int, range_end: str | None = None) -> Iterator[WatchEvent]:
+        """Every change under `prefix` (or in [prefix, range_end)) from `start_revision` on, as etcd
+        orders them. Raises
+        Compacted when etcd no longer has that revision (list again, then watch from the list's
+        revision), EtcdUnavailable when the stream cannot be opened or breaks."""
+        request = {"create_request": {"key": _b64(prefix), "range_end": _b64(range_end or _prefix_end(prefix)),
+                                      "start_revision": start_revision}}
+        name, client = self._clients[0]
+        try:
+            response = client.session.post(client.get_url("/watch"), data=json.dumps(request), stream=True,
+                                           timeout=(self.timeout, None))
+            response.raise_for_status()
+        except (requests.RequestException, OSError) as exc:
+            raise EtcdUnavailable(f"etcd datastore {self.url}: watch on {name}: {_cause(exc, self.timeout)}") from exc
+        try:
+            for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                result = json.loads(line).get("result", {})
+                if int(result.get("compact_revision", 0) or 0):
+                    raise Compacted(int(result["compact_revision"]))
+                if result.get("canceled"):
+                    raise EtcdUnavailable(f"etcd datastore {self.url}: watch canceled by {name}: "
+                                          f"{result.get('cancel_reason', 'no reason given')}")
+                for event in result.get("events", []):
+                    yield WatchEvent("delete" if event.get("type") == "DELETE" else "put", _kv(event["kv"]))
+        except (requests.RequestException, OSError, ValueError) as exc:
+            raise EtcdUnavailable(f"etcd datastore {self.url}: watch on {name} lost: {exc}") from exc
+        finally:
+            response.close()
+
+
+def _put(key: str, value: str) -> dict[str, Any]:
+    return {"request_put": {"key": _b64(key), "value": _b64(value)}}
+
+
+def _delete(key: str) -> dict[str, Any]:
+    return {"request_delete_range": {"key": _b64(key)}}
+
+
+def _mod_is(key: str, revision: int) -> dict[str, Any]:
+    return {"key": _b64(key), "result": "EQUAL", "target": "MOD", "mod_revision": str(revision)}
+
+
+def _created_is(key: str, revision: int, result: str = "EQUAL") -> dict[str, Any]:
+    return {"key": _b64(key), "result": result, "target": "CREATE", "create_revision": str(revision)}
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    catalog: Catalog
+    texts: Mapping[str, str]  # etcd key -> stored JSON
+    layout_revision: int  # mod_revision of /flowtui/layout (0: never written)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _encode(body: Mapping[str, Any]) -> str:
+    """Calico's encoding: the v3 object as JSON, without a resourceVersion (etcd's revision is it)."""
+    meta = body.get("metadata")
+    if isinstance(meta, dict) and "resourceVersion" in meta:
+        body = {**body, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
+    return json.dumps(body, default=str, ensure_ascii=False)
+
+
+class EtcdDatastore:
+    """The desired state in etcd (see the module's docstring); the same interface as the
+    directory `Datastore`. Rule ids and applied tables stay in the local directory `path`."""
+
+    def __init__(self, url: DatastoreURL, tls: TLSFiles | None = None, state_dir: str | os.PathLike[str] | None = None,
+                 timeout: float = TIMEOUT) -> None:
+        self.url = url
+        self.kv = EtcdKV(url, tls or TLSFiles(), timeout)
+        base = Path(state_dir) if state_dir is not None else default_home()
+        name = hashlib.sha256(str(url).encode()).hexdigest()[:12]
+        self.path = base / "etcd" / name  # this machine's rule ids and applied tables for this store
+        self._cache: dict[tuple[str, int], ResourceSet] = {}
+        self._mutex = threading.RLock()
+        self._depth = 0
+
+    def __str__(self) -> str:
+        return str(self.url)
+
+    @property
+    def ids_path(self) -> Path:
+        return self.path / "ids.jsonl"
+
+    @property
+    def rules_path(self) -> Path:
+        return self.path / "rules.jsonl"
+
+    @property
+    def applied_dir(self) -> Path:
+        return self.path / "applied"
+
+    @contextmanager
+    def locked(self, exclusive: bool = True) -> Iterator[None]:
+        """The lock of this machine's records (rule ids, applied tables: `path`), as the directory
+        datastore's: reconcilers on this machine serialise on it. etcd itself needs none: every
+        write is a compare-and-swap transaction, every read one revision."""
+        with self._mutex:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            try:
+                make_dirs(self.path)
+                fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+            except OSError as exc:
+                raise DatastoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                self._depth = 1
+                yield
+            finally:
+                self._depth = 0
+                os.close(fd)
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def _snapshot(self) -> _Snapshot:
+        revision, kvs = self.kv.list(CALICO_PREFIX, OWN_PREFIX)
+        objects: dict[ObjectKey, StoredObject] = {}
+        described: set[str] = set()
+        for kv in kvs.values():
+            if not kv.key.startswith(META):
+                continue
+            try:
+                meta = json.loads(kv.value)
+                key = ObjectKey(meta["kind"], meta["namespace"], meta["name"])
+                info = BY_MODEL_KIND[key.kind]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise DatastoreError(f"etcd datastore {self.url}: {kv.key} is damaged ({exc!r})") from exc
+            target = kvs.get(etcd_key(key))
+            if target is None:
+                continue  # the object was removed by another tool: its bookkeeping is stale
+            described.add(target.key)
+            objects[key] = self._stored(key, info, target, str(meta.get("source", "")), int(meta.get("position", 0)),
+                                        str(meta.get("updated", "")), kv.revision, meta.get("writtenKind"),
+                                        meta.get("apiVersion"))
+        for kv in kvs.values():  # Calico's kinds written by other tools (calicoctl): read as they are
+            if kv.key in described or not kv.key.startswith(CALICO_PREFIX):
+                continue
+            parts = kv.key[len(CALICO_PREFIX):].split("/")
+            found = _CALICO_BY_PLURAL.get(parts[0])
+            if found is None or len(parts) != (3 if found.namespaced else 2):
+                continue
+            key = ObjectKey(found.model_kind, parts[1] if found.namespaced else None, parts[-1])
+            objects[key] = self._stored(key, found, kv, f"etcd {kv.key}", 0, "", kv.revision, None, None)
+        layout = kvs.get(LAYOUT)
+        texts = {o.file: kvs[o.file].value.decode("utf-8", errors="replace") for o in objects.values()}
+        catalog = Catalog(revision, objects, layout.revision if layout else 0)
+        return _Snapshot(catalog, texts, layout.revision if layout else 0)
+
+    @staticmethod
+    def _stored(key: ObjectKey, info: KindInfo, kv: KVPair, source: str, position: int, updated: str,
+                generation: int, written_kind: Any, api_version: Any) -> StoredObject:
+        try:
+            body = json.loads(kv.value)
+        except ValueError:
+            body = {}
+        disabled = isinstance(body, dict) and annotation(body, DISABLED_ANNOTATION) == "true"
+        return StoredObject(key, str(api_version or info.api_version), str(written_kind or info.kind), kv.revision,
+                            kv.created, updated, kv.key, source, disabled, position,
+                            min(generation, kv.revision) or kv.revision)
+
+    def catalog(self) -> Catalog:
+        return self._snapshot().catalog
+
+    @property
+    def revision(self) -> int:
+        return self._snapshot().catalog.revision
+
+    def objects(self, kind: str | None = None, *, name: str | None = None,
+                namespace: str | None = None) -> list[StoredObject]:
+        return self._select(self._snapshot(), kind, name, namespace)
+
+    @staticmethod
+    def _select(snap: _Snapshot, kind: str | None, name: str | None, namespace: str | None) -> list[StoredObject]:
+        kinds = {k.model_kind for k in resolve_kinds(kind)} if kind else None
+        return sorted(
+            (o for o in snap.catalog.objects.values()
+             if (kinds is None or o.key.kind in kinds) and (name is None or o.key.name == name)
+             and (namespace is None or not o.info.namespaced or o.key.namespace == namespace)),
+            key=lambda o: (_KIND_ORDER.get(o.key.kind, 99), o.key.namespace or "", o.key.name),
+        )
+
+    def object_documents(self, kind: str | None = None, *, name: str | None = None,
+                         namespace: str | None = None) -> list[tuple[StoredObject, dict[str, Any]]]:
+        snap = self._snapshot()
+        return [(o, self._body(snap, o)) for o in self._select(snap, kind, name, namespace)]
+
+    def read_document(self, obj: StoredObject) -> str:
+        kv = self.kv.get(obj.file)
+        if kv is None:
+            raise NotFound(f"{obj.key} is no longer in {self.url}")
+        return kv.value.decode("utf-8", errors="replace")
+
+    def _body(self, snap: _Snapshot, obj: StoredObject) -> dict[str, Any]:
+        try:
+            body = json.loads(snap.texts[obj.file])
+        except ValueError as exc:
+            raise DatastoreError(f"etcd datastore {self.url}: {obj.file} is not JSON ({exc})") from exc
+        if not isinstance(body, dict):
+            raise DatastoreError(f"etcd datastore {self.url}: {obj.file} is not an object")
+        return body
+
+    def find(self, kind: str, name: str, namespace: str | None = None) -> StoredObject:
+        return self._find(self._snapshot().catalog, kind, name, namespace)
+
+    @staticmethod
+    def _find(index: Catalog, kind: str, name: str, namespace: str | None) -> StoredObject:
+        kinds = resolve_kinds(kind)
+        wanted = {k.model_kind for k in kinds}
+        matches = [o for o in index.objects.values()
+                   if o.key.kind in wanted and o.key.name == name
+                   and (namespace is None or not o.info.namespaced or o.key.namespace == namespace)]
+        if not matches:
+            where = f" in namespace {namespace}" if namespace and any(k.namespaced for k in kinds) else ""
+            raise NotFound(f"{kind} {name!r} not found{where}")
+        if len(matches) > 1:
+            keys = ", ".join(sorted(str(o.key) for o in matches))
+            raise Ambiguous(f"{kind} {name!r} is ambiguous: {keys} (give the kind or -n NAMESPACE)")
+        return matches[0]
+
+    def resources(self) -> ResourceSet:
+        snap = self._snapshot()
+        res = self._load(snap, snap.catalog.objects.values(), {})
+        live = {(o.file, o.revision) for o in snap.catalog.objects.values()}
+        for stale in self._cache.keys() - live:
+            del self._cache[stale]
+        return res
+
+    def _origin(self, obj: StoredObject) -> str:
+        """What loaded objects name as their file: the URL and key (`sources` maps it back)."""
+        return f"{self.url}{obj.file}"
+
+    def _sources(self, objects: Mapping[ObjectKey, StoredObject]) -> dict[str, str]:
+        return {self._origin(o): o.source for o in objects.values()}
+
+    def _load(self, snap: _Snapshot, objects: Iterable[StoredObject], pending: Mapping[str, str]) -> ResourceSet:
+        parts: list[tuple[StoredObject, ResourceSet]] = []
+        problems: list[Problem] = []
+        for obj in sorted(objects, key=lambda o: o.order):
+            cached = None if obj.file in pending else self._cache.get((obj.file, obj.revision))
+            if cached is None:
+                text = pending[obj.file] if obj.file in pending else snap.texts[obj.file]
+                try:
+                    cached = load_text(text, self._origin(obj))
+                except LoadError as err:
+                    problems += err.problems
+                    continue
+                if obj.file not in pending:
+                    self._cache[(obj.file, obj.revision)] = cached
+            parts.append((obj, cached))
+        if problems:
+            raise LoadError(problems)
+        return _merge(parts)
+
+    # ---- writing -----------------------------------------------------------------------------
+
+    def _plan_apply(self, snap: _Snapshot, docs: Sequence[Document]
+                    ) -> tuple[list[Change], dict[ObjectKey, StoredObject], dict[str, str], ResourceSet]:
+        index = snap.catalog
+        guess = index.revision + 1  # what pending objects are validated with; etcd assigns the real one
+        objects = dict(index.objects)
+        texts: dict[str, str] = {}
+        changes: list[Change] = []
+        now = _now()
+        for position, doc in enumerate(docs):
+            old = index.objects.get(doc.key)
+            body = doc.body
+            if old is not None:
+                stored = self._body(snap, old)
+                toggle = annotation(stored, DISABLED_ANNOTATION)
+                if toggle is not None and annotation(body, DISABLED_ANNOTATION) is None:
+                    body = with_annotation(body, DISABLED_ANNOTATION, toggle)  # the live toggle survives
+                if json.loads(_encode(body)) == stored:
+                    changes.append(Change(doc.key, "unchanged", old.revision))
+                    continue
+            key = etcd_key(doc.key)
+            texts[key] = _encode(body)
+            objects[doc.key] = StoredObject(
+                doc.key, doc.info.api_version, doc.info.kind, guess, old.created if old else guess, now, key,
+                str(doc.origin), annotation(body, DISABLED_ANNOTATION) == "true",
+                old.position if old else position)
+            changes.append(Change(doc.key, "configured" if old is not None else "created", 0))
+        resources = self._load(snap, objects.values(), texts)  # the merged result must load
+        return changes, objects, texts, resources
+
+    def _write(self, snap: _Snapshot, ops: list[dict[str, Any]]) -> int | None:
+        """Commit `ops` plus a new layout if nobody else wrote since `snap`; the new revision or None."""
+        try:
+            ok, revision, _ = self.kv.txn([_mod_is(LAYOUT, snap.layout_revision)], [*ops, _put(LAYOUT, _now())])
+        except EtcdRefused as err:
+            if "too many operations" in err.cause or "too large" in err.cause:
+                raise EtcdRefused(
+                    f"etcd datastore {self.url} refused this write as one transaction ({err.cause}: "
+                    f"{len(ops) + 1} operations, {len(ops) // 2} objects); nothing was stored. Start etcd with "
+                    f"--max-txn-ops {len(ops) + 1} or more (default 128) and a --max-request-bytes that fits, "
+                    f"or apply fewer objects at a time", err.cause) from None
+            raise
+        return revision if ok else None
+
+    def _retrying(self, attempt: Callable[[_Snapshot], ChangeSet | None]) -> ChangeSet:
+        for _ in range(RETRIES):
+            result = attempt(self._snapshot())
+            if result is not None:
+                return result
+        raise DatastoreError(f"etcd datastore {self.url}: {RETRIES} attempts lost to concurrent writers; try again")
+
+    def apply_documents(self, paths: Sequence[str], namespace: str | None = None,
+                        check: Callable[[Preview], object] | None = None) -> ChangeSet:
+        """As `Datastore.apply_documents`: validated against the merged result, then one
+        transaction for the whole input (all or nothing), retried on a concurrent write."""
+        sources = read_sources(paths)
+        docs = documents(sources, namespace=namespace)
+
+        def attempt(snap: _Snapshot) -> ChangeSet | None:
+            changes, objects, texts, resources = self._plan_apply(snap, docs)
+            if not texts:
+                return ChangeSet(snap.catalog.revision, tuple(changes), skipped_in(sources))
+            if check is not None:
+                check(Preview(ChangeSet(snap.catalog.revision + 1, tuple(changes)), resources,
+                              self._sources(objects)))
+            ops = []
+            for change in changes:
+                if change.action == "unchanged":
+                    continue
+                obj = objects[change.key]
+                meta = {"kind": obj.key.kind, "namespace": obj.key.namespace, "name": obj.key.name,
+                        "apiVersion": obj.api_version, "writtenKind": obj.kind, "source": obj.source,
+                        "position": obj.position, "updated": obj.updated}
+                ops += [_put(obj.file, texts[obj.file]), _put(_meta_key(obj.file), json.dumps(meta))]
+            revision = self._write(snap, ops)
+            if revision is None:
+                return None
+            done = tuple(c if c.action == "unchanged" else replace(c, revision=revision) for c in changes)
+            return ChangeSet(revision, done, skipped_in(sources))
+
+        return self._retrying(attempt)
+
+    def preview_documents(self, paths: Sequence[str], namespace: str | None = None) -> Preview:
+        sources = read_sources(paths)
+        docs = documents(sources, namespace=namespace)
+        snap = self._snapshot()
+        changes, objects, _, resources = self._plan_apply(snap, docs)
+        revision = snap.catalog.revision + (1 if any(c.action != "unchanged" for c in changes) else 0)
+        return Preview(ChangeSet(revision, tuple(changes), skipped_in(sources)), resources,
+                       self._sources(objects))
+
+    def _delete_keys(self, keys: Sequence[ObjectKey], strict: bool) -> ChangeSet:
+        def attempt(snap: _Snapshot) -> ChangeSet | None:
+            found = [snap.catalog.objects.get(k) for k in keys]
+            if strict and any(o is None for o in found):
+                raise NotFound(f"{keys[0]} not found")
+            ops = [op for o in found if o is not None for op in (_delete(o.file), _delete(_meta_key(o.file)))]
+            if not ops:
+                return ChangeSet(snap.catalog.revision, tuple(Change(k, "not found", 0) for k in keys))
+            revision = self._write(snap, ops)
+            if revision is None:
+                return None
+            return ChangeSet(revision, tuple(Change(k, "deleted" if o else "not found", revision if o else 0)
+                                             for k, o in zip(keys, found, strict=True)))
+
+        return self._retrying(attempt)
+
+    def delete(self, kind: str, name: str, namespace: str | None = None) -> ChangeSet:
+        obj = self.find(kind, name, namespace)
+        return self._delete_keys([obj.key], strict=True)
+
+    def delete_documents(self, paths: Sequence[str], namespace: str | None = None) -> ChangeSet:
+        docs = documents(read_sources(paths), validate=False, namespace=namespace)
+        return self._delete_keys([d.key for d in docs], strict=False)
+
+    def _toggle_target(self, kind: str, name: str, namespace: str | None) -> tuple[ObjectKey, KVPair, int]:
+        """The one object a toggle names, and the store's revision. Read by key when every kind
+        it may be has a known key (one read of a few keys, whatever the size of the store); else
+        found in a full read (a namespaced kind without a namespace)."""
+        kinds = resolve_kinds(kind)
+        if all(not k.namespaced or namespace is not None for k in kinds):
+            keys = [ObjectKey(k.model_kind, namespace if k.namespaced else None, name) for k in kinds]
+            _, revision, responses = self.kv.txn([], [{"request_range": {"key": _b64(etcd_key(k))}} for k in keys])
+            found = [(k, _kv(raw)) for k, r in zip(keys, responses, strict=True)
+                     for raw in r.get("response_range", {}).get("kvs", [])]
+            if len(found) == 1:
+                return found[0][0], found[0][1], revision
+            if not found:
+                where = f" in namespace {namespace}" if namespace and any(k.namespaced for k in kinds) else ""
+                raise NotFound(f"{kind} {name!r} not found{where}")
+        snap = self._snapshot()  # several matches: _find names them (Ambiguous)
+        obj = self._find(snap.catalog, kind, name, namespace)
+        return (obj.key, KVPair(obj.file, snap.texts[obj.file].encode(), obj.revision, obj.created),
+                snap.catalog.revision)
+
+    def set_disabled(self, kind: str, name: str, namespace: str | None, disabled: bool) -> ChangeSet:
+        """The live toggle: one key rewritten (the policy's own, its annotation flipped), compared
+        on that key's revision; its generation and the layout stay."""
+        for _ in range(RETRIES):
+            key, kv, revision = self._toggle_target(kind, name, namespace)
+            info = BY_MODEL_KIND[key.kind]
+            if not info.is_policy:
+                raise DatastoreError(f"{key} is not a policy: only policies can be disabled")
+            try:
+                body = json.loads(kv.value)
+            except ValueError as exc:
+                raise DatastoreError(f"etcd datastore {self.url}: {kv.key} is not JSON ({exc})") from exc
+            if (annotation(body, DISABLED_ANNOTATION) == "true") == disabled:
+                return ChangeSet(revision, (Change(key, "unchanged", kv.revision),))
+            body = with_annotation(body, DISABLED_ANNOTATION, "true" if disabled else None)
+            ok, revision, _ = self.kv.txn([_mod_is(kv.key, kv.revision)], [_put(kv.key, _encode(body))])
+            if ok:
+                return ChangeSet(revision, (Change(key, "disabled" if disabled else "enabled", revision),))
+        raise DatastoreError(f"etcd datastore {self.url}: {RETRIES} attempts lost to concurrent writers; try again")
+
+
+__all__ = ["CALICO_PREFIX", "Compacted", "EtcdDatastore", "EtcdKV", "EtcdRefused", "EtcdUnavailable", "KVPair",
+           "KeyExists", "RevisionConflict", "WatchEvent", "etcd_key"]
