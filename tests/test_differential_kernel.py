@@ -30,7 +30,7 @@ from enforcer.lab import lab_resources, netns_name, plan_lab
 from enforcer.lab.probe import Probe, run_probes
 from enforcer.model import IPAddress, ResourceSet
 from enforcer.nft import ir
-from enforcer.nft.compiler import CompiledNode, compile_node
+from enforcer.nft.compiler import CompiledNode, CompileOptions, compile_node
 from enforcer.resolve import ClusterState
 from enforcer.ruleids import IdAllocator, RuleRef, RuleTable
 from enforcer.synth import PORTS, SynthSpec, synth_resources
@@ -134,11 +134,11 @@ def _nft(lab_id: str, node: str, script: str) -> None:
     assert done.returncode == 0, f"nft rejected the change to {node}: {done.stderr}"
 
 
-def compile_and_apply(lab_id: str, state: ClusterState, evaluator: Evaluator, ids: IdAllocator
-                      ) -> dict[str, CompiledNode]:
+def compile_and_apply(lab_id: str, state: ClusterState, evaluator: Evaluator, ids: IdAllocator,
+                      options: CompileOptions | None = None) -> dict[str, CompiledNode]:
     out = {}
     for node in state.nodes:
-        compiled = out[node] = compile_node(state, node, evaluator=evaluator, ids=ids)
+        compiled = out[node] = compile_node(state, node, options, evaluator=evaluator, ids=ids)
         _nft(lab_id, node, ir.render(compiled.table, ir.full(compiled.table, existing=False)))
     return out
 
@@ -229,9 +229,25 @@ def check_round(lab_id: str, tmp_path: Path, res: ResourceSet, ev: Evaluator, ru
     assert compared >= len(probes) * 3 // 4
 
 
+# Both layouts of workload chains: decision maps (the default budget) and the rule walk (budget 0).
+LAYOUTS = {"decision": CompileOptions(), "walk": CompileOptions(decision_budget=0)}
+
+
+def toggle_ops_allowed(op: ir.Op, layout: str) -> bool:
+    """A toggle changes the `closed` gate set; with decision maps, also map elements and the
+    terminal chains of outcomes new to (or gone from) the node. Never a policy or endpoint chain."""
+    if isinstance(op, ir.SetElements):
+        return op.name == "closed" or (layout == "decision" and op.name.startswith(("dp4-", "dp6-", "dn4-", "dn6-")))
+    if layout == "decision" and isinstance(op, ir.DefineChain | ir.DeleteChain):
+        name = op.chain.name if isinstance(op, ir.DefineChain) else op.name
+        return name.startswith("dx-")
+    return False
+
+
 @pytest.mark.kernel
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("seed", range(SEEDS))
-def test_kernel_agrees_with_evaluator(seed: int, lab_id: str, tmp_path: Path) -> None:
+def test_kernel_agrees_with_evaluator(seed: int, layout: str, lab_id: str, tmp_path: Path) -> None:
     from enforcer.lab import lab_up
 
     spec = SynthSpec(nodes=2, namespaces=2, pods=4, externals=2, policies=8, rules_per_policy=3, disabled=0.15)
@@ -241,7 +257,10 @@ def test_kernel_agrees_with_evaluator(seed: int, lab_id: str, tmp_path: Path) ->
     res = lab_resources(res, plan)
     state = ClusterState(res)
     ev = Evaluator(state)
-    compiled = compile_and_apply(lab_id, state, Evaluator(state.for_dataplane()), IdAllocator())
+    compiled = compile_and_apply(lab_id, state, Evaluator(state.for_dataplane()), IdAllocator(), LAYOUTS[layout])
+    layouts = {c.layout for node in compiled.values() for c in node.layouts}
+    if layout == "walk":
+        assert layouts == {"walk"}, "a budget of 0 must keep every chain's walk"
     check_round(lab_id, tmp_path, res, ev, _merged(compiled), seed, PROBES_PER_SEED, "compiled")
 
     # Live toggles: the same layout with other gates closed must behave as the evaluator does with
@@ -251,7 +270,7 @@ def test_kernel_agrees_with_evaluator(seed: int, lab_id: str, tmp_path: Path) ->
     off = {p.key for p in toggled.policies if p.disabled}
     for node, c in compiled.items():
         ops = ir.diff(c.table, c.with_disabled(off).table)
-        assert all(isinstance(op, ir.SetElements) and op.name == "closed" for op in ops), ops
+        assert all(toggle_ops_allowed(op, layout) for op in ops), ops
         if ops:
             _nft(lab_id, node, ir.render(c.table, ops))
     check_round(lab_id, tmp_path, toggled, Evaluator(ClusterState(toggled)), _merged(compiled), seed + 1000,
