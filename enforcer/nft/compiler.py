@@ -191,6 +191,8 @@ class _NodeCompiler:
     workload_chains: dict[tuple[object, ...], str] = field(default_factory=dict)
     layouts: dict[str, ChainLayout] = field(default_factory=dict)
     decision_maps: dict[str, NftSet] = field(default_factory=dict)
+    _rules_of: dict[tuple[object, ...], tuple[tuple[Policy, ...], decision.RuleList, decision.Tests]] = field(
+        default_factory=dict)
     book: SetBook = field(init=False)
     _live: Evaluator | None = None
 
@@ -418,7 +420,8 @@ class _NodeCompiler:
             # Replicas select the same policies: their chain is rendered once per compile. The
             # evaluator shares one stage_tiers answer between endpoints with the same labels
             # and keeps it alive for the compile, so its identity stands for its content.
-            signature = (name, stage.direction, stage.endpoint.profiles, id(self.ev.stage_tiers(stage)))
+            signature = (name, stage.direction, stage.endpoint.profiles, id(self.ev.stage_tiers(stage)),
+                         self._local_key(stage))
             found = self.workload_chains.get(signature)
             if found is not None:
                 return found
@@ -430,15 +433,17 @@ class _NodeCompiler:
         if stage.family in ("workload", "normal"):
             lines += self._profiles(stage.endpoint, stage.direction)
         if stage.family == "workload":
-            decided = self._decision_chain(name, stage)
-            if decided is not None:
-                assert signature is not None
-                self.workload_chains[signature] = decided
-                return decided
             # Workloads with the same policies (replicas, mostly) share one chain: the table grows
             # with distinct policy sets, not with pods, and a policy change rewrites fewer chains.
             digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
-            name = f"{name}-{digest}"
+            prefix, name = name, f"{name}-{digest}"
+            decided = self._decision_chain(prefix, stage, name)
+            if decided is not None:
+                assert signature is not None
+                if any(f"goto {name}" in line for line in self.chains[decided].rules):
+                    self.chains[name] = Chain(name, tuple(lines))  # the guard's way out
+                self.workload_chains[signature] = decided
+                return decided
             if name not in self.layouts:
                 self.layouts[name] = ChainLayout(name, "walk", len(lines), self._walk_reason)
         if signature is not None:
@@ -450,7 +455,7 @@ class _NodeCompiler:
 
     _walk_reason: str = ""
 
-    def _decision_chain(self, prefix: str, stage: Stage) -> str | None:
+    def _decision_chain(self, prefix: str, stage: Stage, walk: str) -> str | None:
         """The workload chain as decision maps, or None (and `_walk_reason`) to keep the walk.
         The walk has been rendered first: its policy chains and rule ids stay in the table, so
         attribution ids and toggles do not depend on which layout a chain got."""
@@ -460,26 +465,47 @@ class _NodeCompiler:
             return None
         ep = stage.endpoint
         assert ep is not None
-        policies = tuple(p for st in self.ev.stage_tiers(stage) for p in st.enforced)
-        profiles = tuple(self.state.profiles[n] for n in ep.profiles if n in self.state.profiles)
-        rules = [(r, p.namespace) for p in policies for r in p.rules(stage.direction)]
-        rules += [(r, None) for prof in profiles for r in prof.rules(stage.direction)]
-        tag = decision.chain_tag(stage, policies, ep.profiles)
+        policies, rules, _ = self._decision_rules(stage)
+        tag = decision.chain_tag(stage, policies, ep.profiles, self._local_key(stage))
         local: dict[int, IPAddress] = {4: ipaddress.IPv4Address("192.0.2.1"), 6: ipaddress.IPv6Address("2001:db8::1")}
         for ip in reversed(ep.ips):
             local[ip.version] = ip
         built = decision.decide(self._live_evaluator(), stage, rules, local, budget, tag,
-                                lambda out: self._outcome_chain(out, stage.direction))
+                                lambda out: self._outcome_chain(out, stage.direction), walk)
         if isinstance(built, str):
             self._walk_reason = built
             return None
         name = bounded_name(f"{prefix}-d{tag}")
-        for map_name, (type_, elements) in built.maps.items():
-            self.decision_maps[map_name] = NftSet(map_name, type_, ("interval",), elements, is_map=True)
+        for map_name, (type_, elements, is_map) in built.maps.items():
+            self.decision_maps[map_name] = NftSet(map_name, type_, ("interval",), elements, is_map=is_map)
         # The maps cover every address, protocol and port: the drop is never reached.
         self.chains[name] = Chain(name, (CLEAR, *built.lines, "drop"))
         self.layouts[name] = ChainLayout(name, "decision", built.elements)
         return name
+
+    def _decision_rules(self, stage: Stage) -> tuple[tuple[Policy, ...], decision.RuleList, decision.Tests]:
+        """The selecting policies, every rule that may decide (theirs, then the profiles'), and
+        the address tests on the endpoint's own side: once per shared chain."""
+        assert stage.endpoint is not None
+        key = (id(self.ev.stage_tiers(stage)), stage.direction, stage.endpoint.profiles)
+        found = self._rules_of.get(key)
+        if found is None:
+            policies = tuple(p for st in self.ev.stage_tiers(stage) for p in st.enforced)
+            profiles = [self.state.profiles[n] for n in stage.endpoint.profiles if n in self.state.profiles]
+            rules = [(r, p.namespace) for p in policies for r in p.rules(stage.direction)]
+            rules += [(r, None) for prof in profiles for r in prof.rules(stage.direction)]
+            tests = decision.address_tests(self.state, rules, stage.direction, peer=False)
+            found = self._rules_of[key] = (policies, rules, tests)
+        return found
+
+    def _local_key(self, stage: Stage) -> tuple[frozenset[int], ...]:
+        """Which of the rules' tests on the endpoint's own side hold for each of its addresses:
+        endpoints that differ there cannot share a decision chain."""
+        if self.options.decision_budget <= 0:
+            return ()
+        assert stage.endpoint is not None
+        tests = self._decision_rules(stage)[2]
+        return decision.memberships(tests, stage.endpoint.ips) if tests else ()
 
     def _live_evaluator(self) -> Evaluator:
         """Decides with enabled policies only (the compiler's own view includes disabled ones)."""

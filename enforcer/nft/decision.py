@@ -76,7 +76,7 @@ class Outcome:
 @dataclass(frozen=True)
 class DecisionChain:
     lines: tuple[str, ...]
-    maps: dict[str, tuple[str, frozenset[str]]]  # name → (type, elements)
+    maps: dict[str, tuple[str, frozenset[str], bool]]  # name → (type, elements, is a map)
     elements: int
 
 
@@ -88,18 +88,25 @@ def _sides(rule: Rule, direction: str) -> tuple[EntityRule, EntityRule]:
     return (rule.source, rule.destination) if direction == "ingress" else (rule.destination, rule.source)
 
 
-def unsupported(rules: list[tuple[Rule, str | None]], direction: str) -> str | None:
-    """Why these rules cannot be keyed on (peer address, protocol, destination port), or None."""
+RuleList = list[tuple[Rule, str | None]]  # (rule, its policy's namespace)
+Tests = list[list[tuple[int, int, int]]]  # per address test: its (version, first, last) ranges
+
+
+def unsupported(rules: RuleList, direction: str) -> str | None:
+    """Why these rules cannot be keyed on (peer address, protocol, destination port), or None.
+
+    Tests of the endpoint's own address are answered at compile time for ingress (the packet is
+    addressed to the endpoint) and egress alike, with a guard: a packet whose own-side address
+    is outside the endpoint's class in those tests (a forged source) goes to the walk."""
     for rule, _ in rules:
         peer, local = _sides(rule, direction)
         if rule.http is not None:
             return "HTTP match"
         if rule.icmp is not None or rule.not_icmp is not None:
             return "ICMP type/code match"
-        if local.nets or local.not_nets or local.uses_selectors or local.services is not None:
-            return "rule tests the endpoint's own address"
-        if peer.services is not None:
+        if local.services is not None or peer.services is not None:
             return "service match"
+
         if rule.source.ports or rule.source.not_ports:
             return "source port match"
         if any(isinstance(p, NamedPort) for p in (*rule.destination.ports, *rule.destination.not_ports)):
@@ -107,10 +114,9 @@ def unsupported(rules: list[tuple[Rule, str | None]], direction: str) -> str | N
     return None
 
 
-def _address_ranges(state: ClusterState, rules: list[tuple[Rule, str | None]], direction: str
-                    ) -> list[list[tuple[int, int, int]]]:
-    """Per address test used on the peer side: its (version, first, last) ranges."""
-    tests: list[list[tuple[int, int, int]]] = []
+def address_tests(state: ClusterState, rules: RuleList, direction: str, *, peer: bool = True) -> Tests:
+    """Per address test used on the peer's (or the endpoint's own) side: its ranges."""
+    tests: Tests = []
     seen: set[object] = set()
 
     def add(key: object, ranges: Iterator[tuple[int, int, int]]) -> None:
@@ -124,10 +130,10 @@ def _address_ranges(state: ClusterState, rules: list[tuple[Rule, str | None]], d
             yield net.version, int(net.network_address), int(net.broadcast_address)
 
     for rule, namespace in rules:
-        peer, _ = _sides(rule, direction)
-        for net in (*peer.nets, *peer.not_nets):
+        side = _sides(rule, direction)[0 if peer else 1]
+        for net in (*side.nets, *side.not_nets):
             add(("net", net), net_ranges((net,)))
-        for sel in (entity_selector(peer, namespace), peer.not_selector):
+        for sel in (entity_selector(side, namespace), side.not_selector):
             if sel is None:
                 continue
             ipset = state.ipset(sel)
@@ -136,7 +142,14 @@ def _address_ranges(state: ClusterState, rules: list[tuple[Rule, str | None]], d
     return tests
 
 
-def address_intervals(tests: list[list[tuple[int, int, int]]], version: int
+def memberships(tests: Tests, ips: tuple[IPAddress, ...]) -> tuple[frozenset[int], ...]:
+    """For each address: the tests that contain it."""
+    return tuple(frozenset(t for t, ranges in enumerate(tests)
+                           if any(v == ip.version and first <= int(ip) <= last for v, first, last in ranges))
+                 for ip in ips)
+
+
+def address_intervals(tests: Tests, version: int
                       ) -> tuple[list[int], list[frozenset[int]]]:
     """The elementary intervals of the `version` address space (their first addresses, in
     order) and, for each, the tests that contain it."""
@@ -164,7 +177,7 @@ def _split(space_last: int, bounds: set[int]) -> list[tuple[int, int]]:
     return [(s, (starts[i + 1] - 1) if i + 1 < len(starts) else space_last) for i, s in enumerate(starts)]
 
 
-def port_intervals(rules: list[tuple[Rule, str | None]]) -> list[tuple[int, int]]:
+def port_intervals(rules: RuleList) -> list[tuple[int, int]]:
     bounds: set[int] = set()
     for rule, _ in rules:
         for p in (*rule.destination.ports, *rule.destination.not_ports):
@@ -173,7 +186,7 @@ def port_intervals(rules: list[tuple[Rule, str | None]]) -> list[tuple[int, int]
     return _split(65535, bounds)
 
 
-def protocol_intervals(rules: list[tuple[Rule, str | None]]) -> list[tuple[int, int]]:
+def protocol_intervals(rules: RuleList) -> list[tuple[int, int]]:
     """Intervals of the protocols without ports (each port protocol is keyed on its own)."""
     bounds: set[int] = set()
     for rule, _ in rules:
@@ -209,18 +222,25 @@ def cells(classes: int, ports: int, protos: int) -> int:
     return classes * (len(PORT_PROTOCOLS) * ports + protos)
 
 
-def decide(ev: Evaluator, stage: Stage, rules: list[tuple[Rule, str | None]], local: dict[int, IPAddress],
-           budget: int, tag: str, target: Callable[[Outcome], str]) -> DecisionChain | str:
+def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddress],
+           budget: int, tag: str, target: Callable[[Outcome], str], walk: str) -> DecisionChain | str:
     """The decision maps of `stage`'s chain, or why it keeps the walk.
 
     `ev` decides with enabled policies only; `rules` are every rule that may decide (selecting
     policies and profiles); `local` is an address of the endpoint per IP version (any address of
     that version when it has none: the rules do not test it); `tag` names the maps; `target`
-    gives the terminal chain of an outcome."""
+    gives the terminal chain of an outcome; `walk` is the chain of the rule walk, where a packet
+    whose own-side address the decision did not assume goes."""
     reason = unsupported(rules, stage.direction)
     if reason is not None:
         return reason
-    tests = _address_ranges(ev.state, rules, stage.direction)
+    assert stage.endpoint is not None
+    own = stage.endpoint.ips
+    own_tests = address_tests(ev.state, rules, stage.direction, peer=False)
+    for version in (4, 6):
+        if len(set(memberships(own_tests, tuple(ip for ip in own if ip.version == version)))) > 1:
+            return f"the endpoint's IPv{version} addresses differ in the rules' tests"
+    tests = address_tests(ev.state, rules, stage.direction)
     ports = port_intervals(rules)
     protos = protocol_intervals(rules)
     per_version = {v: address_intervals(tests, v) for v in (4, 6)}
@@ -231,11 +251,28 @@ def decide(ev: Evaluator, stage: Stage, rules: list[tuple[Rule, str | None]], lo
 
     ingress = stage.direction == "ingress"
     lines: list[str] = []
-    maps: dict[str, tuple[str, frozenset[str]]] = {}
+    maps: dict[str, tuple[str, frozenset[str], bool]] = {}
     elements = 0
     for version, (starts, sigs) in per_version.items():
         l3, nfproto, addr_type = ("ip", "ipv4", "ipv4_addr") if version == 4 else ("ip6", "ipv6", "ipv6_addr")
         me = local[version]
+        own_field = f"{l3} {'daddr' if ingress else 'saddr'}"
+        if own_tests:
+            # The outcomes assume the endpoint's own address answers the own-side tests as `me`
+            # does: any other address (a forged source) takes the walk.
+            starts_o, sigs_o = address_intervals(own_tests, version)
+            mine = memberships(own_tests, (me,))[0]
+            inside = [sig == mine for sig in sigs_o]
+            guard: set[str] = set()
+            for r0, r1 in _runs(inside):  # type: ignore[arg-type]
+                if inside[r0]:
+                    last = starts_o[r1 + 1] - 1 if r1 + 1 < len(starts_o) else _SPACE[version]
+                    guard.add(_text(version, starts_o[r0]) if starts_o[r0] == last
+                              else f"{_text(version, starts_o[r0])}-{_text(version, last)}")
+            name_o = f"do{version}-{tag}"
+            maps[name_o] = (addr_type, frozenset(guard), False)
+            elements += len(guard)
+            lines.append(f"meta nfproto {nfproto} {own_field} != @{name_o} goto {walk}")
 
         def flow(peer: IPAddress, proto: int, port: int | None, me: IPAddress = me) -> Flow:
             src, dst = (peer, me) if ingress else (me, peer)
@@ -270,8 +307,8 @@ def decide(ev: Evaluator, stage: Stage, rules: list[tuple[Rule, str | None]], lo
                 for lo, hi in _contiguous(protos[q0:q1 + 1]):
                     dn.add(f"{addr} . {_range(str, lo, hi)} : goto {target(rest[q0])}")
         name_p, name_n = f"dp{version}-{tag}", f"dn{version}-{tag}"
-        maps[name_p] = (f"{addr_type} . inet_proto . inet_service : verdict", frozenset(dp))
-        maps[name_n] = (f"{addr_type} . inet_proto : verdict", frozenset(dn))
+        maps[name_p] = (f"{addr_type} . inet_proto . inet_service : verdict", frozenset(dp), True)
+        maps[name_n] = (f"{addr_type} . inet_proto : verdict", frozenset(dn), True)
         elements += len(dp) + len(dn)
         peer_field = f"{l3} {'saddr' if ingress else 'daddr'}"
         lines.append(f"meta nfproto {nfproto} meta l4proto {{ {', '.join(map(str, PORT_PROTOCOLS))} }} "
@@ -300,7 +337,9 @@ def outcome_name(lines: list[str]) -> str:
     return "dx-" + hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
-def chain_tag(stage: Stage, policies: tuple[Policy, ...], profiles: tuple[str, ...]) -> str:
-    """Stable across toggles and rule edits: the chain's maps change, not its name."""
-    key = repr((stage.direction, tuple(p.key for p in policies), profiles))
+def chain_tag(stage: Stage, policies: tuple[Policy, ...], profiles: tuple[str, ...],
+              local: tuple[frozenset[int], ...]) -> str:
+    """Stable across toggles and rule edits: the chain's maps change, not its name. `local`: the
+    endpoint's own addresses in the rules' tests (endpoints differing there need their own)."""
+    key = repr((stage.direction, tuple(p.key for p in policies), profiles, tuple(sorted(map(sorted, local)))))
     return hashlib.sha256(key.encode()).hexdigest()[:_HASH]
