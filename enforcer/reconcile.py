@@ -285,7 +285,9 @@ class Reconciler:
             self._layout = (key, {**kept, **gated}) if len(gated) == len(compiled) else None
             for node, c in gated.items():
                 gates = getattr(c, "gates", None)
-                if isinstance(gates, Mapping):
+                # Decision maps (compiler's `redecide`) depend on toggles beyond the gates: a
+                # fresh process must compile for a toggle, so no gate record is kept for them.
+                if isinstance(gates, Mapping) and getattr(c, "redecide", None) is None:
                     self.records.save_layout(node, key, gates, c.table)
             result = ReconcileResult(revision, tuple(results[n] for n in targets), load_ms, _ms(start), rules, new_ids)
         # WireGuard (FelixConfiguration wireguardEnabled/V6) after the tables, only when they went into
