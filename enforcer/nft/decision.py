@@ -20,7 +20,7 @@ ids and NFLOG prefixes the walk logs (end of tier attributed to the last enabled
 policy, profiles, no-profile drop), so attribution does not depend on the layout.
 
 What the maps cannot key on keeps the walk: rules that test the endpoint's own address, source
-ports, named ports, ICMP type/code or HTTP; and any chain whose decision space (cells the
+ports, named ports or HTTP; and any chain whose decision space (cells the
 compiler must decide) exceeds the budget — never a wrong verdict, never an unbounded map.
 
 Only enforced, enabled policies decide (the evaluator's walk); disabled ones change outcomes, so
@@ -102,8 +102,6 @@ def unsupported(rules: RuleList, direction: str) -> str | None:
         peer, local = _sides(rule, direction)
         if rule.http is not None:
             return "HTTP match"
-        if rule.icmp is not None or rule.not_icmp is not None:
-            return "ICMP type/code match"
         if local.services is not None or peer.services is not None:
             return "service match"
 
@@ -186,6 +184,19 @@ def port_intervals(rules: RuleList) -> list[tuple[int, int]]:
     return _split(65535, bounds)
 
 
+def icmp_intervals(rules: RuleList) -> tuple[list[tuple[int, int]], list[tuple[int, int]]] | None:
+    """ICMP type and code intervals when some rule matches them (then ICMP gets its own map)."""
+    types: set[int] = set()
+    codes: set[int] = set()
+    for rule, _ in rules:
+        for m in (rule.icmp, rule.not_icmp):
+            if m is not None:
+                types.update((m.type, m.type + 1))
+                if m.code is not None:
+                    codes.update((m.code, m.code + 1))
+    return (_split(255, types), _split(255, codes)) if types else None
+
+
 def protocol_intervals(rules: RuleList) -> list[tuple[int, int]]:
     """Intervals of the protocols without ports (each port protocol is keyed on its own)."""
     bounds: set[int] = set()
@@ -245,7 +256,9 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
     protos = protocol_intervals(rules)
     per_version = {v: address_intervals(tests, v) for v in (4, 6)}
     classes = {v: sorted(set(sig)) for v, (_, sig) in per_version.items()}
-    total = sum(cells(len(c), len(ports), len(protos)) for c in classes.values())
+    icmp = icmp_intervals(rules)
+    per_class_icmp = len(icmp[0]) * len(icmp[1]) if icmp else 0
+    total = sum(cells(len(c), len(ports), len(protos)) + len(c) * per_class_icmp for c in classes.values())
     if total > budget:
         return f"decision space {total} cells > budget {budget}"
 
@@ -274,9 +287,12 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
             elements += len(guard)
             lines.append(f"meta nfproto {nfproto} {own_field} != @{name_o} goto {walk}")
 
-        def flow(peer: IPAddress, proto: int, port: int | None, me: IPAddress = me) -> Flow:
+        def flow(peer: IPAddress, proto: int, port: int | None, me: IPAddress = me,
+                 icmp_type: int | None = None, icmp_code: int | None = None) -> Flow:
             src, dst = (peer, me) if ingress else (me, peer)
-            return Flow(src, dst, proto, 40000 if port is not None else None, port)
+            return Flow(src, dst, proto, 40000 if port is not None else None, port, icmp_type, icmp_code)
+
+        icmp_proto = 1 if version == 4 else 58
 
         # Per class: the outcome of every (port protocol, port interval) and non-port protocol.
         table: dict[frozenset[int], tuple[Outcome, ...]] = {}
@@ -286,12 +302,16 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
             row = [_outcome(ev.decide_stage(stage, flow(peer, p, first)))
                    for p in PORT_PROTOCOLS for first, _ in ports]
             row += [_outcome(ev.decide_stage(stage, flow(peer, first, None))) for first, _ in protos]
+            if icmp:
+                row += [_outcome(ev.decide_stage(stage, flow(peer, icmp_proto, None, icmp_type=t, icmp_code=c)))
+                        for t, _ in icmp[0] for c, _ in icmp[1]]
             table[sig] = tuple(row)
         rows = [table[s] for s in sigs]
         addr_runs = list(_runs(rows))  # type: ignore[arg-type]
         last_addr = _SPACE[version]
         dp: set[str] = set()
         dn: set[str] = set()
+        di: set[str] = set()
         for a0, a1 in addr_runs:
             first = starts[a0]
             last = starts[a1 + 1] - 1 if a1 + 1 < len(starts) else last_addr
@@ -301,7 +321,15 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
                 cells_ = list(cols[pi * len(ports):(pi + 1) * len(ports)])
                 for p0, p1 in _runs(cells_):  # type: ignore[arg-type]
                     dp.add(f"{addr} . {proto} . {_range(str, ports[p0][0], ports[p1][1])} : goto {target(cells_[p0])}")
-            rest = list(cols[len(PORT_PROTOCOLS) * len(ports):])
+            rest = list(cols[len(PORT_PROTOCOLS) * len(ports):len(PORT_PROTOCOLS) * len(ports) + len(protos)])
+            if icmp:
+                types, codes = icmp
+                by_type = cols[len(PORT_PROTOCOLS) * len(ports) + len(protos):]
+                for ti, (t0, t1) in enumerate(types):
+                    per_code = list(by_type[ti * len(codes):(ti + 1) * len(codes)])
+                    for c0, c1 in _runs(per_code):  # type: ignore[arg-type]
+                        di.add(f"{addr} . {_range(str, t0, t1)} . {_range(str, codes[c0][0], codes[c1][1])} "
+                               f": goto {target(per_code[c0])}")
             for q0, q1 in _runs(rest):  # type: ignore[arg-type]
                 # adjacent in the list but not in number (a port protocol between): split
                 for lo, hi in _contiguous(protos[q0:q1 + 1]):
@@ -313,6 +341,14 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
         peer_field = f"{l3} {'saddr' if ingress else 'daddr'}"
         lines.append(f"meta nfproto {nfproto} meta l4proto {{ {', '.join(map(str, PORT_PROTOCOLS))} }} "
                      f"{peer_field} . meta l4proto . th dport vmap @{name_p}")
+        if icmp:
+            # before the protocol map: ICMP of this family by type and code
+            name_i = f"di{version}-{tag}"
+            kind = "icmp" if version == 4 else "icmpv6"
+            maps[name_i] = (f"{addr_type} . {kind}_type . {kind}_code : verdict", frozenset(di), True)
+            elements += len(di)
+            lines.append(f"meta nfproto {nfproto} meta l4proto {icmp_proto} "
+                         f"{peer_field} . {kind} type . {kind} code vmap @{name_i}")
         lines.append(f"meta nfproto {nfproto} {peer_field} . meta l4proto vmap @{name_n}")
     return DecisionChain(tuple(lines), maps, elements)
 
