@@ -580,6 +580,13 @@ def handshake(netns: str, pod_ip: str) -> bool:
         sock.close()
 
 
+def rate_options(args: argparse.Namespace) -> CompileOptions:
+    """The default compile options, with --decision-budget when given."""
+    if args.decision_budget is None:
+        return CompileOptions()
+    return CompileOptions(decision_budget=args.decision_budget)
+
+
 def final_allow_chain(compiled: CompiledNode, last: str) -> str:
     """The chain whose rule attributes the final allow of policy `last` (its policy chain in the
     rule walk, its outcome chain under decision maps): the checks read its counter."""
@@ -614,7 +621,7 @@ def section_rate(args: argparse.Namespace, lab: str, pktgen: Path, report: dict[
     state = ClusterState(res)
     ev = Evaluator(state)
     with timed() as t_c:
-        compiled = compile_node(state, NODE, evaluator=ev)
+        compiled = compile_node(state, NODE, rate_options(args), evaluator=ev)
     flowtui = compiled.table
     layouts = [(c.layout, c.elements, c.reason) for c in compiled.layouts]
     walked = compile_node(state, NODE, CompileOptions(decision_budget=0), evaluator=ev)
@@ -914,6 +921,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="rate section: policies selecting the pod (default 1000, quick 200)")
     ap.add_argument("--reps", type=int, help="rate section: runs per ruleset and traffic kind (default 5, quick 2)")
     ap.add_argument("--seconds", type=float, help="rate section: generator run length (default 1.0, quick 0.5)")
+    ap.add_argument("--decision-budget", type=int,
+                    help="rate section: decision-map budget in cells for the flowtui row (default: the compiler's)")
     ap.add_argument("--skip-apply", action="store_true")
     ap.add_argument("--skip-rate", action="store_true")
     args = ap.parse_args(argv)
