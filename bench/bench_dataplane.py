@@ -91,6 +91,7 @@ from enforcer.model import (  # noqa: E402
 )
 from enforcer.nft import ir  # noqa: E402
 from enforcer.nft.compiler import CompiledNode, CompileOptions, compile_node  # noqa: E402
+from enforcer.nft.decision import DEFAULT_BUDGET  # noqa: E402
 from enforcer.nft.elements import ElementSocket  # noqa: E402
 from enforcer.nft.elements import supported as elements_only  # noqa: E402
 from enforcer.resolve import ClusterState  # noqa: E402
@@ -581,10 +582,8 @@ def handshake(netns: str, pod_ip: str) -> bool:
 
 
 def rate_options(args: argparse.Namespace) -> CompileOptions:
-    """The default compile options, with --decision-budget when given."""
-    if args.decision_budget is None:
-        return CompileOptions()
-    return CompileOptions(decision_budget=args.decision_budget)
+    """The flowtui row's compile options: decision maps with --decision-budget (default 4,096)."""
+    return CompileOptions(decision_budget=DEFAULT_BUDGET if args.decision_budget is None else args.decision_budget)
 
 
 def final_allow_chain(compiled: CompiledNode, last: str) -> str:

@@ -272,7 +272,7 @@ def _real_world(tmp_path: Path) -> World:
 
 def test_dry_run_reports_each_workload_chains_layout(tmp_path: Path) -> None:
     world = _real_world(tmp_path)
-    result = world.run("apply", "--dry-run", "-f", str(SCENARIOS))
+    result = world.run("apply", "--dry-run", "-f", str(SCENARIOS), env={"FLOWTUI_DECISION_BUDGET": "4096"})
     assert result.exit_code == 0, result.output
     decided = [line for line in result.stdout.splitlines() if ": decision maps, " in line]
     assert decided and all(line.startswith(("# fw-d", "# tw-d")) for line in decided)
@@ -280,7 +280,7 @@ def test_dry_run_reports_each_workload_chains_layout(tmp_path: Path) -> None:
         chain = line.split(":")[0].removeprefix("# ")
         assert f"chain {chain} {{" in result.stdout
         assert f"map dp4-{chain[4:]} {{" in result.stdout
-    walked = world.run("apply", "--dry-run", "-f", str(SCENARIOS), env={"FLOWTUI_DECISION_BUDGET": "0"})
+    walked = world.run("apply", "--dry-run", "-f", str(SCENARIOS))  # the default: off
     assert walked.exit_code == 0, walked.output
     assert ": decision maps, " not in walked.stdout and "map dp4-" not in walked.stdout
     assert "rule walk, 5 rules (decision maps off (budget 0))" in walked.stdout

@@ -17,6 +17,7 @@ from enforcer.loader import load_paths
 from enforcer.model import Policy, ResourceSet
 from enforcer.nft import ir
 from enforcer.nft.compiler import CompileOptions, compile_node
+from enforcer.nft.decision import DEFAULT_BUDGET
 from enforcer.resolve import ClusterState
 from enforcer.ruleids import IdAllocator, decode_prefix
 from enforcer.synth import SynthSpec, synth_resources
@@ -32,7 +33,7 @@ def compiled_text(res: ResourceSet, node: str, ids: IdAllocator | None = None,
 
 
 # The default layout (workload chains as decision maps where they fit) and the rule walk.
-GOLDEN_LAYOUTS = {"": CompileOptions(), "-walk": CompileOptions(decision_budget=0)}
+GOLDEN_LAYOUTS = {"": CompileOptions(decision_budget=DEFAULT_BUDGET), "-walk": CompileOptions(decision_budget=0)}
 
 
 @pytest.mark.parametrize("suffix", sorted(GOLDEN_LAYOUTS))
@@ -130,8 +131,9 @@ def test_toggling_a_policy_is_one_set_element() -> None:
 
     # A workload policy under decision maps: its gate, and the cells it decided.
     key = ("NetworkPolicy", "staging", "log-and-deny-frontend")
-    decided = compile_node(ClusterState(ARTICLE), "node-b", ids=ids)
-    decided_off = compile_node(ClusterState(_edit(ARTICLE, key[2], disabled=True)), "node-b", ids=ids)
+    maps = GOLDEN_LAYOUTS[""]
+    decided = compile_node(ClusterState(ARTICLE), "node-b", maps, ids=ids)
+    decided_off = compile_node(ClusterState(_edit(ARTICLE, key[2], disabled=True)), "node-b", maps, ids=ids)
     gate = f"{decided.gates[key]:#x}"
     ops = ir.diff(decided.table, decided_off.table)
     assert ir.SetElements("closed", add=(gate,)) in ops

@@ -31,6 +31,7 @@ from enforcer.lab.probe import Probe, run_probes
 from enforcer.model import IPAddress, ResourceSet
 from enforcer.nft import ir
 from enforcer.nft.compiler import CompiledNode, CompileOptions, compile_node
+from enforcer.nft.decision import DEFAULT_BUDGET
 from enforcer.resolve import ClusterState
 from enforcer.ruleids import IdAllocator, RuleRef, RuleTable
 from enforcer.synth import PORTS, SynthSpec, synth_resources
@@ -230,7 +231,7 @@ def check_round(lab_id: str, tmp_path: Path, res: ResourceSet, ev: Evaluator, ru
 
 
 # Both layouts of workload chains: decision maps (the default budget) and the rule walk (budget 0).
-LAYOUTS = {"decision": CompileOptions(), "walk": CompileOptions(decision_budget=0)}
+LAYOUTS = {"decision": CompileOptions(decision_budget=DEFAULT_BUDGET), "walk": CompileOptions(decision_budget=0)}
 
 
 def toggle_ops_allowed(op: ir.Op, layout: str) -> bool:
@@ -300,7 +301,7 @@ def test_a_map_element_pointing_at_the_wrong_rule_is_caught(lab_id: str, tmp_pat
         plan = plan_lab(res, lab_id)
         res = lab_resources(res, plan)
         state = ClusterState(res)
-        compiled = {n: compile_node(state, n, ids=IdAllocator()) for n in state.nodes}
+        compiled = {n: compile_node(state, n, LAYOUTS["decision"], ids=IdAllocator()) for n in state.nodes}
         ev = Evaluator(state)
         for p in random_probes(res, seed, 200):
             if p.proto not in (6, 17) or p.src.version != 4 or "/" not in p.dst_target:

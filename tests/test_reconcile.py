@@ -291,8 +291,9 @@ def test_kernel_toggle_latency_and_restart(ds: Datastore, lab_id: str) -> None:
 
 def _options(decision: bool) -> Any:
     from enforcer.nft.compiler import CompileOptions
+    from enforcer.nft.decision import DEFAULT_BUDGET
 
-    return CompileOptions() if decision else CompileOptions(decision_budget=0)
+    return CompileOptions(decision_budget=DEFAULT_BUDGET if decision else 0)
 
 
 def gated(ds: Datastore, backend: Backend, *, decision: bool = False) -> Reconciler:

@@ -78,8 +78,9 @@ class CompileOptions:
     snaplen: int = 128
     deny_log_rate: int = 1000  # per second, per rule; 0 = log every denied packet
     deny_log_burst: int = 1000
-    # Cells per workload endpoint chain for decision maps (decision.py); 0 keeps the walk.
-    decision_budget: int = decision.DEFAULT_BUDGET
+    # Cells per workload endpoint chain for decision maps (decision.py); 0 keeps the walk. Off by
+    # default: deciding every cell with the evaluator makes compiles at 1,000 policies slow.
+    decision_budget: int = 0
 
 
 @dataclass(frozen=True)
