@@ -90,7 +90,8 @@ from enforcer.model import (  # noqa: E402
     Rule,
 )
 from enforcer.nft import ir  # noqa: E402
-from enforcer.nft.compiler import CompiledNode, compile_node  # noqa: E402
+from enforcer.nft.compiler import CompiledNode, CompileOptions, compile_node  # noqa: E402
+from enforcer.nft.decision import DEFAULT_BUDGET  # noqa: E402
 from enforcer.nft.elements import ElementSocket  # noqa: E402
 from enforcer.nft.elements import supported as elements_only  # noqa: E402
 from enforcer.resolve import ClusterState  # noqa: E402
@@ -580,6 +581,20 @@ def handshake(netns: str, pod_ip: str) -> bool:
         sock.close()
 
 
+def rate_options(args: argparse.Namespace) -> CompileOptions:
+    """The flowtui row's compile options: decision maps with --decision-budget (default 4,096)."""
+    return CompileOptions(decision_budget=DEFAULT_BUDGET if args.decision_budget is None else args.decision_budget)
+
+
+def final_allow_chain(compiled: CompiledNode, last: str) -> str:
+    """The chain whose rule attributes the final allow of policy `last` (its policy chain in the
+    rule walk, its outcome chain under decision maps): the checks read its counter."""
+    rid = next(r.id for r in compiled.rules if r.name == last and r.rule == 9 and r.action == "Allow")
+    holding = sorted(n for n, c in compiled.table.chains.items() if any(f'comment "r{rid}"' in r for r in c.rules))
+    decided = [n for n in holding if n.startswith("dx-")]
+    return (decided or holding)[0]
+
+
 @dataclass
 class Ruleset:
     key: str
@@ -605,15 +620,19 @@ def section_rate(args: argparse.Namespace, lab: str, pktgen: Path, report: dict[
     state = ClusterState(res)
     ev = Evaluator(state)
     with timed() as t_c:
-        flowtui = compile_node(state, NODE, evaluator=ev).table
+        compiled = compile_node(state, NODE, rate_options(args), evaluator=ev)
+    flowtui = compiled.table
+    layouts = [(c.layout, c.elements, c.reason) for c in compiled.layouts]
+    walked = compile_node(state, NODE, CompileOptions(decision_budget=0), evaluator=ev)
     linear = linear_table(state, NODE, evaluator=ev)
-    log(f"rate: flowtui table {rule_count(flowtui)} rules (compiled in {t_c[0]:.1f}s), "
+    log(f"rate: flowtui table {rule_count(flowtui)} rules (compiled in {t_c[0]:.1f}s; workload chains {layouts}), "
         f"linear table {rule_count(linear)} rules")
     node_ns = netns_name(lab, f"node:{NODE}")
     pod_ns = netns_name(lab, "bench/recv")
     ext_ns = netns_name(lab, "external:sender")
     pod_ip = str(next(a for a in plan.pods[0].addresses if a.version == 4))
-    flow_last = next(n for n in flowtui.chains if n.startswith("pi-") and n.endswith(f".{last}"))
+    flow_last = final_allow_chain(compiled, last)
+    walk_last = final_allow_chain(walked, last)
     lin_last = next(n for n in linear.chains if n.startswith("pi4-") and n.endswith(f".{last}"))
     ct_only = ("add table inet flowtui\nadd chain inet flowtui forward "
                "{ type filter hook forward priority filter; policy accept; }\n"
@@ -627,6 +646,8 @@ def section_rate(args: argparse.Namespace, lab: str, pktgen: Path, report: dict[
         Ruleset("ct", "(r1) conntrack rule only", ct_only, None, None),
         Ruleset("flowtui", f"(b) flowtui, {args.rate_policies} policies",
                 ir.render(flowtui, ir.full(flowtui, existing=False)), "flowtui", flow_last),
+        Ruleset("walk", "(b') flowtui, rule walk (budget 0)",
+                ir.render(walked.table, ir.full(walked.table, existing=False)), "flowtui", walk_last),
         Ruleset("linear", f"(c) linear, {args.rate_policies} policies",
                 ir.render(linear, ir.full(linear, existing=False)), "linear", lin_last),
     ]
@@ -742,7 +763,8 @@ def section_rate(args: argparse.Namespace, lab: str, pktgen: Path, report: dict[
         return round(fl[field] / li[field], 3) if fl and li and li[field] else None
 
     report["rate"] = {
-        "policies": args.rate_policies, "flowtui_rules": rule_count(flowtui), "linear_rules": rule_count(linear),
+        "policies": args.rate_policies, "workload_chain_layouts": layouts,
+        "flowtui_rules": rule_count(flowtui), "linear_rules": rule_count(linear),
         "frame_bytes": 14 + 20 + 8 + PAYLOAD, "generator_seconds": args.seconds, "repetitions": args.reps,
         "new_flow_cap": new_cap, "conntrack_max": ct_max, "rows": rows,
         "flowtui_vs_linear": {m: versus(m, "pps") for m in ("established", "new")},
@@ -752,6 +774,32 @@ def section_rate(args: argparse.Namespace, lab: str, pktgen: Path, report: dict[
 
 
 # ---- output ----------------------------------------------------------------------------------------
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures (issue 14), each None when its section did not run."""
+    rows = {r["ruleset"]: r for r in report.get("rate", {}).get("rows", [])}
+
+    def ratio(ruleset: str, mode: str) -> float | None:
+        cell = rows.get(ruleset, {}).get(mode)
+        return cell["ratio_to_empty"] if cell else None
+
+    apply = report.get("apply", {})
+    toggle = apply.get("live_toggle", {})
+    full = None
+    if "compile_s" in apply:
+        full = round(apply["compile_s"] + apply["render_s"] + apply["apply_libnftables_s"], 3)
+    return {
+        "new_flow_ratio": ratio("flowtui", "new"), "established_ratio": ratio("flowtui", "established"),
+        "walk_new_flow_ratio": ratio("walk", "new"), "linear_new_flow_ratio": ratio("linear", "new"),
+        "full_apply_s": full,
+        "toggle_median_ms": toggle.get("to_kernel", {}).get("median_ms"),
+        "edit_median_ms": toggle.get("edit", {}).get("to_kernel", {}).get("median_ms"),
+        "rate_policies": report.get("rate", {}).get("policies"),
+        "workload_chain_layouts": report.get("rate", {}).get("workload_chain_layouts"),
+        "loadavg_start": report.get("machine", {}).get("loadavg_start"),
+        "loadavg_end": report.get("machine", {}).get("loadavg_end"),
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -872,6 +920,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="rate section: policies selecting the pod (default 1000, quick 200)")
     ap.add_argument("--reps", type=int, help="rate section: runs per ruleset and traffic kind (default 5, quick 2)")
     ap.add_argument("--seconds", type=float, help="rate section: generator run length (default 1.0, quick 0.5)")
+    ap.add_argument("--decision-budget", type=int,
+                    help="rate section: decision-map budget in cells for the flowtui row (default: the compiler's)")
     ap.add_argument("--skip-apply", action="store_true")
     ap.add_argument("--skip-rate", action="store_true")
     args = ap.parse_args(argv)
@@ -908,6 +958,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(text, file=sys.stderr)
         print(json.dumps(report, indent=2))
+        print(json.dumps(summary(report)))  # the last line: the headline figures
     else:
         print(text)
     return 0 if report.get("rate", {}).get("checks_ok", True) else 1

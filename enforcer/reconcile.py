@@ -310,7 +310,9 @@ class Reconciler:
             self._layout = (key, {**kept, **gated}) if len(gated) == len(compiled) else None
             for node, c in gated.items():
                 gates = getattr(c, "gates", None)
-                if isinstance(gates, Mapping):
+                # Decision maps (compiler's `redecide`) depend on toggles beyond the gates: a
+                # fresh process must compile for a toggle, so no gate record is kept for them.
+                if isinstance(gates, Mapping) and getattr(c, "redecide", None) is None:
                     self.records.save_layout(node, key, gates, c.table)
             nodes_done = tuple(light_done.get(n) or results[n] for n in every)
             result = ReconcileResult(revision, nodes_done, load_ms, _ms(start), rules, new_ids)

@@ -259,3 +259,37 @@ def test_policy_toggle_from_the_cli_switches_gates_without_compiling(tmp_path: P
     assert "pi-gnp-deny-other-ingress" in (world.backend.listing("node-a") or "")
     assert world.run("policy", "enable", "deny-other-ingress").exit_code == 0 and calls == []
     assert world.run("apply", "-f", str(SCENARIOS)).exit_code == 0 and calls == []  # unchanged: nothing compiled
+
+
+def _real_world(tmp_path: Path) -> World:
+    """The real nftables compiler (dry runs need neither root nor a lab)."""
+    from flowtui.cli.state import default_compiler
+
+    world = World(tmp_path, root=False, nodes=[])
+    world.compiler = default_compiler  # type: ignore[method-assign]
+    return world
+
+
+def test_dry_run_reports_each_workload_chains_layout(tmp_path: Path) -> None:
+    world = _real_world(tmp_path)
+    result = world.run("apply", "--dry-run", "-f", str(SCENARIOS), env={"FLOWTUI_DECISION_BUDGET": "4096"})
+    assert result.exit_code == 0, result.output
+    decided = [line for line in result.stdout.splitlines() if ": decision maps, " in line]
+    assert decided and all(line.startswith(("# fw-d", "# tw-d")) for line in decided)
+    for line in decided:  # the chain named is in the listing, with its maps
+        chain = line.split(":")[0].removeprefix("# ")
+        assert f"chain {chain} {{" in result.stdout
+        assert f"map dp4-{chain[4:]} {{" in result.stdout
+    walked = world.run("apply", "--dry-run", "-f", str(SCENARIOS))  # the default: off
+    assert walked.exit_code == 0, walked.output
+    assert ": decision maps, " not in walked.stdout and "map dp4-" not in walked.stdout
+    assert "rule walk, 5 rules (decision maps off (budget 0))" in walked.stdout
+
+
+def test_a_bad_decision_budget_is_refused_before_anything_is_read(tmp_path: Path) -> None:
+    world = _real_world(tmp_path)
+    for bad in ("-1", "lots", ""):
+        result = world.run("apply", "--dry-run", "-f", str(SCENARIOS), env={"FLOWTUI_DECISION_BUDGET": bad})
+        assert result.exit_code == 2
+        assert f"FLOWTUI_DECISION_BUDGET={bad!r}: expected a whole number of cells" in result.stderr
+        assert "created (dry run)" not in result.stderr

@@ -16,7 +16,8 @@ from enforcer.lab import netns_name
 from enforcer.loader import load_paths
 from enforcer.model import Policy, ResourceSet
 from enforcer.nft import ir
-from enforcer.nft.compiler import compile_node
+from enforcer.nft.compiler import CompileOptions, compile_node
+from enforcer.nft.decision import DEFAULT_BUDGET
 from enforcer.resolve import ClusterState
 from enforcer.ruleids import IdAllocator, decode_prefix
 from enforcer.synth import SynthSpec, synth_resources
@@ -26,20 +27,26 @@ GOLDEN = Path(__file__).parent / "golden"
 ARTICLE = load_paths([str(scenario_dir())])
 
 
-def compiled_text(res: ResourceSet, node: str, ids: IdAllocator | None = None) -> str:
-    return ir.listing(compile_node(ClusterState(res), node, ids=ids or IdAllocator()).table)
+def compiled_text(res: ResourceSet, node: str, ids: IdAllocator | None = None,
+                  options: CompileOptions | None = None) -> str:
+    return ir.listing(compile_node(ClusterState(res), node, options, ids=ids or IdAllocator()).table)
 
 
+# The default layout (workload chains as decision maps where they fit) and the rule walk.
+GOLDEN_LAYOUTS = {"": CompileOptions(decision_budget=DEFAULT_BUDGET), "-walk": CompileOptions(decision_budget=0)}
+
+
+@pytest.mark.parametrize("suffix", sorted(GOLDEN_LAYOUTS))
 @pytest.mark.parametrize("node", ["node-a", "node-b"])
-def test_golden_article(node: str) -> None:
+def test_golden_article(node: str, suffix: str) -> None:
     """The article's ruleset, byte for byte. UPDATE_GOLDEN=1 rewrites the files after a reviewed
     change, and only with LAYOUT_VERSION bumped: recorded tables of another layout must not be
     taken for this one's."""
     from enforcer.nft.compiler import LAYOUT_VERSION
 
-    text = compiled_text(ARTICLE, node) + "\n"
-    path = GOLDEN / f"article-{node}.nft"
-    stamp = GOLDEN / f"article-{node}.layout"
+    text = compiled_text(ARTICLE, node, options=GOLDEN_LAYOUTS[suffix]) + "\n"
+    path = GOLDEN / f"article-{node}{suffix}.nft"
+    stamp = GOLDEN / f"article-{node}{suffix}.layout"
     digest = hashlib.sha256(text.encode()).hexdigest()
     if os.environ.get("UPDATE_GOLDEN") == "1":
         path.parent.mkdir(exist_ok=True)
@@ -80,31 +87,60 @@ def _edit(res: ResourceSet, name: str, **changes: object) -> ResourceSet:
     return replace(res, policies=policies)
 
 
+def _decision_op(op: ir.Op) -> bool:
+    """A change inside the decision layout: map elements and outcome (dx-) chains."""
+    if isinstance(op, ir.SetElements):
+        return op.name.startswith(("dp4-", "dp6-", "dn4-", "dn6-"))
+    if isinstance(op, ir.DefineChain):
+        return op.chain.name.startswith("dx-")
+    return isinstance(op, ir.DeleteChain) and op.name.startswith("dx-")
+
+
 def test_changing_one_policy_rewrites_only_its_chain() -> None:
-    ids = IdAllocator()
-    old = compile_node(ClusterState(ARTICLE), "node-b", ids=ids).table
-    pol = next(p for p in ARTICLE.policies if p.name == "log-and-deny-frontend")
-    edited = _edit(ARTICLE, pol.name, ingress=pol.ingress[1:], revision=1)
-    new = compile_node(ClusterState(edited), "node-b", ids=ids).table
-    ops = ir.diff(old, new)
-    touched = {op.chain.name for op in ops if isinstance(op, ir.DefineChain)}
-    assert touched == {"pi-np-staging.log-and-deny-frontend"}
-    assert not any(isinstance(op, (ir.DeleteChain, ir.DeleteSet, ir.SetElements)) for op in ops)
+    """Walk layout: the policy's chain only. Decision maps: its chain (kept for rule ids and the
+    walk's chains), map elements and outcome chains; no endpoint chain is rewritten."""
+    for layout in GOLDEN_LAYOUTS.values():
+        ids = IdAllocator()
+        old = compile_node(ClusterState(ARTICLE), "node-b", layout, ids=ids).table
+        pol = next(p for p in ARTICLE.policies if p.name == "log-and-deny-frontend")
+        edited = _edit(ARTICLE, pol.name, ingress=pol.ingress[1:], revision=1)
+        new = compile_node(ClusterState(edited), "node-b", layout, ids=ids).table
+        ops = [op for op in ir.diff(old, new) if not _decision_op(op)]
+        touched = {op.chain.name for op in ops if isinstance(op, ir.DefineChain)}
+        assert touched == {"pi-np-staging.log-and-deny-frontend"}
+        assert not any(isinstance(op, (ir.DeleteChain, ir.DeleteSet, ir.SetElements)) for op in ops)
+        if layout.decision_budget:
+            assert any(isinstance(op, ir.SetElements) for op in ir.diff(old, new)), "the maps hold the edit"
 
 
 def test_toggling_a_policy_is_one_set_element() -> None:
     """A toggle keeps the policy's revision (the datastore's generation): the layout stays, and
-    only the policy's gate enters or leaves the `disabled` set, whatever the table's size."""
+    only the policy's gate enters or leaves the `disabled` set, whatever the table's size (walk
+    layout); with decision maps, their elements and outcome chains change too, no other chain."""
     ids = IdAllocator()
-    compiled = compile_node(ClusterState(ARTICLE), "node-b", ids=ids)
-    off = compile_node(ClusterState(_edit(ARTICLE, "dos-mitigation", disabled=True)), "node-b", ids=ids)
+    walk = CompileOptions(decision_budget=0)
+    compiled = compile_node(ClusterState(ARTICLE), "node-b", walk, ids=ids)
+    off = compile_node(ClusterState(_edit(ARTICLE, "dos-mitigation", disabled=True)), "node-b", walk, ids=ids)
     gate = f"{compiled.gates[('GlobalNetworkPolicy', '', 'dos-mitigation')]:#x}"
     assert ir.diff(compiled.table, off.table) == [ir.SetElements("closed", add=(gate,))]
     assert ir.diff(off.table, compiled.table) == [ir.SetElements("closed", delete=(gate,))]
-    # Switching gates on the compiled node gives exactly what compiling the toggled state gives.
     keys = {("GlobalNetworkPolicy", "", "dos-mitigation")}
+    # Switching gates on the compiled node gives exactly what compiling the toggled state gives.
     assert ir.listing(compiled.with_disabled(keys).table) == ir.listing(off.table)
     assert ir.listing(off.with_disabled(set()).table) == ir.listing(compiled.table)
+
+    # A workload policy under decision maps: its gate, and the cells it decided.
+    key = ("NetworkPolicy", "staging", "log-and-deny-frontend")
+    maps = GOLDEN_LAYOUTS[""]
+    decided = compile_node(ClusterState(ARTICLE), "node-b", maps, ids=ids)
+    decided_off = compile_node(ClusterState(_edit(ARTICLE, key[2], disabled=True)), "node-b", maps, ids=ids)
+    gate = f"{decided.gates[key]:#x}"
+    ops = ir.diff(decided.table, decided_off.table)
+    assert ir.SetElements("closed", add=(gate,)) in ops
+    assert any(_decision_op(op) for op in ops), "the policy decides some cells: the maps change"
+    assert all(op == ir.SetElements("closed", add=(gate,)) or _decision_op(op) for op in ops), ops
+    assert ir.listing(decided.with_disabled({key}).table) == ir.listing(decided_off.table)
+    assert ir.listing(decided_off.with_disabled(set()).table) == ir.listing(decided.table)
 
 
 def test_pod_membership_changes_only_set_elements() -> None:

@@ -33,7 +33,8 @@ from enforcer.lab import lab_resources, netns_name, plan_lab
 from enforcer.lab.probe import Probe, answerable, probe_both_ways
 from enforcer.model import IPAddress, ResourceSet
 from enforcer.nft import ir
-from enforcer.nft.compiler import CompiledNode, compile_node
+from enforcer.nft.compiler import CompiledNode, CompileOptions, compile_node
+from enforcer.nft.decision import DEFAULT_BUDGET
 from enforcer.resolve import ClusterState
 from enforcer.ruleids import IdAllocator, RuleRef, RuleTable
 from enforcer.synth import PORTS, SynthSpec, synth_resources
@@ -143,11 +144,11 @@ def _nft(lab_id: str, node: str, script: str) -> None:
     assert done.returncode == 0, f"nft rejected the change to {node}: {done.stderr}"
 
 
-def compile_and_apply(lab_id: str, state: ClusterState, evaluator: Evaluator, ids: IdAllocator
-                      ) -> dict[str, CompiledNode]:
+def compile_and_apply(lab_id: str, state: ClusterState, evaluator: Evaluator, ids: IdAllocator,
+                      options: CompileOptions | None = None) -> dict[str, CompiledNode]:
     out = {}
     for node in state.nodes:
-        compiled = out[node] = compile_node(state, node, evaluator=evaluator, ids=ids)
+        compiled = out[node] = compile_node(state, node, options, evaluator=evaluator, ids=ids)
         _nft(lab_id, node, ir.render(compiled.table, ir.full(compiled.table, existing=False)))
     return out
 
@@ -250,9 +251,25 @@ def check_round(lab_id: str, tmp_path: Path, res: ResourceSet, ev: Evaluator, ru
     assert compared >= len(probes) * 3 // 4
 
 
+# Both layouts of workload chains: decision maps (the default budget) and the rule walk (budget 0).
+LAYOUTS = {"decision": CompileOptions(decision_budget=DEFAULT_BUDGET), "walk": CompileOptions(decision_budget=0)}
+
+
+def toggle_ops_allowed(op: ir.Op, layout: str) -> bool:
+    """A toggle changes the `closed` gate set; with decision maps, also map elements and the
+    terminal chains of outcomes new to (or gone from) the node. Never a policy or endpoint chain."""
+    if isinstance(op, ir.SetElements):
+        return op.name == "closed" or (layout == "decision" and op.name.startswith(("dp4-", "dp6-", "dn4-", "dn6-")))
+    if layout == "decision" and isinstance(op, ir.DefineChain | ir.DeleteChain):
+        name = op.chain.name if isinstance(op, ir.DefineChain) else op.name
+        return name.startswith("dx-")
+    return False
+
+
 @pytest.mark.kernel
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("seed", range(SEEDS))
-def test_kernel_agrees_with_evaluator(seed: int, lab_id: str, tmp_path: Path) -> None:
+def test_kernel_agrees_with_evaluator(seed: int, layout: str, lab_id: str, tmp_path: Path) -> None:
     from enforcer.lab import lab_up
 
     # ClusterNetworkPolicies on every other seed: kube-admin and kube-baseline around the rest.
@@ -262,7 +279,10 @@ def test_kernel_agrees_with_evaluator(seed: int, lab_id: str, tmp_path: Path) ->
     res = lab_resources(res, plan)
     state = ClusterState(res)
     ev = Evaluator(state)
-    compiled = compile_and_apply(lab_id, state, Evaluator(state.for_dataplane()), IdAllocator())
+    compiled = compile_and_apply(lab_id, state, Evaluator(state.for_dataplane()), IdAllocator(), LAYOUTS[layout])
+    layouts = {c.layout for node in compiled.values() for c in node.layouts}
+    if layout == "walk":
+        assert layouts == {"walk"}, "a budget of 0 must keep every chain's walk"
     check_round(lab_id, tmp_path, res, ev, _merged(compiled), seed, PROBES_PER_SEED, "compiled")
 
     # Live toggles: the same layout with other gates closed must behave as the evaluator does with
@@ -272,7 +292,7 @@ def test_kernel_agrees_with_evaluator(seed: int, lab_id: str, tmp_path: Path) ->
     off = {p.key for p in toggled.policies if p.disabled}
     for node, c in compiled.items():
         ops = ir.diff(c.table, c.with_disabled(off).table)
-        assert all(isinstance(op, ir.SetElements) and op.name == "closed" for op in ops), ops
+        assert all(toggle_ops_allowed(op, layout) for op in ops), ops
         if ops:
             _nft(lab_id, node, ir.render(c.table, ops))
     check_round(lab_id, tmp_path, toggled, Evaluator(ClusterState(toggled)), _merged(compiled), seed + 1000,
@@ -301,3 +321,81 @@ def test_random_sets_cover_every_path() -> None:
                 if st.family == "to-host" and ev.state.felix.default_endpoint_to_host_action == "Return":
                     seen.add("Return")
     assert seen == {"reply denied", "prednat from a pod", "forward from a pod", "Return"}
+
+
+def _in_range(text: str, value: int, parse: type = int) -> bool:
+    first, _, last = text.partition("-")
+    lo = int(parse(first))
+    return lo <= value <= (int(parse(last)) if last else lo)
+
+
+@pytest.mark.kernel
+def test_a_map_element_pointing_at_the_wrong_rule_is_caught(lab_id: str, tmp_path: Path) -> None:
+    """The mutation check: one decision-map element sent to another outcome chain (another rule's
+    verdict or attribution) makes the differential comparison fail for the probe that hits it,
+    while the same probe agrees on the intact table."""
+    import ipaddress
+
+    from enforcer.lab import lab_up
+    from enforcer.lab.names import cali_name
+
+    spec = SynthSpec(nodes=2, namespaces=2, pods=4, externals=2, policies=8, rules_per_policy=3, disabled=0.15)
+    found = None
+    for seed in range(1, 40):  # the first seed with a probe through a decision-map element
+        res = synth_resources(seed, spec)
+        plan = plan_lab(res, lab_id)
+        res = lab_resources(res, plan)
+        state = ClusterState(res)
+        compiled = {n: compile_node(state, n, LAYOUTS["decision"], ids=IdAllocator()) for n in state.nodes}
+        ev = Evaluator(state)
+        for p in random_probes(res, seed, 200):
+            if p.proto not in (6, 17) or p.src.version != 4 or "/" not in p.dst_target:
+                continue
+            # the packet must get as far as the destination's ingress chain
+            if not any(r.stage.family == "workload" and r.stage.direction == "ingress"
+                       for r in ev.decide(p.flow).enforced.stages):
+                continue
+            pod = next(q for q in res.pods if f"{q.namespace}/{q.name}" == p.dst_target)
+            assert pod.node is not None
+            table = compiled[pod.node].table
+            iface = f'"{cali_name(pod.namespace, pod.name)}" : goto '
+            chain = next(e for e in table.sets["wl-to"].elements if e.startswith(iface)).removeprefix(iface)
+            if not chain.startswith("tw-d"):
+                continue
+            dmap = table.sets[f"dp4-{chain.removeprefix('tw-d')}"]
+            others = sorted(c for c in table.chains if c.startswith("dx-"))
+            for element in sorted(dmap.elements):
+                key, _, target = element.partition(" : goto ")
+                addr, proto, port = key.split(" . ")
+                if (int(proto) == p.proto and _in_range(port, p.dport or 0)
+                        and _in_range(addr, int(p.src), ipaddress.IPv4Address)):
+                    wrong = next((c for c in others if c != target), None)
+                    if wrong is not None:
+                        found = (seed, res, plan, state, compiled, p, pod.node, dmap, element, f"{key} : goto {wrong}")
+                        break
+            if found:
+                break
+        if found:
+            break
+    assert found is not None, "no seed gives a probe through a decision map"
+    seed, res, plan, state, compiled, probe, node, dmap, element, corrupt = found
+    lab_up(plan)
+    for n, c in compiled.items():
+        _nft(lab_id, n, ir.render(c.table, ir.full(c.table, existing=False)))
+    rules = _merged(compiled)
+    rules.dump(tmp_path / "rules.jsonl")
+    ev = Evaluator(state)
+    want = expected_attribution(ev.decide(probe.flow))
+    key = probe_key(probe, [probe])
+
+    def observed(what: str) -> set[Attribution]:
+        db = tmp_path / f"flows-{what}.duckdb"
+        probe_with_collector(lab_id, state.nodes, db, tmp_path / "rules.jsonl", [probe])
+        return events_by_key(db, rules, check_action=True).get(key, set())
+
+    assert want, "the probe reaches the ingress chain: it must be attributed"
+    assert observed("intact") == want
+    table = compiled[node].table
+    _nft(lab_id, node, ir.render(table, [ir.SetElements(dmap.name, delete=(element,)),
+                                         ir.SetElements(dmap.name, add=(corrupt,))]))
+    assert observed("corrupted") != want, f"seed {seed}: {element} → {corrupt} went unnoticed"

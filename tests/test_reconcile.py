@@ -289,19 +289,27 @@ def test_kernel_toggle_latency_and_restart(ds: Datastore, lab_id: str) -> None:
 # ---- live toggles: policy gates, no compile ----------------------------------------------------
 
 
-def gated(ds: Datastore, backend: Backend) -> Reconciler:
-    from enforcer.nft.compiler import CompileOptions, compile_node
+def _options(decision: bool) -> Any:
+    from enforcer.nft.compiler import CompileOptions
+    from enforcer.nft.decision import DEFAULT_BUDGET
 
-    return Reconciler(ds, backend, compile_node, CompileOptions(), lambda: list(NODES), lab_id="tlab")
+    return CompileOptions(decision_budget=DEFAULT_BUDGET if decision else 0)
 
 
-def fresh_tables(ds: Datastore) -> dict[str, str]:
+def gated(ds: Datastore, backend: Backend, *, decision: bool = False) -> Reconciler:
+    """The real compiler; the rule-walk layout (only gates depend on toggles) unless `decision`."""
+    from enforcer.nft.compiler import compile_node
+
+    return Reconciler(ds, backend, compile_node, _options(decision), lambda: list(NODES), lab_id="tlab")
+
+
+def fresh_tables(ds: Datastore, *, decision: bool = False) -> dict[str, str]:
     """What a whole compile of the datastore gives, node by node (canonical listings; the
     datastore's ids, nothing written)."""
-    from enforcer.nft.compiler import CompileOptions, compile_node
+    from enforcer.nft.compiler import compile_node
 
-    compiled = compile_nodes(ds.resources(), compile_node, CompileOptions(), IdAllocator.load(ds.ids_path), "tlab",
-                             NODES)
+    compiled = compile_nodes(ds.resources(), compile_node, _options(decision), IdAllocator.load(ds.ids_path),
+                             "tlab", NODES)
     return {n: ir.listing(c.table) for n, c in compiled.items()}
 
 
@@ -393,3 +401,29 @@ def test_tables_recorded_by_another_layout_version_are_compiled_again(ds: Datast
                        lab_id="tlab")
     result = newer.reconcile()
     assert sorted(compiles) == sorted(NODES) and not any(n.toggled for n in result.nodes)
+
+
+def test_toggles_under_decision_maps_equal_a_fresh_compile(ds: Datastore) -> None:
+    """Decision maps hold outcomes of enabled policies: a toggle changes map elements (and the
+    outcome chains), in this process from the last compile, in a fresh one by compiling (the
+    recorded `closed` set alone would be a wrong verdict) — both equal to a whole compile."""
+    backend = FakeBackend()
+    rec = gated(ds, backend, decision=True)
+    rec.reconcile()
+    assert any(name.startswith("dp4-") for name in backend.tables[NODES[0]].sets), "decision maps laid out"
+    for name, disabled in (("allow-cluster-internal", True), ("deny-other-ingress", True),
+                           ("allow-cluster-internal", False)):
+        before = {n: backend.tables[n] for n in NODES}
+        ds.set_disabled("gnp", name, None, disabled)
+        result = rec.reconcile()
+        assert all(n.toggled and n.status == "applied" for n in result.nodes), result.describe()
+        assert {n: ir.listing(backend.tables[n]) for n in NODES} == fresh_tables(ds, decision=True)
+        changed = [op for n in NODES for op in ir.diff(before[n], backend.tables[n])]
+        assert any(isinstance(op, ir.SetElements) and op.name.startswith(("dp", "dn")) for op in changed)
+        assert all(isinstance(op, ir.SetElements) or op.chain.name.startswith("dx-")  # type: ignore[union-attr]
+                   for op in changed if not isinstance(op, ir.DeleteChain)), changed
+    other = gated(ds, backend, decision=True)  # a fresh process compiles for the toggle
+    ds.set_disabled("gnp", "deny-other-ingress", None, False)
+    result = other.reconcile()
+    assert all(n.status == "applied" and not n.toggled for n in result.nodes), result.describe()
+    assert {n: ir.listing(backend.tables[n]) for n in NODES} == fresh_tables(ds, decision=True)

@@ -154,6 +154,10 @@ class Evaluator:
             found = self._memo[key] = self._decide(flow, explain=False)
         return found if found.flow == flow else replace(found, flow=flow)
 
+    def decide_stage(self, stage: Stage, flow: Flow) -> StageResult:
+        """One stage's enforced walk for `flow` (the compiler's decision maps hold its results)."""
+        return self._stage(stage, flow, False, False)
+
     def _decide(self, flow: Flow, *, explain: bool) -> Decision:
         src = peer_for_address(self.state, flow.src)
         dst = peer_for_address(self.state, flow.dst)

@@ -36,10 +36,11 @@ changes no rule (kernel commit independent of the table's size).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Mapping
+import ipaddress
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 
-from enforcer.evaluate.evaluator import ICMPV6_INFRA_TYPES, Evaluator
+from enforcer.evaluate.evaluator import ICMPV6_INFRA_TYPES, Evaluator, Hit
 from enforcer.evaluate.path import Family, Stage
 from enforcer.lab.names import cali_name
 from enforcer.model import (
@@ -48,10 +49,13 @@ from enforcer.model import (
     WIREGUARD_PORTS,
     Direction,
     FailsafePort,
+    IPAddress,
     Policy,
     Profile,
     Rule,
 )
+from enforcer.nft import decision
+from enforcer.nft.decision import ChainLayout
 from enforcer.nft.ir import Chain, NftSet, Table
 from enforcer.nft.match import SetBook, rule_matches
 from enforcer.resolve.endpoints import Endpoint
@@ -74,7 +78,7 @@ INFRA_ICMPV6 = "icmpv6 type { " + ", ".join(map(str, ICMPV6_INFRA_TYPES)) + " } 
 # Bumped whenever the compiled layout changes: it is part of the options, so a reconciler in a
 # new flowtui version does not take tables recorded by an older one for its own (toggles are
 # served from the recorded compile). tests/test_compiler.py checks the golden files against it.
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,9 @@ class CompileOptions:
     snaplen: int = 128
     deny_log_rate: int = 1000  # per second, per rule; 0 = log every denied packet
     deny_log_burst: int = 1000
+    # Cells per workload endpoint chain for decision maps (decision.py); 0 keeps the walk. Off by
+    # default: deciding every cell with the evaluator makes compiles at 1,000 policies slow.
+    decision_budget: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,10 +101,17 @@ class CompiledNode:
     table: Table
     rules: RuleTable
     gates: Mapping[tuple[str, str, str], int] = field(default_factory=dict)  # policy key → gate, laid out here
+    layouts: tuple[ChainLayout, ...] = ()  # how each workload endpoint chain was laid out
+    # Decision maps hold outcomes of enabled policies: a toggle recompiles (policy chains come
+    # from the cache) and changes their elements. None: only gates depend on toggles.
+    redecide: Callable[[Collection[tuple[str, str, str]]], CompiledNode] | None = field(
+        default=None, compare=False, repr=False)
 
     def with_disabled(self, disabled: Collection[tuple[str, str, str]]) -> CompiledNode:
         """This node with exactly the policies `disabled` (keys) switched off: what compiling the
-        same state with those toggles gives, without compiling (only the `closed` set differs)."""
+        same state with those toggles gives (without decision maps, only the `closed` set differs)."""
+        if self.redecide is not None:
+            return self.redecide(disabled)
         sets = dict(self.table.sets)
         sets[CLOSED] = replace(sets[CLOSED], elements=closed_gates(self.gates, disabled))
         return replace(self, table=replace(self.table, sets=sets))
@@ -123,8 +137,18 @@ def compile_node(
     state = state.for_dataplane()
     if evaluator is None or evaluator.state is not state:
         evaluator = Evaluator(state)
-    c = _NodeCompiler(state, node, options or CompileOptions(), ids or IdAllocator(), evaluator)
-    return c.compile()
+    options = options or CompileOptions()
+    ids = ids or IdAllocator()
+    compiled = _NodeCompiler(state, node, options, ids, evaluator).compile()
+    if not any(c.layout == "decision" for c in compiled.layouts):
+        return compiled
+
+    def redecide(disabled: Collection[tuple[str, str, str]]) -> CompiledNode:
+        pols = tuple(p if p.disabled == (p.key in disabled) else replace(p, disabled=p.key in disabled)
+                     for p in state.resources.policies)
+        return compile_node(state.derive(replace(state.resources, policies=pols)), node, options, ids)
+
+    return replace(compiled, redecide=redecide)
 
 
 def _join(*parts: str) -> str:
@@ -178,7 +202,12 @@ class _NodeCompiler:
     gates: dict[tuple[str, str, str], int] = field(default_factory=dict)
     eot: dict[str, set[str]] = field(default_factory=lambda: {"ingress": set(), "egress": set()})
     workload_chains: dict[tuple[object, ...], str] = field(default_factory=dict)
+    layouts: dict[str, ChainLayout] = field(default_factory=dict)
+    decision_maps: dict[str, NftSet] = field(default_factory=dict)
+    _rules_of: dict[tuple[object, ...], tuple[tuple[Policy, ...], decision.RuleList, decision.Tests]] = field(
+        default_factory=dict)
     book: SetBook = field(init=False)
+    _live: Evaluator | None = None
 
     def __post_init__(self) -> None:
         self.book = SetBook(self.state)
@@ -272,9 +301,7 @@ class _NodeCompiler:
         self.book.recording = used_sets
 
         def ref(index: int, rule: Rule) -> RuleRef:
-            return self._ref(("rule", p.kind, p.namespace or "", p.name, p.revision, direction, index),
-                             kind=p.kind, namespace=p.namespace, name=p.name, tier=p.tier,
-                             revision=p.revision, direction=direction, rule=index, action=rule.action)
+            return self._rule_ref(p, direction, index, rule)
 
         try:
             lines = self._rule_lines(rules, p.namespace, ref, profile=False, limited=p.do_not_track)
@@ -285,6 +312,27 @@ class _NodeCompiler:
         sets = tuple({s.name: s for s in used_sets}.values())
         cache[key] = _RenderedChain(p, self.options, self.ids, chain, refs, sets)
         return name
+
+    def _rule_ref(self, p: Policy, direction: Direction, index: int, rule: Rule) -> RuleRef:
+        return self._ref(("rule", p.kind, p.namespace or "", p.name, p.revision, direction, index),
+                         kind=p.kind, namespace=p.namespace, name=p.name, tier=p.tier,
+                         revision=p.revision, direction=direction, rule=index, action=rule.action)
+
+    def _profile_ref(self, prof: Profile, direction: Direction, index: int, rule: Rule) -> RuleRef:
+        return self._ref(("profile", prof.name, direction, index, repr(rule)),
+                         kind="Profile", namespace=None, name=prof.name, tier=PROFILE_TIER, revision=0,
+                         direction=direction, rule=index, action=rule.action)
+
+    def _eot_ref(self, kind: str, namespace: str | None, name: str, tier: str, direction: Direction) -> RuleRef:
+        # Keyed without the policy's revision: editing a policy must not renumber its
+        # end-of-tier drop (the tier and trigger are what attribution needs).
+        return self._ref(("eot", tier, kind, namespace or "", name, direction),
+                         kind="EndOfTier", namespace=namespace, name=name, tier=tier, revision=0,
+                         direction=direction, rule=-1, action="Deny", trigger_kind=kind)
+
+    def _noprof_ref(self, direction: Direction) -> RuleRef:
+        return self._ref(("noprof", direction), kind="NoProfileMatch", namespace=None, name="", tier=None,
+                         revision=0, direction=direction, rule=-1, action="Deny")
 
     def _gate(self, p: Policy) -> int:
         gate = self.gates.get(p.key)
@@ -297,11 +345,7 @@ class _NodeCompiler:
         reached through the direction's end-of-tier map by `p`'s gate."""
         name = bounded_name(f"{'ei' if direction == 'ingress' else 'eo'}-{_policy_chain_id(p)}")
         if name not in self.chains:
-            # Keyed without the policy's revision: editing a policy must not renumber its
-            # end-of-tier drop (the tier and trigger are what attribution needs).
-            ref = self._ref(("eot", tier, p.kind, p.namespace or "", p.name, direction),
-                            kind="EndOfTier", namespace=p.namespace, name=p.name, tier=tier, revision=0,
-                            direction=direction, rule=-1, action="Deny", trigger_kind=p.kind)
+            ref = self._eot_ref(p.kind, p.namespace, p.name, tier, direction)
             self.chains[name] = Chain(name, tuple(self._verdict("", ref, "Deny")))
         self.eot[direction].add(f"{self._gate(p):#x} : goto {name}")
 
@@ -311,9 +355,7 @@ class _NodeCompiler:
             return name
 
         def ref(index: int, rule: Rule) -> RuleRef:
-            return self._ref(("profile", prof.name, direction, index, repr(rule)),
-                             kind="Profile", namespace=None, name=prof.name, tier=PROFILE_TIER, revision=0,
-                             direction=direction, rule=index, action=rule.action)
+            return self._profile_ref(prof, direction, index, rule)
 
         lines = self._rule_lines(prof.rules(direction), None, ref, profile=True, limited=False)
         if not lines:
@@ -359,9 +401,7 @@ class _NodeCompiler:
             chain = None if prof is None else self._profile_chain(prof, direction)
             if chain is not None:
                 lines += [f"jump {chain}", f"meta mark & {ACCEPT:#x} != 0 return"]
-        ref = self._ref(("noprof", direction), kind="NoProfileMatch", namespace=None, name="", tier=None,
-                        revision=0, direction=direction, rule=-1, action="Deny")
-        return lines + self._verdict("", ref, "Deny")
+        return lines + self._verdict("", self._noprof_ref(direction), "Deny")
 
     def _failsafes(self, stage: Stage) -> list[str]:
         felix = self.state.felix
@@ -393,7 +433,8 @@ class _NodeCompiler:
             # Replicas select the same policies: their chain is rendered once per compile. The
             # evaluator shares one stage_tiers answer between endpoints with the same labels
             # and keeps it alive for the compile, so its identity stands for its content.
-            signature = (name, stage.direction, stage.endpoint.profiles, id(self.ev.stage_tiers(stage)))
+            signature = (name, stage.direction, stage.endpoint.profiles, id(self.ev.stage_tiers(stage)),
+                         self._local_key(stage))
             found = self.workload_chains.get(signature)
             if found is not None:
                 return found
@@ -408,10 +449,115 @@ class _NodeCompiler:
             # Workloads with the same policies (replicas, mostly) share one chain: the table grows
             # with distinct policy sets, not with pods, and a policy change rewrites fewer chains.
             digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
-            name = f"{name}-{digest}"
+            prefix, name = name, f"{name}-{digest}"
+            decided = self._decision_chain(prefix, stage, name)
+            if decided is not None:
+                assert signature is not None
+                if any(f"goto {name}" in line for line in self.chains[decided].rules):
+                    self.chains[name] = Chain(name, tuple(lines))  # the guard's way out
+                self.workload_chains[signature] = decided
+                return decided
+            if name not in self.layouts:
+                self.layouts[name] = ChainLayout(name, "walk", len(lines), self._walk_reason)
         if signature is not None:
             self.workload_chains[signature] = name
         self.chains[name] = Chain(name, tuple(lines))
+        return name
+
+    # ---- decision maps (decision.py) ---------------------------------------------------
+
+    _walk_reason: str = ""
+
+    def _decision_chain(self, prefix: str, stage: Stage, walk: str) -> str | None:
+        """The workload chain as decision maps, or None (and `_walk_reason`) to keep the walk.
+        The walk has been rendered first: its policy chains and rule ids stay in the table, so
+        attribution ids and toggles do not depend on which layout a chain got."""
+        budget = self.options.decision_budget
+        if budget <= 0:
+            self._walk_reason = "decision maps off (budget 0)"
+            return None
+        ep = stage.endpoint
+        assert ep is not None
+        policies, rules, _ = self._decision_rules(stage)
+        tag = decision.chain_tag(stage, policies, ep.profiles, self._local_key(stage))
+        local: dict[int, IPAddress] = {4: ipaddress.IPv4Address("192.0.2.1"), 6: ipaddress.IPv6Address("2001:db8::1")}
+        for ip in reversed(ep.ips):
+            local[ip.version] = ip
+        built = decision.decide(self._live_evaluator(), stage, rules, local, budget, tag,
+                                lambda out: self._outcome_chain(out, stage.direction), walk)
+        if isinstance(built, str):
+            self._walk_reason = built
+            return None
+        name = bounded_name(f"{prefix}-d{tag}")
+        for map_name, (type_, elements, is_map) in built.maps.items():
+            self.decision_maps[map_name] = NftSet(map_name, type_, ("interval",), elements, is_map=is_map)
+        # The maps cover every address, protocol and port: the drop is never reached.
+        self.chains[name] = Chain(name, (CLEAR, *built.lines, "drop"))
+        self.layouts[name] = ChainLayout(name, "decision", built.elements)
+        return name
+
+    def _decision_rules(self, stage: Stage) -> tuple[tuple[Policy, ...], decision.RuleList, decision.Tests]:
+        """The selecting policies, every rule that may decide (theirs, then the profiles'), and
+        the address tests on the endpoint's own side: once per shared chain."""
+        assert stage.endpoint is not None
+        key = (id(self.ev.stage_tiers(stage)), stage.direction, stage.endpoint.profiles)
+        found = self._rules_of.get(key)
+        if found is None:
+            policies = tuple(p for st in self.ev.stage_tiers(stage) for p in st.enforced)
+            profiles = [self.state.profiles[n] for n in stage.endpoint.profiles if n in self.state.profiles]
+            rules = [(r, p.namespace) for p in policies for r in p.rules(stage.direction)]
+            rules += [(r, None) for prof in profiles for r in prof.rules(stage.direction)]
+            tests = decision.address_tests(self.state, rules, stage.direction, peer=False)
+            found = self._rules_of[key] = (policies, rules, tests)
+        return found
+
+    def _local_key(self, stage: Stage) -> tuple[frozenset[int], ...]:
+        """Which of the rules' tests on the endpoint's own side hold for each of its addresses:
+        endpoints that differ there cannot share a decision chain."""
+        if self.options.decision_budget <= 0:
+            return ()
+        assert stage.endpoint is not None
+        tests = self._decision_rules(stage)[2]
+        return decision.memberships(tests, stage.endpoint.ips) if tests else ()
+
+    def _live_evaluator(self) -> Evaluator:
+        """Decides with enabled policies only (the compiler's own view includes disabled ones)."""
+        if self._live is None:
+            st = self.state
+            live = st if not st.include_disabled else ClusterState(
+                st.resources, _ipsets=st._ipsets, _named=st._named, caches=st.caches)
+            self._live = self.ev if live is st else Evaluator(live)
+        return self._live
+
+    def _hit_ref(self, h: Hit) -> RuleRef:
+        if h.kind == "Profile":
+            prof = self.state.profiles[h.name]
+            return self._profile_ref(prof, h.direction, h.rule, prof.rules(h.direction)[h.rule])
+        pol = self._policy_by_key[(h.kind, h.namespace or "", h.name)]
+        return self._rule_ref(pol, h.direction, h.rule, pol.rules(h.direction)[h.rule])
+
+    @property
+    def _policy_by_key(self) -> dict[tuple[str, str, str], Policy]:
+        found: dict[tuple[str, str, str], Policy] | None = self.__dict__.get("_by_key")
+        if found is None:
+            found = self.__dict__["_by_key"] = {p.key: p for p in self.state.active_policies}
+        return found
+
+    def _outcome_chain(self, out: decision.Outcome, direction: Direction) -> str:
+        """The terminal chain of one outcome: what the walk logs and does for it."""
+        lines: list[str] = []
+        for h in out.logged:
+            lines += self._verdict("", self._hit_ref(h), "Log")
+        if out.hit is None:
+            lines += self._verdict("", self._noprof_ref(direction), "Deny")
+        elif out.hit.rule < 0:
+            h = out.hit
+            lines += self._verdict("", self._eot_ref(h.kind, h.namespace, h.name, h.tier, direction), "Deny")
+        else:
+            lines += self._verdict("", self._hit_ref(out.hit), "Allow" if out.verdict == "allow" else "Deny")
+        name = decision.outcome_name(lines)
+        if name not in self.chains:
+            self.chains[name] = Chain(name, tuple(lines))
         return name
 
     def _hep_chain(self, prefix: str, family: Family, direction: Direction, hep: Endpoint) -> str:
@@ -496,8 +642,10 @@ class _NodeCompiler:
         disabled = {p.key for p in self.state.active_policies if p.disabled}
         sets[CLOSED] = NftSet(CLOSED, "mark", (), closed_gates(self.gates, disabled))
         sets.update(self.book.sets)
+        sets.update(self.decision_maps)
         table = Table("inet", self.options.table, dict(sorted(self.chains.items())), dict(sorted(sets.items())))
-        return CompiledNode(self.node, table, RuleTable(self.refs.values()), dict(self.gates))
+        return CompiledNode(self.node, table, RuleTable(self.refs.values()), dict(self.gates),
+                            tuple(v for _, v in sorted(self.layouts.items())))
 
     def _wireguard_allow(self) -> tuple[list[str], list[str]]:
         """Calico auto-allows WireGuard UDP between nodes before host endpoint policy (unlogged)."""

@@ -174,7 +174,8 @@ def render(table: Table, ops: list[Op]) -> str:
             out.append(f"add {kind} {t} {op.nset.name} {{ type {op.nset.type};{flags} }}")
         elif isinstance(op, SetElements):
             if op.flush:
-                out.append(f"flush set {t} {op.name}")
+                known = table.sets.get(op.name)
+                out.append(f"flush {'map' if known is not None and known.is_map else 'set'} {t} {op.name}")
             if op.delete:
                 out.append(f"delete element {t} {op.name} {{ {', '.join(op.delete)} }}")
             if op.add:

@@ -10,6 +10,7 @@ lab's nodes, the root check) comes from a `Runtime`, which tests replace:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import re
@@ -65,7 +66,22 @@ def default_compiler() -> tuple[CompileFn, Any]:
     except ImportError as exc:
         fail(f"the nftables compiler is not available: {exc}")
     compile_fn: CompileFn = module.compile_node
-    return compile_fn, module.CompileOptions()
+    options = module.CompileOptions()
+    budget = decision_budget_setting()
+    if budget is not None:
+        options = dataclasses.replace(options, decision_budget=budget)
+    return compile_fn, options
+
+
+def decision_budget_setting() -> int | None:
+    """FLOWTUI_DECISION_BUDGET: cells per workload chain for decision maps (0: the rule walk)."""
+    budget = os.environ.get("FLOWTUI_DECISION_BUDGET")
+    if budget is None:
+        return None
+    if not budget.strip().isdigit():
+        fail(f"FLOWTUI_DECISION_BUDGET={budget!r}: expected a whole number of cells (0 keeps the rule walk)",
+             EXIT_INVALID)
+    return int(budget)
 
 
 def default_backend(lab_id: str) -> Backend:
@@ -315,6 +331,7 @@ def apply(paths: Sequence[str], more_paths: Sequence[str], namespace: str | None
     inputs = all_paths(paths, more_paths)
     if not inputs:
         fail("no input: give files or directories with -f PATH (or - for stdin)", EXIT_INVALID)
+    decision_budget_setting()  # a bad setting fails before anything is read or stored
     if dry_run:
         _dry_run(inputs, namespace, lab_id, state_dir)
         return
@@ -360,6 +377,11 @@ def _dry_run(inputs: list[str], namespace: str | None, lab_id: str, state_dir: s
     compiled = guarded(compile_all)
     for node, out in compiled.items():
         click.echo(f"# node {node}: {len(out.table.chains)} chains, {len(out.table.sets)} sets")
+        for lay in getattr(out, "layouts", ()):
+            if lay.layout == "decision":
+                click.echo(f"# {lay.chain}: decision maps, {lay.elements} elements")
+            else:
+                click.echo(f"# {lay.chain}: rule walk, {lay.elements} rules ({lay.reason})")
         click.echo(ir.listing(out.table))
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from enforcer.datastore import DEFAULT_HOME
 from flowtui.cli.state import open_state, state_dir_option
 
 if TYPE_CHECKING:
