@@ -1,6 +1,6 @@
 """The dashboard on a store imported from real Hubble material (`../shared/external/material/interop/`):
 the what-if editor decides the flows as the pods the import recorded (as `flowtui whatif --db` does),
-so an edit names the flows it would newly deny."""
+so an edit names the flows it would newly deny; the flow detail shows the L7 summary of the record."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ from textual.pilot import Pilot
 from flowtui.cli.main import cli
 from flowtui.tui.app import make_app
 from flowtui.tui.control import PolicyControl
+from flowtui.tui.screens.detail import DetailScreen
 from flowtui.tui.screens.whatif import WhatIfScreen
 from flowtui.tui.sources import StoreSource
+from flowtui.tui.widgets.detail.panels import recorded_panel
 
 MATERIAL = Path(__file__).resolve().parents[2] / "shared" / "external" / "material" / "interop"
 REDIRECTED = MATERIAL / "hubble" / "hubble-otel__basic-sample-400-l7-redirected-flows.json"
@@ -94,3 +96,28 @@ async def test_whatif_in_the_dashboard_names_the_newly_denied_imported_flows(tmp
         assert screen.query_one("#whatif-table").row_count == 4
         summary = str(screen.query_one("#whatif-summary").render())
         assert "newly denied 178" in summary and f"{outcome.recorded_pods} pods" in summary
+
+
+@sync
+async def test_flow_detail_shows_the_l7_summary_hubble_recorded(tmp_path: Path) -> None:
+    http = MATERIAL / "hubble" / "hubble-otel__basic-sample-5-http-flows.json"
+    db = imported(tmp_path, http)
+    source = StoreSource(db)
+    table = source.recent(None, 100)
+    [row] = [r for r in table.to_pylist() if r["dport"] == 9990]
+    app = make_app(source, PolicyControl(), queries_dir=Path("/nonexistent"))
+    async with app.run_test(size=SIZE) as pilot:
+        screen = DetailScreen(row)
+        app.push_screen(screen)
+        await until(pilot, lambda: screen.explanation is not None)
+        assert screen.explanation is not None
+        assert screen.explanation.l7 == ["http GET http://10.128.0.4:9990/metrics"]  # the record's method and URL
+        assert "L7 http GET http://10.128.0.4:9990/metrics" in _text(recorded_panel(screen.explanation))
+
+
+def _text(renderable: Any) -> str:
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(renderable)
+    return console.export_text()

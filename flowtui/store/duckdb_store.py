@@ -159,11 +159,17 @@ class DuckStore:
     # Inserts
 
     def insert(self, table: str, data: pa.Table) -> int:
-        """Append an Arrow table whose columns are exactly the table's (by name, any order)."""
+        """Append an Arrow table whose columns are exactly the table's (by name, any order); a
+        writer that does not have the table's optional columns leaves them out (NULL)."""
         if data.num_rows == 0:
             return 0
-        want = schema.BY_NAME[table].arrow_schema
+        want = schema.BY_NAME[table].full_arrow_schema
         if data.schema.names != want.names:
+            missing = [f for f in want if f.name not in data.schema.names]
+            for f in missing:
+                if not schema.BY_NAME[table].column(f.name).optional:
+                    raise KeyError(f"{table}: the batch has no column {f.name!r}")
+                data = data.append_column(f, pa.nulls(data.num_rows, f.type))
             data = data.select(want.names)
         t0 = time.perf_counter()
         with self._lock, self._atomic():
@@ -181,7 +187,7 @@ class DuckStore:
         """Small tables only (rules, endpoints, loss, stats): rows as dicts, still one insert."""
         if not rows:
             return 0
-        tschema = schema.BY_NAME[table].arrow_schema
+        tschema = schema.BY_NAME[table].full_arrow_schema
         data = pa.Table.from_pylist([{n: r.get(n) for n in tschema.names} for r in rows], schema=tschema)
         return self.insert(table, data)
 

@@ -35,6 +35,10 @@ def recorded_panel(exp: Explanation) -> Panel:
     verdict = str(exp.row.get("verdict") or "?")
     body = Text(verdict.upper(), STYLE.get(verdict, "bold"))
     body.append("\n" + exp.recorded.split(" by ", 1)[-1])
+    for policy in exp.other_policies:  # the source named several policies for this verdict
+        body.append("\nalso " + policy)
+    for summary in exp.l7:
+        body.append("\nL7 " + summary, "cyan")
     if exp.agrees is False:
         body.append("\n≠ the evaluator now: policy changed since?", "bold yellow")
     elif exp.agrees:
