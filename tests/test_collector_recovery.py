@@ -300,7 +300,7 @@ def test_a_store_written_before_this_schema_opens_upgrades_once_and_keeps_everyt
         counts[table.name] = con.execute(f"SELECT count(*) FROM {table.name}").fetchone()[0]  # type: ignore[index]
     for name, (_doc, query) in schema.VIEWS.items():  # the views of then (flow_pairs came with the rollups,
         if name != "flow_pairs":  # flows_v's other_policies with the imports' other_rule_ids)
-            con.execute(f"CREATE VIEW {name} AS {query.replace(schema.OTHER_POLICIES, '')}")
+            con.execute(f"CREATE VIEW {name} AS {schema.before_other_rules(query)}")
     old_runs = con.execute("SELECT * FROM runs").fetchall()
     con.close()
     assert "heartbeat" not in {

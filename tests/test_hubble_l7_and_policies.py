@@ -173,7 +173,7 @@ def _old_store(path: Path) -> None:
             old = [c for c in table.columns if not c.optional]
             con.execute(f"CREATE TABLE {table.name} ({', '.join(f'{c.name} {c.sql}' for c in old)})")
         for name, (_doc, query) in schema.VIEWS.items():
-            con.execute(f"CREATE VIEW {name} AS {query.replace(schema.OTHER_POLICIES, '')}")
+            con.execute(f"CREATE VIEW {name} AS {schema.before_other_rules(query)}")
         con.execute("INSERT INTO sources VALUES (1, 1, NULL, 'node-a', '', 0)")
         con.execute("INSERT INTO rules (id, kind, name, tier, revision, direction, rule, action, policy) VALUES "
                     "(1, 'GlobalNetworkPolicy', 'allow-web', 'default', 1, 'ingress', 0, 'Allow', "

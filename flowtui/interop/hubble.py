@@ -13,9 +13,14 @@ Each is a *policy verdict* event (`event_type.type` 5) of the reporting node, wi
   `reserved:host` (on the reporting node) or `reserved:remote-node`; everything outside as
   `reserved:world`, network sets with `cidr:` labels;
 - the deciding rule in `ingress_allowed_by` / `egress_allowed_by` / `ingress_denied_by` /
-  `egress_denied_by`, as a Hubble `Policy` {name, namespace, kind, revision, labels}. `kind` uses
+  `egress_denied_by`, as a Hubble `Policy` {name, namespace, kind, revision, labels}, followed by
+  the row's `other_rule_ids` (every further policy an import recorded). `kind` uses
   the names Calico's Whisker uses (GlobalNetworkPolicy, CalicoNetworkPolicy, NetworkPolicy for
-  Kubernetes', Profile, EndOfTier: then `name` is the trigger policy).
+  Kubernetes', Profile, EndOfTier: then `name` is the trigger policy);
+- rows with an `l7` summary (imported proxy records) as access-log events (`Type` L7, event type
+  129) with the `l7` object the summary holds (HTTP method, URL and status; DNS query, types and
+  rcode; Kafka API key, topic and error code) and nothing it does not (record type, headers,
+  latency were not kept).
 
 Hubble has no place for a tier, a rule index, an endpoint type or a non-pod name, so they travel
 as extra labels with the source `flowtui:` (`flowtui:tier=default`, `flowtui:rule=2`,
@@ -28,14 +33,17 @@ Cilium (or from the export above) into observations (`flowtui.interop.observed`)
 import writes into a store and what-if reads as flows. Kept: policy-verdict events, drops,
 flows redirected to the proxy (`REDIRECTED`: attributed to a `ProxyRedirect` rule named after
 `policy_match_type`, never to "no policy"), L7 requests (HTTP, DNS, Kafka: they carry IP and L4;
-their summary such as `http GET http://x/metrics` is kept as the observation's `l7`) and events
+their summary such as `http GET http://x/metrics` is kept as the observation's `l7` and the
+store's `l7` column) and events
 that name a policy; when a file has none of those (a plain trace capture), forwarded connection
 openings (no replies, TCP only SYN without ACK) instead. Skipped, and counted: replies (L7
 responses too), other trace points, flows without addresses or L4. Lines that cannot be read are
 problems with their line number; the rest go on. Hubble `lost_events` are recorded in the `loss`
 table (cause `hubble_lost_events`). Endpoints keep their pod labels, their namespace's labels
 (`pcns.<key>`, as Calico names them) and service account (`projectcalico.org/serviceaccount`).
-Each kept event is aggregated into `flows` per time bucket like the collector does
+A flow naming several policies for its verdict keeps them all: the first decides (`rule_id`), the
+others follow in Hubble's order (`other_rule_ids`). Each kept event is aggregated into `flows` per
+time bucket (and L7 summary) like the collector does
 (`count_source` = `hubble`, one packet per event, no byte counts). Policies become `rules` rows
 (an existing identical rule is reused; Cilium gives no rule index, so `rule` is NULL).
 Dataplane defaults, failsafes and proxy redirects are no policy: the export names none for them.
