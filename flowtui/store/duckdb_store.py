@@ -1,7 +1,7 @@
 """The DuckDB flow store: one writer, batched Arrow inserts, retention, snapshots for readers.
 
 **Writing.** Only `DuckStore` writes, from one thread, and only in batches: an Arrow table per
-insert (`INSERT ... SELECT` from Arrow runs at ~1M rows/s here; row-by-row inserts at ~1k/s).
+insert (`INSERT ... BY NAME SELECT` from Arrow runs at ~1M rows/s here; row-by-row inserts at ~1k/s).
 
 **Reading while the collector writes.** DuckDB lets one process open a database file for
 writing and then refuses every other process, *even read-only* ("Could not set lock on file",
@@ -173,7 +173,13 @@ class DuckStore:
             data = data.select(want.names)
         t0 = time.perf_counter()
         with self._lock, self._atomic():
-            self.con.from_arrow(data).insert_into(table)
+            # by name: a store upgraded in place by several versions has its columns in the order
+            # they were added (ALTER TABLE appends), not necessarily the DDL's
+            self.con.register("_ft_batch", data)
+            try:
+                self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _ft_batch")
+            finally:
+                self.con.unregister("_ft_batch")
             if table == "flows":  # hours already rolled up must be rolled up again
                 first = pc.min(data.column("start_time")).as_py()
                 if first is not None:

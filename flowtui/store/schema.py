@@ -28,8 +28,8 @@ class Column:
     sql: str
     doc: str
     # Only some writers have it (imports: a proxy's L7 summary, further deciding rules); the others
-    # leave it out of their Arrow tables and it is NULL. Optional columns come last in a table, so a
-    # store upgraded in place (ALTER TABLE ... ADD COLUMN appends) has them where the DDL has them.
+    # leave it out of their Arrow tables and it is NULL. Optional columns come last in a table (the
+    # collector's batches are then the table's first columns; the store inserts by name anyway).
     optional: bool = False
 
     @property
