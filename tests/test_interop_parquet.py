@@ -46,7 +46,7 @@ def test_polars_reads_it_with_the_partition_keys(exported: tuple[Path, Path]) ->
     assert frame.height == len(FLOWS)
     assert set(frame["node"].unique()) == {"node-a", "node-b"}
     assert frame["day"].cast(pl.String).unique().to_list() == ["2026-03-14"]
-    assert [c for c in frame.columns if c not in ("day", "node")] == schema.FLOWS.arrow_schema.names
+    assert [c for c in frame.columns if c not in ("day", "node")] == schema.FLOWS.full_arrow_schema.names
     by_node = dict(frame.group_by("node").agg(pl.col("events").sum()).iter_rows())
     assert by_node == {"node-a": sum(f["events"] for f in FLOWS if f["source_id"] == 1),
                        "node-b": sum(f["events"] for f in FLOWS if f["source_id"] == 2)}

@@ -13,9 +13,14 @@ Each is a *policy verdict* event (`event_type.type` 5) of the reporting node, wi
   `reserved:host` (on the reporting node) or `reserved:remote-node`; everything outside as
   `reserved:world`, network sets with `cidr:` labels;
 - the deciding rule in `ingress_allowed_by` / `egress_allowed_by` / `ingress_denied_by` /
-  `egress_denied_by`, as a Hubble `Policy` {name, namespace, kind, revision, labels}. `kind` uses
+  `egress_denied_by`, as a Hubble `Policy` {name, namespace, kind, revision, labels}, followed by
+  the row's `other_rule_ids` (every further policy an import recorded). `kind` uses
   the names Calico's Whisker uses (GlobalNetworkPolicy, CalicoNetworkPolicy, NetworkPolicy for
-  Kubernetes', Profile, EndOfTier: then `name` is the trigger policy).
+  Kubernetes', Profile, EndOfTier: then `name` is the trigger policy);
+- rows with an `l7` summary (imported proxy records) as access-log events (`Type` L7, event type
+  129) with the `l7` object the summary holds (HTTP method, URL and status; DNS query, types and
+  rcode; Kafka API key, topic and error code) and nothing it does not (record type, headers,
+  latency were not kept).
 
 Hubble has no place for a tier, a rule index, an endpoint type or a non-pod name, so they travel
 as extra labels with the source `flowtui:` (`flowtui:tier=default`, `flowtui:rule=2`,
@@ -28,14 +33,17 @@ Cilium (or from the export above) into observations (`flowtui.interop.observed`)
 import writes into a store and what-if reads as flows. Kept: policy-verdict events, drops,
 flows redirected to the proxy (`REDIRECTED`: attributed to a `ProxyRedirect` rule named after
 `policy_match_type`, never to "no policy"), L7 requests (HTTP, DNS, Kafka: they carry IP and L4;
-their summary such as `http GET http://x/metrics` is kept as the observation's `l7`) and events
+their summary such as `http GET http://x/metrics` is kept as the observation's `l7` and the
+store's `l7` column) and events
 that name a policy; when a file has none of those (a plain trace capture), forwarded connection
 openings (no replies, TCP only SYN without ACK) instead. Skipped, and counted: replies (L7
 responses too), other trace points, flows without addresses or L4. Lines that cannot be read are
 problems with their line number; the rest go on. Hubble `lost_events` are recorded in the `loss`
 table (cause `hubble_lost_events`). Endpoints keep their pod labels, their namespace's labels
 (`pcns.<key>`, as Calico names them) and service account (`projectcalico.org/serviceaccount`).
-Each kept event is aggregated into `flows` per time bucket like the collector does
+A flow naming several policies for its verdict keeps them all: the first decides (`rule_id`), the
+others follow in Hubble's order (`other_rule_ids`). Each kept event is aggregated into `flows` per
+time bucket (and L7 summary) like the collector does
 (`count_source` = `hubble`, one packet per event, no byte counts). Policies become `rules` rows
 (an existing identical rule is reused; Cilium gives no rule index, so `rule` is NULL).
 Dataplane defaults, failsafes and proxy redirects are no policy: the export names none for them.
@@ -67,6 +75,7 @@ from flowtui.interop.observed import (
 from flowtui.interop.window import EVERYTHING, Window
 
 POLICY_VERDICT_EVENT = 5  # Cilium monitor MessageTypePolicyVerdict
+ACCESS_LOG_EVENT = 129  # Cilium monitor MessageTypeAccessLog: a proxy's L7 record
 DROP_EVENT = 1
 VERDICT = {"Allow": "FORWARDED", "Deny": "DROPPED"}
 ACTION = {"FORWARDED": "Allow", "REDIRECTED": "Allow", "TRANSLATED": "Allow", "TRACED": "Allow",
@@ -114,7 +123,8 @@ WITH icmp AS (
 SELECT f.start_time, f.first_seen, f.last_seen, f.events, f.action, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport,
        f.tcp_flags, s.node, f.rule_id, r.kind, r.namespace, r.name, r.tier, r.revision, r.direction, r.rule,
        r.trigger_kind, se.id, se.type, se.namespace, se.name, se.node, se.labels, se.addresses,
-       de.id, de.type, de.namespace, de.name, de.node, de.labels, de.addresses, i.icmp_type, i.icmp_code
+       de.id, de.type, de.namespace, de.name, de.node, de.labels, de.addresses, i.icmp_type, i.icmp_code,
+       {imported}
 FROM flows f
 LEFT JOIN sources s ON s.source_id = f.source_id
 LEFT JOIN rules r ON r.id = f.rule_id
@@ -209,17 +219,50 @@ def _l4(proto: int | None, sport: int | None, dport: int | None, flags: int | No
 
 def flow_objects(con: duckdb.DuckDBPyConnection, window: Window = EVERYTHING) -> Iterator[dict[str, Any]]:
     """Hubble `GetFlowsResponse` objects for the store's Allow/Deny flow rows in `window`."""
-    cursor = con.execute(_EXPORT_SQL.format(where=window.sql("f.start_time")))
+    have = {str(r[0]) for r in con.execute("DESCRIBE flows").fetchall()}  # a store older than the L7 columns
+    imported = ", ".join(f"f.{c}" if c in have else f"NULL AS {c}" for c in ("l7", "other_rule_ids"))
+    rules = {int(r[0]): r[1:] for r in con.execute(
+        "SELECT id, kind, namespace, name, tier, revision, rule, action, trigger_kind FROM rules").fetchall()}
+    cursor = con.execute(_EXPORT_SQL.format(where=window.sql("f.start_time"), imported=imported))
     while batch := cursor.fetchmany(4096):
         for row in batch:
-            yield from _row_objects(row)
+            yield from _row_objects(row, rules)
 
 
-def _row_objects(row: tuple[Any, ...]) -> Iterator[dict[str, Any]]:
+def _l7_record(summary: str) -> dict[str, Any]:
+    """The Hubble `l7` object a stored summary (`_l7_summary`) came from, as far as it says: nothing
+    it does not hold (the record type, latency and headers were not kept, so they are not written)."""
+    words = summary.split(" ")
+    kind, rest = words[0], words[1:]
+    if kind == "http" and rest:
+        http: dict[str, Any] = {"method": rest[0]}
+        if len(rest) > 1:
+            http["url"] = rest[1]
+        if len(rest) > 2 and rest[2].isdigit():
+            http["code"] = int(rest[2])
+        return {"http": http}
+    if kind == "dns" and len(rest) >= 2:
+        rcodes = {v: k for k, v in DNS_RCODE.items()}
+        code = rcodes.get(rest[-1], int(rest[-1]) if rest[-1].isdigit() else None)
+        dns: dict[str, Any] = {"query": rest[0]}
+        if len(rest) == 3:
+            dns["qtypes"] = rest[1].split(",")
+        if code:  # protojson omits zero
+            dns["rcode"] = code
+        return {"dns": dns}
+    if kind == "kafka" and len(rest) == 3:
+        kafka: dict[str, Any] = {"api_key": rest[0], "topic": rest[1]}
+        if rest[2].lstrip("-").isdigit() and int(rest[2]):
+            kafka["error_code"] = int(rest[2])
+        return {"kafka": kafka}
+    return {}
+
+
+def _row_objects(row: tuple[Any, ...], rules: dict[int, tuple[Any, ...]]) -> Iterator[dict[str, Any]]:
     (start, first, last, events, action, proto, src_ip, dst_ip, sport, dport, tcp_flags, node, rule_id, kind,
      pol_ns, pol_name, tier, revision, direction, rule, trigger_kind) = row[:21]
     src_ep, dst_ep = row[21:28], row[28:35]
-    icmp_type, icmp_code = row[35], row[36]
+    icmp_type, icmp_code, l7, other_rule_ids = row[35:39]
     l4, summary = _l4(proto, sport, dport, tcp_flags, icmp_type, icmp_code)
     flow: dict[str, Any] = {
         "verdict": VERDICT[action],
@@ -236,6 +279,8 @@ def _row_objects(row: tuple[Any, ...]) -> Iterator[dict[str, Any]]:
         flow["node_name"] = node
     if direction in ("ingress", "egress"):
         flow["traffic_direction"] = direction.upper()
+    if l7 is not None:  # a proxy's access-log record (Cilium MessageTypeAccessLog)
+        flow.update({"Type": "L7", "event_type": {"type": ACCESS_LOG_EVENT}, "l7": _l7_record(l7), "Summary": l7})
     if action == "Deny":
         flow["drop_reason_desc"] = "POLICY_DENIED" if kind is None or kind in IMPLICIT else "POLICY_DENY"
     if kind == "ProxyRedirect":
@@ -246,7 +291,8 @@ def _row_objects(row: tuple[Any, ...]) -> Iterator[dict[str, Any]]:
     elif kind is not None and kind not in NOT_A_POLICY and direction in ("ingress", "egress"):
         verb = "allowed" if action == "Allow" else "denied"
         flow[f"{direction}_{verb}_by"] = [
-            _hubble_policy(kind, pol_ns, pol_name, tier, revision, rule, action, trigger_kind)]
+            _hubble_policy(kind, pol_ns, pol_name, tier, revision, rule, action, trigger_kind),
+            *(_hubble_policy(*rules[i]) for i in other_rule_ids or () if i in rules)]
     n = max(int(events), 1)
     first = first or start
     last = last or first
@@ -346,12 +392,26 @@ def _endpoint(doc: Any, ip: str, node: str) -> tuple[EndpointKey | None, tuple[s
     return EndpointKey(kind, namespace, name, clean), addresses
 
 
-def _rule(flow: dict[str, Any], action: str, direction: str, verdict: str) -> RuleKey:
+def _policies(flow: dict[str, Any], action: str, direction: str, verdict: str) -> list[dict[str, Any]]:
+    """The policies Hubble lists for the verdict (every one that allowed, or denied, the flow)."""
     verb = "allowed" if action == "Allow" else "denied"
     policies = flow.get(f"{direction}_{verb}_by") or []
     if not policies and verdict == "AUDIT":
         policies = flow.get(f"{direction}_denied_by") or []
-    policy = policies[0] if policies and isinstance(policies[0], dict) else None
+    if not isinstance(policies, list):
+        raise ValueError(f"{direction}_{verb}_by: {type(policies).__name__}, not a list of policies")
+    return [p for p in policies if isinstance(p, dict)]
+
+
+def _rules(flow: dict[str, Any], action: str, direction: str, verdict: str) -> tuple[RuleKey, tuple[RuleKey, ...]]:
+    """The deciding rule (Hubble's first policy) and the further ones it lists, in its order."""
+    policies = _policies(flow, action, direction, verdict)
+    first = _rule(flow, policies[0] if policies else None, action, direction, verdict)
+    others = tuple(dict.fromkeys(_rule(flow, p, action, direction, verdict) for p in policies[1:]))
+    return first, tuple(k for k in others if k != first)
+
+
+def _rule(flow: dict[str, Any], policy: dict[str, Any] | None, action: str, direction: str, verdict: str) -> RuleKey:
     if policy is None and verdict == "REDIRECTED":  # a policy matched and sent it to the proxy
         match = POLICY_MATCH.get(int(flow.get("policy_match_type") or 0), str(flow.get("policy_match_type")))
         return RuleKey("ProxyRedirect", None, f"policy-match:{match}", None, 0, direction, -1, action, None)
@@ -465,10 +525,11 @@ def parse_line(doc: dict[str, Any], parsed: Parsed, number: int = 0) -> None:
     named = any(flow.get(f"{d}_{v}_by") for d in ("ingress", "egress") for v in ("allowed", "denied"))
     src, src_addresses = _endpoint(flow.get("source"), ip["source"], node)
     dst, dst_addresses = _endpoint(flow.get("destination"), ip["destination"], node)
+    rule, others = _rules(flow, action, direction, verdict)
     parsed.observations.append(Observation(
         time=when, node=node, action=action, proto=proto, src_ip=ip["source"], dst_ip=ip["destination"],
         sport=sport, dport=dport, icmp_type=icmp_type, icmp_code=icmp_code, tcp_flags=flags,
-        rule=_rule(flow, action, direction, verdict), src=src, dst=dst,
+        rule=rule, others=others, src=src, dst=dst,
         src_addresses=src_addresses, dst_addresses=dst_addresses,
         # a proxy's L7 request record is a decision too: the L7 policy allowed (or denied) it
         decision=event_type in (POLICY_VERDICT_EVENT, DROP_EVENT) or verdict in ("DROPPED", "AUDIT", "REDIRECTED")

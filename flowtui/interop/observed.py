@@ -91,6 +91,7 @@ class Observation:
     pending: tuple[RuleKey, ...] = ()  # staged policies' verdicts (Calico's pending trace)
     line: int = 0  # where in its file
     l7: str | None = None  # a proxy's request summary (Hubble L7 records): `http GET /x 200`, `dns q A NOERROR`
+    others: tuple[RuleKey, ...] = ()  # further rules named for the same verdict (Hubble: every policy listed)
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ def _rules(store: Any, obs: list[Observation]) -> tuple[dict[RuleKey, int], int]
                                     row[9]), int(row[0]))
     first_use: dict[RuleKey, datetime] = {}
     for o in obs:
-        for key in (*o.steps, o.rule, *o.pending):  # trace order: ids ascend along a record's trace
+        for key in (*o.steps, o.rule, *o.others, *o.pending):  # trace order: ids ascend along a record's trace
             if key not in first_use or _when(o) < first_use[key]:
                 first_use[key] = _when(o)
     next_rule = store.next_id("rules", "id")
@@ -301,10 +302,16 @@ def _events_table(obs: list[Observation], source_ids: dict[str, int], rule_ids: 
         "tcp_flags": [o.tcp_flags for o in obs],
         "src_ep": [ep_ids.get(o.src) if o.src else None for o in obs],
         "dst_ep": [ep_ids.get(o.dst) if o.dst else None for o in obs],
+        "l7": [o.l7 for o in obs],
+        "other_rule_ids": [_other_ids(o, rule_ids) for o in obs],
     }
     arrays = [pa.array(cols[c.name], c.arrow) if c.name in cols else pa.nulls(n, c.arrow)
               for c in schema.EVENTS.columns]
-    return pa.Table.from_arrays(arrays, schema=schema.EVENTS.arrow_schema)
+    return pa.Table.from_arrays(arrays, schema=schema.EVENTS.full_arrow_schema)
+
+
+def _other_ids(o: Observation, rule_ids: dict[RuleKey, int]) -> list[int] | None:
+    return [rule_ids[k] for k in o.others] or None
 
 
 def _aggregate(events: pa.Table, bucket_seconds: float, count_source: str) -> pa.Table:
@@ -321,18 +328,18 @@ def _aggregate(events: pa.Table, bucket_seconds: float, count_source: str) -> pa
                    NULL::BIGINT AS bytes, 0::BIGINT AS reply_packets, 0::BIGINT AS reply_bytes,
                    CASE WHEN action = 'Allow' THEN count(*) ELSE 0 END AS connections_started,
                    0::BIGINT AS connections_completed, bit_or(tcp_flags) AS tcp_flags,
-                   min(time) AS first_seen, max(time) AS last_seen, $source AS count_source
+                   min(time) AS first_seen, max(time) AS last_seen, $source AS count_source, l7, other_rule_ids
             FROM observed
-            GROUP BY 1, 2, source_id, action, rule_id, proto, src_ip, dst_ip, sport, dport
+            GROUP BY 1, 2, source_id, action, rule_id, proto, src_ip, dst_ip, sport, dport, l7, other_rule_ids
             ORDER BY 1, source_id""", params={"source": count_source}).to_arrow_table()
     finally:
         con.close()
-    return result.cast(schema.FLOWS.arrow_schema)
+    return result.cast(schema.FLOWS.full_arrow_schema)
 
 
 def _record_flows(records: list[Observation], source_ids: dict[str, int], rule_ids: dict[RuleKey, int],
                   ep_ids: dict[EndpointKey, int], count_source: str) -> pa.Table:
-    cols: dict[str, list[Any]] = {c.name: [] for c in schema.FLOWS.columns}
+    cols: dict[str, list[Any]] = {c.name: [] for c in schema.FLOWS.columns}  # every column, optional ones too
     counted = ("events", "packets", "bytes", "reply_packets", "reply_bytes", "connections_started",
                "connections_completed")
 
@@ -342,7 +349,8 @@ def _record_flows(records: list[Observation], source_ids: dict[str, int], rule_i
                             ("src_ip", o.src_ip), ("dst_ip", o.dst_ip), ("sport", o.sport), ("dport", o.dport),
                             ("src_ep", ep_ids.get(o.src) if o.src else None),
                             ("dst_ep", ep_ids.get(o.dst) if o.dst else None), ("tcp_flags", o.tcp_flags),
-                            ("first_seen", o.time), ("last_seen", o.end), ("count_source", count_source)):
+                            ("first_seen", o.time), ("last_seen", o.end), ("count_source", count_source),
+                            ("l7", o.l7), ("other_rule_ids", _other_ids(o, rule_ids) if rule == o.rule else None)):
             cols[name].append(value)
         for name, value in zip(counted, counts or (0,) * len(counted), strict=True):
             cols[name].append(value)
@@ -354,5 +362,5 @@ def _record_flows(records: list[Observation], source_ids: dict[str, int], rule_i
                                   o.events if o.started is None else o.started, o.completed))
         for hit in o.pending:
             add(o, "Log", hit, None)
-    tschema = schema.FLOWS.arrow_schema
+    tschema = schema.FLOWS.full_arrow_schema
     return pa.Table.from_arrays([pa.array(cols[f.name], f.type) for f in tschema], schema=tschema)

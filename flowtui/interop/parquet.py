@@ -173,7 +173,9 @@ def export_parquet(
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
-        cols = ", ".join(f'x."{c.name}"' for c in table.columns)
+        have = {str(r[0]) for r in con.execute(f"DESCRIBE {table.name}").fetchall()}
+        # a store older than a column (read-only: not upgraded) exports it as NULL, with its type
+        cols = ", ".join(f'x."{c.name}"' if c.name in have else f'NULL::{c.sql} AS "{c.name}"' for c in table.columns)
         if table.name in TIME_OF:
             where = window.sql(f"x.{TIME_OF[table.name]}")
             query = (

@@ -1,7 +1,7 @@
 """The DuckDB flow store: one writer, batched Arrow inserts, retention, snapshots for readers.
 
 **Writing.** Only `DuckStore` writes, from one thread, and only in batches: an Arrow table per
-insert (`INSERT ... SELECT` from Arrow runs at ~1M rows/s here; row-by-row inserts at ~1k/s).
+insert (`INSERT ... BY NAME SELECT` from Arrow runs at ~1M rows/s here; row-by-row inserts at ~1k/s).
 
 **Reading while the collector writes.** DuckDB lets one process open a database file for
 writing and then refuses every other process, *even read-only* ("Could not set lock on file",
@@ -177,15 +177,27 @@ class DuckStore:
     # Inserts
 
     def insert(self, table: str, data: pa.Table) -> int:
-        """Append an Arrow table whose columns are exactly the table's (by name, any order)."""
+        """Append an Arrow table whose columns are exactly the table's (by name, any order); a
+        writer that does not have the table's optional columns leaves them out (NULL)."""
         if data.num_rows == 0:
             return 0
-        want = schema.BY_NAME[table].arrow_schema
+        want = schema.BY_NAME[table].full_arrow_schema
         if data.schema.names != want.names:
+            missing = [f for f in want if f.name not in data.schema.names]
+            for f in missing:
+                if not schema.BY_NAME[table].column(f.name).optional:
+                    raise KeyError(f"{table}: the batch has no column {f.name!r}")
+                data = data.append_column(f, pa.nulls(data.num_rows, f.type))
             data = data.select(want.names)
         t0 = time.perf_counter()
         with self._lock, self._atomic():
-            self.con.from_arrow(data).insert_into(table)
+            # by name: a store upgraded in place by several versions has its columns in the order
+            # they were added (ALTER TABLE appends), not necessarily the DDL's
+            self.con.register("_ft_batch", data)
+            try:
+                self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _ft_batch")
+            finally:
+                self.con.unregister("_ft_batch")
             if table == "flows":  # hours already rolled up must be rolled up again
                 first = pc.min(data.column("start_time")).as_py()
                 if first is not None:
@@ -199,7 +211,7 @@ class DuckStore:
         """Small tables only (rules, endpoints, loss, stats): rows as dicts, still one insert."""
         if not rows:
             return 0
-        tschema = schema.BY_NAME[table].arrow_schema
+        tschema = schema.BY_NAME[table].full_arrow_schema
         data = pa.Table.from_pylist([{n: r.get(n) for n in tschema.names} for r in rows], schema=tschema)
         return self.insert(table, data)
 

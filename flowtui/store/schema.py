@@ -27,6 +27,10 @@ class Column:
     name: str
     sql: str
     doc: str
+    # Only some writers have it (imports: a proxy's L7 summary, further deciding rules); the others
+    # leave it out of their Arrow tables and it is NULL. Optional columns come last in a table (the
+    # collector's batches are then the table's first columns; the store inserts by name anyway).
+    optional: bool = False
 
     @property
     def arrow(self) -> pa.DataType:
@@ -41,7 +45,16 @@ class Table:
 
     @property
     def arrow_schema(self) -> pa.Schema:
+        """The columns every writer supplies (the collector's batches have exactly these)."""
+        return pa.schema([pa.field(c.name, c.arrow) for c in self.columns if not c.optional])
+
+    @property
+    def full_arrow_schema(self) -> pa.Schema:
+        """Every column, in the DDL's order (optional ones included)."""
         return pa.schema([pa.field(c.name, c.arrow) for c in self.columns])
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
 
     def ddl(self) -> str:
         cols = ",\n  ".join(f"{c.name} {c.sql}" for c in self.columns)
@@ -59,11 +72,24 @@ _ARROW: dict[str, pa.DataType] = {
     "BOOLEAN": pa.bool_(),
     "VARCHAR": pa.string(),
     "VARCHAR[]": pa.list_(pa.string()),
+    "INTEGER[]": pa.list_(pa.int32()),
 }
 
 
-def _c(name: str, sql: str, doc: str) -> Column:
-    return Column(name, sql, doc)
+def _c(name: str, sql: str, doc: str, optional: bool = False) -> Column:
+    return Column(name, sql, doc, optional)
+
+
+# What foreign flow sources record beyond the 5-tuple and one rule (imports only; NULL for the collector)
+_IMPORTED = (
+    _c("l7", "VARCHAR", "A proxy's summary of the request, from imported Hubble L7 records: `http GET "
+       "http://x/metrics` (method, URL, status when the record has one), `dns www.example.com. A NOERROR` "
+       "(query, types, rcode), `kafka produce orders 0` (API, topic, error code); NULL for packets.",
+       optional=True),
+    _c("other_rule_ids", "INTEGER[]", "Further rules the source named for this same verdict, in its order -> "
+       "rules.id (Hubble lists every policy that allowed or denied a flow; `rule_id` is the first); NULL "
+       "when it named one or none.", optional=True),
+)
 
 
 _TUPLE = (
@@ -98,12 +124,14 @@ EVENTS = Table(
         _c("mark", "UINTEGER", "Packet mark; NULL if zero/absent."),
         _c("src_ep", "INTEGER", "Source endpoint -> endpoints.id (as known when the event was stored)."),
         _c("dst_ep", "INTEGER", "Destination endpoint -> endpoints.id."),
+        *_IMPORTED,
     ),
 )
 
 FLOWS = Table(
     "flows",
-    "Events aggregated per time bucket and key (reporter namespace, rule, action, 5-tuple), plus the "
+    "Events aggregated per time bucket and key (reporter namespace, rule, action, 5-tuple; for imports "
+    "also the L7 summary and the further rules), plus the "
     "packet/byte counts of allowed connections from conntrack. Narrow on purpose (ids, not names): "
     "`flows_v` joins in the node, the policy and the endpoints. Rows are partial aggregates: a late "
     "event or a conntrack record adds a row with the same key, so always SUM over the key "
@@ -133,7 +161,9 @@ FLOWS = Table(
         _c("tcp_flags", "UTINYINT", "OR of the TCP flags of the events."),
         _c("first_seen", "TIMESTAMP", "Earliest event (or connection end) in this row."),
         _c("last_seen", "TIMESTAMP", "Latest event (or connection end) in this row."),
-        _c("count_source", "VARCHAR", "`nflog` (events) or `conntrack` (a connection's counters)."),
+        _c("count_source", "VARCHAR", "`nflog` (events) or `conntrack` (a connection's counters); for "
+           "imports the format (`hubble`, `calico`)."),
+        *_IMPORTED,
     ),
 )
 
@@ -491,6 +521,21 @@ def pair_hours_sql(where: str, joins: str = "") -> str:
     )
 
 
+# flows_v's names for `other_rule_ids`: a join on the distinct lists (a correlated subquery per row
+# made every flows_v query ~100x slower on a 2M-row store), and its column
+OTHER_POLICIES_JOIN = (
+    " LEFT JOIN (SELECT d.ids, list(o.policy ORDER BY list_position(d.ids, o.id)) AS other_policies FROM "
+    "(SELECT DISTINCT other_rule_ids AS ids FROM flows WHERE other_rule_ids IS NOT NULL) d "
+    "JOIN rules o ON list_contains(d.ids, o.id) GROUP BY d.ids) op ON op.ids = f.other_rule_ids"
+)
+OTHER_POLICIES = ", op.other_policies"
+
+
+def before_other_rules(query: str) -> str:
+    """A view's query as stores older than `other_rule_ids` have it (flows_v without other_policies)."""
+    return query.replace(OTHER_POLICIES_JOIN, "").replace(OTHER_POLICIES, "")
+
+
 VIEWS: dict[str, tuple[str, str]] = {
     "query_window": (
         "The time window of the files in queries/: since_, until_ and now_ from the DuckDB variables `since`, "
@@ -578,16 +623,18 @@ VIEWS: dict[str, tuple[str, str]] = {
         "LEFT JOIN endpoints se ON se.id = e.src_ep LEFT JOIN endpoints de ON de.id = e.dst_ep",
     ),
     "flows_v": (
-        "Flows with the reporting node, the deciding policy (Calico flow-log string and fields) and both "
-        "endpoints (type, namespace, name, labels) joined in.",
+        "Flows with the reporting node, the deciding policy (Calico flow-log string and fields), both "
+        "endpoints (type, namespace, name, labels) and the further policies of `other_rule_ids` "
+        "(`other_policies`, flow-log strings) joined in.",
         "SELECT f.*, s.node, CASE r.direction WHEN 'ingress' THEN 'dst' WHEN 'egress' THEN 'src' END AS reporter, "
         "r.policy, r.kind AS policy_kind, r.namespace AS policy_namespace, r.name AS policy_name, r.tier, "
         "r.revision AS policy_revision, r.rule AS rule_index, "
         "se.type AS src_type, coalesce(se.namespace, '-') AS src_namespace, se.name AS src_name, "
         "se.labels AS src_labels, de.type AS dst_type, coalesce(de.namespace, '-') AS dst_namespace, "
-        "de.name AS dst_name, de.labels AS dst_labels "
-        "FROM flows f LEFT JOIN sources s USING (source_id) LEFT JOIN rules r ON r.id = f.rule_id "
-        "LEFT JOIN endpoints se ON se.id = f.src_ep LEFT JOIN endpoints de ON de.id = f.dst_ep",
+        "de.name AS dst_name, de.labels AS dst_labels" + OTHER_POLICIES + " "
+        "FROM flows f LEFT JOIN sources s USING (source_id) LEFT JOIN rules r ON r.id = f.rule_id"
+        + OTHER_POLICIES_JOIN
+        + " LEFT JOIN endpoints se ON se.id = f.src_ep LEFT JOIN endpoints de ON de.id = f.dst_ep",
     ),
     "flow_summary": (
         "Flows summed over their key within each bucket (partial rows merged), with names.",

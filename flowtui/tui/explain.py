@@ -34,6 +34,8 @@ class Explanation:
     policy_header: list[str] = field(default_factory=list)
     rule_lines: list[RuleLine] = field(default_factory=list)
     error: str | None = None
+    l7: list[str] = field(default_factory=list)  # the proxy's L7 summaries an import recorded for the flow
+    other_policies: list[str] = field(default_factory=list)  # further policies the source named for the verdict
 
     @property
     def recorded(self) -> str:

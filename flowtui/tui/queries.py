@@ -15,6 +15,8 @@ store kept no events), with the same columns whatever the source, so one filter 
 
 from __future__ import annotations
 
+from typing import Any
+
 STREAM_COLUMNS = (
     "time", "node", "action", "verdict", "proto", "src_ip", "dst_ip", "sport", "dport", "icmp_type", "icmp_code",
     "src_type", "src_namespace", "src_name", "src_labels", "dst_type", "dst_namespace", "dst_name", "dst_labels",
@@ -203,3 +205,28 @@ RUN_SQL = "SELECT run_id, started, ended, host, pid FROM runs ORDER BY run_id DE
 
 FLOWS_COUNT_SQL = "SELECT count(*) FROM flows"
 EVENTS_COUNT_SQL = "SELECT count(*) FROM events"
+
+
+RECORDED_EXTRAS_SQL = """
+SELECT DISTINCT l7, other_policies FROM flows_v
+WHERE src_ip = $src_ip AND dst_ip = $dst_ip AND proto IS NOT DISTINCT FROM $proto
+  AND sport IS NOT DISTINCT FROM $sport AND dport IS NOT DISTINCT FROM $dport
+  AND rule_id IS NOT DISTINCT FROM $rule_id AND action = $action AND (l7 IS NOT NULL OR other_policies IS NOT NULL)
+ORDER BY l7 LIMIT 100"""
+
+
+def recorded_extras(con: Any, row: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """What an import recorded for a stream row's flow beyond its rule: the L7 summaries (Hubble's
+    proxy records) and the further policies the source named for the verdict, in its order. Empty
+    for the collector's flows and for stores older than these columns."""
+    have = {r[0] for r in con.execute("DESCRIBE SELECT * FROM flows_v").fetchall()}
+    if not {"l7", "other_policies"} <= have or row.get("src_ip") is None or row.get("dst_ip") is None:
+        return [], []
+    params = {k: row.get(k) for k in ("src_ip", "dst_ip", "proto", "sport", "dport", "rule_id", "action")}
+    l7: dict[str, None] = {}
+    policies: dict[str, None] = {}
+    for summary, others in con.execute(RECORDED_EXTRAS_SQL, params).fetchall():
+        if summary is not None:
+            l7[summary] = None
+        policies.update(dict.fromkeys(others or ()))
+    return list(l7), list(policies)

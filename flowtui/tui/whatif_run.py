@@ -24,6 +24,7 @@ class WhatIfOutcome:
     error: str | None = None
     seconds: float = 0.0
     edits: list[str] = field(default_factory=list)
+    recorded_pods: int = 0  # pods taken from the flows' recorded endpoints (imported Hubble/Calico flows)
 
     @property
     def ok(self) -> bool:
@@ -31,13 +32,15 @@ class WhatIfOutcome:
 
 
 def load_frame(source: DataSource) -> pl.DataFrame:
-    """The source's recorded flows as a what-if flow frame (one row per flow and time bucket)."""
+    """The source's recorded flows as a what-if flow frame (one row per flow and time bucket), with
+    the endpoints they recorded (namespace, name, labels), as `flowtui whatif --db` reads them."""
     from flowtui.whatif.frames import normalize
     from flowtui.whatif.storeread import flows_query
 
     with source.connect() as con:
         cols = {r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE flows)").fetchall()}
-        sql, params = flows_query(cols, None)
+        ep_cols = {r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE endpoints)").fetchall()}
+        sql, params = flows_query(cols, None, endpoints={"id", "type", "namespace", "name", "labels"} <= ep_cols)
         table = con.sql(sql, params=params).to_arrow_table()
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
@@ -55,12 +58,15 @@ def validate(text: str) -> tuple[ResourceSet | None, list[Problem]]:
 def run_whatif(frame: pl.DataFrame, base: ResourceSet, text: str, *, limit: int = 50) -> WhatIfOutcome:
     from flowtui.whatif.edits import EditError, apply_edits, describe_changes
     from flowtui.whatif.engine import compare
+    from flowtui.whatif.recorded import with_recorded_pods
     from flowtui.whatif.report import build_report
 
     start = time.perf_counter()
     edits, problems = validate(text)
     if problems or edits is None:
         return WhatIfOutcome(problems=problems, seconds=time.perf_counter() - start)
+    # imported flows name their pods: decide them as those pods when the current set does not know them
+    base, recorded = with_recorded_pods(base, frame)
     try:
         edited = apply_edits(base, edits)
     except EditError as exc:
@@ -68,7 +74,8 @@ def run_whatif(frame: pl.DataFrame, base: ResourceSet, text: str, *, limit: int 
     described = describe_changes(base, edited)
     cmp = compare(frame, base, edited)
     report = build_report(cmp, limit=limit, examples=1, edits=described)
-    return WhatIfOutcome(report=report, seconds=time.perf_counter() - start, edits=described)
+    return WhatIfOutcome(report=report, seconds=time.perf_counter() - start, edits=described,
+                         recorded_pods=recorded)
 
 
 def problem_lines(problems: list[Problem]) -> dict[int, str]:

@@ -63,7 +63,15 @@ class DetailScreen(DashboardScreen):
 
     @work(thread=True, group="detail", exclusive=True, exit_on_error=False, description="evaluating the flow")
     def explain(self) -> None:
-        self.post_message(DecisionExplained(explain_row(self.row, self.dash.control)))
+        from flowtui.tui.queries import recorded_extras
+
+        exp = explain_row(self.row, self.dash.control)
+        try:
+            with self.dash.source.connect() as con:
+                exp.l7, exp.other_policies = recorded_extras(con, self.row)
+        except Exception as exc:  # the trace is still shown
+            exp.l7 = [f"(cannot read the recorded L7 summary: {exc})"]
+        self.post_message(DecisionExplained(exp))
 
     def on_decision_explained(self, message: DecisionExplained) -> None:
         exp: Explanation = message.explanation

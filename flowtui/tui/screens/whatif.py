@@ -178,7 +178,11 @@ class WhatIfScreen(DashboardScreen):
         cats = report.categories
         summary = Text()
         summary.append(f"{report.flows:,} recorded flows replayed ({report.flow_classes:,} classes) in "
-                       f"{outcome.seconds:.2f} s\n", "dim")
+                       f"{outcome.seconds:.2f} s", "dim")
+        if outcome.recorded_pods:
+            summary.append(f"; {outcome.recorded_pods:,} pods the current set does not have taken from the "
+                           "flows' recorded endpoints", "dim")
+        summary.append("\n")
         for label, names in (("enforced: ", ("newly_denied", "newly_allowed", "attribution_changed")),
                              ("\npending (staged policies promoted): ",
                               ("pending_denied", "pending_allowed", "pending_attribution"))):

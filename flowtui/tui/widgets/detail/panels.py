@@ -31,10 +31,19 @@ def verdict_panel(title: str, verdict: Verdict | None, note: str = "") -> Panel:
     return Panel(body, title=title, border_style=STYLE.get(verdict.verdict if verdict else "", "dim"))
 
 
+SHOWN_L7 = 5  # L7 summaries listed in the recorded verdict's box
+
+
 def recorded_panel(exp: Explanation) -> Panel:
     verdict = str(exp.row.get("verdict") or "?")
     body = Text(verdict.upper(), STYLE.get(verdict, "bold"))
     body.append("\n" + exp.recorded.split(" by ", 1)[-1])
+    for policy in exp.other_policies:  # the source named several policies for this verdict
+        body.append("\nalso " + policy)
+    for summary in exp.l7[:SHOWN_L7]:
+        body.append("\nL7 " + summary, "cyan")
+    if len(exp.l7) > SHOWN_L7:
+        body.append(f"\n… {len(exp.l7) - SHOWN_L7} more L7 requests", "dim")
     if exp.agrees is False:
         body.append("\n≠ the evaluator now: policy changed since?", "bold yellow")
     elif exp.agrees:
