@@ -345,9 +345,9 @@ def _add_replies(allowed: pl.DataFrame, state: ClusterState, namespace: str,
             ep = res.stage.endpoint
             if not res.reply or res.skipped or res.stage.family != "workload" or ep is None or ep.kind != "wep":
                 continue
-            if ep.namespace != namespace:
+            wl = wl_of.get((namespace, ep.name)) if ep.namespace == namespace else None
+            if wl is None:
                 continue
-            wl = wl_of[(namespace, ep.name)]
             service = _service_of(reply.protocol, reply.dst_port, reply.icmp_type, reply.icmp_code, None,
                                   reply.version)
             if res.stage.direction == "ingress":  # the reply enters the pod that sent the request
