@@ -18,7 +18,7 @@ from enforcer.synth import SynthSpec, synth_resources
 from flowtui.whatif.edits import merge
 from flowtui.whatif.engine import compare
 from flowtui.whatif.propose import Proposal, propose, workloads
-from tests.test_whatif_fixtures import ADDR, SHOP_TRAFFIC, cluster, flow_frame, random_frame
+from tests.test_whatif_fixtures import ADDR, POLICY, SHOP_TRAFFIC, cluster, flow_frame, random_frame
 
 
 def docs(proposal: Proposal, kind: str) -> dict[str, dict[str, Any]]:
@@ -127,6 +127,10 @@ def test_icmp_and_portless_protocols() -> None:
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 100_000), spec=st.sampled_from([SynthSpec(), SynthSpec(nodes=3, pods=12, policies=12)]))
 def test_random_clusters_keep_every_observed_flow(seed: int, spec: SynthSpec) -> None:
+    keeps_every_observed_flow(seed, spec)
+
+
+def keeps_every_observed_flow(seed: int, spec: SynthSpec) -> None:
     res = synth_resources(seed, spec)
     frame = random_frame(res, seed, 300)
     for ns in sorted({p.namespace for p in res.pods}):
@@ -135,3 +139,55 @@ def test_random_clusters_keep_every_observed_flow(seed: int, spec: SynthSpec) ->
         loaded = load_text(proposal.to_yaml(), f"{ns}.yaml")  # valid for the loader (raises otherwise)
         cmp = compare(frame, res, merge(res, loaded), pending=False)
         assert not ((cmp.base.verdict == 0) & (cmp.edited.verdict == 1)).any()
+
+
+UNTRACKED_EDGE = """
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {name: node-a-eth0, labels: {role: edge}}
+spec: {node: node-a, interfaceName: eth0, expectedIPs: [172.31.0.11]}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: untracked-dns-in}
+spec:
+  selector: role == 'edge'
+  doNotTrack: true
+  applyOnForward: true
+  types: [Ingress]
+  ingress:
+  - action: Allow
+    protocol: UDP
+    destination: {ports: [53]}
+"""
+
+
+POLICY_WITH_EDGE = POLICY + "---\n" + UNTRACKED_EDGE
+
+
+def test_replies_of_untracked_udp_are_allowed_in_reverse() -> None:
+    # The request is NOTRACKed on node-a, so its reply has no conntrack entry: web's workload policy
+    # decides web:53 -> internet:5353 as a new flow. The proposal must allow that reply too.
+    res = cluster(POLICY_WITH_EDGE)
+    frame = flow_frame([("internet", "web-1", 17, 5353, 53), ("web-1", "api-1", 6, 40000, 8080)])
+    proposal = propose(frame, res, "shop")
+    assert proposal.newly_denied == 0
+    web = docs(proposal, "NetworkPolicy")["flowtui-web"]["spec"]
+    reply_sets = [n for n, d in docs(proposal, "NetworkSet").items() if n.startswith("flowtui-web-out")]
+    assert [docs(proposal, "NetworkSet")[n]["spec"]["nets"] for n in reply_sets] == [["198.51.100.7/32"]]
+    assert {"action": "Allow", "protocol": "UDP",
+            "destination": {"selector": f"flowtui.dev/netset == '{reply_sets[0]}'", "ports": [5353]}} in web["egress"]
+    assert any("reverse direction" in n and n.startswith("1 observed flows") for n in proposal.notes)
+    # Tracked replies (web -> api is not untracked anywhere) need nothing: api gets no egress rule.
+    assert docs(proposal, "NetworkPolicy")["flowtui-api"]["spec"]["egress"] == []
+    # Without the reply rule, the proposal would deny the observed flow (what the check above relies on).
+    web["egress"] = [r for r in web["egress"] if r.get("destination", {}).get("ports") != [5353]]
+    loaded = load_text(proposal.to_yaml(), "p.yaml")
+    cmp = compare(frame, res, merge(res, loaded), pending=False)
+    assert ((cmp.base.verdict == 0) & (cmp.edited.verdict == 1)).any()
+
+
+def test_seed_711_keeps_untracked_replies() -> None:
+    # Regression: with untracked host policy on the path, UDP replies are decided by the namespace's
+    # workload policy; the proposal once covered only the request direction (1 and 8 flows denied).
+    keeps_every_observed_flow(711, SynthSpec())

@@ -13,6 +13,10 @@ protocols and ports:
   one name, numbers otherwise; ICMP is allowed by type (and code) where recorded;
 * outside addresses go into NetworkSets in the namespace, one per set of services they use, and
   rules select them by a `flowtui.dev/netset` label; node addresses are written as `nets`.
+* replies that policy decides are allowed too: where untracked (doNotTrack) policy lies on the
+  path, a reply without a conntrack entry is decided by the workload policy of the pod it leaves
+  or enters (as the evaluator walks it), so that pod's policy gets a rule for the reverse
+  direction, ports swapped.
 
 Everything not observed is denied by the end-of-tier default of the tier (the policies have no
 order, so they run after the namespace's existing default-tier policies, and only add allows).
@@ -34,6 +38,8 @@ import numpy as np
 import polars as pl
 import yaml
 
+from enforcer.evaluate import Evaluator, Flow
+from enforcer.evaluate.evaluator import reply_of
 from enforcer.model import IPAddress, Pod, ResourceSet
 from enforcer.resolve import ClusterState
 from flowtui.whatif.classes import parse_address
@@ -288,6 +294,11 @@ def propose(frame: pl.DataFrame, res: ResourceSet, namespace: str, *, netsets: b
             egress[sp.workload][dp].add(service)
     kept = int(allowed.filter(_touches(allowed, state, namespace)).get_column("count").sum()) if allowed.height else 0
     notes: list[str] = []
+    replies = _add_replies(allowed, state, namespace, wl_of, ingress, egress)
+    if replies:
+        notes.append(f"{replies:,} observed flows have replies that untracked (doNotTrack) policy leaves without a "
+                     "conntrack entry, so this namespace's workload policy decides them: allowed by rules for the "
+                     "reverse direction (ports swapped)")
     documents = _build(namespace, ours, all_wls, ingress, egress, netsets)
     newly_denied = 0
     if verify:
@@ -302,6 +313,54 @@ def propose(frame: pl.DataFrame, res: ResourceSet, namespace: str, *, netsets: b
     if silent:
         notes.append("no traffic observed for " + ", ".join(sorted(silent)) + ": their policies deny everything")
     return Proposal(namespace, documents, kept, netsets, newly_denied, notes)
+
+
+def _add_replies(allowed: pl.DataFrame, state: ClusterState, namespace: str,
+                 wl_of: dict[tuple[str, str], Workload], ingress: dict[WorkloadKey, dict[Peer, set[Service]]],
+                 egress: dict[WorkloadKey, dict[Peer, set[Service]]]) -> int:
+    """Add what replies of the observed flows need; returns how many observed flows had such replies.
+
+    Conntrack lets replies through without policy, except where untracked policy lies on the path:
+    a reply NOTRACKed by it (or answering a NOTRACKed request) is new to filter, and the workload
+    policy of the pod it leaves or enters decides it (`Evaluator._reply_walk`). Those stages are
+    read from the evaluator's own walk, so the proposal allows exactly the replies Calico polices."""
+    if not allowed.height or not any(p.do_not_track for p in state.resources.policies):
+        return 0
+    evaluator = Evaluator(state)
+    cols = ["src_ip", "dst_ip", "proto", "src_port", "dst_port", "icmp_type", "icmp_code"]
+    rows = allowed.group_by(pl.col(cols[:2]).cast(pl.String), *cols[2:]).agg(pl.col("count").sum())
+    flows = 0
+    for src_text, dst_text, proto, sport, dport, icmp_type, icmp_code, count in rows.iter_rows():
+        src, dst = parse_address(src_text), parse_address(dst_text)
+        if src is None or dst is None or proto is None or src.version != dst.version or not 0 <= proto <= 255:
+            continue
+        if not (_in_namespace(state, src_text, namespace) or _in_namespace(state, dst_text, namespace)):
+            continue
+        flow = Flow(src, dst, proto, _port(sport), _port(dport), icmp_type, icmp_code)
+        reply = reply_of(flow)
+        if reply is None:
+            continue
+        needed = False
+        for res in evaluator.decide(flow).enforced.stages:
+            ep = res.stage.endpoint
+            if not res.reply or res.skipped or res.stage.family != "workload" or ep is None or ep.kind != "wep":
+                continue
+            wl = wl_of.get((namespace, ep.name)) if ep.namespace == namespace else None
+            if wl is None:
+                continue
+            service = _service_of(reply.protocol, reply.dst_port, reply.icmp_type, reply.icmp_code, None,
+                                  reply.version)
+            if res.stage.direction == "ingress":  # the reply enters the pod that sent the request
+                ingress[(wl.namespace, wl.labels)][_peer_for(reply.src, state, wl_of)].add(service)
+            else:  # the reply leaves the pod that received the request
+                egress[(wl.namespace, wl.labels)][_peer_for(reply.dst, state, wl_of)].add(service)
+            needed = True
+        flows += int(count or 0) if needed else 0
+    return flows
+
+
+def _port(value: int | None) -> int | None:
+    return value if value is not None and 0 <= value <= 65535 else None
 
 
 def _touches(frame: pl.DataFrame, state: ClusterState, namespace: str) -> pl.Expr:
