@@ -30,14 +30,11 @@ Objects written by other tools under Calico's prefix (no meta key) are read too.
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
 import json
 import os
 import re
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,11 +45,10 @@ from etcd3gw.client import Etcd3Client
 from etcd3gw.exceptions import ConnectionFailedError, ConnectionTimeoutError, Etcd3Exception, InternalServerError
 
 from enforcer.datastore.backend import DatastoreURL, TLSFiles
-from enforcer.datastore.files import FILE_MODE, make_dirs
 from enforcer.datastore.kinds import BY_MODEL_KIND, KIND_INFO, KindInfo, ObjectKey, resolve_kinds
 from enforcer.datastore.records import Change, ChangeSet, Preview, StoredObject
 from enforcer.datastore.sources import Document, annotation, documents, read_sources, skipped_in, with_annotation
-from enforcer.datastore.store import Ambiguous, Catalog, DatastoreError, NotFound, _merge, default_home
+from enforcer.datastore.store import Ambiguous, Catalog, DatastoreError, LocalRecords, NotFound, _merge, default_home
 from enforcer.loader import LoadError, Problem, load_text
 from enforcer.loader.metadata import DISABLED_ANNOTATION
 from enforcer.model import ResourceSet
@@ -345,7 +341,7 @@ def _encode(body: Mapping[str, Any]) -> str:
     return json.dumps(body, default=str, ensure_ascii=False)
 
 
-class EtcdDatastore:
+class EtcdDatastore(LocalRecords):
     """The desired state in etcd (see the module's docstring); the same interface as the
     directory `Datastore`. Rule ids and applied tables stay in the local directory `path`."""
 
@@ -355,51 +351,11 @@ class EtcdDatastore:
         self.kv = EtcdKV(url, tls or TLSFiles(), timeout)
         base = Path(state_dir) if state_dir is not None else default_home()
         name = hashlib.sha256(str(url).encode()).hexdigest()[:12]
-        self.path = base / "etcd" / name  # this machine's rule ids and applied tables for this store
+        super().__init__(base / "etcd" / name)  # this machine's rule ids and applied tables for this store
         self._cache: dict[tuple[str, int], ResourceSet] = {}
-        self._mutex = threading.RLock()
-        self._depth = 0
 
     def __str__(self) -> str:
         return str(self.url)
-
-    @property
-    def ids_path(self) -> Path:
-        return self.path / "ids.jsonl"
-
-    @property
-    def rules_path(self) -> Path:
-        return self.path / "rules.jsonl"
-
-    @property
-    def applied_dir(self) -> Path:
-        return self.path / "applied"
-
-    @contextmanager
-    def locked(self, exclusive: bool = True) -> Iterator[None]:
-        """The lock of this machine's records (rule ids, applied tables: `path`), as the directory
-        datastore's: reconcilers on this machine serialise on it. etcd itself needs none: every
-        write is a compare-and-swap transaction, every read one revision."""
-        with self._mutex:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                return
-            try:
-                make_dirs(self.path)
-                fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
-            except OSError as exc:
-                raise DatastoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-                self._depth = 1
-                yield
-            finally:
-                self._depth = 0
-                os.close(fd)
 
     # ---- reading -----------------------------------------------------------------------------
 

@@ -168,19 +168,16 @@ def parse_index(data: bytes, path: Path) -> Catalog:
     return Catalog(revision, objects, layout)
 
 
-class Datastore:
-    """The desired state in directory `path` (default: `default_home()`). Safe to share between
-    threads and between processes (flock); every public method takes the lock it needs."""
+class LocalRecords:
+    """A datastore's records on this machine, in directory `path`: the rule ids and what each node
+    has applied, and the lock that every user of them on this machine takes (flock; re-entrant in
+    one thread). The directory datastore keeps its documents there too; etcd keeps none."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = Path(path) if path is not None else default_home()
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self._mutex = threading.RLock()
         self._depth = 0
         self._exclusive = False
-        self._cache: dict[str, ResourceSet] = {}
-        self._index: tuple[tuple[int, int, int], Catalog] | None = None  # (inode, mtime, size) of state.json
-        # state.json as this process last wrote it: each key's line number, and the lines
-        self._lines: tuple[tuple[int, int, int], dict[ObjectKey, int], list[str]] | None = None
 
     @property
     def ids_path(self) -> Path:
@@ -236,6 +233,18 @@ class Datastore:
             return None  # nothing was ever stored here
         except OSError as exc:
             raise DatastoreError(f"cannot read the datastore {self.path}: {exc.strerror or exc}") from exc
+
+
+class Datastore(LocalRecords):
+    """The desired state in directory `path` (default: `default_home()`). Safe to share between
+    threads and between processes (flock); every public method takes the lock it needs."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(Path(path) if path is not None else default_home())
+        self._cache: dict[str, ResourceSet] = {}
+        self._index: tuple[tuple[int, int, int], Catalog] | None = None  # (inode, mtime, size) of state.json
+        # state.json as this process last wrote it: each key's line number, and the lines
+        self._lines: tuple[tuple[int, int, int], dict[ObjectKey, int], list[str]] | None = None
 
     # ---- reading -----------------------------------------------------------------------------
 
