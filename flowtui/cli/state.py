@@ -155,8 +155,12 @@ def state_dir_option(func: click.decorators.FC) -> click.decorators.FC:
 
 
 def open_state(state_dir: str) -> DesiredState:
-    """The datastore this command was given: `--datastore URL`, else the directory `state_dir`."""
-    given = click.get_current_context().meta.get(_DATASTORE_META, {})
+    """The datastore this command was given: `--datastore URL`, else the directory `state_dir`.
+    Called outside a command (a script, a test building the dashboard), the environment says it."""
+    context = click.get_current_context(silent=True)
+    given = context.meta.get(_DATASTORE_META, {}) if context is not None else {
+        "datastore": os.environ.get(DATASTORE_ENV), "etcd_ca": os.environ.get("FLOWTUI_ETCD_CA"),
+        "etcd_cert": os.environ.get("FLOWTUI_ETCD_CERT"), "etcd_key": os.environ.get("FLOWTUI_ETCD_KEY")}
     tls = TLSFiles(given.get("etcd_ca"), given.get("etcd_cert"), given.get("etcd_key"))
     if bool(tls.cert) != bool(tls.key):
         fail("--etcd-cert and --etcd-key go together (the client certificate and its key)", EXIT_INVALID)
