@@ -346,7 +346,8 @@ def test_a_map_element_pointing_at_the_wrong_rule_is_caught(lab_id: str, tmp_pat
         plan = plan_lab(res, lab_id)
         res = lab_resources(res, plan)
         state = ClusterState(res)
-        compiled = {n: compile_node(state, n, LAYOUTS["decision"], ids=IdAllocator()) for n in state.nodes}
+        ids = IdAllocator()  # one for every node, as the reconciler has: an id means one rule everywhere
+        compiled = {n: compile_node(state, n, LAYOUTS["decision"], ids=ids) for n in state.nodes}
         ev = Evaluator(state)
         for p in random_probes(res, seed, 200):
             if p.proto not in (6, 17) or p.src.version != 4 or "/" not in p.dst_target:
