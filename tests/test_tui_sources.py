@@ -178,3 +178,36 @@ def test_the_flows_tail_of_a_store_counts_every_event(tmp_path: Path, monkeypatc
         events_src.close()
     finally:
         store.close(snapshot=False)
+
+
+def test_a_connection_busy_with_a_workers_query_still_closes() -> None:
+    """Quitting mid-poll: DuckDB refuses to close a connection whose cursor runs a query; the
+    query is interrupted and the connection closed."""
+    import threading
+
+    import duckdb
+
+    from flowtui.tui.sources import close_connection
+
+    con = duckdb.connect(":memory:")
+    cur = con.cursor()
+    started = threading.Event()
+    failed: list[BaseException] = []
+
+    def long_query() -> None:
+        started.set()
+        try:
+            cur.sql("SELECT count(*) FROM range(100000000000) a").fetchall()
+        except BaseException as exc:  # interrupted, as it should be
+            failed.append(exc)
+
+    worker = threading.Thread(target=long_query)
+    worker.start()
+    started.wait(5)
+    time.sleep(0.2)
+    close_connection(con, [cur])
+    worker.join(10)
+    assert not worker.is_alive()
+    assert failed, "the query was interrupted, not left running"
+    with pytest.raises(duckdb.ConnectionException):
+        con.execute("SELECT 1")

@@ -26,11 +26,12 @@ dropped from the *display* path only, counted in `Tap.dropped_rows`; the store h
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -297,6 +298,7 @@ class StoreSource(DataSource):
         else:
             self._con = con
         self._lock = threading.Lock()
+        self._busy: set[duckdb.DuckDBPyConnection] = set()  # cursors lent to workers, interrupted on close
         self._cursor: datetime | None = None
         self._last_received: tuple[float, int] | None = None
 
@@ -316,9 +318,12 @@ class StoreSource(DataSource):
         if self._con is not None:
             with self._lock:
                 cur = self._con.cursor()
+                self._busy.add(cur)
             try:
                 yield cur
             finally:
+                with self._lock:
+                    self._busy.discard(cur)
                 cur.close()
             return
         try:
@@ -374,7 +379,9 @@ class StoreSource(DataSource):
 
     def close(self) -> None:
         if self._con is not None:
-            self._con.close()
+            with self._lock:
+                busy = list(self._busy)
+            close_connection(self._con, busy)
             self._con = None
 
 
@@ -393,6 +400,7 @@ class LogsSource(DataSource):
             raise SourceError(f"{self.path}: no such file or directory")
         self._con = duckdb.connect(":memory:")
         self._lock = threading.Lock()
+        self._busy: set[duckdb.DuckDBPyConnection] = set()  # cursors lent to workers, interrupted on close
         found = self._files()
         if not found:
             raise SourceError(f"{self.path}: no <table>.parquet or <table>.jsonl files of the flow store")
@@ -433,13 +441,31 @@ class LogsSource(DataSource):
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with self._lock:
             cur = self._con.cursor()
+            self._busy.add(cur)
         try:
             yield cur
         finally:
+            with self._lock:
+                self._busy.discard(cur)
             cur.close()
 
     def close(self) -> None:
-        self._con.close()
+        with self._lock:
+            busy = list(self._busy)
+        close_connection(self._con, busy)
+
+
+def close_connection(con: duckdb.DuckDBPyConnection, busy: Iterable[duckdb.DuckDBPyConnection] = ()) -> None:
+    """Close `con` although workers may still run queries on its cursors `busy` (the dashboard
+    quits, or a test ends, mid-poll): DuckDB refuses to close a connection with a busy cursor
+    instead of waiting, so those queries are interrupted first (the workers see an error and end)."""
+    for cur in busy:
+        with contextlib.suppress(duckdb.Error):
+            cur.interrupt()
+    try:
+        con.close()
+    except duckdb.ResourceInUseException:
+        pass  # closed all the same; the interrupted cursor ends its call and is closed by its worker
 
 
 def _lit(path: Path) -> str:
