@@ -28,13 +28,12 @@ its number; the rest of the file goes on.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from flowtui.interop.calico import ACTION_ENUM, CALICO_KIND, ENDPOINT_ENUM, KIND_ENUM, PROTO, REPORTER_ENUM
-from flowtui.interop.observed import EndpointKey, Observation, Parsed, RuleKey
+from flowtui.interop.observed import EndpointKey, Observation, Parsed, RuleKey, json_lines
 
 SHORT_KINDS = {  # 3.32's kind-qualified names -> flowtui's kinds
     "gnp": "GlobalNetworkPolicy", "np": "NetworkPolicy", "knp": "KubernetesNetworkPolicy",
@@ -324,19 +323,7 @@ def record(doc: dict[str, Any], node_default: str = "calico") -> Observation:
 def parse_lines(lines: Iterable[str], source: str = "<calico>") -> Parsed:
     """Calico flow records, one JSON object per line (a JSON array of them is read too)."""
     parsed = Parsed("calico")
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line:
-            continue
-        parsed.lines += 1
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as exc:
-            parsed.problem(number, "not_json", exc.msg)
-            continue
-        except RecursionError:
-            parsed.problem(number, "not_json", "nested too deeply")
-            continue
+    for number, doc in json_lines(lines, parsed):
         for item in doc if isinstance(doc, list) else [doc]:
             if not isinstance(item, dict):
                 parsed.problem(number, "not_an_object", f"expected a flow record object, got {type(item).__name__}")

@@ -70,6 +70,7 @@ from flowtui.interop.observed import (
     Parsed,
     RuleKey,
     digest,
+    json_lines,
     write_import,
 )
 from flowtui.interop.window import EVERYTHING, Window
@@ -543,19 +544,7 @@ def parse_lines(lines: Iterable[str], source: str = "<hubble>") -> Parsed:
     """Parse Hubble JSON lines; then keep decisions, or openings when the file has no decisions.
     A line that cannot be read is recorded in `problems` with its number and the rest go on."""
     parsed = Parsed("hubble")
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line:
-            continue
-        parsed.lines += 1
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as exc:
-            parsed.problem(number, "not_json", exc.msg)
-            continue
-        except RecursionError:
-            parsed.problem(number, "not_json", "nested too deeply")
-            continue
+    for number, doc in json_lines(lines, parsed):
         if not isinstance(doc, dict):
             parsed.problem(number, "not_an_object", f"expected one JSON object per line, got {type(doc).__name__}")
             continue

@@ -16,7 +16,9 @@ nothing the second time.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -364,3 +366,19 @@ def _record_flows(records: list[Observation], source_ids: dict[str, int], rule_i
             add(o, "Log", hit, None)
     tschema = schema.FLOWS.full_arrow_schema
     return pa.Table.from_arrays([pa.array(cols[f.name], f.type) for f in tschema], schema=tschema)
+
+
+def json_lines(lines: Iterable[str], parsed: Parsed) -> Iterator[tuple[int, Any]]:
+    """(line number, document) of each non-blank JSON line; a line that is not JSON is recorded in
+    `parsed` as a problem and skipped, and every line read is counted there."""
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        parsed.lines += 1
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            parsed.problem(number, "not_json", exc.msg)
+        except RecursionError:
+            parsed.problem(number, "not_json", "nested too deeply")
