@@ -15,8 +15,7 @@ from enforcer.loader.checks import (
     dns_subdomain_error,
     ip_value,
     k8s_port_name_error,
-    label_value_error,
-    qualified_name_error,
+    label_map,
     selector_value,
 )
 from enforcer.loader.documents import Mapping, Scalar, Sequence
@@ -200,19 +199,6 @@ def load_tier(obj: Obj) -> Tier | None:
         else:
             spec.missing("defaultAction", message)
     return Tier(obj.meta.name, order, TIER_ACTIONS[default_action], obj.origin)
-
-
-def label_map(value: Value | None) -> tuple[tuple[str, str], ...]:
-    if value is None:
-        return ()
-    out = []
-    for key, text, item in value.as_str_map():
-        problem = qualified_name_error(key) or label_value_error(text)
-        if problem:
-            item.error(problem)
-        else:
-            out.append((key, text))
-    return tuple(sorted(out))
 
 
 def load_profile(obj: Obj) -> Profile | None:

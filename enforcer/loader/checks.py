@@ -212,3 +212,17 @@ def selector_value(value: Value, *, allow_global: bool = False) -> Selector | No
 def selector_error_text(exc: SelectorError) -> str:
     """One line (SelectorError's own str() draws a caret on a second line)."""
     return f"{exc.reason} (at column {exc.column})"
+
+
+def label_map(value: Value | None) -> tuple[tuple[str, str], ...]:
+    """A `labels`-style map, sorted; each bad key or value is reported at its own line."""
+    if value is None:
+        return ()
+    out = []
+    for key, text, item in value.as_str_map():
+        problem = qualified_name_error(key) or label_value_error(text)
+        if problem:
+            item.error(problem)
+        else:
+            out.append((key, text))
+    return tuple(sorted(out))

@@ -13,9 +13,9 @@ objects is ignored. `metadata` is checked strictly, as for every kind.
 
 from __future__ import annotations
 
-from enforcer.loader.checks import ip_value, k8s_port_name_error, label_value_error, qualified_name_error
+from enforcer.loader.checks import ip_value, k8s_port_name_error, label_map
 from enforcer.loader.documents import Scalar
-from enforcer.loader.fields import Fields, Value, quote
+from enforcer.loader.fields import Fields, quote
 from enforcer.loader.knp import to_selector
 from enforcer.loader.kubernetes import K8S_PORT_PROTOCOLS, container_port, lenient, lenient_items
 from enforcer.loader.metadata import Obj
@@ -46,7 +46,7 @@ def load_workload(obj: Obj) -> Workload | None:
         spec.missing(".".join(TEMPLATE_PATHS[obj.kind]), f"a {obj.kind} needs a pod template")
         return None
     meta = _section(template, "metadata")
-    labels = _labels(meta.get("labels") if meta is not None else None)
+    labels = label_map(meta.get("labels") if meta is not None else None)
     pod_spec = _section(template, "spec")
     account = "default"
     ports: list[NamedPortDef] = []
@@ -65,25 +65,12 @@ def load_workload(obj: Obj) -> Workload | None:
     return Workload(obj.kind, obj.meta.name, namespace, pod, selector, obj.origin)
 
 
-def _labels(value: Value | None) -> tuple[tuple[str, str], ...]:
-    if value is None:
-        return ()
-    out = []
-    for key, text, item in value.as_str_map():
-        problem = qualified_name_error(key) or label_value_error(text)
-        if problem:
-            item.error(problem)
-        else:
-            out.append((key, text))
-    return tuple(sorted(out))
-
-
 def load_service(obj: Obj) -> Service | None:
     spec = lenient(obj, "spec")
     located = spec.get("selector")
     selector = None  # without one (or with an empty one) Kubernetes manages no endpoints for it
     if located is not None and not (isinstance(located.node, Scalar) and located.node.value is None):
-        selector = _labels(located) or None
+        selector = label_map(located) or None
     ports = tuple(p for p in map(_service_port, lenient_items(spec, "ports")) if p is not None)
     names = [p.name for p in ports]
     if len(ports) > 1 and (not all(names) or len(set(names)) != len(names)):
