@@ -9,15 +9,19 @@ import signal
 import sys
 import threading
 import time
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from enforcer.datastore import DEFAULT_HOME, HOME_ENV
 from flowtui.cli.common import EXIT_INVALID
 from flowtui.cli.state import lab_option, state_dir_option
+
+if TYPE_CHECKING:
+    from enforcer.agent_status import AgentStatus
 
 DEFAULT_DB = "flowtui.duckdb"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -292,21 +296,38 @@ def status_cmd(db: str, last_runs: int, output: str, lab_id: str, state_dir: str
 
     Opens the database read-only, or its snapshot when a collector is writing it.
     """
+    from enforcer.agent_status import read_agents
     from flowtui.cli.common import fail
-    from flowtui.cli.state import behind_lines, enforcement_behind, guarded, runtime
+    from flowtui.cli.state import behind_lines, enforcement_behind, guarded, open_state, runtime
     from flowtui.store.status import read_status
 
     behind = enforcement_behind(state_dir, guarded(lambda: runtime().lab_nodes(lab_id)))
     for line in behind_lines(behind):
         click.echo(f"warning: {line}", err=True)
+    agents = read_agents(open_state(state_dir).path)
     try:
-        doc = read_status(Path(db), last_runs)
+        doc: dict[str, Any] | None = read_status(Path(db), last_runs)
     except FileNotFoundError as exc:
-        fail(f"no flow store: {exc}")
+        if not agents:
+            fail(f"no flow store: {exc}")
+        doc = None  # agents, but no collector here: say what the agents say
     if output == "json":
-        click.echo(json.dumps({**doc, "enforcement_behind": behind}, indent=2, default=str))
+        click.echo(json.dumps({**(doc or {}), "enforcement_behind": behind,
+                               "agents": [a.to_json() for a in agents]}, indent=2, default=str))
         return
-    _print_status(doc)
+    _print_agents(agents)
+    if doc is not None:
+        _print_status(doc)
+
+
+def _print_agents(agents: Sequence[AgentStatus]) -> None:
+    for a in agents:
+        since = datetime.fromtimestamp(a.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        state = a.state.upper() if a.state in ("degraded", "failed", "stopped") else a.state
+        click.echo(f"agent {a.node}: {state} since {since}, enforcing datastore revision {a.revision} "
+                   f"(pid {a.pid} on {a.host}, {a.place}, {a.datastore})")
+        if a.error and a.state != "in-sync":
+            click.echo(f"  {a.error}")
 
 
 def _print_status(doc: dict[str, Any]) -> None:
