@@ -27,7 +27,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from enforcer.agent_metrics import AgentMetrics
@@ -35,7 +35,7 @@ from enforcer.agent_status import StatusWriter
 from enforcer.datastore import DatastoreError
 from enforcer.datastore.etcd import CALICO_PREFIX, OWN_PREFIX, Compacted, EtcdDatastore, EtcdUnavailable, WatchEvent
 from enforcer.lab.names import LabError
-from enforcer.reconcile import Reconciler
+from enforcer.reconcile import NodeResult, Reconciler
 
 # One watch over [CALICO_PREFIX, end of OWN_PREFIX): both prefixes and what sorts between them.
 WATCH_FROM = CALICO_PREFIX
@@ -91,6 +91,7 @@ class Agent:
         self.state = "starting"
         self.revision = 0  # the datastore revision this node enforces
         self.error: str | None = None
+        self._counted = False  # the table's size is in the metrics
 
     def _set(self, state: str, error: str | None = None) -> None:
         """The one place the state changes: memory, metrics and the status file agree."""
@@ -119,12 +120,26 @@ class Agent:
                 self.metrics.reconciled(n.status)
             if seen_at is not None and any(n.status == "applied" for n in result.nodes):
                 self.metrics.programmed(done - seen_at)
-            self.metrics.table(self.reconciler.applied(self.node))
+            self._count_table(result.nodes)
         self._set("failed" if failed else "in-sync", "; ".join(failed) or None)
         latency = {"latency_ms": round((done - seen_at) * 1000, 1)} if seen_at is not None else {}
         self._say("reconciled", ms=round((done - start) * 1000, 1), **latency,
                   status=[n.status for n in result.nodes], **({"errors": failed} if failed else {}))
         return seen
+
+    def _count_table(self, results: Sequence[NodeResult]) -> None:
+        """The table's size for the metrics: the reconciler's copy, else (a toggle served from the
+        records, which keep no table) the live one, read only when the kernel changed."""
+        assert self.metrics is not None
+        table = self.reconciler.applied(self.node)
+        if table is None and (not self._counted or any(n.status == "applied" for n in results)):
+            try:
+                table = self.reconciler.backend.current(self.node)
+            except Exception:  # a metric is not worth failing the agent: the last count stays
+                return
+        if table is not None:
+            self.metrics.table(table)
+            self._counted = True
 
     def _follow(self, seen: int, rounds: int | None, done: int) -> int:
         """Watch from `seen` + 1 and reconcile each burst of changes; returns when `rounds`

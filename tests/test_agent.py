@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import requests
 from click.testing import CliRunner
-from prometheus_client import generate_latest
 
 from enforcer.agent import Agent
 from enforcer.agent_metrics import AgentMetrics, BadAddress, CollectorCounts, parse_address
@@ -160,12 +159,19 @@ class Silencer:
     """A TCP proxy to etcd that can go silent: connections stay open, nothing passes either way
     (what a node cut off by a firewall sees: no reset, no error)."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], netns: str | None = None, port: int = 0) -> None:
+        """Listens on 127.0.0.1:`port` (0: any) of lab namespace `netns` (None: here)."""
+        from enforcer.lab.kernel import in_place
+
+        def listen() -> socket.socket:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", port))
+            sock.listen(64)
+            return sock
+
         self.target = target
         self.silent = threading.Event()
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
+        self.listener = in_place(netns, listen)
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
