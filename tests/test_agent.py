@@ -294,3 +294,30 @@ def test_status_shows_agents_without_a_flow_store(tmp_path: Path) -> None:
                            "--datastore", url], capture_output=True, text=True, env=env, timeout=60)
     [agent] = json.loads(done.stdout)["agents"]
     assert AgentStatus(**agent).state == "degraded" and agent["revision"] == 3
+
+
+def test_a_host_table_opens_the_failsafe_ports_before_any_policy() -> None:
+    """What `--host` relies on: in every host endpoint chain (raw, mangle, filter; in and out),
+    Felix's failsafe ports come first, before any tier (scenario 4: node-a's eth0 HEP with a policy
+    that allows SSH only from 203.0.113.0/24)."""
+    from enforcer.loader import load_paths
+    from enforcer.reconcile import cluster_state
+    from enforcer.ruleids import IdAllocator
+
+    state = cluster_state(load_paths([str(SCENARIOS)]), "xa1")
+    compiled = compile_node(state, "node-a", CompileOptions(), IdAllocator())
+    felix = state.felix
+    heps = {name: c for name, c in compiled.table.chains.items()
+            if name.split("-node-a-eth0")[0] in ("fh", "th", "mangle-fh", "raw-fh", "raw-th") and c.hook is None}
+    assert {n.split("-node-a-eth0")[0] for n in heps} == {"fh", "th", "mangle-fh", "raw-fh", "raw-th"}
+    for name, chain in heps.items():
+        inbound = "-fh" in f"-{name}"
+        ports = list(felix.failsafe_inbound if inbound else felix.failsafe_outbound)
+        if name.startswith("raw-"):  # untracked: the other direction's ports as source ports too
+            ports += list(felix.failsafe_outbound if inbound else felix.failsafe_inbound)
+        head = chain.rules[:len(ports)]
+        assert len(ports) >= 9 and all("th dport" in r or "th sport" in r for r in head), (name, head)
+        assert {f"{fs.port}" for fs in ports} == {r.split("port ", 1)[1].split()[0] for r in head}
+        assert all(r.split(" counter")[0].endswith(" accept") or " accept comment" in r for r in head), name
+        policy = next((i for i, r in enumerate(chain.rules) if "jump pi-" in r or "jump po-" in r), len(chain.rules))
+        assert policy > len(ports), name  # the host's policy only after every failsafe

@@ -150,6 +150,20 @@ def counted_packets(lab_id: str, node: str) -> int:
     return sum(int(n) for n in re.findall(r"counter packets (\d+)", done.stdout))
 
 
+def tcp_reaches(lab_id: str, src_node: str, dst: str, port: int) -> bool:
+    """Whether a TCP SYN from `src_node` reaches `dst`:`port` (nothing listens: a reset comes back
+    when it passed, nothing when a policy dropped it)."""
+    from enforcer.lab import netns_name
+
+    code = ("import socket, sys\ns = socket.socket(); s.settimeout(1.5)\n"
+            f"try: s.connect(({dst!r}, {port}))\nexcept ConnectionRefusedError: sys.exit(0)\n"
+            "except OSError: sys.exit(3)\nsys.exit(0)")
+    done = subprocess.run(["ip", "netns", "exec", netns_name(lab_id, f"node:{src_node}"), sys.executable, "-c",
+                           code], capture_output=True, text=True, timeout=30)
+    assert done.returncode in (0, 3), done.stderr
+    return done.returncode == 0
+
+
 class Pinger:
     """From node-b to node-a's address, through node-a's table: one established flow (ping -i 0.2)
     and a new flow every 0.3 s (a fresh ping process, a fresh ICMP id). Counts every loss."""
@@ -258,6 +272,11 @@ def test_host_mode_adopts_after_kill_9_and_fails_static_when_cut_off(lab_id: str
             assert event["status"] == ["unchanged"] and event["revision"] >= toggled.revision
             assert kernel.generation("node-a") == generation  # adopted: not one commit, nothing flushed
             assert counted_packets(lab_id, "node-a") >= packets  # counters kept
+            # node-a's host policy (scenario 4) allows SSH only from 203.0.113.0/24, but tcp:22 and
+            # tcp:2380 are Felix's default inbound failsafe ports: open before any policy; tcp:8081 is not.
+            assert tcp_reaches(lab_id, "node-b", "172.31.0.11", 22)
+            assert tcp_reaches(lab_id, "node-b", "172.31.0.11", 2380)
+            assert not tcp_reaches(lab_id, "node-b", "172.31.0.11", 8081)
             # cut off from etcd: the last table stays, the agent says degraded (file and metrics)
             proxy.silent.set()
             lines.until(lambda e: e["event"] == "degraded", timeout=20)
