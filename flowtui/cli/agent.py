@@ -64,13 +64,15 @@ def _placement(node: str, netns: str | None, host: bool, lab_id: str, lab_given:
 
 
 @click.command(name="agent")
-@click.option("--node", required=True, metavar="NAME", help="The node this agent enforces (its Node's name).")
+@click.option("--node", required=True, metavar="NAME", envvar="FLOWTUI_NODE",
+              help="The node this agent enforces: its Node's name (also $FLOWTUI_NODE).")
 @click.option("--netns", metavar="NS", help="Enforce in lab namespace NS (ft-<lab>-node-<name>).")
 @click.option("--host", is_flag=True,
               help="Enforce in the namespace this process runs in: on a real host, the host's own. Explicit "
                    "opt-in; touches only the table inet flowtui; failsafe ports stay open first.")
-@click.option("--metrics", "metrics_addr", metavar="HOST:PORT",
-              help="Serve Prometheus metrics on http://HOST:PORT/metrics (e.g. 127.0.0.1:9091, [::1]:9091).")
+@click.option("--metrics", "metrics_addr", metavar="HOST:PORT", envvar="FLOWTUI_METRICS",
+              help="Serve Prometheus metrics on http://HOST:PORT/metrics (e.g. 127.0.0.1:9091, [::1]:9091; "
+                   "also $FLOWTUI_METRICS).")
 @click.option("--flows-dir", metavar="DIR", type=click.Path(file_okay=False),
               help="Collect this node's flows (NFLOG + conntrack) into the cluster's dataset under DIR.")
 @lab_option
