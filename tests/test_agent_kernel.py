@@ -295,6 +295,11 @@ def test_host_mode_adopts_after_kill_9_and_fails_static_when_cut_off(lab_id: str
             pinger = None
             assert sent > 20 and lost == 0, f"{lost} of {sent} pings lost"
             assert second.poll() is None
+            # stopped (systemd's SIGTERM): a clean exit, and the table stays as it is
+            converged = kernel.generation("node-a")
+            second.terminate()
+            assert second.wait(15) == 0
+            assert kernel.generation("node-a") == converged and kernel.listing("node-a") is not None
             assert in_place(ns_a, lambda: True)  # the namespace is still there and ours
         finally:
             if pinger is not None:

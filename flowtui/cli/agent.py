@@ -39,6 +39,10 @@ def start_flow_collection(flows_dir: str, node: str, netns: str | None, metrics:
     fail("--flows-dir: flow collection by the agent is not available in this build", EXIT_INVALID)
 
 
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _placement(node: str, netns: str | None, host: bool, lab_id: str, lab_given: bool) -> tuple[str | None, str | None]:
     """(namespace, lab): where the table goes (None: this namespace) and whose plan gives the
     addresses (None: the datastore's own, as on a real host)."""
@@ -132,8 +136,9 @@ def agent_cmd(ctx: click.Context, node: str, netns: str | None, host: bool, metr
     status = StatusWriter(ds.path, node, place_label(place), str(ds))
     server = None
     stop_flows: Callable[[], None] | None = None
-    # SIGTERM (systemd, `lab down`) ends the agent like Ctrl-C: metrics and collection are closed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # SIGTERM (systemd, a supervisor) ends the agent like Ctrl-C: collection drains, metrics close;
+    # the table stays (fail static).
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if metrics_addr is not None:
             try:
