@@ -33,7 +33,15 @@ from typing import Any
 from enforcer.agent_metrics import AgentMetrics
 from enforcer.agent_status import StatusWriter
 from enforcer.datastore import DatastoreError
-from enforcer.datastore.etcd import CALICO_PREFIX, OWN_PREFIX, Compacted, EtcdDatastore, EtcdUnavailable, WatchEvent
+from enforcer.datastore.etcd import (
+    CALICO_PREFIX,
+    OWN_PREFIX,
+    Compacted,
+    EtcdDatastore,
+    EtcdUnavailable,
+    WatchEvent,
+    WatchHandle,
+)
 from enforcer.lab.names import LabError
 from enforcer.reconcile import NodeResult, Reconciler
 
@@ -50,19 +58,20 @@ def _ours(key: str) -> bool:
 
 class _Watch:
     """One watch stream read on a daemon thread into a queue of (arrival time, event or error).
-    `abandon()` leaves a stream that may never end (a silent peer): its thread stops at the next
-    thing it reads and its items go nowhere."""
+    `abandon()` ends it, even when its connection is silent (its socket is shut down), and what
+    it still read goes nowhere."""
 
     def __init__(self, datastore: EtcdDatastore, start_revision: int) -> None:
         self.items: queue.Queue[tuple[float, WatchEvent | BaseException]] = queue.Queue()
         self._abandoned = threading.Event()
+        self._handle = WatchHandle()
         self._thread = threading.Thread(target=self._read, args=(datastore, start_revision),
                                         name="etcd watch", daemon=True)
         self._thread.start()
 
     def _read(self, datastore: EtcdDatastore, start_revision: int) -> None:
         try:
-            for event in datastore.kv.watch(WATCH_FROM, start_revision, WATCH_TO):
+            for event in datastore.kv.watch(WATCH_FROM, start_revision, WATCH_TO, self._handle):
                 if self._abandoned.is_set():
                     return
                 self.items.put((time.perf_counter(), event))
@@ -73,6 +82,7 @@ class _Watch:
 
     def abandon(self) -> None:
         self._abandoned.set()
+        self._handle.close()  # wakes a read blocked on a silent connection: the thread ends
 
 
 class Agent:
@@ -92,16 +102,24 @@ class Agent:
         self.revision = 0  # the datastore revision this node enforces
         self.error: str | None = None
         self._counted = False  # the table's size is in the metrics
+        self._stop = threading.Event()
 
-    def _set(self, state: str, error: str | None = None) -> None:
-        """The one place the state changes: memory, metrics and the status file agree."""
-        self.state = state
-        self.error = error
+    def stop(self) -> None:
+        """End `run` (from another thread) within a heartbeat; the kernel's table stays."""
+        self._stop.set()
+
+    def _set(self, state: str, error: str | None = None, revision: int | None = None) -> None:
+        """The one place state and revision change: metrics and the status file first, so whoever
+        sees the new `state` or `revision` finds them saying the same."""
+        revision = self.revision if revision is None else revision
         if self.metrics is not None:
             self.metrics.state(state)
-            self.metrics.revision(self.revision)
+            self.metrics.revision(revision)
         if self.status is not None:
-            self.status.update(state=state, revision=self.revision, error=error)
+            self.status.update(state=state, revision=revision, error=error)
+        self.revision = revision
+        self.state = state
+        self.error = error
 
     def _say(self, event: str, **fields: Any) -> None:
         self.report({"event": event, "node": self.node, "state": self.state, "revision": self.revision, **fields})
@@ -113,7 +131,6 @@ class Agent:
         start = time.perf_counter()
         result = self.reconciler.reconcile([self.node])
         done = time.perf_counter()
-        self.revision = max(seen, result.revision)
         failed = [f"{n.node}: {n.error}" for n in result.failed]
         if self.metrics is not None:
             for n in result.nodes:
@@ -121,7 +138,7 @@ class Agent:
             if seen_at is not None and any(n.status == "applied" for n in result.nodes):
                 self.metrics.programmed(done - seen_at)
             self._count_table(result.nodes)
-        self._set("failed" if failed else "in-sync", "; ".join(failed) or None)
+        self._set("failed" if failed else "in-sync", "; ".join(failed) or None, max(seen, result.revision))
         latency = {"latency_ms": round((done - seen_at) * 1000, 1)} if seen_at is not None else {}
         self._say("reconciled", ms=round((done - start) * 1000, 1), **latency,
                   status=[n.status for n in result.nodes], **({"errors": failed} if failed else {}))
@@ -146,7 +163,7 @@ class Agent:
         reconciles are done. Raises what the watch or etcd raised (the caller recovers)."""
         watch = _Watch(self.datastore, seen + 1)
         try:
-            while rounds is None or done < rounds:
+            while (rounds is None or done < rounds) and not self._stop.is_set():
                 try:
                     arrived, item = watch.items.get(timeout=self.heartbeat)
                 except queue.Empty:
@@ -174,7 +191,7 @@ class Agent:
         (nothing touched). `rounds`: stop after that many reconciles (tests); None: forever."""
         delay = self.backoff[0]
         done = 0
-        while rounds is None or done < rounds:
+        while (rounds is None or done < rounds) and not self._stop.is_set():
             try:
                 seen = self.converge()
                 done += 1
@@ -189,14 +206,14 @@ class Agent:
                     self.metrics.datastore_error()
                 self._set("degraded", str(err))
                 self._say("degraded", error=str(err), retry_s=delay)
-                time.sleep(delay)
+                self._stop.wait(delay)
                 delay = min(delay * 2, self.backoff[1])
             except (DatastoreError, LabError) as err:  # the datastore answered, but cannot be enforced
                 if self.metrics is not None:
                     self.metrics.reconciled("failed")
                 self._set("failed", str(err))
                 self._say("failed", error=str(err), retry_s=delay)
-                time.sleep(delay)
+                self._stop.wait(delay)
                 delay = min(delay * 2, self.backoff[1])
 
 

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from enforcer.nft.backend import FakeBackend
 from enforcer.nft.compiler import CompileOptions, compile_node
 from enforcer.reconcile import Reconciler
 from flowtui.cli.main import cli
+from tests.conftest import require_etcd
 from tests.etcd_server import free_port
 from tests.test_datastore import SCENARIOS
 
@@ -39,6 +41,19 @@ FLOWTUI = [sys.executable, "-c", "from flowtui.cli import main; main()"]
 def sample(metrics: AgentMetrics, name: str, **labels: str) -> float | None:
     value = metrics.registry.get_sample_value(name, {"node": metrics.node, **labels})
     return value
+
+
+@contextmanager
+def running(agent: Agent) -> Iterator[Agent]:
+    """The agent on a thread for the block; stopped and joined after (even on failure)."""
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+        thread.join(30)
+        assert not thread.is_alive(), "the agent did not stop"
 
 
 def until(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
@@ -174,17 +189,27 @@ class Silencer:
         self.listener = in_place(netns, listen)
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
         while True:
             try:
                 client, _ = self.listener.accept()
-                self.sockets.append(client)
-                self.sockets.append(socket.create_connection(self.target))
             except OSError:
                 return
-            upstream = self.sockets[-1]
+            with self._lock:
+                self.sockets.append(client)
+                if self._closed:
+                    client.close()
+                    return
+                try:
+                    upstream = socket.create_connection(self.target)
+                except OSError:
+                    client.close()
+                    continue
+                self.sockets.append(upstream)
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
@@ -198,9 +223,11 @@ class Silencer:
             pass
 
     def close(self) -> None:
-        self.listener.close()
-        for sock in self.sockets:
-            sock.close()
+        with self._lock:
+            self._closed = True
+            self.listener.close()
+            for sock in self.sockets:
+                sock.close()
 
 
 @pytest.fixture
@@ -225,35 +252,35 @@ def test_agent_programs_changes_reports_them_and_degrades_when_etcd_goes_silent(
     events: list[dict[str, Any]] = []
     agent = Agent(ds, reconciler, "node-a", events.append, backoff=(0.1, 0.5), metrics=metrics, status=status,
                   heartbeat=0.3)
-    threading.Thread(target=agent.run, daemon=True).start()
-    until(lambda: agent.state == "in-sync", what="the first reconcile")
-    table = backend.tables["node-a"]
-    assert sample(metrics, "flowtui_table_rules") == sum(len(c.rules) for c in table.chains.values()) > 0
-    assert sample(metrics, "flowtui_table_set_elements") == sum(len(s.elements) for s in table.sets.values())
-    assert sample(metrics, "flowtui_policy_programming_seconds_count") == 0  # a list is no change seen
-    # a change: seen by the watch, programmed, timed
-    toggled = writer.set_disabled("gnp", "allow-cluster-internal", None, True)
-    until(lambda: agent.revision >= toggled.revision, what="the toggle")
-    assert sample(metrics, "flowtui_policy_programming_seconds_count") == 1
-    assert sample(metrics, "flowtui_datastore_revision") == agent.revision
-    assert sample(metrics, "flowtui_reconciles_total", result="applied") == 2  # the first table, the toggle
-    assert read_agents(ds.path)[0].revision == agent.revision
-    kept = backend.tables["node-a"]
-    # etcd goes silent: no error ever comes on the watch, the heartbeat finds out
-    silencer.silent.set()
-    cut = time.monotonic()
-    until(lambda: agent.state == "degraded", timeout=15, what="degraded")
-    assert time.monotonic() - cut < 5
-    [on_file] = read_agents(ds.path)
-    assert on_file.state == "degraded" and f"127.0.0.1:{silencer.port}" in (on_file.error or "")
-    assert sample(metrics, "flowtui_datastore_state", state="degraded") == 1
-    assert backend.tables["node-a"] is kept  # fail static: nothing touched
-    writer.set_disabled("gnp", "allow-cluster-internal", None, False)  # while cut off
-    silencer.silent.clear()
-    until(lambda: agent.state == "in-sync", timeout=15, what="convergence after the cut")
-    assert backend.tables["node-a"] != kept  # the change made while cut off is enforced
-    assert read_agents(ds.path)[0].state == "in-sync" and read_agents(ds.path)[0].error is None
-    assert any(e["event"] == "degraded" for e in events)
+    with running(agent):
+        until(lambda: agent.state == "in-sync", what="the first reconcile")
+        table = backend.tables["node-a"]
+        assert sample(metrics, "flowtui_table_rules") == sum(len(c.rules) for c in table.chains.values()) > 0
+        assert sample(metrics, "flowtui_table_set_elements") == sum(len(s.elements) for s in table.sets.values())
+        assert sample(metrics, "flowtui_policy_programming_seconds_count") == 0  # a list is no change seen
+        # a change: seen by the watch, programmed, timed
+        toggled = writer.set_disabled("gnp", "allow-cluster-internal", None, True)
+        until(lambda: agent.revision >= toggled.revision, what="the toggle")
+        assert sample(metrics, "flowtui_policy_programming_seconds_count") == 1
+        assert sample(metrics, "flowtui_datastore_revision") == agent.revision
+        assert sample(metrics, "flowtui_reconciles_total", result="applied") == 2  # the first table, the toggle
+        assert read_agents(ds.path)[0].revision == agent.revision
+        kept = backend.tables["node-a"]
+        # etcd goes silent: no error ever comes on the watch, the heartbeat finds out
+        silencer.silent.set()
+        cut = time.monotonic()
+        until(lambda: agent.state == "degraded", timeout=15, what="degraded")
+        assert time.monotonic() - cut < 5
+        [on_file] = read_agents(ds.path)
+        assert on_file.state == "degraded" and f"127.0.0.1:{silencer.port}" in (on_file.error or "")
+        assert sample(metrics, "flowtui_datastore_state", state="degraded") == 1
+        assert backend.tables["node-a"] is kept  # fail static: nothing touched
+        writer.set_disabled("gnp", "allow-cluster-internal", None, False)  # while cut off
+        silencer.silent.clear()
+        until(lambda: agent.state == "in-sync", timeout=15, what="convergence after the cut")
+        assert backend.tables["node-a"] != kept  # the change made while cut off is enforced
+        assert read_agents(ds.path)[0].state == "in-sync" and read_agents(ds.path)[0].error is None
+        assert any(e["event"] == "degraded" for e in events)
 
 
 # ---- the CLI's refusals ------------------------------------------------------------------------
@@ -321,3 +348,39 @@ def test_a_host_table_opens_the_failsafe_ports_before_any_policy() -> None:
         assert all(r.split(" counter")[0].endswith(" accept") or " accept comment" in r for r in head), name
         policy = next((i for i, r in enumerate(chain.rules) if "jump pi-" in r or "jump po-" in r), len(chain.rules))
         assert policy > len(ports), name  # the host's policy only after every failsafe
+
+
+def test_agent_rides_out_a_member_down_and_degrades_without_quorum(tmp_path: Path) -> None:
+    """Three members: the first one named down changes nothing (the watch goes to the next);
+    with two down the last one has no leader, ends the watch itself, and the agent is degraded;
+    with quorum back it converges on what was written meanwhile."""
+    require_etcd()
+    from tests.etcd_server import etcd_cluster
+
+    with etcd_cluster(3) as cluster:
+        writer = open_datastore(cluster.url, tmp_path / "writer")
+        writer.apply_documents([str(SCENARIOS)])
+        first, second, third = cluster.members
+        first.process.kill()
+        first.process.wait()
+        ds = open_datastore(cluster.url, tmp_path / "agent")
+        assert isinstance(ds, EtcdDatastore)
+        backend = FakeBackend()
+        reconciler = Reconciler(ds, backend, compile_node, CompileOptions(), lambda: ["node-a"], lab_id="lab")
+        events: list[dict[str, Any]] = []
+        agent = Agent(ds, reconciler, "node-a", events.append, backoff=(0.1, 0.5), heartbeat=0.5)
+        with running(agent):
+            until(lambda: agent.state == "in-sync", what="the first reconcile")
+            toggled = writer.set_disabled("gnp", "allow-cluster-internal", None, True)
+            until(lambda: agent.revision >= toggled.revision, what="the toggle through a surviving member")
+            assert not any(e["event"] == "degraded" for e in events)
+            kept = backend.tables["node-a"]
+            third.process.kill()  # quorum lost: `second` is alone and leaderless
+            third.process.wait()
+            until(lambda: agent.state == "degraded", timeout=30, what="degraded without quorum")
+            assert backend.tables["node-a"] is kept
+            third.restart()
+            until(lambda: agent.state == "in-sync", timeout=30, what="in sync with quorum back")
+            enabled = writer.set_disabled("gnp", "allow-cluster-internal", None, False)
+            until(lambda: agent.revision >= enabled.revision, what="following changes again")
+            assert backend.tables["node-a"] != kept
