@@ -230,6 +230,19 @@ def test_host_mode_adopts_after_kill_9_and_fails_static_when_cut_off(lab_id: str
                             text=True, env=env, timeout=180)
         assert up.returncode == 0, up.stderr
         ns_a = netns_name(lab_id, "node:node-a")
+
+        def outside_the_table() -> tuple[str, str, str]:
+            """What the agent must never touch: other tables, routes, addresses."""
+            def run(*argv: str) -> str:
+                return subprocess.run(["ip", "netns", "exec", ns_a, *argv], capture_output=True, text=True,
+                                      timeout=30, check=True).stdout
+            return (run("nft", "list", "table", "inet", "xaforeign"), run("ip", "route", "show", "table", "all"),
+                    run("ip", "-o", "addr", "show"))
+
+        subprocess.run(["ip", "netns", "exec", ns_a, "nft", "-f", "-"], input="table inet xaforeign {\n"
+                       " chain input { type filter hook input priority 10; policy accept; tcp dport 9 counter; }\n}\n",
+                       text=True, timeout=30, check=True)
+        untouched = outside_the_table()
         host, port = server.endpoint.split(":")
         proxy = Silencer((host, int(port)), netns=ns_a, port=int(port))  # same URL inside node-a
         kernel = KernelBackend(lab_id, lambda node: netns_name(lab_id, f"node:{node}"))
@@ -301,6 +314,7 @@ def test_host_mode_adopts_after_kill_9_and_fails_static_when_cut_off(lab_id: str
             assert second.wait(15) == 0
             assert kernel.generation("node-a") == converged and kernel.listing("node-a") is not None
             assert in_place(ns_a, lambda: True)  # the namespace is still there and ours
+            assert outside_the_table() == untouched  # nothing but inet flowtui was touched
         finally:
             if pinger is not None:
                 pinger.stop()
