@@ -20,6 +20,7 @@ import os
 import socket
 import time
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -112,4 +113,16 @@ def read_agents(records_dir: str | os.PathLike[str]) -> list[AgentStatus]:
     return found
 
 
-__all__ = ["AGENTS_DIR", "AgentStatus", "StatusWriter", "agents_dir", "read_agents"]
+def describe(status: AgentStatus) -> list[str]:
+    """`flowtui status`'s lines for one agent: its state (in capitals when it needs attention),
+    since when, the revision it enforces, where; then its error."""
+    since = datetime.fromtimestamp(status.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    state = status.state.upper() if status.state in ("degraded", "failed", "stopped") else status.state
+    lines = [f"agent {status.node}: {state} since {since}, enforcing datastore revision {status.revision} "
+             f"(pid {status.pid} on {status.host}, {status.place}, {status.datastore})"]
+    if status.error and status.state != "in-sync":
+        lines.append(f"  {status.error}")
+    return lines
+
+
+__all__ = ["AGENTS_DIR", "AgentStatus", "StatusWriter", "agents_dir", "describe", "read_agents"]

@@ -9,19 +9,15 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from enforcer.datastore import DEFAULT_HOME, HOME_ENV
 from flowtui.cli.common import EXIT_INVALID
 from flowtui.cli.state import lab_option, state_dir_option
-
-if TYPE_CHECKING:
-    from enforcer.agent_status import AgentStatus
 
 DEFAULT_DB = "flowtui.duckdb"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -296,7 +292,7 @@ def status_cmd(db: str, last_runs: int, output: str, lab_id: str, state_dir: str
 
     Opens the database read-only, or its snapshot when a collector is writing it.
     """
-    from enforcer.agent_status import read_agents
+    from enforcer.agent_status import describe, read_agents
     from flowtui.cli.common import fail
     from flowtui.cli.state import behind_lines, enforcement_behind, guarded, open_state, runtime
     from flowtui.store.status import read_status
@@ -315,19 +311,10 @@ def status_cmd(db: str, last_runs: int, output: str, lab_id: str, state_dir: str
         click.echo(json.dumps({**(doc or {}), "enforcement_behind": behind,
                                "agents": [a.to_json() for a in agents]}, indent=2, default=str))
         return
-    _print_agents(agents)
+    for agent in agents:
+        click.echo("\n".join(describe(agent)))
     if doc is not None:
         _print_status(doc)
-
-
-def _print_agents(agents: Sequence[AgentStatus]) -> None:
-    for a in agents:
-        since = datetime.fromtimestamp(a.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        state = a.state.upper() if a.state in ("degraded", "failed", "stopped") else a.state
-        click.echo(f"agent {a.node}: {state} since {since}, enforcing datastore revision {a.revision} "
-                   f"(pid {a.pid} on {a.host}, {a.place}, {a.datastore})")
-        if a.error and a.state != "in-sync":
-            click.echo(f"  {a.error}")
 
 
 def _print_status(doc: dict[str, Any]) -> None:
