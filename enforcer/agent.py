@@ -1,6 +1,7 @@
 """The per-node agent: watch the etcd datastore and keep one node's kernel table in step with it.
 
-    agent = Agent(EtcdDatastore(...), reconciler, node="node-a", report=print_json)
+    agent = Agent(EtcdDatastore(...), reconciler, node="node-a", report=print_json,
+                  metrics=AgentMetrics("node-a"), status=StatusWriter(...))
     agent.run()                       # until the process is stopped
 
 List, then watch from the list's revision (Calico's Felix does the same through libcalico-go's
@@ -10,78 +11,210 @@ live table when it matches the record instead of replacing it). When etcd compac
 the watch needed, the agent lists again. **Fail static**: when etcd cannot be reached the agent
 touches nothing — the kernel keeps the last table — reports `degraded`, and retries with back-off;
 when etcd is back it lists and converges.
+
+The watch stream is read on a thread of its own, which stamps each event when it arrives (the
+start of the programming latency) and queues it; the loop reconciles once for everything queued.
+A stream can also go silent without breaking (a node cut from etcd by a firewall: no reset ever
+comes), so while it is quiet the loop asks etcd for its revision every `HEARTBEAT` seconds;
+when that fails, the node is degraded and the silent stream is abandoned for a fresh list.
+
+States (status file, metrics, JSON lines): starting, in-sync, degraded (etcd unreachable: last
+table kept), failed (the node's table could not be compiled or applied: previous table kept).
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from enforcer.datastore.etcd import CALICO_PREFIX, OWN_PREFIX, Compacted, EtcdDatastore, EtcdUnavailable
-from enforcer.reconcile import Reconciler
+from enforcer.agent_metrics import AgentMetrics
+from enforcer.agent_status import StatusWriter
+from enforcer.datastore import DatastoreError
+from enforcer.datastore.etcd import (
+    CALICO_PREFIX,
+    OWN_PREFIX,
+    Compacted,
+    EtcdDatastore,
+    EtcdUnavailable,
+    WatchEvent,
+    WatchHandle,
+)
+from enforcer.lab.names import LabError
+from enforcer.reconcile import NodeResult, Reconciler
 
 # One watch over [CALICO_PREFIX, end of OWN_PREFIX): both prefixes and what sorts between them.
 WATCH_FROM = CALICO_PREFIX
 WATCH_TO = OWN_PREFIX[:-1] + chr(ord(OWN_PREFIX[-1]) + 1)
 BACKOFF = (0.2, 5.0)  # seconds: first retry, most between retries
+HEARTBEAT = 2.0  # seconds of a quiet watch before etcd is asked whether it is still there
 
 
 def _ours(key: str) -> bool:
     return key.startswith((CALICO_PREFIX, OWN_PREFIX))
 
 
+class _Watch:
+    """One watch stream read on a daemon thread into a queue of (arrival time, event or error).
+    `abandon()` ends it, even when its connection is silent (its socket is shut down), and what
+    it still read goes nowhere."""
+
+    def __init__(self, datastore: EtcdDatastore, start_revision: int) -> None:
+        self.items: queue.Queue[tuple[float, WatchEvent | BaseException]] = queue.Queue()
+        self._abandoned = threading.Event()
+        self._handle = WatchHandle()
+        self._thread = threading.Thread(target=self._read, args=(datastore, start_revision),
+                                        name="etcd watch", daemon=True)
+        self._thread.start()
+
+    def _read(self, datastore: EtcdDatastore, start_revision: int) -> None:
+        try:
+            for event in datastore.kv.watch(WATCH_FROM, start_revision, WATCH_TO, self._handle):
+                if self._abandoned.is_set():
+                    return
+                self.items.put((time.perf_counter(), event))
+            raise EtcdUnavailable(f"etcd datastore {datastore.url}: the watch stream ended")
+        except BaseException as exc:  # handed to the loop, which decides
+            if not self._abandoned.is_set():
+                self.items.put((time.perf_counter(), exc))
+
+    def abandon(self) -> None:
+        self._abandoned.set()
+        self._handle.close()  # wakes a read blocked on a silent connection: the thread ends
+
+
 class Agent:
     def __init__(self, datastore: EtcdDatastore, reconciler: Reconciler, node: str,
-                 report: Callable[[dict[str, Any]], None], backoff: tuple[float, float] = BACKOFF) -> None:
+                 report: Callable[[dict[str, Any]], None], backoff: tuple[float, float] = BACKOFF, *,
+                 metrics: AgentMetrics | None = None, status: StatusWriter | None = None,
+                 heartbeat: float = HEARTBEAT) -> None:
         self.datastore = datastore
         self.reconciler = reconciler
         self.node = node
         self.report = report
         self.backoff = backoff
+        self.metrics = metrics
+        self.status = status
+        self.heartbeat = heartbeat
         self.state = "starting"
         self.revision = 0  # the datastore revision this node enforces
+        self.error: str | None = None
+        self._counted = False  # the table's size is in the metrics
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """End `run` (from another thread) within a heartbeat; the kernel's table stays."""
+        self._stop.set()
+
+    def _set(self, state: str, error: str | None = None, revision: int | None = None) -> None:
+        """The one place state and revision change: metrics and the status file first, so whoever
+        sees the new `state` or `revision` finds them saying the same."""
+        revision = self.revision if revision is None else revision
+        if self.metrics is not None:
+            self.metrics.state(state)
+            self.metrics.revision(revision)
+        if self.status is not None:
+            self.status.update(state=state, revision=revision, error=error)
+        self.revision = revision
+        self.state = state
+        self.error = error
 
     def _say(self, event: str, **fields: Any) -> None:
         self.report({"event": event, "node": self.node, "state": self.state, "revision": self.revision, **fields})
 
-    def converge(self) -> int:
-        """Reconcile this node with the datastore as it is now; the revision read before."""
+    def converge(self, seen_at: float | None = None) -> int:
+        """Reconcile this node with the datastore as it is now; the revision read before.
+        `seen_at`: when the change that asked for it arrived (perf_counter), for the latency."""
         seen = self.datastore.kv.txn([], [])[1]
         start = time.perf_counter()
         result = self.reconciler.reconcile([self.node])
-        self.revision = max(seen, result.revision)
+        done = time.perf_counter()
         failed = [f"{n.node}: {n.error}" for n in result.failed]
-        self.state = "failed" if failed else "in-sync"
-        self._say("reconciled", ms=round((time.perf_counter() - start) * 1000, 1),
+        if self.metrics is not None:
+            for n in result.nodes:
+                self.metrics.reconciled(n.status)
+            if seen_at is not None and any(n.status == "applied" for n in result.nodes):
+                self.metrics.programmed(done - seen_at)
+            self._count_table(result.nodes)
+        self._set("failed" if failed else "in-sync", "; ".join(failed) or None, max(seen, result.revision))
+        latency = {"latency_ms": round((done - seen_at) * 1000, 1)} if seen_at is not None else {}
+        self._say("reconciled", ms=round((done - start) * 1000, 1), **latency,
                   status=[n.status for n in result.nodes], **({"errors": failed} if failed else {}))
         return seen
+
+    def _count_table(self, results: Sequence[NodeResult]) -> None:
+        """The table's size for the metrics: the reconciler's copy, else (a toggle served from the
+        records, which keep no table) the live one, read only when the kernel changed."""
+        assert self.metrics is not None
+        table = self.reconciler.applied(self.node)
+        if table is None and (not self._counted or any(n.status == "applied" for n in results)):
+            try:
+                table = self.reconciler.backend.current(self.node)
+            except Exception:  # a metric is not worth failing the agent: the last count stays
+                return
+        if table is not None:
+            self.metrics.table(table)
+            self._counted = True
+
+    def _follow(self, seen: int, rounds: int | None, done: int) -> int:
+        """Watch from `seen` + 1 and reconcile each burst of changes; returns when `rounds`
+        reconciles are done. Raises what the watch or etcd raised (the caller recovers)."""
+        watch = _Watch(self.datastore, seen + 1)
+        try:
+            while (rounds is None or done < rounds) and not self._stop.is_set():
+                try:
+                    arrived, item = watch.items.get(timeout=self.heartbeat)
+                except queue.Empty:
+                    self.datastore.kv.txn([], [])  # quiet: is etcd still there? (EtcdUnavailable if not)
+                    continue
+                first: float | None = None
+                while True:  # everything queued now is one reconcile
+                    if isinstance(item, BaseException):
+                        raise item
+                    if _ours(item.kv.key) and item.kv.revision > self.revision:
+                        first = arrived if first is None else first
+                    try:
+                        arrived, item = watch.items.get_nowait()
+                    except queue.Empty:
+                        break
+                if first is not None:
+                    self.converge(first)
+                    done += 1
+            return done
+        finally:
+            watch.abandon()
 
     def run(self, rounds: int | None = None) -> None:
         """List, reconcile, watch; on compaction list again; on an unreachable etcd wait and retry
         (nothing touched). `rounds`: stop after that many reconciles (tests); None: forever."""
         delay = self.backoff[0]
         done = 0
-        while rounds is None or done < rounds:
+        while (rounds is None or done < rounds) and not self._stop.is_set():
             try:
                 seen = self.converge()
                 done += 1
                 delay = self.backoff[0]
-                for event in self.datastore.kv.watch(WATCH_FROM, seen + 1, WATCH_TO):
-                    if not _ours(event.kv.key) or event.kv.revision <= self.revision:
-                        continue  # outside flowtui's keys, or already enforced
-                    if rounds is not None and done >= rounds:
-                        return
-                    seen = self.converge()
-                    done += 1
+                done = self._follow(seen, rounds, done)
             except Compacted as err:
+                if self.metrics is not None:
+                    self.metrics.relisted()
                 self._say("relist", reason=str(err))
             except EtcdUnavailable as err:
-                if self.state != "degraded":
-                    self.state = "degraded"
+                if self.metrics is not None:
+                    self.metrics.datastore_error()
+                self._set("degraded", str(err))
                 self._say("degraded", error=str(err), retry_s=delay)
-                time.sleep(delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.backoff[1])
+            except (DatastoreError, LabError) as err:  # the datastore answered, but cannot be enforced
+                if self.metrics is not None:
+                    self.metrics.reconciled("failed")
+                self._set("failed", str(err))
+                self._say("failed", error=str(err), retry_s=delay)
+                self._stop.wait(delay)
                 delay = min(delay * 2, self.backoff[1])
 
 
-__all__ = ["Agent"]
+__all__ = ["HEARTBEAT", "Agent"]

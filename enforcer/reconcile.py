@@ -240,6 +240,11 @@ class Reconciler:
         self.records.forget(node)
         self._layout = None
 
+    def applied(self, node: str) -> ir.Table | None:
+        """The table `node` holds, as this reconciler last verified or applied it; None: unknown."""
+        with self._lock:
+            return self._applied.get(node)
+
     def forget(self, node: str | None = None) -> None:
         """Drop what is known about `node` (or every node): the next run re-checks the backend."""
         with self._lock:

@@ -164,12 +164,14 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def etcd_cluster(members: int = 1, tls: bool = False, extra: tuple[str, ...] = ()) -> Iterator[EtcdCluster]:
+def etcd_cluster(members: int = 1, tls: bool | TLSMaterial = False,
+                 extra: tuple[str, ...] = ()) -> Iterator[EtcdCluster]:
     """`members` etcd members on 127.0.0.1 (random ports, temp data dirs) forming one cluster,
-    each stopped (and its files removed) afterwards; TLS between clients and members with `tls`."""
+    each stopped (and its files removed) afterwards; TLS between clients and members with `tls`
+    (True: certificates made here; or the TLSMaterial given)."""
     with tempfile.TemporaryDirectory(prefix="ft-etcd-") as tmp:
         folder = Path(tmp)
-        material = make_tls(folder) if tls else None
+        material = tls if isinstance(tls, TLSMaterial) else make_tls(folder) if tls else None
         scheme = "https" if tls else "http"
         ports = [(free_port(), free_port()) for _ in range(members)]
         initial = ",".join(f"ft{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(ports))
@@ -209,7 +211,7 @@ def etcd_cluster(members: int = 1, tls: bool = False, extra: tuple[str, ...] = (
 
 
 @contextmanager
-def etcd_server(tls: bool = False, extra: tuple[str, ...] = ()) -> Iterator[EtcdServer]:
+def etcd_server(tls: bool | TLSMaterial = False, extra: tuple[str, ...] = ()) -> Iterator[EtcdServer]:
     """One etcd member on 127.0.0.1 (random ports, temp data dir), stopped and removed after;
     `extra`: more etcd flags (`--max-txn-ops`...)."""
     with etcd_cluster(1, tls, extra) as cluster:

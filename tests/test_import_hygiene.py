@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = ("enforcer", "enforcer.evaluate", "enforcer.loader", "enforcer.nft.compiler", "enforcer.resolve")
+CORE = ("enforcer", "enforcer.evaluate", "enforcer.loader", "enforcer.nft.compiler", "enforcer.resolve",
+        "enforcer.agent", "enforcer.agent_metrics", "enforcer.agent_status", "enforcer.nft.node_backend")
 
 PROBE = """
 import importlib, json, sys

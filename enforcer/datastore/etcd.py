@@ -34,6 +34,8 @@ import hashlib
 import json
 import os
 import re
+import socket
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -60,6 +62,8 @@ OWN_RESOURCES = OWN_PREFIX + "resources/"
 META = OWN_PREFIX + "meta/"
 LAYOUT = OWN_PREFIX + "layout"
 TIMEOUT = 3.0  # seconds per endpoint and request: an unreachable etcd is an error, never a hang
+# gRPC metadata through etcd's gateway: serve a watch only while the member has a leader.
+REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 RETRIES = 50  # compare-and-swap attempts before giving up (each one lost to another writer)
 _KIND_ORDER = {k.model_kind: i for i, k in enumerate(KIND_INFO)}
 
@@ -274,25 +278,43 @@ class EtcdKV:
             raise RevisionConflict(f"{key} is no longer at revision {revision} in {self.url}")
         return new
 
-    def watch(self, prefix: str, start_revision: int, range_end: str | None = None) -> Iterator[WatchEvent]:
+    def watch(self, prefix: str, start_revision: int, range_end: str | None = None,
+              handle: WatchHandle | None = None) -> Iterator[WatchEvent]:
         """Every change under `prefix` (or in [prefix, range_end)) from `start_revision` on, as etcd
         orders them. Raises
         Compacted when etcd no longer has that revision (list again, then watch from the list's
-        revision), EtcdUnavailable when the stream cannot be opened or breaks."""
+        revision), EtcdUnavailable when the stream cannot be opened or breaks. `handle.close()`,
+        from another thread, ends the stream (the iteration stops)."""
         request = {"create_request": {"key": _b64(prefix), "range_end": _b64(range_end or _prefix_end(prefix)),
                                       "start_revision": start_revision}}
-        name, client = self._clients[0]
-        try:
-            response = client.session.post(client.get_url("/watch"), data=json.dumps(request), stream=True,
-                                           timeout=(self.timeout, None))
-            response.raise_for_status()
-        except (requests.RequestException, OSError) as exc:
-            raise EtcdUnavailable(f"etcd datastore {self.url}: watch on {name}: {_cause(exc, self.timeout)}") from exc
+        failures = []
+        for index, (name, client) in enumerate(self._clients):  # as _post: the first member that answers
+            try:
+                # hasleader: the member ends the stream when it loses its leader (a minority member
+                # would otherwise keep it open, silent, while the majority moves on).
+                response = client.session.post(client.get_url("/watch"), data=json.dumps(request), stream=True,
+                                               timeout=(self.timeout, None), headers=REQUIRE_LEADER)
+                response.raise_for_status()
+            except (requests.RequestException, OSError) as exc:
+                failures.append(f"{name}: {_cause(exc, self.timeout)}")
+                continue
+            if index:
+                self._clients.insert(0, self._clients.pop(index))
+            break
+        else:
+            raise EtcdUnavailable(f"etcd datastore {self.url}: watch: " + "; ".join(failures))
+        if handle is not None and not handle.attach(response):
+            response.close()
+            return
         try:
             for line in response.iter_lines():
                 if not line.strip():
                     continue
-                result = json.loads(line).get("result", {})
+                answer = json.loads(line)
+                if "error" in answer:
+                    raise EtcdUnavailable(f"etcd datastore {self.url}: watch on {name} ended: "
+                                          f"{answer['error'].get('message', answer['error'])}")
+                result = answer.get("result", {})
                 if int(result.get("compact_revision", 0) or 0):
                     raise Compacted(int(result["compact_revision"]))
                 if result.get("canceled"):
@@ -304,6 +326,36 @@ class EtcdKV:
             raise EtcdUnavailable(f"etcd datastore {self.url}: watch on {name} lost: {exc}") from exc
         finally:
             response.close()
+
+
+class WatchHandle:
+    """Ends a watch stream from another thread: its reader may be blocked on a silent connection
+    (a peer cut off by a firewall sends nothing, not even a reset), so the socket is shut down,
+    which wakes the read; the stream's own clean-up then closes it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._response: requests.Response | None = None
+        self.closed = False
+
+    def attach(self, response: requests.Response) -> bool:
+        """Called by `watch` with the open stream; False when closed already (do not read)."""
+        with self._lock:
+            self._response = response
+            return not self.closed
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            response = self._response
+        if response is None:
+            return
+        sock = getattr(getattr(response.raw, "_connection", None), "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed already
 
 
 def _put(key: str, value: str) -> dict[str, Any]:

@@ -89,6 +89,31 @@ def in_netns(name: str, work: Callable[[], T]) -> T:
     return result[0]
 
 
+OWN_NETNS = "/proc/self/ns/net"
+
+
+def in_place(name: str | None, work: Callable[[], T]) -> T:
+    """`work()` inside lab namespace `name` (`in_netns`), or, for None, right here: in the
+    namespace the process runs in (the host's for `flowtui agent --host`, whichever one
+    `ip netns exec` put it in otherwise). The one switch between the two placements."""
+    return work() if name is None else in_netns(name, work)
+
+
+def place_identity(name: str | None) -> tuple[int, int] | None:
+    """(device, inode) of lab namespace `name` or, for None, of the process's own; None if the
+    name no longer exists. Equal identities: the same namespace."""
+    try:
+        st = os.stat(OWN_NETNS if name is None else netns_path(check_lab_netns(name)))
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def place_label(name: str | None) -> str:
+    """How messages name a placement: the namespace, or `this namespace` (the host's, for --host)."""
+    return name if name is not None else "this namespace"
+
+
 def netlink_socket(name: str) -> socket.socket:
     """A NETLINK_ROUTE socket living in lab namespace `name`."""
     return in_netns(name, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE))

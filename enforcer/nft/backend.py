@@ -16,8 +16,10 @@ made only of set elements (live toggles, pod churn) skip libnftables, whose cach
 grow with the ruleset, and go to the kernel as one nfnetlink batch of their own
 (`enforcer.nft.elements`): the same all-or-nothing transaction, ~0.03 ms.
 
-The real host: applying to the root network namespace is deliberately not implemented;
-`host_backend()` says so, and `KernelBackend` refuses any namespace that is not one of its lab's.
+The real host: this lab backend never applies to the root network namespace (`host_backend()`
+says so, and `KernelBackend` refuses any namespace that is not one of its lab's). The host is one
+agent's business: `enforcer.nft.node_backend.NodeBackend` (`flowtui agent --host`) applies one
+node's table in the namespace its process runs in, by the same code path as a lab namespace.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 
-from enforcer.lab.kernel import check_lab_netns, in_netns, netns_path
+from enforcer.lab.kernel import check_lab_netns, in_place, place_identity, place_label
 from enforcer.nft import ir
 
 NETLINK_NETFILTER = 12
@@ -160,10 +160,12 @@ def _attribute(attrs: bytes, wanted: int) -> bytes | None:
 
 
 class ElementSocket:
-    """A NETLINK_NETFILTER socket created inside lab namespace `netns`; thread-safe."""
+    """A NETLINK_NETFILTER socket created inside lab namespace `netns`, or (None) in the
+    namespace the process runs in; thread-safe."""
 
-    def __init__(self, netns: str) -> None:
-        self.netns = check_lab_netns(netns)
+    def __init__(self, netns: str | None) -> None:
+        self.netns = None if netns is None else check_lab_netns(netns)
+        self.label = place_label(netns)
 
         def create() -> tuple[socket.socket, tuple[int, int]]:
             here = os.stat("/proc/thread-self/ns/net")
@@ -171,7 +173,7 @@ class ElementSocket:
             sock.bind((0, 0))
             return sock, (here.st_dev, here.st_ino)
 
-        self._sock, self._inode = in_netns(netns, create)
+        self._sock, self._inode = in_place(netns, create)
         # Dropped without close() (a backend nobody closed), the socket still closes quietly (it
         # would keep a removed namespace alive).
         self._finalizer = weakref.finalize(self, self._sock.close)
@@ -181,11 +183,7 @@ class ElementSocket:
 
     def current(self) -> bool:
         """Whether `netns` is still the namespace this socket lives in (not removed and re-made)."""
-        try:
-            st = os.stat(netns_path(self.netns))
-        except FileNotFoundError:
-            return False
-        return (st.st_dev, st.st_ino) == self._inode and self._sock.fileno() >= 0
+        return place_identity(self.netns) == self._inode and self._sock.fileno() >= 0
 
     def apply(self, table: ir.Table, ops: list[ir.Op]) -> None:
         """One transaction: every element change of `ops`, or (ElementError) none of them."""
@@ -205,7 +203,7 @@ class ElementSocket:
                             code = -error
                             errors.append(f"{what[seq]}: {os.strerror(code)} ({errno.errorcode.get(code, code)})")
         if errors:
-            raise ElementError(f"{self.netns}: the kernel refused the change, nothing applied: " + "; ".join(errors))
+            raise ElementError(f"{self.label}: the kernel refused the change, nothing applied: " + "; ".join(errors))
 
     def generation(self) -> int:
         """The namespace's nftables ruleset generation: every committed transaction, of any
@@ -220,18 +218,18 @@ class ElementSocket:
                     if rseq != seq:
                         continue
                     if got == NLMSG_ERROR:
-                        raise ElementError(f"{self.netns}: reading the ruleset generation: {os.strerror(-error)}")
+                        raise ElementError(f"{self.label}: reading the ruleset generation: {os.strerror(-error)}")
                     if got == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
                         found = _attribute(attrs, NFTA_GEN_ID)
                         if found is None or len(found) < 4:
-                            raise ElementError(f"{self.netns}: the kernel's generation answer has no id")
+                            raise ElementError(f"{self.label}: the kernel's generation answer has no id")
                         return int(struct.unpack_from("!I", found)[0])
 
     def _recv(self) -> bytes:
         try:
             return self._sock.recv(65536)
         except TimeoutError as exc:
-            raise ElementError(f"{self.netns}: no answer from the kernel in {REPLY_TIMEOUT_S:g} s") from exc
+            raise ElementError(f"{self.label}: no answer from the kernel in {REPLY_TIMEOUT_S:g} s") from exc
 
     def close(self) -> None:
         self._finalizer()

@@ -37,7 +37,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 
-from enforcer.lab.kernel import check_lab_netns, in_netns, netns_path
+from enforcer.lab.kernel import check_lab_netns, in_place, place_identity, place_label
 
 LIBRARY = "libnftables.so.1"
 
@@ -130,10 +130,12 @@ def parse_errors(errors: str, script: str) -> tuple[NftProblem, ...]:
 
 
 class Nft:
-    """One libnftables context whose netlink socket lives in lab namespace `netns`."""
+    """One libnftables context whose netlink socket lives in lab namespace `netns`, or (None) in
+    the namespace the process runs in (`flowtui agent --host`)."""
 
-    def __init__(self, netns: str) -> None:
-        self.netns = check_lab_netns(netns)
+    def __init__(self, netns: str | None) -> None:
+        self.netns = None if netns is None else check_lab_netns(netns)
+        self.label = place_label(netns)
         with _LOCK:
             lib = _library()
 
@@ -141,9 +143,9 @@ class Nft:
                 here = os.stat("/proc/thread-self/ns/net")
                 return lib.nft_ctx_new(0), (here.st_dev, here.st_ino)
 
-            ctx, self._inode = in_netns(netns, create)
+            ctx, self._inode = in_place(netns, create)
             if not ctx:
-                raise NftError(f"nft_ctx_new failed in {netns}")
+                raise NftError(f"nft_ctx_new failed in {self.label}")
             lib.nft_ctx_buffer_output(ctx)
             lib.nft_ctx_buffer_error(ctx)
             self._ctx: int | None = ctx
@@ -165,11 +167,7 @@ class Nft:
     def current(self) -> bool:
         """Whether `netns` is still the namespace this context was made in (not removed and
         re-created since: a socket keeps a removed namespace alive, unreachable by name)."""
-        try:
-            st = os.stat(netns_path(self.netns))
-        except FileNotFoundError:
-            return False
-        return (st.st_dev, st.st_ino) == self._inode and not self.closed
+        return place_identity(self.netns) == self._inode and not self.closed
 
     def run(self, script: str, *, flags: int = 0) -> str:
         """Run `script` (one or more commands, one atomic transaction) and return its output.
@@ -184,7 +182,7 @@ class Nft:
                 data = data[os.write(fd, data) :]
             with _LOCK:
                 if self._ctx is None:
-                    raise NftError(f"nft context for {self.netns} is closed")
+                    raise NftError(f"nft context for {self.label} is closed")
                 lib = self._lib
                 if lib.nft_ctx_output_get_flags(self._ctx) != flags:
                     lib.nft_ctx_output_set_flags(self._ctx, flags)
@@ -196,7 +194,7 @@ class Nft:
         if rc != 0:
             problems = parse_errors(errors, script)
             message = "\n".join(str(p) for p in problems) or errors.strip() or f"nft failed (rc {rc})"
-            raise NftError(f"{self.netns}: {message}", script, problems)
+            raise NftError(f"{self.label}: {message}", script, problems)
         return output
 
     def close(self) -> None:

@@ -1,15 +1,29 @@
-"""`flowtui agent`: keep one node's kernel table in step with an etcd datastore (`enforcer.agent`)."""
+"""`flowtui agent`: keep one node's kernel table in step with an etcd datastore (`enforcer.agent`).
+
+Where the table goes (one code path, `enforcer.nft.node_backend.NodeBackend`):
+
+* `--netns NS`: in lab namespace NS (its addresses come from its lab's plan);
+* `--host`: in the namespace the process runs in — the host's own, or the one `ip netns exec`
+  put it in (that is how tests run the host mode: never in the root namespace);
+* neither: the node's namespace in lab `--lab` (what `flowtui lab up --datastore etcd` runs).
+"""
 
 from __future__ import annotations
 
 import json
+import re
+import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from flowtui.cli.common import EXIT_INVALID, fail
 from flowtui.cli.state import guarded, lab_option, need_root, open_state, runtime, state_dir_option
+
+_NODE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
 
 
 def _print(event: dict[str, Any]) -> None:
@@ -17,38 +31,131 @@ def _print(event: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def start_flow_collection(flows_dir: str, node: str, netns: str | None, metrics: Any) -> Callable[[], None]:
+    """The hook for `--flows-dir` (flow collection: NFLOG + conntrack of this node into the
+    cluster's Parquet dataset). It starts collecting in `netns` (None: this namespace), feeds the
+    NFLOG counts to `metrics.collector(...)` (`enforcer.agent_metrics.AgentMetrics`) and returns
+    the function that stops it; the agent calls that when it stops."""
+    fail("--flows-dir: flow collection by the agent is not available in this build", EXIT_INVALID)
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _placement(node: str, netns: str | None, host: bool, lab_id: str, lab_given: bool) -> tuple[str | None, str | None]:
+    """(namespace, lab): where the table goes (None: this namespace) and whose plan gives the
+    addresses (None: the datastore's own, as on a real host)."""
+    from enforcer.lab import LabError, netns_name
+    from enforcer.lab.names import lab_id_of_netns
+
+    if netns and host:
+        fail("--netns and --host exclude each other: the table goes into one namespace", EXIT_INVALID)
+    if host:
+        return None, (lab_id if lab_given else None)
+    if netns:
+        owner = lab_id_of_netns(netns)
+        if owner is None:
+            fail(f"--netns {netns}: not a flowtui lab namespace (ft-<lab>-...); for another namespace, "
+                 f"run the agent inside it: ip netns exec {netns} flowtui agent --host ...", EXIT_INVALID)
+        if lab_given and owner != lab_id:
+            fail(f"--netns {netns} belongs to lab {owner}, not --lab {lab_id}", EXIT_INVALID)
+        return netns, owner
+    try:
+        return netns_name(lab_id, f"node:{node}"), lab_id
+    except LabError as err:
+        fail(f"--lab {lab_id} --node {node}: {err}", EXIT_INVALID)
+
+
 @click.command(name="agent")
-@click.option("--node", required=True, metavar="NAME", help="The node this agent enforces (a node of the lab).")
+@click.option("--node", required=True, metavar="NAME", envvar="FLOWTUI_NODE",
+              help="The node this agent enforces: its Node's name (also $FLOWTUI_NODE).")
+@click.option("--netns", metavar="NS", help="Enforce in lab namespace NS (ft-<lab>-node-<name>).")
+@click.option("--host", is_flag=True,
+              help="Enforce in the namespace this process runs in: on a real host, the host's own. Explicit "
+                   "opt-in; touches only the table inet flowtui; failsafe ports stay open first.")
+@click.option("--metrics", "metrics_addr", metavar="HOST:PORT", envvar="FLOWTUI_METRICS",
+              help="Serve Prometheus metrics on http://HOST:PORT/metrics (e.g. 127.0.0.1:9091, [::1]:9091; "
+                   "also $FLOWTUI_METRICS).")
+@click.option("--flows-dir", metavar="DIR", type=click.Path(file_okay=False),
+              help="Collect this node's flows (NFLOG + conntrack) into the cluster's dataset under DIR.")
 @lab_option
 @state_dir_option
-def agent_cmd(node: str, lab_id: str, state_dir: str) -> None:
-    """Watch an etcd datastore and enforce it on one node of a lab, until stopped.
+@click.pass_context
+def agent_cmd(ctx: click.Context, node: str, netns: str | None, host: bool, metrics_addr: str | None,
+              flows_dir: str | None, lab_id: str, state_dir: str) -> None:
+    """Watch an etcd datastore and enforce it on one node, until stopped.
 
     Lists the datastore, reconciles the node, then watches from the list's revision and
     reconciles on every change (a toggle is one set element, as with `policy disable`); lists
-    again when etcd compacted the history it needed. When etcd cannot be reached the node keeps
-    its last table (fail static) and the agent reports `degraded` until etcd is back. Prints one
-    JSON line per event (reconciled, relist, degraded) on stdout. Needs --datastore etcd://...
+    again when etcd compacted the history it needed. The table goes into lab namespace --netns,
+    or with --host into the namespace the agent runs in (the host's own on a real host), or else
+    into node NAME's namespace of lab --lab. A restart adopts the live table (nothing flushed).
+
+    When etcd cannot be reached the node keeps its last table (fail static) and the agent reports
+    `degraded` until etcd is back. Prints one JSON line per event (reconciled, relist, degraded,
+    failed) on stdout; keeps its state in <state-dir>/etcd/<hash>/agents/NAME.json, which
+    `flowtui status` shows; --metrics serves the same as Prometheus metrics.
+    Needs --datastore etcd://... (or etcds:// with --etcd-ca/--etcd-cert/--etcd-key).
     """
     from enforcer.agent import Agent
+    from enforcer.agent_metrics import AgentMetrics, BadAddress, parse_address
+    from enforcer.agent_status import StatusWriter
     from enforcer.datastore.etcd import EtcdDatastore
+    from enforcer.lab.kernel import place_label
+    from enforcer.nft.node_backend import NodeBackend
     from enforcer.reconcile import Reconciler
 
+    if not _NODE_NAME.fullmatch(node):
+        fail(f"--node {node!r}: not a node name (letters, digits, '.', '-', '_'; 1-253 characters)", EXIT_INVALID)
+    if metrics_addr is not None:
+        try:
+            parse_address(metrics_addr)
+        except BadAddress as err:
+            fail(f"--metrics {err}", EXIT_INVALID)
+    lab_given = ctx.get_parameter_source("lab_id") not in (ParameterSource.DEFAULT, None)
+    place, lab = _placement(node, netns, host, lab_id, lab_given)
     ds = open_state(state_dir)
     if not isinstance(ds, EtcdDatastore):
         fail("flowtui agent needs an etcd datastore: --datastore etcd://HOST:PORT (or $FLOWTUI_DATASTORE)",
              EXIT_INVALID)
     need_root()
-    rt = runtime()
-    nodes = guarded(lambda: rt.lab_nodes(lab_id))
-    if node not in nodes:
-        fail(f"lab {lab_id} has no node {node!r} up (nodes: {', '.join(nodes) or 'none'})")
-    compile_fn, options = rt.compiler()
-    reconciler = Reconciler(ds, rt.backend(lab_id), compile_fn, options, lambda: [node], lab_id=lab_id)
+    if lab is not None:
+        nodes = guarded(lambda: runtime().lab_nodes(lab))
+        if node not in nodes:
+            fail(f"lab {lab} has no node {node!r} up (nodes: {', '.join(nodes) or 'none'})")
+    if place is None:
+        click.echo(f"flowtui agent: enforcing node {node} in this process's own network namespace "
+                   f"(--host): table inet flowtui only", err=True)
+    compile_fn, options = runtime().compiler()
+    # WireGuard is the lab's business only when the table goes into the lab's own node namespace.
+    own_lab = lab if place is not None else None
+    backend = NodeBackend(node, place, lab_id=own_lab)
+    reconciler = Reconciler(ds, backend, compile_fn, options, lambda: [node], lab_id=lab)
+    metrics = AgentMetrics(node)
+    status = StatusWriter(ds.path, node, place_label(place), str(ds))
+    server = None
+    stop_flows: Callable[[], None] | None = None
+    # SIGTERM (systemd, a supervisor) ends the agent like Ctrl-C: collection drains, metrics close;
+    # the table stays (fail static).
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        Agent(ds, reconciler, node, _print).run()
+        if metrics_addr is not None:
+            try:
+                server = metrics.serve(metrics_addr)
+            except OSError as err:
+                fail(str(err.strerror or err))
+        if flows_dir is not None:
+            stop_flows = start_flow_collection(flows_dir, node, place, metrics)
+        Agent(ds, reconciler, node, _print, metrics=metrics, status=status).run()
     except KeyboardInterrupt:
         pass
+    finally:
+        if stop_flows is not None:
+            stop_flows()
+        if server is not None:
+            server.close()
+        backend.close()
 
 
-__all__ = ["agent_cmd"]
+__all__ = ["agent_cmd", "start_flow_collection"]

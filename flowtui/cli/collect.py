@@ -292,21 +292,29 @@ def status_cmd(db: str, last_runs: int, output: str, lab_id: str, state_dir: str
 
     Opens the database read-only, or its snapshot when a collector is writing it.
     """
+    from enforcer.agent_status import describe, read_agents
     from flowtui.cli.common import fail
-    from flowtui.cli.state import behind_lines, enforcement_behind, guarded, runtime
+    from flowtui.cli.state import behind_lines, enforcement_behind, guarded, open_state, runtime
     from flowtui.store.status import read_status
 
     behind = enforcement_behind(state_dir, guarded(lambda: runtime().lab_nodes(lab_id)))
     for line in behind_lines(behind):
         click.echo(f"warning: {line}", err=True)
+    agents = read_agents(open_state(state_dir).path)
     try:
-        doc = read_status(Path(db), last_runs)
+        doc: dict[str, Any] | None = read_status(Path(db), last_runs)
     except FileNotFoundError as exc:
-        fail(f"no flow store: {exc}")
+        if not agents:
+            fail(f"no flow store: {exc}")
+        doc = None  # agents, but no collector here: say what the agents say
     if output == "json":
-        click.echo(json.dumps({**doc, "enforcement_behind": behind}, indent=2, default=str))
+        click.echo(json.dumps({**(doc or {}), "enforcement_behind": behind,
+                               "agents": [a.to_json() for a in agents]}, indent=2, default=str))
         return
-    _print_status(doc)
+    for agent in agents:
+        click.echo("\n".join(describe(agent)))
+    if doc is not None:
+        _print_status(doc)
 
 
 def _print_status(doc: dict[str, Any]) -> None:
