@@ -168,12 +168,40 @@ def open_state(state_dir: str) -> DesiredState:
         if path and not os.path.isfile(path):
             fail(f"{name} {path}: no such file", EXIT_INVALID)
     url = given.get("datastore")
+    cluster = lab_cluster(context.params.get("lab_id")) if context is not None and not url and not tls.given else None
+    if cluster is not None:  # `--lab ID` of a lab in etcd mode: its datastore, unless another was given
+        url, tls = cluster.url, TLSFiles(cluster.ca, cluster.cert, cluster.key)
     if tls.given and not url:
         fail("--etcd-ca/--etcd-cert/--etcd-key need --datastore etcd://HOST:PORT", EXIT_INVALID)
     try:
         return open_datastore(url, state_dir, tls)
     except BadDatastoreURL as err:
         fail(f"--datastore: {err}", EXIT_INVALID)
+
+
+def given_datastore() -> str | None:
+    """The --datastore value (or $FLOWTUI_DATASTORE) as given, before it is opened."""
+    context = click.get_current_context(silent=True)
+    value = context.meta.get(_DATASTORE_META, {}).get("datastore") if context is not None else None
+    return value if isinstance(value, str) else None
+
+
+def lab_cluster(lab_id: object) -> Any:
+    """The etcd cluster of lab `lab_id` (`flowtui lab up --datastore etcd`: an
+    `enforcer.lab.cluster.Cluster`), None when that lab has none or the id is not a lab id."""
+    from enforcer.lab.cluster import read_cluster
+    from enforcer.lab.names import check_lab_id
+
+    if not isinstance(lab_id, str):
+        return None
+    try:
+        check_lab_id(lab_id)
+    except LabError:
+        return None  # the command reports a bad id where it uses it
+    try:
+        return read_cluster(lab_id)
+    except LabError as err:
+        fail(str(err))
 
 
 def lab_option(func: click.decorators.FC) -> click.decorators.FC:
@@ -255,6 +283,11 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def make_reconciler(ds: DesiredState, lab_id: str, *, note: bool = True) -> Reconciler | None:
     """A reconciler for the lab's nodes that are up; None (with a note, unless not `note`) when the
     lab is not up."""
+    if lab_cluster(lab_id) is not None:  # the lab's agents enforce what the datastore holds
+        if note:
+            click.echo(f"lab {lab_id} runs in etcd mode: its agents enforce the change on every node "
+                       f"(`flowtui lab status --lab {lab_id}` shows the revision each enforces)", err=True)
+        return None
     rt = runtime()
     nodes = guarded(lambda: rt.lab_nodes(lab_id))
     if not nodes:
@@ -619,5 +652,6 @@ def enable(name: str, namespace: str | None, kind: str, lab_id: str, state_dir: 
 
 
 __all__ = ["Runtime", "apply", "behind_lines", "enforcement_behind",
-           "delete", "enforce", "format_table", "get", "guarded", "lab_option", "make_reconciler",
+           "delete", "enforce", "format_table", "get", "given_datastore", "guarded", "lab_cluster", "lab_option",
+           "make_reconciler",
            "need_root", "policy_group", "print_changes", "open_state", "state_dir_option", "store_planned"]
