@@ -195,7 +195,7 @@ def _stop_pid(pid: int, timeout: float = STOP_TIMEOUT) -> None:
     while time.monotonic() < deadline:
         if not _running(pid):
             return
-        try:  # our own child (tests): reap it
+        try:  # our own child (the supervisor's agents): reap it
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
                 return
         except ChildProcessError:
@@ -205,6 +205,28 @@ def _stop_pid(pid: int, timeout: float = STOP_TIMEOUT) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def spawn_detached(argv: Sequence[str], log: Path, pidfile: Path, env: dict[str, str] | None = None) -> int:
+    """Start `argv` as a daemon: its own session, not our child (so neither a zombie of ours nor
+    stopped with us), output appended to `log`; its pid, also written to `pidfile`."""
+    pidfile.unlink(missing_ok=True)
+    with open(log, "ab") as out:
+        # setsid -f forks and returns; the shell records its pid, then becomes `argv` (same pid)
+        subprocess.run(["setsid", "-f", "sh", "-c", 'echo $$ > "$0"; exec "$@"', str(pidfile), *argv],
+                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd="/",
+                       check=True, timeout=30)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            text = pidfile.read_text()
+            if text.endswith("\n"):
+                return int(text)
+        except FileNotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            raise LabError(f"{argv[0]} did not start: {_tail(log)}")
+        time.sleep(0.02)
 
 
 def member_argv(cluster: Cluster, member: Member) -> list[str]:
@@ -238,11 +260,7 @@ def start_member(cluster: Cluster, name: str) -> int:
     if shutil.which("etcd") is None:
         raise LabError("the lab's etcd needs `etcd` on PATH (apt-get install etcd-server)")
     argv = ["ip", "netns", "exec", cluster.netns(member), *member_argv(cluster, member)]
-    with open(cluster.member_file(member, ".log"), "ab") as log:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    cluster.member_file(member, ".pid").write_text(f"{process.pid}\n")
-    return process.pid
+    return spawn_detached(argv, cluster.member_file(member, ".log"), cluster.member_file(member, ".pid"))
 
 
 def stop_member(cluster: Cluster, name: str) -> None:
@@ -283,12 +301,8 @@ def start_supervisor(cluster: Cluster, python: Sequence[str] = (sys.executable,)
     if running is not None:
         return running
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(cluster.dir / "supervisor.log", "ab") as log:
-        process = subprocess.Popen([*python, "-m", "enforcer.lab.supervisor", cluster.lab_id],
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True, env=env, cwd="/")
-    (cluster.dir / "supervisor.pid").write_text(f"{process.pid}\n")
-    return process.pid
+    return spawn_detached([*python, "-m", "enforcer.lab.supervisor", cluster.lab_id], cluster.dir / "supervisor.log",
+                          cluster.dir / "supervisor.pid", env)
 
 
 def wait_ready(cluster: Cluster, timeout: float = START_TIMEOUT) -> None:
