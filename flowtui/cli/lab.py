@@ -16,7 +16,8 @@ from typing import Any
 
 import click
 
-from enforcer.lab import LabPlan, plan_lab
+from enforcer.datastore import DatastoreError
+from enforcer.lab import LabError, LabPlan, plan_lab
 from enforcer.reconcile import verify_rule_ids
 from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, namespace_option, paths_option
 from flowtui.cli.state import (
@@ -28,6 +29,8 @@ from flowtui.cli.state import (
     guarded,
     lab_cluster,
     lab_option,
+    lab_refused,
+    load_failed,
     need_root,
     open_state,
     runtime,
@@ -161,6 +164,8 @@ def _up_etcd(inputs: Sequence[str], namespace: str | None, lab_id: str, members:
         fail(f"lab {lab_id} runs {len(cluster.members)} etcd members; `flowtui lab down --lab {lab_id}` first to "
              f"change that", EXIT_INVALID)
     count = len(cluster.members) if cluster is not None else members or DEFAULT_MEMBERS
+    if cluster is None and "-" not in inputs:
+        _check_alone(inputs, namespace, lab_id, count)
     if shutil.which("etcd") is None:
         fail("--datastore etcd needs `etcd` on PATH (apt-get install etcd-server)")
     infra = guarded(lambda: plan_lab(ResourceSet(), lab_id, etcd_members=count))
@@ -203,6 +208,27 @@ def _up_etcd(inputs: Sequence[str], namespace: str | None, lab_id: str, members:
         for line in lagging:
             click.echo(f"error: {line}", err=True)
         sys.exit(1)
+
+
+def _check_alone(inputs: Sequence[str], namespace: str | None, lab_id: str, members: int) -> None:
+    """Before a new lab's etcd is started: the files, alone, load and plan (exit 2 otherwise),
+    so bad input starts nothing. The stored state is checked again when they are stored."""
+    import tempfile
+
+    from enforcer.datastore import Datastore
+    from enforcer.loader import LoadError
+
+    with tempfile.TemporaryDirectory(prefix="flowtui-lab-check-") as scratch:
+        try:
+            preview = Datastore(scratch).preview_documents(inputs, namespace)
+        except LoadError as err:
+            load_failed(err)
+        except DatastoreError as err:
+            fail(str(err), EXIT_INVALID)
+        try:
+            plan_lab(preview.resources, lab_id, etcd_members=members)
+        except LabError as err:
+            lab_refused(err, lab_id, preview.sources)
 
 
 def _wait_agents(cluster: Any, nodes: list[str], revision: int, timeout: float = AGENTS_TIMEOUT) -> list[str]:
