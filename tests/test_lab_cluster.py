@@ -148,3 +148,20 @@ def test_lab_up_etcd_checks_input_before_starting_anything(run_dir: Path, tmp_pa
     assert not (run_dir / "xbu").exists()
     code, _, err = _run("lab", "up", "--lab", "xbu", "--etcd-members", "3", "-f", str(clash))
     assert code == 2 and "--etcd-members goes with --datastore etcd" in err
+
+
+def test_dashboard_leaves_enforcement_to_the_agents(run_dir: Path, tmp_path: Path) -> None:
+    import os
+
+    import click
+
+    from flowtui.cli.tui import _control
+
+    if os.geteuid() != 0:
+        pytest.skip("the dashboard enforces only as root; this checks that it does not in etcd mode")
+    create_cluster(plan_lab(ResourceSet(), "xbu", etcd_members=1))
+    with click.Context(cli).scope() as ctx:
+        ctx.params["lab_id"] = "xbu"
+        control = _control((), None, str(tmp_path / "home"), "xbu", False)
+    assert not control.can_change and "etcd mode" in control.why_not
+    assert str(control.datastore.url).startswith("etcds://127.0.0.1:")  # the lab's datastore
