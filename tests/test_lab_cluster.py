@@ -127,6 +127,7 @@ def test_lab_implies_its_datastore_unless_one_is_given(run_dir: Path, tmp_path: 
     code, _, err = _run("get", "gnp", "--lab", "xbu", "--state-dir", str(tmp_path / "home"))
     # nothing listens on the lab's forwarder here: the error names it, so the lab's URL was used
     assert code == 1 and f"127.0.0.1:{cluster.members[0].forward_port}" in err and "Traceback" not in err
+    assert "lab xbu's supervisor is not running" in err  # and why it cannot be reached
     code, _, err = _run("get", "gnp", "--lab", "xbu", "--datastore", f"file://{tmp_path}/files")
     assert code == 0 and "No resources found" in err
     code, _, err = _run("get", "gnp", "--lab", "xbv", "--state-dir", str(tmp_path / "home"))

@@ -345,6 +345,36 @@ def test_supervisor_restarts_a_killed_agent(lab: Lab) -> None:
     wait_for("every node denies ICMP", all_pings(lab, False), timeout=15)
 
 
+def test_a_killed_supervisor_is_replaced_by_lab_up(lab: Lab) -> None:
+    from enforcer.lab.cluster import agent_pids, supervisor_pid
+
+    _ensure_denied(lab)
+    old = supervisor_pid(lab.id)
+    assert old is not None
+    before = set(agent_pids(lab.id))
+    assert len(before) == 3
+    _kill(old)
+    assert lab.status()["datastore"]["supervisor"] is None
+    # the CLI reaches etcd through the supervisor's forwarders: a clear error, and why
+    cut_off = lab.cli("policy", "disable", "deny-icmp", "--lab", lab.id)
+    assert cut_off.returncode == 1 and "connection refused" in cut_off.stderr
+    assert f"lab {lab.id}'s supervisor is not running" in cut_off.stderr and "Traceback" not in cut_off.stderr
+    assert set(agent_pids(lab.id)) == before and not any(lab.pings().values())  # agents run on, enforcing
+    lab.cluster()  # the record is intact
+    again = lab.ok("lab", "up", "--lab", lab.id, "-f", str(lab.files / "cluster.yaml"))
+    assert "agents: 3 of 3 nodes enforce revision" in again.stdout
+    new = supervisor_pid(lab.id)
+    assert new not in (None, old)
+    agents = agent_pids(lab.id)
+    assert len(agents) == 3 and not before & set(agents)  # the orphans were replaced, not doubled
+    assert sorted(a["pid"] for a in lab.agents().values()) == sorted(agents)
+    assert not any(lab.pings().values())  # the new agents adopted the tables
+    lab.toggle(disabled=True)
+    wait_for("every node lets ICMP pass", all_pings(lab, True), timeout=15)
+    lab.toggle(disabled=False)
+    wait_for("every node denies ICMP", all_pings(lab, False), timeout=15)
+
+
 def test_lab_down_stops_and_removes_everything(lab: Lab) -> None:
     from enforcer.lab.cluster import lab_dir
     from enforcer.lab.state import lab_namespaces

@@ -290,6 +290,23 @@ def member_health(cluster: Cluster, member: Member, timeout: float = 1.0) -> str
 # The supervisor
 
 
+def agent_pids(lab_id: str) -> dict[int, str]:
+    """Every running agent process of lab `lab_id` on this machine (pid: command line), whoever
+    started it: a supervisor killed with -9 leaves its agents running, and the next one stops them."""
+    marker = f" agent --lab {lab_id} --node "
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline and _running(int(entry)):
+            found[int(entry)] = cmdline
+    return found
+
+
 def supervisor_pid(lab_id: str) -> int | None:
     return live_pid(lab_dir(lab_id) / "supervisor.pid", f"enforcer.lab.supervisor {lab_id} ")  # cmdline args end in NUL
 
@@ -414,6 +431,6 @@ def stop_cluster(lab_id: str) -> bool:
     return True
 
 
-__all__ = ["LAB_RUN_DIR", "Cluster", "Member", "agent_report", "agents_status", "cluster_status", "create_cluster",
-           "lab_dir", "live_pid", "member_health", "read_cluster", "start_member", "start_supervisor",
+__all__ = ["LAB_RUN_DIR", "Cluster", "Member", "agent_pids", "agent_report", "agents_status", "cluster_status",
+           "create_cluster", "lab_dir", "live_pid", "member_health", "read_cluster", "start_member", "start_supervisor",
            "stop_cluster", "stop_member", "supervisor_pid", "wait_ready"]

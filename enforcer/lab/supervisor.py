@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
-from enforcer.lab.cluster import Cluster, _stop_pid, read_cluster
+from enforcer.lab.cluster import Cluster, _stop_pid, agent_pids, read_cluster
 from enforcer.lab.forward import Forwarder
 from enforcer.lab.names import LabError, netns_name, target_of_netns
 from enforcer.lab.spec import ETCD_CLIENT_PORT
@@ -126,7 +126,15 @@ class Supervisor:
         tmp.write_text(json.dumps(state, indent=2) + "\n")
         os.replace(tmp, path)
 
+    def stop_orphans(self) -> None:
+        """Stop agents of this lab that no supervisor of ours runs (a previous supervisor was
+        killed with -9): one agent per node. Ours restart them, and a restart adopts the table."""
+        for pid, cmdline in agent_pids(self.cluster.lab_id).items():
+            print(f"stopping an agent left by a previous supervisor: pid {pid}: {cmdline}", flush=True)
+            _stop_pid(pid)
+
     def run(self) -> None:
+        self.stop_orphans()
         forwarders = [Forwarder(m.forward_port, self.cluster.netns(m), m.address, ETCD_CLIENT_PORT).start()
                       for m in self.cluster.members]
         print(f"supervisor of lab {self.cluster.lab_id}: forwarding "

@@ -171,6 +171,12 @@ def open_state(state_dir: str) -> DesiredState:
     cluster = lab_cluster(context.params.get("lab_id")) if context is not None and not url and not tls.given else None
     if cluster is not None:  # `--lab ID` of a lab in etcd mode: its datastore, unless another was given
         url, tls = cluster.url, TLSFiles(cluster.ca, cluster.cert, cluster.key)
+        from enforcer.lab.cluster import supervisor_pid
+
+        if supervisor_pid(cluster.lab_id) is None:
+            click.echo(f"warning: lab {cluster.lab_id}'s supervisor is not running: its etcd is reached through "
+                       f"the supervisor's forwarders (`flowtui lab up --lab {cluster.lab_id} -f ...` starts it "
+                       f"again)", err=True)
     if tls.given and not url:
         fail("--etcd-ca/--etcd-cert/--etcd-key need --datastore etcd://HOST:PORT", EXIT_INVALID)
     try:
