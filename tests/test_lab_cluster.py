@@ -6,12 +6,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import stat
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 from cryptography import x509
 
+from enforcer.datastore import Datastore
 from enforcer.lab import cluster as cluster_mod
 from enforcer.lab import parse_target, plan_lab
 from enforcer.lab.cluster import agent_report, create_cluster, read_cluster
@@ -154,8 +157,6 @@ def test_lab_up_etcd_checks_input_before_starting_anything(run_dir: Path, tmp_pa
 def test_dashboard_leaves_enforcement_to_the_agents(run_dir: Path, tmp_path: Path) -> None:
     import os
 
-    import click
-
     from flowtui.cli.tui import _control
 
     if os.geteuid() != 0:
@@ -166,3 +167,25 @@ def test_dashboard_leaves_enforcement_to_the_agents(run_dir: Path, tmp_path: Pat
         control = _control((), None, str(tmp_path / "home"), "xbu", False)
     assert not control.can_change and "etcd mode" in control.why_not
     assert str(control.datastore.url).startswith("etcds://127.0.0.1:")  # the lab's datastore
+
+
+def test_apply_to_an_etcd_lab_refuses_a_member_address(run_dir: Path, tmp_path: Path) -> None:
+    from flowtui.cli.state import store_planned
+
+    create_cluster(plan_lab(ResourceSet(), "xbu", etcd_members=2))
+    clash = tmp_path / "clash.yaml"
+    clash.write_text("apiVersion: v1\nkind: Node\nmetadata: {name: n}\n"
+                     "status: {addresses: [{type: InternalIP, address: 172.31.254.11}]}\n")
+    ds = Datastore(tmp_path / "files")
+    with click_context("xbu"), pytest.raises(SystemExit) as exit_info:
+        store_planned(ds, [str(clash)], "xbu")
+    assert exit_info.value.code == 2 and not ds.objects()
+    with click_context("xbv"):
+        assert store_planned(ds, [str(clash)], "xbv").changed  # a lab without etcd has no member there
+
+
+def click_context(lab_id: str) -> AbstractContextManager[click.Context]:
+    """A command's context with `--lab lab_id`, for helpers that read the command's options."""
+    ctx = click.Context(cli)
+    ctx.params["lab_id"] = lab_id
+    return ctx.scope()

@@ -260,9 +260,12 @@ def store_planned(ds: DesiredState, inputs: Sequence[str], lab_id: str, namespac
     (exit 2) instead of being stored and failing every later apply, toggle and `lab up`."""
     from enforcer.lab import plan_lab
 
+    cluster = lab_cluster(lab_id)
+    members = len(cluster.members) if cluster is not None else 0  # their addresses are taken too
+
     def plan(preview: Preview) -> None:
         try:
-            plan_lab(preview.resources, lab_id)
+            plan_lab(preview.resources, lab_id, etcd_members=members)
         except LabError as err:
             lab_refused(err, lab_id, preview.sources)
 
