@@ -189,3 +189,43 @@ def click_context(lab_id: str) -> AbstractContextManager[click.Context]:
     ctx = click.Context(cli)
     ctx.params["lab_id"] = lab_id
     return ctx.scope()
+
+
+def test_supervisor_restarts_exited_agents_with_backoff(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor's loop alone: agents that exit at once are restarted after a delay that
+    doubles up to its cap; a node that goes away has its agent stopped."""
+    import time
+
+    from enforcer.lab import supervisor as supervisor_mod
+
+    cluster = create_cluster(plan_lab(ResourceSet(), "xbu", etcd_members=1))
+    nodes = ["n1", "n2"]
+    monkeypatch.setattr(supervisor_mod, "lab_nodes", lambda lab_id: list(nodes))
+    monkeypatch.setattr(supervisor_mod, "agent_argv",  # n1 fails at once, n2 runs
+                        lambda c, node: ["sh", "-c", "exit 3"] if node == "n1" else ["sleep", "30"])
+    monkeypatch.setattr(supervisor_mod, "BACKOFF", (0.2, 0.8))
+    sup = supervisor_mod.Supervisor(cluster)
+    starts: list[float] = []
+    try:
+        deadline = time.monotonic() + 10
+        while len(starts) < 5 and time.monotonic() < deadline:
+            before = sup.agents["n1"].process if "n1" in sup.agents else None
+            sup.step()
+            if sup.agents["n1"].process is not before:
+                starts.append(time.monotonic())
+            time.sleep(0.01)
+        gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        assert len(gaps) == 4
+        for gap, delay in zip(gaps, (0.2, 0.4, 0.8, 0.8), strict=True):  # doubling, then capped (not 1.6)
+            assert delay <= gap < delay + 0.7, gaps
+        state = json.loads((cluster.dir / "agents.json").read_text())
+        assert state["n1"]["restarts"] == 4 and state["n2"]["restarts"] == 0 and state["n2"]["pid"]
+        assert agent_report(cluster.agent_log("n1"))["by"] == "supervisor"  # type: ignore[index]
+        sleeper = sup.agents["n2"].process
+        assert sleeper is not None and sleeper.poll() is None
+        nodes.remove("n2")
+        sup.step()
+        assert "n2" not in sup.agents and sleeper.poll() is not None
+    finally:
+        for agent in list(sup.agents.values()):
+            sup._stop(agent)

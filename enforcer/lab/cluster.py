@@ -186,7 +186,8 @@ def _running(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
-def _stop_pid(pid: int, timeout: float = STOP_TIMEOUT) -> None:
+def stop_pid(pid: int, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds if `pid` still runs."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -267,7 +268,7 @@ def stop_member(cluster: Cluster, name: str) -> None:
     member = cluster.member(name)
     pid = member_pid(cluster, member)
     if pid is not None:
-        _stop_pid(pid)
+        stop_pid(pid)
 
 
 def member_health(cluster: Cluster, member: Member, timeout: float = 1.0) -> str:
@@ -418,7 +419,7 @@ def stop_cluster(lab_id: str) -> bool:
         return False
     pid = supervisor_pid(lab_id)
     if pid is not None:
-        _stop_pid(pid)
+        stop_pid(pid)
     cluster = None
     try:
         cluster = read_cluster(lab_id)
@@ -433,4 +434,4 @@ def stop_cluster(lab_id: str) -> bool:
 
 __all__ = ["LAB_RUN_DIR", "Cluster", "Member", "agent_pids", "agent_report", "agents_status", "cluster_status",
            "create_cluster", "lab_dir", "live_pid", "member_health", "read_cluster", "start_member", "start_supervisor",
-           "stop_cluster", "stop_member", "supervisor_pid", "wait_ready"]
+           "stop_cluster", "stop_member", "stop_pid", "supervisor_pid", "wait_ready"]

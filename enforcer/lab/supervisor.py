@@ -24,10 +24,10 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO
 
-from enforcer.lab.cluster import Cluster, _stop_pid, agent_pids, read_cluster
+from enforcer.lab.cluster import Cluster, agent_pids, read_cluster, stop_pid
 from enforcer.lab.forward import Forwarder
 from enforcer.lab.names import LabError, netns_name, target_of_netns
 from enforcer.lab.spec import ETCD_CLIENT_PORT
@@ -47,7 +47,6 @@ class Supervised:
     restarts: int = 0
     delay: float = BACKOFF[0]
     next_start: float = 0.0
-    exits: list[int] = field(default_factory=list)
 
 
 def agent_argv(cluster: Cluster, node: str) -> list[str]:
@@ -84,7 +83,7 @@ class Supervisor:
 
     def _stop(self, agent: Supervised) -> None:
         if agent.process is not None and agent.process.poll() is None:
-            _stop_pid(agent.process.pid)
+            stop_pid(agent.process.pid)
             agent.process.wait()
         if agent.log is not None:
             agent.log.close()
@@ -131,7 +130,7 @@ class Supervisor:
         killed with -9): one agent per node. Ours restart them, and a restart adopts the table."""
         for pid, cmdline in agent_pids(self.cluster.lab_id).items():
             print(f"stopping an agent left by a previous supervisor: pid {pid}: {cmdline}", flush=True)
-            _stop_pid(pid)
+            stop_pid(pid)
 
     def run(self) -> None:
         self.stop_orphans()
