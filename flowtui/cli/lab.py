@@ -16,8 +16,9 @@ from typing import Any
 
 import click
 
-from enforcer.datastore import DatastoreError
+from enforcer.datastore import ChangeSet, DatastoreError, DesiredState
 from enforcer.lab import LabError, LabPlan, plan_lab
+from enforcer.lab.cluster import Cluster
 from enforcer.reconcile import verify_rule_ids
 from flowtui.cli.common import EXIT_INVALID, all_paths, echo_json, fail, namespace_option, paths_option
 from flowtui.cli.state import (
@@ -141,7 +142,7 @@ def up(paths: Sequence[str], more_paths: Sequence[str], namespace: str | None, l
         sys.exit(1)
 
 
-def _echo_stored(ds: Any, changes: Any) -> None:
+def _echo_stored(ds: DesiredState, changes: ChangeSet) -> None:
     counts: dict[str, int] = {}
     for change in changes.changes:
         counts[change.action] = counts.get(change.action, 0) + 1
@@ -231,7 +232,7 @@ def _check_alone(inputs: Sequence[str], namespace: str | None, lab_id: str, memb
             lab_refused(err, lab_id, preview.sources)
 
 
-def _wait_agents(cluster: Any, nodes: list[str], revision: int, timeout: float = AGENTS_TIMEOUT) -> list[str]:
+def _wait_agents(cluster: Cluster, nodes: list[str], revision: int, timeout: float = AGENTS_TIMEOUT) -> list[str]:
     """Until every node's agent enforces `revision`; what is still behind after `timeout`."""
     from enforcer.lab.cluster import agents_status
 

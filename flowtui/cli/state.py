@@ -42,6 +42,8 @@ from enforcer.datastore import (
     resolve_kinds,
 )
 from enforcer.lab import DEFAULT_LAB_ID, LabError
+from enforcer.lab.cluster import Cluster, read_cluster, supervisor_pid
+from enforcer.lab.names import check_lab_id
 from enforcer.loader import LoadError, skipped_line
 from enforcer.loader.cnp import cnp_placement
 from enforcer.loader.objects import KINDS
@@ -171,8 +173,6 @@ def open_state(state_dir: str) -> DesiredState:
     cluster = lab_cluster(context.params.get("lab_id")) if context is not None and not url and not tls.given else None
     if cluster is not None:  # `--lab ID` of a lab in etcd mode: its datastore, unless another was given
         url, tls = cluster.url, TLSFiles(cluster.ca, cluster.cert, cluster.key)
-        from enforcer.lab.cluster import supervisor_pid
-
         if supervisor_pid(cluster.lab_id) is None:
             click.echo(f"warning: lab {cluster.lab_id}'s supervisor is not running: its etcd is reached through "
                        f"the supervisor's forwarders (`flowtui lab up --lab {cluster.lab_id} -f ...` starts it "
@@ -192,12 +192,9 @@ def given_datastore() -> str | None:
     return value if isinstance(value, str) else None
 
 
-def lab_cluster(lab_id: object) -> Any:
-    """The etcd cluster of lab `lab_id` (`flowtui lab up --datastore etcd`: an
-    `enforcer.lab.cluster.Cluster`), None when that lab has none or the id is not a lab id."""
-    from enforcer.lab.cluster import read_cluster
-    from enforcer.lab.names import check_lab_id
-
+def lab_cluster(lab_id: object) -> Cluster | None:
+    """The etcd cluster of lab `lab_id` (`flowtui lab up --datastore etcd`), None when that lab
+    has none or the id is not a lab id."""
     if not isinstance(lab_id, str):
         return None
     try:
