@@ -151,7 +151,20 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         assert "agents: 3 of 3 nodes enforce revision" in up.stdout
         yield the_lab
     finally:
+        _keep_logs(lab_id, folder / "logs")  # pytest keeps tmp_path_factory's folders of recent runs
         lab_down(lab_id)
+
+
+def _keep_logs(lab_id: str, into: Path) -> None:
+    import shutil
+
+    from enforcer.lab.cluster import lab_dir
+
+    source = lab_dir(lab_id)
+    for log in [*source.glob("*.log"), *source.glob("*/*.log"), *source.glob("agents.json")]:
+        target = into / log.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(log, target)
 
 
 def test_status_shows_datastore_members_and_agents(lab: Lab) -> None:

@@ -41,7 +41,8 @@ from enforcer.lab.spec import ETCD_CLIENT_PORT, ETCD_PEER_PORT, LabPlan
 
 LAB_RUN_DIR = Path("/run/flowtui/labs")
 RECORD = "cluster.json"
-START_TIMEOUT = 30.0  # seconds for a new cluster to elect a leader under load
+START_TIMEOUT = 60.0  # seconds for a cluster to elect a leader on a loaded machine
+HEALTH_TIMEOUT = 3.0  # etcd answers /health within its own 1 s quorum-read timeout; leave it room
 STOP_TIMEOUT = 10.0
 QUOTA = 256 << 20
 
@@ -271,20 +272,31 @@ def stop_member(cluster: Cluster, name: str) -> None:
         stop_pid(pid)
 
 
-def member_health(cluster: Cluster, member: Member, timeout: float = 1.0) -> str:
-    """`healthy`, `no-quorum` (answers without a leader), `unreachable` (runs, no answer: or the
-    supervisor's forwarder is down) or `down` (no process)."""
+def member_health(cluster: Cluster, member: Member, timeout: float = HEALTH_TIMEOUT) -> str:
+    """`healthy`, `no-quorum` (answers, unhealthy: no leader, or no quorum read within etcd's own
+    1 s), `unreachable` (runs, no answer: or the supervisor's forwarder is down) or `down`."""
     import requests
 
     if member_pid(cluster, member) is None:
         return "down"
-    try:
-        resp = requests.get(f"https://127.0.0.1:{member.forward_port}/health", timeout=timeout,
-                            verify=cluster.ca, cert=(cluster.cert, cluster.key))
-        healthy = resp.json().get("health") == "true"
-    except (requests.RequestException, ValueError):
-        return "unreachable"
+    with requests.Session() as session:
+        session.trust_env = False  # no proxy or CA bundle from the environment for a loopback URL
+        try:
+            resp = session.get(f"https://127.0.0.1:{member.forward_port}/health", timeout=timeout,
+                               verify=cluster.ca, cert=(cluster.cert, cluster.key))
+            healthy = resp.json().get("health") == "true"
+        except (requests.RequestException, ValueError):
+            return "unreachable"
     return "healthy" if healthy else "no-quorum"
+
+
+def members_health(cluster: Cluster) -> dict[str, str]:
+    """Every member's `member_health`, asked at once (a slow member does not delay the others)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(cluster.members)) as pool:
+        states = pool.map(lambda m: member_health(cluster, m), cluster.members)
+        return {m.name: state for m, state in zip(cluster.members, states, strict=True)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,7 +340,7 @@ def wait_ready(cluster: Cluster, timeout: float = START_TIMEOUT) -> None:
     member's state (and the log to read) when that does not happen in `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        states = {m.name: member_health(cluster, m) for m in cluster.members}
+        states = members_health(cluster)
         if sum(s == "healthy" for s in states.values()) * 2 > len(states):
             return
         if time.monotonic() > deadline:
@@ -394,6 +406,7 @@ def agents_status(cluster: Cluster) -> list[dict[str, Any]]:
 
 def cluster_status(cluster: Cluster) -> dict[str, Any]:
     """`lab status`'s `datastore` entry."""
+    health = members_health(cluster)
     return {
         "url": cluster.url,
         "endpoints": list(cluster.endpoints),
@@ -403,7 +416,7 @@ def cluster_status(cluster: Cluster) -> dict[str, Any]:
         "key": cluster.key,
         "supervisor": supervisor_pid(cluster.lab_id),
         "members": [{"name": m.name, "address": m.address, "netns": cluster.netns(m),
-                     "pid": member_pid(cluster, m), "state": member_health(cluster, m)} for m in cluster.members],
+                     "pid": member_pid(cluster, m), "state": health[m.name]} for m in cluster.members],
     }
 
 
@@ -433,5 +446,5 @@ def stop_cluster(lab_id: str) -> bool:
 
 
 __all__ = ["LAB_RUN_DIR", "Cluster", "Member", "agent_pids", "agent_report", "agents_status", "cluster_status",
-           "create_cluster", "lab_dir", "live_pid", "member_health", "read_cluster", "start_member", "start_supervisor",
-           "stop_cluster", "stop_member", "stop_pid", "supervisor_pid", "wait_ready"]
+           "create_cluster", "lab_dir", "live_pid", "member_health", "members_health", "read_cluster", "start_member",
+           "start_supervisor", "stop_cluster", "stop_member", "stop_pid", "supervisor_pid", "wait_ready"]
