@@ -6,7 +6,6 @@ or fail under `CI=true` (`run.sh` installs `etcd-server`), as kernel tests do (c
 
 from __future__ import annotations
 
-import datetime
 import shutil
 import socket
 import subprocess
@@ -70,65 +69,18 @@ class EtcdServer:
             time.sleep(0.1)
 
 
-def _ca(name: str) -> tuple[object, object]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return cert, key
-
-
 def make_tls(folder: Path) -> TLSMaterial:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, and an unrelated CA."""
-    import ipaddress
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, and an unrelated CA
+    (made as the lab makes its etcd's: `enforcer.lab.tls`)."""
+    from enforcer.lab.tls import issue, new_authority, write_authority
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    ca_cert, ca_key = _ca("flowtui test etcd CA")
-    other_cert, _ = _ca("flowtui unrelated CA")
-    now = datetime.datetime.now(datetime.UTC)
-    files = {}
-
-    def write(name: str, data: bytes) -> str:
-        path = folder / name
-        path.write_bytes(data)
-        path.chmod(0o600)
-        return str(path)
-
-    def pem_cert(cert: object) -> bytes:
-        return cert.public_bytes(serialization.Encoding.PEM)  # type: ignore[attr-defined, no-any-return]
-
-    # etcd's HTTP gateway dials its own gRPC port with the server's certificate: that one must be
-    # good for client authentication too (else every gateway request is "connection closed").
-    for role, usage in (("server", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                        ("client", [ExtendedKeyUsageOID.CLIENT_AUTH])):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"flowtui-{role}")]))
-                .issuer_name(ca_cert.subject).public_key(key.public_key())  # type: ignore[attr-defined]
-                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                               critical=False)
-                .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
-                .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
-        files[f"{role}_cert"] = write(f"{role}.crt", pem_cert(cert))
-        files[f"{role}_key"] = write(f"{role}.key", key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return TLSMaterial(ca=write("ca.crt", pem_cert(ca_cert)), other_ca=write("other-ca.crt", pem_cert(other_cert)),
-                       **files)
+    ca = new_authority("flowtui test etcd CA")
+    server = issue(ca, "server", folder, server=True, addresses=["127.0.0.1"])
+    client = issue(ca, "client", folder, server=False)
+    return TLSMaterial(ca=write_authority(ca, folder / "ca.crt"),
+                       other_ca=write_authority(new_authority("flowtui unrelated CA"), folder / "other-ca.crt"),
+                       server_cert=server.cert, server_key=server.key, client_cert=client.cert,
+                       client_key=client.key)
 
 
 def _healthy(endpoint: str, tls: TLSMaterial | None) -> bool:

@@ -9,6 +9,7 @@ found (and removed) by listing `/var/run/netns`, with no memory of the plan that
 | node     | `ft-<labid>-node-<name>`       | `node:<name>`                   |
 | external | `ft-<labid>-ext-<name>`        | `external:<name>`               |
 | pod      | `ft-<labid>-pod-<ns>.<name>`   | `<ns>/<name>`                   |
+| etcd     | `ft-<labid>-etcd-<member>`     | `etcd:<member>`                 |
 
 Lab ids are 1-12 lower-case letters and digits (no `-`), so the prefix `ft-<labid>-` of one lab
 is never a prefix of another lab's namespaces. Kubernetes namespace names never contain a dot,
@@ -41,8 +42,8 @@ POD_IF = "eth0"  # a pod's interface
 IFNAMSIZ = 16
 NETNS_NAME_MAX = 255
 
-Kind = Literal["underlay", "node", "ext", "pod"]
-KINDS: tuple[Kind, ...] = ("underlay", "node", "ext", "pod")
+Kind = Literal["underlay", "node", "ext", "etcd", "pod"]
+KINDS: tuple[Kind, ...] = ("underlay", "node", "ext", "etcd", "pod")
 
 _LAB_ID = re.compile(r"[a-z0-9]{1,12}")
 _OBJECT_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
@@ -65,6 +66,8 @@ class Target:
             return "underlay"
         if self.kind == "pod":
             return self.name
+        if self.kind == "etcd":
+            return f"etcd:{self.name}"
         return f"{'node' if self.kind == 'node' else 'external'}:{self.name}"
 
 
@@ -104,7 +107,7 @@ def underlay_netns(lab_id: str) -> str:
 
 
 def parse_target(target: str) -> Target:
-    """Parse `NAMESPACE/POD`, `node:NAME`, `external:NAME` (or `ext:NAME`) or `underlay`."""
+    """Parse `NAMESPACE/POD`, `node:NAME`, `external:NAME` (or `ext:NAME`), `etcd:MEMBER` or `underlay`."""
     if target == "underlay":
         return Target("underlay", "")
     kind, sep, name = target.partition(":")
@@ -113,7 +116,9 @@ def parse_target(target: str) -> Target:
             return Target("node", _check_name(name, target))
         if kind in ("external", "ext"):
             return Target("ext", _check_name(name, target))
-        raise LabError(f"unknown target kind {kind!r} in {target!r}: use node:, external: or NS/POD")
+        if kind == "etcd":
+            return Target("etcd", _check_name(name, target))
+        raise LabError(f"unknown target kind {kind!r} in {target!r}: use node:, external:, etcd: or NS/POD")
     namespace, sep, pod = target.partition("/")
     if not sep or not _K8S_NAMESPACE.fullmatch(namespace):
         raise LabError(f"invalid target {target!r}: use NAMESPACE/POD, node:NAME or external:NAME")
@@ -153,8 +158,8 @@ def target_of_netns(lab_id: str, netns: str) -> Target | None:
     kind, sep, name = rest.partition("-")
     if not sep or not name:
         return None
-    if kind in ("node", "ext"):
-        return Target("node" if kind == "node" else "ext", name)
+    if kind in ("node", "ext", "etcd"):
+        return Target("node" if kind == "node" else "ext" if kind == "ext" else "etcd", name)
     if kind == "pod":
         namespace, dot, pod = name.partition(".")
         return Target("pod", f"{namespace}/{pod}") if dot and pod else None

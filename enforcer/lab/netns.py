@@ -260,9 +260,13 @@ def lab_down(lab_id: str) -> int:
     """Remove every namespace of lab `lab_id` (found by name); returns how many were removed.
 
     Idempotent and safe after a crash: it needs no plan, only the `ft-<labid>-` prefix.
-    Processes still running inside the lab's namespaces are killed first. Interfaces live only
-    in lab namespaces, so they go with them.
+    A lab in etcd mode has its supervisor (and so its agents) and members stopped and its state
+    directory removed first (`cluster.stop_cluster`). Processes still running inside the lab's
+    namespaces are killed. Interfaces live only in lab namespaces, so they go with them.
     """
+    from enforcer.lab.cluster import stop_cluster
+
+    stop_cluster(lab_id)  # first: a running supervisor would restart the agents killed below
     removed = 0
     for _ in range(2):  # a second pass catches namespaces created while the first one ran
         for name in lab_namespaces(lab_id):

@@ -48,11 +48,13 @@ from enforcer.lab.names import (
 from enforcer.lab.spec import (
     CALI_LINK_LOCAL,
     CALI_MAC,
+    ETCD_V4,
     GATEWAY_V4,
     GATEWAY_V6,
     UNDERLAY_V4,
     UNDERLAY_V6,
     BridgeSpec,
+    EtcdMemberPlan,
     ExternalPlan,
     InterfaceSpec,
     IPInterface,
@@ -119,14 +121,20 @@ def _check_ifname(name: str) -> str:
     return name
 
 
-def plan_lab(resources: ResourceSet, lab_id: str = "lab") -> LabPlan:
+MAX_ETCD_MEMBERS = 7
+
+
+def plan_lab(resources: ResourceSet, lab_id: str = "lab", etcd_members: int = 0) -> LabPlan:
     """Plan the lab for `resources`: namespaces, veths, addresses, routes and sysctls.
 
     Deterministic: the same resources and id always give the same plan. Raises LabError for
     what cannot be built (duplicate addresses or objects, names too long, address pools full).
-    Pods without a node are left out, with a warning in `LabPlan.warnings`.
+    Pods without a node are left out, with a warning in `LabPlan.warnings`. `etcd_members`: that
+    many etcd member namespaces (`etcd:m0`...) on the underlay, at fixed addresses of ETCD_V4.
     """
     check_lab_id(lab_id)
+    if not 0 <= etcd_members <= MAX_ETCD_MEMBERS:
+        raise LabError(f"etcd members: {etcd_members} (use 1 to {MAX_ETCD_MEMBERS}; an odd number keeps a majority)")
     warnings: list[str] = []
     node_objs, implicit = _node_order(resources)
     warnings.extend(f"node {n!r} is not declared; created for its pods" for n in implicit)
@@ -215,7 +223,12 @@ def plan_lab(resources: ResourceSet, lab_id: str = "lab") -> LabPlan:
     ext_plans = [
         ExternalPlan(ext.name, netns_name(lab_id, Target("ext", ext.name)), ext.addresses) for ext in externals
     ]
-    return _build(lab_id, node_plans, pod_plans, ext_plans, tuple(warnings))
+    etcd_plans = []
+    for i in range(etcd_members):
+        member = EtcdMemberPlan(f"m{i}", netns_name(lab_id, Target("etcd", f"m{i}")), ETCD_V4.network_address + 10 + i)
+        _claim(owners, member.addresses, f"etcd member {member.name}")
+        etcd_plans.append(member)
+    return _build(lab_id, node_plans, pod_plans, ext_plans, tuple(warnings), etcd_plans)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,13 +302,16 @@ def _build(
     pods: list[PodPlan],
     externals: list[ExternalPlan],
     warnings: tuple[str, ...],
+    etcd: list[EtcdMemberPlan] | None = None,
 ) -> LabPlan:
+    etcd = etcd or []
     underlay = underlay_netns(lab_id)
     bridges = [BridgeSpec(underlay, BRIDGE)]
     veths: list[VethSpec] = []
     ports: list[InterfaceSpec] = [InterfaceSpec(BRIDGE)]
     members: list[tuple[str, tuple[IPAddress, ...]]] = [(n.netns, n.addresses) for n in nodes]
     members += [(e.netns, e.addresses) for e in externals]
+    members += [(m.netns, m.addresses) for m in etcd]
 
     node_specs: list[NetnsSpec] = []
     for node in nodes:
@@ -340,6 +356,21 @@ def _build(
             )
         )
 
+    etcd_specs: list[NetnsSpec] = []
+    for member in etcd:  # on the underlay like an outside host; reaches nodes, not pods
+        port = _check_ifname(port_name("etcd", member.name))
+        ports.append(InterfaceSpec(port, master=BRIDGE))
+        veths.append(VethSpec(member.netns, UPLINK, underlay, port))
+        etcd_specs.append(
+            NetnsSpec(
+                member.netns,
+                member.target,
+                (InterfaceSpec(UPLINK, (host_interface(member.address),)),),
+                tuple(_onlink_routes(member.netns, members)),
+                _BASE_SYSCTLS + _forwarding(False),
+            )
+        )
+
     pod_specs: list[NetnsSpec] = []
     for pod in pods:
         node_netns = next(n.netns for n in nodes if n.name == pod.node)
@@ -376,10 +407,11 @@ def _build(
         nodes=tuple(nodes),
         pods=tuple(pods),
         externals=tuple(externals),
-        namespaces=(underlay_spec, *node_specs, *ext_specs, *pod_specs),
+        namespaces=(underlay_spec, *node_specs, *ext_specs, *etcd_specs, *pod_specs),
         bridges=tuple(bridges),
         veths=tuple(veths),
         warnings=warnings,
+        etcd=tuple(etcd),
     )
 
 

@@ -17,6 +17,11 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 UNDERLAY_V4 = ipaddress.IPv4Network("172.31.0.0/24")
 UNDERLAY_V6 = ipaddress.IPv6Network("fd00:172:31::/64")
+# The lab's etcd members: a range of their own, so adding nodes never moves a member (its
+# address is in its certificate and in every other member's peer list).
+ETCD_V4 = ipaddress.IPv4Network("172.31.254.0/24")
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
 CALI_MAC = "ee:ee:ee:ee:ee:ee"
 GATEWAY_V4 = ipaddress.IPv4Address("169.254.1.1")
 GATEWAY_V6 = ipaddress.IPv6Address("fe80::ecee:eeff:feee:eeee")  # EUI-64 link-local of CALI_MAC
@@ -187,6 +192,31 @@ class ExternalPlan:
 
 
 @dataclass(frozen=True)
+class EtcdMemberPlan:
+    """One member of the lab's etcd cluster: its own namespace on the underlay, one address."""
+
+    name: str  # m0, m1, ...
+    netns: str
+    address: ipaddress.IPv4Address
+
+    @property
+    def target(self) -> Target:
+        return Target("etcd", self.name)
+
+    @property
+    def addresses(self) -> tuple[IPAddress, ...]:
+        return (self.address,)
+
+    @property
+    def client_url(self) -> str:
+        return f"https://{self.address}:{ETCD_CLIENT_PORT}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"https://{self.address}:{ETCD_PEER_PORT}"
+
+
+@dataclass(frozen=True)
 class LabPlan:
     """Everything a lab consists of, in creation order (underlay, nodes, externals, pods)."""
 
@@ -198,6 +228,7 @@ class LabPlan:
     bridges: tuple[BridgeSpec, ...]
     veths: tuple[VethSpec, ...]
     warnings: tuple[str, ...] = field(default=())
+    etcd: tuple[EtcdMemberPlan, ...] = field(default=())  # the lab's etcd members (`--datastore etcd`)
 
     def node(self, name: str) -> NodePlan:
         for node in self.nodes:
@@ -226,7 +257,8 @@ class LabPlan:
     def addresses(self, target: str | Target) -> tuple[IPAddress, ...]:
         """The addresses a target holds (empty for the underlay)."""
         name = netns_name(self.lab_id, target)
-        items: tuple[NodePlan | PodPlan | ExternalPlan, ...] = (*self.nodes, *self.pods, *self.externals)
+        items: tuple[NodePlan | PodPlan | ExternalPlan | EtcdMemberPlan, ...] = (
+            *self.nodes, *self.pods, *self.externals, *self.etcd)
         for item in items:
             if item.netns == name:
                 return item.addresses
@@ -282,6 +314,7 @@ class LabPlan:
             "externals": [
                 {"name": e.name, "netns": e.netns, "addresses": [str(a) for a in e.addresses]} for e in self.externals
             ],
+            "etcd": [{"name": m.name, "netns": m.netns, "address": str(m.address)} for m in self.etcd],
             "warnings": list(self.warnings),
         }
 

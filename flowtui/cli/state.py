@@ -42,6 +42,8 @@ from enforcer.datastore import (
     resolve_kinds,
 )
 from enforcer.lab import DEFAULT_LAB_ID, LabError
+from enforcer.lab.cluster import Cluster, read_cluster, supervisor_pid
+from enforcer.lab.names import check_lab_id
 from enforcer.loader import LoadError, skipped_line
 from enforcer.loader.cnp import cnp_placement
 from enforcer.loader.objects import KINDS
@@ -168,12 +170,41 @@ def open_state(state_dir: str) -> DesiredState:
         if path and not os.path.isfile(path):
             fail(f"{name} {path}: no such file", EXIT_INVALID)
     url = given.get("datastore")
+    cluster = lab_cluster(context.params.get("lab_id")) if context is not None and not url and not tls.given else None
+    if cluster is not None:  # `--lab ID` of a lab in etcd mode: its datastore, unless another was given
+        url, tls = cluster.url, TLSFiles(cluster.ca, cluster.cert, cluster.key)
+        if supervisor_pid(cluster.lab_id) is None:
+            click.echo(f"warning: lab {cluster.lab_id}'s supervisor is not running: its etcd is reached through "
+                       f"the supervisor's forwarders (`flowtui lab up --lab {cluster.lab_id} -f ...` starts it "
+                       f"again)", err=True)
     if tls.given and not url:
         fail("--etcd-ca/--etcd-cert/--etcd-key need --datastore etcd://HOST:PORT", EXIT_INVALID)
     try:
         return open_datastore(url, state_dir, tls)
     except BadDatastoreURL as err:
         fail(f"--datastore: {err}", EXIT_INVALID)
+
+
+def given_datastore() -> str | None:
+    """The --datastore value (or $FLOWTUI_DATASTORE) as given, before it is opened."""
+    context = click.get_current_context(silent=True)
+    value = context.meta.get(_DATASTORE_META, {}).get("datastore") if context is not None else None
+    return value if isinstance(value, str) else None
+
+
+def lab_cluster(lab_id: object) -> Cluster | None:
+    """The etcd cluster of lab `lab_id` (`flowtui lab up --datastore etcd`), None when that lab
+    has none or the id is not a lab id."""
+    if not isinstance(lab_id, str):
+        return None
+    try:
+        check_lab_id(lab_id)
+    except LabError:
+        return None  # the command reports a bad id where it uses it
+    try:
+        return read_cluster(lab_id)
+    except LabError as err:
+        fail(str(err))
 
 
 def lab_option(func: click.decorators.FC) -> click.decorators.FC:
@@ -226,9 +257,12 @@ def store_planned(ds: DesiredState, inputs: Sequence[str], lab_id: str, namespac
     (exit 2) instead of being stored and failing every later apply, toggle and `lab up`."""
     from enforcer.lab import plan_lab
 
+    cluster = lab_cluster(lab_id)
+    members = len(cluster.members) if cluster is not None else 0  # their addresses are taken too
+
     def plan(preview: Preview) -> None:
         try:
-            plan_lab(preview.resources, lab_id)
+            plan_lab(preview.resources, lab_id, etcd_members=members)
         except LabError as err:
             lab_refused(err, lab_id, preview.sources)
 
@@ -255,6 +289,11 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def make_reconciler(ds: DesiredState, lab_id: str, *, note: bool = True) -> Reconciler | None:
     """A reconciler for the lab's nodes that are up; None (with a note, unless not `note`) when the
     lab is not up."""
+    if lab_cluster(lab_id) is not None:  # the lab's agents enforce what the datastore holds
+        if note:
+            click.echo(f"lab {lab_id} runs in etcd mode: its agents enforce the change on every node "
+                       f"(`flowtui lab status --lab {lab_id}` shows the revision each enforces)", err=True)
+        return None
     rt = runtime()
     nodes = guarded(lambda: rt.lab_nodes(lab_id))
     if not nodes:
@@ -619,5 +658,6 @@ def enable(name: str, namespace: str | None, kind: str, lab_id: str, state_dir: 
 
 
 __all__ = ["Runtime", "apply", "behind_lines", "enforcement_behind",
-           "delete", "enforce", "format_table", "get", "guarded", "lab_option", "make_reconciler",
+           "delete", "enforce", "format_table", "get", "given_datastore", "guarded", "lab_cluster", "lab_option",
+           "make_reconciler",
            "need_root", "policy_group", "print_changes", "open_state", "state_dir_option", "store_planned"]
