@@ -16,6 +16,7 @@ CAUSE_ORDER = (
     "writer_backlog",
     "malformed",
     "store_error",
+    "dataset_error",
     "collector_down",
 )
 

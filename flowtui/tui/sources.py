@@ -611,6 +611,12 @@ def open_source(db: str | None = None, logs: str | None = None) -> DataSource:
     if db and logs:
         raise SourceError("give --db or --logs, not both")
     if db:
+        from flowtui.interop.cluster import is_cluster_dir
+
+        if is_cluster_dir(db):
+            from flowtui.tui.cluster_source import ClusterSource
+
+            return ClusterSource(db)
         return StoreSource(db)
     if logs:
         path = Path(logs)
