@@ -19,9 +19,12 @@ def _print(event: dict[str, Any]) -> None:
 
 @click.command(name="agent")
 @click.option("--node", required=True, metavar="NAME", help="The node this agent enforces (a node of the lab).")
+@click.option("--flows-dir", "flows_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Also collect this node's flows (NFLOG, conntrack) into the cluster flows dataset in DIR "
+                   "(`flowtui query --cluster DIR`; as `flowtui collect --node NAME --flows-dir DIR`).")
 @lab_option
 @state_dir_option
-def agent_cmd(node: str, lab_id: str, state_dir: str) -> None:
+def agent_cmd(node: str, flows_dir: str | None, lab_id: str, state_dir: str) -> None:
     """Watch an etcd datastore and enforce it on one node of a lab, until stopped.
 
     Lists the datastore, reconciles the node, then watches from the list's revision and
@@ -45,10 +48,31 @@ def agent_cmd(node: str, lab_id: str, state_dir: str) -> None:
         fail(f"lab {lab_id} has no node {node!r} up (nodes: {', '.join(nodes) or 'none'})")
     compile_fn, options = rt.compiler()
     reconciler = Reconciler(ds, rt.backend(lab_id), compile_fn, options, lambda: [node], lab_id=lab_id)
+    flows = _start_flows(ds, node, lab_id, flows_dir, state_dir) if flows_dir else None
     try:
         Agent(ds, reconciler, node, _print).run()
     except KeyboardInterrupt:
         pass
+    finally:
+        if flows is not None:
+            flows.stop()
+
+
+def _start_flows(ds: Any, node: str, lab_id: str, flows_dir: str, state_dir: str) -> Any:
+    """The node's flow collector, in a thread beside the agent (`flowtui.collector.node`)."""
+    from pathlib import Path
+
+    from enforcer.lab.names import netns_name
+    from flowtui.collector.node import NodeFlows, local_store, node_config
+
+    cfg = node_config(ds, node=node, netns=netns_name(lab_id, f"node:{node}"), flows_dir=Path(flows_dir),
+                      db=local_store(state_dir, lab_id, node), lab_id=lab_id)
+    flows = NodeFlows(cfg)
+    try:
+        flows.start()
+    except (OSError, ValueError) as exc:
+        fail(f"cannot collect the flows of node {node}: {exc}")
+    return flows
 
 
 __all__ = ["agent_cmd"]
