@@ -472,6 +472,56 @@ def _lit(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
+class ClusterSource(DataSource):
+    """The cluster flows dataset (`--cluster DIR`): every node's flows, followed live. The views read
+    the files that exist when a query starts, so polls see new parts without reopening; only when a
+    table gets its first files (a node's first connections) are the views made again."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._con = duckdb.connect(":memory:")
+        self._lock = threading.Lock()
+        self._busy: set[duckdb.DuckDBPyConnection] = set()
+        self._found: frozenset[str] = frozenset()
+        from flowtui.interop.cluster import ClusterError
+
+        try:
+            self._attach()
+            self.stream_kind = _stream_kind(self._con)
+        except (ClusterError, duckdb.Error) as exc:
+            self._con.close()
+            raise SourceError(str(exc)) from exc
+        self.mode = "attach"
+        self.label = f"cluster: {self.path} ({', '.join(self.nodes) or 'no nodes yet'})"
+
+    def _attach(self) -> None:
+        from flowtui.interop.cluster import attach_cluster, tables_found
+
+        self._found = tables_found(self.path)
+        self.nodes = attach_cluster(self._con, self.path)
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        from flowtui.interop.cluster import tables_found
+
+        with self._lock:
+            if tables_found(self.path) != self._found:
+                self._attach()
+            cur = self._con.cursor()
+            self._busy.add(cur)
+        try:
+            yield cur
+        finally:
+            with self._lock:
+                self._busy.discard(cur)
+            cur.close()
+
+    def close(self) -> None:
+        with self._lock:
+            busy = list(self._busy)
+        close_connection(self._con, busy)
+
+
 class LiveSource(DataSource):
     """The collector of this process, through its `TappedStore`."""
 
@@ -614,8 +664,6 @@ def open_source(db: str | None = None, logs: str | None = None) -> DataSource:
         from flowtui.interop.cluster import is_cluster_dir
 
         if is_cluster_dir(db):
-            from flowtui.tui.cluster_source import ClusterSource
-
             return ClusterSource(db)
         return StoreSource(db)
     if logs:
