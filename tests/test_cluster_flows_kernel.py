@@ -142,3 +142,57 @@ def test_two_node_collectors_write_one_dataset_with_each_flow_once(tmp_path: Pat
                 proc.kill()
                 proc.wait(timeout=30)
         lab.run("lab", "down", ok=False)
+
+
+@pytest.mark.kernel
+def test_agents_with_flows_dir_write_one_dataset(tmp_path: Path) -> None:
+    """The cluster as it runs: etcd, one `flowtui agent --flows-dir` per node (enforcing and
+    collecting), and the flows of both nodes read as one with `--cluster`."""
+    from tests.conftest import require_etcd
+
+    require_etcd()
+    from tests.etcd_server import etcd_server
+
+    lab_id = unique_lab_id()
+    lab = Lab(tmp_path, lab_id)
+    flows = tmp_path / "flows"
+    with etcd_server() as server:
+        lab.env["FLOWTUI_DATASTORE"] = server.url
+        try:
+            lab.run("lab", "up", "-f", str(ARTICLE / "00-cluster.yaml"), timeout=180)
+            lab.run("apply", "-f", str(ARTICLE))
+            agents = []
+            for node in ("node-a", "node-b"):
+                proc = subprocess.Popen([*flowtui_command(), "agent", "--node", node, "--flows-dir", str(flows)],
+                                        cwd=tmp_path, env=lab.env, text=True, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)
+                lab.procs.append(proc)
+                agents.append(proc)
+                assert proc.stdout is not None
+                first = json.loads(proc.stdout.readline())  # the agent reconciled: it and its collector run
+                assert first["event"] == "reconciled", first
+            lab.run("lab", "exec", "production/frontend", "--", "ping", "-c", "2", "-W", "1", TRANSACTION)
+            deadline = time.monotonic() + 30
+            seen: list[dict[str, Any]] = []
+            while time.monotonic() < deadline:
+                if (flows / "flows").is_dir():
+                    seen = lab.query(flows, "SELECT DISTINCT s.node FROM flows f JOIN sources s USING (source_id) "
+                                            f"WHERE f.proto = 1 AND f.dst_ip = '{TRANSACTION}' ORDER BY 1")
+                    if len(seen) == 2:
+                        break
+                time.sleep(0.5)
+            assert seen == [{"node": "node-a"}, {"node": "node-b"}]  # live, before the agents stop
+            for proc in agents:
+                proc.send_signal(signal.SIGTERM)  # the collector drains and closes its run first
+                _out, err = proc.communicate(timeout=90)
+                assert proc.returncode in (0, -signal.SIGTERM), err
+            once = lab.query(flows, f"SELECT denied FROM flows_once WHERE proto = 1 AND dst_ip = '{TRANSACTION}'")
+            assert once and not any(r["denied"] for r in once)
+            assert lab.query(flows, "SELECT count(*) AS n FROM runs WHERE outcome = 'stopped'") == [{"n": 2}]
+            assert lab.query(flows, "SELECT coalesce(sum(events), 0) AS lost FROM loss_latest") == [{"lost": 0}]
+        finally:
+            for proc in lab.procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(timeout=30)
+            lab.run("lab", "down", ok=False)

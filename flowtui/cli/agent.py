@@ -72,7 +72,15 @@ def _start_flows(ds: Any, node: str, lab_id: str, flows_dir: str, state_dir: str
         flows.start()
     except (OSError, ValueError) as exc:
         fail(f"cannot collect the flows of node {node}: {exc}")
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # stopped by systemd or a supervisor: the
+        signal.signal(signal.SIGTERM, _interrupt)  # collector drains and writes its last parts first
     return flows
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 __all__ = ["agent_cmd"]
