@@ -272,3 +272,29 @@ def test_the_marker_and_layout_are_documented_in_the_dataset(tmp_path: Path) -> 
     DatasetSink(tmp_path, "a")
     doc = json.loads((tmp_path / dataset_mod.MARKER).read_text())
     assert doc["version"] == 1 and "node=<node>/date=" in doc["layout"]
+
+
+def test_the_dashboard_follows_nodes_as_they_appear(node, tmp_path: Path) -> None:
+    """`flowtui tui --cluster DIR`: opened while only node a has written, it sees node b's flows
+    at its next poll, without being reopened."""
+    from flowtui.cli.tui import build_app
+    from flowtui.tui.sources import ClusterSource
+
+    a, a_in = node("a")
+    a_in.tx.send(skb(0, 2, "ft:A8"))
+    a.stop()
+    root = tmp_path / "flows"
+    app = build_app(str(root), None, state_dir=str(tmp_path / "state"), read_only=True)
+    source = app.source
+    try:
+        assert isinstance(source, ClusterSource) and source.nodes == ["a"]
+        assert source.status().flows_stored == 1
+        b, b_in = node("b")
+        b_in.tx.send(skb(0, 3, "ft:D7"))
+        b.stop()
+        assert source.status().flows_stored == 2
+        nodes = source.query("SELECT DISTINCT node FROM flows_v ORDER BY 1").column("node").to_pylist()
+        assert nodes == ["a", "b"]
+        assert source.query("SELECT denied FROM flows_once").column("denied").to_pylist() == [True]
+    finally:
+        source.close()

@@ -79,7 +79,7 @@ def attach_cluster(con: duckdb.DuckDBPyConnection, root: Path | str) -> list[str
         source = _source(root, name)
         if source is not None:
             found[name] = source
-            con.execute(f"CREATE OR REPLACE TEMP VIEW _c_{name} AS SELECT * FROM {source}")
+            con.execute(f"CREATE OR REPLACE VIEW _c_{name} AS SELECT * FROM {source}")
     _maps(con, found)
     for table in schema.TABLES + schema.ROLLUP_TABLES:
         con.execute(_table_view(con, table, found))
@@ -94,15 +94,15 @@ def _maps(con: duckdb.DuckDBPyConnection, found: dict[str, str]) -> None:
     """`_map_<kind>(node, id, gid)` for sources, runs, rules and endpoints: views (small tables), so
     the ids of a node or rule that appears later are mapped too."""
     empty = "SELECT NULL::VARCHAR AS node, NULL::BIGINT AS id, NULL::BIGINT AS gid WHERE false"
-    con.execute("CREATE OR REPLACE TEMP VIEW _map_source AS " + (
+    con.execute("CREATE OR REPLACE VIEW _map_source AS " + (
         "SELECT node, source_id AS id, row_number() OVER (ORDER BY node, source_id) AS gid FROM _c_sources"
         if "sources" in found else empty))
-    con.execute("CREATE OR REPLACE TEMP VIEW _map_run AS " + (
+    con.execute("CREATE OR REPLACE VIEW _map_run AS " + (
         "SELECT node, run_id AS id, row_number() OVER (ORDER BY started, node, run_id) AS gid FROM _c_runs"
         if "runs" in found else empty))
-    con.execute("CREATE OR REPLACE TEMP VIEW _map_rule AS " + (
+    con.execute("CREATE OR REPLACE VIEW _map_rule AS " + (
         _identity_map("_c_rules", "id", RULE_IDENTITY) if "rules" in found else empty))
-    con.execute("CREATE OR REPLACE TEMP VIEW _map_endpoint AS " + (
+    con.execute("CREATE OR REPLACE VIEW _map_endpoint AS " + (
         _identity_map("_c_endpoints", "id", ENDPOINT_IDENTITY) if "endpoints" in found else empty))
 
 
