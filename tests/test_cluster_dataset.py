@@ -298,3 +298,24 @@ def test_the_dashboard_follows_nodes_as_they_appear(node, tmp_path: Path) -> Non
         assert source.query("SELECT denied FROM flows_once").column("denied").to_pylist() == [True]
     finally:
         source.close()
+
+
+def test_an_hour_that_is_over_becomes_one_file(tmp_path: Path) -> None:
+    """Parts every 2 s would be thousands of files an hour: a node merges an hour's parts once it
+    is over, swapping the directory in one step, and the rows read the same."""
+    sink = DatasetSink(tmp_path, "a", compact_after=timedelta(minutes=15))
+    hour = datetime(2026, 3, 14, 10, 0, 0)
+    for i in range(3):  # three flushes, three parts
+        sink.append("flows", flows_rows([hour + timedelta(seconds=15 * i)], events=i + 1))
+        sink.flush()
+    sink.append("flows", flows_rows([hour + timedelta(hours=1)], events=10))  # the next hour: still open
+    sink.flush()
+    directory = tmp_path / "flows" / "node=a" / "date=2026-03-14" / "hour=10"
+    assert len(list(directory.glob("*.parquet"))) == 3
+    assert sink.compact(hour + timedelta(hours=1, minutes=14)) == 0  # late rows may still come
+    assert sink.compact(hour + timedelta(hours=1, minutes=15)) == 1
+    (merged,) = directory.glob("*.parquet")
+    assert sorted(pq.ParquetFile(merged).read().column("events").to_pylist()) == [1, 2, 3]
+    assert len(list((tmp_path / "flows" / "node=a" / "date=2026-03-14" / "hour=11").glob("*.parquet"))) == 1
+    assert not [p for p in (tmp_path / ".staging").rglob("*") if p.is_file()]
+    assert sql(tmp_path, "SELECT sum(events) AS events, count(*) AS n FROM flows") == [{"events": 16, "n": 4}]

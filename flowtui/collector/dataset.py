@@ -24,6 +24,14 @@ renamed (`enforcer.safefile`), so readers (and Spark, which skips `.` names) nev
 file. The writer calls `flush()` every `flush_seconds` (2 s), so a row is in the dataset at
 most one commit interval plus one flush interval (plus write time) after it was received.
 
+**Compaction.** A part every 2 s makes thousands of small files an hour, which every engine
+reads slowly. When an hour is over (`compact_after` past its end: later than any late row), the
+node merges its parts of that hour into one file, built in `DIR/.staging/` and swapped in for
+the hour's directory in one step (`renameat2(RENAME_EXCHANGE)`): a reader lists either the parts
+or the merged file, never both (one that listed the parts just before may fail to open one, and
+reads again). Without RENAME_EXCHANGE (an old kernel, some network filesystems) parts stay as
+they are.
+
 **Loss.** A part that cannot be written (disk full, a bad directory) is kept and retried at
 every flush; after `give_up_seconds` its rows are dropped and the NFLOG events its flow rows
 aggregated are returned per source, for the writer to count as `dataset_error` loss. The loss
@@ -33,14 +41,19 @@ reaches the dataset once the directory is writable again.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import json
 import logging
+import os
 import secrets
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +112,7 @@ class DatasetStats:
     parts: int = 0
     rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     failures: int = 0
+    compacted_hours: int = 0
     dropped_rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     last_flush: float = 0.0  # monotonic
     last_error: str | None = None
@@ -108,10 +122,13 @@ class DatasetSink:
     """Appends one node's rows to the dataset; used by the collector's writer thread only."""
 
     def __init__(self, root: Path | str, node: str, *, give_up_seconds: float = 30.0,
+                 compact_after: timedelta | None = timedelta(minutes=15),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.root = Path(root)
         self.node = _partition_value(node)
         self.give_up_seconds = give_up_seconds
+        self.compact_after = compact_after  # None: never compact
+        self._hours: dict[Path, datetime] = {}  # hour directories this run wrote to -> the hour's end
         self.clock = clock
         self.token = secrets.token_hex(6)  # this run's parts never collide with another run's
         self.seq = 0
@@ -208,6 +225,7 @@ class DatasetSink:
             self.seq += 1
             self.stats.parts += 1
             self.stats.rows[table] += part.num_rows
+            self._hours[directory] = datetime.strptime(str(key), "%Y-%m-%d %H") + timedelta(hours=1)
 
     def _write_snapshot(self, table: str, data: pa.Table) -> None:
         data = _conform(table, data)
@@ -222,6 +240,57 @@ class DatasetSink:
         pq.write_table(data, buffer, compression="zstd")
         atomic_write(directory / f"{table}.parquet", buffer.getvalue(), SHARED)
         self._snapshots[table] = data
+
+
+    def compact(self, now: datetime) -> int:
+        """Merge the parts of each hour this run wrote that ended `compact_after` before `now`
+        (UTC) into one file; returns the hours compacted. A failure leaves the parts (still right)."""
+        if self.compact_after is None:
+            return 0
+        done = 0
+        for directory, end in sorted(self._hours.items()):
+            if now < end + self.compact_after:
+                continue
+            del self._hours[directory]
+            parts = sorted(directory.glob("part-*.parquet"))
+            if len(parts) < 2:
+                continue
+            try:
+                self._compact_hour(directory, parts)
+            except OSError as exc:
+                log.warning("cannot compact %s (its %d parts stay): %s", directory, len(parts), exc)
+                continue
+            done += 1
+            self.stats.compacted_hours += 1
+        return done
+
+    def _compact_hour(self, directory: Path, parts: list[Path]) -> None:
+        self.seq += 1
+        staging = self.root / ".staging" / self.node / f"{self.token}-{self.seq:06d}"
+        staging.mkdir(parents=True)
+        try:
+            merged = staging / f"part-{self.token}-{self.seq:06d}-hour.parquet"
+            with pq.ParquetWriter(merged, pq.read_schema(parts[0]), compression="zstd") as out:
+                for part in parts:
+                    out.write_table(pq.ParquetFile(part).read())  # the file alone, no partition columns
+            os.chmod(merged, SHARED)
+            _exchange(staging, directory)  # readers now list the merged file; staging holds the parts
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two directories in one step (renameat2 RENAME_EXCHANGE)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if not hasattr(libc, "renameat2"):
+        raise OSError("renameat2 is not available")
+    if libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(b))
 
 
 class _Unwritten(Exception):

@@ -167,10 +167,12 @@ class Writer:
         if final:  # nothing can be retried after the run: what is still unwritten is lost
             self.sink.give_up_seconds = 0.0
         dropped = self.sink.flush(self.store.read_table)
+        self.sink.compact(utcnow())
         for sid, events in dropped.items():
             self.book.lose("dataset_error", events, sid)
         self.book.set("dataset_parts", self.sink.stats.parts)
         self.book.set("dataset_failures", self.sink.stats.failures)
+        self.book.set("dataset_compacted_hours", self.sink.stats.compacted_hours)
         if final and dropped:  # the count itself: in the local store, and in the dataset if it can be
             self._write_stats(force=True)
             self.sink.flush(None)
