@@ -76,9 +76,10 @@ spec:
 """
 
 
-def skb(first_seq: int, n: int, prefix: str) -> bytes:
-    msgs = [nflog.packet_message(1, prefix, PKT, seq=first_seq + i, timestamp_us=int(time.time() * 1e6))
-            for i in range(n)]
+def skb(first_seq: int, n: int, prefix: str, at: float | None = None) -> bytes:
+    """`n` events; `at`: their time (two nodes logging one packet log it at the same moment)."""
+    stamp = int((time.time() if at is None else at) * 1e6)
+    msgs = [nflog.packet_message(1, prefix, PKT, seq=first_seq + i, timestamp_us=stamp) for i in range(n)]
     return b"".join(m + b"\0" * (-len(m) % 4) for m in msgs) + nflog.done_message(1)
 
 
@@ -121,8 +122,9 @@ def node(tmp_path: Path) -> Iterator[Callable[..., tuple[Collector, PairNflog]]]
 
 def two_nodes(node: Callable[..., tuple[Collector, PairNflog]], tmp_path: Path) -> Path:
     (a, a_in), (b, b_in) = node("a"), node("b")
-    a_in.tx.send(skb(0, 5, "ft:A8"))  # the client's egress allowed it
-    b_in.tx.send(skb(0, 5, "ft:D7"))  # the server's ingress denied it
+    now = time.time()
+    a_in.tx.send(skb(0, 5, "ft:A8", now))  # the client's egress allowed it
+    b_in.tx.send(skb(0, 5, "ft:D7", now))  # the server's ingress denied it
     a.stop()
     b.stop()
     return tmp_path / "flows"
@@ -281,18 +283,20 @@ def test_the_dashboard_follows_nodes_as_they_appear(node, tmp_path: Path) -> Non
     from flowtui.tui.sources import ClusterSource
 
     a, a_in = node("a")
-    a_in.tx.send(skb(0, 2, "ft:A8"))
+    now = time.time()
+    a_in.tx.send(skb(0, 2, "ft:A8", now))
     a.stop()
     root = tmp_path / "flows"
     app = build_app(str(root), None, state_dir=str(tmp_path / "state"), read_only=True)
     source = app.source
     try:
         assert isinstance(source, ClusterSource) and source.nodes == ["a"]
-        assert source.status().flows_stored == 1
+        events = "SELECT sum(events)::BIGINT AS n FROM flows"
+        assert source.status().flows_stored >= 1 and source.query(events).column("n").to_pylist() == [2]
         b, b_in = node("b")
-        b_in.tx.send(skb(0, 3, "ft:D7"))
+        b_in.tx.send(skb(0, 3, "ft:D7", now))  # the same packets, seen at the server's node
         b.stop()
-        assert source.status().flows_stored == 2
+        assert source.query(events).column("n").to_pylist() == [5]
         nodes = source.query("SELECT DISTINCT node FROM flows_v ORDER BY 1").column("node").to_pylist()
         assert nodes == ["a", "b"]
         assert source.query("SELECT denied FROM flows_once").column("denied").to_pylist() == [True]
