@@ -82,7 +82,8 @@ def attach_cluster(con: duckdb.DuckDBPyConnection, root: Path | str) -> list[str
             con.execute(f"CREATE OR REPLACE VIEW _c_{name} AS SELECT * FROM {source}")
     _maps(con, found)
     for table in schema.TABLES + schema.ROLLUP_TABLES:
-        con.execute(_table_view(con, table, found))
+        kind, query = _table_view(con, table, found)
+        _replace(con, table.name, kind, query)
     for statement in derived_views():
         con.execute(statement)
     if "sources" not in found:
@@ -90,19 +91,48 @@ def attach_cluster(con: duckdb.DuckDBPyConnection, root: Path | str) -> list[str
     return [str(r[0]) for r in con.execute("SELECT DISTINCT node FROM _c_sources ORDER BY 1").fetchall()]
 
 
+def _replace(con: duckdb.DuckDBPyConnection, name: str, kind: str, query: str) -> None:
+    """CREATE OR REPLACE `kind` (TABLE or VIEW) `name`, whatever kind of object had that name."""
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()}
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    if kind == "VIEW" and name in tables:
+        con.execute(f"DROP TABLE {name}")
+    elif kind == "TABLE" and name in views:
+        con.execute(f"DROP VIEW {name}")
+    con.execute(f"CREATE OR REPLACE {kind} {name} AS {query}")
+
+
+def snapshot_signature(root: Path | str) -> tuple[tuple[str, int, int], ...]:
+    """What the materialised id maps depend on: the nodes' rules, endpoints and sources files."""
+    out = []
+    for table in MATERIALISED_FROM:
+        for path in sorted((Path(root) / table).glob("node=*/*.parquet")):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            out.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+MATERIALISED_FROM = ("rules", "endpoints", "sources")
+
+
 def _maps(con: duckdb.DuckDBPyConnection, found: dict[str, str]) -> None:
-    """`_map_<kind>(node, id, gid)` for sources, runs, rules and endpoints: views (small tables), so
-    the ids of a node or rule that appears later are mapped too."""
+    """`_map_<kind>(node, id, gid)` for sources, runs, rules and endpoints. Every query joins them,
+    so those of the small tables that change only with policies and pods are materialised (a
+    reader re-attaches when their files change: `snapshot_signature`); runs change every second
+    (heartbeats) and stay a view."""
     empty = "SELECT NULL::VARCHAR AS node, NULL::BIGINT AS id, NULL::BIGINT AS gid WHERE false"
-    con.execute("CREATE OR REPLACE VIEW _map_source AS " + (
+    _replace(con, "_map_source", "TABLE", (
         "SELECT node, source_id AS id, row_number() OVER (ORDER BY node, source_id) AS gid FROM _c_sources"
         if "sources" in found else empty))
-    con.execute("CREATE OR REPLACE VIEW _map_run AS " + (
+    _replace(con, "_map_run", "VIEW", (
         "SELECT node, run_id AS id, row_number() OVER (ORDER BY started, node, run_id) AS gid FROM _c_runs"
         if "runs" in found else empty))
-    con.execute("CREATE OR REPLACE VIEW _map_rule AS " + (
+    _replace(con, "_map_rule", "TABLE", (
         _identity_map("_c_rules", "id", RULE_IDENTITY) if "rules" in found else empty))
-    con.execute("CREATE OR REPLACE VIEW _map_endpoint AS " + (
+    _replace(con, "_map_endpoint", "TABLE", (
         _identity_map("_c_endpoints", "id", ENDPOINT_IDENTITY) if "endpoints" in found else empty))
 
 
@@ -121,7 +151,8 @@ def _identity_map(relation: str, id_column: str, identity: tuple[str, ...]) -> s
     )
 
 
-def _table_view(con: duckdb.DuckDBPyConnection, table: schema.Table, found: dict[str, str]) -> str:
+def _table_view(con: duckdb.DuckDBPyConnection, table: schema.Table, found: dict[str, str]) -> tuple[str, str]:
+    """("TABLE" or "VIEW", its query): rules and endpoints are materialised with the id maps."""
     name = table.name
     if name == "rules" and "rules" in found:
         rule_cols = ", ".join(
@@ -130,8 +161,8 @@ def _table_view(con: duckdb.DuckDBPyConnection, table: schema.Table, found: dict
             else f"m.gid::{c.sql} AS id"
             for c in table.columns
         )
-        return (f"CREATE OR REPLACE VIEW rules AS SELECT {rule_cols} FROM _c_rules x "
-                "JOIN _map_rule m ON m.node = x.node AND m.id = x.id GROUP BY m.gid")
+        return ("TABLE", f"SELECT {rule_cols} FROM _c_rules x "
+                         "JOIN _map_rule m ON m.node = x.node AND m.id = x.id GROUP BY m.gid")
     if name == "endpoints" and "endpoints" in found:
         def col(c: schema.Column) -> str:
             if c.name == "id":
@@ -140,10 +171,10 @@ def _table_view(con: duckdb.DuckDBPyConnection, table: schema.Table, found: dict
             return f"arg_max(x.\"{source}\", x.loaded_at)::{c.sql} AS \"{c.name}\""
 
         endpoint_cols = ", ".join(col(c) for c in table.columns)
-        return (f"CREATE OR REPLACE VIEW endpoints AS SELECT {endpoint_cols} FROM _c_endpoints x "
-                "JOIN _map_endpoint m ON m.node = x.node AND m.id = x.id GROUP BY m.gid")
+        return ("TABLE", f"SELECT {endpoint_cols} FROM _c_endpoints x "
+                         "JOIN _map_endpoint m ON m.node = x.node AND m.id = x.id GROUP BY m.gid")
     if name not in found:
-        return view_statement(table, None)
+        return "VIEW", view_statement(table, None).split(" AS ", 1)[1]
     have = {str(r[0]) for r in con.execute(f"DESCRIBE SELECT * FROM _c_{name}").fetchall()}
     ids = ID_COLUMNS.get(name, {})
     cols: list[str] = []
@@ -160,4 +191,4 @@ def _table_view(con: duckdb.DuckDBPyConnection, table: schema.Table, found: dict
             cols.append(f"x.\"{c.name}\"::{c.sql} AS \"{c.name}\"")
         else:
             cols.append(f"NULL::{c.sql} AS \"{c.name}\"")
-    return f"CREATE OR REPLACE VIEW {name} AS SELECT {', '.join(cols)} FROM _c_{name} x {' '.join(joins)}"
+    return "VIEW", f"SELECT {', '.join(cols)} FROM _c_{name} x {' '.join(joins)}"

@@ -474,17 +474,19 @@ def _lit(path: Path) -> str:
 
 class ClusterSource(DataSource):
     """The cluster flows dataset (`--cluster DIR`): every node's flows, followed live. The views read
-    the files that exist when a query starts, so polls see new parts without reopening; only when a
-    table gets its first files (a node's first connections) are the views made again."""
+    the files that exist when a query starts, so polls see new parts without reopening; the views
+    and id maps are made again only when a table gets its first files or a node's rules, endpoints
+    or sources change (`flowtui.interop.cluster`)."""
 
     def __init__(self, path: Path | str) -> None:
+        from flowtui.interop.cluster import ClusterError
+
         self.path = Path(path)
         self._con = duckdb.connect(":memory:")
         self._lock = threading.Lock()
         self._busy: set[duckdb.DuckDBPyConnection] = set()
-        self._found: frozenset[str] = frozenset()
-        from flowtui.interop.cluster import ClusterError
-
+        self._seen: object = None
+        self.nodes: list[str] = []
         try:
             self._attach()
             self.stream_kind = _stream_kind(self._con)
@@ -494,18 +496,21 @@ class ClusterSource(DataSource):
         self.mode = "attach"
         self.label = f"cluster: {self.path} ({', '.join(self.nodes) or 'no nodes yet'})"
 
-    def _attach(self) -> None:
-        from flowtui.interop.cluster import attach_cluster, tables_found
+    def _state(self) -> object:
+        from flowtui.interop.cluster import snapshot_signature, tables_found
 
-        self._found = tables_found(self.path)
+        return tables_found(self.path), snapshot_signature(self.path)
+
+    def _attach(self) -> None:
+        from flowtui.interop.cluster import attach_cluster
+
+        self._seen = self._state()
         self.nodes = attach_cluster(self._con, self.path)
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        from flowtui.interop.cluster import tables_found
-
         with self._lock:
-            if tables_found(self.path) != self._found:
+            if self._state() != self._seen:
                 self._attach()
             cur = self._con.cursor()
             self._busy.add(cur)
