@@ -156,6 +156,13 @@ def test_two_nodes_write_one_dataset_and_each_flow_is_read_once(node, tmp_path: 
     assert [(r["node"], r["value"]) for r in stats] == [("a", 5), ("b", 5)]
     assert sql(root, "SELECT coalesce(sum(events), 0) AS lost FROM loss_latest") == [{"lost": 0}]
     assert sql(root, "SELECT count(*) AS runs FROM runs WHERE outcome = 'stopped'") == [{"runs": 2}]
+    # `flowtui status --cluster`: each node's run, its received events and loss by cause.
+    result = invoke("status", "--cluster", str(root), "-o", "json", "--state-dir", str(tmp_path / "state"))
+    assert result.exit_code == 0, result.stderr
+    runs = json.loads(result.stdout)["runs"]
+    assert sorted((s["node"], s["received"], s["lost_total"]) for r in runs for s in r["sources"]) == [
+        ("a", 5, 0), ("b", 5, 0)]
+    assert {r["state"] for r in runs} == {"stopped"} and all(r["stored"] == 5 for r in runs)
 
 
 def test_export_and_whatif_read_every_node(node, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from flowtui.cli.common import EXIT_INVALID
+from flowtui.cli.common import EXIT_INVALID, cluster_option
 from flowtui.cli.state import lab_option, state_dir_option
 
 DEFAULT_DB = "flowtui.duckdb"
@@ -306,27 +306,34 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 @click.command("status")
 @click.option("--db", "db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False))
-@click.option("--runs", "last_runs", default=3, show_default=True, help="How many recent runs to show.")
+@cluster_option
+@click.option("--runs", "last_runs", default=None, type=int,
+              help="How many recent runs to show [default: 3; with --cluster, each node's last].")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @lab_option
 @state_dir_option
-def status_cmd(db: str, last_runs: int, output: str, lab_id: str, state_dir: str) -> None:
+def status_cmd(db: str, cluster: str | None, last_runs: int | None, output: str, lab_id: str, state_dir: str) -> None:
     """What the collector stored and lost, by cause, per run and namespace; and lab nodes an
     interrupted apply left behind the datastore (`--state-dir`, `--lab`).
 
-    Opens the database read-only, or its snapshot when a collector is writing it.
+    Opens the database read-only, or its snapshot when a collector is writing it. With
+    `--cluster DIR`: every node's last run from the cluster flows dataset (a run is running while
+    its heartbeat is under 10 s old).
     """
-    from flowtui.cli.common import fail
+    from flowtui.cli.common import fail, store_path
     from flowtui.cli.state import behind_lines, enforcement_behind, guarded, runtime
-    from flowtui.store.status import read_status
+    from flowtui.store.status import read_cluster_status, read_status
 
     behind = enforcement_behind(state_dir, guarded(lambda: runtime().lab_nodes(lab_id)))
     for line in behind_lines(behind):
         click.echo(f"warning: {line}", err=True)
-    try:
-        doc = read_status(Path(db), last_runs)
-    except FileNotFoundError as exc:
-        fail(f"no flow store: {exc}")
+    if cluster is not None:  # every node's runs and loss, from the dataset
+        doc = read_cluster_status(Path(store_path(db, cluster, DEFAULT_DB) or db), last_runs or 1)
+    else:
+        try:
+            doc = read_status(Path(db), last_runs or 3)
+        except FileNotFoundError as exc:
+            fail(f"no flow store: {exc}")
     if output == "json":
         click.echo(json.dumps({**doc, "enforcement_behind": behind}, indent=2, default=str))
         return
