@@ -330,3 +330,29 @@ def test_an_hour_that_is_over_becomes_one_file(tmp_path: Path) -> None:
     assert len(list((tmp_path / "flows" / "node=a" / "date=2026-03-14" / "hour=11").glob("*.parquet"))) == 1
     assert not [p for p in (tmp_path / ".staging").rglob("*") if p.is_file()]
     assert sql(tmp_path, "SELECT sum(events) AS events, count(*) AS n FROM flows") == [{"events": 16, "n": 4}]
+
+
+def test_a_run_that_died_before_publishing_is_caught_up_by_the_next(node, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 between a commit and the next part: the local store has rows the dataset lacks.
+    The node's next run appends them (local minus published, per flow key), so nothing is lost."""
+    import duckdb
+
+    real_flush = DatasetSink.flush
+    monkeypatch.setattr(DatasetSink, "flush", lambda self, snapshot=None: {})  # the process dies first
+    c, sock = node("a")
+    sock.tx.send(skb(0, 4, "ft:D7"))
+    wait_for(lambda: c.book.stat_total("stored") == 4)
+    c.stop()
+    with duckdb.connect(str(tmp_path / "a.duckdb")) as con:  # as a kill -9 leaves it: the run not ended
+        con.execute("UPDATE runs SET ended = NULL, outcome = NULL")
+    assert not (tmp_path / "flows" / "flows").exists()
+    monkeypatch.setattr(DatasetSink, "flush", real_flush)
+    c2, sock2 = node("a")
+    sock2.tx.send(skb(0, 3, "ft:D7"))
+    c2.stop()
+    root = tmp_path / "flows"
+    assert sql(root, "SELECT sum(events)::BIGINT AS events FROM flows") == [{"events": 7}]
+    assert sql(root, "SELECT r.outcome, t.value FROM stats_latest t JOIN runs r USING (run_id) "
+                     "WHERE t.name = 'stored' ORDER BY r.started") == [
+        {"outcome": "crashed", "value": 4}, {"outcome": "stopped", "value": 3}]

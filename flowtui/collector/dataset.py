@@ -32,6 +32,12 @@ or the merged file, never both (one that listed the parts just before may fail t
 reads again). Without RENAME_EXCHANGE (an old kernel, some network filesystems) parts stay as
 they are.
 
+**A crash costs the dataset nothing either.** A collector killed between a commit and its next
+part leaves rows in its local store that the dataset lacks. The next run on that node, after
+closing the dead run (`recovery.py`), appends them (`catch_up`): for the dead run's readers, the
+local flows minus the dataset's, per flow key; and the latest loss and stats values of the runs
+before it (which recovery may just have changed: `collector_down`).
+
 **Loss.** A part that cannot be written (disk full, a bad directory) is kept and retried at
 every flush; after `give_up_seconds` its rows are dropped and the NFLOG events its flow rows
 aggregated are returned per source, for the writer to count as `dataset_error` loss. The loss
@@ -158,6 +164,46 @@ class DatasetSink:
             tschema = schema.BY_NAME[table].full_arrow_schema
             self.append(table, pa.Table.from_pylist([{n: r.get(n) for n in tschema.names} for r in rows],
                                                     schema=tschema))
+
+    def catch_up(self, store: Any, crashed: Sequence[int], previous: int | None) -> int:
+        """Append what the local store (a `DuckStore`) holds of runs before this one that the
+        dataset lacks (see the module doc); returns the flow rows appended."""
+        runs = sorted({*crashed, *([previous] if previous is not None else [])})
+        if not runs:
+            return 0
+        ids = ",".join(str(int(r)) for r in runs)
+        for table in ("loss", "stats"):
+            self.append(table, store.read_query(f"SELECT * FROM {table}_latest WHERE run_id IN ({ids})"))
+        if not crashed:
+            return 0
+        dead = ",".join(str(int(r)) for r in crashed)
+        ours = node_dir(self.root, "flows", self.node)
+        parts = list(ours.rglob("*.parquet")) if ours.is_dir() else []
+        published = (f"SELECT * FROM read_parquet('{str(ours / '**' / '*.parquet').replace(chr(39), chr(39) * 2)}', "
+                     "hive_partitioning = false, union_by_name = true)") if parts else \
+            "SELECT * FROM flows WHERE false"
+        key = ("start_time, end_time, source_id, action, rule_id, prefix, proto, src_ip, dst_ip, sport, dport, "
+               "src_ep, dst_ep, count_source")
+        sums = ("events", "packets", "bytes", "reply_packets", "reply_bytes", "connections_started",
+                "connections_completed")
+        def summed(relation: str) -> str:
+            return (f"SELECT {key}, " + ", ".join(f"sum({c}) AS {c}" for c in sums)
+                    + ", bit_or(tcp_flags) AS tcp_flags, min(first_seen) AS first_seen, max(last_seen) AS last_seen "
+                    f"FROM ({relation}) WHERE source_id IN (SELECT source_id FROM sources WHERE run_id IN ({dead})) "
+                    f"GROUP BY {key}")
+        on = " AND ".join(f"l.{k} IS NOT DISTINCT FROM d.{k}" for k in key.split(", "))
+        diff = (f"SELECT {', '.join('l.' + k for k in key.split(', '))}, "
+                + ", ".join(f"l.{c} - coalesce(d.{c}, 0) AS {c}" for c in sums)
+                + ", l.tcp_flags, l.first_seen, l.last_seen "
+                f"FROM ({summed('SELECT * FROM flows UNION ALL BY NAME SELECT * FROM flows_open')}) l "
+                f"LEFT JOIN ({summed(published)}) d ON {on} WHERE "
+                + " OR ".join(f"l.{c} IS DISTINCT FROM coalesce(d.{c}, 0)" for c in sums))
+        missing = store.read_query(diff)
+        if missing.num_rows:
+            log.warning("node %s: %d flow rows a dead run committed but never published: appended", self.node,
+                        missing.num_rows)
+            self.append("flows", missing)
+        return int(missing.num_rows)
 
     # ---------------------------------------------------------------------------------------
     # Files out

@@ -104,7 +104,7 @@ class Collector:
         # counted lost (a reading after binding would leave the events between uncounted).
         baseline: dict[str | None, tuple[datetime, list[nft_counters.RuleCounter]]] = {}
         try:  # before this run exists and before its sockets are bound (see recovery.py)
-            recovery.close_crashed_runs(self.store)
+            closed = recovery.close_crashed_runs(self.store)
             if cfg.counters:
                 for netns in cfg.namespaces:
                     try:
@@ -112,6 +112,9 @@ class Collector:
                     except OSError as exc:
                         log.warning("cannot read nft counters in %s: %s", netns or "host", exc)
                 recovery.count_gaps(self.store, cfg.namespaces, read=_cached(baseline))
+            if sink is not None:  # what a dead run committed but never published, and the gap counts
+                previous = self.store.query("SELECT max(run_id) FROM runs")[0][0]
+                sink.catch_up(self.store, [r for r, _e in closed.runs], previous)
         except BaseException:
             self.store.close(snapshot=False)
             raise

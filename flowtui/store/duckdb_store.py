@@ -327,8 +327,12 @@ class DuckStore:
         """A whole (small) table as Arrow: what a node publishes of its rules, endpoints, runs."""
         if table not in schema.BY_NAME:
             raise KeyError(f"no table {table!r}")
+        return self.read_query(f"SELECT * FROM {table}")
+
+    def read_query(self, sql: str) -> pa.Table:
+        """A query's rows as Arrow (the writer's connection, under its lock)."""
         with self._lock:
-            result: pa.Table = self.con.sql(f"SELECT * FROM {table}").to_arrow_table()
+            result: pa.Table = self.con.sql(sql).to_arrow_table()
             return result
 
     def next_id(self, table: str, column: str) -> int:
