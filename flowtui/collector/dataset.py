@@ -61,7 +61,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -69,6 +69,9 @@ import pyarrow.parquet as pq
 
 from enforcer.safefile import SHARED, atomic_write
 from flowtui.store import schema
+
+if TYPE_CHECKING:
+    from flowtui.store.duckdb_store import DuckStore
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +168,8 @@ class DatasetSink:
             self.append(table, pa.Table.from_pylist([{n: r.get(n) for n in tschema.names} for r in rows],
                                                     schema=tschema))
 
-    def catch_up(self, store: Any, crashed: Sequence[int], previous: int | None) -> int:
-        """Append what the local store (a `DuckStore`) holds of runs before this one that the
+    def catch_up(self, store: DuckStore, crashed: Sequence[int], previous: int | None) -> int:
+        """Append what the local store holds of runs before this one that the
         dataset lacks (see the module doc); returns the flow rows appended."""
         runs = sorted({*crashed, *([previous] if previous is not None else [])})
         if not runs:
@@ -176,28 +179,12 @@ class DatasetSink:
             self.append(table, store.read_query(f"SELECT * FROM {table}_latest WHERE run_id IN ({ids})"))
         if not crashed:
             return 0
-        dead = ",".join(str(int(r)) for r in crashed)
         ours = node_dir(self.root, "flows", self.node)
-        parts = list(ours.rglob("*.parquet")) if ours.is_dir() else []
-        published = (f"SELECT * FROM read_parquet('{str(ours / '**' / '*.parquet').replace(chr(39), chr(39) * 2)}', "
-                     "hive_partitioning = false, union_by_name = true)") if parts else \
-            "SELECT * FROM flows WHERE false"
-        key = ("start_time, end_time, source_id, action, rule_id, prefix, proto, src_ip, dst_ip, sport, dport, "
-               "src_ep, dst_ep, count_source")
-        sums = ("events", "packets", "bytes", "reply_packets", "reply_bytes", "connections_started",
-                "connections_completed")
-        def summed(relation: str) -> str:
-            return (f"SELECT {key}, " + ", ".join(f"sum({c}) AS {c}" for c in sums)
-                    + ", bit_or(tcp_flags) AS tcp_flags, min(first_seen) AS first_seen, max(last_seen) AS last_seen "
-                    f"FROM ({relation}) WHERE source_id IN (SELECT source_id FROM sources WHERE run_id IN ({dead})) "
-                    f"GROUP BY {key}")
-        on = " AND ".join(f"l.{k} IS NOT DISTINCT FROM d.{k}" for k in key.split(", "))
-        diff = (f"SELECT {', '.join('l.' + k for k in key.split(', '))}, "
-                + ", ".join(f"l.{c} - coalesce(d.{c}, 0) AS {c}" for c in sums)
-                + ", l.tcp_flags, l.first_seen, l.last_seen "
-                f"FROM ({summed('SELECT * FROM flows UNION ALL BY NAME SELECT * FROM flows_open')}) l "
-                f"LEFT JOIN ({summed(published)}) d ON {on} WHERE "
-                + " OR ".join(f"l.{c} IS DISTINCT FROM coalesce(d.{c}, 0)" for c in sums))
+        published = None
+        if ours.is_dir() and any(ours.rglob("*.parquet")):
+            pattern = str(ours / "**" / "*.parquet").replace("'", "''")
+            published = f"SELECT * FROM read_parquet('{pattern}', hive_partitioning = false, union_by_name = true)"
+        diff = _unpublished_sql(crashed, published)
         missing = store.read_query(diff)
         if missing.num_rows:
             log.warning("node %s: %d flow rows a dead run committed but never published: appended", self.node,
@@ -346,6 +333,33 @@ class _Unwritten(Exception):
         super().__init__(str(cause))
         self.rest = rest
         self.cause = cause
+
+
+_FLOW_KEY = ("start_time", "end_time", "source_id", "action", "rule_id", "prefix", "proto", "src_ip", "dst_ip",
+             "sport", "dport", "src_ep", "dst_ep", "count_source")
+_FLOW_SUMS = ("events", "packets", "bytes", "reply_packets", "reply_bytes", "connections_started",
+              "connections_completed")
+
+
+def _unpublished_sql(crashed: Sequence[int], published: str | None) -> str:
+    """The flow rows of the `crashed` runs' readers that the local store has and the dataset's
+    parts (`published`, a relation; None: no parts) lack: local minus published, per flow key."""
+    dead = ",".join(str(int(r)) for r in crashed)
+    key = ", ".join(_FLOW_KEY)
+
+    def summed(relation: str) -> str:
+        return (f"SELECT {key}, " + ", ".join(f"sum({c}) AS {c}" for c in _FLOW_SUMS)
+                + ", bit_or(tcp_flags) AS tcp_flags, min(first_seen) AS first_seen, max(last_seen) AS last_seen "
+                f"FROM ({relation}) WHERE source_id IN (SELECT source_id FROM sources WHERE run_id IN ({dead})) "
+                f"GROUP BY {key}")
+
+    local = summed("SELECT * FROM flows UNION ALL BY NAME SELECT * FROM flows_open")
+    theirs = summed(published or "SELECT * FROM flows WHERE false")
+    on = " AND ".join(f"l.{k} IS NOT DISTINCT FROM d.{k}" for k in _FLOW_KEY)
+    return (f"SELECT {', '.join('l.' + k for k in _FLOW_KEY)}, "
+            + ", ".join(f"l.{c} - coalesce(d.{c}, 0) AS {c}" for c in _FLOW_SUMS)
+            + f", l.tcp_flags, l.first_seen, l.last_seen FROM ({local}) l LEFT JOIN ({theirs}) d ON {on} WHERE "
+            + " OR ".join(f"l.{c} IS DISTINCT FROM coalesce(d.{c}, 0)" for c in _FLOW_SUMS))
 
 
 def _conform(table: str, data: pa.Table) -> pa.Table:
