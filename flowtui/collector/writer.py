@@ -264,6 +264,7 @@ class Writer:
         except Exception:
             log.exception("committing %d events and %d flow rows failed", rows, closed.num_rows + opened.num_rows)
             self.book.lose("store_error", rows)
+            self.aggregator.take_closed_unsaved()  # lost with the commit: not for the dataset either
             return
         if self.sink is not None:  # what this commit added, as the dataset's append-only rows
             if rows and self.cfg.keep_events:
