@@ -163,16 +163,18 @@ def test_agents_with_flows_dir_write_one_dataset(tmp_path: Path) -> None:
             lab.run("apply", "-f", str(ARTICLE))
             agents = []
             for node in ("node-a", "node-b"):
+                errors = (tmp_path / f"{node}.err").open("w")  # noqa: SIM115 - read in the assertion
                 proc = subprocess.Popen([*flowtui_command(), "agent", "--node", node, "--flows-dir", str(flows)],
                                         cwd=tmp_path, env=lab.env, text=True, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE)
+                                        stderr=errors)
+                errors.close()
                 lab.procs.append(proc)
                 agents.append(proc)
                 assert proc.stdout is not None
                 first = json.loads(proc.stdout.readline())  # the agent reconciled: it and its collector run
                 assert first["event"] == "reconciled", first
             lab.run("lab", "exec", "production/frontend", "--", "ping", "-c", "2", "-W", "1", TRANSACTION)
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 60  # a shared, loaded machine: generous, the bound is in bench/
             seen: list[dict[str, Any]] = []
             while time.monotonic() < deadline:
                 if (flows / "flows").is_dir():
@@ -181,11 +183,12 @@ def test_agents_with_flows_dir_write_one_dataset(tmp_path: Path) -> None:
                     if len(seen) == 2:
                         break
                 time.sleep(0.5)
-            assert seen == [{"node": "node-a"}, {"node": "node-b"}]  # live, before the agents stop
+            logs = "".join((tmp_path / f"{n}.err").read_text() for n in ("node-a", "node-b"))
+            assert seen == [{"node": "node-a"}, {"node": "node-b"}], logs  # live, before the agents stop
             for proc in agents:
                 proc.send_signal(signal.SIGTERM)  # the collector drains and closes its run first
-                _out, err = proc.communicate(timeout=90)
-                assert proc.returncode in (0, -signal.SIGTERM), err
+                proc.communicate(timeout=90)
+                assert proc.returncode in (0, -signal.SIGTERM), logs
             once = lab.query(flows, f"SELECT denied FROM flows_once WHERE proto = 1 AND dst_ip = '{TRANSACTION}'")
             assert once and not any(r["denied"] for r in once)
             assert lab.query(flows, "SELECT count(*) AS n FROM runs WHERE outcome = 'stopped'") == [{"n": 2}]
