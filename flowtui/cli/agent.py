@@ -48,7 +48,8 @@ def agent_cmd(node: str, flows_dir: str | None, lab_id: str, state_dir: str) -> 
         fail(f"lab {lab_id} has no node {node!r} up (nodes: {', '.join(nodes) or 'none'})")
     compile_fn, options = rt.compiler()
     reconciler = Reconciler(ds, rt.backend(lab_id), compile_fn, options, lambda: [node], lab_id=lab_id)
-    flows = _start_flows(ds, node, lab_id, flows_dir, state_dir) if flows_dir else None
+    # its own client: the collector's writer thread reads the datastore beside the agent's loop
+    flows = _start_flows(open_state(state_dir), node, lab_id, flows_dir, state_dir) if flows_dir else None
     try:
         Agent(ds, reconciler, node, _print).run()
     except KeyboardInterrupt:
