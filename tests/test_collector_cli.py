@@ -123,7 +123,7 @@ def test_collect_with_no_lab_up_says_what_to_do(monkeypatch: pytest.MonkeyPatch,
 def test_the_datastore_gives_the_rule_table_and_follows_endpoint_changes(tmp_path: Path) -> None:
     """What `collect` reads by default: the datastore `apply` wrote, re-read when it changes."""
     from enforcer.datastore import Datastore
-    from flowtui.cli.collect import _datastore_loader
+    from flowtui.collector.node import datastore_loader
 
     pods = tmp_path / "pods.yaml"
     pod = ("apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: shop, labels: {{app: web{extra}}}}}\n"
@@ -132,7 +132,7 @@ def test_the_datastore_gives_the_rule_table_and_follows_endpoint_changes(tmp_pat
     pods.write_text(pod.format(extra=""))
     ds = Datastore(tmp_path / "state")
     ds.apply_documents([str(pods)])
-    load = _datastore_loader(ds, None)
+    load = datastore_loader(ds, None)
     assert [(p.namespace, p.name, p.labels) for p in load().pods] == [("shop", "web", (("app", "web"),))]
     stamp = (ds.path / "state.json").stat().st_mtime_ns
     pods.write_text(pod.format(extra=", release: canary"))

@@ -31,12 +31,32 @@ def _print(event: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def start_flow_collection(flows_dir: str, node: str, netns: str | None, metrics: Any) -> Callable[[], None]:
-    """The hook for `--flows-dir` (flow collection: NFLOG + conntrack of this node into the
-    cluster's Parquet dataset). It starts collecting in `netns` (None: this namespace), feeds the
-    NFLOG counts to `metrics.collector(...)` (`enforcer.agent_metrics.AgentMetrics`) and returns
-    the function that stops it; the agent calls that when it stops."""
-    fail("--flows-dir: flow collection by the agent is not available in this build", EXIT_INVALID)
+def start_flow_collection(ds: Any, flows_dir: str, node: str, netns: str | None, lab: str | None,
+                          state_dir: str, metrics: Any) -> Callable[[], None]:
+    """`--flows-dir`: this node's flow collector (NFLOG + conntrack of `netns`, None: this
+    namespace) in a thread beside the agent, appending to the cluster's Parquet dataset
+    (`flowtui.collector.node`); its NFLOG counts feed `metrics.collector(...)`. Returns the function
+    that stops it (the collector drains and writes its last parts first)."""
+    from pathlib import Path
+
+    from enforcer.agent_metrics import CollectorCounts
+    from flowtui.collector.node import NodeFlows, local_store, node_config
+
+    cfg = node_config(ds, node=node, netns=netns, flows_dir=Path(flows_dir),
+                      db=local_store(state_dir, lab, node), lab_id=lab)
+    flows = NodeFlows(cfg)
+    try:
+        flows.start()
+    except (OSError, ValueError) as exc:
+        fail(f"cannot collect the flows of node {node}: {exc}")
+
+    def counts() -> CollectorCounts:
+        book = flows.collector.book
+        return CollectorCounts(received=book.stat_total("received"), stored=book.stat_total("stored"),
+                               lost=book.lost_by_cause())
+
+    metrics.collector(counts)
+    return lambda: None if flows.stop() is None else None
 
 
 def _interrupt(_signum: int, _frame: Any) -> None:
@@ -146,7 +166,9 @@ def agent_cmd(ctx: click.Context, node: str, netns: str | None, host: bool, metr
             except OSError as err:
                 fail(str(err.strerror or err))
         if flows_dir is not None:
-            stop_flows = start_flow_collection(flows_dir, node, place, metrics)
+            # its own client: the collector's writer thread reads the datastore beside the agent's loop
+            stop_flows = start_flow_collection(open_state(state_dir), flows_dir, node, place, lab, state_dir,
+                                               metrics)
         Agent(ds, reconciler, node, _print, metrics=metrics, status=status).run()
     except KeyboardInterrupt:
         pass

@@ -15,8 +15,7 @@ from typing import Any
 
 import click
 
-from enforcer.datastore import DEFAULT_HOME, HOME_ENV
-from flowtui.cli.common import EXIT_INVALID
+from flowtui.cli.common import EXIT_INVALID, cluster_option
 from flowtui.cli.state import lab_option, state_dir_option
 
 DEFAULT_DB = "flowtui.duckdb"
@@ -43,16 +42,21 @@ def parse_size(text: str) -> int:
 
 
 @click.command("collect")
-@click.option("--db", "db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False), help="DuckDB file.")
+@click.option("--db", "db", default=None, type=click.Path(dir_okay=False), help=f"DuckDB file [default: {DEFAULT_DB}].")
 @click.option("--lab", "lab_id", envvar="FLOWTUI_LAB", metavar="ID",
               help="Read NFLOG in every node namespace of this lab (also $FLOWTUI_LAB) [default: the lab "
                    "that is up; several up: name one].")
 @click.option("--host", "host", is_flag=True, help="Read this machine's own NFLOG instead of a lab's.")
 @click.option("--netns", "netns", multiple=True, help="A lab namespace (ft-...) to read in. Repeatable.")
+@click.option("--node", "node", metavar="NAME",
+              help="Collect one node only (its lab namespace; with --host, this machine named NAME), as the "
+                   "node's agent does: for --flows-dir.")
+@click.option("--flows-dir", "flows_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Also append this node's flows, loss and counters to the cluster flows dataset in DIR "
+                   "(hive-partitioned Parquet; every node writes its own partitions; read with --cluster DIR). "
+                   "The node's own store is then $FLOWTUI_HOME/collector/<lab>-<node>.duckdb unless --db.")
 @click.option("--duration", type=float, help="Stop after S seconds (default: until Ctrl-C / SIGTERM).")
-@click.option("--state-dir", type=click.Path(file_okay=False), envvar=HOME_ENV, default=DEFAULT_HOME,
-              show_default=True, help=f"The datastore `flowtui apply` writes (also ${HOME_ENV}): the rule table "
-                                      "and the endpoints, followed while collecting.")
+@state_dir_option
 @click.option("-f", "--filename", "paths", multiple=True, type=click.Path(),
               help="Resources for enrichment instead of the datastore's.")
 @click.option("-n", "--namespace", metavar="NS", default=None,
@@ -75,10 +79,12 @@ def parse_size(text: str) -> int:
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="Progress every 5 s and debug logs on stderr.")
 def collect_cmd(
-    db: str,
+    db: str | None,
     lab_id: str | None,
     host: bool,
     netns: tuple[str, ...],
+    node: str | None,
+    flows_dir: str | None,
     duration: float | None,
     state_dir: str,
     paths: tuple[str, ...],
@@ -112,11 +118,17 @@ def collect_cmd(
     says so, and --host reads this machine instead). Readers never open the live database
     while this runs: they open the snapshot `<db>.snapshot.duckdb`, refreshed every
     --snapshot-interval seconds (`duckdb -readonly flowtui.snapshot.duckdb`).
+
+    With --node NAME --flows-dir DIR it collects one node, as that node's agent does with
+    `flowtui agent --flows-dir DIR`: every node's collector writes its own partitions of one
+    dataset, which `flowtui query/tui/whatif/export --cluster DIR` read as one store.
     """
     from enforcer.datastore import Datastore
     from flowtui.cli.common import fail
+    from flowtui.cli.state import open_state
     from flowtui.collector.nflog import NflogConfig
-    from flowtui.collector.service import Collector, CollectorConfig, lab_namespaces
+    from flowtui.collector.node import datastore_loader, local_store
+    from flowtui.collector.service import Collector, CollectorConfig, lab_namespaces, node_of
     from flowtui.store.duckdb_store import Retention
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
@@ -132,15 +144,24 @@ def collect_cmd(
         found = lab_namespaces(lab_id)
         if not found:
             fail(f"lab {lab_id} has no node namespaces (is it up? `flowtui lab status --lab {lab_id}`)")
-        namespaces.extend(found)
+        namespaces.extend(found if node is None or netns else [_node_namespace(lab_id, node, found)])
     if not namespaces:
         namespaces = [None]
-    datastore = Datastore(state_dir)
-    if not paths and not rules:
+    if flows_dir is not None or node is not None:
+        if len(namespaces) != 1:
+            fail("--node/--flows-dir collect one node: give --lab ID --node NAME, --netns NS or --host", EXIT_INVALID)
+        node = node or node_of(namespaces[0])
+    if db is None:
+        db = str(local_store(state_dir, lab_id, node)) if flows_dir is not None and node else DEFAULT_DB
+    state = open_state(state_dir)
+    datastore = state if isinstance(state, Datastore) else None
+    if datastore is not None and not paths and not rules:
         _check_datastore(datastore, [n for n in namespaces if n is not None])
     retain_flows_td = parse_duration(retain_flows)
     cfg = CollectorConfig(
         db=Path(db),
+        node=node,
+        flows_dir=Path(flows_dir) if flows_dir is not None else None,
         namespaces=tuple(namespaces),
         nflog=NflogConfig(
             groups=groups or (1, 2),
@@ -149,10 +170,12 @@ def collect_cmd(
             timeout_cs=flush_cs,
             rcvbuf=parse_size(rcvbuf),
         ),
-        rules_path=Path(rules) if rules else datastore.rules_path,
-        load_resources=_resource_loader(paths, lab_id, namespace) if paths else _datastore_loader(datastore, lab_id),
-        # Re-load when these change: the files, or the datastore's index (every commit replaces it).
-        resource_paths=paths or (str(datastore.path / "state.json"),),
+        rules_path=Path(rules) if rules else state.rules_path,
+        load_resources=_resource_loader(paths, lab_id, namespace) if paths else datastore_loader(state, lab_id),
+        # Re-load when these change: the files, or the datastore's index (every commit replaces it);
+        # a datastore without one (etcd): its revision.
+        resource_paths=paths or ((str(state.path / "state.json"),) if datastore is not None else ()),
+        resources_stamp=None if paths or datastore is not None else (lambda: state.revision),
         bucket_seconds=bucket,
         keep_events=events,
         conntrack=conntrack,
@@ -172,10 +195,11 @@ def collect_cmd(
     collector = Collector(cfg)
     try:
         collector.start()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         fail(str(exc))
     where = ", ".join(s.netns or "host" for s in collector.sources)
-    click.echo(f"collecting run {collector.run_id} from {where} into {db} (Ctrl-C to stop)", err=True)
+    into = db + (f" and the flows dataset {flows_dir} (node {node})" if flows_dir else "")
+    click.echo(f"collecting run {collector.run_id} from {where} into {into} (Ctrl-C to stop)", err=True)
     if verbose:
         _progress(collector, stop)
     try:
@@ -223,18 +247,18 @@ def _check_datastore(datastore: Any, namespaces: list[str]) -> None:
                    "lab was made from? (--state-dir / $FLOWTUI_HOME)", err=True)
 
 
-def _datastore_loader(datastore: Any, lab_id: str | None) -> Any:
-    """The datastore's resources (with the lab's addresses when reading a lab), as `apply` sees them."""
+def _node_namespace(lab_id: str, node: str, found: list[str]) -> str:
+    from enforcer.lab.names import netns_name
+    from flowtui.cli.common import fail
+    from flowtui.collector.service import node_of
 
-    def load() -> Any:
-        resources = datastore.resources()
-        if lab_id:
-            from enforcer.lab import lab_resources, plan_lab
-
-            resources = lab_resources(resources, plan_lab(resources, lab_id))
-        return resources
-
-    return load
+    try:
+        name = netns_name(lab_id, f"node:{node}")
+    except ValueError as exc:
+        fail(f"--node {node}: {exc}", EXIT_INVALID)
+    if name not in found:
+        fail(f"lab {lab_id} has no node {node!r} up (nodes: {', '.join(node_of(n) for n in found)})")
+    return name
 
 
 def _resource_loader(paths: tuple[str, ...], lab_id: str | None, namespace: str | None = None) -> Any:
@@ -282,31 +306,39 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 @click.command("status")
 @click.option("--db", "db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False))
-@click.option("--runs", "last_runs", default=3, show_default=True, help="How many recent runs to show.")
+@cluster_option
+@click.option("--runs", "last_runs", default=None, type=int,
+              help="How many recent runs to show [default: 3; with --cluster, each node's last].")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @lab_option
 @state_dir_option
-def status_cmd(db: str, last_runs: int, output: str, lab_id: str, state_dir: str) -> None:
+def status_cmd(db: str, cluster: str | None, last_runs: int | None, output: str, lab_id: str, state_dir: str) -> None:
     """What the collector stored and lost, by cause, per run and namespace; and lab nodes an
     interrupted apply left behind the datastore (`--state-dir`, `--lab`).
 
-    Opens the database read-only, or its snapshot when a collector is writing it.
+    Opens the database read-only, or its snapshot when a collector is writing it. With
+    `--cluster DIR`: every node's last run from the cluster flows dataset (a run is running while
+    its heartbeat is under 10 s old).
     """
     from enforcer.agent_status import describe, read_agents
-    from flowtui.cli.common import fail
+    from flowtui.cli.common import fail, store_path
     from flowtui.cli.state import behind_lines, enforcement_behind, guarded, open_state, runtime
-    from flowtui.store.status import read_status
+    from flowtui.store.status import read_cluster_status, read_status
 
     behind = enforcement_behind(state_dir, guarded(lambda: runtime().lab_nodes(lab_id)))
     for line in behind_lines(behind):
         click.echo(f"warning: {line}", err=True)
     agents = read_agents(open_state(state_dir).path)
-    try:
-        doc: dict[str, Any] | None = read_status(Path(db), last_runs)
-    except FileNotFoundError as exc:
-        if not agents:
-            fail(f"no flow store: {exc}")
-        doc = None  # agents, but no collector here: say what the agents say
+    doc: dict[str, Any] | None
+    if cluster is not None:  # every node's runs and loss, from the dataset
+        doc = read_cluster_status(Path(store_path(db, cluster, DEFAULT_DB) or db), last_runs or 1)
+    else:
+        try:
+            doc = read_status(Path(db), last_runs or 3)
+        except FileNotFoundError as exc:
+            if not agents:
+                fail(f"no flow store: {exc}")
+            doc = None  # agents, but no collector here: say what the agents say
     if output == "json":
         click.echo(json.dumps({**(doc or {}), "enforcement_behind": behind,
                                "agents": [a.to_json() for a in agents]}, indent=2, default=str))

@@ -39,6 +39,53 @@ def open_store(db: str, hint: str, verb: str) -> Source:
     return source
 
 
+CLUSTER_HELP = (
+    "Read the cluster flows dataset in DIR (every node's flows: `flowtui agent --flows-dir DIR`, `flowtui "
+    "collect --node NAME --flows-dir DIR`); `--cluster` alone: the lab's ($FLOWTUI_LAB, or the one that is up) "
+    "default, $FLOWTUI_HOME/flows/<lab>."
+)
+
+
+def cluster_option(func: click.decorators.FC) -> click.decorators.FC:
+    """`--cluster [DIR]`: the cluster flows dataset instead of one store (see `store_path`)."""
+    return click.option("--cluster", "cluster", metavar="DIR", is_flag=False, flag_value="", default=None,
+                        help=CLUSTER_HELP)(func)
+
+
+def store_path(db: str | None, cluster: str | None, default_db: str | None = None) -> str | None:
+    """The flow store a reading command opens: `--cluster DIR` (checked), else `--db`. `default_db`:
+    the --db default, so an explicit --db next to --cluster is refused."""
+    if cluster is None:
+        return db
+    if db is not None and db != default_db:
+        fail("give --db or --cluster, not both", EXIT_INVALID)
+    if cluster == "":
+        cluster = str(_lab_flows_dir())
+    from flowtui.interop.cluster import is_cluster_dir
+
+    if not is_cluster_dir(cluster):
+        fail(f"--cluster {cluster}: no cluster flows dataset there (nothing written by `flowtui agent --flows-dir` "
+             "or `flowtui collect --node NAME --flows-dir` yet)", EXIT_INVALID)
+    return cluster
+
+
+def _lab_flows_dir() -> Path:
+    import os
+
+    from flowtui.collector.dataset import lab_flows_dir
+
+    lab = os.environ.get("FLOWTUI_LAB")
+    if not lab:
+        from flowtui.collector.service import labs_up
+
+        up = labs_up()
+        if len(up) != 1:
+            fail("--cluster without DIR reads a lab's flows: set $FLOWTUI_LAB or give --cluster DIR "
+                 f"({len(up)} labs are up)", EXIT_INVALID)
+        lab = up[0]
+    return lab_flows_dir(lab)
+
+
 def load_or_exit(paths: Sequence[str], namespace: str | None = None) -> ResourceSet:
     """Load and validate; on any problem print every one of them (file:line) and exit 2.
     `namespace`: the command's `-n` (see `namespace_option`)."""

@@ -11,6 +11,8 @@ from typing import IO, TYPE_CHECKING
 
 import click
 
+from flowtui.cli.common import cluster_option
+
 if TYPE_CHECKING:
     import duckdb
 
@@ -46,6 +48,7 @@ def _text_out(out: str, overwrite: bool) -> Iterator[IO[str]]:
                    "with names; hubble: `hubble observe -o json` lines; calico: Whisker/Goldmane flow records.")
 @click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(),
               help="Flow store: a DuckDB file (its snapshot while a collector writes it) or a Parquet directory.")
+@cluster_option
 @click.option("--since", metavar="WHEN", help="Only flows from this time on: a time, or a duration back from the "
                                                "latest flow (30m, 24h, 7d). Tables without times go whole.")
 @click.option("--until", metavar="WHEN", help="Only flows before this time (same forms).")
@@ -55,7 +58,7 @@ def _text_out(out: str, overwrite: bool) -> Iterator[IO[str]]:
 @click.option("--calico-style", type=click.Choice(["whisker", "goldmane"]), default="whisker", show_default=True,
               help="Calico records as whisker-backend serves them (string enums) or as Goldmane's NDJSON sink "
                    "writes them (integer enums, nested key).")
-def export_cmd(fmt: str, db: str, since: str | None, until: str | None, out: str, overwrite: bool,
+def export_cmd(fmt: str, db: str, cluster: str | None, since: str | None, until: str | None, out: str, overwrite: bool,
                calico_style: str) -> None:
     """Write the recorded flows in a format other tools read.
 
@@ -68,8 +71,10 @@ def export_cmd(fmt: str, db: str, since: str | None, until: str | None, out: str
     """
     import duckdb
 
-    from flowtui.cli.common import EXIT_INVALID, fail, open_store
+    from flowtui.cli.common import EXIT_INVALID, fail, open_store, store_path
     from flowtui.interop.window import WindowError, parse_window
+
+    db = store_path(db, cluster, DEFAULT_DB) or db
 
     if fmt == "parquet" and out == "-":
         fail("--format parquet writes a directory: give --out DIR", EXIT_INVALID)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from flowtui.cli.common import cluster_option
+
 DEFAULT_DB = "flowtui.duckdb"  # as `flowtui collect --db`
 
 
@@ -18,6 +20,7 @@ DEFAULT_DB = "flowtui.duckdb"  # as `flowtui collect --db`
 @click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(),
               help="Flow store: a DuckDB file (its snapshot while a collector writes it), a Parquet export "
                    "directory (`flowtui export --format parquet`), or a directory of <table>.parquet files.")
+@cluster_option
 @click.option("--sql", "sql", metavar="SQL", help="Run this SQL instead of a named query (same tables and views).")
 @click.option("-o", "--output", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
               show_default=True, help="Result format.")
@@ -27,8 +30,8 @@ DEFAULT_DB = "flowtui.duckdb"  # as `flowtui collect --db`
 @click.option("--print-sql", is_flag=True,
               help="Print the SQL that would run, with the SET VARIABLE lines for the plain `duckdb` client.")
 @click.option("--wide", is_flag=True, help="Do not cut long cells in -o table.")
-def query_cmd(name: str | None, params: tuple[str, ...], db: str, sql: str | None, output: str, out: str | None,
-              describe: bool, print_sql: bool, wide: bool) -> None:
+def query_cmd(name: str | None, params: tuple[str, ...], db: str, cluster: str | None, sql: str | None, output: str,
+              out: str | None, describe: bool, print_sql: bool, wide: bool) -> None:
     """Answer a question about the recorded flows with a named query from the library.
 
     NAME is a file of `queries/` (without .sql), or a path to your own .sql file with the same
@@ -41,10 +44,11 @@ def query_cmd(name: str | None, params: tuple[str, ...], db: str, sql: str | Non
       flowtui query top_denied -p since=1h -p rows=10
       flowtui query unused_rules -p since=90d -o json
       flowtui query conversations --db export/ -o csv --out conversations.csv
+      flowtui query top_denied --cluster /var/lib/flowtui/flows/lab   # every node's flows
       flowtui query --sql "SELECT action, count(*) FROM flows GROUP BY ALL"
       duckdb -readonly flowtui.duckdb -c "SET VARIABLE since = '1h'" -c ".read queries/top_denied.sql"
     """
-    from flowtui.cli.common import EXIT_INVALID, echo_json, fail
+    from flowtui.cli.common import EXIT_INVALID, echo_json, fail, store_path
     from flowtui.query.library import QueryFileError, UnknownQuery, discover, load
     from flowtui.query.run import ParamError, check_params, parse_params, statements_for_cli
 
@@ -88,7 +92,7 @@ def query_cmd(name: str | None, params: tuple[str, ...], db: str, sql: str | Non
         return
     if output == "parquet" and not out and sys.stdout.isatty():
         fail("-o parquet writes binary: give --out FILE (or redirect stdout)", EXIT_INVALID)
-    _run(db, text, values, output, out, wide)
+    _run(store_path(db, cluster, DEFAULT_DB) or db, text, values, output, out, wide)
 
 
 def _run(db: str, text: str, values: dict[str, str], output: str, out: str | None, wide: bool) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from enforcer.datastore import DEFAULT_HOME
+from flowtui.cli.common import cluster_option, store_path
 from flowtui.cli.state import open_state, state_dir_option
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 @click.command("tui")
 @click.option("--db", type=click.Path(), help="A DuckDB flow store (`flowtui collect --db`; while a collector "
               "writes it, its snapshot is followed live), or a Parquet export like sample-logs/ (as --logs).")
+@cluster_option
 @click.option("--logs", type=click.Path(exists=True),
               help="A recording: a directory of <table>.parquet / .jsonl files (e.g. sample-logs/), or one file.")
 @click.option("-f", "--filename", "paths", multiple=True, type=click.Path(exists=True),
@@ -32,8 +34,8 @@ if TYPE_CHECKING:
 @click.option("--queries", "queries_dir", type=click.Path(file_okay=False, exists=True),
               help="Directory of .sql files for the SQL screen [default: the query library, $FLOWTUI_QUERIES "
                    "then queries/].")
-def tui(db: str | None, logs: str | None, paths: tuple[str, ...], namespace: str | None, state_dir: str, lab_id: str,
-        read_only: bool, queries_dir: str | None) -> None:
+def tui(db: str | None, cluster: str | None, logs: str | None, paths: tuple[str, ...], namespace: str | None,
+        state_dir: str, lab_id: str, read_only: bool, queries_dir: str | None) -> None:
     """The terminal dashboard: flows allowed and denied, by which policy and rule.
 
     Screens (keys 1-5, or `:` commands as in k9s): live flows with a `/` filter, conversations,
@@ -46,7 +48,9 @@ def tui(db: str | None, logs: str | None, paths: tuple[str, ...], namespace: str
       flowtui tui --logs sample-logs/          # replay the shipped recording, no root needed
       flowtui tui --db flows.duckdb            # a store (followed live while `flowtui collect` runs)
       flowtui demo                             # the lab, the collector and this dashboard, live
+      flowtui tui --cluster /var/lib/flowtui/flows/lab   # every node's flows (agents' --flows-dir)
     """
+    db = store_path(db, cluster)
     app = build_app(db, logs, paths, state_dir, lab_id, read_only, queries_dir, namespace)
     from flowtui.tui.app import run_app
 
@@ -61,10 +65,11 @@ def build_app(db: str | None, logs: str | None, paths: tuple[str, ...] = (), sta
               namespace: str | None = None) -> FlowtuiApp:
     """The dashboard `flowtui tui` runs, from its options (tests drive it with `run_test`)."""
     from flowtui.cli.common import fail
+    from flowtui.interop.cluster import is_cluster_dir
     from flowtui.interop.parquet import export_root
     from flowtui.tui.sources import SourceError, open_source
 
-    root = export_root(db) if db else None
+    root = export_root(db) if db and not is_cluster_dir(db) else None
     if root is not None:  # --db takes the same forms everywhere: an export (or a table file of one) is a recording
         db, logs = None, str(root)
     if not db and not logs:

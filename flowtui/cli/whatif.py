@@ -22,7 +22,7 @@ import click
 from enforcer.datastore import DesiredState
 from enforcer.loader import LoadError, load_paths, skipped_line
 from enforcer.model import ResourceSet
-from flowtui.cli.common import EXIT_INVALID, NAMESPACE_HELP, echo_json, fail
+from flowtui.cli.common import EXIT_INVALID, NAMESPACE_HELP, echo_json, fail, store_path
 
 DEFAULT_DB = "flowtui.duckdb"  # as `flowtui collect --db`
 EXIT_NO_FLOWS = 1
@@ -100,11 +100,14 @@ def _progress(enabled: bool | None) -> Iterator[Any]:
 
 
 def flow_options(func: click.decorators.FC) -> click.decorators.FC:
-    """--db, --flows, --since, --current, --state-dir, --progress."""
+    """--db, --cluster, --flows, --since, --current, --state-dir, --progress."""
+    from flowtui.cli.common import cluster_option
+
     options = [
         click.option("--db", type=click.Path(), default=None,
                      help="Flow store to read recorded flows from: a DuckDB file, or a flow-store Parquet export "
                           f"directory like sample-logs/ [default: {DEFAULT_DB}]."),
+        cluster_option,
         click.option("--flows", "flow_files", multiple=True, type=click.Path(), metavar="PATH",
                      help="Recorded flows from files instead, told apart by content: a flow store (DuckDB or "
                           "Parquet export directory), Parquet (file, glob or directory), Hubble JSON, Calico flow "
@@ -151,8 +154,9 @@ def _state_dir_option(func: click.decorators.FC) -> click.decorators.FC:
               help="Re-evaluate every flow under both sets, not only those an edit can affect (a check; slower).")
 @click.option("--exit-code", is_flag=True, help="Exit 1 when any flow becomes denied (for CI).")
 def whatif(
-    edit_paths: Sequence[str], deletions: Sequence[str], db: str | None, flow_files: Sequence[str],
-    since: str | None, current: Sequence[str], state_dir: str, progress: bool | None, namespace: str | None,
+    edit_paths: Sequence[str], deletions: Sequence[str], db: str | None, cluster: str | None,
+    flow_files: Sequence[str], since: str | None, current: Sequence[str], state_dir: str, progress: bool | None,
+    namespace: str | None,
     output: str, limit: int, examples: int, pending: bool, full: bool, exit_code: bool,
 ) -> None:
     """Replay recorded flows against the current policy set with edits applied.
@@ -179,6 +183,7 @@ def whatif(
     from flowtui.whatif.report import build_report, render_table
     from flowtui.whatif.sources import read_flows
 
+    db = store_path(db, cluster)
     window = _since(since)
     edits = None
     if edit_paths:
@@ -234,8 +239,8 @@ def whatif(
 @click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
 @click.option("--netsets/--no-netsets", default=True, show_default=True,
               help="Outside peers as NetworkSets (else inline nets in the rules).")
-def propose(namespace: str, db: str | None, flow_files: Sequence[str], since: str | None, current: Sequence[str],
-            state_dir: str, progress: bool | None, output: str, netsets: bool) -> None:
+def propose(namespace: str, db: str | None, cluster: str | None, flow_files: Sequence[str], since: str | None,
+            current: Sequence[str], state_dir: str, progress: bool | None, output: str, netsets: bool) -> None:
     """Propose least-privilege policy for a namespace from its observed allowed flows.
 
     One NetworkPolicy per workload of the namespace (pods with the same stable labels), for
@@ -253,6 +258,7 @@ def propose(namespace: str, db: str | None, flow_files: Sequence[str], since: st
     from flowtui.whatif.propose import propose as make_proposal
     from flowtui.whatif.recorded import with_recorded_pods
 
+    db = store_path(db, cluster)
     window = _since(since)
     res = _current(current, state_dir)  # the whole cluster: -n names the proposal's namespace only
     frame = _flows(db, flow_files, window)

@@ -122,6 +122,11 @@ class Aggregator:
         self.grace_us = int(grace_seconds * 1_000_000)
         self.partials: dict[int, list[pl.DataFrame]] = {}
         self.unsaved: dict[int, list[pl.DataFrame]] = {}  # partials not yet given to take_open()
+        # With `track_deltas`: partials of buckets flush() closed before take_open() saw them, so
+        # take_open() + take_closed_unsaved() hand out every partial exactly once (the dataset's
+        # append-only flow rows, `flowtui.collector.dataset`).
+        self.track_deltas = False
+        self.closed_unsaved: list[pl.DataFrame] = []
         self.addresses = Interner()
         self.prefixes = Interner()
         self.prefix_action: dict[int, str | None] = {}
@@ -277,7 +282,9 @@ class Aggregator:
             return schema.FLOWS.arrow_schema.empty_table()
         frames = [f for b in ready for f in self.partials.pop(b)]
         for b in ready:
-            self.unsaved.pop(b, None)  # their rows go to `flows` whole
+            unsaved = self.unsaved.pop(b, None)  # their rows go to `flows` whole
+            if unsaved and self.track_deltas:
+                self.closed_unsaved.extend(unsaved)
         self._flushed_before = max(self._flushed_before, ready[-1] + self.bucket_us)
         table = self._sum(frames)
         if len(self.addresses) > INTERN_LIMIT:
@@ -293,6 +300,14 @@ class Aggregator:
         """Rows (summed per key) of the partials of open buckets added since the last call."""
         frames = [f for b in sorted(self.unsaved) for f in self.unsaved[b]]
         self.unsaved = {}
+        if not frames:
+            return schema.FLOWS.arrow_schema.empty_table()
+        return self._sum(frames)
+
+    def take_closed_unsaved(self) -> pa.Table:
+        """Rows (summed per key) of the partials that flush() closed since the last call and that
+        take_open() had not returned (only with `track_deltas`)."""
+        frames, self.closed_unsaved = self.closed_unsaved, []
         if not frames:
             return schema.FLOWS.arrow_schema.empty_table()
         return self._sum(frames)
@@ -356,7 +371,7 @@ class Aggregator:
     def _compact(self) -> None:
         """Forget addresses no pending partial or allow-index entry refers to (floods)."""
         keep: set[int] = set()
-        for frames in self.partials.values():
+        for frames in [*self.partials.values(), self.closed_unsaved]:
             for f in frames:
                 keep.update(f["src_id"].unique().to_list())
                 keep.update(f["dst_id"].unique().to_list())
@@ -380,6 +395,7 @@ class Aggregator:
 
         self.partials = {b: remapped(frames) for b, frames in self.partials.items()}
         self.unsaved = {b: remapped(frames) for b, frames in self.unsaved.items()}
+        self.closed_unsaved = remapped(self.closed_unsaved)
         self.allow_index = OrderedDict(
             ((k[0], k[1], int(remap[k[2]]), int(remap[k[3]]), k[4], k[5]), v) for k, v in self.allow_index.items()
         )

@@ -39,6 +39,13 @@ class CollectorConfig:
     duckdb_threads: int | None = None  # DuckDB's own default when None
     nflog_socket: Callable[[str | None, NflogConfig], NflogSocket] = NflogSocket  # injectable (tests)
     slow_writer_seconds: float = 0.0  # tests and benchmarks: extra time per batch, a slow disk
+    # Node mode (the cluster flows dataset, `flowtui.collector.dataset`): one namespace, one node.
+    node: str | None = None  # the node's name (default: from the namespace, or the host name)
+    flows_dir: Path | None = None  # also append this node's rows to the dataset there
+    flush_seconds: float = 2.0  # dataset parts at least this often (a row is <= ~3 s behind live)
+    dataset_give_up_seconds: float = 30.0  # retry an unwritable part this long, then count it lost
+    # Re-load resources when this value changes (a datastore without a file to watch: etcd's revision)
+    resources_stamp: Callable[[], object] | None = None
 
     def rules_file(self) -> Path:
         return self.rules_path if self.rules_path is not None else Path(self.db).parent / "rules.jsonl"

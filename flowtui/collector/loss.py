@@ -8,6 +8,9 @@
   drops a chunk.
 - `malformed`: a message we could not read; counted by the parser.
 - `store_error`: an insert failed; counted by the writer.
+- `dataset_error`: stored in the node's own store, but its flow rows could not be written to
+  the cluster flows dataset (`--flows-dir`: disk full, a bad directory) within the retry period;
+  counted by the events those flow rows aggregated (`flowtui.collector.dataset`).
 - `collector_down`: logged by the kernel while no collector stored it: the events in flight
   when a run died (kill -9, power loss) and those logged until the next run started. The next
   run measures it when it starts (`recovery.py`: rule counters now, minus at the previous run's
@@ -28,13 +31,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-CAUSES = ("kernel_ratelimit", "rcvbuf_overrun", "writer_backlog", "malformed", "store_error", "collector_down")
+CAUSES = ("kernel_ratelimit", "rcvbuf_overrun", "writer_backlog", "malformed", "store_error", "dataset_error",
+          "collector_down")
 DETAIL = {
     "kernel_ratelimit": "nft counters: matched - logged, rules with a limit before log",
     "rcvbuf_overrun": "NFLOG sequence gaps + end-of-run counter comparison",
     "writer_backlog": "chunks dropped by the reader while the writer was behind",
     "malformed": "unreadable netlink messages",
     "store_error": "events of failed inserts",
+    "dataset_error": "events whose flow rows could not be written to the cluster flows dataset",
     "collector_down": "rule counters at the next run's start - at this run's start - stored - counted lost",
 }
 

@@ -39,6 +39,7 @@ from flowtui.collector import counters as nft_counters
 from flowtui.collector import recovery
 from flowtui.collector.config import CollectorConfig, Source
 from flowtui.collector.conntrack import ConntrackSocket, accounting_enabled, enable_accounting
+from flowtui.collector.dataset import DatasetSink
 from flowtui.collector.loss import LossBook
 from flowtui.collector.nflog import NLBUFSIZ_MAX
 from flowtui.collector.parse import RawBatch, count_events
@@ -88,12 +89,22 @@ class Collector:
 
     def start(self) -> None:
         cfg = self.cfg
+        sink = None
+        try:
+            if cfg.flows_dir is not None:  # node mode: this node's rows into the cluster dataset
+                if len(cfg.namespaces) != 1:
+                    raise ValueError("a flows dataset is written per node: give exactly one namespace")
+                sink = DatasetSink(cfg.flows_dir, cfg.node or node_of(cfg.namespaces[0]),
+                                   give_up_seconds=cfg.dataset_give_up_seconds)
+        except BaseException:
+            self.store.close(snapshot=False)
+            raise
         # One reading of the rule counters before the sockets are bound ends the previous run's
         # gap and starts this run's count: an event logged in between is this run's, stored or
         # counted lost (a reading after binding would leave the events between uncounted).
         baseline: dict[str | None, tuple[datetime, list[nft_counters.RuleCounter]]] = {}
         try:  # before this run exists and before its sockets are bound (see recovery.py)
-            recovery.close_crashed_runs(self.store)
+            closed = recovery.close_crashed_runs(self.store)
             if cfg.counters:
                 for netns in cfg.namespaces:
                     try:
@@ -101,6 +112,9 @@ class Collector:
                     except OSError as exc:
                         log.warning("cannot read nft counters in %s: %s", netns or "host", exc)
                 recovery.count_gaps(self.store, cfg.namespaces, read=_cached(baseline))
+            if sink is not None:  # what a dead run committed but never published, and the gap counts
+                previous = self.store.query("SELECT max(run_id) FROM runs")[0][0]
+                sink.catch_up(self.store, [r for r, _e in closed.runs], previous)
         except BaseException:
             self.store.close(snapshot=False)
             raise
@@ -108,7 +122,7 @@ class Collector:
         try:
             for index, netns in enumerate(cfg.namespaces):
                 sock = cfg.nflog_socket(netns, cfg.nflog)
-                node = node_of(netns)
+                node = cfg.node or node_of(netns)
                 source_id = self.store.add_source(self.run_id, netns, node, cfg.nflog.groups, sock.rcvbuf)
                 src = Source(index, source_id, netns, node, sock)
                 self.sources.append(src)
@@ -118,7 +132,7 @@ class Collector:
                     elif not accounting_enabled(None):
                         log.warning("net.netfilter.nf_conntrack_acct is 0 here: allowed flows will have no counts")
                     src.conntrack = ConntrackSocket(netns)
-            self.writer = Writer(cfg, self.store, self.sources, self.q, self.pool, self.backlog, self.run_id)
+            self.writer = Writer(cfg, self.store, self.sources, self.q, self.pool, self.backlog, self.run_id, sink)
         except BaseException:
             self._close_sockets()
             self.store.close(snapshot=False)
@@ -328,6 +342,8 @@ def _config_doc(cfg: CollectorConfig) -> dict[str, Any]:
         "keep_events": cfg.keep_events,
         "conntrack": cfg.conntrack,
         "counters": cfg.counters,
+        "node": cfg.node,
+        "flows_dir": None if cfg.flows_dir is None else str(cfg.flows_dir),
         "retention": {k: None if v is None else v.total_seconds() for k, v in asdict(cfg.retention).items()},
     }
 

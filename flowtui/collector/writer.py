@@ -40,6 +40,7 @@ from flowtui.collector.aggregate import Aggregator
 from flowtui.collector.attribution import Attribution, policy_hit
 from flowtui.collector.config import CollectorConfig, Source
 from flowtui.collector.conntrack import Connection
+from flowtui.collector.dataset import DatasetSink
 from flowtui.collector.enrich import Enricher
 from flowtui.collector.loss import LossBook, ensure_all_causes
 from flowtui.collector.parse import ParseStats, RawBatch, SeqTracker, count_events
@@ -76,8 +77,10 @@ class Writer:
         pool: queue.Queue[bytearray],
         backlog: Backlog,
         run_id: int,
+        sink: DatasetSink | None = None,
     ) -> None:
         self.cfg = cfg
+        self.sink = sink  # the cluster flows dataset (`--flows-dir`): this node's rows, appended
         self.store = store
         self.sources = sources
         self.q = q
@@ -89,12 +92,13 @@ class Writer:
         self.seq = SeqTracker()
         self.parse_stats = ParseStats()
         self.aggregator = Aggregator(cfg.bucket_seconds, grace_seconds=max(2.0, 4 * cfg.batch_seconds + 1.0))
+        self.aggregator.track_deltas = sink is not None
         self.rules_stored: dict[int, RuleRef] = {}
         self.received_prefix: dict[tuple[int, str], int] = defaultdict(int)
         self.counter_deltas: dict[int, dict[str, tuple[int | None, int | None, bool]]] = {}
         self.baseline = nft_counters.CounterBaseline()
         self.enricher = Enricher()
-        self._resource_stamp: tuple[tuple[str, int], ...] = ()
+        self._resource_stamp: tuple[Any, ...] = ()
         self._last_warning = -10.0
         self._source_ids = np.asarray([s.source_id for s in sources], dtype=np.int32)
         for src in sources:
@@ -109,7 +113,8 @@ class Writer:
         cfg = self.cfg
         pending: list[pa.Table] = []
         pending_rows = 0
-        last = {"flush": time.monotonic(), "stats": 0.0, "retention": time.monotonic(), "resources": 0.0}
+        last = {"flush": time.monotonic(), "stats": 0.0, "retention": time.monotonic(), "resources": 0.0,
+                "publish": time.monotonic()}
         while True:
             try:
                 item = self.q.get(timeout=0.05)
@@ -139,6 +144,9 @@ class Writer:
                 last["resources"] = now
                 self._load_resources()
                 self._store_rules()
+            if self.sink is not None and now - last["publish"] >= cfg.flush_seconds:
+                last["publish"] = now
+                self._publish()
             if self.store.snapshot_due():
                 self.store.snapshot()
             if now - last["retention"] >= cfg.retention_interval:
@@ -150,6 +158,24 @@ class Writer:
         self._end_of_run_comparison()
         self._write_stats(force=True)
         self.store.end_run(self.run_id)
+        if self.sink is not None:
+            self._publish(final=True)
+
+    def _publish(self, final: bool = False) -> None:
+        """Write what the dataset has pending; count the events of flow rows it had to drop."""
+        assert self.sink is not None
+        if final:  # nothing can be retried after the run: what is still unwritten is lost
+            self.sink.give_up_seconds = 0.0
+        dropped = self.sink.flush(self.store.read_table)
+        self.sink.compact(utcnow())
+        for sid, events in dropped.items():
+            self.book.lose("dataset_error", events, sid)
+        self.book.set("dataset_parts", self.sink.stats.parts)
+        self.book.set("dataset_failures", self.sink.stats.failures)
+        self.book.set("dataset_compacted_hours", self.sink.stats.compacted_hours)
+        if final and dropped:  # the count itself: in the local store, and in the dataset if it can be
+            self._write_stats(force=True)
+            self.sink.flush(None)
 
     def _process(self, raw: RawBatch) -> pa.Table | None:
         self.backlog.taken += raw.used
@@ -238,7 +264,13 @@ class Writer:
         except Exception:
             log.exception("committing %d events and %d flow rows failed", rows, closed.num_rows + opened.num_rows)
             self.book.lose("store_error", rows)
+            self.aggregator.take_closed_unsaved()  # lost with the commit: not for the dataset either
             return
+        if self.sink is not None:  # what this commit added, as the dataset's append-only rows
+            if rows and self.cfg.keep_events:
+                self.sink.append("events", pa.concat_tables(pending, promote_options="permissive"))
+            delta = self.aggregator.take_closed_unsaved()
+            self.sink.append("flows", pa.concat_tables([delta, opened]) if delta.num_rows else opened)
         self.book.count("stored", rows)
         self.book.count("flow_rows", closed.num_rows)
         self.book.count("open_flow_rows", opened.num_rows)
@@ -305,6 +337,9 @@ class Writer:
             self.store.insert_rows("connections", rows)
         except Exception:
             log.exception("inserting %d connections failed", len(rows))
+            return
+        if self.sink is not None:
+            self.sink.append_rows("connections", rows)
 
     def _counters(self, index: int, when: datetime, found: list[nft_counters.RuleCounter]) -> None:
         sid = int(self._source_ids[index])
@@ -342,6 +377,9 @@ class Writer:
             self.store.insert_rows("rule_counters", rows)
         except Exception:
             log.exception("inserting rule counters failed")
+            return
+        if self.sink is not None:
+            self.sink.append_rows("rule_counters", rows)
 
     def _end_of_run_comparison(self) -> None:
         """Events the kernel logged (rule counters) that neither arrived nor left a sequence gap."""
@@ -356,7 +394,8 @@ class Writer:
             explained = sum(
                 v
                 for (sid, cause), v in list(self.book.loss.items())
-                if (sid == s.source_id and cause != "kernel_ratelimit") or (sid is None and cause == "malformed")
+                if (sid == s.source_id and cause not in ("kernel_ratelimit", "dataset_error"))
+                or (sid is None and cause == "malformed")
             )
             tail = expected - arrived - explained
             self.book.set("counter_expected", expected, s.source_id)
@@ -380,6 +419,9 @@ class Writer:
             self.store.insert_rows("stats", stat_rows)
         except Exception:
             log.exception("writing loss and stats failed")
+        if self.sink is not None:
+            self.sink.append_rows("loss", loss_rows)
+            self.sink.append_rows("stats", stat_rows)
 
     def _store_rules(self) -> None:
         self.attribution.reload()
@@ -403,7 +445,14 @@ class Writer:
             if force:
                 self._set_enricher(ResourceSet())
             return
-        stamp = tuple((p, _mtime(p)) for p in self.cfg.resource_paths)
+        stamp: tuple[Any, ...] = tuple((p, _mtime(p)) for p in self.cfg.resource_paths)
+        if self.cfg.resources_stamp is not None:
+            try:
+                stamp += (self.cfg.resources_stamp(),)
+            except Exception as exc:  # the datastore is away: keep the resources we have
+                log.warning("cannot tell whether the resources changed: %s", exc)
+                if not force:
+                    return
         if not force and stamp == self._resource_stamp:
             return
         self._resource_stamp = stamp

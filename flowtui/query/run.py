@@ -25,6 +25,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from flowtui.interop.cluster import ClusterError, attach_cluster, is_cluster_dir
 from flowtui.interop.parquet import attach, export_root, is_parquet_dir
 from flowtui.query.library import QueryFile
 from flowtui.store import schema
@@ -45,7 +46,7 @@ class ParamError(ValueError):
 class Source:
     con: duckdb.DuckDBPyConnection
     path: Path  # what was opened: the database, its snapshot, or the Parquet directory
-    kind: str  # duckdb | snapshot | parquet
+    kind: str  # duckdb | snapshot | parquet | cluster
 
     def close(self) -> None:
         self.con.close()
@@ -63,6 +64,14 @@ def open_source(path: Path | str) -> Source:
     root = export_root(path)
     if root is not None:  # a table file or glob of an export means the export
         path = root
+    if is_cluster_dir(path):  # every node's flows (`--cluster DIR`)
+        con = duckdb.connect()
+        try:
+            attach_cluster(con, path)
+        except (ClusterError, duckdb.Error) as exc:
+            con.close()
+            raise SourceError(f"{path}: cannot read the cluster flows dataset: {exc}") from exc
+        return Source(con, path, "cluster")
     if path.is_dir():
         if not is_parquet_dir(path):
             raise SourceError(f"{path}: no flow-store Parquet files here (flows.parquet or flows/**/*.parquet)")

@@ -323,6 +323,18 @@ class DuckStore:
         with self._lock:
             return self.con.execute(sql, params or []).fetchall()
 
+    def read_table(self, table: str) -> pa.Table:
+        """A whole (small) table as Arrow: what a node publishes of its rules, endpoints, runs."""
+        if table not in schema.BY_NAME:
+            raise KeyError(f"no table {table!r}")
+        return self.read_query(f"SELECT * FROM {table}")
+
+    def read_query(self, sql: str) -> pa.Table:
+        """A query's rows as Arrow (the writer's connection, under its lock)."""
+        with self._lock:
+            result: pa.Table = self.con.sql(sql).to_arrow_table()
+            return result
+
     def next_id(self, table: str, column: str) -> int:
         value: Any = self.query(f"SELECT coalesce(max({column}), 0) + 1 FROM {table}")[0][0]
         return int(value)

@@ -294,7 +294,8 @@ LOSS = Table(
             "kernel_ratelimit (nft `limit` before `log`, from rule counters), rcvbuf_overrun (socket "
             "buffer full: sequence gaps, plus counter comparison for losses at the end of a burst), "
             "writer_backlog (received but dropped because the writer was behind), malformed (unreadable "
-            "message), store_error (insert failed), collector_down (logged by the kernel while no collector "
+            "message), store_error (insert failed), dataset_error (flow rows the cluster flows "
+            "dataset could not take), collector_down (logged by the kernel while no collector "
             "stored them: events in flight when a run died and events logged until the next run started; "
             "from the rule counters at the next start, attributed to the run before the gap).",
         ),

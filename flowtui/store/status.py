@@ -7,7 +7,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from flowtui.store.duckdb_store import open_reader, snapshot_path
+import duckdb
+
+from flowtui.store.duckdb_store import open_reader, snapshot_path, utcnow
 from flowtui.store.schema import TABLES
 
 CAUSE_ORDER = (
@@ -16,6 +18,7 @@ CAUSE_ORDER = (
     "writer_backlog",
     "malformed",
     "store_error",
+    "dataset_error",
     "collector_down",
 )
 
@@ -56,80 +59,106 @@ def read_status(path: Path, last_runs: int = 3) -> dict[str, Any]:
         have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         if not names <= have:
             raise FileNotFoundError(f"{opened} is not a flowtui flow store")
-        run_columns = {
-            r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'runs'").fetchall()
-        }
-        # A store an older collector wrote (opened read-only, so not upgraded) has neither column.
-        extra = ", ".join(c if c in run_columns else f"NULL AS {c}" for c in ("heartbeat", "outcome"))
-        writer_holds_it = opened == snapshot_path(path)
-        count = {
-            t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0])  # type: ignore[index]
-            for t in ("events", "flows", "connections", "rules", "endpoints")
-        }
-        count["policies"] = int(con.execute("SELECT count(*) FROM policies").fetchone()[0])  # type: ignore[index]
-        as_of = con.execute(
-            "SELECT max(t) FROM (SELECT max(time) AS t FROM stats UNION ALL SELECT max(started) FROM runs)"
-        ).fetchone()[0]  # type: ignore[index]
-        runs = []
-        latest = con.execute("SELECT max(run_id) FROM runs").fetchone()[0]  # type: ignore[index]
-        for run_id, started, ended, host, pid, heartbeat, outcome in con.execute(
-            f"SELECT run_id, started, ended, host, pid, {extra} FROM runs ORDER BY run_id DESC LIMIT ?", [last_runs]
-        ).fetchall():
-            state = run_state(ended, outcome, host, pid, writer_holds_it and run_id == latest)
-            loss = con.execute("SELECT source_id, cause, events FROM loss_latest WHERE run_id = ?", [run_id]).fetchall()
-            stats = con.execute("SELECT source_id, name, value FROM stats_latest WHERE run_id = ?", [run_id]).fetchall()
-            sources = []
-            for source_id, netns, node in con.execute(
-                "SELECT source_id, netns, node FROM sources WHERE run_id = ? ORDER BY source_id", [run_id]
-            ).fetchall():
-                lost = {c: 0 for c in CAUSE_ORDER[:3]}
-                for sid, cause, n in loss:
-                    if sid == source_id:
-                        lost[cause] = int(n)
-                received = sum(int(v) for sid, name, v in stats if sid == source_id and name == "received")
-                sources.append(
-                    {
-                        "source_id": source_id,
-                        "netns": netns,
-                        "node": node,
-                        "received": received,
-                        "lost": lost,
-                        "lost_total": sum(lost.values()),
-                    }
-                )
-            by_cause = {c: 0 for c in CAUSE_ORDER}
-            for _sid, cause, n in loss:
-                by_cause[cause] = by_cause.get(cause, 0) + int(n)
-            counters: dict[str, int] = {}
-            for _sid, name, v in stats:
-                counters[name] = counters.get(name, 0) + int(v)
-            received = counters.get("received", 0)
-            lost_total = sum(by_cause.values())
-            offered = received + by_cause["kernel_ratelimit"] + by_cause["rcvbuf_overrun"] + by_cause["collector_down"]
-            runs.append(
-                {
-                    "run_id": run_id,
-                    "started": started,
-                    "ended": ended,
-                    "host": host,
-                    "pid": pid,
-                    "state": state,
-                    "heartbeat": heartbeat,
-                    "sources": sources,
-                    "received": received,
-                    "stored": counters.get("stored", 0),
-                    "lost": by_cause,
-                    "lost_total": lost_total,
-                    "loss_ratio": lost_total / offered if offered else 0.0,
-                    "counters": counters,
-                }
-            )
-        return {
-            "path": str(opened),
-            "snapshot": opened == snapshot_path(path),
-            "as_of": as_of,
-            "tables": count,
-            "runs": runs,
-        }
+        return describe(con, str(opened), opened == snapshot_path(path), last_runs, opened == snapshot_path(path))
     finally:
         con.close()
+
+
+def read_cluster_status(root: Path, last_runs: int = 1, alive_seconds: float = 10.0) -> dict[str, Any]:
+    """The status of a cluster flows dataset: every node's runs (the last `last_runs` of each), its
+    sources' loss by cause. A run without an end is running while its heartbeat is recent."""
+    import duckdb
+
+    from flowtui.interop.cluster import attach_cluster
+
+    con = duckdb.connect()
+    try:
+        nodes = attach_cluster(con, root)
+        return describe(con, str(root), False, last_runs * max(1, len(nodes)), None, alive_seconds)
+    finally:
+        con.close()
+
+
+def describe(con: duckdb.DuckDBPyConnection, path: str, snapshot: bool, last_runs: int, writer_holds_it: bool | None,
+             alive_seconds: float = 10.0) -> dict[str, Any]:
+    """What `flowtui status` prints, from a connection with the store's tables and views.
+    `writer_holds_it` None: no lock tells (a dataset): a run is alive while its heartbeat is recent."""
+    run_columns = {
+        r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'runs'").fetchall()
+    }
+    # A store an older collector wrote (opened read-only, so not upgraded) has neither column.
+    extra = ", ".join(c if c in run_columns else f"NULL AS {c}" for c in ("heartbeat", "outcome"))
+    count = {
+        t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0])  # type: ignore[index]
+        for t in ("events", "flows", "connections", "rules", "endpoints")
+    }
+    count["policies"] = int(con.execute("SELECT count(*) FROM policies").fetchone()[0])  # type: ignore[index]
+    as_of = con.execute(
+        "SELECT max(t) FROM (SELECT max(time) AS t FROM stats UNION ALL SELECT max(started) FROM runs)"
+    ).fetchone()[0]  # type: ignore[index]
+    runs = []
+    latest = con.execute("SELECT max(run_id) FROM runs").fetchone()[0]  # type: ignore[index]
+    for run_id, started, ended, host, pid, heartbeat, outcome in con.execute(
+        f"SELECT run_id, started, ended, host, pid, {extra} FROM runs ORDER BY run_id DESC LIMIT ?", [last_runs]
+    ).fetchall():
+        if writer_holds_it is None:
+            recent = heartbeat is not None and (utcnow() - heartbeat).total_seconds() < alive_seconds
+            state = run_state(ended, outcome, None, None, recent)
+        else:
+            state = run_state(ended, outcome, host, pid, writer_holds_it and run_id == latest)
+        loss = con.execute("SELECT source_id, cause, events FROM loss_latest WHERE run_id = ?", [run_id]).fetchall()
+        stats = con.execute("SELECT source_id, name, value FROM stats_latest WHERE run_id = ?", [run_id]).fetchall()
+        sources = []
+        for source_id, netns, node in con.execute(
+            "SELECT source_id, netns, node FROM sources WHERE run_id = ? ORDER BY source_id", [run_id]
+        ).fetchall():
+            lost = {c: 0 for c in CAUSE_ORDER[:3]}
+            for sid, cause, n in loss:
+                if sid == source_id:
+                    lost[cause] = int(n)
+            received = sum(int(v) for sid, name, v in stats if sid == source_id and name == "received")
+            sources.append(
+                {
+                    "source_id": source_id,
+                    "netns": netns,
+                    "node": node,
+                    "received": received,
+                    "lost": lost,
+                    "lost_total": sum(lost.values()),
+                }
+            )
+        by_cause = {c: 0 for c in CAUSE_ORDER}
+        for _sid, cause, n in loss:
+            by_cause[cause] = by_cause.get(cause, 0) + int(n)
+        counters: dict[str, int] = {}
+        for _sid, name, v in stats:
+            counters[name] = counters.get(name, 0) + int(v)
+        received = counters.get("received", 0)
+        lost_total = sum(by_cause.values())
+        offered = received + by_cause["kernel_ratelimit"] + by_cause["rcvbuf_overrun"] + by_cause["collector_down"]
+        runs.append(
+            {
+                "run_id": run_id,
+                "started": started,
+                "ended": ended,
+                "host": host,
+                "pid": pid,
+                "state": state,
+                "heartbeat": heartbeat,
+                "sources": sources,
+                "received": received,
+                "stored": counters.get("stored", 0),
+                "lost": by_cause,
+                "lost_total": lost_total,
+                "loss_ratio": lost_total / offered if offered else 0.0,
+                "counters": counters,
+            }
+        )
+    return {
+        "path": path,
+        "snapshot": snapshot,
+        "as_of": as_of,
+        "tables": count,
+        "runs": runs,
+    }
+

@@ -472,6 +472,61 @@ def _lit(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
+class ClusterSource(DataSource):
+    """The cluster flows dataset (`--cluster DIR`): every node's flows, followed live. The views read
+    the files that exist when a query starts, so polls see new parts without reopening; the views
+    and id maps are made again only when a table gets its first files or a node's rules, endpoints
+    or sources change (`flowtui.interop.cluster`)."""
+
+    def __init__(self, path: Path | str) -> None:
+        from flowtui.interop.cluster import ClusterError
+
+        self.path = Path(path)
+        self._con = duckdb.connect(":memory:")
+        self._lock = threading.Lock()
+        self._busy: set[duckdb.DuckDBPyConnection] = set()
+        self._seen: object = None
+        self.nodes: list[str] = []
+        try:
+            self._attach()
+            self.stream_kind = _stream_kind(self._con)
+        except (ClusterError, duckdb.Error) as exc:
+            self._con.close()
+            raise SourceError(str(exc)) from exc
+        self.mode = "attach"
+        self.label = f"cluster: {self.path} ({', '.join(self.nodes) or 'no nodes yet'})"
+
+    def _state(self) -> object:
+        from flowtui.interop.cluster import snapshot_signature, tables_found
+
+        return tables_found(self.path), snapshot_signature(self.path)
+
+    def _attach(self) -> None:
+        from flowtui.interop.cluster import attach_cluster
+
+        self._seen = self._state()
+        self.nodes = attach_cluster(self._con, self.path)
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            if self._state() != self._seen:
+                self._attach()
+            cur = self._con.cursor()
+            self._busy.add(cur)
+        try:
+            yield cur
+        finally:
+            with self._lock:
+                self._busy.discard(cur)
+            cur.close()
+
+    def close(self) -> None:
+        with self._lock:
+            busy = list(self._busy)
+        close_connection(self._con, busy)
+
+
 class LiveSource(DataSource):
     """The collector of this process, through its `TappedStore`."""
 
@@ -611,6 +666,10 @@ def open_source(db: str | None = None, logs: str | None = None) -> DataSource:
     if db and logs:
         raise SourceError("give --db or --logs, not both")
     if db:
+        from flowtui.interop.cluster import is_cluster_dir
+
+        if is_cluster_dir(db):
+            return ClusterSource(db)
         return StoreSource(db)
     if logs:
         path = Path(logs)

@@ -13,6 +13,7 @@ CAUSE_SHORT = {
     "writer_backlog": "backlog",
     "malformed": "malformed",
     "store_error": "store",
+    "dataset_error": "dataset",
     "collector_down": "down",
 }
 
