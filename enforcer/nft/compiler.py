@@ -139,16 +139,75 @@ def compile_node(
         evaluator = Evaluator(state)
     options = options or CompileOptions()
     ids = ids or IdAllocator()
-    compiled = _NodeCompiler(state, node, options, ids, evaluator).compile()
-    if not any(c.layout == "decision" for c in compiled.layouts):
+    nc = _NodeCompiler(state, node, options, ids, evaluator)
+    compiled = nc.compile()
+    if not nc.decided:
         return compiled
+    targets = {name: _goto_targets(nset) for name, nset in nc.decision_maps.items()}
 
     def redecide(disabled: Collection[tuple[str, str, str]]) -> CompiledNode:
-        pols = tuple(p if p.disabled == (p.key in disabled) else replace(p, disabled=p.key in disabled)
-                     for p in state.resources.policies)
-        return compile_node(state.derive(replace(state.resources, policies=pols)), node, options, ids)
+        return _redecide(compiled, nc, targets, disabled)
 
     return replace(compiled, redecide=redecide)
+
+
+@dataclass(frozen=True)
+class _Decided:
+    """How a decision chain was made, to make it again after a toggle: only chains whose
+    selecting policies include a toggled one are decided again."""
+
+    prefix: str
+    stage: Stage
+    walk: str
+    policies: frozenset[tuple[str, str, str]]
+    maps: tuple[str, ...]
+
+
+def _goto_targets(nset: NftSet) -> frozenset[str]:
+    return frozenset(e.rsplit(" goto ", 1)[1] for e in nset.elements if " goto " in e)
+
+
+def _redecide(base: CompiledNode, nc: _NodeCompiler, targets: Mapping[str, frozenset[str]],
+              disabled: Collection[tuple[str, str, str]]) -> CompiledNode:
+    """`base` (compiled by `nc`) with exactly `disabled` switched off: the `closed` set, and the
+    decision chains of the endpoints that a toggled policy selects decided again (their maps'
+    elements; outcome chains new to the node added, unused ones removed). What a whole compile
+    of the toggled state gives (tests/test_decision_toggles.py), for a fraction of its cost."""
+    state = nc.state
+    disabled = frozenset(disabled)
+    changed = {p.key for p in state.resources.policies if p.disabled != (p.key in disabled)}
+    sets = dict(base.table.sets)
+    sets[CLOSED] = replace(sets[CLOSED], elements=closed_gates(base.gates, disabled))
+    affected = {name: d for name, d in nc.decided.items() if d.policies & changed}
+    if not affected:
+        return replace(base, table=replace(base.table, sets=sets))
+    pols = tuple(p if p.key not in changed else replace(p, disabled=p.key in disabled)
+                 for p in state.resources.policies)
+    if not state.include_disabled:  # the compiler's view: disabled policies laid out (gates closed)
+        state = ClusterState(state.resources, _ipsets=state._ipsets, _named=state._named, include_disabled=True,
+                             caches=state.caches)
+    toggled = state.derive(replace(state.resources, policies=pols))
+    again = _NodeCompiler(toggled, nc.node, nc.options, nc.ids, Evaluator(toggled))
+    used = dict(targets)
+    layouts = {c.chain: c for c in base.layouts}
+    for name, d in affected.items():
+        for m in d.maps:
+            sets.pop(m, None)
+            used.pop(m, None)
+        made = again._decision_chain(d.prefix, d.stage, d.walk)
+        if made != name:  # the layout does not depend on toggles (decision.chain_tag)
+            raise AssertionError(f"decision chain {name} became {made} after a toggle")
+        layouts[name] = again.layouts[name]
+    sets.update(again.decision_maps)
+    used.update({m: _goto_targets(nset) for m, nset in again.decision_maps.items()})
+    reached = frozenset().union(*used.values())
+    chains = {n: c for n, c in base.table.chains.items() if not n.startswith("dx-") or n in reached}
+    chains.update(again.chains)
+    refs = {r.id: r for r in base.rules}
+    refs.update(again.refs)
+    table = replace(base.table, chains=dict(sorted(chains.items())), sets=dict(sorted(sets.items())))
+    return replace(base, table=table, rules=RuleTable(refs.values()),
+                   layouts=tuple(v for _, v in sorted(layouts.items())))
 
 
 def _join(*parts: str) -> str:
@@ -206,6 +265,7 @@ class _NodeCompiler:
     decision_maps: dict[str, NftSet] = field(default_factory=dict)
     _rules_of: dict[tuple[object, ...], tuple[tuple[Policy, ...], decision.RuleList, decision.Tests]] = field(
         default_factory=dict)
+    decided: dict[str, _Decided] = field(default_factory=dict)  # decision chain → how it was made
     book: SetBook = field(init=False)
     _live: Evaluator | None = None
 
@@ -491,6 +551,7 @@ class _NodeCompiler:
         name = bounded_name(f"{prefix}-d{tag}")
         for map_name, (type_, elements, is_map) in built.maps.items():
             self.decision_maps[map_name] = NftSet(map_name, type_, ("interval",), elements, is_map=is_map)
+        self.decided[name] = _Decided(prefix, stage, walk, frozenset(p.key for p in policies), tuple(built.maps))
         # The maps cover every address, protocol and port: the drop is never reached.
         self.chains[name] = Chain(name, (CLEAR, *built.lines, "drop"))
         self.layouts[name] = ChainLayout(name, "decision", built.elements)
