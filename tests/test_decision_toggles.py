@@ -136,3 +136,51 @@ def test_toggles_in_the_kernel_are_one_batch_equal_to_a_full_apply(seed: int, ba
         assert canonical_kernel_table(backend.netns("n1")) == canonical_kernel_table(backend.netns("n2"))
         prev = table
     assert batches, "some toggle changed decision maps"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_edits_on_a_derived_state_decide_again_only_changed_chains(seed: int,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reconciler compiles each edit from a state derived from the last: kept decisions
+    (state caches) are reused where the selecting policies, tiers and endpoint are the same, and
+    the table equals a compile from scratch, rule refs included."""
+    from enforcer.evaluate import Evaluator
+    from enforcer.evaluate.path import Stage
+    from enforcer.nft import decision
+    from tests.test_compiler import _sequence
+
+    calls: list[Stage] = []
+    real = decision.decide
+
+    def counting(*args: object, **kw: object) -> object:
+        calls.append(args[1])  # type: ignore[arg-type]
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    def selecting(ev: Evaluator, stage: Stage) -> set[Key]:
+        return {p.key for st in ev.stage_tiers(stage) for p in st.enforced}
+
+    monkeypatch.setattr(decision, "decide", counting)
+    ids = IdAllocator()
+    state: ClusterState | None = None
+    prev: ResourceSet | None = None
+    reused = 0
+    for res in _sequence(seed, 8):
+        state = ClusterState(res, include_disabled=True) if state is None else state.derive(res)
+        for node in ("node-1", "node-2"):
+            calls.clear()
+            derived = compile_node(state, node, MAPS, ids=ids)
+            again = list(calls)
+            calls.clear()
+            fresh = compile_node(ClusterState(res), node, MAPS, ids=ids)
+            assert ir.listing(derived.table) == ir.listing(fresh.table)
+            assert derived.layouts == fresh.layouts
+            assert {r.id: r for r in derived.rules} == {r.id: r for r in fresh.rules}
+            if prev is not None and prev.pods == res.pods and prev.tiers == res.tiers:
+                before = {p.key: p for p in prev.policies}
+                changed = {p.key for p in res.policies if before.get(p.key) != p}
+                old_ev, new_ev = (Evaluator(ClusterState(r, include_disabled=True)) for r in (prev, res))
+                for stage in again:  # decided again: a changed policy selects (or selected) it
+                    assert (selecting(old_ev, stage) | selecting(new_ev, stage)) & changed, stage
+                reused += len(calls) - len(again)
+        prev = res
+    assert reused > 0, "some decisions were kept"

@@ -163,6 +163,19 @@ class _Decided:
     maps: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class _KeptDecision:
+    policies: tuple[Policy, ...]
+    inputs: tuple[object, ...]  # tiers, endpoint, options, id allocator
+    built: decision.DecisionChain | str
+    chains: tuple[Chain, ...]  # the outcome chains its maps go to
+    refs: tuple[RuleRef, ...]  # the rule refs those chains log
+
+
+def _same(a: tuple[Policy, ...], b: tuple[Policy, ...]) -> bool:
+    return len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b, strict=True))
+
+
 def _goto_targets(nset: NftSet) -> frozenset[str]:
     return frozenset(e.rsplit(" goto ", 1)[1] for e in nset.elements if " goto " in e)
 
@@ -543,8 +556,7 @@ class _NodeCompiler:
         local: dict[int, IPAddress] = {4: ipaddress.IPv4Address("192.0.2.1"), 6: ipaddress.IPv6Address("2001:db8::1")}
         for ip in reversed(ep.ips):
             local[ip.version] = ip
-        built = decision.decide(self._live_evaluator(), stage, rules, local, budget, tag,
-                                lambda out: self._outcome_chain(out, stage.direction), walk)
+        built = self._decide(stage, policies, rules, local, tag, walk)
         if isinstance(built, str):
             self._walk_reason = built
             return None
@@ -557,6 +569,36 @@ class _NodeCompiler:
         self.layouts[name] = ChainLayout(name, "decision", built.elements)
         return name
 
+    def _decide(self, stage: Stage, policies: tuple[Policy, ...], rules: decision.RuleList,
+                local: dict[int, IPAddress], tag: str, walk: str) -> decision.DecisionChain | str:
+        """decision.decide, kept across compiles in the state's caches: an edit or a toggle decides
+        again only the chains whose selecting policies (or tiers) changed. The outcome chains and
+        rule refs a kept decision goes to are restored with it."""
+        kept: dict[tuple[object, ...], _KeptDecision] = self.state.caches.setdefault("nft.decisions", {})
+        key = (tag, walk, stage.direction, tuple(local.items()))
+        inputs = (self.state.resources.tiers, stage.endpoint, self.options, self.ids)
+        hit = kept.get(key)
+        if hit is not None and _same(hit.policies, policies) and hit.inputs[0] == inputs[0] \
+                and all(a is b or a == b for a, b in zip(hit.inputs[1:], inputs[1:], strict=True)):
+            for chain in hit.chains:
+                self.chains.setdefault(chain.name, chain)
+            for ref in hit.refs:
+                self.refs.setdefault(ref.id, ref)
+            return hit.built
+        built = decision.decide(self._live_evaluator(), stage, rules, local, self.options.decision_budget, tag,
+                                lambda out: self._outcome_chain(out, stage.direction), walk)
+        chains: tuple[Chain, ...] = ()
+        refs: tuple[RuleRef, ...] = ()
+        if not isinstance(built, str):
+            targets = {e.rsplit(" goto ", 1)[1] for _, elements, _ in built.maps.values() for e in elements
+                       if " goto " in e}
+            chains = tuple(self.chains[n] for n in sorted(targets) if n.startswith("dx-"))
+            ids = {int(w[2:-1]) for c in chains for line in c.rules for w in line.split()
+                   if w.startswith('"r') and w.endswith('"') and w[2:-1].isdigit()}
+            refs = tuple(self.refs[i] for i in sorted(ids))
+        kept[key] = _KeptDecision(policies, inputs, built, chains, refs)
+        return built
+
     def _decision_rules(self, stage: Stage) -> tuple[tuple[Policy, ...], decision.RuleList, decision.Tests]:
         """The selecting policies, every rule that may decide (theirs, then the profiles'), and
         the address tests on the endpoint's own side: once per shared chain."""
@@ -565,11 +607,20 @@ class _NodeCompiler:
         found = self._rules_of.get(key)
         if found is None:
             policies = tuple(p for st in self.ev.stage_tiers(stage) for p in st.enforced)
+            # Kept across compiles in the state's caches (valid while the cluster objects are the
+            # same): an edit or toggle derives them again only for the policy sets it changed.
+            kept: dict[tuple[object, ...], tuple[tuple[Policy, ...], decision.RuleList, decision.Tests]] = \
+                self.state.caches.setdefault("nft.decision_rules", {})
+            ckey = (stage.direction, stage.endpoint.profiles, tuple(p.key for p in policies))
+            hit = kept.get(ckey)
+            if hit is not None and _same(hit[0], policies):
+                found = self._rules_of[key] = hit
+                return found
             profiles = [self.state.profiles[n] for n in stage.endpoint.profiles if n in self.state.profiles]
             rules = [(r, p.namespace) for p in policies for r in p.rules(stage.direction)]
             rules += [(r, None) for prof in profiles for r in prof.rules(stage.direction)]
             tests = decision.address_tests(self.state, rules, stage.direction, peer=False)
-            found = self._rules_of[key] = (policies, rules, tests)
+            found = self._rules_of[key] = kept[ckey] = (policies, rules, tests)
         return found
 
     def _local_key(self, stage: Stage) -> tuple[frozenset[int], ...]:
