@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -93,6 +94,28 @@ class CompileOptions:
     # Cells per workload endpoint chain for decision maps (decision.py); 0 keeps the walk. Off by
     # default: deciding every cell with the evaluator makes compiles at 1,000 policies slow.
     decision_budget: int = 0
+
+
+DECISION_BUDGET_ENV = "FLOWTUI_DECISION_BUDGET"
+
+
+def decision_budget_setting(environ: Mapping[str, str] | None = None) -> int | None:
+    """FLOWTUI_DECISION_BUDGET: cells per workload chain for decision maps (0: the rule walk),
+    None when unset; ValueError (naming the variable) when it is not a whole number."""
+    budget = (os.environ if environ is None else environ).get(DECISION_BUDGET_ENV)
+    if budget is None:
+        return None
+    if not budget.strip().isdigit():
+        raise ValueError(f"{DECISION_BUDGET_ENV}={budget!r}: expected a whole number of cells "
+                         "(0 keeps the rule walk)")
+    return int(budget)
+
+
+def default_options(environ: Mapping[str, str] | None = None) -> CompileOptions:
+    """The options every front end compiles with (CLI, dashboard, demo, agent): the core's
+    defaults, with FLOWTUI_DECISION_BUDGET applied. One place, so the setting applies everywhere."""
+    budget = decision_budget_setting(environ)
+    return CompileOptions() if budget is None else CompileOptions(decision_budget=budget)
 
 
 @dataclass(frozen=True)
