@@ -653,7 +653,19 @@ class _NodeCompiler:
             return ()
         assert stage.endpoint is not None
         tests = self._decision_rules(stage)[2]
-        return decision.memberships(tests, stage.endpoint.ips) if tests else ()
+        if not tests:
+            return ()
+        # Kept across compiles with the tests they were computed from (the tests object itself is
+        # kept while its policy set is unchanged): a recompile does not test every address again.
+        kept: dict[tuple[int, tuple[IPAddress, ...]], tuple[decision.Tests, tuple[frozenset[int], ...]]] = \
+            self.state.caches.setdefault("nft.local_keys", {})
+        key = (id(tests), stage.endpoint.ips)
+        hit = kept.get(key)
+        if hit is not None and hit[0] is tests:
+            return hit[1]
+        found = decision.memberships(tests, stage.endpoint.ips)
+        kept[key] = (tests, found)
+        return found
 
     def _live_evaluator(self) -> Evaluator:
         """Decides with enabled policies only (the compiler's own view includes disabled ones)."""
