@@ -6,9 +6,10 @@ differential test checks that they do.
 Layout (hooks in the order a packet meets them; §3.3 of the Calico reference):
 
     raw-prerouting / raw-output    untracked (doNotTrack) policy of eth0's named HEP, before
-                                   conntrack, on every packet (replies too)
+                                   conntrack, on every packet (replies too); only with such a HEP
     mangle-prerouting              established → accept; accepted-by-raw; preDNAT policy (eth0's
-                                   HEP; the `*` HEP on every other interface: pods, the tunnel)
+                                   HEP; the `*` HEP on every other interface: pods, the tunnel);
+                                   only with a host endpoint
     filter-input                   conntrack; workload→host; accepted-by-raw/preDNAT; host endpoint
     filter-forward                 conntrack; HEP forward in (eth0's, else `*`); workload egress
                                    (vmap); workload ingress (vmap); HEP forward out (likewise)
@@ -79,7 +80,7 @@ INFRA_ICMPV6 = "icmpv6 type { " + ", ".join(map(str, ICMPV6_INFRA_TYPES)) + " } 
 # Bumped whenever the compiled layout changes: it is part of the options, so a reconciler in a
 # new flowtui version does not take tables recorded by an older one for its own (toggles are
 # served from the recorded compile). tests/test_compiler.py checks the golden files against it.
-LAYOUT_VERSION = 5
+LAYOUT_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -743,7 +744,8 @@ class _NodeCompiler:
         others = f'!= {{ {up}, "lo" }}'
         raw_pre = [INFRA_ICMPV6]
         raw_out = [INFRA_ICMPV6]
-        mangle_pre = [INFRA_ICMPV6, "ct state established,related accept", f"meta mark & {PREACCEPT:#x} != 0 accept"]
+        # Established packets: the conntrack verdict first in every chain they meet, nothing before it.
+        mangle_pre = ["ct state established,related accept", INFRA_ICMPV6, f"meta mark & {PREACCEPT:#x} != 0 accept"]
         conntrack = ["ct state established,related accept", "ct state invalid drop", INFRA_ICMPV6]
         # Pod → host first: its egress policy and DefaultEndpointToHostAction, whatever preDNAT did.
         inp = [*conntrack, 'iifname "cali*" goto wl-to-host', f"meta mark & {PREACCEPT:#x} != 0 accept"]
@@ -782,6 +784,10 @@ class _NodeCompiler:
             "filter-output": ("output", "filter", out),
         }
         for name, (hook, prio, rules) in bases.items():
+            if prio in ("raw", "mangle") and not any(" jump " in r for r in rules):
+                # Without untracked or preDNAT policy these chains only accept, as their policy
+                # does: no hook at all costs every packet (established ones too) nothing.
+                continue
             self.chains[name] = Chain(name, tuple(rules), f"type filter hook {hook} priority {prio}; policy accept;")
         for direction, elements in self.eot.items():
             sets[f"eot-{direction}"] = NftSet(f"eot-{direction}", "mark : verdict", (), frozenset(elements),
