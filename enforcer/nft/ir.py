@@ -142,6 +142,8 @@ def diff(old: Table, new: Table) -> list[Op]:
     rules: list[Op] = []
     for name, c in sorted(new.chains.items()) if old.chains is not new.chains else ():
         prev = old.chains.get(name)
+        if prev is c:
+            continue  # the same object (a toggle keeps every chain it does not decide again)
         if prev is None:
             declare.append(DefineChain(Chain(c.name, (), c.hook), new=True))
             if c.rules:
