@@ -81,6 +81,9 @@ INFRA_ICMPV6 = "icmpv6 type { " + ", ".join(map(str, ICMPV6_INFRA_TYPES)) + " } 
 # new flowtui version does not take tables recorded by an older one for its own (toggles are
 # served from the recorded compile). tests/test_compiler.py checks the golden files against it.
 LAYOUT_VERSION = 6
+# Entries of each cross-compile cache of decision work (state caches) before it starts over: a
+# long-running reconciler's edits leave entries of policy sets that no longer exist behind.
+KEPT_MAX = 50_000
 
 
 @dataclass(frozen=True)
@@ -599,7 +602,8 @@ class _NodeCompiler:
         again only the chains whose selecting policies (or tiers) changed. The outcome chains and
         rule refs a kept decision goes to are restored with it."""
         kept: dict[tuple[object, ...], _KeptDecision] = self.state.caches.setdefault("nft.decisions", {})
-        key = (tag, walk, stage.direction, tuple(local.items()))
+        # Which of them are disabled is part of the key: toggling back finds the earlier decision.
+        key = (tag, walk, stage.direction, tuple(local.items()), tuple(p.disabled for p in policies))
         inputs = (self.state.resources.tiers, stage.endpoint, self.options, self.ids)
         hit = kept.get(key)
         if hit is not None and _same(hit.policies, policies) and hit.inputs[0] == inputs[0] \
@@ -620,6 +624,8 @@ class _NodeCompiler:
             ids = {int(w[2:-1]) for c in chains for line in c.rules for w in line.split()
                    if w.startswith('"r') and w.endswith('"') and w[2:-1].isdigit()}
             refs = tuple(self.refs[i] for i in sorted(ids))
+        if len(kept) >= KEPT_MAX:  # entries of policy sets that no longer exist pile up: start over
+            kept.clear()
         kept[key] = _KeptDecision(policies, inputs, built, chains, refs)
         return built
 
@@ -644,6 +650,8 @@ class _NodeCompiler:
             rules = [(r, p.namespace) for p in policies for r in p.rules(stage.direction)]
             rules += [(r, None) for prof in profiles for r in prof.rules(stage.direction)]
             tests = decision.address_tests(self.state, rules, stage.direction, peer=False)
+            if len(kept) >= KEPT_MAX:
+                kept.clear()
             found = self._rules_of[key] = kept[ckey] = (policies, rules, tests)
         return found
 
@@ -665,6 +673,8 @@ class _NodeCompiler:
         if hit is not None and hit[0] is tests:
             return hit[1]
         found = decision.memberships(tests, stage.endpoint.ips)
+        if len(kept) >= KEPT_MAX:
+            kept.clear()
         kept[key] = (tests, found)
         return found
 
