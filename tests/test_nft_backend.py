@@ -480,7 +480,7 @@ def test_element_batches_are_encoded_as_the_kernel_expects() -> None:
 
 @pytest.mark.parametrize("ops", [
     [ir.SetElements("a4", add=("192.0.2.1",), flush=True)],  # a flush: libnftables
-    [ir.SetElements("m", add=('"cali1" : goto x',))],  # a map
+    [ir.SetElements("m", add=('192.0.2.1 : 0x1',))],  # a map to data, not verdicts
     [ir.SetElements("iv", add=("10.0.0.0/8",))],  # an interval set
     [ir.SetElements("a4", add=("not-an-address",))],
     [ir.SetElements("nosuchset", add=("0x1",))],
@@ -491,7 +491,7 @@ def test_other_changes_go_through_libnftables(ops: list[ir.Op]) -> None:
     from enforcer.nft import elements
 
     t = ir.Table(GATES.family, GATES.name, GATES.chains, {
-        **GATES.sets, "m": ir.NftSet("m", "ifname : verdict", (), frozenset(), True),
+        **GATES.sets, "m": ir.NftSet("m", "ipv4_addr : mark", (), frozenset(), True),
         "iv": ir.NftSet("iv", "ipv4_addr", ("interval",))})
     assert not elements.supported(t, ops)
     assert elements.supported(t, [ir.SetElements("disabled", add=("0x1",)), ir.SetElements("a6", delete=("::1",))])
@@ -534,8 +534,8 @@ _DENY = ('counter limit rate 1000/second burst 1000 packets counter log prefix "
 _LOG = 'counter log prefix "ft:L{0}" group 2 snaplen 128 comment "r{0}"'
 
 
-def _decision_table(outcomes: dict[str, tuple[str, ...]], dp: set[str], dn: set[str], disabled: set[str]
-                    ) -> ir.Table:
+def _decision_table(outcomes: dict[str, tuple[str, ...]], dp: set[str], dn: set[str], disabled: set[str],
+                    dispatch: frozenset[str] = frozenset(), eot: frozenset[str] = frozenset()) -> ir.Table:
     chains = {"input": ir.Chain("input", ("meta mark & 0x0 | 0x5 @disabled counter",
                                           "ip saddr . meta l4proto . th dport vmap @dp4-x",
                                           "ip saddr . meta l4proto vmap @dn4-x"), BASE)}
@@ -544,6 +544,8 @@ def _decision_table(outcomes: dict[str, tuple[str, ...]], dp: set[str], dn: set[
         "disabled": ir.NftSet("disabled", "mark", (), frozenset(disabled)),
         "dp4-x": ir.NftSet("dp4-x", _DP, ("interval",), frozenset(dp), is_map=True),
         "dn4-x": ir.NftSet("dn4-x", "ipv4_addr . inet_proto : verdict", ("interval",), frozenset(dn), is_map=True),
+        "wl-from": ir.NftSet("wl-from", "ifname : verdict", (), dispatch, is_map=True),
+        "eot-ingress": ir.NftSet("eot-ingress", "mark : verdict", (), eot, is_map=True),
     })
 
 
@@ -563,7 +565,10 @@ def _random_decision_table(rng: random.Random) -> ir.Table:
                 dp.add(f"{addr} . {proto} . {port} : goto {rng.choice(names)}")
         for q0, q1 in ((0, 5), (7, 16), (18, 131), (133, 135), (137, 255)):
             dn.add(f"{addr} . {q0}-{q1} : goto {rng.choice(names)}")
-    return _decision_table(outcomes, dp, dn, {f"{g:#x}" for g in rng.sample(range(1, 9), rng.randint(0, 3))})
+    dispatch = frozenset(f'"cali{k:x}" : goto {rng.choice(names)}' for k in rng.sample(range(40), 5))
+    eot = frozenset(f"{k:#x} : goto {rng.choice(names)}" for k in rng.sample(range(1, 40), 4))
+    return _decision_table(outcomes, dp, dn, {f"{g:#x}" for g in rng.sample(range(1, 9), rng.randint(0, 3))},
+                           dispatch, eot)
 
 
 @pytest.mark.kernel

@@ -21,8 +21,9 @@ flushed and deleted, and rules made of the few statements an outcome chain holds
 C`, `return`/`drop`/`accept`, `comment`).
 
 `supported(table, ops)` says whether every op is one this module can encode: element adds and
-deletes (no flush) on plain sets keyed by `mark`, `ipv4_addr` or `ipv6_addr`, and on concatenated
-interval verdict maps of addresses, protocols, ports and ICMP types/codes; regular (not base)
+deletes (no flush) on plain sets keyed by `mark`, `ipv4_addr` or `ipv6_addr`, on verdict maps keyed
+by those or `ifname` (pod churn: the workload dispatch maps), and on concatenated interval verdict
+maps of addresses, protocols, ports and ICMP types/codes; regular (not base)
 chains made, flushed, written with such rules, or deleted. Anything else goes through libnftables.
 """
 
@@ -82,7 +83,7 @@ NFTA_EXPR_DATA = 2
 NFT_REG_VERDICT = 0
 NFT_REG_1 = 1
 NFT_META_MARK = 3
-VERDICTS = {"accept": 1, "drop": 0, "return": -5, "goto": -4}
+VERDICTS = {"accept": 1, "drop": 0, "return": -5, "jump": -3, "goto": -4}
 FAMILIES = {"inet": 1, "ip": 2, "ip6": 10, "arp": 3, "bridge": 7, "netdev": 5}
 REPLY_TIMEOUT_S = 2.0
 
@@ -132,6 +133,34 @@ def _map_fields(nset: ir.NftSet) -> list[str] | None:
     return fields
 
 
+def _ifname(text: str) -> bytes:
+    name = text.strip('"').encode()
+    if not 0 < len(name) < 16 or text.count('"') not in (0, 2):
+        raise ValueError(f"interface name {text!r}")
+    return name.ljust(16, b"\0")
+
+
+def _plain_map_key(nset: ir.NftSet) -> Callable[[str], bytes] | None:
+    """The key encoder of a plain (not interval) verdict map this module can encode
+    (`ifname : verdict` of the workload dispatch, `mark : verdict` of end-of-tier), or None."""
+    key, sep, data = nset.type.partition(" : ")
+    if not nset.is_map or nset.flags or sep != " : " or data != "verdict":
+        return None
+    return _ifname if key == "ifname" else KEYS.get(key)
+
+
+def _verdict(text: str, data: str) -> tuple[str, str]:
+    words = data.split()
+    if not words or words[0] not in VERDICTS or len(words) != (2 if words[0] in ("goto", "jump") else 1):
+        raise ValueError(f"element {text!r}: verdict {data!r} not supported")
+    return words[0], words[1] if len(words) == 2 else ""
+
+
+def _plain_map_element(encode: Callable[[str], bytes], text: str) -> tuple[bytes, tuple[str, str] | None]:
+    key, _, data = text.partition(" : ")
+    return encode(key.strip()), (_verdict(text, data) if data else None)
+
+
 def _map_element(fields: list[str], text: str) -> tuple[bytes, bytes, tuple[str, str] | None]:
     """(start key, end key, (verdict, chain) or None) of `a-b . 6 . 80-90 : goto dx-…`."""
     key, _, data = text.partition(" : ")
@@ -143,13 +172,7 @@ def _map_element(fields: list[str], text: str) -> tuple[bytes, bytes, tuple[str,
         first, _, last = part.strip().partition("-")
         start += _pad(FIELDS[kind](first))
         end += _pad(FIELDS[kind](last or first))
-    verdict = None
-    if data:
-        words = data.split()
-        if not words or words[0] not in VERDICTS or len(words) != (2 if words[0] == "goto" else 1):
-            raise ValueError(f"element {text!r}: verdict {data!r} not supported")
-        verdict = (words[0], words[1] if len(words) == 2 else "")
-    return start, end, verdict
+    return start, end, (_verdict(text, data) if data else None)
 
 
 class ElementError(Exception):
@@ -175,6 +198,12 @@ def supported(table: ir.Table, ops: list[ir.Op]) -> bool:
                             return False
                     for element in op.delete:
                         _map_element(fields, element)
+                elif (plain := _plain_map_key(nset)) is not None:
+                    for element in op.add:
+                        if _plain_map_element(plain, element)[1] is None:
+                            return False
+                    for element in op.delete:
+                        _plain_map_element(plain, element)
                 elif nset.is_map or nset.flags or nset.type not in KEYS:
                     return False
                 else:
@@ -234,6 +263,10 @@ def _element_message(table: ir.Table, name: str, encoded: list[bytes], delete: b
 def _encoded(table: ir.Table, name: str, elements: tuple[str, ...], delete: bool) -> list[bytes]:
     nset = table.sets[name]
     fields = _map_fields(nset)
+    plain = _plain_map_key(nset)
+    if plain is not None:
+        pairs = [_plain_map_element(plain, e) for e in elements]
+        return [_element(key, None, None if delete else verdict) for key, verdict in pairs]
     if fields is None:
         encode = KEYS[nset.type]
         return [_element(encode(e)) for e in elements]
