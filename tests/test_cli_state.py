@@ -276,6 +276,7 @@ def test_dry_run_reports_each_workload_chains_layout(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     decided = [line for line in result.stdout.splitlines() if ": decision maps, " in line]
     assert decided and all(line.startswith(("# fw-d", "# tw-d")) for line in decided)
+    assert "; decision budget 4096 cells per workload chain" in result.stdout
     for line in decided:  # the chain named is in the listing, with its maps
         chain = line.split(":")[0].removeprefix("# ")
         assert f"chain {chain} {{" in result.stdout

@@ -376,7 +376,9 @@ def _dry_run(inputs: list[str], namespace: str | None, lab_id: str, state_dir: s
 
     compiled = guarded(compile_all)
     for node, out in compiled.items():
-        click.echo(f"# node {node}: {len(out.table.chains)} chains, {len(out.table.sets)} sets")
+        budget = getattr(options, "decision_budget", None)
+        click.echo(f"# node {node}: {len(out.table.chains)} chains, {len(out.table.sets)} sets"
+                   + (f"; decision budget {budget} cells per workload chain" if budget is not None else ""))
         for lay in getattr(out, "layouts", ()):
             if lay.layout == "decision":
                 click.echo(f"# {lay.chain}: decision maps, {lay.elements} elements")
