@@ -1,12 +1,16 @@
 """Dataplane benchmark (issue 3): apply and update latency, and packet rates, ratios from one run.
 
-    python bench/bench_dataplane.py [--quick] [--json] [--skip-apply] [--skip-rate]
+    python bench/bench_dataplane.py [--quick] [--json] [--skip-apply] [--skip-rate] [--policies N]
+                                    [--decision-budget CELLS] [--lab-id ID]
 
 Needs root, `ip`, `nft`, gcc and libnftables; builds its own lab (`bench<pid>`) and removes it,
 even on failure.
 
 1. Apply. A synthetic cluster on ONE node: 1,000 pods, 1,000 policies of exactly 10 rules each
-   (`synth_resources`, staged policies off; rules topped up or cut to 10 per policy). Timed:
+   (`synth_resources`, staged policies off; rules topped up or cut to 10 per policy), compiled
+   with decision maps (--decision-budget, as the rate section's flowtui row). Memory: the kernel's
+   rules, sets/maps and elements read back, the kernel memory the full apply charged to this
+   process's memory cgroup, and the Python RSS peak while compiling. Timed:
    compile (ClusterState + compile_node), render of the full script, and its apply to the node's
    namespace through libnftables and through an `nft -f FILE` process (`ip netns exec`). Then
    one-policy changes (rule 0 of a random policy rewritten, revision bumped; then reverted) and
@@ -668,7 +672,8 @@ def handshake(netns: str, pod_ip: str) -> bool:
 
 
 def rate_options(args: argparse.Namespace) -> CompileOptions:
-    """The flowtui row's compile options: decision maps with --decision-budget (default 4,096)."""
+    """The options of the apply section and of the rate section's flowtui row: decision maps with
+    --decision-budget (default 4,096)."""
     return CompileOptions(decision_budget=DEFAULT_BUDGET if args.decision_budget is None else args.decision_budget)
 
 
@@ -1031,7 +1036,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, help="rate section: runs per ruleset and traffic kind (default 5, quick 2)")
     ap.add_argument("--seconds", type=float, help="rate section: generator run length (default 1.0, quick 0.5)")
     ap.add_argument("--decision-budget", type=int,
-                    help="rate section: decision-map budget in cells for the flowtui row (default: the compiler's)")
+                    help="decision-map budget in cells: the apply section's and the rate section's flowtui row "
+                         "(default 4,096)")
     ap.add_argument("--lab-id", help="lab id of the bench's own lab (default bench<pid>)")
     ap.add_argument("--skip-apply", action="store_true")
     ap.add_argument("--skip-rate", action="store_true")
