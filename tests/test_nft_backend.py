@@ -535,7 +535,8 @@ _LOG = 'counter log prefix "ft:L{0}" group 2 snaplen 128 comment "r{0}"'
 
 
 def _decision_table(outcomes: dict[str, tuple[str, ...]], dp: set[str], dn: set[str], disabled: set[str],
-                    dispatch: frozenset[str] = frozenset(), eot: frozenset[str] = frozenset()) -> ir.Table:
+                    dispatch: frozenset[str] = frozenset(), eot: frozenset[str] = frozenset(),
+                    protos: frozenset[str] = frozenset(), classes: frozenset[str] = frozenset()) -> ir.Table:
     chains = {"input": ir.Chain("input", ("meta mark & 0x0 | 0x5 @disabled counter",
                                           "ip saddr . meta l4proto . th dport vmap @dp4-x",
                                           "ip saddr . meta l4proto vmap @dn4-x"), BASE)}
@@ -546,6 +547,8 @@ def _decision_table(outcomes: dict[str, tuple[str, ...]], dp: set[str], dn: set[
         "dn4-x": ir.NftSet("dn4-x", "ipv4_addr . inet_proto : verdict", ("interval",), frozenset(dn), is_map=True),
         "wl-from": ir.NftSet("wl-from", "ifname : verdict", (), dispatch, is_map=True),
         "eot-ingress": ir.NftSet("eot-ingress", "mark : verdict", (), eot, is_map=True),
+        "dn4-y": ir.NftSet("dn4-y", "inet_proto : verdict", ("interval",), protos, is_map=True),
+        "da4-y": ir.NftSet("da4-y", "ipv4_addr : verdict", ("interval",), classes, is_map=True),
     })
 
 
@@ -567,8 +570,20 @@ def _random_decision_table(rng: random.Random) -> ir.Table:
             dn.add(f"{addr} . {q0}-{q1} : goto {rng.choice(names)}")
     dispatch = frozenset(f'"cali{k:x}" : goto {rng.choice(names)}' for k in rng.sample(range(40), 5))
     eot = frozenset(f"{k:#x} : goto {rng.choice(names)}" for k in rng.sample(range(1, 40), 4))
+    # Single-field interval maps (the kernel's rbtree): partitions of the whole field, with
+    # single values and a last range that ends at the field's maximum (no interval-end element).
+    bounds = sorted(rng.sample(range(1, 255), 4))
+    starts = [0, *bounds]
+    protos = frozenset(
+        f"{a if a == b else f'{a}-{b}'} : goto {rng.choice(names)}"
+        for a, b in zip(starts, [x - 1 for x in starts[1:]] + [255], strict=True))
+    cut = sorted(rng.sample(range(1, 255), 2))
+    classes = frozenset({f"0.0.0.0-{cut[0] - 1}.255.255.255 : goto {rng.choice(names)}",
+                         f"{cut[0]}.0.0.0 : goto {rng.choice(names)}",
+                         f"{cut[0]}.0.0.1-{cut[1]}.255.255.255 : goto {rng.choice(names)}",
+                         f"{cut[1] + 1}.0.0.0-255.255.255.255 : goto {rng.choice(names)}"})
     return _decision_table(outcomes, dp, dn, {f"{g:#x}" for g in rng.sample(range(1, 9), rng.randint(0, 3))},
-                           dispatch, eot)
+                           dispatch, eot, protos, classes)
 
 
 @pytest.mark.kernel

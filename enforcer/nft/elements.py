@@ -22,8 +22,9 @@ C`, `return`/`drop`/`accept`, `comment`).
 
 `supported(table, ops)` says whether every op is one this module can encode: element adds and
 deletes (no flush) on plain sets keyed by `mark`, `ipv4_addr` or `ipv6_addr`, on verdict maps keyed
-by those or `ifname` (pod churn: the workload dispatch maps), and on concatenated interval verdict
-maps of addresses, protocols, ports and ICMP types/codes; regular (not base)
+by those or `ifname` (pod churn: the workload dispatch maps), and on interval verdict maps of
+addresses, protocols, ports and ICMP types/codes, concatenated (pipapo: start and end key) or single
+(rbtree: a start element and an interval-end element after it, as nft sends them); regular (not base)
 chains made, flushed, written with such rules, or deleted. Anything else goes through libnftables.
 """
 
@@ -67,7 +68,9 @@ NFTA_SET_ELEM_LIST_ELEMENTS = 3
 NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY = 1
 NFTA_SET_ELEM_DATA = 2
+NFTA_SET_ELEM_FLAGS = 3
 NFTA_SET_ELEM_KEY_END = 10
+NFT_SET_ELEM_INTERVAL_END = 1
 NFTA_DATA_VALUE = 1
 NFTA_DATA_VERDICT = 2
 NFTA_VERDICT_CODE = 1
@@ -161,6 +164,29 @@ def _plain_map_element(encode: Callable[[str], bytes], text: str) -> tuple[bytes
     return encode(key.strip()), (_verdict(text, data) if data else None)
 
 
+def _range_map_field(nset: ir.NftSet) -> str | None:
+    """The key of a single-field interval verdict map (`inet_proto : verdict`, flags interval:
+    the kernel's rbtree), or None."""
+    key, sep, data = nset.type.partition(" : ")
+    if not nset.is_map or nset.flags != ("interval",) or sep != " : " or data != "verdict" or key not in FIELDS:
+        return None
+    return key
+
+
+def _range_elements(kind: str, text: str) -> list[tuple[bytes, int, tuple[str, str] | None]]:
+    """The rbtree elements of `a-b : goto x` as nft makes them: (key, flags, verdict) of the start,
+    then the end (b + 1, flagged INTERVAL_END, no data) unless b is the field's last value. Keys
+    are the field's own width (no register padding outside concatenations)."""
+    key, _, data = text.partition(" : ")
+    first, _, last = key.strip().partition("-")
+    start, end = FIELDS[kind](first), FIELDS[kind](last or first)
+    out: list[tuple[bytes, int, tuple[str, str] | None]] = [(start, 0, _verdict(text, data) if data else None)]
+    after = int.from_bytes(end, "big") + 1
+    if after < 1 << (8 * len(end)):
+        out.append((after.to_bytes(len(end), "big"), NFT_SET_ELEM_INTERVAL_END, None))
+    return out
+
+
 def _map_element(fields: list[str], text: str) -> tuple[bytes, bytes, tuple[str, str] | None]:
     """(start key, end key, (verdict, chain) or None) of `a-b . 6 . 80-90 : goto dx-…`."""
     key, _, data = text.partition(" : ")
@@ -198,6 +224,12 @@ def supported(table: ir.Table, ops: list[ir.Op]) -> bool:
                             return False
                     for element in op.delete:
                         _map_element(fields, element)
+                elif (ranged := _range_map_field(nset)) is not None:
+                    for element in op.add:
+                        if _range_elements(ranged, element)[0][2] is None:
+                            return False
+                    for element in op.delete:
+                        _range_elements(ranged, element)
                 elif (plain := _plain_map_key(nset)) is not None:
                     for element in op.add:
                         if _plain_map_element(plain, element)[1] is None:
@@ -241,8 +273,10 @@ def _verdict_data(verdict: str, chain: str) -> bytes:
     return _attr(NFTA_DATA_VERDICT | NLA_F_NESTED, code)
 
 
-def _element(key: bytes, end: bytes | None = None, verdict: tuple[str, str] | None = None) -> bytes:
+def _element(key: bytes, end: bytes | None = None, verdict: tuple[str, str] | None = None, flags: int = 0) -> bytes:
     body = _attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, _attr(NFTA_DATA_VALUE, key))
+    if flags:
+        body += _attr(NFTA_SET_ELEM_FLAGS, struct.pack("!I", flags))
     if end is not None:
         body += _attr(NFTA_SET_ELEM_KEY_END | NLA_F_NESTED, _attr(NFTA_DATA_VALUE, end))
     if verdict is not None:
@@ -263,6 +297,10 @@ def _element_message(table: ir.Table, name: str, encoded: list[bytes], delete: b
 def _encoded(table: ir.Table, name: str, elements: tuple[str, ...], delete: bool) -> list[bytes]:
     nset = table.sets[name]
     fields = _map_fields(nset)
+    ranged = _range_map_field(nset)
+    if ranged is not None:
+        return [_element(key, None, None if delete else verdict, flags)
+                for e in elements for key, flags, verdict in _range_elements(ranged, e)]
     plain = _plain_map_key(nset)
     if plain is not None:
         pairs = [_plain_map_element(plain, e) for e in elements]
