@@ -853,7 +853,9 @@ def section_rate(args: argparse.Namespace, lab: str, pktgen: Path, report: dict[
         fl, li = by_key["flowtui"].get(mode), by_key["linear"].get(mode)
         return round(fl[field] / li[field], 3) if fl and li and li[field] else None
 
+    toggles = decision_toggles(args, node_ns, compiled, next(rs.script for rs in rulesets if rs.key == "flowtui"))
     report["rate"] = {
+        "decision_toggle": toggles,
         "policies": args.rate_policies, "workload_chain_layouts": layouts,
         "flowtui_rules": rule_count(flowtui), "linear_rules": rule_count(linear),
         "frame_bytes": 14 + 20 + 8 + PAYLOAD, "generator_seconds": args.seconds, "repetitions": args.reps,
@@ -862,6 +864,61 @@ def section_rate(args: argparse.Namespace, lab: str, pktgen: Path, report: dict[
         "flowtui_vs_linear_median": {m: versus(m, "median_pps") for m in ("established", "new")},
         "checks": checks, "checks_ok": all(c["ok"] for c in checks),
     }
+
+
+def decision_toggles(args: argparse.Namespace, node_ns: str, compiled: CompiledNode, script: str) -> dict[str, Any]:
+    """Live toggles of policies that select the pod, on the flowtui table of the rate section
+    (decision maps where they fit): the decision chains the policy is in decided again
+    (`CompiledNode.with_disabled`), the diff, and its apply to the node's kernel — one nfnetlink
+    batch when every op is one `enforcer.nft.elements` encodes, else libnftables. Each policy is
+    switched off, then on again."""
+    from enforcer.nft.libnft import Nft
+
+    keys = sorted(compiled.gates)
+    rng = random.Random(args.seed + 2)
+    rng.shuffle(keys)
+    nft, sock = Nft(node_ns), ElementSocket(node_ns)
+    redecide: list[float] = []
+    diff: list[float] = []
+    apply: list[float] = []
+    total: list[float] = []
+    elements = 0
+    batched = 0
+    try:
+        for family, name in (("inet", "flowtui"), ("inet", "linear"), ("netdev", "flowtui")):
+            try:
+                nft.run(f"delete table {family} {name}")
+            except Exception:  # noqa: BLE001 - absent is fine
+                pass
+        nft.run(script)
+        current = compiled.table
+        for key in keys[: max(2, args.samples // 3)]:
+            for disabled in ({key}, set()):
+                t0 = time.perf_counter()
+                table = compiled.with_disabled(disabled).table
+                t1 = time.perf_counter()
+                ops = ir.diff(current, table)
+                t2 = time.perf_counter()
+                if elements_only(table, ops):
+                    sock.apply(table, ops)
+                    batched += 1
+                elif ops:
+                    nft.run(ir.render(table, ops))
+                t3 = time.perf_counter()
+                redecide.append(t1 - t0)
+                diff.append(t2 - t1)
+                apply.append(t3 - t2)
+                total.append(t3 - t0)
+                elements += sum(len(o.add) + len(o.delete) for o in ops if isinstance(o, ir.SetElements))
+                current = table
+        nft.run("delete table inet flowtui")
+    finally:
+        nft.close()
+        sock.close()
+    log(f"rate: decision-map toggles: {len(total)}, median {ms(statistics.median(total))} ms from the call to the "
+        f"kernel's commit ({batched} as one nfnetlink batch)")
+    return {"samples": len(total), "one_batch": batched, "elements_changed": elements,
+            "redecide": stats(redecide), "diff": stats(diff), "apply": stats(apply), "to_kernel": stats(total)}
 
 
 # ---- output ----------------------------------------------------------------------------------------
@@ -894,6 +951,8 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "kernel_bytes": apply.get("memory", {}).get("kernel_bytes"),
         "python_rss_peak_compile_mb": apply.get("memory", {}).get("python_rss_peak_compile_mb"),
         "rate_policies": report.get("rate", {}).get("policies"),
+        "decision_toggle_median_ms": report.get("rate", {}).get("decision_toggle", {}).get("to_kernel", {}).get(
+            "median_ms"),
         "workload_chain_layouts": report.get("rate", {}).get("workload_chain_layouts"),
         "loadavg_start": report.get("machine", {}).get("loadavg_start"),
         "loadavg_end": report.get("machine", {}).get("loadavg_end"),

@@ -89,6 +89,7 @@ NFT_META_MARK = 3
 VERDICTS = {"accept": 1, "drop": 0, "return": -5, "jump": -3, "goto": -4}
 FAMILIES = {"inet": 1, "ip": 2, "ip6": 10, "arp": 3, "bridge": 7, "netdev": 5}
 REPLY_TIMEOUT_S = 2.0
+SO_SNDBUFFORCE = 32
 
 
 def _mark(text: str) -> bytes:
@@ -212,8 +213,6 @@ def supported(table: ir.Table, ops: list[ir.Op]) -> bool:
     try:
         for op in ops:
             if isinstance(op, ir.SetElements):
-                if op.flush:
-                    return False
                 nset = table.sets.get(op.name)
                 if nset is None:
                     return False
@@ -237,7 +236,7 @@ def supported(table: ir.Table, ops: list[ir.Op]) -> bool:
                     for element in op.delete:
                         _plain_map_element(plain, element)
                 elif nset.is_map or nset.flags or nset.type not in KEYS:
-                    return False
+                    return False  # (plain interval sets: libnftables, which sends their ranges)
                 else:
                     for element in (*op.add, *op.delete):
                         KEYS[nset.type](element)
@@ -284,11 +283,12 @@ def _element(key: bytes, end: bytes | None = None, verdict: tuple[str, str] | No
     return _attr(NFTA_LIST_ELEM | NLA_F_NESTED, body)
 
 
-def _element_message(table: ir.Table, name: str, encoded: list[bytes], delete: bool, seq: int) -> bytes:
-    elements = b"".join(encoded)
+def _element_message(table: ir.Table, name: str, encoded: list[bytes] | None, delete: bool, seq: int) -> bytes:
+    """NEWSETELEM/DELSETELEM of `encoded` elements; a DELSETELEM without any (None) flushes the set."""
     body = (_attr(NFTA_SET_ELEM_LIST_TABLE, table.name.encode() + b"\0")
-            + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0")
-            + _attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, elements))
+            + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"))
+    if encoded is not None:
+        body += _attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, b"".join(encoded))
     kind = (NFNL_SUBSYS_NFTABLES << 8) | (NFT_MSG_DELSETELEM if delete else NFT_MSG_NEWSETELEM)
     flags = NLM_F_REQUEST | NLM_F_ACK | (0 if delete else NLM_F_CREATE)
     return _message(kind, flags, seq, FAMILIES[table.family], 0, body)
@@ -312,6 +312,23 @@ def _encoded(table: ir.Table, name: str, elements: tuple[str, ...], delete: bool
     for text in elements:
         start, end, verdict = _map_element(fields, text)
         out.append(_element(start, end, None if delete else verdict))
+    return out
+
+
+CHUNK_BYTES = 60_000  # below the 65,535 bytes a netlink attribute's length can say
+
+
+def _chunks(encoded: list[bytes]) -> list[tuple[int, int]]:
+    """[first, last) index ranges of `encoded` whose bytes fit one element-list attribute."""
+    out: list[tuple[int, int]] = []
+    start, size = 0, 0
+    for i, e in enumerate(encoded):
+        if size + len(e) > CHUNK_BYTES and i > start:
+            out.append((start, i))
+            start, size = i, 0
+        size += len(e)
+    if start < len(encoded):
+        out.append((start, len(encoded)))
     return out
 
 
@@ -340,13 +357,20 @@ def batch(table: ir.Table, ops: list[ir.Op], first_seq: int) -> tuple[bytes, dic
     ref = table.ref
     for op in ops:
         if isinstance(op, ir.SetElements):
+            if op.flush:
+                seq += 1
+                parts.append(_element_message(table, op.name, None, True, seq))
+                what[seq] = f"flush {'map' if table.sets[op.name].is_map else 'set'} {ref} {op.name}"
             for delete, elements in ((True, op.delete), (False, op.add)):
-                if elements:
+                encoded = _encoded(table, op.name, elements, delete) if elements else []
+                # A netlink attribute holds at most 64 KiB: big changes take several messages
+                # (of the same batch, so still one transaction).
+                for first, last in _chunks(encoded):
                     seq += 1
-                    parts.append(_element_message(table, op.name, _encoded(table, op.name, elements, delete),
-                                                  delete, seq))
+                    parts.append(_element_message(table, op.name, encoded[first:last], delete, seq))
                     verb = "delete element" if delete else "add element"
-                    what[seq] = f"{verb} {ref} {op.name} {{ {', '.join(elements)} }}"
+                    more = ", ..." if len(elements) > 20 else ""
+                    what[seq] = f"{verb} {ref} {op.name} {{ {', '.join(elements[:20])}{more} }}"
         elif isinstance(op, ir.DefineChain):
             name = op.chain.name
             if op.new:
@@ -506,6 +530,7 @@ class ElementSocket:
         self._finalizer = weakref.finalize(self, self._sock.close)
         self._sock.settimeout(REPLY_TIMEOUT_S)
         self._seq = 1
+        self._sndbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
         self._lock = threading.Lock()
 
     def current(self) -> bool:
@@ -523,6 +548,11 @@ class ElementSocket:
         with self._lock:
             data, what = batch(table, ops, self._seq)
             self._seq += len(what) + 2
+            if len(data) > self._sndbuf:
+                # A big batch (a map rebuilt) is one message: the socket's send buffer must hold
+                # it whole, as libmnl's batches do (root may force it past the sysctl maximum).
+                self._sndbuf = len(data) + 4096
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, self._sndbuf)
             self._sock.send(data)
             pending = set(what)
             errors: list[str] = []

@@ -132,15 +132,17 @@ def diff(old: Table, new: Table) -> list[Op]:
         elif (before.type, before.flags, before.is_map) != (s.type, s.flags, s.is_map):
             raise ValueError(f"set {name} changes type from {before.type} to {s.type}")
         elif before.elements != s.elements:
-            if s.interval and not s.is_map:
+            gone, added = before.elements - s.elements, s.elements - before.elements
+            if s.interval and (not s.is_map or 4 * (len(gone) + len(added)) > len(s.elements)):
                 # Adding to a large interval set makes the library re-read and merge it (slow);
                 # rebuilding it in the same transaction is fast (kernel-notes.md). Interval maps
                 # (decision maps) do not merge: their elements are replaced by their exact
-                # ranges, so a toggle sends only the elements that changed.
+                # ranges, so a toggle sends only the elements that changed — unless they are over
+                # a quarter of the map: each insert or delete in the kernel's interval map costs
+                # in proportion to its size, so rebuilding it is then cheaper (measured).
                 elements.append(SetElements(name, add=tuple(sorted(s.elements)), flush=True))
             else:
-                elements.append(SetElements(name, add=tuple(sorted(s.elements - before.elements)),
-                                            delete=tuple(sorted(before.elements - s.elements))))
+                elements.append(SetElements(name, add=tuple(sorted(added)), delete=tuple(sorted(gone))))
     rules: list[Op] = []
     chains: list[Op] = []
     for name, c in sorted(new.chains.items()) if old.chains is not new.chains else ():
