@@ -1,12 +1,16 @@
 """Dataplane benchmark (issue 3): apply and update latency, and packet rates, ratios from one run.
 
-    python bench/bench_dataplane.py [--quick] [--json] [--skip-apply] [--skip-rate]
+    python bench/bench_dataplane.py [--quick] [--json] [--skip-apply] [--skip-rate] [--policies N]
+                                    [--decision-budget CELLS] [--lab-id ID]
 
 Needs root, `ip`, `nft`, gcc and libnftables; builds its own lab (`bench<pid>`) and removes it,
 even on failure.
 
 1. Apply. A synthetic cluster on ONE node: 1,000 pods, 1,000 policies of exactly 10 rules each
-   (`synth_resources`, staged policies off; rules topped up or cut to 10 per policy). Timed:
+   (`synth_resources`, staged policies off; rules topped up or cut to 10 per policy), compiled
+   with decision maps (--decision-budget, as the rate section's flowtui row). Memory: the kernel's
+   rules, sets/maps and elements read back, the kernel memory the full apply charged to this
+   process's memory cgroup, and the Python RSS peak while compiling. Timed:
    compile (ClusterState + compile_node), render of the full script, and its apply to the node's
    namespace through libnftables and through an `nft -f FILE` process (`ip netns exec`). Then
    one-policy changes (rule 0 of a random policy rewritten, revision bumped; then reverted) and
@@ -139,6 +143,77 @@ def timed() -> Iterator[list[float]]:
         box.append(time.perf_counter() - start)
 
 
+class RssPeak:
+    """Peak resident set size of this process while a block runs (VmRSS sampled every 5 ms; the
+    sample misses spikes shorter than that), and the RSS before it, in MB."""
+
+    def __init__(self) -> None:
+        self.before_mb = self.peak_mb = rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak_mb = max(self.peak_mb, rss_mb())
+
+    def __enter__(self) -> RssPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, rss_mb())
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def kmem_bytes() -> int | None:
+    """Kernel memory charged to this process's memory cgroup (cgroup v1 `memory.kmem.usage_in_bytes`,
+    or v2 `memory.stat` kernel), read only; None when unavailable. nf_tables charges rules, sets and
+    their elements to the cgroup of the process that commits them."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            f = Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.kmem.usage_in_bytes"
+            if f.exists():
+                return int(f.read_text())
+        if controllers == "":
+            f = Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.stat"
+            if f.exists():
+                for stat in f.read_text().splitlines():
+                    if stat.startswith("kernel "):
+                        return int(stat.split()[1])
+    return None
+
+
+def kernel_elements(json_text: str) -> dict[str, int]:
+    """Counts read back from the kernel (`nft -j list table`): rules, sets/maps, their elements."""
+    doc = json.loads(json_text)["nftables"]
+    out = {"rules": 0, "sets": 0, "maps": 0, "set_elements": 0, "map_elements": 0}
+    for item in doc:
+        for kind in ("set", "map"):
+            if kind in item:
+                out[f"{kind}s"] += 1
+                out[f"{kind}_elements"] += len(item[kind].get("elem", []))
+        out["rules"] += "rule" in item
+    return out
+
+
+def layout_counts(compiled: CompiledNode) -> dict[str, int]:
+    """Workload endpoint chains by layout: decision maps, or the walk with its reason."""
+    counts: dict[str, int] = {}
+    for c in compiled.layouts:
+        key = "decision" if c.layout == "decision" else f"walk: {c.reason}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 # ---- lab plumbing ------------------------------------------------------------------------------
 
 
@@ -225,14 +300,15 @@ class OpTiming:
 
 
 def section_apply(args: argparse.Namespace, lab: str, report: dict[str, Any]) -> None:
-    from enforcer.nft.libnft import Nft
+    from enforcer.nft.libnft import OUTPUT_JSON, Nft
 
     res = apply_cluster(args.seed, args.pods, args.policies, args.rules)
     ids = IdAllocator()
+    options = rate_options(args)  # decision maps on, as in the rate section's flowtui row
 
     def compile_node_of(r: ResourceSet) -> tuple[CompiledNode, float]:
         start = time.perf_counter()
-        compiled = compile_node(ClusterState(r), NODE, ids=ids)
+        compiled = compile_node(ClusterState(r), NODE, options, ids=ids)
         return compiled, time.perf_counter() - start
 
     def compile_res(r: ResourceSet) -> tuple[ir.Table, float]:
@@ -240,7 +316,8 @@ def section_apply(args: argparse.Namespace, lab: str, report: dict[str, Any]) ->
         return compiled.table, seconds
 
     log(f"apply: compiling {args.policies} policies x {args.rules} rules over {args.pods} pods ...")
-    base_node, t_compile = compile_node_of(res)
+    with RssPeak() as rss:
+        base_node, t_compile = compile_node_of(res)
     base = base_node.table
     with timed() as t_render:
         script = ir.render(base, ir.full(base, existing=False))
@@ -252,9 +329,12 @@ def section_apply(args: argparse.Namespace, lab: str, report: dict[str, Any]) ->
     nft = Nft(ns)
     sock = ElementSocket(ns)
     try:
+        kmem_before = kmem_bytes()
         with timed() as t_lib:
             nft.run(script)
+        kmem_after = kmem_bytes()
         log(f"apply: libnftables full apply {t_lib[0]:.2f}s")
+        in_kernel = kernel_elements(nft.run("list table inet flowtui", flags=OUTPUT_JSON))
         nft.run("delete table inet flowtui")
         with tempfile.NamedTemporaryFile("w", suffix=".nft", delete=False) as f:
             f.write(script)
@@ -269,6 +349,17 @@ def section_apply(args: argparse.Namespace, lab: str, report: dict[str, Any]) ->
             "script_mb": round(len(script) / 1e6, 2),
             "compile_s": round(t_compile, 3), "render_s": round(t_render[0], 3),
             "apply_libnftables_s": round(t_lib[0], 3), "apply_nft_process_s": round(t_proc, 3),
+            "decision_budget": options.decision_budget, "workload_chain_layouts": layout_counts(base_node),
+            "memory": {
+                "kernel": in_kernel,
+                # Kernel memory charged to this process's memory cgroup by the full apply (noisy:
+                # anything else this process allocates in the kernel meanwhile counts too).
+                "kernel_bytes": (kmem_after - kmem_before) if kmem_before is not None and kmem_after is not None
+                else None,
+                "kernel_bytes_source": "memory cgroup kmem delta around the full apply",
+                "python_rss_before_compile_mb": round(rss.before_mb, 1),
+                "python_rss_peak_compile_mb": round(rss.peak_mb, 1),
+            },
         }
 
         state = ClusterState(res)
@@ -351,7 +442,6 @@ def live_toggles(args: argparse.Namespace, lab: str, res: ResourceSet, policies:
 
     from enforcer.datastore import Datastore
     from enforcer.nft.backend import KernelBackend
-    from enforcer.nft.compiler import CompileOptions
     from enforcer.reconcile import Reconciler
 
     committed: list[float] = []
@@ -369,7 +459,7 @@ def live_toggles(args: argparse.Namespace, lab: str, res: ResourceSet, policies:
         with timed() as t_store:
             ds.apply_documents([str(docs)])
         rec = Reconciler(ds, Stamped(lab, lambda node: netns_name(lab, f"node:{node}")), compile_node,
-                         CompileOptions(), lambda: [NODE])
+                         rate_options(args), lambda: [NODE])
         with timed() as t_first:
             first = rec.reconcile()
         log(f"live toggle: stored {len(list(ds.objects()))} objects in {t_store[0]:.1f} s; first reconcile "
@@ -404,7 +494,7 @@ def live_toggles(args: argparse.Namespace, lab: str, res: ResourceSet, policies:
         for p in policies[: max(2, args.samples // 3)]:
             for disabled in (True, False):
                 backend = Stamped(lab, lambda node: netns_name(lab, f"node:{node}"))
-                other = Reconciler(Datastore(ds.path), backend, compile_node, CompileOptions(), lambda: [NODE])
+                other = Reconciler(Datastore(ds.path), backend, compile_node, rate_options(args), lambda: [NODE])
                 committed.clear()
                 t0 = time.perf_counter()
                 other.datastore.set_disabled(p.kind, p.name, p.namespace, disabled)
@@ -582,7 +672,8 @@ def handshake(netns: str, pod_ip: str) -> bool:
 
 
 def rate_options(args: argparse.Namespace) -> CompileOptions:
-    """The flowtui row's compile options: decision maps with --decision-budget (default 4,096)."""
+    """The options of the apply section and of the rate section's flowtui row: decision maps with
+    --decision-budget (default 4,096)."""
     return CompileOptions(decision_budget=DEFAULT_BUDGET if args.decision_budget is None else args.decision_budget)
 
 
@@ -762,7 +853,9 @@ def section_rate(args: argparse.Namespace, lab: str, pktgen: Path, report: dict[
         fl, li = by_key["flowtui"].get(mode), by_key["linear"].get(mode)
         return round(fl[field] / li[field], 3) if fl and li and li[field] else None
 
+    toggles = decision_toggles(args, node_ns, compiled, next(rs.script for rs in rulesets if rs.key == "flowtui"))
     report["rate"] = {
+        "decision_toggle": toggles,
         "policies": args.rate_policies, "workload_chain_layouts": layouts,
         "flowtui_rules": rule_count(flowtui), "linear_rules": rule_count(linear),
         "frame_bytes": 14 + 20 + 8 + PAYLOAD, "generator_seconds": args.seconds, "repetitions": args.reps,
@@ -771,6 +864,61 @@ def section_rate(args: argparse.Namespace, lab: str, pktgen: Path, report: dict[
         "flowtui_vs_linear_median": {m: versus(m, "median_pps") for m in ("established", "new")},
         "checks": checks, "checks_ok": all(c["ok"] for c in checks),
     }
+
+
+def decision_toggles(args: argparse.Namespace, node_ns: str, compiled: CompiledNode, script: str) -> dict[str, Any]:
+    """Live toggles of policies that select the pod, on the flowtui table of the rate section
+    (decision maps where they fit): the decision chains the policy is in decided again
+    (`CompiledNode.with_disabled`), the diff, and its apply to the node's kernel — one nfnetlink
+    batch when every op is one `enforcer.nft.elements` encodes, else libnftables. Each policy is
+    switched off, then on again."""
+    from enforcer.nft.libnft import Nft
+
+    keys = sorted(compiled.gates)
+    rng = random.Random(args.seed + 2)
+    rng.shuffle(keys)
+    nft, sock = Nft(node_ns), ElementSocket(node_ns)
+    redecide: list[float] = []
+    diff: list[float] = []
+    apply: list[float] = []
+    total: list[float] = []
+    elements = 0
+    batched = 0
+    try:
+        for family, name in (("inet", "flowtui"), ("inet", "linear"), ("netdev", "flowtui")):
+            try:
+                nft.run(f"delete table {family} {name}")
+            except Exception:  # noqa: BLE001 - absent is fine
+                pass
+        nft.run(script)
+        current = compiled.table
+        for key in keys[: max(2, args.samples // 3)]:
+            for disabled in ({key}, set()):
+                t0 = time.perf_counter()
+                table = compiled.with_disabled(disabled).table
+                t1 = time.perf_counter()
+                ops = ir.diff(current, table)
+                t2 = time.perf_counter()
+                if elements_only(table, ops):
+                    sock.apply(table, ops)
+                    batched += 1
+                elif ops:
+                    nft.run(ir.render(table, ops))
+                t3 = time.perf_counter()
+                redecide.append(t1 - t0)
+                diff.append(t2 - t1)
+                apply.append(t3 - t2)
+                total.append(t3 - t0)
+                elements += sum(len(o.add) + len(o.delete) for o in ops if isinstance(o, ir.SetElements))
+                current = table
+        nft.run("delete table inet flowtui")
+    finally:
+        nft.close()
+        sock.close()
+    log(f"rate: decision-map toggles: {len(total)}, median {ms(statistics.median(total))} ms from the call to the "
+        f"kernel's commit ({batched} as one nfnetlink batch)")
+    return {"samples": len(total), "one_batch": batched, "elements_changed": elements,
+            "redecide": stats(redecide), "diff": stats(diff), "apply": stats(apply), "to_kernel": stats(total)}
 
 
 # ---- output ----------------------------------------------------------------------------------------
@@ -795,11 +943,28 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "full_apply_s": full,
         "toggle_median_ms": toggle.get("to_kernel", {}).get("median_ms"),
         "edit_median_ms": toggle.get("edit", {}).get("to_kernel", {}).get("median_ms"),
+        "established_vs_conntrack_only": _vs_ct(rows),
+        "apply_policies": apply.get("policies"),
+        "compile_s": apply.get("compile_s"),
+        "apply_workload_chain_layouts": apply.get("workload_chain_layouts"),
+        "kernel_elements": apply.get("memory", {}).get("kernel"),
+        "kernel_bytes": apply.get("memory", {}).get("kernel_bytes"),
+        "python_rss_peak_compile_mb": apply.get("memory", {}).get("python_rss_peak_compile_mb"),
         "rate_policies": report.get("rate", {}).get("policies"),
+        "decision_toggle_median_ms": report.get("rate", {}).get("decision_toggle", {}).get("to_kernel", {}).get(
+            "median_ms"),
         "workload_chain_layouts": report.get("rate", {}).get("workload_chain_layouts"),
         "loadavg_start": report.get("machine", {}).get("loadavg_start"),
         "loadavg_end": report.get("machine", {}).get("loadavg_end"),
     }
+
+
+def _vs_ct(rows: dict[str, Any]) -> float | None:
+    """Established flows against the conntrack rule alone: what stateful filtering costs at least."""
+    flow, ct = rows.get("flowtui", {}).get("established"), rows.get("ct", {}).get("established")
+    if not flow or not ct or not ct.get("pps"):
+        return None
+    return round(flow["pps"] / ct["pps"], 3)
 
 
 def machine() -> dict[str, Any]:
@@ -834,6 +999,13 @@ def table_text(report: dict[str, Any]) -> str:
         lib, proc = a["apply_libnftables_s"], a["apply_nft_process_s"]
         out.append(f"   compile {a['compile_s']:.2f} s | render {a['render_s']:.2f} s | apply libnftables "
                    f"{lib:.2f} s | apply `nft -f` {proc:.2f} s (libnftables / nft -f = {lib / proc:.2f})")
+        mem = a.get("memory")
+        if mem:
+            kb = mem["kernel_bytes"]
+            out.append(f"   decision budget {a['decision_budget']}: workload chains {a['workload_chain_layouts']}")
+            out.append(f"   memory: kernel {mem['kernel']} ({'?' if kb is None else f'{kb / 1e6:.1f} MB'}, "
+                       f"{mem['kernel_bytes_source']}); Python RSS {mem['python_rss_before_compile_mb']} MB before "
+                       f"the compile, peak {mem['python_rss_peak_compile_mb']} MB while compiling")
         out.append(f"   {'':28} {'median ms':>10} {'p95 ms':>10}")
         for kind in ("change", "toggle"):
             k = a[kind]
@@ -912,7 +1084,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the report as JSON on stdout (the table goes to stderr)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pods", type=int, help="apply section: pods (default 1000, quick 60)")
-    ap.add_argument("--policies", type=int, help="apply section: policies (default 1000, quick 60)")
+    ap.add_argument("--policies", type=int,
+                    help="policies: the apply section's, and the rate section's unless --rate-policies "
+                         "(default 1000, quick 60 and 200)")
     ap.add_argument("--rules", type=int, default=10, help="apply section: rules per policy")
     ap.add_argument("--samples", type=int, help="changes and toggles to time, each (default 30, quick 4)")
     ap.add_argument("--budget", type=float, help="seconds for sampling changes, and toggles (default 120, quick 8)")
@@ -921,11 +1095,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, help="rate section: runs per ruleset and traffic kind (default 5, quick 2)")
     ap.add_argument("--seconds", type=float, help="rate section: generator run length (default 1.0, quick 0.5)")
     ap.add_argument("--decision-budget", type=int,
-                    help="rate section: decision-map budget in cells for the flowtui row (default: the compiler's)")
+                    help="decision-map budget in cells: the apply section's and the rate section's flowtui row "
+                         "(default 4,096)")
+    ap.add_argument("--lab-id", help="lab id of the bench's own lab (default bench<pid>)")
     ap.add_argument("--skip-apply", action="store_true")
     ap.add_argument("--skip-rate", action="store_true")
     args = ap.parse_args(argv)
     quick = args.quick
+    if args.rate_policies is None and args.policies is not None:
+        args.rate_policies = args.policies
     for name, full, small in (("pods", 1000, 60), ("policies", 1000, 60), ("samples", 30, 4), ("budget", 120.0, 8.0),
                               ("rate_policies", 1000, 200), ("reps", 5, 2), ("seconds", 1.0, 0.5)):
         if getattr(args, name) is None:
@@ -938,7 +1116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     report: dict[str, Any] = {"machine": machine(), "quick": quick}
-    lab = f"bench{os.getpid() % 10_000_000}"
+    lab = args.lab_id or f"bench{os.getpid() % 10_000_000}"
     with tempfile.TemporaryDirectory(prefix="flowtui-bench-") as tmp:
         pktgen = build_pktgen(Path(tmp)) if not args.skip_rate else None
         try:

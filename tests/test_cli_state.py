@@ -276,6 +276,7 @@ def test_dry_run_reports_each_workload_chains_layout(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     decided = [line for line in result.stdout.splitlines() if ": decision maps, " in line]
     assert decided and all(line.startswith(("# fw-d", "# tw-d")) for line in decided)
+    assert "; decision budget 4096 cells per workload chain" in result.stdout
     for line in decided:  # the chain named is in the listing, with its maps
         chain = line.split(":")[0].removeprefix("# ")
         assert f"chain {chain} {{" in result.stdout
@@ -293,3 +294,38 @@ def test_a_bad_decision_budget_is_refused_before_anything_is_read(tmp_path: Path
         assert result.exit_code == 2
         assert f"FLOWTUI_DECISION_BUDGET={bad!r}: expected a whole number of cells" in result.stderr
         assert "created (dry run)" not in result.stderr
+
+
+def test_every_front_end_compiles_with_the_same_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI, the dashboard's policy control and the demo take their options from one place
+    (`enforcer.nft.compiler.default_options`): FLOWTUI_DECISION_BUDGET reaches every one."""
+    from enforcer.datastore import Datastore
+    from enforcer.nft import compiler
+    from flowtui.cli.state import default_compiler
+    from flowtui.tui.control import lab_control
+
+    used: list[int] = []
+    real = compiler.compile_node
+
+    def spy(state: object, node: str, options: compiler.CompileOptions | None = None, *a: object) -> object:
+        used.append(options.decision_budget if options is not None else -1)
+        return real(state, node, options, *a)  # type: ignore[arg-type]
+
+    for value, expected in (("123", 123), ("0", 0), (None, compiler.CompileOptions().decision_budget)):
+        if value is None:
+            monkeypatch.delenv("FLOWTUI_DECISION_BUDGET", raising=False)
+        else:
+            monkeypatch.setenv("FLOWTUI_DECISION_BUDGET", value)
+        assert default_compiler()[1].decision_budget == expected
+        control = lab_control(Datastore(tmp_path / "ds"), "xfopts", lab_nodes=lambda: [])
+        assert control.reconciler is not None and control.reconciler.options.decision_budget == expected
+        used.clear()
+        monkeypatch.setattr(compiler, "compile_node", spy)
+        from flowtui.demo.synthetic import EventFactory
+
+        EventFactory.article()
+        monkeypatch.setattr(compiler, "compile_node", real)
+        assert used and set(used) == {expected}
+    monkeypatch.setenv("FLOWTUI_DECISION_BUDGET", "lots")
+    with pytest.raises(ValueError, match="FLOWTUI_DECISION_BUDGET='lots'"):
+        compiler.default_options()

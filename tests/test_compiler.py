@@ -281,3 +281,22 @@ def test_incremental_changes_equal_a_full_rebuild_in_the_kernel(lab_id: str) -> 
             assert canonical_kernel_table(inc) == canonical_kernel_table(fresh)
     finally:
         lab_down(lab_id)
+
+
+@pytest.mark.parametrize("heps", [False, True])
+def test_established_packets_meet_the_conntrack_verdict_first(heps: bool) -> None:
+    """Every base chain after conntrack starts with the established/related accept, so an
+    established packet costs one rule per hook; the raw and mangle hooks exist only when untracked
+    or preDNAT policy (a host endpoint) needs them."""
+    res = synth_resources(3, SynthSpec(nodes=2, pods=8, policies=12, host_endpoints=heps))
+    table = compile_node(ClusterState(res), "node-1", ids=IdAllocator()).table
+    bases = {n: c for n, c in table.chains.items() if c.hook}
+    for name, chain in bases.items():
+        if "priority raw" not in (chain.hook or ""):
+            assert chain.rules[0] == "ct state established,related accept", (name, chain.rules[:2])
+    hooked = {n for n in bases if n.startswith(("raw-", "mangle-"))}
+    if heps:
+        assert "mangle-prerouting" in hooked
+        assert all(any(" jump " in r for r in bases[n].rules) for n in hooked)
+    else:
+        assert not hooked, hooked

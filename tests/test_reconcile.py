@@ -427,3 +427,44 @@ def test_toggles_under_decision_maps_equal_a_fresh_compile(ds: Datastore) -> Non
     result = other.reconcile()
     assert all(n.status == "applied" and not n.toggled for n in result.nodes), result.describe()
     assert {n: ir.listing(backend.tables[n]) for n in NODES} == fresh_tables(ds, decision=True)
+
+
+@pytest.mark.kernel
+def test_kernel_toggles_under_decision_maps_are_one_batch_equal_to_a_full_apply(
+        ds: Datastore, lab_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the reconciler and the kernel backend: each toggle that changes decision maps
+    reaches the kernel as one nfnetlink batch (libnftables is not called), and the live table
+    then lists exactly as the same state applied whole to a fresh namespace."""
+    from enforcer.lab import netns_name
+    from enforcer.lab.netns import create_netns
+    from enforcer.nft.libnft import Nft
+    from tests.test_compiler import canonical_kernel_table
+
+    for node in NODES:
+        for suffix in ("", "-fresh"):
+            create_netns(netns_name(lab_id, f"node:{node}{suffix}"))
+    backend = KernelBackend(lab_id, lambda node: netns_name(lab_id, f"node:{node}"))
+    try:
+        rec = gated(ds, backend, decision=True)
+        assert rec.reconcile().ok
+        real_run = Nft.run
+
+        def no_library(self: Nft, script: str, *, flags: int = 0) -> str:
+            raise AssertionError(f"libnftables was used for a toggle: {script[:300]}")
+
+        for name, disabled in (("allow-cluster-internal", True), ("deny-other-ingress", True),
+                               ("allow-cluster-internal", False), ("deny-other-ingress", False)):
+            ds.set_disabled("gnp", name, None, disabled)
+            monkeypatch.setattr(Nft, "run", no_library)
+            result = rec.reconcile()
+            monkeypatch.setattr(Nft, "run", real_run)
+            assert all(n.toggled and n.status == "applied" for n in result.nodes), result.describe()
+            compiled = compile_nodes(ds.resources(), rec.compile_fn, _options(True), IdAllocator.load(ds.ids_path),
+                                     "tlab", NODES)
+            for node, out in compiled.items():
+                backend.delete(f"{node}-fresh")
+                backend.apply(f"{node}-fresh", out.table, ir.full(out.table, existing=False))
+                assert canonical_kernel_table(backend.netns(node)) == \
+                    canonical_kernel_table(backend.netns(f"{node}-fresh"))
+    finally:
+        backend.close()

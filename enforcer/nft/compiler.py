@@ -6,9 +6,10 @@ differential test checks that they do.
 Layout (hooks in the order a packet meets them; §3.3 of the Calico reference):
 
     raw-prerouting / raw-output    untracked (doNotTrack) policy of eth0's named HEP, before
-                                   conntrack, on every packet (replies too)
+                                   conntrack, on every packet (replies too); only with such a HEP
     mangle-prerouting              established → accept; accepted-by-raw; preDNAT policy (eth0's
-                                   HEP; the `*` HEP on every other interface: pods, the tunnel)
+                                   HEP; the `*` HEP on every other interface: pods, the tunnel);
+                                   only with a host endpoint
     filter-input                   conntrack; workload→host; accepted-by-raw/preDNAT; host endpoint
     filter-forward                 conntrack; HEP forward in (eth0's, else `*`); workload egress
                                    (vmap); workload ingress (vmap); HEP forward out (likewise)
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -78,7 +80,10 @@ INFRA_ICMPV6 = "icmpv6 type { " + ", ".join(map(str, ICMPV6_INFRA_TYPES)) + " } 
 # Bumped whenever the compiled layout changes: it is part of the options, so a reconciler in a
 # new flowtui version does not take tables recorded by an older one for its own (toggles are
 # served from the recorded compile). tests/test_compiler.py checks the golden files against it.
-LAYOUT_VERSION = 5
+LAYOUT_VERSION = 6
+# Entries of each cross-compile cache of decision work (state caches) before it starts over: a
+# long-running reconciler's edits leave entries of policy sets that no longer exist behind.
+KEPT_MAX = 50_000
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,28 @@ class CompileOptions:
     # Cells per workload endpoint chain for decision maps (decision.py); 0 keeps the walk. Off by
     # default: deciding every cell with the evaluator makes compiles at 1,000 policies slow.
     decision_budget: int = 0
+
+
+DECISION_BUDGET_ENV = "FLOWTUI_DECISION_BUDGET"
+
+
+def decision_budget_setting(environ: Mapping[str, str] | None = None) -> int | None:
+    """FLOWTUI_DECISION_BUDGET: cells per workload chain for decision maps (0: the rule walk),
+    None when unset; ValueError (naming the variable) when it is not a whole number."""
+    budget = (os.environ if environ is None else environ).get(DECISION_BUDGET_ENV)
+    if budget is None:
+        return None
+    if not budget.strip().isdigit():
+        raise ValueError(f"{DECISION_BUDGET_ENV}={budget!r}: expected a whole number of cells "
+                         "(0 keeps the rule walk)")
+    return int(budget)
+
+
+def default_options(environ: Mapping[str, str] | None = None) -> CompileOptions:
+    """The options every front end compiles with (CLI, dashboard, demo, agent): the core's
+    defaults, with FLOWTUI_DECISION_BUDGET applied. One place, so the setting applies everywhere."""
+    budget = decision_budget_setting(environ)
+    return CompileOptions() if budget is None else CompileOptions(decision_budget=budget)
 
 
 @dataclass(frozen=True)
@@ -139,16 +166,88 @@ def compile_node(
         evaluator = Evaluator(state)
     options = options or CompileOptions()
     ids = ids or IdAllocator()
-    compiled = _NodeCompiler(state, node, options, ids, evaluator).compile()
-    if not any(c.layout == "decision" for c in compiled.layouts):
+    nc = _NodeCompiler(state, node, options, ids, evaluator)
+    compiled = nc.compile()
+    if not nc.decided:
         return compiled
+    targets = {name: _goto_targets(nset) for name, nset in nc.decision_maps.items()}
 
     def redecide(disabled: Collection[tuple[str, str, str]]) -> CompiledNode:
-        pols = tuple(p if p.disabled == (p.key in disabled) else replace(p, disabled=p.key in disabled)
-                     for p in state.resources.policies)
-        return compile_node(state.derive(replace(state.resources, policies=pols)), node, options, ids)
+        return _redecide(compiled, nc, targets, disabled)
 
     return replace(compiled, redecide=redecide)
+
+
+@dataclass(frozen=True)
+class _Decided:
+    """How a decision chain was made, to make it again after a toggle: only chains whose
+    selecting policies include a toggled one are decided again."""
+
+    prefix: str
+    stage: Stage
+    walk: str
+    policies: frozenset[tuple[str, str, str]]
+    maps: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _KeptDecision:
+    policies: tuple[Policy, ...]
+    inputs: tuple[object, ...]  # tiers, endpoint, options, id allocator
+    built: decision.DecisionChain | str
+    chains: tuple[Chain, ...]  # the outcome chains its maps go to
+    refs: tuple[RuleRef, ...]  # the rule refs those chains log
+
+
+def _same(a: tuple[Policy, ...], b: tuple[Policy, ...]) -> bool:
+    return len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b, strict=True))
+
+
+def _goto_targets(nset: NftSet) -> frozenset[str]:
+    return frozenset(e.rsplit(" goto ", 1)[1] for e in nset.elements if " goto " in e)
+
+
+def _redecide(base: CompiledNode, nc: _NodeCompiler, targets: Mapping[str, frozenset[str]],
+              disabled: Collection[tuple[str, str, str]]) -> CompiledNode:
+    """`base` (compiled by `nc`) with exactly `disabled` switched off: the `closed` set, and the
+    decision chains of the endpoints that a toggled policy selects decided again (their maps'
+    elements; outcome chains new to the node added, unused ones removed). What a whole compile
+    of the toggled state gives (tests/test_decision_toggles.py), for a fraction of its cost."""
+    state = nc.state
+    disabled = frozenset(disabled)
+    changed = {p.key for p in state.resources.policies if p.disabled != (p.key in disabled)}
+    sets = dict(base.table.sets)
+    sets[CLOSED] = replace(sets[CLOSED], elements=closed_gates(base.gates, disabled))
+    affected = {name: d for name, d in nc.decided.items() if d.policies & changed}
+    if not affected:
+        return replace(base, table=replace(base.table, sets=sets))
+    pols = tuple(p if p.key not in changed else replace(p, disabled=p.key in disabled)
+                 for p in state.resources.policies)
+    if not state.include_disabled:  # the compiler's view: disabled policies laid out (gates closed)
+        state = ClusterState(state.resources, _ipsets=state._ipsets, _named=state._named, include_disabled=True,
+                             caches=state.caches)
+    toggled = state.derive(replace(state.resources, policies=pols))
+    again = _NodeCompiler(toggled, nc.node, nc.options, nc.ids, Evaluator(toggled))
+    used = dict(targets)
+    layouts = {c.chain: c for c in base.layouts}
+    for name, d in affected.items():
+        for m in d.maps:
+            sets.pop(m, None)
+            used.pop(m, None)
+        made = again._decision_chain(d.prefix, d.stage, d.walk)
+        if made != name:  # the layout does not depend on toggles (decision.chain_tag)
+            raise AssertionError(f"decision chain {name} became {made} after a toggle")
+        layouts[name] = again.layouts[name]
+    sets.update(again.decision_maps)
+    used.update({m: _goto_targets(nset) for m, nset in again.decision_maps.items()})
+    reached = frozenset().union(*used.values())
+    chains = {n: c for n, c in base.table.chains.items() if not n.startswith("dx-") or n in reached}
+    chains.update(again.chains)
+    refs = {r.id: r for r in base.rules}
+    refs.update(again.refs)
+    table = replace(base.table, chains=dict(sorted(chains.items())), sets=dict(sorted(sets.items())))
+    return replace(base, table=table, rules=RuleTable(refs.values()),
+                   layouts=tuple(v for _, v in sorted(layouts.items())))
 
 
 def _join(*parts: str) -> str:
@@ -206,6 +305,7 @@ class _NodeCompiler:
     decision_maps: dict[str, NftSet] = field(default_factory=dict)
     _rules_of: dict[tuple[object, ...], tuple[tuple[Policy, ...], decision.RuleList, decision.Tests]] = field(
         default_factory=dict)
+    decided: dict[str, _Decided] = field(default_factory=dict)  # decision chain → how it was made
     book: SetBook = field(init=False)
     _live: Evaluator | None = None
 
@@ -483,18 +583,51 @@ class _NodeCompiler:
         local: dict[int, IPAddress] = {4: ipaddress.IPv4Address("192.0.2.1"), 6: ipaddress.IPv6Address("2001:db8::1")}
         for ip in reversed(ep.ips):
             local[ip.version] = ip
-        built = decision.decide(self._live_evaluator(), stage, rules, local, budget, tag,
-                                lambda out: self._outcome_chain(out, stage.direction), walk)
+        built = self._decide(stage, policies, rules, local, tag, walk)
         if isinstance(built, str):
             self._walk_reason = built
             return None
         name = bounded_name(f"{prefix}-d{tag}")
         for map_name, (type_, elements, is_map) in built.maps.items():
             self.decision_maps[map_name] = NftSet(map_name, type_, ("interval",), elements, is_map=is_map)
+        self.decided[name] = _Decided(prefix, stage, walk, frozenset(p.key for p in policies), tuple(built.maps))
         # The maps cover every address, protocol and port: the drop is never reached.
         self.chains[name] = Chain(name, (CLEAR, *built.lines, "drop"))
         self.layouts[name] = ChainLayout(name, "decision", built.elements)
         return name
+
+    def _decide(self, stage: Stage, policies: tuple[Policy, ...], rules: decision.RuleList,
+                local: dict[int, IPAddress], tag: str, walk: str) -> decision.DecisionChain | str:
+        """decision.decide, kept across compiles in the state's caches: an edit or a toggle decides
+        again only the chains whose selecting policies (or tiers) changed. The outcome chains and
+        rule refs a kept decision goes to are restored with it."""
+        kept: dict[tuple[object, ...], _KeptDecision] = self.state.caches.setdefault("nft.decisions", {})
+        # Which of them are disabled is part of the key: toggling back finds the earlier decision.
+        key = (tag, walk, stage.direction, tuple(local.items()), tuple(p.disabled for p in policies))
+        inputs = (self.state.resources.tiers, stage.endpoint, self.options, self.ids)
+        hit = kept.get(key)
+        if hit is not None and _same(hit.policies, policies) and hit.inputs[0] == inputs[0] \
+                and all(a is b or a == b for a, b in zip(hit.inputs[1:], inputs[1:], strict=True)):
+            for chain in hit.chains:
+                self.chains.setdefault(chain.name, chain)
+            for ref in hit.refs:
+                self.refs.setdefault(ref.id, ref)
+            return hit.built
+        built = decision.decide(self._live_evaluator(), stage, rules, local, self.options.decision_budget, tag,
+                                lambda out: self._outcome_chain(out, stage.direction), walk)
+        chains: tuple[Chain, ...] = ()
+        refs: tuple[RuleRef, ...] = ()
+        if not isinstance(built, str):
+            targets = {e.rsplit(" goto ", 1)[1] for _, elements, _ in built.maps.values() for e in elements
+                       if " goto " in e}
+            chains = tuple(self.chains[n] for n in sorted(targets) if n.startswith("dx-"))
+            ids = {int(w[2:-1]) for c in chains for line in c.rules for w in line.split()
+                   if w.startswith('"r') and w.endswith('"') and w[2:-1].isdigit()}
+            refs = tuple(self.refs[i] for i in sorted(ids))
+        if len(kept) >= KEPT_MAX:  # entries of policy sets that no longer exist pile up: start over
+            kept.clear()
+        kept[key] = _KeptDecision(policies, inputs, built, chains, refs)
+        return built
 
     def _decision_rules(self, stage: Stage) -> tuple[tuple[Policy, ...], decision.RuleList, decision.Tests]:
         """The selecting policies, every rule that may decide (theirs, then the profiles'), and
@@ -504,11 +637,22 @@ class _NodeCompiler:
         found = self._rules_of.get(key)
         if found is None:
             policies = tuple(p for st in self.ev.stage_tiers(stage) for p in st.enforced)
+            # Kept across compiles in the state's caches (valid while the cluster objects are the
+            # same): an edit or toggle derives them again only for the policy sets it changed.
+            kept: dict[tuple[object, ...], tuple[tuple[Policy, ...], decision.RuleList, decision.Tests]] = \
+                self.state.caches.setdefault("nft.decision_rules", {})
+            ckey = (stage.direction, stage.endpoint.profiles, tuple(p.key for p in policies))
+            hit = kept.get(ckey)
+            if hit is not None and _same(hit[0], policies):
+                found = self._rules_of[key] = hit
+                return found
             profiles = [self.state.profiles[n] for n in stage.endpoint.profiles if n in self.state.profiles]
             rules = [(r, p.namespace) for p in policies for r in p.rules(stage.direction)]
             rules += [(r, None) for prof in profiles for r in prof.rules(stage.direction)]
             tests = decision.address_tests(self.state, rules, stage.direction, peer=False)
-            found = self._rules_of[key] = (policies, rules, tests)
+            if len(kept) >= KEPT_MAX:
+                kept.clear()
+            found = self._rules_of[key] = kept[ckey] = (policies, rules, tests)
         return found
 
     def _local_key(self, stage: Stage) -> tuple[frozenset[int], ...]:
@@ -518,7 +662,21 @@ class _NodeCompiler:
             return ()
         assert stage.endpoint is not None
         tests = self._decision_rules(stage)[2]
-        return decision.memberships(tests, stage.endpoint.ips) if tests else ()
+        if not tests:
+            return ()
+        # Kept across compiles with the tests they were computed from (the tests object itself is
+        # kept while its policy set is unchanged): a recompile does not test every address again.
+        kept: dict[tuple[int, tuple[IPAddress, ...]], tuple[decision.Tests, tuple[frozenset[int], ...]]] = \
+            self.state.caches.setdefault("nft.local_keys", {})
+        key = (id(tests), stage.endpoint.ips)
+        hit = kept.get(key)
+        if hit is not None and hit[0] is tests:
+            return hit[1]
+        found = decision.memberships(tests, stage.endpoint.ips)
+        if len(kept) >= KEPT_MAX:
+            kept.clear()
+        kept[key] = (tests, found)
+        return found
 
     def _live_evaluator(self) -> Evaluator:
         """Decides with enabled policies only (the compiler's own view includes disabled ones)."""
@@ -596,7 +754,8 @@ class _NodeCompiler:
         others = f'!= {{ {up}, "lo" }}'
         raw_pre = [INFRA_ICMPV6]
         raw_out = [INFRA_ICMPV6]
-        mangle_pre = [INFRA_ICMPV6, "ct state established,related accept", f"meta mark & {PREACCEPT:#x} != 0 accept"]
+        # Established packets: the conntrack verdict first in every chain they meet, nothing before it.
+        mangle_pre = ["ct state established,related accept", INFRA_ICMPV6, f"meta mark & {PREACCEPT:#x} != 0 accept"]
         conntrack = ["ct state established,related accept", "ct state invalid drop", INFRA_ICMPV6]
         # Pod → host first: its egress policy and DefaultEndpointToHostAction, whatever preDNAT did.
         inp = [*conntrack, 'iifname "cali*" goto wl-to-host', f"meta mark & {PREACCEPT:#x} != 0 accept"]
@@ -635,6 +794,10 @@ class _NodeCompiler:
             "filter-output": ("output", "filter", out),
         }
         for name, (hook, prio, rules) in bases.items():
+            if prio in ("raw", "mangle") and not any(" jump " in r for r in rules):
+                # Without untracked or preDNAT policy these chains only accept, as their policy
+                # does: no hook at all costs every packet (established ones too) nothing.
+                continue
             self.chains[name] = Chain(name, tuple(rules), f"type filter hook {hook} priority {prio}; policy accept;")
         for direction, elements in self.eot.items():
             sets[f"eot-{direction}"] = NftSet(f"eot-{direction}", "mark : verdict", (), frozenset(elements),

@@ -10,7 +10,6 @@ lab's nodes, the root check) comes from a `Runtime`, which tests replace:
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import re
@@ -62,28 +61,25 @@ ROOT_MESSAGE = "needs root (network namespaces and nftables): run as root"
 
 
 def default_compiler() -> tuple[CompileFn, Any]:
-    """The nftables compiler (`enforcer.nft.compiler.compile_node`) and its default options."""
+    """The nftables compiler (`enforcer.nft.compiler.compile_node`) and the options every front
+    end uses (`default_options`: the core's defaults and FLOWTUI_DECISION_BUDGET)."""
     try:
         module = importlib.import_module("enforcer.nft.compiler")
     except ImportError as exc:
         fail(f"the nftables compiler is not available: {exc}")
     compile_fn: CompileFn = module.compile_node
-    options = module.CompileOptions()
-    budget = decision_budget_setting()
-    if budget is not None:
-        options = dataclasses.replace(options, decision_budget=budget)
-    return compile_fn, options
+    decision_budget_setting()  # a bad setting: a clear error, exit 2
+    return compile_fn, module.default_options()
 
 
 def decision_budget_setting() -> int | None:
     """FLOWTUI_DECISION_BUDGET: cells per workload chain for decision maps (0: the rule walk)."""
-    budget = os.environ.get("FLOWTUI_DECISION_BUDGET")
-    if budget is None:
-        return None
-    if not budget.strip().isdigit():
-        fail(f"FLOWTUI_DECISION_BUDGET={budget!r}: expected a whole number of cells (0 keeps the rule walk)",
-             EXIT_INVALID)
-    return int(budget)
+    from enforcer.nft.compiler import decision_budget_setting as setting
+
+    try:
+        return setting()
+    except ValueError as err:
+        fail(str(err), EXIT_INVALID)
 
 
 def default_backend(lab_id: str) -> Backend:
@@ -419,7 +415,9 @@ def _dry_run(inputs: list[str], namespace: str | None, lab_id: str, state_dir: s
 
     compiled = guarded(compile_all)
     for node, out in compiled.items():
-        click.echo(f"# node {node}: {len(out.table.chains)} chains, {len(out.table.sets)} sets")
+        budget = getattr(options, "decision_budget", None)
+        click.echo(f"# node {node}: {len(out.table.chains)} chains, {len(out.table.sets)} sets"
+                   + (f"; decision budget {budget} cells per workload chain" if budget is not None else ""))
         for lay in getattr(out, "layouts", ()):
             if lay.layout == "decision":
                 click.echo(f"# {lay.chain}: decision maps, {lay.elements} elements")

@@ -74,7 +74,7 @@ class EventFactory:
     @classmethod
     def article(cls) -> EventFactory:
         from enforcer.loader import load_paths
-        from enforcer.nft.compiler import CompileOptions, compile_node
+        from enforcer.nft.compiler import compile_node, default_options
         from flowtui.cli.common import scenario_dir
         from flowtui.cli.policy import build_flow, parse_protocol
         from flowtui.demo.probes import ARTICLE_PROBES
@@ -84,7 +84,7 @@ class EventFactory:
         ids = IdAllocator()
         refs = RuleTable()
         for node in state.nodes:
-            refs = refs.merged(compile_node(state, node, CompileOptions(), ids).rules)
+            refs = refs.merged(compile_node(state, node, default_options(), ids).rules)
         index = _rule_index(refs)
         evaluator = Evaluator(state)
         kinds = []

@@ -332,10 +332,11 @@ def stage_text(text: str) -> str:
 def lab_control(datastore: DesiredState, lab_id: str, *, read_only: bool = False,
                 lab_nodes: Callable[[], list[str]] | None = None) -> PolicyControl:
     """A control that enforces on lab `lab_id`'s nodes (root), as `flowtui policy` does."""
-    from enforcer.nft.compiler import CompileOptions, compile_node
+    from enforcer.nft.compiler import compile_node, default_options
     from enforcer.reconcile import Reconciler
     from flowtui.cli.state import default_backend, default_lab_nodes
 
     nodes = lab_nodes or (lambda: default_lab_nodes(lab_id))
-    reconciler = Reconciler(datastore, default_backend(lab_id), compile_node, CompileOptions(), nodes, lab_id=lab_id)
+    reconciler = Reconciler(datastore, default_backend(lab_id), compile_node, default_options(), nodes,
+                            lab_id=lab_id)
     return PolicyControl(datastore=datastore, lab_id=lab_id, reconciler=reconciler, read_only=read_only)
