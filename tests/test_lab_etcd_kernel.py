@@ -297,9 +297,6 @@ def test_quorum_lost_keeps_tables_and_converges_after(lab: Lab) -> None:
     wait_for("every node denies ICMP", all_pings(lab, False), timeout=15)
 
 
-@pytest.mark.xfail(strict=True, reason="the agent notices a datastore that is silent (no quorum: the watch stays "
-                                       "open, nothing fails) only once it checks liveness: helper A's part of "
-                                       "issue 13 (agent status); remove this mark when it lands")
 def test_quorum_lost_agents_report_degraded(lab: Lab) -> None:
     _ensure_denied(lab)
     _lose_quorum(lab)
