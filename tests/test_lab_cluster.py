@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import stat
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -17,7 +18,7 @@ from cryptography import x509
 from enforcer.datastore import Datastore
 from enforcer.lab import cluster as cluster_mod
 from enforcer.lab import parse_target, plan_lab
-from enforcer.lab.cluster import agent_report, create_cluster, read_cluster
+from enforcer.lab.cluster import agent_report, create_cluster, logged_report, read_cluster
 from enforcer.lab.names import LabError, Target, netns_name, target_of_netns
 from enforcer.loader import load_text
 from enforcer.model import ResourceSet
@@ -107,17 +108,28 @@ def test_a_damaged_record_is_a_clear_error(run_dir: Path) -> None:
         read_cluster("xbu")
 
 
-def test_agent_report_is_the_last_of_this_run(tmp_path: Path) -> None:
-    log = tmp_path / "node-a.log"
-    assert agent_report(log) is None
+def test_agent_report_is_the_last_of_this_run(run_dir: Path) -> None:
+    cluster = create_cluster(plan_lab(ResourceSet(), "xbu", etcd_members=1))
+    log = cluster.agent_log("node-a")
+    assert logged_report(log) is None and agent_report(cluster, "node-a", 123) is None
     events = [{"event": "reconciled", "state": "in-sync", "revision": 4},
               {"event": "degraded", "state": "degraded", "revision": 4, "error": "x"}]
     log.write_text("".join(json.dumps(e) + "\n" for e in events) + "Traceback (most recent call last):\n")
-    assert agent_report(log) == events[1]  # lines that are not reports are skipped
+    assert logged_report(log) == events[1]  # lines that are not reports are skipped
+    assert agent_report(cluster, "node-a", 123) == events[1]  # no status file: the log
     with open(log, "a") as out:  # the supervisor restarted the agent: nothing reported yet
         out.write(json.dumps({"event": "started", "state": "starting", "revision": None, "by": "supervisor"}) + "\n")
-    report = agent_report(log)
+    report = logged_report(log)
     assert report is not None and report["state"] == "starting" and report["revision"] is None
+    # the agent's own status file wins, when the running agent wrote it
+    from enforcer.agent_status import StatusWriter
+
+    records = cluster.agents_state_dir / "etcd" / "0123456789ab"
+    writer = StatusWriter(records, "node-a", "ft-xbu-node-node-a", cluster.agent_url)
+    writer.update(state="in-sync", revision=9)
+    mine = os.getpid()
+    assert agent_report(cluster, "node-a", mine)["revision"] == 9  # type: ignore[index]
+    assert agent_report(cluster, "node-a", mine + 1)["state"] == "starting"  # type: ignore[index]
 
 
 def _run(*args: str) -> tuple[int, str, str]:
@@ -155,8 +167,6 @@ def test_lab_up_etcd_checks_input_before_starting_anything(run_dir: Path, tmp_pa
 
 
 def test_dashboard_leaves_enforcement_to_the_agents(run_dir: Path, tmp_path: Path) -> None:
-    import os
-
     from flowtui.cli.tui import _control
 
     if os.geteuid() != 0:
@@ -220,7 +230,7 @@ def test_supervisor_restarts_exited_agents_with_backoff(run_dir: Path, monkeypat
             assert delay <= gap < delay + 0.7, gaps
         state = json.loads((cluster.dir / "agents.json").read_text())
         assert state["n1"]["restarts"] == 4 and state["n2"]["restarts"] == 0 and state["n2"]["pid"]
-        assert agent_report(cluster.agent_log("n1"))["by"] == "supervisor"  # type: ignore[index]
+        assert logged_report(cluster.agent_log("n1"))["by"] == "supervisor"  # type: ignore[index]
         sleeper = sup.agents["n2"].process
         assert sleeper is not None and sleeper.poll() is None
         nodes.remove("n2")

@@ -364,9 +364,22 @@ def _tail(path: Path, size: int = 2000) -> str:
 # Status
 
 
-def agent_report(log: Path) -> dict[str, Any] | None:
-    """The agent's last event (JSON line: event, state, revision...) in its log; None if none.
-    The one place that knows where an agent reports: today its stdout, logged by the supervisor."""
+def agent_report(cluster: Cluster, node: str, pid: int | None) -> dict[str, Any] | None:
+    """What node's agent last said of itself (state, revision...), None if nothing yet. The one
+    place that knows where agents report: the status file the running agent `pid` keeps under
+    its records (`enforcer.agent_status`), else the last JSON line of its output (`logged_report`)."""
+    for path in cluster.agents_state_dir.glob(f"etcd/*/agents/{node}.json"):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if pid is not None and isinstance(doc, dict) and doc.get("pid") == pid and "state" in doc:
+            return doc  # written by this run of the agent, not an earlier one
+    return logged_report(cluster.agent_log(node))
+
+
+def logged_report(log: Path) -> dict[str, Any] | None:
+    """The last event (JSON line: event, state, revision...) in an agent's log; None if none."""
     try:
         with open(log, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
@@ -396,7 +409,7 @@ def agents_status(cluster: Cluster) -> list[dict[str, Any]]:
         info = supervised[node]
         pid = info.get("pid") if running else None
         alive = pid is not None and Path(f"/proc/{pid}").exists()
-        report = agent_report(cluster.agent_log(node)) or {}
+        report = agent_report(cluster, node, pid if alive else None) or {}
         out.append({"node": node, "pid": pid if alive else None,
                     "state": report.get("state", "starting") if alive else "down",
                     "revision": report.get("revision"), "restarts": info.get("restarts", 0),
@@ -446,5 +459,6 @@ def stop_cluster(lab_id: str) -> bool:
 
 
 __all__ = ["LAB_RUN_DIR", "Cluster", "Member", "agent_pids", "agent_report", "agents_status", "cluster_status",
-           "create_cluster", "lab_dir", "live_pid", "member_health", "members_health", "read_cluster", "start_member",
-           "start_supervisor", "stop_cluster", "stop_member", "stop_pid", "supervisor_pid", "wait_ready"]
+           "create_cluster", "lab_dir", "live_pid", "logged_report", "member_health", "members_health",
+           "read_cluster", "start_member", "start_supervisor", "stop_cluster", "stop_member", "stop_pid",
+           "supervisor_pid", "wait_ready"]
