@@ -216,6 +216,27 @@ def test_apply_and_toggle_with_only_lab_reach_every_node(lab: Lab) -> None:
     assert other.returncode == 0 and "deny-icmp" not in other.stdout
 
 
+def test_agents_write_every_nodes_flows_into_the_labs_dataset(lab: Lab) -> None:
+    """The supervised agents collect (`--flows-dir`, the lab's default dataset): a denied ping to
+    each node is a flow of that node, readable with `query --cluster`, and no event was lost."""
+    _ensure_denied(lab)
+    flows = lab.home / "flows" / lab.id
+    assert lab.status()["datastore"]["flows_dir"] == str(flows)
+    wait_for("pings denied", all_pings(lab, False), timeout=15)
+
+    def denied_nodes() -> set[str]:
+        done = lab.cli("query", "--cluster", str(flows), "-o", "json", "--sql",
+                       "SELECT DISTINCT node FROM flows_v WHERE proto = 1 AND action = 'deny' "
+                       "AND policy_name LIKE '%deny-icmp'")
+        return {r["node"] for r in json.loads(done.stdout)} if done.returncode == 0 else set()
+
+    assert wait_for("every node's denied pings in the dataset", lambda: denied_nodes() >= set(PINGS) or None,
+                    timeout=30)
+    lost = lab.ok("query", "--cluster", str(flows), "-o", "json", "--sql",
+                  "SELECT coalesce(sum(events), 0) AS lost FROM loss_latest")
+    assert json.loads(lost.stdout) == [{"lost": 0}]
+
+
 def _agent(status: dict[str, Any], node: str) -> dict[str, Any]:
     return next(a for a in status["agents"] if a["node"] == node)
 

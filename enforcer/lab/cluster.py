@@ -68,6 +68,7 @@ class Cluster:
     ca: str
     cert: str  # the client certificate the CLI and the agents present
     key: str
+    flows_dir: str | None = None  # where the agents write the nodes' flows (`--flows-dir`), if anywhere
 
     @property
     def dir(self) -> Path:
@@ -117,9 +118,10 @@ def _free_port() -> int:
         return port
 
 
-def create_cluster(plan: LabPlan) -> Cluster:
-    """Certificates and the record for `plan`'s etcd members (nothing started). Replaces what a
-    previous cluster of this lab left (call only when none is running)."""
+def create_cluster(plan: LabPlan, flows_dir: str | None = None) -> Cluster:
+    """Certificates and the record for `plan`'s etcd members (nothing started); `flows_dir`: the
+    agents collect their nodes' flows there. Replaces what a previous cluster of this lab left
+    (call only when none is running)."""
     from enforcer.lab.tls import issue, new_authority, write_authority
 
     if not plan.etcd:
@@ -136,9 +138,9 @@ def create_cluster(plan: LabPlan) -> Cluster:
         issue(ca, m.name, tls, server=True, addresses=[str(m.address), "127.0.0.1"])
     client = issue(ca, "client", tls, server=False)
     members = tuple(Member(m.name, str(m.address), _free_port()) for m in plan.etcd)
-    cluster = Cluster(plan.lab_id, members, ca_path, client.cert, client.key)
+    cluster = Cluster(plan.lab_id, members, ca_path, client.cert, client.key, flows_dir)
     text = json.dumps({"lab_id": cluster.lab_id, "members": [asdict(m) for m in members], "ca": cluster.ca,
-                       "cert": cluster.cert, "key": cluster.key}, indent=2)
+                       "cert": cluster.cert, "key": cluster.key, "flows_dir": flows_dir}, indent=2)
     (folder / RECORD).write_text(text + "\n")
     return cluster
 
@@ -154,7 +156,9 @@ def read_cluster(lab_id: str) -> Cluster | None:
         raise LabError(f"{path}: unreadable: {exc} (`flowtui lab down --lab {lab_id}` removes it)") from None
     try:
         members = tuple(Member(str(m["name"]), str(m["address"]), int(m["forward_port"])) for m in data["members"])
-        cluster = Cluster(str(data["lab_id"]), members, str(data["ca"]), str(data["cert"]), str(data["key"]))
+        flows = data.get("flows_dir")
+        cluster = Cluster(str(data["lab_id"]), members, str(data["ca"]), str(data["cert"]), str(data["key"]),
+                          None if flows is None else str(flows))
     except (KeyError, TypeError, ValueError) as exc:
         raise LabError(f"{path}: bad field {exc} (`flowtui lab down --lab {lab_id}` removes it)") from None
     if cluster.lab_id != lab_id or not members:
@@ -428,6 +432,7 @@ def cluster_status(cluster: Cluster) -> dict[str, Any]:
         "cert": cluster.cert,
         "key": cluster.key,
         "supervisor": supervisor_pid(cluster.lab_id),
+        "flows_dir": cluster.flows_dir,
         "members": [{"name": m.name, "address": m.address, "netns": cluster.netns(m),
                      "pid": member_pid(cluster, m), "state": health[m.name]} for m in cluster.members],
     }

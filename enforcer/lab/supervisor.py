@@ -54,7 +54,8 @@ def agent_argv(cluster: Cluster, node: str) -> list[str]:
             sys.executable, "-c", "from flowtui.cli import main; main()", "agent",
             "--lab", cluster.lab_id, "--node", node, "--datastore", cluster.agent_url,
             "--etcd-ca", cluster.ca, "--etcd-cert", cluster.cert, "--etcd-key", cluster.key,
-            "--state-dir", str(cluster.agents_state_dir)]
+            "--state-dir", str(cluster.agents_state_dir),
+            *(["--flows-dir", cluster.flows_dir] if cluster.flows_dir else [])]
 
 
 def lab_nodes(lab_id: str) -> list[str]:

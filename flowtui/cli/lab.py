@@ -159,6 +159,7 @@ def _up_etcd(inputs: Sequence[str], namespace: str | None, lab_id: str, members:
     from enforcer.lab.cluster import create_cluster, start_member, start_supervisor, wait_ready
     from enforcer.lab.state import lab_namespaces
     from enforcer.model import ResourceSet
+    from flowtui.collector.dataset import lab_flows_dir
 
     cluster = lab_cluster(lab_id)
     if cluster is not None and members is not None and members != len(cluster.members):
@@ -175,7 +176,7 @@ def _up_etcd(inputs: Sequence[str], namespace: str | None, lab_id: str, members:
         if cluster is None or any(m.netns not in existing for m in infra.etcd):
             lab_up(infra, prune=False)  # the underlay and the members' namespaces, before any object
         if cluster is None:
-            cluster = create_cluster(infra)
+            cluster = create_cluster(infra, str(lab_flows_dir(lab_id)))  # `--cluster` reads it by default
         for member in cluster.members:
             start_member(cluster, member.name)
         supervisor = start_supervisor(cluster)
