@@ -64,6 +64,62 @@ FROM flows_v f LEFT JOIN rules r ON r.id = f.rule_id
 GROUP BY f.start_time, f.node, f.action, f.rule_id, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport"""
 
 
+def flow_rows(since: str | None = None) -> str:
+    """One stream-shaped row per stored flow row (not yet summed over its partial rows), straight
+    from the tables, with `_bucket`, `_events`, `_src_ep`, `_dst_ep` for the grouping: a filter
+    applies here, before the sum, so it reads only the rows it keeps (`since`: a SQL timestamp,
+    flows ending after it only; the zone maps of `end_time` skip the rest)."""
+    window = f"\nWHERE f.end_time > {since}" if since else ""
+    return f"""
+SELECT coalesce(f.first_seen, f.start_time) AS time, s.node AS node, f.action AS action,
+  lower(f.action) AS verdict, f.proto AS proto, f.src_ip AS src_ip, f.dst_ip AS dst_ip, f.sport AS sport,
+  f.dport AS dport, NULL::UTINYINT AS icmp_type, NULL::UTINYINT AS icmp_code,
+  se.type AS src_type, se.namespace AS src_namespace, se.name AS src_name, se.labels AS src_labels,
+  de.type AS dst_type, de.namespace AS dst_namespace, de.name AS dst_name, de.labels AS dst_labels,
+  r.tier AS tier, r.kind AS policy_kind, r.namespace AS policy_namespace, r.name AS policy_name,
+  r.rule AS rule_index, r.direction AS direction, r.revision AS policy_revision,
+  f.rule_id AS rule_id, f.prefix AS prefix, f.packets AS packets, f.bytes AS bytes,
+  f.start_time AS _bucket, f.events AS _events, f.src_ep AS _src_ep, f.dst_ep AS _dst_ep
+FROM flows f
+LEFT JOIN sources s ON s.source_id = f.source_id
+LEFT JOIN rules r ON r.id = f.rule_id
+LEFT JOIN endpoints se ON se.id = f.src_ep
+LEFT JOIN endpoints de ON de.id = f.dst_ep{window}"""
+
+
+def flows_stream(where: str | None, since: str | None = None) -> str:
+    """`FLOWS_STREAM` rows that `where` keeps, filtered per flow row before the sum (a filter
+    names only columns that are the same on every partial row of a flow: never time or counts)."""
+    rows = filtered(flow_rows(since), where)
+    return f"""
+SELECT min(time) AS time, node, action, any_value(verdict) AS verdict, proto, src_ip, dst_ip, sport, dport,
+  NULL::UTINYINT AS icmp_type, NULL::UTINYINT AS icmp_code,
+  any_value(src_type) AS src_type, any_value(src_namespace) AS src_namespace, any_value(src_name) AS src_name,
+  any_value(src_labels) AS src_labels, any_value(dst_type) AS dst_type, any_value(dst_namespace) AS dst_namespace,
+  any_value(dst_name) AS dst_name, any_value(dst_labels) AS dst_labels, any_value(tier) AS tier,
+  any_value(policy_kind) AS policy_kind, any_value(policy_namespace) AS policy_namespace,
+  any_value(policy_name) AS policy_name, any_value(rule_index) AS rule_index, any_value(direction) AS direction,
+  any_value(policy_revision) AS policy_revision, rule_id, any_value(prefix) AS prefix,
+  greatest(sum(packets), sum(_events))::BIGINT AS packets, sum(bytes)::BIGINT AS bytes
+FROM ({rows}) AS rows
+GROUP BY _bucket, node, action, rule_id, proto, src_ip, dst_ip, sport, dport"""
+
+
+def stream_where(kind: str, where: str | None, since: str | None = None) -> str:
+    """The stream rows `where` keeps, newer than `since` (a SQL timestamp) if given: the filter
+    and the time bound reach the table scan (DuckDB cannot push them through `FLOWS_STREAM`'s sums)."""
+    if kind == "events":
+        return filtered(events_stream() + (f"\nWHERE e.time > {since}" if since else ""), where)
+    return flows_stream(where, since)
+
+
+def stream_span_sql(kind: str) -> str:
+    """The oldest and newest stream time (bounds of `stream_where`'s `since`)."""
+    if kind == "events":
+        return "SELECT min(time), max(time) FROM events"
+    return "SELECT min(start_time), max(end_time) FROM flows"
+
+
 def stream_sql(kind: str) -> str:
     """`events` (per logged packet) or `flows` (per flow row of a bucket)."""
     return events_stream() if kind == "events" else FLOWS_STREAM
@@ -73,9 +129,9 @@ def filtered(base: str, where: str | None) -> str:
     return f"SELECT * FROM ({base}\n) AS stream" + (f"\nWHERE {where}" if where else "")
 
 
-def recent_sql(kind: str, where: str | None, limit: int) -> str:
-    """The newest `limit` matching stream rows, oldest first."""
-    inner = filtered(stream_sql(kind), where) + f"\nORDER BY time DESC LIMIT {int(limit)}"
+def recent_sql(kind: str, where: str | None, limit: int, since: str | None = None) -> str:
+    """The newest `limit` matching stream rows (newer than `since`, if given), oldest first."""
+    inner = f"SELECT * FROM ({stream_where(kind, where, since)})" + f"\nORDER BY time DESC LIMIT {int(limit)}"
     return f"SELECT * FROM ({inner}) ORDER BY time"
 
 
@@ -94,7 +150,7 @@ FROM ({rows}) AS rows GROUP BY {keys}, second
 ORDER BY first_seen, second, {keys}"""  # ties (a Log event and its packet's verdict): by key, stably
 
 
-def flows_view_sql(kind: str, where: str | None, limit: int) -> str:
+def flows_view_sql(kind: str, where: str | None, limit: int, since: str | None = None) -> str:
     """The newest `limit` matching flows of the flows view, reduced as `flowtable.reduce` reduces a
     batch: one row per flow and second of its last `RATE_WINDOW` seconds, and one (second -1) for
     everything before; `FlowTable.append_reduced` folds them in."""
@@ -105,7 +161,7 @@ def flows_view_sql(kind: str, where: str | None, limit: int) -> str:
     rows = (f"SELECT s.*, CASE WHEN s.time > newest.t - INTERVAL {RATE_WINDOW} SECOND "
             f"THEN epoch_us(s.time) // 1000000 ELSE -1 END AS second FROM s JOIN k ON {same} CROSS JOIN newest")
     return f"""
-WITH s AS ({filtered(stream_sql(kind), where)}),
+WITH s AS ({stream_where(kind, where, since)}),
 newest AS (SELECT max(time) AS t FROM s),
 k AS (SELECT {keys}, max(time) AS last FROM s GROUP BY ALL ORDER BY last DESC LIMIT {int(limit)})
 {_reduced(rows)}"""

@@ -31,10 +31,10 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +178,8 @@ class DataSource:
 
     def recent(self, where: str | None, limit: int) -> pa.Table:
         with self.connect() as con:
-            table = con.sql(queries.recent_sql(self.stream_kind, where, limit)).to_arrow_table()
+            table = newest_first(con, self.stream_kind, lambda since: queries.recent_sql(
+                self.stream_kind, where, limit, since), lambda t: t.num_rows >= limit)
         self._after_recent(table)
         return table
 
@@ -186,7 +187,8 @@ class DataSource:
         """The newest `limit` matching flows, reduced for `FlowTable.append_reduced` (the flows
         view's first load; `tail` follows with stream rows as for the events view)."""
         with self.connect() as con:
-            table = con.sql(queries.flows_view_sql(self.stream_kind, where, limit)).to_arrow_table()
+            table = newest_first(con, self.stream_kind, lambda since: queries.flows_view_sql(
+                self.stream_kind, where, limit, since), lambda t: _flow_count(t) >= limit)
         self._after_recent(table)
         return table
 
@@ -243,6 +245,36 @@ class DataSource:
 
     def close(self) -> None:
         pass
+
+
+# The first page looks this far back first, then 8 times further each time it has too few rows:
+# the newest rows of a large store are found in the last minutes (zone maps skip the rest), and a
+# filter that keeps few rows costs about one scan of the store in all.
+FIRST_SPAN = timedelta(minutes=2)
+SPAN_GROWTH = 8
+
+
+def newest_first(con: duckdb.DuckDBPyConnection, kind: str, sql: Callable[[str | None], str],
+                 enough: Callable[[pa.Table], bool]) -> pa.Table:
+    """`sql(since)` over a growing window back from the newest stream row until `enough` of its
+    result (or the window holds the whole store: `since` None)."""
+    oldest, newest = _first(con, queries.stream_span_sql(kind)) or (None, None)
+    span = FIRST_SPAN
+    while oldest is not None and newest is not None and newest - span > oldest:
+        table = con.sql(sql(f"TIMESTAMP '{newest - span:%Y-%m-%d %H:%M:%S.%f}'")).to_arrow_table()
+        if enough(table):
+            return table
+        span *= SPAN_GROWTH
+    return con.sql(sql(None)).to_arrow_table()
+
+
+def _flow_count(table: pa.Table) -> int:
+    """Flows (keys) in a reduced table (several rows per flow: one per second, one for before)."""
+    from flowtui.tui.flowtable import KEY
+
+    if table.num_rows == 0:
+        return 0
+    return table.select(list(KEY)).group_by(list(KEY), use_threads=False).aggregate([]).num_rows
 
 
 def _first(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...] | None:
