@@ -7,8 +7,9 @@ after 10M events; or (`--pages`) the first page of each screen over a large stor
 `--pages`: a flow store of `--rows` flow rows (`bench_queries.py`'s generator and writer, rollups
 kept by the writer; `--db` keeps it and reuses it), opened as `flowtui tui --db` opens it
 (`StoreSource`, replay). Timed, after a warm-up, best and median of `--repeat`: the Flows screen's
-first page (`recent_flows`, 5,000 flows) with three filters (`ns:ns-001`: common; `verdict:deny
-ns:ns-001`: rarer; `pod:ns-001/none`: matches nothing, so the window grows over the whole store),
+first page (`recent_flows`, 200 flows; `_5000`: the 5,000 that replace it) with three filters
+(`ns:ns-001`: common; `verdict:deny ns:ns-001`: rarer; `pod:ns-001/none`: matches nothing, so the
+window grows over the whole store),
 the Conversations screen's first page (pairs from the rollups) and its details (services, logged
 flows, policies of the pairs shown, which fill in after), and the Policies screen's store part
 (`relations`, rule hits from `rule_hits_all`, the rules and the stored counters, hits per rule).
@@ -195,7 +196,6 @@ async def drive(app: Any, producer: Producer, keys: int, marks: list[int], view:
     }
 
 
-PAGE_LIMIT = 5_000  # the flows screen's RECENT_LIMIT
 FLOW_FILTERS = {"flows_ns": "ns:ns-001", "flows_deny_ns": "verdict:deny ns:ns-001", "flows_nothing": "pod:ns-001/none"}
 
 
@@ -218,6 +218,7 @@ def first_pages(args: argparse.Namespace) -> dict[str, Any]:
     from flowtui.tui import queries, sources
     from flowtui.tui.filters import compile_filter
     from flowtui.tui.policyview import activity_by_rule
+    from flowtui.tui.screens.flows import FIRST_PAGE, RECENT_LIMIT
     from flowtui.tui.screens.policies import _store_refs
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -241,8 +242,9 @@ def first_pages(args: argparse.Namespace) -> dict[str, Any]:
             pages: dict[str, Any] = {}
             for name, text in FLOW_FILTERS.items():
                 where = compile_filter(text).where
-                pages[name] = _timed(lambda where=where: src.recent_flows(where, PAGE_LIMIT), args.repeat)
+                pages[name] = _timed(lambda where=where: src.recent_flows(where, FIRST_PAGE), args.repeat)
                 pages[name]["filter"] = text
+                pages[name + "_5000"] = _timed(lambda where=where: src.recent_flows(where, RECENT_LIMIT), args.repeat)
             pages["conversations"] = _timed(lambda: src.conversations(None), args.repeat)
             shown = src.conversations(None)
             pages["conversation_details"] = _timed(lambda: src.conversation_details(shown, None), args.repeat)
@@ -255,9 +257,11 @@ def first_pages(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _baselines(src: Any, pages: dict[str, Any]) -> None:
-    """The same pages as the screens read them before the rollups, once each."""
+    """The same pages as the screens read them before the rollups, once each (the flows screen
+    then showed nothing until its 5,000 newest flows were in)."""
     from flowtui.tui import queries
     from flowtui.tui.filters import compile_filter
+    from flowtui.tui.screens.flows import RECENT_LIMIT
 
     def whole_stream(kind: str, where: str | None, since: str | None = None) -> str:
         return queries.filtered(queries.stream_sql(kind), where)  # summed first, filtered after
@@ -267,7 +271,7 @@ def _baselines(src: Any, pages: dict[str, Any]) -> None:
         where = compile_filter(text).where
         real, queries.stream_where = queries.stream_where, whole_stream
         try:
-            sql = queries.flows_view_sql(kind, where, PAGE_LIMIT)
+            sql = queries.flows_view_sql(kind, where, RECENT_LIMIT)
         finally:
             queries.stream_where = real
         pages[name]["baseline_ms"] = _timed(lambda sql=sql: src.query(sql), 0)["first_ms"]
