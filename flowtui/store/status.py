@@ -49,6 +49,17 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _rollups(con: Any, have: set[str]) -> dict[str, Any] | None:
+    """How far the rollups reach and their rows (row counts are the tables' metadata: no scan);
+    None for a store older than them (read-only: not upgraded)."""
+    if not {"rollup_state", "pair_hours", "rule_hours", "talkers"} <= have:
+        return None
+    rolled, compacted = con.execute("SELECT max(rolled_until), max(compacted_until) FROM rollup_state").fetchone()
+    rows = {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in ("pair_hours", "rule_hours",
+                                                                                      "talkers")}
+    return {"rolled_until": rolled, "compacted_until": compacted, "rows": rows}
+
+
 def read_status(path: Path, last_runs: int = 3) -> dict[str, Any]:
     con, opened = open_reader(path)
     try:
@@ -67,6 +78,7 @@ def read_status(path: Path, last_runs: int = 3) -> dict[str, Any]:
             for t in ("events", "flows", "connections", "rules", "endpoints")
         }
         count["policies"] = int(con.execute("SELECT count(*) FROM policies").fetchone()[0])  # type: ignore[index]
+        rollups = _rollups(con, have)
         as_of = con.execute(
             "SELECT max(t) FROM (SELECT max(time) AS t FROM stats UNION ALL SELECT max(started) FROM runs)"
         ).fetchone()[0]  # type: ignore[index]
@@ -129,6 +141,7 @@ def read_status(path: Path, last_runs: int = 3) -> dict[str, Any]:
             "snapshot": opened == snapshot_path(path),
             "as_of": as_of,
             "tables": count,
+            "rollups": rollups,
             "runs": runs,
         }
     finally:
