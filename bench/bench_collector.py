@@ -33,7 +33,12 @@ as it is (each commit that closes flow buckets rolls up the hours that closed: i
 none unless it crosses an hour, so little more than the bookkeeping); `every-commit`, the
 worst case of that work: every such commit rolls up the current hour too (`pair_hours`,
 `rule_hours`, `talkers` recomputed from its raw flows, then unrolled by the next insert); `off`,
-no rollups at all (the store before them), the baseline.
+no rollups at all (the store before them), the baseline. A trial is seconds long, so the hourly
+roll-up itself is timed apart (`--hour-rows`, 0 skips it): one hour of that many flow rows
+(`bench_queries.py`'s flows: 416k rows is its 10M-row day's hour) written by the store's writer,
+then `roll_up` of that hour as the collector's writer runs it at the hour's end, in its
+transaction: the writer is that long away from the queue, so the figure is given as the events
+that queue up meanwhile at 150k/s next to what the reader's buffer pool holds.
 
 The machine is shared: CPU time used by other processes during each trial is reported.
 """
@@ -285,6 +290,36 @@ def rollup_mode(mode: str) -> None:
     DuckStore._unroll_from = shipped_unroll if mode != "off" else (lambda self, first: None)  # type: ignore[method-assign]
 
 
+def hour_rollup(work: Path, rows: int) -> dict[str, float]:
+    """Seconds the writer's `roll_up` of one hour of `rows` flow rows takes (see the docstring)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import argparse as _argparse
+
+    import bench_queries
+    import numpy as np
+
+    from flowtui.store.duckdb_store import DuckStore
+
+    rng = np.random.default_rng(1)
+    dims = bench_queries.build_dimensions(rng, _argparse.Namespace(namespaces=50, pods=5000, policies=1000,
+                                                                          nodes=20))
+    store = DuckStore(work / f"hour-{secrets.token_hex(2)}.duckdb", snapshot_interval=None)
+    try:
+        store.insert_rows("rules", dims["rules"])
+        store.insert_rows("endpoints", dims["endpoints"])
+        t0_us = int((bench_queries.START - bench_queries.datetime(1970, 1, 1)).total_seconds() * 1e6)
+        for i in range(0, rows, bench_queries.CHUNK):
+            n = min(bench_queries.CHUNK, rows - i)
+            a, b = t0_us + 3_600_000_000 * i // rows, t0_us + 3_600_000_000 * (i + n) // rows
+            store.insert("flows", bench_queries.flow_chunk(rng, dims, n, a, b, 20))
+        t = time.perf_counter()
+        hours = store.roll_up(bench_queries.START + bench_queries.timedelta(hours=1), max_hours=1)
+        seconds = time.perf_counter() - t
+    finally:
+        store.close(snapshot=False)
+    return {"rows": rows, "hours": hours, "seconds": round(seconds, 3)}
+
+
 def trial_ours(
     bed: Testbed,
     gen: Path,
@@ -440,6 +475,7 @@ def main() -> int:
     ap.add_argument("--no-ulogd", action="store_true")
     ap.add_argument("--no-overload", action="store_true")
     ap.add_argument("--json", action="store_true", help="also print all trials as JSON")
+    ap.add_argument("--hour-rows", type=int, default=416_000, help="time the roll-up of one hour of this many flows")
     ap.add_argument("--rollups", default="shipped", help=f"comma-separated writer modes: {', '.join(ROLLUP_MODES)}")
     args = ap.parse_args()
     modes = args.rollups.split(",")
@@ -508,6 +544,11 @@ def main() -> int:
         print()
         for mode, rate in by_mode.items():
             print(f"sustained with zero loss, rollups {mode}: flowtui {rate:,.0f} events/s")
+        hour = hour_rollup(work, args.hour_rows) if args.hour_rows else None
+        if hour is not None:
+            backlog = hour["seconds"] * 150_000
+            print(f"hourly roll-up of {hour['rows']:,} flow rows: {hour['seconds']:.2f} s in the writer = "
+                  f"{backlog:,.0f} events queued at 150k/s (the pool holds ~{pool_mb * 1e6 / 200:,.0f} at 200 B each)")
         print(f"sustained with zero loss: flowtui {ours_rate:,.0f} events/s", end="")
         if lib is not None and theirs_rate:
             print(f"; ulogd2 JSON {theirs_rate:,.0f} events/s; ratio {ours_rate / theirs_rate:.1f}x")
@@ -533,7 +574,7 @@ def main() -> int:
         if args.json:
             print(json.dumps([asdict(t) | {"zero_loss": t.zero_loss} for t in trials], indent=2))
             print(json.dumps({"sustained": {"flowtui": ours_rate, "ulogd2": theirs_rate},
-                              "rollups": by_mode, "load_average": os.getloadavg()}))
+                              "rollups": by_mode, "hour_rollup": hour, "load_average": os.getloadavg()}))
         bad = [t for t in trials if t.listener.startswith("flowtui") and t.stored + t.lost != t.counted]
         if bad:
             print(f"ACCOUNTING MISMATCH in {len(bad)} trial(s)", file=sys.stderr)
