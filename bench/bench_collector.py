@@ -35,10 +35,12 @@ worst case of that work: every such commit rolls up the current hour too (`pair_
 `rule_hours`, `talkers` recomputed from its raw flows, then unrolled by the next insert); `off`,
 no rollups at all (the store before them), the baseline. A trial is seconds long, so the hourly
 roll-up itself is timed apart (`--hour-rows`, 0 skips it): one hour of that many flow rows
-(`bench_queries.py`'s flows: 416k rows is its 10M-row day's hour) written by the store's writer,
-then `roll_up` of that hour as the collector's writer runs it at the hour's end, in its
-transaction: the writer is that long away from the queue, so the figure is given as the events
-that queue up meanwhile at 150k/s next to what the reader's buffer pool holds.
+(`bench_queries.py`'s flows: 416k rows is its 10M-row day's hour) written by the store's writer
+in 15 s batches, then `roll_up` of that hour as the collector's writer runs it at the hour's end,
+in its transaction, both ways: from the raw flows (before `DuckStore.fold`) and after folding
+each batch (the fold's own cost per batch is given too). The writer is that long away from the
+queue, so the figure is given as the events that queue up meanwhile at 150k/s next to what the
+reader's buffer pool holds.
 
 The machine is shared: CPU time used by other processes during each trial is reported.
 """
@@ -291,33 +293,49 @@ def rollup_mode(mode: str) -> None:
 
 
 def hour_rollup(work: Path, rows: int) -> dict[str, float]:
-    """Seconds the writer's `roll_up` of one hour of `rows` flow rows takes (see the docstring)."""
+    """The hour's end in the writer, both ways (see the docstring): one hour of `rows` flow rows
+    written in 15 s batches of closed buckets; `recompute`: `roll_up` of the hour from its raw
+    flows (the writer before `fold`); `fold`: each batch folded as the writer does (the per-commit
+    cost: median and max) and then `roll_up`, which compacts."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import argparse as _argparse
+    import statistics
 
     import bench_queries
     import numpy as np
 
     from flowtui.store.duckdb_store import DuckStore
 
-    rng = np.random.default_rng(1)
-    dims = bench_queries.build_dimensions(rng, _argparse.Namespace(namespaces=50, pods=5000, policies=1000,
-                                                                          nodes=20))
-    store = DuckStore(work / f"hour-{secrets.token_hex(2)}.duckdb", snapshot_interval=None)
-    try:
-        store.insert_rows("rules", dims["rules"])
-        store.insert_rows("endpoints", dims["endpoints"])
-        t0_us = int((bench_queries.START - bench_queries.datetime(1970, 1, 1)).total_seconds() * 1e6)
-        for i in range(0, rows, bench_queries.CHUNK):
-            n = min(bench_queries.CHUNK, rows - i)
-            a, b = t0_us + 3_600_000_000 * i // rows, t0_us + 3_600_000_000 * (i + n) // rows
-            store.insert("flows", bench_queries.flow_chunk(rng, dims, n, a, b, 20))
-        t = time.perf_counter()
-        hours = store.roll_up(bench_queries.START + bench_queries.timedelta(hours=1), max_hours=1)
-        seconds = time.perf_counter() - t
-    finally:
-        store.close(snapshot=False)
-    return {"rows": rows, "hours": hours, "seconds": round(seconds, 3)}
+    out: dict[str, float] = {"rows": rows}
+    for way in ("recompute", "fold"):
+        rng = np.random.default_rng(1)
+        dims = bench_queries.build_dimensions(rng, _argparse.Namespace(namespaces=50, pods=5000, policies=1000,
+                                                                       nodes=20))
+        store = DuckStore(work / f"hour-{way}-{secrets.token_hex(2)}.duckdb", snapshot_interval=None)
+        try:
+            store.insert_rows("rules", dims["rules"])
+            store.insert_rows("endpoints", dims["endpoints"])
+            t0_us = int((bench_queries.START - bench_queries.datetime(1970, 1, 1)).total_seconds() * 1e6)
+            batches, folds = 240, []
+            for i in range(batches):  # one batch per 15 s bucket
+                n = rows // batches
+                a, b = t0_us + 15_000_000 * i, t0_us + 15_000_000 * (i + 1)
+                chunk = bench_queries.flow_chunk(rng, dims, n, a, b, 20)
+                with store.transaction():
+                    store.insert("flows", chunk)
+                    t = time.perf_counter()
+                    if way == "fold":
+                        store.fold(chunk)
+                    folds.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            store.roll_up(bench_queries.START + bench_queries.timedelta(hours=1), max_hours=1)
+            out[f"{way}_hour_end_s"] = round(time.perf_counter() - t, 3)
+            if way == "fold":
+                out["fold_median_s"] = round(statistics.median(folds), 4)
+                out["fold_max_s"] = round(max(folds), 4)
+        finally:
+            store.close(snapshot=False)
+    return out
 
 
 def trial_ours(
@@ -546,9 +564,13 @@ def main() -> int:
             print(f"sustained with zero loss, rollups {mode}: flowtui {rate:,.0f} events/s")
         hour = hour_rollup(work, args.hour_rows) if args.hour_rows else None
         if hour is not None:
-            backlog = hour["seconds"] * 150_000
-            print(f"hourly roll-up of {hour['rows']:,} flow rows: {hour['seconds']:.2f} s in the writer = "
-                  f"{backlog:,.0f} events queued at 150k/s (the pool holds ~{pool_mb * 1e6 / 200:,.0f} at 200 B each)")
+            holds = pool_mb * 1e6 / 200
+            for way in ("recompute", "fold"):
+                stall = hour[f"{way}_hour_end_s"]
+                print(f"hour end, {way}: {stall:.2f} s in the writer for {hour['rows']:,.0f} flow rows = "
+                      f"{stall * 150_000:,.0f} events queued at 150k/s (the pool holds ~{holds:,.0f} at 200 B each)")
+            print(f"fold per 15 s batch: median {hour['fold_median_s'] * 1e3:.1f} ms, "
+                  f"max {hour['fold_max_s'] * 1e3:.1f} ms")
         print(f"sustained with zero loss: flowtui {ours_rate:,.0f} events/s", end="")
         if lib is not None and theirs_rate:
             print(f"; ulogd2 JSON {theirs_rate:,.0f} events/s; ratio {ours_rate / theirs_rate:.1f}x")
