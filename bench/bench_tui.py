@@ -18,7 +18,7 @@ rollups (the stream summed over the whole store, then filtered; conversations ag
 stream; the policies' store part with hits summed over `flows`). The JSON last line: `{"rows",
 "machine", "pages": {NAME: {"best_ms", "median_ms", "first_ms", "rows_out", "baseline_ms", "ratio"}}}`.
 
-No root needed. A stand-in collector (a thread) inserts the article's flows
+The streaming run needs no root. A stand-in collector (a thread) inserts the article's flows
 (`flowtui.demo.synthetic`, Arrow batches with enriched endpoints) into a `TappedStore`
 (DuckDB, as the collector's writer does: one insert per batch) at `--rate` events/s, in batches
 every 50 ms; the dashboard (`flowtui.tui.app`, headless through Textual's pilot, 160x45) shows
