@@ -2,6 +2,7 @@
 
     python bench/bench_collector.py [--seconds 8] [--rates 100k,150k,200k,250k,max]
                                     [--ulogd-rates 10k,25k,40k,50k,75k,100k] [--no-ulogd] [--json]
+                                    [--rollups shipped,every-commit,off]
 
 Needs root, gcc and nft; ulogd2 with its JSON plugin for the comparison
 (`apt-get install -y --no-install-recommends ulogd2 ulogd2-json`). Everything happens in one
@@ -26,6 +27,20 @@ Overload: a spoofed-source flood (65,536 sources: every event is a new flow and 
 the expensive case) from one generator per CPU, so the collector also loses half its CPU; the
 offered rate is then more than twice what the collector can store, and every event must still
 be stored or counted lost by cause (stored + lost == nft counter).
+
+Rollups (`--rollups`, one series of trials per mode, the JSON's `rollups`): `shipped`, the writer
+as it is (each commit that closes flow buckets rolls up the hours that closed: in an 8 s trial,
+none unless it crosses an hour, so little more than the bookkeeping); `every-commit`, the
+worst case of that work: every such commit rolls up the current hour too (`pair_hours`,
+`rule_hours`, `talkers` recomputed from its raw flows, then unrolled by the next insert); `off`,
+no rollups at all (the store before them), the baseline. A trial is seconds long, so the hourly
+roll-up itself is timed apart (`--hour-rows`, 0 skips it): one hour of that many flow rows
+(`bench_queries.py`'s flows: 416k rows is its 10M-row day's hour) written by the store's writer
+in 15 s batches, then `roll_up` of that hour as the collector's writer runs it at the hour's end,
+in its transaction, both ways: from the raw flows (before `DuckStore.fold`) and after folding
+each batch (the fold's own cost per batch is given too). The writer is that long away from the
+queue, so the figure is given as the events that queue up meanwhile at 150k/s next to what the
+reader's buffer pool holds.
 
 The machine is shared: CPU time used by other processes during each trial is reported.
 """
@@ -255,6 +270,74 @@ def finish_gen(procs: list[subprocess.Popen[str]]) -> tuple[int, float]:
 # Trials
 
 
+ROLLUP_MODES = ("shipped", "every-commit", "off")
+
+
+def rollup_mode(mode: str) -> None:
+    """Make this process's writers roll up as `mode` says (see the docstring)."""
+    from flowtui.store.duckdb_store import DuckStore
+
+    shipped_roll_up = getattr(DuckStore, "_shipped_roll_up", DuckStore.roll_up)
+    shipped_unroll = getattr(DuckStore, "_shipped_unroll_from", DuckStore._unroll_from)
+    DuckStore._shipped_roll_up = shipped_roll_up  # type: ignore[attr-defined]
+    DuckStore._shipped_unroll_from = shipped_unroll  # type: ignore[attr-defined]
+
+    def every_commit(self: DuckStore, until: object = None, max_hours: int | None = None) -> int:
+        return int(shipped_roll_up(self, None))  # up to the end of the newest flow's hour
+
+    def off(self: DuckStore, until: object = None, max_hours: int | None = None) -> int:
+        return 0
+
+    DuckStore.roll_up = {"shipped": shipped_roll_up, "every-commit": every_commit, "off": off}[mode]  # type: ignore[method-assign]
+    DuckStore._unroll_from = shipped_unroll if mode != "off" else (lambda self, first: None)  # type: ignore[method-assign]
+
+
+def hour_rollup(work: Path, rows: int) -> dict[str, float]:
+    """The hour's end in the writer, both ways (see the docstring): one hour of `rows` flow rows
+    written in 15 s batches of closed buckets; `recompute`: `roll_up` of the hour from its raw
+    flows (the writer before `fold`); `fold`: each batch folded as the writer does (the per-commit
+    cost: median and max) and then `roll_up`, which compacts."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import argparse as _argparse
+    import statistics
+
+    import bench_queries
+    import numpy as np
+
+    from flowtui.store.duckdb_store import DuckStore
+
+    out: dict[str, float] = {"rows": rows}
+    for way in ("recompute", "fold"):
+        rng = np.random.default_rng(1)
+        dims = bench_queries.build_dimensions(rng, _argparse.Namespace(namespaces=50, pods=5000, policies=1000,
+                                                                       nodes=20))
+        store = DuckStore(work / f"hour-{way}-{secrets.token_hex(2)}.duckdb", snapshot_interval=None)
+        try:
+            store.insert_rows("rules", dims["rules"])
+            store.insert_rows("endpoints", dims["endpoints"])
+            t0_us = int((bench_queries.START - bench_queries.datetime(1970, 1, 1)).total_seconds() * 1e6)
+            batches, folds = 240, []
+            for i in range(batches):  # one batch per 15 s bucket
+                n = rows // batches
+                a, b = t0_us + 15_000_000 * i, t0_us + 15_000_000 * (i + 1)
+                chunk = bench_queries.flow_chunk(rng, dims, n, a, b, 20)
+                with store.transaction():
+                    store.insert("flows", chunk)
+                    t = time.perf_counter()
+                    if way == "fold":
+                        store.fold(chunk)
+                    folds.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            store.roll_up(bench_queries.START + bench_queries.timedelta(hours=1), max_hours=1)
+            out[f"{way}_hour_end_s"] = round(time.perf_counter() - t, 3)
+            if way == "fold":
+                out["fold_median_s"] = round(statistics.median(folds), 4)
+                out["fold_max_s"] = round(max(folds), 4)
+        finally:
+            store.close(snapshot=False)
+    return out
+
+
 def trial_ours(
     bed: Testbed,
     gen: Path,
@@ -264,7 +347,7 @@ def trial_ours(
     seconds: float,
     generators: int = 1,
 ) -> Trial:
-    db = work / f"ours-{rate}-{generators}.duckdb"
+    db = work / f"ours-{rate}-{generators}-{secrets.token_hex(2)}.duckdb"
     cfg = CollectorConfig(db=db, namespaces=(bed.rx,), conntrack=False, rules_path=work / "rules.jsonl")
     before = bed.counter("ft:D7")
     c = Collector(cfg)
@@ -410,7 +493,12 @@ def main() -> int:
     ap.add_argument("--no-ulogd", action="store_true")
     ap.add_argument("--no-overload", action="store_true")
     ap.add_argument("--json", action="store_true", help="also print all trials as JSON")
+    ap.add_argument("--hour-rows", type=int, default=416_000, help="time the roll-up of one hour of this many flows")
+    ap.add_argument("--rollups", default="shipped", help=f"comma-separated writer modes: {', '.join(ROLLUP_MODES)}")
     args = ap.parse_args()
+    modes = args.rollups.split(",")
+    if not set(modes) <= set(ROLLUP_MODES):
+        ap.error(f"--rollups: one or more of {', '.join(ROLLUP_MODES)}")
     if os.geteuid() != 0:
         print("needs root (network namespaces, nft, AF_PACKET)", file=sys.stderr)
         return 2
@@ -440,15 +528,21 @@ def main() -> int:
         spoofed = frames_file(work / "frames-spoofed", 65536)
         print(f"lab {lab_id}; {args.seconds:g} s per trial; generator on CPU {GEN_CPU}, listener on CPU {LISTENER_CPU}")
         print(f"load average before: {open('/proc/loadavg').read().split()[:3]}")
-        print("flowtui collector (NFLOG -> parse -> flows + events in DuckDB):")
-        ours = []
-        for rate in [parse_rate(r) for r in args.rates.split(",")]:
-            t = trial_ours(bed, gen, flows, work, rate, args.seconds)
-            show(t)
-            ours.append(t)
-        trials += ours
         pool_mb = CollectorConfig(db=work / "x").buffers * CollectorConfig(db=work / "x").buffer_bytes / 1e6
-        ours_rate = sustained(ours, pool_mb)
+        by_mode: dict[str, float] = {}
+        for mode in modes:
+            rollup_mode(mode)
+            print(f"flowtui collector (NFLOG -> parse -> flows + events in DuckDB; rollups {mode}):")
+            ours = []
+            for rate in [parse_rate(r) for r in args.rates.split(",")]:
+                t = trial_ours(bed, gen, flows, work, rate, args.seconds)
+                t.listener = f"flowtui/{mode}" if mode != "shipped" else "flowtui"
+                show(t)
+                ours.append(t)
+            trials += ours
+            by_mode[mode] = sustained(ours, pool_mb)
+        rollup_mode("shipped")
+        ours_rate = by_mode[modes[0]]
         theirs_rate = 0.0
         if lib is not None:
             print("ulogd2 (NFLOG -> JSON file):")
@@ -466,6 +560,17 @@ def main() -> int:
             show(overload)
             trials.append(overload)
         print()
+        for mode, rate in by_mode.items():
+            print(f"sustained with zero loss, rollups {mode}: flowtui {rate:,.0f} events/s")
+        hour = hour_rollup(work, args.hour_rows) if args.hour_rows else None
+        if hour is not None:
+            holds = pool_mb * 1e6 / 200
+            for way in ("recompute", "fold"):
+                stall = hour[f"{way}_hour_end_s"]
+                print(f"hour end, {way}: {stall:.2f} s in the writer for {hour['rows']:,.0f} flow rows = "
+                      f"{stall * 150_000:,.0f} events queued at 150k/s (the pool holds ~{holds:,.0f} at 200 B each)")
+            print(f"fold per 15 s batch: median {hour['fold_median_s'] * 1e3:.1f} ms, "
+                  f"max {hour['fold_max_s'] * 1e3:.1f} ms")
         print(f"sustained with zero loss: flowtui {ours_rate:,.0f} events/s", end="")
         if lib is not None and theirs_rate:
             print(f"; ulogd2 JSON {theirs_rate:,.0f} events/s; ratio {ours_rate / theirs_rate:.1f}x")
@@ -490,7 +595,9 @@ def main() -> int:
             )
         if args.json:
             print(json.dumps([asdict(t) | {"zero_loss": t.zero_loss} for t in trials], indent=2))
-        bad = [t for t in trials if t.listener == "flowtui" and t.stored + t.lost != t.counted]
+            print(json.dumps({"sustained": {"flowtui": ours_rate, "ulogd2": theirs_rate},
+                              "rollups": by_mode, "hour_rollup": hour, "load_average": os.getloadavg()}))
+        bad = [t for t in trials if t.listener.startswith("flowtui") and t.stored + t.lost != t.counted]
         if bad:
             print(f"ACCOUNTING MISMATCH in {len(bad)} trial(s)", file=sys.stderr)
             return 1

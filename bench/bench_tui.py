@@ -1,9 +1,24 @@
 """Dashboard benchmark: keypress-to-repaint latency while 100k events/s stream in, and memory
-after 10M events.
+after 10M events; or (`--pages`) the first page of each screen over a large store.
 
     python bench/bench_tui.py [--rate 100000] [--events 10000000] [--keys 300] [--json]
+    python bench/bench_tui.py --pages [--rows 10000000] [--db PATH] [--repeat 5] [--no-baseline] [--json]
 
-No root needed. A stand-in collector (a thread) inserts the article's flows
+`--pages`: a flow store of `--rows` flow rows (`bench_queries.py`'s generator and writer, rollups
+kept by the writer; `--db` keeps it and reuses it), opened as `flowtui tui --db` opens it
+(`StoreSource`, replay). Timed, after a warm-up, best and median of `--repeat`: the Flows screen's
+first page (`recent_flows`, 200 flows; `_5000`: the 5,000 that replace it) with three filters
+(`ns:ns-001`: common; `verdict:deny ns:ns-001`: rarer; `pod:ns-001/none`: matches nothing, so the
+window grows over the whole store),
+the Conversations screen's first page (pairs from the rollups) and its details (services, logged
+flows, policies of the pairs shown, which fill in after), and the Policies screen's store part
+(`relations`, rule hits from `rule_hits_all`, the rules and the stored counters, hits per rule).
+The baseline, once each in the same run: the same screens as they read the store before the
+rollups (the stream summed over the whole store, then filtered; conversations aggregated from the
+stream; the policies' store part with hits summed over `flows`). The JSON last line: `{"rows",
+"machine", "pages": {NAME: {"best_ms", "median_ms", "first_ms", "rows_out", "baseline_ms", "ratio"}}}`.
+
+The streaming run needs no root. A stand-in collector (a thread) inserts the article's flows
 (`flowtui.demo.synthetic`, Arrow batches with enriched endpoints) into a `TappedStore`
 (DuckDB, as the collector's writer does: one insert per batch) at `--rate` events/s, in batches
 every 50 ms; the dashboard (`flowtui.tui.app`, headless through Textual's pilot, 160x45) shows
@@ -39,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_queries: the large store's generator
 
 BATCH_SECONDS = 0.05
 
@@ -180,8 +196,102 @@ async def drive(app: Any, producer: Producer, keys: int, marks: list[int], view:
     }
 
 
+FLOW_FILTERS = {"flows_ns": "ns:ns-001", "flows_deny_ns": "verdict:deny ns:ns-001", "flows_nothing": "pod:ns-001/none"}
+
+
+def _timed(fn: Any, repeat: int) -> dict[str, Any]:
+    times, out = [], None
+    for _ in range(repeat + 1):  # the first one warms up
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    rows = out.num_rows if hasattr(out, "num_rows") else len(out) if out is not None else 0
+    timed = times[1:] or times
+    return {"best_ms": round(min(timed) * 1e3, 1), "median_ms": round(statistics.median(timed) * 1e3, 1),
+            "first_ms": round(times[0] * 1e3, 1), "rows_out": rows}
+
+
+def first_pages(args: argparse.Namespace) -> dict[str, Any]:
+    """The first page of each screen over a store of `args.rows` flow rows (see the docstring)."""
+    import bench_queries
+
+    from flowtui.tui import queries, sources
+    from flowtui.tui.filters import compile_filter
+    from flowtui.tui.policyview import activity_by_rule
+    from flowtui.tui.screens.flows import FIRST_PAGE, RECENT_LIMIT
+    from flowtui.tui.screens.policies import _store_refs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = args.db or Path(tmp) / "pages.duckdb"
+        built = None
+        if not db.exists():
+            gen = argparse.Namespace(rows=args.rows, nodes=20, namespaces=50, pods=5000, policies=1000, seed=1)
+            built = bench_queries.build_store(db, gen)
+        src = sources.StoreSource(db)
+        try:
+            rows = int(src.query("SELECT count(*) AS n FROM flows").column(0)[0].as_py())
+
+            def policies(rollups: bool = True) -> Any:
+                relations = src.relations() if rollups else frozenset()
+                hits = {int(r["rule_id"]): (int(r["hits"]), r["last_hit"]) for r in src.query(
+                    queries.rule_activity_sql(src.stream_kind, relations)).to_pylist()}
+                stored = src.query(queries.RULE_COUNTERS_SQL).to_pylist()
+                counters = {int(r["rule_id"]): int(r["packets"]) for r in stored}
+                return activity_by_rule(_store_refs(src), counters or None, hits)
+
+            pages: dict[str, Any] = {}
+            for name, text in FLOW_FILTERS.items():
+                where = compile_filter(text).where
+                pages[name] = _timed(lambda where=where: src.recent_flows(where, FIRST_PAGE), args.repeat)
+                pages[name]["filter"] = text
+                pages[name + "_5000"] = _timed(lambda where=where: src.recent_flows(where, RECENT_LIMIT), args.repeat)
+            pages["conversations"] = _timed(lambda: src.conversations(None), args.repeat)
+            shown = src.conversations(None)
+            pages["conversation_details"] = _timed(lambda: src.conversation_details(shown, None), args.repeat)
+            pages["policies"] = _timed(policies, args.repeat)
+            if args.baseline:
+                _baselines(src, pages)
+                pages["policies"]["baseline_ms"] = _timed(lambda: policies(rollups=False), 0)["first_ms"]
+                pages["policies"]["ratio"] = round(pages["policies"]["baseline_ms"] / max(pages["policies"]["best_ms"],
+                                                                                          1e-3), 1)
+        finally:
+            src.close()
+    return {"rows": rows, "machine": bench_queries.machine(), "build": built, "pages": pages}
+
+
+def _baselines(src: Any, pages: dict[str, Any]) -> None:
+    """The same pages as the screens read them before the rollups, once each (the flows screen
+    then showed nothing until its 5,000 newest flows were in)."""
+    from flowtui.tui import queries
+    from flowtui.tui.filters import compile_filter
+    from flowtui.tui.screens.flows import RECENT_LIMIT
+
+    def whole_stream(kind: str, where: str | None, since: str | None = None) -> str:
+        return queries.filtered(queries.stream_sql(kind), where)  # summed first, filtered after
+
+    kind = src.stream_kind
+    for name, text in FLOW_FILTERS.items():
+        where = compile_filter(text).where
+        real, queries.stream_where = queries.stream_where, whole_stream
+        try:
+            sql = queries.flows_view_sql(kind, where, RECENT_LIMIT)
+        finally:
+            queries.stream_where = real
+        pages[name]["baseline_ms"] = _timed(lambda sql=sql: src.query(sql), 0)["first_ms"]
+    pages["conversations"]["baseline_ms"] = _timed(
+        lambda: src.query(queries.conversations_sql(kind, None)), 0)["first_ms"]
+    for page in pages.values():
+        if "baseline_ms" in page:
+            page["ratio"] = round(page["baseline_ms"] / max(page["best_ms"], 1e-3), 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pages", action="store_true", help="time each screen's first page over a large store")
+    ap.add_argument("--rows", type=int, default=10_000_000, help="--pages: flow rows in the store")
+    ap.add_argument("--db", type=Path, help="--pages: keep the store here (reused if it exists)")
+    ap.add_argument("--repeat", type=int, default=5, help="--pages: timed runs per page after a warm-up")
+    ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="--pages: skip the baseline")
     ap.add_argument("--rate", type=int, default=100_000, help="events/s inserted")
     ap.add_argument("--events", type=int, default=10_000_000, help="events in total")
     ap.add_argument("--keys", type=int, default=300, help="keypresses measured")
@@ -189,6 +299,16 @@ def main() -> None:
     ap.add_argument("--duckdb-memory", default="1GB", help="DuckDB memory_limit of the store")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.pages:
+        report = first_pages(args)
+        for name, page in report["pages"].items():
+            base = f", before {page['baseline_ms']:,.0f} ms (x{page['ratio']})" if "baseline_ms" in page else ""
+            print(f"{name:22} best {page['best_ms']:8.1f} ms  median {page['median_ms']:8.1f} ms  "
+                  f"first {page['first_ms']:8.1f} ms  rows {page['rows_out']:,}{base}")
+        print(f"{report['rows']:,} flow rows; load average {report['machine']['load_average']}")
+        if args.json:
+            print(json.dumps(report, default=str))
+        return
 
     from flowtui.cli.common import scenario_dir
     from flowtui.demo.synthetic import SyntheticFeed

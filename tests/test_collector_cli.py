@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from datetime import timedelta
@@ -47,6 +48,25 @@ def test_status_text_and_json(tmp_path: Path) -> None:
     run = doc["runs"][0]
     assert run["lost"]["rcvbuf_overrun"] == 7 and run["lost"]["malformed"] == 3 and run["lost_total"] == 10
     assert run["loss_ratio"] == pytest.approx(10 / 1007)
+
+
+def test_status_shows_how_far_the_rollups_reach(tmp_path: Path) -> None:
+    from tests.test_store_rollups import T0, endpoint_rows, insert, random_flows, rule_rows
+
+    db = tmp_path / "f.duckdb"
+    store = DuckStore(db, snapshot_interval=None)
+    store.insert_rows("rules", rule_rows())
+    store.insert_rows("endpoints", endpoint_rows())
+    insert(store, random_flows(random.Random(3), 300))  # 5 hours from T0
+    store.roll_up(T0 + timedelta(hours=2))
+    want = {t: store.query(f"SELECT count(*) FROM {t}")[0][0] for t in ("pair_hours", "rule_hours", "talkers")}
+    store.close(snapshot=False)
+    runner = CliRunner()
+    doc = json.loads(runner.invoke(status_cmd, ["--db", str(db), "-o", "json"]).output)
+    assert doc["rollups"]["rolled_until"] == str(T0 + timedelta(hours=2)) and doc["rollups"]["compacted_until"] is None
+    assert doc["rollups"]["rows"] == want and all(want.values())
+    text = runner.invoke(status_cmd, ["--db", str(db)]).output
+    assert f"rollups: flows before 2026-03-14 11:00:00 UTC rolled up; {want['pair_hours']:,} pair-hours" in text
 
 
 def test_status_without_a_store_fails_cleanly(tmp_path: Path) -> None:

@@ -357,6 +357,13 @@ def _print_status(doc: dict[str, Any]) -> None:
         f"  {t['events']:,} events, {t['flows']:,} flow rows, {t['connections']:,} connections, "
         f"{t['rules']:,} rules, {t['policies']:,} policy revisions, {t['endpoints']:,} endpoints"
     )
+    r = doc.get("rollups")
+    if r is not None:
+        reach = f"flows before {_t(r['rolled_until'])} rolled up" if r["rolled_until"] else "nothing rolled up yet"
+        compacted = f", rollups only before {_t(r['compacted_until'])}" if r["compacted_until"] else ""
+        n = r["rows"]
+        click.echo(f"  rollups: {reach}{compacted}; {n['pair_hours']:,} pair-hours, {n['rule_hours']:,} rule-hours, "
+                   f"{n['talkers']:,} talkers")
     for run in doc["runs"]:
         state = {
             "running": f"running (heartbeat {_t(run['heartbeat'])})",

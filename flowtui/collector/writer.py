@@ -10,9 +10,10 @@ It takes what the reader and the counter poller queue, in order:
 - `("ct", ...)`: conntrack DESTROY events -> `connections` rows and Allow flows' counts;
 - `("counters", ...)`: nft rule counters -> `rule_counters` rows and `kernel_ratelimit` loss.
 
-Each commit is one transaction: the pending events, the flows of the buckets that closed, the
-partial flows of the open ones (`flows_open`), and the rollups of the hours that closed
-(`pair_hours`), so a kill -9 loses no committed event's flow and leaves no rollup stale.
+Each commit is one transaction: the pending events, the flows of the buckets that closed (summed
+into their hour's rollups at once: `DuckStore.fold`), the partial flows of the open ones
+(`flows_open`), and the rollups of the hours that closed (`pair_hours`, ...: then a compaction),
+so a kill -9 loses no committed event's flow and leaves no rollup stale.
 Between items it writes loss and stats rows and the run's heartbeat, reloads the rule
 table and the enrichment resources when their files change, snapshots the store for readers
 and applies retention. At STOP it flushes everything and, with the last counters, counts the
@@ -255,6 +256,7 @@ class Writer:
                     self.store.insert("events", pa.concat_tables(pending, promote_options="permissive"))
                 if closed.num_rows:
                     self.store.insert("flows", closed)
+                    self.store.fold(closed)  # into their hour's rollups now, not all at the hour's end
                     self.store.query(f"DELETE FROM flows_open WHERE source_id IN ({ids}) AND start_time < ?", [before])
                 if opened.num_rows:
                     self.store.insert("flows_open", opened)

@@ -52,6 +52,17 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _rollups(con: Any, have: set[str]) -> dict[str, Any] | None:
+    """How far the rollups reach and their rows (row counts are the tables' metadata: no scan);
+    None for a store older than them (read-only: not upgraded)."""
+    if not {"rollup_state", "pair_hours", "rule_hours", "talkers"} <= have:
+        return None
+    rolled, compacted = con.execute("SELECT max(rolled_until), max(compacted_until) FROM rollup_state").fetchone()
+    rows = {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in ("pair_hours", "rule_hours",
+                                                                                      "talkers")}
+    return {"rolled_until": rolled, "compacted_until": compacted, "rows": rows}
+
+
 def read_status(path: Path, last_runs: int = 3) -> dict[str, Any]:
     con, opened = open_reader(path)
     try:
@@ -159,6 +170,8 @@ def describe(con: duckdb.DuckDBPyConnection, path: str, snapshot: bool, last_run
         "snapshot": snapshot,
         "as_of": as_of,
         "tables": count,
+        "rollups": _rollups(con, {r[0] for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() UNION SELECT view_name FROM duckdb_views()").fetchall()}),
         "runs": runs,
     }
 

@@ -33,9 +33,20 @@ class StatusUpdated(Message):
 
 
 class ConversationsLoaded(Message):
-    def __init__(self, rows: list[dict[str, Any]], generation: int = 0) -> None:
+    """`complete`: False when the rows came from the rollups and their services, logged flows and
+    policies follow in `ConversationDetailsLoaded`."""
+
+    def __init__(self, rows: list[dict[str, Any]], generation: int = 0, complete: bool = True) -> None:
         super().__init__()
         self.rows = rows
+        self.generation = generation
+        self.complete = complete
+
+
+class ConversationDetailsLoaded(Message):
+    def __init__(self, details: dict[tuple[str, str], tuple[str, int, str]], generation: int = 0) -> None:
+        super().__init__()
+        self.details = details
         self.generation = generation
 
 

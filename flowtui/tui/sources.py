@@ -31,10 +31,10 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +178,8 @@ class DataSource:
 
     def recent(self, where: str | None, limit: int) -> pa.Table:
         with self.connect() as con:
-            table = con.sql(queries.recent_sql(self.stream_kind, where, limit)).to_arrow_table()
+            table = newest_first(con, self.stream_kind, lambda since: queries.recent_sql(
+                self.stream_kind, where, limit, since), lambda t, _since: t.num_rows >= limit)
         self._after_recent(table)
         return table
 
@@ -186,7 +187,8 @@ class DataSource:
         """The newest `limit` matching flows, reduced for `FlowTable.append_reduced` (the flows
         view's first load; `tail` follows with stream rows as for the events view)."""
         with self.connect() as con:
-            table = con.sql(queries.flows_view_sql(self.stream_kind, where, limit)).to_arrow_table()
+            table = newest_first(con, self.stream_kind, lambda since: queries.flows_view_sql(
+                self.stream_kind, where, limit, since), lambda t, since: _flow_count(t, since) >= limit)
         self._after_recent(table)
         return table
 
@@ -209,6 +211,53 @@ class DataSource:
     def status(self) -> SourceStatus:
         with self.connect() as con:
             return self._status(con)
+
+    def conversations(self, where: str | None, limit: int = 500) -> list[dict[str, Any]]:
+        """The Conversations screen's rows: from the `pair_hours` rollup when the store has it and
+        the filter names only what a pair knows (then `services`, `logged` and `policies` are
+        empty: `conversation_details` reads them for the pairs shown), else aggregated from the
+        stream (`queries.conversations_sql`)."""
+        rel = self.relations()
+        if {"pair_hours", "rollup_state"} <= rel and (self.stream_kind == "flows" or "has_flows" in rel):
+            with self.connect() as con:
+                until = _rolled_until(con)
+                try:
+                    rows: list[dict[str, Any]] = con.sql(
+                        queries.conversations_rollup_sql(where, until, limit)).to_arrow_table().to_pylist()
+                    return rows
+                except duckdb.BinderException:  # the filter names a column pairs lack (node, policy, ...)
+                    pass
+        stream: list[dict[str, Any]] = self.query(queries.conversations_sql(self.stream_kind, where, limit)).to_pylist()
+        return stream
+
+    def conversation_details(self, rows: list[dict[str, Any]], where: str | None) -> dict[tuple[str, str], Any]:
+        """(services, logged, policies) per (source, destination) of rollup conversation rows
+        (those with `_ids`), from the pair and flow rows of those pairs only."""
+        shown = [{"source": r["source"], "destination": r["destination"], **ids}
+                 for r in rows for ids in r.get("_ids") or ()]
+        if not shown:
+            return {}
+        table = pa.Table.from_pylist(shown, schema=pa.schema([
+            ("source", pa.string()), ("destination", pa.string()), ("src_ep", pa.int32()), ("src_ip", pa.string()),
+            ("dst_ep", pa.int32()), ("dst_ip", pa.string())]))
+        with self.connect() as con:
+            until = _rolled_until(con)
+            con.register("_shown", table)
+            try:
+                found = con.execute(queries.conversation_details_sql(where, until)).fetchall()
+            finally:
+                con.unregister("_shown")
+        return {(r[0], r[1]): (r[2], int(r[3] or 0), r[4]) for r in found}
+
+    def relations(self) -> frozenset[str]:
+        """The source's tables and views, and `has_flows` when its flows table has rows (which
+        queries the rollups can answer)."""
+        with self.connect() as con:
+            names = {str(r[0]) for r in con.execute(
+                "SELECT table_name FROM duckdb_tables() UNION ALL SELECT view_name FROM duckdb_views()").fetchall()}
+            if "flows" in names and _first(con, "SELECT count(*) FROM (SELECT 1 FROM flows LIMIT 1)") == (1,):
+                names.add("has_flows")
+        return frozenset(names)
 
     def _status(self, con: duckdb.DuckDBPyConnection) -> SourceStatus:
         st = SourceStatus(self.label, self.mode, "none")
@@ -243,6 +292,48 @@ class DataSource:
 
     def close(self) -> None:
         pass
+
+
+def _rolled_until(con: duckdb.DuckDBPyConnection) -> str | None:
+    """`rollup_state.rolled_until` as a SQL literal (None: nothing rolled up)."""
+    row = _first(con, "SELECT max(rolled_until) FROM rollup_state")
+    return None if row is None or row[0] is None else f"TIMESTAMP '{row[0]:%Y-%m-%d %H:%M:%S.%f}'"
+
+
+# The first page looks this far back first, then 8 times further each time it has too few rows:
+# the newest rows of a large store are found in the last minutes (zone maps skip the rest), and a
+# filter that keeps few rows costs about one scan of the store in all.
+FIRST_SPAN = timedelta(minutes=2)
+SPAN_GROWTH = 8
+
+
+def newest_first(con: duckdb.DuckDBPyConnection, kind: str, sql: Callable[[str | None], str],
+                 enough: Callable[[pa.Table, datetime], bool]) -> pa.Table:
+    """`sql(since)` over a growing window back from the newest stream row until `enough(result,
+    since)` (or the window holds the whole store: `since` None). A flow's counts are then those
+    of the window it was found in."""
+    oldest, newest = _first(con, queries.stream_span_sql(kind)) or (None, None)
+    span = FIRST_SPAN
+    # a window over half the store or more costs about what the whole store does: read that instead
+    while oldest is not None and newest is not None and (newest - oldest) / 2 > span:
+        since = newest - span
+        table = con.sql(sql(f"TIMESTAMP '{since:%Y-%m-%d %H:%M:%S.%f}'")).to_arrow_table()
+        if enough(table, since):
+            return table
+        span *= SPAN_GROWTH
+    return con.sql(sql(None)).to_arrow_table()
+
+
+def _flow_count(table: pa.Table, since: datetime) -> int:
+    """Flows (keys) of a reduced table seen after `since`: those are the newest flows, whatever
+    the rows before the window hold (a flow whose bucket straddles `since` may be in the table
+    although a newer one, in an earlier bucket, is not)."""
+    from flowtui.tui.flowtable import KEY
+
+    if table.num_rows == 0:
+        return 0
+    newer = table.filter(pc.greater(table.column("last_seen"), pa.scalar(since, table.schema.field("last_seen").type)))
+    return int(newer.select(list(KEY)).group_by(list(KEY), use_threads=False).aggregate([]).num_rows)
 
 
 def _first(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...] | None:

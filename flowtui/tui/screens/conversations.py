@@ -1,5 +1,9 @@
 """Conversations: the filtered stream aggregated by endpoint pair (termshark's view), refreshed
-every few seconds for live sources; Enter shows the flows of a pair."""
+every few seconds for live sources; Enter shows the flows of a pair.
+
+From a store with rollups the pairs come first (from `pair_hours`: fast at any size), then their
+services, logged flows and policies (from the rows of the pairs shown only); a refresh keeps the
+previous details of a pair until the new ones arrive."""
 
 from __future__ import annotations
 
@@ -12,9 +16,8 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 from flowtui.tui import format as fmt
-from flowtui.tui import queries
 from flowtui.tui.filters import CompiledFilter
-from flowtui.tui.messages import ConversationsLoaded
+from flowtui.tui.messages import ConversationDetailsLoaded, ConversationsLoaded
 from flowtui.tui.screens.base import DashboardScreen
 from flowtui.tui.widgets.filter_bar import FilterBar
 
@@ -61,14 +64,34 @@ class ConversationsScreen(DashboardScreen):
     @work(thread=True, group="conversations", exclusive=True, exit_on_error=False,
           description="aggregating conversations")
     def load(self, generation: int, where: str | None) -> None:
-        table = self.dash.source.query(queries.conversations_sql(self.dash.source.stream_kind, where))
-        self.post_message(ConversationsLoaded(table.to_pylist(), generation))
+        rows = self.dash.source.conversations(where)
+        pending = any(r.get("_ids") for r in rows)
+        self.post_message(ConversationsLoaded(rows, generation, complete=not pending))
+        if pending:
+            self.post_message(ConversationDetailsLoaded(self.dash.source.conversation_details(rows, where), generation))
 
     def on_conversations_loaded(self, message: ConversationsLoaded) -> None:
-        self._armed = False
         if message.generation == self.generation:
+            before = {(r["source"], r["destination"]): r for r in self.rows}
+            for r in message.rows if not message.complete else ():
+                old = before.get((r["source"], r["destination"]))
+                if old is not None:  # until the new details arrive
+                    r["services"], r["logged"], r["policies"] = old["services"], old["logged"], old["policies"]
             self.rows = message.rows
             self._fill()
+        if message.complete:
+            self._loaded()
+
+    def on_conversation_details_loaded(self, message: ConversationDetailsLoaded) -> None:
+        if message.generation == self.generation:
+            for r in self.rows:
+                r["services"], r["logged"], r["policies"] = message.details.get(
+                    (r["source"], r["destination"]), ("", 0, ""))
+            self._fill()
+        self._loaded()
+
+    def _loaded(self) -> None:
+        self._armed = False
         if self.dash.source.can_tail and not self._armed:
             self._armed = True
             self.set_timer(REFRESH, self._again)
@@ -106,7 +129,9 @@ class ConversationsScreen(DashboardScreen):
             if self.rows:
                 table.move_cursor(row=min(keep, len(self.rows) - 1))
         title = Text(" Conversations ", style="bold reverse")
-        title.append(f"  flows (5-tuples) by endpoint pair and final verdict · {len(self.rows):,} pairs · "
+        counted = ("5-tuples per time bucket, both nodes merged" if any("_ids" in r for r in self.rows)
+                   else "5-tuples")  # the rollups' count (`flowtui query conversations`'s), or the stream's
+        title.append(f"  flows ({counted}) by endpoint pair and final verdict · {len(self.rows):,} pairs · "
                      f"filter: {self.dash.filter.describe()}")
         self.query_one("#conv-title", Static).update(title)
 

@@ -5,7 +5,8 @@ port, verdict, policy and rule) with its packets, rate and last seen updated in 
 flood is one busy row; and *events*, one row per logged packet, as the kernel logged them.
 
 Data path: on a filter or view change a thread worker loads the newest matching flows
-(`recent_flows`) or rows (`recent`); then,
+(`recent_flows`) or rows (`recent`): a first page (`FIRST_PAGE`: fast on any store, the newest
+rows are found by time) and, when there is more, the `RECENT_LIMIT` newest, which replace it; then,
 for live sources, a tail worker polls every `TAIL_INTERVAL` seconds and posts what arrived as one
 `FlowsArrived` message (a batch per poll, never a message per row). The next poll is armed only
 when the message has been handled, so polls never overlap and a slow UI slows the polling, not
@@ -25,6 +26,7 @@ from textual.binding import Binding
 from textual.widgets import Static
 
 from flowtui.tui.filters import CompiledFilter
+from flowtui.tui.flowtable import KEY
 from flowtui.tui.messages import FlowsArrived
 from flowtui.tui.screens.base import DashboardScreen
 from flowtui.tui.widgets.filter_bar import FilterBar
@@ -40,6 +42,7 @@ def _events(rows: pa.Table) -> int:
     return int(rows.num_rows)
 
 
+FIRST_PAGE = 200
 RECENT_LIMIT = 5_000
 PAUSED_LIMIT = 200_000
 
@@ -97,11 +100,16 @@ class FlowsScreen(DashboardScreen):
 
     @work(thread=True, group="flows-load", exclusive=True, exit_on_error=False, description="loading the newest flows")
     def load_recent(self, generation: int, where: str | None, view: str) -> None:
-        if view == "flows":
-            rows = self.dash.source.recent_flows(where, RECENT_LIMIT)
-        else:
-            rows = self.dash.source.recent(where, RECENT_LIMIT)
-        self.post_message(FlowsArrived(rows, reset=True, generation=generation, reduced=view == "flows"))
+        for limit in (FIRST_PAGE, RECENT_LIMIT):
+            if view == "flows":
+                rows = self.dash.source.recent_flows(where, limit)
+                found = rows.num_rows and len(set(zip(*(rows.column(k).to_pylist() for k in KEY), strict=True)))
+            else:
+                rows = self.dash.source.recent(where, limit)
+                found = rows.num_rows
+            self.post_message(FlowsArrived(rows, reset=True, generation=generation, reduced=view == "flows"))
+            if found < limit:  # that was everything
+                return
 
     @work(thread=True, group="flows-tail", exclusive=True, exit_on_error=False, description="polling new flows")
     def tail(self, generation: int, where: str | None, view: str) -> None:

@@ -36,7 +36,8 @@ def load_lines(dash: Any) -> tuple[list[PolicyLine], str]:
         if not refs:
             refs = _store_refs(source)
         events = {int(r["rule_id"]): (int(r["hits"]), r["last_hit"])
-                  for r in source.query(queries.rule_activity_sql(source.stream_kind)).to_pylist()}
+                  for r in source.query(queries.rule_activity_sql(
+                      source.stream_kind, source.relations())).to_pylist()}
     except Exception as exc:  # a recording without these tables: show the policies anyway
         events = {}
         notes.append(f"no activity: {exc}")
