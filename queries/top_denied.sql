@@ -21,7 +21,7 @@
 -- Columns: src, src_ip, dst, dst_ip, proto, dport, policy, node, packets, flows, first_seen, last_seen
 WITH denied AS (  -- rule_flows: one row per reporter, rule and 5-tuple but the source port (whole-store totals + raw flows)
   SELECT source_id, rule_id, src_ip, dst_ip, proto, dport, src_ep, dst_ep, packets,
-         len(sports) AS flows, first_seen, last_seen
+         sport_count AS flows, first_seen, last_seen
   FROM rule_flows
   WHERE action = 'Deny'
 )

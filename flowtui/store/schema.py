@@ -440,6 +440,7 @@ FLOW_TOTALS = Table(
         _c("last_seen", "TIMESTAMP", "Latest last_seen."),
         _c("sports", "INTEGER[]", "The distinct source ports (-1 for rows without one)."),
         _c("first_sport", "INTEGER", "Source port of the row with the earliest first_seen (-1: none)."),
+        _c("sport_count", "BIGINT", "len(sports): the distinct source ports, readable without the list."),
     ),
 )
 
@@ -595,15 +596,18 @@ def totals_on(left: str, right: str) -> str:
 
 
 def flow_totals_sql(where: str, source: str = "flows") -> str:
-    """`flow_totals` rows from the rows of `source` (flows or a batch) that `where` keeps."""
+    """`flow_totals` rows from the rows of `source` (flows or a batch) that `where` keeps: per source
+    port first, then per key (3-4x faster than DISTINCT aggregates over the rows)."""
     keys = ", ".join(TOTALS_KEYS)
     return (
         f"SELECT {keys}, any_value(src_ep) AS src_ep, any_value(dst_ep) AS dst_ep, sum(events) AS events, "
-        "sum(packets) AS packets, sum(bytes) AS bytes, sum(connections_started) AS connections, "
-        "min(first_seen) AS first_seen, max(last_seen) AS last_seen, "
-        "list(DISTINCT coalesce(sport::INTEGER, -1)) AS sports, "
-        "arg_min(coalesce(sport::INTEGER, -1), first_seen) AS first_sport "
-        f"FROM {source} WHERE {where} GROUP BY {keys}"
+        "sum(packets) AS packets, sum(bytes) AS bytes, sum(connections) AS connections, "
+        "min(first_seen) AS first_seen, max(last_seen) AS last_seen, list(sp) AS sports, "
+        "arg_min(sp, first_seen) AS first_sport, count(*) AS sport_count FROM ("
+        f"SELECT {keys}, coalesce(sport::INTEGER, -1) AS sp, any_value(src_ep) AS src_ep, "
+        "any_value(dst_ep) AS dst_ep, sum(events) AS events, sum(packets) AS packets, sum(bytes) AS bytes, "
+        "sum(connections_started) AS connections, min(first_seen) AS first_seen, max(last_seen) AS last_seen "
+        f"FROM {source} WHERE {where} GROUP BY {keys}, sp) GROUP BY {keys}"
     )
 
 
@@ -620,6 +624,7 @@ def totals_merge_exprs(t: str, a: str) -> dict[str, str]:
     out["first_sport"] = (f"CASE WHEN {a}.first_seen < {t}.first_seen OR ({t}.first_seen IS NULL AND "
                           f"{a}.first_seen IS NOT NULL) THEN {a}.first_sport "
                           f"ELSE coalesce({t}.first_sport, {a}.first_sport) END")
+    out["sport_count"] = f"len({out['sports']})"
     return out
 
 
@@ -637,11 +642,18 @@ _TOTALS_WINDOW = (
     "FROM query_window win LEFT JOIN (SELECT max(flows_until) AS flows_until, (SELECT min(start_time) FROM "
     "flows) AS first FROM totals_state) s ON true))"
 )
+# The totals when they answer the window alone (it covers them and no raw flow follows them: the
+# writer has merged every closed hour, the usual state of a store at rest); else the raw flows of the
+# window, summed the same way. No join merges the two: DuckDB would build its hash table on the
+# totals (it estimates the raw part at the whole table), ~10 s at 10M flows, slower than the raw sums.
 RULE_FLOWS = (
-    "SELECT " + totals_merge_sql("t", "a") + " FROM (SELECT ft.* FROM flow_totals ft, " + _TOTALS_WINDOW
-    + " w WHERE w.use) t FULL OUTER JOIN ("
-    + flow_totals_sql("f.start_time >= w.raw_from AND f.start_time < w.raw_until", "flows f, " + _TOTALS_WINDOW + " w")
-    + ") a ON " + totals_on("t", "a")
+    f"WITH w AS (SELECT w.*, w.use AND NOT EXISTS (SELECT 1 FROM flows WHERE start_time >= w.raw_from) AS whole "
+    f"FROM {_TOTALS_WINDOW} w) "
+    f"SELECT {', '.join(c.name for c in FLOW_TOTALS.columns)} FROM flow_totals, w WHERE w.whole UNION ALL "
+    + flow_totals_sql(
+        "NOT w.whole AND f.start_time >= w.since_ AND f.start_time < w.raw_until",
+        "flows f, (SELECT w.whole, win.since_, w.raw_until FROM w, query_window win) w",
+    )
 )
 
 
