@@ -40,6 +40,10 @@ given time into `pair_hours` (from the raw flows, so it is also how they are reb
 their talkers into `talkers` (first/last seen: min/max, so merging an hour again is harmless;
 retention, which deletes flows, rebuilds it);
 `end_run()` rolls up everything. Any writer of flows that uses this API keeps them exact.
+Each roll-up also merges its hours into `flow_totals` (whole-store sums per rule and 5-tuple but the
+source port, ports as lists) and `pair_totals` (pair_hours summed); flows inserted for hours the
+totals already hold are merged into `flow_totals` in the insert's transaction, and retention sums
+the keys of the flows it deletes again from the flows that stay.
 """
 
 from __future__ import annotations
