@@ -24,6 +24,11 @@ WITH denied AS (  -- rule_flows: one row per reporter, rule and 5-tuple but the 
          sport_count AS flows, first_seen, last_seen
   FROM rule_flows
   WHERE action = 'Deny'
+    AND (getvariable('namespace') IS NULL
+         OR src_ep IN (SELECT id FROM endpoints WHERE namespace = getvariable('namespace'))
+         OR dst_ep IN (SELECT id FROM endpoints WHERE namespace = getvariable('namespace')))
+  ORDER BY packets DESC, last_seen DESC, src_ip, dst_ip, dport  -- the top rows first, then their names
+  LIMIT coalesce(getvariable('rows')::INTEGER, 20)
 )
 SELECT
   CASE WHEN se.type = 'wep' THEN se.namespace || '/' || se.name
@@ -41,6 +46,5 @@ LEFT JOIN sources s ON s.source_id = d.source_id
 LEFT JOIN rules r ON r.id = d.rule_id
 LEFT JOIN endpoints se ON se.id = d.src_ep
 LEFT JOIN endpoints de ON de.id = d.dst_ep
-WHERE getvariable('namespace') IS NULL OR getvariable('namespace') IN (se.namespace, de.namespace)
 ORDER BY d.packets DESC, d.last_seen DESC, d.src_ip, d.dst_ip, d.dport
 LIMIT coalesce(getvariable('rows')::INTEGER, 20);
