@@ -19,16 +19,25 @@
 --   duckdb -readonly flowtui.duckdb -c "SET VARIABLE namespace = 'staging'" -c ".read queries/allowed_by_profile_only.sql"
 --
 -- Columns: endpoint, direction, profile, src, src_ip, dst, dst_ip, proto, dport, flows, connections, packets, bytes, first_seen, last_seen
-WITH uncovered AS (
+WITH win AS (SELECT * FROM query_window),
+uncovered AS (
   SELECT id, direction, name, kind FROM rules WHERE action = 'Allow' AND kind IN ('Profile', 'Default')
 ),
-a AS (  -- rule_flows (whole-store totals + raw flows) merged over the reporters: source ports as a union
-  SELECT rule_id, src_ip, dst_ip, proto, dport, len(list_distinct(flatten(list(sports)))) AS flows,
-         sum(connections) AS connections, sum(packets) AS packets, sum(bytes) AS bytes,
-         min(first_seen) AS first_seen, max(last_seen) AS last_seen,
+per_sport AS (  -- per source port first: counting its rows then equals count(DISTINCT sport), at a fraction of the cost
+  SELECT f.rule_id, f.src_ip, f.dst_ip, f.proto, f.dport, coalesce(f.sport, -1) AS sport,
+         sum(f.connections_started) AS connections, sum(f.packets) AS packets, sum(f.bytes) AS bytes,
+         min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen,
+         any_value(f.src_ep) AS src_ep, any_value(f.dst_ep) AS dst_ep
+  FROM flows f, win
+  WHERE f.action = 'Allow' AND f.start_time >= win.since_ AND f.start_time < win.until_
+    AND f.rule_id IN (SELECT id FROM uncovered)
+  GROUP BY f.rule_id, f.src_ip, f.dst_ip, f.proto, f.dport, coalesce(f.sport, -1)
+),
+a AS (
+  SELECT rule_id, src_ip, dst_ip, proto, dport, count(*) AS flows, sum(connections) AS connections,
+         sum(packets) AS packets, sum(bytes) AS bytes, min(first_seen) AS first_seen, max(last_seen) AS last_seen,
          any_value(src_ep) AS src_ep, any_value(dst_ep) AS dst_ep
-  FROM rule_flows
-  WHERE action = 'Allow' AND rule_id IN (SELECT id FROM uncovered)
+  FROM per_sport
   GROUP BY rule_id, src_ip, dst_ip, proto, dport
 ),
 named AS (

@@ -39,26 +39,34 @@ CREATE OR REPLACE TEMP MACRO ft_in_cidr(ip, cidr) AS CASE
   WHEN ft_plen(cidr) = 0 THEN true
   ELSE (ft_ip_num(ip) >> (ft_bits(cidr) - ft_plen(cidr))::UHUGEINT)
        = (ft_ip_num(split_part(cidr, '/', 1)) >> (ft_bits(cidr) - ft_plen(cidr))::UHUGEINT) END;
-WITH sets AS (
+WITH win AS (SELECT * FROM query_window),
+sets AS (
   SELECT DISTINCT coalesce(namespace || '/', '') || name AS network_set, unnest(addresses) AS cidr
   FROM endpoints
   WHERE type = 'netset' AND (getvariable('netset') IS NULL OR name LIKE getvariable('netset'))
 ),
-window_flows AS (  -- rule_flows: per reporter, rule and 5-tuple but the source port (whole-store totals + raw flows)
-  SELECT * FROM rule_flows f
-  WHERE lower(coalesce(getvariable('action'), 'Deny')) IN ('any', lower(f.action))
+window_flows AS (
+  SELECT f.* FROM flows f, win
+  WHERE f.start_time >= win.since_ AND f.start_time < win.until_
+    AND (lower(coalesce(getvariable('action'), 'Deny')) IN ('any', lower(f.action)))
 ),
 members AS (
   SELECT DISTINCT s.src_ip, t.network_set
   FROM (SELECT DISTINCT src_ip FROM window_flows) s JOIN sets t ON ft_in_cidr(s.src_ip, t.cidr)
 ),
-hits AS (  -- merged over the reporters: source ports as a union
-  SELECT src_ip, dst_ip, proto, dport, action, rule_id, sum(packets) AS packets,
-         len(list_distinct(flatten(list(sports)))) AS flows,
+per_sport AS (  -- per source port first: counting its rows then equals count(DISTINCT sport), at a fraction of the cost
+  SELECT f.src_ip, f.dst_ip, f.proto, f.dport, f.action, f.rule_id, coalesce(f.sport, -1) AS sport,
+         sum(f.packets) AS packets, min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen,
+         any_value(f.src_ep) AS src_ep, any_value(f.dst_ep) AS dst_ep
+  FROM window_flows f
+  WHERE f.src_ip IN (SELECT src_ip FROM members)
+  GROUP BY f.src_ip, f.dst_ip, f.proto, f.dport, f.action, f.rule_id, coalesce(f.sport, -1)
+),
+hits AS (
+  SELECT src_ip, dst_ip, proto, dport, action, rule_id, sum(packets) AS packets, count(*) AS flows,
          min(first_seen) AS first_seen, max(last_seen) AS last_seen,
          any_value(src_ep) AS src_ep, any_value(dst_ep) AS dst_ep
-  FROM window_flows
-  WHERE src_ip IN (SELECT src_ip FROM members)
+  FROM per_sport
   GROUP BY src_ip, dst_ip, proto, dport, action, rule_id
 )
 SELECT m.network_set,

@@ -420,8 +420,8 @@ FLOW_TOTALS = Table(
     "the whole store before `totals_state.flows_until`, with the distinct source ports as a list (so "
     "distinct counts merge exactly: a union of lists). Kept by the store's writer: `roll_up` merges "
     "each hour in, flows written later for earlier hours are merged in as they are inserted, retention "
-    "recomputes the groups it deleted flows of. The `rule_flows` view adds the raw flows after it; "
-    "top_denied, default_deny_attributions, denylisted_traffic and allowed_by_profile_only read it.",
+    "recomputes the groups it deleted flows of. The `rule_flows` view reads it (or the raw flows); "
+    "top_denied reads that.",
     (
         _c("source_id", "INTEGER", "Reporting reader (node) -> sources."),
         _c("action", "VARCHAR", "Allow, Deny, Pass or Log."),
