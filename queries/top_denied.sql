@@ -19,20 +19,16 @@
 --   duckdb -readonly flowtui.duckdb -c "SET VARIABLE since = '1h'" -c ".read queries/top_denied.sql"
 --
 -- Columns: src, src_ip, dst, dst_ip, proto, dport, policy, node, packets, flows, first_seen, last_seen
-WITH win AS (SELECT * FROM query_window),
-per_sport AS (  -- per source port first: counting its rows then equals count(DISTINCT sport), at a fraction of the cost
-  SELECT f.source_id, f.rule_id, f.src_ip, f.dst_ip, f.proto, f.dport, coalesce(f.sport, -1) AS sport,
-         any_value(f.src_ep) AS src_ep, any_value(f.dst_ep) AS dst_ep, sum(f.packets) AS packets,
-         min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen
-  FROM flows f, win
-  WHERE f.action = 'Deny' AND f.start_time >= win.since_ AND f.start_time < win.until_
-  GROUP BY f.source_id, f.rule_id, f.src_ip, f.dst_ip, f.proto, f.dport, coalesce(f.sport, -1)
-),
-denied AS (
-  SELECT source_id, rule_id, src_ip, dst_ip, proto, dport, any_value(src_ep) AS src_ep, any_value(dst_ep) AS dst_ep,
-         sum(packets) AS packets, count(*) AS flows, min(first_seen) AS first_seen, max(last_seen) AS last_seen
-  FROM per_sport
-  GROUP BY source_id, rule_id, src_ip, dst_ip, proto, dport
+WITH denied AS (  -- rule_flows: one row per reporter, rule and 5-tuple but the source port (whole-store totals + raw flows)
+  SELECT source_id, rule_id, src_ip, dst_ip, proto, dport, src_ep, dst_ep, packets,
+         sport_count AS flows, first_seen, last_seen
+  FROM rule_flows
+  WHERE action = 'Deny'
+    AND (getvariable('namespace') IS NULL
+         OR src_ep IN (SELECT id FROM endpoints WHERE namespace = getvariable('namespace'))
+         OR dst_ep IN (SELECT id FROM endpoints WHERE namespace = getvariable('namespace')))
+  ORDER BY packets DESC, last_seen DESC, src_ip, dst_ip, dport  -- the top rows first, then their names
+  LIMIT coalesce(getvariable('rows')::INTEGER, 20)
 )
 SELECT
   CASE WHEN se.type = 'wep' THEN se.namespace || '/' || se.name
@@ -50,6 +46,5 @@ LEFT JOIN sources s ON s.source_id = d.source_id
 LEFT JOIN rules r ON r.id = d.rule_id
 LEFT JOIN endpoints se ON se.id = d.src_ep
 LEFT JOIN endpoints de ON de.id = d.dst_ep
-WHERE getvariable('namespace') IS NULL OR getvariable('namespace') IN (se.namespace, de.namespace)
 ORDER BY d.packets DESC, d.last_seen DESC, d.src_ip, d.dst_ip, d.dport
 LIMIT coalesce(getvariable('rows')::INTEGER, 20);

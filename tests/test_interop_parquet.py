@@ -35,7 +35,9 @@ def test_layout_is_hive_partitioned_by_day_and_node(exported: tuple[Path, Path])
                      "flows/day=2026-03-14/node=node-b/data_0.parquet"]
     assert {p.name for p in out.glob("*.parquet")} == {"rules.parquet", "endpoints.parquet", "sources.parquet",
                                                        "runs.parquet", "pair_hours.parquet", "rule_hours.parquet",
-                                                       "talkers.parquet", "rollup_state.parquet"}
+                                                       "talkers.parquet", "rollup_state.parquet",
+                                                       "flow_totals.parquet", "pair_totals.parquet",
+                                                       "totals_state.parquet"}
     assert (out / "loss" / "day=2026-03-14" / "node=_none").is_dir()  # process-wide counters
     assert (out / "views.sql").is_file()
 

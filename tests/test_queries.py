@@ -466,7 +466,7 @@ def test_every_query_on_the_sample_logs(library: dict[str, QueryFile]) -> None:
 
 def _macros() -> str:
     text = (REPO_QUERIES / "denylisted_traffic.sql").read_text()
-    return "\n".join(line for line in text.splitlines() if not line.startswith("--")).split("WITH win AS")[0]
+    return "\n".join(line for line in text.splitlines() if not line.startswith("--")).split("\nWITH ")[0]
 
 
 _CON: list[duckdb.DuckDBPyConnection] = []

@@ -263,7 +263,16 @@ def test_every_named_query_equals_its_straightforward_sql(tmp_path: Path, seed: 
                     nonempty += bool(got)
                 assert nonempty, (stage, name, "every answer empty: the comparison would prove nothing")
 
-        compare("rolled up")
+        compare("rolled up")  # an hour or more of raw flows after the totals: the raw sums
+        assert_totals_exact(store)
+        store.roll_up()  # every hour: the totals answer alone
+        assert_totals_exact(store)
+        assert store.query("SELECT count(*) FROM rule_flows") == store.query("SELECT count(*) FROM flow_totals")
+        compare("all rolled up")
+        early = [dict(r, start_time=T0, end_time=T0 + timedelta(seconds=15)) for r in rng.sample(rows, 40)]
+        insert(store, early)  # late flows for hours the totals hold: merged in as they are written
+        assert_totals_exact(store)
+        compare("late flows merged")
         export_parquet(store.con, tmp_path / "export")  # an export of then: no talkers, no rule_hours
         for gone in ("talkers", "rule_hours"):
             (tmp_path / "export" / f"{gone}.parquet").unlink()
@@ -273,17 +282,47 @@ def test_every_named_query_equals_its_straightforward_sql(tmp_path: Path, seed: 
                                          rollups=timedelta(hours=2)),
                                now=T0 + timedelta(hours=3, minutes=40))
         assert deleted > 0
+        assert_totals_exact(store)  # the keys of the deleted flows summed again from the flows that stay
         compare("after retention")
-        # a store rolled up before `talkers` existed: the writer that opens it builds it once
+        # a store rolled up before `talkers` existed: the writer that opens it builds it once; before
+        # the totals (the layout of the previous release): built once too
         store.query("DROP TABLE talkers")
         store.query("DROP TABLE rule_hours")
+        for gone in ("flow_totals", "pair_totals", "totals_state"):
+            store.query(f"DROP TABLE {gone}")
         store.close(snapshot=False)
         with open_source(tmp_path / "f.duckdb") as source:  # a reader does not upgrade: it computes them
             compare("read as it was", source.con)
         store = DuckStore(tmp_path / "f.duckdb", snapshot_interval=None)
+        assert store.query("SELECT flows_until, pairs_until FROM totals_state") == store.query(
+            "SELECT rolled_until, rolled_until FROM rollup_state")  # built for the rolled-up hours
+        assert_totals_exact(store, allow_empty=True)  # (the late flows moved them back to the first hour)
         compare("upgraded")
+        store.roll_up()
+        assert_totals_exact(store)
+        compare("upgraded and rolled up")
     finally:
         store.close(snapshot=False)
+
+
+def assert_totals_exact(store: DuckStore, allow_empty: bool = False) -> None:
+    """`flow_totals` and `pair_totals` hold exactly what their definitions say, however they were kept
+    (merged hour by hour, late flows merged in, keys recounted after retention, built at upgrade)."""
+    (flows_until, pairs_until), = store.query("SELECT flows_until, pairs_until FROM totals_state")
+    cols = ", ".join(c.name if c.name != "sports" else "list_sort(sports) AS sports"
+                     for c in schema.FLOW_TOTALS.columns)
+    have = store.query(f"SELECT {cols} FROM flow_totals ORDER BY ALL")
+    before = f"start_time < TIMESTAMP '{flows_until}'"
+    want = store.query(f"SELECT {cols} FROM ({schema.flow_totals_sql(before)}) ORDER BY ALL")
+    assert have == want and (have or allow_empty)
+    sums = "sum(flows), sum(connections), sum(packets), sum(bytes), sum(reply_packets), sum(reply_bytes)"
+    have = store.query(f"SELECT {KEYS}, {sums}, min(first_seen), max(last_seen) FROM pair_totals GROUP BY ALL "
+                       "ORDER BY ALL")
+    want = store.query(f"SELECT {KEYS}, {sums}, min(first_seen), max(last_seen) FROM pair_hours WHERE hour < ? "
+                       "GROUP BY ALL ORDER BY ALL", [pairs_until])
+    assert have == want
+    assert store.query("SELECT count(*) FROM pair_totals") == store.query(
+        f"SELECT count(*) FROM (SELECT DISTINCT {KEYS} FROM pair_totals)")  # one row per pair
 
 
 def test_retention_compacts_old_hours_into_their_rollups(tmp_path: Path) -> None:

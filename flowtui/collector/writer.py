@@ -12,8 +12,9 @@ It takes what the reader and the counter poller queue, in order:
 
 Each commit is one transaction: the pending events, the flows of the buckets that closed (summed
 into their hour's rollups at once: `DuckStore.fold`), the partial flows of the open ones
-(`flows_open`), and the rollups of the hours that closed (`pair_hours`, ...: then a compaction),
-so a kill -9 loses no committed event's flow and leaves no rollup stale.
+(`flows_open`), and the rollups of the hours that closed (`pair_hours`, ...: then a compaction, and
+the hours merged into `flow_totals`), so a kill -9 loses no committed event's flow and leaves no
+rollup stale.
 Between items it writes loss and stats rows and the run's heartbeat, reloads the rule
 table and the enrichment resources when their files change, snapshots the store for readers
 and applies retention. At STOP it flushes everything and, with the last counters, counts the

@@ -6,7 +6,8 @@
     DIR/events/..., DIR/connections/..., DIR/loss/..., DIR/stats/..., DIR/rule_counters/...
     DIR/rules.parquet, DIR/endpoints.parquet,               what the ids join to, whole
     DIR/sources.parquet, DIR/runs.parquet
-    DIR/pair_hours.parquet, rule_hours, talkers, rollup_state  rollups (exports of the whole store)
+    DIR/pair_hours.parquet, rule_hours, talkers, rollup_state,
+        flow_totals, pair_totals, totals_state               rollups (exports of the whole store)
     DIR/views.sql                                           the store's tables and views over them
 
 Every column keeps its name and type from `flowtui.store.schema`; `day` (UTC, of the row's time:

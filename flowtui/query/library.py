@@ -82,6 +82,7 @@ _VIEW_VARIABLES = {
     "query_window": {"since", "until", "now"},
     "flows_once": {"since", "until", "now"},
     "flow_pairs": {"since", "until", "now"},
+    "rule_flows": {"since", "until", "now"},
 }
 
 

@@ -47,6 +47,10 @@ end, which took 1-4 s for 416k flow rows, the writer away from its queue all tha
 already folded, flows from before this writer, or a roll-up from the raw flows in between mark
 the hour, which is then rolled up from its raw flows as before (in-memory state: a new writer
 starts over, which is also what makes a crash safe).
+Each roll-up also merges its hours into `flow_totals` (whole-store sums per rule and 5-tuple but the
+source port, ports as lists) and `pair_totals` (pair_hours summed); flows inserted for hours the
+totals already hold are merged into `flow_totals` in the insert's transaction, and retention sums
+the keys of the flows it deletes again from the flows that stay.
 """
 
 from __future__ import annotations
@@ -168,6 +172,8 @@ class DuckStore:
             if until is not None and until[0] is not None:
                 rolled = schema.rule_hours_sql(f"f.start_time < {_ts(until[0])}")
                 self.con.execute("INSERT INTO rule_hours BY NAME " + rolled)
+        if existing and "totals_state" not in tables:  # nor the totals: built once from the rolled-up hours
+            _rebuild_totals(self.con)
         self.con.execute("COMMIT")
         self.stats = StoreStats()
         self.snapshot_interval = snapshot_interval
@@ -210,10 +216,15 @@ class DuckStore:
             self.con.register("_ft_batch", data)
             try:
                 self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _ft_batch")
+                first = pc.min(data.column("start_time")).as_py() if table == "flows" else None
+                totals_until = self._totals_state()[0] if first is not None else None
+                if first is not None and totals_until is not None and first < totals_until:
+                    # flows for hours the totals hold already (late, or imported out of order): merged
+                    # in now, as sums, minima and unions of source ports merge
+                    self._merge_flow_totals(f"start_time < {_ts(totals_until)}", "_ft_batch")
             finally:
                 self.con.unregister("_ft_batch")
             if table == "flows":  # hours already rolled up must be rolled up again
-                first = pc.min(data.column("start_time")).as_py()
                 if first is not None:
                     self._unroll_from(first)
                 self._not_folded()
@@ -274,11 +285,19 @@ class DuckStore:
         if compacted is not None:
             hour = max(hour, compacted)
         self.con.execute("UPDATE rollup_state SET rolled_until = ? WHERE rolled_until > ?", [hour, hour])
+        flows_until, pairs_until = self._totals_state()
+        if pairs_until is not None and pairs_until > hour:  # its pair_hours will be rolled up again
+            self.query("DELETE FROM pair_totals")
+            self._set_totals(flows_until, None)
 
     def flows_changed(self, first: datetime | None) -> None:
         """For writers that change `flows` with SQL rather than `insert` (recovery)."""
         if first is not None:
-            with self._lock:
+            with self.transaction():
+                flows_until, pairs_until = self._totals_state()
+                if flows_until is not None and first < flows_until:  # rows we cannot tell apart: rebuilt
+                    self.query("DELETE FROM flow_totals")
+                    self._set_totals(None, pairs_until)
                 self._unroll_from(first)
                 self._folded.update({h: None for h in self._folded if h >= _hour(first)})
 
@@ -317,6 +336,7 @@ class DuckStore:
             if all(self._folded.get(h) is not None for h in hours):  # every flow of them folded
                 self._compact(start, target)
                 self._set_state(target, self.compacted_until())
+                self._roll_up_totals(start, target)
                 for h in hours:
                     del self._folded[h]
                 self.stats.hours_folded += len(hours)
@@ -337,6 +357,7 @@ class DuckStore:
             )
             self._merge_talkers(f"start_time >= {_ts(start)} AND start_time < {_ts(target)}")
             self._set_state(target, self.compacted_until())
+            self._roll_up_totals(start, target)
             return int((target - start) / timedelta(hours=1))
 
     def fold(self, batch: pa.Table) -> int:
@@ -403,6 +424,80 @@ class DuckStore:
             self.query(f"INSERT INTO {table} BY NAME SELECT * FROM _ft_compact")
             self.query("DROP TABLE _ft_compact")
 
+    def _totals_state(self) -> tuple[datetime | None, datetime | None]:
+        rows = self.query("SELECT max(flows_until), max(pairs_until) FROM totals_state")
+        return (rows[0][0], rows[0][1]) if rows else (None, None)
+
+    def _set_totals(self, flows_until: datetime | None, pairs_until: datetime | None) -> None:
+        self.query("DELETE FROM totals_state")
+        self.query("INSERT INTO totals_state VALUES (?, ?)", [flows_until, pairs_until])
+
+    def _roll_up_totals(self, start: datetime, target: datetime) -> None:
+        """`flow_totals` takes the flows from where it stops to `target`; `pair_totals` the pair_hours
+        just rolled up (added when it stopped at `start`, else rebuilt from every hour)."""
+        flows_until, pairs_until = self._totals_state()
+        if flows_until is None or flows_until < target:
+            since = "" if flows_until is None else f"start_time >= {_ts(flows_until)} AND "
+            self._merge_flow_totals(f"{since}start_time < {_ts(target)}")
+            flows_until = target
+        if pairs_until == start:
+            self._merge_pair_totals(f"hour >= {_ts(start)} AND hour < {_ts(target)}")
+        else:
+            self.query("DELETE FROM pair_totals")
+            self._merge_pair_totals(f"hour < {_ts(target)}")
+        self._set_totals(flows_until, target)
+
+    def _merge_flow_totals(self, where: str, source: str = "flows") -> None:
+        """Add the rows of `source` that `where` keeps to `flow_totals`. In steps over temporary tables,
+        not one MERGE: DuckDB builds a MERGE's hash table on the target (7 s for a minute of flows into
+        the totals of 10M); a temporary table has exact statistics, so the joins build on it."""
+        on = schema.totals_on("t", "a")
+        self.query(f"CREATE OR REPLACE TEMP TABLE _ft_new AS {schema.flow_totals_sql(where, source)}")
+        self.query(f"CREATE OR REPLACE TEMP TABLE _ft_old AS SELECT t.rowid AS _row, t.* FROM flow_totals t "
+                   f"SEMI JOIN _ft_new a ON {on}")
+        self.query("DELETE FROM flow_totals WHERE rowid IN (SELECT _row FROM _ft_old)")
+        self.query(f"INSERT INTO flow_totals BY NAME SELECT {schema.totals_merge_sql('t', 'a')} FROM _ft_old t "
+                   f"FULL OUTER JOIN _ft_new a ON {on}")
+        self.query("DROP TABLE _ft_new")
+        self.query("DROP TABLE _ft_old")
+
+    def _merge_pair_totals(self, where: str) -> None:
+        """Add the `pair_hours` rows that `where` keeps to `pair_totals` (sums, minima and maxima)."""
+        keys = ("src_ep", "src_ip", "dst_ep", "dst_ip", "proto", "dport", "denied")
+        sums = ("flows", "connections", "packets", "bytes", "reply_packets", "reply_bytes")
+        on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM a.{k}" for k in keys)
+        sets = ", ".join(f"{c} = coalesce(t.{c} + a.{c}, t.{c}, a.{c})" for c in sums)
+        self.query(
+            f"MERGE INTO pair_totals t USING (SELECT {', '.join(keys)}, "
+            + ", ".join(f"sum({c}) AS {c}" for c in sums)
+            + f", min(first_seen) AS first_seen, max(last_seen) AS last_seen FROM pair_hours WHERE {where} "
+            f"GROUP BY ALL) a ON {on} WHEN MATCHED THEN UPDATE SET {sets}, "
+            "first_seen = coalesce(least(t.first_seen, a.first_seen), t.first_seen, a.first_seen), "
+            "last_seen = coalesce(greatest(t.last_seen, a.last_seen), t.last_seen, a.last_seen) "
+            "WHEN NOT MATCHED THEN INSERT BY NAME"
+        )
+
+    def _forget_flow_totals(self, where: str) -> Any:
+        """Before the flows that `where` keeps are deleted: the totals of their keys are computed again
+        from the flows that stay (call `_recount_flow_totals` after the delete)."""
+        flows_until = self._totals_state()[0]
+        if flows_until is None:
+            return None
+        keys = ", ".join(schema.TOTALS_KEYS)
+        self.query(f"CREATE OR REPLACE TEMP TABLE _ft_gone AS SELECT DISTINCT {keys} FROM flows WHERE {where}")
+        return flows_until
+
+    def _recount_flow_totals(self, flows_until: datetime | None) -> None:
+        if flows_until is None:
+            return
+        self.query(f"DELETE FROM flow_totals t USING _ft_gone g WHERE {schema.totals_on('t', 'g')}")
+        self.query(
+            "INSERT INTO flow_totals BY NAME "
+            + schema.flow_totals_sql(f"start_time < {_ts(flows_until)}",
+                                     f"flows f SEMI JOIN _ft_gone g ON {schema.totals_on('f', 'g')}")
+        )
+        self.query("DROP TABLE _ft_gone")
+
     def _set_state(self, rolled_until: datetime, compacted_until: datetime | None) -> None:
         self.query("DELETE FROM rollup_state")
         self.query("INSERT INTO rollup_state (rolled_until, compacted_until) VALUES (?, ?)",
@@ -416,6 +511,12 @@ class DuckStore:
             "WHEN MATCHED THEN UPDATE SET first_seen = least(t.first_seen, s.first_seen), "
             "last_seen = greatest(t.last_seen, s.last_seen) WHEN NOT MATCHED THEN INSERT BY NAME"
         )
+
+    def _rebuild_pair_totals(self) -> None:
+        flows_until, pairs_until = self._totals_state()
+        self.query("DELETE FROM pair_totals")
+        if pairs_until is not None:
+            self._merge_pair_totals(f"hour < {_ts(pairs_until)}")
 
     def _rebuild_talkers(self) -> None:
         with self._lock:
@@ -584,19 +685,27 @@ class DuckStore:
         roll_cut = None if rollups is None else _hour(now - rollups)
         with self.transaction():
             if roll_cut is not None and roll_cut >= cutoff:  # no longer than the flows: they go together
+                forgotten = self._forget_flow_totals(f"start_time < {_ts(cutoff)}")
                 rows = self.query("DELETE FROM flows WHERE start_time < ?", [cutoff])
-                self.query("DELETE FROM pair_hours WHERE hour < ?", [cutoff])
+                self._recount_flow_totals(forgotten)
+                hours = self.query("DELETE FROM pair_hours WHERE hour < ?", [cutoff])
                 self.query("DELETE FROM rule_hours WHERE hour < ?", [cutoff])
                 if rows and rows[0][0]:  # first_seen may have been a deleted flow's
                     self._rebuild_talkers()
+                if hours and hours[0][0]:
+                    self._rebuild_pair_totals()
                 return rows
             self.roll_up(cutoff)  # every hour about to lose its raw flows has its rollups
+            forgotten = self._forget_flow_totals(f"start_time < {_ts(cutoff)}")
             rows = self.query("DELETE FROM flows WHERE start_time < ?", [cutoff])
+            self._recount_flow_totals(forgotten)
             rolled = self.rolled_until()
             if rolled is not None:
                 self._set_state(rolled, max(cutoff, self.compacted_until() or cutoff))
             if roll_cut is not None:
-                self.query("DELETE FROM pair_hours WHERE hour < ?", [roll_cut])
+                hours = self.query("DELETE FROM pair_hours WHERE hour < ?", [roll_cut])
+                if hours and hours[0][0]:
+                    self._rebuild_pair_totals()
                 self.query("DELETE FROM rule_hours WHERE hour < ?", [roll_cut])
                 self.query("DELETE FROM talkers WHERE last_seen < ?", [roll_cut])
             return rows
@@ -621,6 +730,25 @@ def _rebuild_talkers(con: duckdb.DuckDBPyConnection) -> None:
     until = con.execute("SELECT max(rolled_until) FROM rollup_state").fetchone()
     if until is not None and until[0] is not None:
         con.execute("INSERT INTO talkers BY NAME " + schema.talkers_sql(f"start_time < {_ts(until[0])}"))
+
+
+def _rebuild_totals(con: duckdb.DuckDBPyConnection) -> None:
+    """`flow_totals` and `pair_totals` from the rolled-up hours (a store from before them)."""
+    con.execute("DELETE FROM flow_totals").fetchall()
+    con.execute("DELETE FROM pair_totals").fetchall()
+    con.execute("DELETE FROM totals_state").fetchall()
+    until = con.execute("SELECT max(rolled_until) FROM rollup_state").fetchone()
+    if until is None or until[0] is None:
+        return
+    con.execute("INSERT INTO flow_totals BY NAME " + schema.flow_totals_sql(f"start_time < {_ts(until[0])}")).fetchall()
+    sums = ", ".join(f"sum({c}) AS {c}" for c in ("flows", "connections", "packets", "bytes", "reply_packets",
+                                                  "reply_bytes"))
+    con.execute(
+        f"INSERT INTO pair_totals BY NAME SELECT src_ep, src_ip, dst_ep, dst_ip, proto, dport, denied, {sums}, "
+        f"min(first_seen) AS first_seen, max(last_seen) AS last_seen FROM pair_hours WHERE hour < {_ts(until[0])} "
+        "GROUP BY ALL"
+    ).fetchall()
+    con.execute("INSERT INTO totals_state VALUES (?, ?)", [until[0], until[0]]).fetchall()
 
 
 def _hour(value: datetime) -> datetime:

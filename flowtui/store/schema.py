@@ -415,6 +415,56 @@ TALKERS = Table(
     ),
 )
 
+FLOW_TOTALS = Table(
+    "flow_totals",
+    "Rollup: the raw flows summed per reporter, action, rule and 5-tuple without the source port, over "
+    "the whole store before `totals_state.flows_until`, with the distinct source ports as a list (so "
+    "distinct counts merge exactly: a union of lists). Kept by the store's writer: `roll_up` merges "
+    "each hour in, flows written later for earlier hours are merged in as they are inserted, retention "
+    "recomputes the groups it deleted flows of. The `rule_flows` view reads it (or the raw flows); "
+    "top_denied reads that.",
+    (
+        _c("source_id", "INTEGER", "Reporting reader (node) -> sources."),
+        _c("action", "VARCHAR", "Allow, Deny, Pass or Log."),
+        _c("rule_id", "INTEGER", "Deciding rule -> rules.id."),
+        _c("src_ip", "VARCHAR", "Source address."),
+        _c("dst_ip", "VARCHAR", "Destination address."),
+        _c("proto", "UTINYINT", "IP protocol number."),
+        _c("dport", "USMALLINT", "Destination port; NULL for protocols without ports."),
+        _c("src_ep", "INTEGER", "Source endpoint (any of the rows') -> endpoints.id."),
+        _c("dst_ep", "INTEGER", "Destination endpoint (any of the rows') -> endpoints.id."),
+        _c("events", "BIGINT", "NFLOG events."),
+        _c("packets", "BIGINT", "Packets (as counted in `flows`)."),
+        _c("bytes", "BIGINT", "Bytes (as counted in `flows`)."),
+        _c("connections", "BIGINT", "connections_started, summed."),
+        _c("first_seen", "TIMESTAMP", "Earliest first_seen."),
+        _c("last_seen", "TIMESTAMP", "Latest last_seen."),
+        _c("sports", "INTEGER[]", "The distinct source ports (-1 for rows without one)."),
+        _c("first_sport", "INTEGER", "Source port of the row with the earliest first_seen (-1: none)."),
+        _c("sport_count", "BIGINT", "len(sports): the distinct source ports, readable without the list."),
+    ),
+)
+
+PAIR_TOTALS = Table(
+    "pair_totals",
+    "Rollup: `pair_hours` summed over every hour before `totals_state.pairs_until` (the whole store, "
+    "compacted hours included). The `flow_pairs` view reads it instead of `pair_hours` when the query "
+    "window covers all of it (the default), so conversations over the whole store sum a row per pair, "
+    "not one per pair and hour. `roll_up` adds the hours it rolls up; rebuilt from `pair_hours` when "
+    "hours are rolled up again or retention deletes some.",
+    tuple(c for c in PAIR_HOURS.columns if c.name != "hour"),
+)
+
+TOTALS_STATE = Table(
+    "totals_state",
+    "How far `flow_totals` and `pair_totals` reach: one row (none: no totals yet, the views read the "
+    "raw flows and the hourly rollups).",
+    (
+        _c("flows_until", "TIMESTAMP", "`flow_totals` holds every flow starting before this; NULL: empty."),
+        _c("pairs_until", "TIMESTAMP", "`pair_totals` holds every `pair_hours` hour before this; NULL: empty."),
+    ),
+)
+
 TABLES: tuple[Table, ...] = (
     RUNS,
     SOURCES,
@@ -432,7 +482,8 @@ TABLES: tuple[Table, ...] = (
 WORK_TABLES: tuple[Table, ...] = (FLOWS_OPEN,)
 # Rollups: derived from `flows` (rebuildable); a reader of a store or export without them creates
 # them empty (`ensure_rollups`), and the views then read the raw flows.
-ROLLUP_TABLES: tuple[Table, ...] = (PAIR_HOURS, RULE_HOURS, TALKERS, ROLLUP_STATE)
+ROLLUP_TABLES: tuple[Table, ...] = (PAIR_HOURS, RULE_HOURS, TALKERS, ROLLUP_STATE, FLOW_TOTALS, PAIR_TOTALS,
+                                    TOTALS_STATE)
 ALL_TABLES = TABLES + ROLLUP_TABLES + WORK_TABLES
 BY_NAME = {t.name: t for t in ALL_TABLES}
 
@@ -473,6 +524,13 @@ _ROLLED = (
     "ELSE date_trunc('hour', since_) + INTERVAL 1 hour END AS lo, "
     "least(coalesce((SELECT max(rolled_until) FROM rollup_state), TIMESTAMP '-infinity'), "
     "CASE WHEN isinf(until_) THEN until_ ELSE date_trunc('hour', until_) END) AS hi FROM query_window))"
+)
+# Whether `pair_totals` answers the rolled-up part of the query window: it must start at or before
+# the first hour in `pair_hours` and reach pairs_until (the hours from there to its end: pair_hours).
+_PAIRS_WINDOW = (
+    "(SELECT coalesce(s.pairs_until IS NOT NULL AND r.hi >= s.pairs_until AND (isinf(r.lo) OR "
+    "r.lo <= coalesce((SELECT min(hour) FROM pair_hours), r.lo)), false) AS use, s.pairs_until "
+    f"FROM {_ROLLED} r LEFT JOIN (SELECT max(pairs_until) AS pairs_until FROM totals_state) s ON true)"
 )
 _PAIR_COLUMNS = (
     "src_ep, src_ip, dst_ep, dst_ip, proto, dport, denied, flows, connections, packets, bytes, "
@@ -522,6 +580,84 @@ def pair_hours_sql(where: str, joins: str = "") -> str:
     )
 
 
+TOTALS_KEYS = ("source_id", "action", "rule_id", "src_ip", "dst_ip", "proto", "dport")
+# Join keys without NULLs: a hash join on plain equality is ~10x faster than on IS NOT DISTINCT FROM
+# (measured: 113 ms vs 1.1 s joining an hour of flows to 3.4M totals); the sentinels are no real value.
+_TOTALS_NOT_NULL = {"source_id": "-1", "action": "''", "rule_id": "-1", "src_ip": "''", "dst_ip": "''",
+                    "proto": "-1", "dport": "-1"}
+
+
+def totals_on(left: str, right: str) -> str:
+    """The join condition of two relations keyed like `flow_totals`."""
+    return " AND ".join(
+        f"coalesce({left}.{k}{'::INTEGER' if k in ('proto', 'dport') else ''}, {v}) = "
+        f"coalesce({right}.{k}{'::INTEGER' if k in ('proto', 'dport') else ''}, {v})"
+        for k, v in _TOTALS_NOT_NULL.items()
+    )
+
+
+def flow_totals_sql(where: str, source: str = "flows") -> str:
+    """`flow_totals` rows from the rows of `source` (flows or a batch) that `where` keeps: per source
+    port first, then per key (3-4x faster than DISTINCT aggregates over the rows)."""
+    keys = ", ".join(TOTALS_KEYS)
+    return (
+        f"SELECT {keys}, any_value(src_ep) AS src_ep, any_value(dst_ep) AS dst_ep, sum(events) AS events, "
+        "sum(packets) AS packets, sum(bytes) AS bytes, sum(connections) AS connections, "
+        "min(first_seen) AS first_seen, max(last_seen) AS last_seen, list(sp) AS sports, "
+        "arg_min(sp, first_seen) AS first_sport, count(*) AS sport_count FROM ("
+        f"SELECT {keys}, coalesce(sport::INTEGER, -1) AS sp, any_value(src_ep) AS src_ep, "
+        "any_value(dst_ep) AS dst_ep, sum(events) AS events, sum(packets) AS packets, sum(bytes) AS bytes, "
+        "sum(connections_started) AS connections, min(first_seen) AS first_seen, max(last_seen) AS last_seen "
+        f"FROM {source} WHERE {where} GROUP BY {keys}, sp) GROUP BY {keys}"
+    )
+
+
+def totals_merge_exprs(t: str, a: str) -> dict[str, str]:
+    """Per column of `flow_totals`: its value for two partial rows `t` and `a` of one key (either may be
+    absent: a FULL OUTER JOIN's NULLs). Sums add, minima and maxima merge, source ports unite."""
+    out = {k: f"coalesce({t}.{k}, {a}.{k})" for k in (*TOTALS_KEYS, "src_ep", "dst_ep")}
+    out.update({c: f"coalesce({t}.{c} + {a}.{c}, {t}.{c}, {a}.{c})" for c in ("events", "packets", "bytes",
+                                                                           "connections")})
+    out["first_seen"] = f"coalesce(least({t}.first_seen, {a}.first_seen), {t}.first_seen, {a}.first_seen)"
+    out["last_seen"] = f"coalesce(greatest({t}.last_seen, {a}.last_seen), {t}.last_seen, {a}.last_seen)"
+    out["sports"] = (f"CASE WHEN {a}.sports IS NULL THEN {t}.sports WHEN {t}.sports IS NULL THEN {a}.sports "
+                     f"ELSE list_distinct(list_concat({t}.sports, {a}.sports)) END")
+    out["first_sport"] = (f"CASE WHEN {a}.first_seen < {t}.first_seen OR ({t}.first_seen IS NULL AND "
+                          f"{a}.first_seen IS NOT NULL) THEN {a}.first_sport "
+                          f"ELSE coalesce({t}.first_sport, {a}.first_sport) END")
+    out["sport_count"] = f"len({out['sports']})"
+    return out
+
+
+def totals_merge_sql(t: str, a: str) -> str:
+    return ", ".join(f"{e} AS {c}" for c, e in totals_merge_exprs(t, a).items())
+
+
+# Whether `flow_totals` answers the query window (it covers every flow before flows_until: the
+# window must start at or before the first flow and end at or after flows_until), and where the
+# raw flows start then.
+_TOTALS_WINDOW = (
+    "(SELECT use, CASE WHEN use THEN flows_until ELSE since_ END AS raw_from, until_ AS raw_until FROM ("
+    "SELECT win.since_, win.until_, s.flows_until, coalesce(s.flows_until IS NOT NULL AND win.until_ >= "
+    "s.flows_until AND (isinf(win.since_) OR win.since_ <= coalesce(s.first, win.since_)), false) AS use "
+    "FROM query_window win LEFT JOIN (SELECT max(flows_until) AS flows_until, (SELECT min(start_time) FROM "
+    "flows) AS first FROM totals_state) s ON true))"
+)
+# The totals when they answer the window alone (it covers them and no raw flow follows them: the
+# writer has merged every closed hour, the usual state of a store at rest); else the raw flows of the
+# window, summed the same way. No join merges the two: DuckDB would build its hash table on the
+# totals (it estimates the raw part at the whole table), ~10 s at 10M flows, slower than the raw sums.
+RULE_FLOWS = (
+    f"WITH w AS (SELECT w.*, w.use AND NOT EXISTS (SELECT 1 FROM flows WHERE start_time >= w.raw_from) AS whole "
+    f"FROM {_TOTALS_WINDOW} w) "
+    f"SELECT {', '.join(c.name for c in FLOW_TOTALS.columns)} FROM flow_totals, w WHERE w.whole UNION ALL "
+    + flow_totals_sql(
+        "NOT w.whole AND f.start_time >= w.since_ AND f.start_time < w.raw_until",
+        "flows f, (SELECT w.whole, win.since_, w.raw_until FROM w, query_window win) w",
+    )
+)
+
+
 # flows_v's names for `other_rule_ids`: a join on the distinct lists (a correlated subquery per row
 # made every flows_v query ~100x slower on a 2M-row store), and its column
 OTHER_POLICIES_JOIN = (
@@ -563,11 +699,14 @@ VIEWS: dict[str, tuple[str, str]] = {
     ),
     "flow_pairs": (
         "`flows_once` per endpoint pair, protocol, destination port and verdict, in the query window: "
-        "from the `pair_hours` rollup for its whole rolled-up hours, from the raw flows for the rest (the "
-        "same answer, fast). Endpoints as ids; src_ip/dst_ip only where the endpoint is unknown. Columns: "
+        "from the `pair_hours` rollup for its whole rolled-up hours (`pair_totals` when the window covers "
+        "all of them), from the raw flows for the rest (the same answer, fast). "
+        "Endpoints as ids; src_ip/dst_ip only where the endpoint is unknown. Columns: "
         + _PAIR_COLUMNS
         + " (flows: how many flows_once rows).",
-        f"SELECT {_PAIR_COLUMNS} FROM pair_hours p, {_ROLLED} b WHERE p.hour >= b.lo AND p.hour < b.hi "
+        f"SELECT {_PAIR_COLUMNS} FROM pair_totals p, {_PAIRS_WINDOW} c WHERE c.use UNION ALL "
+        f"SELECT {_PAIR_COLUMNS} FROM pair_hours p, {_ROLLED} b, {_PAIRS_WINDOW} c "
+        "WHERE p.hour >= CASE WHEN c.use THEN c.pairs_until ELSE b.lo END AND p.hour < b.hi "
         f"UNION ALL SELECT {_PAIR_COLUMNS} FROM ("
         + pair_hours_sql(  # the raw flows before and after the rolled-up hours, as two ranges (they prune)
             "f.start_time >= win.since_ AND f.start_time < b.raw_to",
@@ -579,6 +718,14 @@ VIEWS: dict[str, tuple[str, str]] = {
             f"CROSS JOIN query_window win CROSS JOIN {_ROLLED} b",
         )
         + ")",
+    ),
+    "rule_flows": (
+        "The flows of the query window summed per reporter (source_id), action, rule_id, src_ip, dst_ip, proto "
+        "and dport, with the distinct source ports as a list (`sports`, -1 for none; its length counts "
+        "flows by source port) and the source port of the earliest row (`first_sport`): `flow_totals` "
+        "merged with the raw flows after it when the window covers it (the default window), the raw "
+        "flows otherwise. Columns: those of `flow_totals`.",
+        RULE_FLOWS,
     ),
     "rule_hits": (
         "Per rule id in the query window: events, packets, first_seen, last_seen and last_hit (the latest "
@@ -706,6 +853,9 @@ _BEFORE_ROLLED = "start_time < coalesce((SELECT max(rolled_until) FROM rollup_st
 def computed_rollup_sql(name: str) -> str:
     """A rollup a store or export lacks (written before it existed, with `rollup_state` already set),
     computed from the raw flows of the hours the others cover: the views then stay exact."""
+    if name in ("flow_totals", "pair_totals", "totals_state"):  # none: the views read the hourly and raw rows
+        cols = ", ".join(f"CAST(NULL AS {c.sql}) AS {c.name}" for c in BY_NAME[name].columns)
+        return f"SELECT {cols} WHERE false"
     return {
         "pair_hours": lambda: pair_hours_sql("f." + _BEFORE_ROLLED),
         "rule_hours": lambda: rule_hours_sql("f." + _BEFORE_ROLLED),
