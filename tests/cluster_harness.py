@@ -63,7 +63,8 @@ class AgentLines:
         self.events: list[dict[str, Any]] = []
         self.latest: dict[str, Any] | None = None
         self._lock = threading.Lock()
-        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.thread.start()
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
@@ -146,7 +147,10 @@ class ClusterLab:
         return open_datastore(self.url, self.folder / "cli").revision
 
     def start_agent(self, node: str) -> Agent:
-        assert node not in self.agents or self.agents[node].process.poll() is not None, f"{node}'s agent runs"
+        old = self.agents.get(node)
+        if old is not None:
+            assert old.process.poll() is not None, f"{node}'s agent runs"
+            self._close(old)
         home = self.home(node)
         home.mkdir(parents=True, exist_ok=True)
         stderr = self.folder / f"agent-{node}.err"
@@ -198,8 +202,13 @@ class ClusterLab:
             except subprocess.TimeoutExpired:
                 agent.process.kill()
                 agent.process.wait()
-            if agent.process.stdout is not None:
-                agent.process.stdout.close()
+            self._close(agent)
+
+    @staticmethod
+    def _close(agent: Agent) -> None:
+        agent.lines.thread.join(10)  # the process is gone: its reader is at end of file
+        if agent.process.stdout is not None:
+            agent.process.stdout.close()
 
 
 @contextmanager
