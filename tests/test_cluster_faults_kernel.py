@@ -234,13 +234,12 @@ def test_compaction_past_a_paused_watch_relists_and_converges(tmp_path: Path) ->
         agent.process.send_signal(signal.SIGSTOP)  # the watch stays open, nobody reads it
         try:
             last = replace_nets(lab, netset, "198.51.100.7/32")
-            # Enough events behind the stopped reader that etcd's watch falls out of sync: keys in
-            # the watched range that are not flowtui's (the agent skips them), ~40 MB of them.
-            filler = "x" * 10_000
-            for batch in range(40):
-                etcd_post(lab, "kv/txn", {"success": [
-                    {"request_put": {"key": b64(f"/d-filler/{batch}/{i}"), "value": b64(filler)}}
-                    for i in range(100)]})
+            # Enough revisions behind the stopped reader that etcd's watch falls out of sync (the
+            # sockets' buffers full, then etcd's own): keys in the watched range that are not
+            # flowtui's (the agent skips them), one revision each, ~30 MB in all.
+            filler = b64("x" * 50_000)
+            for i in range(600):
+                etcd_post(lab, "kv/put", {"key": b64(f"/d-filler/{i}"), "value": filler})
             revision = int(etcd_post(lab, "kv/range", {"key": b64("/d")})["header"]["revision"])
             etcd_post(lab, "kv/compaction", {"revision": str(revision), "physical": True})
             etcd_post(lab, "maintenance/defragment", {})
