@@ -60,7 +60,7 @@ def big_change(version: int, rules: int) -> list[dict[str, Any]]:
 
 def pod_probes(res: ResourceSet, first_marker: int) -> list[Probe]:
     """TCP to port 80 from every pod to every pod on another node: allowed before and after."""
-    out = []
+    out: list[Probe] = []
     for src in res.pods:
         for dst in res.pods:
             if src.node != dst.node:

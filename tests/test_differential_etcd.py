@@ -57,7 +57,7 @@ def events_by_node_table(db: Path, tables: dict[str, RuleTable]) -> dict[tuple[o
     """As `events_by_key`, each event's rule id read in the table of the node that logged it."""
     by_key: dict[tuple[object, ...], set[Attribution]] = {}
     for node, action, rule_id, src, dst, proto, sport, dport in collected_events(db):
-        ref = tables[str(node)].get(rule_id)
+        ref = tables[str(node)].get(rule_id)  # type: ignore[arg-type]
         assert ref is not None, f"{node}: event with rule id {rule_id} its agent never allocated"
         assert ref.action == action, f"{node}: rule {rule_id}: prefix says {action}, the agent's table {ref.action}"
         key = (src, dst, proto, sport, dport) if proto not in (1, 58) else (src, dst, proto)
