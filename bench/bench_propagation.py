@@ -205,9 +205,11 @@ def measure_split(mons: Monitors, folder: Path, res: ResourceSet, repeat: int, d
 
 
 def run_agents(lab: Any, res: ResourceSet, folder: Path, mons: Monitors, repeat: int) -> dict[str, list[float]]:
-    from enforcer.datastore import open_datastore
+    from enforcer.datastore.backend import parse_datastore_url
+    from enforcer.datastore.etcd import EtcdDatastore
 
-    ds = open_datastore(lab.url, folder / "writer")
+    # a longer timeout than the CLI's 3 s: the shared machine stalls, and a stall is a figure, not a failure
+    ds = EtcdDatastore(parse_datastore_url(lab.url), state_dir=folder / "writer", timeout=15.0)
     lab.wait(lab.apply(base_documents(res)))
     mons.quiet()
     last = {"revision": 0}
@@ -261,7 +263,7 @@ def main() -> None:
                     mons.close()
         results[str(count)] = {op: {"agents": summary(agents[op]), "reconciler": summary(baseline[op])}
                                for op in OPS}
-        print(f"{count} nodes done", file=sys.stderr, flush=True)
+        print(f"{count} nodes: " + json.dumps(results[str(count)]), file=sys.stderr, flush=True)
 
     print(f"propagation: write returned -> last node's kernel commit (nft monitor), {repeat} changes each, "
           f"load average {load:.1f} at start")
