@@ -77,6 +77,9 @@ def main() -> None:
     from enforcer.datastore.etcd import EtcdDatastore
     from tests.cluster_harness import cluster_lab
 
+    if os.path.isdir("/dev/shm"):  # etcd's data on tmpfs: the figures are flowtui's, not a shared disk's fsync
+        tempfile.tempdir = "/dev/shm"
+
     res = topology(args.nodes)
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ft-bench-churn-") as tmp:
