@@ -66,7 +66,7 @@ def base_documents(res: ResourceSet) -> list[dict[str, Any]]:
 def new_pod(res: ResourceSet, n: int) -> dict[str, Any]:
     """A client pod on node n % nodes (every node's selector set for `role == 'client'` gains it)."""
     node = res.nodes[n % len(res.nodes)]
-    index = n // len(res.nodes)
+    index = (n // len(res.nodes)) % 150  # addresses .100-.249 reused: churn keeps far fewer alive per node
     ip = str(node.pod_cidrs[0].network_address + 100 + index)
     doc = pod_document(res.pods[0])
     doc["metadata"] = {"name": f"client{n}", "namespace": res.pods[0].namespace,
