@@ -42,7 +42,7 @@ from tests.etcd_server import EtcdCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWTUI = [sys.executable, "-c", "from flowtui.cli import main; main()"]
-WAIT = 60.0  # seconds an agent may take to enforce a revision (a loaded 2-core machine)
+WAIT = 120.0  # seconds an agent may take to enforce a revision (a 2-core machine under a load of 30)
 
 
 def unique_lab_id(prefix: str = "xd") -> str:
