@@ -24,6 +24,7 @@ command -v wireguard-go >/dev/null 2>&1 || missing+=(wireguard-go)
 command -v wg >/dev/null 2>&1 || missing+=(wireguard-tools)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)  # the etcd datastore's tests run a real etcd
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+command -v strace >/dev/null 2>&1 || missing+=(strace)  # the kill-in-commit test holds the agent at its nft commit
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing system packages: ${missing[*]}"

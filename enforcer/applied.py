@@ -10,6 +10,12 @@ checks before trusting it (no fsync).
                                 datastore revision the node now enforces (older than the
                                 datastore's: an apply stopped between the datastore's commit and
                                 the kernel's; `lab status`, `datastore check` show it)
+    applied/<node>.intent.json  written just before each commit: the digest of the table being
+                                committed and the ruleset generation under it. A process killed
+                                after the kernel took the commit and before it wrote the state
+                                finds, on restart, exactly one more generation and the table it
+                                compiled again with that digest: it adopts the live table instead
+                                of replacing it (no flush)
     applied/<node>.layout.json  the compile the table came from (datastore layout revision, lab)
                                 and the policies' gates: a new process (the CLI) switches a gate
                                 without compiling
@@ -22,6 +28,7 @@ checks before trusting it (no fsync).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -45,6 +52,10 @@ def table_to_json(table: ir.Table) -> dict[str, Any]:
             for _, s in sorted(table.sets.items())
         ],
     }
+
+
+def table_digest(table: ir.Table) -> str:
+    return hashlib.sha256(json.dumps(table_to_json(table), sort_keys=True).encode()).hexdigest()
 
 
 def table_from_json(raw: dict[str, Any]) -> ir.Table:
@@ -152,6 +163,23 @@ class AppliedRecords:
                    if n == CLOSED_SET or (s is not base[1].sets[n] and s.elements != base[1].sets[n].elements)}
         self.write_state(node, base[0], changed)
 
+    def intend(self, node: str, table: ir.Table) -> None:
+        """Just before `table` is committed: its digest and the generation it is committed on."""
+        intent = {"digest": table_digest(table), "generation": self.generation(node)}
+        atomic_write(self.path(node, ".intent"), json.dumps(intent) + "\n", durable=False)
+
+    def committed_intent(self, node: str, table: ir.Table) -> bool:
+        """The live ruleset is `table`, committed by an apply that stopped before recording it:
+        the last intent names `table`'s digest, and exactly one commit was made in the namespace
+        since the intent was written (its own: the kernel's generation counts commits)."""
+        intent = self._read(node, ".intent")
+        if intent is None or not isinstance(intent.get("generation"), list):
+            return False
+        gen = self.generation(node)
+        before = intent["generation"]
+        return (gen is not None and len(before) == 2 and gen == [before[0], before[1] + 1]
+                and intent.get("digest") == table_digest(table))
+
     def write_state(self, node: str, base: str, elements: Mapping[str, list[str]]) -> None:
         state = {"base": base, "generation": self.generation(node), "elements": elements, "revision": self.revision}
         atomic_write(self.path(node, ".state"), json.dumps(state) + "\n", durable=False)
@@ -180,4 +208,4 @@ class AppliedRecords:
             self._layouts[node] = meta
 
 
-__all__ = ["CLOSED_SET", "AppliedRecords", "same_layout", "table_from_json", "table_to_json"]
+__all__ = ["CLOSED_SET", "AppliedRecords", "same_layout", "table_digest", "table_from_json", "table_to_json"]

@@ -445,7 +445,7 @@ class Reconciler:
 
         t = time.perf_counter()
         try:
-            old, existing = (None, self.backend.current(node) is not None) if full else self._baseline(node)
+            old, existing = (None, self.backend.current(node) is not None) if full else self._baseline(node, table)
         except Exception as exc:  # the node's namespace is missing, the backend cannot read it...
             return result("failed", error=f"reading the live table: {exc}")
         verify_ms = _ms(t)
@@ -464,6 +464,7 @@ class Reconciler:
             return result("unchanged")
         t = time.perf_counter()
         try:
+            self.records.intend(node, table)  # a crash between the kernel's commit and `save` adopts it
             self.backend.apply(node, table, ops)
         except ApplyError as exc:
             if not exc.stale:
@@ -477,6 +478,7 @@ class Reconciler:
             try:
                 ops = ir.full(table, existing=self.backend.current(node) is not None)
                 whole = True
+                self.records.intend(node, table)
                 self.backend.apply(node, table, ops)
             except Exception as again:
                 message = again.message if isinstance(again, ApplyError) else str(again)
@@ -487,8 +489,10 @@ class Reconciler:
         self.records.save(node, table)
         return result("applied", whole, len(ops), apply_ms)
 
-    def _baseline(self, node: str) -> tuple[ir.Table | None, bool]:
-        """(the table to diff from, or None for a whole replace; whether a table exists)."""
+    def _baseline(self, node: str, target: ir.Table | None = None) -> tuple[ir.Table | None, bool]:
+        """(the table to diff from, or None for a whole replace; whether a table exists). `target`:
+        the table about to be applied, adopted as the live one when the last apply committed it
+        and stopped before recording it (`AppliedRecords.committed_intent`)."""
         if node in self._distrusted:
             return None, self.backend.current(node) is not None
         known = self._applied.get(node)
@@ -509,6 +513,10 @@ class Reconciler:
         if recorded is not None and fingerprint(recorded) == fingerprint(live):
             self._applied[node] = recorded
             return recorded, True
+        if (target is not None and fingerprint(target) == fingerprint(live)
+                and self.records.committed_intent(node, target)):
+            self._applied[node] = target  # killed after the kernel's commit, before the record
+            return target, True
         return None, True
 
 

@@ -226,8 +226,8 @@ def test_agents_write_every_nodes_flows_into_the_labs_dataset(lab: Lab) -> None:
 
     def denied_nodes() -> set[str]:
         done = lab.cli("query", "--cluster", str(flows), "-o", "json", "--sql",
-                       "SELECT DISTINCT node FROM flows_v WHERE proto = 1 AND action = 'deny' "
-                       "AND policy_name LIKE '%deny-icmp'")
+                       "SELECT DISTINCT node FROM flows_v WHERE proto = 1 AND action = 'Deny' "
+                       "AND policy_name = 'deny-icmp'")
         return {r["node"] for r in json.loads(done.stdout)} if done.returncode == 0 else set()
 
     assert wait_for("every node's denied pings in the dataset", lambda: denied_nodes() >= set(PINGS) or None,

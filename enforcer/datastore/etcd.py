@@ -22,7 +22,9 @@ key's create_revision, the datastore revision the store's. Every write is one et
 that compares revisions (compare-and-swap): an apply or delete compares `/flowtui/layout`, so
 writers are serialised and one that lost the race re-reads, re-validates and tries again (no write
 is ever lost or applied against state it did not validate); a toggle compares and writes the one
-policy key. A transaction etcd refuses changes nothing.
+policy key, so an apply also compares every key it rewrites (else it would write back a policy as
+it was before a toggle that committed in between, and the toggle would be lost). A transaction
+etcd refuses changes nothing.
 
 Objects written by other tools under Calico's prefix (no meta key) are read too.
 """
@@ -581,10 +583,14 @@ class EtcdDatastore(LocalRecords):
         resources = self._load(snap, objects.values(), texts)  # the merged result must load
         return changes, objects, texts, resources
 
-    def _write(self, snap: _Snapshot, ops: list[dict[str, Any]]) -> int | None:
-        """Commit `ops` plus a new layout if nobody else wrote since `snap`; the new revision or None."""
+    def _write(self, snap: _Snapshot, ops: list[dict[str, Any]], guards: Sequence[Mapping[str, Any]] = ()
+               ) -> int | None:
+        """Commit `ops` plus a new layout if nobody else wrote since `snap` (the layout, and the keys
+        `guards` compare: a toggle rewrites a policy's key without moving the layout); the new
+        revision or None."""
         try:
-            ok, revision, _ = self.kv.txn([_mod_is(LAYOUT, snap.layout_revision)], [*ops, _put(LAYOUT, _now())])
+            ok, revision, _ = self.kv.txn([_mod_is(LAYOUT, snap.layout_revision), *guards],
+                                          [*ops, _put(LAYOUT, _now())])
         except EtcdRefused as err:
             if "too many operations" in err.cause or "too large" in err.cause:
                 raise EtcdRefused(
@@ -617,15 +623,18 @@ class EtcdDatastore(LocalRecords):
                 check(Preview(ChangeSet(snap.catalog.revision + 1, tuple(changes)), resources,
                               self._sources(objects)))
             ops = []
+            guards = []  # each rewritten key as it was read: a toggle since then is never overwritten
             for change in changes:
                 if change.action == "unchanged":
                     continue
                 obj = objects[change.key]
+                old = snap.catalog.objects.get(change.key)
+                guards.append(_mod_is(obj.file, old.revision) if old is not None else _created_is(obj.file, 0))
                 meta = {"kind": obj.key.kind, "namespace": obj.key.namespace, "name": obj.key.name,
                         "apiVersion": obj.api_version, "writtenKind": obj.kind, "source": obj.source,
                         "position": obj.position, "updated": obj.updated}
                 ops += [_put(obj.file, texts[obj.file]), _put(_meta_key(obj.file), json.dumps(meta))]
-            revision = self._write(snap, ops)
+            revision = self._write(snap, ops, guards)
             if revision is None:
                 return None
             done = tuple(c if c.action == "unchanged" else replace(c, revision=revision) for c in changes)

@@ -1,0 +1,292 @@
+"""Propagation benchmark (issue 13): from a datastore write returning to every node's kernel commit.
+
+    python bench/bench_propagation.py [--nodes 2,4,8] [--repeat 20] [--quick] [--json]   (root, etcd)
+
+For each node count, a lab of that many nodes (two pods each) and a base of policies on every
+pod; then, for three changes (a policy edit, a live toggle, a pod added whose address every node's
+selector set gains), the time from the write returning to the LAST node's kernel commit, p50 and
+p99 over `--repeat` changes, in two modes measured in the same run on the same lab:
+
+- `agents` (cluster mode): the write is one etcd transaction (`EtcdDatastore`, a single-member
+  etcd on loopback), enforced by one `flowtui agent` process per node watching etcd;
+- `reconciler` (today's single machine): the write goes to the directory datastore and one
+  process reconciles every node, as `flowtui apply --lab` / `policy disable` do.
+
+The kernel's commit is observed with `nft monitor` in each node's namespace (line-buffered; a
+reader thread stamps each line): the first event after the write started is that node's commit.
+Targets (cluster mode, 8 nodes): p50 < 100 ms, p99 < 500 ms. `--json` ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from enforcer.lab import netns_name  # noqa: E402
+from enforcer.model import ResourceSet  # noqa: E402
+from enforcer.synth import SynthSpec, synth_resources  # noqa: E402
+from tests.manifests import cluster_documents, pod_document  # noqa: E402
+
+BASE_POLICIES = 20
+TARGET_P50_MS, TARGET_P99_MS = 100.0, 500.0
+OPS = ("policy edit", "toggle", "pod added")
+
+
+def topology(nodes: int) -> ResourceSet:
+    return synth_resources(7, SynthSpec(nodes=nodes, namespaces=2, pods=2 * nodes, externals=0, policies=0,
+                                        host_endpoints=False, tiers=False, staged=False, ipv6=False))
+
+
+def policy(i: int, port: int) -> dict[str, Any]:
+    """On every pod (the synthesised pods all have `app`): allow web clients in on `port`."""
+    return {"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy", "metadata": {"name": f"bp{i}"},
+            "spec": {"order": 100 + i, "selector": "has(app)", "types": ["Ingress"],
+                     "ingress": [{"action": "Allow", "protocol": "TCP", "source": {"selector": "role == 'client'"},
+                                  "destination": {"ports": [port]}}]}}
+
+
+def base_documents(res: ResourceSet) -> list[dict[str, Any]]:
+    return cluster_documents(res) + [policy(i, 8000 + i) for i in range(BASE_POLICIES)]
+
+
+def new_pod(res: ResourceSet, n: int) -> dict[str, Any]:
+    """A client pod on node n % nodes (every node's selector set for `role == 'client'` gains it)."""
+    node = res.nodes[n % len(res.nodes)]
+    index = (n // len(res.nodes)) % 150  # addresses .100-.249 reused: churn keeps far fewer alive per node
+    ip = str(node.pod_cidrs[0].network_address + 100 + index)
+    doc = pod_document(res.pods[0])
+    doc["metadata"] = {"name": f"client{n}", "namespace": res.pods[0].namespace,
+                       "labels": {"app": "client", "role": "client"}}
+    doc["spec"]["nodeName"] = node.name
+    doc["status"] = {"podIP": ip, "podIPs": [{"ip": ip}]}
+    return doc
+
+
+class Monitors:
+    """`nft monitor` in each node's namespace; every line stamped when read."""
+
+    def __init__(self, lab_id: str, nodes: Sequence[str]) -> None:
+        self.lines: dict[str, list[float]] = {n: [] for n in nodes}
+        self.procs = []
+        for node in nodes:
+            proc = subprocess.Popen(["ip", "netns", "exec", netns_name(lab_id, f"node:{node}"), "stdbuf", "-oL",
+                                     "nft", "monitor"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self.procs.append(proc)
+            threading.Thread(target=self._read, args=(node, proc), daemon=True).start()
+        time.sleep(0.5)
+
+    def _read(self, node: str, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for _ in proc.stdout:
+            self.lines[node].append(time.time())
+
+    def commits_after(self, start: float, timeout: float = 30.0) -> dict[str, float]:
+        """Each node's first event at or after `start` (waits for all of them)."""
+        deadline = time.time() + timeout
+        out: dict[str, float] = {}
+        while len(out) < len(self.lines):
+            for node, stamps in self.lines.items():
+                if node not in out:
+                    found = next((t for t in stamps if t >= start), None)
+                    if found is not None:
+                        out[node] = found
+            if time.time() > deadline:
+                missing = sorted(set(self.lines) - set(out))
+                raise TimeoutError(f"no kernel commit on {missing} within {timeout} s")
+            time.sleep(0.002)
+        return out
+
+    def quiet(self, seconds: float = 0.3) -> None:
+        """Until no node logged anything for `seconds` (the last change fully applied)."""
+        while True:
+            last = max((s[-1] for s in self.lines.values() if s), default=0.0)
+            if time.time() - last >= seconds:
+                return
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def write_yaml(folder: Path, name: str, docs: list[dict[str, Any]]) -> str:
+    path = folder / name
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return str(path)
+
+
+def measure(mons: Monitors, folder: Path, res: ResourceSet, repeat: int, write: Callable[[str], None],
+            toggle: Callable[[bool], None], settle: Callable[[], None], first_pod: int) -> dict[str, list[float]]:
+    """Latencies (ms, write returned -> last node's commit) of each change, `repeat` times."""
+    out: dict[str, list[float]] = {op: [] for op in OPS}
+    for n in range(repeat):
+        for op in OPS:
+            if op == "policy edit":
+                path = write_yaml(folder, f"edit{n}.yaml", [policy(0, 9000 + n)])
+                change: Callable[[], None] = lambda p=path: write(p)  # noqa: E731
+            elif op == "toggle":
+                change = lambda d=n % 2 == 0: toggle(d)  # noqa: E731
+            else:
+                path = write_yaml(folder, f"pod{n}.yaml", [new_pod(res, first_pod + n)])
+                change = lambda p=path: write(p)  # noqa: E731
+            started = time.time()
+            change()
+            returned = time.time()
+            commits = mons.commits_after(started)
+            out[op].append((max(commits.values()) - returned) * 1000)
+            settle()
+            mons.quiet()
+    return out
+
+
+def run_reconciler(lab_id: str, res: ResourceSet, folder: Path, mons: Monitors, repeat: int) -> dict[str, list[float]]:
+    from enforcer.datastore import Datastore
+    from enforcer.nft.backend import KernelBackend
+    from enforcer.nft.compiler import CompileOptions, compile_node
+    from enforcer.reconcile import Reconciler
+
+    ds = Datastore(folder / "dir-store")
+    nodes = [n.name for n in res.nodes]
+    rec = Reconciler(ds, KernelBackend(lab_id, lambda node: netns_name(lab_id, f"node:{node}")), compile_node,
+                     CompileOptions(), lambda: nodes, lab_id=lab_id)
+    ds.apply_documents([write_yaml(folder, "base.yaml", base_documents(res))])
+    rec.reconcile()
+    mons.quiet()
+
+    def write(path: str) -> None:  # `flowtui apply --lab`: store, then reconcile every node
+        ds.apply_documents([path])
+        rec.reconcile()
+
+    def toggle(disabled: bool) -> None:
+        ds.set_disabled("gnp", "bp1", None, disabled)
+        rec.reconcile()
+
+    # `returned` is taken after the reconcile here: measure from the store's return instead
+    return measure_split(mons, folder, res, repeat, ds, rec)
+
+
+def measure_split(mons: Monitors, folder: Path, res: ResourceSet, repeat: int, ds: Any, rec: Any
+                  ) -> dict[str, list[float]]:
+    """The reconciler mode: the store returns, then one process reconciles every node."""
+    out: dict[str, list[float]] = {op: [] for op in OPS}
+    for n in range(repeat):
+        for op in OPS:
+            started = time.time()
+            if op == "policy edit":
+                ds.apply_documents([write_yaml(folder, f"redit{n}.yaml", [policy(0, 9500 + n)])])
+            elif op == "toggle":
+                ds.set_disabled("gnp", "bp1", None, n % 2 == 0)
+            else:
+                ds.apply_documents([write_yaml(folder, f"rpod{n}.yaml", [new_pod(res, 1000 + n)])])
+            returned = time.time()
+            rec.reconcile()
+            commits = mons.commits_after(started)
+            out[op].append((max(commits.values()) - returned) * 1000)
+            mons.quiet()
+    return out
+
+
+def run_agents(lab: Any, res: ResourceSet, folder: Path, mons: Monitors, repeat: int) -> dict[str, list[float]]:
+    from enforcer.datastore.backend import parse_datastore_url
+    from enforcer.datastore.etcd import EtcdDatastore
+
+    # a longer timeout than the CLI's 3 s: the shared machine stalls, and a stall is a figure, not a failure
+    ds = EtcdDatastore(parse_datastore_url(lab.url), state_dir=folder / "writer", timeout=15.0)
+    lab.wait(lab.apply(base_documents(res)))
+    mons.quiet()
+    last = {"revision": 0}
+
+    def write(path: str) -> None:
+        last["revision"] = ds.apply_documents([path]).revision
+
+    def toggle(disabled: bool) -> None:
+        last["revision"] = ds.set_disabled("gnp", "bp1", None, disabled).revision
+
+    return measure(mons, folder, res, repeat, write, toggle, lambda: lab.wait(last["revision"]), 0)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(statistics.median(values), 1), "p99_ms": round(pct(values, 0.99), 1),
+            "max_ms": round(max(values), 1), "n": len(values)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", default="2,4,8", help="node counts, comma-separated")
+    parser.add_argument("--repeat", type=int, default=20, help="changes of each kind per node count and mode")
+    parser.add_argument("--quick", action="store_true", help="2 and 4 nodes, 5 changes each")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench_propagation needs root (lab namespaces, nftables)")
+    counts = [2, 4] if args.quick else [int(n) for n in args.nodes.split(",")]
+    repeat = 5 if args.quick else args.repeat
+    from tests.cluster_harness import cluster_lab
+
+    if os.path.isdir("/dev/shm"):  # etcd's data on tmpfs: the figures are flowtui's, not a shared disk's fsync
+        tempfile.tempdir = "/dev/shm"
+
+    results: dict[str, Any] = {}
+    load = os.getloadavg()[0]
+    for count in counts:
+        res = topology(count)
+        with tempfile.TemporaryDirectory(prefix="ft-bench-prop-") as tmp:
+            folder = Path(tmp)
+            with cluster_lab(res, folder, agents=False) as lab:
+                mons = Monitors(lab.lab_id, lab.nodes)
+                try:
+                    baseline = run_reconciler(lab.lab_id, res, folder, mons, repeat)
+                    for node in lab.nodes:
+                        lab.start_agent(node)
+                    agents = run_agents(lab, res, folder, mons, repeat)
+                finally:
+                    mons.close()
+        results[str(count)] = {op: {"agents": summary(agents[op]), "reconciler": summary(baseline[op])}
+                               for op in OPS}
+        print(f"{count} nodes: " + json.dumps(results[str(count)]), file=sys.stderr, flush=True)
+
+    print(f"propagation: write returned -> last node's kernel commit (nft monitor), {repeat} changes each, "
+          f"load average {load:.1f} at start")
+    print(f"{'nodes':>5}  {'change':<12} {'agents p50':>11} {'p99':>8}  {'reconciler p50':>15} {'p99':>8}  "
+          f"{'ratio p50':>9}")
+    for count, ops in results.items():
+        for op, modes in ops.items():
+            a, r = modes["agents"], modes["reconciler"]
+            ratio = r["p50_ms"] / a["p50_ms"] if a["p50_ms"] > 0 else float("nan")
+            print(f"{count:>5}  {op:<12} {a['p50_ms']:>9.1f}ms {a['p99_ms']:>6.1f}ms  {r['p50_ms']:>13.1f}ms "
+                  f"{r['p99_ms']:>6.1f}ms  {ratio:>8.2f}x")
+    largest = results[str(max(counts))]
+    met = all(m["agents"]["p50_ms"] < TARGET_P50_MS and m["agents"]["p99_ms"] < TARGET_P99_MS
+              for m in largest.values())
+    print(f"targets at {max(counts)} nodes (p50 < {TARGET_P50_MS:.0f} ms, p99 < {TARGET_P99_MS:.0f} ms): "
+          f"{'met' if met else 'NOT met'}")
+    if args.json:
+        print(json.dumps({"bench": "propagation", "repeat": repeat, "load_avg": load, "nodes": results,
+                          "targets_met": met}))
+
+
+if __name__ == "__main__":
+    main()
