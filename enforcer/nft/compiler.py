@@ -78,7 +78,7 @@ INFRA_ICMPV6 = "icmpv6 type { " + ", ".join(map(str, ICMPV6_INFRA_TYPES)) + " } 
 # Bumped whenever the compiled layout changes: it is part of the options, so a reconciler in a
 # new flowtui version does not take tables recorded by an older one for its own (toggles are
 # served from the recorded compile). tests/test_compiler.py checks the golden files against it.
-LAYOUT_VERSION = 5
+LAYOUT_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,8 @@ class CompileOptions:
     snaplen: int = 128
     deny_log_rate: int = 1000  # per second, per rule; 0 = log every denied packet
     deny_log_burst: int = 1000
-    # Cells per workload endpoint chain for decision maps (decision.py); 0 keeps the walk. Off by
-    # default: deciding every cell with the evaluator makes compiles at 1,000 policies slow.
-    decision_budget: int = 0
+    # Cells per workload endpoint chain for decision maps (decision.py); 0 keeps the walk.
+    decision_budget: int = decision.DEFAULT_BUDGET
 
 
 @dataclass(frozen=True)
@@ -204,6 +203,8 @@ class _NodeCompiler:
     workload_chains: dict[tuple[object, ...], str] = field(default_factory=dict)
     layouts: dict[str, ChainLayout] = field(default_factory=dict)
     decision_maps: dict[str, NftSet] = field(default_factory=dict)
+    _decided: dict[str, str] = field(default_factory=dict)
+    _with_named: dict[int, decision.RuleList] = field(default_factory=dict)  # decision chain → itself, or why the walk
     _rules_of: dict[tuple[object, ...], tuple[tuple[Policy, ...], decision.RuleList, decision.Tests]] = field(
         default_factory=dict)
     book: SetBook = field(init=False)
@@ -480,15 +481,24 @@ class _NodeCompiler:
         assert ep is not None
         policies, rules, _ = self._decision_rules(stage)
         tag = decision.chain_tag(stage, policies, ep.profiles, self._local_key(stage))
+        name = bounded_name(f"{prefix}-d{tag}")
+        # Endpoints selected by the same policies (replicas, or pods whose labels differ only
+        # where no policy looks) and alike in what the rules see of them share the decision.
+        if name in self._decided:
+            why = self._decided[name]
+            if why is not None:
+                self._walk_reason = why
+                return None
+            return name
         local: dict[int, IPAddress] = {4: ipaddress.IPv4Address("192.0.2.1"), 6: ipaddress.IPv6Address("2001:db8::1")}
         for ip in reversed(ep.ips):
             local[ip.version] = ip
         built = decision.decide(self._live_evaluator(), stage, rules, local, budget, tag,
                                 lambda out: self._outcome_chain(out, stage.direction), walk)
         if isinstance(built, str):
-            self._walk_reason = built
+            self._decided[name] = self._walk_reason = built
             return None
-        name = bounded_name(f"{prefix}-d{tag}")
+        self._decided[name] = None
         for map_name, (type_, elements, is_map) in built.maps.items():
             self.decision_maps[map_name] = NftSet(map_name, type_, ("interval",), elements, is_map=is_map)
         # The maps cover every address, protocol and port: the drop is never reached.
@@ -507,18 +517,31 @@ class _NodeCompiler:
             profiles = [self.state.profiles[n] for n in stage.endpoint.profiles if n in self.state.profiles]
             rules = [(r, p.namespace) for p in policies for r in p.rules(stage.direction)]
             rules += [(r, None) for prof in profiles for r in prof.rules(stage.direction)]
-            tests = decision.address_tests(self.state, rules, stage.direction, peer=False)
+            tests = decision.address_tests(self.state, rules, stage.direction, peer=False).ranges
             found = self._rules_of[key] = (policies, rules, tests)
         return found
 
-    def _local_key(self, stage: Stage) -> tuple[frozenset[int], ...]:
-        """Which of the rules' tests on the endpoint's own side hold for each of its addresses:
-        endpoints that differ there cannot share a decision chain."""
+    def _local_key(self, stage: Stage) -> tuple[object, ...]:
+        """Which of the rules' tests on the endpoint's own side hold for each of its addresses,
+        and its named ports the rules use: endpoints that differ there cannot share a decision."""
         if self.options.decision_budget <= 0:
             return ()
         assert stage.endpoint is not None
-        tests = self._decision_rules(stage)[2]
-        return decision.memberships(tests, stage.endpoint.ips) if tests else ()
+        _, rules, tests = self._decision_rules(stage)
+        ips = stage.endpoint.ips
+        with_named = self._named_rules(stage, rules)
+        named = decision.local_named_ports(self.state, with_named, stage.direction, ips) if with_named else ()
+        member = tuple(sorted(tuple(sorted(m)) for m in decision.memberships(tests, ips))) if tests else ()
+        return (member, named) if named else member
+
+    def _named_rules(self, stage: Stage, rules: decision.RuleList) -> decision.RuleList:
+        """The rules testing the endpoint's own named ports (once per shared rule list)."""
+        key = id(rules)
+        found = self._with_named.get(key)
+        if found is None:
+            found = self._with_named[key] = [(r, ns) for r, ns in rules
+                                             if decision.tests_own_named_port(r, stage.direction)]
+        return found
 
     def _live_evaluator(self) -> Evaluator:
         """Decides with enabled policies only (the compiler's own view includes disabled ones)."""

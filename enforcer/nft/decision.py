@@ -1,27 +1,35 @@
 """Per-endpoint decision maps: a workload endpoint chain as one lookup instead of a rule walk.
 
 The walk layout (compiler.py) sends a workload's first packet through every selecting policy's
-chain, rule by rule. Here the compiler computes the RESULT of that walk ahead of time, with the
-evaluator's own rule matching (`Evaluator.decide_stage`: one home for the semantics), for every
-packet the rules can tell apart, and the kernel looks the result up:
+chain, rule by rule. Here the compiler computes the RESULT of that walk ahead of time and the
+kernel looks it up:
 
     fw-d<hash>:   meta nfproto ipv4 meta l4proto { tcp, udp, sctp, udplite }
-                      ip saddr . meta l4proto . th dport vmap @dp4-<hash>
+                      ip saddr . meta l4proto [. th sport] . th dport vmap @dp4-<hash>
+                  meta nfproto ipv4 meta l4proto icmp ip saddr . icmp type . icmp code vmap @di4-<hash>
                   meta nfproto ipv4 ip saddr . meta l4proto vmap @dn4-<hash>
                   (the same for IPv6)
     dx-<hash>:    the outcome: Log rules that fired on the way, then the attributed verdict
 
-The peer address is split into the elementary intervals of every address test the policies use
-(nets, notNets, the address sets of selectors); intervals inside the same tests are alike, and
-adjacent ones with the same results merge. Ports split at every port range boundary, protocols
-at every protocol a rule names. The maps are concatenated interval maps (one pipapo lookup).
+The space of packets is split into elementary intervals: the peer address at every address test
+the rules use (nets, notNets, the address sets of selectors, the members of named ports), each
+port protocol's source and destination ports at every boundary its rules name (a TCP rule does
+not split UDP), ICMP type and code, the other protocols. Addresses inside the same tests form a
+class. The walk itself runs over regions of that space (regions.py): each rule, in the
+evaluator's order (`Evaluator.stage_tiers`, its family-rendered rules), splits the undecided
+region — cost rules × regions, not rules × cells. The region a rule matches is derived here from
+the same resolved rule (nets, sets, named ports, ports, ICMP); tests/test_decision_regions.py
+checks it cell by cell against the evaluator's `decide_stage`.
+
 Each distinct outcome is one terminal chain, shared by the node: the verdict with the same rule
 ids and NFLOG prefixes the walk logs (end of tier attributed to the last enabled selecting
 policy, profiles, no-profile drop), so attribution does not depend on the layout.
 
-What the maps cannot key on keeps the walk: rules that test the endpoint's own address, source
-ports, named ports or HTTP; and any chain whose decision space (cells the
-compiler must decide) exceeds the budget — never a wrong verdict, never an unbounded map.
+What the maps cannot key on keeps the walk: HTTP and service matches, endpoints whose addresses
+differ in the rules' tests, and any chain whose decision space (cells) exceeds the budget —
+never a wrong verdict, never an unbounded map. Tests of the endpoint's own address and its
+named ports are answered at compile time (the chain is shared only by endpoints that answer
+alike), with a guard sending a forged own address to the walk.
 
 Only enforced, enabled policies decide (the evaluator's walk); disabled ones change outcomes, so
 a toggle rewrites map elements (and adds the terminal chains of outcomes new to the node).
@@ -34,23 +42,29 @@ import hashlib
 import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
-from enforcer.evaluate.evaluator import Evaluator, Hit, StageResult
-from enforcer.evaluate.flow import Flow
+from enforcer.evaluate.evaluator import Evaluator, Hit
+from enforcer.evaluate.match import CompiledRule
 from enforcer.evaluate.path import Stage
-from enforcer.model import EntityRule, IPAddress, NamedPort, Policy, Rule
+from enforcer.model import EntityRule, IPAddress, NamedPort, Policy, PortRange, Rule
+from enforcer.nft.regions import Box, Outcome, RegionRule, TierRules, bits, interval_mask, walk
+from enforcer.resolve.ipsets import ip_key
 from enforcer.resolve.selectors import entity_selector
 from enforcer.resolve.state import ClusterState
 
-# Default cells per endpoint chain: the compiler decides each cell with one evaluator walk, so
-# this bounds compile time (a few ms per thousand cells for short walks) as well as the map's
-# size; merged elements are fewer than cells. 4,096 covers a selector-heavy policy set on a
-# node of a few hundred peers and ports; kernel lookups in a pipapo map of that size stay near
-# the empty table's cost (kernel-notes.md: 1,000 entries 0.98×).
-DEFAULT_BUDGET = 4096
-PORT_PROTOCOLS = (6, 17, 132, 136)  # protocols whose rules may match ports (th dport)
+__all__ = ["ChainLayout", "DecisionChain", "Outcome", "DEFAULT_BUDGET", "decide", "chain_tag", "outcome_name"]
+
+# Default cells per endpoint chain (see README "Decision maps" for the measurements behind it).
+# The region walk makes compile cost grow with rules × regions; cells bound the rendering and
+# the map (merged elements are fewer than cells).
+DEFAULT_BUDGET = 65536
+PORT_PROTOCOLS = (6, 17, 132, 136)  # protocols whose rules may match ports (th sport, th dport)
+ICMP_PROTOCOL = {4: 1, 6: 58}
 _SPACE = {4: (1 << 32) - 1, 6: (1 << 128) - 1}
 _HASH = 12
+
+Intervals = list[tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -61,16 +75,6 @@ class ChainLayout:
     layout: str  # "decision" or "walk"
     elements: int  # map elements (decision) or rules (walk)
     reason: str = ""  # why the walk was kept
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The walk's result for one cell: Log hits on the way, then the deciding hit (None: no
-    profile matched, the no-profile drop)."""
-
-    logged: tuple[Hit, ...]
-    verdict: str  # "allow" | "deny"
-    hit: Hit | None
 
 
 @dataclass(frozen=True)
@@ -92,51 +96,65 @@ RuleList = list[tuple[Rule, str | None]]  # (rule, its policy's namespace)
 Tests = list[list[tuple[int, int, int]]]  # per address test: its (version, first, last) ranges
 
 
-def unsupported(rules: RuleList, direction: str) -> str | None:
-    """Why these rules cannot be keyed on (peer address, protocol, destination port), or None.
-
-    Tests of the endpoint's own address are answered at compile time for ingress (the packet is
-    addressed to the endpoint) and egress alike, with a guard: a packet whose own-side address
-    is outside the endpoint's class in those tests (a forged source) goes to the walk."""
+def unsupported(rules: RuleList) -> str | None:
+    """Why these rules cannot be keyed on the packet's peer address, protocol and ports, or None."""
     for rule, _ in rules:
-        peer, local = _sides(rule, direction)
         if rule.http is not None:
             return "HTTP match"
-        if local.services is not None or peer.services is not None:
+        if rule.source.services is not None or rule.destination.services is not None:
             return "service match"
-
-        if rule.source.ports or rule.source.not_ports:
-            return "source port match"
-        if any(isinstance(p, NamedPort) for p in (*rule.destination.ports, *rule.destination.not_ports)):
-            return "named port match"
     return None
 
 
-def address_tests(state: ClusterState, rules: RuleList, direction: str, *, peer: bool = True) -> Tests:
-    """Per address test used on the peer's (or the endpoint's own) side: its ranges."""
-    tests: Tests = []
-    seen: set[object] = set()
+def _named(entity: EntityRule) -> list[NamedPort]:
+    return [p for p in (*entity.ports, *entity.not_ports) if isinstance(p, NamedPort)]
 
-    def add(key: object, ranges: Iterator[tuple[int, int, int]]) -> None:
-        if key not in seen:
-            seen.add(key)
-            tests.append(list(ranges))
 
-    def net_ranges(nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-                   ) -> Iterator[tuple[int, int, int]]:
-        for net in nets:
-            yield net.version, int(net.network_address), int(net.broadcast_address)
+def _named_groups(state: ClusterState, entity: EntityRule, namespace: str | None, protocol: int | None,
+                  name: str) -> dict[tuple[int, int], frozenset[IPAddress]]:
+    """A named port's members as (protocol, port) → the addresses that declare it so."""
+    groups: dict[tuple[int, int], set[IPAddress]] = {}
+    for ip, proto, port in state.named_ports(entity_selector(entity, namespace), name, protocol).members:
+        groups.setdefault((proto, port), set()).add(ip)
+    return {k: frozenset(v) for k, v in groups.items()}
 
+
+class AddressTests:
+    """The address tests used on one side of the rules, each with its ranges, by key."""
+
+    def __init__(self) -> None:
+        self.ranges: Tests = []
+        self.index: dict[object, int] = {}
+
+    def add(self, key: object, ranges: Iterator[tuple[int, int, int]]) -> None:
+        if key not in self.index:
+            self.index[key] = len(self.ranges)
+            self.ranges.append(list(ranges))
+
+
+def _net_ranges(nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> Iterator[tuple[int, int, int]]:
+    for net in nets:
+        yield net.version, int(net.network_address), int(net.broadcast_address)
+
+
+def address_tests(state: ClusterState, rules: RuleList, direction: str, *, peer: bool = True) -> AddressTests:
+    """Per address test used on the peer's (or the endpoint's own) side: its ranges. On the peer
+    side, the addresses declaring a named port alike (protocol and number) are a test too."""
+    tests = AddressTests()
     for rule, namespace in rules:
         side = _sides(rule, direction)[0 if peer else 1]
         for net in (*side.nets, *side.not_nets):
-            add(("net", net), net_ranges((net,)))
+            tests.add(("net", net), _net_ranges((net,)))
         for sel in (entity_selector(side, namespace), side.not_selector):
             if sel is None:
                 continue
             ipset = state.ipset(sel)
-            add(("set", ipset), iter([*((h.version, int(h), int(h)) for h in ipset.hosts),
-                                      *net_ranges(ipset.nets)]))
+            tests.add(("set", ipset), iter([*((h.version, int(h), int(h)) for h in ipset.hosts),
+                                            *_net_ranges(ipset.nets)]))
+        if peer:
+            for np in _named(side):
+                for ips in _named_groups(state, side, namespace, rule.protocol, np.name).values():
+                    tests.add(("named", ips), ((ip.version, int(ip), int(ip)) for ip in ips))
     return tests
 
 
@@ -147,8 +165,25 @@ def memberships(tests: Tests, ips: tuple[IPAddress, ...]) -> tuple[frozenset[int
                  for ip in ips)
 
 
-def address_intervals(tests: Tests, version: int
-                      ) -> tuple[list[int], list[frozenset[int]]]:
+def tests_own_named_port(rule: Rule, direction: str) -> bool:
+    return bool(_named(_sides(rule, direction)[1]))
+
+
+def local_named_ports(state: ClusterState, rules: RuleList, direction: str, ips: tuple[IPAddress, ...]
+                      ) -> tuple[tuple[int, int], ...]:
+    """The (protocol, port) of the endpoint's own named ports the rules use: endpoints differing
+    there cannot share a decision chain."""
+    found: set[tuple[int, int]] = set()
+    for rule, namespace in rules:
+        local = _sides(rule, direction)[1]
+        for np in _named(local):
+            for (proto, port), members in _named_groups(state, local, namespace, rule.protocol, np.name).items():
+                if any(ip in members for ip in ips):
+                    found.add((proto, port))
+    return tuple(sorted(found))
+
+
+def address_intervals(tests: Tests, version: int) -> tuple[list[int], list[frozenset[int]]]:
     """The elementary intervals of the `version` address space (their first addresses, in
     order) and, for each, the tests that contain it."""
     top = _SPACE[version]
@@ -170,21 +205,34 @@ def address_intervals(tests: Tests, version: int
     return starts, [frozenset(m) for m in members]
 
 
-def _split(space_last: int, bounds: set[int]) -> list[tuple[int, int]]:
+def _split(space_last: int, bounds: set[int]) -> Intervals:
     starts = sorted(b for b in bounds | {0} if 0 <= b <= space_last)
     return [(s, (starts[i + 1] - 1) if i + 1 < len(starts) else space_last) for i, s in enumerate(starts)]
 
 
-def port_intervals(rules: RuleList) -> list[tuple[int, int]]:
+def _may_match(rule: Rule, proto: int) -> bool:
+    return rule.protocol in (None, proto) and rule.not_protocol != proto
+
+
+def port_intervals(state: ClusterState, rules: RuleList, direction: str, proto: int, *, source: bool) -> Intervals:
+    """The source (or destination) port intervals of `proto`: split where its rules' ranges and
+    named ports (resolved to numbers) begin and end."""
     bounds: set[int] = set()
-    for rule, _ in rules:
-        for p in (*rule.destination.ports, *rule.destination.not_ports):
-            if not isinstance(p, NamedPort):
+    for rule, namespace in rules:
+        if not _may_match(rule, proto):
+            continue
+        entity = rule.source if source else rule.destination
+        for p in (*entity.ports, *entity.not_ports):
+            if isinstance(p, PortRange):
                 bounds.update((p.first, p.last + 1))
+            else:
+                for pr, port in _named_groups(state, entity, namespace, rule.protocol, p.name):
+                    if pr == proto:
+                        bounds.update((port, port + 1))
     return _split(65535, bounds)
 
 
-def icmp_intervals(rules: RuleList) -> tuple[list[tuple[int, int]], list[tuple[int, int]]] | None:
+def icmp_intervals(rules: RuleList) -> tuple[Intervals, Intervals] | None:
     """ICMP type and code intervals when some rule matches them (then ICMP gets its own map)."""
     types: set[int] = set()
     codes: set[int] = set()
@@ -197,16 +245,217 @@ def icmp_intervals(rules: RuleList) -> tuple[list[tuple[int, int]], list[tuple[i
     return (_split(255, types), _split(255, codes)) if types else None
 
 
-def protocol_intervals(rules: RuleList) -> list[tuple[int, int]]:
-    """Intervals of the protocols without ports (each port protocol is keyed on its own)."""
+def protocol_intervals(rules: RuleList, excluded: tuple[int, ...]) -> Intervals:
+    """Intervals of the protocols without a map of their own (port protocols, ICMP when keyed)."""
     bounds: set[int] = set()
     for rule, _ in rules:
         for proto in (rule.protocol, rule.not_protocol):
             if proto is not None:
                 bounds.update((proto, proto + 1))
-    for proto in PORT_PROTOCOLS:
+    for proto in excluded:
         bounds.update((proto, proto + 1))
-    return [(a, b) for a, b in _split(255, bounds) if a not in PORT_PROTOCOLS]
+    return [(a, b) for a, b in _split(255, bounds) if a not in excluded]
+
+
+def _index(intervals: Intervals, value: int) -> int:
+    return bisect.bisect_right(intervals, (value, 1 << 130)) - 1
+
+
+def _mask(intervals: Intervals, first: int, last: int) -> int:
+    """The intervals inside first..last (the intervals split at both ends)."""
+    return interval_mask(_index(intervals, first), _index(intervals, last))
+
+
+# ---- the region a rule matches ---------------------------------------------------------------
+
+
+@dataclass
+class _Family:
+    """One IP version's decision space for one chain."""
+
+    state: ClusterState
+    version: int
+    me: IPAddress  # the endpoint's own address (the rules' own-side tests are answered for it)
+    peer_tests: AddressTests
+    classes: list[frozenset[int]]  # per class: the peer tests its addresses are in
+    ports: dict[int, tuple[Intervals, Intervals]]  # port protocol → (source, destination) intervals
+    icmp: tuple[Intervals, Intervals] | None
+    others: Intervals  # the other protocols
+
+    def __post_init__(self) -> None:
+        self.all_classes = (1 << len(self.classes)) - 1
+        self._peer: dict[tuple[int, str | None], int] = {}
+        self._local: dict[tuple[int, str | None], bool] = {}
+        self.test_classes = [0] * len(self.peer_tests.ranges)
+        for c, sig in enumerate(self.classes):
+            for t in sig:
+                self.test_classes[t] |= 1 << c
+
+    def cells(self) -> int:
+        n = sum(len(s) * len(d) for s, d in self.ports.values()) + len(self.others)
+        if self.icmp is not None:
+            n += len(self.icmp[0]) * len(self.icmp[1])
+        return len(self.classes) * n
+
+    def _test(self, key: object) -> int:
+        return self.test_classes[self.peer_tests.index[key]]
+
+    def peer_classes(self, e: EntityRule, namespace: str | None) -> int:
+        """The classes the peer-side address checks (nets, notNets, selector, notSelector) accept."""
+        key = (id(e), namespace)  # rules outlive the compile of their chain
+        found = self._peer.get(key)
+        if found is None:
+            found = self._peer[key] = self._peer_classes(e, namespace)
+        return found
+
+    def _peer_classes(self, e: EntityRule, namespace: str | None) -> int:
+        mask = self.all_classes
+        if e.nets:
+            mask &= _or(self._test(("net", n)) for n in e.nets)
+        for n in e.not_nets:
+            mask &= ~self._test(("net", n))
+        sel = entity_selector(e, namespace)
+        if sel is not None:
+            mask &= self._test(("set", self.state.ipset(sel)))
+        if e.not_selector is not None:
+            mask &= ~self._test(("set", self.state.ipset(e.not_selector)))
+        return mask
+
+    def local_ok(self, e: EntityRule, namespace: str | None) -> bool:
+        """Whether the endpoint's own address passes the own-side address checks."""
+        key_ = (id(e), namespace)
+        found = self._local.get(key_)
+        if found is None:
+            found = self._local[key_] = self._local_ok(e, namespace)
+        return found
+
+    def _local_ok(self, e: EntityRule, namespace: str | None) -> bool:
+        me, key = self.me, ip_key(self.me)
+        if e.nets and not any(me in n for n in e.nets if n.version == me.version):
+            return False
+        if any(me in n for n in e.not_nets if n.version == me.version):
+            return False
+        sel = entity_selector(e, namespace)
+        if sel is not None and not self.state.ipset(sel).contains_key(key):
+            return False
+        return e.not_selector is None or not self.state.ipset(e.not_selector).contains_key(key)
+
+    def port_masks(self, e: EntityRule, namespace: str | None, protocol: int | None, proto: int,
+                   axis: Intervals, peer: bool) -> list[tuple[int, int]] | None:
+        """The entity's port match on `axis` as (classes, ports) pairs whose union it is (the
+        ports of a peer's named port depend on its class); None: no port condition."""
+        if not e.ports and not e.not_ports:
+            return None
+        full = (1 << len(axis)) - 1
+
+        def matched(ports: tuple[PortRange | NamedPort, ...]) -> tuple[int, list[tuple[int, int]]]:
+            base = 0
+            extra: list[tuple[int, int]] = []  # (classes, ports)
+            for p in ports:
+                if isinstance(p, PortRange):
+                    base |= _mask(axis, p.first, p.last)
+                    continue
+                for (pr, port), ips in _named_groups(self.state, e, namespace, protocol, p.name).items():
+                    if pr != proto:
+                        continue
+                    if not peer:
+                        if self.me in ips:
+                            base |= _mask(axis, port, port)
+                    else:
+                        extra.append((self._test(("named", ips)), _mask(axis, port, port)))
+            return base, extra
+
+        pos = matched(e.ports) if e.ports else None
+        neg = matched(e.not_ports) if e.not_ports else None
+        if not any(x is not None and x[1] for x in (pos, neg)):
+            mask = full
+            if pos is not None:
+                mask &= pos[0]
+            if neg is not None:
+                mask &= ~neg[0]
+            return [(self.all_classes, mask)]
+        # Class by class: the ports the peer's own named ports add.
+        by_mask: dict[int, int] = {}
+        for c in range(len(self.classes)):
+            mask = full
+            for part, positive in ((pos, True), (neg, False)):
+                if part is None:
+                    continue
+                m = part[0]
+                for classes, ports in part[1]:
+                    if classes >> c & 1:
+                        m |= ports
+                mask &= m if positive else ~m
+            by_mask[mask] = by_mask.get(mask, 0) | 1 << c
+        return [(classes, mask) for mask, classes in by_mask.items()]
+
+
+def _or(masks: Iterator[int]) -> int:
+    out = 0
+    for m in masks:
+        out |= m
+    return out
+
+
+def _port_boxes(fam: _Family, r: Rule, namespace: str | None, *, direction: str, proto: int) -> tuple[Box, ...]:
+    if not _may_match(r, proto) or r.icmp is not None:
+        return ()
+    peer, local = _sides(r, direction)
+    if not fam.local_ok(local, namespace):
+        return ()
+    classes = fam.peer_classes(peer, namespace)
+    sport_axis, dport_axis = fam.ports[proto]
+    ingress = direction == "ingress"
+    src = fam.port_masks(r.source, namespace, r.protocol, proto, sport_axis, peer=ingress)
+    dst = fam.port_masks(r.destination, namespace, r.protocol, proto, dport_axis, peer=not ingress)
+    boxes: list[Box] = []
+    for sc, sm in src or [(fam.all_classes, (1 << len(sport_axis)) - 1)]:
+        for dc, dm in dst or [(fam.all_classes, (1 << len(dport_axis)) - 1)]:
+            box = (classes & sc & dc, sm, dm)
+            if all(box):
+                boxes.append(box)
+    return tuple(boxes)
+
+
+def _icmp_boxes(fam: _Family, r: Rule, namespace: str | None, *, direction: str) -> tuple[Box, ...]:
+    assert fam.icmp is not None
+    types, codes = fam.icmp
+    proto = ICMP_PROTOCOL[fam.version]
+    if not _may_match(r, proto) or _has_ports(r):
+        return ()
+    peer, local = _sides(r, direction)
+    if not fam.local_ok(local, namespace):
+        return ()
+    classes = fam.peer_classes(peer, namespace)
+    all_t, all_c = (1 << len(types)) - 1, (1 << len(codes)) - 1
+    tc: list[tuple[int, int]] = [(all_t, all_c)]
+    if r.icmp is not None:
+        c = r.icmp.code
+        tc = [(_mask(types, r.icmp.type, r.icmp.type), all_c if c is None else _mask(codes, c, c))]
+    if r.not_icmp is not None:
+        nt = _mask(types, r.not_icmp.type, r.not_icmp.type)
+        nc = all_c if r.not_icmp.code is None else _mask(codes, r.not_icmp.code, r.not_icmp.code)
+        tc = [(t & x, c & y) for t, c in tc for x, y in ((all_t & ~nt, all_c), (nt, all_c & ~nc))]
+    return tuple((classes, t, c) for t, c in tc if classes and t and c)
+
+
+def _has_ports(r: Rule) -> bool:
+    return bool(r.source.ports or r.source.not_ports or r.destination.ports or r.destination.not_ports)
+
+
+def _other_boxes(fam: _Family, r: Rule, namespace: str | None, *, direction: str) -> tuple[Box, ...]:
+    # Without ports (a portless packet never matches a port condition) nor ICMP type (none to match).
+    if _has_ports(r) or r.icmp is not None:
+        return ()
+    peer, local = _sides(r, direction)
+    if not fam.local_ok(local, namespace):
+        return ()
+    protos = 0
+    for i, (first, _) in enumerate(fam.others):
+        if _may_match(r, first):
+            protos |= 1 << i
+    classes = fam.peer_classes(peer, namespace)
+    return ((classes, protos),) if classes and protos else ()
 
 
 # ---- the decision --------------------------------------------------------------------------
@@ -220,7 +469,7 @@ def _range(render: Callable[[int], str], first: int, last: int) -> str:
     return render(first) if first == last else f"{render(first)}-{render(last)}"
 
 
-def _runs(values: list[object]) -> Iterator[tuple[int, int]]:
+def _runs(values: list[object] | tuple[object, ...]) -> Iterator[tuple[int, int]]:
     """(first index, last index) of each run of equal adjacent values."""
     start = 0
     for i in range(1, len(values) + 1):
@@ -229,131 +478,7 @@ def _runs(values: list[object]) -> Iterator[tuple[int, int]]:
             start = i
 
 
-def cells(classes: int, ports: int, protos: int) -> int:
-    return classes * (len(PORT_PROTOCOLS) * ports + protos)
-
-
-def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddress],
-           budget: int, tag: str, target: Callable[[Outcome], str], walk: str) -> DecisionChain | str:
-    """The decision maps of `stage`'s chain, or why it keeps the walk.
-
-    `ev` decides with enabled policies only; `rules` are every rule that may decide (selecting
-    policies and profiles); `local` is an address of the endpoint per IP version (any address of
-    that version when it has none: the rules do not test it); `tag` names the maps; `target`
-    gives the terminal chain of an outcome; `walk` is the chain of the rule walk, where a packet
-    whose own-side address the decision did not assume goes."""
-    reason = unsupported(rules, stage.direction)
-    if reason is not None:
-        return reason
-    assert stage.endpoint is not None
-    own = stage.endpoint.ips
-    own_tests = address_tests(ev.state, rules, stage.direction, peer=False)
-    for version in (4, 6):
-        if len(set(memberships(own_tests, tuple(ip for ip in own if ip.version == version)))) > 1:
-            return f"the endpoint's IPv{version} addresses differ in the rules' tests"
-    tests = address_tests(ev.state, rules, stage.direction)
-    ports = port_intervals(rules)
-    protos = protocol_intervals(rules)
-    per_version = {v: address_intervals(tests, v) for v in (4, 6)}
-    classes = {v: sorted(set(sig)) for v, (_, sig) in per_version.items()}
-    icmp = icmp_intervals(rules)
-    per_class_icmp = len(icmp[0]) * len(icmp[1]) if icmp else 0
-    total = sum(cells(len(c), len(ports), len(protos)) + len(c) * per_class_icmp for c in classes.values())
-    if total > budget:
-        return f"decision space {total} cells > budget {budget}"
-
-    ingress = stage.direction == "ingress"
-    lines: list[str] = []
-    maps: dict[str, tuple[str, frozenset[str], bool]] = {}
-    elements = 0
-    for version, (starts, sigs) in per_version.items():
-        l3, nfproto, addr_type = ("ip", "ipv4", "ipv4_addr") if version == 4 else ("ip6", "ipv6", "ipv6_addr")
-        me = local[version]
-        own_field = f"{l3} {'daddr' if ingress else 'saddr'}"
-        if own_tests:
-            # The outcomes assume the endpoint's own address answers the own-side tests as `me`
-            # does: any other address (a forged source) takes the walk.
-            starts_o, sigs_o = address_intervals(own_tests, version)
-            mine = memberships(own_tests, (me,))[0]
-            inside = [sig == mine for sig in sigs_o]
-            guard: set[str] = set()
-            for r0, r1 in _runs(inside):  # type: ignore[arg-type]
-                if inside[r0]:
-                    last = starts_o[r1 + 1] - 1 if r1 + 1 < len(starts_o) else _SPACE[version]
-                    guard.add(_text(version, starts_o[r0]) if starts_o[r0] == last
-                              else f"{_text(version, starts_o[r0])}-{_text(version, last)}")
-            name_o = f"do{version}-{tag}"
-            maps[name_o] = (addr_type, frozenset(guard), False)
-            elements += len(guard)
-            lines.append(f"meta nfproto {nfproto} {own_field} != @{name_o} goto {walk}")
-
-        def flow(peer: IPAddress, proto: int, port: int | None, me: IPAddress = me,
-                 icmp_type: int | None = None, icmp_code: int | None = None) -> Flow:
-            src, dst = (peer, me) if ingress else (me, peer)
-            return Flow(src, dst, proto, 40000 if port is not None else None, port, icmp_type, icmp_code)
-
-        icmp_proto = 1 if version == 4 else 58
-
-        # Per class: the outcome of every (port protocol, port interval) and non-port protocol.
-        table: dict[frozenset[int], tuple[Outcome, ...]] = {}
-        for sig in classes[version]:
-            rep = starts[sigs.index(sig)]
-            peer = ipaddress.ip_address(rep) if version == 4 else ipaddress.IPv6Address(rep)
-            row = [_outcome(ev.decide_stage(stage, flow(peer, p, first)))
-                   for p in PORT_PROTOCOLS for first, _ in ports]
-            row += [_outcome(ev.decide_stage(stage, flow(peer, first, None))) for first, _ in protos]
-            if icmp:
-                row += [_outcome(ev.decide_stage(stage, flow(peer, icmp_proto, None, icmp_type=t, icmp_code=c)))
-                        for t, _ in icmp[0] for c, _ in icmp[1]]
-            table[sig] = tuple(row)
-        rows = [table[s] for s in sigs]
-        addr_runs = list(_runs(rows))  # type: ignore[arg-type]
-        last_addr = _SPACE[version]
-        dp: set[str] = set()
-        dn: set[str] = set()
-        di: set[str] = set()
-        for a0, a1 in addr_runs:
-            first = starts[a0]
-            last = starts[a1 + 1] - 1 if a1 + 1 < len(starts) else last_addr
-            addr = _text(version, first) if first == last else f"{_text(version, first)}-{_text(version, last)}"
-            cols = rows[a0]
-            for pi, proto in enumerate(PORT_PROTOCOLS):
-                cells_ = list(cols[pi * len(ports):(pi + 1) * len(ports)])
-                for p0, p1 in _runs(cells_):  # type: ignore[arg-type]
-                    dp.add(f"{addr} . {proto} . {_range(str, ports[p0][0], ports[p1][1])} : goto {target(cells_[p0])}")
-            rest = list(cols[len(PORT_PROTOCOLS) * len(ports):len(PORT_PROTOCOLS) * len(ports) + len(protos)])
-            if icmp:
-                types, codes = icmp
-                by_type = cols[len(PORT_PROTOCOLS) * len(ports) + len(protos):]
-                for ti, (t0, t1) in enumerate(types):
-                    per_code = list(by_type[ti * len(codes):(ti + 1) * len(codes)])
-                    for c0, c1 in _runs(per_code):  # type: ignore[arg-type]
-                        di.add(f"{addr} . {_range(str, t0, t1)} . {_range(str, codes[c0][0], codes[c1][1])} "
-                               f": goto {target(per_code[c0])}")
-            for q0, q1 in _runs(rest):  # type: ignore[arg-type]
-                # adjacent in the list but not in number (a port protocol between): split
-                for lo, hi in _contiguous(protos[q0:q1 + 1]):
-                    dn.add(f"{addr} . {_range(str, lo, hi)} : goto {target(rest[q0])}")
-        name_p, name_n = f"dp{version}-{tag}", f"dn{version}-{tag}"
-        maps[name_p] = (f"{addr_type} . inet_proto . inet_service : verdict", frozenset(dp), True)
-        maps[name_n] = (f"{addr_type} . inet_proto : verdict", frozenset(dn), True)
-        elements += len(dp) + len(dn)
-        peer_field = f"{l3} {'saddr' if ingress else 'daddr'}"
-        lines.append(f"meta nfproto {nfproto} meta l4proto {{ {', '.join(map(str, PORT_PROTOCOLS))} }} "
-                     f"{peer_field} . meta l4proto . th dport vmap @{name_p}")
-        if icmp:
-            # before the protocol map: ICMP of this family by type and code
-            name_i = f"di{version}-{tag}"
-            kind = "icmp" if version == 4 else "icmpv6"
-            maps[name_i] = (f"{addr_type} . {kind}_type . {kind}_code : verdict", frozenset(di), True)
-            elements += len(di)
-            lines.append(f"meta nfproto {nfproto} meta l4proto {icmp_proto} "
-                         f"{peer_field} . {kind} type . {kind} code vmap @{name_i}")
-        lines.append(f"meta nfproto {nfproto} {peer_field} . meta l4proto vmap @{name_n}")
-    return DecisionChain(tuple(lines), maps, elements)
-
-
-def _contiguous(intervals: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+def _contiguous(intervals: Intervals) -> Iterator[tuple[int, int]]:
     lo, hi = intervals[0]
     for a, b in intervals[1:]:
         if a == hi + 1:
@@ -364,9 +489,210 @@ def _contiguous(intervals: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
     yield lo, hi
 
 
-def _outcome(res: StageResult) -> Outcome:
-    verdict = "allow" if res.outcome == "allow" else "deny"
-    return Outcome(res.logged, verdict, res.hit)
+def _grid(classes: int, sizes: tuple[int, ...], decided: list[tuple[Box, Outcome]],
+          ids: dict[Outcome, int]) -> list[tuple[int, ...]]:
+    """Per class: the outcome id of every cell of the other axes (row-major)."""
+    width = 1
+    for n in sizes:
+        width *= n
+    rows = [[-1] * width for _ in range(classes)]
+    for box, out in decided:
+        oid = ids[out]
+        cells = [0]
+        for axis, n in zip(box[1:], sizes, strict=True):
+            cells = [base * n + i for base in cells for i in bits(axis)]
+        for c in bits(box[0]):
+            row = rows[c]
+            for cell in cells:
+                row[cell] = oid
+    return [tuple(r) for r in rows]
+
+
+def _address_runs(starts: list[int], interval_class: list[int], rows: list[tuple[int, ...]],
+                  version: int) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """Adjacent address intervals whose classes decide alike, as nft ranges, with their row."""
+    per_interval = [rows[c] for c in interval_class]
+    for a0, a1 in _runs(per_interval):  # type: ignore[arg-type]
+        first = starts[a0]
+        last = starts[a1 + 1] - 1 if a1 + 1 < len(starts) else _SPACE[version]
+        yield _range(lambda v: _text(version, v), first, last), per_interval[a0]
+
+
+def _plane(row: tuple[int, ...], outer: Intervals, inner: Intervals) -> Iterator[tuple[str, str, int]]:
+    """A 2-axis row as (outer range, inner range, outcome id) elements, equal neighbours merged."""
+    n = len(inner)
+    lines = [tuple((inner[i0][0], inner[i1][1], row[o * n + i0]) for i0, i1 in _runs(row[o * n:(o + 1) * n]))
+             for o in range(len(outer))]
+    for o0, o1 in _runs(lines):  # type: ignore[arg-type]
+        for lo, hi, oid in lines[o0]:
+            yield _range(str, outer[o0][0], outer[o1][1]), _range(str, lo, hi), oid
+
+
+def _family(ev: Evaluator, rules: RuleList, direction: str, version: int, me: IPAddress,
+            tests: AddressTests, icmp: tuple[Intervals, Intervals] | None
+            ) -> tuple[_Family, list[int], list[int]]:
+    starts, sigs = address_intervals(tests.ranges, version)
+    classes = sorted(set(sigs), key=sorted)
+    class_of = {sig: i for i, sig in enumerate(classes)}
+    ports = {p: (port_intervals(ev.state, rules, direction, p, source=True),
+                 port_intervals(ev.state, rules, direction, p, source=False)) for p in PORT_PROTOCOLS}
+    excluded = PORT_PROTOCOLS + ((ICMP_PROTOCOL[version],) if icmp else ())
+    fam = _Family(ev.state, version, me, tests, classes, ports, icmp, protocol_intervals(rules, excluded))
+    return fam, starts, [class_of[s] for s in sigs]
+
+
+def _walk_rules(ev: Evaluator, stage: Stage, version: int, boxes: Callable[[Rule, str | None], tuple[Box, ...]]
+                ) -> tuple[list[TierRules], list[tuple[RegionRule, ...]]]:
+    """The stage's walk (the evaluator's tiers, policies and family-rendered rules, in order)
+    with each rule's region."""
+    assert stage.endpoint is not None
+    direction = stage.direction
+    tiers: list[TierRules] = []
+    for st in ev.stage_tiers(stage):
+        if not st.enforced:
+            continue
+        rules: list[RegionRule] = []
+        for pol in st.enforced:
+            for cr in ev.family_rules(pol.key, pol.namespace, pol.rules(direction), direction, version):
+                rules.append(RegionRule(Hit(pol.kind, pol.namespace, pol.name, st.tier.name, direction,
+                                            cr.index, cr.action), boxes(cr.rule, pol.namespace)))
+        last = st.enforced[-1]
+        end = None if st.tier.tier.default_action == "Pass" else Hit(
+            last.kind, last.namespace, last.name, st.tier.name, direction, -1, "Deny")
+        tiers.append(TierRules(tuple(rules), end))
+    profiles: list[tuple[RegionRule, ...]] = []
+    for name in stage.endpoint.profiles:
+        prof = ev.state.profiles.get(name)
+        if prof is None:
+            continue
+        crs: tuple[CompiledRule, ...] = ev.family_rules(("Profile", "", name), None, prof.rules(direction),
+                                                        direction, version)
+        hit = ev.profile_hit
+        profiles.append(tuple(RegionRule(hit(name, direction, cr.index, cr.action), boxes(cr.rule, None))
+                              for cr in crs))
+    return tiers, profiles
+
+
+def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddress],
+           budget: int, tag: str, target: Callable[[Outcome], str], walk_chain: str) -> DecisionChain | str:
+    """The decision maps of `stage`'s chain, or why it keeps the walk.
+
+    `ev` decides with enabled policies only; `rules` are every rule that may decide (selecting
+    policies and profiles); `local` is an address of the endpoint per IP version (any address of
+    that version when it has none: the rules do not test it); `tag` names the maps; `target`
+    gives the terminal chain of an outcome; `walk_chain` is the chain of the rule walk, where a
+    packet whose own-side address the decision did not assume goes."""
+    reason = unsupported(rules)
+    if reason is not None:
+        return reason
+    assert stage.endpoint is not None
+    direction = stage.direction
+    own = stage.endpoint.ips
+    own_tests = address_tests(ev.state, rules, direction, peer=False).ranges
+    for version in (4, 6):
+        if len(set(memberships(own_tests, tuple(ip for ip in own if ip.version == version)))) > 1:
+            return f"the endpoint's IPv{version} addresses differ in the rules' tests"
+    tests = address_tests(ev.state, rules, direction)
+    icmp = icmp_intervals(rules)
+    families = {v: _family(ev, rules, direction, v, local[v], tests, icmp) for v in (4, 6)}
+    total = sum(f.cells() for f, _, _ in families.values())
+    if total > budget:
+        return f"decision space {total} cells > budget {budget}"
+
+    ingress = direction == "ingress"
+    lines: list[str] = []
+    maps: dict[str, tuple[str, frozenset[str], bool]] = {}
+    for version, (fam, starts, interval_class) in families.items():
+        l3, nfproto, addr_type = ("ip", "ipv4", "ipv4_addr") if version == 4 else ("ip6", "ipv6", "ipv6_addr")
+        if own_tests:
+            name_o = f"do{version}-{tag}"
+            maps[name_o] = (addr_type, frozenset(_guard(own_tests, version, fam.me)), False)
+            lines.append(f"meta nfproto {nfproto} {l3} {'daddr' if ingress else 'saddr'} != @{name_o} "
+                         f"goto {walk_chain}")
+        render = _Render(ev, stage, fam, starts, interval_class, target)
+        peer_field = f"{l3} {'saddr' if ingress else 'daddr'}"
+        sport = any(len(s) > 1 for s, _ in fam.ports.values())
+        dp: set[str] = set()
+        for proto in PORT_PROTOCOLS:
+            s_axis, d_axis = fam.ports[proto]
+            for addr, row in render.rows(partial(_port_boxes, fam, direction=direction, proto=proto),
+                                         (len(s_axis), len(d_axis))):
+                for sp, dport, oid in _plane(row, s_axis, d_axis):
+                    ports = f"{sp} . {dport}" if sport else dport
+                    dp.add(f"{addr} . {proto} . {ports} : {render.goto(oid)}")
+        name_p = f"dp{version}-{tag}"
+        kind = f"{addr_type} . inet_proto . inet_service{' . inet_service' if sport else ''} : verdict"
+        maps[name_p] = (kind, frozenset(dp), True)
+        key = f"{peer_field} . meta l4proto{' . th sport' if sport else ''} . th dport"
+        lines.append(f"meta nfproto {nfproto} meta l4proto {{ {', '.join(map(str, PORT_PROTOCOLS))} }} "
+                     f"{key} vmap @{name_p}")
+        if fam.icmp is not None:
+            types, codes = fam.icmp
+            di = {f"{addr} . {t} . {c} : {render.goto(oid)}"
+                  for addr, row in render.rows(partial(_icmp_boxes, fam, direction=direction),
+                                               (len(types), len(codes)))
+                  for t, c, oid in _plane(row, types, codes)}
+            name_i = f"di{version}-{tag}"
+            icmp_kind = "icmp" if version == 4 else "icmpv6"
+            maps[name_i] = (f"{addr_type} . {icmp_kind}_type . {icmp_kind}_code : verdict", frozenset(di), True)
+            lines.append(f"meta nfproto {nfproto} meta l4proto {ICMP_PROTOCOL[version]} "
+                         f"{peer_field} . {icmp_kind} type . {icmp_kind} code vmap @{name_i}")
+        dn: set[str] = set()
+        for addr, row in render.rows(partial(_other_boxes, fam, direction=direction), (len(fam.others),)):
+            for q0, q1 in _runs(row):
+                # adjacent in the list but not in number (a protocol with its own map between): split
+                for lo, hi in _contiguous(fam.others[q0:q1 + 1]):
+                    dn.add(f"{addr} . {_range(str, lo, hi)} : {render.goto(row[q0])}")
+        name_n = f"dn{version}-{tag}"
+        maps[name_n] = (f"{addr_type} . inet_proto : verdict", frozenset(dn), True)
+        lines.append(f"meta nfproto {nfproto} {peer_field} . meta l4proto vmap @{name_n}")
+    return DecisionChain(tuple(lines), maps, sum(len(m[1]) for m in maps.values()))
+
+
+class _Render:
+    """One family's walks, space by space, and the terminal chain of each outcome."""
+
+    def __init__(self, ev: Evaluator, stage: Stage, fam: _Family, starts: list[int], interval_class: list[int],
+                 target: Callable[[Outcome], str]) -> None:
+        self.ev, self.stage, self.fam = ev, stage, fam
+        self.starts, self.interval_class = starts, interval_class
+        self.target = target
+        self.ids: dict[Outcome, int] = {}
+        self.outcomes: list[Outcome] = []
+        self.chains: dict[int, str] = {}
+
+    def rows(self, boxes: Callable[[Rule, str | None], tuple[Box, ...]], sizes: tuple[int, ...]
+             ) -> Iterator[tuple[str, tuple[int, ...]]]:
+        """The walk over the space (classes × `sizes`) as address ranges with their rows."""
+        fam = self.fam
+        tiers, profiles = _walk_rules(self.ev, self.stage, fam.version, boxes)
+        decided = walk((len(fam.classes), *sizes), tiers, profiles)
+        for _, out in decided:
+            if out not in self.ids:
+                self.ids[out] = len(self.outcomes)
+                self.outcomes.append(out)
+        rows = _grid(len(fam.classes), sizes, decided, self.ids)
+        return _address_runs(self.starts, self.interval_class, rows, fam.version)
+
+    def goto(self, oid: int) -> str:
+        chain = self.chains.get(oid)
+        if chain is None:
+            chain = self.chains[oid] = self.target(self.outcomes[oid])
+        return f"goto {chain}"
+
+
+def _guard(own_tests: Tests, version: int, me: IPAddress) -> set[str]:
+    """The own addresses that answer the own-side tests as `me` does: any other (a forged
+    source) takes the walk."""
+    starts, sigs = address_intervals(own_tests, version)
+    mine = memberships(own_tests, (me,))[0]
+    inside = [sig == mine for sig in sigs]
+    guard: set[str] = set()
+    for r0, r1 in _runs(inside):  # type: ignore[arg-type]
+        if inside[r0]:
+            last = starts[r1 + 1] - 1 if r1 + 1 < len(starts) else _SPACE[version]
+            guard.add(_range(lambda v: _text(version, v), starts[r0], last))
+    return guard
 
 
 def outcome_name(lines: list[str]) -> str:
@@ -374,8 +700,9 @@ def outcome_name(lines: list[str]) -> str:
 
 
 def chain_tag(stage: Stage, policies: tuple[Policy, ...], profiles: tuple[str, ...],
-              local: tuple[frozenset[int], ...]) -> str:
-    """Stable across toggles and rule edits: the chain's maps change, not its name. `local`: the
-    endpoint's own addresses in the rules' tests (endpoints differing there need their own)."""
-    key = repr((stage.direction, tuple(p.key for p in policies), profiles, tuple(sorted(map(sorted, local)))))
+              local: tuple[object, ...]) -> str:
+    """Stable across toggles and rule edits: the chain's maps change, not its name. `local`: what
+    the rules see of the endpoint itself (its addresses in the rules' tests, its named ports):
+    endpoints differing there need their own."""
+    key = repr((stage.direction, tuple(p.key for p in policies), profiles, local))
     return hashlib.sha256(key.encode()).hexdigest()[:_HASH]
