@@ -100,14 +100,16 @@ def _in(part: str, value: int, parse: object) -> bool:
 
 
 def lookup(table: Table, name: str, key: tuple[int, ...], version: int) -> str | None:
-    """The kernel's lookup of `key` in the map `name`: the element's target (or member) or None."""
+    """The kernel's lookup of `key` in the map `name`: the element's target (or member) or None.
+    Addresses (of `version`) are the keys' first field when the map's type starts with one."""
     parse = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
     found = []
     for element in table.sets[name].elements:
         k, _, target = element.partition(" : goto ")
         parts = k.split(" . ")
         assert len(parts) == len(key), (element, key)
-        if all(_in(p, v, parse if i == 0 else int) for i, (p, v) in enumerate(zip(parts, key, strict=True))):
+        addr = table.sets[name].type.startswith("ipv")
+        if all(_in(p, v, parse if i == 0 and addr else int) for i, (p, v) in enumerate(zip(parts, key, strict=True))):
             found.append(target or "member")
     assert len(found) <= 1, f"overlapping elements for {key} in {name}: {found}"
     return found[0] if found else None
@@ -185,16 +187,22 @@ def check(res: ResourceSet, seed: int, per_chain: int = 40) -> int:
                         peer = flow.src if direction == "ingress" else flow.dst
                         if f"do{v}-{tag}" in table.sets:
                             assert lookup(table, f"do{v}-{tag}", (int(me),), v) == "member"
+                        # the class's maps (a chain per class, or the chain's own for one class)
+                        suffix = f"{v}-{tag}"
+                        if f"da{v}-{tag}" in table.sets:
+                            row = lookup(table, f"da{v}-{tag}", (int(peer),), v)
+                            assert row is not None and row.startswith(f"dr{v}-{tag}-")
+                            suffix = row.removeprefix("dr")
                         if flow.protocol in PORT_PROTOCOLS:
-                            name = f"dp{v}-{tag}"
-                            sport = table.sets[name].type.count(".") == 3
-                            key = (int(peer), flow.protocol, *((flow.src_port,) if sport else ()), flow.dst_port)
-                        elif flow.protocol == (1 if v == 4 else 58) and f"di{v}-{tag}" in table.sets:
-                            name = f"di{v}-{tag}"
-                            key = (int(peer), flow.icmp_type, flow.icmp_code)  # type: ignore[assignment]
+                            name = f"dp{suffix}"
+                            sport = table.sets[name].type.count(".") == 2
+                            key = (flow.protocol, *((flow.src_port,) if sport else ()), flow.dst_port)
+                        elif flow.protocol == (1 if v == 4 else 58) and f"di{suffix}" in table.sets:
+                            name = f"di{suffix}"
+                            key = (flow.icmp_type, flow.icmp_code)  # type: ignore[assignment]
                         else:
-                            name = f"dn{v}-{tag}"
-                            key = (int(peer), flow.protocol)
+                            name = f"dn{suffix}"
+                            key = (flow.protocol,)
                         target = lookup(table, name, key, v)  # type: ignore[arg-type]
                         assert target is not None, f"{flow.describe()}: no element in {name}"
                         want = expected(ev.decide_stage(stage, flow))

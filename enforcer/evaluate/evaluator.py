@@ -389,12 +389,6 @@ class Evaluator:
         return tuple(StageTier(tiers[t], tuple(pols), tuple(p for p in pols if not p.staged))
                      for t, pols in sorted(by_tier.items()))
 
-    def family_rules(self, key: tuple[str, str, str], namespace: str | None, rules: tuple[Rule, ...],
-                     direction: Direction, version: int) -> tuple[CompiledRule, ...]:
-        """A policy's (or profile's) rules as the walk sees them in the IPv`version` family: the
-        compiler's decision maps derive each rule's region from these."""
-        return self._compiled(key, namespace, rules, direction, version)
-
     def profile_hit(self, name: str, direction: Direction, index: int, action: str) -> Hit:
         """The hit of a profile's rule (built-in profiles' defaults are not user decisions)."""
         builtin = name not in self.state.user_profiles and (

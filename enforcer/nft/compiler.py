@@ -203,7 +203,7 @@ class _NodeCompiler:
     workload_chains: dict[tuple[object, ...], str] = field(default_factory=dict)
     layouts: dict[str, ChainLayout] = field(default_factory=dict)
     decision_maps: dict[str, NftSet] = field(default_factory=dict)
-    _decided: dict[str, str] = field(default_factory=dict)
+    _decided: dict[str, str | None] = field(default_factory=dict)  # decision chain → None, or why the walk
     _with_named: dict[int, decision.RuleList] = field(default_factory=dict)  # decision chain → itself, or why the walk
     _rules_of: dict[tuple[object, ...], tuple[tuple[Policy, ...], decision.RuleList, decision.Tests]] = field(
         default_factory=dict)
@@ -496,11 +496,14 @@ class _NodeCompiler:
         built = decision.decide(self._live_evaluator(), stage, rules, local, budget, tag,
                                 lambda out: self._outcome_chain(out, stage.direction), walk)
         if isinstance(built, str):
-            self._decided[name] = self._walk_reason = built
+            self._decided[name] = built
+            self._walk_reason = built
             return None
         self._decided[name] = None
         for map_name, (type_, elements, is_map) in built.maps.items():
             self.decision_maps[map_name] = NftSet(map_name, type_, ("interval",), elements, is_map=is_map)
+        for chain_name, chain_rules in built.chains.items():
+            self.chains[chain_name] = Chain(chain_name, chain_rules)
         # The maps cover every address, protocol and port: the drop is never reached.
         self.chains[name] = Chain(name, (CLEAR, *built.lines, "drop"))
         self.layouts[name] = ChainLayout(name, "decision", built.elements)

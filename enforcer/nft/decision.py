@@ -45,13 +45,14 @@ from dataclasses import dataclass
 from functools import partial
 
 from enforcer.evaluate.evaluator import Evaluator, Hit
-from enforcer.evaluate.match import CompiledRule
 from enforcer.evaluate.path import Stage
 from enforcer.model import EntityRule, IPAddress, NamedPort, Policy, PortRange, Rule
 from enforcer.nft.regions import Box, Outcome, RegionRule, TierRules, bits, interval_mask, walk
 from enforcer.resolve.ipsets import ip_key
+from enforcer.resolve.rules import rule_for_family
 from enforcer.resolve.selectors import entity_selector
 from enforcer.resolve.state import ClusterState
+from enforcer.selector import Selector
 
 __all__ = ["ChainLayout", "DecisionChain", "Outcome", "DEFAULT_BUDGET", "decide", "chain_tag", "outcome_name"]
 
@@ -63,6 +64,7 @@ PORT_PROTOCOLS = (6, 17, 132, 136)  # protocols whose rules may match ports (th 
 ICMP_PROTOCOL = {4: 1, 6: 58}
 _SPACE = {4: (1 << 32) - 1, 6: (1 << 128) - 1}
 _HASH = 12
+_SELECTOR_CACHE = 500_000
 
 Intervals = list[tuple[int, int]]
 
@@ -82,6 +84,7 @@ class DecisionChain:
     lines: tuple[str, ...]
     maps: dict[str, tuple[str, frozenset[str], bool]]  # name → (type, elements, is a map)
     elements: int
+    chains: dict[str, tuple[str, ...]]  # the classes' chains (dr…), by name
 
 
 # ---- what the rules test -------------------------------------------------------------------
@@ -110,11 +113,25 @@ def _named(entity: EntityRule) -> list[NamedPort]:
     return [p for p in (*entity.ports, *entity.not_ports) if isinstance(p, NamedPort)]
 
 
+def _selector(state: ClusterState, entity: EntityRule, namespace: str | None) -> Selector | None:
+    """`entity_selector`, remembered per entity for the state's life (building the namespaced
+    selector costs more than the rest of a rule's region)."""
+    cache: dict[tuple[int, str | None], tuple[EntityRule, Selector | None]] = state.caches.setdefault(
+        "decision.selectors", {})
+    key = (id(entity), namespace)
+    found = cache.get(key)
+    if found is None or found[0] is not entity:
+        if len(cache) >= _SELECTOR_CACHE:
+            cache.clear()  # edited-away rules would otherwise stay referenced
+        found = cache[key] = (entity, entity_selector(entity, namespace))
+    return found[1]
+
+
 def _named_groups(state: ClusterState, entity: EntityRule, namespace: str | None, protocol: int | None,
                   name: str) -> dict[tuple[int, int], frozenset[IPAddress]]:
     """A named port's members as (protocol, port) → the addresses that declare it so."""
     groups: dict[tuple[int, int], set[IPAddress]] = {}
-    for ip, proto, port in state.named_ports(entity_selector(entity, namespace), name, protocol).members:
+    for ip, proto, port in state.named_ports(_selector(state, entity, namespace), name, protocol).members:
         groups.setdefault((proto, port), set()).add(ip)
     return {k: frozenset(v) for k, v in groups.items()}
 
@@ -145,7 +162,7 @@ def address_tests(state: ClusterState, rules: RuleList, direction: str, *, peer:
         side = _sides(rule, direction)[0 if peer else 1]
         for net in (*side.nets, *side.not_nets):
             tests.add(("net", net), _net_ranges((net,)))
-        for sel in (entity_selector(side, namespace), side.not_selector):
+        for sel in (_selector(state, side, namespace), side.not_selector):
             if sel is None:
                 continue
             ipset = state.ipset(sel)
@@ -314,7 +331,7 @@ class _Family:
             mask &= _or(self._test(("net", n)) for n in e.nets)
         for n in e.not_nets:
             mask &= ~self._test(("net", n))
-        sel = entity_selector(e, namespace)
+        sel = _selector(self.state, e, namespace)
         if sel is not None:
             mask &= self._test(("set", self.state.ipset(sel)))
         if e.not_selector is not None:
@@ -335,7 +352,7 @@ class _Family:
             return False
         if any(me in n for n in e.not_nets if n.version == me.version):
             return False
-        sel = entity_selector(e, namespace)
+        sel = _selector(self.state, e, namespace)
         if sel is not None and not self.state.ipset(sel).contains_key(key):
             return False
         return e.not_selector is None or not self.state.ipset(e.not_selector).contains_key(key)
@@ -508,14 +525,12 @@ def _grid(classes: int, sizes: tuple[int, ...], decided: list[tuple[Box, Outcome
     return [tuple(r) for r in rows]
 
 
-def _address_runs(starts: list[int], interval_class: list[int], rows: list[tuple[int, ...]],
-                  version: int) -> Iterator[tuple[str, tuple[int, ...]]]:
-    """Adjacent address intervals whose classes decide alike, as nft ranges, with their row."""
-    per_interval = [rows[c] for c in interval_class]
-    for a0, a1 in _runs(per_interval):  # type: ignore[arg-type]
+def _address_runs(starts: list[int], interval_class: list[int], version: int) -> Iterator[tuple[str, int]]:
+    """Adjacent address intervals of the same class, as nft ranges, with their class."""
+    for a0, a1 in _runs(interval_class):  # type: ignore[arg-type]
         first = starts[a0]
         last = starts[a1 + 1] - 1 if a1 + 1 < len(starts) else _SPACE[version]
-        yield _range(lambda v: _text(version, v), first, last), per_interval[a0]
+        yield _range(lambda v: _text(version, v), first, last), interval_class[a0]
 
 
 def _plane(row: tuple[int, ...], outer: Intervals, inner: Intervals) -> Iterator[tuple[str, str, int]]:
@@ -541,36 +556,58 @@ def _family(ev: Evaluator, rules: RuleList, direction: str, version: int, me: IP
     return fam, starts, [class_of[s] for s in sigs]
 
 
-def _walk_rules(ev: Evaluator, stage: Stage, version: int, boxes: Callable[[Rule, str | None], tuple[Box, ...]]
+@dataclass(frozen=True)
+class _Skeleton:
+    """The stage's walk in one family: the evaluator's tiers, policies and family-rendered rules
+    in order, each rule with its hit; the regions are filled in per space."""
+
+    tiers: tuple[tuple[tuple[tuple[Hit, Rule, str | None], ...], Hit | None], ...]
+    profiles: tuple[tuple[tuple[Hit, Rule, str | None], ...], ...]
+
+    def regions(self, boxes: Callable[[Rule, str | None], tuple[Box, ...]]
                 ) -> tuple[list[TierRules], list[tuple[RegionRule, ...]]]:
-    """The stage's walk (the evaluator's tiers, policies and family-rendered rules, in order)
-    with each rule's region."""
+        """The walk with each rule's region in one space (rules matching nothing there dropped)."""
+        def keep(rules: tuple[tuple[Hit, Rule, str | None], ...]) -> tuple[RegionRule, ...]:
+            out = []
+            for hit, rule, ns in rules:
+                b = boxes(rule, ns)
+                if b:
+                    out.append(RegionRule(hit, b))
+            return tuple(out)
+
+        return [TierRules(keep(rules), end) for rules, end in self.tiers], [keep(p) for p in self.profiles]
+
+
+def _skeleton(ev: Evaluator, stage: Stage, version: int) -> _Skeleton:
     assert stage.endpoint is not None
     direction = stage.direction
-    tiers: list[TierRules] = []
+    tiers = []
     for st in ev.stage_tiers(stage):
         if not st.enforced:
             continue
-        rules: list[RegionRule] = []
+        rules = []
         for pol in st.enforced:
-            for cr in ev.family_rules(pol.key, pol.namespace, pol.rules(direction), direction, version):
-                rules.append(RegionRule(Hit(pol.kind, pol.namespace, pol.name, st.tier.name, direction,
-                                            cr.index, cr.action), boxes(cr.rule, pol.namespace)))
+            for index, rule in enumerate(pol.rules(direction)):
+                fam_rule = rule_for_family(rule, version)  # as the evaluator's compile_rule renders it
+                if fam_rule is not None:
+                    hit = Hit(pol.kind, pol.namespace, pol.name, st.tier.name, direction, index, rule.action)
+                    rules.append((hit, fam_rule, pol.namespace))
         last = st.enforced[-1]
         end = None if st.tier.tier.default_action == "Pass" else Hit(
             last.kind, last.namespace, last.name, st.tier.name, direction, -1, "Deny")
-        tiers.append(TierRules(tuple(rules), end))
-    profiles: list[tuple[RegionRule, ...]] = []
+        tiers.append((tuple(rules), end))
+    profiles = []
     for name in stage.endpoint.profiles:
         prof = ev.state.profiles.get(name)
         if prof is None:
             continue
-        crs: tuple[CompiledRule, ...] = ev.family_rules(("Profile", "", name), None, prof.rules(direction),
-                                                        direction, version)
-        hit = ev.profile_hit
-        profiles.append(tuple(RegionRule(hit(name, direction, cr.index, cr.action), boxes(cr.rule, None))
-                              for cr in crs))
-    return tiers, profiles
+        prules = []
+        for index, rule in enumerate(prof.rules(direction)):
+            fam_rule = rule_for_family(rule, version)
+            if fam_rule is not None:
+                prules.append((ev.profile_hit(name, direction, index, rule.action), fam_rule, None))
+        profiles.append(tuple(prules))
+    return _Skeleton(tuple(tiers), tuple(profiles))
 
 
 def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddress],
@@ -601,6 +638,7 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
 
     ingress = direction == "ingress"
     lines: list[str] = []
+    chains: dict[str, tuple[str, ...]] = {}
     maps: dict[str, tuple[str, frozenset[str], bool]] = {}
     for version, (fam, starts, interval_class) in families.items():
         l3, nfproto, addr_type = ("ip", "ipv4", "ipv4_addr") if version == 4 else ("ip6", "ipv6", "ipv6_addr")
@@ -609,70 +647,86 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
             maps[name_o] = (addr_type, frozenset(_guard(own_tests, version, fam.me)), False)
             lines.append(f"meta nfproto {nfproto} {l3} {'daddr' if ingress else 'saddr'} != @{name_o} "
                          f"goto {walk_chain}")
-        render = _Render(ev, stage, fam, starts, interval_class, target)
+        render = _Render(ev, stage, fam, target)
         peer_field = f"{l3} {'saddr' if ingress else 'daddr'}"
-        sport = any(len(s) > 1 for s, _ in fam.ports.values())
-        dp: set[str] = set()
-        for proto in PORT_PROTOCOLS:
-            s_axis, d_axis = fam.ports[proto]
-            for addr, row in render.rows(partial(_port_boxes, fam, direction=direction, proto=proto),
-                                         (len(s_axis), len(d_axis))):
-                for sp, dport, oid in _plane(row, s_axis, d_axis):
-                    ports = f"{sp} . {dport}" if sport else dport
-                    dp.add(f"{addr} . {proto} . {ports} : {render.goto(oid)}")
-        name_p = f"dp{version}-{tag}"
-        kind = f"{addr_type} . inet_proto . inet_service{' . inet_service' if sport else ''} : verdict"
-        maps[name_p] = (kind, frozenset(dp), True)
-        key = f"{peer_field} . meta l4proto{' . th sport' if sport else ''} . th dport"
-        lines.append(f"meta nfproto {nfproto} meta l4proto {{ {', '.join(map(str, PORT_PROTOCOLS))} }} "
-                     f"{key} vmap @{name_p}")
-        if fam.icmp is not None:
-            types, codes = fam.icmp
-            di = {f"{addr} . {t} . {c} : {render.goto(oid)}"
-                  for addr, row in render.rows(partial(_icmp_boxes, fam, direction=direction),
-                                               (len(types), len(codes)))
-                  for t, c, oid in _plane(row, types, codes)}
-            name_i = f"di{version}-{tag}"
-            icmp_kind = "icmp" if version == 4 else "icmpv6"
-            maps[name_i] = (f"{addr_type} . {icmp_kind}_type . {icmp_kind}_code : verdict", frozenset(di), True)
-            lines.append(f"meta nfproto {nfproto} meta l4proto {ICMP_PROTOCOL[version]} "
-                         f"{peer_field} . {icmp_kind} type . {icmp_kind} code vmap @{name_i}")
-        dn: set[str] = set()
-        for addr, row in render.rows(partial(_other_boxes, fam, direction=direction), (len(fam.others),)):
-            for q0, q1 in _runs(row):
-                # adjacent in the list but not in number (a protocol with its own map between): split
-                for lo, hi in _contiguous(fam.others[q0:q1 + 1]):
-                    dn.add(f"{addr} . {_range(str, lo, hi)} : {render.goto(row[q0])}")
-        name_n = f"dn{version}-{tag}"
-        maps[name_n] = (f"{addr_type} . inet_proto : verdict", frozenset(dn), True)
-        lines.append(f"meta nfproto {nfproto} {peer_field} . meta l4proto vmap @{name_n}")
-    return DecisionChain(tuple(lines), maps, sum(len(m[1]) for m in maps.values()))
+        one = len(fam.classes) == 1
+        if not one:
+            # The peer's class picks the class's chain (one interval lookup); its maps are keyed
+            # on protocol and ports only, so they hold a class's row, not every address range's.
+            dispatch = {f"{addr} : goto dr{version}-{tag}-{c}"
+                        for addr, c in _address_runs(starts, interval_class, version)}
+            maps[f"da{version}-{tag}"] = (f"{addr_type} : verdict", frozenset(dispatch), True)
+            lines.append(f"meta nfproto {nfproto} {peer_field} vmap @da{version}-{tag}")
+        rows = render.rows(fam, direction)
+        for c in range(len(fam.classes)):
+            suffix = "" if one else f"-{c}"
+            row_lines = _class_maps(fam, rows, c, f"{version}-{tag}{suffix}", render.goto, maps)
+            if one:
+                lines += [f"meta nfproto {nfproto} {line}" for line in row_lines]
+            else:
+                # The maps cover every protocol and port: the drop is never reached.
+                chains[f"dr{version}-{tag}-{c}"] = (*row_lines, "drop")
+    return DecisionChain(tuple(lines), maps, sum(len(m[1]) for m in maps.values()), chains)
+
+
+def _class_maps(fam: _Family, rows: dict[str, list[tuple[int, ...]]], c: int, suffix: str,
+                goto: Callable[[int], str], maps: dict[str, tuple[str, frozenset[str], bool]]) -> list[str]:
+    """One class's maps (added to `maps`) and the rules that look them up."""
+    sport = any(len(s) > 1 for s, _ in fam.ports.values())
+    dp: set[str] = set()
+    for proto in PORT_PROTOCOLS:
+        s_axis, d_axis = fam.ports[proto]
+        for sp, dport, oid in _plane(rows[f"port{proto}"][c], s_axis, d_axis):
+            dp.add(f"{proto} . {sp} . {dport} : {goto(oid)}" if sport else f"{proto} . {dport} : {goto(oid)}")
+    maps[f"dp{suffix}"] = (f"inet_proto . inet_service{' . inet_service' if sport else ''} : verdict",
+                           frozenset(dp), True)
+    out = [f"meta l4proto {{ {', '.join(map(str, PORT_PROTOCOLS))} }} "
+           f"meta l4proto{' . th sport' if sport else ''} . th dport vmap @dp{suffix}"]
+    if fam.icmp is not None:
+        types, codes = fam.icmp
+        di = {f"{t} . {code} : {goto(oid)}" for t, code, oid in _plane(rows["icmp"][c], types, codes)}
+        kind = "icmp" if fam.version == 4 else "icmpv6"
+        maps[f"di{suffix}"] = (f"{kind}_type . {kind}_code : verdict", frozenset(di), True)
+        out.append(f"meta l4proto {ICMP_PROTOCOL[fam.version]} {kind} type . {kind} code vmap @di{suffix}")
+    row = rows["other"][c]
+    dn: set[str] = set()
+    for q0, q1 in _runs(row):
+        # adjacent in the list but not in number (a protocol with its own map between): split
+        for lo, hi in _contiguous(fam.others[q0:q1 + 1]):
+            dn.add(f"{_range(str, lo, hi)} : {goto(row[q0])}")
+    maps[f"dn{suffix}"] = ("inet_proto : verdict", frozenset(dn), True)
+    out.append(f"meta l4proto vmap @dn{suffix}")
+    return out
 
 
 class _Render:
     """One family's walks, space by space, and the terminal chain of each outcome."""
 
-    def __init__(self, ev: Evaluator, stage: Stage, fam: _Family, starts: list[int], interval_class: list[int],
-                 target: Callable[[Outcome], str]) -> None:
-        self.ev, self.stage, self.fam = ev, stage, fam
-        self.starts, self.interval_class = starts, interval_class
+    def __init__(self, ev: Evaluator, stage: Stage, fam: _Family, target: Callable[[Outcome], str]) -> None:
         self.target = target
         self.ids: dict[Outcome, int] = {}
         self.outcomes: list[Outcome] = []
         self.chains: dict[int, str] = {}
+        self.skeleton = _skeleton(ev, stage, fam.version)
 
-    def rows(self, boxes: Callable[[Rule, str | None], tuple[Box, ...]], sizes: tuple[int, ...]
-             ) -> Iterator[tuple[str, tuple[int, ...]]]:
-        """The walk over the space (classes × `sizes`) as address ranges with their rows."""
-        fam = self.fam
-        tiers, profiles = _walk_rules(self.ev, self.stage, fam.version, boxes)
-        decided = walk((len(fam.classes), *sizes), tiers, profiles)
-        for _, out in decided:
-            if out not in self.ids:
-                self.ids[out] = len(self.outcomes)
-                self.outcomes.append(out)
-        rows = _grid(len(fam.classes), sizes, decided, self.ids)
-        return _address_runs(self.starts, self.interval_class, rows, fam.version)
+    def rows(self, fam: _Family, direction: str) -> dict[str, list[tuple[int, ...]]]:
+        """Per space: per class, the outcome id of every cell."""
+        spaces: dict[str, tuple[Callable[[Rule, str | None], tuple[Box, ...]], tuple[int, ...]]] = {
+            f"port{p}": (partial(_port_boxes, fam, direction=direction, proto=p),
+                         (len(fam.ports[p][0]), len(fam.ports[p][1]))) for p in PORT_PROTOCOLS}
+        if fam.icmp is not None:
+            spaces["icmp"] = (partial(_icmp_boxes, fam, direction=direction), (len(fam.icmp[0]), len(fam.icmp[1])))
+        spaces["other"] = (partial(_other_boxes, fam, direction=direction), (len(fam.others),))
+        out = {}
+        for name, (boxes, sizes) in spaces.items():
+            tiers, profiles = self.skeleton.regions(boxes)
+            decided = walk((len(fam.classes), *sizes), tiers, profiles)
+            for _, o in decided:
+                if o not in self.ids:
+                    self.ids[o] = len(self.outcomes)
+                    self.outcomes.append(o)
+            out[name] = _grid(len(fam.classes), sizes, decided, self.ids)
+        return out
 
     def goto(self, oid: int) -> str:
         chain = self.chains.get(oid)
