@@ -110,7 +110,9 @@ def full(table: Table, *, existing: bool) -> list[Op]:
 def diff(old: Table, new: Table) -> list[Op]:
     """Operations from `old` to `new`, touching only what changed, in an order the kernel accepts:
 
-    1. declare new sets and maps, and new chains (empty), so that anything may refer to them;
+    1. declare new chains (empty), then new sets and maps, so that anything may refer to them
+       (nft 1.0.6 refuses, ENOENT, elements of a single-field interval verdict map declared
+       before the chains they go to, even in one transaction);
     2. change set and map elements (a verdict map's new element may `goto` a new chain);
     3. write the rules of new and changed chains;
     4. flush, then delete, removed chains; then delete removed sets (no rule refers to them now).
@@ -138,10 +140,11 @@ def diff(old: Table, new: Table) -> list[Op]:
                 elements.append(SetElements(name, add=tuple(sorted(s.elements - before.elements)),
                                             delete=tuple(sorted(before.elements - s.elements))))
     rules: list[Op] = []
+    chains: list[Op] = []
     for name, c in sorted(new.chains.items()) if old.chains is not new.chains else ():
         prev = old.chains.get(name)
         if prev is None:
-            declare.append(DefineChain(Chain(c.name, (), c.hook), new=True))
+            chains.append(DefineChain(Chain(c.name, (), c.hook), new=True))
             if c.rules:
                 rules.append(DefineChain(c, new=False))
         elif prev != c:
@@ -152,7 +155,7 @@ def diff(old: Table, new: Table) -> list[Op]:
     cleanup: list[Op] = [DefineChain(Chain(n, ()), new=False) for n in removed]
     cleanup += [DeleteChain(n) for n in removed]
     cleanup += [DeleteSet(n, old.sets[n].is_map) for n in sorted(old.sets.keys() - new.sets.keys())]
-    return declare + elements + rules + cleanup
+    return chains + declare + elements + rules + cleanup
 
 
 def _quote_chain_rules(rules: Iterable[str]) -> str:
