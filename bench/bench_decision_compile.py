@@ -77,7 +77,7 @@ def policies(count: int) -> tuple[Policy, ...]:
 def resources(pods: int, count: int) -> ResourceSet:
     apps = ("web", "api", "dns", "db")
     recv = tuple(Pod(f"recv{i}", "bench", (("app", "recv"), ("idx", str(i))), NODE, "default",
-                     (ip_address(f"10.244.{i // 250}.{10 + i % 250}"),)) for i in range(pods))
+                     (ip_address(f"10.244.{i // 200}.{10 + i % 200}"),)) for i in range(pods))
     peers = tuple(Pod(f"peer{i}", "bench", (("app", apps[i % 4]),), "node-2", "default",
                       (ip_address(f"10.250.0.{10 + i}"), ip_address(f"fd00:250::{10 + i:x}"))) for i in range(40))
     return ResourceSet(nodes=(Node(NODE), Node("node-2")), namespaces=(Namespace("bench"),),

@@ -204,7 +204,9 @@ class _NodeCompiler:
     layouts: dict[str, ChainLayout] = field(default_factory=dict)
     decision_maps: dict[str, NftSet] = field(default_factory=dict)
     _decided: dict[str, str | None] = field(default_factory=dict)  # decision chain → None, or why the walk
-    _with_named: dict[int, decision.RuleList] = field(default_factory=dict)  # decision chain → itself, or why the walk
+    _with_named: dict[int, decision.RuleList] = field(default_factory=dict)
+    _selected_by_id: dict[int, int] = field(default_factory=dict)
+    _selected_ids: dict[tuple[object, ...], int] = field(default_factory=dict)
     _rules_of: dict[tuple[object, ...], tuple[tuple[Policy, ...], decision.RuleList, decision.Tests]] = field(
         default_factory=dict)
     book: SetBook = field(init=False)
@@ -431,10 +433,9 @@ class _NodeCompiler:
         assert stage.endpoint is not None
         signature: tuple[object, ...] | None = None
         if stage.family == "workload":
-            # Replicas select the same policies: their chain is rendered once per compile. The
-            # evaluator shares one stage_tiers answer between endpoints with the same labels
-            # and keeps it alive for the compile, so its identity stands for its content.
-            signature = (name, stage.direction, stage.endpoint.profiles, id(self.ev.stage_tiers(stage)),
+            # Endpoints selected by the same policies (replicas, or pods whose labels differ
+            # where no policy looks): their chain is rendered once per compile.
+            signature = (name, stage.direction, stage.endpoint.profiles, self._selected(stage),
                          self._local_key(stage))
             found = self.workload_chains.get(signature)
             if found is not None:
@@ -513,7 +514,7 @@ class _NodeCompiler:
         """The selecting policies, every rule that may decide (theirs, then the profiles'), and
         the address tests on the endpoint's own side: once per shared chain."""
         assert stage.endpoint is not None
-        key = (id(self.ev.stage_tiers(stage)), stage.direction, stage.endpoint.profiles)
+        key = (self._selected(stage), stage.direction, stage.endpoint.profiles)
         found = self._rules_of.get(key)
         if found is None:
             policies = tuple(p for st in self.ev.stage_tiers(stage) for p in st.enforced)
@@ -522,6 +523,18 @@ class _NodeCompiler:
             rules += [(r, None) for prof in profiles for r in prof.rules(stage.direction)]
             tests = decision.address_tests(self.state, rules, stage.direction, peer=False).ranges
             found = self._rules_of[key] = (policies, rules, tests)
+        return found
+
+    def _selected(self, stage: Stage) -> int:
+        """A number for the stage's tiers of enforced policies: equal for endpoints selected by
+        the same policies. The evaluator shares one stage_tiers answer between endpoints with
+        the same labels and keeps it alive for the compile, so its identity is looked up first."""
+        tiers = self.ev.stage_tiers(stage)
+        found = self._selected_by_id.get(id(tiers))
+        if found is None:
+            content = tuple((st.tier.name, tuple(map(id, st.enforced))) for st in tiers)
+            found = self._selected_ids.setdefault(content, len(self._selected_ids))
+            self._selected_by_id[id(tiers)] = found
         return found
 
     def _local_key(self, stage: Stage) -> tuple[object, ...]:

@@ -48,7 +48,7 @@ from enforcer.evaluate.evaluator import Evaluator, Hit
 from enforcer.evaluate.path import Stage
 from enforcer.model import EntityRule, IPAddress, NamedPort, Policy, PortRange, Rule
 from enforcer.nft.regions import Box, Outcome, RegionRule, TierRules, bits, interval_mask, walk
-from enforcer.resolve.ipsets import ip_key
+from enforcer.resolve.ipsets import IPSet, ip_key
 from enforcer.resolve.rules import rule_for_family
 from enforcer.resolve.selectors import entity_selector
 from enforcer.resolve.state import ClusterState
@@ -154,6 +154,12 @@ def _net_ranges(nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...])
         yield net.version, int(net.network_address), int(net.broadcast_address)
 
 
+def _set_ranges(ipset: IPSet) -> Iterator[tuple[int, int, int]]:
+    for h in ipset.hosts:  # a generator: only run for a set not seen yet
+        yield h.version, int(h), int(h)
+    yield from _net_ranges(ipset.nets)
+
+
 def address_tests(state: ClusterState, rules: RuleList, direction: str, *, peer: bool = True) -> AddressTests:
     """Per address test used on the peer's (or the endpoint's own) side: its ranges. On the peer
     side, the addresses declaring a named port alike (protocol and number) are a test too."""
@@ -166,8 +172,7 @@ def address_tests(state: ClusterState, rules: RuleList, direction: str, *, peer:
             if sel is None:
                 continue
             ipset = state.ipset(sel)
-            tests.add(("set", ipset), iter([*((h.version, int(h), int(h)) for h in ipset.hosts),
-                                            *_net_ranges(ipset.nets)]))
+            tests.add(("set", ipset), _set_ranges(ipset))
         if peer:
             for np in _named(side):
                 for ips in _named_groups(state, side, namespace, rule.protocol, np.name).values():
@@ -231,22 +236,23 @@ def _may_match(rule: Rule, proto: int) -> bool:
     return rule.protocol in (None, proto) and rule.not_protocol != proto
 
 
-def port_intervals(state: ClusterState, rules: RuleList, direction: str, proto: int, *, source: bool) -> Intervals:
-    """The source (or destination) port intervals of `proto`: split where its rules' ranges and
-    named ports (resolved to numbers) begin and end."""
-    bounds: set[int] = set()
+def port_intervals(state: ClusterState, rules: RuleList) -> dict[int, tuple[Intervals, Intervals]]:
+    """Per port protocol: its source and destination port intervals, split where the ranges and
+    named ports (resolved to numbers) of the rules that may match it begin and end (a TCP rule
+    does not split UDP's ports)."""
+    bounds: dict[tuple[int, bool], set[int]] = {(p, source): set() for p in PORT_PROTOCOLS for source in (True, False)}
     for rule, namespace in rules:
-        if not _may_match(rule, proto):
-            continue
-        entity = rule.source if source else rule.destination
-        for p in (*entity.ports, *entity.not_ports):
-            if isinstance(p, PortRange):
-                bounds.update((p.first, p.last + 1))
-            else:
-                for pr, port in _named_groups(state, entity, namespace, rule.protocol, p.name):
-                    if pr == proto:
-                        bounds.update((port, port + 1))
-    return _split(65535, bounds)
+        protos = [p for p in PORT_PROTOCOLS if _may_match(rule, p)]
+        for source, entity in ((True, rule.source), (False, rule.destination)):
+            for port in (*entity.ports, *entity.not_ports):
+                if isinstance(port, PortRange):
+                    for p in protos:
+                        bounds[p, source].update((port.first, port.last + 1))
+                    continue
+                for pr, number in _named_groups(state, entity, namespace, rule.protocol, port.name):
+                    if pr in protos:
+                        bounds[pr, source].update((number, number + 1))
+    return {p: (_split(65535, bounds[p, True]), _split(65535, bounds[p, False])) for p in PORT_PROTOCOLS}
 
 
 def icmp_intervals(rules: RuleList) -> tuple[Intervals, Intervals] | None:
@@ -543,14 +549,12 @@ def _plane(row: tuple[int, ...], outer: Intervals, inner: Intervals) -> Iterator
             yield _range(str, outer[o0][0], outer[o1][1]), _range(str, lo, hi), oid
 
 
-def _family(ev: Evaluator, rules: RuleList, direction: str, version: int, me: IPAddress,
-            tests: AddressTests, icmp: tuple[Intervals, Intervals] | None
+def _family(ev: Evaluator, rules: RuleList, version: int, me: IPAddress, tests: AddressTests,
+            ports: dict[int, tuple[Intervals, Intervals]], icmp: tuple[Intervals, Intervals] | None
             ) -> tuple[_Family, list[int], list[int]]:
     starts, sigs = address_intervals(tests.ranges, version)
     classes = sorted(set(sigs), key=sorted)
     class_of = {sig: i for i, sig in enumerate(classes)}
-    ports = {p: (port_intervals(ev.state, rules, direction, p, source=True),
-                 port_intervals(ev.state, rules, direction, p, source=False)) for p in PORT_PROTOCOLS}
     excluded = PORT_PROTOCOLS + ((ICMP_PROTOCOL[version],) if icmp else ())
     fam = _Family(ev.state, version, me, tests, classes, ports, icmp, protocol_intervals(rules, excluded))
     return fam, starts, [class_of[s] for s in sigs]
@@ -631,7 +635,8 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
             return f"the endpoint's IPv{version} addresses differ in the rules' tests"
     tests = address_tests(ev.state, rules, direction)
     icmp = icmp_intervals(rules)
-    families = {v: _family(ev, rules, direction, v, local[v], tests, icmp) for v in (4, 6)}
+    ports = port_intervals(ev.state, rules)
+    families = {v: _family(ev, rules, v, local[v], tests, ports, icmp) for v in (4, 6)}
     total = sum(f.cells() for f, _, _ in families.values())
     if total > budget:
         return f"decision space {total} cells > budget {budget}"
