@@ -225,3 +225,22 @@ def test_the_property_test_reaches_decision_chains() -> None:
     spec = SynthSpec(nodes=2, namespaces=2, pods=5, externals=2, policies=8, rules_per_policy=3)
     total = sum(check(topped_up(synth_resources(seed, spec), seed), seed, per_chain=10) for seed in range(5))
     assert total > 100
+
+
+def test_a_decision_space_over_the_budget_keeps_the_walk_and_says_why() -> None:
+    """Never an unbounded map: a chain whose cells exceed the budget keeps its rule walk, and its
+    layout names the cells and the budget (what `apply --dry-run` prints)."""
+    spec = SynthSpec(nodes=1, namespaces=2, pods=4, externals=2, policies=8, rules_per_policy=3)
+    res = topped_up(synth_resources(3, spec), 3)
+    state = ClusterState(res)
+    node = next(iter(state.nodes))
+    roomy = compile_node(state, node, CompileOptions(decision_budget=DEFAULT_BUDGET))
+    cells = [c for c in roomy.layouts if c.layout == "decision"]
+    assert cells, "the default budget lays these chains out as maps"
+    tight = compile_node(ClusterState(res), node, CompileOptions(decision_budget=10))
+    assert tight.layouts and all(c.layout == "walk" for c in tight.layouts)
+    for c in tight.layouts:
+        assert c.reason.startswith("decision space ") and c.reason.endswith(" cells > budget 10"), c.reason
+        assert int(c.reason.split()[2]) > 10
+        assert any(" jump p" in r for r in tight.table.chains[c.chain].rules), "the walk: jumps to policy chains"
+    assert not any(name.startswith(("dp", "dn", "da", "di")) and name[3:4] == "-" for name in tight.table.sets)
