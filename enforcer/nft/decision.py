@@ -4,12 +4,17 @@ The walk layout (compiler.py) sends a workload's first packet through every sele
 chain, rule by rule. Here the compiler computes the RESULT of that walk ahead of time and the
 kernel looks it up:
 
-    fw-d<hash>:   meta nfproto ipv4 meta l4proto { tcp, udp, sctp, udplite }
-                      ip saddr . meta l4proto [. th sport] . th dport vmap @dp4-<hash>
-                  meta nfproto ipv4 meta l4proto icmp ip saddr . icmp type . icmp code vmap @di4-<hash>
-                  meta nfproto ipv4 ip saddr . meta l4proto vmap @dn4-<hash>
+    fw-d<hash>:   meta nfproto ipv4 ip daddr vmap @da4-<hash>      the peer's class (an interval map)
                   (the same for IPv6)
+    dr4-<hash>-<class>:
+                  meta l4proto { tcp, udp, sctp, udplite } meta l4proto [. th sport] . th dport vmap @dp4-<hash>-<class>
+                  meta l4proto icmp icmp type . icmp code vmap @di4-<hash>-<class>
+                  meta l4proto vmap @dn4-<hash>-<class>
     dx-<hash>:    the outcome: Log rules that fired on the way, then the attributed verdict
+
+With one peer class the class's lookups sit in the endpoint chain itself (maps named without
+the class). Keying the maps on the class rather than on the address keeps the address ranges
+from multiplying the port elements (peers of different classes interleave in address order).
 
 The space of packets is split into elementary intervals: the peer address at every address test
 the rules use (nets, notNets, the address sets of selectors, the members of named ports), each
