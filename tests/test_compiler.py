@@ -87,7 +87,7 @@ def _edit(res: ResourceSet, name: str, **changes: object) -> ResourceSet:
     return replace(res, policies=policies)
 
 
-DECISION_MAPS = tuple(f"{kind}{v}-" for kind in ("dp", "dn", "di", "da") for v in (4, 6))
+DECISION_MAPS = tuple(f"{kind}{v}-" for kind in ("dp", "dh", "dn", "di", "da") for v in (4, 6))
 
 
 def _decision_op(op: ir.Op, *, edit: bool = False) -> bool:

@@ -197,6 +197,8 @@ def check(res: ResourceSet, seed: int, per_chain: int = 40) -> int:
                             name = f"dp{suffix}"
                             sport = table.sets[name].type.count(".") == 2
                             key = (flow.protocol, *((flow.src_port,) if sport else ()), flow.dst_port)
+                            if lookup(table, f"dh{suffix}", key, v) is not None:  # single ports first
+                                name = f"dh{suffix}"
                         elif flow.protocol == (1 if v == 4 else 58) and f"di{suffix}" in table.sets:
                             name = f"di{suffix}"
                             key = (flow.icmp_type, flow.icmp_code)  # type: ignore[assignment]
@@ -243,4 +245,4 @@ def test_a_decision_space_over_the_budget_keeps_the_walk_and_says_why() -> None:
         assert c.reason.startswith("decision space ") and c.reason.endswith(" cells > budget 10"), c.reason
         assert int(c.reason.split()[2]) > 10
         assert any(" jump p" in r for r in tight.table.chains[c.chain].rules), "the walk: jumps to policy chains"
-    assert not any(name.startswith(("dp", "dn", "da", "di")) and name[3:4] == "-" for name in tight.table.sets)
+    assert not any(name.startswith(("dp", "dh", "dn", "da", "di")) and name[3:4] == "-" for name in tight.table.sets)

@@ -501,8 +501,9 @@ class _NodeCompiler:
             self._walk_reason = built
             return None
         self._decided[name] = None
-        for map_name, (type_, elements, is_map) in built.maps.items():
-            self.decision_maps[map_name] = NftSet(map_name, type_, ("interval",), elements, is_map=is_map)
+        for map_name, (type_, elements, is_map, interval) in built.maps.items():
+            self.decision_maps[map_name] = NftSet(map_name, type_, ("interval",) if interval else (), elements,
+                                                  is_map=is_map)
         for chain_name, chain_rules in built.chains.items():
             self.chains[chain_name] = Chain(chain_name, chain_rules)
         # The maps cover every address, protocol and port: the drop is never reached.

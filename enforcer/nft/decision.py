@@ -100,7 +100,7 @@ class ChainLayout:
 @dataclass(frozen=True)
 class DecisionChain:
     lines: tuple[str, ...]
-    maps: dict[str, tuple[str, frozenset[str], bool]]  # name → (type, elements, is a map)
+    maps: dict[str, tuple[str, frozenset[str], bool, bool]]  # name → (type, elements, is a map, interval)
     elements: int
     chains: dict[str, tuple[str, ...]]  # the classes' chains (dr…), by name
 
@@ -268,12 +268,12 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
     ingress = direction == "ingress"
     lines: list[str] = []
     chains: dict[str, tuple[str, ...]] = {}
-    maps: dict[str, tuple[str, frozenset[str], bool]] = {}
+    maps: dict[str, tuple[str, frozenset[str], bool, bool]] = {}
     for version, (fam, starts, interval_class) in families.items():
         l3, nfproto, addr_type = ("ip", "ipv4", "ipv4_addr") if version == 4 else ("ip6", "ipv6", "ipv6_addr")
         if own_tests:
             name_o = f"do{version}-{tag}"
-            maps[name_o] = (addr_type, frozenset(_guard(own_tests, version, fam.me)), False)
+            maps[name_o] = (addr_type, frozenset(_guard(own_tests, version, fam.me)), False, True)
             lines.append(f"meta nfproto {nfproto} {l3} {'daddr' if ingress else 'saddr'} != @{name_o} "
                          f"goto {walk_chain}")
         render = _Render(ev, stage, fam, target)
@@ -284,7 +284,7 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
             # on protocol and ports only, so they hold a class's row, not every address range's.
             dispatch = {f"{addr} : goto dr{version}-{tag}-{c}"
                         for addr, c in _address_runs(starts, interval_class, version)}
-            maps[f"da{version}-{tag}"] = (f"{addr_type} : verdict", frozenset(dispatch), True)
+            maps[f"da{version}-{tag}"] = (f"{addr_type} : verdict", frozenset(dispatch), True, True)
             lines.append(f"meta nfproto {nfproto} {peer_field} vmap @da{version}-{tag}")
         rows = render.rows(fam, direction)
         for c in range(len(fam.classes)):
@@ -299,23 +299,28 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
 
 
 def _class_maps(fam: Family, rows: dict[str, list[tuple[int, ...]]], c: int, suffix: str,
-                goto: Callable[[int], str], maps: dict[str, tuple[str, frozenset[str], bool]]) -> list[str]:
+                goto: Callable[[int], str], maps: dict[str, tuple[str, frozenset[str], bool, bool]]) -> list[str]:
     """One class's maps (added to `maps`) and the rules that look them up."""
     sport = any(len(s) > 1 for s, _ in fam.ports.values())
-    dp: set[str] = set()
+    exact: set[str] = set()  # single ports: a hash lookup, O(1) whatever their number
+    ranged: set[str] = set()  # the rest: an interval lookup, whose cost grows with its elements
     for proto in PORT_PROTOCOLS:
         s_axis, d_axis = fam.ports[proto]
         for sp, dport, oid in _plane(rows[f"port{proto}"][c], s_axis, d_axis):
-            dp.add(f"{proto} . {sp} . {dport} : {goto(oid)}" if sport else f"{proto} . {dport} : {goto(oid)}")
-    maps[f"dp{suffix}"] = (f"inet_proto . inet_service{' . inet_service' if sport else ''} : verdict",
-                           frozenset(dp), True)
-    out = [f"meta l4proto {{ {', '.join(map(str, PORT_PROTOCOLS))} }} "
-           f"meta l4proto{' . th sport' if sport else ''} . th dport vmap @dp{suffix}"]
+            key = f"{proto} . {sp} . {dport}" if sport else f"{proto} . {dport}"
+            (ranged if "-" in key else exact).add(f"{key} : {goto(oid)}")
+    kind = f"inet_proto . inet_service{' . inet_service' if sport else ''} : verdict"
+    maps[f"dh{suffix}"] = (kind, frozenset(exact), True, False)
+    maps[f"dp{suffix}"] = (kind, frozenset(ranged), True, True)
+    protos = ", ".join(map(str, PORT_PROTOCOLS))
+    ports = f"meta l4proto {{ {protos} }} meta l4proto{' . th sport' if sport else ''} . th dport"
+    # The two maps partition the ports: a packet the hash map misses is in a range.
+    out = [f"{ports} vmap @dh{suffix}", f"{ports} vmap @dp{suffix}"]
     if fam.icmp is not None:
         types, codes = fam.icmp
         di = {f"{t} . {code} : {goto(oid)}" for t, code, oid in _plane(rows["icmp"][c], types, codes)}
         kind = "icmp" if fam.version == 4 else "icmpv6"
-        maps[f"di{suffix}"] = (f"{kind}_type . {kind}_code : verdict", frozenset(di), True)
+        maps[f"di{suffix}"] = (f"{kind}_type . {kind}_code : verdict", frozenset(di), True, True)
         out.append(f"meta l4proto {ICMP_PROTOCOL[fam.version]} {kind} type . {kind} code vmap @di{suffix}")
     row = rows["other"][c]
     dn: set[str] = set()
@@ -323,7 +328,7 @@ def _class_maps(fam: Family, rows: dict[str, list[tuple[int, ...]]], c: int, suf
         # adjacent in the list but not in number (a protocol with its own map between): split
         for lo, hi in _contiguous(fam.others[q0:q1 + 1]):
             dn.add(f"{_range(str, lo, hi)} : {goto(row[q0])}")
-    maps[f"dn{suffix}"] = ("inet_proto : verdict", frozenset(dn), True)
+    maps[f"dn{suffix}"] = ("inet_proto : verdict", frozenset(dn), True, True)
     out.append(f"meta l4proto vmap @dn{suffix}")
     return out
 
