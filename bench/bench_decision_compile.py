@@ -113,7 +113,7 @@ def main() -> None:
     layouts = decided.layouts
     by_layout = {k: [c for c in layouts if c.layout == k] for k in ("decision", "walk")}
     sets = decided.table.sets
-    maps = [s for name, s in sets.items() if name[:2] in ("dp", "dn", "di", "da", "do") and name[3:4] == "-"]
+    maps = [s for name, s in sets.items() if name[:2] in ("dp", "dh", "dn", "di", "da", "do") and name[3:4] == "-"]
     report = {
         "pods": args.pods, "policies": args.policies, "rules_per_policy": 10,
         "decision_budget": args.decision_budget,

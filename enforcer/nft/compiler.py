@@ -206,6 +206,7 @@ class _NodeCompiler:
     _decided: dict[str, str | None] = field(default_factory=dict)  # decision chain → None, or why the walk
     _with_named: dict[int, decision.RuleList] = field(default_factory=dict)
     _selected_by_id: dict[int, int] = field(default_factory=dict)
+    _tags: dict[tuple[object, ...], str] = field(default_factory=dict)
     _selected_ids: dict[tuple[object, ...], int] = field(default_factory=dict)
     _rules_of: dict[tuple[object, ...], tuple[tuple[Policy, ...], decision.RuleList, decision.Tests]] = field(
         default_factory=dict)
@@ -481,7 +482,11 @@ class _NodeCompiler:
         ep = stage.endpoint
         assert ep is not None
         policies, rules, _ = self._decision_rules(stage)
-        tag = decision.chain_tag(stage, policies, ep.profiles, self._local_key(stage))
+        local_key = self._local_key(stage)
+        memo = (self._selected(stage), stage.direction, ep.profiles, local_key)
+        tag = self._tags.get(memo)
+        if tag is None:  # hashing every selecting policy's key: once per shared chain, not per endpoint
+            tag = self._tags[memo] = decision.chain_tag(stage, policies, ep.profiles, local_key)
         name = bounded_name(f"{prefix}-d{tag}")
         # Endpoints selected by the same policies (replicas, or pods whose labels differ only
         # where no policy looks) and alike in what the rules see of them share the decision.
