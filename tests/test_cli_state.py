@@ -243,7 +243,9 @@ def test_policy_toggle_from_the_cli_switches_gates_without_compiling(tmp_path: P
         calls.append(node)
         return compile_node(state, node, options, ids)
 
-    world.compiler = lambda: (counting, CompileOptions())  # type: ignore[method-assign]
+    # The rule walk: only gates depend on toggles (decision maps' elements do too: see
+    # tests/test_reconcile.py for toggles under decision maps).
+    world.compiler = lambda: (counting, CompileOptions(decision_budget=0))  # type: ignore[method-assign]
     applied(world)
     assert sorted(calls) == NODES
     calls.clear()
@@ -280,8 +282,11 @@ def test_dry_run_reports_each_workload_chains_layout(tmp_path: Path) -> None:
     for line in decided:  # the chain named is in the listing, with its maps
         chain = line.split(":")[0].removeprefix("# ")
         assert f"chain {chain} {{" in result.stdout
-        assert f"map dp4-{chain[4:]} {{" in result.stdout
-    walked = world.run("apply", "--dry-run", "-f", str(SCENARIOS))  # the default: off
+        assert f"map dp4-{chain[4:]}" in result.stdout  # its own, or its peer classes' (…-<class>)
+    default = world.run("apply", "--dry-run", "-f", str(SCENARIOS))  # the default: on
+    assert default.exit_code == 0, default.output
+    assert ": decision maps, " in default.stdout
+    walked = world.run("apply", "--dry-run", "-f", str(SCENARIOS), env={"FLOWTUI_DECISION_BUDGET": "0"})
     assert walked.exit_code == 0, walked.output
     assert ": decision maps, " not in walked.stdout and "map dp4-" not in walked.stdout
     assert "rule walk, 5 rules (decision maps off (budget 0))" in walked.stdout

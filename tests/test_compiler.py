@@ -87,13 +87,20 @@ def _edit(res: ResourceSet, name: str, **changes: object) -> ResourceSet:
     return replace(res, policies=policies)
 
 
-def _decision_op(op: ir.Op) -> bool:
-    """A change inside the decision layout: map elements and outcome (dx-) chains."""
+DECISION_MAPS = tuple(f"{kind}{v}-" for kind in ("dp", "dh", "dn", "di", "da") for v in (4, 6))
+
+
+def _decision_op(op: ir.Op, *, edit: bool = False) -> bool:
+    """A change inside the decision layout: map elements and outcome (dx-) chains; an edit may
+    also split the peer classes anew (class chains dr- and their maps come and go)."""
+    chains = ("dx-", "dr") if edit else ("dx-",)
     if isinstance(op, ir.SetElements):
-        return op.name.startswith(("dp4-", "dp6-", "dn4-", "dn6-"))
+        return op.name.startswith(DECISION_MAPS)
+    if isinstance(op, ir.DefineSet | ir.DeleteSet):
+        return edit and (op.set.name if isinstance(op, ir.DefineSet) else op.name).startswith(DECISION_MAPS)
     if isinstance(op, ir.DefineChain):
-        return op.chain.name.startswith("dx-")
-    return isinstance(op, ir.DeleteChain) and op.name.startswith("dx-")
+        return op.chain.name.startswith(chains)
+    return isinstance(op, ir.DeleteChain) and op.name.startswith(chains)
 
 
 def test_changing_one_policy_rewrites_only_its_chain() -> None:
@@ -105,7 +112,7 @@ def test_changing_one_policy_rewrites_only_its_chain() -> None:
         pol = next(p for p in ARTICLE.policies if p.name == "log-and-deny-frontend")
         edited = _edit(ARTICLE, pol.name, ingress=pol.ingress[1:], revision=1)
         new = compile_node(ClusterState(edited), "node-b", layout, ids=ids).table
-        ops = [op for op in ir.diff(old, new) if not _decision_op(op)]
+        ops = [op for op in ir.diff(old, new) if not _decision_op(op, edit=True)]
         touched = {op.chain.name for op in ops if isinstance(op, ir.DefineChain)}
         assert touched == {"pi-np-staging.log-and-deny-frontend"}
         assert not any(isinstance(op, (ir.DeleteChain, ir.DeleteSet, ir.SetElements)) for op in ops)

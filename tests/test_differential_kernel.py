@@ -259,7 +259,8 @@ def toggle_ops_allowed(op: ir.Op, layout: str) -> bool:
     """A toggle changes the `closed` gate set; with decision maps, also map elements and the
     terminal chains of outcomes new to (or gone from) the node. Never a policy or endpoint chain."""
     if isinstance(op, ir.SetElements):
-        return op.name == "closed" or (layout == "decision" and op.name.startswith(("dp4-", "dp6-", "dn4-", "dn6-")))
+        return op.name == "closed" or (layout == "decision" and op.name.startswith(
+            ("dp4-", "dp6-", "dh4-", "dh6-", "dn4-", "dn6-", "di4-", "di6-")))
     if layout == "decision" and isinstance(op, ir.DefineChain | ir.DeleteChain):
         name = op.chain.name if isinstance(op, ir.DefineChain) else op.name
         return name.startswith("dx-")
@@ -361,15 +362,21 @@ def test_a_map_element_pointing_at_the_wrong_rule_is_caught(lab_id: str, tmp_pat
             table = compiled[pod.node].table
             iface = f'"{cali_name(pod.namespace, pod.name)}" : goto '
             chain = next(e for e in table.sets["wl-to"].elements if e.startswith(iface)).removeprefix(iface)
-            if not chain.startswith("tw-d"):
-                continue
-            dmap = table.sets[f"dp4-{chain.removeprefix('tw-d')}"]
+            if not (chain.startswith("tw-d") and len(chain) == 16):
+                continue  # the walk (tw-<digest>)
+            tag = chain.removeprefix("tw-d")
+            suffix = f"4-{tag}"  # the peer's class: its chain's maps (or the chain's own for one class)
+            for element in table.sets.get(f"da4-{tag}", ir.NftSet("", "", (), frozenset())).elements:
+                addr, _, row = element.partition(" : goto ")
+                if _in_range(addr, int(p.src), ipaddress.IPv4Address):
+                    suffix = row.removeprefix("dr")
             others = sorted(c for c in table.chains if c.startswith("dx-"))
-            for element in sorted(dmap.elements):
+            for map_name, element in sorted((f"{kind}{suffix}", e) for kind in ("dh", "dp")
+                                            for e in table.sets[f"{kind}{suffix}"].elements):
+                dmap = table.sets[map_name]
                 key, _, target = element.partition(" : goto ")
-                addr, proto, port = key.split(" . ")
-                if (int(proto) == p.proto and _in_range(port, p.dport or 0)
-                        and _in_range(addr, int(p.src), ipaddress.IPv4Address)):
+                proto, *_, port = key.split(" . ")
+                if int(proto) == p.proto and _in_range(port, p.dport or 0):
                     wrong = next((c for c in others if c != target), None)
                     if wrong is not None:
                         found = (seed, res, plan, state, compiled, p, pod.node, dmap, element, f"{key} : goto {wrong}")

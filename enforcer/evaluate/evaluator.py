@@ -389,6 +389,13 @@ class Evaluator:
         return tuple(StageTier(tiers[t], tuple(pols), tuple(p for p in pols if not p.staged))
                      for t, pols in sorted(by_tier.items()))
 
+    def profile_hit(self, name: str, direction: Direction, index: int, action: str) -> Hit:
+        """The hit of a profile's rule (built-in profiles' defaults are not user decisions)."""
+        builtin = name not in self.state.user_profiles and (
+            name.startswith(("kns.", "ksa.")) or name == DEFAULT_ALLOW_PROFILE
+        )
+        return Hit("Profile", None, name, PROFILE_TIER, direction, index, action, builtin)
+
     def _compiled(self, key: tuple[str, str, str], namespace: str | None, rules: tuple[Rule, ...],
                   direction: Direction, version: int) -> tuple[CompiledRule, ...]:
         ckey = (key, direction, version)
@@ -473,14 +480,12 @@ class Evaluator:
             prof: Profile | None = self.state.profiles.get(name)
             if prof is None:
                 continue
-            builtin = name not in self.state.user_profiles and (
-                name.startswith(("kns.", "ksa.")) or name == DEFAULT_ALLOW_PROFILE
-            )
             rules = self._compiled(("Profile", "", name), None, prof.rules(direction), direction, flow.version)
             for cr in rules:
                 if not cr.matches(flow):
                     continue
-                hit = Hit("Profile", None, name, PROFILE_TIER, direction, cr.index, cr.action, builtin)
+                hit = self.profile_hit(name, direction, cr.index, cr.action)
+                builtin = hit.builtin
                 if cr.action == "Log":
                     logged.append(hit)
                     continue

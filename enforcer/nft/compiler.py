@@ -95,9 +95,8 @@ class CompileOptions:
     snaplen: int = 128
     deny_log_rate: int = 1000  # per second, per rule; 0 = log every denied packet
     deny_log_burst: int = 1000
-    # Cells per workload endpoint chain for decision maps (decision.py); 0 keeps the walk. Off by
-    # default: deciding every cell with the evaluator makes compiles at 1,000 policies slow.
-    decision_budget: int = 0
+    # Cells per workload endpoint chain for decision maps (decision.py); 0 keeps the walk.
+    decision_budget: int = decision.DEFAULT_BUDGET
 
 
 DECISION_BUDGET_ENV = "FLOWTUI_DECISION_BUDGET"
@@ -188,6 +187,7 @@ class _Decided:
     walk: str
     policies: frozenset[tuple[str, str, str]]
     maps: tuple[str, ...]
+    chains: tuple[str, ...]  # its peer classes' chains (dr-...)
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,9 @@ def _redecide(base: CompiledNode, nc: _NodeCompiler, targets: Mapping[str, froze
     sets.update(again.decision_maps)
     used.update({m: _goto_targets(nset) for m, nset in again.decision_maps.items()})
     reached = frozenset().union(*used.values())
-    chains = {n: c for n, c in base.table.chains.items() if not n.startswith("dx-") or n in reached}
+    stale = frozenset().union(*(d.chains for d in affected.values()))  # made again below, if still used
+    chains = {n: c for n, c in base.table.chains.items()
+              if n not in stale and (not n.startswith("dx-") or n in reached)}
     chains.update(again.chains)
     refs = {r.id: r for r in base.rules}
     refs.update(again.refs)
@@ -303,6 +305,11 @@ class _NodeCompiler:
     workload_chains: dict[tuple[object, ...], str] = field(default_factory=dict)
     layouts: dict[str, ChainLayout] = field(default_factory=dict)
     decision_maps: dict[str, NftSet] = field(default_factory=dict)
+    _decided: dict[str, str | None] = field(default_factory=dict)  # decision chain → None, or why the walk
+    _with_named: dict[int, decision.RuleList] = field(default_factory=dict)
+    _selected_by_id: dict[int, int] = field(default_factory=dict)
+    _tags: dict[tuple[object, ...], str] = field(default_factory=dict)
+    _selected_ids: dict[tuple[object, ...], int] = field(default_factory=dict)
     _rules_of: dict[tuple[object, ...], tuple[tuple[Policy, ...], decision.RuleList, decision.Tests]] = field(
         default_factory=dict)
     decided: dict[str, _Decided] = field(default_factory=dict)  # decision chain → how it was made
@@ -530,10 +537,9 @@ class _NodeCompiler:
         assert stage.endpoint is not None
         signature: tuple[object, ...] | None = None
         if stage.family == "workload":
-            # Replicas select the same policies: their chain is rendered once per compile. The
-            # evaluator shares one stage_tiers answer between endpoints with the same labels
-            # and keeps it alive for the compile, so its identity stands for its content.
-            signature = (name, stage.direction, stage.endpoint.profiles, id(self.ev.stage_tiers(stage)),
+            # Endpoints selected by the same policies (replicas, or pods whose labels differ
+            # where no policy looks): their chain is rendered once per compile.
+            signature = (name, stage.direction, stage.endpoint.profiles, self._selected(stage),
                          self._local_key(stage))
             found = self.workload_chains.get(signature)
             if found is not None:
@@ -579,18 +585,36 @@ class _NodeCompiler:
         ep = stage.endpoint
         assert ep is not None
         policies, rules, _ = self._decision_rules(stage)
-        tag = decision.chain_tag(stage, policies, ep.profiles, self._local_key(stage))
+        local_key = self._local_key(stage)
+        memo = (self._selected(stage), stage.direction, ep.profiles, local_key)
+        tag = self._tags.get(memo)
+        if tag is None:  # hashing every selecting policy's key: once per shared chain, not per endpoint
+            tag = self._tags[memo] = decision.chain_tag(stage, policies, ep.profiles, local_key)
+        name = bounded_name(f"{prefix}-d{tag}")
+        # Endpoints selected by the same policies (replicas, or pods whose labels differ only
+        # where no policy looks) and alike in what the rules see of them share the decision.
+        if name in self._decided:
+            why = self._decided[name]
+            if why is not None:
+                self._walk_reason = why
+                return None
+            return name
         local: dict[int, IPAddress] = {4: ipaddress.IPv4Address("192.0.2.1"), 6: ipaddress.IPv6Address("2001:db8::1")}
         for ip in reversed(ep.ips):
             local[ip.version] = ip
         built = self._decide(stage, policies, rules, local, tag, walk)
         if isinstance(built, str):
+            self._decided[name] = built
             self._walk_reason = built
             return None
-        name = bounded_name(f"{prefix}-d{tag}")
-        for map_name, (type_, elements, is_map) in built.maps.items():
-            self.decision_maps[map_name] = NftSet(map_name, type_, ("interval",), elements, is_map=is_map)
-        self.decided[name] = _Decided(prefix, stage, walk, frozenset(p.key for p in policies), tuple(built.maps))
+        self._decided[name] = None
+        for map_name, (type_, elements, is_map, interval) in built.maps.items():
+            self.decision_maps[map_name] = NftSet(map_name, type_, ("interval",) if interval else (), elements,
+                                                  is_map=is_map)
+        for chain_name, chain_rules in built.chains.items():
+            self.chains[chain_name] = Chain(chain_name, chain_rules)
+        self.decided[name] = _Decided(prefix, stage, walk, frozenset(p.key for p in policies), tuple(built.maps),
+                                      tuple(built.chains))
         # The maps cover every address, protocol and port: the drop is never reached.
         self.chains[name] = Chain(name, (CLEAR, *built.lines, "drop"))
         self.layouts[name] = ChainLayout(name, "decision", built.elements)
@@ -618,7 +642,7 @@ class _NodeCompiler:
         chains: tuple[Chain, ...] = ()
         refs: tuple[RuleRef, ...] = ()
         if not isinstance(built, str):
-            targets = {e.rsplit(" goto ", 1)[1] for _, elements, _ in built.maps.values() for e in elements
+            targets = {e.rsplit(" goto ", 1)[1] for _, elements, _, _ in built.maps.values() for e in elements
                        if " goto " in e}
             chains = tuple(self.chains[n] for n in sorted(targets) if n.startswith("dx-"))
             ids = {int(w[2:-1]) for c in chains for line in c.rules for w in line.split()
@@ -633,7 +657,7 @@ class _NodeCompiler:
         """The selecting policies, every rule that may decide (theirs, then the profiles'), and
         the address tests on the endpoint's own side: once per shared chain."""
         assert stage.endpoint is not None
-        key = (id(self.ev.stage_tiers(stage)), stage.direction, stage.endpoint.profiles)
+        key = (self._selected(stage), stage.direction, stage.endpoint.profiles)
         found = self._rules_of.get(key)
         if found is None:
             policies = tuple(p for st in self.ev.stage_tiers(stage) for p in st.enforced)
@@ -649,33 +673,60 @@ class _NodeCompiler:
             profiles = [self.state.profiles[n] for n in stage.endpoint.profiles if n in self.state.profiles]
             rules = [(r, p.namespace) for p in policies for r in p.rules(stage.direction)]
             rules += [(r, None) for prof in profiles for r in prof.rules(stage.direction)]
-            tests = decision.address_tests(self.state, rules, stage.direction, peer=False)
+            tests = decision.address_tests(self.state, rules, stage.direction, peer=False).ranges
             if len(kept) >= KEPT_MAX:
                 kept.clear()
             found = self._rules_of[key] = kept[ckey] = (policies, rules, tests)
         return found
 
-    def _local_key(self, stage: Stage) -> tuple[frozenset[int], ...]:
-        """Which of the rules' tests on the endpoint's own side hold for each of its addresses:
-        endpoints that differ there cannot share a decision chain."""
+    def _selected(self, stage: Stage) -> int:
+        """A number for the stage's tiers of enforced policies: equal for endpoints selected by
+        the same policies. The evaluator shares one stage_tiers answer between endpoints with
+        the same labels and keeps it alive for the compile, so its identity is looked up first."""
+        tiers = self.ev.stage_tiers(stage)
+        found = self._selected_by_id.get(id(tiers))
+        if found is None:
+            content = tuple((st.tier.name, tuple(map(id, st.enforced))) for st in tiers)
+            found = self._selected_ids.setdefault(content, len(self._selected_ids))
+            self._selected_by_id[id(tiers)] = found
+        return found
+
+    def _local_key(self, stage: Stage) -> tuple[object, ...]:
+        """Which of the rules' tests on the endpoint's own side hold for each of its addresses,
+        and its named ports the rules use: endpoints that differ there cannot share a decision."""
         if self.options.decision_budget <= 0:
             return ()
         assert stage.endpoint is not None
-        tests = self._decision_rules(stage)[2]
-        if not tests:
-            return ()
-        # Kept across compiles with the tests they were computed from (the tests object itself is
-        # kept while its policy set is unchanged): a recompile does not test every address again.
-        kept: dict[tuple[int, tuple[IPAddress, ...]], tuple[decision.Tests, tuple[frozenset[int], ...]]] = \
+        _, rules, tests = self._decision_rules(stage)
+        ips = stage.endpoint.ips
+        with_named = self._named_rules(stage, rules)
+        named = decision.local_named_ports(self.state, with_named, stage.direction, ips) if with_named else ()
+        member = self._memberships(tests, ips) if tests else ()
+        return (member, named) if named else member
+
+    def _memberships(self, tests: decision.Tests, ips: tuple[IPAddress, ...]) -> tuple[tuple[int, ...], ...]:
+        """Which own-side tests hold for each address, kept across compiles with the tests they were
+        computed from (kept while the policy set is unchanged): a recompile does not test every
+        address again."""
+        kept: dict[tuple[int, tuple[IPAddress, ...]], tuple[decision.Tests, tuple[tuple[int, ...], ...]]] = \
             self.state.caches.setdefault("nft.local_keys", {})
-        key = (id(tests), stage.endpoint.ips)
+        key = (id(tests), ips)
         hit = kept.get(key)
         if hit is not None and hit[0] is tests:
             return hit[1]
-        found = decision.memberships(tests, stage.endpoint.ips)
+        found = tuple(sorted(tuple(sorted(m)) for m in decision.memberships(tests, ips)))
         if len(kept) >= KEPT_MAX:
             kept.clear()
         kept[key] = (tests, found)
+        return found
+
+    def _named_rules(self, stage: Stage, rules: decision.RuleList) -> decision.RuleList:
+        """The rules testing the endpoint's own named ports (once per shared rule list)."""
+        key = id(rules)
+        found = self._with_named.get(key)
+        if found is None:
+            found = self._with_named[key] = [(r, ns) for r, ns in rules
+                                             if decision.tests_own_named_port(r, stage.direction)]
         return found
 
     def _live_evaluator(self) -> Evaluator:

@@ -115,7 +115,8 @@ def diff(old: Table, new: Table) -> list[Op]:
        before the chains they go to, even in one transaction);
     2. change set and map elements (a verdict map's new element may `goto` a new chain);
     3. write the rules of new and changed chains;
-    4. flush, then delete, removed chains; then delete removed sets (no rule refers to them now).
+    4. flush removed chains; delete removed sets (no rule refers to them now; a removed verdict
+       map's elements may go to removed chains); then delete the removed chains.
 
     The compiler encodes a set's type in its name, so a set never changes type under one name.
     """
@@ -159,8 +160,8 @@ def diff(old: Table, new: Table) -> list[Op]:
             rules.append(DefineChain(c, new=False))
     removed = sorted(old.chains.keys() - new.chains.keys())
     cleanup: list[Op] = [DefineChain(Chain(n, ()), new=False) for n in removed]
-    cleanup += [DeleteChain(n) for n in removed]
     cleanup += [DeleteSet(n, old.sets[n].is_map) for n in sorted(old.sets.keys() - new.sets.keys())]
+    cleanup += [DeleteChain(n) for n in removed]
     return chains + declare + elements + rules + cleanup
 
 

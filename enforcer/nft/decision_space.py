@@ -1,0 +1,423 @@
+"""The decision space of one workload chain: what its rules test, split into elementary
+intervals (peer address classes, per protocol source and destination ports, ICMP type and code,
+other protocols), and the region of that space each rule matches — derived from the resolved,
+family-rendered rule (nets, selector sets, named ports, ports, ICMP), as the evaluator's
+`compile_rule` matches it (tests/test_decision_regions.py checks the two agree cell by cell).
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from enforcer.model import EntityRule, IPAddress, NamedPort, PortRange, Rule
+from enforcer.nft.regions import Box, interval_mask
+from enforcer.resolve.ipsets import IPSet, ip_key
+from enforcer.resolve.selectors import entity_selector
+from enforcer.resolve.state import ClusterState
+from enforcer.selector import Selector
+
+PORT_PROTOCOLS = (6, 17, 132, 136)  # protocols whose rules may match ports (th sport, th dport)
+ICMP_PROTOCOL = {4: 1, 6: 58}
+SPACE = {4: (1 << 32) - 1, 6: (1 << 128) - 1}
+_SELECTOR_CACHE = 500_000
+
+Intervals = list[tuple[int, int]]
+
+
+# ---- what the rules test -------------------------------------------------------------------
+
+
+def _sides(rule: Rule, direction: str) -> tuple[EntityRule, EntityRule]:
+    """(peer, local) side of a rule in a workload chain of `direction`."""
+    return (rule.source, rule.destination) if direction == "ingress" else (rule.destination, rule.source)
+
+
+RuleList = list[tuple[Rule, str | None]]  # (rule, its policy's namespace)
+Tests = list[list[tuple[int, int, int]]]  # per address test: its (version, first, last) ranges
+
+
+def unsupported(rules: RuleList) -> str | None:
+    """Why these rules cannot be keyed on the packet's peer address, protocol and ports, or None."""
+    for rule, _ in rules:
+        if rule.http is not None:
+            return "HTTP match"
+        if rule.source.services is not None or rule.destination.services is not None:
+            return "service match"
+    return None
+
+
+def _named(entity: EntityRule) -> list[NamedPort]:
+    return [p for p in (*entity.ports, *entity.not_ports) if isinstance(p, NamedPort)]
+
+
+def _selector(state: ClusterState, entity: EntityRule, namespace: str | None) -> Selector | None:
+    """`entity_selector`, remembered per entity for the state's life (building the namespaced
+    selector costs more than the rest of a rule's region)."""
+    cache: dict[tuple[int, str | None], tuple[EntityRule, Selector | None]] = state.caches.setdefault(
+        "decision.selectors", {})
+    key = (id(entity), namespace)
+    found = cache.get(key)
+    if found is None or found[0] is not entity:
+        if len(cache) >= _SELECTOR_CACHE:
+            cache.clear()  # edited-away rules would otherwise stay referenced
+        found = cache[key] = (entity, entity_selector(entity, namespace))
+    return found[1]
+
+
+def _named_groups(state: ClusterState, entity: EntityRule, namespace: str | None, protocol: int | None,
+                  name: str) -> dict[tuple[int, int], frozenset[IPAddress]]:
+    """A named port's members as (protocol, port) → the addresses that declare it so."""
+    groups: dict[tuple[int, int], set[IPAddress]] = {}
+    for ip, proto, port in state.named_ports(_selector(state, entity, namespace), name, protocol).members:
+        groups.setdefault((proto, port), set()).add(ip)
+    return {k: frozenset(v) for k, v in groups.items()}
+
+
+class AddressTests:
+    """The address tests used on one side of the rules, each with its ranges, by key."""
+
+    def __init__(self) -> None:
+        self.ranges: Tests = []
+        self.index: dict[object, int] = {}
+
+    def add(self, key: object, ranges: Iterator[tuple[int, int, int]]) -> None:
+        if key not in self.index:
+            self.index[key] = len(self.ranges)
+            self.ranges.append(list(ranges))
+
+
+def _net_ranges(nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> Iterator[tuple[int, int, int]]:
+    for net in nets:
+        yield net.version, int(net.network_address), int(net.broadcast_address)
+
+
+def _set_ranges(ipset: IPSet) -> Iterator[tuple[int, int, int]]:
+    for h in ipset.hosts:  # a generator: only run for a set not seen yet
+        yield h.version, int(h), int(h)
+    yield from _net_ranges(ipset.nets)
+
+
+def address_tests(state: ClusterState, rules: RuleList, direction: str, *, peer: bool = True) -> AddressTests:
+    """Per address test used on the peer's (or the endpoint's own) side: its ranges. On the peer
+    side, the addresses declaring a named port alike (protocol and number) are a test too."""
+    tests = AddressTests()
+    for rule, namespace in rules:
+        side = _sides(rule, direction)[0 if peer else 1]
+        for net in (*side.nets, *side.not_nets):
+            tests.add(("net", net), _net_ranges((net,)))
+        for sel in (_selector(state, side, namespace), side.not_selector):
+            if sel is None:
+                continue
+            ipset = state.ipset(sel)
+            tests.add(("set", ipset), _set_ranges(ipset))
+        if peer:
+            for np in _named(side):
+                for ips in _named_groups(state, side, namespace, rule.protocol, np.name).values():
+                    tests.add(("named", ips), ((ip.version, int(ip), int(ip)) for ip in ips))
+    return tests
+
+
+def memberships(tests: Tests, ips: tuple[IPAddress, ...]) -> tuple[frozenset[int], ...]:
+    """For each address: the tests that contain it."""
+    return tuple(frozenset(t for t, ranges in enumerate(tests)
+                           if any(v == ip.version and first <= int(ip) <= last for v, first, last in ranges))
+                 for ip in ips)
+
+
+def tests_own_named_port(rule: Rule, direction: str) -> bool:
+    return bool(_named(_sides(rule, direction)[1]))
+
+
+def local_named_ports(state: ClusterState, rules: RuleList, direction: str, ips: tuple[IPAddress, ...]
+                      ) -> tuple[tuple[int, int], ...]:
+    """The (protocol, port) of the endpoint's own named ports the rules use: endpoints differing
+    there cannot share a decision chain."""
+    found: set[tuple[int, int]] = set()
+    for rule, namespace in rules:
+        local = _sides(rule, direction)[1]
+        for np in _named(local):
+            for (proto, port), members in _named_groups(state, local, namespace, rule.protocol, np.name).items():
+                if any(ip in members for ip in ips):
+                    found.add((proto, port))
+    return tuple(sorted(found))
+
+
+def address_intervals(tests: Tests, version: int) -> tuple[list[int], list[frozenset[int]]]:
+    """The elementary intervals of the `version` address space (their first addresses, in
+    order) and, for each, the tests that contain it."""
+    top = SPACE[version]
+    bounds = {0}
+    for ranges in tests:
+        for v, first, last in ranges:
+            if v == version:
+                bounds.add(first)
+                if last < top:
+                    bounds.add(last + 1)
+    starts = sorted(bounds)
+    members: list[set[int]] = [set() for _ in starts]
+    for t, ranges in enumerate(tests):
+        for v, first, last in ranges:
+            if v != version:
+                continue
+            for i in range(bisect.bisect_left(starts, first), bisect.bisect_left(starts, last + 1)):
+                members[i].add(t)
+    return starts, [frozenset(m) for m in members]
+
+
+def _split(space_last: int, bounds: set[int]) -> Intervals:
+    starts = sorted(b for b in bounds | {0} if 0 <= b <= space_last)
+    return [(s, (starts[i + 1] - 1) if i + 1 < len(starts) else space_last) for i, s in enumerate(starts)]
+
+
+def _may_match(rule: Rule, proto: int) -> bool:
+    return rule.protocol in (None, proto) and rule.not_protocol != proto
+
+
+def port_intervals(state: ClusterState, rules: RuleList) -> dict[int, tuple[Intervals, Intervals]]:
+    """Per port protocol: its source and destination port intervals, split where the ranges and
+    named ports (resolved to numbers) of the rules that may match it begin and end (a TCP rule
+    does not split UDP's ports)."""
+    bounds: dict[tuple[int, bool], set[int]] = {(p, source): set() for p in PORT_PROTOCOLS for source in (True, False)}
+    for rule, namespace in rules:
+        protos = [p for p in PORT_PROTOCOLS if _may_match(rule, p)]
+        for source, entity in ((True, rule.source), (False, rule.destination)):
+            for port in (*entity.ports, *entity.not_ports):
+                if isinstance(port, PortRange):
+                    for p in protos:
+                        bounds[p, source].update((port.first, port.last + 1))
+                    continue
+                for pr, number in _named_groups(state, entity, namespace, rule.protocol, port.name):
+                    if pr in protos:
+                        bounds[pr, source].update((number, number + 1))
+    return {p: (_split(65535, bounds[p, True]), _split(65535, bounds[p, False])) for p in PORT_PROTOCOLS}
+
+
+def icmp_intervals(rules: RuleList) -> tuple[Intervals, Intervals] | None:
+    """ICMP type and code intervals when some rule matches them (then ICMP gets its own map)."""
+    types: set[int] = set()
+    codes: set[int] = set()
+    for rule, _ in rules:
+        for m in (rule.icmp, rule.not_icmp):
+            if m is not None:
+                types.update((m.type, m.type + 1))
+                if m.code is not None:
+                    codes.update((m.code, m.code + 1))
+    return (_split(255, types), _split(255, codes)) if types else None
+
+
+def protocol_intervals(rules: RuleList, excluded: tuple[int, ...]) -> Intervals:
+    """Intervals of the protocols without a map of their own (port protocols, ICMP when keyed)."""
+    bounds: set[int] = set()
+    for rule, _ in rules:
+        for proto in (rule.protocol, rule.not_protocol):
+            if proto is not None:
+                bounds.update((proto, proto + 1))
+    for proto in excluded:
+        bounds.update((proto, proto + 1))
+    return [(a, b) for a, b in _split(255, bounds) if a not in excluded]
+
+
+def _index(intervals: Intervals, value: int) -> int:
+    return bisect.bisect_right(intervals, (value, 1 << 130)) - 1
+
+
+def _mask(intervals: Intervals, first: int, last: int) -> int:
+    """The intervals inside first..last (the intervals split at both ends)."""
+    return interval_mask(_index(intervals, first), _index(intervals, last))
+
+
+# ---- the region a rule matches ---------------------------------------------------------------
+
+
+@dataclass
+class Family:
+    """One IP version's decision space for one chain."""
+
+    state: ClusterState
+    version: int
+    me: IPAddress  # the endpoint's own address (the rules' own-side tests are answered for it)
+    peer_tests: AddressTests
+    classes: list[frozenset[int]]  # per class: the peer tests its addresses are in
+    ports: dict[int, tuple[Intervals, Intervals]]  # port protocol → (source, destination) intervals
+    icmp: tuple[Intervals, Intervals] | None
+    others: Intervals  # the other protocols
+
+    def __post_init__(self) -> None:
+        self.all_classes = (1 << len(self.classes)) - 1
+        self._peer: dict[tuple[int, str | None], int] = {}
+        self._local: dict[tuple[int, str | None], bool] = {}
+        self.test_classes = [0] * len(self.peer_tests.ranges)
+        for c, sig in enumerate(self.classes):
+            for t in sig:
+                self.test_classes[t] |= 1 << c
+
+    def cells(self) -> int:
+        n = sum(len(s) * len(d) for s, d in self.ports.values()) + len(self.others)
+        if self.icmp is not None:
+            n += len(self.icmp[0]) * len(self.icmp[1])
+        return len(self.classes) * n
+
+    def _test(self, key: object) -> int:
+        return self.test_classes[self.peer_tests.index[key]]
+
+    def peer_classes(self, e: EntityRule, namespace: str | None) -> int:
+        """The classes the peer-side address checks (nets, notNets, selector, notSelector) accept."""
+        key = (id(e), namespace)  # rules outlive the compile of their chain
+        found = self._peer.get(key)
+        if found is None:
+            found = self._peer[key] = self._peer_classes(e, namespace)
+        return found
+
+    def _peer_classes(self, e: EntityRule, namespace: str | None) -> int:
+        mask = self.all_classes
+        if e.nets:
+            mask &= _or(self._test(("net", n)) for n in e.nets)
+        for n in e.not_nets:
+            mask &= ~self._test(("net", n))
+        sel = _selector(self.state, e, namespace)
+        if sel is not None:
+            mask &= self._test(("set", self.state.ipset(sel)))
+        if e.not_selector is not None:
+            mask &= ~self._test(("set", self.state.ipset(e.not_selector)))
+        return mask
+
+    def local_ok(self, e: EntityRule, namespace: str | None) -> bool:
+        """Whether the endpoint's own address passes the own-side address checks."""
+        key_ = (id(e), namespace)
+        found = self._local.get(key_)
+        if found is None:
+            found = self._local[key_] = self._local_ok(e, namespace)
+        return found
+
+    def _local_ok(self, e: EntityRule, namespace: str | None) -> bool:
+        me, key = self.me, ip_key(self.me)
+        if e.nets and not any(me in n for n in e.nets if n.version == me.version):
+            return False
+        if any(me in n for n in e.not_nets if n.version == me.version):
+            return False
+        sel = _selector(self.state, e, namespace)
+        if sel is not None and not self.state.ipset(sel).contains_key(key):
+            return False
+        return e.not_selector is None or not self.state.ipset(e.not_selector).contains_key(key)
+
+    def port_masks(self, e: EntityRule, namespace: str | None, protocol: int | None, proto: int,
+                   axis: Intervals, peer: bool) -> list[tuple[int, int]] | None:
+        """The entity's port match on `axis` as (classes, ports) pairs whose union it is (the
+        ports of a peer's named port depend on its class); None: no port condition."""
+        if not e.ports and not e.not_ports:
+            return None
+        full = (1 << len(axis)) - 1
+
+        def matched(ports: tuple[PortRange | NamedPort, ...]) -> tuple[int, list[tuple[int, int]]]:
+            base = 0
+            extra: list[tuple[int, int]] = []  # (classes, ports)
+            for p in ports:
+                if isinstance(p, PortRange):
+                    base |= _mask(axis, p.first, p.last)
+                    continue
+                for (pr, port), ips in _named_groups(self.state, e, namespace, protocol, p.name).items():
+                    if pr != proto:
+                        continue
+                    if not peer:
+                        if self.me in ips:
+                            base |= _mask(axis, port, port)
+                    else:
+                        extra.append((self._test(("named", ips)), _mask(axis, port, port)))
+            return base, extra
+
+        pos = matched(e.ports) if e.ports else None
+        neg = matched(e.not_ports) if e.not_ports else None
+        if not any(x is not None and x[1] for x in (pos, neg)):
+            mask = full
+            if pos is not None:
+                mask &= pos[0]
+            if neg is not None:
+                mask &= ~neg[0]
+            return [(self.all_classes, mask)]
+        # Class by class: the ports the peer's own named ports add.
+        by_mask: dict[int, int] = {}
+        for c in range(len(self.classes)):
+            mask = full
+            for part, positive in ((pos, True), (neg, False)):
+                if part is None:
+                    continue
+                m = part[0]
+                for classes, ports in part[1]:
+                    if classes >> c & 1:
+                        m |= ports
+                mask &= m if positive else ~m
+            by_mask[mask] = by_mask.get(mask, 0) | 1 << c
+        return [(classes, mask) for mask, classes in by_mask.items()]
+
+
+def _or(masks: Iterator[int]) -> int:
+    out = 0
+    for m in masks:
+        out |= m
+    return out
+
+
+def port_boxes(fam: Family, r: Rule, namespace: str | None, *, direction: str, proto: int) -> tuple[Box, ...]:
+    if not _may_match(r, proto) or r.icmp is not None:
+        return ()
+    peer, local = _sides(r, direction)
+    if not fam.local_ok(local, namespace):
+        return ()
+    classes = fam.peer_classes(peer, namespace)
+    sport_axis, dport_axis = fam.ports[proto]
+    ingress = direction == "ingress"
+    src = fam.port_masks(r.source, namespace, r.protocol, proto, sport_axis, peer=ingress)
+    dst = fam.port_masks(r.destination, namespace, r.protocol, proto, dport_axis, peer=not ingress)
+    boxes: list[Box] = []
+    for sc, sm in src or [(fam.all_classes, (1 << len(sport_axis)) - 1)]:
+        for dc, dm in dst or [(fam.all_classes, (1 << len(dport_axis)) - 1)]:
+            box = (classes & sc & dc, sm, dm)
+            if all(box):
+                boxes.append(box)
+    return tuple(boxes)
+
+
+def icmp_boxes(fam: Family, r: Rule, namespace: str | None, *, direction: str) -> tuple[Box, ...]:
+    assert fam.icmp is not None
+    types, codes = fam.icmp
+    proto = ICMP_PROTOCOL[fam.version]
+    if not _may_match(r, proto) or _has_ports(r):
+        return ()
+    peer, local = _sides(r, direction)
+    if not fam.local_ok(local, namespace):
+        return ()
+    classes = fam.peer_classes(peer, namespace)
+    all_t, all_c = (1 << len(types)) - 1, (1 << len(codes)) - 1
+    tc: list[tuple[int, int]] = [(all_t, all_c)]
+    if r.icmp is not None:
+        c = r.icmp.code
+        tc = [(_mask(types, r.icmp.type, r.icmp.type), all_c if c is None else _mask(codes, c, c))]
+    if r.not_icmp is not None:
+        nt = _mask(types, r.not_icmp.type, r.not_icmp.type)
+        nc = all_c if r.not_icmp.code is None else _mask(codes, r.not_icmp.code, r.not_icmp.code)
+        tc = [(t & x, c & y) for t, c in tc for x, y in ((all_t & ~nt, all_c), (nt, all_c & ~nc))]
+    return tuple((classes, t, c) for t, c in tc if classes and t and c)
+
+
+def _has_ports(r: Rule) -> bool:
+    return bool(r.source.ports or r.source.not_ports or r.destination.ports or r.destination.not_ports)
+
+
+def other_boxes(fam: Family, r: Rule, namespace: str | None, *, direction: str) -> tuple[Box, ...]:
+    # Without ports (a portless packet never matches a port condition) nor ICMP type (none to match).
+    if _has_ports(r) or r.icmp is not None:
+        return ()
+    peer, local = _sides(r, direction)
+    if not fam.local_ok(local, namespace):
+        return ()
+    protos = 0
+    for i, (first, _) in enumerate(fam.others):
+        if _may_match(r, first):
+            protos |= 1 << i
+    classes = fam.peer_classes(peer, namespace)
+    return ((classes, protos),) if classes and protos else ()
+
+

@@ -1,0 +1,248 @@
+"""Decision maps against the evaluator, cell by cell, without a kernel.
+
+The compiler computes each workload chain's decision maps with a walk over regions
+(enforcer/nft/regions.py), deriving every rule's region from the resolved rule. The oracle is
+the evaluator's per-flow walk (`Evaluator.decide_stage`): on random policy sets (synth clusters
+whose rules are topped up with source ports, notPorts, named ports on both sides, ICMP type and
+code, notICMP, notProtocol, nets and notNets), every flow through a decision chain — looked up in
+the rendered map elements as the kernel would — must reach the outcome chain that logs exactly
+the evaluator's Log hits and attributes its verdict to the evaluator's deciding rule.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from dataclasses import replace
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from enforcer.evaluate.evaluator import Evaluator, Hit, StageResult
+from enforcer.evaluate.flow import Flow
+from enforcer.evaluate.path import Stage
+from enforcer.lab.names import cali_name
+from enforcer.model import EntityRule, ICMPMatch, IPAddress, NamedPort, PortRange, ResourceSet, Rule
+from enforcer.nft.compiler import CompileOptions, compile_node
+from enforcer.nft.decision import DEFAULT_BUDGET, PORT_PROTOCOLS
+from enforcer.nft.ir import Table
+from enforcer.resolve import ClusterState
+from enforcer.ruleids import RuleTable
+from enforcer.selector import parse_selector
+from enforcer.synth import SynthSpec, synth_resources
+
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PORT_EDGES = (0, 1, 52, 53, 54, 79, 80, 81, 443, 1024, 5432, 8080, 9000, 9100, 9101, 40000, 65535)
+
+
+def _ports(rng: random.Random) -> tuple[PortRange | NamedPort, ...]:
+    out: list[PortRange | NamedPort] = []
+    for _ in range(rng.randint(1, 2)):
+        if rng.random() < 0.25:
+            out.append(NamedPort("http"))
+        else:
+            first = rng.choice(PORT_EDGES[:-1])
+            out.append(PortRange(first, min(65535, first + rng.choice((0, 0, 1, 20, 1000)))))
+    return tuple(out)
+
+
+def _entity(rng: random.Random, family: int, protocol: int | None) -> EntityRule:
+    kw: dict[str, object] = {}
+    if rng.random() < 0.3:
+        kw["nets"] = (ipaddress.ip_network("10.244.0.0/23" if family == 4 else "fd00:10:244::/62"),)
+    if rng.random() < 0.2:
+        kw["not_nets"] = (ipaddress.ip_network("10.244.1.0/28" if family == 4 else "fd00:10:244:1::/120"),)
+    if rng.random() < 0.3:
+        kw["selector"] = parse_selector(f"app == '{rng.choice(('web', 'api', 'db'))}'")
+    if rng.random() < 0.15:
+        kw["not_selector"] = parse_selector(f"app == '{rng.choice(('web', 'api'))}'")
+    if protocol in (6, 17, 132):
+        if rng.random() < 0.5:
+            kw["ports"] = _ports(rng)
+        if rng.random() < 0.2:
+            kw["not_ports"] = _ports(rng)
+    return EntityRule(**kw)  # type: ignore[arg-type]
+
+
+def _rule(rng: random.Random) -> Rule:
+    action = rng.choice(("Allow", "Allow", "Deny", "Pass", "Log"))
+    protocol = rng.choice((6, 17, 132, 1, 58, None, None))
+    family = 6 if protocol == 58 else 4 if protocol == 1 else rng.choice((4, 6))
+    kw: dict[str, object] = {}
+    if protocol in (1, 58):
+        if rng.random() < 0.5:
+            kw["icmp"] = ICMPMatch(rng.choice((0, 3, 8, 128)), rng.choice((None, 0, 1)))
+        elif rng.random() < 0.5:
+            kw["not_icmp"] = ICMPMatch(rng.choice((3, 8, 129)), rng.choice((None, 0)))
+    elif protocol is None and rng.random() < 0.3:
+        kw["not_protocol"] = rng.choice((6, 17, 1))
+    return Rule(action, protocol=protocol, source=_entity(rng, family, protocol),  # type: ignore[arg-type]
+                destination=_entity(rng, family, protocol), **kw)  # type: ignore[arg-type]
+
+
+def topped_up(res: ResourceSet, seed: int) -> ResourceSet:
+    """The synth cluster with random extra rules in its policies and its staged/disabled flags off
+    for some (the maps hold the enforced walk)."""
+    rng = random.Random(seed)
+    pols = []
+    for p in res.policies:
+        extra = {d: tuple(_rule(rng) for _ in range(rng.randint(0, 3))) for d in ("ingress", "egress")}
+        rules = {d: tuple(rng.sample([*p.rules(d), *extra[d]], len(p.rules(d)) + len(extra[d])))  # type: ignore[arg-type]
+                 for d in ("ingress", "egress")}
+        pols.append(replace(p, ingress=rules["ingress"], egress=rules["egress"]))
+    return replace(res, policies=tuple(pols))
+
+
+def _in(part: str, value: int, parse: object) -> bool:
+    first, _, last = part.partition("-")
+    lo = int(parse(first))  # type: ignore[operator]
+    return lo <= value <= (int(parse(last)) if last else lo)  # type: ignore[operator]
+
+
+def lookup(table: Table, name: str, key: tuple[int, ...], version: int) -> str | None:
+    """The kernel's lookup of `key` in the map `name`: the element's target (or member) or None.
+    Addresses (of `version`) are the keys' first field when the map's type starts with one."""
+    parse = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+    found = []
+    for element in table.sets[name].elements:
+        k, _, target = element.partition(" : goto ")
+        parts = k.split(" . ")
+        assert len(parts) == len(key), (element, key)
+        addr = table.sets[name].type.startswith("ipv")
+        if all(_in(p, v, parse if i == 0 and addr else int) for i, (p, v) in enumerate(zip(parts, key, strict=True))):
+            found.append(target or "member")
+    assert len(found) <= 1, f"overlapping elements for {key} in {name}: {found}"
+    return found[0] if found else None
+
+
+def chain_outcome(table: Table, rules: RuleTable, chain: str) -> tuple[tuple[object, ...], ...]:
+    """What an outcome chain logs and attributes: (action letter, kind, namespace, name, rule) per log."""
+    out = []
+    for line in table.chains[chain].rules:
+        if 'log prefix "' not in line:
+            continue
+        prefix = line.split('log prefix "')[1].split('"')[0]
+        ref = rules.lookup(prefix)
+        assert ref is not None
+        out.append((prefix[3], ref.kind, ref.namespace, ref.name, ref.rule))
+    return tuple(out)
+
+
+def expected(res: StageResult) -> tuple[tuple[object, ...], ...]:
+    def item(letter: str, h: Hit) -> tuple[object, ...]:
+        kind = "EndOfTier" if h.rule < 0 else h.kind
+        return (letter, kind, h.namespace, h.name, h.rule)
+
+    out = [item("L", h) for h in res.logged]
+    if res.hit is None:
+        out.append(("D", "NoProfileMatch", None, "", -1))
+    else:
+        out.append(item("A" if res.outcome == "allow" else "D", res.hit))
+    return tuple(out)
+
+
+def flows(rng: random.Random, me: IPAddress, peers: list[IPAddress], ingress: bool, count: int) -> list[Flow]:
+    out = []
+    for _ in range(count):
+        peer = rng.choice(peers)
+        src, dst = (peer, me) if ingress else (me, peer)
+        proto = rng.choice((*PORT_PROTOCOLS, 6, 17, 1, 58, 47))
+        if proto in PORT_PROTOCOLS:
+            out.append(Flow(src, dst, proto, rng.choice(PORT_EDGES), rng.choice(PORT_EDGES)))
+        elif proto == (1 if me.version == 4 else 58):
+            out.append(Flow(src, dst, proto, icmp_type=rng.choice((0, 3, 8, 9, 128, 129, 255)),
+                            icmp_code=rng.choice((0, 1, 2))))
+        else:
+            out.append(Flow(src, dst, proto))
+    return out
+
+
+def check(res: ResourceSet, seed: int, per_chain: int = 40) -> int:
+    """Compare every decision chain with the evaluator; the number of flows compared."""
+    state = ClusterState(res)
+    ev = Evaluator(state)
+    rng = random.Random(seed)
+    addresses = sorted({ip for p in res.pods for ip in p.ips} | {ip for n in res.nodes for ip in n.addresses}
+                       | {ip for e in res.external_hosts for ip in e.addresses}, key=lambda ip: (ip.version, ip))
+    compared = 0
+    for node in state.nodes:
+        compiled = compile_node(state, node, CompileOptions(decision_budget=DEFAULT_BUDGET))
+        table, rules = compiled.table, compiled.rules
+        for ep in state.endpoints:
+            if ep.kind != "wep" or ep.node != node:
+                continue
+            assert ep.namespace is not None
+            iface = f'"{cali_name(ep.namespace, ep.name)}" : goto '
+            for direction, dispatch in (("ingress", "wl-to"), ("egress", "wl-from")):
+                chain = next(e for e in table.sets[dispatch].elements if e.startswith(iface)).removeprefix(iface)
+                if not (chain.startswith(("tw-d", "fw-d")) and len(chain) == 16):
+                    continue  # the walk (tw-<digest>)
+                tag = chain[4:]
+                stage = Stage("workload", direction, ep, node)  # type: ignore[arg-type]
+                for me in ep.ips:
+                    v = me.version
+                    peers = [ip for ip in addresses if ip.version == v]
+                    peers += [ipaddress.ip_address(int(peers[0]) ^ rng.getrandbits(8 if v == 4 else 16))]
+                    for flow in flows(rng, me, peers, direction == "ingress", per_chain):
+                        peer = flow.src if direction == "ingress" else flow.dst
+                        if f"do{v}-{tag}" in table.sets:
+                            assert lookup(table, f"do{v}-{tag}", (int(me),), v) == "member"
+                        # the class's maps (a chain per class, or the chain's own for one class)
+                        suffix = f"{v}-{tag}"
+                        if f"da{v}-{tag}" in table.sets:
+                            row = lookup(table, f"da{v}-{tag}", (int(peer),), v)
+                            assert row is not None and row.startswith(f"dr{v}-{tag}-")
+                            suffix = row.removeprefix("dr")
+                        if flow.protocol in PORT_PROTOCOLS:
+                            name = f"dp{suffix}"
+                            sport = table.sets[name].type.count(".") == 2
+                            key = (flow.protocol, *((flow.src_port,) if sport else ()), flow.dst_port)
+                            if lookup(table, f"dh{suffix}", key, v) is not None:  # single ports first
+                                name = f"dh{suffix}"
+                        elif flow.protocol == (1 if v == 4 else 58) and f"di{suffix}" in table.sets:
+                            name = f"di{suffix}"
+                            key = (flow.icmp_type, flow.icmp_code)  # type: ignore[assignment]
+                        else:
+                            name = f"dn{suffix}"
+                            key = (flow.protocol,)
+                        target = lookup(table, name, key, v)  # type: ignore[arg-type]
+                        assert target is not None, f"{flow.describe()}: no element in {name}"
+                        want = expected(ev.decide_stage(stage, flow))
+                        assert chain_outcome(table, rules, target) == want, (
+                            f"{flow.describe()} {direction} of {ep.name}: map → {target}")
+                        compared += 1
+    return compared
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), policies=st.integers(1, 12))
+def test_decision_maps_agree_with_the_evaluator(seed: int, policies: int) -> None:
+    spec = SynthSpec(nodes=2, namespaces=2, pods=5, externals=2, policies=policies, rules_per_policy=3)
+    res = topped_up(synth_resources(seed, spec), seed)
+    check(res, seed)
+
+
+def test_the_property_test_reaches_decision_chains() -> None:
+    """The random sets do exercise decision chains (not all fall back to the walk)."""
+    spec = SynthSpec(nodes=2, namespaces=2, pods=5, externals=2, policies=8, rules_per_policy=3)
+    total = sum(check(topped_up(synth_resources(seed, spec), seed), seed, per_chain=10) for seed in range(5))
+    assert total > 100
+
+
+def test_a_decision_space_over_the_budget_keeps_the_walk_and_says_why() -> None:
+    """Never an unbounded map: a chain whose cells exceed the budget keeps its rule walk, and its
+    layout names the cells and the budget (what `apply --dry-run` prints)."""
+    spec = SynthSpec(nodes=1, namespaces=2, pods=4, externals=2, policies=8, rules_per_policy=3)
+    res = topped_up(synth_resources(3, spec), 3)
+    state = ClusterState(res)
+    node = next(iter(state.nodes))
+    roomy = compile_node(state, node, CompileOptions(decision_budget=DEFAULT_BUDGET))
+    cells = [c for c in roomy.layouts if c.layout == "decision"]
+    assert cells, "the default budget lays these chains out as maps"
+    tight = compile_node(ClusterState(res), node, CompileOptions(decision_budget=10))
+    assert tight.layouts and all(c.layout == "walk" for c in tight.layouts)
+    for c in tight.layouts:
+        assert c.reason.startswith("decision space ") and c.reason.endswith(" cells > budget 10"), c.reason
+        assert int(c.reason.split()[2]) > 10
+        assert any(" jump p" in r for r in tight.table.chains[c.chain].rules), "the walk: jumps to policy chains"
+    assert not any(name.startswith(("dp", "dh", "dn", "da", "di")) and name[3:4] == "-" for name in tight.table.sets)
