@@ -146,11 +146,26 @@ def _ifname(text: str) -> bytes:
 
 def _plain_map_key(nset: ir.NftSet) -> Callable[[str], bytes] | None:
     """The key encoder of a plain (not interval) verdict map this module can encode
-    (`ifname : verdict` of the workload dispatch, `mark : verdict` of end-of-tier), or None."""
+    (`ifname : verdict` of the workload dispatch, `mark : verdict` of end-of-tier, and
+    concatenations of single values such as the decision maps' exact ports, `inet_proto .
+    inet_service : verdict`), or None."""
     key, sep, data = nset.type.partition(" : ")
     if not nset.is_map or nset.flags or sep != " : " or data != "verdict":
         return None
+    fields = key.split(" . ")
+    if len(fields) > 1:
+        return _concatenation(fields) if all(f in FIELDS for f in fields) else None
     return _ifname if key == "ifname" else KEYS.get(key)
+
+
+def _concatenation(fields: list[str]) -> Callable[[str], bytes]:
+    """The key of `6 . 5432`: each field in its own 4-byte register, as in a concatenated range."""
+    def encode(text: str) -> bytes:
+        parts = text.split(" . ")
+        if len(parts) != len(fields) or any("-" in p for p in parts):
+            raise ValueError(f"element {text!r} is not one value for each of the map's {len(fields)} fields")
+        return b"".join(_pad(FIELDS[kind](part.strip())) for kind, part in zip(fields, parts, strict=True))
+    return encode
 
 
 def _verdict(text: str, data: str) -> tuple[str, str]:
