@@ -139,6 +139,8 @@ class Evaluator:
     _rules: dict[tuple[object, ...], tuple[CompiledRule, ...]] = field(default_factory=dict)
     _tiers: dict[tuple[object, ...], tuple[StageTier, ...]] = field(default_factory=dict)
     _tiers_by_labels: dict[tuple[object, ...], tuple[StageTier, ...]] = field(default_factory=dict)
+    _tiers_by_applicable: dict[tuple[object, ...], tuple[tuple[Policy, ...], tuple[StageTier, ...]]] = field(
+        default_factory=dict)
     _memo: dict[tuple[object, ...], Decision] = field(default_factory=dict)
 
     # ---- public ------------------------------------------------------------------------
@@ -369,7 +371,17 @@ class Evaluator:
             by_labels = (frozenset(stage.endpoint.labels.items()), stage.family, stage.direction)
             found = self._tiers_by_labels.get(by_labels)
             if found is None:
-                found = self._tiers_by_labels[by_labels] = self._stage_tiers(stage)
+                # Nor on more than the policies that select it (the state shares one answer
+                # object between endpoints selected alike): kept with it, so its id stays its own.
+                applicable = self.state.applicable_policies(stage.endpoint)
+                alike = (id(applicable), stage.family, stage.direction)
+                hit = self._tiers_by_applicable.get(alike)
+                if hit is not None and hit[0] is applicable:
+                    found = hit[1]
+                else:
+                    found = self._stage_tiers(stage)
+                    self._tiers_by_applicable[alike] = (applicable, found)
+                self._tiers_by_labels[by_labels] = found
             self._tiers[key] = found
         return found
 

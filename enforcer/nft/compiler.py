@@ -315,6 +315,7 @@ class _NodeCompiler:
     decided: dict[str, _Decided] = field(default_factory=dict)  # decision chain → how it was made
     book: SetBook = field(init=False)
     _live: Evaluator | None = None
+    _new_refs: list[RuleRef] | None = None  # set while a policy chain renders: the refs it adds
 
     def __post_init__(self) -> None:
         self.book = SetBook(self.state)
@@ -326,6 +327,8 @@ class _NodeCompiler:
         ref = self.refs.get(rule_id)
         if ref is None:
             ref = self.refs[rule_id] = RuleRef(id=rule_id, **fields)  # type: ignore[arg-type]
+            if self._new_refs is not None:
+                self._new_refs.append(ref)
         return ref
 
     def _log(self, ref: RuleRef) -> str:
@@ -403,7 +406,8 @@ class _NodeCompiler:
             return name
         self._gate(p)
         rules = p.rules(direction)
-        known = set(self.refs)
+        new_refs: list[RuleRef] = []
+        self._new_refs = new_refs  # what this chain adds (not a scan of every ref: quadratic in policies)
         used_sets: list[NftSet] = []
         self.book.recording = used_sets
 
@@ -414,8 +418,9 @@ class _NodeCompiler:
             lines = self._rule_lines(rules, p.namespace, ref, profile=False, limited=p.do_not_track)
         finally:
             self.book.recording = None
+            self._new_refs = None
         chain = self.chains[name] = Chain(name, tuple(lines))
-        refs = tuple(r for i, r in self.refs.items() if i not in known)
+        refs = tuple(new_refs)
         sets = tuple({s.name: s for s in used_sets}.values())
         cache[key] = _RenderedChain(p, self.options, self.ids, chain, refs, sets)
         return name

@@ -267,10 +267,29 @@ class ClusterState:
         """Active policies whose effective selector selects `endpoint`, in no particular order."""
         found = self._applicable.get(endpoint)
         if found is None:
-            sels = self.policy_selectors
-            found = tuple(p for p in self.active_policies if sels[p.key].matches(endpoint.labels))
+            # Each distinct selector is matched once (policies often share one), and endpoints
+            # matching the same selectors share one answer object: the evaluator's per-endpoint
+            # tiers are then computed once per answer, not once per endpoint.
+            matched = tuple(i for i, (sel, _) in enumerate(self._policies_by_selector)
+                            if sel.matches(endpoint.labels))
+            found = self._applicable_by_match.get(matched)
+            if found is None:
+                groups = self._policies_by_selector
+                found = self._applicable_by_match[matched] = tuple(p for i in matched for p in groups[i][1])
             self._applicable[endpoint] = found
         return found
+
+    @cached_property
+    def _policies_by_selector(self) -> tuple[tuple[Selector, tuple[Policy, ...]], ...]:
+        groups: dict[Selector, list[Policy]] = {}
+        sels = self.policy_selectors
+        for p in self.active_policies:
+            groups.setdefault(sels[p.key], []).append(p)
+        return tuple((sel, tuple(pols)) for sel, pols in groups.items())
+
+    @cached_property
+    def _applicable_by_match(self) -> dict[tuple[int, ...], tuple[Policy, ...]]:
+        return {}
 
     def ipset(self, selector: Selector | None) -> IPSet:
         """Addresses of every endpoint and network set that `selector` matches (None = all)."""
