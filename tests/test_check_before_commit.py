@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 from enforcer.datastore import Datastore
 from enforcer.lab import netns_name
 from enforcer.loader import LoadError, load_text
-from enforcer.nft.compiler import NFT_NAME_MAX, bounded_name, compile_node
+from enforcer.nft.compiler import DECISION_BUDGET_ENV, NFT_NAME_MAX, CompileOptions, bounded_name, compile_node
 from enforcer.resolve import ClusterState
 from enforcer.ruleids import IdAllocator
 from flowtui.cli.main import cli
@@ -93,7 +93,8 @@ def test_bounded_name_keeps_short_names_and_cuts_long_ones_apart() -> None:
 
 def test_every_chain_and_set_name_of_the_longest_names_fits_the_kernel() -> None:
     res = load_text(LONG_NAMES, "long.yaml")
-    table = compile_node(ClusterState(res), "node-a", ids=IdAllocator()).table
+    # The rule walk: the layout that loads policy chains (decision maps leave them unreachable).
+    table = compile_node(ClusterState(res), "node-a", CompileOptions(decision_budget=0), ids=IdAllocator()).table
     names = [*table.chains, *table.sets]
     assert max(len(n.encode()) for n in names) <= NFT_NAME_MAX
     long = [n for n in table.chains if len(n.encode()) == NFT_NAME_MAX]
@@ -211,7 +212,9 @@ def run_real(*args: str) -> Result:
 
 
 @pytest.mark.kernel
-def test_longest_names_apply_and_toggle_in_the_kernel(lab_id: str, tmp_path: Path) -> None:
+def test_longest_names_apply_and_toggle_in_the_kernel(lab_id: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DECISION_BUDGET_ENV, "0")  # the rule walk: the layout that loads policy chains
     state = str(tmp_path / "state")
     assert len(KNP_202) == 202
     files = str(long_names(tmp_path, KERNEL_NAMES))

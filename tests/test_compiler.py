@@ -104,8 +104,9 @@ def _decision_op(op: ir.Op, *, edit: bool = False) -> bool:
 
 
 def test_changing_one_policy_rewrites_only_its_chain() -> None:
-    """Walk layout: the policy's chain only. Decision maps: its chain (kept for rule ids and the
-    walk's chains), map elements and outcome chains; no endpoint chain is rewritten."""
+    """Walk layout: the policy's chain only. Decision maps: map elements and outcome chains (the
+    policy chain is rendered for rule ids but not loaded: no chain jumps to it); no endpoint chain
+    is rewritten."""
     for layout in GOLDEN_LAYOUTS.values():
         ids = IdAllocator()
         old = compile_node(ClusterState(ARTICLE), "node-b", layout, ids=ids).table
@@ -114,7 +115,10 @@ def test_changing_one_policy_rewrites_only_its_chain() -> None:
         new = compile_node(ClusterState(edited), "node-b", layout, ids=ids).table
         ops = [op for op in ir.diff(old, new) if not _decision_op(op, edit=True)]
         touched = {op.chain.name for op in ops if isinstance(op, ir.DefineChain)}
-        assert touched == {"pi-np-staging.log-and-deny-frontend"}
+        if layout.decision_budget:
+            assert touched == set() and "pi-np-staging.log-and-deny-frontend" not in new.chains
+        else:
+            assert touched == {"pi-np-staging.log-and-deny-frontend"}
         assert not any(isinstance(op, (ir.DeleteChain, ir.DeleteSet, ir.SetElements)) for op in ops)
         if layout.decision_budget:
             assert any(isinstance(op, ir.SetElements) for op in ir.diff(old, new)), "the maps hold the edit"
@@ -307,3 +311,22 @@ def test_established_packets_meet_the_conntrack_verdict_first(heps: bool) -> Non
         assert all(any(" jump " in r for r in bases[n].rules) for n in hooked)
     else:
         assert not hooked, hooked
+
+
+def test_only_reachable_chains_and_sets_are_loaded() -> None:
+    """Every chain and map of a table is reached from a hook (nothing loaded for nothing), and
+    everything a rule or map element names exists. Decision maps leave the walk's policy chains
+    and end-of-tier drops unreached (not loaded); the rule walk loads them."""
+    from enforcer.nft.reach import reachable
+
+    for node in ("node-a", "node-b"):
+        for label, layout in GOLDEN_LAYOUTS.items():
+            table = compile_node(ClusterState(ARTICLE), node, layout, ids=IdAllocator()).table
+            chains, sets = reachable(table.chains, table.sets)
+            assert chains == set(table.chains), (node, label, set(table.chains) - chains)
+            assert sets <= set(table.sets), (node, label, sets - set(table.sets))
+            assert set(table.sets) - sets <= {"closed"}, (node, label)
+            policy_chains = {n for n in table.chains if n.startswith(("pi-", "po-", "ei-", "eo-"))}
+            # deny-other-ingress selects pods only; dos-mitigation (node-b's host endpoint) stays
+            assert ("pi-gnp-deny-other-ingress" in policy_chains) == (not layout.decision_budget), (node, label)
+            assert node == "node-a" or "pi-gnp-dos-mitigation" in policy_chains

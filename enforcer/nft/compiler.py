@@ -56,7 +56,7 @@ from enforcer.model import (
     Profile,
     Rule,
 )
-from enforcer.nft import decision
+from enforcer.nft import decision, reach
 from enforcer.nft.decision import ChainLayout
 from enforcer.nft.ir import Chain, NftSet, Table
 from enforcer.nft.match import SetBook, rule_matches
@@ -80,7 +80,7 @@ INFRA_ICMPV6 = "icmpv6 type { " + ", ".join(map(str, ICMPV6_INFRA_TYPES)) + " } 
 # Bumped whenever the compiled layout changes: it is part of the options, so a reconciler in a
 # new flowtui version does not take tables recorded by an older one for its own (toggles are
 # served from the recorded compile). tests/test_compiler.py checks the golden files against it.
-LAYOUT_VERSION = 6
+LAYOUT_VERSION = 7
 # Entries of each cross-compile cache of decision work (state caches) before it starts over: a
 # long-running reconciler's edits leave entries of policy sets that no longer exist behind.
 KEPT_MAX = 50_000
@@ -862,7 +862,10 @@ class _NodeCompiler:
         sets[CLOSED] = NftSet(CLOSED, "mark", (), closed_gates(self.gates, disabled))
         sets.update(self.book.sets)
         sets.update(self.decision_maps)
-        table = Table("inet", self.options.table, dict(sorted(self.chains.items())), dict(sorted(sets.items())))
+        # The walk's policy chains stay rendered (rule ids), but only what a packet can reach is
+        # loaded: with decision maps, most of them (reach.py).
+        chains, sets = reach.prune(self.chains, sets, keep_sets=(CLOSED,))
+        table = Table("inet", self.options.table, dict(sorted(chains.items())), dict(sorted(sets.items())))
         return CompiledNode(self.node, table, RuleTable(self.refs.values()), dict(self.gates),
                             tuple(v for _, v in sorted(self.layouts.items())))
 
