@@ -246,3 +246,24 @@ def test_a_decision_space_over_the_budget_keeps_the_walk_and_says_why() -> None:
         assert int(c.reason.split()[2]) > 10
         assert any(" jump p" in r for r in tight.table.chains[c.chain].rules), "the walk: jumps to policy chains"
     assert not any(name.startswith(("dp", "dh", "dn", "da", "di")) and name[3:4] == "-" for name in tight.table.sets)
+
+
+def test_the_nodes_decision_maps_are_bounded_together() -> None:
+    """Pods that share no decision each add maps: the node's element budget bounds them together.
+    Chains decided once it is spent keep the walk and say so; the maps made fit the budget."""
+    spec = SynthSpec(nodes=1, namespaces=2, pods=6, externals=2, policies=10, rules_per_policy=3)
+    res = topped_up(synth_resources(5, spec), 5)
+    node = next(iter(ClusterState(res).nodes))
+    roomy = compile_node(ClusterState(res), node, CompileOptions(decision_budget=DEFAULT_BUDGET))
+    decided = [c for c in roomy.layouts if c.layout == "decision"]
+    assert len(decided) >= 2, "the seed gives several decision chains"
+    first = decided[0].elements
+    cap = first + min(c.elements for c in decided[1:]) - 1  # room for the first chain, not for two
+    capped = compile_node(ClusterState(res), node,
+                          CompileOptions(decision_budget=DEFAULT_BUDGET, decision_node_budget=cap))
+    made = [c for c in capped.layouts if c.layout == "decision"]
+    walked = [c for c in capped.layouts if c.layout == "walk" and "node" in c.reason]
+    assert made and walked, capped.layouts
+    assert sum(c.elements for c in made) <= cap
+    for c in walked:
+        assert "node's decision maps are full" in c.reason or "what is left of the node's" in c.reason, c.reason

@@ -97,6 +97,10 @@ class CompileOptions:
     deny_log_burst: int = 1000
     # Cells per workload endpoint chain for decision maps (decision.py); 0 keeps the walk.
     decision_budget: int = decision.DEFAULT_BUDGET
+    # Map elements per node, all decision chains together: pods that share no decision (each
+    # selected by its own policies) would otherwise each add a map of up to `decision_budget`.
+    # Chains decided once it is spent keep the walk.
+    decision_node_budget: int = decision.NODE_BUDGET
 
 
 DECISION_BUDGET_ENV = "FLOWTUI_DECISION_BUDGET"
@@ -227,7 +231,10 @@ def _redecide(base: CompiledNode, nc: _NodeCompiler, targets: Mapping[str, froze
         state = ClusterState(state.resources, _ipsets=state._ipsets, _named=state._named, include_disabled=True,
                              caches=state.caches)
     toggled = state.derive(replace(state.resources, policies=pols))
+    layouts_of = {c.chain: c for c in base.layouts}
     again = _NodeCompiler(toggled, nc.node, nc.options, nc.ids, Evaluator(toggled))
+    # The node's element budget as the whole compile left it, less the chains decided again.
+    again._elements_used = nc._elements_used - sum(layouts_of[n].elements for n in affected if n in layouts_of)
     used = dict(targets)
     layouts = {c.chain: c for c in base.layouts}
     for name, d in affected.items():
@@ -306,6 +313,7 @@ class _NodeCompiler:
     layouts: dict[str, ChainLayout] = field(default_factory=dict)
     decision_maps: dict[str, NftSet] = field(default_factory=dict)
     _decided: dict[str, str | None] = field(default_factory=dict)  # decision chain → None, or why the walk
+    _elements_used: int = 0  # decision map elements of this node so far (decision_node_budget)
     _with_named: dict[int, decision.RuleList] = field(default_factory=dict)
     _selected_by_id: dict[int, int] = field(default_factory=dict)
     _tags: dict[tuple[object, ...], str] = field(default_factory=dict)
@@ -607,7 +615,15 @@ class _NodeCompiler:
         local: dict[int, IPAddress] = {4: ipaddress.IPv4Address("192.0.2.1"), 6: ipaddress.IPv6Address("2001:db8::1")}
         for ip in reversed(ep.ips):
             local[ip.version] = ip
-        built = self._decide(stage, policies, rules, local, tag, walk)
+        left = self.options.decision_node_budget - self._elements_used
+        budget = min(self.options.decision_budget, left)
+        built = self._decide(stage, policies, rules, local, tag, walk, budget) if left > 0 else \
+            f"the node's decision maps are full ({self._elements_used} elements of " \
+            f"{self.options.decision_node_budget})"
+        if isinstance(built, str) and budget < self.options.decision_budget and left > 0:
+            built += f" (what is left of the node's {self.options.decision_node_budget} elements)"
+        if not isinstance(built, str):
+            self._elements_used += built.elements
         if isinstance(built, str):
             self._decided[name] = built
             self._walk_reason = built
@@ -626,13 +642,13 @@ class _NodeCompiler:
         return name
 
     def _decide(self, stage: Stage, policies: tuple[Policy, ...], rules: decision.RuleList,
-                local: dict[int, IPAddress], tag: str, walk: str) -> decision.DecisionChain | str:
+                local: dict[int, IPAddress], tag: str, walk: str, budget: int) -> decision.DecisionChain | str:
         """decision.decide, kept across compiles in the state's caches: an edit or a toggle decides
         again only the chains whose selecting policies (or tiers) changed. The outcome chains and
         rule refs a kept decision goes to are restored with it."""
         kept: dict[tuple[object, ...], _KeptDecision] = self.state.caches.setdefault("nft.decisions", {})
         # Which of them are disabled is part of the key: toggling back finds the earlier decision.
-        key = (tag, walk, stage.direction, tuple(local.items()), tuple(p.disabled for p in policies))
+        key = (tag, walk, stage.direction, tuple(local.items()), tuple(p.disabled for p in policies), budget)
         inputs = (self.state.resources.tiers, stage.endpoint, self.options, self.ids)
         hit = kept.get(key)
         if hit is not None and _same(hit.policies, policies) and hit.inputs[0] == inputs[0] \
@@ -642,7 +658,7 @@ class _NodeCompiler:
             for ref in hit.refs:
                 self.refs.setdefault(ref.id, ref)
             return hit.built
-        built = decision.decide(self._live_evaluator(), stage, rules, local, self.options.decision_budget, tag,
+        built = decision.decide(self._live_evaluator(), stage, rules, local, budget, tag,
                                 lambda out: self._outcome_chain(out, stage.direction), walk)
         chains: tuple[Chain, ...] = ()
         refs: tuple[RuleRef, ...] = ()

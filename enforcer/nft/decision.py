@@ -76,14 +76,18 @@ from enforcer.nft.decision_space import (
 from enforcer.nft.regions import Box, Outcome, RegionRule, TierRules, bits, walk
 from enforcer.resolve.rules import rule_for_family
 
-__all__ = ["ChainLayout", "DecisionChain", "Outcome", "DEFAULT_BUDGET", "PORT_PROTOCOLS", "RuleList", "Tests",
-           "address_tests", "chain_tag", "decide", "local_named_ports", "memberships", "outcome_name",
+__all__ = ["ChainLayout", "DecisionChain", "Outcome", "DEFAULT_BUDGET", "NODE_BUDGET", "PORT_PROTOCOLS", "RuleList",
+           "Tests", "address_tests", "chain_tag", "decide", "local_named_ports", "memberships", "outcome_name",
            "tests_own_named_port"]
 
 # Default cells per endpoint chain (see README "Decision maps" for the measurements behind it).
 # The region walk makes compile cost grow with rules × regions; cells bound the rendering and
 # the map (merged elements are fewer than cells).
 DEFAULT_BUDGET = 65536
+# Map elements per node over all its decision chains (CompileOptions.decision_node_budget): ten
+# times what 1,000 policies selecting one shared chain need (11,336); a node whose pods each need
+# a decision of their own gives maps to the first chains and the walk to the rest.
+NODE_BUDGET = 131072
 _HASH = 12
 
 
