@@ -125,11 +125,12 @@ class Agent:
         self.report({"event": event, "node": self.node, "state": self.state, "revision": self.revision, **fields})
 
     def converge(self, seen_at: float | None = None) -> int:
-        """Reconcile this node with the datastore as it is now; the revision read before.
+        """Reconcile this node with the datastore as it is now; the revision it read (the watch
+        resumes after it: the reconcile's own read, so no extra round trip to etcd).
         `seen_at`: when the change that asked for it arrived (perf_counter), for the latency."""
-        seen = self.datastore.kv.txn([], [])[1]
         start = time.perf_counter()
         result = self.reconciler.reconcile([self.node])
+        seen = result.revision
         done = time.perf_counter()
         failed = [f"{n.node}: {n.error}" for n in result.failed]
         if self.metrics is not None:

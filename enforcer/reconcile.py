@@ -258,7 +258,8 @@ class Reconciler:
         whole instead of diffing. Raises only for problems of the whole run (unreadable datastore,
         a lab that cannot be planned); per-node failures are in the result."""
         start = time.perf_counter()
-        with self._lock, self.datastore.locked():
+        # one_read: the catalog and the resources come from one etcd read at one revision.
+        with self._lock, self.datastore.locked(), self.datastore.one_read():
             catalog = self.datastore.catalog()
             revision = catalog.revision
             self.records.revision = revision

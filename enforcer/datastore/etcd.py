@@ -39,6 +39,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -407,13 +408,38 @@ class EtcdDatastore(LocalRecords):
         name = hashlib.sha256(str(url).encode()).hexdigest()[:12]
         super().__init__(base / "etcd" / name)  # this machine's rule ids and applied tables for this store
         self._cache: dict[tuple[str, int], ResourceSet] = {}
+        self._pinned = threading.local()  # .snap: this thread's read inside `one_read`
 
     def __str__(self) -> str:
         return str(self.url)
 
     # ---- reading -----------------------------------------------------------------------------
 
+    @contextmanager
+    def one_read(self) -> Iterator[None]:
+        """The block's reads (catalog, resources, ...) share the first one: one etcd round trip
+        and one consistent revision for a reconcile, instead of a list per call. Writes in the
+        block would not be seen by its reads: the reconciler only reads."""
+        if getattr(self._pinned, "active", False):  # nested: the outer block's read stands
+            yield
+            return
+        self._pinned.snap = None
+        self._pinned.active = True
+        try:
+            yield
+        finally:
+            self._pinned.active = False
+            self._pinned.snap = None
+
     def _snapshot(self) -> _Snapshot:
+        if getattr(self._pinned, "active", False):
+            snap: _Snapshot | None = self._pinned.snap
+            if snap is None:
+                snap = self._pinned.snap = self._read_snapshot()
+            return snap
+        return self._read_snapshot()
+
+    def _read_snapshot(self) -> _Snapshot:
         revision, kvs = self.kv.list(CALICO_PREFIX, OWN_PREFIX)
         objects: dict[ObjectKey, StoredObject] = {}
         described: set[str] = set()
@@ -603,7 +629,7 @@ class EtcdDatastore(LocalRecords):
 
     def _retrying(self, attempt: Callable[[_Snapshot], ChangeSet | None]) -> ChangeSet:
         for _ in range(RETRIES):
-            result = attempt(self._snapshot())
+            result = attempt(self._read_snapshot())  # a retry must see what beat it, never a pinned read
             if result is not None:
                 return result
         raise DatastoreError(f"etcd datastore {self.url}: {RETRIES} attempts lost to concurrent writers; try again")
