@@ -431,15 +431,17 @@ class EtcdDatastore(LocalRecords):
             self._pinned.active = False
             self._pinned.snap = None
 
-    def _snapshot(self) -> _Snapshot:
+    def _read(self) -> _Snapshot:
+        """What the read methods see: inside `one_read` the block's one read, else a fresh one.
+        Writes (and their retries) always read afresh (`_snapshot`)."""
         if getattr(self._pinned, "active", False):
             snap: _Snapshot | None = self._pinned.snap
             if snap is None:
-                snap = self._pinned.snap = self._read_snapshot()
+                snap = self._pinned.snap = self._snapshot()
             return snap
-        return self._read_snapshot()
+        return self._snapshot()
 
-    def _read_snapshot(self) -> _Snapshot:
+    def _snapshot(self) -> _Snapshot:
         revision, kvs = self.kv.list(CALICO_PREFIX, OWN_PREFIX)
         objects: dict[ObjectKey, StoredObject] = {}
         described: set[str] = set()
@@ -486,15 +488,15 @@ class EtcdDatastore(LocalRecords):
                             min(generation, kv.revision) or kv.revision)
 
     def catalog(self) -> Catalog:
-        return self._snapshot().catalog
+        return self._read().catalog
 
     @property
     def revision(self) -> int:
-        return self._snapshot().catalog.revision
+        return self._read().catalog.revision
 
     def objects(self, kind: str | None = None, *, name: str | None = None,
                 namespace: str | None = None) -> list[StoredObject]:
-        return self._select(self._snapshot(), kind, name, namespace)
+        return self._select(self._read(), kind, name, namespace)
 
     @staticmethod
     def _select(snap: _Snapshot, kind: str | None, name: str | None, namespace: str | None) -> list[StoredObject]:
@@ -508,7 +510,7 @@ class EtcdDatastore(LocalRecords):
 
     def object_documents(self, kind: str | None = None, *, name: str | None = None,
                          namespace: str | None = None) -> list[tuple[StoredObject, dict[str, Any]]]:
-        snap = self._snapshot()
+        snap = self._read()
         return [(o, self._body(snap, o)) for o in self._select(snap, kind, name, namespace)]
 
     def read_document(self, obj: StoredObject) -> str:
@@ -527,7 +529,7 @@ class EtcdDatastore(LocalRecords):
         return body
 
     def find(self, kind: str, name: str, namespace: str | None = None) -> StoredObject:
-        return self._find(self._snapshot().catalog, kind, name, namespace)
+        return self._find(self._read().catalog, kind, name, namespace)
 
     @staticmethod
     def _find(index: Catalog, kind: str, name: str, namespace: str | None) -> StoredObject:
@@ -545,7 +547,7 @@ class EtcdDatastore(LocalRecords):
         return matches[0]
 
     def resources(self) -> ResourceSet:
-        snap = self._snapshot()
+        snap = self._read()
         res = self._load(snap, snap.catalog.objects.values(), {})
         live = {(o.file, o.revision) for o in snap.catalog.objects.values()}
         for stale in self._cache.keys() - live:
@@ -629,7 +631,7 @@ class EtcdDatastore(LocalRecords):
 
     def _retrying(self, attempt: Callable[[_Snapshot], ChangeSet | None]) -> ChangeSet:
         for _ in range(RETRIES):
-            result = attempt(self._read_snapshot())  # a retry must see what beat it, never a pinned read
+            result = attempt(self._snapshot())
             if result is not None:
                 return result
         raise DatastoreError(f"etcd datastore {self.url}: {RETRIES} attempts lost to concurrent writers; try again")
