@@ -12,8 +12,9 @@ p99 over `--repeat` changes, in two modes measured in the same run on the same l
 - `reconciler` (today's single machine): the write goes to the directory datastore and one
   process reconciles every node, as `flowtui apply --lab` / `policy disable` do.
 
-The kernel's commit is observed with `nft monitor` in each node's namespace (line-buffered; a
-reader thread stamps each line): the first event after the write started is that node's commit.
+The kernel's commit is observed in each node's namespace by a netlink socket on nftables' multicast
+group (its end-of-commit notification; a reader thread stamps each): the first after the write
+started is that node's commit.
 Targets (cluster mode, 8 nodes): p50 < 100 ms, p99 < 500 ms. `--json` ends with one JSON line.
 """
 
@@ -76,18 +77,49 @@ def new_pod(res: ResourceSet, n: int) -> dict[str, Any]:
     return doc
 
 
+# Run in a node's namespace: one line per kernel commit (an NFT_MSG_NEWGEN notification on the
+# nftables multicast group), flushed. `nft monitor` is not used: it crashes (SIGSEGV, exit 2) on
+# some of the decision maps' element events, and a dead monitor reads as a commit that never came.
+WATCH_COMMITS = """
+import socket, struct, sys
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+s.bind((0, 0))
+s.setsockopt(270, 1, 7)  # SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES
+print("ready", flush=True)
+while True:
+    try:
+        data = s.recv(1 << 20)
+    except OSError:  # ENOBUFS: notifications were dropped, but a commit happened
+        print("commit", flush=True)
+        continue
+    at = 0
+    while at + 16 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, at)
+        if kind == (10 << 8 | 15):  # NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN: the end of a commit
+            print("commit", flush=True)
+        at += max(16, (length + 3) & ~3)
+"""
+
+
 class Monitors:
-    """`nft monitor` in each node's namespace; every line stamped when read."""
+    """A commit watcher in each node's namespace; every commit stamped when read."""
 
     def __init__(self, lab_id: str, nodes: Sequence[str]) -> None:
         self.lines: dict[str, list[float]] = {n: [] for n in nodes}
         self.procs = []
+        ready = []
         for node in nodes:
-            proc = subprocess.Popen(["ip", "netns", "exec", netns_name(lab_id, f"node:{node}"), "stdbuf", "-oL",
-                                     "nft", "monitor"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            proc = subprocess.Popen(["ip", "netns", "exec", netns_name(lab_id, f"node:{node}"), sys.executable,
+                                     "-c", WATCH_COMMITS], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                    text=True)
             self.procs.append(proc)
+            assert proc.stdout is not None
+            ready.append(proc.stdout.readline())  # subscribed before any change is timed
             threading.Thread(target=self._read, args=(node, proc), daemon=True).start()
-        time.sleep(0.5)
+        if any(line.strip() != "ready" for line in ready):
+            self.close()
+            raise RuntimeError("a commit watcher did not start")
 
     def _read(self, node: str, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
@@ -106,7 +138,10 @@ class Monitors:
                         out[node] = found
             if time.time() > deadline:
                 missing = sorted(set(self.lines) - set(out))
-                raise TimeoutError(f"no kernel commit on {missing} within {timeout} s")
+                dead = [f"{n} (exit {p.returncode})" for n, p in zip(self.lines, self.procs, strict=True)
+                        if p.poll() is not None]
+                raise TimeoutError(f"no kernel commit on {missing} within {timeout} s"
+                                   + (f"; the commit watcher ended on {', '.join(dead)}" if dead else ""))
             time.sleep(0.002)
         return out
 
@@ -197,8 +232,11 @@ def measure_split(mons: Monitors, folder: Path, res: ResourceSet, repeat: int, d
             else:
                 ds.apply_documents([write_yaml(folder, f"rpod{n}.yaml", [new_pod(res, 1000 + n)])])
             returned = time.time()
-            rec.reconcile()
-            commits = mons.commits_after(started)
+            result = rec.reconcile()
+            try:
+                commits = mons.commits_after(started)
+            except TimeoutError as err:
+                raise TimeoutError(f"{op} #{n}: {err}; reconciled: {result.describe()}") from None
             out[op].append((max(commits.values()) - returned) * 1000)
             mons.quiet()
     return out
@@ -268,7 +306,7 @@ def main() -> None:
                                for op in OPS}
         print(f"{count} nodes: " + json.dumps(results[str(count)]), file=sys.stderr, flush=True)
 
-    print(f"propagation: write returned -> last node's kernel commit (nft monitor), {repeat} changes each, "
+    print(f"propagation: write returned -> last node's kernel commit, {repeat} changes each, "
           f"load average {load:.1f} at start")
     print(f"{'nodes':>5}  {'change':<12} {'agents p50':>11} {'p99':>8}  {'reconciler p50':>15} {'p99':>8}  "
           f"{'ratio p50':>9}")

@@ -19,7 +19,8 @@ comes), so while it is quiet the loop asks etcd for its revision every `HEARTBEA
 when that fails, the node is degraded and the silent stream is abandoned for a fresh list.
 
 States (status file, metrics, JSON lines): starting, in-sync, degraded (etcd unreachable: last
-table kept), failed (the node's table could not be compiled or applied: previous table kept).
+table kept), failed (what is stored cannot be loaded or planned, or the node's table could not be
+compiled or applied: previous table kept; retried with back-off and on the next change).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from enforcer.datastore.etcd import (
     WatchHandle,
 )
 from enforcer.lab.names import LabError
+from enforcer.loader import LoadError
 from enforcer.reconcile import NodeResult, Reconciler
 
 # One watch over [CALICO_PREFIX, end of OWN_PREFIX): both prefixes and what sorts between them.
@@ -125,11 +127,12 @@ class Agent:
         self.report({"event": event, "node": self.node, "state": self.state, "revision": self.revision, **fields})
 
     def converge(self, seen_at: float | None = None) -> int:
-        """Reconcile this node with the datastore as it is now; the revision read before.
+        """Reconcile this node with the datastore as it is now; the revision it read (the watch
+        resumes after it: the reconcile's own read, so no extra round trip to etcd).
         `seen_at`: when the change that asked for it arrived (perf_counter), for the latency."""
-        seen = self.datastore.kv.txn([], [])[1]
         start = time.perf_counter()
         result = self.reconciler.reconcile([self.node])
+        seen = result.revision
         done = time.perf_counter()
         failed = [f"{n.node}: {n.error}" for n in result.failed]
         if self.metrics is not None:
@@ -208,7 +211,8 @@ class Agent:
                 self._say("degraded", error=str(err), retry_s=delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.backoff[1])
-            except (DatastoreError, LabError) as err:  # the datastore answered, but cannot be enforced
+            except (DatastoreError, LabError, LoadError) as err:  # answered, but cannot be enforced (an
+                # object another tool stored that the loader rejects, a lab that cannot be planned)
                 if self.metrics is not None:
                     self.metrics.reconciled("failed")
                 self._set("failed", str(err))

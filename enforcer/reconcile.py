@@ -44,7 +44,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from enforcer.applied import CLOSED_SET, AppliedRecords, table_from_json, table_to_json
 from enforcer.datastore import DesiredState, StoredObject
-from enforcer.lab import lab_resources, plan_lab
+from enforcer.lab import LabPlan, lab_resources, plan_lab
 from enforcer.model import ResourceSet
 from enforcer.nft import ir
 from enforcer.nft.backend import TABLE_FAMILY, TABLE_NAME, ApplyError, Backend
@@ -229,6 +229,7 @@ class Reconciler:
         self._rules: tuple[tuple[int, int] | None, RuleTable] | None = None
         self._layout: tuple[tuple[int, str | None, str], dict[str, Gated]] | None = None  # the last compile, per node
         self._state: ClusterState | None = None  # the last compiled state, to derive the next one from
+        self._plan: tuple[tuple[object, ...], LabPlan] | None = None  # the lab's plan, and what it was made from
         self._lock = threading.Lock()
         self.wireguard: Any = None  # the last run's `enforcer.wireguard.manager.WireGuardResult`, if any
 
@@ -258,7 +259,8 @@ class Reconciler:
         whole instead of diffing. Raises only for problems of the whole run (unreadable datastore,
         a lab that cannot be planned); per-node failures are in the result."""
         start = time.perf_counter()
-        with self._lock, self.datastore.locked():
+        # one_read: the catalog and the resources come from one etcd read at one revision.
+        with self._lock, self.datastore.locked(), self.datastore.one_read():
             catalog = self.datastore.catalog()
             revision = catalog.revision
             self.records.revision = revision
@@ -285,7 +287,7 @@ class Reconciler:
                     layout = self._layout = (key, recorded)
             if not full and layout is not None and layout[0] == key and all(n in layout[1] for n in targets):
                 return self._toggle(revision, targets, layout[1], disabled_keys(catalog.objects.values()), start)
-            resources = lab_view(self.datastore.resources(), self.lab_id)
+            resources = self._lab_view(self.datastore.resources())
             # Derived from the last compiled state: when only policies changed, the endpoint index,
             # selector sets and the compiler's rendered sets and unchanged policy chains are reused.
             state = self._state.derive(resources) if self._state is not None else ClusterState(
@@ -328,6 +330,16 @@ class Reconciler:
 
             self.wireguard = reconcile_lab_reported(self.datastore, self.lab_id, every, felix=state.felix)
         return result
+
+    def _lab_view(self, resources: ResourceSet) -> ResourceSet:
+        """`lab_view`, planning the lab again only when what a plan reads (nodes, pods, external
+        hosts) changed: a policy edit does not re-plan every address of the lab."""
+        if self.lab_id is None:
+            return resources
+        placed = (resources.nodes, resources.pods, resources.external_hosts)
+        if self._plan is None or self._plan[0] != placed:
+            self._plan = (placed, plan_lab(resources, self.lab_id))
+        return lab_resources(resources, self._plan[1])
 
     def _recorded_layout(self, targets: list[str], key: tuple[int, str | None, str]) -> dict[str, Gated] | None:
         """Every target's recorded table as a compiled node, if each was compiled from layout

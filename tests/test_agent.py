@@ -384,3 +384,90 @@ def test_agent_rides_out_a_member_down_and_degrades_without_quorum(tmp_path: Pat
             enabled = writer.set_disabled("gnp", "allow-cluster-internal", None, False)
             until(lambda: agent.revision >= enabled.revision, what="following changes again")
             assert backend.tables["node-a"] != kept
+
+
+def _clashing_pods(folder: Path) -> Path:
+    """Two pods that are valid objects but cannot share a lab: one address for both."""
+    docs = [{"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": name, "namespace": "default", "labels": {"app": "clash"}},
+             "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": "busybox"}]},
+             "status": {"podIP": "10.244.77.7", "podIPs": [{"ip": "10.244.77.7"}]}} for name in ("clash-1", "clash-2")]
+    path = folder / "clash.yaml"
+    path.write_text("\n---\n".join(json.dumps(d) for d in docs))
+    return path
+
+
+def test_agent_fails_static_when_the_store_cannot_be_planned_for_its_lab(etcd_url: str, tmp_path: Path) -> None:
+    writer = open_datastore(etcd_url, tmp_path / "writer")
+    writer.apply_documents([str(SCENARIOS)])
+    ds = open_datastore(etcd_url, tmp_path / "agent")
+    assert isinstance(ds, EtcdDatastore)
+    backend = FakeBackend()
+    reconciler = Reconciler(ds, backend, compile_node, CompileOptions(), lambda: ["node-a"], lab_id="xp1")
+    metrics = AgentMetrics("node-a")
+    status = StatusWriter(ds.path, "node-a", "memory", str(ds))
+    events: list[dict[str, Any]] = []
+    agent = Agent(ds, reconciler, "node-a", events.append, backoff=(0.1, 0.3), metrics=metrics, status=status,
+                  heartbeat=0.3)
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        until(lambda: agent.state == "in-sync", what="the first reconcile")
+        kept = backend.tables["node-a"]
+        bad = writer.apply_documents([str(_clashing_pods(tmp_path))])
+        until(lambda: agent.state == "failed", what="failed")
+        assert thread.is_alive(), "the agent exited"
+        assert "10.244.77.7" in (agent.error or "") and "clash-" in (agent.error or "")
+        assert backend.tables["node-a"] is kept  # fail static: the last table stays
+        [on_file] = read_agents(ds.path)
+        assert on_file.state == "failed" and "10.244.77.7" in (on_file.error or "")
+        assert sample(metrics, "flowtui_datastore_state", state="failed") == 1
+        assert any(e["event"] == "failed" for e in events)
+        # the bad object removed: the agent converges past it
+        gone = writer.delete("pod", "clash-2", "default")
+        until(lambda: agent.state == "in-sync" and agent.revision >= gone.revision, what="convergence")
+        assert agent.revision > bad.revision
+        assert thread.is_alive()
+    finally:
+        agent.stop()
+        thread.join(30)
+    assert not thread.is_alive(), "the agent did not stop"
+
+
+def test_agent_fails_static_on_an_object_another_tool_stored_unreadable(etcd_url: str, tmp_path: Path) -> None:
+    """calicoctl-style writes are read as they are: one the loader rejects makes the node
+    `failed` (named in the error), its table kept, and the agent keeps watching."""
+    from enforcer.datastore.etcd import CALICO_PREFIX, LAYOUT
+
+    writer = open_datastore(etcd_url, tmp_path / "writer")
+    writer.apply_documents([str(SCENARIOS)])
+    assert isinstance(writer, EtcdDatastore)
+    ds = open_datastore(etcd_url, tmp_path / "agent")
+    assert isinstance(ds, EtcdDatastore)
+    backend = FakeBackend()
+    reconciler = Reconciler(ds, backend, compile_node, CompileOptions(), lambda: ["node-a"], lab_id="xp3")
+    events: list[dict[str, Any]] = []
+    agent = Agent(ds, reconciler, "node-a", events.append, backoff=(0.1, 0.3), heartbeat=0.3)
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    key = CALICO_PREFIX + "globalnetworkpolicies/xp3-bad"
+    try:
+        until(lambda: agent.state == "in-sync", what="the first reconcile")
+        kept = backend.tables["node-a"]
+        bad = {"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy", "metadata": {"name": "xp3-bad"},
+               "spec": {"selector": "all()", "types": ["Ingress"], "ingress": [{"action": "Teleport"}]}}
+        writer.kv.apply(key, json.dumps(bad))
+        # the layout moves (as another writer's apply moves it): the next reconcile loads every object
+        layout = writer.kv.get(LAYOUT)
+        assert layout is not None
+        writer.kv.apply(LAYOUT, layout.value.decode())
+        until(lambda: agent.state == "failed", what=f"failed: {events[-3:]}")
+        assert thread.is_alive(), "the agent exited"
+        assert "xp3-bad" in (agent.error or "") and "Teleport" in (agent.error or "")
+        assert backend.tables["node-a"] is kept
+        gone = writer.kv.delete(key)
+        until(lambda: agent.state == "in-sync" and agent.revision >= gone, what="convergence")
+    finally:
+        agent.stop()
+        thread.join(30)
+    assert not thread.is_alive(), "the agent did not stop"

@@ -259,6 +259,33 @@ def test_a_lost_race_is_retried_against_the_new_state(etcd_url: str, tmp_path: P
     assert {o.key.name for o in b.objects()} == {"one", "two"}
 
 
+def test_one_read_serves_a_reconciles_reads_from_one_etcd_list(etcd_url: str, tmp_path: Path) -> None:
+    """Inside `one_read` the catalog and the resources come from one list at one revision (a
+    reconcile's reads: one round trip); outside it, and for writes, every read is fresh."""
+    a, b = open_datastore(etcd_url, tmp_path / "a"), open_datastore(etcd_url, tmp_path / "b")
+    assert isinstance(a, EtcdDatastore)
+    a.apply_documents([write(tmp_path / "one.yaml", GNP.format(name="one", order=1))])
+    lists = []
+    real = a.kv.list
+
+    def counted(*prefixes: str):  # type: ignore[no-untyped-def]
+        lists.append(prefixes)
+        return real(*prefixes)
+
+    a.kv.list = counted  # type: ignore[method-assign]
+    with a.one_read():
+        catalog = a.catalog()
+        b.apply_documents([write(tmp_path / "two.yaml", GNP.format(name="two", order=2))])
+        with a.one_read():  # nested: still the outer read
+            assert a.revision == catalog.revision
+        assert {p.name for p in a.resources().policies} == {"one"}
+        assert len(lists) == 1
+    assert len(lists) == 1
+    assert {p.name for p in a.resources().policies} == {"one", "two"}
+    assert a.catalog().revision > catalog.revision
+    assert len(lists) == 3
+
+
 def test_unreachable_endpoints_fail_fast_and_name_them(tmp_path: Path) -> None:
     from tests.etcd_server import free_port
 

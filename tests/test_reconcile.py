@@ -468,3 +468,47 @@ def test_kernel_toggles_under_decision_maps_are_one_batch_equal_to_a_full_apply(
                     canonical_kernel_table(backend.netns(f"{node}-fresh"))
     finally:
         backend.close()
+
+
+def test_the_lab_is_planned_again_only_when_its_endpoints_change(ds: Datastore, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A policy edit reuses the lab's plan (addresses unchanged); a pod added re-plans, and the
+    new pod gets its lab address in what is compiled."""
+    import enforcer.reconcile as reconcile_module
+
+    plans = []
+    real = reconcile_module.plan_lab
+
+    def counted(resources: Any, lab_id: str) -> Any:
+        plans.append(lab_id)
+        return real(resources, lab_id)
+
+    monkeypatch.setattr(reconcile_module, "plan_lab", counted)
+    seen: list[ClusterState] = []
+
+    def compile_and_keep(state: ClusterState, node: str, options: Any, ids: IdAllocator) -> FakeCompiled:
+        seen.append(state)
+        return fake_compile(state, node, options, ids)
+
+    rec = reconciler(ds, FakeBackend(), compile_and_keep, lab_id="xp2")
+    assert rec.reconcile().ok and plans == ["xp2"]
+    edit = tmp_path / "edit.yaml"
+    edit.write_text(textwrap.dedent("""
+        apiVersion: projectcalico.org/v3
+        kind: GlobalNetworkPolicy
+        metadata: {name: xp2-edit}
+        spec: {order: 5, selector: all(), types: [Ingress], ingress: [{action: Allow}]}
+    """))
+    ds.apply_documents([str(edit)])
+    assert rec.reconcile().ok and plans == ["xp2"]
+    pod = tmp_path / "pod.yaml"
+    pod.write_text(textwrap.dedent("""
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: xp2-pod, namespace: default, labels: {app: xp2}}
+        spec: {nodeName: node-a, containers: [{name: c, image: busybox}]}
+    """))
+    ds.apply_documents([str(pod)])
+    assert rec.reconcile().ok and plans == ["xp2", "xp2"]
+    [added] = [p for p in seen[-1].resources.pods if p.name == "xp2-pod"]
+    assert added.ips  # the lab's address, from the new plan

@@ -39,6 +39,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -407,11 +408,38 @@ class EtcdDatastore(LocalRecords):
         name = hashlib.sha256(str(url).encode()).hexdigest()[:12]
         super().__init__(base / "etcd" / name)  # this machine's rule ids and applied tables for this store
         self._cache: dict[tuple[str, int], ResourceSet] = {}
+        self._pinned = threading.local()  # .snap: this thread's read inside `one_read`
 
     def __str__(self) -> str:
         return str(self.url)
 
     # ---- reading -----------------------------------------------------------------------------
+
+    @contextmanager
+    def one_read(self) -> Iterator[None]:
+        """The block's reads (catalog, resources, ...) share the first one: one etcd round trip
+        and one consistent revision for a reconcile, instead of a list per call. Writes in the
+        block would not be seen by its reads: the reconciler only reads."""
+        if getattr(self._pinned, "active", False):  # nested: the outer block's read stands
+            yield
+            return
+        self._pinned.snap = None
+        self._pinned.active = True
+        try:
+            yield
+        finally:
+            self._pinned.active = False
+            self._pinned.snap = None
+
+    def _read(self) -> _Snapshot:
+        """What the read methods see: inside `one_read` the block's one read, else a fresh one.
+        Writes (and their retries) always read afresh (`_snapshot`)."""
+        if getattr(self._pinned, "active", False):
+            snap: _Snapshot | None = self._pinned.snap
+            if snap is None:
+                snap = self._pinned.snap = self._snapshot()
+            return snap
+        return self._snapshot()
 
     def _snapshot(self) -> _Snapshot:
         revision, kvs = self.kv.list(CALICO_PREFIX, OWN_PREFIX)
@@ -460,15 +488,15 @@ class EtcdDatastore(LocalRecords):
                             min(generation, kv.revision) or kv.revision)
 
     def catalog(self) -> Catalog:
-        return self._snapshot().catalog
+        return self._read().catalog
 
     @property
     def revision(self) -> int:
-        return self._snapshot().catalog.revision
+        return self._read().catalog.revision
 
     def objects(self, kind: str | None = None, *, name: str | None = None,
                 namespace: str | None = None) -> list[StoredObject]:
-        return self._select(self._snapshot(), kind, name, namespace)
+        return self._select(self._read(), kind, name, namespace)
 
     @staticmethod
     def _select(snap: _Snapshot, kind: str | None, name: str | None, namespace: str | None) -> list[StoredObject]:
@@ -482,7 +510,7 @@ class EtcdDatastore(LocalRecords):
 
     def object_documents(self, kind: str | None = None, *, name: str | None = None,
                          namespace: str | None = None) -> list[tuple[StoredObject, dict[str, Any]]]:
-        snap = self._snapshot()
+        snap = self._read()
         return [(o, self._body(snap, o)) for o in self._select(snap, kind, name, namespace)]
 
     def read_document(self, obj: StoredObject) -> str:
@@ -501,7 +529,7 @@ class EtcdDatastore(LocalRecords):
         return body
 
     def find(self, kind: str, name: str, namespace: str | None = None) -> StoredObject:
-        return self._find(self._snapshot().catalog, kind, name, namespace)
+        return self._find(self._read().catalog, kind, name, namespace)
 
     @staticmethod
     def _find(index: Catalog, kind: str, name: str, namespace: str | None) -> StoredObject:
@@ -519,7 +547,7 @@ class EtcdDatastore(LocalRecords):
         return matches[0]
 
     def resources(self) -> ResourceSet:
-        snap = self._snapshot()
+        snap = self._read()
         res = self._load(snap, snap.catalog.objects.values(), {})
         live = {(o.file, o.revision) for o in snap.catalog.objects.values()}
         for stale in self._cache.keys() - live:

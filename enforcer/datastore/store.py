@@ -191,6 +191,12 @@ class LocalRecords:
     def applied_dir(self) -> Path:
         return self.path / "applied"
 
+    @contextmanager
+    def one_read(self) -> Iterator[None]:
+        """Reads in the block may share one read of the store (a remote store overrides this:
+        one round trip instead of one per call); here every read is local and cheap."""
+        yield
+
     # ---- locking -----------------------------------------------------------------------------
 
     @contextmanager
