@@ -46,9 +46,16 @@ class World:
         self.backend = FakeBackend()
         self.state = tmp_path / "state"
         self.tmp = tmp_path
+        self.walk = False  # True: the rule walk (decision maps off), whose toggles switch gates only
+
+    def compiler(self) -> tuple[Any, Any]:
+        from enforcer.nft.compiler import CompileOptions
+
+        compile_fn, options = real_compiler()
+        return compile_fn, (CompileOptions(decision_budget=0) if self.walk else options)
 
     def run(self, *args: str) -> Result:
-        runtime = Runtime(compiler=real_compiler, backend=lambda lab: self.backend,
+        runtime = Runtime(compiler=self.compiler, backend=lambda lab: self.backend,
                           lab_nodes=lambda lab: list(NODES), is_root=lambda: True)
         return CliRunner().invoke(cli, [*args, "--state-dir", str(self.state)], obj=runtime, catch_exceptions=False)
 
@@ -66,7 +73,7 @@ class World:
 
     def fresh(self) -> dict[str, str]:
         """A whole compile of the datastore as it is now, with its ids (nothing written)."""
-        compile_fn, options = real_compiler()
+        compile_fn, options = self.compiler()
         ids = IdAllocator.load(self.ds.ids_path)
         return {n: ir.listing(c.table) for n, c in
                 compile_nodes(self.ds.resources(), compile_fn, options, ids, "lab", NODES).items()}
@@ -332,6 +339,8 @@ def test_every_file_is_private_whatever_the_umask(tmp_path: Path) -> None:
 
 
 def test_a_wrong_state_record_is_not_trusted_forever(world: World) -> None:
+    world.walk = True  # its toggles are served from the record: the record is what this is about
+    world.ok("apply", "-f", str(SCENARIOS))  # laid out again as the walk
     record = world.ds.applied_dir / "node-a.state.json"
     state = json.loads(record.read_text())
     # Well-formed, same ruleset generation, but a closed gate the kernel never had.
