@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from enforcer.loader import load_paths
-from enforcer.nft.compiler import compile_node
+from enforcer.nft.compiler import CompileOptions, compile_node
 from enforcer.resolve import ClusterState
 from enforcer.ruleids import IdAllocator, RuleRef, RuleTable
 from flowtui.cli.common import scenario_dir
@@ -26,7 +26,10 @@ FIXTURE = Path(__file__).parent / "fixtures" / "good" / "cnp-article.yaml"
 def test_compiled_chains_and_rule_ids_name_the_cluster_network_policy(tmp_path: Path) -> None:
     state = ClusterState(load_paths([str(scenario_dir()), str(FIXTURE)]))
     compiled = compile_node(state, "node-a", ids=IdAllocator())
-    chains = [name for name in compiled.table.chains if "kcnp-" in name]
+    # Policy chains are loaded where a walk jumps to them: the rule walk's layout (decision maps
+    # hold the walk's outcome; their rule ids, below, name the policy all the same).
+    walked = compile_node(ClusterState(state.resources), "node-a", CompileOptions(decision_budget=0), ids=IdAllocator())
+    chains = [name for name in walked.table.chains if "kcnp-" in name]
     assert any("staging-stays-out-of-production" in c for c in chains), chains
     refs = [r for r in compiled.rules if r.kind == "ClusterNetworkPolicy"]
     got = {(r.name, r.tier, r.direction, r.rule, r.action) for r in refs}
