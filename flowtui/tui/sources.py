@@ -482,7 +482,37 @@ def _settle() -> Any:
     return timedelta(seconds=TAIL_SETTLE_SECONDS)
 
 
-class LogsSource(DataSource):
+class _LentCursors(DataSource):
+    """A source over one in-memory connection whose cursors are lent to the dashboard's workers;
+    closing interrupts the ones still busy (`close_connection`)."""
+
+    _con: duckdb.DuckDBPyConnection
+    _lock: threading.Lock
+    _busy: set[duckdb.DuckDBPyConnection]
+
+    def _before_lending(self) -> None:
+        """Under the lock, before a cursor is lent: bring the connection up to date (default: nothing)."""
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            self._before_lending()
+            cur = self._con.cursor()
+            self._busy.add(cur)
+        try:
+            yield cur
+        finally:
+            with self._lock:
+                self._busy.discard(cur)
+            cur.close()
+
+    def close(self) -> None:
+        with self._lock:
+            busy = list(self._busy)
+        close_connection(self._con, busy)
+
+
+class LogsSource(_LentCursors):
     """Recorded tables as files: `<dir>/<table>.parquet` (or `.jsonl`), or one file of flows."""
 
     def __init__(self, path: Path | str) -> None:
@@ -528,24 +558,6 @@ class LogsSource(DataSource):
                 found.setdefault(stem, file)
         return found
 
-    @contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self._lock:
-            cur = self._con.cursor()
-            self._busy.add(cur)
-        try:
-            yield cur
-        finally:
-            with self._lock:
-                self._busy.discard(cur)
-            cur.close()
-
-    def close(self) -> None:
-        with self._lock:
-            busy = list(self._busy)
-        close_connection(self._con, busy)
-
-
 def close_connection(con: duckdb.DuckDBPyConnection, busy: Iterable[duckdb.DuckDBPyConnection] = ()) -> None:
     """Close `con` although workers may still run queries on its cursors `busy` (the dashboard
     quits, or a test ends, mid-poll): DuckDB refuses to close a connection with a busy cursor
@@ -563,7 +575,7 @@ def _lit(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-class ClusterSource(DataSource):
+class ClusterSource(_LentCursors):
     """The cluster flows dataset (`--cluster DIR`): every node's flows, followed live. The views read
     the files that exist when a query starts, so polls see new parts without reopening; the views
     and id maps are made again only when a table gets its first files or a node's rules, endpoints
@@ -598,24 +610,9 @@ class ClusterSource(DataSource):
         self._seen = self._state()
         self.nodes = attach_cluster(self._con, self.path)
 
-    @contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self._lock:
-            if self._state() != self._seen:
-                self._attach()
-            cur = self._con.cursor()
-            self._busy.add(cur)
-        try:
-            yield cur
-        finally:
-            with self._lock:
-                self._busy.discard(cur)
-            cur.close()
-
-    def close(self) -> None:
-        with self._lock:
-            busy = list(self._busy)
-        close_connection(self._con, busy)
+    def _before_lending(self) -> None:
+        if self._state() != self._seen:
+            self._attach()
 
 
 class LiveSource(DataSource):
