@@ -305,7 +305,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 @click.command("status")
-@click.option("--db", "db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False))
+@click.option("--db", "db", default=DEFAULT_DB, show_default=True, type=click.Path(),
+              help="Flow store: a DuckDB file (its snapshot while a collector writes it), or a Parquet export "
+                   "directory (`flowtui export --format parquet`, sample-logs/) or a table file of one.")
 @cluster_option
 @click.option("--runs", "last_runs", default=None, type=int,
               help="How many recent runs to show [default: 3; with --cluster, each node's last].")
@@ -323,7 +325,8 @@ def status_cmd(db: str, cluster: str | None, last_runs: int | None, output: str,
     from enforcer.agent_status import describe, read_agents
     from flowtui.cli.common import fail, store_path
     from flowtui.cli.state import behind_lines, enforcement_behind, guarded, open_state, runtime
-    from flowtui.store.status import read_cluster_status, read_status
+    from flowtui.interop.parquet import export_root
+    from flowtui.store.status import read_cluster_status, read_export_status, read_status
 
     behind = enforcement_behind(state_dir, guarded(lambda: runtime().lab_nodes(lab_id)))
     for line in behind_lines(behind):
@@ -332,6 +335,8 @@ def status_cmd(db: str, cluster: str | None, last_runs: int | None, output: str,
     doc: dict[str, Any] | None
     if cluster is not None:  # every node's runs and loss, from the dataset
         doc = read_cluster_status(Path(store_path(db, cluster, DEFAULT_DB) or db), last_runs or 1)
+    elif (root := export_root(db)) is not None:
+        doc = read_export_status(root, last_runs or 3)
     else:
         try:
             doc = read_status(Path(db), last_runs or 3)

@@ -90,6 +90,19 @@ def read_cluster_status(root: Path, last_runs: int = 1, alive_seconds: float = 1
         con.close()
 
 
+def read_export_status(root: Path, last_runs: int = 3) -> dict[str, Any]:
+    """The status of a Parquet export (`flowtui export --format parquet`, sample-logs/): its runs as
+    recorded. No lock tells whether a run still goes on: running while its heartbeat is recent."""
+    from flowtui.interop.parquet import attach
+
+    con = duckdb.connect()
+    try:
+        attach(con, root)
+        return describe(con, str(root), False, last_runs, None)
+    finally:
+        con.close()
+
+
 def describe(con: duckdb.DuckDBPyConnection, path: str, snapshot: bool, last_runs: int, writer_holds_it: bool | None,
              alive_seconds: float = 10.0) -> dict[str, Any]:
     """What `flowtui status` prints, from a connection with the store's tables and views.
