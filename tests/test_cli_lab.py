@@ -60,6 +60,9 @@ def test_lab_exec_rejects_bad_targets() -> None:
     assert result.exit_code == 2 and "invalid target" in result.stderr
     missing = run("lab", "exec", "--lab", "tbad", "default/pod", "--", "true")
     assert missing.exit_code == 1 and "is not up" in missing.stderr
+    # an option after TARGET would otherwise run as the command, in the default lab
+    late = run("lab", "exec", "default/pod", "--lab", "tbad", "--", "true")
+    assert late.exit_code == 2 and "--lab after TARGET: options go before it" in late.stderr
 
 
 def test_lab_help() -> None:

@@ -47,7 +47,7 @@ def parse_size(text: str) -> int:
               help="Read NFLOG in every node namespace of this lab (also $FLOWTUI_LAB) [default: the lab "
                    "that is up; several up: name one].")
 @click.option("--host", "host", is_flag=True, help="Read this machine's own NFLOG instead of a lab's.")
-@click.option("--netns", "netns", multiple=True, help="A lab namespace (ft-...) to read in. Repeatable.")
+@click.option("--netns", "netns", multiple=True, metavar="NS", help="A lab namespace (ft-...) to read in. Repeatable.")
 @click.option("--node", "node", metavar="NAME",
               help="Collect one node only (its lab namespace; with --host, this machine named NAME), as the "
                    "node's agent does: for --flows-dir.")
@@ -55,7 +55,7 @@ def parse_size(text: str) -> int:
               help="Also append this node's flows, loss and counters to the cluster flows dataset in DIR "
                    "(hive-partitioned Parquet; every node writes its own partitions; read with --cluster DIR). "
                    "The node's own store is then $FLOWTUI_HOME/collector/<lab>-<node>.duckdb unless --db.")
-@click.option("--duration", type=float, help="Stop after S seconds (default: until Ctrl-C / SIGTERM).")
+@click.option("--duration", type=float, metavar="S", help="Stop after S seconds (default: until Ctrl-C / SIGTERM).")
 @state_dir_option
 @click.option("-f", "--filename", "paths", multiple=True, type=click.Path(),
               help="Resources for enrichment instead of the datastore's.")
