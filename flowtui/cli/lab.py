@@ -66,12 +66,18 @@ def _plan_text(plan: LabPlan) -> str:
 
 
 def _example(plan: LabPlan) -> str | None:
+    """A command to try in the new lab, as typed here (`--lab` unless it is the lab commands default to)."""
+    import os
+
+    from enforcer.lab import DEFAULT_LAB_ID
+
     if len(plan.pods) < 2:
         return None
     src, dst = plan.pods[0], plan.pods[1]
     v4 = next((a for a in dst.addresses if a.version == 4), None)
     target = v4 or (dst.addresses[0] if dst.addresses else None)
-    return f"flowtui lab exec {src.key} -- ping -c1 -W1 {target}" if target else None
+    lab = "" if plan.lab_id == os.environ.get("FLOWTUI_LAB", DEFAULT_LAB_ID) else f"--lab {plan.lab_id} "
+    return f"flowtui lab exec {lab}{src.key} -- ping -c1 -W1 {target}" if target else None
 
 
 AGENTS_TIMEOUT = 90.0  # seconds for every agent to enforce what `lab up` stored (a loaded machine)
