@@ -71,13 +71,16 @@ def dashboard(db: Path, tmp_path: Path) -> dict[str, Any]:
         async with app.run_test(size=(150, 42)) as pilot:
             for key, mode in (("2", "conversations"), ("3", "policies")):
                 await pilot.press(key)
-                deadline = time.monotonic() + 30
+                # Rows and then their counts arrive from workers: read until two reads agree.
+                rows: list[Any] = []
+                deadline = time.monotonic() + 60
                 while time.monotonic() < deadline:
-                    tables = list(app.screen.query(DataTable))
-                    if tables and tables[0].row_count:
+                    await pilot.pause(0.5)
+                    now = [t.get_row_at(i) for t in app.screen.query(DataTable) for i in range(t.row_count)]
+                    if now and now == rows:
                         break
-                    await pilot.pause(0.05)
-                seen[mode] = [t.get_row_at(i) for t in app.screen.query(DataTable) for i in range(t.row_count)]
+                    rows = now
+                seen[mode] = rows
 
     try:
         asyncio.run(drive())

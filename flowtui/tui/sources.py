@@ -407,15 +407,8 @@ class StoreSource(DataSource):
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         if self._con is not None:
-            with self._lock:
-                cur = self._con.cursor()
-                self._busy.add(cur)
-            try:
+            with lend_cursor(self._con, self._lock, self._busy) as cur:
                 yield cur
-            finally:
-                with self._lock:
-                    self._busy.discard(cur)
-                cur.close()
             return
         try:
             con, _opened = open_reader(self.path)  # a fresh snapshot each time
@@ -495,16 +488,8 @@ class _LentCursors(DataSource):
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self._lock:
-            self._before_lending()
-            cur = self._con.cursor()
-            self._busy.add(cur)
-        try:
+        with lend_cursor(self._con, self._lock, self._busy, self._before_lending) as cur:
             yield cur
-        finally:
-            with self._lock:
-                self._busy.discard(cur)
-            cur.close()
 
     def close(self) -> None:
         with self._lock:
@@ -553,6 +538,24 @@ class LogsSource(_LentCursors):
             if stem in names and ext in ("parquet", "jsonl", "json"):
                 found.setdefault(stem, file)
         return found
+
+
+@contextmanager
+def lend_cursor(con: duckdb.DuckDBPyConnection, lock: threading.Lock, busy: set[duckdb.DuckDBPyConnection],
+                before: Callable[[], None] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A cursor of `con` for one worker's query, kept in `busy` while lent (so `close_connection`
+    can interrupt it); `before` runs under `lock` first (bringing the connection up to date)."""
+    with lock:
+        if before is not None:
+            before()
+        cur = con.cursor()
+        busy.add(cur)
+    try:
+        yield cur
+    finally:
+        with lock:
+            busy.discard(cur)
+        cur.close()
 
 
 def close_connection(con: duckdb.DuckDBPyConnection, busy: Iterable[duckdb.DuckDBPyConnection] = ()) -> None:
