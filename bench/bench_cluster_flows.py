@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -38,48 +37,13 @@ from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.packet import Raw  # noqa: E402
 
 from enforcer.ruleids import RuleRef, RuleTable  # noqa: E402
-from flowtui.collector import nflog  # noqa: E402
-from flowtui.collector.nflog import NflogConfig  # noqa: E402
-from flowtui.collector.service import Collector, CollectorConfig  # noqa: E402
-
-
-class PairNflog:
-    """NflogSocket stand-in: the bench writes skbs into `tx`."""
-
-    last: PairNflog | None = None
-
-    def __init__(self, netns: str | None, cfg: NflogConfig) -> None:
-        self.tx, self.rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
-        self.rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        self.rx.setblocking(False)
-        self.enobufs = 0
-        self.rcvbuf = 8 << 20
-        PairNflog.last = self
-
-    def fileno(self) -> int:
-        return self.rx.fileno()
-
-    def recv_into(self, view: memoryview) -> int:
-        try:
-            return self.rx.recv_into(view)
-        except BlockingIOError:
-            return 0
-
-    def close(self) -> None:
-        self.tx.close()
-        self.rx.close()
+from flowtui.collector.service import Collector  # noqa: E402
+from tests.nflog_pair import PairNflog, skb_of, start_collector  # noqa: E402
 
 
 def packet(i: int) -> bytes:
     return bytes(IP(src=f"10.1.{(i >> 8) & 255}.{i & 255}", dst="10.2.0.1") / UDP(sport=1024 + i % 4096, dport=9999)
                  / Raw(b"x" * 18))
-
-
-def skb(seq: int, pkts: list[bytes], prefix: str = "ft:D7") -> bytes:
-    now = int(time.time() * 1e6)
-    msgs = [nflog.packet_message(1, prefix, p, seq=seq + i, timestamp_us=now) for i, p in enumerate(pkts)]
-    return b"".join(m + b"\0" * (-len(m) % 4) for m in msgs) + nflog.done_message(1)
 
 
 _PREBUILT: dict[int, list[bytes]] = {}
@@ -88,19 +52,14 @@ _PREBUILT: dict[int, list[bytes]] = {}
 def prebuilt(events: int, per_skb: int = 128) -> list[bytes]:
     if events not in _PREBUILT:
         pkts = [packet(i) for i in range(4096)]
-        _PREBUILT[events] = [skb(s, [pkts[(s + i) % len(pkts)] for i in range(min(per_skb, events - s))])
+        _PREBUILT[events] = [skb_of(s, [pkts[(s + i) % len(pkts)] for i in range(min(per_skb, events - s))])
                              for s in range(0, events, per_skb)]
     return _PREBUILT[events]
 
 
 def collector(root: Path, name: str, flows_dir: Path | None) -> tuple[Collector, PairNflog]:
-    cfg = CollectorConfig(db=root / f"{name}.duckdb", nflog_socket=PairNflog,  # type: ignore[arg-type]
-                          conntrack=False, counters=False, rules_path=root / "rules.jsonl", node=name,
-                          flows_dir=flows_dir, snapshot_interval=None)
-    c = Collector(cfg)
-    c.start()
-    assert PairNflog.last is not None
-    return c, PairNflog.last
+    return start_collector(db=root / f"{name}.duckdb", rules_path=root / "rules.jsonl", node=name,
+                           flows_dir=flows_dir, snapshot_interval=None)
 
 
 def throughput(root: Path, events: int, with_dataset: bool) -> float:
@@ -163,7 +122,7 @@ def lag(root: Path, nodes: int, probes: int) -> dict[str, list[float]]:
         port = 20000 + i
         pkt = bytes(IP(src="10.9.0.1", dst="10.9.0.2") / UDP(sport=port, dport=9999) / Raw(b"x"))
         sent = time.time()
-        running[node][1].tx.send(skb(10_000 + i, [pkt]))
+        running[node][1].tx.send(skb_of(10_000 + i, [pkt]))
         t = threading.Thread(target=watch, args=(port, sent, node), daemon=True)
         t.start()
         watchers.append(t)

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from enforcer.procs import pid_running
 from enforcer.safefile import atomic_write, private_dir
 
 AGENTS_DIR = "agents"
@@ -81,20 +82,6 @@ class StatusWriter:
         atomic_write(self.path, json.dumps(self.status.to_json(), sort_keys=True) + "\n")
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child nobody reaped yet is a zombie: not running
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def read_agents(records_dir: str | os.PathLike[str]) -> list[AgentStatus]:
     """Every agent's last status, by node; an agent of this host whose pid is gone reads `stopped`
     (its last state is kept in `error` when it had none). Unreadable files are skipped."""
@@ -106,7 +93,7 @@ def read_agents(records_dir: str | os.PathLike[str]) -> list[AgentStatus]:
             status = AgentStatus(**{k: doc[k] for k in FIELDS})
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if status.host == socket.gethostname() and not _running(status.pid):
+        if status.host == socket.gethostname() and not pid_running(status.pid):
             status = replace(status, state="stopped",
                              error=status.error or f"process {status.pid} is gone (it was {status.state})")
         found.append(status)

@@ -60,6 +60,9 @@ def test_lab_exec_rejects_bad_targets() -> None:
     assert result.exit_code == 2 and "invalid target" in result.stderr
     missing = run("lab", "exec", "--lab", "tbad", "default/pod", "--", "true")
     assert missing.exit_code == 1 and "is not up" in missing.stderr
+    # an option after TARGET would otherwise run as the command, in the default lab
+    late = run("lab", "exec", "default/pod", "--lab", "tbad", "--", "true")
+    assert late.exit_code == 2 and "--lab after TARGET: options go before it" in late.stderr
 
 
 def test_lab_help() -> None:
@@ -83,7 +86,7 @@ def test_lab_up_enforce_toggle_down(lab_id: str, tmp_path: Path) -> None:
     assert up.exit_code == 0, up.output
     assert "production/frontend" in up.stdout and "10.244.1.10" in up.stdout and "node-a" in up.stdout
     assert "node-a: applied, replaced whole table" in up.stdout
-    assert "Try: flowtui lab exec" in up.stdout
+    assert f"Try: flowtui lab exec --lab {lab_id} " in up.stdout  # as typed here: not the default lab
 
     status = run("lab", "status", "--lab", lab_id, "-o", "json")
     doc = json.loads(status.stdout)

@@ -27,11 +27,11 @@ from enforcer.loader import load_paths
 from enforcer.ruleids import RuleRef, RuleTable
 from flowtui.cli.main import cli
 from flowtui.collector import dataset as dataset_mod
-from flowtui.collector import nflog
 from flowtui.collector.dataset import DatasetSink
-from flowtui.collector.service import Collector, CollectorConfig
+from flowtui.collector.service import Collector
 from flowtui.store import schema
-from tests.test_collector_service import PairNflog, wait_for
+from tests.nflog_pair import PairNflog, skb_of, start_collector
+from tests.test_collector_service import wait_for
 
 CLIENT, SERVER = "10.0.0.1", "10.0.0.2"
 PKT = bytes(IP(src=CLIENT, dst=SERVER) / UDP(sport=1000, dport=9999) / Raw(b"x" * 18))
@@ -78,9 +78,7 @@ spec:
 
 def skb(first_seq: int, n: int, prefix: str, at: float | None = None) -> bytes:
     """`n` events; `at`: their time (two nodes logging one packet log it at the same moment)."""
-    stamp = int((time.time() if at is None else at) * 1e6)
-    msgs = [nflog.packet_message(1, prefix, PKT, seq=first_seq + i, timestamp_us=stamp) for i in range(n)]
-    return b"".join(m + b"\0" * (-len(m) % 4) for m in msgs) + nflog.done_message(1)
+    return skb_of(first_seq, [PKT] * n, prefix, at)
 
 
 def invoke(*args: str) -> Result:
@@ -101,19 +99,13 @@ def node(tmp_path: Path) -> Iterator[Callable[..., tuple[Collector, PairNflog]]]
     made: list[Collector] = []
 
     def start(name: str, **kw: object) -> tuple[Collector, PairNflog]:
-        PairNflog.instances.clear()
         options: dict[str, object] = {"batch_seconds": 0.05, "flush_seconds": 0.2, "snapshot_interval": None}
         options.update(kw)
-        cfg = CollectorConfig(
-            db=tmp_path / f"{name}.duckdb", nflog_socket=PairNflog,  # type: ignore[arg-type]
-            conntrack=False, counters=False, rules_path=tmp_path / "rules.jsonl",
-            load_resources=lambda: load_paths([str(tmp_path / "cluster.yaml")]),
-            node=name, flows_dir=tmp_path / "flows", **options,  # type: ignore[arg-type]
-        )
-        c = Collector(cfg)
-        c.start()
+        c, sock = start_collector(db=tmp_path / f"{name}.duckdb", rules_path=tmp_path / "rules.jsonl",
+                                  load_resources=lambda: load_paths([str(tmp_path / "cluster.yaml")]),
+                                  node=name, flows_dir=tmp_path / "flows", **options)
         made.append(c)
-        return c, PairNflog.instances[0]
+        return c, sock
 
     yield start
     for c in made:

@@ -9,8 +9,6 @@ the kernel logged on each node is in the dataset: received = in the flows, nothi
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import signal
 import subprocess
 import threading
@@ -20,42 +18,21 @@ from typing import Any
 
 import pytest
 
-from tests.test_collector_readme_kernel import ARTICLE, ROOT, flowtui_command
+from tests.test_collector_readme_kernel import ARTICLE, Steps, flowtui_command
 
 FRONTEND, TRANSACTION = "10.244.1.10", "10.244.2.10"
 
 
-class Lab:
+class Lab(Steps):
+    """The README steps' runner, plus the long-running commands it started (stopped at the end)."""
+
     def __init__(self, tmp_path: Path, lab_id: str) -> None:
-        self.cwd = tmp_path
-        self.env = {**os.environ, "FLOWTUI_HOME": str(tmp_path / "state"), "FLOWTUI_LAB": lab_id,
-                    "PYTHONPATH": str(ROOT)}
-        self.env.pop("CI", None)
+        super().__init__(tmp_path, lab_id)
         self.procs: list[subprocess.Popen[str]] = []
 
-    def run(self, *args: str, ok: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([*flowtui_command(), *args], cwd=self.cwd, env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
-        if ok:
-            assert done.returncode == 0, f"flowtui {' '.join(args)}: {done.stdout}\n{done.stderr}"
-        return done
-
     def collector(self, node: str, flows: Path) -> tuple[subprocess.Popen[str], list[str], threading.Event]:
-        proc = subprocess.Popen([*flowtui_command(), "collect", "--node", node, "--flows-dir", str(flows),
-                                 "--duration", "240"], cwd=self.cwd, env=self.env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc, lines, started = self.start("collect", "--node", node, "--flows-dir", str(flows), "--duration", "240")
         self.procs.append(proc)
-        lines: list[str] = []
-        started = threading.Event()
-
-        def read() -> None:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                lines.append(line)
-                if line.startswith("collecting run"):
-                    started.set()
-
-        threading.Thread(target=read, daemon=True).start()
         return proc, lines, started
 
     def query(self, flows: Path, sql: str) -> list[dict[str, Any]]:
@@ -63,19 +40,17 @@ class Lab:
                                                          "-o", "json").stdout)
         return rows
 
-
-def unique_lab_id() -> str:
-    from enforcer.lab.state import lab_namespaces
-
-    while True:
-        candidate = "xc" + secrets.token_hex(2)
-        if not lab_namespaces(candidate):
-            return candidate
+    def down(self) -> None:
+        """Kill what still runs, then take the lab down (idempotent: also after a failed `lab up`)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+        self.run("lab", "down", ok=False)
 
 
 @pytest.mark.kernel
-def test_two_node_collectors_write_one_dataset_with_each_flow_once(tmp_path: Path) -> None:
-    lab_id = unique_lab_id()
+def test_two_node_collectors_write_one_dataset_with_each_flow_once(lab_id: str, tmp_path: Path) -> None:
     lab = Lab(tmp_path, lab_id)
     flows = tmp_path / "flows"
     try:
@@ -137,15 +112,11 @@ def test_two_node_collectors_write_one_dataset_with_each_flow_once(tmp_path: Pat
         assert received == stored and [r["node"] for r in received] == ["node-a", "node-b"], (received, stored)
         assert all(r["n"] > 0 for r in received)
     finally:
-        for proc in lab.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
-        lab.run("lab", "down", ok=False)
+        lab.down()
 
 
 @pytest.mark.kernel
-def test_agents_with_flows_dir_write_one_dataset(tmp_path: Path) -> None:
+def test_agents_with_flows_dir_write_one_dataset(lab_id: str, tmp_path: Path) -> None:
     """The cluster as it runs: etcd, one `flowtui agent --flows-dir` per node (enforcing and
     collecting), and the flows of both nodes read as one with `--cluster`."""
     from tests.conftest import require_etcd
@@ -153,7 +124,6 @@ def test_agents_with_flows_dir_write_one_dataset(tmp_path: Path) -> None:
     require_etcd()
     from tests.etcd_server import etcd_server
 
-    lab_id = unique_lab_id()
     lab = Lab(tmp_path, lab_id)
     flows = tmp_path / "flows"
     with etcd_server() as server:
@@ -194,8 +164,4 @@ def test_agents_with_flows_dir_write_one_dataset(tmp_path: Path) -> None:
             assert lab.query(flows, "SELECT count(*) AS n FROM runs WHERE outcome = 'stopped'") == [{"n": 2}]
             assert lab.query(flows, "SELECT coalesce(sum(events), 0) AS lost FROM loss_latest") == [{"lost": 0}]
         finally:
-            for proc in lab.procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait(timeout=30)
-            lab.run("lab", "down", ok=False)
+            lab.down()

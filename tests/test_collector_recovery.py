@@ -22,7 +22,8 @@ from flowtui.collector.recovery import close_crashed_runs, count_gaps
 from flowtui.store import schema
 from flowtui.store.duckdb_store import DuckStore
 from flowtui.store.status import read_status
-from tests.test_collector_service import PairNflog, skb, wait_for
+from tests.nflog_pair import start_collector
+from tests.test_collector_service import skb, wait_for
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample-logs"
 NS = "ft-t0rec-node-a"
@@ -240,25 +241,13 @@ def test_status_shows_a_run_as_running_only_while_its_process_holds_the_store(tm
 def test_open_buckets_are_committed_with_their_events(tmp_path: Path) -> None:
     """Before any bucket closes, every stored event already has its flow (in flows_open)."""
     from enforcer.ruleids import RuleRef, RuleTable
-    from flowtui.collector.service import Collector, CollectorConfig
 
     RuleTable([RuleRef(7, "GlobalNetworkPolicy", None, "deny", "default", 1, "ingress", 0, "Deny")]).dump(
         tmp_path / "rules.jsonl"
     )
-    PairNflog.instances.clear()
-    cfg = CollectorConfig(
-        db=tmp_path / "flows.duckdb",
-        nflog_socket=PairNflog,  # type: ignore[arg-type]
-        conntrack=False,
-        counters=False,
-        bucket_seconds=3600.0,  # nothing closes while the test runs
-        batch_seconds=0.05,
-        snapshot_interval=None,
-    )
-    c = Collector(cfg)
-    c.start()
+    c, sock = start_collector(db=tmp_path / "flows.duckdb", batch_seconds=0.05, snapshot_interval=None,
+                              bucket_seconds=3600.0)  # nothing closes while the test runs
     try:
-        sock = PairNflog.instances[0]
         sock.tx.send(skb(0, 100))
         sock.tx.send(skb(100, 40))
         wait_for(lambda: c.book.stat_total("stored") == 140)

@@ -1,13 +1,9 @@
-"""The whole collector without root: NFLOG skbs arrive through a datagram socketpair.
-
-A `SOCK_DGRAM` unix socketpair keeps message boundaries exactly like a netlink socket keeps
-skbs, so the reader, the writer, the store, attribution, aggregation and loss accounting run
-for real on hand-built NFLOG bytes. The kernel tests do the same with the real kernel.
+"""The whole collector without root, fed hand-built NFLOG skbs through a socketpair
+(tests/nflog_pair.py). The kernel tests do the same with the real kernel.
 """
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,47 +14,15 @@ from scapy.layers.inet import IP, UDP
 from scapy.packet import Raw
 
 from enforcer.ruleids import RuleRef, RuleTable
-from flowtui.collector import nflog
-from flowtui.collector.nflog import NflogConfig
-from flowtui.collector.service import Collector, CollectorConfig
+from flowtui.collector.service import Collector
 from flowtui.store.status import read_status
+from tests.nflog_pair import PairNflog, skb_of, start_collector
 
 PKT = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1000, dport=9999) / Raw(b"x" * 18))
 
 
-class PairNflog:
-    """Stands in for NflogSocket: the test writes skbs into `tx`."""
-
-    instances: list[PairNflog] = []
-
-    def __init__(self, netns: str | None, cfg: NflogConfig) -> None:
-        self.tx, self.rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
-        self.rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        self.rx.setblocking(False)
-        self.enobufs = 0
-        self.rcvbuf = 8 << 20
-        PairNflog.instances.append(self)
-
-    def fileno(self) -> int:
-        return self.rx.fileno()
-
-    def recv_into(self, view: memoryview) -> int:
-        try:
-            return self.rx.recv_into(view)
-        except BlockingIOError:
-            return 0
-
-    def close(self) -> None:
-        self.tx.close()
-        self.rx.close()
-
-
 def skb(first_seq: int, n: int, prefix: str = "ft:D7") -> bytes:
-    msgs = [
-        nflog.packet_message(1, prefix, PKT, seq=first_seq + i, timestamp_us=int(time.time() * 1e6)) for i in range(n)
-    ]
-    return b"".join(m + b"\0" * (-len(m) % 4) for m in msgs) + nflog.done_message(1)
+    return skb_of(first_seq, [PKT] * n, prefix)
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -79,21 +43,10 @@ def make(tmp_path: Path) -> Callable[..., tuple[Collector, PairNflog]]:
     made: list[Collector] = []
 
     def build(**kw: object) -> tuple[Collector, PairNflog]:
-        PairNflog.instances.clear()
-        cfg = CollectorConfig(
-            db=tmp_path / "flows.duckdb",
-            nflog_socket=PairNflog,  # type: ignore[arg-type]
-            conntrack=False,
-            counters=False,
-            bucket_seconds=1.0,
-            batch_seconds=0.05,
-            snapshot_interval=0.5,
-            **kw,  # type: ignore[arg-type]
-        )
-        c = Collector(cfg)
-        c.start()
+        c, sock = start_collector(db=tmp_path / "flows.duckdb", bucket_seconds=1.0, batch_seconds=0.05,
+                                  snapshot_interval=0.5, **kw)
         made.append(c)
-        return c, PairNflog.instances[0]
+        return c, sock
 
     yield build
     for c in made:

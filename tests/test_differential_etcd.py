@@ -23,21 +23,10 @@ from enforcer.model import ResourceSet
 from enforcer.resolve import ClusterState
 from enforcer.ruleids import RuleTable
 from enforcer.synth import synth_resources
+from tests.cluster_harness import ClusterLab, cluster_lab
 from tests.conftest import require_etcd
 from tests.manifests import cluster_documents, policy_documents, round_trip_problems
-from tests.test_differential_kernel import (
-    PROBES_PER_SEED,
-    SPEC,
-    Attribution,
-    collected_events,
-    disagreements,
-    expected_attribution,
-    observed_attribution,
-    probe_key,
-    probe_with_collector,
-    random_probes,
-    toggle_some,
-)
+from tests.test_differential_kernel import PROBES_PER_SEED, SPEC, check_round, toggle_some
 
 SEEDS = int(os.environ.get("FLOWTUI_DIFF_SEEDS", "2"))
 SPEC3 = replace(SPEC, nodes=3)
@@ -53,40 +42,9 @@ def stored_state(lab_url: str, home: Path, lab_id: str) -> tuple[ResourceSet, Cl
     return res, ClusterState(res)
 
 
-def events_by_node_table(db: Path, tables: dict[str, RuleTable]) -> dict[tuple[object, ...], set[Attribution]]:
-    """As `events_by_key`, each event's rule id read in the table of the node that logged it."""
-    by_key: dict[tuple[object, ...], set[Attribution]] = {}
-    for node, action, rule_id, src, dst, proto, sport, dport in collected_events(db):
-        ref = tables[str(node)].get(rule_id)  # type: ignore[arg-type]
-        assert ref is not None, f"{node}: event with rule id {rule_id} its agent never allocated"
-        assert ref.action == action, f"{node}: rule {rule_id}: prefix says {action}, the agent's table {ref.action}"
-        key = (src, dst, proto, sport, dport) if proto not in (1, 58) else (src, dst, proto)
-        by_key.setdefault(key, set()).add(observed_attribution(str(node), ref))
-    return by_key
-
-
-def check_cluster_round(lab, tmp_path: Path, res: ResourceSet, ev: Evaluator, seed: int, count: int,  # type: ignore[no-untyped-def]
-                        what: str) -> None:
-    tables = {node: lab.rules(node) for node in lab.nodes}
-    probes = random_probes(res, seed, count)
-    db = tmp_path / f"flows-{what}.duckdb"
-    delivered, answered = probe_with_collector(lab.lab_id, lab.nodes, db, tmp_path / "no-rules.jsonl", probes)
-    wrong = disagreements(ev, probes, delivered, answered)
-    if wrong:
-        pytest.fail(f"{what}: {len(wrong)}/{len(probes)} probes disagree (seed {seed}); first: {wrong[0]}")
-    assert delivered or what == "toggled", "no probe was delivered: the lab is not forwarding"
-    by_key = events_by_node_table(db, tables)
-    compared = 0
-    for p in probes:
-        key = probe_key(p, probes)
-        if key is None:
-            continue
-        want = expected_attribution(ev.decide(p.flow))
-        got = by_key.get(key, set())
-        assert got == want, (f"{what}, seed {seed}: {p.src_target} → {p.dst_target} proto {p.proto} port {p.dport}: "
-                             f"kernel logged {sorted(map(str, got))}, evaluator implies {sorted(map(str, want))}")
-        compared += 1
-    assert compared >= len(probes) * 3 // 4
+def node_tables(lab: ClusterLab) -> dict[str, RuleTable]:
+    """Each node's rule table as its agent allocated it (events are read through their node's)."""
+    return {node: lab.rules(node) for node in lab.nodes}
 
 
 def test_the_manifests_are_the_random_clusters() -> None:
@@ -100,7 +58,6 @@ def test_the_manifests_are_the_random_clusters() -> None:
 @pytest.mark.parametrize("seed", range(SEEDS))
 def test_agents_on_etcd_agree_with_evaluator(seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     require_etcd()
-    from tests.cluster_harness import cluster_lab
 
     budget = BUDGETS[seed % len(BUDGETS)]
     if budget is None:
@@ -113,7 +70,8 @@ def test_agents_on_etcd_agree_with_evaluator(seed: int, tmp_path: Path, monkeypa
         lab.wait(revision)
         res, state = stored_state(lab.url, tmp_path / "reader", lab.lab_id)
         assert {p.key for p in res.policies} == {p.key for p in synth.policies}
-        check_cluster_round(lab, tmp_path, res, Evaluator(state), seed, PROBES_PER_SEED, "compiled")
+        check_round(lab.lab_id, tmp_path, res, Evaluator(state), node_tables(lab), seed, PROBES_PER_SEED,
+                    "compiled")
 
         # Toggles through the CLI; the agents switch gates.
         toggled = toggle_some(res, seed)
@@ -125,4 +83,5 @@ def test_agents_on_etcd_agree_with_evaluator(seed: int, tmp_path: Path, monkeypa
         lab.wait(lab.revision())
         res2, state2 = stored_state(lab.url, tmp_path / "reader", lab.lab_id)
         assert {p.key for p in res2.policies if p.disabled} == {p.key for p in toggled.policies if p.disabled}
-        check_cluster_round(lab, tmp_path, res2, Evaluator(state2), seed + 1000, PROBES_PER_SEED // 2, "toggled")
+        check_round(lab.lab_id, tmp_path, res2, Evaluator(state2), node_tables(lab), seed + 1000,
+                    PROBES_PER_SEED // 2, "toggled")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -178,15 +178,18 @@ def probe_with_collector(lab_id: str, nodes: Iterable[str], db: Path, rules_path
         collector.stop()
 
 
-def events_by_key(db: Path, rules: RuleTable, *, check_action: bool) -> dict[tuple[object, ...], set[Attribution]]:
+def events_by_key(db: Path, rules: RuleTable | Mapping[str, RuleTable], *, check_action: bool
+                  ) -> dict[tuple[object, ...], set[Attribution]]:
     """The stored events' attributions, keyed by the probe's forward 5-tuple (replies are reversed;
-    ICMP by address pair and protocol)."""
+    ICMP by address pair and protocol). `rules`: one table for every node, or each node's own
+    (agents allocate their ids apart)."""
     by_key: dict[tuple[object, ...], set[Attribution]] = {}
     for node, action, rule_id, src, dst, proto, sport, dport in collected_events(db):
-        ref = rules.get(rule_id)
-        assert ref is not None, f"event with unknown rule id {rule_id}"
+        table = rules if isinstance(rules, RuleTable) else rules[str(node)]
+        ref = table.get(rule_id)  # type: ignore[arg-type]
+        assert ref is not None, f"{node}: event with rule id {rule_id} that its rule table lacks"
         if check_action:
-            assert ref.action == action, f"rule {rule_id}: prefix says {action}, the rule table {ref.action}"
+            assert ref.action == action, f"{node}: rule {rule_id}: prefix says {action}, the rule table {ref.action}"
         key = (src, dst, proto, sport, dport) if proto not in (1, 58) else (src, dst, proto)
         by_key.setdefault(key, set()).add(observed_attribution(str(node), ref))
     return by_key
@@ -222,13 +225,16 @@ def disagreements(ev: Evaluator, probes: list[Probe], delivered: set[Probe], ans
     return out
 
 
-def check_round(lab_id: str, tmp_path: Path, res: ResourceSet, ev: Evaluator, rules: RuleTable, seed: int,
-                count: int, what: str) -> None:
-    """Probe, then compare delivery with the evaluator's verdicts and NFLOG with its attribution."""
-    rules.dump(tmp_path / f"rules-{what}.jsonl")
+def check_round(lab_id: str, tmp_path: Path, res: ResourceSet, ev: Evaluator,
+                rules: RuleTable | Mapping[str, RuleTable], seed: int, count: int, what: str) -> None:
+    """Probe, then compare delivery with the evaluator's verdicts and NFLOG with its attribution.
+    `rules` as `events_by_key` takes them; with one table the collector also attributes live."""
+    rules_path = tmp_path / f"rules-{what}.jsonl"
+    if isinstance(rules, RuleTable):
+        rules.dump(rules_path)
     probes = random_probes(res, seed, count)
     db = tmp_path / f"flows-{what}.duckdb"
-    delivered, answered = probe_with_collector(lab_id, ev.state.nodes, db, tmp_path / f"rules-{what}.jsonl", probes)
+    delivered, answered = probe_with_collector(lab_id, ev.state.nodes, db, rules_path, probes)
     wrong = disagreements(ev, probes, delivered, answered)
     if wrong:
         pytest.fail(f"{what}: {len(wrong)}/{len(probes)} probes disagree (seed {seed}); first: {wrong[0]}")

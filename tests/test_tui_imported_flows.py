@@ -4,16 +4,11 @@ so an edit names the flows it would newly deny; the flow detail shows the L7 sum
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from textual.pilot import Pilot
 
 from flowtui.cli.main import cli
 from flowtui.tui.app import make_app
@@ -22,42 +17,11 @@ from flowtui.tui.screens.detail import DetailScreen
 from flowtui.tui.screens.whatif import WhatIfScreen
 from flowtui.tui.sources import StoreSource
 from flowtui.tui.widgets.detail.panels import recorded_panel
+from tests.test_interop_material import DENY_DNS, MATERIAL
+from tests.test_tui_app import SIZE, sync, until
 
-MATERIAL = Path(__file__).resolve().parents[2] / "shared" / "external" / "material" / "interop"
 REDIRECTED = MATERIAL / "hubble" / "hubble-otel__basic-sample-400-l7-redirected-flows.json"
 pytestmark = pytest.mark.skipif(not MATERIAL.is_dir(), reason=f"{MATERIAL} is not here")
-SIZE = (150, 42)
-
-DENY_DNS = """apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata: {name: deny-dns}
-spec:
-  selector: k8s-app == 'kube-dns'
-  types: [Ingress]
-  ingress:
-    - action: Deny
-      protocol: UDP
-      source: {namespaceSelector: kubernetes.io/metadata.name == 'bookinfo'}
-      destination: {ports: [53]}
-"""
-
-
-def sync(test: Callable[..., Any]) -> Callable[..., None]:
-    """Run an async test in its own event loop (no asyncio plugin needed)."""
-
-    @functools.wraps(test)
-    def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(test(*args, **kwargs))
-
-    return run
-
-
-async def until(pilot: Pilot[Any], cond: Callable[[], Any], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await pilot.pause(0.02)
 
 
 def imported(tmp_path: Path, path: Path) -> Path:
@@ -80,7 +44,7 @@ async def test_whatif_in_the_dashboard_names_the_newly_denied_imported_flows(tmp
         screen = app.screen
         assert isinstance(screen, WhatIfScreen)
         screen.editor.load_text(DENY_DNS)
-        await until(pilot, lambda: screen.outcome is not None and screen.outcome.ok)
+        await until(pilot, lambda: screen.outcome is not None and screen.outcome.ok, timeout=30)
         outcome = screen.outcome
         assert outcome is not None
         # jq over the file: the UDP/53 flows from namespace bookinfo to the k8s-app=kube-dns pods (as the CLI test)
@@ -109,7 +73,7 @@ async def test_flow_detail_shows_the_l7_summary_hubble_recorded(tmp_path: Path) 
     async with app.run_test(size=SIZE) as pilot:
         screen = DetailScreen(row)
         app.push_screen(screen)
-        await until(pilot, lambda: screen.explanation is not None)
+        await until(pilot, lambda: screen.explanation is not None, timeout=30)
         assert screen.explanation is not None
         assert screen.explanation.l7 == ["http GET http://10.128.0.4:9990/metrics"]  # the record's method and URL
         assert "L7 http GET http://10.128.0.4:9990/metrics" in _text(recorded_panel(screen.explanation))

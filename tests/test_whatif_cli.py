@@ -13,18 +13,8 @@ from click.testing import CliRunner, Result
 from enforcer.datastore import Datastore
 from flowtui.cli.main import cli
 from tests.test_whatif_fixtures import SHOP_TRAFFIC, flow_frame, write_cluster
+from tests.test_whatif_report import EDIT as DENY_DNS
 
-DENY_DNS = """apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata: {name: no-dns-out}
-spec:
-  order: 5
-  selector: app == 'web'
-  types: [Egress]
-  egress:
-  - {action: Deny, protocol: UDP, destination: {ports: [53]}}
-  - {action: Allow}
-"""
 BAD = """apiVersion: projectcalico.org/v3
 kind: GlobalNetworkPolicy
 metadata: {name: broken}

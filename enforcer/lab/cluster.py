@@ -38,6 +38,7 @@ from typing import Any
 
 from enforcer.lab.names import LabError, check_lab_id, netns_name
 from enforcer.lab.spec import ETCD_CLIENT_PORT, ETCD_PEER_PORT, LabPlan
+from enforcer.procs import pid_running
 
 LAB_RUN_DIR = Path("/run/flowtui/labs")
 RECORD = "cluster.json"
@@ -178,17 +179,7 @@ def live_pid(pidfile: Path, marker: str) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except (OSError, ValueError):
         return None
-    return pid if marker in cmdline and _running(pid) else None
-
-
-def _running(pid: int) -> bool:
-    """Whether `pid` exists and is not a zombie (an exited process its parent has not reaped:
-    started detached, its parent may be a subreaper that reaps late)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+    return pid if marker in cmdline and pid_running(pid) else None
 
 
 def stop_pid(pid: int, timeout: float = STOP_TIMEOUT) -> None:
@@ -199,7 +190,7 @@ def stop_pid(pid: int, timeout: float = STOP_TIMEOUT) -> None:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _running(pid):
+        if not pid_running(pid):
             return
         try:  # our own child (the supervisor's agents): reap it
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
@@ -319,7 +310,7 @@ def agent_pids(lab_id: str) -> dict[int, str]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if marker in cmdline and _running(int(entry)):
+        if marker in cmdline and pid_running(int(entry)):
             found[int(entry)] = cmdline
     return found
 

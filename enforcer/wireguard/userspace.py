@@ -30,6 +30,7 @@ from pathlib import Path
 
 from enforcer.lab.kernel import check_lab_netns, netns_exists, netns_path
 from enforcer.lab.names import WIREGUARD_RUN_DIR
+from enforcer.procs import pid_running
 from enforcer.safefile import PRIVATE, atomic_write, open_append, private_dir
 from enforcer.wireguard.device import DeviceError, DeviceStatus, parse_uapi_get, uapi_errno
 
@@ -139,14 +140,6 @@ def _tail(folder: Path, interface: str) -> str:
     return text.splitlines()[-1] if text else "(empty log)"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def stop(netns: str, interface: str) -> bool:
     """Stop the wireguard-go of `interface` in `netns` (its device goes with it); False if none ran."""
     pid = find_pid(netns, interface) if netns_exists(netns) else None
@@ -154,11 +147,11 @@ def stop(netns: str, interface: str) -> bool:
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_running(pid) and time.monotonic() < deadline:
             time.sleep(0.01)
-        if _alive(pid):
+        if pid_running(pid):
             os.kill(pid, signal.SIGKILL)
-            while _alive(pid) and time.monotonic() < deadline + STOP_TIMEOUT:
+            while pid_running(pid) and time.monotonic() < deadline + STOP_TIMEOUT:
                 time.sleep(0.01)
         stopped = True
     folder = RUN_DIR / netns

@@ -47,7 +47,7 @@ def parse_size(text: str) -> int:
               help="Read NFLOG in every node namespace of this lab (also $FLOWTUI_LAB) [default: the lab "
                    "that is up; several up: name one].")
 @click.option("--host", "host", is_flag=True, help="Read this machine's own NFLOG instead of a lab's.")
-@click.option("--netns", "netns", multiple=True, help="A lab namespace (ft-...) to read in. Repeatable.")
+@click.option("--netns", "netns", multiple=True, metavar="NS", help="A lab namespace (ft-...) to read in. Repeatable.")
 @click.option("--node", "node", metavar="NAME",
               help="Collect one node only (its lab namespace; with --host, this machine named NAME), as the "
                    "node's agent does: for --flows-dir.")
@@ -55,7 +55,7 @@ def parse_size(text: str) -> int:
               help="Also append this node's flows, loss and counters to the cluster flows dataset in DIR "
                    "(hive-partitioned Parquet; every node writes its own partitions; read with --cluster DIR). "
                    "The node's own store is then $FLOWTUI_HOME/collector/<lab>-<node>.duckdb unless --db.")
-@click.option("--duration", type=float, help="Stop after S seconds (default: until Ctrl-C / SIGTERM).")
+@click.option("--duration", type=float, metavar="S", help="Stop after S seconds (default: until Ctrl-C / SIGTERM).")
 @state_dir_option
 @click.option("-f", "--filename", "paths", multiple=True, type=click.Path(),
               help="Resources for enrichment instead of the datastore's.")
@@ -305,7 +305,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 @click.command("status")
-@click.option("--db", "db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False))
+@click.option("--db", "db", default=DEFAULT_DB, show_default=True, type=click.Path(),
+              help="Flow store: a DuckDB file (its snapshot while a collector writes it), or a Parquet export "
+                   "directory (`flowtui export --format parquet`, sample-logs/) or a table file of one.")
 @cluster_option
 @click.option("--runs", "last_runs", default=None, type=int,
               help="How many recent runs to show [default: 3; with --cluster, each node's last].")
@@ -323,7 +325,8 @@ def status_cmd(db: str, cluster: str | None, last_runs: int | None, output: str,
     from enforcer.agent_status import describe, read_agents
     from flowtui.cli.common import fail, store_path
     from flowtui.cli.state import behind_lines, enforcement_behind, guarded, open_state, runtime
-    from flowtui.store.status import read_cluster_status, read_status
+    from flowtui.interop.parquet import export_root
+    from flowtui.store.status import read_cluster_status, read_export_status, read_status
 
     behind = enforcement_behind(state_dir, guarded(lambda: runtime().lab_nodes(lab_id)))
     for line in behind_lines(behind):
@@ -332,6 +335,8 @@ def status_cmd(db: str, cluster: str | None, last_runs: int | None, output: str,
     doc: dict[str, Any] | None
     if cluster is not None:  # every node's runs and loss, from the dataset
         doc = read_cluster_status(Path(store_path(db, cluster, DEFAULT_DB) or db), last_runs or 1)
+    elif (root := export_root(db)) is not None:
+        doc = read_export_status(root, last_runs or 3)
     else:
         try:
             doc = read_status(Path(db), last_runs or 3)

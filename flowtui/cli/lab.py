@@ -66,12 +66,18 @@ def _plan_text(plan: LabPlan) -> str:
 
 
 def _example(plan: LabPlan) -> str | None:
+    """A command to try in the new lab, as typed here (`--lab` unless it is the lab commands default to)."""
+    import os
+
+    from enforcer.lab import DEFAULT_LAB_ID
+
     if len(plan.pods) < 2:
         return None
     src, dst = plan.pods[0], plan.pods[1]
     v4 = next((a for a in dst.addresses if a.version == 4), None)
     target = v4 or (dst.addresses[0] if dst.addresses else None)
-    return f"flowtui lab exec {src.key} -- ping -c1 -W1 {target}" if target else None
+    lab = "" if plan.lab_id == os.environ.get("FLOWTUI_LAB", DEFAULT_LAB_ID) else f"--lab {plan.lab_id} "
+    return f"flowtui lab exec {lab}{src.key} -- ping -c1 -W1 {target}" if target else None
 
 
 AGENTS_TIMEOUT = 90.0  # seconds for every agent to enforce what `lab up` stored (a loaded machine)
@@ -257,7 +263,7 @@ def _wait_agents(cluster: Cluster, nodes: list[str], revision: int, timeout: flo
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 @lab_option
 def exec_cmd(target: str, argv: Sequence[str], lab_id: str) -> None:
-    """Run a command inside TARGET: `NAMESPACE/POD`, `node:NAME`, `external:NAME` or `underlay`.
+    """Run a command inside TARGET: `NAMESPACE/POD`, `node:NAME`, `external:NAME`, `etcd:MEMBER` or `underlay`.
 
     Put the command after `--` and options (`--lab`) before TARGET:
     `flowtui lab exec --lab lab production/frontend -- curl 10.244.2.10:9000`. Exits with the
@@ -270,7 +276,10 @@ def exec_cmd(target: str, argv: Sequence[str], lab_id: str) -> None:
         parse_target(target)
     except LabError as err:
         fail(str(err), EXIT_INVALID)
-    args = list(argv[1:] if argv and argv[0] == "--" else argv)
+    if argv[0] != "--" and argv[0].startswith("-"):  # else `--lab ID` would run as the command, in another lab
+        fail(f"{argv[0]} after TARGET: options go before it, the command after --: "
+             f"flowtui lab exec {argv[0]} ... {target} -- CMD...", EXIT_INVALID)
+    args = list(argv[1:] if argv[0] == "--" else argv)
     if not args:
         fail("no command: put it after --", EXIT_INVALID)
     command = guarded(lambda: command_in(lab_id, target, args))

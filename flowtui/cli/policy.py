@@ -116,8 +116,11 @@ def build_flow(
 @paths_option
 @namespace_option
 @click.option("--from", "src_ref", required=True, metavar="REF",
-              help="Source: NAMESPACE/POD, hep:NAME, node:NAME, external:NAME or an IP address.")
-@click.option("--to", "dst_ref", required=True, metavar="REF", help="Destination, same forms as --from.")
+              help="Source: NAMESPACE/POD, a workload (deploy/NAMESPACE/NAME, sts/, ds/, rs/, job/, cronjob/), "
+                   "hep:NAME, node:NAME, external:NAME or an IP address; with -n, as kubectl reads names (web, "
+                   "deploy/web).")
+@click.option("--to", "dst_ref", required=True, metavar="REF",
+              help="Destination, same forms as --from, or svc/NAMESPACE/NAME (the pod kube-proxy delivers --port to).")
 @click.option("--proto", "proto_text", required=True, metavar="PROTO",
               help="tcp, udp, icmp, icmpv6, sctp, udplite or a protocol number.")
 @click.option("--port", type=click.IntRange(1, 65535), help="Destination port.")

@@ -511,7 +511,7 @@ def _spec(doc: dict[str, Any], key: str) -> str:
 @click.command()
 @click.argument("kind", metavar="KIND")
 @click.argument("name", required=False)
-@click.option("-n", "--namespace", help="Only this namespace (default: every namespace).")
+@click.option("-n", "--namespace", metavar="NS", help="Only this namespace (default: every namespace).")
 @click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace (the default; as kubectl's -A).")
 @click.option("-o", "--output", type=click.Choice(["table", "yaml", "json"]), default="table", show_default=True)
 @click.option("--unused", is_flag=True, help="With `get hits`: only rules never hit.")
@@ -522,8 +522,9 @@ def get(kind: str, name: str | None, namespace: str | None, all_namespaces: bool
     """Show stored objects of one kind, or one object; `get hits` shows per-rule hit counters.
 
     KIND is a kind, its plural or a short name, in any case: gnp, np (Calico NetworkPolicy), knp
-    (Kubernetes NetworkPolicy), sgnp, snp, sknp, tier, gns (GlobalNetworkSet), netset, hep,
-    profile, felixconfig, ns, pod, node, sa, ext (ExternalHost); `policy` means every policy kind.
+    (Kubernetes NetworkPolicy), cnp (ClusterNetworkPolicy, at its Calico tier and order), sgnp, snp,
+    sknp, tier, gns (GlobalNetworkSet), netset, hep, profile, felixconfig, ns, pod, node, sa, ext
+    (ExternalHost), deploy, sts, ds, rs, job, cj, svc; `policy` means every policy kind.
     `hits` lists every rule's packet and byte counters on every lab node, with the tier, policy,
     direction and rule index it stands for (`--unused`: only rules never hit). `wireguard` shows each
     node's WireGuard tunnels: enabled, backend, public key, peers, last handshake, bytes.
@@ -598,7 +599,7 @@ def _toggle(name: str, namespace: str | None, kind: str, lab_id: str, state_dir:
     if not all(k.is_policy for k in kinds):
         fail(f"{kind}: only policies can be turned off and on", EXIT_INVALID)
     ds = open_state(state_dir)
-    reconciler = make_reconciler(ds, lab_id)  # imports and lookups first: time the change alone
+    reconciler = make_reconciler(ds, lab_id, note=False)  # imports and lookups first: time the change alone
     start = time.perf_counter()
     changes = guarded(lambda: ds.set_disabled(kind, name, namespace, disabled))
     stored_ms = (time.perf_counter() - start) * 1e3
@@ -609,6 +610,7 @@ def _toggle(name: str, namespace: str | None, kind: str, lab_id: str, state_dir:
     else:
         click.echo(f"{change.key} {word} (revision {change.revision}, stored in {stored_ms:.1f} ms)")
     if reconciler is None:
+        make_reconciler(ds, lab_id)  # only to say why nothing is enforced, once the change is stored
         return
     result = enforce(ds, lab_id, echo=False, reconciler=reconciler)
     assert result is not None
@@ -629,16 +631,21 @@ def _toggle(name: str, namespace: str | None, kind: str, lab_id: str, state_dir:
         sys.exit(1)
 
 
-_kind_option = click.option("--kind", default="policy", show_default=True,
-                            help="Policy kind (gnp, np, knp, sgnp, ...) when the name alone is ambiguous.")
+def _toggle_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """-n, --kind, --lab and --state-dir: what `policy disable` and `policy enable` take beside NAME."""
+    for option in reversed((
+        click.option("-n", "--namespace", metavar="NS", help="Namespace of a namespaced policy (default: any, "
+                     "if unambiguous)."),
+        click.option("--kind", default="policy", show_default=True,
+                     help="Policy kind (gnp, np, knp, sgnp, ...) when the name alone is ambiguous."),
+        lab_option, state_dir_option)):
+        func = option(func)
+    return func
 
 
 @policy_group.command()
 @click.argument("name")
-@click.option("-n", "--namespace", help="Namespace of a namespaced policy (default: any, if unambiguous).")
-@_kind_option
-@lab_option
-@state_dir_option
+@_toggle_options
 def disable(name: str, namespace: str | None, kind: str, lab_id: str, state_dir: str) -> None:
     """Turn policy NAME off (annotation flowtui.dev/disabled: "true"), then enforce."""
     _toggle(name, namespace, kind, lab_id, state_dir, True)
@@ -646,10 +653,7 @@ def disable(name: str, namespace: str | None, kind: str, lab_id: str, state_dir:
 
 @policy_group.command()
 @click.argument("name")
-@click.option("-n", "--namespace", help="Namespace of a namespaced policy (default: any, if unambiguous).")
-@_kind_option
-@lab_option
-@state_dir_option
+@_toggle_options
 def enable(name: str, namespace: str | None, kind: str, lab_id: str, state_dir: str) -> None:
     """Turn policy NAME back on, then enforce."""
     _toggle(name, namespace, kind, lab_id, state_dir, False)

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 @click.command("tui")
 @click.option("--db", type=click.Path(), help="A DuckDB flow store (`flowtui collect --db`; while a collector "
-              "writes it, its snapshot is followed live), or a Parquet export like sample-logs/ (as --logs).")
+              "writes it, its snapshot is followed live), or a Parquet export directory (`flowtui export --format "
+              "parquet`, sample-logs/) or a table file of one (as --logs).")
 @cluster_option
 @click.option("--logs", type=click.Path(exists=True),
               help="A recording: a directory of <table>.parquet / .jsonl files (e.g. sample-logs/), or one file.")

@@ -234,7 +234,7 @@ def whatif(
 
 
 @click.command()
-@click.option("-n", "--namespace", required=True, help="Namespace to propose policy for.")
+@click.option("-n", "--namespace", metavar="NS", required=True, help="Namespace to propose policy for.")
 @flow_options
 @click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
 @click.option("--netsets/--no-netsets", default=True, show_default=True,

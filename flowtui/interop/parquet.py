@@ -28,6 +28,7 @@ NULL (except `rule_counters.run_packets`/`run_logged`, which older exports lack:
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,9 +120,15 @@ def _is_export(path: Path) -> bool:
 
 def attach(con: duckdb.DuckDBPyConnection, root: Path) -> list[str]:
     """Create the store's tables (as views over Parquet) and views in `con`; returns the tables found."""
+    return attach_sources(con, {t.name: table_source(root, t.name) for t in schema.TABLES + schema.ROLLUP_TABLES})
+
+
+def attach_sources(con: duckdb.DuckDBPyConnection, sources: Mapping[str, str | None]) -> list[str]:
+    """As `attach`, from each table's reader expression (`read_parquet(...)`, `read_json_auto(...)`;
+    None or missing: the table is absent). Returns the tables found."""
     found = []
     for table in schema.TABLES + schema.ROLLUP_TABLES:  # rollups absent (older or windowed exports): empty
-        source = table_source(root, table.name)
+        source = sources.get(table.name)
         have: set[str] | None = None
         if source is not None:
             have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}

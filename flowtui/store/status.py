@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
+from enforcer.procs import pid_running
 from flowtui.store.duckdb_store import open_reader, snapshot_path, utcnow
 from flowtui.store.schema import TABLES
 
@@ -33,23 +33,9 @@ def run_state(ended: object, outcome: str | None, host: str | None, pid: int | N
         return "stopped"
     if not holds_store:
         return "crashed"
-    if host == socket.gethostname() and pid is not None and not _alive(int(pid)):
+    if host == socket.gethostname() and pid is not None and not pid_running(int(pid)):
         return "crashed"
     return "running"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child its parent has not reaped yet is a zombie: dead
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _rollups(con: Any, have: set[str]) -> dict[str, Any] | None:
@@ -86,6 +72,19 @@ def read_cluster_status(root: Path, last_runs: int = 1, alive_seconds: float = 1
     try:
         nodes = attach_cluster(con, root)
         return describe(con, str(root), False, last_runs * max(1, len(nodes)), None, alive_seconds)
+    finally:
+        con.close()
+
+
+def read_export_status(root: Path, last_runs: int = 3) -> dict[str, Any]:
+    """The status of a Parquet export (`flowtui export --format parquet`, sample-logs/): its runs as
+    recorded. No lock tells whether a run still goes on: running while its heartbeat is recent."""
+    from flowtui.interop.parquet import attach
+
+    con = duckdb.connect()
+    try:
+        attach(con, root)
+        return describe(con, str(root), False, last_runs, None)
     finally:
         con.close()
 

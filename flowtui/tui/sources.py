@@ -407,15 +407,8 @@ class StoreSource(DataSource):
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         if self._con is not None:
-            with self._lock:
-                cur = self._con.cursor()
-                self._busy.add(cur)
-            try:
+            with lend_cursor(self._con, self._lock, self._busy) as cur:
                 yield cur
-            finally:
-                with self._lock:
-                    self._busy.discard(cur)
-                cur.close()
             return
         try:
             con, _opened = open_reader(self.path)  # a fresh snapshot each time
@@ -495,16 +488,8 @@ class _LentCursors(DataSource):
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self._lock:
-            self._before_lending()
-            cur = self._con.cursor()
-            self._busy.add(cur)
-        try:
+        with lend_cursor(self._con, self._lock, self._busy, self._before_lending) as cur:
             yield cur
-        finally:
-            with self._lock:
-                self._busy.discard(cur)
-            cur.close()
 
     def close(self) -> None:
         with self._lock:
@@ -522,30 +507,26 @@ class LogsSource(_LentCursors):
         self._con = duckdb.connect(":memory:")
         self._lock = threading.Lock()
         self._busy: set[duckdb.DuckDBPyConnection] = set()  # cursors lent to workers, interrupted on close
-        found = self._files()
-        if not found:
-            raise SourceError(f"{self.path}: no <table>.parquet or <table>.jsonl files of the flow store")
-        for t in schema.TABLES:
-            file = found.get(t.name)
-            if file is None:
-                self._con.execute(t.ddl()).fetchall()
-                continue
-            reader = f"read_parquet({_lit(file)})" if file.suffix == ".parquet" else f"read_json_auto({_lit(file)})"
-            # recordings made with an older schema: missing columns read as NULL
-            have = {r[0] for r in self._con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()}
-            cols = ", ".join(c.name if c.name in have else f"NULL::{c.sql} AS {c.name}" for c in t.columns)
-            self._con.execute(f"CREATE VIEW {t.name} AS SELECT {cols} FROM {reader}").fetchall()
-        for name, (_doc, sql) in schema.VIEWS.items():
-            try:
-                self._con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}").fetchall()
-            except duckdb.Error:  # a view the recording's tables cannot support: leave it out
-                continue
+        from flowtui.interop.parquet import attach, attach_sources, is_parquet_dir
+
+        # An export or a directory of <table>.parquet files reads as `query --db` reads it (hive
+        # partitions, rollups); JSON lines and loose files through the same views.
+        try:
+            if is_parquet_dir(self.path):
+                attach(self._con, self.path)
+            else:
+                found = self._files()
+                if not found:
+                    raise SourceError(f"{self.path}: no <table>.parquet or <table>.jsonl files of the flow store")
+                attach_sources(self._con, {name: _reader(file) for name, file in found.items()})
+        except duckdb.Error as exc:
+            self._con.close()
+            raise SourceError(f"{self.path}: cannot read the recording: {exc}") from exc
         try:
             self.stream_kind = _stream_kind(self._con)
         except duckdb.Error as exc:
             raise SourceError(f"{self.path}: {exc}") from exc
         self.label = f"replay: {self.path}"
-        self.files = found
 
     def _files(self) -> dict[str, Path]:
         names = {t.name for t in schema.TABLES}
@@ -557,6 +538,25 @@ class LogsSource(_LentCursors):
             if stem in names and ext in ("parquet", "jsonl", "json"):
                 found.setdefault(stem, file)
         return found
+
+
+@contextmanager
+def lend_cursor(con: duckdb.DuckDBPyConnection, lock: threading.Lock, busy: set[duckdb.DuckDBPyConnection],
+                before: Callable[[], None] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A cursor of `con` for one worker's query, kept in `busy` while lent (so `close_connection`
+    can interrupt it); `before` runs under `lock` first (bringing the connection up to date)."""
+    with lock:
+        if before is not None:
+            before()
+        cur = con.cursor()
+        busy.add(cur)
+    try:
+        yield cur
+    finally:
+        with lock:
+            busy.discard(cur)
+        cur.close()
+
 
 def close_connection(con: duckdb.DuckDBPyConnection, busy: Iterable[duckdb.DuckDBPyConnection] = ()) -> None:
     """Close `con` although workers may still run queries on its cursors `busy` (the dashboard
@@ -573,6 +573,10 @@ def close_connection(con: duckdb.DuckDBPyConnection, busy: Iterable[duckdb.DuckD
 
 def _lit(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
+
+
+def _reader(file: Path) -> str:
+    return f"read_parquet({_lit(file)})" if file.suffix == ".parquet" else f"read_json_auto({_lit(file)})"
 
 
 class ClusterSource(_LentCursors):
