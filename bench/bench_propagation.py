@@ -277,12 +277,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20, help="changes of each kind per node count and mode")
     parser.add_argument("--quick", action="store_true", help="2 and 4 nodes, 5 changes each")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    parser.add_argument("--lab-prefix", default="xd", help="lab ids are this prefix and 5 hex digits")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_propagation needs root (lab namespaces, nftables)")
     counts = [2, 4] if args.quick else [int(n) for n in args.nodes.split(",")]
     repeat = 5 if args.quick else args.repeat
-    from tests.cluster_harness import cluster_lab
+    from tests.cluster_harness import cluster_lab, unique_lab_id
 
     if os.path.isdir("/dev/shm"):  # etcd's data on tmpfs: the figures are flowtui's, not a shared disk's fsync
         tempfile.tempdir = "/dev/shm"
@@ -293,7 +294,7 @@ def main() -> None:
         res = topology(count)
         with tempfile.TemporaryDirectory(prefix="ft-bench-prop-") as tmp:
             folder = Path(tmp)
-            with cluster_lab(res, folder, agents=False) as lab:
+            with cluster_lab(res, folder, agents=False, lab_id=unique_lab_id(args.lab_prefix)) as lab:
                 mons = Monitors(lab.lab_id, lab.nodes)
                 try:
                     baseline = run_reconciler(lab.lab_id, res, folder, mons, repeat)

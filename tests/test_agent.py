@@ -386,6 +386,37 @@ def test_agent_rides_out_a_member_down_and_degrades_without_quorum(tmp_path: Pat
             assert backend.tables["node-a"] != kept
 
 
+def test_agent_converges_as_soon_as_quorum_returns_whatever_its_back_off(tmp_path: Path) -> None:
+    """The back-off's wait (30 s here) ends when a member says it can serve again: converged on
+    what was written meanwhile within 5 s of quorum's return (the issue's bound)."""
+    require_etcd()
+    from tests.etcd_server import etcd_cluster
+
+    with etcd_cluster(3) as cluster:
+        writer = open_datastore(cluster.url, tmp_path / "writer")
+        assert isinstance(writer, EtcdDatastore)
+        writer.apply_documents([str(SCENARIOS)])
+        ds = open_datastore(cluster.url, tmp_path / "agent")
+        assert isinstance(ds, EtcdDatastore)
+        reconciler = Reconciler(ds, FakeBackend(), compile_node, CompileOptions(), lambda: ["node-a"], lab_id="lab")
+        agent = Agent(ds, reconciler, "node-a", lambda _: None, backoff=(30.0, 30.0), heartbeat=0.5)
+        with running(agent):
+            until(lambda: agent.state == "in-sync", what="the first reconcile")
+            _, second, third = cluster.members
+            for member in (second, third):
+                member.process.kill()
+                member.process.wait()
+            until(lambda: agent.state == "degraded", timeout=30, what="degraded without quorum")
+            second.restart()
+            third.restart()
+            until(lambda: writer.kv.healthy() is not None, timeout=30, what="quorum back")
+            back = time.monotonic()
+            toggled = writer.set_disabled("gnp", "allow-cluster-internal", None, True)
+            until(lambda: agent.state == "in-sync" and agent.revision >= toggled.revision, timeout=30,
+                  what="in sync with quorum back")
+            assert time.monotonic() - back < 5.0
+
+
 def _clashing_pods(folder: Path) -> Path:
     """Two pods that are valid objects but cannot share a lab: one address for both."""
     docs = [{"apiVersion": "v1", "kind": "Pod",

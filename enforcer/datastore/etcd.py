@@ -227,6 +227,20 @@ class EtcdKV:
             return result
         raise EtcdUnavailable(f"etcd datastore {self.url} unavailable: " + "; ".join(failures))
 
+    def healthy(self, timeout: float = 1.0) -> str | None:
+        """The first member (host:port) whose `/health` says it can serve (it has a leader and a
+        quorum read succeeds), each asked for at most `timeout` s; None when none can. A cheap
+        probe for a waiting client: no data read, and a member without quorum answers at once
+        or within etcd's own 1 s."""
+        for name, client in self._clients:
+            try:
+                answer = client.session.get(client.base_url + "/health", timeout=timeout)
+                if answer.ok and answer.json().get("health") == "true":
+                    return name
+            except (requests.RequestException, OSError, ValueError):
+                continue
+        return None
+
     def txn(self, compare: Sequence[Mapping[str, Any]], success: Sequence[Mapping[str, Any]]
             ) -> tuple[bool, int, list[dict[str, Any]]]:
         """One transaction: (whether the comparisons held, the store's revision, responses)."""
