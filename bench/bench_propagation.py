@@ -61,20 +61,27 @@ def policy(i: int, port: int) -> dict[str, Any]:
 
 
 def base_documents(res: ResourceSet) -> list[dict[str, Any]]:
-    return cluster_documents(res) + [policy(i, 8000 + i) for i in range(BASE_POLICIES)]
+    """The cluster, the policies and one client pod: with decision maps only what can match is in
+    the kernel, so without a client the policies' rules (and an edit of their ports) are not."""
+    node = res.nodes[0]
+    base = client_pod(res, "client-base", node.name, str(node.pod_cidrs[0].network_address + 99))
+    return cluster_documents(res) + [base] + [policy(i, 8000 + i) for i in range(BASE_POLICIES)]
+
+
+def client_pod(res: ResourceSet, name: str, node: str, ip: str) -> dict[str, Any]:
+    doc = pod_document(res.pods[0])
+    doc["metadata"] = {"name": name, "namespace": res.pods[0].namespace,
+                       "labels": {"app": "client", "role": "client"}}
+    doc["spec"]["nodeName"] = node
+    doc["status"] = {"podIP": ip, "podIPs": [{"ip": ip}]}
+    return doc
 
 
 def new_pod(res: ResourceSet, n: int) -> dict[str, Any]:
     """A client pod on node n % nodes (every node's selector set for `role == 'client'` gains it)."""
     node = res.nodes[n % len(res.nodes)]
     index = (n // len(res.nodes)) % 150  # addresses .100-.249 reused: churn keeps far fewer alive per node
-    ip = str(node.pod_cidrs[0].network_address + 100 + index)
-    doc = pod_document(res.pods[0])
-    doc["metadata"] = {"name": f"client{n}", "namespace": res.pods[0].namespace,
-                       "labels": {"app": "client", "role": "client"}}
-    doc["spec"]["nodeName"] = node.name
-    doc["status"] = {"podIP": ip, "podIPs": [{"ip": ip}]}
-    return doc
+    return client_pod(res, f"client{n}", node.name, str(node.pod_cidrs[0].network_address + 100 + index))
 
 
 # Run in a node's namespace: one line per kernel commit (an NFT_MSG_NEWGEN notification on the

@@ -5,7 +5,8 @@
     agent.run()                       # until the process is stopped
 
 List, then watch from the list's revision (Calico's Felix does the same through libcalico-go's
-watchersyncer): every batch of changes is reconciled for this node only, through the same
+watchersyncer), keeping what was listed current with the watch's events (`Mirror`): every batch of
+changes is reconciled from that copy (no read of etcd per event) for this node only, through the same
 `Reconciler` as `flowtui apply` (so a toggle is still one set element, and a restart adopts the
 live table when it matches the record instead of replacing it). When etcd compacted the history
 the watch needed, the agent lists again. **Fail static**: when etcd cannot be reached the agent
@@ -36,21 +37,20 @@ from enforcer.agent_metrics import AgentMetrics
 from enforcer.agent_status import StatusWriter
 from enforcer.datastore import DatastoreError
 from enforcer.datastore.etcd import (
-    CALICO_PREFIX,
-    OWN_PREFIX,
     Compacted,
     EtcdDatastore,
     EtcdUnavailable,
     WatchEvent,
     WatchHandle,
 )
+from enforcer.datastore.mirror import PREFIXES, Mirror
 from enforcer.lab.names import LabError
 from enforcer.loader import LoadError
 from enforcer.reconcile import NodeResult, Reconciler
 
 # One watch over [CALICO_PREFIX, end of OWN_PREFIX): both prefixes and what sorts between them.
-WATCH_FROM = CALICO_PREFIX
-WATCH_TO = OWN_PREFIX[:-1] + chr(ord(OWN_PREFIX[-1]) + 1)
+WATCH_FROM = min(PREFIXES)
+WATCH_TO = max(PREFIXES)[:-1] + chr(ord(max(PREFIXES)[-1]) + 1)
 BACKOFF = (0.2, 5.0)  # seconds: first retry, most between retries
 HEARTBEAT = 2.0  # seconds of a quiet watch before etcd is asked whether it is still there
 # While degraded, etcd's members are asked for their health this often (each for at most
@@ -61,7 +61,7 @@ PROBE_TIMEOUT = 1.0
 
 
 def _ours(key: str) -> bool:
-    return key.startswith((CALICO_PREFIX, OWN_PREFIX))
+    return key.startswith(PREFIXES)
 
 
 class _Watch:
@@ -132,12 +132,13 @@ class Agent:
     def _say(self, event: str, **fields: Any) -> None:
         self.report({"event": event, "node": self.node, "state": self.state, "revision": self.revision, **fields})
 
-    def converge(self, seen_at: float | None = None) -> int:
-        """Reconcile this node with the datastore as it is now; the revision it read (the watch
-        resumes after it: the reconcile's own read, so no extra round trip to etcd).
+    def converge(self, seen_at: float | None = None, mirror: Mirror | None = None) -> int:
+        """Reconcile this node with the datastore as `mirror` holds it (None: as etcd lists it
+        now); the revision it read (the watch resumes after it).
         `seen_at`: when the change that asked for it arrived (perf_counter), for the latency."""
         start = time.perf_counter()
-        result = self.reconciler.reconcile([self.node])
+        with self.datastore.one_read(None if mirror is None else mirror.read()):
+            result = self.reconciler.reconcile([self.node])
         seen = result.revision
         done = time.perf_counter()
         failed = [f"{n.node}: {n.error}" for n in result.failed]
@@ -167,10 +168,11 @@ class Agent:
             self.metrics.table(table)
             self._counted = True
 
-    def _follow(self, seen: int, rounds: int | None, done: int) -> int:
-        """Watch from `seen` + 1 and reconcile each burst of changes; returns when `rounds`
-        reconciles are done. Raises what the watch or etcd raised (the caller recovers)."""
-        watch = _Watch(self.datastore, seen + 1)
+    def _follow(self, mirror: Mirror, rounds: int | None, done: int) -> int:
+        """Watch from the mirror's revision + 1, keep it current and reconcile each burst of
+        changes from it; returns when `rounds` reconciles are done. Raises what the watch or
+        etcd raised (the caller recovers, with a fresh list)."""
+        watch = _Watch(self.datastore, mirror.revision + 1)
         try:
             while (rounds is None or done < rounds) and not self._stop.is_set():
                 try:
@@ -182,14 +184,19 @@ class Agent:
                 while True:  # everything queued now is one reconcile
                     if isinstance(item, BaseException):
                         raise item
+                    mirror.apply(item)
                     if _ours(item.kv.key) and item.kv.revision > self.revision:
                         first = arrived if first is None else first
-                    try:
-                        arrived, item = watch.items.get_nowait()
+                    last = item.last
+                    try:  # the rest of a transaction's events is waited for: never half of one
+                        arrived, item = watch.items.get_nowait() if last else watch.items.get(timeout=self.heartbeat)
                     except queue.Empty:
+                        if not last:  # a response that stops midway: its stream is broken
+                            raise EtcdUnavailable(f"etcd datastore {self.datastore.url}: a watch response "
+                                                  "ended midway") from None
                         break
                 if first is not None:
-                    self.converge(first)
+                    self.converge(first, mirror)
                     done += 1
             return done
         finally:
@@ -217,10 +224,11 @@ class Agent:
         done = 0
         while (rounds is None or done < rounds) and not self._stop.is_set():
             try:
-                seen = self.converge()
+                mirror = Mirror.listed(self.datastore.kv)
+                self.converge(mirror=mirror)
                 done += 1
                 delay = self.backoff[0]
-                done = self._follow(seen, rounds, done)
+                done = self._follow(mirror, rounds, done)
             except Compacted as err:
                 if self.metrics is not None:
                     self.metrics.relisted()
