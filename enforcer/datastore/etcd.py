@@ -430,6 +430,7 @@ class EtcdDatastore(LocalRecords):
         # Each object's catalog entry by (key, revision, its bookkeeping's revision): a read
         # decodes only what changed since the last one (an agent reads after every event).
         self._entries: dict[tuple[str, int, int], StoredObject] = {}
+        self._metas: dict[tuple[str, int], tuple[ObjectKey, KindInfo, dict[str, Any]]] = {}  # bookkeeping, decoded
         self._pinned = threading.local()  # .snap: this thread's read inside `one_read`
 
     def __str__(self) -> str:
@@ -472,15 +473,20 @@ class EtcdDatastore(LocalRecords):
         objects: dict[ObjectKey, StoredObject] = {}
         described: set[str] = set()
         known, entries = self._entries, {}
+        known_metas, metas = self._metas, {}
         for kv in kvs.values():
             if not kv.key.startswith(META):
                 continue
-            try:
-                meta = json.loads(kv.value)
-                key = ObjectKey(meta["kind"], meta["namespace"], meta["name"])
-                info = BY_MODEL_KIND[key.kind]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise DatastoreError(f"etcd datastore {self.url}: {kv.key} is damaged ({exc!r})") from exc
+            described_by = known_metas.get((kv.key, kv.revision))
+            if described_by is None:
+                try:
+                    meta = json.loads(kv.value)
+                    key = ObjectKey(meta["kind"], meta["namespace"], meta["name"])
+                    described_by = (key, BY_MODEL_KIND[key.kind], meta)
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise DatastoreError(f"etcd datastore {self.url}: {kv.key} is damaged ({exc!r})") from exc
+            metas[(kv.key, kv.revision)] = described_by
+            key, info, meta = described_by
             target = kvs.get(etcd_key(key))
             if target is None:
                 continue  # the object was removed by another tool: its bookkeeping is stale
@@ -505,7 +511,7 @@ class EtcdDatastore(LocalRecords):
             if stored is None or stored.key != key:
                 stored = self._stored(key, found, kv, f"etcd {kv.key}", 0, "", kv.revision, None, None)
             objects[key] = entries[entry] = stored
-        self._entries = entries
+        self._entries, self._metas = entries, metas
         layout = kvs.get(LAYOUT)
         texts = {o.file: kvs[o.file].value.decode("utf-8", errors="replace") for o in objects.values()}
         catalog = Catalog(revision, objects, layout.revision if layout else 0)
