@@ -3,8 +3,8 @@
     python bench/profile_agent.py [--nodes 8] [--repeat 10] [--top 25] [--lab-prefix xd]   (root, etcd)
 
 The lab and the changes of `bench_propagation` (a policy edit, a toggle, a pod added), one agent
-run in this process for the lab's first node, no watch thread: each change is written, then
-`converge` is profiled. Prints per change the wall time of each converge and the functions with
+run in this process for the lab's first node, no watch thread: each change is written, the
+agent's mirror made of a list (what its watch would give), then `converge` is profiled. Prints per change the wall time of each converge and the functions with
 the most cumulative time over all of them.
 """
 
@@ -38,6 +38,7 @@ def main() -> None:
     from enforcer.agent import Agent
     from enforcer.datastore.backend import parse_datastore_url
     from enforcer.datastore.etcd import EtcdDatastore
+    from enforcer.datastore.mirror import Mirror
     from enforcer.lab import netns_name
     from enforcer.nft.compiler import CompileOptions, compile_node
     from enforcer.nft.node_backend import NodeBackend
@@ -61,6 +62,7 @@ def main() -> None:
             agent.converge()
             profiles = {op: cProfile.Profile() for op in OPS}
             walls: dict[str, list[float]] = {op: [] for op in OPS}
+            cpus: dict[str, list[float]] = {op: [] for op in OPS}
             for n in range(args.repeat):
                 for op in OPS:
                     if op == "policy edit":
@@ -69,9 +71,11 @@ def main() -> None:
                         writer.set_disabled("gnp", "bp1", None, n % 2 == 0)
                     else:
                         writer.apply_documents([write_yaml(folder, f"p{n}.yaml", [new_pod(res, n)])])
-                    t = time.perf_counter()
-                    profiles[op].runcall(agent.converge, t)
+                    mirror = Mirror.listed(ds.kv)  # what the agent's watch would have made of it
+                    t, cpu = time.perf_counter(), time.thread_time()
+                    profiles[op].runcall(agent.converge, t, mirror)
                     walls[op].append((time.perf_counter() - t) * 1000)
+                    cpus[op].append((time.thread_time() - cpu) * 1000)
             backend.close()
     print(f"one agent of {args.nodes} nodes, {args.repeat} changes each, load {os.getloadavg()[0]:.1f}")
     for op in OPS:
@@ -79,7 +83,8 @@ def main() -> None:
         stats = pstats.Stats(profiles[op], stream=out)
         stats.sort_stats("cumulative").print_stats(args.top)
         stats.sort_stats("tottime").print_stats(args.top // 2)
-        print(f"\n== {op}: converge p50 {statistics.median(walls[op]):.1f} ms "
+        print(f"\n== {op}: converge p50 {statistics.median(walls[op]):.1f} ms, CPU p50 "
+              f"{statistics.median(cpus[op]):.1f} ms (profiled) "
               f"(all: {', '.join(f'{w:.0f}' for w in walls[op])})")
         print(out.getvalue())
 

@@ -48,8 +48,9 @@ def host_network(address: IPAddress) -> IPNetwork:
     return ipaddress.ip_network(address)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def host_interface(address: IPAddress) -> IPInterface:
-    """`address` as a /32 or /128 interface address."""
+    """`address` as a /32 or /128 interface address (kept, as `host_network`)."""
     return ipaddress.ip_interface(address)
 
 
