@@ -4,8 +4,9 @@
 
 The lab and the changes of `bench_propagation` (a policy edit, a toggle, a pod added), one agent
 run in this process for the lab's first node, no watch thread: each change is written, the
-agent's mirror made of a list (what its watch would give), then `converge` is profiled. Prints per change the wall time of each converge and the functions with
-the most cumulative time over all of them.
+agent's mirror made of a list (what its watch would give), then `converge` is profiled. Prints
+per change the wall and CPU time of each converge, and the functions with the most time over
+all of them (cumulative, then their own).
 """
 
 from __future__ import annotations
