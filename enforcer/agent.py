@@ -5,12 +5,14 @@
     agent.run()                       # until the process is stopped
 
 List, then watch from the list's revision (Calico's Felix does the same through libcalico-go's
-watchersyncer): every batch of changes is reconciled for this node only, through the same
+watchersyncer), keeping what was listed current with the watch's events (`Mirror`): every batch of
+changes is reconciled from that copy (no read of etcd per event) for this node only, through the same
 `Reconciler` as `flowtui apply` (so a toggle is still one set element, and a restart adopts the
 live table when it matches the record instead of replacing it). When etcd compacted the history
 the watch needed, the agent lists again. **Fail static**: when etcd cannot be reached the agent
 touches nothing — the kernel keeps the last table — reports `degraded`, and retries with back-off;
-when etcd is back it lists and converges.
+while it waits it asks etcd's members for their health every quarter second, so that when etcd is
+back (quorum restored) it lists and converges at once rather than at the end of the back-off.
 
 The watch stream is read on a thread of its own, which stamps each event when it arrives (the
 start of the programming latency) and queues it; the loop reconciles once for everything queued.
@@ -35,27 +37,31 @@ from enforcer.agent_metrics import AgentMetrics
 from enforcer.agent_status import StatusWriter
 from enforcer.datastore import DatastoreError
 from enforcer.datastore.etcd import (
-    CALICO_PREFIX,
-    OWN_PREFIX,
     Compacted,
     EtcdDatastore,
     EtcdUnavailable,
     WatchEvent,
     WatchHandle,
 )
+from enforcer.datastore.mirror import PREFIXES, Mirror
 from enforcer.lab.names import LabError
 from enforcer.loader import LoadError
 from enforcer.reconcile import NodeResult, Reconciler
 
 # One watch over [CALICO_PREFIX, end of OWN_PREFIX): both prefixes and what sorts between them.
-WATCH_FROM = CALICO_PREFIX
-WATCH_TO = OWN_PREFIX[:-1] + chr(ord(OWN_PREFIX[-1]) + 1)
+WATCH_FROM = min(PREFIXES)
+WATCH_TO = max(PREFIXES)[:-1] + chr(ord(max(PREFIXES)[-1]) + 1)
 BACKOFF = (0.2, 5.0)  # seconds: first retry, most between retries
 HEARTBEAT = 2.0  # seconds of a quiet watch before etcd is asked whether it is still there
+# While degraded, etcd's members are asked for their health this often (each for at most
+# PROBE_TIMEOUT): the back-off's wait ends as soon as one can serve, so convergence after quorum
+# returns is not delayed by the back-off (the issue asks for 5 s; a full list is not the probe).
+PROBE_EVERY = 0.25
+PROBE_TIMEOUT = 1.0
 
 
 def _ours(key: str) -> bool:
-    return key.startswith((CALICO_PREFIX, OWN_PREFIX))
+    return key.startswith(PREFIXES)
 
 
 class _Watch:
@@ -126,12 +132,13 @@ class Agent:
     def _say(self, event: str, **fields: Any) -> None:
         self.report({"event": event, "node": self.node, "state": self.state, "revision": self.revision, **fields})
 
-    def converge(self, seen_at: float | None = None) -> int:
-        """Reconcile this node with the datastore as it is now; the revision it read (the watch
-        resumes after it: the reconcile's own read, so no extra round trip to etcd).
+    def converge(self, seen_at: float | None = None, mirror: Mirror | None = None) -> int:
+        """Reconcile this node with the datastore as `mirror` holds it (None: as etcd lists it
+        now); the revision it read (the watch resumes after it).
         `seen_at`: when the change that asked for it arrived (perf_counter), for the latency."""
         start = time.perf_counter()
-        result = self.reconciler.reconcile([self.node])
+        with self.datastore.one_read(None if mirror is None else mirror.read()):
+            result = self.reconciler.reconcile([self.node])
         seen = result.revision
         done = time.perf_counter()
         failed = [f"{n.node}: {n.error}" for n in result.failed]
@@ -161,10 +168,11 @@ class Agent:
             self.metrics.table(table)
             self._counted = True
 
-    def _follow(self, seen: int, rounds: int | None, done: int) -> int:
-        """Watch from `seen` + 1 and reconcile each burst of changes; returns when `rounds`
-        reconciles are done. Raises what the watch or etcd raised (the caller recovers)."""
-        watch = _Watch(self.datastore, seen + 1)
+    def _follow(self, mirror: Mirror, rounds: int | None, done: int) -> int:
+        """Watch from the mirror's revision + 1, keep it current and reconcile each burst of
+        changes from it; returns when `rounds` reconciles are done. Raises what the watch or
+        etcd raised (the caller recovers, with a fresh list)."""
+        watch = _Watch(self.datastore, mirror.revision + 1)
         try:
             while (rounds is None or done < rounds) and not self._stop.is_set():
                 try:
@@ -176,18 +184,38 @@ class Agent:
                 while True:  # everything queued now is one reconcile
                     if isinstance(item, BaseException):
                         raise item
+                    mirror.apply(item)
                     if _ours(item.kv.key) and item.kv.revision > self.revision:
                         first = arrived if first is None else first
-                    try:
-                        arrived, item = watch.items.get_nowait()
+                    last = item.last
+                    try:  # the rest of a transaction's events is waited for: never half of one
+                        arrived, item = watch.items.get_nowait() if last else watch.items.get(timeout=self.heartbeat)
                     except queue.Empty:
+                        if not last:  # a response that stops midway: its stream is broken
+                            raise EtcdUnavailable(f"etcd datastore {self.datastore.url}: a watch response "
+                                                  "ended midway") from None
                         break
                 if first is not None:
-                    self.converge(first)
+                    self.converge(first, mirror)
                     done += 1
             return done
         finally:
             watch.abandon()
+
+    def _await_datastore(self, delay: float) -> None:
+        """Wait out the back-off's `delay`, or less: until a member of etcd says it can serve
+        (probed every PROBE_EVERY s)."""
+        deadline = time.monotonic() + delay
+        # at least one probe's interval: a member that says it can serve while our requests
+        # still fail must not make this a busy loop
+        self._stop.wait(min(PROBE_EVERY, delay))
+        while not self._stop.is_set():
+            if self.datastore.kv.healthy(PROBE_TIMEOUT) is not None:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._stop.wait(min(PROBE_EVERY, left))
 
     def run(self, rounds: int | None = None) -> None:
         """List, reconcile, watch; on compaction list again; on an unreachable etcd wait and retry
@@ -196,10 +224,11 @@ class Agent:
         done = 0
         while (rounds is None or done < rounds) and not self._stop.is_set():
             try:
-                seen = self.converge()
+                mirror = Mirror.listed(self.datastore.kv)
+                self.converge(mirror=mirror)
                 done += 1
                 delay = self.backoff[0]
-                done = self._follow(seen, rounds, done)
+                done = self._follow(mirror, rounds, done)
             except Compacted as err:
                 if self.metrics is not None:
                     self.metrics.relisted()
@@ -209,7 +238,7 @@ class Agent:
                     self.metrics.datastore_error()
                 self._set("degraded", str(err))
                 self._say("degraded", error=str(err), retry_s=delay)
-                self._stop.wait(delay)
+                self._await_datastore(delay)
                 delay = min(delay * 2, self.backoff[1])
             except (DatastoreError, LabError, LoadError) as err:  # answered, but cannot be enforced (an
                 # object another tool stored that the loader rejects, a lab that cannot be planned)

@@ -28,6 +28,7 @@ checks before trusting it (no fsync).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -42,13 +43,21 @@ from enforcer.nft.backend import Backend
 from enforcer.ruleids import CLOSED_SET  # the set of closed policy gates (not the compiler: CLI start-up)
 
 
+@functools.lru_cache(maxsize=4096)
+def _sorted(elements: frozenset[str]) -> list[str]:
+    """A set's elements in order, kept: an agent records (and digests) its table at every apply,
+    and most of its sets are the very objects the last apply had. Callers must not modify it."""
+    return sorted(elements)
+
+
 def table_to_json(table: ir.Table) -> dict[str, Any]:
     return {
         "family": table.family,
         "name": table.name,
         "chains": [{"name": c.name, "hook": c.hook, "rules": list(c.rules)} for _, c in sorted(table.chains.items())],
         "sets": [
-            {"name": s.name, "type": s.type, "flags": list(s.flags), "is_map": s.is_map, "elements": sorted(s.elements)}
+            {"name": s.name, "type": s.type, "flags": list(s.flags), "is_map": s.is_map,
+             "elements": _sorted(s.elements)}
             for _, s in sorted(table.sets.items())
         ],
     }

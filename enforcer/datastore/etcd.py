@@ -154,6 +154,9 @@ class KVPair:
 class WatchEvent:
     kind: str  # put | delete
     kv: KVPair  # for a delete: the key and the revision of the deletion
+    # The last event of its watch response: etcd sends a revision's events (one transaction) in
+    # one response, so a reader that stops only after such an event never sees half a transaction.
+    last: bool = True
 
 
 def _kv(raw: Mapping[str, Any]) -> KVPair:
@@ -226,6 +229,20 @@ class EtcdKV:
                 self._clients.insert(0, self._clients.pop(index))
             return result
         raise EtcdUnavailable(f"etcd datastore {self.url} unavailable: " + "; ".join(failures))
+
+    def healthy(self, timeout: float = 1.0) -> str | None:
+        """The first member (host:port) whose `/health` says it can serve (it has a leader and a
+        quorum read succeeds), each asked for at most `timeout` s; None when none can. A cheap
+        probe for a waiting client: no data read, and a member without quorum answers at once
+        or within etcd's own 1 s."""
+        for name, client in self._clients:
+            try:
+                answer = client.session.get(client.base_url + "/health", timeout=timeout)
+                if answer.ok and answer.json().get("health") == "true":
+                    return name
+            except (requests.RequestException, OSError, ValueError):
+                continue
+        return None
 
     def txn(self, compare: Sequence[Mapping[str, Any]], success: Sequence[Mapping[str, Any]]
             ) -> tuple[bool, int, list[dict[str, Any]]]:
@@ -323,8 +340,10 @@ class EtcdKV:
                 if result.get("canceled"):
                     raise EtcdUnavailable(f"etcd datastore {self.url}: watch canceled by {name}: "
                                           f"{result.get('cancel_reason', 'no reason given')}")
-                for event in result.get("events", []):
-                    yield WatchEvent("delete" if event.get("type") == "DELETE" else "put", _kv(event["kv"]))
+                events = result.get("events", [])
+                for i, event in enumerate(events):
+                    yield WatchEvent("delete" if event.get("type") == "DELETE" else "put", _kv(event["kv"]),
+                                     i == len(events) - 1)
         except (requests.RequestException, OSError, ValueError) as exc:
             raise EtcdUnavailable(f"etcd datastore {self.url}: watch on {name} lost: {exc}") from exc
         finally:
@@ -408,6 +427,10 @@ class EtcdDatastore(LocalRecords):
         name = hashlib.sha256(str(url).encode()).hexdigest()[:12]
         super().__init__(base / "etcd" / name)  # this machine's rule ids and applied tables for this store
         self._cache: dict[tuple[str, int], ResourceSet] = {}
+        # Each object's catalog entry by (key, revision, its bookkeeping's revision): a read
+        # decodes only what changed since the last one (an agent reads after every event).
+        self._entries: dict[tuple[str, int, int], StoredObject] = {}
+        self._metas: dict[tuple[str, int], tuple[ObjectKey, KindInfo, dict[str, Any]]] = {}  # bookkeeping, decoded
         self._pinned = threading.local()  # .snap: this thread's read inside `one_read`
 
     def __str__(self) -> str:
@@ -416,14 +439,16 @@ class EtcdDatastore(LocalRecords):
     # ---- reading -----------------------------------------------------------------------------
 
     @contextmanager
-    def one_read(self) -> Iterator[None]:
+    def one_read(self, given: tuple[int, Mapping[str, KVPair]] | None = None) -> Iterator[None]:
         """The block's reads (catalog, resources, ...) share the first one: one etcd round trip
         and one consistent revision for a reconcile, instead of a list per call. Writes in the
-        block would not be seen by its reads: the reconciler only reads."""
+        block would not be seen by its reads: the reconciler only reads. `given`: what that read
+        would return, (revision, every key under both prefixes), kept by a caller that follows
+        the watch (the agent's `Mirror`): no round trip at all."""
         if getattr(self._pinned, "active", False):  # nested: the outer block's read stands
             yield
             return
-        self._pinned.snap = None
+        self._pinned.snap = None if given is None else self._parse(*given)
         self._pinned.active = True
         try:
             yield
@@ -442,25 +467,37 @@ class EtcdDatastore(LocalRecords):
         return self._snapshot()
 
     def _snapshot(self) -> _Snapshot:
-        revision, kvs = self.kv.list(CALICO_PREFIX, OWN_PREFIX)
+        return self._parse(*self.kv.list(CALICO_PREFIX, OWN_PREFIX))
+
+    def _parse(self, revision: int, kvs: Mapping[str, KVPair]) -> _Snapshot:
         objects: dict[ObjectKey, StoredObject] = {}
         described: set[str] = set()
+        known, entries = self._entries, {}
+        known_metas, metas = self._metas, {}
         for kv in kvs.values():
             if not kv.key.startswith(META):
                 continue
-            try:
-                meta = json.loads(kv.value)
-                key = ObjectKey(meta["kind"], meta["namespace"], meta["name"])
-                info = BY_MODEL_KIND[key.kind]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise DatastoreError(f"etcd datastore {self.url}: {kv.key} is damaged ({exc!r})") from exc
+            described_by = known_metas.get((kv.key, kv.revision))
+            if described_by is None:
+                try:
+                    meta = json.loads(kv.value)
+                    key = ObjectKey(meta["kind"], meta["namespace"], meta["name"])
+                    described_by = (key, BY_MODEL_KIND[key.kind], meta)
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise DatastoreError(f"etcd datastore {self.url}: {kv.key} is damaged ({exc!r})") from exc
+            metas[(kv.key, kv.revision)] = described_by
+            key, info, meta = described_by
             target = kvs.get(etcd_key(key))
             if target is None:
                 continue  # the object was removed by another tool: its bookkeeping is stale
             described.add(target.key)
-            objects[key] = self._stored(key, info, target, str(meta.get("source", "")), int(meta.get("position", 0)),
-                                        str(meta.get("updated", "")), kv.revision, meta.get("writtenKind"),
-                                        meta.get("apiVersion"))
+            entry = (target.key, target.revision, kv.revision)
+            stored = known.get(entry)
+            if stored is None or stored.key != key:
+                stored = self._stored(key, info, target, str(meta.get("source", "")), int(meta.get("position", 0)),
+                                      str(meta.get("updated", "")), kv.revision, meta.get("writtenKind"),
+                                      meta.get("apiVersion"))
+            objects[key] = entries[entry] = stored
         for kv in kvs.values():  # Calico's kinds written by other tools (calicoctl): read as they are
             if kv.key in described or not kv.key.startswith(CALICO_PREFIX):
                 continue
@@ -469,7 +506,12 @@ class EtcdDatastore(LocalRecords):
             if found is None or len(parts) != (3 if found.namespaced else 2):
                 continue
             key = ObjectKey(found.model_kind, parts[1] if found.namespaced else None, parts[-1])
-            objects[key] = self._stored(key, found, kv, f"etcd {kv.key}", 0, "", kv.revision, None, None)
+            entry = (kv.key, kv.revision, 0)
+            stored = known.get(entry)
+            if stored is None or stored.key != key:
+                stored = self._stored(key, found, kv, f"etcd {kv.key}", 0, "", kv.revision, None, None)
+            objects[key] = entries[entry] = stored
+        self._entries, self._metas = entries, metas
         layout = kvs.get(LAYOUT)
         texts = {o.file: kvs[o.file].value.decode("utf-8", errors="replace") for o in objects.values()}
         catalog = Catalog(revision, objects, layout.revision if layout else 0)

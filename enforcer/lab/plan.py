@@ -29,7 +29,7 @@ addresses filled in (what the compiler and the evaluator should be given).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 
 from enforcer.lab.names import (
@@ -273,12 +273,15 @@ def _owned_prefixes(node: NodePlan, pods: list[PodPlan]) -> list[IPNetwork]:
     return prefixes
 
 
-def _routes_to_pods(me: str | None, nodes: list[NodePlan], pods: list[PodPlan], versions: set[int]) -> list[Route]:
+def _routes_to_pods(me: str | None, nodes: list[NodePlan], owned: Mapping[str, list[IPNetwork]],
+                    versions: set[int]) -> list[Route]:
+    """Routes to every other node's prefixes (`owned`: `_owned_prefixes` of each node, made once
+    for the whole plan: per node they would cost nodes x pods again)."""
     routes = []
     for node in nodes:
         if node.name == me:
             continue
-        for prefix in _owned_prefixes(node, pods):
+        for prefix in owned[node.name]:
             hop = node.next_hop(prefix.version)
             if hop is not None and prefix.version in versions:
                 routes.append(Route(prefix, dev=UPLINK, via=hop))
@@ -313,6 +316,7 @@ def _build(
     members += [(e.netns, e.addresses) for e in externals]
     members += [(m.netns, m.addresses) for m in etcd]
 
+    owned = {node.name: _owned_prefixes(node, pods) for node in nodes}
     node_specs: list[NetnsSpec] = []
     for node in nodes:
         port = _check_ifname(port_name("node", node.name))
@@ -327,7 +331,7 @@ def _build(
         routes.append(Route(host_network(GATEWAY_V4), dev=UPLINK))
         routes += [Route(host_network(a), dev=p.interface) for p in local for a in p.addresses]
         routes += [Route(cidr, type="blackhole") for cidr in node.pod_cidrs]
-        routes += _routes_to_pods(node.name, nodes, pods, {4, 6})
+        routes += _routes_to_pods(node.name, nodes, owned, {4, 6})
         node_specs.append(
             NetnsSpec(
                 node.netns,
@@ -345,7 +349,7 @@ def _build(
         veths.append(VethSpec(ext.netns, UPLINK, underlay, port))
         versions: set[int] = {a.version for a in ext.addresses}
         routes = _onlink_routes(ext.netns, members)
-        routes += _routes_to_pods(None, nodes, pods, versions)
+        routes += _routes_to_pods(None, nodes, owned, versions)
         ext_specs.append(
             NetnsSpec(
                 ext.netns,

@@ -6,6 +6,7 @@ them; `enforcer.lab.state` compares the kernel with them. Pure: no kernel, no I/
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,13 +42,15 @@ def default_pod_cidr(index: int, version: int) -> IPNetwork:
     return ipaddress.IPv6Network(f"fd00:10:244:{index}::/64")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def host_network(address: IPAddress) -> IPNetwork:
-    """The /32 or /128 network of one address."""
+    """The /32 or /128 network of one address (kept: a plan of the lab makes one per route)."""
     return ipaddress.ip_network(address)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def host_interface(address: IPAddress) -> IPInterface:
-    """`address` as a /32 or /128 interface address."""
+    """`address` as a /32 or /128 interface address (kept, as `host_network`)."""
     return ipaddress.ip_interface(address)
 
 

@@ -11,15 +11,18 @@ changes, so no verdict or attribution does.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+import functools
+from collections.abc import Collection, Mapping
 
 from enforcer.nft.ir import Chain, NftSet
 
 _BRANCH = ("jump", "goto")
 
 
-def _targets(lines: Iterable[str]) -> tuple[set[str], set[str]]:
-    """Chains (after `jump`/`goto`) and sets (`@name`) that `lines` name."""
+@functools.lru_cache(maxsize=1 << 14)
+def _targets(lines: tuple[str, ...] | frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """Chains (after `jump`/`goto`) and sets (`@name`) that `lines` name. Kept: a reconcile
+    prunes the whole table again, and most chains and maps are those of the last compile."""
     chains: set[str] = set()
     sets: set[str] = set()
     for line in lines:
@@ -29,7 +32,7 @@ def _targets(lines: Iterable[str]) -> tuple[set[str], set[str]]:
                 chains.add(words[i + 1].rstrip(",}"))
             elif word.startswith("@"):
                 sets.add(word[1:].rstrip(",}"))
-    return chains, sets
+    return frozenset(chains), frozenset(sets)
 
 
 def reachable(chains: Mapping[str, Chain], sets: Mapping[str, NftSet]) -> tuple[frozenset[str], frozenset[str]]:
@@ -42,7 +45,8 @@ def reachable(chains: Mapping[str, Chain], sets: Mapping[str, NftSet]) -> tuple[
         if name in seen_chains or name not in chains:
             continue
         seen_chains.add(name)
-        more, used = _targets(chains[name].rules)
+        found, used = _targets(chains[name].rules)
+        more = set(found)
         for set_name in used - seen_sets:
             seen_sets.add(set_name)
             nset = sets.get(set_name)
