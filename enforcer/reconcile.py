@@ -373,6 +373,8 @@ class Reconciler:
         for node in targets:
             meta = self.records.layout(node)
             state = self.records.state(node)
+            if not self.records.unchanged(node, state):  # a toggle killed after its commit: adopted
+                state = self.records.committed_state(node, state)
             if (meta is None or meta.get("layout") != list(key) or state is None
                     or not self.records.unchanged(node, state)
                     or state.get("base") != meta.get("base") or CLOSED_SET not in state.get("elements", {})):
@@ -392,8 +394,12 @@ class Reconciler:
                 continue
             ops: list[ir.Op] = [ir.SetElements(CLOSED_SET, add=tuple(sorted(want - now)),
                                                delete=tuple(sorted(now - want)))]
+            elements = {**state["elements"], CLOSED_SET: sorted(want)}
             t = time.perf_counter()
             try:
+                # As the full apply's intent: a crash after the commit and before the state
+                # record is adopted on restart, not taken for a foreign change.
+                self.records.intend_state(node, str(state["base"]), elements)
                 self.backend.apply(node, table, ops)
             except ApplyError as exc:
                 if exc.stale:  # the records named an element the kernel does not have: retried the long way
@@ -401,7 +407,7 @@ class Reconciler:
                 results.append(NodeResult(node, "failed", ops=1, apply_ms=_ms(t), error=exc.message, toggled=True))
                 continue
             apply_ms = _ms(t)
-            self.records.write_state(node, str(state["base"]), {**state["elements"], CLOSED_SET: sorted(want)})
+            self.records.write_state(node, str(state["base"]), elements)
             results.append(NodeResult(node, "applied", False, 1, counts[0], counts[1], 0.0, apply_ms, toggled=True))
         rules = len(self._rules[1]) if self._rules is not None else 0
         return ReconcileResult(revision, tuple(results), load_ms, _ms(start), rules, 0)
