@@ -286,7 +286,10 @@ class Reconciler:
                 if recorded is not None:
                     layout = self._layout = (key, recorded)
             if not full and layout is not None and layout[0] == key and all(n in layout[1] for n in targets):
-                return self._toggle(revision, targets, layout[1], disabled_keys(catalog.objects.values()), start)
+                toggled = self._toggle(revision, targets, layout[1], disabled_keys(catalog.objects.values()), start)
+                if toggled is not None:
+                    return toggled
+                self._layout = None  # a decision no longer fits the node's budget: compiled whole below
             resources = self._lab_view(self.datastore.resources())
             # Derived from the last compiled state: when only policies changed, the endpoint index,
             # selector sets and the compiler's rendered sets and unchanged policy chains are reused.
@@ -413,14 +416,23 @@ class Reconciler:
         return ReconcileResult(revision, tuple(results), load_ms, _ms(start), rules, 0)
 
     def _toggle(self, revision: int, targets: list[str], layout: dict[str, Gated],
-                disabled: frozenset[tuple[str, str, str]], start: float) -> ReconcileResult:
-        """Only live toggles changed since the last compile: switch gates, compile nothing."""
+                disabled: frozenset[tuple[str, str, str]], start: float) -> ReconcileResult | None:
+        """Only live toggles changed since the last compile: switch gates (and decide again the
+        decision chains of the policies toggled), compile nothing. None when a toggled decision
+        changes the node's layout (`LayoutChanged`): nothing applied, the caller compiles."""
+        from enforcer.nft.compiler import LayoutChanged
+
         load_ms = _ms(start)
-        results = []
+        tables = {}
         for node in targets:
             t = time.perf_counter()
-            table = layout[node].with_disabled(disabled).table
-            results.append(replace(self._apply(node, table, _ms(t), False), toggled=True))
+            try:
+                tables[node] = (layout[node].with_disabled(disabled).table, _ms(t))
+            except LayoutChanged:
+                return None
+        results = []
+        for node, (table, switch_ms) in tables.items():
+            results.append(replace(self._apply(node, table, switch_ms, False), toggled=True))
         rules = len(self._rules[1]) if self._rules is not None else 0
         return ReconcileResult(revision, tuple(results), load_ms, _ms(start), rules, 0)
 

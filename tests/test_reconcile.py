@@ -471,6 +471,26 @@ def test_toggles_under_decision_maps_equal_a_fresh_compile(ds: Datastore) -> Non
     assert {n: ir.listing(backend.tables[n]) for n in NODES} == fresh_tables(ds, decision=True)
 
 
+def test_a_toggle_whose_decision_no_longer_fits_compiles_the_node(ds: Datastore,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A toggle whose decided-again chain would keep the walk now (the node's element budget is
+    spent) cannot be served from the last compile: the node is compiled whole, not left failing."""
+    from enforcer.nft import compiler
+
+    backend = FakeBackend()
+    rec = gated(ds, backend, decision=True)
+    rec.reconcile()
+    real = compiler._NodeCompiler._decision_chain
+    monkeypatch.setattr(compiler._NodeCompiler, "_decision_chain",
+                        lambda self, *a: None if self.state.resources.policies[0].disabled else real(self, *a))
+    first = ds.resources().policies[0]
+    ds.set_disabled(first.kind, first.name, first.namespace, True)
+    result = rec.reconcile()
+    assert result.ok and not any(n.toggled for n in result.nodes), result.describe()
+    assert {n: ir.listing(backend.tables[n]) for n in NODES} == fresh_tables(ds, decision=True)
+    assert not any(name.startswith("dp4-") for name in backend.tables[NODES[0]].sets), "the walk everywhere"
+
+
 @pytest.mark.kernel
 def test_kernel_toggles_under_decision_maps_are_one_batch_equal_to_a_full_apply(
         ds: Datastore, lab_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
