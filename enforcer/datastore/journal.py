@@ -30,13 +30,13 @@ class JournalDamage(ValueError):
     """The journal contradicts the index or itself (the message names file and line)."""
 
 
-def file_stamp(path: Path) -> tuple[int, int] | None:
-    """(inode, size) of `path`, None when absent: a journal only grows until it is removed."""
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime, size) of `path`, None when absent: has the journal changed since?"""
     try:
         st = path.stat()
     except FileNotFoundError:
         return None
-    return (st.st_ino, st.st_size)
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 class Journal:

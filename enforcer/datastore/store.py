@@ -260,8 +260,8 @@ class Datastore(LocalRecords):
         super().__init__(Path(path) if path is not None else default_home())
         self._cache: dict[str, ResourceSet] = {}
         # The index with the journal's toggles, and the stamps ((inode, mtime, size) of state.json,
-        # (inode, size) of the journal) it was read at; `_base`: state.json alone.
-        self._index: tuple[tuple[tuple[int, int, int], tuple[int, int] | None], Catalog] | None = None
+        # (inode, mtime, size) of the journal) it was read at; `_base`: state.json alone.
+        self._index: tuple[tuple[tuple[int, int, int], tuple[int, int, int] | None], Catalog] | None = None
         self._base: Catalog | None = None
         self._journal_lines = 0  # lines in the journal (the toggles not folded into state.json)
 
