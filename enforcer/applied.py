@@ -15,7 +15,8 @@ checks before trusting it (no fsync).
                                 after the kernel took the commit and before it wrote the state
                                 finds, on restart, exactly one more generation and the table it
                                 compiled again with that digest: it adopts the live table instead
-                                of replacing it (no flush)
+                                of replacing it (no flush). A toggle served from the records
+                                writes the state it will leave instead (`committed_state`)
     applied/<node>.layout.json  the compile the table came from (datastore layout revision, lab)
                                 and the policies' gates: a new process (the CLI) switches a gate
                                 without compiling
@@ -32,8 +33,10 @@ import functools
 import hashlib
 import json
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +67,40 @@ def table_to_json(table: ir.Table) -> dict[str, Any]:
 
 
 def table_digest(table: ir.Table) -> str:
-    return hashlib.sha256(json.dumps(table_to_json(table), sort_keys=True).encode()).hexdigest()
+    """A digest of the whole table, from a digest of each chain and set: those are kept per object
+    (`_PartDigests`), so the digest of a table that shares all but a few chains and sets with one
+    digested before (a toggle, an edit) costs a lookup per object, not a whole-table encoding."""
+    outline = [f"{table.family} {table.name}"]
+    outline += [_parts.of(c) for _, c in sorted(table.chains.items())]
+    outline.append("sets")
+    outline += [_parts.of(s) for _, s in sorted(table.sets.items())]
+    return hashlib.sha256("\n".join(outline).encode()).hexdigest()
+
+
+class _PartDigests:
+    """sha256 of a chain's or set's content, remembered by object identity while the object lives
+    (compiled tables are frozen and share unchanged chains and sets between compiles)."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[weakref.ref[object], str]] = {}
+
+    def of(self, part: ir.Chain | ir.NftSet) -> str:
+        found = self._known.get(id(part))
+        if found is not None and found[0]() is part:
+            return found[1]
+        if isinstance(part, ir.Chain):
+            raw: object = [part.name, part.hook, list(part.rules)]
+        else:
+            raw = [part.name, part.type, list(part.flags), part.is_map, sorted(part.elements)]
+        digest = hashlib.sha256(json.dumps(raw).encode()).hexdigest()
+        self._known[id(part)] = (weakref.ref(part, partial(self._gone, id(part))), digest)
+        return digest
+
+    def _gone(self, key: int, _ref: object) -> None:
+        self._known.pop(key, None)
+
+
+_parts = _PartDigests()
 
 
 def table_from_json(raw: dict[str, Any]) -> ir.Table:
@@ -188,6 +224,29 @@ class AppliedRecords:
         before = intent["generation"]
         return (gen is not None and len(before) == 2 and gen == [before[0], before[1] + 1]
                 and intent.get("digest") == table_digest(table))
+
+    def intend_state(self, node: str, base: str, elements: Mapping[str, list[str]]) -> None:
+        """Just before a change of set elements alone is committed (a toggle served from the
+        records, which hold no whole table to digest): the state record it will leave, and the
+        generation it is committed on (`committed_state`)."""
+        intent = {"state": {"base": base, "elements": elements}, "generation": self.generation(node)}
+        atomic_write(self.path(node, ".intent"), json.dumps(intent) + "\n", durable=False)
+
+    def committed_state(self, node: str, state: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """The node's state as an element change left it that the kernel committed and the
+        process did not record (killed in between): the intent names the recorded `state`'s base
+        and generation, and exactly one commit was made since. Recorded now; None otherwise."""
+        intent = self._read(node, ".intent")
+        if state is None or intent is None or not isinstance(intent.get("state"), dict):
+            return None
+        gen, before = self.generation(node), intent.get("generation")
+        wanted = intent["state"]
+        if (not isinstance(before, list) or len(before) != 2 or before != state.get("generation")
+                or gen != [before[0], before[1] + 1] or wanted.get("base") != state.get("base")
+                or not isinstance(wanted.get("elements"), dict)):
+            return None
+        self.write_state(node, str(wanted["base"]), wanted["elements"])
+        return self.state(node)
 
     def write_state(self, node: str, base: str, elements: Mapping[str, list[str]]) -> None:
         state = {"base": base, "generation": self.generation(node), "elements": elements, "revision": self.revision}

@@ -286,7 +286,10 @@ class Reconciler:
                 if recorded is not None:
                     layout = self._layout = (key, recorded)
             if not full and layout is not None and layout[0] == key and all(n in layout[1] for n in targets):
-                return self._toggle(revision, targets, layout[1], disabled_keys(catalog.objects.values()), start)
+                toggled = self._toggle(revision, targets, layout[1], disabled_keys(catalog.objects.values()), start)
+                if toggled is not None:
+                    return toggled
+                self._layout = None  # a decision no longer fits the node's budget: compiled whole below
             resources = self._lab_view(self.datastore.resources())
             # Derived from the last compiled state: when only policies changed, the endpoint index,
             # selector sets and the compiler's rendered sets and unchanged policy chains are reused.
@@ -373,6 +376,8 @@ class Reconciler:
         for node in targets:
             meta = self.records.layout(node)
             state = self.records.state(node)
+            if not self.records.unchanged(node, state):  # a toggle killed after its commit: adopted
+                state = self.records.committed_state(node, state)
             if (meta is None or meta.get("layout") != list(key) or state is None
                     or not self.records.unchanged(node, state)
                     or state.get("base") != meta.get("base") or CLOSED_SET not in state.get("elements", {})):
@@ -392,8 +397,12 @@ class Reconciler:
                 continue
             ops: list[ir.Op] = [ir.SetElements(CLOSED_SET, add=tuple(sorted(want - now)),
                                                delete=tuple(sorted(now - want)))]
+            elements = {**state["elements"], CLOSED_SET: sorted(want)}
             t = time.perf_counter()
             try:
+                # As the full apply's intent: a crash after the commit and before the state
+                # record is adopted on restart, not taken for a foreign change.
+                self.records.intend_state(node, str(state["base"]), elements)
                 self.backend.apply(node, table, ops)
             except ApplyError as exc:
                 if exc.stale:  # the records named an element the kernel does not have: retried the long way
@@ -401,20 +410,29 @@ class Reconciler:
                 results.append(NodeResult(node, "failed", ops=1, apply_ms=_ms(t), error=exc.message, toggled=True))
                 continue
             apply_ms = _ms(t)
-            self.records.write_state(node, str(state["base"]), {**state["elements"], CLOSED_SET: sorted(want)})
+            self.records.write_state(node, str(state["base"]), elements)
             results.append(NodeResult(node, "applied", False, 1, counts[0], counts[1], 0.0, apply_ms, toggled=True))
         rules = len(self._rules[1]) if self._rules is not None else 0
         return ReconcileResult(revision, tuple(results), load_ms, _ms(start), rules, 0)
 
     def _toggle(self, revision: int, targets: list[str], layout: dict[str, Gated],
-                disabled: frozenset[tuple[str, str, str]], start: float) -> ReconcileResult:
-        """Only live toggles changed since the last compile: switch gates, compile nothing."""
+                disabled: frozenset[tuple[str, str, str]], start: float) -> ReconcileResult | None:
+        """Only live toggles changed since the last compile: switch gates (and decide again the
+        decision chains of the policies toggled), compile nothing. None when a toggled decision
+        changes the node's layout (`LayoutChanged`): nothing applied, the caller compiles."""
+        from enforcer.nft.compiler import LayoutChanged
+
         load_ms = _ms(start)
-        results = []
+        tables = {}
         for node in targets:
             t = time.perf_counter()
-            table = layout[node].with_disabled(disabled).table
-            results.append(replace(self._apply(node, table, _ms(t), False), toggled=True))
+            try:
+                tables[node] = (layout[node].with_disabled(disabled).table, _ms(t))
+            except LayoutChanged:
+                return None
+        results = []
+        for node, (table, switch_ms) in tables.items():
+            results.append(replace(self._apply(node, table, switch_ms, False), toggled=True))
         rules = len(self._rules[1]) if self._rules is not None else 0
         return ReconcileResult(revision, tuple(results), load_ms, _ms(start), rules, 0)
 

@@ -30,6 +30,7 @@ from enforcer.datastore import (
     resolve_kind,
     resolve_kinds,
 )
+from enforcer.datastore import store as store_module
 from enforcer.loader import LoadError, load_paths
 from enforcer.loader.objects import KINDS
 
@@ -193,6 +194,46 @@ def test_the_toggle_persists(ds: Datastore, tmp_path: Path) -> None:
     assert reopened.resources().policies[0].disabled and reopened.objects()[0].disabled
 
 
+def test_toggle_journal_crashes_and_folding(ds: Datastore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds.apply_documents([write(tmp_path / "a.yaml", GNP.format(name="a", order=1))])
+    journal = ds.path / "toggles.jsonl"
+    ds.set_disabled("gnp", "a", None, True)
+    # an append a crash cut short (no newline): that toggle never returned, readers ignore it
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"revision": 3, "obj')
+    assert Datastore(ds.path).catalog().revision == 2 and Datastore(ds.path).objects()[0].disabled
+    other = Datastore(ds.path)
+    other.set_disabled("gnp", "a", None, False)  # cuts the torn line before its own
+    assert journal.read_bytes().count(b"\n") == 2 and journal.read_bytes().startswith(whole)
+    assert not Datastore(ds.path).objects()[0].disabled and Datastore(ds.path).revision == 3
+    # lines a later index write folded (a crash before the journal was removed) are skipped
+    index_text = (ds.path / "state.json").read_bytes()
+    ds.apply_documents([write(tmp_path / "b.yaml", GNP.format(name="b", order=2))])
+    journal.write_bytes(whole)
+    assert Datastore(ds.path).revision == 4 and not Datastore(ds.path).objects("gnp", name="a")[0].disabled
+    # damage in the middle is refused, naming the file and line
+    journal.write_bytes(b"not json\n")
+    with pytest.raises(DamagedDatastore, match=r"toggles.jsonl:1: damaged toggle"):
+        Datastore(ds.path).catalog()
+    journal.write_bytes(whole.replace(b'"revision": 2', b'"revision": 7', 1))
+    with pytest.raises(DamagedDatastore, match=r"toggles.jsonl:1: toggle at revision 7 does not follow revision 4"):
+        Datastore(ds.path).catalog()
+    from enforcer.datastore.integrity import repair
+
+    assert repair(Datastore(ds.path)).ok and not journal.exists()  # rebuilt from the documents
+    assert index_text != (ds.path / "state.json").read_bytes()
+    # past JOURNAL_FOLD lines, a toggle folds the journal into the index itself
+    monkeypatch.setattr(store_module, "JOURNAL_FOLD", 3)
+    fresh = Datastore(ds.path)
+    for k in range(4):
+        fresh.set_disabled("gnp", "b", None, k % 2 == 0)
+    assert not journal.exists()
+    index = json.loads((ds.path / "state.json").read_text())
+    revision = json.loads(index_text)["revision"]
+    assert index["revision"] > revision and Datastore(ds.path).revision == index["revision"]
+    assert not Datastore(ds.path).objects("gnp", name="b")[0].disabled
+
+
 def test_only_policies_toggle(ds: Datastore) -> None:
     ds.apply_documents([str(SCENARIOS)])
     with pytest.raises(DatastoreError, match="not a policy"):
@@ -273,14 +314,25 @@ def test_reading_an_empty_or_missing_store_writes_nothing(tmp_path: Path) -> Non
 
 def test_layout_and_crash_leftovers(ds: Datastore, tmp_path: Path) -> None:
     ds.apply_documents([write(tmp_path / "a.yaml", GNP.format(name="a", order=1))])
-    ds.set_disabled("gnp", "a", None, True)  # a toggle writes the index only
+    before = (ds.path / "state.json").read_bytes()
+    ds.set_disabled("gnp", "a", None, True)  # a toggle writes one journal line, not the index
     files = sorted(str(p.relative_to(ds.path)) for p in ds.path.rglob("*") if p.is_file())
-    assert files == ["lock", "objects/projectcalico.org_v3/GlobalNetworkPolicy/_/a@1.yaml", "state.json"]
+    assert files == ["lock", "objects/projectcalico.org_v3/GlobalNetworkPolicy/_/a@1.yaml", "state.json",
+                     "toggles.jsonl"]
+    assert (ds.path / "state.json").read_bytes() == before
+    (line,) = (ds.path / "toggles.jsonl").read_text().splitlines()
+    assert json.loads(line)["revision"] == 2 and json.loads(line)["object"]["disabled"]
+    catalog = Datastore(ds.path).catalog()
+    (obj,) = catalog.objects.values()
+    assert catalog.revision == 2 and catalog.layout == 1 and obj.disabled and obj.generation == 1
+    # the next write that is not a toggle folds the journal into the index
+    ds.apply_documents([write(tmp_path / "b.yaml", GNP.format(name="b", order=2))])
+    assert not (ds.path / "toggles.jsonl").exists()
     index = json.loads((ds.path / "state.json").read_text())
-    assert index["revision"] == 2 and index["objects"][0]["file"].endswith("a@1.yaml")
-    assert index["objects"][0]["disabled"] and index["objects"][0]["generation"] == 1 and index["layout"] == 1
+    assert index["revision"] == 3 and index["objects"][0]["file"].endswith("a@1.yaml")
+    assert index["objects"][0]["disabled"] and index["objects"][0]["generation"] == 1 and index["layout"] == 3
     # a crash between writing a document and the index leaves a stray file: the next write sweeps it
-    stray = ds.path / "objects/projectcalico.org_v3/GlobalNetworkPolicy/_/b@3.yaml"
+    stray = ds.path / "objects/projectcalico.org_v3/GlobalNetworkPolicy/_/b@9.yaml"
     stray.write_text("junk")
     assert ds.resources().policies[0].name == "a"  # ignored by readers
     ds.apply_documents([write(tmp_path / "c.yaml", GNP.format(name="c", order=1))])

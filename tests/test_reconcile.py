@@ -370,6 +370,48 @@ def test_a_fresh_process_toggles_from_the_recorded_table(ds: Datastore) -> None:
     assert {n: ir.listing(backend.tables[n]) for n in NODES} == fresh_tables(ds)
 
 
+def test_a_toggle_killed_after_its_commit_is_adopted(ds: Datastore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A toggle served from the records writes its intent (the state it will leave) before the
+    commit: a process killed after the kernel took it and before the state record is written
+    leaves a table the next process adopts (one more generation, the intent's base), so the next
+    toggle is served from the records again instead of reading and replacing the whole table."""
+    from enforcer.applied import AppliedRecords
+
+    backend = FakeBackend()
+    gated(ds, backend).reconcile()
+    ds.set_disabled("gnp", "deny-other-ingress", None, True)
+
+    class Killed(Exception):
+        pass
+
+    def killed(*_: object) -> None:
+        raise Killed
+
+    with monkeypatch.context() as patched:
+        patched.setattr(AppliedRecords, "write_state", killed)
+        with pytest.raises(Killed):
+            gated(ds, backend).reconcile()
+    # The first node's toggle was committed, not recorded (the kill stopped the run there).
+    assert ir.listing(backend.tables[NODES[0]]) == fresh_tables(ds)[NODES[0]]
+    ds.set_disabled("gnp", "allow-cluster-internal", None, True)
+    after = gated(ds, backend)
+    after.compile_fn = lambda *a: pytest.fail("compiled for a toggle")
+    backend.current = lambda node: pytest.fail("read the live table back")  # type: ignore[method-assign]
+    result = after.reconcile()
+    assert all(n.toggled and n.status == "applied" for n in result.nodes), result.describe()
+    assert {n: ir.listing(backend.tables[n]) for n in NODES} == fresh_tables(ds)
+    # An intent that does not follow the record (another commit came between) is not adopted.
+    ds.set_disabled("gnp", "allow-cluster-internal", None, False)
+    with monkeypatch.context() as patched:
+        patched.setattr(AppliedRecords, "write_state", killed)
+        with pytest.raises(Killed):
+            gated(ds, backend).reconcile()
+    records = AppliedRecords(ds.applied_dir, backend)
+    state = records.state(NODES[0])
+    backend.tamper(NODES[0], backend.tables[NODES[0]])
+    assert records.committed_state(NODES[0], state) is None
+
+
 def test_recorded_layout_is_not_used_for_another_layout_or_a_changed_table(ds: Datastore) -> None:
     backend = FakeBackend()
     gated(ds, backend).reconcile()
@@ -427,6 +469,26 @@ def test_toggles_under_decision_maps_equal_a_fresh_compile(ds: Datastore) -> Non
     result = other.reconcile()
     assert all(n.status == "applied" and not n.toggled for n in result.nodes), result.describe()
     assert {n: ir.listing(backend.tables[n]) for n in NODES} == fresh_tables(ds, decision=True)
+
+
+def test_a_toggle_whose_decision_no_longer_fits_compiles_the_node(ds: Datastore,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A toggle whose decided-again chain would keep the walk now (the node's element budget is
+    spent) cannot be served from the last compile: the node is compiled whole, not left failing."""
+    from enforcer.nft import compiler
+
+    backend = FakeBackend()
+    rec = gated(ds, backend, decision=True)
+    rec.reconcile()
+    real = compiler._NodeCompiler._decision_chain
+    monkeypatch.setattr(compiler._NodeCompiler, "_decision_chain",
+                        lambda self, *a: None if self.state.resources.policies[0].disabled else real(self, *a))
+    first = ds.resources().policies[0]
+    ds.set_disabled(first.kind, first.name, first.namespace, True)
+    result = rec.reconcile()
+    assert result.ok and not any(n.toggled for n in result.nodes), result.describe()
+    assert {n: ir.listing(backend.tables[n]) for n in NODES} == fresh_tables(ds, decision=True)
+    assert not any(name.startswith("dp4-") for name in backend.tables[NODES[0]].sets), "the walk everywhere"
 
 
 @pytest.mark.kernel

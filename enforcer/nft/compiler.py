@@ -181,6 +181,11 @@ def compile_node(
     return replace(compiled, redecide=redecide)
 
 
+class LayoutChanged(Exception):
+    """A toggle cannot be served from the last compile: a decision chain decided again no longer
+    fits the node's element budget and keeps the walk (the caller compiles the node whole)."""
+
+
 @dataclass(frozen=True)
 class _Decided:
     """How a decision chain was made, to make it again after a toggle: only chains whose
@@ -242,8 +247,9 @@ def _redecide(base: CompiledNode, nc: _NodeCompiler, targets: Mapping[str, froze
             sets.pop(m, None)
             used.pop(m, None)
         made = again._decision_chain(d.prefix, d.stage, d.walk)
-        if made != name:  # the layout does not depend on toggles (decision.chain_tag)
-            raise AssertionError(f"decision chain {name} became {made} after a toggle")
+        if made != name:  # over the node's element budget now: the layout changes, compile whole
+            raise LayoutChanged(f"decision chain {name} became {made or 'the walk'} after a toggle "
+                                f"({again._walk_reason})")
         layouts[name] = again.layouts[name]
     sets.update(again.decision_maps)
     used.update({m: _goto_targets(nset) for m, nset in again.decision_maps.items()})
