@@ -36,6 +36,7 @@ from enforcer.agent_status import StatusWriter
 from enforcer.datastore import DatastoreError
 from enforcer.datastore.etcd import (
     CALICO_PREFIX,
+    DESIRED_RANGES,
     OWN_PREFIX,
     Compacted,
     EtcdDatastore,
@@ -47,9 +48,6 @@ from enforcer.lab.names import LabError
 from enforcer.loader import LoadError
 from enforcer.reconcile import NodeResult, Reconciler
 
-# One watch over [CALICO_PREFIX, end of OWN_PREFIX): both prefixes and what sorts between them.
-WATCH_FROM = CALICO_PREFIX
-WATCH_TO = OWN_PREFIX[:-1] + chr(ord(OWN_PREFIX[-1]) + 1)
 BACKOFF = (0.2, 5.0)  # seconds: first retry, most between retries
 HEARTBEAT = 2.0  # seconds of a quiet watch before etcd is asked whether it is still there
 
@@ -59,21 +57,21 @@ def _ours(key: str) -> bool:
 
 
 class _Watch:
-    """One watch stream read on a daemon thread into a queue of (arrival time, event or error).
-    `abandon()` ends it, even when its connection is silent (its socket is shut down), and what
-    it still read goes nowhere."""
+    """One watch stream per range of the desired state (`DESIRED_RANGES`), each read on a daemon
+    thread into one queue of (arrival time, event or error). `abandon()` ends them, even when a
+    connection is silent (its socket is shut down), and what they still read goes nowhere."""
 
     def __init__(self, datastore: EtcdDatastore, start_revision: int) -> None:
         self.items: queue.Queue[tuple[float, WatchEvent | BaseException]] = queue.Queue()
         self._abandoned = threading.Event()
-        self._handle = WatchHandle()
-        self._thread = threading.Thread(target=self._read, args=(datastore, start_revision),
-                                        name="etcd watch", daemon=True)
-        self._thread.start()
+        self._handles = [WatchHandle() for _ in DESIRED_RANGES]
+        for (low, high), handle in zip(DESIRED_RANGES, self._handles, strict=True):
+            threading.Thread(target=self._read, args=(datastore, start_revision, low, high, handle),
+                             name="etcd watch", daemon=True).start()
 
-    def _read(self, datastore: EtcdDatastore, start_revision: int) -> None:
+    def _read(self, datastore: EtcdDatastore, start_revision: int, low: str, high: str, handle: WatchHandle) -> None:
         try:
-            for event in datastore.kv.watch(WATCH_FROM, start_revision, WATCH_TO, self._handle):
+            for event in datastore.kv.watch(low, start_revision, high, handle):
                 if self._abandoned.is_set():
                     return
                 self.items.put((time.perf_counter(), event))
@@ -84,7 +82,8 @@ class _Watch:
 
     def abandon(self) -> None:
         self._abandoned.set()
-        self._handle.close()  # wakes a read blocked on a silent connection: the thread ends
+        for handle in self._handles:
+            handle.close()  # wakes a read blocked on a silent connection: the thread ends
 
 
 class Agent:

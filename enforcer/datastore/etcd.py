@@ -49,7 +49,7 @@ import requests
 from etcd3gw.client import Etcd3Client
 from etcd3gw.exceptions import ConnectionFailedError, ConnectionTimeoutError, Etcd3Exception, InternalServerError
 
-from enforcer.datastore.backend import DatastoreURL, TLSFiles
+from enforcer.datastore.backend import DatastoreURL, Login, TLSFiles
 from enforcer.datastore.kinds import BY_MODEL_KIND, KIND_INFO, KindInfo, ObjectKey, resolve_kinds
 from enforcer.datastore.records import Change, ChangeSet, Preview, StoredObject
 from enforcer.datastore.sources import Document, annotation, documents, read_sources, skipped_in, with_annotation
@@ -64,6 +64,10 @@ OWN_PREFIX = "/flowtui/"
 OWN_RESOURCES = OWN_PREFIX + "resources/"
 META = OWN_PREFIX + "meta/"
 LAYOUT = OWN_PREFIX + "layout"
+# flowtui's shared records (rule ids, each agent's applied state): under flowtui's prefix, but
+# sorting after its resources, so neither the desired state's list nor the agents' watch (both
+# end at the end of OWN_RESOURCES) carries them.
+SHARED = OWN_PREFIX + "state/"
 TIMEOUT = 3.0  # seconds per endpoint and request: an unreachable etcd is an error, never a hang
 # gRPC metadata through etcd's gateway: serve a watch only while the member has a leader.
 REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
@@ -91,6 +95,21 @@ def _refused(exc: Exception) -> bool:
         return False
     text = f"{exc.detail_text or ''} {exc.args}".lower()
     return not any(word in text for word in ("leader", "unavailable", "timed out", "timeout"))
+
+
+class EtcdAuthFailed(EtcdRefused):
+    """etcd refused the login (wrong user or password, or a login it needs and was not given)."""
+
+
+def _auth_answer(exc: Exception) -> str | None:
+    """What etcd said about the login, when that is why it refused (None otherwise)."""
+    if not isinstance(exc, Etcd3Exception):
+        return None
+    text = f"{exc.detail_text or ''} {' '.join(map(str, exc.args))}"
+    for marker in ("authentication failed", "user name is empty", "invalid auth token", "auth: revision"):
+        if marker in text:
+            return marker
+    return None
 
 
 class KeyExists(DatastoreError):
@@ -138,6 +157,12 @@ def _b64(text: str | bytes) -> str:
 def _prefix_end(prefix: str) -> str:
     raw = prefix.encode()
     return (raw[:-1] + bytes([raw[-1] + 1])).decode()
+
+
+# What the desired state is, as key ranges: what an agent watches. Two ranges, not one from the
+# first to the last: a login whose role grants /calico/ and /flowtui/ may not watch between them.
+DESIRED_RANGES = ((CALICO_PREFIX, _prefix_end(CALICO_PREFIX)), (OWN_PREFIX, _prefix_end(OWN_RESOURCES)))
+assert _prefix_end(OWN_RESOURCES) <= SHARED  # the shared records stay out of the watch
 
 
 @dataclass(frozen=True)
@@ -190,9 +215,14 @@ class EtcdKV:
     """A small etcd v3 client over its HTTP/JSON gateway (etcd3gw): ranges and transactions,
     each request tried on every endpoint in turn, each bounded by `timeout`."""
 
-    def __init__(self, url: DatastoreURL, tls: TLSFiles, timeout: float = TIMEOUT) -> None:
+    def __init__(self, url: DatastoreURL, tls: TLSFiles, timeout: float = TIMEOUT, login: Login | None = None) -> None:
         self.url = url
         self.timeout = timeout
+        self.login = login
+        # Each member's token: simple tokens are per member (JWT ones are not, but asking each
+        # member costs one request per member and process); dropped and asked again when expired.
+        self._tokens: dict[str, str] = {}
+        self._token_lock = threading.Lock()
         secure = url.tls or tls.given
         self._clients = [
             (f"{host}:{port}", Etcd3Client(host=host, port=port, protocol="https" if secure else "http",
@@ -211,14 +241,65 @@ class EtcdKV:
             session.cert = (tls.cert, tls.key)
         return session
 
+    def _headers(self, name: str, client: Etcd3Client, renew: bool = False) -> dict[str, str]:
+        """The Authorization header for member `name` (empty without a login): its token, asked
+        for once and again when `renew` (etcd said the token expired). EtcdAuthFailed when the
+        login is refused."""
+        if self.login is None:
+            return {}
+        with self._token_lock:
+            token = None if renew else self._tokens.get(name)
+            if token is None:
+                try:
+                    answer = client.post(client.get_url("/auth/authenticate"), data=json.dumps(
+                        {"name": self.login.user, "password": self.login.password}))
+                except Etcd3Exception as exc:
+                    if _auth_answer(exc) or _refused(exc):
+                        raise self._auth_failed(name, exc) from None
+                    raise
+                token = self._tokens[name] = str(answer.get("token", ""))
+            return {"Authorization": token}
+
+    def _auth_failed(self, name: str, exc: Exception) -> EtcdAuthFailed:
+        answer = _auth_answer(exc)
+        if answer == "user name is empty":
+            return EtcdAuthFailed(f"etcd datastore {self.url}: {name} authentication failed: etcd requires a login "
+                                  f"(--etcd-user USER with --etcd-password-file FILE or $FLOWTUI_ETCD_PASSWORD)",
+                                  "authentication failed")
+        if answer == "authentication failed":
+            who = self.login.user if self.login is not None else "?"
+            return EtcdAuthFailed(f"etcd datastore {self.url}: {name} authentication failed for user {who!r} "
+                                  f"(wrong user name or password)", "authentication failed")
+        return EtcdAuthFailed(f"etcd datastore {self.url}: {name} authentication failed: "
+                              f"{_cause(exc, self.timeout)}", "authentication failed")
+
+    def _call(self, name: str, client: Etcd3Client, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """One request to one member, logged in; an expired token is renewed once."""
+        try:
+            result: dict[str, Any] = client.post(client.get_url(path), data=json.dumps(payload),
+                                                 headers=self._headers(name, client))
+            return result
+        except Etcd3Exception as exc:
+            if self.login is None or _auth_answer(exc) != "invalid auth token":
+                raise
+        renewed: dict[str, Any] = client.post(client.get_url(path), data=json.dumps(payload),
+                                              headers=self._headers(name, client, renew=True))
+        return renewed
+
     def _post(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         failures = []
         for index, (name, client) in enumerate(self._clients):
             try:
-                result: dict[str, Any] = client.post(client.get_url(path), data=json.dumps(payload))
+                result = self._call(name, client, path, payload)
+            except EtcdAuthFailed:
+                raise
             except (Etcd3Exception, requests.RequestException, OSError) as exc:
+                if _auth_answer(exc):  # a member that answered: the login is the problem, not the member
+                    raise self._auth_failed(name, exc) from None
                 if _refused(exc):  # a member that answered and said no: another would say the same
-                    raise EtcdRefused(f"etcd datastore {self.url}: {name} {_cause(exc, self.timeout)}",
+                    who = f" for user {self.login.user!r}" if self.login and "permission denied" in str(
+                        exc.detail_text if isinstance(exc, Etcd3Exception) else exc) else ""
+                    raise EtcdRefused(f"etcd datastore {self.url}: {name} {_cause(exc, self.timeout)}{who}",
                                       _cause(exc, self.timeout)) from None
                 failures.append(f"{name}: {_cause(exc, self.timeout)}")
                 continue
@@ -293,12 +374,8 @@ class EtcdKV:
         failures = []
         for index, (name, client) in enumerate(self._clients):  # as _post: the first member that answers
             try:
-                # hasleader: the member ends the stream when it loses its leader (a minority member
-                # would otherwise keep it open, silent, while the majority moves on).
-                response = client.session.post(client.get_url("/watch"), data=json.dumps(request), stream=True,
-                                               timeout=(self.timeout, None), headers=REQUIRE_LEADER)
-                response.raise_for_status()
-            except (requests.RequestException, OSError) as exc:
+                response = self._open_watch(name, client, request)
+            except (requests.RequestException, OSError, Etcd3Exception) as exc:
                 failures.append(f"{name}: {_cause(exc, self.timeout)}")
                 continue
             if index:
@@ -329,6 +406,27 @@ class EtcdKV:
             raise EtcdUnavailable(f"etcd datastore {self.url}: watch on {name} lost: {exc}") from exc
         finally:
             response.close()
+
+
+    def _open_watch(self, name: str, client: Etcd3Client, request: Mapping[str, Any]) -> requests.Response:
+        """The watch stream on one member, logged in (a token that expired is renewed once: a
+        stream outlives its token, but a new stream needs a valid one)."""
+        for renew in (False, True):
+            # hasleader: the member ends the stream when it loses its leader (a minority member
+            # would otherwise keep it open, silent, while the majority moves on).
+            headers = {**REQUIRE_LEADER, **self._headers(name, client, renew=renew)}
+            response = client.session.post(client.get_url("/watch"), data=json.dumps(request), stream=True,
+                                           timeout=(self.timeout, None), headers=headers)
+            if response.status_code == 401 and self.login is not None and not renew:
+                response.close()
+                continue
+            if response.status_code in (400, 401):
+                text = response.text
+                response.close()
+                raise self._auth_failed(name, Etcd3Exception(text, response.reason))
+            response.raise_for_status()
+            return response
+        raise AssertionError("unreachable")
 
 
 class WatchHandle:
@@ -401,9 +499,9 @@ class EtcdDatastore(LocalRecords):
     directory `Datastore`. Rule ids and applied tables stay in the local directory `path`."""
 
     def __init__(self, url: DatastoreURL, tls: TLSFiles | None = None, state_dir: str | os.PathLike[str] | None = None,
-                 timeout: float = TIMEOUT) -> None:
+                 timeout: float = TIMEOUT, *, login: Login | None = None) -> None:
         self.url = url
-        self.kv = EtcdKV(url, tls or TLSFiles(), timeout)
+        self.kv = EtcdKV(url, tls or TLSFiles(), timeout, login)
         base = Path(state_dir) if state_dir is not None else default_home()
         name = hashlib.sha256(str(url).encode()).hexdigest()[:12]
         super().__init__(base / "etcd" / name)  # this machine's rule ids and applied tables for this store
@@ -442,7 +540,7 @@ class EtcdDatastore(LocalRecords):
         return self._snapshot()
 
     def _snapshot(self) -> _Snapshot:
-        revision, kvs = self.kv.list(CALICO_PREFIX, OWN_PREFIX)
+        revision, kvs = self.kv.list(CALICO_PREFIX, LAYOUT, META, OWN_RESOURCES)
         objects: dict[ObjectKey, StoredObject] = {}
         described: set[str] = set()
         for kv in kvs.values():
@@ -744,5 +842,6 @@ class EtcdDatastore(LocalRecords):
         raise DatastoreError(f"etcd datastore {self.url}: {RETRIES} attempts lost to concurrent writers; try again")
 
 
-__all__ = ["CALICO_PREFIX", "Compacted", "EtcdDatastore", "EtcdKV", "EtcdRefused", "EtcdUnavailable", "KVPair",
+__all__ = ["CALICO_PREFIX", "DESIRED_RANGES", "SHARED", "Compacted", "EtcdAuthFailed", "EtcdDatastore", "EtcdKV",
+           "EtcdRefused", "EtcdUnavailable", "KVPair",
            "KeyExists", "RevisionConflict", "WatchEvent", "etcd_key"]
