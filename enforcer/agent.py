@@ -116,8 +116,8 @@ class Agent:
         if self.metrics is not None:
             self.metrics.state(state)
             self.metrics.revision(revision)
-        if self.status is not None:
-            self.status.update(state=state, revision=revision, error=error)
+        if self.status is not None:  # with the table the node holds, for the published state
+            self.status.update(state=state, revision=revision, error=error, table=self.reconciler.applied(self.node))
         self.revision = revision
         self.state = state
         self.error = error

@@ -511,6 +511,29 @@ class EtcdDatastore(LocalRecords):
     def __str__(self) -> str:
         return str(self.url)
 
+    # ---- rule ids shared by every machine (`shared.py`) --------------------------------------
+
+    @property
+    def id_lease(self) -> Any:
+        """Blocks of rule ids leased from etcd: unique across every machine of this store."""
+        from enforcer.datastore.shared import lease_block
+
+        return lambda first: lease_block(self.kv, first)
+
+    def publish_rules(self, refs: Sequence[Any]) -> None:
+        from enforcer.datastore.shared import publish_refs
+
+        publish_refs(self.kv, refs)
+
+    def rule_table(self) -> Any:
+        """rules.jsonl with every ref the agents published (theirs win: they compiled them)."""
+        from enforcer.datastore.shared import published_refs
+        from enforcer.ruleids import RuleTable
+
+        published = published_refs(self.kv)
+        local = super().rule_table()
+        return RuleTable([*(r for r in local if published.get(r.id) is None), *published])
+
     # ---- reading -----------------------------------------------------------------------------
 
     @contextmanager

@@ -204,6 +204,22 @@ def _login(given: Mapping[str, Any], url: str | None) -> Login | None:
     return Login(user, read_password(given.get("etcd_password_file")) or "")
 
 
+def published_states(store: DesiredState) -> list[dict[str, Any]]:
+    """What the agents of a shared store published of themselves (none for a directory); a store
+    that cannot be read is a warning: the local status files still say what they know."""
+    from enforcer.datastore.etcd import EtcdDatastore
+
+    if not isinstance(store, EtcdDatastore):
+        return []
+    from enforcer.datastore.shared import published_agents
+
+    try:
+        return published_agents(store.kv)
+    except DatastoreError as err:
+        click.echo(f"warning: the agents' published state cannot be read: {err}", err=True)
+        return []
+
+
 def given_datastore() -> str | None:
     """The --datastore value (or $FLOWTUI_DATASTORE) as given, before it is opened."""
     context = click.get_current_context(silent=True)
@@ -562,7 +578,9 @@ def get(kind: str, name: str | None, namespace: str | None, all_namespaces: bool
         need_root()
         rt = runtime()
         backend = rt.backend(lab_id)
-        guarded(lambda: print_hits(state_dir, rt.lab_nodes(lab_id), backend.json_listing,
+        # the datastore's rule table: with etcd, every id the agents published (any machine's)
+        store = open_state(state_dir)
+        guarded(lambda: print_hits(store.rule_table(), rt.lab_nodes(lab_id), backend.json_listing,
                                    "json" if output == "json" else "table", unused))
         return
     if kind.lower() in ("wireguard", "wg"):
