@@ -613,7 +613,12 @@ class EtcdDatastore(LocalRecords):
 
     @property
     def revision(self) -> int:
-        return self._read().catalog.revision
+        """The desired state's revision: its last change (every write but a toggle moves the
+        layout key; a toggle, its policy's key). Not etcd's own revision, which other writers move
+        too (agents publishing their state, Calico's other keys): an agent that enforces
+        everything up to it is in sync. (The reconciler and the watch use the read's revision.)"""
+        catalog = self._read().catalog
+        return max([catalog.layout, *(o.revision for o in catalog.objects.values())])
 
     def objects(self, kind: str | None = None, *, name: str | None = None,
                 namespace: str | None = None) -> list[StoredObject]:
