@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import Iterator
 
 import click
 import pytest
 
-from tests.conftest import require_etcd
-from tests.test_lab_etcd_kernel import CLUSTER_YAML, DENY_YAML, Lab, all_pings, in_sync, wait_for
+from tests.test_lab_etcd_kernel import Lab, all_pings, etcd_lab, in_sync, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -35,28 +33,10 @@ spec:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    require_etcd()
-    from enforcer.lab import lab_down
-    from enforcer.lab.state import lab_namespaces
-
-    lab_id = "pb" + secrets.token_hex(2)
-    assert not lab_namespaces(lab_id)
-    folder = tmp_path_factory.mktemp("pb-lab")
-    files = folder / "files"
-    files.mkdir()
-    (files / "cluster.yaml").write_text(CLUSTER_YAML)
-    (files / "deny.yaml").write_text(DENY_YAML)
-    (files / "other.yaml").write_text(OTHER_YAML)
-    the_lab = Lab(lab_id, folder / "home", files)
-    try:
-        up = the_lab.cli("lab", "up", "--lab", lab_id, "--datastore", "etcd", "--etcd-members", "1",
-                         "-f", str(files / "cluster.yaml"))
-        assert up.returncode == 0, up.stdout + up.stderr
-        the_lab.ok("apply", "--lab", lab_id, "-f", str(files / "deny.yaml"))
+    with etcd_lab("pb", tmp_path_factory.mktemp("pb-lab"), members=1, files={"other.yaml": OTHER_YAML}) as the_lab:
+        the_lab.ok("apply", "--lab", the_lab.id, "-f", str(the_lab.files / "deny.yaml"))
         wait_for("every node denies ICMP", all_pings(the_lab, False), timeout=60)
         yield the_lab
-    finally:
-        lab_down(lab_id)
 
 
 def test_get_hits_names_the_policy_rule_an_agent_counted(lab: Lab) -> None:
@@ -139,7 +119,7 @@ def test_the_dashboard_reads_the_labs_datastore(lab: Lab, monkeypatch: pytest.Mo
         app = build_app(str(flows), None, state_dir=str(lab.home), lab_id=lab.id)
     control = app.control  # type: ignore[attr-defined]
     assert isinstance(control.datastore, EtcdDatastore)
-    assert "etcd mode" in control.why_read_only
+    assert "etcd mode" in control.why_not
 
     async def run() -> list[str]:
         async with app.run_test(size=(160, 50)) as pilot:

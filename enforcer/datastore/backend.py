@@ -4,7 +4,8 @@ Two backends keep the desired state: `Datastore` (a directory, `file:///var/lib/
 default) and `EtcdDatastore` (`etcd://HOST:PORT[,HOST:PORT...]`, `etcds://` for TLS). Callers see
 only `DesiredState`: objects with revisions, validated writes that change everything or nothing,
 and the live toggle. The etcd backend stores Calico's kinds where Calico's etcdv3 mode keeps them
-(`etcd.py`); both keep rule ids and applied tables in a local directory (`ids_path` ...).
+(`etcd.py`); both keep rule ids and applied tables in a local directory (`ids_path` ...), and
+etcd shares the rule ids' meanings between machines (`shared.py`).
 """
 
 from __future__ import annotations

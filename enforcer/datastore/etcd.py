@@ -16,6 +16,12 @@ Keys (libcalico-go's `lib/backend/etcdv3` with the v3 model's resource keys):
                               position in that input; rewritten with every change but a toggle, so
                               its mod_revision is the object's generation
     /flowtui/layout           rewritten by every write but a toggle: its mod_revision is the layout
+    /flowtui/state/...        what the machines sharing the store tell each other (rule ids, each
+                              agent's applied state: `shared.py`); not part of the desired state,
+                              outside the range it is listed and watched from
+
+Logging in (etcd's `auth enable`): a `Login` is traded for a token per member, traded again when
+etcd says the token expired; a refused login is `EtcdAuthFailed`, naming the endpoint.
 
 Revisions are etcd's: an object's revision is its key's mod_revision, its creation revision the
 key's create_revision, the datastore revision the store's. Every write is one etcd transaction
@@ -106,7 +112,8 @@ def _auth_answer(exc: Exception) -> str | None:
     if not isinstance(exc, Etcd3Exception):
         return None
     text = f"{exc.detail_text or ''} {' '.join(map(str, exc.args))}"
-    for marker in ("authentication failed", "user name is empty", "invalid auth token", "auth: revision"):
+    for marker in ("authentication failed", "user name is empty", "invalid auth token",
+                   "revision of auth store is old"):
         if marker in text:
             return marker
     return None
@@ -280,7 +287,8 @@ class EtcdKV:
                                                  headers=self._headers(name, client))
             return result
         except Etcd3Exception as exc:
-            if self.login is None or _auth_answer(exc) != "invalid auth token":
+            # an expired token, or one older than a change of users or roles: log in again
+            if self.login is None or _auth_answer(exc) not in ("invalid auth token", "revision of auth store is old"):
                 raise
         renewed: dict[str, Any] = client.post(client.get_url(path), data=json.dumps(payload),
                                               headers=self._headers(name, client, renew=True))
