@@ -162,19 +162,18 @@ def test_a_refused_login_is_one_clear_line_and_writes_nothing(auth_etcd: str, tm
     before = _everything(auth_etcd)
     policy = write(tmp_path / "b.yaml", GNP.format(name="auth-b", order=2))
     login: tuple[str, ...] = ("--etcd-user", "writer") if how == "wrong password" else ()
-    start = time.monotonic()
     done = _cli(tmp_path, "apply", "--lab", "pbnone", "-f", policy, "--datastore", f"etcd://{auth_etcd}", *login,
                 password="not-the-password" if login else None)
-    took = time.monotonic() - start
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert auth_etcd in lines[0] and "authentication failed" in lines[0]
     assert ("'writer'" in lines[0]) == bool(login)
-    assert took < 10  # a Python start, then one refused request: never a hang
     assert _everything(auth_etcd) == before
+    start = time.monotonic()  # timed in this process: a loaded machine's Python start is not the client's
     with pytest.raises(EtcdAuthFailed, match="authentication failed"):
         _ = _store(auth_etcd, tmp_path, "writer", "wrong").revision
+    assert time.monotonic() - start < 5  # one refused request: never a hang
 
 
 def test_a_user_without_write_permission_changes_nothing(auth_etcd: str, tmp_path: Path) -> None:
