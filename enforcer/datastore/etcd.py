@@ -490,6 +490,15 @@ class _Snapshot:
     layout_revision: int  # mod_revision of /flowtui/layout (0: never written)
 
 
+def desired_revision(catalog: Catalog) -> int:
+    """The desired state's revision: its last change (every write but a toggle moves the layout
+    key; a toggle, its policy's key). Not etcd's own revision, which other writers move too (agents
+    publishing their state, Calico's other keys): an agent that enforces everything up to it is in
+    sync, and a write that changed nothing reports it. (The reconciler and the watch use the read's
+    own revision: where the watch resumes.)"""
+    return max([catalog.layout, *(o.revision for o in catalog.objects.values())])
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -621,12 +630,7 @@ class EtcdDatastore(LocalRecords):
 
     @property
     def revision(self) -> int:
-        """The desired state's revision: its last change (every write but a toggle moves the
-        layout key; a toggle, its policy's key). Not etcd's own revision, which other writers move
-        too (agents publishing their state, Calico's other keys): an agent that enforces
-        everything up to it is in sync. (The reconciler and the watch use the read's revision.)"""
-        catalog = self._read().catalog
-        return max([catalog.layout, *(o.revision for o in catalog.objects.values())])
+        return desired_revision(self._read().catalog)
 
     def objects(self, kind: str | None = None, *, name: str | None = None,
                 namespace: str | None = None) -> list[StoredObject]:
@@ -780,7 +784,7 @@ class EtcdDatastore(LocalRecords):
         def attempt(snap: _Snapshot) -> ChangeSet | None:
             changes, objects, texts, resources = self._plan_apply(snap, docs)
             if not texts:
-                return ChangeSet(snap.catalog.revision, tuple(changes), skipped_in(sources))
+                return ChangeSet(desired_revision(snap.catalog), tuple(changes), skipped_in(sources))
             if check is not None:
                 check(Preview(ChangeSet(snap.catalog.revision + 1, tuple(changes)), resources,
                               self._sources(objects)))
@@ -820,7 +824,7 @@ class EtcdDatastore(LocalRecords):
                 raise NotFound(f"{keys[0]} not found")
             ops = [op for o in found if o is not None for op in (_delete(o.file), _delete(_meta_key(o.file)))]
             if not ops:
-                return ChangeSet(snap.catalog.revision, tuple(Change(k, "not found", 0) for k in keys))
+                return ChangeSet(desired_revision(snap.catalog), tuple(Change(k, "not found", 0) for k in keys))
             revision = self._write(snap, ops)
             if revision is None:
                 return None
@@ -870,7 +874,7 @@ class EtcdDatastore(LocalRecords):
             except ValueError as exc:
                 raise DatastoreError(f"etcd datastore {self.url}: {kv.key} is not JSON ({exc})") from exc
             if (annotation(body, DISABLED_ANNOTATION) == "true") == disabled:
-                return ChangeSet(revision, (Change(key, "unchanged", kv.revision),))
+                return ChangeSet(self.revision, (Change(key, "unchanged", kv.revision),))
             body = with_annotation(body, DISABLED_ANNOTATION, "true" if disabled else None)
             ok, revision, _ = self.kv.txn([_mod_is(kv.key, kv.revision)], [_put(kv.key, _encode(body))])
             if ok:
