@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from enforcer.agent import Agent
 from enforcer.agent_status import Publisher, StatusWriter, read_agents
@@ -30,6 +31,7 @@ from enforcer.nft.backend import FakeBackend
 from enforcer.nft.compiler import CompileOptions, compile_node
 from enforcer.reconcile import Reconciler
 from enforcer.ruleids import IdAllocator, RuleIdError, RuleRef, RuleTable
+from flowtui.cli.main import cli
 from tests.test_agent import until
 from tests.test_datastore import SCENARIOS
 from tests.test_datastore_backends import write
@@ -101,9 +103,13 @@ def test_published_refs_are_created_once_and_an_id_keeps_one_meaning(etcd_url: s
     assert publish_refs(kv, refs) == 1
     assert publish_refs(kv, refs) == 0  # the same refs again: nothing more written
     assert published_refs(kv) == RuleTable(refs)
+    check = CliRunner().invoke(cli, ["datastore", "check", "--datastore", etcd_url, "--state-dir", str(tmp_path)])
+    assert check.exit_code == 0, check.output
     publish_refs(kv, [RuleRef(7, "GlobalNetworkPolicy", None, "other", "default", 3, "ingress", 0, "Allow")])
     with pytest.raises(RuleIdError, match="rule id 7 would change meaning"):
         published_refs(kv)
+    check = CliRunner().invoke(cli, ["datastore", "check", "--datastore", etcd_url, "--state-dir", str(tmp_path)])
+    assert check.exit_code == 1 and "rule id 7 would change meaning" in check.output
 
 
 def test_agents_on_two_machines_number_apart_and_the_cli_resolves_both(etcd_url: str, tmp_path: Path) -> None:
