@@ -120,6 +120,9 @@ def test_the_dashboard_reads_the_labs_datastore(lab: Lab, monkeypatch: pytest.Mo
     control = app.control  # type: ignore[attr-defined]
     assert isinstance(control.datastore, EtcdDatastore)
     assert "etcd mode" in control.why_not
+    # its rule ids resolve through what the agents published (this machine compiled nothing)
+    assert {(r.name, r.rule, r.action) for r in control.rule_refs().values() if r.name == "deny-icmp"} \
+        >= {("deny-icmp", 0, "Deny"), ("deny-icmp", 1, "Allow")}
 
     async def run() -> list[str]:
         async with app.run_test(size=(160, 50)) as pilot:
