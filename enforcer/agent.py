@@ -37,20 +37,18 @@ from enforcer.agent_metrics import AgentMetrics
 from enforcer.agent_status import StatusWriter
 from enforcer.datastore import DatastoreError
 from enforcer.datastore.etcd import (
+    DESIRED_RANGES,
     Compacted,
     EtcdDatastore,
     EtcdUnavailable,
     WatchEvent,
     WatchHandle,
 )
-from enforcer.datastore.mirror import PREFIXES, Mirror
+from enforcer.datastore.mirror import Mirror
 from enforcer.lab.names import LabError
 from enforcer.loader import LoadError
 from enforcer.reconcile import NodeResult, Reconciler
 
-# One watch over [CALICO_PREFIX, end of OWN_PREFIX): both prefixes and what sorts between them.
-WATCH_FROM = min(PREFIXES)
-WATCH_TO = max(PREFIXES)[:-1] + chr(ord(max(PREFIXES)[-1]) + 1)
 BACKOFF = (0.2, 5.0)  # seconds: first retry, most between retries
 HEARTBEAT = 2.0  # seconds of a quiet watch before etcd is asked whether it is still there
 # While degraded, etcd's members are asked for their health this often (each for at most
@@ -60,26 +58,22 @@ PROBE_EVERY = 0.25
 PROBE_TIMEOUT = 1.0
 
 
-def _ours(key: str) -> bool:
-    return key.startswith(PREFIXES)
-
-
 class _Watch:
-    """One watch stream read on a daemon thread into a queue of (arrival time, event or error).
-    `abandon()` ends it, even when its connection is silent (its socket is shut down), and what
-    it still read goes nowhere."""
+    """One watch stream per range of the desired state (`DESIRED_RANGES`), each read on a daemon
+    thread into one queue of (arrival time, event or error). `abandon()` ends them, even when a
+    connection is silent (its socket is shut down), and what they still read goes nowhere."""
 
     def __init__(self, datastore: EtcdDatastore, start_revision: int) -> None:
         self.items: queue.Queue[tuple[float, WatchEvent | BaseException]] = queue.Queue()
         self._abandoned = threading.Event()
-        self._handle = WatchHandle()
-        self._thread = threading.Thread(target=self._read, args=(datastore, start_revision),
-                                        name="etcd watch", daemon=True)
-        self._thread.start()
+        self._handles = [WatchHandle() for _ in DESIRED_RANGES]
+        for (low, high), handle in zip(DESIRED_RANGES, self._handles, strict=True):
+            threading.Thread(target=self._read, args=(datastore, start_revision, low, high, handle),
+                             name="etcd watch", daemon=True).start()
 
-    def _read(self, datastore: EtcdDatastore, start_revision: int) -> None:
+    def _read(self, datastore: EtcdDatastore, start_revision: int, low: str, high: str, handle: WatchHandle) -> None:
         try:
-            for event in datastore.kv.watch(WATCH_FROM, start_revision, WATCH_TO, self._handle):
+            for event in datastore.kv.watch(low, start_revision, high, handle):
                 if self._abandoned.is_set():
                     return
                 self.items.put((time.perf_counter(), event))
@@ -90,7 +84,8 @@ class _Watch:
 
     def abandon(self) -> None:
         self._abandoned.set()
-        self._handle.close()  # wakes a read blocked on a silent connection: the thread ends
+        for handle in self._handles:
+            handle.close()  # wakes a read blocked on a silent connection: the thread ends
 
 
 class Agent:
@@ -123,8 +118,8 @@ class Agent:
         if self.metrics is not None:
             self.metrics.state(state)
             self.metrics.revision(revision)
-        if self.status is not None:
-            self.status.update(state=state, revision=revision, error=error)
+        if self.status is not None:  # with the table the node holds, for the published state
+            self.status.update(state=state, revision=revision, error=error, table=self.reconciler.applied(self.node))
         self.revision = revision
         self.state = state
         self.error = error
@@ -184,8 +179,10 @@ class Agent:
                 while True:  # everything queued now is one reconcile
                     if isinstance(item, BaseException):
                         raise item
-                    mirror.apply(item)
-                    if _ours(item.kv.key) and item.kv.revision > self.revision:
+                    # Any change reconciles, even at a revision already enforced: a transaction over
+                    # both watched ranges arrives on two streams, and its second half comes after the
+                    # first was reconciled.
+                    if mirror.apply(item):
                         first = arrived if first is None else first
                     last = item.last
                     try:  # the rest of a transaction's events is waited for: never half of one

@@ -448,7 +448,8 @@ class Reconciler:
                                RuleTable.load(self.datastore.rules_path, cut_torn=True))
                 self._ids = None
             if self._ids is None or ids_key is None or self._ids[0] != ids_key:
-                allocator = IdAllocator.load(self.datastore.ids_path, self._rules[1], cut_torn=True)
+                allocator = IdAllocator.load(self.datastore.ids_path, self._rules[1], cut_torn=True,
+                                             lease=self.datastore.id_lease)
                 self._ids = (_stat(self.datastore.ids_path), allocator)
             return self._ids[1], self._rules[1]
 
@@ -460,6 +461,7 @@ class Reconciler:
                 if new.setdefault(ref.id, ref) != ref:
                     raise RuleIdError(f"rule id {ref.id} compiled for two rules")
         if new:
+            self.datastore.publish_rules(list(new.values()))  # a shared store: other machines resolve them too
             RuleTable.append(self.datastore.rules_path, new.values())
             table = table.merged(new)
             self._rules = (_stat(self.datastore.rules_path), table)

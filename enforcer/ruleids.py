@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -222,6 +222,10 @@ def _append(path: Path, lines: list[str]) -> None:
 
 
 MAX_GATE = 0xFFFF  # the gate is a 16-bit field of the packet mark
+MAX_RULE_ID = 2**31 - 1  # flow stores keep rule ids as 32-bit integers
+# lease(first) -> (low, high): a block of ids [low, high), low >= first, that no other machine
+# sharing the datastore is given (`enforcer.datastore.shared_ids`).
+Lease = Callable[[int], tuple[int, int]]
 CLOSED_SET = "closed"  # the nftables set of closed gates (enforcer.nft.compiler, enforcer.applied)
 IDS_FILE = "ids.jsonl"
 
@@ -240,18 +244,33 @@ class IdAllocator:
     the policy's name so that a toggle or an edit never renumbers other policies.
 
     `reserved`: ids up to it are taken even where ids.jsonl no longer knows for what (a repair
-    from rules.jsonl restores what it can; the rest is retired, never reassigned)."""
+    from rules.jsonl restores what it can; the rest is retired, never reassigned).
 
-    def __init__(self, known: Mapping[tuple[object, ...], int] | None = None, reserved: int = 0) -> None:
+    `lease` (a datastore shared by several machines): rule ids come from blocks leased from the
+    datastore, so two machines never give one id two meanings, and the refs they publish there
+    resolve every machine's ids. The current block is recorded in ids.jsonl (`{"block": [low,
+    high]}`), so every process sharing the file goes on from it; without `lease`, ids count up
+    from 1 on this machine alone."""
+
+    def __init__(self, known: Mapping[tuple[object, ...], int] | None = None, reserved: int = 0, *,
+                 block: tuple[int, int] | None = None, lease: Lease | None = None) -> None:
         self._ids: dict[tuple[object, ...], int] = dict(known or {})
         self.reserved = reserved
         self._next = max(max((v for k, v in self._ids.items() if k[:1] != ("gate",)), default=0), reserved) + 1
         self._next_gate = max((v for k, v in self._ids.items() if k[:1] == ("gate",)), default=0) + 1
         self._new: list[tuple[tuple[object, ...], int]] = []  # allocated, not yet persisted
+        self.block = block  # the leased block ids are taken from (with `lease`)
+        self.lease = lease
+        self._new_block: tuple[int, int] | None = None  # leased, not yet persisted
 
     def id_for(self, key: tuple[object, ...]) -> int:
         found = self._ids.get(key)
         if found is None:
+            if self.lease is not None and (self.block is None or not self.block[0] <= self._next < self.block[1]):
+                self.block = self._new_block = self.lease(self._next)
+                self._next = self.block[0]
+            if self._next > MAX_RULE_ID:
+                raise RuleIdError(f"no rule id left: ids go up to {MAX_RULE_ID}")
             found = self._ids[key] = self._next
             self._next += 1
             self._new.append((key, found))
@@ -281,19 +300,23 @@ class IdAllocator:
 
     def persist(self, path: Path) -> None:
         """Append the ids allocated since the last call (fsynced), before any kernel sees them."""
-        if self._new:
-            _append(path, [_id_line(key, rule_id) for key, rule_id in self._new])
+        if self._new or self._new_block:
+            block = [json.dumps({"block": list(self._new_block)})] if self._new_block else []
+            _append(path, block + [_id_line(key, rule_id) for key, rule_id in self._new])
             self._new = []
+            self._new_block = None
 
     def dump(self, path: Path) -> None:
         """The whole allocation, atomically (repair; normal writes `persist`)."""
         lines = [json.dumps({"reserved": self.reserved})] if self.reserved else []
+        lines += [json.dumps({"block": list(self.block)})] if self.block else []
         lines += [_id_line(key, rule_id) for key, rule_id in self.items()]
         _replace(path, "".join(line + "\n" for line in lines))
         self._new = []
 
     @classmethod
-    def load(cls, path: Path, rules: RuleTable | None = None, *, cut_torn: bool = False) -> IdAllocator:
+    def load(cls, path: Path, rules: RuleTable | None = None, *, cut_torn: bool = False,
+             lease: Lease | None = None) -> IdAllocator:
         """The allocation in `path`, verified: RuleIdError (naming the file and line) for an
         unreadable line, a key with two ids or an id with two keys; with `rules` (rules.jsonl),
         also for a rule id ids.jsonl does not hold (its tail lost: the next allocation would give
@@ -301,10 +324,18 @@ class IdAllocator:
         known: dict[tuple[object, ...], int] = {}
         owners: dict[tuple[bool, int], tuple[object, ...]] = {}
         reserved = 0
+        block = None
         for number, row in read_jsonl(path, cut_torn=cut_torn):
             where = f"{path}:{number}"
             if set(row) == {"reserved"} and _is_id(row["reserved"]):
                 reserved = max(reserved, row["reserved"])
+                continue
+            if set(row) == {"block"}:
+                bounds = row["block"]
+                if not (isinstance(bounds, list) and len(bounds) == 2 and all(map(_is_id, bounds))
+                        and bounds[0] < bounds[1]):
+                    raise RuleIdError(f"{where}: not an id block (want {{\"block\": [LOW, HIGH]}}); {REPAIR_HINT}")
+                block = (int(bounds[0]), int(bounds[1]))  # the last one is current
                 continue
             raw_key, rule_id = row.get("key"), row.get("id")
             if set(row) != {"key", "id"} or not isinstance(raw_key, list) or not raw_key or not _is_id(rule_id):
@@ -317,7 +348,7 @@ class IdAllocator:
             if owners.setdefault(space, key) != key:
                 raise RuleIdError(f"{where}: id {rule_id} given twice, to {_key_text(owners[space])} and "
                                   f"{_key_text(key)}; {REPAIR_HINT}")
-        allocator = cls(known, reserved)
+        allocator = cls(known, reserved, block=block, lease=lease)
         if rules is not None:
             allocator.verify(rules, path, owners)
         return allocator

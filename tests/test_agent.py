@@ -443,7 +443,7 @@ def test_the_agents_mirror_enforces_what_a_fresh_list_and_compile_give(etcd_url:
     delete, each reconciled from that copy, the node's table is what a fresh process compiles
     from a fresh list of etcd (with the same rule ids)."""
     from enforcer.reconcile import cluster_state
-    from enforcer.ruleids import IdAllocator, RuleTable
+    from enforcer.ruleids import IdAllocator, RuleIdError, RuleTable
 
     writer = open_datastore(etcd_url, tmp_path / "writer")
     writer.apply_documents([str(SCENARIOS)])
@@ -478,14 +478,23 @@ def test_the_agents_mirror_enforces_what_a_fresh_list_and_compile_give(etcd_url:
     ]
     with running(agent):
         until(lambda: agent.state == "in-sync", what="the first reconcile")
+        fresh = open_datastore(etcd_url, tmp_path / "fresh")  # each read lists etcd afresh
         for what, change in changes:
             revision = change()
             until(lambda r=revision: agent.revision >= r and agent.state == "in-sync", what=what)  # type: ignore[misc]
-            fresh = open_datastore(etcd_url, tmp_path / "fresh")
-            ids = IdAllocator.load(ds.ids_path, RuleTable.load(ds.rules_path))
-            expected = compile_node(cluster_state(fresh.resources(), "lab"), "node-a", CompileOptions(), ids)
-            assert ids.pending == 0, what  # every rule id was already allocated by the agent
-            assert backend.tables["node-a"] == expected.table, what
+
+            def enforced() -> bool:
+                # A write of both watched ranges reaches the agent as two streams' events: the
+                # revision may be enforced before the second half is, so wait for the whole.
+                try:
+                    ids = IdAllocator.load(ds.ids_path, RuleTable.load(ds.rules_path))
+                except RuleIdError:  # read while the agent appends a line
+                    return False
+                expected = compile_node(cluster_state(fresh.resources(), "lab"), "node-a", CompileOptions(), ids)
+                # every rule id was already allocated by the agent, and its table is the fresh one
+                return ids.pending == 0 and backend.tables["node-a"] == expected.table
+
+            until(enforced, what=f"{what}: the table a fresh list and compile give")
     assert len(lists) == 1  # one list at the start: every change was read from the mirror
 
 

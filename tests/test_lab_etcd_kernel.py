@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -129,23 +130,24 @@ def all_pings(lab: Lab, passing: bool) -> Callable[[], bool]:
     return lambda: all(ok == passing for ok in lab.pings().values())
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+@contextmanager
+def etcd_lab(prefix: str, folder: Path, members: int, files: dict[str, str] | None = None) -> Iterator[Lab]:
+    """`lab up --datastore etcd` of the three pods (`cluster.yaml`) with `members` etcd members, as
+    lab `prefix` + random hex; `files` (name: text) written beside it with `deny.yaml`. Its logs
+    are kept in `folder`/logs; the lab is taken down after, whatever happened."""
     require_etcd()
     from enforcer.lab import lab_down
     from enforcer.lab.state import lab_namespaces
 
-    lab_id = "xb" + secrets.token_hex(3)[:5]
+    lab_id = prefix + secrets.token_hex(3)[:5]
     assert not lab_namespaces(lab_id)
-    folder = tmp_path_factory.mktemp("xb-lab")
-    files = folder / "files"
-    files.mkdir()
-    (files / "cluster.yaml").write_text(CLUSTER_YAML)
-    (files / "deny.yaml").write_text(DENY_YAML)
-    the_lab = Lab(lab_id, folder / "home", files)
+    (folder / "files").mkdir()
+    for name, text in {"cluster.yaml": CLUSTER_YAML, "deny.yaml": DENY_YAML, **(files or {})}.items():
+        (folder / "files" / name).write_text(text)
+    the_lab = Lab(lab_id, folder / "home", folder / "files")
     try:
-        up = the_lab.cli("lab", "up", "--lab", lab_id, "--datastore", "etcd", "--etcd-members", "3",
-                         "-f", str(files / "cluster.yaml"))
+        up = the_lab.cli("lab", "up", "--lab", lab_id, "--datastore", "etcd", "--etcd-members", str(members),
+                         "-f", str(folder / "files" / "cluster.yaml"))
         assert up.returncode == 0, up.stdout + up.stderr
         assert "does not reconcile nodes itself in etcd mode" in up.stdout
         assert "agents: 3 of 3 nodes enforce revision" in up.stdout
@@ -153,6 +155,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     finally:
         _keep_logs(lab_id, folder / "logs")  # pytest keeps tmp_path_factory's folders of recent runs
         lab_down(lab_id)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with etcd_lab("xb", tmp_path_factory.mktemp("xb-lab"), members=3) as the_lab:
+        yield the_lab
 
 
 def _keep_logs(lab_id: str, into: Path) -> None:

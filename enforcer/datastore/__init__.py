@@ -18,12 +18,15 @@ serialise on a file lock; every write is atomic. See `store.py` for the director
 
 from enforcer.datastore.backend import (
     DATASTORE_ENV,
+    PASSWORD_ENV,
     BadDatastoreURL,
     DatastoreURL,
     DesiredState,
+    Login,
     TLSFiles,
     open_datastore,
     parse_datastore_url,
+    read_password,
 )
 from enforcer.datastore.kinds import KIND_INFO, KindInfo, ObjectKey, UnknownKind, resolve_kind, resolve_kinds
 from enforcer.datastore.store import (
@@ -45,7 +48,10 @@ from enforcer.datastore.store import (
 
 __all__ = [
     "DATASTORE_ENV",
+    "PASSWORD_ENV",
     "BadDatastoreURL",
+    "Login",
+    "read_password",
     "DatastoreURL",
     "DesiredState",
     "TLSFiles",

@@ -16,6 +16,12 @@ Keys (libcalico-go's `lib/backend/etcdv3` with the v3 model's resource keys):
                               position in that input; rewritten with every change but a toggle, so
                               its mod_revision is the object's generation
     /flowtui/layout           rewritten by every write but a toggle: its mod_revision is the layout
+    /flowtui/state/...        what the machines sharing the store tell each other (rule ids, each
+                              agent's applied state: `shared.py`); not part of the desired state,
+                              outside the range it is listed and watched from
+
+Logging in (etcd's `auth enable`): a `Login` is traded for a token per member, traded again when
+etcd says the token expired; a refused login is `EtcdAuthFailed`, naming the endpoint.
 
 Revisions are etcd's: an object's revision is its key's mod_revision, its creation revision the
 key's create_revision, the datastore revision the store's. Every write is one etcd transaction
@@ -49,7 +55,7 @@ import requests
 from etcd3gw.client import Etcd3Client
 from etcd3gw.exceptions import ConnectionFailedError, ConnectionTimeoutError, Etcd3Exception, InternalServerError
 
-from enforcer.datastore.backend import DatastoreURL, TLSFiles
+from enforcer.datastore.backend import DatastoreURL, Login, TLSFiles
 from enforcer.datastore.kinds import BY_MODEL_KIND, KIND_INFO, KindInfo, ObjectKey, resolve_kinds
 from enforcer.datastore.records import Change, ChangeSet, Preview, StoredObject
 from enforcer.datastore.sources import Document, annotation, documents, read_sources, skipped_in, with_annotation
@@ -64,6 +70,10 @@ OWN_PREFIX = "/flowtui/"
 OWN_RESOURCES = OWN_PREFIX + "resources/"
 META = OWN_PREFIX + "meta/"
 LAYOUT = OWN_PREFIX + "layout"
+# flowtui's shared records (rule ids, each agent's applied state): under flowtui's prefix, but
+# sorting after its resources, so neither the desired state's list nor the agents' watch (both
+# end at the end of OWN_RESOURCES) carries them.
+SHARED = OWN_PREFIX + "state/"
 TIMEOUT = 3.0  # seconds per endpoint and request: an unreachable etcd is an error, never a hang
 # gRPC metadata through etcd's gateway: serve a watch only while the member has a leader.
 REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
@@ -91,6 +101,22 @@ def _refused(exc: Exception) -> bool:
         return False
     text = f"{exc.detail_text or ''} {exc.args}".lower()
     return not any(word in text for word in ("leader", "unavailable", "timed out", "timeout"))
+
+
+class EtcdAuthFailed(EtcdRefused):
+    """etcd refused the login (wrong user or password, or a login it needs and was not given)."""
+
+
+def _auth_answer(exc: Exception) -> str | None:
+    """What etcd said about the login, when that is why it refused (None otherwise)."""
+    if not isinstance(exc, Etcd3Exception):
+        return None
+    text = f"{exc.detail_text or ''} {' '.join(map(str, exc.args))}"
+    for marker in ("authentication failed", "user name is empty", "invalid auth token",
+                   "revision of auth store is old"):
+        if marker in text:
+            return marker
+    return None
 
 
 class KeyExists(DatastoreError):
@@ -138,6 +164,15 @@ def _b64(text: str | bytes) -> str:
 def _prefix_end(prefix: str) -> str:
     raw = prefix.encode()
     return (raw[:-1] + bytes([raw[-1] + 1])).decode()
+
+
+# What the desired state is, as key ranges: what an agent watches. Two ranges, not one from the
+# first to the last: a login whose role grants /calico/ and /flowtui/ may not watch between them.
+DESIRED_RANGES = ((CALICO_PREFIX, _prefix_end(CALICO_PREFIX)), (OWN_PREFIX, _prefix_end(OWN_RESOURCES)))
+assert _prefix_end(OWN_RESOURCES) <= SHARED  # the shared records stay out of the watch
+# The keys a read of the desired state lists (an agent's mirror holds exactly these): all inside
+# DESIRED_RANGES, so the watch keeps every one of them current.
+DESIRED_PREFIXES = (CALICO_PREFIX, LAYOUT, META, OWN_RESOURCES)
 
 
 @dataclass(frozen=True)
@@ -193,9 +228,14 @@ class EtcdKV:
     """A small etcd v3 client over its HTTP/JSON gateway (etcd3gw): ranges and transactions,
     each request tried on every endpoint in turn, each bounded by `timeout`."""
 
-    def __init__(self, url: DatastoreURL, tls: TLSFiles, timeout: float = TIMEOUT) -> None:
+    def __init__(self, url: DatastoreURL, tls: TLSFiles, timeout: float = TIMEOUT, login: Login | None = None) -> None:
         self.url = url
         self.timeout = timeout
+        self.login = login
+        # Each member's token: simple tokens are per member (JWT ones are not, but asking each
+        # member costs one request per member and process); dropped and asked again when expired.
+        self._tokens: dict[str, str] = {}
+        self._token_lock = threading.Lock()
         secure = url.tls or tls.given
         self._clients = [
             (f"{host}:{port}", Etcd3Client(host=host, port=port, protocol="https" if secure else "http",
@@ -214,14 +254,66 @@ class EtcdKV:
             session.cert = (tls.cert, tls.key)
         return session
 
+    def _headers(self, name: str, client: Etcd3Client, renew: bool = False) -> dict[str, str]:
+        """The Authorization header for member `name` (empty without a login): its token, asked
+        for once and again when `renew` (etcd said the token expired). EtcdAuthFailed when the
+        login is refused."""
+        if self.login is None:
+            return {}
+        with self._token_lock:
+            token = None if renew else self._tokens.get(name)
+            if token is None:
+                try:
+                    answer = client.post(client.get_url("/auth/authenticate"), data=json.dumps(
+                        {"name": self.login.user, "password": self.login.password}))
+                except Etcd3Exception as exc:
+                    if _auth_answer(exc) or _refused(exc):
+                        raise self._auth_failed(name, exc) from None
+                    raise
+                token = self._tokens[name] = str(answer.get("token", ""))
+            return {"Authorization": token}
+
+    def _auth_failed(self, name: str, exc: Exception) -> EtcdAuthFailed:
+        answer = _auth_answer(exc)
+        if answer == "user name is empty":
+            return EtcdAuthFailed(f"etcd datastore {self.url}: {name} authentication failed: etcd requires a login "
+                                  f"(--etcd-user USER with --etcd-password-file FILE or $FLOWTUI_ETCD_PASSWORD)",
+                                  "authentication failed")
+        if answer == "authentication failed":
+            who = self.login.user if self.login is not None else "?"
+            return EtcdAuthFailed(f"etcd datastore {self.url}: {name} authentication failed for user {who!r} "
+                                  f"(wrong user name or password)", "authentication failed")
+        return EtcdAuthFailed(f"etcd datastore {self.url}: {name} authentication failed: "
+                              f"{_cause(exc, self.timeout)}", "authentication failed")
+
+    def _call(self, name: str, client: Etcd3Client, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """One request to one member, logged in; an expired token is renewed once."""
+        try:
+            result: dict[str, Any] = client.post(client.get_url(path), data=json.dumps(payload),
+                                                 headers=self._headers(name, client))
+            return result
+        except Etcd3Exception as exc:
+            # an expired token, or one older than a change of users or roles: log in again
+            if self.login is None or _auth_answer(exc) not in ("invalid auth token", "revision of auth store is old"):
+                raise
+        renewed: dict[str, Any] = client.post(client.get_url(path), data=json.dumps(payload),
+                                              headers=self._headers(name, client, renew=True))
+        return renewed
+
     def _post(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         failures = []
         for index, (name, client) in enumerate(self._clients):
             try:
-                result: dict[str, Any] = client.post(client.get_url(path), data=json.dumps(payload))
+                result = self._call(name, client, path, payload)
+            except EtcdAuthFailed:
+                raise
             except (Etcd3Exception, requests.RequestException, OSError) as exc:
+                if _auth_answer(exc):  # a member that answered: the login is the problem, not the member
+                    raise self._auth_failed(name, exc) from None
                 if _refused(exc):  # a member that answered and said no: another would say the same
-                    raise EtcdRefused(f"etcd datastore {self.url}: {name} {_cause(exc, self.timeout)}",
+                    who = f" for user {self.login.user!r}" if self.login and "permission denied" in str(
+                        exc.detail_text if isinstance(exc, Etcd3Exception) else exc) else ""
+                    raise EtcdRefused(f"etcd datastore {self.url}: {name} {_cause(exc, self.timeout)}{who}",
                                       _cause(exc, self.timeout)) from None
                 failures.append(f"{name}: {_cause(exc, self.timeout)}")
                 continue
@@ -310,12 +402,8 @@ class EtcdKV:
         failures = []
         for index, (name, client) in enumerate(self._clients):  # as _post: the first member that answers
             try:
-                # hasleader: the member ends the stream when it loses its leader (a minority member
-                # would otherwise keep it open, silent, while the majority moves on).
-                response = client.session.post(client.get_url("/watch"), data=json.dumps(request), stream=True,
-                                               timeout=(self.timeout, None), headers=REQUIRE_LEADER)
-                response.raise_for_status()
-            except (requests.RequestException, OSError) as exc:
+                response = self._open_watch(name, client, request)
+            except (requests.RequestException, OSError, Etcd3Exception) as exc:
                 failures.append(f"{name}: {_cause(exc, self.timeout)}")
                 continue
             if index:
@@ -348,6 +436,27 @@ class EtcdKV:
             raise EtcdUnavailable(f"etcd datastore {self.url}: watch on {name} lost: {exc}") from exc
         finally:
             response.close()
+
+
+    def _open_watch(self, name: str, client: Etcd3Client, request: Mapping[str, Any]) -> requests.Response:
+        """The watch stream on one member, logged in (a token that expired is renewed once: a
+        stream outlives its token, but a new stream needs a valid one)."""
+        for renew in (False, True):
+            # hasleader: the member ends the stream when it loses its leader (a minority member
+            # would otherwise keep it open, silent, while the majority moves on).
+            headers = {**REQUIRE_LEADER, **self._headers(name, client, renew=renew)}
+            response = client.session.post(client.get_url("/watch"), data=json.dumps(request), stream=True,
+                                           timeout=(self.timeout, None), headers=headers)
+            if response.status_code == 401 and self.login is not None and not renew:
+                response.close()
+                continue
+            if response.status_code in (400, 401):
+                text = response.text
+                response.close()
+                raise self._auth_failed(name, Etcd3Exception(text, response.reason))
+            response.raise_for_status()
+            return response
+        raise AssertionError("unreachable")
 
 
 class WatchHandle:
@@ -403,6 +512,26 @@ class _Snapshot:
     layout_revision: int  # mod_revision of /flowtui/layout (0: never written)
 
 
+def compile_key(layout: int, loose: Sequence[tuple[str, int, int]]) -> int:
+    """`Catalog.layout`: equal keys mean equal stored objects but for their toggles. The layout
+    key's revision says so while every object is flowtui's and whole; objects written by other tools
+    (calicoctl) and bookkeeping without its object (half a transaction, as an agent's two watch
+    streams can deliver it) are folded in, as a negative number no revision can equal."""
+    if not loose:
+        return layout
+    digest = hashlib.blake2b(repr((layout, sorted(loose))).encode(), digest_size=7).digest()
+    return -1 - int.from_bytes(digest, "big")
+
+
+def desired_revision(snap: _Snapshot) -> int:
+    """The desired state's revision: its last change (every write but a toggle moves the layout
+    key; a toggle, its policy's key). Not etcd's own revision, which other writers move too (agents
+    publishing their state, Calico's other keys): an agent that enforces everything up to it is in
+    sync, and a write that changed nothing reports it. (The reconciler and the watch use the read's
+    own revision: where the watch resumes.)"""
+    return max([snap.layout_revision, *(o.revision for o in snap.catalog.objects.values())])
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -420,9 +549,9 @@ class EtcdDatastore(LocalRecords):
     directory `Datastore`. Rule ids and applied tables stay in the local directory `path`."""
 
     def __init__(self, url: DatastoreURL, tls: TLSFiles | None = None, state_dir: str | os.PathLike[str] | None = None,
-                 timeout: float = TIMEOUT) -> None:
+                 timeout: float = TIMEOUT, *, login: Login | None = None) -> None:
         self.url = url
-        self.kv = EtcdKV(url, tls or TLSFiles(), timeout)
+        self.kv = EtcdKV(url, tls or TLSFiles(), timeout, login)
         base = Path(state_dir) if state_dir is not None else default_home()
         name = hashlib.sha256(str(url).encode()).hexdigest()[:12]
         super().__init__(base / "etcd" / name)  # this machine's rule ids and applied tables for this store
@@ -435,6 +564,29 @@ class EtcdDatastore(LocalRecords):
 
     def __str__(self) -> str:
         return str(self.url)
+
+    # ---- rule ids shared by every machine (`shared.py`) --------------------------------------
+
+    @property
+    def id_lease(self) -> Any:
+        """Blocks of rule ids leased from etcd: unique across every machine of this store."""
+        from enforcer.datastore.shared import lease_block
+
+        return lambda first: lease_block(self.kv, first)
+
+    def publish_rules(self, refs: Sequence[Any]) -> None:
+        from enforcer.datastore.shared import publish_refs
+
+        publish_refs(self.kv, refs)
+
+    def rule_table(self) -> Any:
+        """rules.jsonl with every ref the agents published (theirs win: they compiled them)."""
+        from enforcer.datastore.shared import published_refs
+        from enforcer.ruleids import RuleTable
+
+        published = published_refs(self.kv)
+        local = super().rule_table()
+        return RuleTable([*(r for r in local if published.get(r.id) is None), *published])
 
     # ---- reading -----------------------------------------------------------------------------
 
@@ -467,13 +619,14 @@ class EtcdDatastore(LocalRecords):
         return self._snapshot()
 
     def _snapshot(self) -> _Snapshot:
-        return self._parse(*self.kv.list(CALICO_PREFIX, OWN_PREFIX))
+        return self._parse(*self.kv.list(*DESIRED_PREFIXES))
 
     def _parse(self, revision: int, kvs: Mapping[str, KVPair]) -> _Snapshot:
         objects: dict[ObjectKey, StoredObject] = {}
         described: set[str] = set()
         known, entries = self._entries, {}
         known_metas, metas = self._metas, {}
+        loose: list[tuple[str, int, int]] = []
         for kv in kvs.values():
             if not kv.key.startswith(META):
                 continue
@@ -488,8 +641,13 @@ class EtcdDatastore(LocalRecords):
             metas[(kv.key, kv.revision)] = described_by
             key, info, meta = described_by
             target = kvs.get(etcd_key(key))
+            if target is None or target.revision < kv.revision:
+                # Removed by another tool (stale bookkeeping), or half of a write: an agent's watch
+                # brings the two ranges of one transaction apart. Either way the layout key alone
+                # no longer says what is stored.
+                loose.append((kv.key, kv.revision, target.revision if target else 0))
             if target is None:
-                continue  # the object was removed by another tool: its bookkeeping is stale
+                continue
             described.add(target.key)
             entry = (target.key, target.revision, kv.revision)
             stored = known.get(entry)
@@ -506,6 +664,7 @@ class EtcdDatastore(LocalRecords):
             if found is None or len(parts) != (3 if found.namespaced else 2):
                 continue
             key = ObjectKey(found.model_kind, parts[1] if found.namespaced else None, parts[-1])
+            loose.append((kv.key, kv.revision, 0))  # written by another tool: not in the layout key
             entry = (kv.key, kv.revision, 0)
             stored = known.get(entry)
             if stored is None or stored.key != key:
@@ -514,7 +673,7 @@ class EtcdDatastore(LocalRecords):
         self._entries, self._metas = entries, metas
         layout = kvs.get(LAYOUT)
         texts = {o.file: kvs[o.file].value.decode("utf-8", errors="replace") for o in objects.values()}
-        catalog = Catalog(revision, objects, layout.revision if layout else 0)
+        catalog = Catalog(revision, objects, compile_key(layout.revision if layout else 0, loose))
         return _Snapshot(catalog, texts, layout.revision if layout else 0)
 
     @staticmethod
@@ -534,7 +693,7 @@ class EtcdDatastore(LocalRecords):
 
     @property
     def revision(self) -> int:
-        return self._read().catalog.revision
+        return desired_revision(self._read())
 
     def objects(self, kind: str | None = None, *, name: str | None = None,
                 namespace: str | None = None) -> list[StoredObject]:
@@ -688,7 +847,7 @@ class EtcdDatastore(LocalRecords):
         def attempt(snap: _Snapshot) -> ChangeSet | None:
             changes, objects, texts, resources = self._plan_apply(snap, docs)
             if not texts:
-                return ChangeSet(snap.catalog.revision, tuple(changes), skipped_in(sources))
+                return ChangeSet(desired_revision(snap), tuple(changes), skipped_in(sources))
             if check is not None:
                 check(Preview(ChangeSet(snap.catalog.revision + 1, tuple(changes)), resources,
                               self._sources(objects)))
@@ -728,7 +887,7 @@ class EtcdDatastore(LocalRecords):
                 raise NotFound(f"{keys[0]} not found")
             ops = [op for o in found if o is not None for op in (_delete(o.file), _delete(_meta_key(o.file)))]
             if not ops:
-                return ChangeSet(snap.catalog.revision, tuple(Change(k, "not found", 0) for k in keys))
+                return ChangeSet(desired_revision(snap), tuple(Change(k, "not found", 0) for k in keys))
             revision = self._write(snap, ops)
             if revision is None:
                 return None
@@ -778,7 +937,7 @@ class EtcdDatastore(LocalRecords):
             except ValueError as exc:
                 raise DatastoreError(f"etcd datastore {self.url}: {kv.key} is not JSON ({exc})") from exc
             if (annotation(body, DISABLED_ANNOTATION) == "true") == disabled:
-                return ChangeSet(revision, (Change(key, "unchanged", kv.revision),))
+                return ChangeSet(self.revision, (Change(key, "unchanged", kv.revision),))
             body = with_annotation(body, DISABLED_ANNOTATION, "true" if disabled else None)
             ok, revision, _ = self.kv.txn([_mod_is(kv.key, kv.revision)], [_put(kv.key, _encode(body))])
             if ok:
@@ -786,5 +945,6 @@ class EtcdDatastore(LocalRecords):
         raise DatastoreError(f"etcd datastore {self.url}: {RETRIES} attempts lost to concurrent writers; try again")
 
 
-__all__ = ["CALICO_PREFIX", "Compacted", "EtcdDatastore", "EtcdKV", "EtcdRefused", "EtcdUnavailable", "KVPair",
+__all__ = ["CALICO_PREFIX", "DESIRED_PREFIXES", "DESIRED_RANGES", "SHARED", "Compacted", "EtcdAuthFailed",
+           "EtcdDatastore", "EtcdKV", "EtcdRefused", "EtcdUnavailable", "KVPair",
            "KeyExists", "RevisionConflict", "WatchEvent", "etcd_key"]

@@ -1,6 +1,6 @@
 """What an agent knows of etcd between reads: the keys it reads, kept current by its watch.
 
-    mirror = Mirror.listed(datastore.kv)          # one list: every key under both prefixes
+    mirror = Mirror.listed(datastore.kv)          # one list: every key of the desired state
     for event in datastore.kv.watch(..., mirror.revision + 1):
         mirror.apply(event)                       # a put or a delete, as etcd ordered them
     with datastore.one_read(mirror.read()):       # the reconciler reads the mirror, not etcd
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from enforcer.datastore.etcd import CALICO_PREFIX, OWN_PREFIX, EtcdKV, KVPair, WatchEvent
+from enforcer.datastore.etcd import DESIRED_PREFIXES, EtcdKV, KVPair, WatchEvent
 
-PREFIXES = (CALICO_PREFIX, OWN_PREFIX)  # what `EtcdDatastore` reads
+PREFIXES = DESIRED_PREFIXES  # what `EtcdDatastore` reads
 
 
 class Mirror:
@@ -32,21 +32,23 @@ class Mirror:
     def listed(cls, kv: EtcdKV) -> Mirror:
         return cls(*kv.list(*PREFIXES))
 
-    def apply(self, event: WatchEvent) -> None:
+    def apply(self, event: WatchEvent) -> bool:
         """One change from the watch (one at or before the list's revision is ignored: the list
-        held it). A transaction's changes share one revision: each is applied."""
+        held it). A transaction's changes share one revision: each is applied. True when what a
+        read returns changed."""
         if event.kv.revision <= self._listed:
-            return
+            return False
         self.revision = max(self.revision, event.kv.revision)
         if not event.kv.key.startswith(PREFIXES):
-            return  # the watch's range also spans what sorts between the prefixes
+            return False  # the watch's ranges also span keys between the prefixes
         if event.kind == "delete":
             self._kvs.pop(event.kv.key, None)
         else:
             self._kvs[event.kv.key] = event.kv
+        return True
 
     def read(self) -> tuple[int, Mapping[str, KVPair]]:
-        """(revision, every key) as `EtcdKV.list` of both prefixes would return them now."""
+        """(revision, every key) as `EtcdKV.list` of the desired state's prefixes would return them now."""
         return self.revision, self._kvs
 
 

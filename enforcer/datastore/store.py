@@ -202,6 +202,23 @@ class LocalRecords:
     def applied_dir(self) -> Path:
         return self.path / "applied"
 
+    # ---- rule ids shared with other machines (a remote store overrides these) ------------------
+
+    @property
+    def id_lease(self) -> Any:
+        """`ruleids.Lease` when rule ids come from blocks leased from a shared store; None here."""
+        return None
+
+    def publish_rules(self, refs: Sequence[Any]) -> None:
+        """Give other machines new rule refs before any kernel logs their ids (here: nobody)."""
+
+    def rule_table(self) -> Any:
+        """Every rule id this machine can resolve (`ruleids.RuleTable`): rules.jsonl, and for a
+        shared store what the other machines published."""
+        from enforcer.ruleids import RuleTable
+
+        return RuleTable.load(self.rules_path)
+
     @contextmanager
     def one_read(self) -> Iterator[None]:
         """Reads in the block may share one read of the store (a remote store overrides this:

@@ -120,8 +120,9 @@ def agent_cmd(ctx: click.Context, node: str, netns: str | None, host: bool, metr
     """
     from enforcer.agent import Agent
     from enforcer.agent_metrics import AgentMetrics, BadAddress, parse_address
-    from enforcer.agent_status import StatusWriter
+    from enforcer.agent_status import Publisher, StatusWriter
     from enforcer.datastore.etcd import EtcdDatastore
+    from enforcer.datastore.shared import publish_agent
     from enforcer.lab.kernel import place_label
     from enforcer.nft.node_backend import NodeBackend
     from enforcer.reconcile import Reconciler
@@ -153,7 +154,11 @@ def agent_cmd(ctx: click.Context, node: str, netns: str | None, host: bool, metr
     backend = NodeBackend(node, place, lab_id=own_lab)
     reconciler = Reconciler(ds, backend, compile_fn, options, lambda: [node], lab_id=lab)
     metrics = AgentMetrics(node)
-    status = StatusWriter(ds.path, node, place_label(place), str(ds))
+    # the state is also published in etcd (its own client: a thread beside the agent's loop)
+    shared = open_state(state_dir)
+    assert isinstance(shared, EtcdDatastore)
+    publisher = Publisher(lambda doc: publish_agent(shared.kv, node, doc))
+    status = StatusWriter(ds.path, node, place_label(place), str(ds), publisher)
     server = None
     stop_flows: Callable[[], None] | None = None
     # SIGTERM (systemd, a supervisor) ends the agent like Ctrl-C: collection drains, metrics close;
@@ -177,6 +182,7 @@ def agent_cmd(ctx: click.Context, node: str, netns: str | None, host: bool, metr
             stop_flows()
         if server is not None:
             server.close()
+        publisher.close()
         backend.close()
 
 

@@ -324,14 +324,15 @@ def status_cmd(db: str, cluster: str | None, last_runs: int | None, output: str,
     """
     from enforcer.agent_status import describe, read_agents
     from flowtui.cli.common import fail, store_path
-    from flowtui.cli.state import behind_lines, enforcement_behind, guarded, open_state, runtime
+    from flowtui.cli.state import behind_lines, enforcement_behind, guarded, open_state, published_states, runtime
     from flowtui.interop.parquet import export_root
     from flowtui.store.status import read_cluster_status, read_export_status, read_status
 
     behind = enforcement_behind(state_dir, guarded(lambda: runtime().lab_nodes(lab_id)))
     for line in behind_lines(behind):
         click.echo(f"warning: {line}", err=True)
-    agents = read_agents(open_state(state_dir).path)
+    store = open_state(state_dir)
+    agents = read_agents(store.path, published_states(store))
     doc: dict[str, Any] | None
     if cluster is not None:  # every node's runs and loss, from the dataset
         doc = read_cluster_status(Path(store_path(db, cluster, DEFAULT_DB) or db), last_runs or 1)

@@ -74,7 +74,9 @@ def _lab_flows_dir() -> Path:
 
     from flowtui.collector.dataset import lab_flows_dir
 
-    lab = os.environ.get("FLOWTUI_LAB")
+    context = click.get_current_context(silent=True)
+    given = context is not None and context.get_parameter_source("lab_id") == click.core.ParameterSource.COMMANDLINE
+    lab = context.params["lab_id"] if context is not None and given else os.environ.get("FLOWTUI_LAB")
     if not lab:
         from flowtui.collector.service import labs_up
 

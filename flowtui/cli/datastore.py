@@ -45,8 +45,10 @@ def _must_exist(ds: Datastore) -> None:
 
 def _check_remote(store: DesiredState, output: str) -> None:
     """An etcd datastore: every object read at one revision and loaded (each transaction is
-    whole, so there is no index or torn file to verify); exit 1 naming what does not load."""
+    whole, so there is no index or torn file to verify), and the rule ids the machines published;
+    exit 1 naming what does not load."""
     from enforcer.loader import LoadError
+    from enforcer.ruleids import RuleIdError
 
     try:
         objects = store.objects()
@@ -54,6 +56,12 @@ def _check_remote(store: DesiredState, output: str) -> None:
         problems: list[str] = []
     except LoadError as err:
         problems = [str(p) for p in err.problems]
+    except DatastoreError as err:
+        fail(str(err))
+    try:  # what the machines published of their rule ids: no id with two meanings
+        store.rule_table()
+    except RuleIdError as err:
+        problems.append(str(err))
     except DatastoreError as err:
         fail(str(err))
     if output == "json":

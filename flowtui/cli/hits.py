@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from enforcer.model import POLICY_KINDS
@@ -42,8 +40,7 @@ def _what(ref: RuleRef | None) -> tuple[str, str, str]:
     return ref.tier or "", who, rule
 
 
-def print_hits(state_dir: str, lab_nodes: list[str], json_listing: object, output: str, unused: bool) -> None:
-    rules = RuleTable.load(Path(state_dir) / "rules.jsonl")
+def print_hits(rules: RuleTable, lab_nodes: list[str], json_listing: object, output: str, unused: bool) -> None:
     tables = {node: json_listing(node) for node in lab_nodes}  # type: ignore[operator]
     rows = hit_rows(tables, rules)
     if unused:

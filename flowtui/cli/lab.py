@@ -329,7 +329,7 @@ def status(lab_id: str, output: str, state_dir: str) -> None:
     if cluster is not None:
         from enforcer.lab.cluster import agents_status, cluster_status
 
-        extra = {"datastore": cluster_status(cluster), "agents": agents_status(cluster)}
+        extra = {"datastore": cluster_status(cluster), "agents": _with_applied(agents_status(cluster), state_dir)}
         behind: dict[str, Any] = {}  # the agents say which revision they enforce
     else:
         behind = enforcement_behind(state_dir, nodes)
@@ -354,14 +354,25 @@ def status(lab_id: str, output: str, state_dir: str) -> None:
         click.echo(f"warning: {line}")
 
 
+def _with_applied(agents: list[dict[str, Any]], state_dir: str) -> list[dict[str, Any]]:
+    """Each agent's row with what it published in the lab's etcd: the digest and rule count of
+    the table its node holds (None when it published nothing, or etcd cannot be read)."""
+    from flowtui.cli.state import open_state, published_states
+
+    published = {str(p.get("node")): p for p in published_states(open_state(state_dir))}
+    return [{**a, "digest": published.get(a["node"], {}).get("digest"),
+             "rules": published.get(a["node"], {}).get("rules")} for a in agents]
+
+
 def _echo_cluster(datastore: dict[str, Any], agents: list[dict[str, Any]]) -> None:
     click.echo(f"datastore {datastore['url']} (supervisor pid {datastore['supervisor'] or 'not running'})")
     click.echo(f"  ca {datastore['ca']}  cert {datastore['cert']}  key {datastore['key']}")
     rows = [[m["name"], m["address"], str(m["pid"] or "-"), m["state"]] for m in datastore["members"]]
     click.echo(format_table(["MEMBER", "ADDRESS", "PID", "STATE"], rows))
     rows = [[a["node"], str(a["pid"] or "-"), a["state"], str(a["revision"] if a["revision"] is not None else "-"),
-             str(a["restarts"])] for a in agents]
-    click.echo(format_table(["AGENT", "PID", "STATE", "REVISION", "RESTARTS"], rows))
+             str(a["restarts"]), (a.get("digest") or "-")[:12], str(a.get("rules") if a.get("rules") is not None
+                                                                      else "-")] for a in agents]
+    click.echo(format_table(["AGENT", "PID", "STATE", "REVISION", "RESTARTS", "TABLE", "RULES"], rows))
 
 
 @lab.command()

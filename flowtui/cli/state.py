@@ -27,17 +27,20 @@ from enforcer.datastore import (
     DATASTORE_ENV,
     DEFAULT_HOME,
     HOME_ENV,
+    PASSWORD_ENV,
     BadDatastoreURL,
     ChangeSet,
     Datastore,
     DatastoreError,
     DesiredState,
+    Login,
     NotFound,
     Preview,
     StoredObject,
     TLSFiles,
     UnknownKind,
     open_datastore,
+    read_password,
     resolve_kinds,
 )
 from enforcer.lab import DEFAULT_LAB_ID, LabError
@@ -135,6 +138,13 @@ def state_dir_option(func: click.decorators.FC) -> click.decorators.FC:
     """`--state-dir`, `--datastore URL` and etcd's TLS files; commands open the datastore they
     name with `open_state(state_dir)`."""
     for option in (
+        click.option("--etcd-password-file", type=click.Path(dir_okay=False), expose_value=False, callback=_remember,
+                     envvar="FLOWTUI_ETCD_PASSWORD_FILE",
+                     help=f"File whose first line is --etcd-user's password (else ${PASSWORD_ENV}; "
+                          f"never on the command line)."),
+        click.option("--etcd-user", metavar="USER", expose_value=False, callback=_remember, envvar="FLOWTUI_ETCD_USER",
+                     help="Log in to etcd as USER (etcd's `auth enable`; also etcd://USER@HOST:PORT or "
+                          "$FLOWTUI_ETCD_USER); the password from --etcd-password-file or $FLOWTUI_ETCD_PASSWORD."),
         click.option("--etcd-key", type=click.Path(dir_okay=False), expose_value=False, callback=_remember,
                      envvar="FLOWTUI_ETCD_KEY", help="etcd client private key (PEM; also $FLOWTUI_ETCD_KEY)."),
         click.option("--etcd-cert", type=click.Path(dir_okay=False), expose_value=False, callback=_remember,
@@ -158,7 +168,9 @@ def open_state(state_dir: str) -> DesiredState:
     context = click.get_current_context(silent=True)
     given = context.meta.get(_DATASTORE_META, {}) if context is not None else {
         "datastore": os.environ.get(DATASTORE_ENV), "etcd_ca": os.environ.get("FLOWTUI_ETCD_CA"),
-        "etcd_cert": os.environ.get("FLOWTUI_ETCD_CERT"), "etcd_key": os.environ.get("FLOWTUI_ETCD_KEY")}
+        "etcd_cert": os.environ.get("FLOWTUI_ETCD_CERT"), "etcd_key": os.environ.get("FLOWTUI_ETCD_KEY"),
+        "etcd_user": os.environ.get("FLOWTUI_ETCD_USER"),
+        "etcd_password_file": os.environ.get("FLOWTUI_ETCD_PASSWORD_FILE")}
     tls = TLSFiles(given.get("etcd_ca"), given.get("etcd_cert"), given.get("etcd_key"))
     if bool(tls.cert) != bool(tls.key):
         fail("--etcd-cert and --etcd-key go together (the client certificate and its key)", EXIT_INVALID)
@@ -176,9 +188,36 @@ def open_state(state_dir: str) -> DesiredState:
     if tls.given and not url:
         fail("--etcd-ca/--etcd-cert/--etcd-key need --datastore etcd://HOST:PORT", EXIT_INVALID)
     try:
-        return open_datastore(url, state_dir, tls)
+        return open_datastore(url, state_dir, tls, _login(given, url))
     except BadDatastoreURL as err:
         fail(f"--datastore: {err}", EXIT_INVALID)
+
+
+def _login(given: Mapping[str, Any], url: str | None) -> Login | None:
+    """--etcd-user (or a user in the URL) with the password of --etcd-password-file or
+    $FLOWTUI_ETCD_PASSWORD; None without a user. BadDatastoreURL for an unreadable file."""
+    user = str(given.get("etcd_user") or "")
+    if not user and not (url and "@" in url.partition("://")[2]):
+        if given.get("etcd_password_file"):
+            fail("--etcd-password-file needs --etcd-user USER (or etcd://USER@HOST:PORT)", EXIT_INVALID)
+        return None
+    return Login(user, read_password(given.get("etcd_password_file")) or "")
+
+
+def published_states(store: DesiredState) -> list[dict[str, Any]]:
+    """What the agents of a shared store published of themselves (none for a directory); a store
+    that cannot be read is a warning: the local status files still say what they know."""
+    from enforcer.datastore.etcd import EtcdDatastore
+
+    if not isinstance(store, EtcdDatastore):
+        return []
+    from enforcer.datastore.shared import published_agents
+
+    try:
+        return published_agents(store.kv)
+    except DatastoreError as err:
+        click.echo(f"warning: the agents' published state cannot be read: {err}", err=True)
+        return []
 
 
 def given_datastore() -> str | None:
@@ -540,7 +579,9 @@ def get(kind: str, name: str | None, namespace: str | None, all_namespaces: bool
         need_root()
         rt = runtime()
         backend = rt.backend(lab_id)
-        guarded(lambda: print_hits(state_dir, rt.lab_nodes(lab_id), backend.json_listing,
+        # the datastore's rule table: with etcd, every id the agents published (any machine's)
+        store = open_state(state_dir)
+        guarded(lambda: print_hits(store.rule_table(), rt.lab_nodes(lab_id), backend.json_listing,
                                    "json" if output == "json" else "table", unused))
         return
     if kind.lower() in ("wireguard", "wg"):

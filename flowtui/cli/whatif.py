@@ -116,6 +116,7 @@ def flow_options(func: click.decorators.FC) -> click.decorators.FC:
         click.option("--current", multiple=True, type=click.Path(allow_dash=True), metavar="PATH",
                      help="The current policy set and cluster from files instead of the datastore. Repeatable."),
         _state_dir_option,
+        _lab_option,
         click.option("--progress/--no-progress", "progress", default=None,
                      help="Progress bars on stderr [default: when stderr is a terminal]."),
     ]
@@ -128,6 +129,14 @@ def _state_dir_option(func: click.decorators.FC) -> click.decorators.FC:
     from flowtui.cli.state import state_dir_option
 
     return state_dir_option(func)
+
+
+def _lab_option(func: click.decorators.FC) -> click.decorators.FC:
+    """`--lab ID`: a lab in etcd mode gives the current set (its datastore), and `--cluster`
+    alone its flows dataset."""
+    from flowtui.cli.state import lab_option
+
+    return lab_option(func)
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,8 +164,8 @@ def _state_dir_option(func: click.decorators.FC) -> click.decorators.FC:
 @click.option("--exit-code", is_flag=True, help="Exit 1 when any flow becomes denied (for CI).")
 def whatif(
     edit_paths: Sequence[str], deletions: Sequence[str], db: str | None, cluster: str | None,
-    flow_files: Sequence[str], since: str | None, current: Sequence[str], state_dir: str, progress: bool | None,
-    namespace: str | None,
+    flow_files: Sequence[str], since: str | None, current: Sequence[str], state_dir: str, lab_id: str,
+    progress: bool | None, namespace: str | None,
     output: str, limit: int, examples: int, pending: bool, full: bool, exit_code: bool,
 ) -> None:
     """Replay recorded flows against the current policy set with edits applied.
@@ -240,7 +249,8 @@ def whatif(
 @click.option("--netsets/--no-netsets", default=True, show_default=True,
               help="Outside peers as NetworkSets (else inline nets in the rules).")
 def propose(namespace: str, db: str | None, cluster: str | None, flow_files: Sequence[str], since: str | None,
-            current: Sequence[str], state_dir: str, progress: bool | None, output: str, netsets: bool) -> None:
+            current: Sequence[str], state_dir: str, lab_id: str, progress: bool | None, output: str,
+            netsets: bool) -> None:
     """Propose least-privilege policy for a namespace from its observed allowed flows.
 
     One NetworkPolicy per workload of the namespace (pods with the same stable labels), for

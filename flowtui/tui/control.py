@@ -288,14 +288,15 @@ class PolicyControl:
         return out
 
     def rule_refs(self) -> dict[int, Any]:
-        """Rule id -> RuleRef from the datastore's rules.jsonl (empty without a datastore)."""
+        """Rule id -> RuleRef from the datastore's rule table (empty without a datastore): its
+        rules.jsonl, and with etcd what every machine's agents published."""
         if self.datastore is None:
             return {}
-        from enforcer.ruleids import RuleTable
+        from enforcer.datastore import DatastoreError
 
         try:
-            return dict(RuleTable.load(self.datastore.rules_path).refs)
-        except (OSError, ValueError):
+            return dict(self.datastore.rule_table().refs)
+        except (OSError, ValueError, DatastoreError):
             return {}
 
     def _enforce(self, what: str, revision: int, start: float, stored_ms: float) -> ChangeResult:
