@@ -83,6 +83,8 @@ _VIEW_VARIABLES = {
     "flows_once": {"since", "until", "now"},
     "flow_pairs": {"since", "until", "now"},
     "rule_flows": {"since", "until", "now"},
+    "implicit_denies": {"since", "until", "now"},
+    "profile_allows": {"since", "until", "now"},
 }
 
 

@@ -465,6 +465,148 @@ TOTALS_STATE = Table(
     ),
 )
 
+# Rollups of the flows two named queries single out, by the kind of their deciding rule (a join with
+# `rules` at write time: a rule id whose row comes after its flows is rolled up again, `insert`).
+# "Flows" are counted as `flows_once` counts them: one 5-tuple in one time bucket. A bucket lies in one
+# hour, so hourly counts add up exactly over any run of hours (distinct 5-tuples over a window would not).
+_PROTO_NAME = ("CASE f.proto WHEN 6 THEN 'tcp' WHEN 17 THEN 'udp' WHEN 1 THEN 'icmp' WHEN 58 THEN 'icmpv6' "
+               "WHEN 132 THEN 'sctp' ELSE f.proto::VARCHAR END")
+IMPLICIT_DENY_KINDS = ("EndOfTier", "NoProfileMatch", "Default")
+PROFILE_ALLOW_KINDS = ("Profile", "Default")
+
+IMPLICIT_DENY_HOURS = Table(
+    "implicit_deny_hours",
+    "Rollup: the Deny flows decided by an implicit deny (rules of kind EndOfTier, NoProfileMatch or "
+    "Default with action Deny) per hour, rule and protected endpoint address (the destination for "
+    "ingress, the source for egress), for every hour before `rollup_state.rolled_until`; kept like "
+    "`pair_hours`. The `implicit_denies` view reads it (default_deny_attributions).",
+    (
+        _c("hour", "TIMESTAMP", "Start of the hour (of the flows' bucket start)."),
+        _c("rule_id", "INTEGER", "The implicit deny -> rules.id."),
+        _c("endpoint_ip", "VARCHAR", "The protected endpoint's address."),
+        _c("ep", "INTEGER", "The protected endpoint (any of the rows') -> endpoints.id."),
+        _c("flows", "BIGINT", "Flows: distinct (time bucket, 5-tuple)."),
+        _c("packets", "BIGINT", "Packets (events)."),
+        _c("first_seen", "TIMESTAMP", "Earliest first_seen."),
+        _c("last_seen", "TIMESTAMP", "Latest last_seen."),
+        _c("example", "VARCHAR", "The 5-tuple (`tcp 10.0.0.1:4000 -> 10.0.0.2:80`) with the earliest "
+           "first_seen; ties: the smallest text."),
+    ),
+)
+
+PROFILE_ALLOW_HOURS = Table(
+    "profile_allow_hours",
+    "Rollup: the Allow flows decided by a profile or a dataplane default (rules of kind Profile or "
+    "Default with action Allow) per hour, rule, source, destination, protocol and destination port, "
+    "for every hour before `rollup_state.rolled_until`; kept like `pair_hours`. The "
+    "`profile_allows` view reads it (allowed_by_profile_only).",
+    (
+        _c("hour", "TIMESTAMP", "Start of the hour (of the flows' bucket start)."),
+        _c("rule_id", "INTEGER", "The profile or default -> rules.id."),
+        _c("src_ip", "VARCHAR", "Source address."),
+        _c("dst_ip", "VARCHAR", "Destination address."),
+        _c("proto", "UTINYINT", "IP protocol number."),
+        _c("dport", "USMALLINT", "Destination port; NULL for protocols without ports."),
+        _c("src_ep", "INTEGER", "Source endpoint (any of the rows') -> endpoints.id."),
+        _c("dst_ep", "INTEGER", "Destination endpoint (any of the rows') -> endpoints.id."),
+        _c("flows", "BIGINT", "Flows: distinct (time bucket, source port)."),
+        _c("connections", "BIGINT", "connections_started, summed."),
+        _c("packets", "BIGINT", "Packets (as counted in `flows`)."),
+        _c("bytes", "BIGINT", "Bytes (as counted in `flows`)."),
+        _c("first_seen", "TIMESTAMP", "Earliest first_seen."),
+        _c("last_seen", "TIMESTAMP", "Latest last_seen."),
+    ),
+)
+
+
+def _totals_of(hours: Table, name: str, view: str) -> Table:
+    return Table(
+        name,
+        f"Rollup: `{hours.name}` summed over every hour before `totals_state.pairs_until` (like `pair_totals`): "
+        f"the `{view}` view reads it when the query window covers it (the default).",
+        tuple(c for c in hours.columns if c.name != "hour"),
+    )
+
+
+@dataclass(frozen=True)
+class HourRollup:
+    """An hourly rollup whose rows merge by key (`merges`: the aggregate of each other column over
+    partial rows), its whole-store totals (the hours summed, as far as `totals_state.pairs_until`),
+    the SELECT that makes its rows from the flows `where` keeps, and the view that answers a query
+    window from totals, hours and raw flows."""
+
+    hours: Table
+    totals: Table
+    keys: tuple[str, ...]
+    merges: tuple[tuple[str, str], ...]
+    rows: str  # with {joins} and {where} over `flows f`
+    view: str
+    kinds: tuple[str, ...]  # the rule kinds whose flows it holds (see `DuckStore._reroll_rules`)
+
+    def rows_sql(self, where: str, joins: str = "") -> str:
+        return self.rows.format(joins=joins, where=where)
+
+    def merged(self, source: str, with_hour: bool = True) -> str:
+        """The rows of `source` merged per key (and hour)."""
+        keys = ("hour", *self.keys) if with_hour else self.keys
+        aggs = ", ".join(f"{e} AS {c}" for c, e in self.merges)
+        return f"SELECT {', '.join(keys)}, {aggs} FROM {source} GROUP BY {', '.join(keys)}"
+
+    @property
+    def columns(self) -> str:
+        return ", ".join(c.name for c in self.totals.columns)
+
+
+_SUM, _MIN, _MAX, _ANY = "sum({c})", "min({c})", "max({c})", "any_value({c})"
+
+
+def _merges(**kinds: str) -> tuple[tuple[str, str], ...]:
+    return tuple((c, k.format(c=c)) for c, k in kinds.items())
+
+
+IMPLICIT_DENY = HourRollup(
+    IMPLICIT_DENY_HOURS,
+    _totals_of(IMPLICIT_DENY_HOURS, "implicit_deny_totals", "implicit_denies"),
+    ("rule_id", "endpoint_ip"),
+    _merges(ep=_ANY, flows=_SUM, packets=_SUM, first_seen=_MIN, last_seen=_MAX,
+            example="arg_min(example, (first_seen, example))"),
+    "SELECT date_trunc('hour', start_time) AS hour, rule_id, endpoint_ip, any_value(ep) AS ep, count(*) AS flows, "
+    "sum(packets) AS packets, min(first_seen) AS first_seen, max(last_seen) AS last_seen, "
+    "arg_min(example, (first_seen, example)) AS example FROM ("
+    "SELECT f.start_time, f.rule_id, CASE WHEN any_value(r.direction) = 'egress' THEN f.src_ip ELSE f.dst_ip END "
+    "AS endpoint_ip, any_value(CASE WHEN r.direction = 'egress' THEN f.src_ep ELSE f.dst_ep END) AS ep, "
+    "sum(f.packets) AS packets, min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen, "
+    f"{_PROTO_NAME} || ' ' || f.src_ip || coalesce(':' || f.sport::VARCHAR, '') || ' -> ' || f.dst_ip "
+    "|| coalesce(':' || f.dport::VARCHAR, '') AS example "
+    "FROM flows f JOIN rules r ON r.id = f.rule_id {joins} WHERE f.action = 'Deny' AND r.action = 'Deny' "
+    f"AND r.kind IN {IMPLICIT_DENY_KINDS} AND ({{where}}) "
+    "GROUP BY f.start_time, f.rule_id, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport"
+    ") GROUP BY ALL",
+    "implicit_denies",
+    IMPLICIT_DENY_KINDS,
+)
+
+PROFILE_ALLOW = HourRollup(
+    PROFILE_ALLOW_HOURS,
+    _totals_of(PROFILE_ALLOW_HOURS, "profile_allow_totals", "profile_allows"),
+    ("rule_id", "src_ip", "dst_ip", "proto", "dport"),
+    _merges(src_ep=_ANY, dst_ep=_ANY, flows=_SUM, connections=_SUM, packets=_SUM, bytes=_SUM, first_seen=_MIN,
+            last_seen=_MAX),
+    "SELECT date_trunc('hour', start_time) AS hour, rule_id, src_ip, dst_ip, proto, dport, any_value(src_ep) AS "
+    "src_ep, any_value(dst_ep) AS dst_ep, count(*) AS flows, sum(connections) AS connections, sum(packets) AS "
+    "packets, sum(bytes) AS bytes, min(first_seen) AS first_seen, max(last_seen) AS last_seen FROM ("
+    "SELECT f.start_time, f.rule_id, f.src_ip, f.dst_ip, f.proto, f.dport, any_value(f.src_ep) AS src_ep, "
+    "any_value(f.dst_ep) AS dst_ep, sum(f.connections_started) AS connections, sum(f.packets) AS packets, "
+    "sum(f.bytes) AS bytes, min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen "
+    "FROM flows f JOIN rules r ON r.id = f.rule_id {joins} WHERE f.action = 'Allow' AND r.action = 'Allow' "
+    f"AND r.kind IN {PROFILE_ALLOW_KINDS} AND ({{where}}) "
+    "GROUP BY f.start_time, f.rule_id, f.src_ip, f.dst_ip, f.proto, f.dport, f.sport"
+    ") GROUP BY ALL",
+    "profile_allows",
+    PROFILE_ALLOW_KINDS,
+)
+HOUR_ROLLUPS = (IMPLICIT_DENY, PROFILE_ALLOW)
+
 TABLES: tuple[Table, ...] = (
     RUNS,
     SOURCES,
@@ -483,7 +625,7 @@ WORK_TABLES: tuple[Table, ...] = (FLOWS_OPEN,)
 # Rollups: derived from `flows` (rebuildable); a reader of a store or export without them creates
 # them empty (`ensure_rollups`), and the views then read the raw flows.
 ROLLUP_TABLES: tuple[Table, ...] = (PAIR_HOURS, RULE_HOURS, TALKERS, ROLLUP_STATE, FLOW_TOTALS, PAIR_TOTALS,
-                                    TOTALS_STATE)
+                                    TOTALS_STATE, *(t for r in HOUR_ROLLUPS for t in (r.hours, r.totals)))
 ALL_TABLES = TABLES + ROLLUP_TABLES + WORK_TABLES
 BY_NAME = {t.name: t for t in ALL_TABLES}
 
@@ -527,11 +669,28 @@ _ROLLED = (
 )
 # Whether `pair_totals` answers the rolled-up part of the query window: it must start at or before
 # the first hour in `pair_hours` and reach pairs_until (the hours from there to its end: pair_hours).
-_PAIRS_WINDOW = (
-    "(SELECT coalesce(s.pairs_until IS NOT NULL AND r.hi >= s.pairs_until AND (isinf(r.lo) OR "
-    "r.lo <= coalesce((SELECT min(hour) FROM pair_hours), r.lo)), false) AS use, s.pairs_until "
-    f"FROM {_ROLLED} r LEFT JOIN (SELECT max(pairs_until) AS pairs_until FROM totals_state) s ON true)"
-)
+def _totals_window(hours: str) -> str:
+    return (
+        "(SELECT coalesce(s.pairs_until IS NOT NULL AND r.hi >= s.pairs_until AND (isinf(r.lo) OR "
+        f"r.lo <= coalesce((SELECT min(hour) FROM {hours}), r.lo)), false) AS use, s.pairs_until "
+        f"FROM {_ROLLED} r LEFT JOIN (SELECT max(pairs_until) AS pairs_until FROM totals_state) s ON true)"
+    )
+
+
+def window_view_sql(hours: str, totals: str, columns: str, rows_sql: Any) -> str:
+    """Partial rows of an hourly rollup over the query window: its totals when the window covers them
+    (then the hours after them), else its whole hours in the window; and `rows_sql(where, joins)` over
+    the raw flows before and after those hours, as two ranges (they prune)."""
+    window = _totals_window(hours)
+    raw = [rows_sql(where, f"CROSS JOIN query_window win CROSS JOIN {_ROLLED} b") for where in
+           ("f.start_time >= win.since_ AND f.start_time < b.raw_to",
+            "f.start_time >= b.raw_from AND f.start_time < win.until_")]
+    return (
+        f"SELECT {columns} FROM {totals} p, {window} c WHERE c.use UNION ALL "
+        f"SELECT {columns} FROM {hours} p, {_ROLLED} b, {window} c "
+        "WHERE p.hour >= CASE WHEN c.use THEN c.pairs_until ELSE b.lo END AND p.hour < b.hi"
+        + "".join(f" UNION ALL SELECT {columns} FROM ({r})" for r in raw)
+    )
 _PAIR_COLUMNS = (
     "src_ep, src_ip, dst_ep, dst_ip, proto, dport, denied, flows, connections, packets, bytes, "
     "reply_packets, reply_bytes, first_seen, last_seen"
@@ -704,21 +863,18 @@ VIEWS: dict[str, tuple[str, str]] = {
         "Endpoints as ids; src_ip/dst_ip only where the endpoint is unknown. Columns: "
         + _PAIR_COLUMNS
         + " (flows: how many flows_once rows).",
-        f"SELECT {_PAIR_COLUMNS} FROM pair_totals p, {_PAIRS_WINDOW} c WHERE c.use UNION ALL "
-        f"SELECT {_PAIR_COLUMNS} FROM pair_hours p, {_ROLLED} b, {_PAIRS_WINDOW} c "
-        "WHERE p.hour >= CASE WHEN c.use THEN c.pairs_until ELSE b.lo END AND p.hour < b.hi "
-        f"UNION ALL SELECT {_PAIR_COLUMNS} FROM ("
-        + pair_hours_sql(  # the raw flows before and after the rolled-up hours, as two ranges (they prune)
-            "f.start_time >= win.since_ AND f.start_time < b.raw_to",
-            f"CROSS JOIN query_window win CROSS JOIN {_ROLLED} b",
-        )
-        + f") UNION ALL SELECT {_PAIR_COLUMNS} FROM ("
-        + pair_hours_sql(
-            "f.start_time >= b.raw_from AND f.start_time < win.until_",
-            f"CROSS JOIN query_window win CROSS JOIN {_ROLLED} b",
-        )
-        + ")",
+        window_view_sql("pair_hours", "pair_totals", _PAIR_COLUMNS, pair_hours_sql),
     ),
+    **{
+        r.view: (
+            f"The partial rows of `{r.hours.name}` over the query window, from `{r.totals.name}` when the "
+            f"window covers it, `{r.hours.name}` for whole rolled-up hours and the raw flows for the rest: "
+            f"merge them per {', '.join(r.keys)}. "
+            f"Columns: {r.columns}.",
+            window_view_sql(r.hours.name, r.totals.name, r.columns, r.rows_sql),
+        )
+        for r in HOUR_ROLLUPS
+    },
     "rule_flows": (
         "The flows of the query window summed per reporter (source_id), action, rule_id, src_ip, dst_ip, proto "
         "and dport, with the distinct source ports as a list (`sports`, -1 for none; its length counts "
