@@ -85,6 +85,7 @@ _VIEW_VARIABLES = {
     "rule_flows": {"since", "until", "now"},
     "implicit_denies": {"since", "until", "now"},
     "profile_allows": {"since", "until", "now"},
+    "denylisted_flows": {"since", "until", "now"},
 }
 
 

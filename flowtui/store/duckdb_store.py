@@ -73,7 +73,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from enforcer.safefile import PRIVATE, commit, create_temp
-from flowtui.store import schema
+from flowtui.store import netsets, schema
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,9 @@ class DuckStore:
                 self.con.execute("INSERT INTO rule_hours BY NAME " + rolled)
         if existing and "totals_state" not in tables:  # nor the totals: built once from the rolled-up hours
             _rebuild_totals(self.con)
+        self._nets = netsets.networks(self.con)
+        if existing and "netset_sources" not in tables:
+            netsets.new_members(self.con, netsets.flow_sources(self.con), self._nets)
         for r in schema.HOUR_ROLLUPS:  # nor this rollup: its rolled-up hours (and totals) built once
             if existing and r.hours.name not in tables:
                 _rebuild_hour_rollup(self.con, r)
@@ -227,6 +230,15 @@ class DuckStore:
                     self._merge_flow_totals(f"start_time < {_ts(totals_until)}", "_ft_batch")
                 if table == "rules":
                     self._reroll_rules()
+                if table == "flows" and self._nets:  # sources never seen before may be network set members
+                    srcs = [r[0] for r in self.query("SELECT DISTINCT src_ip FROM _ft_batch")]
+                    netsets.new_members(self.con, srcs, self._nets)
+                if table == "endpoints" and self.query("SELECT 1 FROM _ft_batch WHERE type = 'netset' LIMIT 1"):
+                    self._nets = netsets.networks(self.con)  # sources seen before may be members now
+                    fresh = netsets.new_members(self.con, netsets.flow_sources(self.con), self._nets)
+                    if fresh:
+                        quoted = ", ".join("'" + a.replace("'", "''") + "'" for a in fresh)
+                        self._reroll([schema.DENYLISTED], f"src_ip IN ({quoted})")
             finally:
                 self.con.unregister("_ft_batch")
             if table == "flows":  # hours already rolled up must be rolled up again
@@ -502,21 +514,24 @@ class DuckStore:
     def _reroll_rules(self) -> None:
         """Rules just inserted (`_ft_batch`) of a kind a rollup singles out, whose flows came first
         (a rollup's rows join `rules`): those rule ids' rows are made again from their raw flows."""
-        kinds = sorted({k for r in schema.HOUR_ROLLUPS for k in r.kinds})
+        rollups = [r for r in schema.HOUR_ROLLUPS if r.kinds]
+        kinds = sorted({k for r in rollups for k in r.kinds})
         ids = [int(i) for (i,) in self.query(f"SELECT DISTINCT id FROM _ft_batch WHERE kind IN {tuple(kinds)}")]
-        if not ids or not self.query(f"SELECT 1 FROM flows WHERE rule_id IN ({', '.join(map(str, ids))}) LIMIT 1"):
-            return
-        in_ids = f"rule_id IN ({', '.join(map(str, ids))})"
-        since = self.compacted_until() or datetime.min  # compacted hours keep what they have: no raw flows
+        if ids and self.query(f"SELECT 1 FROM flows WHERE rule_id IN ({', '.join(map(str, ids))}) LIMIT 1"):
+            self._reroll(rollups, f"rule_id IN ({', '.join(map(str, ids))})")
+
+    def _reroll(self, rollups: Sequence[schema.HourRollup], keys: str) -> None:
+        """The rows of `rollups` whose keys `keys` keeps, made again from their raw flows (hours rolled
+        up or folded; compacted hours keep what they have: their raw flows are gone), and their totals."""
+        since = self.compacted_until() or datetime.min
         pairs_until = self._totals_state()[1]
-        for r in schema.HOUR_ROLLUPS:
-            self.query(f"DELETE FROM {r.hours.name} WHERE {in_ids} AND hour >= ?", [since])
-            self.query(f"INSERT INTO {r.hours.name} BY NAME "
-                       + r.rows_sql(f"f.{in_ids} AND f.start_time >= {_ts(since)}"))
-            self.query(f"DELETE FROM {r.totals.name} WHERE {in_ids}")
+        for r in rollups:
+            self.query(f"DELETE FROM {r.hours.name} WHERE {keys} AND hour >= ?", [since])
+            self.query(f"INSERT INTO {r.hours.name} BY NAME " + r.rows_sql(f"f.{keys} AND f.start_time >= {_ts(since)}"))
+            self.query(f"DELETE FROM {r.totals.name} WHERE {keys}")
             if pairs_until is not None:
                 self.query(f"INSERT INTO {r.totals.name} BY NAME "
-                           + r.merged(f"(SELECT * FROM {r.hours.name} WHERE {in_ids} AND hour < {_ts(pairs_until)})",
+                           + r.merged(f"(SELECT * FROM {r.hours.name} WHERE {keys} AND hour < {_ts(pairs_until)})",
                                       with_hour=False))
 
     def _forget_flow_totals(self, where: str) -> Any:

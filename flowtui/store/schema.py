@@ -605,7 +605,56 @@ PROFILE_ALLOW = HourRollup(
     "profile_allows",
     PROFILE_ALLOW_KINDS,
 )
-HOUR_ROLLUPS = (IMPLICIT_DENY, PROFILE_ALLOW)
+
+NETSET_SOURCES = Table(
+    "netset_sources",
+    "Every flow source address that lies in a CIDR of a network set (`endpoints` of type netset, any "
+    "revision): kept by the writer as flows and endpoints are inserted (matched in Python, a few "
+    "addresses per batch), so `denylisted_hours` holds their flows only.",
+    (_c("src_ip", "VARCHAR", "A source address in some network set's CIDR (a reader of a store without the "
+        "table takes every source: the rollup then holds every flow, and the query still matches the CIDRs)."),),
+)
+
+DENYLISTED_HOURS = Table(
+    "denylisted_hours",
+    "Rollup: the flows from the addresses of `netset_sources` per hour, source, destination, protocol, "
+    "destination port, action and rule, for every hour before `rollup_state.rolled_until`; kept like "
+    "`pair_hours`. The `denylisted_flows` view reads it (denylisted_traffic).",
+    (
+        _c("hour", "TIMESTAMP", "Start of the hour (of the flows' bucket start)."),
+        _c("src_ip", "VARCHAR", "Source address (in `netset_sources`)."),
+        _c("dst_ip", "VARCHAR", "Destination address."),
+        _c("proto", "UTINYINT", "IP protocol number."),
+        _c("dport", "USMALLINT", "Destination port; NULL for protocols without ports."),
+        _c("action", "VARCHAR", "Allow, Deny, Pass or Log."),
+        _c("rule_id", "INTEGER", "Deciding rule -> rules.id."),
+        _c("src_ep", "INTEGER", "Source endpoint (any of the rows') -> endpoints.id."),
+        _c("dst_ep", "INTEGER", "Destination endpoint (any of the rows') -> endpoints.id."),
+        _c("flows", "BIGINT", "Flows: distinct (time bucket, source port)."),
+        _c("packets", "BIGINT", "Packets (as counted in `flows`)."),
+        _c("first_seen", "TIMESTAMP", "Earliest first_seen."),
+        _c("last_seen", "TIMESTAMP", "Latest last_seen."),
+    ),
+)
+
+DENYLISTED = HourRollup(
+    DENYLISTED_HOURS,
+    _totals_of(DENYLISTED_HOURS, "denylisted_totals", "denylisted_flows"),
+    ("src_ip", "dst_ip", "proto", "dport", "action", "rule_id"),
+    _merges(src_ep=_ANY, dst_ep=_ANY, flows=_SUM, packets=_SUM, first_seen=_MIN, last_seen=_MAX),
+    "SELECT date_trunc('hour', start_time) AS hour, src_ip, dst_ip, proto, dport, action, rule_id, "
+    "any_value(src_ep) AS src_ep, any_value(dst_ep) AS dst_ep, count(*) AS flows, sum(packets) AS packets, "
+    "min(first_seen) AS first_seen, max(last_seen) AS last_seen FROM ("
+    "SELECT f.start_time, f.src_ip, f.dst_ip, f.proto, f.dport, f.action, f.rule_id, any_value(f.src_ep) AS "
+    "src_ep, any_value(f.dst_ep) AS dst_ep, sum(f.packets) AS packets, min(f.first_seen) AS first_seen, "
+    "max(f.last_seen) AS last_seen FROM flows f {joins} "
+    "WHERE f.src_ip IN (SELECT src_ip FROM netset_sources) AND ({where}) "
+    "GROUP BY f.start_time, f.src_ip, f.dst_ip, f.proto, f.dport, f.action, f.rule_id, f.sport"
+    ") GROUP BY ALL",
+    "denylisted_flows",
+    (),
+)
+HOUR_ROLLUPS = (IMPLICIT_DENY, PROFILE_ALLOW, DENYLISTED)
 
 TABLES: tuple[Table, ...] = (
     RUNS,
@@ -625,7 +674,8 @@ WORK_TABLES: tuple[Table, ...] = (FLOWS_OPEN,)
 # Rollups: derived from `flows` (rebuildable); a reader of a store or export without them creates
 # them empty (`ensure_rollups`), and the views then read the raw flows.
 ROLLUP_TABLES: tuple[Table, ...] = (PAIR_HOURS, RULE_HOURS, TALKERS, ROLLUP_STATE, FLOW_TOTALS, PAIR_TOTALS,
-                                    TOTALS_STATE, *(t for r in HOUR_ROLLUPS for t in (r.hours, r.totals)))
+                                    TOTALS_STATE, NETSET_SOURCES,
+                                    *(t for r in HOUR_ROLLUPS for t in (r.hours, r.totals)))
 ALL_TABLES = TABLES + ROLLUP_TABLES + WORK_TABLES
 BY_NAME = {t.name: t for t in ALL_TABLES}
 
@@ -1012,6 +1062,14 @@ def computed_rollup_sql(name: str) -> str:
     if name in ("flow_totals", "pair_totals", "totals_state"):  # none: the views read the hourly and raw rows
         cols = ", ".join(f"CAST(NULL AS {c.sql}) AS {c.name}" for c in BY_NAME[name].columns)
         return f"SELECT {cols} WHERE false"
+    if name == NETSET_SOURCES.name:  # every source: a superset (the query matches the CIDRs), exact but slower
+        return "SELECT DISTINCT src_ip FROM flows"
+    for r in HOUR_ROLLUPS:  # its hours from the raw flows, its totals from those hours (as far as they reach)
+        if name == r.hours.name:
+            return r.rows_sql("f." + _BEFORE_ROLLED)
+        if name == r.totals.name:
+            return r.merged(f"(SELECT * FROM {r.hours.name} WHERE hour < (SELECT max(pairs_until) FROM totals_state))",
+                            with_hour=False)
     return {
         "pair_hours": lambda: pair_hours_sql("f." + _BEFORE_ROLLED),
         "rule_hours": lambda: rule_hours_sql("f." + _BEFORE_ROLLED),
