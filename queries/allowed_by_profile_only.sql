@@ -24,12 +24,10 @@
 WITH uncovered AS (
   SELECT id, direction, name, kind FROM rules WHERE action = 'Allow' AND kind IN ('Profile', 'Default')
 ),
-a AS (  -- profile_allows: whole-store totals, hourly rollups and raw flows; partial rows merged here
-  SELECT rule_id, src_ip, dst_ip, proto, dport, sum(flows) AS flows, sum(connections) AS connections,
-         sum(packets) AS packets, sum(bytes) AS bytes, min(first_seen) AS first_seen, max(last_seen) AS last_seen,
-         any_value(src_ep) AS src_ep, any_value(dst_ep) AS dst_ep
-  FROM profile_allows
-  GROUP BY rule_id, src_ip, dst_ip, proto, dport
+a AS (  -- one row per rule, source, destination, protocol and port: whole-store totals, or hourly rollups
+  SELECT rule_id, src_ip, dst_ip, proto, dport, flows, connections, packets, bytes, first_seen, last_seen,
+         src_ep, dst_ep
+  FROM profile_allows  -- and raw flows merged
 ),
 named AS (
   SELECT a.*, u.direction, CASE u.kind WHEN 'Profile' THEN u.name ELSE 'default: ' || u.name END AS profile,

@@ -25,11 +25,8 @@ WITH implicit AS (
   SELECT id, kind, tier, trigger_kind, namespace, name, direction, policy FROM rules
   WHERE action = 'Deny' AND kind IN ('EndOfTier', 'NoProfileMatch', 'Default')
 ),
-d AS (  -- implicit_denies: whole-store totals, hourly rollups and raw flows; partial rows merged here
-  SELECT rule_id, endpoint_ip, any_value(ep) AS ep, sum(flows) AS flows, sum(packets) AS packets,
-         arg_min(example, (first_seen, example)) AS example, min(first_seen) AS first_seen, max(last_seen) AS last_seen
-  FROM implicit_denies
-  GROUP BY rule_id, endpoint_ip
+d AS (  -- one row per rule and endpoint address: whole-store totals, or hourly rollups and raw flows merged
+  SELECT rule_id, endpoint_ip, ep, flows, packets, example, first_seen, last_seen FROM implicit_denies
 )
 SELECT i.kind, i.tier, i.trigger_kind,
        CASE WHEN i.kind = 'EndOfTier' THEN coalesce(i.namespace || '/', '') || i.name END AS trigger,

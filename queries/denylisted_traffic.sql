@@ -46,13 +46,10 @@ WITH sets AS (
   FROM endpoints
   WHERE type = 'netset' AND (getvariable('netset') IS NULL OR name LIKE getvariable('netset'))
 ),
-hits AS (  -- denylisted_flows: the flows of network set members only (totals, hourly rollups, raw flows)
-  SELECT src_ip, dst_ip, proto, dport, action, rule_id, sum(packets) AS packets, sum(flows) AS flows,
-         min(first_seen) AS first_seen, max(last_seen) AS last_seen,
-         any_value(src_ep) AS src_ep, any_value(dst_ep) AS dst_ep
+hits AS (  -- the flows of network set members only, one row per key (totals, or hourly rollups and raw flows)
+  SELECT src_ip, dst_ip, proto, dport, action, rule_id, packets, flows, first_seen, last_seen, src_ep, dst_ep
   FROM denylisted_flows
   WHERE lower(coalesce(getvariable('action'), 'Deny')) IN ('any', lower(action))
-  GROUP BY src_ip, dst_ip, proto, dport, action, rule_id
 ),
 members AS (  -- the few sources matched to the sets' CIDRs
   SELECT DISTINCT s.src_ip, t.network_set

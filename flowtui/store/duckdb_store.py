@@ -527,7 +527,8 @@ class DuckStore:
         pairs_until = self._totals_state()[1]
         for r in rollups:
             self.query(f"DELETE FROM {r.hours.name} WHERE {keys} AND hour >= ?", [since])
-            self.query(f"INSERT INTO {r.hours.name} BY NAME " + r.rows_sql(f"f.{keys} AND f.start_time >= {_ts(since)}"))
+            self.query(f"INSERT INTO {r.hours.name} BY NAME "
+                       + r.rows_sql(f"f.{keys} AND f.start_time >= {_ts(since)}"))
             self.query(f"DELETE FROM {r.totals.name} WHERE {keys}")
             if pairs_until is not None:
                 self.query(f"INSERT INTO {r.totals.name} BY NAME "
@@ -809,7 +810,7 @@ def _merge_hour_totals(con: duckdb.DuckDBPyConnection, r: schema.HourRollup, whe
     con.execute(f"CREATE OR REPLACE TEMP TABLE _ft_hold AS SELECT t.rowid AS _row, t.* FROM {name} t "
                 f"SEMI JOIN _ft_hnew a ON {_key_on(r, 't', 'a')}").fetchall()
     con.execute(f"DELETE FROM {name} WHERE rowid IN (SELECT _row FROM _ft_hold)").fetchall()
-    both = f"(SELECT * EXCLUDE (_row) FROM _ft_hold UNION ALL BY NAME SELECT * FROM _ft_hnew)"
+    both = "(SELECT * EXCLUDE (_row) FROM _ft_hold UNION ALL BY NAME SELECT * FROM _ft_hnew)"
     con.execute(f"INSERT INTO {name} BY NAME " + r.merged(both, with_hour=False)).fetchall()
     con.execute("DROP TABLE _ft_hnew").fetchall()
     con.execute("DROP TABLE _ft_hold").fetchall()

@@ -730,17 +730,50 @@ def _totals_window(hours: str) -> str:
 def window_view_sql(hours: str, totals: str, columns: str, rows_sql: Any) -> str:
     """Partial rows of an hourly rollup over the query window: its totals when the window covers them
     (then the hours after them), else its whole hours in the window; and `rows_sql(where, joins)` over
-    the raw flows before and after those hours, as two ranges (they prune)."""
+    the raw flows before and after those hours, as two ranges. The bounds are scalar subqueries, not
+    joins: DuckDB then prunes row groups by them (as joins, every part scanned its whole table)."""
     window = _totals_window(hours)
-    raw = [rows_sql(where, f"CROSS JOIN query_window win CROSS JOIN {_ROLLED} b") for where in
-           ("f.start_time >= win.since_ AND f.start_time < b.raw_to",
-            "f.start_time >= b.raw_from AND f.start_time < win.until_")]
+    rolled = f"(SELECT {{}} FROM {_ROLLED})"
+    win = "(SELECT {} FROM query_window)"
+    hours_from = f"(SELECT CASE WHEN c.use THEN c.pairs_until ELSE b.lo END FROM {_ROLLED} b, {window} c)"
+    raw = [rows_sql(where, "") for where in
+           (f"f.start_time >= {win.format('since_')} AND f.start_time < {rolled.format('raw_to')}",
+            f"f.start_time >= {rolled.format('raw_from')} AND f.start_time < {win.format('until_')}")]
     return (
-        f"SELECT {columns} FROM {totals} p, {window} c WHERE c.use UNION ALL "
-        f"SELECT {columns} FROM {hours} p, {_ROLLED} b, {window} c "
-        "WHERE p.hour >= CASE WHEN c.use THEN c.pairs_until ELSE b.lo END AND p.hour < b.hi"
+        f"SELECT {columns} FROM {totals} WHERE (SELECT use FROM {window}) UNION ALL "
+        f"SELECT {columns} FROM {hours} WHERE hour >= {hours_from} AND hour < {rolled.format('hi')}"
         + "".join(f" UNION ALL SELECT {columns} FROM ({r})" for r in raw)
     )
+
+
+def merged_view_sql(r: HourRollup) -> str:
+    """One row per key of `r` over the query window: its totals alone when they answer the window
+    alone (they cover it and no flow or hour follows them: a store at rest, the default window), else
+    its whole hours in the window and the raw flows around them, merged per key. Readers then need no
+    GROUP BY over the totals (a million keys: seconds under load). Each bound of a scan is one scalar
+    subquery, which DuckDB prunes row groups by (an expression around subqueries is not pruned)."""
+    whole = (
+        f"(SELECT c.use AND c.pairs_until >= b.hi FROM {_totals_window(r.hours.name)} c, {_ROLLED} b) AND NOT EXISTS "
+        f"(SELECT 1 FROM flows WHERE start_time >= (SELECT raw_from FROM {_ROLLED}) AND start_time < "
+        "(SELECT until_ FROM query_window))"
+    )
+    state = f"(SELECT {whole} AS whole, b.*, w.since_, w.until_ FROM {_ROLLED} b, query_window w)"
+
+    def unless_whole(value: str) -> str:
+        return f"(SELECT CASE WHEN whole THEN TIMESTAMP 'infinity' ELSE {value} END FROM {state})"
+
+    def bound(value: str) -> str:
+        return f"(SELECT {value} FROM {state})"
+
+    raw = [r.rows_sql(where) for where in
+           (f"f.start_time >= {unless_whole('since_')} AND f.start_time < {bound('raw_to')}",
+            f"f.start_time >= {unless_whole('raw_from')} AND f.start_time < {bound('until_')}")]
+    parts = [f"SELECT {r.columns} FROM {r.hours.name} WHERE hour >= {unless_whole('lo')} AND hour < {bound('hi')}"]
+    parts += [f"SELECT {r.columns} FROM ({q})" for q in raw]
+    return (f"SELECT {r.columns} FROM {r.totals.name} WHERE {bound('whole')} UNION ALL "
+            + r.merged("(" + " UNION ALL ".join(parts) + ")", with_hour=False))
+
+
 _PAIR_COLUMNS = (
     "src_ep, src_ip, dst_ep, dst_ip, proto, dport, denied, flows, connections, packets, bytes, "
     "reply_packets, reply_bytes, first_seen, last_seen"
@@ -917,11 +950,10 @@ VIEWS: dict[str, tuple[str, str]] = {
     ),
     **{
         r.view: (
-            f"The partial rows of `{r.hours.name}` over the query window, from `{r.totals.name}` when the "
-            f"window covers it, `{r.hours.name}` for whole rolled-up hours and the raw flows for the rest: "
-            f"merge them per {', '.join(r.keys)}. "
-            f"Columns: {r.columns}.",
-            window_view_sql(r.hours.name, r.totals.name, r.columns, r.rows_sql),
+            f"`{r.hours.name}` over the query window, one row per {', '.join(r.keys)}: `{r.totals.name}` "
+            f"when it answers the window alone, else `{r.hours.name}` for whole rolled-up hours and the raw "
+            f"flows for the rest, merged. Columns: {r.columns}.",
+            merged_view_sql(r),
         )
         for r in HOUR_ROLLUPS
     },
