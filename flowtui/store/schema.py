@@ -752,10 +752,11 @@ def merged_view_sql(r: HourRollup) -> str:
     its whole hours in the window and the raw flows around them, merged per key. Readers then need no
     GROUP BY over the totals (a million keys: seconds under load). Each bound of a scan is one scalar
     subquery, which DuckDB prunes row groups by (an expression around subqueries is not pruned)."""
-    whole = (
+    whole = (  # and no raw flow in the window before or after the rolled-up hours
         f"(SELECT c.use AND c.pairs_until >= b.hi FROM {_totals_window(r.hours.name)} c, {_ROLLED} b) AND NOT EXISTS "
         f"(SELECT 1 FROM flows WHERE start_time >= (SELECT raw_from FROM {_ROLLED}) AND start_time < "
-        "(SELECT until_ FROM query_window))"
+        "(SELECT until_ FROM query_window)) AND NOT EXISTS (SELECT 1 FROM flows WHERE start_time >= "
+        f"(SELECT since_ FROM query_window) AND start_time < (SELECT raw_to FROM {_ROLLED}))"
     )
     state = f"(SELECT {whole} AS whole, b.*, w.since_, w.until_ FROM {_ROLLED} b, query_window w)"
 
