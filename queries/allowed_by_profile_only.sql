@@ -5,7 +5,9 @@
 -- direction) or a dataplane default that accepts (e.g. DefaultEndpointToHostAction=Accept).
 -- Failsafe ports are left out: they bypass policy on purpose. `endpoint` is the endpoint left
 -- uncovered (the destination for ingress, the source for egress); one row per endpoint,
--- direction, deciding profile, source, destination, protocol and port.
+-- direction, deciding profile, source, destination, protocol and port. `flows` counts source ports
+-- per time bucket (a flow is a 5-tuple in a time bucket, as `conversations` counts them), so the
+-- hourly rollups add up exactly.
 --
 -- Parameters (DuckDB variables, all optional: SET VARIABLE name = 'value'):
 --   since      window start: a time ('2026-03-14 12:00') or a duration back from now ('30m', '24h', '7d') (default: all recorded flows)
@@ -19,26 +21,13 @@
 --   duckdb -readonly flowtui.duckdb -c "SET VARIABLE namespace = 'staging'" -c ".read queries/allowed_by_profile_only.sql"
 --
 -- Columns: endpoint, direction, profile, src, src_ip, dst, dst_ip, proto, dport, flows, connections, packets, bytes, first_seen, last_seen
-WITH win AS (SELECT * FROM query_window),
-uncovered AS (
+WITH uncovered AS (
   SELECT id, direction, name, kind FROM rules WHERE action = 'Allow' AND kind IN ('Profile', 'Default')
 ),
-per_sport AS (  -- per source port first: counting its rows then equals count(DISTINCT sport), at a fraction of the cost
-  SELECT f.rule_id, f.src_ip, f.dst_ip, f.proto, f.dport, coalesce(f.sport, -1) AS sport,
-         sum(f.connections_started) AS connections, sum(f.packets) AS packets, sum(f.bytes) AS bytes,
-         min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen,
-         any_value(f.src_ep) AS src_ep, any_value(f.dst_ep) AS dst_ep
-  FROM flows f, win
-  WHERE f.action = 'Allow' AND f.start_time >= win.since_ AND f.start_time < win.until_
-    AND f.rule_id IN (SELECT id FROM uncovered)
-  GROUP BY f.rule_id, f.src_ip, f.dst_ip, f.proto, f.dport, coalesce(f.sport, -1)
-),
-a AS (
-  SELECT rule_id, src_ip, dst_ip, proto, dport, count(*) AS flows, sum(connections) AS connections,
-         sum(packets) AS packets, sum(bytes) AS bytes, min(first_seen) AS first_seen, max(last_seen) AS last_seen,
-         any_value(src_ep) AS src_ep, any_value(dst_ep) AS dst_ep
-  FROM per_sport
-  GROUP BY rule_id, src_ip, dst_ip, proto, dport
+a AS (  -- one row per rule, source, destination, protocol and port: whole-store totals, or hourly rollups
+  SELECT rule_id, src_ip, dst_ip, proto, dport, flows, connections, packets, bytes, first_seen, last_seen,
+         src_ep, dst_ep
+  FROM profile_allows  -- and raw flows merged
 ),
 named AS (
   SELECT a.*, u.direction, CASE u.kind WHEN 'Profile' THEN u.name ELSE 'default: ' || u.name END AS profile,

@@ -3,8 +3,10 @@
 -- Flows whose source address lies in a CIDR of a GlobalNetworkSet or NetworkSet known to the
 -- store (any revision of the endpoints table), denied by default: did the deny list work, and which
 -- rule enforced it? One row per set, source, destination, protocol, destination port, action
--- and deciding rule, with packets, flows (distinct source ports) and first/last seen. IPv4 and IPv6
--- CIDRs are matched in plain SQL (the macros below), so this needs no DuckDB extension.
+-- and deciding rule, with packets, flows (source ports per time bucket: a flow is a 5-tuple in a
+-- time bucket, as `conversations` counts them, so hourly rollups add up exactly) and first/last
+-- seen. The writer keeps the flows of member addresses apart (`denylisted_flows`); they are matched
+-- to the sets' IPv4 and IPv6 CIDRs here in plain SQL (the macros below), needing no extension.
 --
 -- Parameters (DuckDB variables, all optional: SET VARIABLE name = 'value'):
 --   since      window start: a time ('2026-03-14 12:00') or a duration back from now ('30m', '24h', '7d') (default: all recorded flows)
@@ -39,35 +41,19 @@ CREATE OR REPLACE TEMP MACRO ft_in_cidr(ip, cidr) AS CASE
   WHEN ft_plen(cidr) = 0 THEN true
   ELSE (ft_ip_num(ip) >> (ft_bits(cidr) - ft_plen(cidr))::UHUGEINT)
        = (ft_ip_num(split_part(cidr, '/', 1)) >> (ft_bits(cidr) - ft_plen(cidr))::UHUGEINT) END;
-WITH win AS (SELECT * FROM query_window),
-sets AS (
+WITH sets AS (
   SELECT DISTINCT coalesce(namespace || '/', '') || name AS network_set, unnest(addresses) AS cidr
   FROM endpoints
   WHERE type = 'netset' AND (getvariable('netset') IS NULL OR name LIKE getvariable('netset'))
 ),
-window_flows AS (
-  SELECT f.* FROM flows f, win
-  WHERE f.start_time >= win.since_ AND f.start_time < win.until_
-    AND (lower(coalesce(getvariable('action'), 'Deny')) IN ('any', lower(f.action)))
+hits AS (  -- the flows of network set members only, one row per key (totals, or hourly rollups and raw flows)
+  SELECT src_ip, dst_ip, proto, dport, action, rule_id, packets, flows, first_seen, last_seen, src_ep, dst_ep
+  FROM denylisted_flows
+  WHERE lower(coalesce(getvariable('action'), 'Deny')) IN ('any', lower(action))
 ),
-members AS (
+members AS (  -- the few sources matched to the sets' CIDRs
   SELECT DISTINCT s.src_ip, t.network_set
-  FROM (SELECT DISTINCT src_ip FROM window_flows) s JOIN sets t ON ft_in_cidr(s.src_ip, t.cidr)
-),
-per_sport AS (  -- per source port first: counting its rows then equals count(DISTINCT sport), at a fraction of the cost
-  SELECT f.src_ip, f.dst_ip, f.proto, f.dport, f.action, f.rule_id, coalesce(f.sport, -1) AS sport,
-         sum(f.packets) AS packets, min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen,
-         any_value(f.src_ep) AS src_ep, any_value(f.dst_ep) AS dst_ep
-  FROM window_flows f
-  WHERE f.src_ip IN (SELECT src_ip FROM members)
-  GROUP BY f.src_ip, f.dst_ip, f.proto, f.dport, f.action, f.rule_id, coalesce(f.sport, -1)
-),
-hits AS (
-  SELECT src_ip, dst_ip, proto, dport, action, rule_id, sum(packets) AS packets, count(*) AS flows,
-         min(first_seen) AS first_seen, max(last_seen) AS last_seen,
-         any_value(src_ep) AS src_ep, any_value(dst_ep) AS dst_ep
-  FROM per_sport
-  GROUP BY src_ip, dst_ip, proto, dport, action, rule_id
+  FROM (SELECT DISTINCT src_ip FROM hits) s JOIN sets t ON ft_in_cidr(s.src_ip, t.cidr)
 )
 SELECT m.network_set,
   CASE WHEN se.type = 'wep' THEN se.namespace || '/' || se.name

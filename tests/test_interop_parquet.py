@@ -37,7 +37,10 @@ def test_layout_is_hive_partitioned_by_day_and_node(exported: tuple[Path, Path])
                                                        "runs.parquet", "pair_hours.parquet", "rule_hours.parquet",
                                                        "talkers.parquet", "rollup_state.parquet",
                                                        "flow_totals.parquet", "pair_totals.parquet",
-                                                       "totals_state.parquet"}
+                                                       "totals_state.parquet", "netset_sources.parquet",
+                                                       "implicit_deny_hours.parquet", "implicit_deny_totals.parquet",
+                                                       "profile_allow_hours.parquet", "profile_allow_totals.parquet",
+                                                       "denylisted_hours.parquet", "denylisted_totals.parquet"}
     assert (out / "loss" / "day=2026-03-14" / "node=_none").is_dir()  # process-wide counters
     assert (out / "views.sql").is_file()
 

@@ -269,12 +269,15 @@ def test_every_named_query_equals_its_straightforward_sql(tmp_path: Path, seed: 
         assert_totals_exact(store)
         assert store.query("SELECT count(*) FROM rule_flows") == store.query("SELECT count(*) FROM flow_totals")
         compare("all rolled up")
+        for r in schema.HOUR_ROLLUPS:
+            assert_hours_exact(store, r)
         early = [dict(r, start_time=T0, end_time=T0 + timedelta(seconds=15)) for r in rng.sample(rows, 40)]
         insert(store, early)  # late flows for hours the totals hold: merged in as they are written
         assert_totals_exact(store)
         compare("late flows merged")
-        export_parquet(store.con, tmp_path / "export")  # an export of then: no talkers, no rule_hours
-        for gone in ("talkers", "rule_hours"):
+        export_parquet(store.con, tmp_path / "export")  # an export of then: no talkers, no rule_hours, ...
+        for gone in ("talkers", "rule_hours", "netset_sources",
+                     *(t.name for r in schema.HOUR_ROLLUPS for t in (r.hours, r.totals))):
             (tmp_path / "export" / f"{gone}.parquet").unlink()
         with open_source(tmp_path / "export") as source:  # computed from the export's flows
             compare("export without them", source.con)
@@ -290,6 +293,11 @@ def test_every_named_query_equals_its_straightforward_sql(tmp_path: Path, seed: 
         store.query("DROP TABLE rule_hours")
         for gone in ("flow_totals", "pair_totals", "totals_state"):
             store.query(f"DROP TABLE {gone}")
+        for r in schema.HOUR_ROLLUPS:  # the layout before them: built once by the writer that opens it
+            store.query(f"DROP VIEW {r.view}")
+            store.query(f"DROP TABLE {r.hours.name}")
+            store.query(f"DROP TABLE {r.totals.name}")
+        store.query("DROP TABLE netset_sources")
         store.close(snapshot=False)
         with open_source(tmp_path / "f.duckdb") as source:  # a reader does not upgrade: it computes them
             compare("read as it was", source.con)
@@ -297,12 +305,34 @@ def test_every_named_query_equals_its_straightforward_sql(tmp_path: Path, seed: 
         assert store.query("SELECT flows_until, pairs_until FROM totals_state") == store.query(
             "SELECT rolled_until, rolled_until FROM rollup_state")  # built for the rolled-up hours
         assert_totals_exact(store, allow_empty=True)  # (the late flows moved them back to the first hour)
+        for r in schema.HOUR_ROLLUPS:  # each hour as the raw flows make it
+            assert_hours_exact(store, r)
         compare("upgraded")
         store.roll_up()
         assert_totals_exact(store)
         compare("upgraded and rolled up")
+        for r in schema.HOUR_ROLLUPS:
+            assert store.query(f"SELECT count(*) FROM {r.totals.name}")[0][0] > 0, r.totals.name
+            assert_hours_exact(store, r)
     finally:
         store.close(snapshot=False)
+
+
+def assert_hours_exact(store: DuckStore, r: schema.HourRollup) -> None:
+    """The rolled-up hours of `r` (merged per key: fold and compaction may leave partial rows) equal
+    its rows made from the raw flows of those hours, and its totals the hours summed."""
+    (rolled,), = store.query("SELECT max(rolled_until) FROM rollup_state")
+    (pairs_until,), = store.query("SELECT max(pairs_until) FROM totals_state")
+    hours = r.merged(f"(SELECT * FROM {r.hours.name} WHERE hour < TIMESTAMP '{rolled}')")
+    raw = r.merged("(" + r.rows_sql(f"f.start_time < TIMESTAMP '{rolled}'") + ")")
+    have = store.query(f"SELECT * FROM ({hours}) ORDER BY ALL")
+    want = store.query(f"SELECT * FROM ({raw}) ORDER BY ALL")
+    assert have == want
+    if pairs_until is not None:
+        have = store.query(f"SELECT * FROM {r.totals.name} ORDER BY ALL")
+        hours = f"(SELECT * FROM {r.hours.name} WHERE hour < TIMESTAMP '{pairs_until}')"
+        want = store.query(f"SELECT * FROM ({r.merged(hours, with_hour=False)}) ORDER BY ALL")
+        assert have == want
 
 
 def assert_totals_exact(store: DuckStore, allow_empty: bool = False) -> None:

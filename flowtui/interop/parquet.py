@@ -7,7 +7,8 @@
     DIR/rules.parquet, DIR/endpoints.parquet,               what the ids join to, whole
     DIR/sources.parquet, DIR/runs.parquet
     DIR/pair_hours.parquet, rule_hours, talkers, rollup_state,
-        flow_totals, pair_totals, totals_state               rollups (exports of the whole store)
+        flow_totals, pair_totals, totals_state, netset_sources,
+        implicit_deny_*, profile_allow_*, denylisted_*       rollups (exports of the whole store)
     DIR/views.sql                                           the store's tables and views over them
 
 Every column keeps its name and type from `flowtui.store.schema`; `day` (UTC, of the row's time:
@@ -135,7 +136,9 @@ def attach_sources(con: duckdb.DuckDBPyConnection, sources: Mapping[str, str | N
             found.append(table.name)
         con.execute(view_statement(table, source, have))
     for table in schema.ROLLUP_TABLES:  # an export from before this rollup: computed from its flows
-        if table.name not in found and table is not schema.ROLLUP_STATE and "rollup_state" in found:
+        # (network set members without the table: every source, so denylisted_traffic's raw part sees them)
+        if table.name not in found and table is not schema.ROLLUP_STATE and (
+                "rollup_state" in found or table is schema.NETSET_SOURCES):
             con.execute(f"CREATE OR REPLACE VIEW {table.name} AS {schema.computed_rollup_sql(table.name)}")
     for statement in derived_views():
         con.execute(statement)
@@ -150,6 +153,9 @@ def views_script(root: Path) -> str:
     ]
     for table in schema.TABLES + schema.ROLLUP_TABLES:
         source = table_source(root, table.name, relative=True)
+        if source is None and table is schema.NETSET_SOURCES:  # an older export: every source (see attach)
+            lines.append(f"CREATE OR REPLACE VIEW {table.name} AS {schema.computed_rollup_sql(table.name)};")
+            continue
         lines.append(view_statement(table, source) + ";")
     lines += [s + ";" for s in derived_views()]
     return "\n".join(lines) + "\n"

@@ -83,6 +83,9 @@ _VIEW_VARIABLES = {
     "flows_once": {"since", "until", "now"},
     "flow_pairs": {"since", "until", "now"},
     "rule_flows": {"since", "until", "now"},
+    "implicit_denies": {"since", "until", "now"},
+    "profile_allows": {"since", "until", "now"},
+    "denylisted_flows": {"since", "until", "now"},
 }
 
 

@@ -73,7 +73,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from enforcer.safefile import PRIVATE, commit, create_temp
-from flowtui.store import schema
+from flowtui.store import netsets, schema
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,12 @@ class DuckStore:
                 self.con.execute("INSERT INTO rule_hours BY NAME " + rolled)
         if existing and "totals_state" not in tables:  # nor the totals: built once from the rolled-up hours
             _rebuild_totals(self.con)
+        self._nets = netsets.networks(self.con)
+        if existing and "netset_sources" not in tables:
+            netsets.new_members(self.con, netsets.flow_sources(self.con), self._nets)
+        for r in schema.HOUR_ROLLUPS:  # nor this rollup: its rolled-up hours (and totals) built once
+            if existing and r.hours.name not in tables:
+                _rebuild_hour_rollup(self.con, r)
         self.con.execute("COMMIT")
         self.stats = StoreStats()
         self.snapshot_interval = snapshot_interval
@@ -222,6 +228,17 @@ class DuckStore:
                     # flows for hours the totals hold already (late, or imported out of order): merged
                     # in now, as sums, minima and unions of source ports merge
                     self._merge_flow_totals(f"start_time < {_ts(totals_until)}", "_ft_batch")
+                if table == "rules":
+                    self._reroll_rules()
+                if table == "flows" and self._nets:  # sources never seen before may be network set members
+                    srcs = [r[0] for r in self.query("SELECT DISTINCT src_ip FROM _ft_batch")]
+                    netsets.new_members(self.con, srcs, self._nets)
+                if table == "endpoints" and self.query("SELECT 1 FROM _ft_batch WHERE type = 'netset' LIMIT 1"):
+                    self._nets = netsets.networks(self.con)  # sources seen before may be members now
+                    fresh = netsets.new_members(self.con, netsets.flow_sources(self.con), self._nets)
+                    if fresh:
+                        quoted = ", ".join("'" + a.replace("'", "''") + "'" for a in fresh)
+                        self._reroll([schema.DENYLISTED], f"src_ip IN ({quoted})")
             finally:
                 self.con.unregister("_ft_batch")
             if table == "flows":  # hours already rolled up must be rolled up again
@@ -287,7 +304,7 @@ class DuckStore:
         self.con.execute("UPDATE rollup_state SET rolled_until = ? WHERE rolled_until > ?", [hour, hour])
         flows_until, pairs_until = self._totals_state()
         if pairs_until is not None and pairs_until > hour:  # its pair_hours will be rolled up again
-            self.query("DELETE FROM pair_totals")
+            self._clear_hour_totals()
             self._set_totals(flows_until, None)
 
     def flows_changed(self, first: datetime | None) -> None:
@@ -355,6 +372,10 @@ class DuckStore:
                 "INSERT INTO rule_hours BY NAME "
                 + schema.rule_hours_sql(f"f.start_time >= {_ts(start)} AND f.start_time < {_ts(target)}")
             )
+            for r in schema.HOUR_ROLLUPS:
+                self.query(f"DELETE FROM {r.hours.name} WHERE hour >= ? AND hour < ?", [start, target])
+                self.query(f"INSERT INTO {r.hours.name} BY NAME "
+                           + r.rows_sql(f"f.start_time >= {_ts(start)} AND f.start_time < {_ts(target)}"))
             self._merge_talkers(f"start_time >= {_ts(start)} AND start_time < {_ts(target)}")
             self._set_state(target, self.compacted_until())
             self._roll_up_totals(start, target)
@@ -396,6 +417,8 @@ class DuckStore:
                     if have == n:  # left by a roll-up of the partial hour (end of a run)
                         self.query("DELETE FROM pair_hours WHERE hour = ?", [hour])
                         self.query("DELETE FROM rule_hours WHERE hour = ?", [hour])
+                        for r in schema.HOUR_ROLLUPS:
+                            self.query(f"DELETE FROM {r.hours.name} WHERE hour = ?", [hour])
                 through = self._folded[hour]
                 if through is None or lo <= through:  # late rows of a folded bucket: recompute
                     self._folded[hour] = None
@@ -403,6 +426,8 @@ class DuckStore:
                 where = f"start_time >= {_ts(lo)} AND start_time <= {_ts(hi)}"
                 self.query("INSERT INTO pair_hours BY NAME " + schema.pair_hours_sql("f." + where))
                 self.query("INSERT INTO rule_hours BY NAME " + schema.rule_hours_sql("f." + where))
+                for r in schema.HOUR_ROLLUPS:
+                    self.query(f"INSERT INTO {r.hours.name} BY NAME " + r.rows_sql("f." + where))
                 self._merge_talkers(where)
                 self._folded[hour] = hi
                 folded += n
@@ -416,10 +441,12 @@ class DuckStore:
                  "min(first_seen) AS first_seen, max(last_seen) AS last_seen")
         rules = ("hour, rule_id, sum(events) AS events, sum(packets) AS packets, min(first_seen) AS first_seen, "
                  "max(last_seen) AS last_seen, max(last_hit) AS last_hit")
-        for table, cols in (("pair_hours", pairs), ("rule_hours", rules)):
-            within = f"hour >= {_ts(start)} AND hour < {_ts(target)}"
-            self.query(f"CREATE OR REPLACE TEMP TABLE _ft_compact AS SELECT {cols} FROM {table} WHERE {within} "
-                       "GROUP BY ALL")
+        within = f"hour >= {_ts(start)} AND hour < {_ts(target)}"
+        merged = [(r.hours.name, r.merged(f"(SELECT * FROM {r.hours.name} WHERE {within})"))
+                  for r in schema.HOUR_ROLLUPS]
+        for table, select in [(t, f"SELECT {cols} FROM {t} WHERE {within} GROUP BY ALL")
+                              for t, cols in (("pair_hours", pairs), ("rule_hours", rules))] + merged:
+            self.query(f"CREATE OR REPLACE TEMP TABLE _ft_compact AS {select}")
             self.query(f"DELETE FROM {table} WHERE {within}")
             self.query(f"INSERT INTO {table} BY NAME SELECT * FROM _ft_compact")
             self.query("DROP TABLE _ft_compact")
@@ -443,7 +470,7 @@ class DuckStore:
         if pairs_until == start:
             self._merge_pair_totals(f"hour >= {_ts(start)} AND hour < {_ts(target)}")
         else:
-            self.query("DELETE FROM pair_totals")
+            self._clear_hour_totals()
             self._merge_pair_totals(f"hour < {_ts(target)}")
         self._set_totals(flows_until, target)
 
@@ -476,6 +503,37 @@ class DuckStore:
             "last_seen = coalesce(greatest(t.last_seen, a.last_seen), t.last_seen, a.last_seen) "
             "WHEN NOT MATCHED THEN INSERT BY NAME"
         )
+        for r in schema.HOUR_ROLLUPS:
+            _merge_hour_totals(self.con, r, where)
+
+    def _clear_hour_totals(self) -> None:
+        """Empty every hour-summed totals table (`pair_totals` and those of `HOUR_ROLLUPS`)."""
+        for name in ("pair_totals", *(r.totals.name for r in schema.HOUR_ROLLUPS)):
+            self.query(f"DELETE FROM {name}")
+
+    def _reroll_rules(self) -> None:
+        """Rules just inserted (`_ft_batch`) of a kind a rollup singles out, whose flows came first
+        (a rollup's rows join `rules`): those rule ids' rows are made again from their raw flows."""
+        rollups = [r for r in schema.HOUR_ROLLUPS if r.kinds]
+        kinds = sorted({k for r in rollups for k in r.kinds})
+        ids = [int(i) for (i,) in self.query(f"SELECT DISTINCT id FROM _ft_batch WHERE kind IN {tuple(kinds)}")]
+        if ids and self.query(f"SELECT 1 FROM flows WHERE rule_id IN ({', '.join(map(str, ids))}) LIMIT 1"):
+            self._reroll(rollups, f"rule_id IN ({', '.join(map(str, ids))})")
+
+    def _reroll(self, rollups: Sequence[schema.HourRollup], keys: str) -> None:
+        """The rows of `rollups` whose keys `keys` keeps, made again from their raw flows (hours rolled
+        up or folded; compacted hours keep what they have: their raw flows are gone), and their totals."""
+        since = self.compacted_until() or datetime.min
+        pairs_until = self._totals_state()[1]
+        for r in rollups:
+            self.query(f"DELETE FROM {r.hours.name} WHERE {keys} AND hour >= ?", [since])
+            self.query(f"INSERT INTO {r.hours.name} BY NAME "
+                       + r.rows_sql(f"f.{keys} AND f.start_time >= {_ts(since)}"))
+            self.query(f"DELETE FROM {r.totals.name} WHERE {keys}")
+            if pairs_until is not None:
+                self.query(f"INSERT INTO {r.totals.name} BY NAME "
+                           + r.merged(f"(SELECT * FROM {r.hours.name} WHERE {keys} AND hour < {_ts(pairs_until)})",
+                                      with_hour=False))
 
     def _forget_flow_totals(self, where: str) -> Any:
         """Before the flows that `where` keeps are deleted: the totals of their keys are computed again
@@ -514,7 +572,7 @@ class DuckStore:
 
     def _rebuild_pair_totals(self) -> None:
         flows_until, pairs_until = self._totals_state()
-        self.query("DELETE FROM pair_totals")
+        self._clear_hour_totals()
         if pairs_until is not None:
             self._merge_pair_totals(f"hour < {_ts(pairs_until)}")
 
@@ -690,6 +748,8 @@ class DuckStore:
                 self._recount_flow_totals(forgotten)
                 hours = self.query("DELETE FROM pair_hours WHERE hour < ?", [cutoff])
                 self.query("DELETE FROM rule_hours WHERE hour < ?", [cutoff])
+                for r in schema.HOUR_ROLLUPS:
+                    self.query(f"DELETE FROM {r.hours.name} WHERE hour < ?", [cutoff])
                 if rows and rows[0][0]:  # first_seen may have been a deleted flow's
                     self._rebuild_talkers()
                 if hours and hours[0][0]:
@@ -707,6 +767,8 @@ class DuckStore:
                 if hours and hours[0][0]:
                     self._rebuild_pair_totals()
                 self.query("DELETE FROM rule_hours WHERE hour < ?", [roll_cut])
+                for r in schema.HOUR_ROLLUPS:
+                    self.query(f"DELETE FROM {r.hours.name} WHERE hour < ?", [roll_cut])
                 self.query("DELETE FROM talkers WHERE last_seen < ?", [roll_cut])
             return rows
 
@@ -732,6 +794,44 @@ def _rebuild_talkers(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("INSERT INTO talkers BY NAME " + schema.talkers_sql(f"start_time < {_ts(until[0])}"))
 
 
+def _key_on(r: schema.HourRollup, t: str, a: str) -> str:
+    """Equality on a rollup's keys without NULLs (a hash join on plain equality: see `totals_on`)."""
+    return " AND ".join(
+        f"coalesce({t}.{k}, '') = coalesce({a}.{k}, '')" if r.totals.column(k).sql == "VARCHAR"
+        else f"coalesce({t}.{k}::INTEGER, -1) = coalesce({a}.{k}::INTEGER, -1)" for k in r.keys)
+
+
+def _merge_hour_totals(con: duckdb.DuckDBPyConnection, r: schema.HourRollup, where: str) -> None:
+    """Add the hours of `r` that `where` keeps to its totals: the totals rows of the same keys are taken
+    out and put back merged (temporary tables, as `_merge_flow_totals` does, rather than a MERGE)."""
+    name = r.totals.name
+    con.execute("CREATE OR REPLACE TEMP TABLE _ft_hnew AS "
+                + r.merged(f"(SELECT * FROM {r.hours.name} WHERE {where})", with_hour=False)).fetchall()
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _ft_hold AS SELECT t.rowid AS _row, t.* FROM {name} t "
+                f"SEMI JOIN _ft_hnew a ON {_key_on(r, 't', 'a')}").fetchall()
+    con.execute(f"DELETE FROM {name} WHERE rowid IN (SELECT _row FROM _ft_hold)").fetchall()
+    both = "(SELECT * EXCLUDE (_row) FROM _ft_hold UNION ALL BY NAME SELECT * FROM _ft_hnew)"
+    con.execute(f"INSERT INTO {name} BY NAME " + r.merged(both, with_hour=False)).fetchall()
+    con.execute("DROP TABLE _ft_hnew").fetchall()
+    con.execute("DROP TABLE _ft_hold").fetchall()
+
+
+def _rebuild_hour_rollup(con: duckdb.DuckDBPyConnection, r: schema.HourRollup) -> None:
+    """A rollup a store was rolled up without (written before it existed): its rolled-up hours from the
+    raw flows, its totals from those hours. Compacted hours have no raw flows left: they stay without."""
+    state = con.execute("SELECT max(rolled_until), max(compacted_until) FROM rollup_state").fetchone()
+    if state is None or state[0] is None:
+        return
+    since = state[1] or datetime.min
+    con.execute(f"INSERT INTO {r.hours.name} BY NAME "
+                + r.rows_sql(f"f.start_time >= {_ts(since)} AND f.start_time < {_ts(state[0])}")).fetchall()
+    until = con.execute("SELECT max(pairs_until) FROM totals_state").fetchone()
+    if until is not None and until[0] is not None:
+        con.execute(f"INSERT INTO {r.totals.name} BY NAME "
+                    + r.merged(f"(SELECT * FROM {r.hours.name} WHERE hour < {_ts(until[0])})",
+                               with_hour=False)).fetchall()
+
+
 def _rebuild_totals(con: duckdb.DuckDBPyConnection) -> None:
     """`flow_totals` and `pair_totals` from the rolled-up hours (a store from before them)."""
     con.execute("DELETE FROM flow_totals").fetchall()
@@ -748,6 +848,11 @@ def _rebuild_totals(con: duckdb.DuckDBPyConnection) -> None:
         f"min(first_seen) AS first_seen, max(last_seen) AS last_seen FROM pair_hours WHERE hour < {_ts(until[0])} "
         "GROUP BY ALL"
     ).fetchall()
+    for r in schema.HOUR_ROLLUPS:
+        con.execute(f"DELETE FROM {r.totals.name}").fetchall()
+        con.execute(f"INSERT INTO {r.totals.name} BY NAME "
+                    + r.merged(f"(SELECT * FROM {r.hours.name} WHERE hour < {_ts(until[0])})",
+                               with_hour=False)).fetchall()
     con.execute("INSERT INTO totals_state VALUES (?, ?)", [until[0], until[0]]).fetchall()
 
 

@@ -465,6 +465,197 @@ TOTALS_STATE = Table(
     ),
 )
 
+# Rollups of the flows two named queries single out, by the kind of their deciding rule (a join with
+# `rules` at write time: a rule id whose row comes after its flows is rolled up again, `insert`).
+# "Flows" are counted as `flows_once` counts them: one 5-tuple in one time bucket. A bucket lies in one
+# hour, so hourly counts add up exactly over any run of hours (distinct 5-tuples over a window would not).
+_PROTO_NAME = ("CASE f.proto WHEN 6 THEN 'tcp' WHEN 17 THEN 'udp' WHEN 1 THEN 'icmp' WHEN 58 THEN 'icmpv6' "
+               "WHEN 132 THEN 'sctp' ELSE f.proto::VARCHAR END")
+IMPLICIT_DENY_KINDS = ("EndOfTier", "NoProfileMatch", "Default")
+PROFILE_ALLOW_KINDS = ("Profile", "Default")
+
+IMPLICIT_DENY_HOURS = Table(
+    "implicit_deny_hours",
+    "Rollup: the Deny flows decided by an implicit deny (rules of kind EndOfTier, NoProfileMatch or "
+    "Default with action Deny) per hour, rule and protected endpoint address (the destination for "
+    "ingress, the source for egress), for every hour before `rollup_state.rolled_until`; kept like "
+    "`pair_hours`. The `implicit_denies` view reads it (default_deny_attributions).",
+    (
+        _c("hour", "TIMESTAMP", "Start of the hour (of the flows' bucket start)."),
+        _c("rule_id", "INTEGER", "The implicit deny -> rules.id."),
+        _c("endpoint_ip", "VARCHAR", "The protected endpoint's address."),
+        _c("ep", "INTEGER", "The protected endpoint (any of the rows') -> endpoints.id."),
+        _c("flows", "BIGINT", "Flows: distinct (time bucket, 5-tuple)."),
+        _c("packets", "BIGINT", "Packets (events)."),
+        _c("first_seen", "TIMESTAMP", "Earliest first_seen."),
+        _c("last_seen", "TIMESTAMP", "Latest last_seen."),
+        _c("example", "VARCHAR", "The 5-tuple (`tcp 10.0.0.1:4000 -> 10.0.0.2:80`) with the earliest "
+           "first_seen; ties: the smallest text."),
+    ),
+)
+
+PROFILE_ALLOW_HOURS = Table(
+    "profile_allow_hours",
+    "Rollup: the Allow flows decided by a profile or a dataplane default (rules of kind Profile or "
+    "Default with action Allow) per hour, rule, source, destination, protocol and destination port, "
+    "for every hour before `rollup_state.rolled_until`; kept like `pair_hours`. The "
+    "`profile_allows` view reads it (allowed_by_profile_only).",
+    (
+        _c("hour", "TIMESTAMP", "Start of the hour (of the flows' bucket start)."),
+        _c("rule_id", "INTEGER", "The profile or default -> rules.id."),
+        _c("src_ip", "VARCHAR", "Source address."),
+        _c("dst_ip", "VARCHAR", "Destination address."),
+        _c("proto", "UTINYINT", "IP protocol number."),
+        _c("dport", "USMALLINT", "Destination port; NULL for protocols without ports."),
+        _c("src_ep", "INTEGER", "Source endpoint (any of the rows') -> endpoints.id."),
+        _c("dst_ep", "INTEGER", "Destination endpoint (any of the rows') -> endpoints.id."),
+        _c("flows", "BIGINT", "Flows: distinct (time bucket, source port)."),
+        _c("connections", "BIGINT", "connections_started, summed."),
+        _c("packets", "BIGINT", "Packets (as counted in `flows`)."),
+        _c("bytes", "BIGINT", "Bytes (as counted in `flows`)."),
+        _c("first_seen", "TIMESTAMP", "Earliest first_seen."),
+        _c("last_seen", "TIMESTAMP", "Latest last_seen."),
+    ),
+)
+
+
+def _totals_of(hours: Table, name: str, view: str) -> Table:
+    return Table(
+        name,
+        f"Rollup: `{hours.name}` summed over every hour before `totals_state.pairs_until` (like `pair_totals`): "
+        f"the `{view}` view reads it when the query window covers it (the default).",
+        tuple(c for c in hours.columns if c.name != "hour"),
+    )
+
+
+@dataclass(frozen=True)
+class HourRollup:
+    """An hourly rollup whose rows merge by key (`merges`: the aggregate of each other column over
+    partial rows), its whole-store totals (the hours summed, as far as `totals_state.pairs_until`),
+    the SELECT that makes its rows from the flows `where` keeps, and the view that answers a query
+    window from totals, hours and raw flows."""
+
+    hours: Table
+    totals: Table
+    keys: tuple[str, ...]
+    merges: tuple[tuple[str, str], ...]
+    rows: str  # with {joins} and {where} over `flows f`
+    view: str
+    kinds: tuple[str, ...]  # the rule kinds whose flows it holds (see `DuckStore._reroll_rules`)
+
+    def rows_sql(self, where: str, joins: str = "") -> str:
+        return self.rows.format(joins=joins, where=where)
+
+    def merged(self, source: str, with_hour: bool = True) -> str:
+        """The rows of `source` merged per key (and hour)."""
+        keys = ("hour", *self.keys) if with_hour else self.keys
+        aggs = ", ".join(f"{e} AS {c}" for c, e in self.merges)
+        return f"SELECT {', '.join(keys)}, {aggs} FROM {source} GROUP BY {', '.join(keys)}"
+
+    @property
+    def columns(self) -> str:
+        return ", ".join(c.name for c in self.totals.columns)
+
+
+_SUM, _MIN, _MAX, _ANY = "sum({c})", "min({c})", "max({c})", "any_value({c})"
+
+
+def _merges(**kinds: str) -> tuple[tuple[str, str], ...]:
+    return tuple((c, k.format(c=c)) for c, k in kinds.items())
+
+
+IMPLICIT_DENY = HourRollup(
+    IMPLICIT_DENY_HOURS,
+    _totals_of(IMPLICIT_DENY_HOURS, "implicit_deny_totals", "implicit_denies"),
+    ("rule_id", "endpoint_ip"),
+    _merges(ep=_ANY, flows=_SUM, packets=_SUM, first_seen=_MIN, last_seen=_MAX,
+            example="arg_min(example, (first_seen, example))"),
+    "SELECT date_trunc('hour', start_time) AS hour, rule_id, endpoint_ip, any_value(ep) AS ep, count(*) AS flows, "
+    "sum(packets) AS packets, min(first_seen) AS first_seen, max(last_seen) AS last_seen, "
+    "arg_min(example, (first_seen, example)) AS example FROM ("
+    "SELECT f.start_time, f.rule_id, CASE WHEN any_value(r.direction) = 'egress' THEN f.src_ip ELSE f.dst_ip END "
+    "AS endpoint_ip, any_value(CASE WHEN r.direction = 'egress' THEN f.src_ep ELSE f.dst_ep END) AS ep, "
+    "sum(f.packets) AS packets, min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen, "
+    f"{_PROTO_NAME} || ' ' || f.src_ip || coalesce(':' || f.sport::VARCHAR, '') || ' -> ' || f.dst_ip "
+    "|| coalesce(':' || f.dport::VARCHAR, '') AS example "
+    "FROM flows f JOIN rules r ON r.id = f.rule_id {joins} WHERE f.action = 'Deny' AND r.action = 'Deny' "
+    f"AND r.kind IN {IMPLICIT_DENY_KINDS} AND ({{where}}) "
+    "GROUP BY f.start_time, f.rule_id, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport"
+    ") GROUP BY ALL",
+    "implicit_denies",
+    IMPLICIT_DENY_KINDS,
+)
+
+PROFILE_ALLOW = HourRollup(
+    PROFILE_ALLOW_HOURS,
+    _totals_of(PROFILE_ALLOW_HOURS, "profile_allow_totals", "profile_allows"),
+    ("rule_id", "src_ip", "dst_ip", "proto", "dport"),
+    _merges(src_ep=_ANY, dst_ep=_ANY, flows=_SUM, connections=_SUM, packets=_SUM, bytes=_SUM, first_seen=_MIN,
+            last_seen=_MAX),
+    "SELECT date_trunc('hour', start_time) AS hour, rule_id, src_ip, dst_ip, proto, dport, any_value(src_ep) AS "
+    "src_ep, any_value(dst_ep) AS dst_ep, count(*) AS flows, sum(connections) AS connections, sum(packets) AS "
+    "packets, sum(bytes) AS bytes, min(first_seen) AS first_seen, max(last_seen) AS last_seen FROM ("
+    "SELECT f.start_time, f.rule_id, f.src_ip, f.dst_ip, f.proto, f.dport, any_value(f.src_ep) AS src_ep, "
+    "any_value(f.dst_ep) AS dst_ep, sum(f.connections_started) AS connections, sum(f.packets) AS packets, "
+    "sum(f.bytes) AS bytes, min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen "
+    "FROM flows f JOIN rules r ON r.id = f.rule_id {joins} WHERE f.action = 'Allow' AND r.action = 'Allow' "
+    f"AND r.kind IN {PROFILE_ALLOW_KINDS} AND ({{where}}) "
+    "GROUP BY f.start_time, f.rule_id, f.src_ip, f.dst_ip, f.proto, f.dport, f.sport"
+    ") GROUP BY ALL",
+    "profile_allows",
+    PROFILE_ALLOW_KINDS,
+)
+
+NETSET_SOURCES = Table(
+    "netset_sources",
+    "Every flow source address that lies in a CIDR of a network set (`endpoints` of type netset, any "
+    "revision): kept by the writer as flows and endpoints are inserted (matched in Python, a few "
+    "addresses per batch), so `denylisted_hours` holds their flows only.",
+    (_c("src_ip", "VARCHAR", "A source address in some network set's CIDR (a reader of a store without the "
+        "table takes every source: the rollup then holds every flow, and the query still matches the CIDRs)."),),
+)
+
+DENYLISTED_HOURS = Table(
+    "denylisted_hours",
+    "Rollup: the flows from the addresses of `netset_sources` per hour, source, destination, protocol, "
+    "destination port, action and rule, for every hour before `rollup_state.rolled_until`; kept like "
+    "`pair_hours`. The `denylisted_flows` view reads it (denylisted_traffic).",
+    (
+        _c("hour", "TIMESTAMP", "Start of the hour (of the flows' bucket start)."),
+        _c("src_ip", "VARCHAR", "Source address (in `netset_sources`)."),
+        _c("dst_ip", "VARCHAR", "Destination address."),
+        _c("proto", "UTINYINT", "IP protocol number."),
+        _c("dport", "USMALLINT", "Destination port; NULL for protocols without ports."),
+        _c("action", "VARCHAR", "Allow, Deny, Pass or Log."),
+        _c("rule_id", "INTEGER", "Deciding rule -> rules.id."),
+        _c("src_ep", "INTEGER", "Source endpoint (any of the rows') -> endpoints.id."),
+        _c("dst_ep", "INTEGER", "Destination endpoint (any of the rows') -> endpoints.id."),
+        _c("flows", "BIGINT", "Flows: distinct (time bucket, source port)."),
+        _c("packets", "BIGINT", "Packets (as counted in `flows`)."),
+        _c("first_seen", "TIMESTAMP", "Earliest first_seen."),
+        _c("last_seen", "TIMESTAMP", "Latest last_seen."),
+    ),
+)
+
+DENYLISTED = HourRollup(
+    DENYLISTED_HOURS,
+    _totals_of(DENYLISTED_HOURS, "denylisted_totals", "denylisted_flows"),
+    ("src_ip", "dst_ip", "proto", "dport", "action", "rule_id"),
+    _merges(src_ep=_ANY, dst_ep=_ANY, flows=_SUM, packets=_SUM, first_seen=_MIN, last_seen=_MAX),
+    "SELECT date_trunc('hour', start_time) AS hour, src_ip, dst_ip, proto, dport, action, rule_id, "
+    "any_value(src_ep) AS src_ep, any_value(dst_ep) AS dst_ep, count(*) AS flows, sum(packets) AS packets, "
+    "min(first_seen) AS first_seen, max(last_seen) AS last_seen FROM ("
+    "SELECT f.start_time, f.src_ip, f.dst_ip, f.proto, f.dport, f.action, f.rule_id, any_value(f.src_ep) AS "
+    "src_ep, any_value(f.dst_ep) AS dst_ep, sum(f.packets) AS packets, min(f.first_seen) AS first_seen, "
+    "max(f.last_seen) AS last_seen FROM flows f {joins} "
+    "WHERE f.src_ip IN (SELECT src_ip FROM netset_sources) AND ({where}) "
+    "GROUP BY f.start_time, f.src_ip, f.dst_ip, f.proto, f.dport, f.action, f.rule_id, f.sport"
+    ") GROUP BY ALL",
+    "denylisted_flows",
+    (),
+)
+HOUR_ROLLUPS = (IMPLICIT_DENY, PROFILE_ALLOW, DENYLISTED)
+
 TABLES: tuple[Table, ...] = (
     RUNS,
     SOURCES,
@@ -483,7 +674,8 @@ WORK_TABLES: tuple[Table, ...] = (FLOWS_OPEN,)
 # Rollups: derived from `flows` (rebuildable); a reader of a store or export without them creates
 # them empty (`ensure_rollups`), and the views then read the raw flows.
 ROLLUP_TABLES: tuple[Table, ...] = (PAIR_HOURS, RULE_HOURS, TALKERS, ROLLUP_STATE, FLOW_TOTALS, PAIR_TOTALS,
-                                    TOTALS_STATE)
+                                    TOTALS_STATE, NETSET_SOURCES,
+                                    *(t for r in HOUR_ROLLUPS for t in (r.hours, r.totals)))
 ALL_TABLES = TABLES + ROLLUP_TABLES + WORK_TABLES
 BY_NAME = {t.name: t for t in ALL_TABLES}
 
@@ -527,11 +719,62 @@ _ROLLED = (
 )
 # Whether `pair_totals` answers the rolled-up part of the query window: it must start at or before
 # the first hour in `pair_hours` and reach pairs_until (the hours from there to its end: pair_hours).
-_PAIRS_WINDOW = (
-    "(SELECT coalesce(s.pairs_until IS NOT NULL AND r.hi >= s.pairs_until AND (isinf(r.lo) OR "
-    "r.lo <= coalesce((SELECT min(hour) FROM pair_hours), r.lo)), false) AS use, s.pairs_until "
-    f"FROM {_ROLLED} r LEFT JOIN (SELECT max(pairs_until) AS pairs_until FROM totals_state) s ON true)"
-)
+def _totals_window(hours: str) -> str:
+    return (
+        "(SELECT coalesce(s.pairs_until IS NOT NULL AND r.hi >= s.pairs_until AND (isinf(r.lo) OR "
+        f"r.lo <= coalesce((SELECT min(hour) FROM {hours}), r.lo)), false) AS use, s.pairs_until "
+        f"FROM {_ROLLED} r LEFT JOIN (SELECT max(pairs_until) AS pairs_until FROM totals_state) s ON true)"
+    )
+
+
+def window_view_sql(hours: str, totals: str, columns: str, rows_sql: Any) -> str:
+    """Partial rows of an hourly rollup over the query window: its totals when the window covers them
+    (then the hours after them), else its whole hours in the window; and `rows_sql(where, joins)` over
+    the raw flows before and after those hours, as two ranges. The bounds are scalar subqueries, not
+    joins: DuckDB then prunes row groups by them (as joins, every part scanned its whole table)."""
+    window = _totals_window(hours)
+    rolled = f"(SELECT {{}} FROM {_ROLLED})"
+    win = "(SELECT {} FROM query_window)"
+    hours_from = f"(SELECT CASE WHEN c.use THEN c.pairs_until ELSE b.lo END FROM {_ROLLED} b, {window} c)"
+    raw = [rows_sql(where, "") for where in
+           (f"f.start_time >= {win.format('since_')} AND f.start_time < {rolled.format('raw_to')}",
+            f"f.start_time >= {rolled.format('raw_from')} AND f.start_time < {win.format('until_')}")]
+    return (
+        f"SELECT {columns} FROM {totals} WHERE (SELECT use FROM {window}) UNION ALL "
+        f"SELECT {columns} FROM {hours} WHERE hour >= {hours_from} AND hour < {rolled.format('hi')}"
+        + "".join(f" UNION ALL SELECT {columns} FROM ({r})" for r in raw)
+    )
+
+
+def merged_view_sql(r: HourRollup) -> str:
+    """One row per key of `r` over the query window: its totals alone when they answer the window
+    alone (they cover it and no flow or hour follows them: a store at rest, the default window), else
+    its whole hours in the window and the raw flows around them, merged per key. Readers then need no
+    GROUP BY over the totals (a million keys: seconds under load). Each bound of a scan is one scalar
+    subquery, which DuckDB prunes row groups by (an expression around subqueries is not pruned)."""
+    whole = (  # and no raw flow in the window before or after the rolled-up hours
+        f"(SELECT c.use AND c.pairs_until >= b.hi FROM {_totals_window(r.hours.name)} c, {_ROLLED} b) AND NOT EXISTS "
+        f"(SELECT 1 FROM flows WHERE start_time >= (SELECT raw_from FROM {_ROLLED}) AND start_time < "
+        "(SELECT until_ FROM query_window)) AND NOT EXISTS (SELECT 1 FROM flows WHERE start_time >= "
+        f"(SELECT since_ FROM query_window) AND start_time < (SELECT raw_to FROM {_ROLLED}))"
+    )
+    state = f"(SELECT {whole} AS whole, b.*, w.since_, w.until_ FROM {_ROLLED} b, query_window w)"
+
+    def unless_whole(value: str) -> str:
+        return f"(SELECT CASE WHEN whole THEN TIMESTAMP 'infinity' ELSE {value} END FROM {state})"
+
+    def bound(value: str) -> str:
+        return f"(SELECT {value} FROM {state})"
+
+    raw = [r.rows_sql(where) for where in
+           (f"f.start_time >= {unless_whole('since_')} AND f.start_time < {bound('raw_to')}",
+            f"f.start_time >= {unless_whole('raw_from')} AND f.start_time < {bound('until_')}")]
+    parts = [f"SELECT {r.columns} FROM {r.hours.name} WHERE hour >= {unless_whole('lo')} AND hour < {bound('hi')}"]
+    parts += [f"SELECT {r.columns} FROM ({q})" for q in raw]
+    return (f"SELECT {r.columns} FROM {r.totals.name} WHERE {bound('whole')} UNION ALL "
+            + r.merged("(" + " UNION ALL ".join(parts) + ")", with_hour=False))
+
+
 _PAIR_COLUMNS = (
     "src_ep, src_ip, dst_ep, dst_ip, proto, dport, denied, flows, connections, packets, bytes, "
     "reply_packets, reply_bytes, first_seen, last_seen"
@@ -704,21 +947,17 @@ VIEWS: dict[str, tuple[str, str]] = {
         "Endpoints as ids; src_ip/dst_ip only where the endpoint is unknown. Columns: "
         + _PAIR_COLUMNS
         + " (flows: how many flows_once rows).",
-        f"SELECT {_PAIR_COLUMNS} FROM pair_totals p, {_PAIRS_WINDOW} c WHERE c.use UNION ALL "
-        f"SELECT {_PAIR_COLUMNS} FROM pair_hours p, {_ROLLED} b, {_PAIRS_WINDOW} c "
-        "WHERE p.hour >= CASE WHEN c.use THEN c.pairs_until ELSE b.lo END AND p.hour < b.hi "
-        f"UNION ALL SELECT {_PAIR_COLUMNS} FROM ("
-        + pair_hours_sql(  # the raw flows before and after the rolled-up hours, as two ranges (they prune)
-            "f.start_time >= win.since_ AND f.start_time < b.raw_to",
-            f"CROSS JOIN query_window win CROSS JOIN {_ROLLED} b",
-        )
-        + f") UNION ALL SELECT {_PAIR_COLUMNS} FROM ("
-        + pair_hours_sql(
-            "f.start_time >= b.raw_from AND f.start_time < win.until_",
-            f"CROSS JOIN query_window win CROSS JOIN {_ROLLED} b",
-        )
-        + ")",
+        window_view_sql("pair_hours", "pair_totals", _PAIR_COLUMNS, pair_hours_sql),
     ),
+    **{
+        r.view: (
+            f"`{r.hours.name}` over the query window, one row per {', '.join(r.keys)}: `{r.totals.name}` "
+            f"when it answers the window alone, else `{r.hours.name}` for whole rolled-up hours and the raw "
+            f"flows for the rest, merged. Columns: {r.columns}.",
+            merged_view_sql(r),
+        )
+        for r in HOUR_ROLLUPS
+    },
     "rule_flows": (
         "The flows of the query window summed per reporter (source_id), action, rule_id, src_ip, dst_ip, proto "
         "and dport, with the distinct source ports as a list (`sports`, -1 for none; its length counts "
@@ -856,6 +1095,14 @@ def computed_rollup_sql(name: str) -> str:
     if name in ("flow_totals", "pair_totals", "totals_state"):  # none: the views read the hourly and raw rows
         cols = ", ".join(f"CAST(NULL AS {c.sql}) AS {c.name}" for c in BY_NAME[name].columns)
         return f"SELECT {cols} WHERE false"
+    if name == NETSET_SOURCES.name:  # every source: a superset (the query matches the CIDRs), exact but slower
+        return "SELECT DISTINCT src_ip FROM flows"
+    for r in HOUR_ROLLUPS:  # its hours from the raw flows, its totals from those hours (as far as they reach)
+        if name == r.hours.name:
+            return r.rows_sql("f." + _BEFORE_ROLLED)
+        if name == r.totals.name:
+            return r.merged(f"(SELECT * FROM {r.hours.name} WHERE hour < (SELECT max(pairs_until) FROM totals_state))",
+                            with_hour=False)
     return {
         "pair_hours": lambda: pair_hours_sql("f." + _BEFORE_ROLLED),
         "rule_hours": lambda: rule_hours_sql("f." + _BEFORE_ROLLED),

@@ -3,7 +3,7 @@ uncovered AS (
   SELECT id, direction, name, kind FROM rules WHERE action = 'Allow' AND kind IN ('Profile', 'Default')
 ),
 a AS (
-  SELECT f.rule_id, f.src_ip, f.dst_ip, f.proto, f.dport, count(DISTINCT coalesce(f.sport, -1)) AS flows,
+  SELECT f.rule_id, f.src_ip, f.dst_ip, f.proto, f.dport, count(DISTINCT (f.start_time, coalesce(f.sport, -1))) AS flows,
          sum(f.connections_started) AS connections, sum(f.packets) AS packets, sum(f.bytes) AS bytes,
          min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen,
          any_value(f.src_ep) AS src_ep, any_value(f.dst_ep) AS dst_ep

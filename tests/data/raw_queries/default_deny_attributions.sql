@@ -6,11 +6,15 @@ implicit AS (
 d AS (
   SELECT f.rule_id, CASE WHEN i.direction = 'egress' THEN f.src_ip ELSE f.dst_ip END AS endpoint_ip,
          any_value(CASE WHEN i.direction = 'egress' THEN f.src_ep ELSE f.dst_ep END) AS ep,
-         count(DISTINCT (f.proto, f.src_ip, f.dst_ip, f.sport, f.dport)) AS flows, sum(f.packets) AS packets,
+         count(DISTINCT (f.start_time, f.proto, f.src_ip, f.dst_ip, f.sport, f.dport)) AS flows, sum(f.packets) AS packets,
          arg_min(CASE f.proto WHEN 6 THEN 'tcp' WHEN 17 THEN 'udp' WHEN 1 THEN 'icmp' WHEN 58 THEN 'icmpv6'
                               WHEN 132 THEN 'sctp' ELSE f.proto::VARCHAR END
                  || ' ' || f.src_ip || coalesce(':' || f.sport::VARCHAR, '')
-                 || ' -> ' || f.dst_ip || coalesce(':' || f.dport::VARCHAR, ''), f.first_seen) AS example,
+                 || ' -> ' || f.dst_ip || coalesce(':' || f.dport::VARCHAR, ''),
+                 (f.first_seen, CASE f.proto WHEN 6 THEN 'tcp' WHEN 17 THEN 'udp' WHEN 1 THEN 'icmp'
+                                  WHEN 58 THEN 'icmpv6' WHEN 132 THEN 'sctp' ELSE f.proto::VARCHAR END
+                  || ' ' || f.src_ip || coalesce(':' || f.sport::VARCHAR, '')
+                  || ' -> ' || f.dst_ip || coalesce(':' || f.dport::VARCHAR, ''))) AS example,
          min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen
   FROM flows f
   JOIN implicit i ON i.id = f.rule_id

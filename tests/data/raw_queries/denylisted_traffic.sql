@@ -35,7 +35,7 @@ members AS (
 ),
 hits AS (
   SELECT f.src_ip, f.dst_ip, f.proto, f.dport, f.action, f.rule_id,
-         sum(f.packets) AS packets, count(DISTINCT coalesce(f.sport, -1)) AS flows,
+         sum(f.packets) AS packets, count(DISTINCT (f.start_time, coalesce(f.sport, -1))) AS flows,
          min(f.first_seen) AS first_seen, max(f.last_seen) AS last_seen,
          any_value(f.src_ep) AS src_ep, any_value(f.dst_ep) AS dst_ep
   FROM window_flows f
