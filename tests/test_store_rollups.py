@@ -461,11 +461,14 @@ def test_retention_compacts_old_hours_into_days_with_the_same_whole_day_answers(
                                rollups=None), now=now)
         assert store.query("SELECT min(start_time) >= ? FROM flows", [cut]) == [(True,)]
         assert pairs(store, "flow_pairs", {"since": days[1], "until": days[2]}) == pairs_by_day
-        # rollups past theirs go by whole days: a cut inside a day keeps that day
-        store.retain(Retention(events=None, flows=timedelta(hours=30), connections=None, counters=None,
-                               rollups=now - (day0 + timedelta(days=1, hours=6))), now=now)
-        assert store.query("SELECT min(hour) FROM pair_hours UNION ALL SELECT min(hour) FROM rule_hours") == [
-            (day0 + timedelta(days=1),), (day0 + timedelta(days=1),)]
+        # rollups past theirs go by whole compacted days (a cut inside one keeps it), by hours after them
+        for rollup_cut, first_left in ((day0 + timedelta(hours=6), day0),
+                                       (day0 + timedelta(days=1, hours=6), day0 + timedelta(days=1, hours=6))):
+            assert first_left == day0 or first_left >= cut  # (day 1 is hourly: after the compacted days)
+            store.retain(Retention(events=None, flows=timedelta(hours=30), connections=None, counters=None,
+                                   rollups=now - rollup_cut), now=now)
+            assert store.query("SELECT min(hour) FROM pair_hours UNION ALL SELECT min(hour) FROM rule_hours") == [
+                (first_left,), (first_left,)]
         assert_totals_exact(store)
     finally:
         store.close(snapshot=False)
