@@ -365,6 +365,8 @@ def _print_status(doc: dict[str, Any]) -> None:
     if r is not None:
         reach = f"flows before {_t(r['rolled_until'])} rolled up" if r["rolled_until"] else "nothing rolled up yet"
         compacted = f", rollups only before {_t(r['compacted_until'])}" if r["compacted_until"] else ""
+        if r.get("days_until"):
+            compacted += f", per day before {_t(r['days_until'])}"
         n = r["rows"]
         click.echo(f"  rollups: {reach}{compacted}; {n['pair_hours']:,} pair-hours, {n['rule_hours']:,} rule-hours, "
                    f"{n['talkers']:,} talkers")
