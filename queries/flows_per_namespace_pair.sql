@@ -8,8 +8,8 @@
 -- for denied ones).
 --
 -- Parameters (DuckDB variables, all optional: SET VARIABLE name = 'value'):
---   since      window start: a time ('2026-03-14 12:00') or a duration back from now ('30m', '24h', '7d') (default: all recorded flows)
---   until      window end, exclusive; same forms as since (default: no end)
+--   since      window start: a time ('2026-03-14 12:00') or a duration back from now ('30m', '24h', '7d'); inside a day compacted by retention, that day's start (default: all recorded flows)
+--   until      window end, exclusive; same forms as since; inside a compacted day, that day's end (default: no end)
 --   now        the time durations count back from (default: the end of the latest flow bucket)
 --   namespace  only pairs with this namespace on either side (default: every namespace)
 --

@@ -67,6 +67,17 @@ def test_status_shows_how_far_the_rollups_reach(tmp_path: Path) -> None:
     assert doc["rollups"]["rows"] == want and all(want.values())
     text = runner.invoke(status_cmd, ["--db", str(db)]).output
     assert f"rollups: flows before 2026-03-14 11:00:00 UTC rolled up; {want['pair_hours']:,} pair-hours" in text
+    assert "per day" not in text
+    store = DuckStore(db, snapshot_interval=None)  # a flow the next day, then that day's hours compacted
+    insert(store, [dict(random_flows(random.Random(4), 1)[0], start_time=T0 + timedelta(hours=16),
+                        end_time=T0 + timedelta(hours=16, seconds=15))])
+    store.roll_up()
+    assert store.compact_days(T0 + timedelta(days=1)) == 1
+    store.close(snapshot=False)
+    doc = json.loads(runner.invoke(status_cmd, ["--db", str(db), "-o", "json"]).output)
+    assert doc["rollups"]["days_until"] == "2026-03-15 00:00:00"
+    text = runner.invoke(status_cmd, ["--db", str(db)]).output
+    assert "rollups: flows before 2026-03-15 02:00:00 UTC rolled up, per day before 2026-03-15 00:00:00 UTC;" in text
 
 
 def test_status_without_a_store_fails_cleanly(tmp_path: Path) -> None:

@@ -403,3 +403,102 @@ def test_retention_compacts_old_hours_into_their_rollups(tmp_path: Path) -> None
         assert store.query("SELECT count(*) FROM talkers WHERE last_seen < ?", [T0 + timedelta(hours=1)]) == [(0,)]
     finally:
         store.close(snapshot=False)
+
+
+def test_retention_compacts_old_hours_into_days_with_the_same_whole_day_answers(tmp_path: Path) -> None:
+    """Hours older than `Retention.hourly` become one rollup row per key and day: every named query gives
+    the answers it gave before for windows of whole days, nothing counted twice; a window boundary
+    inside a compacted day counts the whole day; loss accounting and raw flows are untouched."""
+    rng = random.Random(7)
+    day0 = T0.replace(hour=0)
+    store = DuckStore(tmp_path / "f.duckdb", snapshot_interval=None)
+    try:
+        store.insert_rows("rules", kind_rule_rows())
+        netsets = [{"id": 20, "revision": 1, "type": "netset", "namespace": None, "name": "bad-0", "node": None,
+                    "labels": [], "addresses": ["10.0.0.8/30"]}]
+        store.insert_rows("endpoints", endpoint_rows() + netsets)
+        rows = random_flows(rng, 600)
+        for r in rows:  # spread over four days, whole hours apart (buckets stay inside their hour)
+            rule_id, _kind, _direction, action = rng.choice(KIND_RULES)
+            shift = timedelta(days=rng.randrange(4), hours=rng.randrange(-9, 10))
+            r.update(rule_id=rule_id, action=action, prefix=f"ft:{action[0]}{rule_id}",
+                     **{k: r[k] + shift for k in ("start_time", "end_time", "first_seen", "last_seen")})
+        rows.sort(key=lambda r: r["start_time"])
+        for i in range(0, len(rows), 150):
+            insert(store, rows[i : i + 150])
+        store.insert_rows("loss", [{"time": day0 + timedelta(days=d, hours=3), "run_id": 1, "source_id": 1,
+                                    "cause": "rcvbuf_overrun", "events": 5 * d, "detail": "test"}
+                                   for d in range(4)])
+        store.roll_up()
+        queries = discover([REPO_QUERIES])
+        days = [f"{(day0 + timedelta(days=d)).isoformat(sep=' ')}" for d in range(5)]
+        windows = [{}, {"since": days[0], "until": days[2]}, {"since": days[1]}, {"until": days[2]},
+                   {"since": days[1], "until": days[3]}, {"since": days[2], "until": days[3]}]
+        asked = [(n, w) for n in ("conversations", "flows_per_namespace_pair", "hits_per_policy_rule",
+                                  "top_denied", "default_deny_attributions", "denylisted_traffic",
+                                  "allowed_by_profile_only") for w in windows]
+        asked += [("unused_rules", {}), ("unused_rules", {"since": days[2]}), ("loss_report", {}),
+                  ("new_talkers", {"minutes": "2000"})]
+
+        def answers() -> list[list[dict[str, Any]]]:
+            return [sorted(run_sql(store.con, queries[n].sql, {"rows": "100000", **p},
+                                   tuple(q.name for q in queries[n].params)).to_pylist(), key=repr)
+                    for n, p in asked]
+
+        def sums(table: str) -> list[tuple[Any, ...]]:
+            return store.query(f"SELECT date_trunc('day', hour), sum(flows), sum(packets), sum(bytes), "
+                               f"min(first_seen), max(last_seen) FROM {table} GROUP BY 1 ORDER BY 1")
+
+        before, pair_sums = answers(), sums("pair_hours")
+        # the comparison proves something: every query answers something for some window
+        assert {n for (n, _w), a in zip(asked, before, strict=True) if a} == {n for n, _w in asked}
+        hourly_rows = store.query("SELECT count(*) FROM pair_hours")[0][0]
+        pairs_by_day = pairs(store, "flow_pairs", {"since": days[1], "until": days[2]})
+        first_day = pairs(store, "flow_pairs", {"since": days[0], "until": days[1]})
+        now = store.rolled_until()
+        assert now is not None
+        flows_before = store.query("SELECT count(*) FROM flows")
+        store.retain(Retention(events=None, flows=None, connections=None, counters=None, rollups=None,
+                               hourly=timedelta(hours=48)), now=now)
+        cut = (now - timedelta(hours=48)).replace(hour=0)
+        assert store.days_until() == cut and cut >= day0 + timedelta(days=1)
+        assert store.stats.days_compacted == (cut - day0).days
+        # one row per key and day before the cut, hours after it, and the sums of each day unchanged
+        assert store.query("SELECT count(*) FROM pair_hours WHERE hour < ? AND hour <> date_trunc('day', hour)",
+                           [cut]) == [(0,)]
+        assert store.query(f"SELECT count(*) FROM (SELECT hour, {KEYS} FROM pair_hours GROUP BY ALL "
+                           "HAVING count(*) > 1)") == [(0,)]
+        assert store.query("SELECT count(*) FROM pair_hours")[0][0] < hourly_rows
+        assert sums("pair_hours") == pair_sums
+        assert store.query("SELECT count(*) FROM flows") == flows_before  # the raw flows stay (flows=None)
+        assert answers() == before
+        assert pairs(store, "flow_pairs", {"since": days[1], "until": days[2]}) == pairs_by_day
+        # a window that starts or ends inside a compacted day counts that day whole
+        inside = {"since": f"{days[0][:10]} 07:30:00", "until": f"{days[0][:10]} 13:00:00"}
+        assert first_day and pairs(store, "flow_pairs", inside) == first_day
+        assert pairs(store, RAW_PAIRS, inside) != first_day  # the raw flows of those hours only: fewer
+        # compacting again changes nothing; flows written later for a compacted day stay raw (the hours
+        # after the compacted days are rolled up again, the days are not)
+        assert store.compact_days(now - timedelta(hours=48)) == 0
+        insert(store, [dict(rows[0], start_time=day0 + timedelta(hours=1), end_time=day0 + timedelta(hours=1,
+                                                                                                 seconds=15))])
+        assert store.rolled_until() == cut
+        store.roll_up()
+        assert store.days_until() == cut and sums("pair_hours") == pair_sums
+        assert pairs(store, "flow_pairs", {"since": days[1], "until": days[2]}) == pairs_by_day
+        # raw flows past their retention go; the day rows stay and still answer
+        store.retain(Retention(events=None, flows=timedelta(hours=30), connections=None, counters=None,
+                               rollups=None), now=now)
+        assert store.query("SELECT min(start_time) >= ? FROM flows", [cut]) == [(True,)]
+        assert pairs(store, "flow_pairs", {"since": days[1], "until": days[2]}) == pairs_by_day
+        # rollups past theirs go by whole compacted days (a cut inside one keeps it), by hours after them
+        for rollup_cut, first_left in ((day0 + timedelta(hours=6), day0),
+                                       (day0 + timedelta(days=1, hours=6), day0 + timedelta(days=1, hours=6))):
+            assert first_left == day0 or first_left >= cut  # (day 1 is hourly: after the compacted days)
+            store.retain(Retention(events=None, flows=timedelta(hours=30), connections=None, counters=None,
+                                   rollups=now - rollup_cut), now=now)
+            assert store.query("SELECT min(hour) FROM pair_hours UNION ALL SELECT min(hour) FROM rule_hours") == [
+                (first_left,), (first_left,)]
+        assert_totals_exact(store)
+    finally:
+        store.close(snapshot=False)

@@ -71,6 +71,8 @@ def parse_size(text: str) -> int:
 @click.option("--retain-flows", default="30d", show_default=True, help="Keep flows, connections, counters.")
 @click.option("--retain-rollups", default="365d", show_default=True,
               help="Keep the hourly rollups (what the named queries read) this long, past the raw flows (or none).")
+@click.option("--hourly-rollups", default="48h", show_default=True,
+              help="Then compact the rollups' hours into days (windows inside them count whole days; or none).")
 @click.option("--snapshot-interval", default=5.0, show_default=True, help="Seconds between reader snapshots.")
 @click.option("--rcvbuf", default="64M", show_default=True, help="Netlink receive buffer (SO_RCVBUFFORCE).")
 @click.option("--qthreshold", default=128, show_default=True, help="NFLOG messages per kernel batch.")
@@ -98,6 +100,7 @@ def collect_cmd(
     retain_events: str,
     retain_flows: str,
     retain_rollups: str,
+    hourly_rollups: str,
     snapshot_interval: float,
     rcvbuf: str,
     qthreshold: int,
@@ -187,6 +190,7 @@ def collect_cmd(
             connections=retain_flows_td,
             counters=retain_flows_td,
             rollups=parse_duration(retain_rollups),
+            hourly=parse_duration(hourly_rollups),
         ),
     )
     stop = threading.Event()
@@ -367,6 +371,8 @@ def _print_status(doc: dict[str, Any]) -> None:
     if r is not None:
         reach = f"flows before {_t(r['rolled_until'])} rolled up" if r["rolled_until"] else "nothing rolled up yet"
         compacted = f", rollups only before {_t(r['compacted_until'])}" if r["compacted_until"] else ""
+        if r.get("days_until"):
+            compacted += f", per day before {_t(r['days_until'])}"
         n = r["rows"]
         click.echo(f"  rollups: {reach}{compacted}; {n['pair_hours']:,} pair-hours, {n['rule_hours']:,} rule-hours, "
                    f"{n['talkers']:,} talkers")

@@ -108,6 +108,9 @@ class Retention:
     # The hourly rollups (pair_hours, rule_hours, talkers) outlive the raw flows: the questions
     # about last month stay answerable, 15 s buckets compacted into hours.
     rollups: timedelta | None = timedelta(days=365)
+    # After this, the hours of each whole day (pair_hours, rule_hours) are compacted into one row
+    # per key and day: a year of rollups is ~365 rows per key, not ~8,760 (None: hours forever).
+    hourly: timedelta | None = timedelta(hours=48)
 
     def per_table(self) -> dict[str, timedelta | None]:
         return {
@@ -131,6 +134,7 @@ class StoreStats:
     deleted: int = 0
     hours_folded: int = 0  # rolled up by compacting what `fold` summed during the hour
     hours_recomputed: int = 0  # rolled up from their raw flows
+    days_compacted: int = 0  # hourly rollups compacted into days by retention
 
 
 class DuckStore:
@@ -294,13 +298,19 @@ class DuckStore:
         value: datetime | None = row[0][0] if row else None
         return value
 
+    def days_until(self) -> datetime | None:
+        row = self.query("SELECT max(days_until) FROM rollup_state")
+        value: datetime | None = row[0][0] if row else None
+        return value
+
     def _unroll_from(self, first: datetime) -> None:
         """Flows from `first` on changed: the hours from its hour on are no longer rolled up
-        (except compacted hours: their rollups are all that is left of their raw flows)."""
+        (except compacted hours and days: their rollups are all that is left of their raw flows,
+        or are summed per day, which an hour's flows cannot be taken out of)."""
         hour = first.replace(minute=0, second=0, microsecond=0)
-        compacted = self.compacted_until()
-        if compacted is not None:
-            hour = max(hour, compacted)
+        for floor in (self.compacted_until(), self.days_until()):
+            if floor is not None:
+                hour = max(hour, floor)
         self.con.execute("UPDATE rollup_state SET rolled_until = ? WHERE rolled_until > ?", [hour, hour])
         flows_until, pairs_until = self._totals_state()
         if pairs_until is not None and pairs_until > hour:  # its pair_hours will be rolled up again
@@ -433,18 +443,22 @@ class DuckStore:
                 folded += n
         return folded
 
-    def _compact(self, start: datetime, target: datetime) -> None:
-        """The folded sums of the hours [start, target) as one row per key, as `roll_up` makes them."""
+    def _compact(self, start: datetime | None, target: datetime, bucket: str = "hour") -> None:
+        """The rollup rows of [start, target) as one row per key and `bucket` (an expression of `hour`):
+        the folded sums of an hour, as `roll_up` makes them, or the hours of a day (`compact_days`)."""
         pairs = ("hour, src_ep, src_ip, dst_ep, dst_ip, proto, dport, denied, sum(flows) AS flows, "
                  "sum(connections) AS connections, sum(packets) AS packets, sum(bytes) AS bytes, "
                  "sum(reply_packets) AS reply_packets, sum(reply_bytes) AS reply_bytes, "
                  "min(first_seen) AS first_seen, max(last_seen) AS last_seen")
         rules = ("hour, rule_id, sum(events) AS events, sum(packets) AS packets, min(first_seen) AS first_seen, "
                  "max(last_seen) AS last_seen, max(last_hit) AS last_hit")
-        within = f"hour >= {_ts(start)} AND hour < {_ts(target)}"
-        merged = [(r.hours.name, r.merged(f"(SELECT * FROM {r.hours.name} WHERE {within})"))
-                  for r in schema.HOUR_ROLLUPS]
-        for table, select in [(t, f"SELECT {cols} FROM {t} WHERE {within} GROUP BY ALL")
+        within = ("" if start is None else f"hour >= {_ts(start)} AND ") + f"hour < {_ts(target)}"
+
+        def rows(table: str) -> str:
+            return f"(SELECT * REPLACE ({bucket} AS hour) FROM {table} WHERE {within})"
+
+        merged = [(r.hours.name, r.merged(rows(r.hours.name))) for r in schema.HOUR_ROLLUPS]
+        for table, select in [(t, f"SELECT {cols} FROM {rows(t)} GROUP BY ALL")
                               for t, cols in (("pair_hours", pairs), ("rule_hours", rules))] + merged:
             self.query(f"CREATE OR REPLACE TEMP TABLE _ft_compact AS {select}")
             self.query(f"DELETE FROM {table} WHERE {within}")
@@ -557,9 +571,34 @@ class DuckStore:
         self.query("DROP TABLE _ft_gone")
 
     def _set_state(self, rolled_until: datetime, compacted_until: datetime | None) -> None:
+        days = self.days_until()
         self.query("DELETE FROM rollup_state")
-        self.query("INSERT INTO rollup_state (rolled_until, compacted_until) VALUES (?, ?)",
-                   [rolled_until, compacted_until])
+        self.query("INSERT INTO rollup_state (rolled_until, compacted_until, days_until) VALUES (?, ?, ?)",
+                   [rolled_until, compacted_until, days])
+
+    def compact_days(self, before: datetime) -> int:
+        """Compact the rollup hours of the whole days before `before` (rounded down to a day, and to
+        the last whole rolled-up day) into one row per key and day; returns the days compacted. Sums
+        of sums, minima of minima: the day rows answer exactly what their hours did, for windows of
+        whole days (`rollup_state.days_until`)."""
+        with self.transaction():
+            rolled = self.rolled_until()
+            if rolled is None:
+                return 0
+            target = _day(min(before, rolled))
+            done = self.days_until()
+            if done is not None and target <= done:
+                return 0
+            days = self.query("SELECT count(DISTINCT date_trunc('day', hour)) FROM pair_hours WHERE hour >= ? "
+                              "AND hour < ?", [done or datetime.min, target])[0][0]
+            self._compact(done, target, "date_trunc('day', hour)")
+            self.query("UPDATE rollup_state SET days_until = ?", [target])
+            return int(days)
+
+    def _rollup_cut(self, cut: datetime) -> datetime:
+        """Where rollups older than `cut` end: a compacted day goes only once all of it is older."""
+        days = self.days_until()
+        return _day(cut) if days is not None and cut < days else cut
 
     def _merge_talkers(self, where: str) -> None:
         """Merge the talkers of the flows `where` keeps into `talkers` (min/max: idempotent)."""
@@ -719,7 +758,8 @@ class DuckStore:
             thread.join()
 
     def retain(self, policy: Retention, now: datetime | None = None) -> int:
-        """Delete rows older than the retention of their table; returns rows deleted."""
+        """Delete rows older than the retention of their table, then compact the rollup hours older
+        than `policy.hourly` into days; returns rows deleted."""
         now = now or utcnow()
         deleted = 0
         for table, age in policy.per_table().items():
@@ -732,6 +772,8 @@ class DuckStore:
             else:
                 rows = self.query(f"DELETE FROM {table} WHERE {column} < ?", [cutoff])
             deleted += int(rows[0][0]) if rows else 0
+        if policy.hourly is not None:
+            self.stats.days_compacted += self.compact_days(now - policy.hourly)
         self.stats.deleted += deleted
         return deleted
 
@@ -746,10 +788,10 @@ class DuckStore:
                 forgotten = self._forget_flow_totals(f"start_time < {_ts(cutoff)}")
                 rows = self.query("DELETE FROM flows WHERE start_time < ?", [cutoff])
                 self._recount_flow_totals(forgotten)
-                hours = self.query("DELETE FROM pair_hours WHERE hour < ?", [cutoff])
-                self.query("DELETE FROM rule_hours WHERE hour < ?", [cutoff])
+                hours = self.query("DELETE FROM pair_hours WHERE hour < ?", [self._rollup_cut(cutoff)])
+                self.query("DELETE FROM rule_hours WHERE hour < ?", [self._rollup_cut(cutoff)])
                 for r in schema.HOUR_ROLLUPS:
-                    self.query(f"DELETE FROM {r.hours.name} WHERE hour < ?", [cutoff])
+                    self.query(f"DELETE FROM {r.hours.name} WHERE hour < ?", [self._rollup_cut(cutoff)])
                 if rows and rows[0][0]:  # first_seen may have been a deleted flow's
                     self._rebuild_talkers()
                 if hours and hours[0][0]:
@@ -763,12 +805,12 @@ class DuckStore:
             if rolled is not None:
                 self._set_state(rolled, max(cutoff, self.compacted_until() or cutoff))
             if roll_cut is not None:
-                hours = self.query("DELETE FROM pair_hours WHERE hour < ?", [roll_cut])
+                hours = self.query("DELETE FROM pair_hours WHERE hour < ?", [self._rollup_cut(roll_cut)])
                 if hours and hours[0][0]:
                     self._rebuild_pair_totals()
-                self.query("DELETE FROM rule_hours WHERE hour < ?", [roll_cut])
+                self.query("DELETE FROM rule_hours WHERE hour < ?", [self._rollup_cut(roll_cut)])
                 for r in schema.HOUR_ROLLUPS:
-                    self.query(f"DELETE FROM {r.hours.name} WHERE hour < ?", [roll_cut])
+                    self.query(f"DELETE FROM {r.hours.name} WHERE hour < ?", [self._rollup_cut(roll_cut)])
                 self.query("DELETE FROM talkers WHERE last_seen < ?", [roll_cut])
             return rows
 
@@ -858,6 +900,10 @@ def _rebuild_totals(con: duckdb.DuckDBPyConnection) -> None:
 
 def _hour(value: datetime) -> datetime:
     return value.replace(minute=0, second=0, microsecond=0)
+
+
+def _day(value: datetime) -> datetime:
+    return value.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def _ts(value: datetime) -> str:

@@ -338,6 +338,12 @@ RULE_COUNTERS = Table(
     ),
 )
 
+# Hourly rollup rows become day rows once retention compacts their day (`Retention.hourly`).
+_BUCKET_DOC = (
+    "Start of the hour (of the flows' bucket start); before `rollup_state.days_until`, start of the day "
+    "(UTC): one row per key and day."
+)
+
 PAIR_HOURS = Table(
     "pair_hours",
     "Rollup: the flows of `flows_once` (each flow once, both reporters merged) summed per hour, "
@@ -347,7 +353,7 @@ PAIR_HOURS = Table(
     "`flow_pairs` view reads it for whole hours and `flows_once` for the rest, so answers equal "
     "the raw flows'.",
     (
-        _c("hour", "TIMESTAMP", "Start of the hour (of the flows' bucket start)."),
+        _c("hour", "TIMESTAMP", _BUCKET_DOC),
         _c("src_ep", "INTEGER", "Source endpoint -> endpoints.id; NULL when the address is unknown."),
         _c("src_ip", "VARCHAR", "Source address when src_ep is NULL, else NULL."),
         _c("dst_ep", "INTEGER", "Destination endpoint -> endpoints.id."),
@@ -379,6 +385,14 @@ ROLLUP_STATE = Table(
             "hourly rollups longer (`--retain-rollups`). NULL if none. Flows written for these hours "
             "later stay raw (not rolled up) until retention deletes them.",
         ),
+        _c(
+            "days_until",
+            "TIMESTAMP",
+            "Days before this (a day boundary, UTC) are compacted: their `pair_hours` and `rule_hours` rows "
+            "are one per key and day (`--hourly-rollups`), and a query window that starts or ends inside "
+            "such a day counts the whole day. Flows written for them later stay raw, as for "
+            "`compacted_until`. NULL: none.",
+        ),
     ),
 )
 
@@ -388,7 +402,7 @@ RULE_HOURS = Table(
     "every hour before `rollup_state.rolled_until`; kept like `pair_hours`. The `rule_hits` (query "
     "window) and `rule_hits_all` (whole store) views read it for whole hours and `flows` for the rest.",
     (
-        _c("hour", "TIMESTAMP", "Start of the hour (of the flows' bucket start)."),
+        _c("hour", "TIMESTAMP", _BUCKET_DOC),
         _c("rule_id", "INTEGER", "Deciding rule -> rules.id (flows without one are left out)."),
         _c("events", "BIGINT", "NFLOG events."),
         _c("packets", "BIGINT", "Packets (as counted in `flows`)."),
@@ -709,13 +723,19 @@ FLOWS_ONCE_WINDOW = flows_once_sql(
 
 # The part of the query window the rollups answer: whole hours from the window's start (rounded up
 # to an hour) to its end or `rollup_state.rolled_until`, whichever is first. The rest is raw flows.
+# In the compacted days (before `days_until`) a window's ends widen to whole days (the start down,
+# the end up): such a day is one row per key, counted whole or not at all, never with raw flows.
 _ROLLED = (
     "(SELECT lo, hi, CASE WHEN lo < hi THEN lo ELSE until_ END AS raw_to, "
     "CASE WHEN lo < hi THEN hi ELSE until_ END AS raw_from FROM (SELECT until_, "
-    "CASE WHEN isinf(since_) OR date_trunc('hour', since_) = since_ THEN since_ "
+    "CASE WHEN isinf(since_) THEN since_ WHEN since_ < d THEN date_trunc('day', since_) "
+    "WHEN date_trunc('hour', since_) = since_ THEN since_ "
     "ELSE date_trunc('hour', since_) + INTERVAL 1 hour END AS lo, "
     "least(coalesce((SELECT max(rolled_until) FROM rollup_state), TIMESTAMP '-infinity'), "
-    "CASE WHEN isinf(until_) THEN until_ ELSE date_trunc('hour', until_) END) AS hi FROM query_window))"
+    "CASE WHEN isinf(until_) THEN until_ WHEN until_ < d AND date_trunc('day', until_) < until_ "
+    "THEN date_trunc('day', until_) + INTERVAL 1 day WHEN until_ < d THEN until_ "
+    "ELSE date_trunc('hour', until_) END) AS hi FROM query_window, "
+    "(SELECT coalesce(max(days_until), TIMESTAMP '-infinity') AS d FROM rollup_state)))"
 )
 # Whether `pair_totals` answers the rolled-up part of the query window: it must start at or before
 # the first hour in `pair_hours` and reach pairs_until (the hours from there to its end: pair_hours).

@@ -43,10 +43,13 @@ def _rollups(con: Any, have: set[str]) -> dict[str, Any] | None:
     None for a store older than them (read-only: not upgraded)."""
     if not {"rollup_state", "pair_hours", "rule_hours", "talkers"} <= have:
         return None
-    rolled, compacted = con.execute("SELECT max(rolled_until), max(compacted_until) FROM rollup_state").fetchone()
+    cols = {r[0] for r in con.execute("DESCRIBE rollup_state").fetchall()}
+    days = "max(days_until)" if "days_until" in cols else "NULL"  # a store from before day compaction
+    rolled, compacted, days_until = con.execute(
+        f"SELECT max(rolled_until), max(compacted_until), {days} FROM rollup_state").fetchone()
     rows = {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in ("pair_hours", "rule_hours",
                                                                                       "talkers")}
-    return {"rolled_until": rolled, "compacted_until": compacted, "rows": rows}
+    return {"rolled_until": rolled, "compacted_until": compacted, "days_until": days_until, "rows": rows}
 
 
 def read_status(path: Path, last_runs: int = 3) -> dict[str, Any]:
