@@ -309,7 +309,10 @@ class _NodeCompiler:
     refs: dict[int, RuleRef] = field(default_factory=dict)
     gates: dict[tuple[str, str, str], int] = field(default_factory=dict)
     eot: dict[str, set[str]] = field(default_factory=lambda: {"ingress": set(), "egress": set()})
-    workload_chains: dict[tuple[object, ...], str] = field(default_factory=dict)
+    workload_chains: dict[tuple[object, ...], str] = field(default_factory=dict)  # key → the chain laid out
+    # Workload chains registered (their walk rendered), by key: (prefix, stage, walk chain name).
+    _workloads: dict[tuple[object, ...], tuple[str, Stage, str]] = field(default_factory=dict)
+    _walks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # walk chain → its rules
     layouts: dict[str, ChainLayout] = field(default_factory=dict)
     decision_maps: dict[str, NftSet] = field(default_factory=dict)
     _decided: dict[str, str | None] = field(default_factory=dict)  # decision chain → None, or why the walk
@@ -547,16 +550,54 @@ class _NodeCompiler:
         return self._verdict(match, ref, "accept")[0]
 
     def _endpoint_chain(self, name: str, stage: Stage) -> str:
+        """The endpoint's chain: the walk, or (workloads) decision maps when the budget allows."""
+        if stage.family != "workload":
+            return self._walk_chain(name, stage)
+        signature = self._workload_walk(name, stage)
+        return self._workload_layout(signature)
+
+    def _workload_walk(self, prefix: str, stage: Stage) -> tuple[object, ...]:
+        """Render a workload chain's walk (once per shared chain) and register the chain for
+        its layout; returns its key for `_workload_layout`. Endpoints selected by the same policies
+        (replicas, or pods whose labels differ where no policy looks) share it."""
         assert stage.endpoint is not None
-        signature: tuple[object, ...] | None = None
-        if stage.family == "workload":
-            # Endpoints selected by the same policies (replicas, or pods whose labels differ
-            # where no policy looks): their chain is rendered once per compile.
-            signature = (name, stage.direction, stage.endpoint.profiles, self._selected(stage),
-                         self._local_key(stage))
-            found = self.workload_chains.get(signature)
-            if found is not None:
-                return found
+        signature = (prefix, stage.direction, stage.endpoint.profiles, self._selected(stage), self._local_key(stage))
+        if signature not in self._workloads:
+            walk = self._walk_chain(prefix, stage)
+            self._workloads[signature] = (prefix, stage, walk)
+        return signature
+
+    def _workload_layout(self, signature: tuple[object, ...]) -> str:
+        """The chain a registered workload chain's interfaces go to: its decision chain, or the walk."""
+        found = self.workload_chains.get(signature)
+        if found is not None:
+            return found
+        prefix, stage, walk = self._workloads[signature]
+        decided = self._decision_chain(prefix, stage, walk)
+        if decided is None:
+            if walk not in self.layouts:
+                self.layouts[walk] = ChainLayout(walk, "walk", len(self._walks[walk]), self._walk_reason)
+            self.chains[walk] = Chain(walk, self._walks[walk])
+            found = walk
+        else:
+            if any(f"goto {walk}" in line for line in self.chains[decided].rules):
+                self.chains[walk] = Chain(walk, self._walks[walk])  # the guard's way out
+            found = decided
+        self.workload_chains[signature] = found
+        return found
+
+    def _walk_cost(self, signature: tuple[object, ...]) -> tuple[int, int]:
+        """What a first packet of a registered workload chain costs in the walk: the rules of its
+        selecting policies and profiles it may test, then the jumps of its own chain."""
+        _, stage, walk = self._workloads[signature]
+        if self.options.decision_budget <= 0:
+            return 0, len(self._walks[walk])
+        return len(self._decision_rules(stage)[1]), len(self._walks[walk])
+
+    def _walk_chain(self, name: str, stage: Stage) -> str:
+        """The rule walk of an endpoint chain. Workload chains are named by a digest of their
+        rules and kept aside (`_walks`) until their layout is chosen; the others are added."""
+        assert stage.endpoint is not None
         lines: list[str] = []
         if stage.endpoint.kind == "hep" and stage.family != "forward":
             lines += self._failsafes(stage)
@@ -568,18 +609,9 @@ class _NodeCompiler:
             # Workloads with the same policies (replicas, mostly) share one chain: the table grows
             # with distinct policy sets, not with pods, and a policy change rewrites fewer chains.
             digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
-            prefix, name = name, f"{name}-{digest}"
-            decided = self._decision_chain(prefix, stage, name)
-            if decided is not None:
-                assert signature is not None
-                if any(f"goto {name}" in line for line in self.chains[decided].rules):
-                    self.chains[name] = Chain(name, tuple(lines))  # the guard's way out
-                self.workload_chains[signature] = decided
-                return decided
-            if name not in self.layouts:
-                self.layouts[name] = ChainLayout(name, "walk", len(lines), self._walk_reason)
-        if signature is not None:
-            self.workload_chains[signature] = name
+            name = f"{name}-{digest}"
+            self._walks[name] = tuple(lines)
+            return name
         self.chains[name] = Chain(name, tuple(lines))
         return name
 
@@ -622,6 +654,9 @@ class _NodeCompiler:
             f"{self.options.decision_node_budget})"
         if isinstance(built, str) and budget < self.options.decision_budget and left > 0:
             built += f" (what is left of the node's {self.options.decision_node_budget} elements)"
+        if isinstance(built, str) and budget < self.options.decision_budget:
+            # compile() decides the chains costing a packet the most first: say where this one stood.
+            built += f"; the node's maps go first to chains whose walk tests more rules (this one: {len(rules)})"
         if not isinstance(built, str):
             self._elements_used += built.elements
         if isinstance(built, str):
@@ -798,15 +833,19 @@ class _NodeCompiler:
     def compile(self) -> CompiledNode:
         local = sorted((ep for ep in self.state.endpoints if ep.kind == "wep" and ep.node == self.node),
                        key=lambda ep: ep.ref)
-        from_map: set[str] = set()
-        to_map: set[str] = set()
+        ifaces: list[tuple[str, tuple[object, ...], tuple[object, ...]]] = []
         for ep in local:
             assert ep.namespace is not None
-            iface = cali_name(ep.namespace, ep.name)
-            fw = self._endpoint_chain("fw", Stage("workload", "egress", ep, self.node))
-            tw = self._endpoint_chain("tw", Stage("workload", "ingress", ep, self.node))
-            from_map.add(f'"{iface}" : goto {fw}')
-            to_map.add(f'"{iface}" : goto {tw}')
+            fw = self._workload_walk("fw", Stage("workload", "egress", ep, self.node))
+            tw = self._workload_walk("tw", Stage("workload", "ingress", ep, self.node))
+            ifaces.append((cali_name(ep.namespace, ep.name), fw, tw))
+        # The node's element budget goes first to the chains whose walk costs a packet the most
+        # (most rules to test), not to whichever pod compiles first: deterministic, by cost then name.
+        for signature in sorted(self._workloads, key=lambda k: (*(-c for c in self._walk_cost(k)),
+                                                                 self._workloads[k][2])):
+            self._workload_layout(signature)
+        from_map = {f'"{iface}" : goto {self.workload_chains[fw]}' for iface, fw, _ in ifaces}
+        to_map = {f'"{iface}" : goto {self.workload_chains[tw]}' for iface, _, tw in ifaces}
         sets: dict[str, NftSet] = {
             "wl-from": NftSet("wl-from", "ifname : verdict", (), frozenset(from_map), is_map=True),
             "wl-to": NftSet("wl-to", "ifname : verdict", (), frozenset(to_map), is_map=True),

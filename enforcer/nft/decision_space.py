@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from enforcer.model import EntityRule, IPAddress, NamedPort, PortRange, Rule
 from enforcer.nft.regions import Box, interval_mask
-from enforcer.resolve.ipsets import IPSet, ip_key
+from enforcer.resolve.ipsets import IPSet, NamedPortSet, ip_key
 from enforcer.resolve.selectors import entity_selector
 from enforcer.resolve.state import ClusterState
 from enforcer.selector import Selector
@@ -69,11 +69,20 @@ def _selector(state: ClusterState, entity: EntityRule, namespace: str | None) ->
 
 def _named_groups(state: ClusterState, entity: EntityRule, namespace: str | None, protocol: int | None,
                   name: str) -> dict[tuple[int, int], frozenset[IPAddress]]:
-    """A named port's members as (protocol, port) → the addresses that declare it so."""
-    groups: dict[tuple[int, int], set[IPAddress]] = {}
-    for ip, proto, port in state.named_ports(_selector(state, entity, namespace), name, protocol).members:
-        groups.setdefault((proto, port), set()).add(ip)
-    return {k: frozenset(v) for k, v in groups.items()}
+    """A named port's members as (protocol, port) → the addresses that declare it so; grouped
+    once per member set for the state's life (every rule naming the port, in every chain, asks)."""
+    named = state.named_ports(_selector(state, entity, namespace), name, protocol)
+    cache: dict[int, tuple[NamedPortSet, dict[tuple[int, int], frozenset[IPAddress]]]] = state.caches.setdefault(
+        "decision.named_groups", {})
+    found = cache.get(id(named))
+    if found is None or found[0] is not named:
+        groups: dict[tuple[int, int], set[IPAddress]] = {}
+        for ip, proto, port in named.members:
+            groups.setdefault((proto, port), set()).add(ip)
+        if len(cache) >= _SELECTOR_CACHE:
+            cache.clear()
+        found = cache[id(named)] = (named, {k: frozenset(v) for k, v in groups.items()})
+    return found[1]
 
 
 class AddressTests:
@@ -135,14 +144,35 @@ def local_named_ports(state: ClusterState, rules: RuleList, direction: str, ips:
                       ) -> tuple[tuple[int, int], ...]:
     """The (protocol, port) of the endpoint's own named ports the rules use: endpoints differing
     there cannot share a decision chain."""
+    by_ip = own_named_port_index(state, rules, direction)
     found: set[tuple[int, int]] = set()
+    for ip in ips:
+        found.update(by_ip.get(ip, ()))
+    return tuple(sorted(found))
+
+
+def own_named_port_index(state: ClusterState, rules: RuleList, direction: str
+                         ) -> dict[IPAddress, frozenset[tuple[int, int]]]:
+    """Address → the (protocol, port) of the own-side named ports of `rules` it declares: built
+    once per rule list (kept with it for the state's life), so each endpoint sharing the list
+    looks up its own addresses instead of testing every rule's members."""
+    cache: dict[int, tuple[RuleList, str, dict[IPAddress, frozenset[tuple[int, int]]]]] = state.caches.setdefault(
+        "decision.own_named_ports", {})
+    found = cache.get(id(rules))
+    if found is not None and found[0] is rules and found[1] == direction:
+        return found[2]
+    by_ip: dict[IPAddress, set[tuple[int, int]]] = {}
     for rule, namespace in rules:
         local = _sides(rule, direction)[1]
         for np in _named(local):
-            for (proto, port), members in _named_groups(state, local, namespace, rule.protocol, np.name).items():
-                if any(ip in members for ip in ips):
-                    found.add((proto, port))
-    return tuple(sorted(found))
+            for key, members in _named_groups(state, local, namespace, rule.protocol, np.name).items():
+                for ip in members:
+                    by_ip.setdefault(ip, set()).add(key)
+    index = {ip: frozenset(keys) for ip, keys in by_ip.items()}
+    if len(cache) >= _SELECTOR_CACHE:
+        cache.clear()
+    cache[id(rules)] = (rules, direction, index)
+    return index
 
 
 def address_intervals(tests: Tests, version: int) -> tuple[list[int], list[frozenset[int]]]:
