@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import re
 from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
@@ -242,8 +243,9 @@ def test_a_decision_space_over_the_budget_keeps_the_walk_and_says_why() -> None:
     tight = compile_node(ClusterState(res), node, CompileOptions(decision_budget=10))
     assert tight.layouts and all(c.layout == "walk" for c in tight.layouts)
     for c in tight.layouts:
-        assert c.reason.startswith("decision space ") and c.reason.endswith(" cells > budget 10"), c.reason
-        assert int(c.reason.split()[2]) > 10
+        # The cells, or a lower bound when one peer class's cells are already over (decision.py)
+        said = re.fullmatch(r"decision space (?:of at least )?(\d+) cells > budget 10", c.reason)
+        assert said is not None and int(said[1]) > 10, c.reason
         assert any(" jump p" in r for r in tight.table.chains[c.chain].rules), "the walk: jumps to policy chains"
     assert not any(name.startswith(("dp", "dh", "dn", "da", "di")) and name[3:4] == "-" for name in tight.table.sets)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from enforcer.model import EntityRule, IPAddress, NamedPort, PortRange, Rule
@@ -92,7 +92,7 @@ class AddressTests:
         self.ranges: Tests = []
         self.index: dict[object, int] = {}
 
-    def add(self, key: object, ranges: Iterator[tuple[int, int, int]]) -> None:
+    def add(self, key: object, ranges: Iterable[tuple[int, int, int]]) -> None:
         if key not in self.index:
             self.index[key] = len(self.ranges)
             self.ranges.append(list(ranges))
@@ -103,10 +103,17 @@ def _net_ranges(nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...])
         yield net.version, int(net.network_address), int(net.broadcast_address)
 
 
-def _set_ranges(ipset: IPSet) -> Iterator[tuple[int, int, int]]:
-    for h in ipset.hosts:  # a generator: only run for a set not seen yet
-        yield h.version, int(h), int(h)
-    yield from _net_ranges(ipset.nets)
+def _set_ranges(state: ClusterState, ipset: IPSet) -> tuple[tuple[int, int, int], ...]:
+    """An address set's ranges, once per set for the state's life (every chain testing it asks)."""
+    cache: dict[int, tuple[IPSet, tuple[tuple[int, int, int], ...]]] = state.caches.setdefault(
+        "decision.set_ranges", {})
+    found = cache.get(id(ipset))
+    if found is None or found[0] is not ipset:
+        if len(cache) >= _SELECTOR_CACHE:
+            cache.clear()
+        ranges = tuple((h.version, int(h), int(h)) for h in ipset.hosts) + tuple(_net_ranges(ipset.nets))
+        found = cache[id(ipset)] = (ipset, ranges)
+    return found[1]
 
 
 def address_tests(state: ClusterState, rules: RuleList, direction: str, *, peer: bool = True) -> AddressTests:
@@ -121,7 +128,7 @@ def address_tests(state: ClusterState, rules: RuleList, direction: str, *, peer:
             if sel is None:
                 continue
             ipset = state.ipset(sel)
-            tests.add(("set", ipset), _set_ranges(ipset))
+            tests.add(("set", ipset), _set_ranges(state, ipset))
         if peer:
             for np in _named(side):
                 for ips in _named_groups(state, side, namespace, rule.protocol, np.name).values():
