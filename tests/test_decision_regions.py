@@ -25,7 +25,7 @@ from enforcer.evaluate.path import Stage
 from enforcer.lab.names import cali_name
 from enforcer.model import EntityRule, ICMPMatch, IPAddress, NamedPort, PortRange, ResourceSet, Rule
 from enforcer.nft.compiler import CompileOptions, compile_node
-from enforcer.nft.decision import DEFAULT_BUDGET, PORT_PROTOCOLS
+from enforcer.nft.decision import DEFAULT_BUDGET, PORT_PROTOCOLS, MembershipIndex, memberships
 from enforcer.nft.ir import Table
 from enforcer.resolve import ClusterState
 from enforcer.ruleids import RuleTable
@@ -269,3 +269,15 @@ def test_the_nodes_decision_maps_are_bounded_together() -> None:
     assert sum(c.elements for c in made) <= cap
     for c in walked:
         assert "node's decision maps are full" in c.reason or "what is left of the node's" in c.reason, c.reason
+
+
+@given(st.lists(st.lists(st.tuples(st.sampled_from((4, 6)), st.integers(0, 40), st.integers(0, 8)), max_size=4),
+                max_size=6),
+       st.lists(st.tuples(st.sampled_from((4, 6)), st.integers(0, 50)), max_size=8))
+def test_the_membership_index_answers_as_the_scan(raw: list[list[tuple[int, int, int]]],
+                                                  addrs: list[tuple[int, int]]) -> None:
+    """The compiler's per-rule-list index (one bisection per address) gives each address the
+    same tests as scanning every test's ranges."""
+    tests = [[(v, first, first + width) for v, first, width in ranges] for ranges in raw]
+    ips = tuple(ipaddress.IPv4Address(x) if v == 4 else ipaddress.IPv6Address(x) for v, x in addrs)
+    assert MembershipIndex(tests).of(ips) == memberships(tests, ips)

@@ -770,7 +770,14 @@ class _NodeCompiler:
         hit = kept.get(key)
         if hit is not None and hit[0] is tests:
             return hit[1]
-        found = tuple(sorted(tuple(sorted(m)) for m in decision.memberships(tests, ips)))
+        # Endpoints sharing a rule list test their addresses against the same tests: one index.
+        indexes: dict[int, decision.MembershipIndex] = self.state.caches.setdefault("nft.membership_index", {})
+        index = indexes.get(id(tests))
+        if index is None or index.tests is not tests:
+            if len(indexes) >= KEPT_MAX:
+                indexes.clear()
+            index = indexes[id(tests)] = decision.MembershipIndex(tests)
+        found = tuple(sorted(tuple(sorted(m)) for m in index.of(ips)))
         if len(kept) >= KEPT_MAX:
             kept.clear()
         kept[key] = (tests, found)

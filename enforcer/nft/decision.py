@@ -58,6 +58,7 @@ from enforcer.nft.decision_space import (
     AddressTests,
     Family,
     Intervals,
+    MembershipIndex,
     RuleList,
     Tests,
     address_intervals,
@@ -76,9 +77,9 @@ from enforcer.nft.decision_space import (
 from enforcer.nft.regions import Box, Outcome, RegionRule, TierRules, bits, walk
 from enforcer.resolve.rules import rule_for_family
 
-__all__ = ["ChainLayout", "DecisionChain", "Outcome", "DEFAULT_BUDGET", "NODE_BUDGET", "PORT_PROTOCOLS", "RuleList",
-           "Tests", "address_tests", "chain_tag", "decide", "local_named_ports", "memberships", "outcome_name",
-           "tests_own_named_port"]
+__all__ = ["ChainLayout", "DecisionChain", "MembershipIndex", "Outcome", "DEFAULT_BUDGET", "NODE_BUDGET",
+           "PORT_PROTOCOLS", "RuleList", "Tests", "address_tests", "chain_tag", "decide", "local_named_ports",
+           "memberships", "outcome_name", "tests_own_named_port"]
 
 # Default cells per endpoint chain (see README "Decision maps" for the measurements behind it).
 # The region walk makes compile cost grow with rules × regions; cells bound the rendering and
@@ -278,7 +279,8 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
     own = stage.endpoint.ips
     own_tests = address_tests(ev.state, rules, direction, peer=False).ranges
     for version in (4, 6):
-        if len(set(memberships(own_tests, tuple(ip for ip in own if ip.version == version)))) > 1:
+        same = tuple(ip for ip in own if ip.version == version)
+        if len(same) > 1 and len(set(memberships(own_tests, same))) > 1:
             return f"the endpoint's IPv{version} addresses differ in the rules' tests"
     tests = address_tests(ev.state, rules, direction)
     families = {v: _family(ev, rules, v, local[v], tests, ports, icmp) for v in (4, 6)}

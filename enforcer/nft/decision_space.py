@@ -143,6 +143,25 @@ def memberships(tests: Tests, ips: tuple[IPAddress, ...]) -> tuple[frozenset[int
                  for ip in ips)
 
 
+class MembershipIndex:
+    """`memberships` for many addresses against the same tests: the elementary intervals of
+    each version are built once (when first asked), then an address is one bisection."""
+
+    def __init__(self, tests: Tests) -> None:
+        self.tests = tests
+        self._by_version: dict[int, tuple[list[int], list[frozenset[int]]]] = {}
+
+    def of(self, ips: tuple[IPAddress, ...]) -> tuple[frozenset[int], ...]:
+        out = []
+        for ip in ips:
+            found = self._by_version.get(ip.version)
+            if found is None:
+                found = self._by_version[ip.version] = address_intervals(self.tests, ip.version)
+            starts, sigs = found
+            out.append(sigs[bisect.bisect_right(starts, int(ip)) - 1])
+        return tuple(out)
+
+
 def tests_own_named_port(rule: Rule, direction: str) -> bool:
     return bool(_named(_sides(rule, direction)[1]))
 
