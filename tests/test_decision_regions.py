@@ -281,3 +281,41 @@ def test_the_membership_index_answers_as_the_scan(raw: list[list[tuple[int, int,
     tests = [[(v, first, first + width) for v, first, width in ranges] for ranges in raw]
     ips = tuple(ipaddress.IPv4Address(x) if v == 4 else ipaddress.IPv6Address(x) for v, x in addrs)
     assert MembershipIndex(tests).of(ips) == memberships(tests, ips)
+
+
+def test_the_nodes_budget_goes_to_the_costliest_walks_first() -> None:
+    """When the node's element budget is short, the chains whose walk tests the most rules get
+    the maps (not whichever pod compiles first), the choice is the same compile after compile, and
+    each chain left with the walk says why and what its walk tests."""
+    spec = SynthSpec(nodes=1, namespaces=2, pods=8, externals=2, policies=14, rules_per_policy=3)
+    res = topped_up(synth_resources(7, spec), 7)
+    state = ClusterState(res)
+    node = next(iter(state.nodes))
+    roomy = compile_node(state, node, CompileOptions(decision_budget=DEFAULT_BUDGET))
+    decided = [c for c in roomy.layouts if c.layout == "decision"]
+    assert len(decided) >= 3, "the seed gives several decision chains"
+    # Room for the biggest chain's cells (at most three times its merged elements here), not for all.
+    cap = 3 * max(c.elements for c in decided)
+    options = CompileOptions(decision_budget=DEFAULT_BUDGET, decision_node_budget=cap)
+    capped = compile_node(ClusterState(res), node, options)
+    assert compile_node(ClusterState(res), node, options).layouts == capped.layouts
+
+    ev = Evaluator(ClusterState(res).for_dataplane())
+    cost: dict[str, int] = {}  # each workload chain laid out → the rules its walk tests
+    for direction, map_name in (("egress", "wl-from"), ("ingress", "wl-to")):
+        goes = dict(e.split(" : goto ") for e in capped.table.sets[map_name].elements)
+        for ep in ev.state.endpoints:
+            if ep.kind != "wep" or ep.node != node:
+                continue
+            stage = Stage("workload", direction, ep, node)
+            rules = sum(len(p.rules(direction)) for t in ev.stage_tiers(stage) for p in t.enforced)
+            rules += sum(len(ev.state.profiles[n].rules(direction)) for n in ep.profiles if n in ev.state.profiles)
+            cost[goes[f'"{cali_name(ep.namespace or "", ep.name)}"']] = rules
+    made = [c for c in capped.layouts if c.layout == "decision"]
+    full = [c for c in capped.layouts if c.layout == "walk" and "node's" in c.reason]
+    assert made and full, capped.layouts
+    assert sum(c.elements for c in made) <= cap
+    for c in full:
+        assert f"(this one: {cost[c.chain]})" in c.reason, c.reason
+    # Decided in order of cost: the costliest walk is decided first, while the whole budget is left.
+    assert max(cost.values()) == max(cost[c.chain] for c in made)
