@@ -69,20 +69,31 @@ def _selector(state: ClusterState, entity: EntityRule, namespace: str | None) ->
 
 def _named_groups(state: ClusterState, entity: EntityRule, namespace: str | None, protocol: int | None,
                   name: str) -> dict[tuple[int, int], frozenset[IPAddress]]:
-    """A named port's members as (protocol, port) → the addresses that declare it so; grouped
-    once per member set for the state's life (every rule naming the port, in every chain, asks)."""
+    """A named port's members as (protocol, port) → the addresses that declare it so."""
+    return _named_port(state, entity, namespace, protocol, name)[0]
+
+
+def _named_port(state: ClusterState, entity: EntityRule, namespace: str | None, protocol: int | None, name: str
+                ) -> tuple[dict[tuple[int, int], frozenset[IPAddress]], dict[IPAddress, frozenset[tuple[int, int]]]]:
+    """A named port's members grouped by (protocol, port), and the other way round (address →
+    what it declares): once per member set for the state's life (every rule naming the port, in
+    every chain and for every pod, asks)."""
     named = state.named_ports(_selector(state, entity, namespace), name, protocol)
-    cache: dict[int, tuple[NamedPortSet, dict[tuple[int, int], frozenset[IPAddress]]]] = state.caches.setdefault(
+    cache: dict[int, tuple[NamedPortSet, dict[tuple[int, int], frozenset[IPAddress]],
+                           dict[IPAddress, frozenset[tuple[int, int]]]]] = state.caches.setdefault(
         "decision.named_groups", {})
     found = cache.get(id(named))
     if found is None or found[0] is not named:
         groups: dict[tuple[int, int], set[IPAddress]] = {}
+        by_ip: dict[IPAddress, set[tuple[int, int]]] = {}
         for ip, proto, port in named.members:
             groups.setdefault((proto, port), set()).add(ip)
+            by_ip.setdefault(ip, set()).add((proto, port))
         if len(cache) >= _SELECTOR_CACHE:
             cache.clear()
-        found = cache[id(named)] = (named, {k: frozenset(v) for k, v in groups.items()})
-    return found[1]
+        found = cache[id(named)] = (named, {k: frozenset(v) for k, v in groups.items()},
+                                    {k: frozenset(v) for k, v in by_ip.items()})
+    return found[1], found[2]
 
 
 class AddressTests:
@@ -170,35 +181,33 @@ def local_named_ports(state: ClusterState, rules: RuleList, direction: str, ips:
                       ) -> tuple[tuple[int, int], ...]:
     """The (protocol, port) of the endpoint's own named ports the rules use: endpoints differing
     there cannot share a decision chain."""
-    by_ip = own_named_port_index(state, rules, direction)
     found: set[tuple[int, int]] = set()
-    for ip in ips:
-        found.update(by_ip.get(ip, ()))
+    for by_ip in _own_named_ports(state, rules, direction):
+        for ip in ips:
+            found.update(by_ip.get(ip, ()))
     return tuple(sorted(found))
 
 
-def own_named_port_index(state: ClusterState, rules: RuleList, direction: str
-                         ) -> dict[IPAddress, frozenset[tuple[int, int]]]:
-    """Address → the (protocol, port) of the own-side named ports of `rules` it declares: built
-    once per rule list (kept with it for the state's life), so each endpoint sharing the list
-    looks up its own addresses instead of testing every rule's members."""
-    cache: dict[int, tuple[RuleList, str, dict[IPAddress, frozenset[tuple[int, int]]]]] = state.caches.setdefault(
-        "decision.own_named_ports", {})
-    found = cache.get(id(rules))
-    if found is not None and found[0] is rules and found[1] == direction:
-        return found[2]
-    by_ip: dict[IPAddress, set[tuple[int, int]]] = {}
+def _own_named_ports(state: ClusterState, rules: RuleList, direction: str
+                     ) -> tuple[dict[IPAddress, frozenset[tuple[int, int]]], ...]:
+    """The distinct named ports (each as address → what it declares) that `rules` test on the
+    endpoint's own side: found once per rule list, so each endpoint sharing it looks up its own
+    addresses in a few indexes instead of testing every rule's members."""
+    cache: dict[tuple[int, str], tuple[RuleList, tuple[dict[IPAddress, frozenset[tuple[int, int]]], ...]]] = \
+        state.caches.setdefault("decision.own_named_ports", {})
+    found = cache.get((id(rules), direction))
+    if found is not None and found[0] is rules:
+        return found[1]
+    distinct: dict[int, dict[IPAddress, frozenset[tuple[int, int]]]] = {}
     for rule, namespace in rules:
         local = _sides(rule, direction)[1]
         for np in _named(local):
-            for key, members in _named_groups(state, local, namespace, rule.protocol, np.name).items():
-                for ip in members:
-                    by_ip.setdefault(ip, set()).add(key)
-    index = {ip: frozenset(keys) for ip, keys in by_ip.items()}
+            by_ip = _named_port(state, local, namespace, rule.protocol, np.name)[1]
+            distinct.setdefault(id(by_ip), by_ip)
     if len(cache) >= _SELECTOR_CACHE:
         cache.clear()
-    cache[id(rules)] = (rules, direction, index)
-    return index
+    cache[id(rules), direction] = (rules, tuple(distinct.values()))
+    return cache[id(rules), direction][1]
 
 
 def address_intervals(tests: Tests, version: int) -> tuple[list[int], list[frozenset[int]]]:
