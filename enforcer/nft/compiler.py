@@ -326,7 +326,8 @@ class _NodeCompiler:
     decided: dict[str, _Decided] = field(default_factory=dict)  # decision chain → how it was made
     book: SetBook = field(init=False)
     _live: Evaluator | None = None
-    _new_refs: list[RuleRef] | None = None  # set while a policy chain renders: the refs it adds
+    # Policy chains whose rule ids are allocated, not yet rendered: chain name → (policy, direction).
+    _unrendered: dict[str, tuple[Policy, Direction]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.book = SetBook(self.state)
@@ -338,8 +339,6 @@ class _NodeCompiler:
         ref = self.refs.get(rule_id)
         if ref is None:
             ref = self.refs[rule_id] = RuleRef(id=rule_id, **fields)  # type: ignore[arg-type]
-            if self._new_refs is not None:
-                self._new_refs.append(ref)
         return ref
 
     def _log(self, ref: RuleRef) -> str:
@@ -401,7 +400,7 @@ class _NodeCompiler:
         and the sets they use are taken as they were when the policy, the options and the id
         allocator are the same."""
         name = bounded_name(f"{'pi' if direction == 'ingress' else 'po'}-{_policy_chain_id(p)}")
-        if name in self.chains:
+        if name in self.chains or name in self._unrendered:
             return name
         cache: dict[tuple[object, ...], _RenderedChain] = self.state.caches.setdefault("nft.policy_chains", {})
         key = (p.key, direction)
@@ -416,9 +415,23 @@ class _NodeCompiler:
             self._gate(p)
             return name
         self._gate(p)
+        # Its rule ids now, in the order the walk meets them (as rendering would allocate them);
+        # its rules only once a chain kept in the table jumps to it (`_render_reached`).
+        for index, rule in enumerate(p.rules(direction)):
+            self._rule_ref(p, direction, index, rule)
+        self._unrendered[name] = (p, direction)
+        return name
+
+    def _render_reached(self) -> None:
+        """Render the policy chains that a chain of the table jumps to (the walks kept, host
+        endpoint chains); those only decision maps replaced are never rendered."""
+        wanted = reach.jump_targets(line for c in self.chains.values() for line in c.rules) & self._unrendered.keys()
+        for name in sorted(wanted):
+            self._render_policy_chain(name, *self._unrendered.pop(name))
+
+    def _render_policy_chain(self, name: str, p: Policy, direction: Direction) -> None:
+        cache: dict[tuple[object, ...], _RenderedChain] = self.state.caches.setdefault("nft.policy_chains", {})
         rules = p.rules(direction)
-        new_refs: list[RuleRef] = []
-        self._new_refs = new_refs  # what this chain adds (not a scan of every ref: quadratic in policies)
         used_sets: list[NftSet] = []
         self.book.recording = used_sets
 
@@ -429,12 +442,10 @@ class _NodeCompiler:
             lines = self._rule_lines(rules, p.namespace, ref, profile=False, limited=p.do_not_track)
         finally:
             self.book.recording = None
-            self._new_refs = None
         chain = self.chains[name] = Chain(name, tuple(lines))
-        refs = tuple(new_refs)
+        refs = tuple(ref(index, rule) for index, rule in enumerate(rules))  # what its lines log
         sets = tuple({s.name: s for s in used_sets}.values())
-        cache[key] = _RenderedChain(p, self.options, self.ids, chain, refs, sets)
-        return name
+        cache[p.key, direction] = _RenderedChain(p, self.options, self.ids, chain, refs, sets)
 
     def _rule_ref(self, p: Policy, direction: Direction, index: int, rule: Rule) -> RuleRef:
         return self._ref(("rule", p.kind, p.namespace or "", p.name, p.revision, direction, index),
@@ -922,6 +933,7 @@ class _NodeCompiler:
                                               is_map=True)
         disabled = {p.key for p in self.state.active_policies if p.disabled}
         sets[CLOSED] = NftSet(CLOSED, "mark", (), closed_gates(self.gates, disabled))
+        self._render_reached()  # before the sets: its rules add the sets they use
         sets.update(self.book.sets)
         sets.update(self.decision_maps)
         # The walk's policy chains stay rendered (rule ids), but only what a packet can reach is
