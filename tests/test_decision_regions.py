@@ -24,7 +24,7 @@ from enforcer.evaluate.flow import Flow
 from enforcer.evaluate.path import Stage
 from enforcer.lab.names import cali_name
 from enforcer.model import EntityRule, ICMPMatch, IPAddress, NamedPort, PortRange, ResourceSet, Rule
-from enforcer.nft.compiler import CompileOptions, compile_node
+from enforcer.nft.compiler import CompiledNode, CompileOptions, compile_node
 from enforcer.nft.decision import DEFAULT_BUDGET, PORT_PROTOCOLS, MembershipIndex, memberships
 from enforcer.nft.ir import Table
 from enforcer.resolve import ClusterState
@@ -92,6 +92,14 @@ def topped_up(res: ResourceSet, seed: int) -> ResourceSet:
                  for d in ("ingress", "egress")}
         pols.append(replace(p, ingress=rules["ingress"], egress=rules["egress"]))
     return replace(res, policies=tuple(pols))
+
+
+def roomy_compile(seed: int, pods: int, policies: int) -> tuple[ResourceSet, str, CompiledNode]:
+    """A one-node synth cluster (topped up) and its compile with the default budgets."""
+    spec = SynthSpec(nodes=1, namespaces=2, pods=pods, externals=2, policies=policies, rules_per_policy=3)
+    res = topped_up(synth_resources(seed, spec), seed)
+    node = next(iter(ClusterState(res).nodes))
+    return res, node, compile_node(ClusterState(res), node, CompileOptions(decision_budget=DEFAULT_BUDGET))
 
 
 def _in(part: str, value: int, parse: object) -> bool:
@@ -233,11 +241,7 @@ def test_the_property_test_reaches_decision_chains() -> None:
 def test_a_decision_space_over_the_budget_keeps_the_walk_and_says_why() -> None:
     """Never an unbounded map: a chain whose cells exceed the budget keeps its rule walk, and its
     layout names the cells and the budget (what `apply --dry-run` prints)."""
-    spec = SynthSpec(nodes=1, namespaces=2, pods=4, externals=2, policies=8, rules_per_policy=3)
-    res = topped_up(synth_resources(3, spec), 3)
-    state = ClusterState(res)
-    node = next(iter(state.nodes))
-    roomy = compile_node(state, node, CompileOptions(decision_budget=DEFAULT_BUDGET))
+    res, node, roomy = roomy_compile(3, pods=4, policies=8)
     cells = [c for c in roomy.layouts if c.layout == "decision"]
     assert cells, "the default budget lays these chains out as maps"
     tight = compile_node(ClusterState(res), node, CompileOptions(decision_budget=10))
@@ -253,10 +257,7 @@ def test_a_decision_space_over_the_budget_keeps_the_walk_and_says_why() -> None:
 def test_the_nodes_decision_maps_are_bounded_together() -> None:
     """Pods that share no decision each add maps: the node's element budget bounds them together.
     Chains decided once it is spent keep the walk and say so; the maps made fit the budget."""
-    spec = SynthSpec(nodes=1, namespaces=2, pods=6, externals=2, policies=10, rules_per_policy=3)
-    res = topped_up(synth_resources(5, spec), 5)
-    node = next(iter(ClusterState(res).nodes))
-    roomy = compile_node(ClusterState(res), node, CompileOptions(decision_budget=DEFAULT_BUDGET))
+    res, node, roomy = roomy_compile(5, pods=6, policies=10)
     decided = [c for c in roomy.layouts if c.layout == "decision"]
     assert len(decided) >= 2, "the seed gives several decision chains"
     first = decided[0].elements
@@ -287,11 +288,7 @@ def test_the_nodes_budget_goes_to_the_costliest_walks_first() -> None:
     """When the node's element budget is short, the chains whose walk tests the most rules get
     the maps (not whichever pod compiles first), the choice is the same compile after compile, and
     each chain left with the walk says why and what its walk tests."""
-    spec = SynthSpec(nodes=1, namespaces=2, pods=8, externals=2, policies=14, rules_per_policy=3)
-    res = topped_up(synth_resources(7, spec), 7)
-    state = ClusterState(res)
-    node = next(iter(state.nodes))
-    roomy = compile_node(state, node, CompileOptions(decision_budget=DEFAULT_BUDGET))
+    res, node, roomy = roomy_compile(7, pods=8, policies=14)
     decided = [c for c in roomy.layouts if c.layout == "decision"]
     assert len(decided) >= 3, "the seed gives several decision chains"
     # Room for the biggest chain's cells (at most three times its merged elements here), not for all.
