@@ -2,8 +2,8 @@
 
 Scenario: `--pods` pods on one node (each with a label of its own, so no two share the
 evaluator's per-labels answer: only the decision chains' key makes them share), `--policies`
-policies of 10 ingress rules each selecting every pod (selectors, nets, ports, ICMP: the rules
-of bench_dataplane.py's rate section), 40 peer pods on another node. Timed, in one run:
+policies of 10 ingress rules each selecting every pod (bench_dataplane.py's rate section's
+policies: selectors, nets, ports, ICMP), its 40 peer pods on another node. Timed, in one run:
 
   (a) compile_node with the rule walk (decision budget 0): the baseline;
   (b) compile_node with decision maps (the default budget, or --decision-budget).
@@ -22,66 +22,28 @@ import json
 import resource
 import sys
 import time
-from ipaddress import ip_address, ip_network
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from enforcer.model import (  # noqa: E402
-    EntityRule,
-    ICMPMatch,
-    Namespace,
-    Node,
-    Pod,
-    Policy,
-    PortRange,
-    ResourceSet,
-    Rule,
-)
+from bench_dataplane import NODE, peer_pods, rate_policies  # noqa: E402
+
+from enforcer.model import Namespace, Node, Pod, ResourceSet  # noqa: E402
 from enforcer.nft.compiler import CompileOptions, compile_node  # noqa: E402
 from enforcer.nft.decision import DEFAULT_BUDGET  # noqa: E402
 from enforcer.resolve import ClusterState  # noqa: E402
-from enforcer.selector import parse_selector  # noqa: E402
-
-NODE = "node-1"
-PROBE_PORT = 9999
-
-
-def policies(count: int) -> tuple[Policy, ...]:
-    def src(selector: str) -> EntityRule:
-        return EntityRule(selector=parse_selector(selector))
-
-    def ports(*p: int) -> EntityRule:
-        return EntityRule(ports=tuple(PortRange(x, x) for x in p))
-
-    out = []
-    for i in range(count):
-        rules = (
-            Rule("Allow", protocol=6, source=src("app == 'web'"), destination=ports(80, 443)),
-            Rule("Allow", protocol=17, source=src("app == 'dns'"), destination=ports(53)),
-            Rule("Deny", protocol=17, source=EntityRule(nets=(ip_network("192.0.2.0/24"),))),
-            Rule("Allow", protocol=17, destination=ports(5000 + i % 1000)),
-            Rule("Allow", protocol=6, source=EntityRule(nets=(ip_network("10.0.0.0/8"),)), destination=ports(8080)),
-            Rule("Deny", protocol=17, source=EntityRule(nets=(ip_network("198.51.100.0/24"),))),
-            Rule("Allow", protocol=1, icmp=ICMPMatch(8)),
-            Rule("Allow", protocol=17, source=src("app == 'api'"), destination=ports(PROBE_PORT)),
-            Rule("Allow", protocol=6, destination=EntityRule(ports=(PortRange(9000, 9100),))),
-            Rule("Deny", protocol=17, source=src("app == 'db'"), destination=ports(PROBE_PORT)),
-        )
-        out.append(Policy("NetworkPolicy", f"p{i:05d}", "bench", order=float(i + 1),
-                          selector=parse_selector("app == 'recv'"), types=("ingress",), ingress=rules))
-    return tuple(out)
 
 
 def resources(pods: int, count: int) -> ResourceSet:
-    apps = ("web", "api", "dns", "db")
+    """`pods` receiving pods on NODE, each with a label of its own, selected by `count` policies
+    of the rate section (bench_dataplane.rate_policies); its peer pods on another node."""
     recv = tuple(Pod(f"recv{i}", "bench", (("app", "recv"), ("idx", str(i))), NODE, "default",
                      (ip_address(f"10.244.{i // 200}.{10 + i % 200}"),)) for i in range(pods))
-    peers = tuple(Pod(f"peer{i}", "bench", (("app", apps[i % 4]),), "node-2", "default",
-                      (ip_address(f"10.250.0.{10 + i}"), ip_address(f"fd00:250::{10 + i:x}"))) for i in range(40))
     return ResourceSet(nodes=(Node(NODE), Node("node-2")), namespaces=(Namespace("bench"),),
-                       pods=recv + peers, policies=policies(count))
+                       pods=recv + peer_pods(), policies=rate_policies(count))
 
 
 def rss_mib() -> float:

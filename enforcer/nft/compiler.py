@@ -315,7 +315,10 @@ class _NodeCompiler:
     refs: dict[int, RuleRef] = field(default_factory=dict)
     gates: dict[tuple[str, str, str], int] = field(default_factory=dict)
     eot: dict[str, set[str]] = field(default_factory=lambda: {"ingress": set(), "egress": set()})
-    workload_chains: dict[tuple[object, ...], str] = field(default_factory=dict)
+    workload_chains: dict[tuple[object, ...], str] = field(default_factory=dict)  # key → the chain laid out
+    # Workload chains registered (their walk rendered), by key: (prefix, stage, walk chain name).
+    _workloads: dict[tuple[object, ...], tuple[str, Stage, str]] = field(default_factory=dict)
+    _walks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # walk chain → its rules
     layouts: dict[str, ChainLayout] = field(default_factory=dict)
     decision_maps: dict[str, NftSet] = field(default_factory=dict)
     _decided: dict[str, str | None] = field(default_factory=dict)  # decision chain → None, or why the walk
@@ -329,7 +332,8 @@ class _NodeCompiler:
     decided: dict[str, _Decided] = field(default_factory=dict)  # decision chain → how it was made
     book: SetBook = field(init=False)
     _live: Evaluator | None = None
-    _new_refs: list[RuleRef] | None = None  # set while a policy chain renders: the refs it adds
+    # Policy chains whose rule ids are allocated, not yet rendered: chain name → (policy, direction).
+    _unrendered: dict[str, tuple[Policy, Direction]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.book = SetBook(self.state)
@@ -341,8 +345,6 @@ class _NodeCompiler:
         ref = self.refs.get(rule_id)
         if ref is None:
             ref = self.refs[rule_id] = RuleRef(id=rule_id, **fields)  # type: ignore[arg-type]
-            if self._new_refs is not None:
-                self._new_refs.append(ref)
         return ref
 
     def _log(self, ref: RuleRef) -> str:
@@ -404,7 +406,7 @@ class _NodeCompiler:
         and the sets they use are taken as they were when the policy, the options and the id
         allocator are the same."""
         name = bounded_name(f"{'pi' if direction == 'ingress' else 'po'}-{_policy_chain_id(p)}")
-        if name in self.chains:
+        if name in self.chains or name in self._unrendered:
             return name
         cache: dict[tuple[object, ...], _RenderedChain] = self.state.caches.setdefault("nft.policy_chains", {})
         key = (p.key, direction)
@@ -419,9 +421,23 @@ class _NodeCompiler:
             self._gate(p)
             return name
         self._gate(p)
+        # Its rule ids now, in the order the walk meets them (as rendering would allocate them);
+        # its rules only once a chain kept in the table jumps to it (`_render_reached`).
+        for index, rule in enumerate(p.rules(direction)):
+            self._rule_ref(p, direction, index, rule)
+        self._unrendered[name] = (p, direction)
+        return name
+
+    def _render_reached(self) -> None:
+        """Render the policy chains that a chain of the table jumps to (the walks kept, host
+        endpoint chains); those only decision maps replaced are never rendered."""
+        wanted = reach.jump_targets(line for c in self.chains.values() for line in c.rules) & self._unrendered.keys()
+        for name in sorted(wanted):
+            self._render_policy_chain(name, *self._unrendered.pop(name))
+
+    def _render_policy_chain(self, name: str, p: Policy, direction: Direction) -> None:
+        cache: dict[tuple[object, ...], _RenderedChain] = self.state.caches.setdefault("nft.policy_chains", {})
         rules = p.rules(direction)
-        new_refs: list[RuleRef] = []
-        self._new_refs = new_refs  # what this chain adds (not a scan of every ref: quadratic in policies)
         used_sets: list[NftSet] = []
         self.book.recording = used_sets
 
@@ -432,12 +448,10 @@ class _NodeCompiler:
             lines = self._rule_lines(rules, p.namespace, ref, profile=False, limited=p.do_not_track)
         finally:
             self.book.recording = None
-            self._new_refs = None
         chain = self.chains[name] = Chain(name, tuple(lines))
-        refs = tuple(new_refs)
+        refs = tuple(ref(index, rule) for index, rule in enumerate(rules))  # what its lines log
         sets = tuple({s.name: s for s in used_sets}.values())
-        cache[key] = _RenderedChain(p, self.options, self.ids, chain, refs, sets)
-        return name
+        cache[p.key, direction] = _RenderedChain(p, self.options, self.ids, chain, refs, sets)
 
     def _rule_ref(self, p: Policy, direction: Direction, index: int, rule: Rule) -> RuleRef:
         return self._ref(("rule", p.kind, p.namespace or "", p.name, p.revision, direction, index),
@@ -553,16 +567,54 @@ class _NodeCompiler:
         return self._verdict(match, ref, "accept")[0]
 
     def _endpoint_chain(self, name: str, stage: Stage) -> str:
+        """The endpoint's chain: the walk, or (workloads) decision maps when the budget allows."""
+        if stage.family != "workload":
+            return self._walk_chain(name, stage)
+        signature = self._workload_walk(name, stage)
+        return self._workload_layout(signature)
+
+    def _workload_walk(self, prefix: str, stage: Stage) -> tuple[object, ...]:
+        """Render a workload chain's walk (once per shared chain) and register the chain for
+        its layout; returns its key for `_workload_layout`. Endpoints selected by the same policies
+        (replicas, or pods whose labels differ where no policy looks) share it."""
         assert stage.endpoint is not None
-        signature: tuple[object, ...] | None = None
-        if stage.family == "workload":
-            # Endpoints selected by the same policies (replicas, or pods whose labels differ
-            # where no policy looks): their chain is rendered once per compile.
-            signature = (name, stage.direction, stage.endpoint.profiles, self._selected(stage),
-                         self._local_key(stage))
-            found = self.workload_chains.get(signature)
-            if found is not None:
-                return found
+        signature = (prefix, stage.direction, stage.endpoint.profiles, self._selected(stage), self._local_key(stage))
+        if signature not in self._workloads:
+            walk = self._walk_chain(prefix, stage)
+            self._workloads[signature] = (prefix, stage, walk)
+        return signature
+
+    def _workload_layout(self, signature: tuple[object, ...]) -> str:
+        """The chain a registered workload chain's interfaces go to: its decision chain, or the walk."""
+        found = self.workload_chains.get(signature)
+        if found is not None:
+            return found
+        prefix, stage, walk = self._workloads[signature]
+        decided = self._decision_chain(prefix, stage, walk)
+        if decided is None:
+            if walk not in self.layouts:
+                self.layouts[walk] = ChainLayout(walk, "walk", len(self._walks[walk]), self._walk_reason)
+            self.chains[walk] = Chain(walk, self._walks[walk])
+            found = walk
+        else:
+            if any(f"goto {walk}" in line for line in self.chains[decided].rules):
+                self.chains[walk] = Chain(walk, self._walks[walk])  # the guard's way out
+            found = decided
+        self.workload_chains[signature] = found
+        return found
+
+    def _walk_cost(self, signature: tuple[object, ...]) -> tuple[int, int]:
+        """What a first packet of a registered workload chain costs in the walk: the rules of its
+        selecting policies and profiles it may test, then the jumps of its own chain."""
+        _, stage, walk = self._workloads[signature]
+        if self.options.decision_budget <= 0:
+            return 0, len(self._walks[walk])
+        return len(self._decision_rules(stage)[1]), len(self._walks[walk])
+
+    def _walk_chain(self, name: str, stage: Stage) -> str:
+        """The rule walk of an endpoint chain. Workload chains are named by a digest of their
+        rules and kept aside (`_walks`) until their layout is chosen; the others are added."""
+        assert stage.endpoint is not None
         lines: list[str] = []
         if stage.endpoint.kind == "hep" and stage.family != "forward":
             lines += self._failsafes(stage)
@@ -574,18 +626,9 @@ class _NodeCompiler:
             # Workloads with the same policies (replicas, mostly) share one chain: the table grows
             # with distinct policy sets, not with pods, and a policy change rewrites fewer chains.
             digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
-            prefix, name = name, f"{name}-{digest}"
-            decided = self._decision_chain(prefix, stage, name)
-            if decided is not None:
-                assert signature is not None
-                if any(f"goto {name}" in line for line in self.chains[decided].rules):
-                    self.chains[name] = Chain(name, tuple(lines))  # the guard's way out
-                self.workload_chains[signature] = decided
-                return decided
-            if name not in self.layouts:
-                self.layouts[name] = ChainLayout(name, "walk", len(lines), self._walk_reason)
-        if signature is not None:
-            self.workload_chains[signature] = name
+            name = f"{name}-{digest}"
+            self._walks[name] = tuple(lines)
+            return name
         self.chains[name] = Chain(name, tuple(lines))
         return name
 
@@ -628,6 +671,9 @@ class _NodeCompiler:
             f"{self.options.decision_node_budget})"
         if isinstance(built, str) and budget < self.options.decision_budget and left > 0:
             built += f" (what is left of the node's {self.options.decision_node_budget} elements)"
+        if isinstance(built, str) and budget < self.options.decision_budget:
+            # compile() decides the chains costing a packet the most first: say where this one stood.
+            built += f"; the node's maps go first to chains whose walk tests more rules (this one: {len(rules)})"
         if not isinstance(built, str):
             self._elements_used += built.elements
         if isinstance(built, str):
@@ -741,7 +787,14 @@ class _NodeCompiler:
         hit = kept.get(key)
         if hit is not None and hit[0] is tests:
             return hit[1]
-        found = tuple(sorted(tuple(sorted(m)) for m in decision.memberships(tests, ips)))
+        # Endpoints sharing a rule list test their addresses against the same tests: one index.
+        indexes: dict[int, decision.MembershipIndex] = self.state.caches.setdefault("nft.membership_index", {})
+        index = indexes.get(id(tests))
+        if index is None or index.tests is not tests:
+            if len(indexes) >= KEPT_MAX:
+                indexes.clear()
+            index = indexes[id(tests)] = decision.MembershipIndex(tests)
+        found = tuple(sorted(tuple(sorted(m)) for m in index.of(ips)))
         if len(kept) >= KEPT_MAX:
             kept.clear()
         kept[key] = (tests, found)
@@ -804,15 +857,19 @@ class _NodeCompiler:
     def compile(self) -> CompiledNode:
         local = sorted((ep for ep in self.state.endpoints if ep.kind == "wep" and ep.node == self.node),
                        key=lambda ep: ep.ref)
-        from_map: set[str] = set()
-        to_map: set[str] = set()
+        ifaces: list[tuple[str, tuple[object, ...], tuple[object, ...]]] = []
         for ep in local:
             assert ep.namespace is not None
-            iface = cali_name(ep.namespace, ep.name)
-            fw = self._endpoint_chain("fw", Stage("workload", "egress", ep, self.node))
-            tw = self._endpoint_chain("tw", Stage("workload", "ingress", ep, self.node))
-            from_map.add(f'"{iface}" : goto {fw}')
-            to_map.add(f'"{iface}" : goto {tw}')
+            fw = self._workload_walk("fw", Stage("workload", "egress", ep, self.node))
+            tw = self._workload_walk("tw", Stage("workload", "ingress", ep, self.node))
+            ifaces.append((cali_name(ep.namespace, ep.name), fw, tw))
+        # The node's element budget goes first to the chains whose walk costs a packet the most
+        # (most rules to test), not to whichever pod compiles first: deterministic, by cost then name.
+        for signature in sorted(self._workloads, key=lambda k: (*(-c for c in self._walk_cost(k)),
+                                                                 self._workloads[k][2])):
+            self._workload_layout(signature)
+        from_map = {f'"{iface}" : goto {self.workload_chains[fw]}' for iface, fw, _ in ifaces}
+        to_map = {f'"{iface}" : goto {self.workload_chains[tw]}' for iface, _, tw in ifaces}
         sets: dict[str, NftSet] = {
             "wl-from": NftSet("wl-from", "ifname : verdict", (), frozenset(from_map), is_map=True),
             "wl-to": NftSet("wl-to", "ifname : verdict", (), frozenset(to_map), is_map=True),
@@ -882,6 +939,7 @@ class _NodeCompiler:
                                               is_map=True)
         disabled = {p.key for p in self.state.active_policies if p.disabled}
         sets[CLOSED] = NftSet(CLOSED, "mark", (), closed_gates(self.gates, disabled))
+        self._render_reached()  # before the sets: its rules add the sets they use
         sets.update(self.book.sets)
         sets.update(self.decision_maps)
         # The walk's policy chains stay rendered (rule ids), but only what a packet can reach is

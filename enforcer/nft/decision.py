@@ -58,6 +58,7 @@ from enforcer.nft.decision_space import (
     AddressTests,
     Family,
     Intervals,
+    MembershipIndex,
     RuleList,
     Tests,
     address_intervals,
@@ -76,9 +77,9 @@ from enforcer.nft.decision_space import (
 from enforcer.nft.regions import Box, Outcome, RegionRule, TierRules, bits, walk
 from enforcer.resolve.rules import rule_for_family
 
-__all__ = ["ChainLayout", "DecisionChain", "Outcome", "DEFAULT_BUDGET", "NODE_BUDGET", "PORT_PROTOCOLS", "RuleList",
-           "Tests", "address_tests", "chain_tag", "decide", "local_named_ports", "memberships", "outcome_name",
-           "tests_own_named_port"]
+__all__ = ["ChainLayout", "DecisionChain", "MembershipIndex", "Outcome", "DEFAULT_BUDGET", "NODE_BUDGET",
+           "PORT_PROTOCOLS", "RuleList", "Tests", "address_tests", "chain_tag", "decide", "local_named_ports",
+           "memberships", "outcome_name", "tests_own_named_port"]
 
 # Default cells per endpoint chain (see README "Decision maps" for the measurements behind it).
 # The region walk makes compile cost grow with rules × regions; cells bound the rendering and
@@ -177,14 +178,26 @@ def _plane(row: tuple[int, ...], outer: Intervals, inner: Intervals) -> Iterator
             yield _range(str, outer[o0][0], outer[o1][1]), _range(str, lo, hi), oid
 
 
+def _excluded(version: int, icmp: tuple[Intervals, Intervals] | None) -> tuple[int, ...]:
+    """Protocols with a map of their own (ports, ICMP when keyed): not in the other protocols' map."""
+    return PORT_PROTOCOLS + ((ICMP_PROTOCOL[version],) if icmp else ())
+
+
+def _cells_per_class(rules: RuleList, ports: dict[int, tuple[Intervals, Intervals]],
+                     icmp: tuple[Intervals, Intervals] | None, version: int) -> int:
+    """One peer class's cells in one family (`Family.cells` is this times the classes)."""
+    n = sum(len(s) * len(d) for s, d in ports.values()) + len(protocol_intervals(rules, _excluded(version, icmp)))
+    return n + (len(icmp[0]) * len(icmp[1]) if icmp is not None else 0)
+
+
 def _family(ev: Evaluator, rules: RuleList, version: int, me: IPAddress, tests: AddressTests,
             ports: dict[int, tuple[Intervals, Intervals]], icmp: tuple[Intervals, Intervals] | None
             ) -> tuple[Family, list[int], list[int]]:
     starts, sigs = address_intervals(tests.ranges, version)
     classes = sorted(set(sigs), key=sorted)
     class_of = {sig: i for i, sig in enumerate(classes)}
-    excluded = PORT_PROTOCOLS + ((ICMP_PROTOCOL[version],) if icmp else ())
-    fam = Family(ev.state, version, me, tests, classes, ports, icmp, protocol_intervals(rules, excluded))
+    others = protocol_intervals(rules, _excluded(version, icmp))
+    fam = Family(ev.state, version, me, tests, classes, ports, icmp, others)
     return fam, starts, [class_of[s] for s in sigs]
 
 
@@ -256,14 +269,20 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
         return reason
     assert stage.endpoint is not None
     direction = stage.direction
+    icmp = icmp_intervals(rules)
+    ports = port_intervals(ev.state, rules)
+    # Every peer class has the same cells: with one class (the fewest), the space is already
+    # over the budget, and the address tests (the costly part) need not be built.
+    least = sum(_cells_per_class(rules, ports, icmp, v) for v in (4, 6))
+    if least > budget:
+        return f"decision space of at least {least} cells > budget {budget}"
     own = stage.endpoint.ips
     own_tests = address_tests(ev.state, rules, direction, peer=False).ranges
     for version in (4, 6):
-        if len(set(memberships(own_tests, tuple(ip for ip in own if ip.version == version)))) > 1:
+        same = tuple(ip for ip in own if ip.version == version)
+        if len(same) > 1 and len(set(memberships(own_tests, same))) > 1:
             return f"the endpoint's IPv{version} addresses differ in the rules' tests"
     tests = address_tests(ev.state, rules, direction)
-    icmp = icmp_intervals(rules)
-    ports = port_intervals(ev.state, rules)
     families = {v: _family(ev, rules, v, local[v], tests, ports, icmp) for v in (4, 6)}
     total = sum(f.cells() for f, _, _ in families.values())
     if total > budget:

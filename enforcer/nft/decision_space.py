@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from enforcer.model import EntityRule, IPAddress, NamedPort, PortRange, Rule
 from enforcer.nft.regions import Box, interval_mask
-from enforcer.resolve.ipsets import IPSet, ip_key
+from enforcer.resolve.ipsets import IPSet, NamedPortSet, ip_key
 from enforcer.resolve.selectors import entity_selector
 from enforcer.resolve.state import ClusterState
 from enforcer.selector import Selector
@@ -70,10 +70,30 @@ def _selector(state: ClusterState, entity: EntityRule, namespace: str | None) ->
 def _named_groups(state: ClusterState, entity: EntityRule, namespace: str | None, protocol: int | None,
                   name: str) -> dict[tuple[int, int], frozenset[IPAddress]]:
     """A named port's members as (protocol, port) → the addresses that declare it so."""
-    groups: dict[tuple[int, int], set[IPAddress]] = {}
-    for ip, proto, port in state.named_ports(_selector(state, entity, namespace), name, protocol).members:
-        groups.setdefault((proto, port), set()).add(ip)
-    return {k: frozenset(v) for k, v in groups.items()}
+    return _named_port(state, entity, namespace, protocol, name)[0]
+
+
+def _named_port(state: ClusterState, entity: EntityRule, namespace: str | None, protocol: int | None, name: str
+                ) -> tuple[dict[tuple[int, int], frozenset[IPAddress]], dict[IPAddress, frozenset[tuple[int, int]]]]:
+    """A named port's members grouped by (protocol, port), and the other way round (address →
+    what it declares): once per member set for the state's life (every rule naming the port, in
+    every chain and for every pod, asks)."""
+    named = state.named_ports(_selector(state, entity, namespace), name, protocol)
+    cache: dict[int, tuple[NamedPortSet, dict[tuple[int, int], frozenset[IPAddress]],
+                           dict[IPAddress, frozenset[tuple[int, int]]]]] = state.caches.setdefault(
+        "decision.named_groups", {})
+    found = cache.get(id(named))
+    if found is None or found[0] is not named:
+        groups: dict[tuple[int, int], set[IPAddress]] = {}
+        by_ip: dict[IPAddress, set[tuple[int, int]]] = {}
+        for ip, proto, port in named.members:
+            groups.setdefault((proto, port), set()).add(ip)
+            by_ip.setdefault(ip, set()).add((proto, port))
+        if len(cache) >= _SELECTOR_CACHE:
+            cache.clear()
+        found = cache[id(named)] = (named, {k: frozenset(v) for k, v in groups.items()},
+                                    {k: frozenset(v) for k, v in by_ip.items()})
+    return found[1], found[2]
 
 
 class AddressTests:
@@ -83,7 +103,7 @@ class AddressTests:
         self.ranges: Tests = []
         self.index: dict[object, int] = {}
 
-    def add(self, key: object, ranges: Iterator[tuple[int, int, int]]) -> None:
+    def add(self, key: object, ranges: Iterable[tuple[int, int, int]]) -> None:
         if key not in self.index:
             self.index[key] = len(self.ranges)
             self.ranges.append(list(ranges))
@@ -94,10 +114,17 @@ def _net_ranges(nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...])
         yield net.version, int(net.network_address), int(net.broadcast_address)
 
 
-def _set_ranges(ipset: IPSet) -> Iterator[tuple[int, int, int]]:
-    for h in ipset.hosts:  # a generator: only run for a set not seen yet
-        yield h.version, int(h), int(h)
-    yield from _net_ranges(ipset.nets)
+def _set_ranges(state: ClusterState, ipset: IPSet) -> tuple[tuple[int, int, int], ...]:
+    """An address set's ranges, once per set for the state's life (every chain testing it asks)."""
+    cache: dict[int, tuple[IPSet, tuple[tuple[int, int, int], ...]]] = state.caches.setdefault(
+        "decision.set_ranges", {})
+    found = cache.get(id(ipset))
+    if found is None or found[0] is not ipset:
+        if len(cache) >= _SELECTOR_CACHE:
+            cache.clear()
+        ranges = tuple((h.version, int(h), int(h)) for h in ipset.hosts) + tuple(_net_ranges(ipset.nets))
+        found = cache[id(ipset)] = (ipset, ranges)
+    return found[1]
 
 
 def address_tests(state: ClusterState, rules: RuleList, direction: str, *, peer: bool = True) -> AddressTests:
@@ -112,7 +139,7 @@ def address_tests(state: ClusterState, rules: RuleList, direction: str, *, peer:
             if sel is None:
                 continue
             ipset = state.ipset(sel)
-            tests.add(("set", ipset), _set_ranges(ipset))
+            tests.add(("set", ipset), _set_ranges(state, ipset))
         if peer:
             for np in _named(side):
                 for ips in _named_groups(state, side, namespace, rule.protocol, np.name).values():
@@ -127,6 +154,25 @@ def memberships(tests: Tests, ips: tuple[IPAddress, ...]) -> tuple[frozenset[int
                  for ip in ips)
 
 
+class MembershipIndex:
+    """`memberships` for many addresses against the same tests: the elementary intervals of
+    each version are built once (when first asked), then an address is one bisection."""
+
+    def __init__(self, tests: Tests) -> None:
+        self.tests = tests
+        self._by_version: dict[int, tuple[list[int], list[frozenset[int]]]] = {}
+
+    def of(self, ips: tuple[IPAddress, ...]) -> tuple[frozenset[int], ...]:
+        out = []
+        for ip in ips:
+            found = self._by_version.get(ip.version)
+            if found is None:
+                found = self._by_version[ip.version] = address_intervals(self.tests, ip.version)
+            starts, sigs = found
+            out.append(sigs[bisect.bisect_right(starts, int(ip)) - 1])
+        return tuple(out)
+
+
 def tests_own_named_port(rule: Rule, direction: str) -> bool:
     return bool(_named(_sides(rule, direction)[1]))
 
@@ -136,13 +182,32 @@ def local_named_ports(state: ClusterState, rules: RuleList, direction: str, ips:
     """The (protocol, port) of the endpoint's own named ports the rules use: endpoints differing
     there cannot share a decision chain."""
     found: set[tuple[int, int]] = set()
+    for by_ip in _own_named_ports(state, rules, direction):
+        for ip in ips:
+            found.update(by_ip.get(ip, ()))
+    return tuple(sorted(found))
+
+
+def _own_named_ports(state: ClusterState, rules: RuleList, direction: str
+                     ) -> tuple[dict[IPAddress, frozenset[tuple[int, int]]], ...]:
+    """The distinct named ports (each as address → what it declares) that `rules` test on the
+    endpoint's own side: found once per rule list, so each endpoint sharing it looks up its own
+    addresses in a few indexes instead of testing every rule's members."""
+    cache: dict[tuple[int, str], tuple[RuleList, tuple[dict[IPAddress, frozenset[tuple[int, int]]], ...]]] = \
+        state.caches.setdefault("decision.own_named_ports", {})
+    found = cache.get((id(rules), direction))
+    if found is not None and found[0] is rules:
+        return found[1]
+    distinct: dict[int, dict[IPAddress, frozenset[tuple[int, int]]]] = {}
     for rule, namespace in rules:
         local = _sides(rule, direction)[1]
         for np in _named(local):
-            for (proto, port), members in _named_groups(state, local, namespace, rule.protocol, np.name).items():
-                if any(ip in members for ip in ips):
-                    found.add((proto, port))
-    return tuple(sorted(found))
+            by_ip = _named_port(state, local, namespace, rule.protocol, np.name)[1]
+            distinct.setdefault(id(by_ip), by_ip)
+    if len(cache) >= _SELECTOR_CACHE:
+        cache.clear()
+    cache[id(rules), direction] = (rules, tuple(distinct.values()))
+    return cache[id(rules), direction][1]
 
 
 def address_intervals(tests: Tests, version: int) -> tuple[list[int], list[frozenset[int]]]:

@@ -1,7 +1,8 @@
 """What a packet can reach in a compiled table: chains and sets nothing refers to are left out.
 
-Decision maps replace the rule walk of workload chains, but the walk is rendered first (its rule
-ids must not depend on the layout). When every workload chain of a node got decision maps, the
+Decision maps replace the rule walk of workload chains. The compiler allocates every walk's rule
+ids (they must not depend on the layout) but renders a policy chain only when a kept chain jumps
+to it (`jump_targets`). When every workload chain of a node got decision maps, the
 policy chains (`pi-`/`po-`), their end-of-tier drops (`ei-`/`eo-`, through the `eot-` maps) and
 the sets only their rules use are unreachable: loading them cost the kernel most of a full apply
 (ten thousand policy rules for a few hundred decision rules). A chain or map is kept when a base
@@ -33,6 +34,11 @@ def _targets(lines: tuple[str, ...] | frozenset[str]) -> tuple[frozenset[str], f
             elif word.startswith("@"):
                 sets.add(word[1:].rstrip(",}"))
     return frozenset(chains), frozenset(sets)
+
+
+def jump_targets(lines: Iterable[str]) -> set[str]:
+    """The chains `lines` jump or go to."""
+    return _targets(lines)[0]
 
 
 def reachable(chains: Mapping[str, Chain], sets: Mapping[str, NftSet]) -> tuple[frozenset[str], frozenset[str]]:
