@@ -13,7 +13,7 @@ changes, so no verdict or attribution does.
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from enforcer.nft.ir import Chain, NftSet
 
@@ -36,9 +36,9 @@ def _targets(lines: tuple[str, ...] | frozenset[str]) -> tuple[frozenset[str], f
     return frozenset(chains), frozenset(sets)
 
 
-def jump_targets(lines: Iterable[str]) -> set[str]:
-    """The chains `lines` jump or go to."""
-    return _targets(lines)[0]
+def jump_targets(lines: Iterable[str]) -> frozenset[str]:
+    """The chains `lines` jump or go to (not cached: a one-off scan of many chains' rules)."""
+    return _targets.__wrapped__(tuple(lines))[0]
 
 
 def reachable(chains: Mapping[str, Chain], sets: Mapping[str, NftSet]) -> tuple[frozenset[str], frozenset[str]]:
