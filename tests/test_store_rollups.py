@@ -180,6 +180,36 @@ def test_roll_up_rebuilds_from_the_raw_flows_and_reports_what_it_did(tmp_path: P
         store.close(snapshot=False)
 
 
+def test_a_reader_of_a_store_older_than_a_rollup_column_gets_the_same_answers(tmp_path: Path) -> None:
+    """A store whose rollup_state predates `days_until` (a writer adds it in place, a reader
+    cannot): read-only, every named query runs and answers what the upgraded store does."""
+    db = tmp_path / "f.duckdb"
+    store = DuckStore(db, snapshot_interval=None)
+    try:
+        store.insert_rows("rules", rule_rows())
+        insert(store, random_flows(random.Random(11), 300))
+        store.roll_up()
+    finally:
+        store.close(snapshot=False)
+    queries = discover([REPO_QUERIES])
+
+    def answers() -> dict[str, list[Any]]:
+        with open_source(db) as source:
+            return {n: sorted(run_sql(source.con, q.sql, {"rows": "1000"}, tuple(p.name for p in q.params)
+                                      ).to_pylist(), key=repr) for n, q in queries.items()}
+
+    upgraded = answers()
+    import duckdb
+
+    con = duckdb.connect(str(db))
+    try:
+        con.execute("ALTER TABLE rollup_state DROP COLUMN days_until")
+    finally:
+        con.close()
+    assert answers() == upgraded
+    assert len(upgraded) == len(queries) and any(upgraded.values())
+
+
 # The named queries that read rollups (or aggregate in stages) against their straightforward SQL over
 # the raw flows, kept in tests/data/raw_queries/ as they were before the rollups.
 RAW_QUERIES = Path(__file__).parent / "data" / "raw_queries"

@@ -1130,12 +1130,31 @@ def computed_rollup_sql(name: str) -> str:
     }[name]()
 
 
+def _widen_rollups(con: Any) -> None:
+    """A rollup table of an older store that lacks newer columns (a writer adds them in place; a
+    reader cannot): shadowed by a temporary view of the same name with the missing ones NULL."""
+    found: dict[str, tuple[str, str, set[str]]] = {}
+    for db, sch, table, column in con.execute(
+            "SELECT database_name, schema_name, table_name, column_name FROM duckdb_columns() "
+            "WHERE database_name <> 'temp'").fetchall():
+        found.setdefault(table, (db, sch, set()))[2].add(column)
+    for t in ROLLUP_TABLES:
+        if t.name not in found:
+            continue
+        db, sch, columns = found[t.name]
+        missing = [c for c in t.columns if c.name not in columns]
+        if missing:
+            extra = ", ".join(f"NULL::{c.sql.split()[0]} AS {c.name}" for c in missing)
+            con.execute(f'CREATE TEMP VIEW {t.name} AS SELECT *, {extra} FROM "{db}"."{sch}".{t.name}')
+
+
 def ensure_rollups(con: Any) -> None:
     """For a reader of a store or export older than (some of) the rollups: the missing ones as
     temporary views computed from the raw flows (empty when nothing is rolled up), and the views
     that read them, so every query runs with the same answers (slower)."""
     have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     have |= {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    _widen_rollups(con)
     if ROLLUP_STATE.name not in have:
         con.execute(ROLLUP_STATE.ddl().replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
     for t in ROLLUP_TABLES:
