@@ -38,6 +38,7 @@ from enforcer.agent_status import StatusWriter
 from enforcer.datastore import DatastoreError
 from enforcer.datastore.etcd import (
     DESIRED_RANGES,
+    SPANNING_RANGE,
     Compacted,
     EtcdDatastore,
     EtcdUnavailable,
@@ -59,15 +60,17 @@ PROBE_TIMEOUT = 1.0
 
 
 class _Watch:
-    """One watch stream per range of the desired state (`DESIRED_RANGES`), each read on a daemon
-    thread into one queue of (arrival time, event or error). `abandon()` ends them, even when a
-    connection is silent (its socket is shut down), and what they still read goes nowhere."""
+    """One watch stream per range (`SPANNING_RANGE`, or `DESIRED_RANGES` where etcd refuses it),
+    each read on a daemon thread into one queue of (arrival time, event or error). `abandon()` ends
+    them, even when a connection is silent (its socket is shut down), and what they still read goes
+    nowhere."""
 
-    def __init__(self, datastore: EtcdDatastore, start_revision: int) -> None:
+    def __init__(self, datastore: EtcdDatastore, start_revision: int,
+                 ranges: tuple[tuple[str, str], ...] = SPANNING_RANGE) -> None:
         self.items: queue.Queue[tuple[float, WatchEvent | BaseException]] = queue.Queue()
         self._abandoned = threading.Event()
-        self._handles = [WatchHandle() for _ in DESIRED_RANGES]
-        for (low, high), handle in zip(DESIRED_RANGES, self._handles, strict=True):
+        self._handles = [WatchHandle() for _ in ranges]
+        for (low, high), handle in zip(ranges, self._handles, strict=True):
             threading.Thread(target=self._read, args=(datastore, start_revision, low, high, handle),
                              name="etcd watch", daemon=True).start()
 
@@ -106,6 +109,8 @@ class Agent:
         self.error: str | None = None
         self._counted = False  # the table's size is in the metrics
         self._stop = threading.Event()
+        # DESIRED_RANGES once etcd refuses the spanning watch
+        self._ranges: tuple[tuple[str, str], ...] = SPANNING_RANGE
 
     def stop(self) -> None:
         """End `run` (from another thread) within a heartbeat; the kernel's table stays."""
@@ -167,7 +172,7 @@ class Agent:
         """Watch from the mirror's revision + 1, keep it current and reconcile each burst of
         changes from it; returns when `rounds` reconciles are done. Raises what the watch or
         etcd raised (the caller recovers, with a fresh list)."""
-        watch = _Watch(self.datastore, mirror.revision + 1)
+        watch = _Watch(self.datastore, mirror.revision + 1, self._ranges)
         try:
             while (rounds is None or done < rounds) and not self._stop.is_set():
                 try:
@@ -231,6 +236,12 @@ class Agent:
                     self.metrics.relisted()
                 self._say("relist", reason=str(err))
             except EtcdUnavailable as err:
+                if "permission denied" in str(err) and self._ranges == SPANNING_RANGE:
+                    # A login whose role grants the two prefixes alone: watch them apart (a
+                    # transaction over both may then be enforced in two steps).
+                    self._ranges = DESIRED_RANGES
+                    self._say("watch", ranges=[list(r) for r in DESIRED_RANGES], reason=str(err))
+                    continue
                 if self.metrics is not None:
                     self.metrics.datastore_error()
                 self._set("degraded", str(err))

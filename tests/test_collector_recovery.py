@@ -287,7 +287,8 @@ def test_a_store_written_before_this_schema_opens_upgrades_once_and_keeps_everyt
             old = [c for c in table.columns if (table.name, c.name) not in {("runs", "heartbeat"), ("runs", "outcome")}]
             con.execute(f"CREATE TABLE {table.name} ({', '.join(f'{c.name} {c.sql}' for c in old)})")
         counts[table.name] = con.execute(f"SELECT count(*) FROM {table.name}").fetchone()[0]  # type: ignore[index]
-    rollup_views = ("flow_pairs", "rule_hits", "rule_hits_all", "talkers_seen", "rule_flows")
+    rollup_views = ("flow_pairs", "rule_hits", "rule_hits_all", "talkers_seen", "rule_flows",
+                    *(r.view for r in schema.HOUR_ROLLUPS))
     for name, (_doc, query) in schema.VIEWS.items():  # the views of then: the rollups' came with them,
         if name not in rollup_views:  # flows_v's other_policies
             con.execute(f"CREATE VIEW {name} AS {schema.before_other_rules(query)}")  # with other_rule_ids

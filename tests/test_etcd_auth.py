@@ -116,7 +116,8 @@ def test_the_right_password_applies_gets_and_an_agent_watches(auth_etcd: str, tm
                password=PASSWORDS["writer"])
     assert got.returncode == 0, got.stderr
     assert "auth-a" in got.stdout
-    # an agent logged in: lists, then watches (two ranges the role covers) and programs a change
+    # an agent logged in: lists, then watches (two ranges the role covers, once the spanning one is
+    # refused) and programs a change
     writer = _store(auth_etcd, tmp_path, "writer")
     writer.apply_documents([str(SCENARIOS)])
     ds = _store(auth_etcd, tmp_path, "writer", local="agent")
@@ -129,6 +130,10 @@ def test_the_right_password_applies_gets_and_an_agent_watches(auth_etcd: str, tm
     try:
         until(lambda: agent.state == "in-sync", what="the first reconcile")
         change = writer.set_disabled("gnp", "auth-a", None, True)
+        until(lambda: agent.revision >= change.revision, what="the watched toggle")
+        # the role covers the two prefixes, not the range between them: the spanning watch was
+        # refused and the agent watches them apart
+        assert [e for e in events if e["event"] == "watch"], events
         until(lambda: agent.revision >= change.revision, what="the watched toggle")
         assert agent.state == "in-sync"
         # tokens expire (TTL 2 s, simple tokens): the agent logs in again, the watch goes on

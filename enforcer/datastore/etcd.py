@@ -169,6 +169,10 @@ def _prefix_end(prefix: str) -> str:
 # What the desired state is, as key ranges: what an agent watches. Two ranges, not one from the
 # first to the last: a login whose role grants /calico/ and /flowtui/ may not watch between them.
 DESIRED_RANGES = ((CALICO_PREFIX, _prefix_end(CALICO_PREFIX)), (OWN_PREFIX, _prefix_end(OWN_RESOURCES)))
+# One range from the first to the last: what an agent watches unless etcd refuses it. A transaction
+# then arrives whole, in one response (over two streams its halves arrive apart, and the agent could
+# report a revision enforced before its second half is).
+SPANNING_RANGE = ((CALICO_PREFIX, _prefix_end(OWN_RESOURCES)),)
 assert _prefix_end(OWN_RESOURCES) <= SHARED  # the shared records stay out of the watch
 # The keys a read of the desired state lists (an agent's mirror holds exactly these): all inside
 # DESIRED_RANGES, so the watch keeps every one of them current.
@@ -945,6 +949,6 @@ class EtcdDatastore(LocalRecords):
         raise DatastoreError(f"etcd datastore {self.url}: {RETRIES} attempts lost to concurrent writers; try again")
 
 
-__all__ = ["CALICO_PREFIX", "DESIRED_PREFIXES", "DESIRED_RANGES", "SHARED", "Compacted", "EtcdAuthFailed",
-           "EtcdDatastore", "EtcdKV", "EtcdRefused", "EtcdUnavailable", "KVPair",
+__all__ = ["CALICO_PREFIX", "DESIRED_PREFIXES", "DESIRED_RANGES", "SHARED", "SPANNING_RANGE", "Compacted",
+           "EtcdAuthFailed", "EtcdDatastore", "EtcdKV", "EtcdRefused", "EtcdUnavailable", "KVPair",
            "KeyExists", "RevisionConflict", "WatchEvent", "etcd_key"]
