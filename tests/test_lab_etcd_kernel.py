@@ -337,8 +337,11 @@ def test_quorum_lost_agents_report_degraded(lab: Lab) -> None:
         wait_for("agents in sync", in_sync(lab), timeout=30)
 
 
+# Both ways: with outgoing packets alone dropped, what etcd already sends on an open watch still
+# arrives (only the ACKs are lost), and the agent would follow a change from its watch-fed copy.
 CUT = """table inet xbcut {
   chain out { type filter hook output priority -10; ip daddr 172.31.254.0/24 tcp dport 2379 drop; }
+  chain in { type filter hook input priority -10; ip saddr 172.31.254.0/24 tcp sport 2379 drop; }
 }
 """
 

@@ -105,7 +105,7 @@ async def capture(app: Any, size: tuple[int, int] = SIZE) -> dict[str, str]:
         sql.query_one("#sql-editor").cursor_blink = False
         sql.query_one("#sql-editor").load_text(
             "SELECT policy_kind, policy_name, rule_index, action, count(*) AS events\n"
-            "FROM events_v GROUP BY ALL ORDER BY events DESC")
+            "FROM events_v GROUP BY ALL ORDER BY events DESC, policy_name, rule_index")  # ties: a stable order
         table = app.source.query(sql.query_one("#sql-editor").text)
         sql.result = table
         sql.on_query_finished(QueryFinished(table, 0.0))
