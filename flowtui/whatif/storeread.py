@@ -111,7 +111,9 @@ def flows_query(cols: set[str], since: timedelta | None, endpoints: bool = False
         params.append(utcnow() - since)
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     source = _WITH_ENDPOINTS if endpoints else "flows"
-    return f"SELECT {', '.join(select)} FROM {source} {where} GROUP BY {', '.join(keys)}", params
+    # Ordered: a hash aggregate's order varies run to run, and a report's examples are its groups' first rows.
+    group = ", ".join(keys)
+    return f"SELECT {', '.join(select)} FROM {source} {where} GROUP BY {group} ORDER BY {group}", params
 
 
 def read_store(path: str | Path, since: timedelta | None = None) -> pl.DataFrame:
