@@ -32,15 +32,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_propagation import base_documents, new_pod, topology, write_yaml  # noqa: E402
+from bench.bench_propagation import base_documents, cpu_seconds, new_pod, topology, write_yaml  # noqa: E402
 
-TICKS = os.sysconf("SC_CLK_TCK")
 WRITE_TIMEOUT = 15.0  # seconds: the shared machine stalls; a write slower than its slot is counted, not fatal
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
 def rss_mb(pid: int) -> float:
@@ -89,7 +83,7 @@ def main() -> None:
             ds = EtcdDatastore(parse_datastore_url(lab.url), state_dir=folder / "writer", timeout=WRITE_TIMEOUT)
             pids = {node: agent.process.pid for node, agent in lab.agents.items()}
             peak = {node: rss_mb(pid) for node, pid in pids.items()}
-            cpu0 = {node: cpu_seconds(pid) for node, pid in pids.items()}
+            cpu0 = {node: cpu_seconds([pid]) for node, pid in pids.items()}
             sampling = threading.Event()
 
             def sample() -> None:
@@ -129,7 +123,7 @@ def main() -> None:
             sampling.set()
             sampler.join(5)
             wall = time.time() - start
-            cpu = {node: (cpu_seconds(pid) - cpu0[node]) / wall * 100 for node, pid in pids.items()}
+            cpu = {node: (cpu_seconds([pid]) - cpu0[node]) / wall * 100 for node, pid in pids.items()}
             size = etcd_size(lab.url)
             lags: list[float] = []
             for agent in lab.agents.values():

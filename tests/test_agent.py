@@ -238,6 +238,19 @@ def silencer(etcd_url: str) -> Iterator[Silencer]:
     proxy.close()
 
 
+def observed_agent(ds: EtcdDatastore, lab_id: str, backoff: tuple[float, float]
+                   ) -> tuple[Agent, FakeBackend, AgentMetrics, list[dict[str, Any]]]:
+    """An agent of node-a on a fake backend, with metrics, a status file and its events kept."""
+    backend = FakeBackend()
+    reconciler = Reconciler(ds, backend, compile_node, CompileOptions(), lambda: ["node-a"], lab_id=lab_id)
+    metrics = AgentMetrics("node-a")
+    status = StatusWriter(ds.path, "node-a", "memory", str(ds))
+    events: list[dict[str, Any]] = []
+    agent = Agent(ds, reconciler, "node-a", events.append, backoff=backoff, metrics=metrics, status=status,
+                  heartbeat=0.3)
+    return agent, backend, metrics, events
+
+
 def test_agent_programs_changes_reports_them_and_degrades_when_etcd_goes_silent(
         etcd_url: str, silencer: Silencer, tmp_path: Path) -> None:
     writer = open_datastore(etcd_url, tmp_path / "writer")
@@ -245,13 +258,7 @@ def test_agent_programs_changes_reports_them_and_degrades_when_etcd_goes_silent(
     ds = open_datastore(f"etcd://127.0.0.1:{silencer.port}", tmp_path / "agent")
     assert isinstance(ds, EtcdDatastore)
     ds.kv.timeout = 1.0  # a silent etcd is an error after 1 s
-    backend = FakeBackend()
-    reconciler = Reconciler(ds, backend, compile_node, CompileOptions(), lambda: ["node-a"], lab_id="lab")
-    metrics = AgentMetrics("node-a")
-    status = StatusWriter(ds.path, "node-a", "memory", str(ds))
-    events: list[dict[str, Any]] = []
-    agent = Agent(ds, reconciler, "node-a", events.append, backoff=(0.1, 0.5), metrics=metrics, status=status,
-                  heartbeat=0.3)
+    agent, backend, metrics, events = observed_agent(ds, "lab", backoff=(0.1, 0.5))
     with running(agent):
         until(lambda: agent.state == "in-sync", what="the first reconcile")
         table = backend.tables["node-a"]
@@ -514,13 +521,7 @@ def test_agent_fails_static_when_the_store_cannot_be_planned_for_its_lab(etcd_ur
     writer.apply_documents([str(SCENARIOS)])
     ds = open_datastore(etcd_url, tmp_path / "agent")
     assert isinstance(ds, EtcdDatastore)
-    backend = FakeBackend()
-    reconciler = Reconciler(ds, backend, compile_node, CompileOptions(), lambda: ["node-a"], lab_id="xp1")
-    metrics = AgentMetrics("node-a")
-    status = StatusWriter(ds.path, "node-a", "memory", str(ds))
-    events: list[dict[str, Any]] = []
-    agent = Agent(ds, reconciler, "node-a", events.append, backoff=(0.1, 0.3), metrics=metrics, status=status,
-                  heartbeat=0.3)
+    agent, backend, metrics, events = observed_agent(ds, "xp1", backoff=(0.1, 0.3))
     thread = threading.Thread(target=agent.run, daemon=True)
     thread.start()
     try:

@@ -20,10 +20,8 @@ from enforcer.nft.ir import Chain, NftSet
 _BRANCH = ("jump", "goto")
 
 
-@functools.lru_cache(maxsize=1 << 14)
-def _targets(lines: tuple[str, ...] | frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
-    """Chains (after `jump`/`goto`) and sets (`@name`) that `lines` name. Kept: a reconcile
-    prunes the whole table again, and most chains and maps are those of the last compile."""
+def _scan(lines: Iterable[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """Chains (after `jump`/`goto`) and sets (`@name`) that `lines` name."""
     chains: set[str] = set()
     sets: set[str] = set()
     for line in lines:
@@ -36,9 +34,16 @@ def _targets(lines: tuple[str, ...] | frozenset[str]) -> tuple[frozenset[str], f
     return frozenset(chains), frozenset(sets)
 
 
+@functools.lru_cache(maxsize=1 << 14)
+def _targets(lines: tuple[str, ...] | frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """`_scan`, kept per chain or map content: a reconcile prunes the whole table again, and most
+    chains and maps are those of the last compile."""
+    return _scan(lines)
+
+
 def jump_targets(lines: Iterable[str]) -> frozenset[str]:
-    """The chains `lines` jump or go to (not cached: a one-off scan of many chains' rules)."""
-    return _targets.__wrapped__(tuple(lines))[0]
+    """The chains `lines` jump or go to (a one-off scan of many chains' rules: not kept)."""
+    return _scan(lines)[0]
 
 
 def reachable(chains: Mapping[str, Chain], sets: Mapping[str, NftSet]) -> tuple[frozenset[str], frozenset[str]]:
