@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -19,14 +20,22 @@ pytestmark = pytest.mark.kernel
 
 
 def test_headless_demo_attributes_flows_to_the_articles_policies(tmp_path: Path) -> None:
+    from enforcer.lab import lab_down
     from enforcer.lab.state import lab_namespaces
 
+    lab_id = "tdemo" + secrets.token_hex(3)[:5]  # runs beside other labs (and other runs of this test)
     env = {**os.environ, "FLOWTUI_HOME": str(tmp_path / "home")}
-    done = subprocess.run(
-        [sys.executable, "-c", "from flowtui.cli import main; main()", "demo", "--headless", "--duration", "8",
-         "-o", "json", "--lab", "tdemo", "--export", str(tmp_path / "export")],
-        capture_output=True, text=True, timeout=90, env=env,
-    )
+    # The 8 s of traffic count from every traffic agent being ready (their start-up takes seconds
+    # under load); the timeout only bounds a run that hangs.
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", "from flowtui.cli import main; main()", "demo", "--headless", "--duration", "8",
+             "-o", "json", "--lab", lab_id, "--export", str(tmp_path / "export")],
+            capture_output=True, text=True, timeout=300, env=env,
+        )
+    finally:
+        leftover = lab_namespaces(lab_id)
+        lab_down(lab_id)  # whatever happened (a timeout kills the demo before its own clean-up)
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     by = {(f["verdict"], f["kind"], f["name"], f["rule"]) for f in doc["flows"]}
@@ -53,7 +62,7 @@ def test_headless_demo_attributes_flows_to_the_articles_policies(tmp_path: Path)
     # the traffic generator ran every kind of job
     assert {"call", "attempt", "ping", "flood"} <= set(doc["traffic"])
     # cleaned up, and the recording can be replayed
-    assert lab_namespaces("tdemo") == []
+    assert leftover == []
     assert (tmp_path / "export" / "flows.parquet").exists() and (tmp_path / "export" / "resources.yaml").exists()
     from flowtui.tui.sources import LogsSource
 

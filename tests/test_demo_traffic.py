@@ -47,7 +47,7 @@ def test_agents_are_bounded_and_report(tmp_path: Path) -> None:
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         t0 = time.monotonic()
-        report = client({"deadline": 1.5, "jobs": [
+        report = client({"until": time.monotonic() + 1.5, "jobs": [
             {"kind": "call", "dst": "127.0.0.1", "proto": "tcp", "port": 18765, "every": 0.1},
             {"kind": "attempt", "dst": "127.0.0.1", "proto": "tcp", "port": 18766, "every": 0.2},
             {"kind": "flood", "dst": "127.0.0.1", "proto": "udp", "port": 18767, "pps": 1000, "payload": 32},
@@ -70,6 +70,58 @@ def test_agents_are_bounded_and_report(tmp_path: Path) -> None:
     stats.add(report)
     assert stats.by_kind["call"]["ok"] == 2 * report["counts"]["call"]["ok"]
     assert Job("call", "x").every == 1.0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_slow_starting_agents_share_the_rounds_start_and_end(tmp_path: Path) -> None:
+    """Agents that take seconds to start (a loaded machine) still send for the whole duration,
+    all in the same window: the duration counts from every agent being ready, not from `start()`,
+    and not from each agent's own start-up. The headless demo's wait-then-stop sees every report."""
+    from flowtui.demo.session import DemoOptions, DemoSession
+    from flowtui.demo.traffic import SourcePlan, TrafficGenerator, TrafficPlan
+
+    port, closed = _free_port(), _free_port()
+    delays = {"server": 0.0, "fast": 0.2, "slow": 4.0}  # seconds before an agent's Python starts
+
+    def launch(target: str, argv: list[str]) -> subprocess.Popen[str]:
+        code = (f"import sys, time; time.sleep({delays[target]}); sys.argv = ['traffic', *{argv!r}]; "
+                "from flowtui.demo.traffic import main; main()")
+        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+
+    plan = TrafficPlan({"server": (port,)}, (
+        SourcePlan("fast", (Job("call", "127.0.0.1", "tcp", port, 0.1),)),
+        SourcePlan("slow", (Job("call", "127.0.0.1", "tcp", port, 0.1),
+                            Job("attempt", "127.0.0.1", "tcp", closed, 0.2))),
+    ))
+    duration = 2.0
+    gen = TrafficGenerator("unused", plan, duration=duration, launch=launch)
+    session = DemoSession(DemoOptions(state_dir=tmp_path / "demo"))
+    session.traffic = gen
+    t0 = time.monotonic()
+    gen.start()
+    try:
+        session.wait(duration)  # what `demo --headless` does, then stop(grace=...)
+        waited = time.monotonic() - t0
+        gen.stop(grace=30.0)
+    finally:
+        gen.stop()
+    assert gen.started.is_set()
+    assert waited >= delays["slow"] + duration  # the slow agent's start-up was not counted as traffic
+    assert gen.stats.rounds == 1 and not gen.stats.errors
+    calls = gen.stats.by_kind["call"]
+    # both clients called for the whole duration: ~20 calls each at 0.1 s; none failed (the
+    # server outlived the clients' shared end)
+    assert calls.get("failed", 0) == 0 and calls["ok"] >= 2 * 0.6 * duration / 0.1, calls
+    assert gen.stats.by_kind["attempt"]["refused"] >= 0.6 * duration / 0.2
+    assert not gen.running
 
 
 def test_summary_names_rules_and_renders(tmp_path: Path) -> None:

@@ -81,7 +81,9 @@ def demo(headless: bool, duration: float | None, export_dir: str | None, no_lab:
             session.wait(opts.duration or 20.0, stop)
         else:
             _dashboard(session, read_only)
-        summary = session.stop(grace=3.0 if headless else 0.0)
+        # headless: the round ends with the duration; wait for its agents' reports (a bound: the
+        # join returns as soon as they are in, which under load takes more than a moment)
+        summary = session.stop(grace=30.0 if headless else 0.0)
         if export_dir:
             from flowtui.demo.summary import export
 

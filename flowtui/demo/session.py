@@ -211,13 +211,24 @@ class DemoSession:
     # ---- stopping ----------------------------------------------------------------------------
 
     def wait(self, seconds: float, stop: threading.Event | None = None) -> None:
-        """Let the demo run (headless), until `seconds` pass or `stop` is set."""
-        end = time.monotonic() + seconds
+        """Let the demo run (headless) for `seconds` of traffic, or until `stop` is set.
+
+        The seconds count from the traffic's start: its agents start first, which takes seconds
+        on a loaded machine (bounded by the generator's own start-up timeout)."""
+        from flowtui.demo.traffic import AGENT_START_TIMEOUT
+
         stop = stop or threading.Event()
-        while not stop.is_set() and time.monotonic() < end:
-            if self.collector is not None and self.collector.error is not None:
-                break
+        if self.traffic is not None:
+            give_up = time.monotonic() + AGENT_START_TIMEOUT + 10  # then the summary shows the errors
+            while not stop.is_set() and not self._collector_failed() and self.traffic.running:
+                if self.traffic.wait_started(0.2) or time.monotonic() > give_up:
+                    break
+        end = time.monotonic() + seconds
+        while not stop.is_set() and time.monotonic() < end and not self._collector_failed():
             stop.wait(min(0.2, max(0.0, end - time.monotonic())))
+
+    def _collector_failed(self) -> bool:
+        return self.collector is not None and self.collector.error is not None
 
     def stop(self, grace: float = 0.0) -> DemoSummary:
         """Stop the traffic (after up to `grace` seconds for a round to end and report), then the

@@ -7,8 +7,12 @@
 The orchestrator (this module, imported) starts one *server* agent per destination that must
 answer (TCP listeners on the ports the scenarios talk about) and one *client* agent per source,
 both as `python -m flowtui.demo.traffic serve|client` inside the lab namespaces (`popen_in`).
-Every agent has a deadline and every job a count, so nothing outlives a round even if this
-process dies; `lab_down` kills whatever is left in the lab's namespaces anyway.
+A round starts every agent at once and waits until each says `ready`; only then does it pick the
+round's start (`go`) and send every agent the same end, `go + seconds` on the monotonic clock
+(one clock for every namespace). An agent's own start-up time (seconds under load) therefore
+never eats into the traffic, and the round's length counts from traffic actually flowing.
+Every agent also has a deadline of its own, so nothing outlives a round even if this process
+dies; `lab_down` kills whatever is left in the lab's namespaces anyway.
 
 Job kinds:
 
@@ -30,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,6 +44,9 @@ MAX_JOBS_PER_AGENT = 64
 MAX_FLOOD_PPS = 20_000
 MAX_ROUND_SECONDS = 600.0
 SERVE_BACKLOG = 256
+# How long a round waits for its agents to say `ready` (a Python start-up each; slow under load).
+AGENT_START_TIMEOUT = 120.0
+SERVER_LINGER = 2.0  # servers outlive the clients' end by this much, for the last replies
 
 
 @dataclass(frozen=True)
@@ -200,15 +207,22 @@ def article_mix(plan: Any, *, flood_pps: int = 2000, scale: float = 1.0) -> Traf
 
 
 class TrafficGenerator:
-    """Runs `plan` in lab `lab_id` in rounds of `round_seconds` until `stop()` or `duration`."""
+    """Runs `plan` in lab `lab_id` in rounds of `round_seconds` until `stop()` or `duration`.
+
+    `duration` counts from the first round's start (`started`), not from `start()`: launching the
+    agents is not traffic. `launch(target, argv)` starts one agent (default: `popen_in` the lab)."""
 
     def __init__(self, lab_id: str, plan: TrafficPlan, *, round_seconds: float = 60.0,
-                 duration: float | None = None) -> None:
+                 duration: float | None = None,
+                 launch: Callable[[str, list[str]], subprocess.Popen[str]] | None = None) -> None:
         self.lab_id = lab_id
         self.plan = plan
         self.round_seconds = min(round_seconds, MAX_ROUND_SECONDS)
         self.duration = duration
         self.stats = TrafficStats()
+        self.started = threading.Event()  # set when the first round's agents got their start
+        self._launch = launch or self._popen_in_lab
+        self._end: float | None = None  # monotonic end of the traffic (known once started)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._procs: list[subprocess.Popen[str]] = []
@@ -222,6 +236,14 @@ class TrafficGenerator:
         self._thread = threading.Thread(target=self._run, name="flowtui traffic", daemon=True)
         self._thread.start()
 
+    def wait_started(self, timeout: float) -> bool:
+        """Wait until traffic flows (True), the generator gave up, or `timeout` passed (False)."""
+        end = time.monotonic() + timeout
+        while not self.started.wait(min(0.2, max(0.0, end - time.monotonic()))):
+            if time.monotonic() >= end or not self.running:
+                return self.started.is_set()
+        return True
+
     def stop(self, grace: float = 0.0, timeout: float = 5.0) -> None:
         """Stop; with `grace`, first let a round that is about to end finish and report."""
         self._stop.set()
@@ -232,9 +254,10 @@ class TrafficGenerator:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        end = None if self.duration is None else time.monotonic() + self.duration
         while not self._stop.is_set():
-            left = self.round_seconds if end is None else min(self.round_seconds, end - time.monotonic())
+            left = self.round_seconds
+            if self._end is not None:
+                left = min(left, self._end - time.monotonic())
             if left <= 0.2:
                 break
             try:
@@ -245,40 +268,69 @@ class TrafficGenerator:
                     break
             self.stats.rounds += 1
 
-    def _spawn(self, target: str, argv: list[str]) -> subprocess.Popen[str]:
+    def _popen_in_lab(self, target: str, argv: list[str]) -> subprocess.Popen[str]:
         from enforcer.lab import popen_in
 
         proc: subprocess.Popen[str] = popen_in(
             self.lab_id, target, [sys.executable, "-m", "flowtui.demo.traffic", *argv],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
+        return proc
+
+    def _spawn(self, target: str, argv: list[str]) -> subprocess.Popen[str]:
+        proc = self._launch(target, argv)
         with self._lock:
             self._procs.append(proc)
         return proc
 
-    def _round(self, seconds: float) -> None:
-        servers = []
-        try:
-            for target, ports in sorted(self.plan.servers.items()):
-                proc = self._spawn(target, ["serve", "--deadline", f"{seconds + 2:.1f}",
-                                            *(str(p) for p in ports)])
-                servers.append(proc)
-            for proc in servers:
+    def _await_ready(self, procs: list[tuple[str, subprocess.Popen[str]]]) -> None:
+        """Every agent's `ready` line, read as each comes (they start in parallel)."""
+        end = time.monotonic() + AGENT_START_TIMEOUT
+        waiting = {proc.stdout.fileno(): (target, proc) for target, proc in procs if proc.stdout is not None}
+        while waiting:
+            if self._stop.is_set():
+                raise RuntimeError("stopped while the traffic agents started")
+            left = end - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"traffic agents not ready after {AGENT_START_TIMEOUT:g} s: "
+                                   + ", ".join(sorted(t for t, _p in waiting.values())))
+            ready, _, _ = select.select(list(waiting), [], [], min(left, 0.5))
+            for fd in ready:
+                target, proc = waiting.pop(fd)
                 assert proc.stdout is not None
                 line = proc.stdout.readline().strip()
                 if line != "ready":
-                    raise RuntimeError(f"a traffic server did not start: {line!r}")
-            clients = []
+                    raise RuntimeError(f"a traffic agent in {target} did not start: {line!r}")
+
+    def _round(self, seconds: float) -> None:
+        servers: list[subprocess.Popen[str]] = []
+        try:
+            # Each agent's own deadline (should this process die) covers its start-up as well.
+            cap = f"{AGENT_START_TIMEOUT + seconds + SERVER_LINGER:.1f}"
+            agents: list[tuple[str, subprocess.Popen[str]]] = []
+            for target, ports in sorted(self.plan.servers.items()):
+                proc = self._spawn(target, ["serve", "--deadline", cap, *(str(p) for p in ports)])
+                servers.append(proc)
+                agents.append((target, proc))
+            clients: list[tuple[SourcePlan, subprocess.Popen[str]]] = []
             for src in self.plan.sources:
-                doc = {"deadline": seconds, "jobs": [asdict(j) for j in src.jobs[:MAX_JOBS_PER_AGENT]]}
-                proc = self._spawn(src.target, ["client"])
-                assert proc.stdin is not None
-                proc.stdin.write(json.dumps(doc) + "\n")
-                proc.stdin.flush()
-                clients.append(proc)
-            for proc in clients:
+                proc = self._spawn(src.target, ["client", "--deadline", cap])
+                clients.append((src, proc))
+                agents.append((src.target, proc))
+            self._await_ready(agents)
+            go = time.monotonic()
+            if self._end is None and self.duration is not None:
+                self._end = go + self.duration
+            until = go + (seconds if self._end is None else min(seconds, self._end - go))
+            for proc in servers:
+                self._send(proc, f"until {until + SERVER_LINGER:.3f}")
+            for src, proc in clients:
+                self._send(proc, json.dumps({"until": until, "jobs": [asdict(j) for j in
+                                                                      src.jobs[:MAX_JOBS_PER_AGENT]]}))
+            self.started.set()
+            for _src, proc in clients:
                 try:
-                    out, _ = proc.communicate(timeout=seconds + 10)
+                    out, _ = proc.communicate(timeout=until - time.monotonic() + 10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     out, _ = proc.communicate()
@@ -296,6 +348,12 @@ class TrafficGenerator:
                     except OSError:
                         pass
             self._reap()
+
+    @staticmethod
+    def _send(proc: subprocess.Popen[str], line: str) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
 
     def _reap(self) -> None:
         with self._lock:
@@ -345,7 +403,7 @@ def _listen(port: int) -> list[socket.socket]:
 
 def serve(ports: Sequence[int], deadline: float) -> None:
     """Accept on every port (both families), answer each request once, close. Ends at the
-    deadline or when stdin closes."""
+    deadline, at the monotonic time of an `until T` line on stdin, or when stdin closes."""
     listeners = [s for p in ports for s in _listen(p)]
     print("ready", flush=True)
     end = time.monotonic() + min(deadline, MAX_ROUND_SECONDS + 10)
@@ -358,9 +416,12 @@ def serve(ports: Sequence[int], deadline: float) -> None:
         by_fd = {s.fileno(): s for s in listeners}
         for fd in ready:
             if fd == stdin_fd:
-                if not sys.stdin.readline():
+                line = sys.stdin.readline()
+                if not line:
                     end = 0.0
                     watch_stdin = False
+                elif line.startswith("until "):
+                    end = min(end, float(line.split()[1]))
                 continue
             if fd in by_fd:
                 for _ in range(64):
@@ -392,9 +453,9 @@ def serve(ports: Sequence[int], deadline: float) -> None:
 
 
 class _Client:
-    def __init__(self, jobs: list[Job], deadline: float) -> None:
+    def __init__(self, jobs: list[Job], end: float) -> None:
         self.jobs = jobs
-        self.end = time.monotonic() + min(deadline, MAX_ROUND_SECONDS)
+        self.end = min(end, time.monotonic() + MAX_ROUND_SECONDS)
         self.counts: dict[str, dict[str, int]] = {}
         self.errors: list[str] = []
         self.seq = 0
@@ -493,25 +554,35 @@ class _Client:
 
 
 def client(doc: dict[str, Any]) -> dict[str, Any]:
+    """Run `doc`'s jobs until its `until` (a monotonic time: the round's shared end) or for its
+    `deadline` seconds from now."""
     jobs = [Job(**j) for j in doc.get("jobs", [])[:MAX_JOBS_PER_AGENT]]
-    c = _Client(jobs, float(doc.get("deadline", 10.0)))
+    end = float(doc["until"]) if "until" in doc else time.monotonic() + float(doc.get("deadline", 10.0))
+    c = _Client(jobs, end)
     c.run()
     return {"counts": c.counts, "errors": c.errors}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """`serve [--deadline S] PORT...`: `ready`, then serve until S or an `until T` line.
+    `client [--deadline S]`: `ready`, then run the job document read from stdin and print the
+    report; without a document within S seconds, exit."""
     args = list(sys.argv[1:] if argv is None else argv)
+    deadline = 30.0
+    if args[1:2] == ["--deadline"]:
+        deadline = float(args[2])
+        args = args[:1] + args[3:]
     if args[:1] == ["serve"]:
-        deadline = 30.0
-        if args[1:2] == ["--deadline"]:
-            deadline = float(args[2])
-            args = args[2:]
         serve([int(p) for p in args[1:]], deadline)
     elif args[:1] == ["client"]:
-        line = sys.stdin.readline()
-        print(json.dumps(client(json.loads(line) if line.strip() else {})), flush=True)
+        print("ready", flush=True)
+        ready, _, _ = select.select([sys.stdin], [], [], deadline)
+        line = sys.stdin.readline() if ready else ""
+        if line.strip():
+            print(json.dumps(client(json.loads(line))), flush=True)
     else:
-        raise SystemExit("usage: python -m flowtui.demo.traffic serve [--deadline S] PORT... | client < JOB_JSON")
+        raise SystemExit("usage: python -m flowtui.demo.traffic serve [--deadline S] PORT... | "
+                         "client [--deadline S] < JOB_JSON")
 
 
 if __name__ == "__main__":
