@@ -108,6 +108,7 @@ class Agent:
         self.revision = 0  # the datastore revision this node enforces
         self.error: str | None = None
         self._counted = False  # the table's size is in the metrics
+        self._backlog_published = False  # this machine's unpublished refs are in etcd (once per run)
         self._stop = threading.Event()
         # DESIRED_RANGES once etcd refuses the spanning watch
         self._ranges: tuple[tuple[str, str], ...] = SPANNING_RANGE
@@ -204,6 +205,34 @@ class Agent:
         finally:
             watch.abandon()
 
+    def _publish_backlog(self) -> None:
+        """Once per run, after the node is enforced (never before: the kernel does not wait on
+        it): the refs this machine's records hold that etcd lacks, so that any machine can name
+        what this node's ids count. Ids etcd gives another meaning are reported, not published.
+        Etcd unreachable: tried again after the next list."""
+        from enforcer.datastore.shared import publish_missing
+        from enforcer.ruleids import RuleIdError
+
+        if self._backlog_published:
+            return
+        try:
+            _ids, local = self.reconciler.rule_ids()
+            published, conflicts = publish_missing(self.datastore.kv, local)
+        except EtcdUnavailable as err:  # the watch finds out too; tried again after the next list
+            self._backlog_published = "permission denied" in str(err)  # a role that may not: said once
+            self._say("rules", error=f"publishing this machine's rule ids: {err}")
+            return
+        except (RuleIdError, DatastoreError) as err:  # a damaged table here or in etcd: said, not retried
+            self._backlog_published = True
+            self._say("rules", error=f"publishing this machine's rule ids: {err}")
+            return
+        self._backlog_published = True
+        if published or conflicts:
+            self._say("rules", published=published, **({"conflicts": conflicts[:20], "error": (
+                f"{len(conflicts)} rule ids of this machine's records mean another rule in etcd "
+                f"(compiled apart before ids were leased): counters and flows with them are misnamed "
+                f"elsewhere")} if conflicts else {}))
+
     def _await_datastore(self, delay: float) -> None:
         """Wait out the back-off's `delay`, or less: until a member of etcd says it can serve
         (probed every PROBE_EVERY s)."""
@@ -230,6 +259,7 @@ class Agent:
                 self.converge(mirror=mirror)
                 done += 1
                 delay = self.backoff[0]
+                self._publish_backlog()
                 done = self._follow(mirror, rounds, done)
             except Compacted as err:
                 if self.metrics is not None:

@@ -17,6 +17,7 @@ from enforcer.agent import Agent
 from enforcer.agent_status import Publisher, StatusWriter, read_agents
 from enforcer.applied import table_digest
 from enforcer.datastore import open_datastore
+from enforcer.datastore.backend import parse_datastore_url
 from enforcer.datastore.etcd import EtcdDatastore
 from enforcer.datastore.shared import (
     BLOCK,
@@ -169,3 +170,63 @@ def test_agents_on_two_machines_number_apart_and_the_cli_resolves_both(etcd_url:
             t.join(30)
         for publisher in publishers:
             publisher.close()
+
+
+class _BeforePublishing(EtcdDatastore):
+    """The agents of an earlier version: rule ids counted up on the machine alone, never published."""
+
+    @property
+    def id_lease(self) -> None:
+        return None
+
+    def publish_rules(self, refs: object) -> None:
+        pass
+
+
+def test_refs_compiled_before_publishing_are_published_by_the_next_agent_run(etcd_url: str, tmp_path: Path) -> None:
+    """A node whose table was compiled before the shared records existed logs ids no other machine
+    can name (the CLI shows them unknown); the agent's next run publishes its records' refs once it
+    enforces, and from then on every id resolves elsewhere. An id etcd already gives another
+    meaning (numbered apart before ids were leased) is reported and left out: publishing it would
+    make every reader refuse the id."""
+    writer = _etcd(etcd_url, tmp_path / "cli")
+    writer.apply_documents([str(SCENARIOS)])
+    node = "node-a"
+    backend = FakeBackend()
+    old = _BeforePublishing(parse_datastore_url(etcd_url), state_dir=tmp_path / node)
+    assert Reconciler(old, backend, compile_node, CompileOptions(), lambda: [node]).reconcile([node]).ok
+    used = _ids_in(backend.tables[node])
+    assert used and min(used) == 1  # numbered on this machine alone
+    assert published_refs(writer.kv) == RuleTable()
+    assert all(writer.rule_table().get(i) is None for i in used)  # the CLI cannot name them
+    # another machine, meanwhile, published id 1 with its own meaning (its ids were numbered apart)
+    other = RuleRef(1, "GlobalNetworkPolicy", None, "elsewhere", "default", 9, "egress", 3, "Allow")
+    mine = RuleTable.load(old.rules_path)
+    assert mine.get(1) is not None and mine.get(1) != other
+    publish_refs(writer.kv, [other])
+
+    events: list[dict[str, object]] = []
+    ds = _etcd(etcd_url, tmp_path / node)  # the same machine's records, today's agent
+    agent = Agent(ds, Reconciler(ds, backend, compile_node, CompileOptions(), lambda: [node]), node, events.append,
+                  backoff=(0.1, 0.3), heartbeat=0.3)
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        said = until(lambda: next((e for e in events if e["event"] == "rules"), None), what="the backlog published")
+    finally:
+        agent.stop()
+        thread.join(30)
+    assert agent.state == "in-sync"
+    assert _ids_in(backend.tables[node]) == used  # adopted: the same ids, nothing renumbered
+    assert said["published"] == len(mine) - 1 and said["conflicts"] == [1]
+    assert "mean another rule in etcd" in str(said["error"])
+    resolved = writer.rule_table()  # every other id now resolves from another machine, as compiled
+    for rule_id in used - {1}:
+        assert resolved.get(rule_id) == mine.get(rule_id)
+    assert resolved.get(1) == other  # etcd's meaning stands; no id was published with two
+    # the next run finds nothing left to publish
+    events.clear()
+    again = Agent(ds, Reconciler(ds, backend, compile_node, CompileOptions(), lambda: [node]), node, events.append)
+    again.run(rounds=1)
+    rules = [e for e in events if e["event"] == "rules"]
+    assert len(rules) == 1 and rules[0]["published"] == 0 and rules[0]["conflicts"] == [1]

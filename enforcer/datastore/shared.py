@@ -9,7 +9,9 @@
 Rule ids: an agent compiles its own node with ids from a block it leased here (compare-and-swap
 on `next-rule-id`), so no two machines give one id two meanings, and the refs each publishes
 (created once: the key names the block's first id and the refs' digest) resolve every node's
-counters and NFLOG prefixes wherever the CLI runs. Blocks, not one shared counter per rule: an
+counters and NFLOG prefixes wherever the CLI runs. An agent also publishes, once per run after
+its first reconcile, the refs its machine's records hold that etcd lacks (`publish_missing`):
+refs compiled before agents published theirs. Blocks, not one shared counter per rule: an
 agent allocates without a round trip per rule, and agents compiling the same edit at the same
 time never collide (each may number the edit's rules differently; every number means one rule).
 
@@ -90,6 +92,25 @@ def published_refs(kv: EtcdKV) -> RuleTable:
     return table
 
 
+def publish_missing(kv: EtcdKV, local: RuleTable) -> tuple[int, list[int]]:
+    """Publish the refs of this machine's `local` table that etcd lacks: refs compiled before
+    agents published theirs (an earlier version), or by a run that never reached etcd. Without
+    them no other machine can name what those ids count. Returns (refs published, ids etcd
+    already gives another meaning): those are not published (a second meaning would make every
+    reader's table refuse the id), they are for the caller to report."""
+    published = published_refs(kv)
+    missing, conflicts = [], []
+    for ref in local:
+        found = published.get(ref.id)
+        if found is None:
+            missing.append(ref)
+        elif found != ref:
+            conflicts.append(ref.id)
+    if missing:
+        publish_refs(kv, missing)
+    return len(missing), sorted(conflicts)
+
+
 def publish_agent(kv: EtcdKV, node: str, status: dict[str, Any]) -> None:
     """Put agent `node`'s state (its own key; the last write wins: only that agent writes it)."""
     kv.txn([], [_put(AGENTS + node, json.dumps(status, sort_keys=True))])
@@ -109,5 +130,5 @@ def published_agents(kv: EtcdKV) -> list[dict[str, Any]]:
     return states
 
 
-__all__ = ["AGENTS", "BLOCK", "NEXT_ID", "RULES", "lease_block", "publish_agent",
+__all__ = ["AGENTS", "BLOCK", "NEXT_ID", "RULES", "lease_block", "publish_agent", "publish_missing",
            "publish_refs", "published_agents", "published_refs"]
