@@ -106,7 +106,8 @@ def test_the_issues_commands_work_given_only_lab(lab: Lab) -> None:
 
 
 def test_the_dashboard_reads_the_labs_datastore(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`flowtui tui --lab ID` headless: policies from the lab's etcd, read-only with the reason."""
+    """`flowtui tui --lab ID` headless: policies from the lab's etcd, read-only with the reason, and live
+    per-rule counters from every node's table."""
     from enforcer.datastore.etcd import EtcdDatastore
     from flowtui.cli.tui import build_app, tui
     from flowtui.tui.screens.policies import PoliciesScreen
@@ -121,10 +122,20 @@ def test_the_dashboard_reads_the_labs_datastore(lab: Lab, monkeypatch: pytest.Mo
     assert isinstance(control.datastore, EtcdDatastore)
     assert "etcd mode" in control.why_not
     # its rule ids resolve through what the agents published (this machine compiled nothing)
-    assert {(r.name, r.rule, r.action) for r in control.rule_refs().values() if r.name == "deny-icmp"} \
+    refs = control.rule_refs()
+    assert {(r.name, r.rule, r.action) for r in refs.values() if r.name == "deny-icmp"} \
         >= {("deny-icmp", 0, "Deny"), ("deny-icmp", 1, "Allow")}
+    # live per-rule counters although the agents enforce: each node's table, read in its namespace
+    [deny] = [i for i, r in refs.items() if r.name == "deny-icmp" and r.rule == 0]
+    lab.ping("node-b")  # denied: counted by node-b's deny-icmp rule
+    counters = control.kernel_hits()
+    assert counters is not None and counters[deny] > 0
+    by_cli = json.loads(lab.ok("get", "hits", "--lab", lab.id, "-o", "json").stdout)
+    assert counters[deny] == sum(int(r["packets"]) for r in by_cli if r["id"] == deny)  # every node's, summed
+    lab.ping("node-b")
+    assert control.kernel_hits()[deny] > counters[deny]  # type: ignore[index]  # live, not a stored reading
 
-    async def run() -> list[str]:
+    async def run() -> tuple[list[str], str, int]:
         async with app.run_test(size=(160, 50)) as pilot:
             await pilot.press("3")
             screen = app.screen
@@ -133,10 +144,13 @@ def test_the_dashboard_reads_the_labs_datastore(lab: Lab, monkeypatch: pytest.Mo
                 if screen.lines:
                     break
                 await pilot.pause(0.02)
-            return [ln.text for ln in screen.shown]
+            hits = next(ln.activity.hits for ln in screen.lines
+                        if ln.level == "rule" and ln.ref is not None and ln.ref.name == "deny-icmp" and ln.rule == 0)
+            return [ln.text for ln in screen.shown], screen.note, hits
 
     try:
-        names = asyncio.run(run())
+        names, note, hits = asyncio.run(run())
     finally:
         app.source.close()
     assert "gnp deny-icmp" in names
+    assert "hits: live nftables counters" in note and hits > counters[deny]

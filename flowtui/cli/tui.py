@@ -109,10 +109,10 @@ def _control(paths: tuple[str, ...], logs: str | None, state_dir: str, lab_id: s
     if os.geteuid() != 0:
         return PolicyControl(datastore=ds, read_only=True, why_read_only="not root: policies shown, not changed")
     from flowtui.cli.state import default_lab_nodes, lab_cluster
-    from flowtui.tui.control import lab_control
+    from flowtui.tui.control import lab_control, lab_counters
 
     if lab_cluster(lab_id) is not None:  # its agents enforce; a second enforcer here would race them
-        return PolicyControl(datastore=ds, read_only=True,
+        return PolicyControl(datastore=ds, read_only=True, counters=lab_counters(lab_id),  # but hits are live
                              why_read_only=f"lab {lab_id} runs in etcd mode: its agents enforce (flowtui policy)")
     if not default_lab_nodes(lab_id):
         return PolicyControl(datastore=ds, read_only=True, why_read_only=f"lab {lab_id} is not up")

@@ -2,6 +2,7 @@
 
     control = PolicyControl(datastore=Datastore(dir), lab_id="demo", reconciler=rec)  # live
     control = PolicyControl(files=["policies/"])                                      # replay
+    control = PolicyControl(datastore=etcd, read_only=True, counters=lab_counters("x"))  # etcd lab
     control.resources()                      # the current ResourceSet (lab addresses filled in)
     control.set_disabled(ref, True)          # datastore + one nftables transaction per node
     control.apply_text(yaml_text, staged=True)
@@ -9,7 +10,9 @@
 A change is the same as `flowtui policy disable` / `flowtui apply` does: stored in the datastore
 (validated first; nothing changes on a problem), then enforced by the reconciler. Without a
 datastore and a reconciler (a recording, `--read-only`, not root) every change is refused with
-the reason, and everything else works.
+the reason, and everything else works. Live per-rule counters come from the reconciler's nodes,
+or, where others enforce (a lab in etcd mode, whose agents do), from `counters`: each node's
+table read in its namespace, as `flowtui get hits --lab` reads it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,23 @@ MODEL_KIND = {
     ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy"): "ClusterNetworkPolicy",
     ("policy.networking.k8s.io/v1alpha1", "BaselineAdminNetworkPolicy"): "ClusterNetworkPolicy",
 }
+
+
+@dataclass(frozen=True)
+class NodeCounters:
+    """Where the live per-rule counters are read when this process does not enforce: the nodes,
+    and each one's table as `nft -j` lists it (None: no table there)."""
+
+    nodes: Callable[[], list[str]]
+    listing: Callable[[str], str | None]
+
+
+def lab_counters(lab_id: str) -> NodeCounters:
+    """Every node of lab `lab_id` that is up, its table read in its namespace (root)."""
+    from flowtui.cli.state import default_backend, default_lab_nodes
+
+    backend = default_backend(lab_id)
+    return NodeCounters(lambda: default_lab_nodes(lab_id), backend.json_listing)
 
 
 @dataclass(frozen=True)
@@ -98,12 +118,16 @@ class PolicyControl:
         reconciler: Any = None,
         read_only: bool = False,
         why_read_only: str = "",
+        counters: NodeCounters | None = None,
     ) -> None:
         self.datastore = datastore
         self.files = tuple(files)
         self.namespace = namespace  # kubectl's -n for `files`
         self.lab_id = lab_id
         self.reconciler = reconciler
+        if counters is None and reconciler is not None:
+            counters = NodeCounters(reconciler.lab_nodes, reconciler.backend.json_listing)
+        self.counters = counters
         self.read_only = read_only
         self._why = why_read_only
         self._lock = threading.Lock()
@@ -273,14 +297,14 @@ class PolicyControl:
 
     def kernel_hits(self) -> dict[int, int] | None:
         """Packets per rule id from every node's live counters (None without a lab)."""
-        if self.reconciler is None:
+        if self.counters is None:
             return None
         from enforcer.nft.hits import hits_from_json
 
         out: dict[int, int] = {}
         with self._kernel:
-            for node in self.reconciler.lab_nodes():
-                listing = self.reconciler.backend.json_listing(node)
+            for node in self.counters.nodes():
+                listing = self.counters.listing(node)
                 if listing is None:
                     continue
                 for rule_id, hits in hits_from_json(listing).items():
