@@ -4,6 +4,7 @@ Policies screen changes the verdicts of new flows on screen within about a secon
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,8 @@ def test_live_demo_dashboard_toggle_shows_in_the_flows(tmp_path: Path) -> None:
     from flowtui.demo.session import DemoOptions, DemoSession
     from flowtui.tui.app import make_app
 
-    session = DemoSession(DemoOptions(lab_id="tlive", state_dir=tmp_path / "state", duration=60, flood_pps=500))
+    lab_id = "tlive" + secrets.token_hex(3)[:5]  # runs beside other labs (and other runs of this test)
+    session = DemoSession(DemoOptions(lab_id=lab_id, state_dir=tmp_path / "state", duration=60, flood_pps=500))
     try:
         session.start()
         app = make_app(session.source, session.control, queries_dir=tmp_path)

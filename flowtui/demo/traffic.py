@@ -206,6 +206,10 @@ def article_mix(plan: Any, *, flood_pps: int = 2000, scale: float = 1.0) -> Traf
 # The orchestrator
 
 
+class _Stopped(Exception):
+    """`stop()` came while a round's agents were starting: not an error."""
+
+
 class TrafficGenerator:
     """Runs `plan` in lab `lab_id` in rounds of `round_seconds` until `stop()` or `duration`.
 
@@ -262,6 +266,8 @@ class TrafficGenerator:
                 break
             try:
                 self._round(left)
+            except _Stopped:
+                break
             except Exception as exc:  # a failed round is reported, the next one tries again
                 self.stats.errors.append(f"round failed: {exc}")
                 if self._stop.wait(1.0):
@@ -289,7 +295,7 @@ class TrafficGenerator:
         waiting = {proc.stdout.fileno(): (target, proc) for target, proc in procs if proc.stdout is not None}
         while waiting:
             if self._stop.is_set():
-                raise RuntimeError("stopped while the traffic agents started")
+                raise _Stopped
             left = end - time.monotonic()
             if left <= 0:
                 raise RuntimeError(f"traffic agents not ready after {AGENT_START_TIMEOUT:g} s: "
