@@ -194,6 +194,64 @@ def test_apply_to_an_etcd_lab_refuses_a_member_address(run_dir: Path, tmp_path: 
         assert store_planned(ds, [str(clash)], "xbv").changed  # a lab without etcd has no member there
 
 
+HUNG_AGENT = """
+import threading
+from flowtui.cli.agent import dump_stacks_on_sigusr1
+dump_stacks_on_sigusr1()
+print("armed", flush=True)
+def stuck_in_startup():
+    threading.Event().wait()
+stuck_in_startup()
+"""
+SYNCED_AGENT = """
+import json, time
+print(json.dumps({"event": "reconciled", "node": "n2", "state": "in-sync", "revision": 1}), flush=True)
+time.sleep(30)
+"""
+
+
+def test_supervisor_restarts_an_agent_that_hangs_in_start_up_after_taking_its_stacks(
+        run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An agent alive but `starting` past the watchdog (it hangs: it would stay `starting` in
+    `lab status` forever, as new agents once did after a supervisor was replaced) writes its
+    threads' stacks to its log on SIGUSR1, is stopped and restarted, and is given twice as long
+    next time; an agent that reported a state is left alone."""
+    import sys
+    import time
+
+    from enforcer.lab import supervisor as supervisor_mod
+
+    cluster = create_cluster(plan_lab(ResourceSet(), "xbw", etcd_members=1))
+    monkeypatch.setattr(supervisor_mod, "lab_nodes", lambda lab_id: ["n1", "n2"])
+    monkeypatch.setattr(supervisor_mod, "agent_argv", lambda c, node: [
+        sys.executable, "-c", HUNG_AGENT if node == "n1" else SYNCED_AGENT])
+    monkeypatch.setattr(supervisor_mod, "BACKOFF", (0.2, 0.8))
+    monkeypatch.setattr(supervisor_mod, "START_WATCHDOG", 1.0)
+    monkeypatch.setattr(supervisor_mod, "DUMP_GRACE", 0.5)
+    sup = supervisor_mod.Supervisor(cluster)
+    try:
+        sup.step()
+        first, synced = sup.agents["n1"].process, sup.agents["n2"].process
+        assert first is not None and synced is not None
+        deadline = time.monotonic() + 60  # the stacks need the handler: its import takes seconds under load
+        while "armed" not in cluster.agent_log("n1").read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        while sup.agents["n1"].restarts < 1 and time.monotonic() < deadline:
+            sup.step()
+            time.sleep(0.05)
+        n1 = sup.agents["n1"]
+        assert n1.restarts == 1 and n1.process is not first and first.poll() is not None
+        assert n1.watchdog == 2.0  # twice as long for the next start
+        log = cluster.agent_log("n1").read_text()
+        assert "most recent call first" in log and "in stuck_in_startup" in log  # where it hung, on record
+        assert "n1: still starting after" in capsys.readouterr().out
+        assert sup.agents["n2"].process is synced and synced.poll() is None and sup.agents["n2"].reported
+        assert agent_report(cluster, "n2", synced.pid)["state"] == "in-sync"  # type: ignore[index]
+    finally:
+        for agent in list(sup.agents.values()):
+            sup._stop(agent)
+
+
 def click_context(lab_id: str) -> AbstractContextManager[click.Context]:
     """A command's context with `--lab lab_id`, for helpers that read the command's options."""
     ctx = click.Context(cli)

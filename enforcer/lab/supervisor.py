@@ -10,6 +10,10 @@ outlives the CLI) and stopped by `lab down` (SIGTERM). It
   10 s (and starts again from 0.5 s once an agent has run for 30 s), an agent whose node is gone
   is stopped. Each agent's output goes to `agents/<node>.log`; pids and restart counts to
   `agents.json`, which `lab status` reads.
+- An agent still `starting` `START_WATCHDOG` seconds after it was started (it never enforced,
+  nor said why not: it hangs) is asked for its threads' stacks (SIGUSR1: the agent dumps them
+  into its log with `faulthandler`), then stopped and restarted like one that exited; each time
+  again it is given twice as long, so a merely slow start on a loaded machine still gets through.
 
 Members are not restarted here: a member that is down stays down until `lab up` (or a test)
 starts it, so that faults can be made and observed.
@@ -27,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import IO
 
-from enforcer.lab.cluster import Cluster, agent_pids, read_cluster, stop_pid
+from enforcer.lab.cluster import Cluster, agent_pids, agent_report, read_cluster, stop_pid
 from enforcer.lab.forward import Forwarder
 from enforcer.lab.names import LabError, netns_name, target_of_netns
 from enforcer.lab.spec import ETCD_CLIENT_PORT
@@ -36,6 +40,11 @@ from enforcer.lab.state import lab_namespaces
 BACKOFF = (0.5, 10.0)  # seconds: first restart delay, longest
 STEADY = 30.0  # an agent that ran this long starts its back-off from the beginning again
 POLL = 0.5  # seconds between looks at processes and nodes
+# An agent enforces within seconds of starting, even on a loaded machine; one still `starting`
+# after this long hangs (doubled at each such restart, up to START_WATCHDOG_MAX).
+START_WATCHDOG = 45.0
+START_WATCHDOG_MAX = 360.0
+DUMP_GRACE = 1.0  # seconds for a hung agent to write its stacks before it is stopped
 
 
 @dataclass
@@ -47,6 +56,8 @@ class Supervised:
     restarts: int = 0
     delay: float = BACKOFF[0]
     next_start: float = 0.0
+    reported: bool = False  # this run of the agent said something beyond `starting`
+    watchdog: float = 0.0  # seconds it may stay `starting` (0: START_WATCHDOG)
 
 
 def agent_argv(cluster: Cluster, node: str) -> list[str]:
@@ -80,6 +91,7 @@ class Supervisor:
         agent.process = subprocess.Popen(agent_argv(self.cluster, agent.node), stdin=subprocess.DEVNULL,
                                          stdout=agent.log, stderr=subprocess.STDOUT, env={**os.environ})
         agent.started = time.monotonic()
+        agent.reported = False
         print(f"agent {agent.node}: started, pid {agent.process.pid}", flush=True)
 
     def _stop(self, agent: Supervised) -> None:
@@ -105,6 +117,7 @@ class Supervisor:
                 continue
             code = agent.process.poll()
             if code is None:
+                self._watch_start(agent, now)
                 continue
             if not agent.next_start:  # just exited: schedule the restart
                 ran = now - agent.started
@@ -117,6 +130,31 @@ class Supervisor:
                 agent.restarts += 1
                 self._start(agent)
         self._write_state()
+
+    def _watch_start(self, agent: Supervised, now: float) -> None:
+        """Stop (for a restart) a running agent that has stayed `starting` too long, after it
+        wrote its threads' stacks to its log: where it hangs is then on record."""
+        if agent.reported or agent.process is None:
+            return
+        limit = agent.watchdog or START_WATCHDOG
+        if now - agent.started < limit:
+            return
+        report = agent_report(self.cluster, agent.node, agent.process.pid) or {}
+        if report.get("state", "starting") != "starting":
+            agent.reported = True
+            agent.watchdog = 0.0  # a start that got through: the next hang is judged afresh
+            return
+        pid = agent.process.pid
+        print(f"agent {agent.node}: still starting after {now - agent.started:.0f} s (pid {pid}): its stacks go to "
+              f"its log, then it is restarted", flush=True)
+        try:
+            os.kill(pid, signal.SIGUSR1)  # faulthandler in the agent (flowtui.cli.agent)
+        except ProcessLookupError:
+            return
+        self.stopping.wait(DUMP_GRACE)
+        stop_pid(pid)
+        agent.process.wait()
+        agent.watchdog = min(limit * 2, START_WATCHDOG_MAX)
 
     def _write_state(self) -> None:
         state = {a.node: {"pid": a.process.pid if a.process is not None and a.process.poll() is None else None,

@@ -63,6 +63,14 @@ def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def dump_stacks_on_sigusr1() -> None:
+    """SIGUSR1 writes every thread's Python stack to stderr (the agent's log under a lab's
+    supervisor), from C, even while Python code is blocked: where a hung agent waits."""
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+
+
 def _placement(node: str, netns: str | None, host: bool, lab_id: str, lab_given: bool) -> tuple[str | None, str | None]:
     """(namespace, lab): where the table goes (None: this namespace) and whose plan gives the
     addresses (None: the datastore's own, as on a real host)."""
@@ -127,6 +135,7 @@ def agent_cmd(ctx: click.Context, node: str, netns: str | None, host: bool, metr
     from enforcer.nft.node_backend import NodeBackend
     from enforcer.reconcile import Reconciler
 
+    dump_stacks_on_sigusr1()
     if not _NODE_NAME.fullmatch(node):
         fail(f"--node {node!r}: not a node name (letters, digits, '.', '-', '_'; 1-253 characters)", EXIT_INVALID)
     if metrics_addr is not None:
