@@ -68,7 +68,10 @@ def dump_stacks_on_sigusr1() -> None:
     supervisor), from C, even while Python code is blocked: where a hung agent waits."""
     import faulthandler
 
-    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    try:
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    except (OSError, ValueError, AttributeError):  # stderr without a descriptor (a test's runner): no dumps
+        pass
 
 
 def _placement(node: str, netns: str | None, host: bool, lab_id: str, lab_given: bool) -> tuple[str | None, str | None]:
