@@ -331,7 +331,6 @@ class _NodeCompiler:
         default_factory=dict)
     decided: dict[str, _Decided] = field(default_factory=dict)  # decision chain → how it was made
     book: SetBook = field(init=False)
-    _live: Evaluator | None = None
     # Policy chains whose rule ids are allocated, not yet rendered: chain name → (policy, direction).
     _unrendered: dict[str, tuple[Policy, Direction]] = field(default_factory=dict)
 
@@ -710,8 +709,16 @@ class _NodeCompiler:
             for ref in hit.refs:
                 self.refs.setdefault(ref.id, ref)
             return hit.built
-        built = decision.decide(self._live_evaluator(), stage, rules, local, budget, tag,
-                                lambda out: self._outcome_chain(out, stage.direction), walk)
+        # The chain's last decide, whatever its toggles and edits: this one continues its walks.
+        memos: dict[tuple[object, ...], decision.DecisionMemo] = self.state.caches.setdefault("nft.decision_memos", {})
+        memo_key = key[:4] + key[5:]
+        built = decision.decide(self.ev, stage, rules, local, budget, tag,
+                                lambda out: self._outcome_chain(out, stage.direction), walk,
+                                self.state.policy_positions, memos.get(memo_key))
+        if not isinstance(built, str) and built.memo is not None:
+            if len(memos) >= KEPT_MAX // 100 and memo_key not in memos:  # a memo holds a chain's walks
+                memos.clear()
+            memos[memo_key] = built.memo
         chains: tuple[Chain, ...] = ()
         refs: tuple[RuleRef, ...] = ()
         if not isinstance(built, str):
@@ -808,15 +815,6 @@ class _NodeCompiler:
             found = self._with_named[key] = [(r, ns) for r, ns in rules
                                              if decision.tests_own_named_port(r, stage.direction)]
         return found
-
-    def _live_evaluator(self) -> Evaluator:
-        """Decides with enabled policies only (the compiler's own view includes disabled ones)."""
-        if self._live is None:
-            st = self.state
-            live = st if not st.include_disabled else ClusterState(
-                st.resources, _ipsets=st._ipsets, _named=st._named, caches=st.caches)
-            self._live = self.ev if live is st else Evaluator(live)
-        return self._live
 
     def _hit_ref(self, h: Hit) -> RuleRef:
         if h.kind == "Profile":

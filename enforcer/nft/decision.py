@@ -44,13 +44,13 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from functools import partial
 
-from enforcer.evaluate.evaluator import Evaluator, Hit
+from enforcer.evaluate.evaluator import Evaluator
 from enforcer.evaluate.path import Stage
-from enforcer.model import IPAddress, Policy, Rule
+from enforcer.model import IPAddress, Policy
 from enforcer.nft.decision_space import (
     ICMP_PROTOCOL,
     PORT_PROTOCOLS,
@@ -74,12 +74,12 @@ from enforcer.nft.decision_space import (
     tests_own_named_port,
     unsupported,
 )
-from enforcer.nft.regions import Box, Outcome, RegionRule, TierRules, bits, walk
-from enforcer.resolve.rules import rule_for_family
+from enforcer.nft.decision_walks import BoxesOf, Key, PolicyRules, Walks, axis_map, skeleton, walk_again, walk_all
+from enforcer.nft.regions import Box, Outcome, bits
 
-__all__ = ["ChainLayout", "DecisionChain", "MembershipIndex", "Outcome", "DEFAULT_BUDGET", "NODE_BUDGET",
-           "PORT_PROTOCOLS", "RuleList", "Tests", "address_tests", "chain_tag", "decide", "local_named_ports",
-           "memberships", "outcome_name", "tests_own_named_port"]
+__all__ = ["ChainLayout", "DecisionChain", "DecisionMemo", "MembershipIndex", "Outcome", "DEFAULT_BUDGET",
+           "NODE_BUDGET", "PORT_PROTOCOLS", "RuleList", "Tests", "address_tests", "chain_tag", "decide",
+           "local_named_ports", "memberships", "outcome_name", "tests_own_named_port"]
 
 # Default cells per endpoint chain (see README "Decision maps" for the measurements behind it).
 # The region walk makes compile cost grow with rules × regions; cells bound the rendering and
@@ -108,6 +108,25 @@ class DecisionChain:
     maps: dict[str, tuple[str, frozenset[str], bool, bool]]  # name → (type, elements, is a map, interval)
     elements: int
     chains: dict[str, tuple[str, ...]]  # the classes' chains (dr…), by name
+    memo: DecisionMemo | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass
+class DecisionMemo:
+    """What deciding a chain keeps to decide it again (decision_walks.py): the rules and the space
+    they make, and each family's walks."""
+
+    rules: RuleList
+    own_tests: Tests
+    tests: AddressTests
+    families: dict[int, tuple[Family, list[int], list[int]]]
+    walks: dict[int, Walks]
+    known: dict[tuple[int, int], tuple[object, PolicyRules]]
+
+    @property
+    def incremental(self) -> bool:
+        """Whether the walks were made from an earlier decide's (not from scratch)."""
+        return all(w.incremental for w in self.walks.values())
 
 
 # ---- the decision --------------------------------------------------------------------------
@@ -201,69 +220,90 @@ def _family(ev: Evaluator, rules: RuleList, version: int, me: IPAddress, tests: 
     return fam, starts, [class_of[s] for s in sigs]
 
 
-@dataclass(frozen=True)
-class _Skeleton:
-    """The stage's walk in one family: the evaluator's tiers, policies and family-rendered rules
-    in order, each rule with its hit; the regions are filled in per space."""
-
-    tiers: tuple[tuple[tuple[tuple[Hit, Rule, str | None], ...], Hit | None], ...]
-    profiles: tuple[tuple[tuple[Hit, Rule, str | None], ...], ...]
-
-    def regions(self, boxes: Callable[[Rule, str | None], tuple[Box, ...]]
-                ) -> tuple[list[TierRules], list[tuple[RegionRule, ...]]]:
-        """The walk with each rule's region in one space (rules matching nothing there dropped)."""
-        def keep(rules: tuple[tuple[Hit, Rule, str | None], ...]) -> tuple[RegionRule, ...]:
-            out = []
-            for hit, rule, ns in rules:
-                b = boxes(rule, ns)
-                if b:
-                    out.append(RegionRule(hit, b))
-            return tuple(out)
-
-        return [TierRules(keep(rules), end) for rules, end in self.tiers], [keep(p) for p in self.profiles]
-
-
-def _skeleton(ev: Evaluator, stage: Stage, version: int) -> _Skeleton:
-    assert stage.endpoint is not None
-    direction = stage.direction
-    tiers = []
-    for st in ev.stage_tiers(stage):
-        if not st.enforced:
-            continue
-        rules = []
-        for pol in st.enforced:
-            for index, rule in enumerate(pol.rules(direction)):
-                fam_rule = rule_for_family(rule, version)  # as the evaluator's compile_rule renders it
-                if fam_rule is not None:
-                    hit = Hit(pol.kind, pol.namespace, pol.name, st.tier.name, direction, index, rule.action)
-                    rules.append((hit, fam_rule, pol.namespace))
-        last = st.enforced[-1]
-        end = None if st.tier.tier.default_action == "Pass" else Hit(
-            last.kind, last.namespace, last.name, st.tier.name, direction, -1, "Deny")
-        tiers.append((tuple(rules), end))
-    profiles = []
-    for name in stage.endpoint.profiles:
-        prof = ev.state.profiles.get(name)
-        if prof is None:
-            continue
-        prules = []
-        for index, rule in enumerate(prof.rules(direction)):
-            fam_rule = rule_for_family(rule, version)
-            if fam_rule is not None:
-                prules.append((ev.profile_hit(name, direction, index, rule.action), fam_rule, None))
-        profiles.append(tuple(prules))
-    return _Skeleton(tuple(tiers), tuple(profiles))
-
-
 def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddress],
-           budget: int, tag: str, target: Callable[[Outcome], str], walk_chain: str) -> DecisionChain | str:
+           budget: int, tag: str, target: Callable[[Outcome], str], walk_chain: str,
+           positions: Mapping[Key, tuple[int, int]] | None = None,
+           previous: DecisionMemo | None = None) -> DecisionChain | str:
     """The decision maps of `stage`'s chain, or why it keeps the walk.
 
-    `ev` decides with enabled policies only; `rules` are every rule that may decide (selecting
+    `ev` is the compiler's evaluator (disabled policies, which it lays out behind closed gates, do
+    not take part in the walk); `rules` are every rule that may decide (selecting
     policies and profiles); `local` is an address of the endpoint per IP version (any address of
     that version when it has none: the rules do not test it); `tag` names the maps; `target`
     gives the terminal chain of an outcome; `walk_chain` is the chain of the rule walk, where a
-    packet whose own-side address the decision did not assume goes."""
+    packet whose own-side address the decision did not assume goes. `positions` (policy key →
+    tier and position, disabled policies included; the state's by default) orders the walk;
+    `previous` is an earlier decide of the same chain (same tag, local addresses and budget),
+    whose walks this one continues where it can (decision_walks.py): the result is the same."""
+    if positions is None:
+        positions = ev.state.policy_positions
+    assert stage.endpoint is not None
+    direction = stage.direction
+    if previous is not None and _same_rules(previous.rules, rules):
+        # A toggle: the same rules, so the same space (and the checks below passed for it).
+        own_tests, tests, families = previous.own_tests, previous.tests, previous.families
+        refine: dict[int, dict[str, tuple[list[int] | None, ...]] | None] | None = {4: None, 6: None}
+    else:
+        space = _space(ev, stage, rules, local, budget)
+        if isinstance(space, str):
+            return space
+        own_tests, tests, families = space
+        refine = _refinement(previous, own_tests, tests, families) if previous is not None else None
+    known = previous.known if previous is not None else {}
+    if len(known) > 8 * len(rules) + 1024:
+        known.clear()  # policies edited away
+    walks: dict[int, Walks] = {}
+    for version, (fam, _, _) in families.items():
+        sk = skeleton(ev, stage, version, positions, known)
+        spaces = _spaces(fam, direction)
+        if previous is not None and refine is not None:
+            walks[version] = walk_again(previous.walks[version], sk, spaces, refine[version])
+        else:
+            walks[version] = walk_all(sk, spaces, known)
+    memo = DecisionMemo(rules, own_tests, tests, families, walks, known)
+
+    ingress = direction == "ingress"
+    lines: list[str] = []
+    chains: dict[str, tuple[str, ...]] = {}
+    maps: dict[str, tuple[str, frozenset[str], bool, bool]] = {}
+    for version, (fam, starts, interval_class) in families.items():
+        l3, nfproto, addr_type = ("ip", "ipv4", "ipv4_addr") if version == 4 else ("ip6", "ipv6", "ipv6_addr")
+        if own_tests:
+            name_o = f"do{version}-{tag}"
+            maps[name_o] = (addr_type, frozenset(_guard(own_tests, version, fam.me)), False, True)
+            lines.append(f"meta nfproto {nfproto} {l3} {'daddr' if ingress else 'saddr'} != @{name_o} "
+                         f"goto {walk_chain}")
+        render = _Render(target)
+        peer_field = f"{l3} {'saddr' if ingress else 'daddr'}"
+        one = len(fam.classes) == 1
+        if not one:
+            # The peer's class picks the class's chain (one interval lookup); its maps are keyed
+            # on protocol and ports only, so they hold a class's row, not every address range's.
+            dispatch = {f"{addr} : goto dr{version}-{tag}-{c}"
+                        for addr, c in _address_runs(starts, interval_class, version)}
+            maps[f"da{version}-{tag}"] = (f"{addr_type} : verdict", frozenset(dispatch), True, True)
+            lines.append(f"meta nfproto {nfproto} {peer_field} vmap @da{version}-{tag}")
+        rows = render.rows(fam, walks[version])
+        for c in range(len(fam.classes)):
+            suffix = "" if one else f"-{c}"
+            row_lines = _class_maps(fam, rows, c, f"{version}-{tag}{suffix}", render.goto, maps)
+            if one:
+                lines += [f"meta nfproto {nfproto} {line}" for line in row_lines]
+            else:
+                # The maps cover every protocol and port: the drop is never reached.
+                chains[f"dr{version}-{tag}-{c}"] = (*row_lines, "drop")
+    return DecisionChain(tuple(lines), maps, sum(len(m[1]) for m in maps.values()), chains, memo)
+
+
+def _same_rules(a: RuleList, b: RuleList) -> bool:
+    """The same rule objects in the same order (a toggle rebuilds the list, not its rules)."""
+    return a is b or (len(a) == len(b) and all(x[0] is y[0] and x[1] == y[1] for x, y in zip(a, b, strict=True)))
+
+
+def _space(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddress], budget: int
+           ) -> tuple[Tests, AddressTests, dict[int, tuple[Family, list[int], list[int]]]] | str:
+    """The decision space of `rules` (own-side tests, peer tests, each family's), or why the chain
+    keeps the walk."""
     reason = unsupported(rules)
     if reason is not None:
         return reason
@@ -287,38 +327,46 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
     total = sum(f.cells() for f, _, _ in families.values())
     if total > budget:
         return f"decision space {total} cells > budget {budget}"
+    return own_tests, tests, families
 
-    ingress = direction == "ingress"
-    lines: list[str] = []
-    chains: dict[str, tuple[str, ...]] = {}
-    maps: dict[str, tuple[str, frozenset[str], bool, bool]] = {}
-    for version, (fam, starts, interval_class) in families.items():
-        l3, nfproto, addr_type = ("ip", "ipv4", "ipv4_addr") if version == 4 else ("ip6", "ipv6", "ipv6_addr")
-        if own_tests:
-            name_o = f"do{version}-{tag}"
-            maps[name_o] = (addr_type, frozenset(_guard(own_tests, version, fam.me)), False, True)
-            lines.append(f"meta nfproto {nfproto} {l3} {'daddr' if ingress else 'saddr'} != @{name_o} "
-                         f"goto {walk_chain}")
-        render = _Render(ev, stage, fam, target)
-        peer_field = f"{l3} {'saddr' if ingress else 'daddr'}"
-        one = len(fam.classes) == 1
-        if not one:
-            # The peer's class picks the class's chain (one interval lookup); its maps are keyed
-            # on protocol and ports only, so they hold a class's row, not every address range's.
-            dispatch = {f"{addr} : goto dr{version}-{tag}-{c}"
-                        for addr, c in _address_runs(starts, interval_class, version)}
-            maps[f"da{version}-{tag}"] = (f"{addr_type} : verdict", frozenset(dispatch), True, True)
-            lines.append(f"meta nfproto {nfproto} {peer_field} vmap @da{version}-{tag}")
-        rows = render.rows(fam, direction)
-        for c in range(len(fam.classes)):
-            suffix = "" if one else f"-{c}"
-            row_lines = _class_maps(fam, rows, c, f"{version}-{tag}{suffix}", render.goto, maps)
-            if one:
-                lines += [f"meta nfproto {nfproto} {line}" for line in row_lines]
-            else:
-                # The maps cover every protocol and port: the drop is never reached.
-                chains[f"dr{version}-{tag}-{c}"] = (*row_lines, "drop")
-    return DecisionChain(tuple(lines), maps, sum(len(m[1]) for m in maps.values()), chains)
+
+def _refinement(previous: DecisionMemo, own_tests: Tests, tests: AddressTests,
+                families: dict[int, tuple[Family, list[int], list[int]]]
+                ) -> dict[int, dict[str, tuple[list[int] | None, ...]] | None] | None:
+    """How the previous decide's space maps into this one, per family and space (None: it does
+    not; the walk starts over): same address tests (classes) and own-side tests, ICMP keyed alike,
+    and every other axis split at least where it was."""
+    if previous.own_tests != own_tests or previous.tests.ranges != tests.ranges:
+        return None
+    out: dict[int, dict[str, tuple[list[int] | None, ...]] | None] = {}
+    for version, (fam, _, _) in families.items():
+        old = previous.families[version][0]
+        if old.me != fam.me or (old.icmp is None) != (fam.icmp is None):
+            return None
+        try:
+            maps: dict[str, tuple[list[int] | None, ...]] = {
+                f"port{p}": (None, *(axis_map(o, n) for o, n in zip(old.ports[p], fam.ports[p], strict=True)))
+                for p in PORT_PROTOCOLS}
+            if fam.icmp is not None and old.icmp is not None:
+                maps["icmp"] = (None, axis_map(old.icmp[0], fam.icmp[0]), axis_map(old.icmp[1], fam.icmp[1]))
+            maps["other"] = (None, axis_map(old.others, fam.others))
+        except ValueError:
+            return None
+        out[version] = {k: v for k, v in maps.items() if any(m is not None for m in v)} or None
+    return out
+
+
+def _spaces(fam: Family, direction: str) -> dict[str, tuple[BoxesOf, tuple[int, ...]]]:
+    """The family's spaces: each port protocol's, ICMP's when keyed, the other protocols'; each
+    with the region of a rule in it and its sizes (peer classes first)."""
+    classes = len(fam.classes)
+    spaces: dict[str, tuple[BoxesOf, tuple[int, ...]]] = {
+        f"port{p}": (partial(port_boxes, fam, direction=direction, proto=p),
+                     (classes, len(fam.ports[p][0]), len(fam.ports[p][1]))) for p in PORT_PROTOCOLS}
+    if fam.icmp is not None:
+        spaces["icmp"] = (partial(icmp_boxes, fam, direction=direction), (classes, len(fam.icmp[0]), len(fam.icmp[1])))
+    spaces["other"] = (partial(other_boxes, fam, direction=direction), (classes, len(fam.others)))
+    return spaces
 
 
 def _class_maps(fam: Family, rows: dict[str, list[tuple[int, ...]]], c: int, suffix: str,
@@ -357,32 +405,23 @@ def _class_maps(fam: Family, rows: dict[str, list[tuple[int, ...]]], c: int, suf
 
 
 class _Render:
-    """One family's walks, space by space, and the terminal chain of each outcome."""
+    """One family's walks as rows of outcome ids, and the terminal chain of each outcome."""
 
-    def __init__(self, ev: Evaluator, stage: Stage, fam: Family, target: Callable[[Outcome], str]) -> None:
+    def __init__(self, target: Callable[[Outcome], str]) -> None:
         self.target = target
         self.ids: dict[Outcome, int] = {}
         self.outcomes: list[Outcome] = []
         self.chains: dict[int, str] = {}
-        self.skeleton = _skeleton(ev, stage, fam.version)
 
-    def rows(self, fam: Family, direction: str) -> dict[str, list[tuple[int, ...]]]:
+    def rows(self, fam: Family, walks: Walks) -> dict[str, list[tuple[int, ...]]]:
         """Per space: per class, the outcome id of every cell."""
-        spaces: dict[str, tuple[Callable[[Rule, str | None], tuple[Box, ...]], tuple[int, ...]]] = {
-            f"port{p}": (partial(port_boxes, fam, direction=direction, proto=p),
-                         (len(fam.ports[p][0]), len(fam.ports[p][1]))) for p in PORT_PROTOCOLS}
-        if fam.icmp is not None:
-            spaces["icmp"] = (partial(icmp_boxes, fam, direction=direction), (len(fam.icmp[0]), len(fam.icmp[1])))
-        spaces["other"] = (partial(other_boxes, fam, direction=direction), (len(fam.others),))
         out = {}
-        for name, (boxes, sizes) in spaces.items():
-            tiers, profiles = self.skeleton.regions(boxes)
-            decided = walk((len(fam.classes), *sizes), tiers, profiles)
-            for _, o in decided:
+        for name, sw in walks.spaces.items():
+            for _, o, _, _ in sw.decided:
                 if o not in self.ids:
                     self.ids[o] = len(self.outcomes)
                     self.outcomes.append(o)
-            out[name] = _grid(len(fam.classes), sizes, decided, self.ids)
+            out[name] = _grid(len(fam.classes), sw.sizes[1:], [(b, o) for b, o, _, _ in sw.decided], self.ids)
         return out
 
     def goto(self, oid: int) -> str:

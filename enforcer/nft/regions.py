@@ -16,7 +16,7 @@ at all is the no-profile drop (outcome hit None).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from enforcer.evaluate.evaluator import Hit
@@ -34,18 +34,30 @@ class Outcome:
     hit: Hit | None
 
 
+Pos = tuple[int, int, int]  # where a hit sits in the walk: (tier, policy in the tier, rule)
+END = 1 << 30  # a tier's end, after its policies; also the first profile's "tier"
+NO_PROFILE: Pos = (1 << 31, 0, 0)
+
+
+def profile_pos(k: int, rule: int) -> Pos:
+    return (END + k, 0, rule)
+
+
 @dataclass(frozen=True)
 class RegionRule:
-    """A rule of the walk: its hit (policy or profile, index, action) and where it matches."""
+    """A rule of the walk: its hit (policy or profile, index, action), where it matches, and its
+    position in the walk (positions only grow along it)."""
 
     hit: Hit
     boxes: tuple[Box, ...]
+    pos: Pos = (0, 0, 0)
 
 
 @dataclass(frozen=True)
 class TierRules:
     rules: tuple[RegionRule, ...]  # every enforced policy's rules, in order
     end: Hit | None  # the end-of-tier deny; None when the tier's default is Pass
+    index: int = 0  # the tier's position (Pos[0])
 
 
 def full_box(sizes: Iterable[int]) -> Box:
@@ -87,18 +99,20 @@ def _split(box: Box, rule: tuple[Box, ...]) -> tuple[list[Box], list[Box]]:
     return inside, rest
 
 
-Pending = list[tuple[Box, tuple[Hit, ...]]]  # undecided boxes with the Log hits on their way
+Trail = tuple[tuple[Pos, Hit], ...]  # the Log and Pass hits on a region's way, with their positions
+Pending = list[tuple[Box, Trail]]  # undecided boxes with their trail
+Decided = tuple[Box, Outcome, Pos, Trail]  # a decided box: its outcome, the deciding position, its trail
 
 
 def _coalesce(pending: Pending) -> Pending:
-    """Merge boxes with the same Log hits that differ on one axis only (keeps the count low)."""
+    """Merge boxes with the same trail that differ on one axis only (keeps the count low)."""
     if len(pending) < 2:
         return pending
     axes = len(pending[0][0])
     for axis in range(axes - 1, -1, -1):
         merged: dict[tuple[object, ...], int] = {}
-        for box, logged in pending:
-            key = (logged, box[:axis], box[axis + 1:])
+        for box, trail in pending:
+            key = (trail, box[:axis], box[axis + 1:])
             merged[key] = merged.get(key, 0) | box[axis]
         if len(merged) == len(pending):
             continue
@@ -106,41 +120,47 @@ def _coalesce(pending: Pending) -> Pending:
     return pending
 
 
-def _apply(rule: RegionRule, pending: Pending, decided: list[tuple[Box, Outcome]],
-           passed: Pending) -> Pending:
+class _Logged(dict[Trail, tuple[Hit, ...]]):
+    """A trail's Log hits (an Outcome's `logged`), once per trail."""
+
+    def __missing__(self, trail: Trail) -> tuple[Hit, ...]:
+        found = self[trail] = tuple(h for _, h in trail if h.action == "Log")
+        return found
+
+
+def _apply(rule: RegionRule, pending: Pending, decided: list[Decided], passed: Pending,
+           logged: _Logged) -> Pending:
     """One rule over the pending boxes: what it matches is logged (and stays pending), passed,
     or decided; the rest stays pending."""
     action = rule.hit.action
     still: Pending = []
-    for box, logged in pending:
+    for box, trail in pending:
         inside, rest = _split(box, rule.boxes)
-        still += [(b, logged) for b in rest]
+        still += [(b, trail) for b in rest]
         if not inside:
             continue
-        if action == "Log":
-            hits = (*logged, rule.hit)
-            still += [(b, hits) for b in inside]
-        elif action == "Pass":
-            passed += [(b, logged) for b in inside]
+        if action in ("Log", "Pass"):
+            longer = (*trail, (rule.pos, rule.hit))
+            (still if action == "Log" else passed).extend((b, longer) for b in inside)
         else:
-            out = Outcome(logged, "allow" if action == "Allow" else "deny", rule.hit)
-            decided += [(b, out) for b in inside]
+            out = Outcome(logged[trail], "allow" if action == "Allow" else "deny", rule.hit)
+            decided += [(b, out, rule.pos, trail) for b in inside]
     return still
 
 
-def walk(sizes: tuple[int, ...], tiers: Iterable[TierRules],
-         profiles: Iterable[tuple[RegionRule, ...]]) -> list[tuple[Box, Outcome]]:
-    """The outcome of every cell of the space `sizes` (intervals per axis), as disjoint boxes."""
-    pending: Pending = [(full_box(sizes), ())]
-    decided: list[tuple[Box, Outcome]] = []
+def _run(pending: Pending, tiers: Iterable[TierRules], profiles: Iterable[tuple[RegionRule, ...]]) -> list[Decided]:
+    """The walk of `pending` through `tiers`, then `profiles`, then the no-profile drop."""
+    decided: list[Decided] = []
+    logged = _Logged()
     for tier in tiers:
         passed: Pending = []
         for rule in tier.rules:
             if not pending:
                 break
-            pending = _coalesce(_apply(rule, pending, decided, passed))
+            pending = _coalesce(_apply(rule, pending, decided, passed, logged))
         if tier.end is not None:
-            decided += [(b, Outcome(logged, "deny", tier.end)) for b, logged in pending]
+            end = (tier.index, END, 0)
+            decided += [(b, Outcome(logged[t], "deny", tier.end), end, t) for b, t in pending]
             pending = []
         pending = _coalesce(pending + passed)
     for rules in profiles:
@@ -148,7 +168,59 @@ def walk(sizes: tuple[int, ...], tiers: Iterable[TierRules],
         for rule in rules:
             if not pending:
                 break
-            pending = _coalesce(_apply(rule, pending, decided, passed))
+            pending = _coalesce(_apply(rule, pending, decided, passed, logged))
         pending = _coalesce(pending + passed)  # a profile's Pass goes on to the next profile
-    decided += [(b, Outcome(logged, "deny", None)) for b, logged in pending]
+    decided += [(b, Outcome(logged[t], "deny", None), NO_PROFILE, t) for b, t in pending]
     return decided
+
+
+def walk_traced(sizes: tuple[int, ...], tiers: Iterable[TierRules],
+                profiles: Iterable[tuple[RegionRule, ...]]) -> list[Decided]:
+    """The outcome of every cell of the space `sizes` (intervals per axis), as disjoint boxes,
+    each with where it was decided and the Log and Pass hits on its way (`rewalk` needs them)."""
+    return _run([(full_box(sizes), ())], tiers, profiles)
+
+
+def walk(sizes: tuple[int, ...], tiers: Iterable[TierRules],
+         profiles: Iterable[tuple[RegionRule, ...]]) -> list[tuple[Box, Outcome]]:
+    """The outcome of every cell of the space `sizes` (intervals per axis), as disjoint boxes."""
+    return [(b, o) for b, o, _, _ in walk_traced(sizes, tiers, profiles)]
+
+
+def rewalk(old: list[Decided], start: Pos, touched: tuple[Box, ...], redo: Callable[[Outcome], bool],
+           tiers: Iterable[TierRules], profiles: Iterable[tuple[RegionRule, ...]]) -> list[Decided]:
+    """`walk_traced` of a changed walk, from the last one (`old`), when the walk is unchanged
+    before position `start` (the first changed policy's) and, from `start` on, differs only in
+    the rules matching `touched` (the changed policies' old and new regions) and in the end-of-tier
+    outcomes `redo` names (a tier whose last enforced policy or existence changed).
+
+    A cell still pending at `start` (decided at `start` or later, and not passed out of `start`'s
+    tier before it) that no changed rule matches, old or new, meets the same rules from `start`
+    on in both walks, so keeps its outcome unless `redo` says its end of tier changed. The cells
+    pending at `start` that a changed rule matches, or whose outcome `redo` names, are walked
+    again from `start` with what they had at `start`: their Log and Pass hits before it (a Pass
+    before `start` is in an earlier tier: they reach `start`'s tier). Cells decided before `start`,
+    or passed out of its tier before it, never meet a changed rule. `tiers` and `profiles` are
+    the whole new walk; only what comes at or after `start` is used."""
+    tier, keep_trail = start[0], start
+    kept: list[Decided] = []
+    pending: Pending = []
+    for box, out, pos, trail in old:
+        if pos < start or any(p[0] == tier and p < start and h.action == "Pass" for p, h in trail):
+            kept.append((box, out, pos, trail))
+            continue
+        before = tuple(t for t in trail if t[0] < keep_trail)
+        if redo(out):
+            pending.append((box, before))
+            continue
+        inside, rest = _split(box, touched) if touched else ([], [box])
+        if not inside:
+            kept.append((box, out, pos, trail))
+            continue
+        kept += [(b, out, pos, trail) for b in rest]
+        pending += [(b, before) for b in inside]
+    if not pending:
+        return kept
+    rest_tiers = [t if t.index > tier else TierRules(tuple(r for r in t.rules if r.pos >= start), t.end, t.index)
+                  for t in tiers if t.index >= tier]
+    return kept + _run(_coalesce(pending), rest_tiers, profiles)
