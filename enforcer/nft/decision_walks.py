@@ -198,11 +198,17 @@ def walk_again(old: Walks, sk: Skeleton, spaces: dict[str, tuple[BoxesOf, tuple[
         sw = out[name] = SpaceWalk(sizes, _remap_regions(was.regions, maps), was.decided)
         if maps is not None:
             sw.decided = [(_remap(b, maps), o, p, t) for b, o, p, t in sw.decided]
-        touched = tuple(b for k in changed for p in (before.get(k), after.get(k)) if p is not None
-                        for r in sw.region(p, boxes) for b in r.boxes)
+        touched = touched_boxes([(before.get(k), after.get(k)) for k in changed], sw, boxes)
         if touched or appeared or reattributed:
             sw.decided = rewalk(sw.decided, start, touched, redo, _tiers(sk, sw, boxes), _profiles(sk, boxes))
     return Walks(sk, out, old.known, incremental=True)
+
+
+def touched_boxes(changed: list[tuple[PolicyRules | None, PolicyRules | None]], sw: SpaceWalk,
+                  boxes: BoxesOf) -> tuple[Box, ...]:
+    """Where the changed policies' rules match in the space, old (as last walked) and new: a cell
+    outside both meets the same rules in both walks."""
+    return tuple(b for pair in changed for p in pair if p is not None for r in sw.region(p, boxes) for b in r.boxes)
 
 
 # ---- refining the kept space ----------------------------------------------------------------

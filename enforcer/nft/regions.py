@@ -187,40 +187,52 @@ def walk(sizes: tuple[int, ...], tiers: Iterable[TierRules],
     return [(b, o) for b, o, _, _ in walk_traced(sizes, tiers, profiles)]
 
 
+def _rest(tiers: Iterable[TierRules], start: Pos) -> list[TierRules]:
+    """The tiers of a walk from position `start` on."""
+    return [t if t.index > start[0] else TierRules(tuple(r for r in t.rules if r.pos >= start), t.end, t.index)
+            for t in tiers if t.index >= start[0]]
+
+
 def rewalk(old: list[Decided], start: Pos, touched: tuple[Box, ...], redo: Callable[[Outcome], bool],
-           tiers: Iterable[TierRules], profiles: Iterable[tuple[RegionRule, ...]]) -> list[Decided]:
+           tiers: list[TierRules], profiles: list[tuple[RegionRule, ...]]) -> list[Decided]:
     """`walk_traced` of a changed walk, from the last one (`old`), when the walk is unchanged
     before position `start` (the first changed policy's) and, from `start` on, differs only in
-    the rules matching `touched` (the changed policies' old and new regions) and in the end-of-tier
-    outcomes `redo` names (a tier whose last enforced policy or existence changed).
+    the rules matching `touched` (the changed policies' old and new regions, wherever they sit)
+    and in the end-of-tier outcomes `redo` names (a tier whose last enforced policy changed, or
+    every outcome when a tier appeared or vanished).
 
-    A cell still pending at `start` (decided at `start` or later, and not passed out of `start`'s
-    tier before it) that no changed rule matches, old or new, meets the same rules from `start`
-    on in both walks, so keeps its outcome unless `redo` says its end of tier changed. The cells
-    pending at `start` that a changed rule matches, or whose outcome `redo` names, are walked
-    again from `start` with what they had at `start`: their Log and Pass hits before it (a Pass
-    before `start` is in an earlier tier: they reach `start`'s tier). Cells decided before `start`,
-    or passed out of its tier before it, never meet a changed rule. `tiers` and `profiles` are
-    the whole new walk; only what comes at or after `start` is used."""
-    tier, keep_trail = start[0], start
+    A cell is in one of three states at `start`: decided (before it: unchanged, it meets no
+    changed rule); passed out of `start`'s tier before it (pending again at the next tier); or
+    pending. A cell pending at `start` (or at the next tier) that no changed rule matches, old
+    or new, meets the same rules from there on in both walks, so keeps its outcome unless `redo`
+    names it. The others are walked again from where they were pending, with the Log and Pass
+    hits they had there. `tiers` and `profiles` are the whole new walk; only what comes at or
+    after `start` is used."""
+    tier = start[0]
+    after_pass: Pos = (tier + 1, 0, 0)
     kept: list[Decided] = []
     pending: Pending = []
+    passed: Pending = []  # passed out of `start`'s tier before `start`: pending at the next tier
     for box, out, pos, trail in old:
-        if pos < start or any(p[0] == tier and p < start and h.action == "Pass" for p, h in trail):
+        if pos < start:
             kept.append((box, out, pos, trail))
             continue
-        before = tuple(t for t in trail if t[0] < keep_trail)
+        if any(p[0] == tier and p < start and h.action == "Pass" for p, h in trail):
+            resume, into = after_pass, passed
+        else:
+            resume, into = start, pending
+        before = tuple(t for t in trail if t[0] < resume)
         if redo(out):
-            pending.append((box, before))
+            into.append((box, before))
             continue
         inside, rest = _split(box, touched) if touched else ([], [box])
         if not inside:
             kept.append((box, out, pos, trail))
             continue
         kept += [(b, out, pos, trail) for b in rest]
-        pending += [(b, before) for b in inside]
-    if not pending:
-        return kept
-    rest_tiers = [t if t.index > tier else TierRules(tuple(r for r in t.rules if r.pos >= start), t.end, t.index)
-                  for t in tiers if t.index >= tier]
-    return kept + _run(_coalesce(pending), rest_tiers, profiles)
+        into += [(b, before) for b in inside]
+    if pending:
+        kept += _run(_coalesce(pending), _rest(tiers, start), profiles)
+    if passed:
+        kept += _run(_coalesce(passed), _rest(tiers, after_pass), profiles)
+    return kept
