@@ -173,7 +173,7 @@ def compile_node(
     compiled = nc.compile()
     if not nc.decided:
         return compiled
-    targets = {name: _goto_targets(nset) for name, nset in nc.decision_maps.items()}
+    targets = {name: nc.decision_targets.get(name, frozenset()) for name in nc.decision_maps}
 
     def redecide(disabled: Collection[tuple[str, str, str]]) -> CompiledNode:
         return _redecide(compiled, nc, targets, disabled)
@@ -252,7 +252,7 @@ def _redecide(base: CompiledNode, nc: _NodeCompiler, targets: Mapping[str, froze
                                 f"({again._walk_reason})")
         layouts[name] = again.layouts[name]
     sets.update(again.decision_maps)
-    used.update({m: _goto_targets(nset) for m, nset in again.decision_maps.items()})
+    used.update({m: again.decision_targets.get(m, frozenset()) for m in again.decision_maps})
     reached = frozenset().union(*used.values())
     stale = frozenset().union(*(d.chains for d in affected.values()))  # made again below, if still used
     chains = {n: c for n, c in base.table.chains.items()
@@ -321,6 +321,7 @@ class _NodeCompiler:
     _walks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # walk chain → its rules
     layouts: dict[str, ChainLayout] = field(default_factory=dict)
     decision_maps: dict[str, NftSet] = field(default_factory=dict)
+    decision_targets: dict[str, frozenset[str]] = field(default_factory=dict)  # map → outcome chains
     _decided: dict[str, str | None] = field(default_factory=dict)  # decision chain → None, or why the walk
     _elements_used: int = 0  # decision map elements of this node so far (decision_node_budget)
     _with_named: dict[int, decision.RuleList] = field(default_factory=dict)
@@ -683,6 +684,7 @@ class _NodeCompiler:
         for map_name, (type_, elements, is_map, interval) in built.maps.items():
             self.decision_maps[map_name] = NftSet(map_name, type_, ("interval",) if interval else (), elements,
                                                   is_map=is_map)
+        self.decision_targets.update(built.targets)
         for chain_name, chain_rules in built.chains.items():
             self.chains[chain_name] = Chain(chain_name, chain_rules)
         self.decided[name] = _Decided(prefix, stage, walk, frozenset(p.key for p in policies), tuple(built.maps),
@@ -710,24 +712,42 @@ class _NodeCompiler:
                 self.refs.setdefault(ref.id, ref)
             return hit.built
         # The chain's last decide, whatever its toggles and edits: this one continues its walks.
-        memos: dict[tuple[object, ...], decision.DecisionMemo] = self.state.caches.setdefault("nft.decision_memos", {})
-        memo_key = key[:4] + key[5:]
-        built = decision.decide(self.ev, stage, rules, local, budget, tag,
-                                lambda out: self._outcome_chain(out, stage.direction), walk,
-                                self.state.policy_positions, memos.get(memo_key))
+        # Its elements name outcome chains by content, whose rule ids come from `self.ids`.
+        memos: dict[tuple[object, ...], tuple[object, decision.DecisionMemo]] = self.state.caches.setdefault(
+            "nft.decision_memos", {})
+        memo_key = (*key[:4], budget, self.options)
+        last = memos.get(memo_key)
+        previous = last[1] if last is not None and last[0] is self.ids else None
+        outcomes = self._outcome_chains()
+
+        def target(out: decision.Outcome) -> str:
+            return self._outcome_chain(out, stage.direction)
+
+        built = decision.decide(self.ev, stage, rules, local, budget, tag, target, walk,
+                                self.state.policy_positions, previous)
+        if not isinstance(built, str) and any(n not in self.chains and n not in outcomes
+                                              for n in frozenset().union(*built.targets.values())):
+            # An outcome chain of a kept element is no longer known (its cache started over).
+            built = decision.decide(self.ev, stage, rules, local, budget, tag, target, walk,
+                                    self.state.policy_positions)
         if not isinstance(built, str) and built.memo is not None:
             if len(memos) >= KEPT_MAX // 100 and memo_key not in memos:  # a memo holds a chain's walks
                 memos.clear()
-            memos[memo_key] = built.memo
+            memos[memo_key] = (self.ids, built.memo)
         chains: tuple[Chain, ...] = ()
         refs: tuple[RuleRef, ...] = ()
         if not isinstance(built, str):
-            targets = {e.rsplit(" goto ", 1)[1] for _, elements, _, _ in built.maps.values() for e in elements
-                       if " goto " in e}
-            chains = tuple(self.chains[n] for n in sorted(targets) if n.startswith("dx-"))
-            ids = {int(w[2:-1]) for c in chains for line in c.rules for w in line.split()
-                   if w.startswith('"r') and w.endswith('"') and w[2:-1].isdigit()}
-            refs = tuple(self.refs[i] for i in sorted(ids))
+            # Elements kept from the last decide go to outcome chains this compile did not make.
+            found: dict[str, tuple[Chain, tuple[RuleRef, ...]]] = {}
+            for name in frozenset().union(*built.targets.values()):
+                made = self.chains.get(name)
+                found[name] = outcomes[name] if made is None else (made, self._chain_refs(made))
+            for name, (chain, chain_refs) in found.items():
+                self.chains.setdefault(name, chain)
+                for ref in chain_refs:
+                    self.refs.setdefault(ref.id, ref)
+            chains = tuple(found[n][0] for n in sorted(found))
+            refs = tuple({r.id: r for n in sorted(found) for r in found[n][1]}.values())
         if len(kept) >= KEPT_MAX:  # entries of policy sets that no longer exist pile up: start over
             kept.clear()
         kept[key] = _KeptDecision(policies, inputs, built, chains, refs)
@@ -844,8 +864,28 @@ class _NodeCompiler:
             lines += self._verdict("", self._hit_ref(out.hit), "Allow" if out.verdict == "allow" else "Deny")
         name = decision.outcome_name(lines)
         if name not in self.chains:
-            self.chains[name] = Chain(name, tuple(lines))
+            chain = self.chains[name] = Chain(name, tuple(lines))
+            outcomes = self._outcome_chains()
+            if len(outcomes) >= KEPT_MAX:
+                outcomes.clear()
+            outcomes[name] = (chain, self._chain_refs(chain))
         return name
+
+    def _chain_refs(self, chain: Chain) -> tuple[RuleRef, ...]:
+        """The rule refs a chain's NFLOG prefixes name (registered in this compile)."""
+        ids = {int(w[2:-1]) for line in chain.rules for w in line.split()
+               if w.startswith('"r') and w.endswith('"') and w[2:-1].isdigit()}
+        return tuple(self.refs[i] for i in sorted(ids))
+
+    def _outcome_chains(self) -> dict[str, tuple[Chain, tuple[RuleRef, ...]]]:
+        """Outcome chains made so far (named by their content) with the rule refs they log, for
+        the decision elements a decide kept from the last: per id allocator, kept across compiles."""
+        kept: dict[int, tuple[IdAllocator, dict[str, tuple[Chain, tuple[RuleRef, ...]]]]] = \
+            self.state.caches.setdefault("nft.outcome_chains", {})
+        found = kept.get(id(self.ids))
+        if found is None or found[0] is not self.ids:
+            found = kept[id(self.ids)] = (self.ids, {})
+        return found[1]
 
     def _hep_chain(self, prefix: str, family: Family, direction: Direction, hep: Endpoint) -> str:
         return self._endpoint_chain(bounded_name(f"{prefix}-{hep.name}"), Stage(family, direction, hep, self.node))

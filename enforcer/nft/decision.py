@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -75,7 +75,7 @@ from enforcer.nft.decision_space import (
     unsupported,
 )
 from enforcer.nft.decision_walks import BoxesOf, Key, PolicyRules, Walks, axis_map, skeleton, walk_again, walk_all
-from enforcer.nft.regions import Box, Outcome, bits
+from enforcer.nft.regions import Box, Decided, Outcome, bits
 
 __all__ = ["ChainLayout", "DecisionChain", "DecisionMemo", "MembershipIndex", "Outcome", "DEFAULT_BUDGET",
            "NODE_BUDGET", "PORT_PROTOCOLS", "RuleList", "Tests", "address_tests", "chain_tag", "decide",
@@ -108,6 +108,7 @@ class DecisionChain:
     maps: dict[str, tuple[str, frozenset[str], bool, bool]]  # name → (type, elements, is a map, interval)
     elements: int
     chains: dict[str, tuple[str, ...]]  # the classes' chains (dr…), by name
+    targets: dict[str, frozenset[str]] = field(default_factory=dict)  # map → the outcome chains it goes to
     memo: DecisionMemo | None = field(default=None, compare=False, repr=False)
 
 
@@ -122,6 +123,7 @@ class DecisionMemo:
     families: dict[int, tuple[Family, list[int], list[int]]]
     walks: dict[int, Walks]
     known: dict[tuple[int, int], tuple[object, PolicyRules]]
+    rendered: dict[int, _Rendered] = field(default_factory=dict)
 
     @property
     def incremental(self) -> bool:
@@ -140,7 +142,7 @@ def _range(render: Callable[[int], str], first: int, last: int) -> str:
     return render(first) if first == last else f"{render(first)}-{render(last)}"
 
 
-def _runs(values: list[object] | tuple[object, ...]) -> Iterator[tuple[int, int]]:
+def _runs(values: Sequence[object]) -> Iterator[tuple[int, int]]:
     """(first index, last index) of each run of equal adjacent values."""
     start = 0
     for i in range(1, len(values) + 1):
@@ -160,39 +162,121 @@ def _contiguous(intervals: Intervals) -> Iterator[tuple[int, int]]:
     yield lo, hi
 
 
-def _grid(classes: int, sizes: tuple[int, ...], decided: list[tuple[Box, Outcome]],
-          ids: dict[Outcome, int]) -> list[tuple[int, ...]]:
-    """Per class: the outcome id of every cell of the other axes (row-major)."""
+def _cells(box: Box, sizes: tuple[int, ...]) -> list[int]:
+    """The cells (row-major over the axes after the class) of a box."""
+    cells = [0]
+    for axis, n in zip(box[1:], sizes, strict=True):
+        cells = [base * n + i for base in cells for i in bits(axis)]
+    return cells
+
+
+def _grid(classes: int, sizes: tuple[int, ...], decided: list[Decided]) -> list[list[Outcome]]:
+    """Per class: the outcome of every cell of the other axes (row-major)."""
     width = 1
     for n in sizes:
         width *= n
-    rows = [[-1] * width for _ in range(classes)]
-    for box, out in decided:
-        oid = ids[out]
-        cells = [0]
-        for axis, n in zip(box[1:], sizes, strict=True):
-            cells = [base * n + i for base in cells for i in bits(axis)]
+    rows: list[list[Outcome]] = [[None] * width for _ in range(classes)]  # type: ignore[list-item]
+    _fill(rows, sizes, decided)
+    return rows
+
+
+def _fill(rows: list[list[Outcome]], sizes: tuple[int, ...], decided: list[Decided]) -> None:
+    for box, out, _, _ in decided:
+        cells = _cells(box, sizes)
         for c in bits(box[0]):
             row = rows[c]
             for cell in cells:
-                row[cell] = oid
-    return [tuple(r) for r in rows]
+                row[cell] = out
+
+
+def _paint(old: list[list[Outcome]], sizes: tuple[int, ...], fresh: list[Decided]
+           ) -> tuple[list[list[Outcome]], set[int]]:
+    """`old` rows with the boxes walked again painted over (copied where painted), and the classes
+    painted."""
+    dirty: set[int] = set()
+    for box, _, _, _ in fresh:
+        dirty.update(bits(box[0]))
+    rows = [list(r) if c in dirty else r for c, r in enumerate(old)]
+    _fill(rows, sizes, fresh)
+    return rows, dirty
+
+
+Piece = tuple[frozenset[str], frozenset[str], frozenset[str]]  # hash elements, interval elements, targets
+
+
+@dataclass
+class _Rendered:
+    """One family's rendering, kept in the memo: per space, each class's row of outcomes and its
+    map elements (the next decide renders again only the rows its walk painted)."""
+
+    rows: dict[str, list[list[Outcome]]]
+    pieces: dict[tuple[str, int], Piece]
+    sport: bool  # some rule tests source ports: the port maps are keyed on them
+
+
+def _render(fam: Family, walks: Walks, before: _Rendered | None, goto: Callable[[Outcome], str]) -> _Rendered:
+    sport = any(len(s) > 1 for s, _ in fam.ports.values())
+    classes = len(fam.classes)
+    rows: dict[str, list[list[Outcome]]] = {}
+    pieces: dict[tuple[str, int], Piece] = {}
+    for name, sw in walks.spaces.items():
+        old = before.rows.get(name) if before is not None and sw.fresh is not None else None
+        if old is None:
+            rows[name] = _grid(classes, sw.sizes[1:], sw.decided)
+            dirty: set[int] | range = range(classes)
+        else:
+            rows[name], dirty = _paint(old, sw.sizes[1:], sw.fresh or [])
+        for c in range(classes):
+            if c in dirty or before is None or (name.startswith("port") and before.sport != sport):
+                pieces[name, c] = _piece(fam, name, rows[name][c], sport, goto)
+            else:
+                pieces[name, c] = before.pieces[name, c]
+    return _Rendered(rows, pieces, sport)
+
+
+def _piece(fam: Family, space: str, row: list[Outcome], sport: bool, goto: Callable[[Outcome], str]) -> Piece:
+    """One class's row of one space as map elements."""
+    exact: set[str] = set()  # single ports: a hash lookup, O(1) whatever their number
+    ranged: set[str] = set()  # the rest: an interval lookup, whose cost grows with its elements
+    targets: set[str] = set()
+
+    def to(out: Outcome) -> str:
+        verdict = goto(out)
+        targets.add(verdict.removeprefix("goto "))
+        return verdict
+
+    if space.startswith("port"):
+        proto = int(space[4:])
+        s_axis, d_axis = fam.ports[proto]
+        for sp, dport, out in _plane(row, s_axis, d_axis):
+            key = f"{proto} . {sp} . {dport}" if sport else f"{proto} . {dport}"
+            (ranged if "-" in key else exact).add(f"{key} : {to(out)}")
+    elif space == "icmp":
+        assert fam.icmp is not None
+        types, codes = fam.icmp
+        ranged = {f"{t} . {code} : {to(out)}" for t, code, out in _plane(row, types, codes)}
+    else:
+        for q0, q1 in _runs(row):
+            # adjacent in the list but not in number (a protocol with its own map between): split
+            for lo, hi in _contiguous(fam.others[q0:q1 + 1]):
+                ranged.add(f"{_range(str, lo, hi)} : {to(row[q0])}")
+    return frozenset(exact), frozenset(ranged), frozenset(targets)
 
 
 def _address_runs(starts: list[int], interval_class: list[int], version: int) -> Iterator[tuple[str, int]]:
     """Adjacent address intervals of the same class, as nft ranges, with their class."""
-    for a0, a1 in _runs(interval_class):  # type: ignore[arg-type]
+    for a0, a1 in _runs(interval_class):
         first = starts[a0]
         last = starts[a1 + 1] - 1 if a1 + 1 < len(starts) else SPACE[version]
         yield _range(lambda v: _text(version, v), first, last), interval_class[a0]
 
 
-def _plane(row: tuple[int, ...], outer: Intervals, inner: Intervals) -> Iterator[tuple[str, str, int]]:
-    """A 2-axis row as (outer range, inner range, outcome id) elements, equal neighbours merged."""
+def _plane(row: list[Outcome], outer: Intervals, inner: Intervals) -> Iterator[tuple[str, str, Outcome]]:
+    """A 2-axis row as (outer range, inner range, outcome) elements, equal neighbours merged."""
     n = len(inner)
     lines = [tuple((inner[i0][0], inner[i1][1], row[o * n + i0]) for i0, i1 in _runs(row[o * n:(o + 1) * n]))
              for o in range(len(outer))]
-    for o0, o1 in _runs(lines):  # type: ignore[arg-type]
+    for o0, o1 in _runs(lines):
         for lo, hi, oid in lines[o0]:
             yield _range(str, outer[o0][0], outer[o1][1]), _range(str, lo, hi), oid
 
@@ -263,6 +347,15 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
     memo = DecisionMemo(rules, own_tests, tests, families, walks, known)
 
     ingress = direction == "ingress"
+    gotos: dict[Outcome, str] = {}
+
+    def goto(out: Outcome) -> str:
+        found = gotos.get(out)
+        if found is None:
+            found = gotos[out] = f"goto {target(out)}"
+        return found
+
+    targets: dict[str, frozenset[str]] = {}
     lines: list[str] = []
     chains: dict[str, tuple[str, ...]] = {}
     maps: dict[str, tuple[str, frozenset[str], bool, bool]] = {}
@@ -273,7 +366,6 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
             maps[name_o] = (addr_type, frozenset(_guard(own_tests, version, fam.me)), False, True)
             lines.append(f"meta nfproto {nfproto} {l3} {'daddr' if ingress else 'saddr'} != @{name_o} "
                          f"goto {walk_chain}")
-        render = _Render(target)
         peer_field = f"{l3} {'saddr' if ingress else 'daddr'}"
         one = len(fam.classes) == 1
         if not one:
@@ -283,16 +375,17 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
                         for addr, c in _address_runs(starts, interval_class, version)}
             maps[f"da{version}-{tag}"] = (f"{addr_type} : verdict", frozenset(dispatch), True, True)
             lines.append(f"meta nfproto {nfproto} {peer_field} vmap @da{version}-{tag}")
-        rows = render.rows(fam, walks[version])
+        before = previous.rendered.get(version) if previous is not None else None
+        rendered = memo.rendered[version] = _render(fam, walks[version], before, goto)
         for c in range(len(fam.classes)):
             suffix = "" if one else f"-{c}"
-            row_lines = _class_maps(fam, rows, c, f"{version}-{tag}{suffix}", render.goto, maps)
+            row_lines = _class_maps(fam, rendered, c, f"{version}-{tag}{suffix}", maps, targets)
             if one:
                 lines += [f"meta nfproto {nfproto} {line}" for line in row_lines]
             else:
                 # The maps cover every protocol and port: the drop is never reached.
                 chains[f"dr{version}-{tag}-{c}"] = (*row_lines, "drop")
-    return DecisionChain(tuple(lines), maps, sum(len(m[1]) for m in maps.values()), chains, memo)
+    return DecisionChain(tuple(lines), maps, sum(len(m[1]) for m in maps.values()), chains, targets, memo)
 
 
 def _same_rules(a: RuleList, b: RuleList) -> bool:
@@ -369,66 +462,32 @@ def _spaces(fam: Family, direction: str) -> dict[str, tuple[BoxesOf, tuple[int, 
     return spaces
 
 
-def _class_maps(fam: Family, rows: dict[str, list[tuple[int, ...]]], c: int, suffix: str,
-                goto: Callable[[int], str], maps: dict[str, tuple[str, frozenset[str], bool, bool]]) -> list[str]:
-    """One class's maps (added to `maps`) and the rules that look them up."""
-    sport = any(len(s) > 1 for s, _ in fam.ports.values())
-    exact: set[str] = set()  # single ports: a hash lookup, O(1) whatever their number
-    ranged: set[str] = set()  # the rest: an interval lookup, whose cost grows with its elements
-    for proto in PORT_PROTOCOLS:
-        s_axis, d_axis = fam.ports[proto]
-        for sp, dport, oid in _plane(rows[f"port{proto}"][c], s_axis, d_axis):
-            key = f"{proto} . {sp} . {dport}" if sport else f"{proto} . {dport}"
-            (ranged if "-" in key else exact).add(f"{key} : {goto(oid)}")
+def _class_maps(fam: Family, rendered: _Rendered, c: int, suffix: str,
+                maps: dict[str, tuple[str, frozenset[str], bool, bool]], targets: dict[str, frozenset[str]]
+                ) -> list[str]:
+    """One class's maps (added to `maps`, with the outcome chains they go to) and the rules that
+    look them up."""
+    sport = rendered.sport
+    ports_ = [rendered.pieces[f"port{p}", c] for p in PORT_PROTOCOLS]
     kind = f"inet_proto . inet_service{' . inet_service' if sport else ''} : verdict"
-    maps[f"dh{suffix}"] = (kind, frozenset(exact), True, False)
-    maps[f"dp{suffix}"] = (kind, frozenset(ranged), True, True)
+    maps[f"dh{suffix}"] = (kind, frozenset().union(*(p[0] for p in ports_)), True, False)
+    maps[f"dp{suffix}"] = (kind, frozenset().union(*(p[1] for p in ports_)), True, True)
+    targets[f"dh{suffix}"] = targets[f"dp{suffix}"] = frozenset().union(*(p[2] for p in ports_))
     protos = ", ".join(map(str, PORT_PROTOCOLS))
     ports = f"meta l4proto {{ {protos} }} meta l4proto{' . th sport' if sport else ''} . th dport"
     # The two maps partition the ports: a packet the hash map misses is in a range.
     out = [f"{ports} vmap @dh{suffix}", f"{ports} vmap @dp{suffix}"]
     if fam.icmp is not None:
-        types, codes = fam.icmp
-        di = {f"{t} . {code} : {goto(oid)}" for t, code, oid in _plane(rows["icmp"][c], types, codes)}
+        _, di, to = rendered.pieces["icmp", c]
         kind = "icmp" if fam.version == 4 else "icmpv6"
-        maps[f"di{suffix}"] = (f"{kind}_type . {kind}_code : verdict", frozenset(di), True, True)
+        maps[f"di{suffix}"] = (f"{kind}_type . {kind}_code : verdict", di, True, True)
+        targets[f"di{suffix}"] = to
         out.append(f"meta l4proto {ICMP_PROTOCOL[fam.version]} {kind} type . {kind} code vmap @di{suffix}")
-    row = rows["other"][c]
-    dn: set[str] = set()
-    for q0, q1 in _runs(row):
-        # adjacent in the list but not in number (a protocol with its own map between): split
-        for lo, hi in _contiguous(fam.others[q0:q1 + 1]):
-            dn.add(f"{_range(str, lo, hi)} : {goto(row[q0])}")
-    maps[f"dn{suffix}"] = ("inet_proto : verdict", frozenset(dn), True, True)
+    _, dn, to = rendered.pieces["other", c]
+    maps[f"dn{suffix}"] = ("inet_proto : verdict", dn, True, True)
+    targets[f"dn{suffix}"] = to
     out.append(f"meta l4proto vmap @dn{suffix}")
     return out
-
-
-class _Render:
-    """One family's walks as rows of outcome ids, and the terminal chain of each outcome."""
-
-    def __init__(self, target: Callable[[Outcome], str]) -> None:
-        self.target = target
-        self.ids: dict[Outcome, int] = {}
-        self.outcomes: list[Outcome] = []
-        self.chains: dict[int, str] = {}
-
-    def rows(self, fam: Family, walks: Walks) -> dict[str, list[tuple[int, ...]]]:
-        """Per space: per class, the outcome id of every cell."""
-        out = {}
-        for name, sw in walks.spaces.items():
-            for _, o, _, _ in sw.decided:
-                if o not in self.ids:
-                    self.ids[o] = len(self.outcomes)
-                    self.outcomes.append(o)
-            out[name] = _grid(len(fam.classes), sw.sizes[1:], [(b, o) for b, o, _, _ in sw.decided], self.ids)
-        return out
-
-    def goto(self, oid: int) -> str:
-        chain = self.chains.get(oid)
-        if chain is None:
-            chain = self.chains[oid] = self.target(self.outcomes[oid])
-        return f"goto {chain}"
 
 
 def _guard(own_tests: Tests, version: int, me: IPAddress) -> set[str]:
@@ -438,7 +497,7 @@ def _guard(own_tests: Tests, version: int, me: IPAddress) -> set[str]:
     mine = memberships(own_tests, (me,))[0]
     inside = [sig == mine for sig in sigs]
     guard: set[str] = set()
-    for r0, r1 in _runs(inside):  # type: ignore[arg-type]
+    for r0, r1 in _runs(inside):
         if inside[r0]:
             last = starts[r1 + 1] - 1 if r1 + 1 < len(starts) else SPACE[version]
             guard.add(_range(lambda v: _text(version, v), starts[r0], last))

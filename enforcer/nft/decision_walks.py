@@ -135,6 +135,9 @@ class SpaceWalk:
     sizes: tuple[int, ...]
     regions: dict[Key, tuple[PolicyRules, tuple[RegionRule, ...]]] = field(default_factory=dict)
     decided: list[Decided] = field(default_factory=list)
+    # The boxes walked again since the previous walks, in the same space (rendering repaints
+    # only them); None: walked whole, or the space was refined.
+    fresh: list[Decided] | None = None
 
     def region(self, p: PolicyRules, boxes: BoxesOf) -> tuple[RegionRule, ...]:
         found = self.regions.get(p.key)
@@ -153,8 +156,10 @@ class Walks:
     incremental: bool = False  # how this one was walked (tests and benchmarks ask)
 
 
-def _tiers(sk: Skeleton, space: SpaceWalk, boxes: BoxesOf) -> list[TierRules]:
-    return [TierRules(tuple(r for p in pols for r in space.region(p, boxes)), end, t) for t, pols, end in sk.tiers]
+def _tiers(sk: Skeleton, space: SpaceWalk, boxes: BoxesOf, start: Pos = (0, 0, 0)) -> list[TierRules]:
+    """The walk's tiers (from the policy at `start` on: a walk again needs no more)."""
+    return [TierRules(tuple(r for p in pols if (*p.pos, 0) >= start for r in space.region(p, boxes)), end, t)
+            for t, pols, end in sk.tiers if t >= start[0]]
 
 
 def _profiles(sk: Skeleton, boxes: BoxesOf) -> list[tuple[RegionRule, ...]]:
@@ -195,12 +200,17 @@ def walk_again(old: Walks, sk: Skeleton, spaces: dict[str, tuple[BoxesOf, tuple[
     for name, (boxes, sizes) in spaces.items():
         was = old.spaces[name]
         maps = refine.get(name) if refine is not None else None
-        sw = out[name] = SpaceWalk(sizes, _remap_regions(was.regions, maps), was.decided)
+        sw = out[name] = SpaceWalk(sizes, _remap_regions(was.regions, maps), was.decided,
+                                   [] if maps is None else None)
         if maps is not None:
             sw.decided = [(_remap(b, maps), o, p, t) for b, o, p, t in sw.decided]
         touched = touched_boxes([(before.get(k), after.get(k)) for k in changed], sw, boxes)
         if touched or appeared or reattributed:
-            sw.decided = rewalk(sw.decided, start, touched, redo, _tiers(sk, sw, boxes), _profiles(sk, boxes))
+            kept, fresh = rewalk(sw.decided, start, touched, redo, _tiers(sk, sw, boxes, start),
+                                 _profiles(sk, boxes))
+            sw.decided = kept + fresh
+            if sw.fresh is not None:
+                sw.fresh = fresh
     return Walks(sk, out, old.known, incremental=True)
 
 

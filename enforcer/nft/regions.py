@@ -194,7 +194,7 @@ def _rest(tiers: Iterable[TierRules], start: Pos) -> list[TierRules]:
 
 
 def rewalk(old: list[Decided], start: Pos, touched: tuple[Box, ...], redo: Callable[[Outcome], bool],
-           tiers: list[TierRules], profiles: list[tuple[RegionRule, ...]]) -> list[Decided]:
+           tiers: list[TierRules], profiles: list[tuple[RegionRule, ...]]) -> tuple[list[Decided], list[Decided]]:
     """`walk_traced` of a changed walk, from the last one (`old`), when the walk is unchanged
     before position `start` (the first changed policy's) and, from `start` on, differs only in
     the rules matching `touched` (the changed policies' old and new regions, wherever they sit)
@@ -207,7 +207,8 @@ def rewalk(old: list[Decided], start: Pos, touched: tuple[Box, ...], redo: Calla
     or new, meets the same rules from there on in both walks, so keeps its outcome unless `redo`
     names it. The others are walked again from where they were pending, with the Log and Pass
     hits they had there. `tiers` and `profiles` are the whole new walk; only what comes at or
-    after `start` is used."""
+    after `start` is used. Returns the boxes kept and the boxes walked again (rendering repaints
+    only those)."""
     tier = start[0]
     after_pass: Pos = (tier + 1, 0, 0)
     kept: list[Decided] = []
@@ -231,8 +232,9 @@ def rewalk(old: list[Decided], start: Pos, touched: tuple[Box, ...], redo: Calla
             continue
         kept += [(b, out, pos, trail) for b in rest]
         into += [(b, before) for b in inside]
+    fresh: list[Decided] = []
     if pending:
-        kept += _run(_coalesce(pending), _rest(tiers, start), profiles)
+        fresh += _run(_coalesce(pending), _rest(tiers, start), profiles)
     if passed:
-        kept += _run(_coalesce(passed), _rest(tiers, after_pass), profiles)
-    return kept
+        fresh += _run(_coalesce(passed), _rest(tiers, after_pass), profiles)
+    return kept, fresh
