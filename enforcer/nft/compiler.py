@@ -212,6 +212,12 @@ def _same(a: tuple[Policy, ...], b: tuple[Policy, ...]) -> bool:
     return len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b, strict=True))
 
 
+def _same_rules(a: tuple[Policy, ...], b: tuple[Policy, ...], direction: Direction) -> bool:
+    """The same policies with the same rule objects (one may have been toggled)."""
+    return len(a) == len(b) and all(x.key == y.key and x.rules(direction) is y.rules(direction)
+                                    for x, y in zip(a, b, strict=True))
+
+
 def _goto_targets(nset: NftSet) -> frozenset[str]:
     return frozenset(e.rsplit(" goto ", 1)[1] for e in nset.elements if " goto " in e)
 
@@ -718,7 +724,7 @@ class _NodeCompiler:
         memo_key = (*key[:4], budget, self.options)
         last = memos.get(memo_key)
         previous = last[1] if last is not None and last[0] is self.ids else None
-        outcomes = self._outcome_chains()
+        outcomes = self._outcome_chains()[0]
 
         def target(out: decision.Outcome) -> str:
             return self._outcome_chain(out, stage.direction)
@@ -741,7 +747,11 @@ class _NodeCompiler:
             found: dict[str, tuple[Chain, tuple[RuleRef, ...]]] = {}
             for name in frozenset().union(*built.targets.values()):
                 made = self.chains.get(name)
-                found[name] = outcomes[name] if made is None else (made, self._chain_refs(made))
+                known = outcomes.get(name)
+                if known is None:
+                    assert made is not None  # checked above
+                    known = (made, self._chain_refs(made))
+                found[name] = known
             for name, (chain, chain_refs) in found.items():
                 self.chains.setdefault(name, chain)
                 for ref in chain_refs:
@@ -750,7 +760,9 @@ class _NodeCompiler:
             refs = tuple({r.id: r for n in sorted(found) for r in found[n][1]}.values())
         if len(kept) >= KEPT_MAX:  # entries of policy sets that no longer exist pile up: start over
             kept.clear()
-        kept[key] = _KeptDecision(policies, inputs, built, chains, refs)
+        # Without its memo: the kept decisions of every toggle state would each hold a chain's walks.
+        kept[key] = _KeptDecision(policies, inputs, built if isinstance(built, str) else replace(built, memo=None),
+                                  chains, refs)
         return built
 
     def _decision_rules(self, stage: Stage) -> tuple[tuple[Policy, ...], decision.RuleList, decision.Tests]:
@@ -769,6 +781,10 @@ class _NodeCompiler:
             hit = kept.get(ckey)
             if hit is not None and _same(hit[0], policies):
                 found = self._rules_of[key] = hit
+                return found
+            if hit is not None and _same_rules(hit[0], policies, stage.direction):
+                # A toggle: the same rule objects (a disabled policy's rules stay in the list).
+                found = self._rules_of[key] = kept[ckey] = (policies, hit[1], hit[2])
                 return found
             profiles = [self.state.profiles[n] for n in stage.endpoint.profiles if n in self.state.profiles]
             rules = [(r, p.namespace) for p in policies for r in p.rules(stage.direction)]
@@ -828,12 +844,22 @@ class _NodeCompiler:
         return found
 
     def _named_rules(self, stage: Stage, rules: decision.RuleList) -> decision.RuleList:
-        """The rules testing the endpoint's own named ports (once per shared rule list)."""
+        """The rules testing the endpoint's own named ports (once per shared rule list, kept across
+        compiles with the list: a toggle keeps the list)."""
         key = id(rules)
         found = self._with_named.get(key)
         if found is None:
-            found = self._with_named[key] = [(r, ns) for r, ns in rules
-                                             if decision.tests_own_named_port(r, stage.direction)]
+            kept: dict[tuple[int, str], tuple[decision.RuleList, decision.RuleList]] = \
+                self.state.caches.setdefault("nft.named_rules", {})
+            hit = kept.get((key, stage.direction))
+            if hit is not None and hit[0] is rules:
+                found = hit[1]
+            else:
+                found = [(r, ns) for r, ns in rules if decision.tests_own_named_port(r, stage.direction)]
+                if len(kept) >= KEPT_MAX:
+                    kept.clear()
+                kept[key, stage.direction] = (rules, found)
+            self._with_named[key] = found
         return found
 
     def _hit_ref(self, h: Hit) -> RuleRef:
@@ -851,7 +877,29 @@ class _NodeCompiler:
         return found
 
     def _outcome_chain(self, out: decision.Outcome, direction: Direction) -> str:
-        """The terminal chain of one outcome: what the walk logs and does for it."""
+        """The terminal chain of one outcome: what the walk logs and does for it. Kept across
+        compiles while the policies and profiles its hits name are the same objects (their rule
+        refs, so its lines, are then the same): a re-decision renders most outcomes again."""
+        names = self._outcome_chains()[1]
+        deps = tuple(self._policy_by_key.get((h.kind, h.namespace or "", h.name)) if h.kind != "Profile"
+                     else self.state.profiles.get(h.name) for h in (*out.logged, out.hit) if h is not None)
+        known = names.get((out, direction))
+        if known is not None and len(known[0]) == len(deps) \
+                and all(a is b for a, b in zip(known[0], deps, strict=True)):
+            name = known[1]
+            if name not in self.chains:
+                chain, refs = self._outcome_chains()[0][name]
+                self.chains[name] = chain
+                for ref in refs:
+                    self.refs.setdefault(ref.id, ref)
+            return name
+        name = self._new_outcome_chain(out, direction)
+        if len(names) >= KEPT_MAX:
+            names.clear()
+        names[(out, direction)] = (deps, name)
+        return name
+
+    def _new_outcome_chain(self, out: decision.Outcome, direction: Direction) -> str:
         lines: list[str] = []
         for h in out.logged:
             lines += self._verdict("", self._hit_ref(h), "Log")
@@ -865,9 +913,10 @@ class _NodeCompiler:
         name = decision.outcome_name(lines)
         if name not in self.chains:
             chain = self.chains[name] = Chain(name, tuple(lines))
-            outcomes = self._outcome_chains()
+            outcomes, names = self._outcome_chains()
             if len(outcomes) >= KEPT_MAX:
                 outcomes.clear()
+                names.clear()  # they point into it
             outcomes[name] = (chain, self._chain_refs(chain))
         return name
 
@@ -877,15 +926,20 @@ class _NodeCompiler:
                if w.startswith('"r') and w.endswith('"') and w[2:-1].isdigit()}
         return tuple(self.refs[i] for i in sorted(ids))
 
-    def _outcome_chains(self) -> dict[str, tuple[Chain, tuple[RuleRef, ...]]]:
+    def _outcome_chains(self) -> tuple[dict[str, tuple[Chain, tuple[RuleRef, ...]]],
+                                       dict[tuple[decision.Outcome, str], tuple[tuple[object, ...], str]]]:
         """Outcome chains made so far (named by their content) with the rule refs they log, for
-        the decision elements a decide kept from the last: per id allocator, kept across compiles."""
-        kept: dict[int, tuple[IdAllocator, dict[str, tuple[Chain, tuple[RuleRef, ...]]]]] = \
+        the decision elements a decide kept from the last; and each outcome's chain name with the
+        policies and profiles it depends on. Per id allocator and options, kept across compiles."""
+        kept: dict[tuple[int, CompileOptions], tuple[IdAllocator, dict[str, tuple[Chain, tuple[RuleRef, ...]]],
+                                                     dict[tuple[decision.Outcome, str],
+                                                          tuple[tuple[object, ...], str]]]] = \
             self.state.caches.setdefault("nft.outcome_chains", {})
-        found = kept.get(id(self.ids))
+        key = (id(self.ids), self.options)
+        found = kept.get(key)
         if found is None or found[0] is not self.ids:
-            found = kept[id(self.ids)] = (self.ids, {})
-        return found[1]
+            found = kept[key] = (self.ids, {}, {})
+        return found[1], found[2]
 
     def _hep_chain(self, prefix: str, family: Family, direction: Direction, hep: Endpoint) -> str:
         return self._endpoint_chain(bounded_name(f"{prefix}-{hep.name}"), Stage(family, direction, hep, self.node))

@@ -42,6 +42,7 @@ a toggle rewrites map elements (and adds the terminal chains of outcomes new to 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import ipaddress
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -143,10 +144,11 @@ def _range(render: Callable[[int], str], first: int, last: int) -> str:
 
 
 def _runs(values: Sequence[object]) -> Iterator[tuple[int, int]]:
-    """(first index, last index) of each run of equal adjacent values."""
+    """(first index, last index) of each run of equal adjacent values (identical first: outcomes
+    are canonical objects, and a value equals itself)."""
     start = 0
     for i in range(1, len(values) + 1):
-        if i == len(values) or values[i] != values[start]:
+        if i == len(values) or (values[i] is not values[start] and values[i] != values[start]):
             yield start, i - 1
             start = i
 
@@ -170,18 +172,22 @@ def _cells(box: Box, sizes: tuple[int, ...]) -> list[int]:
     return cells
 
 
-def _grid(classes: int, sizes: tuple[int, ...], decided: list[Decided]) -> list[list[Outcome]]:
+def _grid(classes: int, sizes: tuple[int, ...], decided: list[Decided], canon: dict[Outcome, Outcome]
+          ) -> list[list[Outcome]]:
     """Per class: the outcome of every cell of the other axes (row-major)."""
     width = 1
     for n in sizes:
         width *= n
     rows: list[list[Outcome]] = [[None] * width for _ in range(classes)]  # type: ignore[list-item]
-    _fill(rows, sizes, decided)
+    _fill(rows, sizes, decided, canon)
     return rows
 
 
-def _fill(rows: list[list[Outcome]], sizes: tuple[int, ...], decided: list[Decided]) -> None:
+def _fill(rows: list[list[Outcome]], sizes: tuple[int, ...], decided: list[Decided],
+          canon: dict[Outcome, Outcome]) -> None:
+    """Paint the boxes' outcomes, each as its one canonical object (rows compare cells by identity)."""
     for box, out, _, _ in decided:
+        out = canon.setdefault(out, out)
         cells = _cells(box, sizes)
         for c in bits(box[0]):
             row = rows[c]
@@ -189,19 +195,36 @@ def _fill(rows: list[list[Outcome]], sizes: tuple[int, ...], decided: list[Decid
                 row[cell] = out
 
 
-def _paint(old: list[list[Outcome]], sizes: tuple[int, ...], fresh: list[Decided]
-           ) -> tuple[list[list[Outcome]], set[int]]:
-    """`old` rows with the boxes walked again painted over (copied where painted), and the classes
-    painted."""
-    dirty: set[int] = set()
+def _paint(old: list[list[Outcome]], sizes: tuple[int, ...], fresh: list[Decided], canon: dict[Outcome, Outcome]
+           ) -> tuple[list[list[Outcome]], dict[int, tuple[int, int]]]:
+    """`old` rows with the boxes walked again painted over (copied where painted), and for each
+    class painted the first and last cell painted."""
+    dirty: dict[int, tuple[int, int]] = {}
     for box, _, _, _ in fresh:
-        dirty.update(bits(box[0]))
+        cells = _cells(box, sizes)
+        lo, hi = min(cells), max(cells)
+        for c in bits(box[0]):
+            was = dirty.get(c)
+            dirty[c] = (lo, hi) if was is None else (min(was[0], lo), max(was[1], hi))
     rows = [list(r) if c in dirty else r for c, r in enumerate(old)]
-    _fill(rows, sizes, fresh)
+    _fill(rows, sizes, fresh, canon)
     return rows, dirty
 
 
-Piece = tuple[frozenset[str], frozenset[str], frozenset[str]]  # hash elements, interval elements, targets
+Run = tuple[int, int, Outcome, str]  # first and last cell of a run of one outcome, and its element
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One class's row of one space as map elements."""
+
+    exact: frozenset[str]  # single ports: a hash lookup, O(1) whatever their number
+    ranged: frozenset[str]  # the rest: an interval lookup, whose cost grows with its elements
+    targets: frozenset[str]  # the outcome chains they go to
+    # A port row without source ports (one dimension): its runs, and how many go to each target,
+    # so that painting a few cells renders again only the runs around them.
+    runs: tuple[Run, ...] = ()
+    uses: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -212,6 +235,7 @@ class _Rendered:
     rows: dict[str, list[list[Outcome]]]
     pieces: dict[tuple[str, int], Piece]
     sport: bool  # some rule tests source ports: the port maps are keyed on them
+    canon: dict[Outcome, Outcome]  # one object per distinct outcome (rows hold these)
 
 
 def _render(fam: Family, walks: Walks, before: _Rendered | None, goto: Callable[[Outcome], str]) -> _Rendered:
@@ -219,19 +243,73 @@ def _render(fam: Family, walks: Walks, before: _Rendered | None, goto: Callable[
     classes = len(fam.classes)
     rows: dict[str, list[list[Outcome]]] = {}
     pieces: dict[tuple[str, int], Piece] = {}
+    canon = before.canon if before is not None and len(before.canon) < 65536 else {}
     for name, sw in walks.spaces.items():
         old = before.rows.get(name) if before is not None and sw.fresh is not None else None
+        if old is not None and canon is not before.canon:  # type: ignore[union-attr]
+            old = None  # the kept rows' objects are not this canon's
         if old is None:
-            rows[name] = _grid(classes, sw.sizes[1:], sw.decided)
-            dirty: set[int] | range = range(classes)
+            rows[name] = _grid(classes, sw.sizes[1:], sw.decided, canon)
+            dirty: dict[int, tuple[int, int]] | None = None
         else:
-            rows[name], dirty = _paint(old, sw.sizes[1:], sw.fresh or [])
+            rows[name], dirty = _paint(old, sw.sizes[1:], sw.fresh or [], canon)
         for c in range(classes):
-            if c in dirty or before is None or (name.startswith("port") and before.sport != sport):
-                pieces[name, c] = _piece(fam, name, rows[name][c], sport, goto)
+            kept = before.pieces[name, c] if dirty is not None and before is not None and (
+                not name.startswith("port") or before.sport == sport) else None
+            if kept is not None and c not in (dirty or {}):
+                pieces[name, c] = kept
+            elif kept is not None and kept.runs:
+                pieces[name, c] = _repiece(fam, int(name[4:]), rows[name][c], kept, *(dirty or {})[c], sport, goto)
             else:
-                pieces[name, c] = before.pieces[name, c]
-    return _Rendered(rows, pieces, sport)
+                pieces[name, c] = _piece(fam, name, rows[name][c], sport, goto)
+    return _Rendered(rows, pieces, sport, canon)
+
+
+def _port_element(fam: Family, proto: int, first: int, last: int, out: Outcome, sport: bool,
+                  goto: Callable[[Outcome], str]) -> str:
+    """The element of a run of a one-dimensional port row (cells first..last)."""
+    (s_lo, s_hi), = fam.ports[proto][0]
+    d_axis = fam.ports[proto][1]
+    dport = _range(str, d_axis[first][0], d_axis[last][1])
+    key = f"{proto} . {_range(str, s_lo, s_hi)} . {dport}" if sport else f"{proto} . {dport}"
+    return f"{key} : {goto(out)}"
+
+
+def _runs_piece(runs: list[Run]) -> Piece:
+    exact = frozenset(e for *_, e in runs if "-" not in e.partition(" : ")[0])
+    uses: dict[str, int] = {}
+    for *_, e in runs:
+        t = e.rsplit(" goto ", 1)[1]
+        uses[t] = uses.get(t, 0) + 1
+    return Piece(exact, frozenset(e for *_, e in runs) - exact, frozenset(uses), tuple(runs), uses)
+
+
+def _repiece(fam: Family, proto: int, row: list[Outcome], kept: Piece, lo: int, hi: int, sport: bool,
+             goto: Callable[[Outcome], str]) -> Piece:
+    """`kept` with cells lo..hi of its row painted: the runs from the one before lo to the one
+    after hi rendered again (the runs outside start and end on cells not painted, so they neither
+    change nor merge with the new ones)."""
+    runs = kept.runs
+    firsts = [r[0] for r in runs]
+    i0 = bisect.bisect_right(firsts, max(lo - 1, 0)) - 1
+    i1 = bisect.bisect_right(firsts, min(hi + 1, len(row) - 1)) - 1
+    a, b = runs[i0][0], runs[i1][1]
+    new: list[Run] = []
+    for x, y in _runs(row[a:b + 1]):
+        out = row[a + x]
+        new.append((a + x, a + y, out, _port_element(fam, proto, a + x, a + y, out, sport, goto)))
+    gone = runs[i0:i1 + 1]
+    uses = dict(kept.uses)
+    for sign, part in ((-1, gone), (1, new)):
+        for *_, e in part:
+            t = e.rsplit(" goto ", 1)[1]
+            uses[t] = uses.get(t, 0) + sign
+    uses = {t: n for t, n in uses.items() if n > 0}
+    removed = frozenset(e for *_, e in gone)
+    added = frozenset(e for *_, e in new)
+    added_exact = frozenset(e for e in added if "-" not in e.partition(" : ")[0])
+    return Piece((kept.exact - removed) | added_exact, (kept.ranged - removed) | (added - added_exact),
+                 frozenset(uses), (*runs[:i0], *new, *runs[i1 + 1:]), uses)
 
 
 def _piece(fam: Family, space: str, row: list[Outcome], sport: bool, goto: Callable[[Outcome], str]) -> Piece:
@@ -245,6 +323,10 @@ def _piece(fam: Family, space: str, row: list[Outcome], sport: bool, goto: Calla
         targets.add(verdict.removeprefix("goto "))
         return verdict
 
+    if space.startswith("port") and len(fam.ports[int(space[4:])][0]) == 1:
+        proto = int(space[4:])
+        return _runs_piece([(x, y, row[x], _port_element(fam, proto, x, y, row[x], sport, goto))
+                            for x, y in _runs(row)])
     if space.startswith("port"):
         proto = int(space[4:])
         s_axis, d_axis = fam.ports[proto]
@@ -260,7 +342,7 @@ def _piece(fam: Family, space: str, row: list[Outcome], sport: bool, goto: Calla
             # adjacent in the list but not in number (a protocol with its own map between): split
             for lo, hi in _contiguous(fam.others[q0:q1 + 1]):
                 ranged.add(f"{_range(str, lo, hi)} : {to(row[q0])}")
-    return frozenset(exact), frozenset(ranged), frozenset(targets)
+    return Piece(frozenset(exact), frozenset(ranged), frozenset(targets))
 
 
 def _address_runs(starts: list[int], interval_class: list[int], version: int) -> Iterator[tuple[str, int]]:
@@ -347,13 +429,13 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
     memo = DecisionMemo(rules, own_tests, tests, families, walks, known)
 
     ingress = direction == "ingress"
-    gotos: dict[Outcome, str] = {}
+    gotos: dict[int, tuple[Outcome, str]] = {}  # by identity: rows hold canonical outcomes
 
     def goto(out: Outcome) -> str:
-        found = gotos.get(out)
-        if found is None:
-            found = gotos[out] = f"goto {target(out)}"
-        return found
+        found = gotos.get(id(out))
+        if found is None or found[0] is not out:
+            found = gotos[id(out)] = (out, f"goto {target(out)}")
+        return found[1]
 
     targets: dict[str, frozenset[str]] = {}
     lines: list[str] = []
@@ -470,20 +552,22 @@ def _class_maps(fam: Family, rendered: _Rendered, c: int, suffix: str,
     sport = rendered.sport
     ports_ = [rendered.pieces[f"port{p}", c] for p in PORT_PROTOCOLS]
     kind = f"inet_proto . inet_service{' . inet_service' if sport else ''} : verdict"
-    maps[f"dh{suffix}"] = (kind, frozenset().union(*(p[0] for p in ports_)), True, False)
-    maps[f"dp{suffix}"] = (kind, frozenset().union(*(p[1] for p in ports_)), True, True)
-    targets[f"dh{suffix}"] = targets[f"dp{suffix}"] = frozenset().union(*(p[2] for p in ports_))
+    maps[f"dh{suffix}"] = (kind, frozenset().union(*(p.exact for p in ports_)), True, False)
+    maps[f"dp{suffix}"] = (kind, frozenset().union(*(p.ranged for p in ports_)), True, True)
+    targets[f"dh{suffix}"] = targets[f"dp{suffix}"] = frozenset().union(*(p.targets for p in ports_))
     protos = ", ".join(map(str, PORT_PROTOCOLS))
     ports = f"meta l4proto {{ {protos} }} meta l4proto{' . th sport' if sport else ''} . th dport"
     # The two maps partition the ports: a packet the hash map misses is in a range.
     out = [f"{ports} vmap @dh{suffix}", f"{ports} vmap @dp{suffix}"]
     if fam.icmp is not None:
-        _, di, to = rendered.pieces["icmp", c]
+        piece = rendered.pieces["icmp", c]
+        di, to = piece.ranged, piece.targets
         kind = "icmp" if fam.version == 4 else "icmpv6"
         maps[f"di{suffix}"] = (f"{kind}_type . {kind}_code : verdict", di, True, True)
         targets[f"di{suffix}"] = to
         out.append(f"meta l4proto {ICMP_PROTOCOL[fam.version]} {kind} type . {kind} code vmap @di{suffix}")
-    _, dn, to = rendered.pieces["other", c]
+    piece = rendered.pieces["other", c]
+    dn, to = piece.ranged, piece.targets
     maps[f"dn{suffix}"] = ("inet_proto : verdict", dn, True, True)
     targets[f"dn{suffix}"] = to
     out.append(f"meta l4proto vmap @dn{suffix}")
