@@ -236,6 +236,9 @@ class _Rendered:
     pieces: dict[tuple[str, int], Piece]
     sport: bool  # some rule tests source ports: the port maps are keyed on them
     canon: dict[Outcome, Outcome]  # one object per distinct outcome (rows hold these)
+    # Per class: its port pieces joined into the hash and interval maps' elements and targets.
+    joined: dict[int, tuple[tuple[Piece, ...], frozenset[str], frozenset[str], frozenset[str]]] = field(
+        default_factory=dict)
 
 
 def _render(fam: Family, walks: Walks, before: _Rendered | None, goto: Callable[[Outcome], str]) -> _Rendered:
@@ -262,7 +265,7 @@ def _render(fam: Family, walks: Walks, before: _Rendered | None, goto: Callable[
                 pieces[name, c] = _repiece(fam, int(name[4:]), rows[name][c], kept, *(dirty or {})[c], sport, goto)
             else:
                 pieces[name, c] = _piece(fam, name, rows[name][c], sport, goto)
-    return _Rendered(rows, pieces, sport, canon)
+    return _Rendered(rows, pieces, sport, canon, dict(before.joined) if before is not None else {})
 
 
 def _port_element(fam: Family, proto: int, first: int, last: int, out: Outcome, sport: bool,
@@ -550,11 +553,17 @@ def _class_maps(fam: Family, rendered: _Rendered, c: int, suffix: str,
     """One class's maps (added to `maps`, with the outcome chains they go to) and the rules that
     look them up."""
     sport = rendered.sport
-    ports_ = [rendered.pieces[f"port{p}", c] for p in PORT_PROTOCOLS]
+    ports_ = tuple(rendered.pieces[f"port{p}", c] for p in PORT_PROTOCOLS)
     kind = f"inet_proto . inet_service{' . inet_service' if sport else ''} : verdict"
-    maps[f"dh{suffix}"] = (kind, frozenset().union(*(p.exact for p in ports_)), True, False)
-    maps[f"dp{suffix}"] = (kind, frozenset().union(*(p.ranged for p in ports_)), True, True)
-    targets[f"dh{suffix}"] = targets[f"dp{suffix}"] = frozenset().union(*(p.targets for p in ports_))
+    joined = rendered.joined.get(c)
+    if joined is None or len(joined[0]) != len(ports_) \
+            or any(a is not b for a, b in zip(joined[0], ports_, strict=True)):
+        joined = rendered.joined[c] = (ports_, frozenset().union(*(p.exact for p in ports_)),
+                                       frozenset().union(*(p.ranged for p in ports_)),
+                                       frozenset().union(*(p.targets for p in ports_)))
+    maps[f"dh{suffix}"] = (kind, joined[1], True, False)
+    maps[f"dp{suffix}"] = (kind, joined[2], True, True)
+    targets[f"dh{suffix}"] = targets[f"dp{suffix}"] = joined[3]
     protos = ", ".join(map(str, PORT_PROTOCOLS))
     ports = f"meta l4proto {{ {protos} }} meta l4proto{' . th sport' if sport else ''} . th dport"
     # The two maps partition the ports: a packet the hash map misses is in a range.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from operator import and_
 
 from enforcer.evaluate.evaluator import Hit
 
@@ -83,18 +84,16 @@ def _split(box: Box, rule: tuple[Box, ...]) -> tuple[list[Box], list[Box]]:
     for r in rule:
         kept: list[Box] = []
         for b in rest:
-            meet = tuple(x & y for x, y in zip(b, r, strict=True))
-            if not all(meet):
+            meet = tuple(map(and_, b, r))
+            if 0 in meet:  # disjoint (the common case: tested at C speed)
                 kept.append(b)
                 continue
             inside.append(meet)
             # b minus r: axis by axis, the part outside r on that axis (inside on the earlier ones)
-            prefix: list[int] = []
             for i, (x, y) in enumerate(zip(b, r, strict=True)):
                 out = x & ~y
                 if out:
-                    kept.append((*prefix, out, *b[i + 1:]))
-                prefix.append(x & y)
+                    kept.append((*meet[:i], out, *b[i + 1:]))
         rest = kept
     return inside, rest
 
