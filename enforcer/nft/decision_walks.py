@@ -206,7 +206,8 @@ def walk_again(old: Walks, sk: Skeleton, spaces: dict[str, tuple[BoxesOf, tuple[
             sw.decided = [(_remap(b, maps), o, p, t) for b, o, p, t in sw.decided]
         touched = touched_boxes([(before.get(k), after.get(k)) for k in changed], sw, boxes)
         if touched or appeared or reattributed:
-            kept, fresh = rewalk(sw.decided, start, touched, redo, _tiers(sk, sw, boxes, start),
+            kept, fresh = rewalk(sw.decided, start, touched, redo if appeared or reattributed else None,
+                                 _tiers(sk, sw, boxes, start),
                                  _profiles(sk, boxes))
             sw.decided = kept + fresh
             if sw.fresh is not None:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from operator import and_
+from functools import reduce
+from operator import and_, or_
 
 from enforcer.evaluate.evaluator import Hit
 
@@ -192,13 +193,13 @@ def _rest(tiers: Iterable[TierRules], start: Pos) -> list[TierRules]:
             for t in tiers if t.index >= start[0]]
 
 
-def rewalk(old: list[Decided], start: Pos, touched: tuple[Box, ...], redo: Callable[[Outcome], bool],
+def rewalk(old: list[Decided], start: Pos, touched: tuple[Box, ...], redo: Callable[[Outcome], bool] | None,
            tiers: list[TierRules], profiles: list[tuple[RegionRule, ...]]) -> tuple[list[Decided], list[Decided]]:
     """`walk_traced` of a changed walk, from the last one (`old`), when the walk is unchanged
     before position `start` (the first changed policy's) and, from `start` on, differs only in
     the rules matching `touched` (the changed policies' old and new regions, wherever they sit)
     and in the end-of-tier outcomes `redo` names (a tier whose last enforced policy changed, or
-    every outcome when a tier appeared or vanished).
+    every outcome when a tier appeared or vanished; None: none).
 
     A cell is in one of three states at `start`: decided (before it: unchanged, it meets no
     changed rule); passed out of `start`'s tier before it (pending again at the next tier); or
@@ -213,16 +214,17 @@ def rewalk(old: list[Decided], start: Pos, touched: tuple[Box, ...], redo: Calla
     kept: list[Decided] = []
     pending: Pending = []
     passed: Pending = []  # passed out of `start`'s tier before `start`: pending at the next tier
+    bound = tuple(reduce(or_, masks) for masks in zip(*touched, strict=True)) if touched else ()
     for box, out, pos, trail in old:
-        if pos < start:
-            kept.append((box, out, pos, trail))
+        if pos < start or (redo is None and (not bound or 0 in map(and_, box, bound))):
+            kept.append((box, out, pos, trail))  # decided before, or meets no changed rule: as it was
             continue
         if any(p[0] == tier and p < start and h.action == "Pass" for p, h in trail):
             resume, into = after_pass, passed
         else:
             resume, into = start, pending
         before = tuple(t for t in trail if t[0] < resume)
-        if redo(out):
+        if redo is not None and redo(out):
             into.append((box, before))
             continue
         inside, rest = _split(box, touched) if touched else ([], [box])
