@@ -730,7 +730,7 @@ class _NodeCompiler:
             return self._outcome_chain(out, stage.direction)
 
         built = decision.decide(self.ev, stage, rules, local, budget, tag, target, walk,
-                                self.state.policy_positions, previous)
+                                self.state.policy_positions, previous, self._decision_rules(stage)[2])
         if not isinstance(built, str) and any(n not in self.chains and n not in outcomes
                                               for n in frozenset().union(*built.targets.values())):
             # An outcome chain of a kept element is no longer known (its cache started over).

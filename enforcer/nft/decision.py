@@ -392,7 +392,7 @@ def _family(ev: Evaluator, rules: RuleList, version: int, me: IPAddress, tests: 
 def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddress],
            budget: int, tag: str, target: Callable[[Outcome], str], walk_chain: str,
            positions: Mapping[Key, tuple[int, int]] | None = None,
-           previous: DecisionMemo | None = None) -> DecisionChain | str:
+           previous: DecisionMemo | None = None, own_tests: Tests | None = None) -> DecisionChain | str:
     """The decision maps of `stage`'s chain, or why it keeps the walk.
 
     `ev` is the compiler's evaluator (disabled policies, which it lays out behind closed gates, do
@@ -403,7 +403,8 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
     packet whose own-side address the decision did not assume goes. `positions` (policy key →
     tier and position, disabled policies included; the state's by default) orders the walk;
     `previous` is an earlier decide of the same chain (same tag, local addresses and budget),
-    whose walks this one continues where it can (decision_walks.py): the result is the same."""
+    whose walks this one continues where it can (decision_walks.py): the result is the same.
+    `own_tests`: the rules' address tests on the endpoint's own side, when the caller has them."""
     if positions is None:
         positions = ev.state.policy_positions
     assert stage.endpoint is not None
@@ -413,7 +414,7 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
         own_tests, tests, families = previous.own_tests, previous.tests, previous.families
         refine: dict[int, dict[str, tuple[list[int] | None, ...]] | None] | None = {4: None, 6: None}
     else:
-        space = _space(ev, stage, rules, local, budget)
+        space = _space(ev, stage, rules, local, budget, own_tests)
         if isinstance(space, str):
             return space
         own_tests, tests, families = space
@@ -478,7 +479,8 @@ def _same_rules(a: RuleList, b: RuleList) -> bool:
     return a is b or (len(a) == len(b) and all(x[0] is y[0] and x[1] == y[1] for x, y in zip(a, b, strict=True)))
 
 
-def _space(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddress], budget: int
+def _space(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddress], budget: int,
+           own_tests: Tests | None = None
            ) -> tuple[Tests, AddressTests, dict[int, tuple[Family, list[int], list[int]]]] | str:
     """The decision space of `rules` (own-side tests, peer tests, each family's), or why the chain
     keeps the walk."""
@@ -495,7 +497,8 @@ def _space(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
     if least > budget:
         return f"decision space of at least {least} cells > budget {budget}"
     own = stage.endpoint.ips
-    own_tests = address_tests(ev.state, rules, direction, peer=False).ranges
+    if own_tests is None:
+        own_tests = address_tests(ev.state, rules, direction, peer=False).ranges
     for version in (4, 6):
         same = tuple(ip for ip in own if ip.version == version)
         if len(same) > 1 and len(set(memberships(own_tests, same))) > 1:
