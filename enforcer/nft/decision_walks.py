@@ -188,9 +188,9 @@ def walk_again(old: Walks, sk: Skeleton, spaces: dict[str, tuple[BoxesOf, tuple[
     old_ends, new_ends = old.skeleton.ends(), sk.ends()
     appeared = old_ends.keys() != new_ends.keys()
     reattributed = {end for t, end in old_ends.items() if end is not None and new_ends.get(t) != end}
-    if not changed and not appeared and not reattributed:
-        if refine is None:
-            return Walks(sk, old.spaces, old.known, incremental=True)
+    if not changed and not appeared and not reattributed and refine is None:
+        same = {name: SpaceWalk(sw.sizes, sw.regions, sw.decided, []) for name, sw in old.spaces.items()}
+        return Walks(sk, same, old.known, incremental=True)  # nothing painted
     start: Pos = min(((*(before.get(k) or after[k]).pos, 0) for k in changed), default=(END, 0, 0))
 
     def redo(out: Outcome) -> bool:
