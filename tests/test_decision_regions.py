@@ -27,6 +27,7 @@ from enforcer.model import EntityRule, ICMPMatch, IPAddress, NamedPort, PortRang
 from enforcer.nft.compiler import CompiledNode, CompileOptions, compile_node
 from enforcer.nft.decision import DEFAULT_BUDGET, PORT_PROTOCOLS, MembershipIndex, memberships
 from enforcer.nft.ir import Table
+from enforcer.nft.regions import Box, Outcome, RegionRule, TierRules, bits, profile_pos, rewalk, walk_traced
 from enforcer.resolve import ClusterState
 from enforcer.ruleids import RuleTable
 from enforcer.selector import parse_selector
@@ -316,3 +317,87 @@ def test_the_nodes_budget_goes_to_the_costliest_walks_first() -> None:
         assert f"(this one: {cost[c.chain]})" in c.reason, c.reason
     # Decided in order of cost: the costliest walk is decided first, while the whole budget is left.
     assert max(cost.values()) == max(cost[c.chain] for c in made)
+
+
+# ---- walking again (regions.rewalk) against walking from scratch ----------------------------
+
+
+def _random_walk(rng: random.Random, sizes: tuple[int, ...], policies: int
+                 ) -> tuple[list[tuple[int, int, str]], dict[int, list[RegionRule]], list[tuple[RegionRule, ...]]]:
+    """Random policies over a small space: (tier, position, default) per policy, its rules (any
+    action, random boxes), and one profile."""
+    def box() -> Box:
+        return tuple(rng.randrange(1, 1 << n) for n in sizes)
+
+    def rules(tier: int, pos: int, name: str) -> list[RegionRule]:
+        out = []
+        for i in range(rng.randint(0, 3)):
+            action = rng.choice(("Allow", "Deny", "Pass", "Log"))
+            hit = Hit("GlobalNetworkPolicy", None, name, f"t{tier}", "ingress", i, action)
+            out.append(RegionRule(hit, tuple(box() for _ in range(rng.randint(1, 2))), (tier, pos, i)))
+        return out
+
+    layout = [(rng.randrange(2), i, "") for i in range(policies)]
+    by_policy = {i: rules(t, i, f"p{i}") for t, i, _ in layout}
+    prof = tuple(RegionRule(Hit("Profile", None, "prof", "__PROFILE__", "ingress", i, rng.choice(("Allow", "Pass"))),
+                            (box(),), profile_pos(0, i)) for i in range(2))
+    return layout, by_policy, [prof]
+
+
+def _tiers_of(layout: list[tuple[int, int, str]], by_policy: dict[int, list[RegionRule]], enabled: set[int],
+              defaults: dict[int, str]) -> list[TierRules]:
+    out = []
+    for t in range(3):
+        pols = [i for tt, i, _ in layout if tt == t and i in enabled]
+        if not pols:
+            continue
+        end = None if defaults[t] == "Pass" else Hit("GlobalNetworkPolicy", None, f"p{pols[-1]}", f"t{t}",
+                                                      "ingress", -1, "Deny")
+        out.append(TierRules(tuple(r for i in pols for r in by_policy[i]), end, t))
+    return out
+
+
+def _cells(decided: list[tuple[Box, Outcome, object, object]]) -> dict[tuple[int, ...], Outcome]:
+    import itertools
+
+    return {cell: o for b, o, _, _ in decided for cell in itertools.product(*(list(bits(m)) for m in b))}
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_walking_again_equals_walking_from_scratch(seed: int) -> None:
+    """Toggles and rule rewrites of random policies in random tiers (Pass and Deny defaults, Pass
+    and Log rules, a profile with Pass): `rewalk` from the last walk, given the first changed
+    position, the changed policies' old and new regions and the end-of-tier outcomes to redo,
+    gives every cell the outcome a walk from scratch gives."""
+    rng = random.Random(seed)
+    sizes = (3, 4, 2)
+    layout, by_policy, profiles = _random_walk(rng, sizes, rng.randint(1, 10))
+    defaults = {t: rng.choice(("Deny", "Pass")) for t in range(3)}
+    enabled = {i for _, i, _ in layout if rng.random() < 0.8}
+    tiers = _tiers_of(layout, by_policy, enabled, defaults)
+    last = walk_traced(sizes, tiers, profiles)
+    for _ in range(6):
+        changed = set(rng.sample(sorted(by_policy), rng.randint(1, min(2, len(by_policy)))))
+        old_rules = {i: by_policy[i] if i in enabled else [] for i in changed}
+        for i in changed:
+            if rng.random() < 0.5:
+                enabled ^= {i}
+            else:
+                tier = next(t for t, j, _ in layout if j == i)
+                by_policy[i] = _random_walk(rng, sizes, 1)[1][0]
+                by_policy[i] = [replace(r, pos=(tier, i, r.pos[2]), hit=replace(r.hit, name=f"p{i}", tier=f"t{tier}"))
+                                for r in by_policy[i]]
+        new_tiers = _tiers_of(layout, by_policy, enabled, defaults)
+        old_ends = {t.index: t.end for t in tiers}
+        new_ends = {t.index: t.end for t in new_tiers}
+        appeared = old_ends.keys() != new_ends.keys()
+        stale = {e for t, e in old_ends.items() if e is not None and new_ends.get(t) != e}
+        start = min((next(t for t, j, _ in layout if j == i), i, 0) for i in changed)
+        touched = tuple(b for i in changed for r in (*old_rules[i], *(by_policy[i] if i in enabled else []))
+                        for b in r.boxes)
+        kept, fresh = rewalk(last, start, touched, lambda o, a=appeared, s=stale: a or o.hit in s,  # type: ignore[misc]
+                             new_tiers, profiles)
+        whole = walk_traced(sizes, new_tiers, profiles)
+        assert _cells(kept + fresh) == _cells(whole)
+        last, tiers = kept + fresh, new_tiers

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from enforcer.lab import netns_name
-from enforcer.model import ResourceSet
+from enforcer.model import EntityRule, PortRange, ResourceSet, Rule
 from enforcer.nft import compiler, ir
 from enforcer.nft.backend import KernelBackend
 from enforcer.nft.compiler import CompiledNode, CompileOptions, compile_node
@@ -184,3 +184,108 @@ def test_edits_on_a_derived_state_decide_again_only_changed_chains(seed: int,
                 reused += len(calls) - len(again)
         prev = res
     assert reused > 0, "some decisions were kept"
+
+
+# ---- incremental re-decision (decision_walks.py) equals a whole decide ----------------------
+
+
+def _random_steps(seed: int, steps: int) -> Iterator[tuple[str, ResourceSet]]:
+    """A topped-up synth cluster (tiers with Deny and Pass defaults, Pass, Log, profiles, nets,
+    named ports, ICMP) and a random walk of changes: toggles, rules rewritten (new ports only: the
+    space is refined; anything: new address tests too), rules removed, policies staged."""
+    from tests.test_decision_regions import _rule, topped_up
+
+    spec = SynthSpec(nodes=1, namespaces=2, pods=5, externals=2, policies=10, rules_per_policy=3)
+    res = topped_up(synth_resources(seed, spec), seed)
+    rng = random.Random(seed)
+    yield "start", res
+    for _ in range(steps):
+        pols = list(res.policies)
+        i = rng.randrange(len(pols))
+        p = pols[i]
+        kind = rng.choice(("toggle", "toggle", "port", "rule", "remove"))
+        if kind == "toggle":
+            pols[i] = replace(p, disabled=not p.disabled)
+        else:
+            direction = rng.choice(p.types)
+            rules = list(p.rules(direction))
+            k = rng.randrange(len(rules) + 1)
+            if kind == "port":
+                ports = (PortRange(rng.randrange(1, 65000), rng.randrange(65000, 65536)),)
+                new = Rule(rng.choice(("Allow", "Deny", "Pass", "Log")), protocol=rng.choice((6, 17)),
+                           destination=EntityRule(ports=ports))
+                rules.insert(k, new)
+            elif kind == "rule":
+                rules.insert(k, _rule(rng))
+            elif rules:
+                rules.pop(min(k, len(rules) - 1))
+            pols[i] = replace(p, revision=p.revision + 1, **{direction: tuple(rules)})
+        res = replace(res, policies=tuple(pols))
+        yield kind, res
+
+
+def _mismatches(seed: int, steps: int, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int, int]:
+    """(steps whose derived compile differs from a compile from scratch, chains walked again
+    incrementally, chains walked whole) over a random sequence of changes; each step is also
+    toggled from the last compile (`with_disabled`) and compared with a fresh compile."""
+    from enforcer.nft import decision_walks
+
+    counts = {"incremental": 0, "whole": 0}
+    real_again, real_all = decision_walks.walk_again, decision_walks.walk_all
+
+    def again(*args: object, **kw: object) -> decision_walks.Walks:
+        out = real_again(*args, **kw)  # type: ignore[arg-type]
+        counts["incremental" if out.incremental else "whole"] += 1
+        return out
+
+    def whole(*args: object, **kw: object) -> decision_walks.Walks:
+        counts["whole"] += 1
+        return real_all(*args, **kw)  # type: ignore[arg-type]
+
+    from enforcer.nft import decision
+
+    monkeypatch.setattr(decision, "walk_again", again)
+    monkeypatch.setattr(decision, "walk_all", whole)
+    ids = IdAllocator()
+    state: ClusterState | None = None
+    bad = 0
+    rng = random.Random(seed + 100)
+    for _, res in _random_steps(seed, steps):
+        state = ClusterState(res, include_disabled=True) if state is None else state.derive(res)
+        node = next(iter(state.nodes))
+        derived = compile_node(state, node, MAPS, ids=ids)
+        fresh = compile_node(ClusterState(res), node, MAPS, ids=ids)
+        bad += ir.listing(derived.table) != ir.listing(fresh.table) or derived.layouts != fresh.layouts
+        # A toggle served from this compile.
+        keys = [p.key for p in res.policies]
+        disabled = {p.key for p in res.policies if p.disabled} ^ {rng.choice(keys)}
+        try:
+            toggled = derived.with_disabled(disabled)
+        except compiler.LayoutChanged:
+            continue
+        fresh = compile_node(ClusterState(_toggled(res, disabled)), node, MAPS, ids=ids)
+        bad += ir.listing(toggled.table) != ir.listing(fresh.table)
+    return bad, counts["incremental"], counts["whole"]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_incremental_redecides_equal_whole_decides(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Toggles, edits that refine the space and edits that do not, rules removed, tiers with Pass
+    and Deny defaults, Pass and Log rules, profiles: every decision chain decided from the last
+    decide gives the maps a decide from scratch gives, step after step."""
+    bad, incremental, whole = _mismatches(seed, 10, monkeypatch)
+    assert bad == 0
+    assert incremental > 0, "some chains were walked again incrementally"
+
+
+def test_the_equality_check_catches_a_wrong_region(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation check: when the region walked again leaves out where the changed policies' old
+    rules matched, the incremental maps differ from a whole decide, and the check above sees it."""
+    from enforcer.nft import decision_walks
+
+    def new_rules_only(changed: list[tuple[object, object]], sw: object, boxes: object) -> tuple[object, ...]:
+        return real([(None, after) for _, after in changed], sw, boxes)  # type: ignore[arg-type]
+
+    real = decision_walks.touched_boxes
+    monkeypatch.setattr(decision_walks, "touched_boxes", new_rules_only)
+    assert sum(_mismatches(seed, 10, monkeypatch)[0] for seed in range(4)) > 0

@@ -173,7 +173,7 @@ def compile_node(
     compiled = nc.compile()
     if not nc.decided:
         return compiled
-    targets = {name: _goto_targets(nset) for name, nset in nc.decision_maps.items()}
+    targets = {name: nc.decision_targets.get(name, frozenset()) for name in nc.decision_maps}
 
     def redecide(disabled: Collection[tuple[str, str, str]]) -> CompiledNode:
         return _redecide(compiled, nc, targets, disabled)
@@ -210,6 +210,12 @@ class _KeptDecision:
 
 def _same(a: tuple[Policy, ...], b: tuple[Policy, ...]) -> bool:
     return len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b, strict=True))
+
+
+def _same_rules(a: tuple[Policy, ...], b: tuple[Policy, ...], direction: Direction) -> bool:
+    """The same policies with the same rule objects (one may have been toggled)."""
+    return len(a) == len(b) and all(x.key == y.key and x.rules(direction) is y.rules(direction)
+                                    for x, y in zip(a, b, strict=True))
 
 
 def _goto_targets(nset: NftSet) -> frozenset[str]:
@@ -252,7 +258,7 @@ def _redecide(base: CompiledNode, nc: _NodeCompiler, targets: Mapping[str, froze
                                 f"({again._walk_reason})")
         layouts[name] = again.layouts[name]
     sets.update(again.decision_maps)
-    used.update({m: _goto_targets(nset) for m, nset in again.decision_maps.items()})
+    used.update({m: again.decision_targets.get(m, frozenset()) for m in again.decision_maps})
     reached = frozenset().union(*used.values())
     stale = frozenset().union(*(d.chains for d in affected.values()))  # made again below, if still used
     chains = {n: c for n, c in base.table.chains.items()
@@ -321,6 +327,7 @@ class _NodeCompiler:
     _walks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # walk chain → its rules
     layouts: dict[str, ChainLayout] = field(default_factory=dict)
     decision_maps: dict[str, NftSet] = field(default_factory=dict)
+    decision_targets: dict[str, frozenset[str]] = field(default_factory=dict)  # map → outcome chains
     _decided: dict[str, str | None] = field(default_factory=dict)  # decision chain → None, or why the walk
     _elements_used: int = 0  # decision map elements of this node so far (decision_node_budget)
     _with_named: dict[int, decision.RuleList] = field(default_factory=dict)
@@ -331,7 +338,6 @@ class _NodeCompiler:
         default_factory=dict)
     decided: dict[str, _Decided] = field(default_factory=dict)  # decision chain → how it was made
     book: SetBook = field(init=False)
-    _live: Evaluator | None = None
     # Policy chains whose rule ids are allocated, not yet rendered: chain name → (policy, direction).
     _unrendered: dict[str, tuple[Policy, Direction]] = field(default_factory=dict)
 
@@ -684,6 +690,7 @@ class _NodeCompiler:
         for map_name, (type_, elements, is_map, interval) in built.maps.items():
             self.decision_maps[map_name] = NftSet(map_name, type_, ("interval",) if interval else (), elements,
                                                   is_map=is_map)
+        self.decision_targets.update(built.targets)
         for chain_name, chain_rules in built.chains.items():
             self.chains[chain_name] = Chain(chain_name, chain_rules)
         self.decided[name] = _Decided(prefix, stage, walk, frozenset(p.key for p in policies), tuple(built.maps),
@@ -710,20 +717,52 @@ class _NodeCompiler:
             for ref in hit.refs:
                 self.refs.setdefault(ref.id, ref)
             return hit.built
-        built = decision.decide(self._live_evaluator(), stage, rules, local, budget, tag,
-                                lambda out: self._outcome_chain(out, stage.direction), walk)
+        # The chain's last decide, whatever its toggles and edits: this one continues its walks.
+        # Its elements name outcome chains by content, whose rule ids come from `self.ids`.
+        memos: dict[tuple[object, ...], tuple[object, decision.DecisionMemo]] = self.state.caches.setdefault(
+            "nft.decision_memos", {})
+        memo_key = (*key[:4], budget, self.options)
+        last = memos.get(memo_key)
+        previous = last[1] if last is not None and last[0] is self.ids else None
+        outcomes = self._outcome_chains()[0]
+
+        def target(out: decision.Outcome) -> str:
+            return self._outcome_chain(out, stage.direction)
+
+        built = decision.decide(self.ev, stage, rules, local, budget, tag, target, walk,
+                                self.state.policy_positions, previous, self._decision_rules(stage)[2])
+        if not isinstance(built, str) and any(n not in self.chains and n not in outcomes
+                                              for n in frozenset().union(*built.targets.values())):
+            # An outcome chain of a kept element is no longer known (its cache started over).
+            built = decision.decide(self.ev, stage, rules, local, budget, tag, target, walk,
+                                    self.state.policy_positions)
+        if not isinstance(built, str) and built.memo is not None:
+            if len(memos) >= KEPT_MAX // 100 and memo_key not in memos:  # a memo holds a chain's walks
+                memos.clear()
+            memos[memo_key] = (self.ids, built.memo)
         chains: tuple[Chain, ...] = ()
         refs: tuple[RuleRef, ...] = ()
         if not isinstance(built, str):
-            targets = {e.rsplit(" goto ", 1)[1] for _, elements, _, _ in built.maps.values() for e in elements
-                       if " goto " in e}
-            chains = tuple(self.chains[n] for n in sorted(targets) if n.startswith("dx-"))
-            ids = {int(w[2:-1]) for c in chains for line in c.rules for w in line.split()
-                   if w.startswith('"r') and w.endswith('"') and w[2:-1].isdigit()}
-            refs = tuple(self.refs[i] for i in sorted(ids))
+            # Elements kept from the last decide go to outcome chains this compile did not make.
+            found: dict[str, tuple[Chain, tuple[RuleRef, ...]]] = {}
+            for name in frozenset().union(*built.targets.values()):
+                made = self.chains.get(name)
+                known = outcomes.get(name)
+                if known is None:
+                    assert made is not None  # checked above
+                    known = (made, self._chain_refs(made))
+                found[name] = known
+            for name, (chain, chain_refs) in found.items():
+                self.chains.setdefault(name, chain)
+                for ref in chain_refs:
+                    self.refs.setdefault(ref.id, ref)
+            chains = tuple(found[n][0] for n in sorted(found))
+            refs = tuple({r.id: r for n in sorted(found) for r in found[n][1]}.values())
         if len(kept) >= KEPT_MAX:  # entries of policy sets that no longer exist pile up: start over
             kept.clear()
-        kept[key] = _KeptDecision(policies, inputs, built, chains, refs)
+        # Without its memo: the kept decisions of every toggle state would each hold a chain's walks.
+        kept[key] = _KeptDecision(policies, inputs, built if isinstance(built, str) else replace(built, memo=None),
+                                  chains, refs)
         return built
 
     def _decision_rules(self, stage: Stage) -> tuple[tuple[Policy, ...], decision.RuleList, decision.Tests]:
@@ -742,6 +781,10 @@ class _NodeCompiler:
             hit = kept.get(ckey)
             if hit is not None and _same(hit[0], policies):
                 found = self._rules_of[key] = hit
+                return found
+            if hit is not None and _same_rules(hit[0], policies, stage.direction):
+                # A toggle: the same rule objects (a disabled policy's rules stay in the list).
+                found = self._rules_of[key] = kept[ckey] = (policies, hit[1], hit[2])
                 return found
             profiles = [self.state.profiles[n] for n in stage.endpoint.profiles if n in self.state.profiles]
             rules = [(r, p.namespace) for p in policies for r in p.rules(stage.direction)]
@@ -801,22 +844,23 @@ class _NodeCompiler:
         return found
 
     def _named_rules(self, stage: Stage, rules: decision.RuleList) -> decision.RuleList:
-        """The rules testing the endpoint's own named ports (once per shared rule list)."""
+        """The rules testing the endpoint's own named ports (once per shared rule list, kept across
+        compiles with the list: a toggle keeps the list)."""
         key = id(rules)
         found = self._with_named.get(key)
         if found is None:
-            found = self._with_named[key] = [(r, ns) for r, ns in rules
-                                             if decision.tests_own_named_port(r, stage.direction)]
+            kept: dict[tuple[int, str], tuple[decision.RuleList, decision.RuleList]] = \
+                self.state.caches.setdefault("nft.named_rules", {})
+            hit = kept.get((key, stage.direction))
+            if hit is not None and hit[0] is rules:
+                found = hit[1]
+            else:
+                found = [(r, ns) for r, ns in rules if decision.tests_own_named_port(r, stage.direction)]
+                if len(kept) >= KEPT_MAX:
+                    kept.clear()
+                kept[key, stage.direction] = (rules, found)
+            self._with_named[key] = found
         return found
-
-    def _live_evaluator(self) -> Evaluator:
-        """Decides with enabled policies only (the compiler's own view includes disabled ones)."""
-        if self._live is None:
-            st = self.state
-            live = st if not st.include_disabled else ClusterState(
-                st.resources, _ipsets=st._ipsets, _named=st._named, caches=st.caches)
-            self._live = self.ev if live is st else Evaluator(live)
-        return self._live
 
     def _hit_ref(self, h: Hit) -> RuleRef:
         if h.kind == "Profile":
@@ -833,7 +877,29 @@ class _NodeCompiler:
         return found
 
     def _outcome_chain(self, out: decision.Outcome, direction: Direction) -> str:
-        """The terminal chain of one outcome: what the walk logs and does for it."""
+        """The terminal chain of one outcome: what the walk logs and does for it. Kept across
+        compiles while the policies and profiles its hits name are the same objects (their rule
+        refs, so its lines, are then the same): a re-decision renders most outcomes again."""
+        names = self._outcome_chains()[1]
+        deps = tuple(self._policy_by_key.get((h.kind, h.namespace or "", h.name)) if h.kind != "Profile"
+                     else self.state.profiles.get(h.name) for h in (*out.logged, out.hit) if h is not None)
+        known = names.get((out, direction))
+        if known is not None and len(known[0]) == len(deps) \
+                and all(a is b for a, b in zip(known[0], deps, strict=True)):
+            name = known[1]
+            if name not in self.chains:
+                chain, refs = self._outcome_chains()[0][name]
+                self.chains[name] = chain
+                for ref in refs:
+                    self.refs.setdefault(ref.id, ref)
+            return name
+        name = self._new_outcome_chain(out, direction)
+        if len(names) >= KEPT_MAX:
+            names.clear()
+        names[(out, direction)] = (deps, name)
+        return name
+
+    def _new_outcome_chain(self, out: decision.Outcome, direction: Direction) -> str:
         lines: list[str] = []
         for h in out.logged:
             lines += self._verdict("", self._hit_ref(h), "Log")
@@ -846,8 +912,34 @@ class _NodeCompiler:
             lines += self._verdict("", self._hit_ref(out.hit), "Allow" if out.verdict == "allow" else "Deny")
         name = decision.outcome_name(lines)
         if name not in self.chains:
-            self.chains[name] = Chain(name, tuple(lines))
+            chain = self.chains[name] = Chain(name, tuple(lines))
+            outcomes, names = self._outcome_chains()
+            if len(outcomes) >= KEPT_MAX:
+                outcomes.clear()
+                names.clear()  # they point into it
+            outcomes[name] = (chain, self._chain_refs(chain))
         return name
+
+    def _chain_refs(self, chain: Chain) -> tuple[RuleRef, ...]:
+        """The rule refs a chain's NFLOG prefixes name (registered in this compile)."""
+        ids = {int(w[2:-1]) for line in chain.rules for w in line.split()
+               if w.startswith('"r') and w.endswith('"') and w[2:-1].isdigit()}
+        return tuple(self.refs[i] for i in sorted(ids))
+
+    def _outcome_chains(self) -> tuple[dict[str, tuple[Chain, tuple[RuleRef, ...]]],
+                                       dict[tuple[decision.Outcome, str], tuple[tuple[object, ...], str]]]:
+        """Outcome chains made so far (named by their content) with the rule refs they log, for
+        the decision elements a decide kept from the last; and each outcome's chain name with the
+        policies and profiles it depends on. Per id allocator and options, kept across compiles."""
+        kept: dict[tuple[int, CompileOptions], tuple[IdAllocator, dict[str, tuple[Chain, tuple[RuleRef, ...]]],
+                                                     dict[tuple[decision.Outcome, str],
+                                                          tuple[tuple[object, ...], str]]]] = \
+            self.state.caches.setdefault("nft.outcome_chains", {})
+        key = (id(self.ids), self.options)
+        found = kept.get(key)
+        if found is None or found[0] is not self.ids:
+            found = kept[key] = (self.ids, {}, {})
+        return found[1], found[2]
 
     def _hep_chain(self, prefix: str, family: Family, direction: Direction, hep: Endpoint) -> str:
         return self._endpoint_chain(bounded_name(f"{prefix}-{hep.name}"), Stage(family, direction, hep, self.node))

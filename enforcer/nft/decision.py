@@ -38,19 +38,23 @@ alike), with a guard sending a forged own address to the walk.
 
 Only enforced, enabled policies decide (the evaluator's walk); disabled ones change outcomes, so
 a toggle rewrites map elements (and adds the terminal chains of outcomes new to the node).
+Deciding a chain again after a toggle or an edit continues its last decide (`DecisionMemo`):
+decision_walks.py walks again only what the change can reach, decision_render.py renders again
+only the rows that walk painted; the maps are those a decide from scratch gives.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from functools import partial
 
-from enforcer.evaluate.evaluator import Evaluator, Hit
+from enforcer.evaluate.evaluator import Evaluator
 from enforcer.evaluate.path import Stage
-from enforcer.model import IPAddress, Policy, Rule
+from enforcer.model import IPAddress, Policy
+from enforcer.nft.decision_render import Rendered, class_maps, render, runs, text_range
 from enforcer.nft.decision_space import (
     ICMP_PROTOCOL,
     PORT_PROTOCOLS,
@@ -74,12 +78,12 @@ from enforcer.nft.decision_space import (
     tests_own_named_port,
     unsupported,
 )
-from enforcer.nft.regions import Box, Outcome, RegionRule, TierRules, bits, walk
-from enforcer.resolve.rules import rule_for_family
+from enforcer.nft.decision_walks import BoxesOf, Key, PolicyRules, Walks, axis_map, skeleton, walk_again, walk_all
+from enforcer.nft.regions import Outcome
 
-__all__ = ["ChainLayout", "DecisionChain", "MembershipIndex", "Outcome", "DEFAULT_BUDGET", "NODE_BUDGET",
-           "PORT_PROTOCOLS", "RuleList", "Tests", "address_tests", "chain_tag", "decide", "local_named_ports",
-           "memberships", "outcome_name", "tests_own_named_port"]
+__all__ = ["ChainLayout", "DecisionChain", "DecisionMemo", "MembershipIndex", "Outcome", "DEFAULT_BUDGET",
+           "NODE_BUDGET", "PORT_PROTOCOLS", "RuleList", "Tests", "address_tests", "chain_tag", "decide",
+           "local_named_ports", "memberships", "outcome_name", "tests_own_named_port"]
 
 # Default cells per endpoint chain (see README "Decision maps" for the measurements behind it).
 # The region walk makes compile cost grow with rules × regions; cells bound the rendering and
@@ -108,6 +112,27 @@ class DecisionChain:
     maps: dict[str, tuple[str, frozenset[str], bool, bool]]  # name → (type, elements, is a map, interval)
     elements: int
     chains: dict[str, tuple[str, ...]]  # the classes' chains (dr…), by name
+    targets: dict[str, frozenset[str]] = field(default_factory=dict)  # map → the outcome chains it goes to
+    memo: DecisionMemo | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass
+class DecisionMemo:
+    """What deciding a chain keeps to decide it again (decision_walks.py): the rules and the space
+    they make, and each family's walks."""
+
+    rules: RuleList
+    own_tests: Tests
+    tests: AddressTests
+    families: dict[int, tuple[Family, list[int], list[int]]]
+    walks: dict[int, Walks]
+    known: dict[tuple[int, int], tuple[object, PolicyRules]]
+    rendered: dict[int, Rendered] = field(default_factory=dict)
+
+    @property
+    def incremental(self) -> bool:
+        """Whether the walks were made from an earlier decide's (not from scratch)."""
+        return all(w.incremental for w in self.walks.values())
 
 
 # ---- the decision --------------------------------------------------------------------------
@@ -117,65 +142,12 @@ def _text(version: int, value: int) -> str:
     return str(ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value))
 
 
-def _range(render: Callable[[int], str], first: int, last: int) -> str:
-    return render(first) if first == last else f"{render(first)}-{render(last)}"
-
-
-def _runs(values: list[object] | tuple[object, ...]) -> Iterator[tuple[int, int]]:
-    """(first index, last index) of each run of equal adjacent values."""
-    start = 0
-    for i in range(1, len(values) + 1):
-        if i == len(values) or values[i] != values[start]:
-            yield start, i - 1
-            start = i
-
-
-def _contiguous(intervals: Intervals) -> Iterator[tuple[int, int]]:
-    lo, hi = intervals[0]
-    for a, b in intervals[1:]:
-        if a == hi + 1:
-            hi = b
-        else:
-            yield lo, hi
-            lo, hi = a, b
-    yield lo, hi
-
-
-def _grid(classes: int, sizes: tuple[int, ...], decided: list[tuple[Box, Outcome]],
-          ids: dict[Outcome, int]) -> list[tuple[int, ...]]:
-    """Per class: the outcome id of every cell of the other axes (row-major)."""
-    width = 1
-    for n in sizes:
-        width *= n
-    rows = [[-1] * width for _ in range(classes)]
-    for box, out in decided:
-        oid = ids[out]
-        cells = [0]
-        for axis, n in zip(box[1:], sizes, strict=True):
-            cells = [base * n + i for base in cells for i in bits(axis)]
-        for c in bits(box[0]):
-            row = rows[c]
-            for cell in cells:
-                row[cell] = oid
-    return [tuple(r) for r in rows]
-
-
 def _address_runs(starts: list[int], interval_class: list[int], version: int) -> Iterator[tuple[str, int]]:
     """Adjacent address intervals of the same class, as nft ranges, with their class."""
-    for a0, a1 in _runs(interval_class):  # type: ignore[arg-type]
+    for a0, a1 in runs(interval_class):
         first = starts[a0]
         last = starts[a1 + 1] - 1 if a1 + 1 < len(starts) else SPACE[version]
-        yield _range(lambda v: _text(version, v), first, last), interval_class[a0]
-
-
-def _plane(row: tuple[int, ...], outer: Intervals, inner: Intervals) -> Iterator[tuple[str, str, int]]:
-    """A 2-axis row as (outer range, inner range, outcome id) elements, equal neighbours merged."""
-    n = len(inner)
-    lines = [tuple((inner[i0][0], inner[i1][1], row[o * n + i0]) for i0, i1 in _runs(row[o * n:(o + 1) * n]))
-             for o in range(len(outer))]
-    for o0, o1 in _runs(lines):  # type: ignore[arg-type]
-        for lo, hi, oid in lines[o0]:
-            yield _range(str, outer[o0][0], outer[o1][1]), _range(str, lo, hi), oid
+        yield text_range(lambda v: _text(version, v), first, last), interval_class[a0]
 
 
 def _excluded(version: int, icmp: tuple[Intervals, Intervals] | None) -> tuple[int, ...]:
@@ -201,69 +173,101 @@ def _family(ev: Evaluator, rules: RuleList, version: int, me: IPAddress, tests: 
     return fam, starts, [class_of[s] for s in sigs]
 
 
-@dataclass(frozen=True)
-class _Skeleton:
-    """The stage's walk in one family: the evaluator's tiers, policies and family-rendered rules
-    in order, each rule with its hit; the regions are filled in per space."""
-
-    tiers: tuple[tuple[tuple[tuple[Hit, Rule, str | None], ...], Hit | None], ...]
-    profiles: tuple[tuple[tuple[Hit, Rule, str | None], ...], ...]
-
-    def regions(self, boxes: Callable[[Rule, str | None], tuple[Box, ...]]
-                ) -> tuple[list[TierRules], list[tuple[RegionRule, ...]]]:
-        """The walk with each rule's region in one space (rules matching nothing there dropped)."""
-        def keep(rules: tuple[tuple[Hit, Rule, str | None], ...]) -> tuple[RegionRule, ...]:
-            out = []
-            for hit, rule, ns in rules:
-                b = boxes(rule, ns)
-                if b:
-                    out.append(RegionRule(hit, b))
-            return tuple(out)
-
-        return [TierRules(keep(rules), end) for rules, end in self.tiers], [keep(p) for p in self.profiles]
-
-
-def _skeleton(ev: Evaluator, stage: Stage, version: int) -> _Skeleton:
-    assert stage.endpoint is not None
-    direction = stage.direction
-    tiers = []
-    for st in ev.stage_tiers(stage):
-        if not st.enforced:
-            continue
-        rules = []
-        for pol in st.enforced:
-            for index, rule in enumerate(pol.rules(direction)):
-                fam_rule = rule_for_family(rule, version)  # as the evaluator's compile_rule renders it
-                if fam_rule is not None:
-                    hit = Hit(pol.kind, pol.namespace, pol.name, st.tier.name, direction, index, rule.action)
-                    rules.append((hit, fam_rule, pol.namespace))
-        last = st.enforced[-1]
-        end = None if st.tier.tier.default_action == "Pass" else Hit(
-            last.kind, last.namespace, last.name, st.tier.name, direction, -1, "Deny")
-        tiers.append((tuple(rules), end))
-    profiles = []
-    for name in stage.endpoint.profiles:
-        prof = ev.state.profiles.get(name)
-        if prof is None:
-            continue
-        prules = []
-        for index, rule in enumerate(prof.rules(direction)):
-            fam_rule = rule_for_family(rule, version)
-            if fam_rule is not None:
-                prules.append((ev.profile_hit(name, direction, index, rule.action), fam_rule, None))
-        profiles.append(tuple(prules))
-    return _Skeleton(tuple(tiers), tuple(profiles))
-
-
 def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddress],
-           budget: int, tag: str, target: Callable[[Outcome], str], walk_chain: str) -> DecisionChain | str:
+           budget: int, tag: str, target: Callable[[Outcome], str], walk_chain: str,
+           positions: Mapping[Key, tuple[int, int]] | None = None,
+           previous: DecisionMemo | None = None, own_tests: Tests | None = None) -> DecisionChain | str:
     """The decision maps of `stage`'s chain, or why it keeps the walk.
 
-    `ev` decides with enabled policies only; `rules` are every rule that may decide (selecting
+    `ev` is the compiler's evaluator (disabled policies, which it lays out behind closed gates, do
+    not take part in the walk); `rules` are every rule that may decide (selecting
     policies and profiles); `local` is an address of the endpoint per IP version (any address of
     that version when it has none: the rules do not test it); `tag` names the maps; `target`
     gives the terminal chain of an outcome; `walk_chain` is the chain of the rule walk, where a
-    packet whose own-side address the decision did not assume goes."""
+    packet whose own-side address the decision did not assume goes. `positions` (policy key →
+    tier and position, disabled policies included; the state's by default) orders the walk;
+    `previous` is an earlier decide of the same chain (same tag, local addresses and budget),
+    whose walks this one continues where it can (decision_walks.py): the result is the same.
+    `own_tests`: the rules' address tests on the endpoint's own side, when the caller has them."""
+    if positions is None:
+        positions = ev.state.policy_positions
+    assert stage.endpoint is not None
+    direction = stage.direction
+    if previous is not None and _same_rules(previous.rules, rules):
+        # A toggle: the same rules, so the same space (and the checks below passed for it).
+        own_tests, tests, families = previous.own_tests, previous.tests, previous.families
+        refine: dict[int, dict[str, tuple[list[int] | None, ...]] | None] | None = {4: None, 6: None}
+    else:
+        space = _space(ev, stage, rules, local, budget, own_tests)
+        if isinstance(space, str):
+            return space
+        own_tests, tests, families = space
+        refine = _refinement(previous, own_tests, tests, families) if previous is not None else None
+    known = previous.known if previous is not None else {}
+    if len(known) > 8 * len(rules) + 1024:
+        known.clear()  # policies edited away
+    walks: dict[int, Walks] = {}
+    for version, (fam, _, _) in families.items():
+        sk = skeleton(ev, stage, version, positions, known)
+        spaces = _spaces(fam, direction)
+        if previous is not None and refine is not None:
+            walks[version] = walk_again(previous.walks[version], sk, spaces, refine[version])
+        else:
+            walks[version] = walk_all(sk, spaces, known)
+    memo = DecisionMemo(rules, own_tests, tests, families, walks, known)
+
+    ingress = direction == "ingress"
+    gotos: dict[int, tuple[Outcome, str]] = {}  # by identity: rows hold canonical outcomes
+
+    def goto(out: Outcome) -> str:
+        found = gotos.get(id(out))
+        if found is None or found[0] is not out:
+            found = gotos[id(out)] = (out, f"goto {target(out)}")
+        return found[1]
+
+    targets: dict[str, frozenset[str]] = {}
+    lines: list[str] = []
+    chains: dict[str, tuple[str, ...]] = {}
+    maps: dict[str, tuple[str, frozenset[str], bool, bool]] = {}
+    for version, (fam, starts, interval_class) in families.items():
+        l3, nfproto, addr_type = ("ip", "ipv4", "ipv4_addr") if version == 4 else ("ip6", "ipv6", "ipv6_addr")
+        if own_tests:
+            name_o = f"do{version}-{tag}"
+            maps[name_o] = (addr_type, frozenset(_guard(own_tests, version, fam.me)), False, True)
+            lines.append(f"meta nfproto {nfproto} {l3} {'daddr' if ingress else 'saddr'} != @{name_o} "
+                         f"goto {walk_chain}")
+        peer_field = f"{l3} {'saddr' if ingress else 'daddr'}"
+        one = len(fam.classes) == 1
+        if not one:
+            # The peer's class picks the class's chain (one interval lookup); its maps are keyed
+            # on protocol and ports only, so they hold a class's row, not every address range's.
+            dispatch = {f"{addr} : goto dr{version}-{tag}-{c}"
+                        for addr, c in _address_runs(starts, interval_class, version)}
+            maps[f"da{version}-{tag}"] = (f"{addr_type} : verdict", frozenset(dispatch), True, True)
+            lines.append(f"meta nfproto {nfproto} {peer_field} vmap @da{version}-{tag}")
+        before = previous.rendered.get(version) if previous is not None else None
+        rendered = memo.rendered[version] = render(fam, walks[version], before, goto)
+        for c in range(len(fam.classes)):
+            suffix = "" if one else f"-{c}"
+            row_lines = class_maps(fam, rendered, c, f"{version}-{tag}{suffix}", maps, targets)
+            if one:
+                lines += [f"meta nfproto {nfproto} {line}" for line in row_lines]
+            else:
+                # The maps cover every protocol and port: the drop is never reached.
+                chains[f"dr{version}-{tag}-{c}"] = (*row_lines, "drop")
+    return DecisionChain(tuple(lines), maps, sum(len(m[1]) for m in maps.values()), chains, targets, memo)
+
+
+def _same_rules(a: RuleList, b: RuleList) -> bool:
+    """The same rule objects in the same order (a toggle rebuilds the list, not its rules)."""
+    return a is b or (len(a) == len(b) and all(x[0] is y[0] and x[1] == y[1] for x, y in zip(a, b, strict=True)))
+
+
+def _space(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddress], budget: int,
+           own_tests: Tests | None = None
+           ) -> tuple[Tests, AddressTests, dict[int, tuple[Family, list[int], list[int]]]] | str:
+    """The decision space of `rules` (own-side tests, peer tests, each family's), or why the chain
+    keeps the walk."""
     reason = unsupported(rules)
     if reason is not None:
         return reason
@@ -277,7 +281,8 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
     if least > budget:
         return f"decision space of at least {least} cells > budget {budget}"
     own = stage.endpoint.ips
-    own_tests = address_tests(ev.state, rules, direction, peer=False).ranges
+    if own_tests is None:
+        own_tests = address_tests(ev.state, rules, direction, peer=False).ranges
     for version in (4, 6):
         same = tuple(ip for ip in own if ip.version == version)
         if len(same) > 1 and len(set(memberships(own_tests, same))) > 1:
@@ -287,109 +292,46 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
     total = sum(f.cells() for f, _, _ in families.values())
     if total > budget:
         return f"decision space {total} cells > budget {budget}"
-
-    ingress = direction == "ingress"
-    lines: list[str] = []
-    chains: dict[str, tuple[str, ...]] = {}
-    maps: dict[str, tuple[str, frozenset[str], bool, bool]] = {}
-    for version, (fam, starts, interval_class) in families.items():
-        l3, nfproto, addr_type = ("ip", "ipv4", "ipv4_addr") if version == 4 else ("ip6", "ipv6", "ipv6_addr")
-        if own_tests:
-            name_o = f"do{version}-{tag}"
-            maps[name_o] = (addr_type, frozenset(_guard(own_tests, version, fam.me)), False, True)
-            lines.append(f"meta nfproto {nfproto} {l3} {'daddr' if ingress else 'saddr'} != @{name_o} "
-                         f"goto {walk_chain}")
-        render = _Render(ev, stage, fam, target)
-        peer_field = f"{l3} {'saddr' if ingress else 'daddr'}"
-        one = len(fam.classes) == 1
-        if not one:
-            # The peer's class picks the class's chain (one interval lookup); its maps are keyed
-            # on protocol and ports only, so they hold a class's row, not every address range's.
-            dispatch = {f"{addr} : goto dr{version}-{tag}-{c}"
-                        for addr, c in _address_runs(starts, interval_class, version)}
-            maps[f"da{version}-{tag}"] = (f"{addr_type} : verdict", frozenset(dispatch), True, True)
-            lines.append(f"meta nfproto {nfproto} {peer_field} vmap @da{version}-{tag}")
-        rows = render.rows(fam, direction)
-        for c in range(len(fam.classes)):
-            suffix = "" if one else f"-{c}"
-            row_lines = _class_maps(fam, rows, c, f"{version}-{tag}{suffix}", render.goto, maps)
-            if one:
-                lines += [f"meta nfproto {nfproto} {line}" for line in row_lines]
-            else:
-                # The maps cover every protocol and port: the drop is never reached.
-                chains[f"dr{version}-{tag}-{c}"] = (*row_lines, "drop")
-    return DecisionChain(tuple(lines), maps, sum(len(m[1]) for m in maps.values()), chains)
+    return own_tests, tests, families
 
 
-def _class_maps(fam: Family, rows: dict[str, list[tuple[int, ...]]], c: int, suffix: str,
-                goto: Callable[[int], str], maps: dict[str, tuple[str, frozenset[str], bool, bool]]) -> list[str]:
-    """One class's maps (added to `maps`) and the rules that look them up."""
-    sport = any(len(s) > 1 for s, _ in fam.ports.values())
-    exact: set[str] = set()  # single ports: a hash lookup, O(1) whatever their number
-    ranged: set[str] = set()  # the rest: an interval lookup, whose cost grows with its elements
-    for proto in PORT_PROTOCOLS:
-        s_axis, d_axis = fam.ports[proto]
-        for sp, dport, oid in _plane(rows[f"port{proto}"][c], s_axis, d_axis):
-            key = f"{proto} . {sp} . {dport}" if sport else f"{proto} . {dport}"
-            (ranged if "-" in key else exact).add(f"{key} : {goto(oid)}")
-    kind = f"inet_proto . inet_service{' . inet_service' if sport else ''} : verdict"
-    maps[f"dh{suffix}"] = (kind, frozenset(exact), True, False)
-    maps[f"dp{suffix}"] = (kind, frozenset(ranged), True, True)
-    protos = ", ".join(map(str, PORT_PROTOCOLS))
-    ports = f"meta l4proto {{ {protos} }} meta l4proto{' . th sport' if sport else ''} . th dport"
-    # The two maps partition the ports: a packet the hash map misses is in a range.
-    out = [f"{ports} vmap @dh{suffix}", f"{ports} vmap @dp{suffix}"]
-    if fam.icmp is not None:
-        types, codes = fam.icmp
-        di = {f"{t} . {code} : {goto(oid)}" for t, code, oid in _plane(rows["icmp"][c], types, codes)}
-        kind = "icmp" if fam.version == 4 else "icmpv6"
-        maps[f"di{suffix}"] = (f"{kind}_type . {kind}_code : verdict", frozenset(di), True, True)
-        out.append(f"meta l4proto {ICMP_PROTOCOL[fam.version]} {kind} type . {kind} code vmap @di{suffix}")
-    row = rows["other"][c]
-    dn: set[str] = set()
-    for q0, q1 in _runs(row):
-        # adjacent in the list but not in number (a protocol with its own map between): split
-        for lo, hi in _contiguous(fam.others[q0:q1 + 1]):
-            dn.add(f"{_range(str, lo, hi)} : {goto(row[q0])}")
-    maps[f"dn{suffix}"] = ("inet_proto : verdict", frozenset(dn), True, True)
-    out.append(f"meta l4proto vmap @dn{suffix}")
+def _refinement(previous: DecisionMemo, own_tests: Tests, tests: AddressTests,
+                families: dict[int, tuple[Family, list[int], list[int]]]
+                ) -> dict[int, dict[str, tuple[list[int] | None, ...]] | None] | None:
+    """How the previous decide's space maps into this one, per family and space (None: it does
+    not; the walk starts over): same address tests (classes) and own-side tests, ICMP keyed alike,
+    and every other axis split at least where it was."""
+    if previous.own_tests != own_tests or previous.tests.ranges != tests.ranges:
+        return None
+    out: dict[int, dict[str, tuple[list[int] | None, ...]] | None] = {}
+    for version, (fam, _, _) in families.items():
+        old = previous.families[version][0]
+        if old.me != fam.me or (old.icmp is None) != (fam.icmp is None):
+            return None
+        try:
+            maps: dict[str, tuple[list[int] | None, ...]] = {
+                f"port{p}": (None, *(axis_map(o, n) for o, n in zip(old.ports[p], fam.ports[p], strict=True)))
+                for p in PORT_PROTOCOLS}
+            if fam.icmp is not None and old.icmp is not None:
+                maps["icmp"] = (None, axis_map(old.icmp[0], fam.icmp[0]), axis_map(old.icmp[1], fam.icmp[1]))
+            maps["other"] = (None, axis_map(old.others, fam.others))
+        except ValueError:
+            return None
+        out[version] = {k: v for k, v in maps.items() if any(m is not None for m in v)} or None
     return out
 
 
-class _Render:
-    """One family's walks, space by space, and the terminal chain of each outcome."""
-
-    def __init__(self, ev: Evaluator, stage: Stage, fam: Family, target: Callable[[Outcome], str]) -> None:
-        self.target = target
-        self.ids: dict[Outcome, int] = {}
-        self.outcomes: list[Outcome] = []
-        self.chains: dict[int, str] = {}
-        self.skeleton = _skeleton(ev, stage, fam.version)
-
-    def rows(self, fam: Family, direction: str) -> dict[str, list[tuple[int, ...]]]:
-        """Per space: per class, the outcome id of every cell."""
-        spaces: dict[str, tuple[Callable[[Rule, str | None], tuple[Box, ...]], tuple[int, ...]]] = {
-            f"port{p}": (partial(port_boxes, fam, direction=direction, proto=p),
-                         (len(fam.ports[p][0]), len(fam.ports[p][1]))) for p in PORT_PROTOCOLS}
-        if fam.icmp is not None:
-            spaces["icmp"] = (partial(icmp_boxes, fam, direction=direction), (len(fam.icmp[0]), len(fam.icmp[1])))
-        spaces["other"] = (partial(other_boxes, fam, direction=direction), (len(fam.others),))
-        out = {}
-        for name, (boxes, sizes) in spaces.items():
-            tiers, profiles = self.skeleton.regions(boxes)
-            decided = walk((len(fam.classes), *sizes), tiers, profiles)
-            for _, o in decided:
-                if o not in self.ids:
-                    self.ids[o] = len(self.outcomes)
-                    self.outcomes.append(o)
-            out[name] = _grid(len(fam.classes), sizes, decided, self.ids)
-        return out
-
-    def goto(self, oid: int) -> str:
-        chain = self.chains.get(oid)
-        if chain is None:
-            chain = self.chains[oid] = self.target(self.outcomes[oid])
-        return f"goto {chain}"
+def _spaces(fam: Family, direction: str) -> dict[str, tuple[BoxesOf, tuple[int, ...]]]:
+    """The family's spaces: each port protocol's, ICMP's when keyed, the other protocols'; each
+    with the region of a rule in it and its sizes (peer classes first)."""
+    classes = len(fam.classes)
+    spaces: dict[str, tuple[BoxesOf, tuple[int, ...]]] = {
+        f"port{p}": (partial(port_boxes, fam, direction=direction, proto=p),
+                     (classes, len(fam.ports[p][0]), len(fam.ports[p][1]))) for p in PORT_PROTOCOLS}
+    if fam.icmp is not None:
+        spaces["icmp"] = (partial(icmp_boxes, fam, direction=direction), (classes, len(fam.icmp[0]), len(fam.icmp[1])))
+    spaces["other"] = (partial(other_boxes, fam, direction=direction), (classes, len(fam.others)))
+    return spaces
 
 
 def _guard(own_tests: Tests, version: int, me: IPAddress) -> set[str]:
@@ -399,10 +341,10 @@ def _guard(own_tests: Tests, version: int, me: IPAddress) -> set[str]:
     mine = memberships(own_tests, (me,))[0]
     inside = [sig == mine for sig in sigs]
     guard: set[str] = set()
-    for r0, r1 in _runs(inside):  # type: ignore[arg-type]
+    for r0, r1 in runs(inside):
         if inside[r0]:
             last = starts[r1 + 1] - 1 if r1 + 1 < len(starts) else SPACE[version]
-            guard.add(_range(lambda v: _text(version, v), starts[r0], last))
+            guard.add(text_range(lambda v: _text(version, v), starts[r0], last))
     return guard
 
 

@@ -312,8 +312,8 @@ class Family:
 
     def __post_init__(self) -> None:
         self.all_classes = (1 << len(self.classes)) - 1
-        self._peer: dict[tuple[int, str | None], int] = {}
-        self._local: dict[tuple[int, str | None], bool] = {}
+        self._peer: dict[tuple[int, str | None], tuple[EntityRule, int]] = {}
+        self._local: dict[tuple[int, str | None], tuple[EntityRule, bool]] = {}
         self.test_classes = [0] * len(self.peer_tests.ranges)
         for c, sig in enumerate(self.classes):
             for t in sig:
@@ -330,11 +330,11 @@ class Family:
 
     def peer_classes(self, e: EntityRule, namespace: str | None) -> int:
         """The classes the peer-side address checks (nets, notNets, selector, notSelector) accept."""
-        key = (id(e), namespace)  # rules outlive the compile of their chain
-        found = self._peer.get(key)
-        if found is None:
-            found = self._peer[key] = self._peer_classes(e, namespace)
-        return found
+        key = (id(e), namespace)  # rules outlive the compile of their chain; the entity is kept with
+        found = self._peer.get(key)  # its answer: a family lives on in a decision memo
+        if found is None or found[0] is not e:
+            found = self._peer[key] = (e, self._peer_classes(e, namespace))
+        return found[1]
 
     def _peer_classes(self, e: EntityRule, namespace: str | None) -> int:
         mask = self.all_classes
@@ -353,9 +353,9 @@ class Family:
         """Whether the endpoint's own address passes the own-side address checks."""
         key_ = (id(e), namespace)
         found = self._local.get(key_)
-        if found is None:
-            found = self._local[key_] = self._local_ok(e, namespace)
-        return found
+        if found is None or found[0] is not e:
+            found = self._local[key_] = (e, self._local_ok(e, namespace))
+        return found[1]
 
     def _local_ok(self, e: EntityRule, namespace: str | None) -> bool:
         me, key = self.me, ip_key(self.me)

@@ -331,19 +331,22 @@ class DerivedApplicable(MutableMapping[Endpoint, tuple[Policy, ...]]):
         self.edited = edited
         self.changed = changed
         self.data: dict[Endpoint, tuple[Policy, ...]] = {}
-        self._new: list[Policy] | None = None
+        self._new: list[tuple[Policy, Selector]] | None = None
 
-    def _changed_active(self) -> list[Policy]:
+    def _changed_active(self) -> list[tuple[Policy, Selector]]:
+        """The changed policies that take part, with their selectors (only theirs: building every
+        policy's selector made a one-policy toggle cost as much as the whole set)."""
         if self._new is None:
-            self._new = [p for p in self.edited.active_policies if p.key in self.changed]
+            sels = self.edited.__dict__.get("policy_selectors")
+            self._new = [(p, sels[p.key] if sels is not None else policy_selector(p))
+                         for p in self.edited.active_policies if p.key in self.changed]
         return self._new
 
     def get(self, ep: Endpoint, default: Any = None) -> Any:
         found = self.data.get(ep)
         if found is None:
             kept = tuple(p for p in self.base.applicable_policies(ep) if p.key not in self.changed)
-            sels = self.edited.policy_selectors
-            new = tuple(p for p in self._changed_active() if sels[p.key].matches(ep.labels))
+            new = tuple(p for p, sel in self._changed_active() if sel.matches(ep.labels))
             found = self.data[ep] = kept + new
         return found
 
