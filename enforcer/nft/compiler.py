@@ -337,6 +337,7 @@ class _NodeCompiler:
     # Workload endpoint chains of the shared walk → their selection (shared_walk.py).
     _selections: dict[str, shared_walk.Selection] = field(default_factory=dict)
     sel_sets: dict[str, NftSet] = field(default_factory=dict)
+    _walked: set[tuple[Direction, tuple[str, str, str]]] = field(default_factory=set)  # policies laid out
 
     def __post_init__(self) -> None:
         self.book = SetBook(self.state)
@@ -641,11 +642,15 @@ class _NodeCompiler:
         tiers = tuple(st for st in self.ev.stage_tiers(stage) if st.enforced)  # staged only: no effect
         lines: list[str] = []
         for st in tiers:
-            for p in st.enforced:  # rule ids and gates in the order the walk meets them
+            # Rule ids and gates in the order the walk meets them; each policy once per direction
+            # (endpoint chains share most of their policies: this loop is chains x policies).
+            new = [p for p in st.enforced if (stage.direction, p.key) not in self._walked]
+            for p in new:
                 self._policy_chain(p, stage.direction)
             if st.tier.tier.default_action != "Pass":
-                for p in st.enforced:
+                for p in new:
                     self._end_of_tier_chain(p, st.tier.name, stage.direction)
+            self._walked.update((stage.direction, p.key) for p in new)
             lines += [f"jump {self._tier_chain_name(prefix, st.tier.name)}", f"meta mark & {ACCEPT:#x} != 0 return"]
         lines += self._profiles(stage.endpoint, stage.direction)
         key = shared_walk.selection_key(tiers)

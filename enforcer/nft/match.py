@@ -35,6 +35,19 @@ def collapse(nets: Iterable[IPNetwork]) -> list[IPNetwork]:
     return out
 
 
+def _v4_text(n: int) -> str:
+    """str(IPv4Address(n)), several times faster (rendering formats every pod address)."""
+    return f"{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+
+
+def _v6_text(n: int) -> str:
+    return str(ipaddress.IPv6Address(n))
+
+
+def ip_text(ip: IPAddress) -> str:
+    return _v4_text(int(ip)) if ip.version == 4 else str(ip)
+
+
 def collapsed_texts(hosts: Iterable[IPAddress], nets: Iterable[IPNetwork], version: int) -> list[str]:
     """`_net_text` of `collapse(hosts and nets of `version`)`, in integers: the same minimal
     cover of the union (merged intervals cut into aligned blocks, largest first), without
@@ -48,7 +61,7 @@ def collapsed_texts(hosts: Iterable[IPAddress], nets: Iterable[IPNetwork], versi
             merged[-1][1] = max(merged[-1][1], last)
         else:
             merged.append([first, last])
-    make = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+    make = _v4_text if version == 4 else _v6_text
     out: list[str] = []
     for first, last in merged:
         while first <= last:
@@ -128,7 +141,8 @@ class SetBook:
         if found is None:
             members = self.state.named_ports(selector, port, protocol)
             elements = frozenset(
-                f"{ip} . {proto_word(proto)} . {num}" for ip, proto, num in members.members if ip.version == version
+                f"{ip_text(ip)} . {proto_word(proto)} . {num}" for ip, proto, num in members.members
+                if ip.version == version
             )
             name = f"n{version}-{_short_hash(selector.uid if selector else '*', port, protocol)}"
             found = self._rendered[key] = NftSet(name, f"{L3[version][2]} . inet_proto . inet_service", (), elements)
