@@ -15,12 +15,15 @@ Layout (hooks in the order a packet meets them; §3.3 of the Calico reference):
                                    (vmap); workload ingress (vmap); HEP forward out (likewise)
     filter-output                  conntrack; to local workloads unpoliced; host endpoint out
 
-Endpoint chains (`fw-<hash>`/`tw-<hash>`, shared by workloads whose policies are the same, reached
-through verdict maps on the interface name) clear the accept/pass marks, then per tier jump to each
-selecting policy's chain (`pi-…`/`po-…`, shared by every endpoint of the node), return when a
-policy accepted, and end the tier with an attributed drop unless it passed; then profiles; then an
-attributed drop. Every rule counts; every verdict point logs to NFLOG with prefix `ft:<A|D|P|L><id>`
-resolved by the rule table. Denies log at a bounded rate (the counter before the limit stays exact).
+Workload endpoint chains (`fw-<hash>`/`tw-<hash>`, shared by workloads whose policies and
+profiles are the same, reached through verdict maps on the interface name) clear the accept/pass
+marks and write the endpoint's selection number, then jump to the tier chains (`fw-tier-…`/
+`tw-tier-…`, shared by the node: shared_walk.py) where a policy selects it; a tier chain jumps to
+each policy's chain (`pi-…`/`po-…`) the selection includes, returns when a policy accepted, and ends
+the tier with an attributed drop unless it passed; then profiles; then an attributed drop. Host
+endpoint chains list their tiers' policies themselves (`_tiers`). Every rule counts; every verdict
+point logs to NFLOG with prefix `ft:<A|D|P|L><id>` resolved by the rule table. Denies log at a
+bounded rate (the counter before the limit stays exact).
 
 Policy gates make the live toggle one set element. Every enforced policy has a gate number
 (`IdAllocator.gate_for`, stable for its name); disabled policies are laid out like the others,
