@@ -8,7 +8,7 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enforcer.nft.match import _net_text, collapse, collapsed_texts
+from enforcer.nft.match import _net_text, collapse, collapsed_texts, ip_text
 
 
 def _reference(hosts: list[ipaddress.IPv4Address | ipaddress.IPv6Address],
@@ -44,3 +44,11 @@ def test_whole_spaces_and_edges() -> None:
     assert collapsed_texts(top, [], 4) == ["255.255.255.254/31"]
     run = [ipaddress.IPv4Address(f"10.0.0.{i}") for i in range(1, 7)]
     assert collapsed_texts(run, [], 4) == ["10.0.0.1", "10.0.0.2/31", "10.0.0.4/31", "10.0.0.6"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(v4_host, v6_host, near_v6,
+                 st.lists(st.sampled_from([0, 0, 0, 1, 0xFFFF]), min_size=8, max_size=8).map(
+                     lambda hs: ipaddress.IPv6Address(sum(h << (112 - 16 * i) for i, h in enumerate(hs))))))
+def test_address_text_is_ipaddress_text(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    assert ip_text(ip) == str(ip)

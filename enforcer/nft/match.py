@@ -41,11 +41,28 @@ def _v4_text(n: int) -> str:
 
 
 def _v6_text(n: int) -> str:
-    return str(ipaddress.IPv6Address(n))
+    """str(IPv6Address(n)): hextets in hex, the longest run of two or more zero hextets (the
+    first of equals) as `::` (RFC 5952, as ipaddress prints it)."""
+    hextets = [n >> shift & 0xFFFF for shift in range(112, -16, -16)]
+    start, length, i = -1, 1, 0
+    while i < 8:
+        if hextets[i]:
+            i += 1
+            continue
+        j = i
+        while j < 8 and not hextets[j]:
+            j += 1
+        if j - i > length:
+            start, length = i, j - i
+        i = j
+    parts = [f"{h:x}" for h in hextets]
+    if start < 0:
+        return ":".join(parts)
+    return ":".join(parts[:start]) + "::" + ":".join(parts[start + length:])
 
 
 def ip_text(ip: IPAddress) -> str:
-    return _v4_text(int(ip)) if ip.version == 4 else str(ip)
+    return _v4_text(int(ip)) if ip.version == 4 else _v6_text(int(ip))
 
 
 def collapsed_texts(hosts: Iterable[IPAddress], nets: Iterable[IPNetwork], version: int) -> list[str]:
