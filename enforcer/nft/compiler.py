@@ -15,12 +15,15 @@ Layout (hooks in the order a packet meets them; §3.3 of the Calico reference):
                                    (vmap); workload ingress (vmap); HEP forward out (likewise)
     filter-output                  conntrack; to local workloads unpoliced; host endpoint out
 
-Endpoint chains (`fw-<hash>`/`tw-<hash>`, shared by workloads whose policies are the same, reached
-through verdict maps on the interface name) clear the accept/pass marks, then per tier jump to each
-selecting policy's chain (`pi-…`/`po-…`, shared by every endpoint of the node), return when a
-policy accepted, and end the tier with an attributed drop unless it passed; then profiles; then an
-attributed drop. Every rule counts; every verdict point logs to NFLOG with prefix `ft:<A|D|P|L><id>`
-resolved by the rule table. Denies log at a bounded rate (the counter before the limit stays exact).
+Workload endpoint chains (`fw-<hash>`/`tw-<hash>`, shared by workloads whose policies and
+profiles are the same, reached through verdict maps on the interface name) clear the accept/pass
+marks and write the endpoint's selection number, then jump to the tier chains (`fw-tier-…`/
+`tw-tier-…`, shared by the node: shared_walk.py) where a policy selects it; a tier chain jumps to
+each policy's chain (`pi-…`/`po-…`) the selection includes, returns when a policy accepted, and ends
+the tier with an attributed drop unless it passed; then profiles; then an attributed drop. Host
+endpoint chains list their tiers' policies themselves (`_tiers`). Every rule counts; every verdict
+point logs to NFLOG with prefix `ft:<A|D|P|L><id>` resolved by the rule table. Denies log at a
+bounded rate (the counter before the limit stays exact).
 
 Policy gates make the live toggle one set element. Every enforced policy has a gate number
 (`IdAllocator.gate_for`, stable for its name); disabled policies are laid out like the others,
@@ -42,7 +45,7 @@ import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 
-from enforcer.evaluate.evaluator import ICMPV6_INFRA_TYPES, Evaluator, Hit
+from enforcer.evaluate.evaluator import ICMPV6_INFRA_TYPES, Evaluator, Hit, StageTier
 from enforcer.evaluate.path import Family, Stage
 from enforcer.lab.names import cali_name
 from enforcer.model import (
@@ -56,7 +59,7 @@ from enforcer.model import (
     Profile,
     Rule,
 )
-from enforcer.nft import decision, reach
+from enforcer.nft import decision, reach, shared_walk
 from enforcer.nft.decision import ChainLayout
 from enforcer.nft.ir import Chain, NftSet, Table
 from enforcer.nft.match import SetBook, rule_matches
@@ -80,7 +83,7 @@ INFRA_ICMPV6 = "icmpv6 type { " + ", ".join(map(str, ICMPV6_INFRA_TYPES)) + " } 
 # Bumped whenever the compiled layout changes: it is part of the options, so a reconciler in a
 # new flowtui version does not take tables recorded by an older one for its own (toggles are
 # served from the recorded compile). tests/test_compiler.py checks the golden files against it.
-LAYOUT_VERSION = 7
+LAYOUT_VERSION = 9
 # Entries of each cross-compile cache of decision work (state caches) before it starts over: a
 # long-running reconciler's edits leave entries of policy sets that no longer exist behind.
 KEPT_MAX = 50_000
@@ -340,6 +343,10 @@ class _NodeCompiler:
     book: SetBook = field(init=False)
     # Policy chains whose rule ids are allocated, not yet rendered: chain name → (policy, direction).
     _unrendered: dict[str, tuple[Policy, Direction]] = field(default_factory=dict)
+    # Workload endpoint chains of the shared walk → their selection (shared_walk.py).
+    _selections: dict[str, shared_walk.Selection] = field(default_factory=dict)
+    sel_sets: dict[str, NftSet] = field(default_factory=dict)
+    _walked: set[tuple[Direction, tuple[str, str, str]]] = field(default_factory=set)  # policies laid out
 
     def __post_init__(self) -> None:
         self.book = SetBook(self.state)
@@ -618,9 +625,11 @@ class _NodeCompiler:
         return len(self._decision_rules(stage)[1]), len(self._walks[walk])
 
     def _walk_chain(self, name: str, stage: Stage) -> str:
-        """The rule walk of an endpoint chain. Workload chains are named by a digest of their
-        rules and kept aside (`_walks`) until their layout is chosen; the others are added."""
+        """The rule walk of an endpoint chain: host endpoints' own; workloads' shared
+        (`_selection_walk`)."""
         assert stage.endpoint is not None
+        if stage.family == "workload":
+            return self._selection_walk(name, stage)
         lines: list[str] = []
         if stage.endpoint.kind == "hep" and stage.family != "forward":
             lines += self._failsafes(stage)
@@ -628,15 +637,80 @@ class _NodeCompiler:
         lines += self._tiers(stage)
         if stage.family in ("workload", "normal"):
             lines += self._profiles(stage.endpoint, stage.direction)
-        if stage.family == "workload":
-            # Workloads with the same policies (replicas, mostly) share one chain: the table grows
-            # with distinct policy sets, not with pods, and a policy change rewrites fewer chains.
-            digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
-            name = f"{name}-{digest}"
-            self._walks[name] = tuple(lines)
-            return name
         self.chains[name] = Chain(name, tuple(lines))
         return name
+
+    # ---- the shared workload walk (shared_walk.py) --------------------------------------
+
+    def _selection_walk(self, prefix: str, stage: Stage) -> str:
+        """A workload endpoint chain: its selection number (written once the node's selections
+        are known: `_finish_selection_walks`), a jump to each tier chain where a policy selects it,
+        its profiles. Named by a digest of its selection and rules, kept aside (`_walks`) until
+        its layout is chosen."""
+        assert stage.endpoint is not None
+        tiers = tuple(st for st in self.ev.stage_tiers(stage) if st.enforced)  # staged only: no effect
+        lines: list[str] = []
+        for st in tiers:
+            # Rule ids and gates in the order the walk meets them; each policy once per direction
+            # (endpoint chains share most of their policies: this loop is chains x policies).
+            new = [p for p in st.enforced if (stage.direction, p.key) not in self._walked]
+            for p in new:
+                self._policy_chain(p, stage.direction)
+            if st.tier.tier.default_action != "Pass":
+                for p in new:
+                    self._end_of_tier_chain(p, st.tier.name, stage.direction)
+            self._walked.update((stage.direction, p.key) for p in new)
+            lines += [f"jump {self._tier_chain_name(prefix, st.tier.name)}", f"meta mark & {ACCEPT:#x} != 0 return"]
+        lines += self._profiles(stage.endpoint, stage.direction)
+        key = shared_walk.selection_key(tiers)
+        digest = hashlib.sha256("\n".join((repr(key), *lines)).encode()).hexdigest()[:12]
+        name = f"{prefix}-{digest}"
+        self._walks[name] = (CLEAR, *lines)
+        if tiers:
+            self._selections[name] = shared_walk.Selection(stage.direction, prefix, key, tiers)
+        return name
+
+    @staticmethod
+    def _tier_chain_name(prefix: str, tier: str) -> str:
+        return bounded_name(f"{prefix}-tier-{tier}")
+
+    def _finish_selection_walks(self) -> None:
+        """Number the selections of the endpoint chains kept in the table, write each number into
+        its chains, and lay out the tier chains and `sel-<direction>` sets they use."""
+        kept = [(name, s) for name, s in sorted(self._selections.items()) if name in self.chains]
+        numbers = {d: shared_walk.number({s.key for _, s in kept if s.direction == d},
+                                         f"node {self.node}, {d} walk") for d in ("ingress", "egress")}
+        keep = 0xFFFFFFFF & ~ACCEPT & ~PASS & ~shared_walk.SEL_MASK
+        tiers: dict[tuple[str, Direction, str], tuple[StageTier, dict[tuple[str, str, str], Policy]]] = {}
+        elements: dict[Direction, set[str]] = {"ingress": set(), "egress": set()}
+        for name, s in kept:
+            sel = numbers[s.direction][s.key] << shared_walk.SEL_SHIFT
+            rest = self.chains[name].rules[1:]
+            self.chains[name] = Chain(name, (f"meta mark set mark & {keep:#x} | {sel:#x}", *rest))
+            for st in s.tiers:
+                tiers.setdefault((s.prefix, s.direction, st.tier.name), (st, {}))[1].update(
+                    (p.key, p) for p in st.enforced)
+                elements[s.direction].update(f"{sel | self._gate(p):#x}" for p in st.enforced)
+        position = self.state.policy_positions
+        after = f"meta mark & {ACCEPT:#x} != 0 return"
+        for (prefix, direction, tier), (st, policies) in sorted(tiers.items(), key=lambda kv: kv[0]):
+            lines = [TIER_START]
+            for p in sorted(policies.values(), key=lambda p: position[p.key]):
+                gate = self._gate(p)
+                # Taken when the endpoint's selection includes the policy and no policy of the
+                # tier passed (one lookup), and its gate is open; the gate goes into the mark.
+                lines.append(f"meta mark & {shared_walk.SEL_MASK | PASS:#x} | {gate:#x} @sel-{direction} "
+                             f"meta mark & {PASS:#x} | {gate:#x} != @{CLOSED} "
+                             f"meta mark set mark & {0xFFFFFFFF & ~GATE:#x} | {gate:#x} "
+                             f"jump {self._policy_chain(p, direction)}")
+                lines.append(after)
+            if st.tier.tier.default_action != "Pass":
+                lines.append(f"meta mark & {PASS:#x} == 0 meta mark & {GATE:#x} vmap @eot-{direction}")
+            name = self._tier_chain_name(prefix, tier)
+            self.chains[name] = Chain(name, tuple(lines))
+        for direction, found in elements.items():
+            if found:
+                self.sel_sets[f"sel-{direction}"] = NftSet(f"sel-{direction}", "mark", (), frozenset(found))
 
     # ---- decision maps (decision.py) ---------------------------------------------------
 
@@ -1031,8 +1105,10 @@ class _NodeCompiler:
                                               is_map=True)
         disabled = {p.key for p in self.state.active_policies if p.disabled}
         sets[CLOSED] = NftSet(CLOSED, "mark", (), closed_gates(self.gates, disabled))
+        self._finish_selection_walks()
         self._render_reached()  # before the sets: its rules add the sets they use
         sets.update(self.book.sets)
+        sets.update(self.sel_sets)
         sets.update(self.decision_maps)
         # The walk's policy chains stay rendered (rule ids), but only what a packet can reach is
         # loaded: with decision maps, most of them (reach.py).
