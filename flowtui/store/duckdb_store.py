@@ -73,7 +73,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from enforcer.safefile import PRIVATE, commit, create_temp
-from flowtui.store import netsets, schema
+from flowtui.store import netsets, reroll, schema
 
 log = logging.getLogger(__name__)
 
@@ -526,28 +526,35 @@ class DuckStore:
             self.query(f"DELETE FROM {name}")
 
     def _reroll_rules(self) -> None:
-        """Rules just inserted (`_ft_batch`) of a kind a rollup singles out, whose flows came first
-        (a rollup's rows join `rules`): those rule ids' rows are made again from their raw flows."""
+        """Rules just inserted (`_ft_batch`) whose flows came first: the rollups that read `rules` are
+        made again from those flows (see `flowtui.store.reroll`): the rows of the rule ids of a kind a
+        rollup singles out, and `pair_hours` of the hours with flows of any of them (the rule's
+        direction says which reporter counted the source's egress)."""
+        ids = [int(i) for (i,) in self.query("SELECT DISTINCT id FROM _ft_batch")]
+        listed = ", ".join(map(str, ids))
+        if not ids or not self.query(f"SELECT 1 FROM flows WHERE rule_id IN ({listed}) LIMIT 1"):
+            return
+        self._not_folded()  # a batch inserted but not yet folded: its hours are made again at roll-up
+        rolled, days = self.rolled_until(), self.days_until()
+        since = reroll.floor(self.compacted_until(), days)
+        for h in self._folded:  # hours folded before the rule was known: made again from raw flows
+            if rolled is None or h >= rolled:
+                self._folded[h] = None
+        if rolled is not None:
+            reroll.pair_hours(self.con, ids, since, rolled, days, self._totals_state()[1])
         rollups = [r for r in schema.HOUR_ROLLUPS if r.kinds]
         kinds = sorted({k for r in rollups for k in r.kinds})
-        ids = [int(i) for (i,) in self.query(f"SELECT DISTINCT id FROM _ft_batch WHERE kind IN {tuple(kinds)}")]
-        if ids and self.query(f"SELECT 1 FROM flows WHERE rule_id IN ({', '.join(map(str, ids))}) LIMIT 1"):
-            self._reroll(rollups, f"rule_id IN ({', '.join(map(str, ids))})")
+        kind_ids = [int(i) for (i,) in self.query(f"SELECT DISTINCT id FROM _ft_batch WHERE kind IN {tuple(kinds)}")]
+        if kind_ids:
+            self._reroll(rollups, f"rule_id IN ({', '.join(map(str, kind_ids))})")
 
     def _reroll(self, rollups: Sequence[schema.HourRollup], keys: str) -> None:
         """The rows of `rollups` whose keys `keys` keeps, made again from their raw flows (hours rolled
-        up or folded; compacted hours keep what they have: their raw flows are gone), and their totals."""
-        since = self.compacted_until() or datetime.min
-        pairs_until = self._totals_state()[1]
-        for r in rollups:
-            self.query(f"DELETE FROM {r.hours.name} WHERE {keys} AND hour >= ?", [since])
-            self.query(f"INSERT INTO {r.hours.name} BY NAME "
-                       + r.rows_sql(f"f.{keys} AND f.start_time >= {_ts(since)}"))
-            self.query(f"DELETE FROM {r.totals.name} WHERE {keys}")
-            if pairs_until is not None:
-                self.query(f"INSERT INTO {r.totals.name} BY NAME "
-                           + r.merged(f"(SELECT * FROM {r.hours.name} WHERE {keys} AND hour < {_ts(pairs_until)})",
-                                      with_hour=False))
+        up or folded, and compacted days; hours without raw flows keep what they have), and their totals."""
+        self._not_folded()
+        days = self.days_until()
+        reroll.hour_rollups(self.con, rollups, keys, reroll.floor(self.compacted_until(), days), days,
+                            self._totals_state()[1])
 
     def _forget_flow_totals(self, where: str) -> Any:
         """Before the flows that `where` keeps are deleted: the totals of their keys are computed again
