@@ -389,7 +389,8 @@ def _print_status(doc: dict[str, Any]) -> None:
         for s in run["sources"]:
             click.echo(
                 f"  {s['node']} ({s['netns'] or 'host'}): received {s['received']:,}, "
-                f"lost {s['lost_total']:,}" + "".join(f", {c} {n:,}" for c, n in s["lost"].items() if n)
+                + ("" if s.get("stored") is None else f"stored {s['stored']:,}, ")
+                + f"lost {s['lost_total']:,}" + "".join(f", {c} {n:,}" for c, n in s["lost"].items() if n)
             )
         click.echo(
             f"  total: received {run['received']:,}, stored {run['stored']:,}, lost {run['lost_total']:,}"

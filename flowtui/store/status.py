@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,19 @@ def run_state(ended: object, outcome: str | None, host: str | None, pid: int | N
     if host == socket.gethostname() and pid is not None and not pid_running(int(pid)):
         return "crashed"
     return "running"
+
+
+def imported_stored(config: str | None, outcome: str | None, received: int) -> int | None:
+    """What an import run stored, for a store imported before imports counted it: an import ends its
+    run (outcome `stopped`) only after every record it received landed, so all of them did. None:
+    unknown (not an import, or one that did not finish)."""
+    try:
+        doc = json.loads(config or "")
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or "import" not in doc or outcome != "stopped":
+        return None
+    return received
 
 
 def _rollups(con: Any, have: set[str]) -> dict[str, Any] | None:
@@ -111,8 +125,9 @@ def describe(con: duckdb.DuckDBPyConnection, path: str, snapshot: bool, last_run
     ).fetchone()[0]  # type: ignore[index]
     runs = []
     latest = con.execute("SELECT max(run_id) FROM runs").fetchone()[0]  # type: ignore[index]
-    for run_id, started, ended, host, pid, heartbeat, outcome in con.execute(
-        f"SELECT run_id, started, ended, host, pid, {extra} FROM runs ORDER BY run_id DESC LIMIT ?", [last_runs]
+    for run_id, started, ended, host, pid, config, heartbeat, outcome in con.execute(
+        f"SELECT run_id, started, ended, host, pid, config, {extra} FROM runs ORDER BY run_id DESC LIMIT ?",
+        [last_runs],
     ).fetchall():
         if writer_holds_it is None:
             recent = heartbeat is not None and (utcnow() - heartbeat).total_seconds() < alive_seconds
@@ -130,12 +145,15 @@ def describe(con: duckdb.DuckDBPyConnection, path: str, snapshot: bool, last_run
                 if sid == source_id:
                     lost[cause] = int(n)
             received = sum(int(v) for sid, name, v in stats if sid == source_id and name == "received")
+            mine = [int(v) for sid, name, v in stats if sid == source_id and name == "stored"]
             sources.append(
                 {
                     "source_id": source_id,
                     "netns": netns,
                     "node": node,
                     "received": received,
+                    # per reader when the writer counted it so (imports); the collector counts it per run
+                    "stored": sum(mine) if mine else imported_stored(config, outcome, received),
                     "lost": lost,
                     "lost_total": sum(lost.values()),
                 }
@@ -160,7 +178,8 @@ def describe(con: duckdb.DuckDBPyConnection, path: str, snapshot: bool, last_run
                 "heartbeat": heartbeat,
                 "sources": sources,
                 "received": received,
-                "stored": counters.get("stored", 0),
+                "stored": counters["stored"] if "stored" in counters else (
+                    sum(s["stored"] or 0 for s in sources) if all(s["stored"] is not None for s in sources) else 0),
                 "lost": by_cause,
                 "lost_total": lost_total,
                 "loss_ratio": lost_total / offered if offered else 0.0,
