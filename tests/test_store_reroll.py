@@ -147,6 +147,7 @@ def test_rules_written_after_their_flows_are_rolled_up_again(tmp_path: Path, see
         # without the rules no flow is an implicit deny or a profile allow yet
         assert store.query("SELECT count(*) FROM implicit_deny_hours") == [(0,)]
         store.insert_rows("rules", kind_rule_rows())
+        assert store.stats.rules_rolled_again == len(kind_rule_rows())  # the batch's new rules (flows used some)
         assert store.query("SELECT count(*) FROM implicit_deny_totals")[0][0] > 0
         assert_rollups_exact(store)
         assert_totals_exact(store)
@@ -201,7 +202,7 @@ def test_some_rules_later_then_more_flows_folded_in_stay_exact(tmp_path: Path) -
 
 
 def test_a_reroll_touches_only_what_changed(tmp_path: Path) -> None:
-    """A rule of a kind no rollup singles out, or one no flow used, rolls nothing again."""
+    """A rule no flow used, or one written again unchanged, rolls nothing up again."""
     store = build(tmp_path, 9, rules_first=True, netsets_first=True, days=1)
     try:
         before = {t: store.query(f"SELECT * FROM {t} ORDER BY ALL")
@@ -209,6 +210,77 @@ def test_a_reroll_touches_only_what_changed(tmp_path: Path) -> None:
         unused = dict(kind_rule_rows()[0], id=50, kind="EndOfTier", action="Deny", prefix="ft:D50")
         store.insert_rows("rules", [unused])
         assert {t: store.query(f"SELECT * FROM {t} ORDER BY ALL") for t in before} == before
+        # a collector stores every rule it knows when it starts (deleted, then written again unchanged)
+        store.query("DELETE FROM rules")
+        store.insert_rows("rules", kind_rule_rows())
+        assert store.stats.rules_rolled_again == 0
+        assert {t: store.query(f"SELECT * FROM {t} ORDER BY ALL") for t in before} == before
     finally:
         store.close(snapshot=False)
 
+
+
+def test_rollups_built_after_their_hours_were_compacted_say_what_they_miss(tmp_path: Path) -> None:
+    """Hours whose raw flows retention deleted cannot be rolled up again: a rollup a store is upgraded to,
+    or a rule written after flows of those hours, leaves them out; `rollup_state.complete_from` says from
+    when the rollups are whole, status and query print it, and a window after it gets no note."""
+    from click.testing import CliRunner
+
+    from flowtui.cli.main import cli
+
+    store = build(tmp_path, 5, rules_first=True, netsets_first=True, days=1)
+    db = tmp_path / "f.duckdb"
+    try:
+        assert store.query("SELECT complete_from FROM rollup_state") == [(None,)]
+        store.retain(Retention(events=None, flows=timedelta(hours=2), connections=None, counters=None, rollups=None),
+                     now=T0 + timedelta(hours=4, minutes=30))
+        cut = store.compacted_until()
+        assert cut == T0 + timedelta(hours=2)
+        assert store.query("SELECT complete_from FROM rollup_state") == [(None,)]  # compacted whole: complete
+        for r in schema.HOUR_ROLLUPS:  # the layout before these rollups: an upgrade builds them
+            store.query(f"DROP VIEW {r.view}")
+            store.query(f"DROP TABLE {r.hours.name}")
+            store.query(f"DROP TABLE {r.totals.name}")
+    finally:
+        store.close(snapshot=False)
+    store = DuckStore(db, snapshot_interval=None)
+    try:
+        assert store.query("SELECT complete_from FROM rollup_state") == [(cut,)]
+        assert store.query("SELECT min(hour) FROM implicit_deny_hours")[0][0] >= cut  # nothing before it
+    finally:
+        store.close(snapshot=False)
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, [*args, "--db", str(db)], catch_exceptions=False)
+
+    note = "may miss flows before 2026-03-14 11:00"
+    assert note in run("query", "default_deny_attributions").stderr
+    assert note not in run("query", "default_deny_attributions", "--param", "since=2026-03-14 11:00").stderr
+    assert note not in run("query", "hits_per_policy_rule").stderr  # rule_hours was never incomplete
+    status = run("status", "--state-dir", str(tmp_path / "state")).output
+    assert "may miss flows before 2026-03-14 11:00:00 UTC" in status
+
+
+def test_a_rule_written_after_its_compacted_flows_marks_the_rollups_incomplete(tmp_path: Path) -> None:
+    store = build(tmp_path, 6, rules_first=False, netsets_first=True, days=1)
+    try:
+        store.retain(Retention(events=None, flows=timedelta(hours=2), connections=None, counters=None, rollups=None),
+                     now=T0 + timedelta(hours=4, minutes=30))
+        late = [r for r in kind_rule_rows() if r["id"] == 4]  # an end of tier: in implicit_deny_hours
+        store.insert_rows("rules", [dict(r, id=99) for r in late])  # no flow used id 99: complete
+        assert store.query("SELECT complete_from FROM rollup_state") == [(None,)]
+        store.insert_rows("rules", late)
+        assert store.query("SELECT complete_from FROM rollup_state") == [(T0 + timedelta(hours=2),)]
+        assert_rollups_exact_after(store, T0 + timedelta(hours=2))
+    finally:
+        store.close(snapshot=False)
+
+
+def assert_rollups_exact_after(store: DuckStore, since: Any) -> None:
+    """From `since` on, each hour rollup equals its rows made from the raw flows."""
+    (rolled,), = store.query("SELECT max(rolled_until) FROM rollup_state")
+    for r in schema.HOUR_ROLLUPS:
+        mine = f"(SELECT * FROM {r.hours.name} WHERE hour >= TIMESTAMP '{since}')"
+        raw = "(" + r.rows_sql(f"f.start_time >= TIMESTAMP '{since}' AND f.start_time < TIMESTAMP '{rolled}'") + ")"
+        assert store.query(f"SELECT * FROM ({r.merged(mine)}) ORDER BY ALL") == store.query(
+            f"SELECT * FROM ({r.merged(raw)}) ORDER BY ALL"), r.hours.name

@@ -135,6 +135,7 @@ class StoreStats:
     hours_folded: int = 0  # rolled up by compacting what `fold` summed during the hour
     hours_recomputed: int = 0  # rolled up from their raw flows
     days_compacted: int = 0  # hourly rollups compacted into days by retention
+    rules_rolled_again: int = 0  # new or changed rule ids of batches written after flows of some of them
 
 
 class DuckStore:
@@ -179,6 +180,10 @@ class DuckStore:
         if existing and "totals_state" not in tables:  # nor the totals: built once from the rolled-up hours
             _rebuild_totals(self.con)
         self._nets = netsets.networks(self.con)
+        # what the rollups know of each rule id: a rule written again unchanged (a collector stores
+        # every rule it knows when it starts) rolls nothing up again
+        self._rule_shapes = {int(i): (k, d, a) for i, k, d, a in self.con.execute(
+            "SELECT id, kind, direction, action FROM rules").fetchall()}
         if existing and "netset_sources" not in tables:
             netsets.new_members(self.con, netsets.flow_sources(self.con), self._nets)
         for r in schema.HOUR_ROLLUPS:  # nor this rollup: its rolled-up hours (and totals) built once
@@ -243,6 +248,8 @@ class DuckStore:
                     if fresh:
                         quoted = ", ".join("'" + a.replace("'", "''") + "'" for a in fresh)
                         self._reroll([schema.DENYLISTED], f"src_ip IN ({quoted})")
+                        reroll.missed(self.con, f"SELECT 1 FROM talkers WHERE src_ip IN ({quoted}) AND first_seen < ?",
+                                      reroll.floor(self.compacted_until(), self.days_until()))
             finally:
                 self.con.unregister("_ft_batch")
             if table == "flows":  # hours already rolled up must be rolled up again
@@ -530,7 +537,11 @@ class DuckStore:
         made again from those flows (see `flowtui.store.reroll`): the rows of the rule ids of a kind a
         rollup singles out, and `pair_hours` of the hours with flows of any of them (the rule's
         direction says which reporter counted the source's egress)."""
-        ids = [int(i) for (i,) in self.query("SELECT DISTINCT id FROM _ft_batch")]
+        ids = []
+        for i, kind, direction, action in self.query("SELECT DISTINCT id, kind, direction, action FROM _ft_batch"):
+            if self._rule_shapes.get(int(i)) != (kind, direction, action):
+                self._rule_shapes[int(i)] = (kind, direction, action)
+                ids.append(int(i))
         listed = ", ".join(map(str, ids))
         if not ids or not self.query(f"SELECT 1 FROM flows WHERE rule_id IN ({listed}) LIMIT 1"):
             return
@@ -542,9 +553,12 @@ class DuckStore:
                 self._folded[h] = None
         if rolled is not None:
             reroll.pair_hours(self.con, ids, since, rolled, days, self._totals_state()[1])
+        reroll.missed(self.con, f"SELECT 1 FROM rule_hours WHERE rule_id IN ({listed}) AND hour < ?", since)
         rollups = [r for r in schema.HOUR_ROLLUPS if r.kinds]
         kinds = sorted({k for r in rollups for k in r.kinds})
-        kind_ids = [int(i) for (i,) in self.query(f"SELECT DISTINCT id FROM _ft_batch WHERE kind IN {tuple(kinds)}")]
+        self.stats.rules_rolled_again += len(ids)
+        kind_ids = [int(i) for (i,) in self.query(f"SELECT DISTINCT id FROM _ft_batch WHERE id IN ({listed}) "
+                                                  f"AND kind IN {tuple(kinds)}")]
         if kind_ids:
             self._reroll(rollups, f"rule_id IN ({', '.join(map(str, kind_ids))})")
 
@@ -579,9 +593,10 @@ class DuckStore:
 
     def _set_state(self, rolled_until: datetime, compacted_until: datetime | None) -> None:
         days = self.days_until()
+        complete = self.query("SELECT max(complete_from) FROM rollup_state")[0][0]
         self.query("DELETE FROM rollup_state")
-        self.query("INSERT INTO rollup_state (rolled_until, compacted_until, days_until) VALUES (?, ?, ?)",
-                   [rolled_until, compacted_until, days])
+        self.query("INSERT INTO rollup_state (rolled_until, compacted_until, days_until, complete_from) "
+                   "VALUES (?, ?, ?, ?)", [rolled_until, compacted_until, days, complete])
 
     def compact_days(self, before: datetime) -> int:
         """Compact the rollup hours of the whole days before `before` (rounded down to a day, and to
@@ -867,13 +882,18 @@ def _merge_hour_totals(con: duckdb.DuckDBPyConnection, r: schema.HourRollup, whe
 
 def _rebuild_hour_rollup(con: duckdb.DuckDBPyConnection, r: schema.HourRollup) -> None:
     """A rollup a store was rolled up without (written before it existed): its rolled-up hours from the
-    raw flows, its totals from those hours. Compacted hours have no raw flows left: they stay without."""
-    state = con.execute("SELECT max(rolled_until), max(compacted_until) FROM rollup_state").fetchone()
+    raw flows (per day inside the compacted days), its totals from those hours. Compacted hours have no
+    raw flows left: they stay without, and `rollup_state.complete_from` says so."""
+    state = con.execute("SELECT max(rolled_until), max(compacted_until), max(days_until) FROM rollup_state").fetchone()
     if state is None or state[0] is None:
         return
-    since = state[1] or datetime.min
-    con.execute(f"INSERT INTO {r.hours.name} BY NAME "
-                + r.rows_sql(f"f.start_time >= {_ts(since)} AND f.start_time < {_ts(state[0])}")).fetchall()
+    since = reroll.floor(state[1], state[2])
+    if since > datetime.min and con.execute("SELECT 1 FROM rule_hours WHERE hour < ? LIMIT 1", [since]).fetchall():
+        reroll.incomplete_before(con, since)  # those hours had flows, and have no raw rows left
+    rows = r.rows_sql(f"f.start_time >= {_ts(since)} AND f.start_time < {_ts(state[0])}")
+    if state[2] is not None:
+        rows = r.merged(f"(SELECT * REPLACE ({reroll.bucket('hour', state[2])} AS hour) FROM ({rows}))")
+    con.execute(f"INSERT INTO {r.hours.name} BY NAME {rows}").fetchall()
     until = con.execute("SELECT max(pairs_until) FROM totals_state").fetchone()
     if until is not None and until[0] is not None:
         con.execute(f"INSERT INTO {r.totals.name} BY NAME "

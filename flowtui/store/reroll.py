@@ -14,7 +14,9 @@ writer then makes the rows concerned again from the raw flows, in the insert's t
   a compacted day stays one row per key; the hours with no raw flows left (before
   `compacted_until`, and all of a compacted day that retention cut into) keep what they had.
 
-The totals of the keys touched are summed again from their hours.
+The totals of the keys touched are summed again from their hours. When the hours that keep what they
+had held flows of the rule or set (`rule_hours` and `talkers` keep every hour), the rollups are
+incomplete before them: `rollup_state.complete_from` says so, and `flowtui query` with it.
 """
 
 from __future__ import annotations
@@ -105,3 +107,16 @@ def pair_hours(con: Any, rule_ids: list[int], since: datetime, rolled_until: dat
         con.execute("DROP TABLE _ft_pairs").fetchall()
     con.execute("DROP TABLE _ft_units").fetchall()
     return int(units)
+
+
+def incomplete_before(con: Any, when: datetime) -> None:
+    """The hour rollups may miss flows before `when` (`rollup_state.complete_from` only moves later)."""
+    con.execute("UPDATE rollup_state SET complete_from = greatest(coalesce(complete_from, ?), ?)",
+                [when, when]).fetchall()
+
+
+def missed(con: Any, evidence: str, since: datetime) -> None:
+    """`incomplete_before(since)` if `evidence` (a query with one `?`: `since`) finds a row: flows the
+    rollups could not be made again for."""
+    if since > datetime.min and con.execute(evidence + " LIMIT 1", [since]).fetchall():
+        incomplete_before(con, since)

@@ -59,11 +59,13 @@ def _rollups(con: Any, have: set[str]) -> dict[str, Any] | None:
         return None
     cols = {r[0] for r in con.execute("DESCRIBE rollup_state").fetchall()}
     days = "max(days_until)" if "days_until" in cols else "NULL"  # a store from before day compaction
-    rolled, compacted, days_until = con.execute(
-        f"SELECT max(rolled_until), max(compacted_until), {days} FROM rollup_state").fetchone()
+    complete = "max(complete_from)" if "complete_from" in cols else "NULL"
+    rolled, compacted, days_until, complete_from = con.execute(
+        f"SELECT max(rolled_until), max(compacted_until), {days}, {complete} FROM rollup_state").fetchone()
     rows = {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in ("pair_hours", "rule_hours",
                                                                                       "talkers")}
-    return {"rolled_until": rolled, "compacted_until": compacted, "days_until": days_until, "rows": rows}
+    return {"rolled_until": rolled, "compacted_until": compacted, "days_until": days_until,
+            "complete_from": complete_from, "rows": rows}
 
 
 def read_status(path: Path, last_runs: int = 3) -> dict[str, Any]:
