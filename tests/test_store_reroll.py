@@ -284,3 +284,18 @@ def assert_rollups_exact_after(store: DuckStore, since: Any) -> None:
         raw = "(" + r.rows_sql(f"f.start_time >= TIMESTAMP '{since}' AND f.start_time < TIMESTAMP '{rolled}'") + ")"
         assert store.query(f"SELECT * FROM ({r.merged(mine)}) ORDER BY ALL") == store.query(
             f"SELECT * FROM ({r.merged(raw)}) ORDER BY ALL"), r.hours.name
+
+
+def test_rules_whose_insert_rolled_back_are_rolled_up_when_written_again(tmp_path: Path) -> None:
+    store = build(tmp_path, 8, rules_first=False, netsets_first=True, days=1)
+    try:
+        with pytest.raises(RuntimeError):
+            with store.transaction():
+                store.insert_rows("rules", kind_rule_rows())
+                raise RuntimeError("the writer's commit failed")
+        assert store.query("SELECT count(*) FROM rules") == [(0,)]
+        store.insert_rows("rules", kind_rule_rows())
+        assert store.query("SELECT count(*) FROM implicit_deny_hours")[0][0] > 0
+        assert_rollups_exact(store)
+    finally:
+        store.close(snapshot=False)

@@ -182,8 +182,7 @@ class DuckStore:
         self._nets = netsets.networks(self.con)
         # what the rollups know of each rule id: a rule written again unchanged (a collector stores
         # every rule it knows when it starts) rolls nothing up again
-        self._rule_shapes = {int(i): (k, d, a) for i, k, d, a in self.con.execute(
-            "SELECT id, kind, direction, action FROM rules").fetchall()}
+        self._rule_shapes = self._stored_rule_shapes()
         if existing and "netset_sources" not in tables:
             netsets.new_members(self.con, netsets.flow_sources(self.con), self._nets)
         for r in schema.HOUR_ROLLUPS:  # nor this rollup: its rolled-up hours (and totals) built once
@@ -283,11 +282,17 @@ class DuckStore:
                 yield
             except BaseException:
                 self.con.execute("ROLLBACK")
+                self._rule_shapes = self._stored_rule_shapes()  # a rule rolled back is not known
                 raise
             else:
                 self.con.execute("COMMIT")
             finally:
                 self._in_transaction = False
+
+    def _stored_rule_shapes(self) -> dict[int, tuple[Any, Any, Any]]:
+        """What the rollups know of each rule id (kind, direction, action), from `rules`."""
+        return {int(i): (k, d, a) for i, k, d, a in self.con.execute(
+            "SELECT id, kind, direction, action FROM rules").fetchall()}
 
     def _atomic(self) -> AbstractContextManager[None]:
         return self.transaction()
