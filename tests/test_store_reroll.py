@@ -219,6 +219,24 @@ def test_a_reroll_touches_only_what_changed(tmp_path: Path) -> None:
         store.close(snapshot=False)
 
 
+def test_a_late_ingress_rule_leaves_pair_hours_as_they_are(tmp_path: Path) -> None:
+    """`pair_hours` counts an unknown rule's rows as an ingress rule's: a late ingress rule changes
+    none of them (so none is made again), a late egress rule does (see the tests above)."""
+    store = build(tmp_path, 10, rules_first=False, netsets_first=True, days=1)
+    try:
+        before = store.query("SELECT * FROM pair_hours ORDER BY ALL")
+        ingress = [r for r in kind_rule_rows() if r["direction"] == "ingress"]
+        store.insert_rows("rules", ingress)
+        assert store.stats.rules_rolled_again == len(ingress)
+        assert store.query("SELECT * FROM pair_hours ORDER BY ALL") == before
+        assert_rollups_exact(store)  # the raw flows say the same with these rules known
+        store.insert_rows("rules", [r for r in kind_rule_rows() if r["direction"] == "egress"])
+        assert store.query("SELECT * FROM pair_hours ORDER BY ALL") != before
+        assert_rollups_exact(store)
+    finally:
+        store.close(snapshot=False)
+
+
 
 def test_rollups_built_after_their_hours_were_compacted_say_what_they_miss(tmp_path: Path) -> None:
     """Hours whose raw flows retention deleted cannot be rolled up again: a rollup a store is upgraded to,

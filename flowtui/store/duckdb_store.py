@@ -540,13 +540,17 @@ class DuckStore:
     def _reroll_rules(self) -> None:
         """Rules just inserted (`_ft_batch`) whose flows came first: the rollups that read `rules` are
         made again from those flows (see `flowtui.store.reroll`): the rows of the rule ids of a kind a
-        rollup singles out, and `pair_hours` of the hours with flows of any of them (the rule's
-        direction says which reporter counted the source's egress)."""
-        ids = []
+        rollup singles out, and `pair_hours` of the hours with flows of the egress rules among them
+        (`flows_once` takes the source's counts from its egress rows: an unknown rule's rows counted
+        as ingress; a whole hour costs ~1.7 s at 10M flow rows a day, so only when it changes)."""
+        ids, egress = [], []
         for i, kind, direction, action in self.query("SELECT DISTINCT id, kind, direction, action FROM _ft_batch"):
-            if self._rule_shapes.get(int(i)) != (kind, direction, action):
+            before = self._rule_shapes.get(int(i))
+            if before != (kind, direction, action):
                 self._rule_shapes[int(i)] = (kind, direction, action)
                 ids.append(int(i))
+                if (before is not None and before[1] == "egress") != (direction == "egress"):
+                    egress.append(int(i))
         listed = ", ".join(map(str, ids))
         if not ids or not self.query(f"SELECT 1 FROM flows WHERE rule_id IN ({listed}) LIMIT 1"):
             return
@@ -556,8 +560,8 @@ class DuckStore:
         for h in self._folded:  # hours folded before the rule was known: made again from raw flows
             if rolled is None or h >= rolled:
                 self._folded[h] = None
-        if rolled is not None:
-            reroll.pair_hours(self.con, ids, since, rolled, days, self._totals_state()[1])
+        if rolled is not None and egress:
+            reroll.pair_hours(self.con, egress, since, rolled, days, self._totals_state()[1])
         reroll.missed(self.con, f"SELECT 1 FROM rule_hours WHERE rule_id IN ({listed}) AND hour < ?", since)
         rollups = [r for r in schema.HOUR_ROLLUPS if r.kinds]
         kinds = sorted({k for r in rollups for k in r.kinds})
