@@ -373,6 +373,8 @@ def _print_status(doc: dict[str, Any]) -> None:
         compacted = f", rollups only before {_t(r['compacted_until'])}" if r["compacted_until"] else ""
         if r.get("days_until"):
             compacted += f", per day before {_t(r['days_until'])}"
+        if r.get("complete_from"):
+            compacted += f", may miss flows before {_t(r['complete_from'])}"
         n = r["rows"]
         click.echo(f"  rollups: {reach}{compacted}; {n['pair_hours']:,} pair-hours, {n['rule_hours']:,} rule-hours, "
                    f"{n['talkers']:,} talkers")
@@ -389,7 +391,8 @@ def _print_status(doc: dict[str, Any]) -> None:
         for s in run["sources"]:
             click.echo(
                 f"  {s['node']} ({s['netns'] or 'host'}): received {s['received']:,}, "
-                f"lost {s['lost_total']:,}" + "".join(f", {c} {n:,}" for c, n in s["lost"].items() if n)
+                + ("" if s.get("stored") is None else f"stored {s['stored']:,}, ")
+                + f"lost {s['lost_total']:,}" + "".join(f", {c} {n:,}" for c, n in s["lost"].items() if n)
             )
         click.echo(
             f"  total: received {run['received']:,}, stored {run['stored']:,}, lost {run['lost_total']:,}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -95,6 +96,18 @@ def query_cmd(name: str | None, params: tuple[str, ...], db: str, cluster: str |
     _run(store_path(db, cluster, DEFAULT_DB) or db, text, values, output, out, wide)
 
 
+ROLLUP_VIEWS = ("flow_pairs", "implicit_denies", "profile_allows", "denylisted_flows")
+
+
+def incomplete_rollups(con: Any, sql: str) -> Any:
+    """When `sql` reads an hour rollup and its window starts before `rollup_state.complete_from`:
+    that time (the rollups may miss flows before it); else None."""
+    if not any(v in sql for v in ROLLUP_VIEWS):
+        return None
+    row = con.execute("SELECT (SELECT max(complete_from) FROM rollup_state), since_ FROM query_window").fetchone()
+    return row[0] if row and row[0] is not None and row[1] < row[0] else None
+
+
 def _run(db: str, text: str, values: dict[str, str], output: str, out: str | None, wide: bool) -> None:
     import duckdb
 
@@ -107,8 +120,13 @@ def _run(db: str, text: str, values: dict[str, str], output: str, out: str | Non
             fail(f"{db} holds no flows (nothing collected or imported into it yet)")
         try:
             table = run_sql(source.con, text, values)
+            gap = incomplete_rollups(source.con, text)
         except duckdb.Error as err:
             fail(textwrap.shorten(str(err), 2000, placeholder=" ..."))
+        if gap is not None:
+            click.echo(f"note: the rollups this query reads may miss flows before {gap:%Y-%m-%d %H:%M} UTC (their "
+                       "raw flows were gone when the rollup was built, or a rule or network set came after them: "
+                       "rollup_state.complete_from); answers over earlier hours may undercount", err=True)
     if output == "parquet":
         if out and out != "-":
             Path(out).parent.mkdir(parents=True, exist_ok=True)

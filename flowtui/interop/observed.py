@@ -209,10 +209,15 @@ def write_import(store: Any, parsed: Parsed, *, source: str, sha256: str, bucket
     if records:
         flows.append(_record_flows(records, source_ids, rule_ids, ep_ids, parsed.format))
     flow_rows = sum(store.insert("flows", table) for table in flows)
+    # What landed, per reporter: every event row (kept in `events` or not, it is in `flows`) and every
+    # record, counted from the tables just inserted: `flowtui status` shows it beside `received`.
+    stored = Counter(event_table.column("source_id").to_pylist())
+    stored.update(source_ids[o.node] for o in records)
     now = max((o.end or _when(o) for o in obs), default=None) or datetime.now()
     store.insert_rows("stats", [
-        {"time": now, "run_id": run_id, "source_id": source_ids[node], "name": "received",
-         "value": sum(1 for o in obs if o.node == node)} for node in nodes
+        {"time": now, "run_id": run_id, "source_id": source_ids[node], "name": name, "value": value}
+        for node in nodes for name, value in (("received", sum(1 for o in obs if o.node == node)),
+                                              ("stored", stored[source_ids[node]]))
     ] + [
         {"time": now, "run_id": run_id, "source_id": None, "name": f"{parsed.format}_skipped_{reason}", "value": n}
         for reason, n in sorted(parsed.skipped.items())

@@ -73,7 +73,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from enforcer.safefile import PRIVATE, commit, create_temp
-from flowtui.store import netsets, schema
+from flowtui.store import netsets, reroll, schema
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ class StoreStats:
     hours_folded: int = 0  # rolled up by compacting what `fold` summed during the hour
     hours_recomputed: int = 0  # rolled up from their raw flows
     days_compacted: int = 0  # hourly rollups compacted into days by retention
+    rules_rolled_again: int = 0  # new or changed rule ids of batches written after flows of some of them
 
 
 class DuckStore:
@@ -179,6 +180,9 @@ class DuckStore:
         if existing and "totals_state" not in tables:  # nor the totals: built once from the rolled-up hours
             _rebuild_totals(self.con)
         self._nets = netsets.networks(self.con)
+        # what the rollups know of each rule id: a rule written again unchanged (a collector stores
+        # every rule it knows when it starts) rolls nothing up again
+        self._rule_shapes = self._stored_rule_shapes()
         if existing and "netset_sources" not in tables:
             netsets.new_members(self.con, netsets.flow_sources(self.con), self._nets)
         for r in schema.HOUR_ROLLUPS:  # nor this rollup: its rolled-up hours (and totals) built once
@@ -243,6 +247,8 @@ class DuckStore:
                     if fresh:
                         quoted = ", ".join("'" + a.replace("'", "''") + "'" for a in fresh)
                         self._reroll([schema.DENYLISTED], f"src_ip IN ({quoted})")
+                        reroll.missed(self.con, f"SELECT 1 FROM talkers WHERE src_ip IN ({quoted}) AND first_seen < ?",
+                                      reroll.floor(self.compacted_until(), self.days_until()))
             finally:
                 self.con.unregister("_ft_batch")
             if table == "flows":  # hours already rolled up must be rolled up again
@@ -276,11 +282,17 @@ class DuckStore:
                 yield
             except BaseException:
                 self.con.execute("ROLLBACK")
+                self._rule_shapes = self._stored_rule_shapes()  # a rule rolled back is not known
                 raise
             else:
                 self.con.execute("COMMIT")
             finally:
                 self._in_transaction = False
+
+    def _stored_rule_shapes(self) -> dict[int, tuple[Any, Any, Any]]:
+        """What the rollups know of each rule id (kind, direction, action), from `rules`."""
+        return {int(i): (k, d, a) for i, k, d, a in self.con.execute(
+            "SELECT id, kind, direction, action FROM rules").fetchall()}
 
     def _atomic(self) -> AbstractContextManager[None]:
         return self.transaction()
@@ -526,28 +538,46 @@ class DuckStore:
             self.query(f"DELETE FROM {name}")
 
     def _reroll_rules(self) -> None:
-        """Rules just inserted (`_ft_batch`) of a kind a rollup singles out, whose flows came first
-        (a rollup's rows join `rules`): those rule ids' rows are made again from their raw flows."""
+        """Rules just inserted (`_ft_batch`) whose flows came first: the rollups that read `rules` are
+        made again from those flows (see `flowtui.store.reroll`): the rows of the rule ids of a kind a
+        rollup singles out, and `pair_hours` of the hours with flows of the egress rules among them
+        (`flows_once` takes the source's counts from its egress rows: an unknown rule's rows counted
+        as ingress; a whole hour costs ~1.7 s at 10M flow rows a day, so only when it changes)."""
+        ids, egress = [], []
+        for i, kind, direction, action in self.query("SELECT DISTINCT id, kind, direction, action FROM _ft_batch"):
+            before = self._rule_shapes.get(int(i))
+            if before != (kind, direction, action):
+                self._rule_shapes[int(i)] = (kind, direction, action)
+                ids.append(int(i))
+                if (before is not None and before[1] == "egress") != (direction == "egress"):
+                    egress.append(int(i))
+        listed = ", ".join(map(str, ids))
+        if not ids or not self.query(f"SELECT 1 FROM flows WHERE rule_id IN ({listed}) LIMIT 1"):
+            return
+        self._not_folded()  # a batch inserted but not yet folded: its hours are made again at roll-up
+        rolled, days = self.rolled_until(), self.days_until()
+        since = reroll.floor(self.compacted_until(), days)
+        for h in self._folded:  # hours folded before the rule was known: made again from raw flows
+            if rolled is None or h >= rolled:
+                self._folded[h] = None
+        if rolled is not None and egress:
+            reroll.pair_hours(self.con, egress, since, rolled, days, self._totals_state()[1])
+        reroll.missed(self.con, f"SELECT 1 FROM rule_hours WHERE rule_id IN ({listed}) AND hour < ?", since)
         rollups = [r for r in schema.HOUR_ROLLUPS if r.kinds]
         kinds = sorted({k for r in rollups for k in r.kinds})
-        ids = [int(i) for (i,) in self.query(f"SELECT DISTINCT id FROM _ft_batch WHERE kind IN {tuple(kinds)}")]
-        if ids and self.query(f"SELECT 1 FROM flows WHERE rule_id IN ({', '.join(map(str, ids))}) LIMIT 1"):
-            self._reroll(rollups, f"rule_id IN ({', '.join(map(str, ids))})")
+        self.stats.rules_rolled_again += len(ids)
+        kind_ids = [int(i) for (i,) in self.query(f"SELECT DISTINCT id FROM _ft_batch WHERE id IN ({listed}) "
+                                                  f"AND kind IN {tuple(kinds)}")]
+        if kind_ids:
+            self._reroll(rollups, f"rule_id IN ({', '.join(map(str, kind_ids))})")
 
     def _reroll(self, rollups: Sequence[schema.HourRollup], keys: str) -> None:
         """The rows of `rollups` whose keys `keys` keeps, made again from their raw flows (hours rolled
-        up or folded; compacted hours keep what they have: their raw flows are gone), and their totals."""
-        since = self.compacted_until() or datetime.min
-        pairs_until = self._totals_state()[1]
-        for r in rollups:
-            self.query(f"DELETE FROM {r.hours.name} WHERE {keys} AND hour >= ?", [since])
-            self.query(f"INSERT INTO {r.hours.name} BY NAME "
-                       + r.rows_sql(f"f.{keys} AND f.start_time >= {_ts(since)}"))
-            self.query(f"DELETE FROM {r.totals.name} WHERE {keys}")
-            if pairs_until is not None:
-                self.query(f"INSERT INTO {r.totals.name} BY NAME "
-                           + r.merged(f"(SELECT * FROM {r.hours.name} WHERE {keys} AND hour < {_ts(pairs_until)})",
-                                      with_hour=False))
+        up or folded, and compacted days; hours without raw flows keep what they have), and their totals."""
+        self._not_folded()
+        days = self.days_until()
+        reroll.hour_rollups(self.con, rollups, keys, reroll.floor(self.compacted_until(), days), days,
+                            self._totals_state()[1])
 
     def _forget_flow_totals(self, where: str) -> Any:
         """Before the flows that `where` keeps are deleted: the totals of their keys are computed again
@@ -572,9 +602,10 @@ class DuckStore:
 
     def _set_state(self, rolled_until: datetime, compacted_until: datetime | None) -> None:
         days = self.days_until()
+        complete = self.query("SELECT max(complete_from) FROM rollup_state")[0][0]
         self.query("DELETE FROM rollup_state")
-        self.query("INSERT INTO rollup_state (rolled_until, compacted_until, days_until) VALUES (?, ?, ?)",
-                   [rolled_until, compacted_until, days])
+        self.query("INSERT INTO rollup_state (rolled_until, compacted_until, days_until, complete_from) "
+                   "VALUES (?, ?, ?, ?)", [rolled_until, compacted_until, days, complete])
 
     def compact_days(self, before: datetime) -> int:
         """Compact the rollup hours of the whole days before `before` (rounded down to a day, and to
@@ -860,13 +891,18 @@ def _merge_hour_totals(con: duckdb.DuckDBPyConnection, r: schema.HourRollup, whe
 
 def _rebuild_hour_rollup(con: duckdb.DuckDBPyConnection, r: schema.HourRollup) -> None:
     """A rollup a store was rolled up without (written before it existed): its rolled-up hours from the
-    raw flows, its totals from those hours. Compacted hours have no raw flows left: they stay without."""
-    state = con.execute("SELECT max(rolled_until), max(compacted_until) FROM rollup_state").fetchone()
+    raw flows (per day inside the compacted days), its totals from those hours. Compacted hours have no
+    raw flows left: they stay without, and `rollup_state.complete_from` says so."""
+    state = con.execute("SELECT max(rolled_until), max(compacted_until), max(days_until) FROM rollup_state").fetchone()
     if state is None or state[0] is None:
         return
-    since = state[1] or datetime.min
-    con.execute(f"INSERT INTO {r.hours.name} BY NAME "
-                + r.rows_sql(f"f.start_time >= {_ts(since)} AND f.start_time < {_ts(state[0])}")).fetchall()
+    since = reroll.floor(state[1], state[2])
+    if since > datetime.min and con.execute("SELECT 1 FROM rule_hours WHERE hour < ? LIMIT 1", [since]).fetchall():
+        reroll.incomplete_before(con, since)  # those hours had flows, and have no raw rows left
+    rows = r.rows_sql(f"f.start_time >= {_ts(since)} AND f.start_time < {_ts(state[0])}")
+    if state[2] is not None:
+        rows = r.merged(f"(SELECT * REPLACE ({reroll.bucket('hour', state[2])} AS hour) FROM ({rows}))")
+    con.execute(f"INSERT INTO {r.hours.name} BY NAME {rows}").fetchall()
     until = con.execute("SELECT max(pairs_until) FROM totals_state").fetchone()
     if until is not None and until[0] is not None:
         con.execute(f"INSERT INTO {r.totals.name} BY NAME "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,19 @@ def run_state(ended: object, outcome: str | None, host: str | None, pid: int | N
     return "running"
 
 
+def imported_stored(config: str | None, outcome: str | None, received: int) -> int | None:
+    """What an import run stored, for a store imported before imports counted it: an import ends its
+    run (outcome `stopped`) only after every record it received landed, so all of them did. None:
+    unknown (not an import, or one that did not finish)."""
+    try:
+        doc = json.loads(config or "")
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or "import" not in doc or outcome != "stopped":
+        return None
+    return received
+
+
 def _rollups(con: Any, have: set[str]) -> dict[str, Any] | None:
     """How far the rollups reach and their rows (row counts are the tables' metadata: no scan);
     None for a store older than them (read-only: not upgraded)."""
@@ -45,11 +59,13 @@ def _rollups(con: Any, have: set[str]) -> dict[str, Any] | None:
         return None
     cols = {r[0] for r in con.execute("DESCRIBE rollup_state").fetchall()}
     days = "max(days_until)" if "days_until" in cols else "NULL"  # a store from before day compaction
-    rolled, compacted, days_until = con.execute(
-        f"SELECT max(rolled_until), max(compacted_until), {days} FROM rollup_state").fetchone()
+    complete = "max(complete_from)" if "complete_from" in cols else "NULL"
+    rolled, compacted, days_until, complete_from = con.execute(
+        f"SELECT max(rolled_until), max(compacted_until), {days}, {complete} FROM rollup_state").fetchone()
     rows = {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in ("pair_hours", "rule_hours",
                                                                                       "talkers")}
-    return {"rolled_until": rolled, "compacted_until": compacted, "days_until": days_until, "rows": rows}
+    return {"rolled_until": rolled, "compacted_until": compacted, "days_until": days_until,
+            "complete_from": complete_from, "rows": rows}
 
 
 def read_status(path: Path, last_runs: int = 3) -> dict[str, Any]:
@@ -111,8 +127,9 @@ def describe(con: duckdb.DuckDBPyConnection, path: str, snapshot: bool, last_run
     ).fetchone()[0]  # type: ignore[index]
     runs = []
     latest = con.execute("SELECT max(run_id) FROM runs").fetchone()[0]  # type: ignore[index]
-    for run_id, started, ended, host, pid, heartbeat, outcome in con.execute(
-        f"SELECT run_id, started, ended, host, pid, {extra} FROM runs ORDER BY run_id DESC LIMIT ?", [last_runs]
+    for run_id, started, ended, host, pid, config, heartbeat, outcome in con.execute(
+        f"SELECT run_id, started, ended, host, pid, config, {extra} FROM runs ORDER BY run_id DESC LIMIT ?",
+        [last_runs],
     ).fetchall():
         if writer_holds_it is None:
             recent = heartbeat is not None and (utcnow() - heartbeat).total_seconds() < alive_seconds
@@ -130,12 +147,15 @@ def describe(con: duckdb.DuckDBPyConnection, path: str, snapshot: bool, last_run
                 if sid == source_id:
                     lost[cause] = int(n)
             received = sum(int(v) for sid, name, v in stats if sid == source_id and name == "received")
+            mine = [int(v) for sid, name, v in stats if sid == source_id and name == "stored"]
             sources.append(
                 {
                     "source_id": source_id,
                     "netns": netns,
                     "node": node,
                     "received": received,
+                    # per reader when the writer counted it so (imports); the collector counts it per run
+                    "stored": sum(mine) if mine else imported_stored(config, outcome, received),
                     "lost": lost,
                     "lost_total": sum(lost.values()),
                 }
@@ -160,7 +180,8 @@ def describe(con: duckdb.DuckDBPyConnection, path: str, snapshot: bool, last_run
                 "heartbeat": heartbeat,
                 "sources": sources,
                 "received": received,
-                "stored": counters.get("stored", 0),
+                "stored": counters["stored"] if "stored" in counters else (
+                    sum(s["stored"] or 0 for s in sources) if all(s["stored"] is not None for s in sources) else 0),
                 "lost": by_cause,
                 "lost_total": lost_total,
                 "loss_ratio": lost_total / offered if offered else 0.0,

@@ -237,40 +237,50 @@ def _pair_label(side: str) -> str:
             f"ELSE {side}_type || ':' || {side}_name END, _{side}_ip)")
 
 
-def pair_rows_sql(rolled_until: str | None) -> str:
+def pair_rows_sql(rolled_until: str | None, pairs_until: str | None = None) -> str:
     """`flow_pairs` over the whole store, the rollup's reach `rolled_until` (a SQL timestamp, or None:
     nothing rolled up) spelled out: the raw flows after it are then found by their zone maps, where
-    the view's bound, a subquery, makes DuckDB read every row's start_time."""
+    the view's bound, a subquery, makes DuckDB read every row's start_time. With `pairs_until`
+    (`totals_state.pairs_until`, at or before `rolled_until`): `pair_totals` for the hours before it
+    (one row per pair: ~14x fewer rows than `pair_hours` over 24 h), `pair_hours` from there."""
     from flowtui.store.schema import pair_hours_sql
 
     cols = ("src_ep, src_ip, dst_ep, dst_ip, proto, dport, denied, flows, connections, packets, bytes, "
             "reply_packets, reply_bytes, first_seen, last_seen")
     if rolled_until is None:
         return f"SELECT {cols} FROM ({pair_hours_sql('true')})"
-    return (f"SELECT {cols} FROM pair_hours WHERE hour < {rolled_until} UNION ALL "
-            f"SELECT {cols} FROM ({pair_hours_sql(f'f.start_time >= {rolled_until}')})")
+    hours = f"SELECT {cols} FROM pair_hours WHERE hour < {rolled_until}"
+    if pairs_until is not None:
+        hours = (f"SELECT {cols} FROM pair_totals UNION ALL "
+                 f"SELECT {cols} FROM pair_hours WHERE hour >= {pairs_until} AND hour < {rolled_until}")
+    return f"{hours} UNION ALL SELECT {cols} FROM ({pair_hours_sql(f'f.start_time >= {rolled_until}')})"
 
 
 _ENDS = ("se.type AS src_type, se.namespace AS src_namespace, se.name AS src_name, se.labels AS src_labels, "
          "de.type AS dst_type, de.namespace AS dst_namespace, de.name AS dst_name, de.labels AS dst_labels")
+# What a pair's label needs (`_pair_label`): naming ~160k pairs, the labels lists cost 10x more.
+_NAMES = ("se.type AS src_type, se.namespace AS src_namespace, se.name AS src_name, "
+          "de.type AS dst_type, de.namespace AS dst_namespace, de.name AS dst_name")
 _ENDS_JOIN = "LEFT JOIN endpoints se ON se.id = {t}.src_ep LEFT JOIN endpoints de ON de.id = {t}.dst_ep"
 _SERVICE = ("CASE proto WHEN 6 THEN 'tcp' WHEN 17 THEN 'udp' WHEN 1 THEN 'icmp' WHEN 58 THEN 'icmpv6' "
             "ELSE CAST(proto AS VARCHAR) END || coalesce('/' || CAST(dport AS VARCHAR), '')")
 
 
-def conversations_rollup_sql(where: str | None, rolled_until: str | None, limit: int = 500) -> str:
+def conversations_rollup_sql(where: str | None, rolled_until: str | None, limit: int = 500,
+                             pairs_until: str | None = None) -> str:
     """`conversations_sql` from the `pair_hours` rollup (flows counted as `flows_once` counts them:
     once per 5-tuple and time bucket, both reporters merged, denied if either side denied), for
     filters on what a pair row knows: the endpoints (type, namespace, name, labels), proto, dport
     and the final verdict (allow or deny). Any other column is unknown here, so a filter on it
     fails to bind (DuckDB's BinderException) and the caller falls back to `conversations_sql`.
-    Summed per endpoint ids first (few rows), then named; `services`, `logged` and `policies`
+    Summed per endpoint ids first (few rows), then named, and the pairs' ids listed for the rows
+    shown only (the top `limit`); `services`, `logged` and `policies`
     are left empty: `conversation_details_sql` reads them for the pairs shown (`_ids`)."""
     pairs = f"""
 SELECT p.src_ep AS _src_ep, p.src_ip AS _src_ip, p.dst_ep AS _dst_ep, p.dst_ip AS _dst_ip, p.proto, p.dport,
   CASE WHEN p.denied THEN 'Deny' ELSE 'Allow' END AS action, CASE WHEN p.denied THEN 'deny' ELSE 'allow' END AS verdict,
   p.flows AS _flows, p.packets AS _packets, p.bytes AS _bytes, p.last_seen AS _last_seen{', ' + _ENDS if where else ''}
-FROM ({pair_rows_sql(rolled_until)}) p {_ENDS_JOIN.format(t='p') if where else ''}"""
+FROM ({pair_rows_sql(rolled_until, pairs_until)}) p {_ENDS_JOIN.format(t='p') if where else ''}"""
     return f"""
 WITH by_ids AS (
   SELECT _src_ep, _src_ip, _dst_ep, _dst_ip,
@@ -280,18 +290,21 @@ WITH by_ids AS (
   FROM ({filtered(pairs, where)}) AS pairs
   GROUP BY _src_ep, _src_ip, _dst_ep, _dst_ip
 ), named AS (
-  SELECT b.*, {_ENDS} FROM by_ids b
-  LEFT JOIN endpoints se ON se.id = b._src_ep LEFT JOIN endpoints de ON de.id = b._dst_ep
+  SELECT {_pair_label('src')} AS source, {_pair_label('dst')} AS destination, b.* FROM (
+    SELECT b.*, {_NAMES} FROM by_ids b
+    LEFT JOIN endpoints se ON se.id = b._src_ep LEFT JOIN endpoints de ON de.id = b._dst_ep) b
+), top AS (
+  SELECT source, destination, sum(allowed)::BIGINT AS allowed, sum(denied)::BIGINT AS denied, 0::BIGINT AS logged,
+    sum(packets)::BIGINT AS packets, sum(bytes)::BIGINT AS bytes, '' AS services, '' AS policies,
+    max(last_seen) AS last_seen, sum(flows) AS _flows
+  FROM named GROUP BY source, destination
+  ORDER BY packets DESC, _flows DESC, source, destination LIMIT {int(limit)}
 )
-SELECT {_pair_label('src')} AS source, {_pair_label('dst')} AS destination,
-  sum(allowed)::BIGINT AS allowed, sum(denied)::BIGINT AS denied, 0::BIGINT AS logged,
-  sum(packets)::BIGINT AS packets, sum(bytes)::BIGINT AS bytes, '' AS services, '' AS policies,
-  max(last_seen) AS last_seen,
+SELECT t.* EXCLUDE (_flows),
   list({{'src_ep': _src_ep, 'src_ip': _src_ip, 'dst_ep': _dst_ep, 'dst_ip': _dst_ip}}) AS _ids
-FROM named
-GROUP BY source, destination
-ORDER BY sum(packets) DESC, sum(flows) DESC, source, destination
-LIMIT {int(limit)}"""
+FROM top t JOIN named n ON n.source = t.source AND n.destination = t.destination
+GROUP BY ALL
+ORDER BY t.packets DESC, any_value(t._flows) DESC, t.source, t.destination"""
 
 
 def _shown_flows(relation: str, columns: str) -> str:
@@ -313,15 +326,15 @@ JOIN (SELECT * FROM _shown WHERE src_ep IS NULL OR dst_ep IS NULL) shown
   AND f._src_addr IS NOT DISTINCT FROM shown.src_ip AND f._dst_addr IS NOT DISTINCT FROM shown.dst_ip"""
 
 
-def conversation_details_sql(where: str | None, rolled_until: str | None) -> str:
+def conversation_details_sql(where: str | None, rolled_until: str | None, pairs_until: str | None = None) -> str:
     """Per pair shown (`_shown`, see `_shown_flows`): its services (proto/dport, from the pair rows),
     the flows a `Log` rule logged and the policies that decided (from its flow rows; `where`
     applies to each as it applies to the stream)."""
     policy = "coalesce(policy_namespace || '/', '') || policy_name"
     pair_cols = ("f.proto, f.dport, CASE WHEN f.denied THEN 'Deny' ELSE 'Allow' END AS action, "
                  "CASE WHEN f.denied THEN 'deny' ELSE 'allow' END AS verdict, f.src_ep, f.dst_ep")
-    pairs = f"SELECT p.*, {_ENDS} FROM ({_shown_flows(f'({pair_rows_sql(rolled_until)})', pair_cols)}) p " \
-        + _ENDS_JOIN.format(t="p")
+    shown = _shown_flows(f"({pair_rows_sql(rolled_until, pairs_until)})", pair_cols)
+    pairs = f"SELECT p.*, {_ENDS} FROM ({shown}) p " + _ENDS_JOIN.format(t="p")
     base = f"({_shown_flows('flows', 'f.*')})"
     rows = filtered(flow_rows(base=base, extra=", f._source AS _source, f._destination AS _destination"), where)
     return f"""

@@ -223,7 +223,8 @@ class DataSource:
                 until = _rolled_until(con)
                 try:
                     rows: list[dict[str, Any]] = con.sql(
-                        queries.conversations_rollup_sql(where, until, limit)).to_arrow_table().to_pylist()
+                        queries.conversations_rollup_sql(where, until, limit, _pairs_until(con))
+                    ).to_arrow_table().to_pylist()
                     return rows
                 except duckdb.BinderException:  # the filter names a column pairs lack (node, policy, ...)
                     pass
@@ -244,7 +245,7 @@ class DataSource:
             until = _rolled_until(con)
             con.register("_shown", table)
             try:
-                found = con.execute(queries.conversation_details_sql(where, until)).fetchall()
+                found = con.execute(queries.conversation_details_sql(where, until, _pairs_until(con))).fetchall()
             finally:
                 con.unregister("_shown")
         return {(r[0], r[1]): (r[2], int(r[3] or 0), r[4]) for r in found}
@@ -297,6 +298,17 @@ class DataSource:
 def _rolled_until(con: duckdb.DuckDBPyConnection) -> str | None:
     """`rollup_state.rolled_until` as a SQL literal (None: nothing rolled up)."""
     row = _first(con, "SELECT max(rolled_until) FROM rollup_state")
+    return None if row is None or row[0] is None else f"TIMESTAMP '{row[0]:%Y-%m-%d %H:%M:%S.%f}'"
+
+
+def _pairs_until(con: duckdb.DuckDBPyConnection) -> str | None:
+    """`totals_state.pairs_until` as a SQL literal when `pair_totals` holds the rolled-up hours up to
+    it (None: no totals, or a store or export without them: `pair_hours` alone)."""
+    try:
+        row = _first(con, "SELECT max(pairs_until) FROM totals_state WHERE pairs_until <= "
+                          "(SELECT max(rolled_until) FROM rollup_state)")
+    except duckdb.Error:
+        return None
     return None if row is None or row[0] is None else f"TIMESTAMP '{row[0]:%Y-%m-%d %H:%M:%S.%f}'"
 
 
