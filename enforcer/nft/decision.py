@@ -4,17 +4,22 @@ The walk layout (compiler.py) sends a workload's first packet through every sele
 chain, rule by rule. Here the compiler computes the RESULT of that walk ahead of time and the
 kernel looks it up:
 
-    fw-d<hash>:   meta nfproto ipv4 ip daddr vmap @da4-<hash>      the peer's class (an interval map)
+    fw-d<hash>:   meta nfproto ipv4 ip daddr vmap @da4-<hash>      the peer's class: an interval map
+                                                                    to a chain per class (jump)
+                  meta nfproto ipv4 meta mark & 0xffff . meta l4proto [. th sport] . th dport vmap @dh4-<hash>
+                  meta nfproto ipv4 meta mark & 0xffff . meta l4proto [. th sport] . th dport vmap @dp4-<hash>
+                  meta nfproto ipv4 meta l4proto icmp meta mark & 0xffff . icmp type . icmp code vmap @di4-<hash>
+                  meta nfproto ipv4 meta mark & 0xffff . meta l4proto vmap @dn4-<hash>
                   (the same for IPv6)
     dr4-<hash>-<class>:
-                  meta l4proto { tcp, udp, sctp, udplite } meta l4proto [. th sport] . th dport vmap @dp4-<hash>-<class>
-                  meta l4proto icmp icmp type . icmp code vmap @di4-<hash>-<class>
-                  meta l4proto vmap @dn4-<hash>-<class>
+                  meta mark set mark & 0xffff0000 | <class>        the class into the mark's low bits
     dx-<hash>:    the outcome: Log rules that fired on the way, then the attributed verdict
 
-With one peer class the class's lookups sit in the endpoint chain itself (maps named without
-the class). Keying the maps on the class rather than on the address keeps the address ranges
-from multiplying the port elements (peers of different classes interleave in address order).
+The maps are keyed on the class, not on the address, so the address ranges do not multiply the
+port elements (peers of different classes interleave in address order); a chain with one class
+writes 0 itself and has no address map. Every class of a chain shares its four maps: a fixed
+number of sets per decision chain, because the kernel's cost of adding a set, and of every rule
+and element naming one, grows with the sets already in the table (README "Decision maps").
 
 The space of packets is split into elementary intervals: the peer address at every address test
 the rules use (nets, notNets, the address sets of selectors, the members of named ports), each
@@ -77,7 +82,7 @@ from enforcer.nft.decision_space import (
 from enforcer.nft.regions import Box, Outcome, RegionRule, TierRules, bits, walk
 from enforcer.resolve.rules import rule_for_family
 
-__all__ = ["ChainLayout", "DecisionChain", "MembershipIndex", "Outcome", "DEFAULT_BUDGET", "NODE_BUDGET",
+__all__ = ["WALK_CAUSES", "ChainLayout", "DecisionChain", "MembershipIndex", "Outcome", "DEFAULT_BUDGET", "NODE_BUDGET",
            "PORT_PROTOCOLS", "RuleList", "Tests", "address_tests", "chain_tag", "decide", "local_named_ports",
            "memberships", "outcome_name", "tests_own_named_port"]
 
@@ -90,6 +95,10 @@ DEFAULT_BUDGET = 65536
 # a decision of their own gives maps to the first chains and the walk to the rest.
 NODE_BUDGET = 131072
 _HASH = 12
+# The mark's low bits carrying a packet's peer class from the address lookup to the class-keyed
+# maps: the compiler's gate field (compiler.GATE), scratch outside a tier walk (cleared at each
+# tier's start), and a decision chain walks no tier.
+CLASS_FIELD = 0xFFFF
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,25 @@ class ChainLayout:
     layout: str  # "decision" or "walk"
     elements: int  # map elements (decision) or rules (walk)
     reason: str = ""  # why the walk was kept
+
+    @property
+    def cause(self) -> str:
+        """Why the walk was kept, in a word (a metric's label): `off` (budget 0), `node_budget`
+        (the node's maps went to costlier walks first), `budget` (the chain's decision space is
+        over the per-chain budget), `unsupported` (what maps cannot key on: HTTP, services,
+        own addresses that differ, too many peer classes); "" for decision maps."""
+        if self.layout != "walk":
+            return ""
+        if "(budget 0)" in self.reason:
+            return "off"
+        if "the node's decision maps are full" in self.reason or "what is left of the node's" in self.reason:
+            return "node_budget"
+        if "cells > budget" in self.reason:
+            return "budget"
+        return "unsupported"
+
+
+WALK_CAUSES = ("off", "node_budget", "budget", "unsupported")
 
 
 @dataclass(frozen=True)
@@ -301,58 +329,77 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
                          f"goto {walk_chain}")
         render = _Render(ev, stage, fam, target)
         peer_field = f"{l3} {'saddr' if ingress else 'daddr'}"
-        one = len(fam.classes) == 1
-        if not one:
-            # The peer's class picks the class's chain (one interval lookup); its maps are keyed
-            # on protocol and ports only, so they hold a class's row, not every address range's.
-            dispatch = {f"{addr} : goto dr{version}-{tag}-{c}"
-                        for addr, c in _address_runs(starts, interval_class, version)}
+        classes = len(fam.classes)
+        if classes > CLASS_FIELD + 1:
+            return f"{classes} IPv{version} peer classes > {CLASS_FIELD + 1} (the mark's class field)"
+        clear = f"meta mark set mark & {0xFFFFFFFF & ~CLASS_FIELD:#x}"
+        if classes == 1:
+            lines.append(f"meta nfproto {nfproto} {clear} | 0x0")
+        else:
+            # The peer's class (one interval lookup over every address) is written into the mark's
+            # low bits by a one-rule chain per class; the chain's maps are keyed on it, so a chain
+            # has a fixed number of maps whatever its classes (see _maps: sets are what the kernel
+            # pays for per table, quadratically).
+            runs = list(_address_runs(starts, interval_class, version))
+            dispatch = {f"{addr} : jump dr{version}-{tag}-{c}" for addr, c in runs}
             maps[f"da{version}-{tag}"] = (f"{addr_type} : verdict", frozenset(dispatch), True, True)
             lines.append(f"meta nfproto {nfproto} {peer_field} vmap @da{version}-{tag}")
+            for c in sorted(set(interval_class)):
+                chains[f"dr{version}-{tag}-{c}"] = (f"{clear} | {c:#x}",)
         rows = render.rows(fam, direction)
-        for c in range(len(fam.classes)):
-            suffix = "" if one else f"-{c}"
-            row_lines = _class_maps(fam, rows, c, f"{version}-{tag}{suffix}", render.goto, maps)
-            if one:
-                lines += [f"meta nfproto {nfproto} {line}" for line in row_lines]
-            else:
-                # The maps cover every protocol and port: the drop is never reached.
-                chains[f"dr{version}-{tag}-{c}"] = (*row_lines, "drop")
+        lines += [f"meta nfproto {nfproto} {line}"
+                  for line in _maps(fam, rows, f"{version}-{tag}", render.goto, maps)]
     return DecisionChain(tuple(lines), maps, sum(len(m[1]) for m in maps.values()), chains)
 
 
-def _class_maps(fam: Family, rows: dict[str, list[tuple[int, ...]]], c: int, suffix: str,
-                goto: Callable[[int], str], maps: dict[str, tuple[str, frozenset[str], bool, bool]]) -> list[str]:
-    """One class's maps (added to `maps`) and the rules that look them up."""
+def _maps(fam: Family, rows: dict[str, list[tuple[int, ...]]], suffix: str, goto: Callable[[int], str],
+          maps: dict[str, tuple[str, frozenset[str], bool, bool]]) -> list[str]:
+    """One family's maps (added to `maps`) and the rules that look them up: every class's row in
+    the same four maps, keyed first on the class (the mark's low bits; 0 when there is one, so a
+    map keeps its type when an edit changes the number of classes).
+
+    One map per class and kind made ~21k sets for 17 decision chains (1,000 policies over 1,000
+    pods), and the kernel finds a set by name by walking the table's list of sets: adding N sets
+    (and the rules and elements naming them) costs O(N²) — 8,000 empty maps took 1.9 s, 2,000
+    0.21 s — which was most of a 590 s full apply. Anonymous sets count as sets too, so the
+    protocol filter before the port maps is left out: their keys start with the protocol, and
+    other protocols miss them."""
+    classes = len(fam.classes)
+    mark = f"meta mark & {CLASS_FIELD:#x} . "
     sport = any(len(s) > 1 for s, _ in fam.ports.values())
     exact: set[str] = set()  # single ports: a hash lookup, O(1) whatever their number
     ranged: set[str] = set()  # the rest: an interval lookup, whose cost grows with its elements
-    for proto in PORT_PROTOCOLS:
-        s_axis, d_axis = fam.ports[proto]
-        for sp, dport, oid in _plane(rows[f"port{proto}"][c], s_axis, d_axis):
-            key = f"{proto} . {sp} . {dport}" if sport else f"{proto} . {dport}"
-            (ranged if "-" in key else exact).add(f"{key} : {goto(oid)}")
-    kind = f"inet_proto . inet_service{' . inet_service' if sport else ''} : verdict"
+    for c in range(classes):
+        cls = f"{c} . "
+        for proto in PORT_PROTOCOLS:
+            s_axis, d_axis = fam.ports[proto]
+            for sp, dport, oid in _plane(rows[f"port{proto}"][c], s_axis, d_axis):
+                key = f"{proto} . {sp} . {dport}" if sport else f"{proto} . {dport}"
+                (ranged if "-" in key else exact).add(f"{cls}{key} : {goto(oid)}")
+    kind = f"mark . inet_proto . inet_service{' . inet_service' if sport else ''} : verdict"
     maps[f"dh{suffix}"] = (kind, frozenset(exact), True, False)
     maps[f"dp{suffix}"] = (kind, frozenset(ranged), True, True)
-    protos = ", ".join(map(str, PORT_PROTOCOLS))
-    ports = f"meta l4proto {{ {protos} }} meta l4proto{' . th sport' if sport else ''} . th dport"
+    ports = f"{mark}meta l4proto{' . th sport' if sport else ''} . th dport"
     # The two maps partition the ports: a packet the hash map misses is in a range.
     out = [f"{ports} vmap @dh{suffix}", f"{ports} vmap @dp{suffix}"]
     if fam.icmp is not None:
         types, codes = fam.icmp
-        di = {f"{t} . {code} : {goto(oid)}" for t, code, oid in _plane(rows["icmp"][c], types, codes)}
+        di = {f"{cls}{t} . {code} : {goto(oid)}"
+              for c in range(classes) for cls in [f"{c} . "]
+              for t, code, oid in _plane(rows["icmp"][c], types, codes)}
         kind = "icmp" if fam.version == 4 else "icmpv6"
-        maps[f"di{suffix}"] = (f"{kind}_type . {kind}_code : verdict", frozenset(di), True, True)
-        out.append(f"meta l4proto {ICMP_PROTOCOL[fam.version]} {kind} type . {kind} code vmap @di{suffix}")
-    row = rows["other"][c]
+        maps[f"di{suffix}"] = (f"mark . {kind}_type . {kind}_code : verdict", frozenset(di), True, True)
+        out.append(f"meta l4proto {ICMP_PROTOCOL[fam.version]} {mark}{kind} type . {kind} code vmap @di{suffix}")
     dn: set[str] = set()
-    for q0, q1 in _runs(row):
-        # adjacent in the list but not in number (a protocol with its own map between): split
-        for lo, hi in _contiguous(fam.others[q0:q1 + 1]):
-            dn.add(f"{_range(str, lo, hi)} : {goto(row[q0])}")
-    maps[f"dn{suffix}"] = ("inet_proto : verdict", frozenset(dn), True, True)
-    out.append(f"meta l4proto vmap @dn{suffix}")
+    for c in range(classes):
+        cls = f"{c} . "
+        row = rows["other"][c]
+        for q0, q1 in _runs(row):
+            # adjacent in the list but not in number (a protocol with its own map between): split
+            for lo, hi in _contiguous(fam.others[q0:q1 + 1]):
+                dn.add(f"{cls}{_range(str, lo, hi)} : {goto(row[q0])}")
+    maps[f"dn{suffix}"] = ("mark . inet_proto : verdict", frozenset(dn), True, True)
+    out.append(f"{mark}meta l4proto vmap @dn{suffix}")
     return out
 
 
