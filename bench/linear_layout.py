@@ -43,7 +43,8 @@ CLEAR = "meta mark set mark & 0xfffcffff"
 CLEAR_PASS = "meta mark set mark & 0xfffdffff"
 LOG_GROUP = 2
 FAMILIES = {4: "ipv4", 6: "ipv6"}
-_SETREF = re.compile(r"(?P<lhs>ip6? [sd]addr(?: \. meta l4proto \. th [sd]port)?) (?P<neg>!= )?@(?P<name>[\w-]+)")
+_SETREF = re.compile(r"(?P<lhs>ip6? [sd]addr(?: \. meta l4proto \. th [sd]port)?|th [sd]port) "
+                     r"(?P<neg>!= )?@(?P<name>[\w-]+)")
 _KIND = {"GlobalNetworkPolicy": "gnp", "NetworkPolicy": "np", "KubernetesNetworkPolicy": "knp"}
 
 
