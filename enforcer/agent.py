@@ -168,6 +168,7 @@ class Agent:
         if table is not None:
             self.metrics.table(table)
             self._counted = True
+        self.metrics.layouts(self.reconciler.layouts(self.node))
 
     def _follow(self, mirror: Mirror, rounds: int | None, done: int) -> int:
         """Watch from the mirror's revision + 1, keep it current and reconcile each burst of

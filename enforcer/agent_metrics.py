@@ -13,6 +13,8 @@ Families (every one labelled `node`):
 | `flowtui_policy_programming_seconds` | histogram | a datastore change seen by the watch -> its kernel commit |
 | `flowtui_table_rules`, `flowtui_table_chains` | gauge | rules and chains in the node's `inet flowtui` table |
 | `flowtui_table_set_elements`, `flowtui_table_sets` | gauge | elements of every set and map, and their number |
+| `flowtui_workload_chains{layout,cause}` | gauge | workload chains: `decision` maps, or the `walk` and why (`cause`) |
+| `flowtui_decision_map_elements` | gauge | elements of the node's decision maps (what the node budget counts) |
 | `flowtui_datastore_state{state}` | gauge | 1 for the current state of starting, in-sync, degraded, failed; 0 else |
 | `flowtui_datastore_revision` | gauge | the datastore revision the node enforces |
 | `flowtui_reconciles_total{result}` | counter | reconciles by outcome: applied, unchanged, failed |
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,7 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
 from enforcer.nft import ir
+from enforcer.nft.decision import WALK_CAUSES, ChainLayout
 
 STATES = ("starting", "in-sync", "degraded", "failed")
 # Programming latency buckets (seconds): a toggle is well under a millisecond, a first table of
@@ -109,6 +112,11 @@ class AgentMetrics:
         self._elements = Gauge("flowtui_table_set_elements", "Elements of every set and map of the node's table",
                                labels, registry=r)
         self._sets = Gauge("flowtui_table_sets", "Sets and maps in the node's table", labels, registry=r)
+        self._chain_layouts = Gauge("flowtui_workload_chains",
+                                    "Workload chains by layout (decision maps or the rule walk) and why the walk",
+                                    ["node", "layout", "cause"], registry=r)
+        self._map_elements = Gauge("flowtui_decision_map_elements", "Elements of the node's decision maps", labels,
+                                   registry=r)
         self._state = Gauge("flowtui_datastore_state", "1 for the agent's current datastore state, 0 for the others",
                             ["node", "state"], registry=r)
         self._revision = Gauge("flowtui_datastore_revision", "The datastore revision the node enforces", labels,
@@ -158,6 +166,17 @@ class AgentMetrics:
         self._rules.labels(self.node).set(sum(len(c.rules) for c in chains))
         self._sets.labels(self.node).set(len(sets))
         self._elements.labels(self.node).set(sum(len(s.elements) for s in sets))
+
+    def layouts(self, layouts: Iterable[ChainLayout]) -> None:
+        """How the node's last compile laid out its workload chains (`CompiledNode.layouts`)."""
+        counts = {("decision", ""): 0, **{("walk", cause): 0 for cause in WALK_CAUSES}}
+        elements = 0
+        for chain in layouts:
+            counts[(chain.layout, chain.cause)] += 1
+            elements += chain.elements if chain.layout == "decision" else 0
+        for (layout, cause), n in counts.items():
+            self._chain_layouts.labels(self.node, layout, cause).set(n)
+        self._map_elements.labels(self.node).set(elements)
 
     # ---- the flow collector's hook ---------------------------------------------------------------
 

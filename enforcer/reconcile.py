@@ -223,6 +223,7 @@ class Reconciler:
         self.lab_nodes = lab_nodes
         self.lab_id = lab_id
         self._applied: dict[str, ir.Table] = {}  # verified: what the backend holds now
+        self._layouts: dict[str, tuple[Any, ...]] = {}  # per node: its last compile's ChainLayouts
         self._distrusted: set[str] = set()  # nodes whose records the kernel contradicted: replace whole
         self.records = AppliedRecords(datastore.applied_dir, backend)
         self._ids: tuple[tuple[int, int] | None, IdAllocator] | None = None
@@ -245,6 +246,14 @@ class Reconciler:
         """The table `node` holds, as this reconciler last verified or applied it; None: unknown."""
         with self._lock:
             return self._applied.get(node)
+
+    def layouts(self, node: str) -> tuple[Any, ...]:
+        """How this reconciler's last compile (or toggle) of `node` laid out its workload chains
+        (`CompiledNode.layouts`, for the agent's metrics); () when it compiled none."""
+        with self._lock:
+            gated = self._layout[1].get(node) if self._layout is not None else None
+            found = tuple(getattr(gated, "layouts", ()))
+            return found or self._layouts.get(node, ())
 
     def forget(self, node: str | None = None) -> None:
         """Drop what is known about `node` (or every node): the next run re-checks the backend."""
@@ -315,6 +324,8 @@ class Reconciler:
             rules = self._save_rules(table, [c.rules for c in compiled.values()])
             for node, out in compiled.items():
                 results[node] = self._apply(node, out.table, times[node], full)
+                if results[node].status != "failed":
+                    self._layouts[node] = tuple(getattr(out, "layouts", ()))
             gated = {n: c for n, c in compiled.items() if isinstance(c, Gated) and results[n].status != "failed"}
             kept = layout[1] if layout is not None and layout[0] == key else {}
             self._layout = (key, {**kept, **gated}) if len(gated) == len(compiled) else None

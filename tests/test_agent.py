@@ -105,6 +105,40 @@ def test_metrics_report_state_table_latency_and_the_collector() -> None:
     assert sample(b, "flowtui_nflog_events_received_total") == 0
 
 
+def test_metrics_say_which_workload_chains_kept_the_walk_and_why() -> None:
+    """Each cause a compile gives for keeping a chain's walk is its own label value; decision
+    chains and their map elements are counted as the compile laid them out."""
+    from enforcer.nft.decision import DEFAULT_BUDGET
+    from enforcer.resolve import ClusterState
+    from enforcer.synth import SynthSpec, synth_resources
+
+    res = synth_resources(3, SynthSpec(nodes=1, namespaces=2, pods=12, policies=20, rules_per_policy=4))
+    node = res.nodes[0].name
+
+    def report(options: CompileOptions) -> tuple[AgentMetrics, tuple[Any, ...]]:
+        layouts = compile_node(ClusterState(res), node, options).layouts
+        metrics = AgentMetrics(node)
+        metrics.layouts(layouts)
+        return metrics, layouts
+
+    def chains(m: AgentMetrics, layout: str, cause: str = "") -> float | None:
+        return sample(m, "flowtui_workload_chains", layout=layout, cause=cause)
+
+    m, layouts = report(CompileOptions(decision_budget=DEFAULT_BUDGET))
+    decided = [c for c in layouts if c.layout == "decision"]
+    assert chains(m, "decision") == len(decided) > 1
+    assert sample(m, "flowtui_decision_map_elements") == sum(c.elements for c in decided) > 0
+    m, layouts = report(CompileOptions(decision_budget=0))
+    assert chains(m, "walk", "off") == len(layouts) > 1 and chains(m, "decision") == 0
+    assert sample(m, "flowtui_decision_map_elements") == 0
+    m, _ = report(CompileOptions(decision_budget=5))
+    assert chains(m, "walk", "budget") == len(layouts) and chains(m, "walk", "off") == 0
+    # room for the costliest chain's maps only: the others keep the walk for the node's budget
+    m, _ = report(CompileOptions(decision_budget=DEFAULT_BUDGET, decision_node_budget=max(c.elements for c in decided)))
+    assert chains(m, "walk", "node_budget") >= 1 and chains(m, "decision") >= 1
+    assert chains(m, "walk", "unsupported") == 0
+
+
 def test_metrics_are_served_over_http() -> None:
     metrics = AgentMetrics("node-a")
     port = free_port()
@@ -264,6 +298,12 @@ def test_agent_programs_changes_reports_them_and_degrades_when_etcd_goes_silent(
         table = backend.tables["node-a"]
         assert sample(metrics, "flowtui_table_rules") == sum(len(c.rules) for c in table.chains.values()) > 0
         assert sample(metrics, "flowtui_table_set_elements") == sum(len(s.elements) for s in table.sets.values())
+        # the workload chains' layouts, as the compile chose them (the default options: decision maps)
+        layouts = agent.reconciler.layouts("node-a")
+        assert sample(metrics, "flowtui_workload_chains", layout="decision", cause="") \
+            == sum(c.layout == "decision" for c in layouts) > 0
+        assert sample(metrics, "flowtui_decision_map_elements") == sum(
+            len(s.elements) for name, s in table.sets.items() if name[:2] in ("da", "dh", "dp", "di", "dn", "do")) > 0
         assert sample(metrics, "flowtui_policy_programming_seconds_count") == 0  # a list is no change seen
         # a change: seen by the watch, programmed, timed
         toggled = writer.set_disabled("gnp", "allow-cluster-internal", None, True)

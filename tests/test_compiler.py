@@ -330,3 +330,32 @@ def test_only_reachable_chains_and_sets_are_loaded() -> None:
             # deny-other-ingress selects pods only; dos-mitigation (node-b's host endpoint) stays
             assert ("pi-gnp-deny-other-ingress" in policy_chains) == (not layout.decision_budget), (node, label)
             assert node == "node-a" or "pi-gnp-dos-mitigation" in policy_chains
+
+
+def test_rule_lists_are_shared_named_sets_never_anonymous_ones() -> None:
+    """A rule's port or address list is a named set shared by every rule listing the same values
+    (the kernel binds each anonymous set by walking the whole transaction: quadratic in a full
+    apply); overlapping ports are merged first (an interval set refuses overlaps)."""
+    from enforcer.model import EntityRule, PortRange, Rule
+    from enforcer.nft.match import SetBook, rule_matches
+
+    book = SetBook(ClusterState(ARTICLE))
+    web = (PortRange(443, 443), PortRange(80, 80))
+    (a,) = rule_matches(book, Rule(action="Allow", protocol=6, destination=EntityRule(ports=web)), None, 4)
+    (b,) = rule_matches(book, Rule(action="Deny", protocol=6, source=EntityRule(ports=web[::-1])), None, 4)
+    name = a.rsplit("th dport @", 1)[1]
+    assert b.endswith(f"th sport @{name}") and book.sets[name].elements == {"80", "443"}
+    assert not book.sets[name].interval
+    (c,) = rule_matches(book, Rule(action="Allow", protocol=17, destination=EntityRule(
+        ports=(PortRange(9000, 9000), PortRange(9000, 9100), PortRange(9101, 9101)))), None, 4)
+    assert c.endswith("th dport 9000-9101")  # one range: no set at all
+    import ipaddress
+    (d,) = rule_matches(book, Rule(action="Allow", source=EntityRule(
+        nets=(ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("198.51.100.7/32")))), None, 4)
+    nets = d.rsplit("ip saddr @", 1)[1]
+    assert book.sets[nets].interval and book.sets[nets].elements == {"192.0.2.0/24", "198.51.100.7"}
+    # a whole node: the few braces left are the base chains' own (interface names, ICMPv6 types)
+    res = synth_resources(2, SynthSpec(nodes=1, namespaces=3, pods=30, policies=100, rules_per_policy=6))
+    table = compile_node(ClusterState(res), res.nodes[0].name, CompileOptions(decision_budget=0)).table
+    braced = [r for c in table.chains.values() for r in c.rules if "{" in r]
+    assert sum(len(c.rules) for c in table.chains.values()) > 500 and len(braced) <= 8, braced

@@ -115,7 +115,7 @@ def lookup(table: Table, name: str, key: tuple[int, ...], version: int) -> str |
     parse = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
     found = []
     for element in table.sets[name].elements:
-        k, _, target = element.partition(" : goto ")
+        k, _, target = element.replace(" : jump ", " : goto ").partition(" : goto ")
         parts = k.split(" . ")
         assert len(parts) == len(key), (element, key)
         addr = table.sets[name].type.startswith("ipv")
@@ -123,6 +123,16 @@ def lookup(table: Table, name: str, key: tuple[int, ...], version: int) -> str |
             found.append(target or "member")
     assert len(found) <= 1, f"overlapping elements for {key} in {name}: {found}"
     return found[0] if found else None
+
+
+def class_mark(table: Table, chain: str) -> int:
+    """The peer class a class chain (`dr4-<tag>-<class>`) writes into the mark's low 16 bits, read
+    from its one rule as the kernel would run it (the field cleared, then the class or'ed in)."""
+    (rule,) = table.chains[chain].rules
+    m = re.fullmatch(r"meta mark set mark & (0x[0-9a-f]+) \| (0x[0-9a-f]+)", rule)
+    assert m is not None, rule
+    mark = 0xABCD0000 | 0x1234  # whatever the packet carried before
+    return ((mark & int(m[1], 16)) | int(m[2], 16)) & 0xFFFF
 
 
 def chain_outcome(table: Table, rules: RuleTable, chain: str) -> tuple[tuple[object, ...], ...]:
@@ -197,24 +207,27 @@ def check(res: ResourceSet, seed: int, per_chain: int = 40) -> int:
                         peer = flow.src if direction == "ingress" else flow.dst
                         if f"do{v}-{tag}" in table.sets:
                             assert lookup(table, f"do{v}-{tag}", (int(me),), v) == "member"
-                        # the class's maps (a chain per class, or the chain's own for one class)
+                        # the peer's class: its chain writes it into the mark, which keys the maps
+                        assert f"da{v}-{tag}" in table.sets or any(
+                            r.startswith(f"meta nfproto ipv{v} meta mark set") for r in table.chains[chain].rules)
                         suffix = f"{v}-{tag}"
+                        cls = (0,)  # one class: the chain writes 0
                         if f"da{v}-{tag}" in table.sets:
                             row = lookup(table, f"da{v}-{tag}", (int(peer),), v)
                             assert row is not None and row.startswith(f"dr{v}-{tag}-")
-                            suffix = row.removeprefix("dr")
+                            cls = (class_mark(table, row),)
                         if flow.protocol in PORT_PROTOCOLS:
                             name = f"dp{suffix}"
-                            sport = table.sets[name].type.count(".") == 2
-                            key = (flow.protocol, *((flow.src_port,) if sport else ()), flow.dst_port)
+                            sport = table.sets[name].type.count(".") == 3
+                            key = (*cls, flow.protocol, *((flow.src_port,) if sport else ()), flow.dst_port)
                             if lookup(table, f"dh{suffix}", key, v) is not None:  # single ports first
                                 name = f"dh{suffix}"
                         elif flow.protocol == (1 if v == 4 else 58) and f"di{suffix}" in table.sets:
                             name = f"di{suffix}"
-                            key = (flow.icmp_type, flow.icmp_code)  # type: ignore[assignment]
+                            key = (*cls, flow.icmp_type, flow.icmp_code)  # type: ignore[assignment]
                         else:
                             name = f"dn{suffix}"
-                            key = (flow.protocol,)
+                            key = (*cls, flow.protocol)
                         target = lookup(table, name, key, v)  # type: ignore[arg-type]
                         assert target is not None, f"{flow.describe()}: no element in {name}"
                         want = expected(ev.decide_stage(stage, flow))

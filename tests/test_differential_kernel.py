@@ -336,13 +336,38 @@ def _in_range(text: str, value: int, parse: type = int) -> bool:
     return lo <= value <= (int(parse(last)) if last else lo)
 
 
-@pytest.mark.kernel
-def test_a_map_element_pointing_at_the_wrong_rule_is_caught(lab_id: str, tmp_path: Path) -> None:
-    """The mutation check: one decision-map element sent to another outcome chain (another rule's
-    verdict or attribution) makes the differential comparison fail for the probe that hits it,
-    while the same probe agrees on the intact table."""
+def _class_of(table: ir.Table, tag: str, addr: int) -> int:
+    """The peer class a decision chain's address lookup gives `addr` (its class chain writes it
+    into the mark; a chain with one class writes 0 itself)."""
     import ipaddress
 
+    for element in table.sets.get(f"da4-{tag}", ir.NftSet("", "", (), frozenset())).elements:
+        key, _, chain = element.partition(" : jump ")
+        if _in_range(key, addr, ipaddress.IPv4Address):
+            (rule,) = table.chains[chain].rules  # meta mark set mark & 0xffff0000 | 0x<class>
+            return int(rule.rsplit("| ", 1)[1], 16)
+    assert f"da4-{tag}" not in table.sets, f"{addr}: no class"
+    return 0
+
+
+def _port_target(table: ir.Table, tag: str, cls: int, proto: int, port: int) -> tuple[str, str] | None:
+    """(map, element) of the class-keyed port maps that a packet of class `cls` hits."""
+    for name in (f"dh4-{tag}", f"dp4-{tag}"):  # the hash map first, as the chain looks them up
+        for element in sorted(table.sets[name].elements):
+            key, _, _ = element.partition(" : goto ")
+            fields = key.split(" . ")
+            if int(fields[0]) == cls and int(fields[1]) == proto and _in_range(fields[-1], port):
+                return name, element
+    return None
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mutation", ["element", "class"])
+def test_a_map_element_pointing_at_the_wrong_rule_is_caught(mutation: str, lab_id: str, tmp_path: Path) -> None:
+    """The mutation check: one decision-map element sent to another outcome chain (another rule's
+    verdict or attribution), or one peer class's chain writing another class into the mark (so
+    the port maps answer with that class's row), makes the differential comparison fail for the
+    probe that hits it, while the same probe agrees on the intact table."""
     from enforcer.lab import lab_up
     from enforcer.lab.names import cali_name
 
@@ -371,28 +396,34 @@ def test_a_map_element_pointing_at_the_wrong_rule_is_caught(lab_id: str, tmp_pat
             if not (chain.startswith("tw-d") and len(chain) == 16):
                 continue  # the walk (tw-<digest>)
             tag = chain.removeprefix("tw-d")
-            suffix = f"4-{tag}"  # the peer's class: its chain's maps (or the chain's own for one class)
-            for element in table.sets.get(f"da4-{tag}", ir.NftSet("", "", (), frozenset())).elements:
-                addr, _, row = element.partition(" : goto ")
-                if _in_range(addr, int(p.src), ipaddress.IPv4Address):
-                    suffix = row.removeprefix("dr")
-            others = sorted(c for c in table.chains if c.startswith("dx-"))
-            for map_name, element in sorted((f"{kind}{suffix}", e) for kind in ("dh", "dp")
-                                            for e in table.sets[f"{kind}{suffix}"].elements):
-                dmap = table.sets[map_name]
-                key, _, target = element.partition(" : goto ")
-                proto, *_, port = key.split(" . ")
-                if int(proto) == p.proto and _in_range(port, p.dport or 0):
-                    wrong = next((c for c in others if c != target), None)
-                    if wrong is not None:
-                        found = (seed, res, plan, state, compiled, p, pod.node, dmap, element, f"{key} : goto {wrong}")
+            cls = _class_of(table, tag, int(p.src))
+            hit = _port_target(table, tag, cls, p.proto, p.dport or 0)
+            assert hit is not None, f"{p}: no port map element"
+            map_name, element = hit
+            key, _, target = element.partition(" : goto ")
+            if mutation == "element":
+                wrong = next((c for c in sorted(table.chains) if c.startswith("dx-") and c != target), None)
+                if wrong is not None:
+                    found = (seed, res, plan, state, compiled, p, pod.node,
+                             [ir.SetElements(map_name, delete=(element,)),
+                              ir.SetElements(map_name, add=(f"{key} : goto {wrong}",))], element)
+            elif f"da4-{tag}" in table.sets:  # several classes
+                for other in range(0xFFFF):
+                    if f"dr4-{tag}-{other}" not in table.chains:
+                        break
+                    elsewhere = _port_target(table, tag, other, p.proto, p.dport or 0)
+                    if elsewhere is not None and elsewhere[1].partition(" : goto ")[2] != target:
+                        rewrite = f"meta mark set mark & 0xffff0000 | {other:#x}"
+                        found = (seed, res, plan, state, compiled, p, pod.node,
+                                 [ir.DefineChain(ir.Chain(f"dr4-{tag}-{cls}", (rewrite,)), new=False)],
+                                 f"class {cls} → {other}")
                         break
             if found:
                 break
         if found:
             break
     assert found is not None, "no seed gives a probe through a decision map"
-    seed, res, plan, state, compiled, probe, node, dmap, element, corrupt = found
+    seed, res, plan, state, compiled, probe, node, corruption, what = found
     lab_up(plan)
     for n, c in compiled.items():
         _nft(lab_id, n, ir.render(c.table, ir.full(c.table, existing=False)))
@@ -410,6 +441,5 @@ def test_a_map_element_pointing_at_the_wrong_rule_is_caught(lab_id: str, tmp_pat
     assert want, "the probe reaches the ingress chain: it must be attributed"
     assert observed("intact") == want
     table = compiled[node].table
-    _nft(lab_id, node, ir.render(table, [ir.SetElements(dmap.name, delete=(element,)),
-                                         ir.SetElements(dmap.name, add=(corrupt,))]))
-    assert observed("corrupted") != want, f"seed {seed}: {element} → {corrupt} went unnoticed"
+    _nft(lab_id, node, ir.render(table, corruption))
+    assert observed("corrupted") != want, f"seed {seed}: {what} went unnoticed"

@@ -83,7 +83,7 @@ INFRA_ICMPV6 = "icmpv6 type { " + ", ".join(map(str, ICMPV6_INFRA_TYPES)) + " } 
 # Bumped whenever the compiled layout changes: it is part of the options, so a reconciler in a
 # new flowtui version does not take tables recorded by an older one for its own (toggles are
 # served from the recorded compile). tests/test_compiler.py checks the golden files against it.
-LAYOUT_VERSION = 9
+LAYOUT_VERSION = 10
 # Entries of each cross-compile cache of decision work (state caches) before it starts over: a
 # long-running reconciler's edits leave entries of policy sets that no longer exist behind.
 KEPT_MAX = 50_000

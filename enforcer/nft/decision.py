@@ -4,17 +4,22 @@ The walk layout (compiler.py) sends a workload's first packet through every sele
 chain, rule by rule. Here the compiler computes the RESULT of that walk ahead of time and the
 kernel looks it up:
 
-    fw-d<hash>:   meta nfproto ipv4 ip daddr vmap @da4-<hash>      the peer's class (an interval map)
+    fw-d<hash>:   meta nfproto ipv4 ip daddr vmap @da4-<hash>      the peer's class: an interval map
+                                                                    to a chain per class (jump)
+                  meta nfproto ipv4 meta mark & 0xffff . meta l4proto [. th sport] . th dport vmap @dh4-<hash>
+                  meta nfproto ipv4 meta mark & 0xffff . meta l4proto [. th sport] . th dport vmap @dp4-<hash>
+                  meta nfproto ipv4 meta l4proto icmp meta mark & 0xffff . icmp type . icmp code vmap @di4-<hash>
+                  meta nfproto ipv4 meta mark & 0xffff . meta l4proto vmap @dn4-<hash>
                   (the same for IPv6)
     dr4-<hash>-<class>:
-                  meta l4proto { tcp, udp, sctp, udplite } meta l4proto [. th sport] . th dport vmap @dp4-<hash>-<class>
-                  meta l4proto icmp icmp type . icmp code vmap @di4-<hash>-<class>
-                  meta l4proto vmap @dn4-<hash>-<class>
+                  meta mark set mark & 0xffff0000 | <class>        the class into the mark's low bits
     dx-<hash>:    the outcome: Log rules that fired on the way, then the attributed verdict
 
-With one peer class the class's lookups sit in the endpoint chain itself (maps named without
-the class). Keying the maps on the class rather than on the address keeps the address ranges
-from multiplying the port elements (peers of different classes interleave in address order).
+The maps are keyed on the class, not on the address, so the address ranges do not multiply the
+port elements (peers of different classes interleave in address order); a chain with one class
+writes 0 itself and has no address map. Every class of a chain shares its four maps: a fixed
+number of sets per decision chain, because the kernel's cost of adding a set, and of every rule
+and element naming one, grows with the sets already in the table (README "Decision maps").
 
 The space of packets is split into elementary intervals: the peer address at every address test
 the rules use (nets, notNets, the address sets of selectors, the members of named ports), each
@@ -54,7 +59,7 @@ from functools import partial
 from enforcer.evaluate.evaluator import Evaluator
 from enforcer.evaluate.path import Stage
 from enforcer.model import IPAddress, Policy
-from enforcer.nft.decision_render import Rendered, class_maps, render, runs, text_range
+from enforcer.nft.decision_render import CLASS_FIELD, Rendered, family_maps, render, runs, text_range
 from enforcer.nft.decision_space import (
     ICMP_PROTOCOL,
     PORT_PROTOCOLS,
@@ -81,9 +86,9 @@ from enforcer.nft.decision_space import (
 from enforcer.nft.decision_walks import BoxesOf, Key, PolicyRules, Walks, axis_map, skeleton, walk_again, walk_all
 from enforcer.nft.regions import Outcome
 
-__all__ = ["ChainLayout", "DecisionChain", "DecisionMemo", "MembershipIndex", "Outcome", "DEFAULT_BUDGET",
-           "NODE_BUDGET", "PORT_PROTOCOLS", "RuleList", "Tests", "address_tests", "chain_tag", "decide",
-           "local_named_ports", "memberships", "outcome_name", "tests_own_named_port"]
+__all__ = ["CLASS_FIELD", "WALK_CAUSES", "ChainLayout", "DecisionChain", "DecisionMemo", "MembershipIndex",
+           "Outcome", "DEFAULT_BUDGET", "NODE_BUDGET", "PORT_PROTOCOLS", "RuleList", "Tests", "address_tests",
+           "chain_tag", "decide", "local_named_ports", "memberships", "outcome_name", "tests_own_named_port"]
 
 # Default cells per endpoint chain (see README "Decision maps" for the measurements behind it).
 # The region walk makes compile cost grow with rules × regions; cells bound the rendering and
@@ -104,6 +109,25 @@ class ChainLayout:
     layout: str  # "decision" or "walk"
     elements: int  # map elements (decision) or rules (walk)
     reason: str = ""  # why the walk was kept
+
+    @property
+    def cause(self) -> str:
+        """Why the walk was kept, in a word (a metric's label): `off` (budget 0), `node_budget`
+        (the node's maps went to costlier walks first), `budget` (the chain's decision space is
+        over the per-chain budget), `unsupported` (what maps cannot key on: HTTP, services,
+        own addresses that differ, too many peer classes); "" for decision maps."""
+        if self.layout != "walk":
+            return ""
+        if "(budget 0)" in self.reason:
+            return "off"
+        if "the node's decision maps are full" in self.reason or "what is left of the node's" in self.reason:
+            return "node_budget"
+        if "cells > budget" in self.reason:
+            return "budget"
+        return "unsupported"
+
+
+WALK_CAUSES = ("off", "node_budget", "budget", "unsupported")
 
 
 @dataclass(frozen=True)
@@ -237,24 +261,24 @@ def decide(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
             lines.append(f"meta nfproto {nfproto} {l3} {'daddr' if ingress else 'saddr'} != @{name_o} "
                          f"goto {walk_chain}")
         peer_field = f"{l3} {'saddr' if ingress else 'daddr'}"
-        one = len(fam.classes) == 1
-        if not one:
-            # The peer's class picks the class's chain (one interval lookup); its maps are keyed
-            # on protocol and ports only, so they hold a class's row, not every address range's.
-            dispatch = {f"{addr} : goto dr{version}-{tag}-{c}"
+        clear = f"meta mark set mark & {0xFFFFFFFF & ~CLASS_FIELD:#x}"
+        if len(fam.classes) == 1:
+            lines.append(f"meta nfproto {nfproto} {clear} | 0x0")
+        else:
+            # The peer's class (one interval lookup over every address) is written into the mark's
+            # low bits by a one-rule chain per class; the chain's maps are keyed on it, so a chain
+            # has a fixed number of maps whatever its classes (see family_maps: sets are what the
+            # kernel pays for per table, quadratically).
+            dispatch = {f"{addr} : jump dr{version}-{tag}-{c}"
                         for addr, c in _address_runs(starts, interval_class, version)}
             maps[f"da{version}-{tag}"] = (f"{addr_type} : verdict", frozenset(dispatch), True, True)
             lines.append(f"meta nfproto {nfproto} {peer_field} vmap @da{version}-{tag}")
+            for c in sorted(set(interval_class)):
+                chains[f"dr{version}-{tag}-{c}"] = (f"{clear} | {c:#x}",)
         before = previous.rendered.get(version) if previous is not None else None
         rendered = memo.rendered[version] = render(fam, walks[version], before, goto)
-        for c in range(len(fam.classes)):
-            suffix = "" if one else f"-{c}"
-            row_lines = class_maps(fam, rendered, c, f"{version}-{tag}{suffix}", maps, targets)
-            if one:
-                lines += [f"meta nfproto {nfproto} {line}" for line in row_lines]
-            else:
-                # The maps cover every protocol and port: the drop is never reached.
-                chains[f"dr{version}-{tag}-{c}"] = (*row_lines, "drop")
+        lines += [f"meta nfproto {nfproto} {line}"
+                  for line in family_maps(fam, rendered, f"{version}-{tag}", maps, targets)]
     return DecisionChain(tuple(lines), maps, sum(len(m[1]) for m in maps.values()), chains, targets, memo)
 
 
@@ -292,6 +316,9 @@ def _space(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
     total = sum(f.cells() for f, _, _ in families.values())
     if total > budget:
         return f"decision space {total} cells > budget {budget}"
+    for version, (fam, _, _) in families.items():
+        if len(fam.classes) > CLASS_FIELD + 1:
+            return f"{len(fam.classes)} IPv{version} peer classes > {CLASS_FIELD + 1} (the mark's class field)"
     return own_tests, tests, families
 
 

@@ -19,6 +19,11 @@ from enforcer.nft.decision_space import ICMP_PROTOCOL, PORT_PROTOCOLS, Family, I
 from enforcer.nft.decision_walks import Walks
 from enforcer.nft.regions import Box, Decided, Outcome, bits
 
+# The mark's low bits carrying a packet's peer class from the address lookup to the class-keyed
+# maps: the compiler's gate field (compiler.GATE), scratch outside a tier walk (cleared at each
+# tier's start), and a decision chain walks no tier.
+CLASS_FIELD = 0xFFFF
+
 
 def text_range(render: Callable[[int], str], first: int, last: int) -> str:
     return render(first) if first == last else f"{render(first)}-{render(last)}"
@@ -117,9 +122,8 @@ class Rendered:
     pieces: dict[tuple[str, int], Piece]
     sport: bool  # some rule tests source ports: the port maps are keyed on them
     canon: dict[Outcome, Outcome]  # one object per distinct outcome (rows hold these)
-    # Per class: its port pieces joined into the hash and interval maps' elements and targets.
-    joined: dict[int, tuple[tuple[Piece, ...], frozenset[str], frozenset[str], frozenset[str]]] = field(
-        default_factory=dict)
+    # Per class: its pieces as elements of the family's maps (keyed on the class), and their targets.
+    joined: dict[int, ClassElements] = field(default_factory=dict)
 
 
 def render(fam: Family, walks: Walks, before: Rendered | None, goto: Callable[[Outcome], str]) -> Rendered:
@@ -239,37 +243,76 @@ def plane(row: list[Outcome], outer: Intervals, inner: Intervals) -> Iterator[tu
             yield text_range(str, outer[o0][0], outer[o1][1]), text_range(str, lo, hi), oid
 
 
-def class_maps(fam: Family, rendered: Rendered, c: int, suffix: str,
+@dataclass(frozen=True)
+class ClassElements:
+    """One class's pieces as elements of the family's shared maps (keyed first on the class), kept
+    while its pieces are the same objects."""
+
+    pieces: tuple[Piece, ...]
+    exact: frozenset[str]
+    ranged: frozenset[str]
+    icmp: frozenset[str]
+    other: frozenset[str]
+    port_targets: frozenset[str]
+    icmp_targets: frozenset[str]
+    other_targets: frozenset[str]
+
+
+def _class_elements(fam: Family, rendered: Rendered, c: int) -> ClassElements:
+    n = len(PORT_PROTOCOLS)
+    pieces = (*(rendered.pieces[f"port{p}", c] for p in PORT_PROTOCOLS),
+              *((rendered.pieces["icmp", c],) if fam.icmp is not None else ()), rendered.pieces["other", c])
+    kept = rendered.joined.get(c)
+    if kept is not None and len(kept.pieces) == len(pieces) \
+            and all(a is b for a, b in zip(kept.pieces, pieces, strict=True)):
+        return kept
+    cls = f"{c} . "
+    ports_, icmp, other = pieces[:n], pieces[n] if fam.icmp is not None else None, pieces[-1]
+    made = rendered.joined[c] = ClassElements(
+        pieces,
+        frozenset(cls + e for p in ports_ for e in p.exact),
+        frozenset(cls + e for p in ports_ for e in p.ranged),
+        frozenset(cls + e for e in icmp.ranged) if icmp is not None else frozenset(),
+        frozenset(cls + e for e in other.ranged),
+        frozenset().union(*(p.targets for p in ports_)),
+        icmp.targets if icmp is not None else frozenset(), other.targets)
+    return made
+
+
+def family_maps(fam: Family, rendered: Rendered, suffix: str,
                 maps: dict[str, tuple[str, frozenset[str], bool, bool]], targets: dict[str, frozenset[str]]
                 ) -> list[str]:
-    """One class's maps (added to `maps`, with the outcome chains they go to) and the rules that
-    look them up."""
+    """One family's maps (added to `maps`, with the outcome chains they go to) and the rules that
+    look them up: every class's row in the same four maps, keyed first on the class (the mark's
+    low bits; 0 when there is one, so a map keeps its type when an edit changes the number of
+    classes).
+
+    One map per class and kind made ~21k sets for 17 decision chains (1,000 policies over 1,000
+    pods), and the kernel finds a set by name by walking the table's list of sets: adding N sets
+    (and the rules and elements naming them) costs O(N²) — 8,000 empty maps took 1.9 s, 2,000
+    0.21 s — which was most of a 590 s full apply. Anonymous sets count as sets too, so there is
+    no protocol filter before the port maps: their keys start with the protocol, and other
+    protocols miss them."""
     sport = rendered.sport
-    ports_ = tuple(rendered.pieces[f"port{p}", c] for p in PORT_PROTOCOLS)
-    kind = f"inet_proto . inet_service{' . inet_service' if sport else ''} : verdict"
-    joined = rendered.joined.get(c)
-    if joined is None or len(joined[0]) != len(ports_) \
-            or any(a is not b for a, b in zip(joined[0], ports_, strict=True)):
-        joined = rendered.joined[c] = (ports_, frozenset().union(*(p.exact for p in ports_)),
-                                       frozenset().union(*(p.ranged for p in ports_)),
-                                       frozenset().union(*(p.targets for p in ports_)))
-    maps[f"dh{suffix}"] = (kind, joined[1], True, False)
-    maps[f"dp{suffix}"] = (kind, joined[2], True, True)
-    targets[f"dh{suffix}"] = targets[f"dp{suffix}"] = joined[3]
-    protos = ", ".join(map(str, PORT_PROTOCOLS))
-    ports = f"meta l4proto {{ {protos} }} meta l4proto{' . th sport' if sport else ''} . th dport"
+    per_class = [_class_elements(fam, rendered, c) for c in range(len(fam.classes))]
+
+    def union(field_: str) -> frozenset[str]:
+        return frozenset().union(*(getattr(e, field_) for e in per_class))
+
+    mark = f"meta mark & {CLASS_FIELD:#x} . "
+    kind = f"mark . inet_proto . inet_service{' . inet_service' if sport else ''} : verdict"
+    maps[f"dh{suffix}"] = (kind, union("exact"), True, False)
+    maps[f"dp{suffix}"] = (kind, union("ranged"), True, True)
+    targets[f"dh{suffix}"] = targets[f"dp{suffix}"] = union("port_targets")
+    ports = f"{mark}meta l4proto{' . th sport' if sport else ''} . th dport"
     # The two maps partition the ports: a packet the hash map misses is in a range.
     out = [f"{ports} vmap @dh{suffix}", f"{ports} vmap @dp{suffix}"]
     if fam.icmp is not None:
-        piece = rendered.pieces["icmp", c]
-        di, to = piece.ranged, piece.targets
         kind = "icmp" if fam.version == 4 else "icmpv6"
-        maps[f"di{suffix}"] = (f"{kind}_type . {kind}_code : verdict", di, True, True)
-        targets[f"di{suffix}"] = to
-        out.append(f"meta l4proto {ICMP_PROTOCOL[fam.version]} {kind} type . {kind} code vmap @di{suffix}")
-    piece = rendered.pieces["other", c]
-    dn, to = piece.ranged, piece.targets
-    maps[f"dn{suffix}"] = ("inet_proto : verdict", dn, True, True)
-    targets[f"dn{suffix}"] = to
-    out.append(f"meta l4proto vmap @dn{suffix}")
+        maps[f"di{suffix}"] = (f"mark . {kind}_type . {kind}_code : verdict", union("icmp"), True, True)
+        targets[f"di{suffix}"] = union("icmp_targets")
+        out.append(f"meta l4proto {ICMP_PROTOCOL[fam.version]} {mark}{kind} type . {kind} code vmap @di{suffix}")
+    maps[f"dn{suffix}"] = ("mark . inet_proto : verdict", union("other"), True, True)
+    targets[f"dn{suffix}"] = union("other_targets")
+    out.append(f"{mark}meta l4proto vmap @dn{suffix}")
     return out

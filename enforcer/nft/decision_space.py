@@ -155,21 +155,42 @@ def memberships(tests: Tests, ips: tuple[IPAddress, ...]) -> tuple[frozenset[int
 
 
 class MembershipIndex:
-    """`memberships` for many addresses against the same tests: the elementary intervals of
-    each version are built once (when first asked), then an address is one bisection."""
+    """`memberships` for many addresses against the same tests: each test's ranges of a version
+    are merged and sorted once (when first asked), then an address is one bisection per test.
+
+    Not the elementary intervals (`address_intervals`): building those costs every test times
+    every interval it covers — with 1,000 policies over 1,000 pods, 12.5 s of CPU for the
+    compile's 480 rule lists, 3x the whole rule walk's compile — while an endpoint's key needs
+    only its own one or two addresses."""
 
     def __init__(self, tests: Tests) -> None:
         self.tests = tests
-        self._by_version: dict[int, tuple[list[int], list[frozenset[int]]]] = {}
+        self._by_version: dict[int, list[tuple[int, list[int], list[int]]]] = {}
+
+    def _index(self, version: int) -> list[tuple[int, list[int], list[int]]]:
+        out = []
+        for t, ranges in enumerate(self.tests):
+            firsts: list[int] = []
+            lasts: list[int] = []
+            for first, last in sorted((f, la) for v, f, la in ranges if v == version):
+                if lasts and first <= lasts[-1] + 1:
+                    lasts[-1] = max(lasts[-1], last)
+                else:
+                    firsts.append(first)
+                    lasts.append(last)
+            if firsts:
+                out.append((t, firsts, lasts))
+        return out
 
     def of(self, ips: tuple[IPAddress, ...]) -> tuple[frozenset[int], ...]:
         out = []
         for ip in ips:
-            found = self._by_version.get(ip.version)
-            if found is None:
-                found = self._by_version[ip.version] = address_intervals(self.tests, ip.version)
-            starts, sigs = found
-            out.append(sigs[bisect.bisect_right(starts, int(ip)) - 1])
+            index = self._by_version.get(ip.version)
+            if index is None:
+                index = self._by_version[ip.version] = self._index(ip.version)
+            x = int(ip)
+            out.append(frozenset(t for t, firsts, lasts in index
+                                 if (i := bisect.bisect_right(firsts, x) - 1) >= 0 and lasts[i] >= x))
         return tuple(out)
 
 

@@ -35,6 +35,7 @@ import ipaddress
 import os
 import socket
 import struct
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -108,6 +109,10 @@ KEYS: dict[str, Callable[[str], bytes]] = {
 
 # Fields of concatenated keys: each is padded to a 4-byte register (values in network order).
 FIELDS: dict[str, Callable[[str], bytes]] = {
+    # A decision map's peer class. In an interval concatenation nft 1.0.6 stores it big-endian
+    # (its rule turns the loaded mark with `byteorder hton` first, so ranges compare bytewise);
+    # in a hash concatenation, as loaded: host order (_HOST_FIELDS).
+    "mark": lambda text: struct.pack(">I", int.from_bytes(_mark(text), sys.byteorder)),
     "ipv4_addr": lambda text: ipaddress.IPv4Address(text).packed,
     "ipv6_addr": lambda text: ipaddress.IPv6Address(text).packed,
     "inet_proto": lambda text: _number(text, 1),
@@ -117,6 +122,9 @@ FIELDS: dict[str, Callable[[str], bytes]] = {
     "icmpv6_type": lambda text: _number(text, 1),
     "icmpv6_code": lambda text: _number(text, 1),
 }
+
+
+_HOST_FIELDS: dict[str, Callable[[str], bytes]] = {**FIELDS, "mark": _mark}
 
 
 def _number(text: str, size: int) -> bytes:
@@ -164,7 +172,7 @@ def _concatenation(fields: list[str]) -> Callable[[str], bytes]:
         parts = text.split(" . ")
         if len(parts) != len(fields) or any("-" in p for p in parts):
             raise ValueError(f"element {text!r} is not one value for each of the map's {len(fields)} fields")
-        return b"".join(_pad(FIELDS[kind](part.strip())) for kind, part in zip(fields, parts, strict=True))
+        return b"".join(_pad(_HOST_FIELDS[kind](part.strip())) for kind, part in zip(fields, parts, strict=True))
     return encode
 
 
