@@ -47,7 +47,7 @@ from flowtui.collector.enrich import Enricher
 from flowtui.collector.loss import LossBook, ensure_all_causes
 from flowtui.collector.parse import ParseStats, RawBatch, SeqTracker, count_events
 from flowtui.collector.pipeline import process
-from flowtui.store.duckdb_store import DuckStore, utcnow
+from flowtui.store.duckdb_store import DuckStore, TotalsBusy, utcnow
 
 log = logging.getLogger(__name__)
 STOP = object()
@@ -107,6 +107,7 @@ class Writer:
             for group in cfg.nflog.groups:
                 self.seq.start(src.index, group)  # a fresh kernel instance counts from 0
         ensure_all_causes(self.book, [s.source_id for s in sources])
+        self.store.defer_totals()  # an hour's end merges the totals on the store's worker, not in our commit
         self._load_resources(force=True)
         self._store_rules()
 
@@ -151,7 +152,7 @@ class Writer:
                 self._publish()
             if self.store.snapshot_due():
                 self.store.snapshot()
-            if now - last["retention"] >= cfg.retention_interval:
+            if now - last["retention"] >= cfg.retention_interval and not self.store.totals_busy:
                 last["retention"] = now
                 self.store.retain(cfg.retention)
         self._commit(pending, pending_rows, final=True)
@@ -251,19 +252,13 @@ class Writer:
             return
         ids = ",".join(str(int(i)) for i in self._source_ids) or "NULL"
         before = datetime.fromtimestamp(self.aggregator.flushed_before / 1e6, UTC).replace(tzinfo=None)
+        t0 = time.perf_counter()
         try:
-            with self.store.transaction():
-                if rows and self.cfg.keep_events:
-                    self.store.insert("events", pa.concat_tables(pending, promote_options="permissive"))
-                if closed.num_rows:
-                    self.store.insert("flows", closed)
-                    self.store.fold(closed)  # into their hour's rollups now, not all at the hour's end
-                    self.store.query(f"DELETE FROM flows_open WHERE source_id IN ({ids}) AND start_time < ?", [before])
-                if opened.num_rows:
-                    self.store.insert("flows_open", opened)
-                if closed.num_rows:  # the hours whose buckets all closed (one at a time: catching up
-                    # on a large upgraded store must not stall the writer)
-                    self.store.roll_up(before, max_hours=1)
+            try:
+                self._transaction(pending, rows, closed, opened, ids, before)
+            except TotalsBusy:  # late rows for hours the store's worker was totalling: once it is done
+                self.store.wait_totals()
+                self._transaction(pending, rows, closed, opened, ids, before)
         except Exception:
             log.exception("committing %d events and %d flow rows failed", rows, closed.num_rows + opened.num_rows)
             self.book.lose("store_error", rows)
@@ -274,10 +269,26 @@ class Writer:
                 self.sink.append("events", pa.concat_tables(pending, promote_options="permissive"))
             delta = self.aggregator.take_closed_unsaved()
             self.sink.append("flows", pa.concat_tables([delta, opened]) if delta.num_rows else opened)
+        self.book.peak("commit_max_us", int((time.perf_counter() - t0) * 1e6))  # the writer away from its queue
         self.book.count("stored", rows)
         self.book.count("flow_rows", closed.num_rows)
         self.book.count("open_flow_rows", opened.num_rows)
         self.book.set("late_flow_rows", self.aggregator.late_rows)
+
+    def _transaction(self, pending: list[pa.Table], rows: int, closed: pa.Table, opened: pa.Table, ids: str,
+                     before: datetime) -> None:
+        with self.store.transaction():
+            if rows and self.cfg.keep_events:
+                self.store.insert("events", pa.concat_tables(pending, promote_options="permissive"))
+            if closed.num_rows:
+                self.store.insert("flows", closed)
+                self.store.fold(closed)  # into their hour's rollups now, not all at the hour's end
+                self.store.query(f"DELETE FROM flows_open WHERE source_id IN ({ids}) AND start_time < ?", [before])
+            if opened.num_rows:
+                self.store.insert("flows_open", opened)
+            if closed.num_rows:  # the hours whose buckets all closed (one at a time: catching up
+                # on a large upgraded store must not stall the writer); their totals: the store's worker
+                self.store.roll_up(before, max_hours=1)
 
     def _handle(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
