@@ -103,6 +103,7 @@ class Writer:
         self._resource_stamp: tuple[Any, ...] = ()
         self._last_warning = -10.0
         self._source_ids = np.asarray([s.source_id for s in sources], dtype=np.int32)
+        self._offset_us = int(cfg.clock_offset_seconds * 1e6)
         for src in sources:
             for group in cfg.nflog.groups:
                 self.seq.start(src.index, group)  # a fresh kernel instance counts from 0
@@ -192,6 +193,7 @@ class Writer:
                 enricher=self.enricher,
                 seq=self.seq,
                 stats=self.parse_stats,
+                clock_offset_us=self._offset_us,
             )
         except Exception:
             log.exception("a batch could not be processed; its events are counted as malformed")
@@ -246,7 +248,7 @@ class Writer:
         """One transaction: the pending events, the flows of buckets that closed (moved out of
         `flows_open`), and the partial flows of open buckets since the last commit. A crash keeps
         all of it or none, so every committed event has its flow (in `flows` or `flows_open`)."""
-        closed = self.aggregator.flush(None if final else time.time_ns() // 1000)
+        closed = self.aggregator.flush(None if final else time.time_ns() // 1000 + self._offset_us)
         opened = self.aggregator.take_open()
         if not rows and not closed.num_rows and not opened.num_rows:
             return
@@ -309,7 +311,7 @@ class Writer:
         sid = int(self._source_ids[index])
         self.book.count("conntrack_events", len(conns), sid)
         rows = []
-        end_us = t_ns // 1000
+        end_us = t_ns // 1000 + self._offset_us
         for c in conns:
             src_ep = self.enricher.lookup(c.src_ip) if c.src_ip else None
             dst_ep = self.enricher.lookup(c.dst_ip) if c.dst_ip else None

@@ -220,8 +220,13 @@ class TotalsWorker:
         self.con.close()
 
     def _loop(self) -> None:
+        import os
         import time
 
+        try:  # the writer first: a job may take longer, the writer's queue must not wait (Linux: per thread)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (AttributeError, OSError):
+            pass
         while True:
             with self._cond:
                 while not self._wanted and not self._closed:
