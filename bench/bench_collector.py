@@ -345,7 +345,8 @@ def hour_rollup(work: Path, rows: int) -> dict[str, float]:
 class HourEnd:
     """A trial whose collector clock crosses an hour's end (see `trial_hour_end`)."""
 
-    mode: str  # "worker": the totals on the store's worker; "in-commit": merged in the writer's commit
+    mode: str  # "worker": the totals on the store's worker; "in-commit": merged in the writer's commit;
+    # "control": as "worker", the clock half an hour before the hour's end (what the same trial loses without it)
     trial: Trial
     prefilled_rows: int  # flow rows in the store before the trial (a whole hour and the one that ends)
     crossed: bool  # the writer rolled the hour up during the trial
@@ -407,7 +408,7 @@ def trial_hour_end(bed: Testbed, gen: Path, frames: Path, work: Path, rate: int,
     path, written, folded, hour_end = template
     db = work / f"hour-{mode}-{secrets.token_hex(2)}.duckdb"
     shutil.copyfile(path, db)
-    lead = 5.0
+    lead = 5.0 if mode != "control" else 1800.0  # control: the same trial, no hour's end in it
     cfg = CollectorConfig(db=db, namespaces=(bed.rx,), conntrack=False, rules_path=work / "rules.jsonl",
                           clock_offset_seconds=0.0)
     store = duckdb_store.DuckStore(db, threads=cfg.duckdb_threads, snapshot_interval=cfg.snapshot_interval)
@@ -439,7 +440,7 @@ def trial_hour_end(bed: Testbed, gen: Path, frames: Path, work: Path, rate: int,
 
     writer_mod.Writer._commit = timed_commit  # type: ignore[method-assign]
     if real_defer is not None:
-        duckdb_store.DuckStore.defer_totals = defer_timed if mode == "worker" else (lambda self: None)  # type: ignore[method-assign]
+        duckdb_store.DuckStore.defer_totals = defer_timed if mode != "in-commit" else (lambda self: None)  # type: ignore[method-assign]
     try:
         c.cfg.clock_offset_seconds = hour_end - lead - time.time()
         t = _run_collector(c, bed, gen, frames, rate, seconds)
@@ -450,7 +451,7 @@ def trial_hour_end(bed: Testbed, gen: Path, frames: Path, work: Path, rate: int,
     crossing = [d for d, crossed in commits if crossed]
     first_cross = next((i for i, (_d, crossed) in enumerate(commits) if crossed), None)
     hour_commit = commits[first_cross][0] if first_cross is not None else 0.0
-    job = max(jobs[1:] or jobs, key=lambda j: j[1] - j[0], default=None) if mode == "worker" else None
+    job = max(jobs[1:] or jobs, key=lambda j: j[1] - j[0], default=None) if mode != "in-commit" else None
     return HourEnd(
         mode, t, written, bool(crossing), round(max((d for d, _c in commits), default=0.0), 3), round(hour_commit, 3),
         None if job is None else round(job[1] - job[0], 3),
@@ -655,7 +656,8 @@ def main() -> int:
     ap.add_argument("--hour-end-seconds", type=float, default=30.0, help="length of each hour-end trial")
     ap.add_argument("--hour-end-modes", default="worker,in-commit",
                     help="worker (as shipped: the totals on the store's worker), in-commit (merged in the "
-                         "writer's commit, as before)")
+                         "writer's commit, as before), control (as worker, no hour's end in the trial)")
+    ap.add_argument("--no-hour-rollup", action="store_true", help="skip the store-only hour roll-up timing")
     ap.add_argument("--rollups", default="shipped", help=f"comma-separated writer modes: {', '.join(ROLLUP_MODES)}")
     args = ap.parse_args()
     modes = args.rollups.split(",")
@@ -725,12 +727,13 @@ def main() -> int:
         print()
         for mode, rate in by_mode.items():
             print(f"sustained with zero loss, rollups {mode}: flowtui {rate:,.0f} events/s")
-        hour = hour_rollup(work, args.hour_rows) if args.hour_rows else None
+        hour = hour_rollup(work, args.hour_rows) if args.hour_rows and not args.no_hour_rollup else None
         if hour is not None:
             holds = pool_mb * 1e6 / 200
             for way in ("recompute", "fold"):
                 stall = hour[f"{way}_hour_end_s"]
-                print(f"hour end, {way}: {stall:.2f} s in the writer for {hour['rows']:,.0f} flow rows = "
+                print(f"hour end in the commit (store API, no worker), {way}: {stall:.2f} s for "
+                      f"{hour['rows']:,.0f} flow rows = "
                       f"{stall * 150_000:,.0f} events queued at 150k/s (the pool holds ~{holds:,.0f} at 200 B each)")
             print(f"fold per 15 s batch: median {hour['fold_median_s'] * 1e3:.1f} ms, "
                   f"max {hour['fold_max_s'] * 1e3:.1f} ms")
