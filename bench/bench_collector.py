@@ -414,7 +414,7 @@ def trial_hour_end(bed: Testbed, gen: Path, frames: Path, work: Path, rate: int,
     store = duckdb_store.DuckStore(db, threads=cfg.duckdb_threads, snapshot_interval=cfg.snapshot_interval)
     store._folded = dict(folded)
     hour = datetime.fromtimestamp(hour_end, UTC).replace(tzinfo=None)
-    commits: list[tuple[float, bool]] = []
+    commits: list[tuple[float, bool, float]] = []  # seconds, rolled the hour up, when it ended
     jobs: list[tuple[float, float, int, int]] = []
     c = Collector(cfg, store=store)
     real_commit, real_defer = writer_mod.Writer._commit, getattr(duckdb_store.DuckStore, "defer_totals", None)
@@ -423,7 +423,8 @@ def trial_hour_end(bed: Testbed, gen: Path, frames: Path, work: Path, rate: int,
         t = time.perf_counter()
         real_commit(self, *args, **kwargs)
         rolled = self.store.rolled_until()
-        commits.append((time.perf_counter() - t, rolled is not None and rolled > hour - timedelta(hours=1)))
+        now = time.perf_counter()
+        commits.append((now - t, rolled is not None and rolled > hour - timedelta(hours=1), now))
 
     def defer_timed(self: Any) -> None:
         assert real_defer is not None
@@ -448,12 +449,13 @@ def trial_hour_end(bed: Testbed, gen: Path, frames: Path, work: Path, rate: int,
         writer_mod.Writer._commit = real_commit  # type: ignore[method-assign]
         if real_defer is not None:
             duckdb_store.DuckStore.defer_totals = real_defer  # type: ignore[method-assign]
-    crossing = [d for d, crossed in commits if crossed]
-    first_cross = next((i for i, (_d, crossed) in enumerate(commits) if crossed), None)
-    hour_commit = commits[first_cross][0] if first_cross is not None else 0.0
-    job = max(jobs[1:] or jobs, key=lambda j: j[1] - j[0], default=None) if mode != "in-commit" else None
+    cross = next((k for k in commits if k[1]), None)
+    # the worker's job for the hour: the first to start after the commit that rolled it up (not the one
+    # of the partial hour the collector rolls up as it stops)
+    job = None if cross is None else next((j for j in jobs if j[0] >= cross[2]), None)
     return HourEnd(
-        mode, t, written, bool(crossing), round(max((d for d, _c in commits), default=0.0), 3), round(hour_commit, 3),
+        mode, t, written, cross is not None, round(max((k[0] for k in commits), default=0.0), 3),
+        round(cross[0], 3) if cross is not None else 0.0,
         None if job is None else round(job[1] - job[0], 3),
         None if job is None or job[1] <= job[0] else round((job[3] - job[2]) / (job[1] - job[0])),
     )

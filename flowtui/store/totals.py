@@ -259,5 +259,13 @@ class TotalsWorker:
         if rolled is None or totals_state(self.con) == (rolled, rolled):
             run(self.con, "ROLLBACK")
             return
-        roll_up_totals(self.con, rolled, compact_hours=True)
-        run(self.con, "COMMIT")
+        # DuckDB's other threads would run the job's pipelines at the writer's priority (under load
+        # the writer and the reader lost CPU to them): one thread, this one, meanwhile. The setting is
+        # the database's, so the writer's own statements run on one thread too until the job ends.
+        threads = run(self.con, "SELECT current_setting('threads')")[0][0]
+        run(self.con, "SET threads = 1")
+        try:
+            roll_up_totals(self.con, rolled, compact_hours=True)
+            run(self.con, "COMMIT")
+        finally:
+            run(self.con, f"SET threads = {int(threads)}")
