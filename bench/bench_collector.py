@@ -414,7 +414,7 @@ def trial_hour_end(bed: Testbed, gen: Path, frames: Path, work: Path, rate: int,
     store = duckdb_store.DuckStore(db, threads=cfg.duckdb_threads, snapshot_interval=cfg.snapshot_interval)
     store._folded = dict(folded)
     hour = datetime.fromtimestamp(hour_end, UTC).replace(tzinfo=None)
-    commits: list[tuple[float, bool, float]] = []  # seconds, rolled the hour up, when it ended
+    commits: list[tuple[float, bool, float]] = []  # seconds, rolled the hour up, when it began
     jobs: list[tuple[float, float, int, int]] = []
     c = Collector(cfg, store=store)
     real_commit, real_defer = writer_mod.Writer._commit, getattr(duckdb_store.DuckStore, "defer_totals", None)
@@ -423,8 +423,7 @@ def trial_hour_end(bed: Testbed, gen: Path, frames: Path, work: Path, rate: int,
         t = time.perf_counter()
         real_commit(self, *args, **kwargs)
         rolled = self.store.rolled_until()
-        now = time.perf_counter()
-        commits.append((now - t, rolled is not None and rolled > hour - timedelta(hours=1), now))
+        commits.append((time.perf_counter() - t, rolled is not None and rolled > hour - timedelta(hours=1), t))
 
     def defer_timed(self: Any) -> None:
         assert real_defer is not None
@@ -450,7 +449,7 @@ def trial_hour_end(bed: Testbed, gen: Path, frames: Path, work: Path, rate: int,
         if real_defer is not None:
             duckdb_store.DuckStore.defer_totals = real_defer  # type: ignore[method-assign]
     cross = next((k for k in commits if k[1]), None)
-    # the worker's job for the hour: the first to start after the commit that rolled it up (not the one
+    # the worker's job for the hour: the first to start after that commit began (not the one
     # of the partial hour the collector rolls up as it stops)
     job = None if cross is None else next((j for j in jobs if j[0] >= cross[2]), None)
     return HourEnd(
