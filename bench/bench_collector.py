@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import secrets
 import shutil
@@ -59,7 +60,9 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -338,6 +341,125 @@ def hour_rollup(work: Path, rows: int) -> dict[str, float]:
     return out
 
 
+@dataclass
+class HourEnd:
+    """A trial whose collector clock crosses an hour's end (see `trial_hour_end`)."""
+
+    mode: str  # "worker": the totals on the store's worker; "in-commit": merged in the writer's commit;
+    # "control": as "worker", the clock half an hour before the hour's end (what the same trial loses without it)
+    trial: Trial
+    prefilled_rows: int  # flow rows in the store before the trial (a whole hour and the one that ends)
+    crossed: bool  # the writer rolled the hour up during the trial
+    longest_commit_s: float  # the writer away from its queue: its longest commit
+    hour_commit_s: float  # the commit that rolled the hour up
+    worker_s: float | None  # the worker's job for that hour (None: in the commit)
+    drained_during_job: float | None  # events/s the writer stored while the worker's job ran
+
+    @property
+    def zero_loss(self) -> bool:
+        return self.trial.zero_loss
+
+
+def prefill_hours(path: Path, rows: int, hour_end: float, before: float) -> tuple[int, dict[Any, Any]]:
+    """A store holding the hour before `hour_end`'s hour, rolled up with its totals, and the hour that
+    ends at `hour_end` up to `before` seconds earlier (whole 15 s buckets), folded by the store's own
+    writer API as the collector's writer folds it: `rows` flow rows per hour (`bench_queries.py`'s
+    flows). Returns the rows written and the writer's fold state, for the collector's store."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import argparse as _argparse
+
+    import bench_queries
+    import numpy as np
+
+    from flowtui.store.duckdb_store import DuckStore
+
+    rng = np.random.default_rng(1)
+    dims = bench_queries.build_dimensions(rng, _argparse.Namespace(namespaces=50, pods=5000, policies=1000, nodes=20))
+    store = DuckStore(path, snapshot_interval=None)
+    written = 0
+    try:
+        store.insert_rows("rules", [r for r in dims["rules"] if r["id"] != 7])  # 7: the bench's own rule
+        store.insert_rows("endpoints", dims["endpoints"])
+        first_us = int((hour_end - 7200) * 1e6)
+        last_us = int((hour_end - before) * 1e6) // 15_000_000 * 15_000_000
+        for a in range(first_us, last_us, 15_000_000):
+            chunk = bench_queries.flow_chunk(rng, dims, rows // 240, a, a + 15_000_000, 20)
+            with store.transaction():  # as the collector's writer commits closed buckets
+                store.insert("flows", chunk)
+                store.fold(chunk)
+                store.roll_up(datetime.fromtimestamp((a + 15_000_000) / 1e6, UTC).replace(tzinfo=None), max_hours=1)
+            written += chunk.num_rows
+        folded = dict(store._folded)
+    finally:
+        store.close(snapshot=False)
+    return written, folded
+
+
+def trial_hour_end(bed: Testbed, gen: Path, frames: Path, work: Path, rate: int, seconds: float,
+                   template: tuple[Path, int, dict[Any, Any], float], mode: str) -> HourEnd:
+    """`trial_ours` on a copy of the prefilled store, the collector's clock set `lead` seconds before
+    the hour's end (`CollectorConfig.clock_offset_seconds`): its last bucket closes ~6 s later and the
+    writer rolls the hour up while the generator goes on. The copy's writer is given the prefill's fold
+    state (as if one writer had run all hour). Measured around the writer: every commit's time, and
+    the store's worker job with the events stored meanwhile."""
+    from flowtui.collector import writer as writer_mod
+    from flowtui.store import duckdb_store
+
+    path, written, folded, hour_end = template
+    db = work / f"hour-{mode}-{secrets.token_hex(2)}.duckdb"
+    shutil.copyfile(path, db)
+    lead = 5.0 if mode != "control" else 1800.0  # control: the same trial, no hour's end in it
+    cfg = CollectorConfig(db=db, namespaces=(bed.rx,), conntrack=False, rules_path=work / "rules.jsonl",
+                          clock_offset_seconds=0.0)
+    store = duckdb_store.DuckStore(db, threads=cfg.duckdb_threads, snapshot_interval=cfg.snapshot_interval)
+    store._folded = dict(folded)
+    hour = datetime.fromtimestamp(hour_end, UTC).replace(tzinfo=None)
+    commits: list[tuple[float, bool, float]] = []  # seconds, rolled the hour up, when it began
+    jobs: list[tuple[float, float, int, int]] = []
+    c = Collector(cfg, store=store)
+    real_commit, real_defer = writer_mod.Writer._commit, getattr(duckdb_store.DuckStore, "defer_totals", None)
+
+    def timed_commit(self: Any, *args: Any, **kwargs: Any) -> None:
+        t = time.perf_counter()
+        real_commit(self, *args, **kwargs)
+        rolled = self.store.rolled_until()
+        commits.append((time.perf_counter() - t, rolled is not None and rolled > hour - timedelta(hours=1), t))
+
+    def defer_timed(self: Any) -> None:
+        assert real_defer is not None
+        real_defer(self)
+        worker = self._worker
+        real_job = worker._job
+
+        def job() -> None:
+            t0, n0 = time.perf_counter(), c.book.stat_total("stored")
+            real_job()
+            jobs.append((t0, time.perf_counter(), n0, c.book.stat_total("stored")))
+
+        worker._job = job
+
+    writer_mod.Writer._commit = timed_commit  # type: ignore[method-assign]
+    if real_defer is not None:
+        duckdb_store.DuckStore.defer_totals = defer_timed if mode != "in-commit" else (lambda self: None)  # type: ignore[method-assign]
+    try:
+        c.cfg.clock_offset_seconds = hour_end - lead - time.time()
+        t = _run_collector(c, bed, gen, frames, rate, seconds)
+    finally:
+        writer_mod.Writer._commit = real_commit  # type: ignore[method-assign]
+        if real_defer is not None:
+            duckdb_store.DuckStore.defer_totals = real_defer  # type: ignore[method-assign]
+    cross = next((k for k in commits if k[1]), None)
+    # the worker's job for the hour: the first to start after that commit began (not the one
+    # of the partial hour the collector rolls up as it stops)
+    job = None if cross is None else next((j for j in jobs if j[0] >= cross[2]), None)
+    return HourEnd(
+        mode, t, written, cross is not None, round(max((k[0] for k in commits), default=0.0), 3),
+        round(cross[0], 3) if cross is not None else 0.0,
+        None if job is None else round(job[1] - job[0], 3),
+        None if job is None or job[1] <= job[0] else round((job[3] - job[2]) / (job[1] - job[0])),
+    )
+
+
 def trial_ours(
     bed: Testbed,
     gen: Path,
@@ -349,8 +471,12 @@ def trial_ours(
 ) -> Trial:
     db = work / f"ours-{rate}-{generators}-{secrets.token_hex(2)}.duckdb"
     cfg = CollectorConfig(db=db, namespaces=(bed.rx,), conntrack=False, rules_path=work / "rules.jsonl")
+    return _run_collector(Collector(cfg), bed, gen, frames, rate, seconds, generators)
+
+
+def _run_collector(c: Collector, bed: Testbed, gen: Path, frames: Path, rate: int, seconds: float,
+                   generators: int = 1) -> Trial:
     before = bed.counter("ft:D7")
-    c = Collector(cfg)
     c.start()
     others = Others()
     others.start()
@@ -462,6 +588,37 @@ def _instances(bed: Testbed) -> list[dict[str, int]]:
 # Main
 
 
+def run_hour_ends(bed: Testbed, gen: Path, frames: Path, work: Path, args: argparse.Namespace,
+                  pool_mb: float) -> list[dict[str, Any]]:
+    """The hour-end trials (`trial_hour_end`), one per rate and mode, on one prefilled store."""
+    rates = [parse_rate(r) for r in args.hour_end_rates.split(",") if r.strip()]
+    if not rates or not args.hour_rows:
+        return []
+    hour_end = (math.floor(time.time() / 3600) + 1) * 3600.0  # the collector's clock is moved, not ours
+    path = work / "hour-end-template.duckdb"
+    t0 = time.perf_counter()
+    written, folded = prefill_hours(path, args.hour_rows, hour_end, 60.0)
+    print(f"hour-end trials: a store of {written:,} flow rows (an hour rolled up, the next folded), "
+          f"built in {time.perf_counter() - t0:.0f} s; the collector's clock starts 5 s before the hour's end")
+    holds = pool_mb * 1e6 / 200  # events of ~200 B
+    out = []
+    for rate in rates:
+        print(f"  at {rate:,}/s the reader's pool (~{holds:,.0f} events) absorbs a stall of {holds / rate:.1f} s; "
+              f"half of it (the sustained criterion) {holds / rate / 2:.1f} s")
+        for mode in args.hour_end_modes.split(","):
+            h = trial_hour_end(bed, gen, frames, work, rate, args.hour_end_seconds,
+                               (path, written, folded, hour_end), mode)
+            h.trial.listener = f"hour-end/{mode}"
+            show(h.trial)
+            job = "" if h.worker_s is None else (f"; worker {h.worker_s:.2f} s, the writer storing "
+                                                 f"{h.drained_during_job or 0:,.0f} events/s meanwhile")
+            print(f"    crossed the hour: {'yes' if h.crossed else 'NO'}; hour's commit {h.hour_commit_s:.2f} s; "
+                  f"longest commit {h.longest_commit_s:.2f} s{job}; queue peak {h.trial.queue_peak_mb:.1f} MB "
+                  f"-> {'zero loss' if h.zero_loss else 'LOSS'}", flush=True)
+            out.append(asdict(h) | {"zero_loss": h.zero_loss, "load_average": os.getloadavg()})
+    return out
+
+
 def parse_rate(text: str) -> int:
     text = text.strip().lower()
     if text in ("max", "0"):
@@ -494,6 +651,14 @@ def main() -> int:
     ap.add_argument("--no-overload", action="store_true")
     ap.add_argument("--json", action="store_true", help="also print all trials as JSON")
     ap.add_argument("--hour-rows", type=int, default=416_000, help="time the roll-up of one hour of this many flows")
+    ap.add_argument("--hour-end-rates", default="150k",
+                    help="rates of the trials that cross an hour's end (empty: none); their store holds "
+                         "--hour-rows flow rows per hour")
+    ap.add_argument("--hour-end-seconds", type=float, default=30.0, help="length of each hour-end trial")
+    ap.add_argument("--hour-end-modes", default="worker,in-commit",
+                    help="worker (as shipped: the totals on the store's worker), in-commit (merged in the "
+                         "writer's commit, as before), control (as worker, no hour's end in the trial)")
+    ap.add_argument("--no-hour-rollup", action="store_true", help="skip the store-only hour roll-up timing")
     ap.add_argument("--rollups", default="shipped", help=f"comma-separated writer modes: {', '.join(ROLLUP_MODES)}")
     args = ap.parse_args()
     modes = args.rollups.split(",")
@@ -559,15 +724,17 @@ def main() -> int:
             overload = trial_ours(bed, gen, spoofed, work, 0, args.seconds, generators=2)
             show(overload)
             trials.append(overload)
+        hour_ends = run_hour_ends(bed, gen, flows, work, args, pool_mb)
         print()
         for mode, rate in by_mode.items():
             print(f"sustained with zero loss, rollups {mode}: flowtui {rate:,.0f} events/s")
-        hour = hour_rollup(work, args.hour_rows) if args.hour_rows else None
+        hour = hour_rollup(work, args.hour_rows) if args.hour_rows and not args.no_hour_rollup else None
         if hour is not None:
             holds = pool_mb * 1e6 / 200
             for way in ("recompute", "fold"):
                 stall = hour[f"{way}_hour_end_s"]
-                print(f"hour end, {way}: {stall:.2f} s in the writer for {hour['rows']:,.0f} flow rows = "
+                print(f"hour end in the commit (store API, no worker), {way}: {stall:.2f} s for "
+                      f"{hour['rows']:,.0f} flow rows = "
                       f"{stall * 150_000:,.0f} events queued at 150k/s (the pool holds ~{holds:,.0f} at 200 B each)")
             print(f"fold per 15 s batch: median {hour['fold_median_s'] * 1e3:.1f} ms, "
                   f"max {hour['fold_max_s'] * 1e3:.1f} ms")
@@ -596,7 +763,8 @@ def main() -> int:
         if args.json:
             print(json.dumps([asdict(t) | {"zero_loss": t.zero_loss} for t in trials], indent=2))
             print(json.dumps({"sustained": {"flowtui": ours_rate, "ulogd2": theirs_rate},
-                              "rollups": by_mode, "hour_rollup": hour, "load_average": os.getloadavg()}))
+                              "rollups": by_mode, "hour_rollup": hour, "hour_end": hour_ends,
+                              "load_average": os.getloadavg()}))
         bad = [t for t in trials if t.listener.startswith("flowtui") and t.stored + t.lost != t.counted]
         if bad:
             print(f"ACCOUNTING MISMATCH in {len(bad)} trial(s)", file=sys.stderr)

@@ -39,6 +39,7 @@ class CollectorConfig:
     duckdb_threads: int | None = None  # DuckDB's own default when None
     nflog_socket: Callable[[str | None, NflogConfig], NflogSocket] = NflogSocket  # injectable (tests)
     slow_writer_seconds: float = 0.0  # tests and benchmarks: extra time per batch, a slow disk
+    clock_offset_seconds: float = 0.0  # tests and benchmarks: event and bucket times this far ahead (an hour's end)
     # Node mode (the cluster flows dataset, `flowtui.collector.dataset`): one namespace, one node.
     node: str | None = None  # the node's name (default: from the namespace, or the host name)
     flows_dir: Path | None = None  # also append this node's rows to the dataset there

@@ -60,8 +60,10 @@ def process(
     enricher: Enricher,
     seq: SeqTracker,
     stats: ParseStats,
+    clock_offset_us: int = 0,
 ) -> BatchResult:
-    """Turn one RawBatch into rows. `source_ids[i]` is the store's id of source index i."""
+    """Turn one RawBatch into rows. `source_ids[i]` is the store's id of source index i;
+    `clock_offset_us` is added to every event's time (`CollectorConfig.clock_offset_seconds`)."""
     parsed = parse(raw, stats)
     n = len(parsed)
     gaps_before, bad_before = dict(seq.gaps), dict(seq.malformed)
@@ -80,7 +82,7 @@ def process(
         np.int32
     )
 
-    time_us = np.where(parsed.ts_us > 0, parsed.ts_us, parsed.recv_ns // 1000).astype(np.int64)
+    time_us = np.where(parsed.ts_us > 0, parsed.ts_us, parsed.recv_ns // 1000).astype(np.int64) + clock_offset_us
     sid = source_ids[parsed.source.astype(np.intp)] if n else np.zeros(0, dtype=np.int32)
     rule_id = resolved.rule_id[parsed.prefix_code] if n else np.zeros(0, dtype=np.int64)
     action_code = np.where(

@@ -47,7 +47,7 @@ from flowtui.collector.enrich import Enricher
 from flowtui.collector.loss import LossBook, ensure_all_causes
 from flowtui.collector.parse import ParseStats, RawBatch, SeqTracker, count_events
 from flowtui.collector.pipeline import process
-from flowtui.store.duckdb_store import DuckStore, utcnow
+from flowtui.store.duckdb_store import DuckStore, TotalsBusy, utcnow
 
 log = logging.getLogger(__name__)
 STOP = object()
@@ -103,10 +103,12 @@ class Writer:
         self._resource_stamp: tuple[Any, ...] = ()
         self._last_warning = -10.0
         self._source_ids = np.asarray([s.source_id for s in sources], dtype=np.int32)
+        self._offset_us = int(cfg.clock_offset_seconds * 1e6)
         for src in sources:
             for group in cfg.nflog.groups:
                 self.seq.start(src.index, group)  # a fresh kernel instance counts from 0
         ensure_all_causes(self.book, [s.source_id for s in sources])
+        self.store.defer_totals()  # an hour's end merges the totals on the store's worker, not in our commit
         self._load_resources(force=True)
         self._store_rules()
 
@@ -151,7 +153,7 @@ class Writer:
                 self._publish()
             if self.store.snapshot_due():
                 self.store.snapshot()
-            if now - last["retention"] >= cfg.retention_interval:
+            if now - last["retention"] >= cfg.retention_interval and not self.store.totals_busy:
                 last["retention"] = now
                 self.store.retain(cfg.retention)
         self._commit(pending, pending_rows, final=True)
@@ -191,6 +193,7 @@ class Writer:
                 enricher=self.enricher,
                 seq=self.seq,
                 stats=self.parse_stats,
+                clock_offset_us=self._offset_us,
             )
         except Exception:
             log.exception("a batch could not be processed; its events are counted as malformed")
@@ -245,25 +248,19 @@ class Writer:
         """One transaction: the pending events, the flows of buckets that closed (moved out of
         `flows_open`), and the partial flows of open buckets since the last commit. A crash keeps
         all of it or none, so every committed event has its flow (in `flows` or `flows_open`)."""
-        closed = self.aggregator.flush(None if final else time.time_ns() // 1000)
+        closed = self.aggregator.flush(None if final else time.time_ns() // 1000 + self._offset_us)
         opened = self.aggregator.take_open()
         if not rows and not closed.num_rows and not opened.num_rows:
             return
         ids = ",".join(str(int(i)) for i in self._source_ids) or "NULL"
         before = datetime.fromtimestamp(self.aggregator.flushed_before / 1e6, UTC).replace(tzinfo=None)
+        t0 = time.perf_counter()
         try:
-            with self.store.transaction():
-                if rows and self.cfg.keep_events:
-                    self.store.insert("events", pa.concat_tables(pending, promote_options="permissive"))
-                if closed.num_rows:
-                    self.store.insert("flows", closed)
-                    self.store.fold(closed)  # into their hour's rollups now, not all at the hour's end
-                    self.store.query(f"DELETE FROM flows_open WHERE source_id IN ({ids}) AND start_time < ?", [before])
-                if opened.num_rows:
-                    self.store.insert("flows_open", opened)
-                if closed.num_rows:  # the hours whose buckets all closed (one at a time: catching up
-                    # on a large upgraded store must not stall the writer)
-                    self.store.roll_up(before, max_hours=1)
+            try:
+                self._transaction(pending, rows, closed, opened, ids, before)
+            except TotalsBusy:  # late rows for hours the store's worker was totalling: once it is done
+                self.store.wait_totals()
+                self._transaction(pending, rows, closed, opened, ids, before)
         except Exception:
             log.exception("committing %d events and %d flow rows failed", rows, closed.num_rows + opened.num_rows)
             self.book.lose("store_error", rows)
@@ -274,10 +271,26 @@ class Writer:
                 self.sink.append("events", pa.concat_tables(pending, promote_options="permissive"))
             delta = self.aggregator.take_closed_unsaved()
             self.sink.append("flows", pa.concat_tables([delta, opened]) if delta.num_rows else opened)
+        self.book.peak("commit_max_us", int((time.perf_counter() - t0) * 1e6))  # the writer away from its queue
         self.book.count("stored", rows)
         self.book.count("flow_rows", closed.num_rows)
         self.book.count("open_flow_rows", opened.num_rows)
         self.book.set("late_flow_rows", self.aggregator.late_rows)
+
+    def _transaction(self, pending: list[pa.Table], rows: int, closed: pa.Table, opened: pa.Table, ids: str,
+                     before: datetime) -> None:
+        with self.store.transaction():
+            if rows and self.cfg.keep_events:
+                self.store.insert("events", pa.concat_tables(pending, promote_options="permissive"))
+            if closed.num_rows:
+                self.store.insert("flows", closed)
+                self.store.fold(closed)  # into their hour's rollups now, not all at the hour's end
+                self.store.query(f"DELETE FROM flows_open WHERE source_id IN ({ids}) AND start_time < ?", [before])
+            if opened.num_rows:
+                self.store.insert("flows_open", opened)
+            if closed.num_rows:  # the hours whose buckets all closed (one at a time: catching up
+                # on a large upgraded store must not stall the writer); their totals: the store's worker
+                self.store.roll_up(before, max_hours=1)
 
     def _handle(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
@@ -298,7 +311,7 @@ class Writer:
         sid = int(self._source_ids[index])
         self.book.count("conntrack_events", len(conns), sid)
         rows = []
-        end_us = t_ns // 1000
+        end_us = t_ns // 1000 + self._offset_us
         for c in conns:
             src_ep = self.enricher.lookup(c.src_ip) if c.src_ip else None
             dst_ep = self.enricher.lookup(c.dst_ip) if c.dst_ip else None

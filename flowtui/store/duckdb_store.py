@@ -73,9 +73,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from enforcer.safefile import PRIVATE, commit, create_temp
-from flowtui.store import netsets, reroll, schema
+from flowtui.store import netsets, reroll, schema, totals
+from flowtui.store.totals import TotalsBusy, TotalsWorker
 
 log = logging.getLogger(__name__)
+__all__ = ["DuckStore", "Retention", "StoreStats", "TotalsBusy", "open_reader", "snapshot_path", "utcnow"]
 
 TIME_COLUMN = {
     "events": "time",
@@ -201,6 +203,10 @@ class DuckStore:
         # None when the hour has flows that were not (it is then recomputed from its raw flows)
         self._folded: dict[datetime, datetime | None] = {}
         self._unfolded: pa.Table | None = None  # the last flows inserted, until `fold` takes them
+        # `defer_totals()`: the totals and the compaction of rolled-up hours run on this worker
+        self._worker: TotalsWorker | None = None
+        self._txn_generation = 0  # the worker's generation when the open transaction began
+        self._after_commit = False  # a roll-up in the open transaction has work for the worker
         # Opened once, closed after DuckDB: see "Reading while the collector writes".
         self._read_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         if created:  # a store we made is private, whatever the umask (as its snapshots are)
@@ -214,6 +220,15 @@ class DuckStore:
         writer that does not have the table's optional columns leaves them out (NULL)."""
         if data.num_rows == 0:
             return 0
+        if self._in_transaction:  # the caller's transaction: a TotalsBusy is the caller's to retry
+            return self._insert(table, data)
+        try:
+            return self._insert(table, data)
+        except TotalsBusy:  # rolled back: again, once the totals worker is done
+            self.wait_totals()
+            return self._insert(table, data)
+
+    def _insert(self, table: str, data: pa.Table) -> int:
         given = data  # what `fold` will be handed
         want = schema.BY_NAME[table].full_arrow_schema
         if data.schema.names != want.names:
@@ -231,6 +246,11 @@ class DuckStore:
             try:
                 self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _ft_batch")
                 first = pc.min(data.column("start_time")).as_py() if table == "flows" else None
+                if first is not None and self._worker is not None:
+                    rolled, flows_until = self.query("SELECT (SELECT max(rolled_until) FROM rollup_state), "
+                                                     "(SELECT max(flows_until) FROM totals_state)")[0]
+                    if any(b is not None and first < b for b in (rolled, flows_until)):
+                        self._quiet_totals()  # late rows for hours the worker may be totalling
                 totals_until = self._totals_state()[0] if first is not None else None
                 if first is not None and totals_until is not None and first < totals_until:
                     # flows for hours the totals hold already (late, or imported out of order): merged
@@ -276,6 +296,8 @@ class DuckStore:
             if self._in_transaction:
                 yield
                 return
+            self._txn_generation = self._worker.generation if self._worker is not None else 0
+            folded, unfolded = dict(self._folded), self._unfolded
             self.con.execute("BEGIN TRANSACTION")
             self._in_transaction = True
             try:
@@ -283,11 +305,48 @@ class DuckStore:
             except BaseException:
                 self.con.execute("ROLLBACK")
                 self._rule_shapes = self._stored_rule_shapes()  # a rule rolled back is not known
+                self._folded, self._unfolded = folded, unfolded  # as the store is again
+                self._after_commit = False
                 raise
             else:
                 self.con.execute("COMMIT")
             finally:
                 self._in_transaction = False
+            if self._after_commit and self._worker is not None:
+                self._after_commit = False
+                self._worker.submit()
+
+    # ---------------------------------------------------------------------------------------
+    # The totals worker (see flowtui/store/totals.py)
+
+    def defer_totals(self) -> None:
+        """From now on a roll-up leaves the totals (and the compaction of the hours it rolled up) to a
+        worker with its own cursor and transaction: the collector's writer never waits for them. The
+        worker starts by catching up, if the totals are behind the rolled-up hours (a crash)."""
+        if self._worker is None:
+            self._worker = TotalsWorker(self.con)
+            self._worker.submit()
+
+    @property
+    def totals_busy(self) -> bool:
+        return self._worker is not None and self._worker.busy
+
+    def wait_totals(self) -> None:
+        if self._worker is not None:
+            self._worker.wait()
+
+    def _quiet_totals(self) -> None:
+        """Before the writer reads or changes what the worker changes (the totals, the hours before
+        `rolled_until`): outside a transaction, wait for it; inside one, which may have begun before
+        the worker's last commit (its snapshot would not show it), raise `TotalsBusy` unless the
+        worker has been idle all along."""
+        w = self._worker
+        if w is None:
+            return
+        if not self._in_transaction:
+            w.wait()
+        elif w.busy or w.generation != self._txn_generation:
+            raise TotalsBusy("the totals worker ran during this transaction")
 
     def _stored_rule_shapes(self) -> dict[int, tuple[Any, Any, Any]]:
         """What the rollups know of each rule id (kind, direction, action), from `rules`."""
@@ -323,6 +382,9 @@ class DuckStore:
         for floor in (self.compacted_until(), self.days_until()):
             if floor is not None:
                 hour = max(hour, floor)
+        rolled = self.rolled_until()
+        if rolled is not None and hour < rolled:  # hours the worker may be compacting and totalling
+            self._quiet_totals()
         self.con.execute("UPDATE rollup_state SET rolled_until = ? WHERE rolled_until > ?", [hour, hour])
         flows_until, pairs_until = self._totals_state()
         if pairs_until is not None and pairs_until > hour:  # its pair_hours will be rolled up again
@@ -332,6 +394,7 @@ class DuckStore:
     def flows_changed(self, first: datetime | None) -> None:
         """For writers that change `flows` with SQL rather than `insert` (recovery)."""
         if first is not None:
+            self._quiet_totals()
             with self.transaction():
                 flows_until, pairs_until = self._totals_state()
                 if flows_until is not None and first < flows_until:  # rows we cannot tell apart: rebuilt
@@ -373,7 +436,8 @@ class DuckStore:
             self._not_folded()
             hours = [start + timedelta(hours=i) for i in range(int((target - start) / timedelta(hours=1)))]
             if all(self._folded.get(h) is not None for h in hours):  # every flow of them folded
-                self._compact(start, target)
+                if self._worker is None:  # else the worker compacts them, before it adds them to the totals
+                    self._compact(start, target)
                 self._set_state(target, self.compacted_until())
                 self._roll_up_totals(start, target)
                 for h in hours:
@@ -456,86 +520,37 @@ class DuckStore:
         return folded
 
     def _compact(self, start: datetime | None, target: datetime, bucket: str = "hour") -> None:
-        """The rollup rows of [start, target) as one row per key and `bucket` (an expression of `hour`):
-        the folded sums of an hour, as `roll_up` makes them, or the hours of a day (`compact_days`)."""
-        pairs = ("hour, src_ep, src_ip, dst_ep, dst_ip, proto, dport, denied, sum(flows) AS flows, "
-                 "sum(connections) AS connections, sum(packets) AS packets, sum(bytes) AS bytes, "
-                 "sum(reply_packets) AS reply_packets, sum(reply_bytes) AS reply_bytes, "
-                 "min(first_seen) AS first_seen, max(last_seen) AS last_seen")
-        rules = ("hour, rule_id, sum(events) AS events, sum(packets) AS packets, min(first_seen) AS first_seen, "
-                 "max(last_seen) AS last_seen, max(last_hit) AS last_hit")
-        within = ("" if start is None else f"hour >= {_ts(start)} AND ") + f"hour < {_ts(target)}"
-
-        def rows(table: str) -> str:
-            return f"(SELECT * REPLACE ({bucket} AS hour) FROM {table} WHERE {within})"
-
-        merged = [(r.hours.name, r.merged(rows(r.hours.name))) for r in schema.HOUR_ROLLUPS]
-        for table, select in [(t, f"SELECT {cols} FROM {rows(t)} GROUP BY ALL")
-                              for t, cols in (("pair_hours", pairs), ("rule_hours", rules))] + merged:
-            self.query(f"CREATE OR REPLACE TEMP TABLE _ft_compact AS {select}")
-            self.query(f"DELETE FROM {table} WHERE {within}")
-            self.query(f"INSERT INTO {table} BY NAME SELECT * FROM _ft_compact")
-            self.query("DROP TABLE _ft_compact")
+        with self._lock:
+            totals.compact(self.con, start, target, bucket)
 
     def _totals_state(self) -> tuple[datetime | None, datetime | None]:
-        rows = self.query("SELECT max(flows_until), max(pairs_until) FROM totals_state")
-        return (rows[0][0], rows[0][1]) if rows else (None, None)
+        with self._lock:
+            return totals.totals_state(self.con)
 
     def _set_totals(self, flows_until: datetime | None, pairs_until: datetime | None) -> None:
-        self.query("DELETE FROM totals_state")
-        self.query("INSERT INTO totals_state VALUES (?, ?)", [flows_until, pairs_until])
+        with self._lock:
+            totals.set_totals(self.con, flows_until, pairs_until)
 
     def _roll_up_totals(self, start: datetime, target: datetime) -> None:
-        """`flow_totals` takes the flows from where it stops to `target`; `pair_totals` the pair_hours
-        just rolled up (added when it stopped at `start`, else rebuilt from every hour)."""
-        flows_until, pairs_until = self._totals_state()
-        if flows_until is None or flows_until < target:
-            since = "" if flows_until is None else f"start_time >= {_ts(flows_until)} AND "
-            self._merge_flow_totals(f"{since}start_time < {_ts(target)}")
-            flows_until = target
-        if pairs_until == start:
-            self._merge_pair_totals(f"hour >= {_ts(start)} AND hour < {_ts(target)}")
-        else:
-            self._clear_hour_totals()
-            self._merge_pair_totals(f"hour < {_ts(target)}")
-        self._set_totals(flows_until, target)
+        """`flow_totals` takes the flows from where it stops to `target`; the hour-summed totals the
+        hours from where they stop (all of them again when cleared); see `totals.roll_up_totals`."""
+        if self._worker is not None:  # the worker's, after this transaction commits
+            self._after_commit = True
+            return
+        with self._lock:
+            totals.roll_up_totals(self.con, target)
 
     def _merge_flow_totals(self, where: str, source: str = "flows") -> None:
-        """Add the rows of `source` that `where` keeps to `flow_totals`. In steps over temporary tables,
-        not one MERGE: DuckDB builds a MERGE's hash table on the target (7 s for a minute of flows into
-        the totals of 10M); a temporary table has exact statistics, so the joins build on it."""
-        on = schema.totals_on("t", "a")
-        self.query(f"CREATE OR REPLACE TEMP TABLE _ft_new AS {schema.flow_totals_sql(where, source)}")
-        self.query(f"CREATE OR REPLACE TEMP TABLE _ft_old AS SELECT t.rowid AS _row, t.* FROM flow_totals t "
-                   f"SEMI JOIN _ft_new a ON {on}")
-        self.query("DELETE FROM flow_totals WHERE rowid IN (SELECT _row FROM _ft_old)")
-        self.query(f"INSERT INTO flow_totals BY NAME SELECT {schema.totals_merge_sql('t', 'a')} FROM _ft_old t "
-                   f"FULL OUTER JOIN _ft_new a ON {on}")
-        self.query("DROP TABLE _ft_new")
-        self.query("DROP TABLE _ft_old")
+        with self._lock:
+            totals.merge_flow_totals(self.con, where, source)
 
     def _merge_pair_totals(self, where: str) -> None:
-        """Add the `pair_hours` rows that `where` keeps to `pair_totals` (sums, minima and maxima)."""
-        keys = ("src_ep", "src_ip", "dst_ep", "dst_ip", "proto", "dport", "denied")
-        sums = ("flows", "connections", "packets", "bytes", "reply_packets", "reply_bytes")
-        on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM a.{k}" for k in keys)
-        sets = ", ".join(f"{c} = coalesce(t.{c} + a.{c}, t.{c}, a.{c})" for c in sums)
-        self.query(
-            f"MERGE INTO pair_totals t USING (SELECT {', '.join(keys)}, "
-            + ", ".join(f"sum({c}) AS {c}" for c in sums)
-            + f", min(first_seen) AS first_seen, max(last_seen) AS last_seen FROM pair_hours WHERE {where} "
-            f"GROUP BY ALL) a ON {on} WHEN MATCHED THEN UPDATE SET {sets}, "
-            "first_seen = coalesce(least(t.first_seen, a.first_seen), t.first_seen, a.first_seen), "
-            "last_seen = coalesce(greatest(t.last_seen, a.last_seen), t.last_seen, a.last_seen) "
-            "WHEN NOT MATCHED THEN INSERT BY NAME"
-        )
-        for r in schema.HOUR_ROLLUPS:
-            _merge_hour_totals(self.con, r, where)
+        with self._lock:
+            totals.merge_pair_totals(self.con, where)
 
     def _clear_hour_totals(self) -> None:
-        """Empty every hour-summed totals table (`pair_totals` and those of `HOUR_ROLLUPS`)."""
-        for name in ("pair_totals", *(r.totals.name for r in schema.HOUR_ROLLUPS)):
-            self.query(f"DELETE FROM {name}")
+        with self._lock:
+            totals.clear_hour_totals(self.con)
 
     def _reroll_rules(self) -> None:
         """Rules just inserted (`_ft_batch`) whose flows came first: the rollups that read `rules` are
@@ -554,6 +569,7 @@ class DuckStore:
         listed = ", ".join(map(str, ids))
         if not ids or not self.query(f"SELECT 1 FROM flows WHERE rule_id IN ({listed}) LIMIT 1"):
             return
+        self._quiet_totals()  # the rows made again include hours and totals the worker may be changing
         self._not_folded()  # a batch inserted but not yet folded: its hours are made again at roll-up
         rolled, days = self.rolled_until(), self.days_until()
         since = reroll.floor(self.compacted_until(), days)
@@ -574,6 +590,7 @@ class DuckStore:
     def _reroll(self, rollups: Sequence[schema.HourRollup], keys: str) -> None:
         """The rows of `rollups` whose keys `keys` keeps, made again from their raw flows (hours rolled
         up or folded, and compacted days; hours without raw flows keep what they have), and their totals."""
+        self._quiet_totals()
         self._not_folded()
         days = self.days_until()
         reroll.hour_rollups(self.con, rollups, keys, reroll.floor(self.compacted_until(), days), days,
@@ -612,6 +629,7 @@ class DuckStore:
         the last whole rolled-up day) into one row per key and day; returns the days compacted. Sums
         of sums, minima of minima: the day rows answer exactly what their hours did, for windows of
         whole days (`rollup_state.days_until`)."""
+        self._quiet_totals()
         with self.transaction():
             rolled = self.rolled_until()
             if rolled is None:
@@ -722,6 +740,9 @@ class DuckStore:
 
     def checkpoint(self, wait: bool = True) -> bool:
         """Checkpoint unless a snapshot copy is running (then wait, or skip if `wait` is False)."""
+        if self.totals_busy and not wait:
+            return False
+        self.wait_totals()
         if not self._snap_lock.acquire(blocking=wait):
             return False
         try:
@@ -735,8 +756,8 @@ class DuckStore:
             self._snap_lock.release()
 
     def snapshot_due(self) -> bool:
-        if self.snapshot_interval is None or self.snapshot_running:
-            return False
+        if self.snapshot_interval is None or self.snapshot_running or self.totals_busy:
+            return False  # (no checkpoint while the totals worker's transaction is open)
         interval = max(self.snapshot_interval, 20 * self._snap_cost)
         return time.monotonic() - self._last_snapshot >= interval
 
@@ -814,6 +835,7 @@ class DuckStore:
         (compacted); rollups older than their own retention go, with talkers not seen since."""
         cutoff = _hour(cutoff)
         roll_cut = None if rollups is None else _hour(now - rollups)
+        self._quiet_totals()
         with self.transaction():
             if roll_cut is not None and roll_cut >= cutoff:  # no longer than the flows: they go together
                 forgotten = self._forget_flow_totals(f"start_time < {_ts(cutoff)}")
@@ -853,6 +875,8 @@ class DuckStore:
             else:
                 self.wait_snapshot()
         finally:
+            if self._worker is not None:
+                self._worker.close()
             with self._lock:
                 self.con.close()
             os.close(self._read_fd)
@@ -867,26 +891,6 @@ def _rebuild_talkers(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("INSERT INTO talkers BY NAME " + schema.talkers_sql(f"start_time < {_ts(until[0])}"))
 
 
-def _key_on(r: schema.HourRollup, t: str, a: str) -> str:
-    """Equality on a rollup's keys without NULLs (a hash join on plain equality: see `totals_on`)."""
-    return " AND ".join(
-        f"coalesce({t}.{k}, '') = coalesce({a}.{k}, '')" if r.totals.column(k).sql == "VARCHAR"
-        else f"coalesce({t}.{k}::INTEGER, -1) = coalesce({a}.{k}::INTEGER, -1)" for k in r.keys)
-
-
-def _merge_hour_totals(con: duckdb.DuckDBPyConnection, r: schema.HourRollup, where: str) -> None:
-    """Add the hours of `r` that `where` keeps to its totals: the totals rows of the same keys are taken
-    out and put back merged (temporary tables, as `_merge_flow_totals` does, rather than a MERGE)."""
-    name = r.totals.name
-    con.execute("CREATE OR REPLACE TEMP TABLE _ft_hnew AS "
-                + r.merged(f"(SELECT * FROM {r.hours.name} WHERE {where})", with_hour=False)).fetchall()
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _ft_hold AS SELECT t.rowid AS _row, t.* FROM {name} t "
-                f"SEMI JOIN _ft_hnew a ON {_key_on(r, 't', 'a')}").fetchall()
-    con.execute(f"DELETE FROM {name} WHERE rowid IN (SELECT _row FROM _ft_hold)").fetchall()
-    both = "(SELECT * EXCLUDE (_row) FROM _ft_hold UNION ALL BY NAME SELECT * FROM _ft_hnew)"
-    con.execute(f"INSERT INTO {name} BY NAME " + r.merged(both, with_hour=False)).fetchall()
-    con.execute("DROP TABLE _ft_hnew").fetchall()
-    con.execute("DROP TABLE _ft_hold").fetchall()
 
 
 def _rebuild_hour_rollup(con: duckdb.DuckDBPyConnection, r: schema.HourRollup) -> None:

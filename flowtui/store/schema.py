@@ -481,7 +481,9 @@ PAIR_TOTALS = Table(
 TOTALS_STATE = Table(
     "totals_state",
     "How far `flow_totals` and `pair_totals` reach: one row (none: no totals yet, the views read the "
-    "raw flows and the hourly rollups).",
+    "raw flows and the hourly rollups). The collector's writer leaves the totals to the store's totals "
+    "worker (its own transaction): for the seconds after an hour's end, or after a crash until the next "
+    "writer starts, they stop before `rollup_state.rolled_until` and the views read the hours after them.",
     (
         _c("flows_until", "TIMESTAMP", "`flow_totals` holds every flow starting before this; NULL: empty."),
         _c("pairs_until", "TIMESTAMP", "`pair_totals` holds every `pair_hours` hour before this; NULL: empty."),
