@@ -206,12 +206,14 @@ def kernel_elements(json_text: str) -> dict[str, int]:
 
 
 def layout_counts(compiled: CompiledNode) -> dict[str, int]:
-    """Workload endpoint chains by layout: decision maps, or the walk with its reason."""
+    """Workload endpoint chains by layout: decision maps, or the walk by cause (`ChainLayout.cause`,
+    the agent metric's label; the reasons themselves carry each chain's figures and are in
+    `apply --dry-run`)."""
     counts: dict[str, int] = {}
     for c in compiled.layouts:
-        key = "decision" if c.layout == "decision" else f"walk: {c.reason}"
+        key = "decision" if c.layout == "decision" else f"walk: {c.cause}"
         counts[key] = counts.get(key, 0) + 1
-    return counts
+    return dict(sorted(counts.items()))
 
 
 # ---- lab plumbing ------------------------------------------------------------------------------
