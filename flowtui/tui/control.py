@@ -126,7 +126,8 @@ class PolicyControl:
         self.lab_id = lab_id
         self.reconciler = reconciler
         if counters is None and reconciler is not None:
-            counters = NodeCounters(reconciler.lab_nodes, reconciler.backend.json_listing)
+            # looked up when read: a control that never reads counters needs nothing more of it
+            counters = NodeCounters(lambda: reconciler.lab_nodes(), lambda node: reconciler.backend.json_listing(node))
         self.counters = counters
         self.read_only = read_only
         self._why = why_read_only
