@@ -241,10 +241,11 @@ def first_pages(args: argparse.Namespace) -> dict[str, Any]:
 
             pages: dict[str, Any] = {}
             for name, text in FLOW_FILTERS.items():
-                where = compile_filter(text).where
-                pages[name] = _timed(lambda where=where: src.recent_flows(where, FIRST_PAGE), args.repeat)
+                f = compile_filter(text)
+                pages[name] = _timed(lambda f=f: src.recent_flows(f.where, FIRST_PAGE, f.endpoint_needs), args.repeat)
                 pages[name]["filter"] = text
-                pages[name + "_5000"] = _timed(lambda where=where: src.recent_flows(where, RECENT_LIMIT), args.repeat)
+                pages[name + "_5000"] = _timed(lambda f=f: src.recent_flows(f.where, RECENT_LIMIT, f.endpoint_needs),
+                                               args.repeat)
             pages["conversations"] = _timed(lambda: src.conversations(None), args.repeat)
             shown = src.conversations(None)
             pages["conversation_details"] = _timed(lambda: src.conversation_details(shown, None), args.repeat)

@@ -130,6 +130,16 @@ def filtered(base: str, where: str | None) -> str:
     return f"SELECT * FROM ({base}\n) AS stream" + (f"\nWHERE {where}" if where else "")
 
 
+ENDPOINT_ROWS = "SELECT type AS ep_type, namespace AS ep_namespace, name AS ep_name, labels AS ep_labels FROM endpoints"
+
+
+def endpoints_meet_sql(needs: tuple[str, ...] | list[str]) -> str:
+    """One boolean: some endpoint meets each of `needs` (`CompiledFilter.endpoint_needs`). False:
+    no stream row can match the filter, which the endpoints table (thousands of rows) answers
+    where the flows (millions) would be read to the first row to find nothing."""
+    return "SELECT " + " AND ".join(f"EXISTS (SELECT 1 FROM ({ENDPOINT_ROWS}) WHERE {n})" for n in needs)
+
+
 def recent_sql(kind: str, where: str | None, limit: int, since: str | None = None) -> str:
     """The newest `limit` matching stream rows (newer than `since`, if given), oldest first."""
     inner = f"SELECT * FROM ({stream_where(kind, where, since)})" + f"\nORDER BY time DESC LIMIT {int(limit)}"

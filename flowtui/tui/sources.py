@@ -176,19 +176,26 @@ class DataSource:
         raise NotImplementedError
         yield  # pragma: no cover
 
-    def recent(self, where: str | None, limit: int) -> pa.Table:
+    def recent(self, where: str | None, limit: int, needs: Sequence[str] = ()) -> pa.Table:
+        """The newest `limit` matching stream rows; `needs`: the filter's `endpoint_needs`."""
         with self.connect() as con:
-            table = newest_first(con, self.stream_kind, lambda since: queries.recent_sql(
-                self.stream_kind, where, limit, since), lambda t, _since: t.num_rows >= limit)
+            if nothing_can_match(con, needs):  # the same (empty) answer; DuckDB reads nothing for `false`
+                table = con.sql(queries.recent_sql(self.stream_kind, "false", limit)).to_arrow_table()
+            else:
+                table = newest_first(con, self.stream_kind, lambda since: queries.recent_sql(
+                    self.stream_kind, where, limit, since), lambda t, _since: t.num_rows >= limit)
         self._after_recent(table)
         return table
 
-    def recent_flows(self, where: str | None, limit: int) -> pa.Table:
+    def recent_flows(self, where: str | None, limit: int, needs: Sequence[str] = ()) -> pa.Table:
         """The newest `limit` matching flows, reduced for `FlowTable.append_reduced` (the flows
         view's first load; `tail` follows with stream rows as for the events view)."""
         with self.connect() as con:
-            table = newest_first(con, self.stream_kind, lambda since: queries.flows_view_sql(
-                self.stream_kind, where, limit, since), lambda t, since: _flow_count(t, since) >= limit)
+            if nothing_can_match(con, needs):
+                table = con.sql(queries.flows_view_sql(self.stream_kind, "false", limit)).to_arrow_table()
+            else:
+                table = newest_first(con, self.stream_kind, lambda since: queries.flows_view_sql(
+                    self.stream_kind, where, limit, since), lambda t, since: _flow_count(t, since) >= limit)
         self._after_recent(table)
         return table
 
@@ -317,6 +324,18 @@ def _pairs_until(con: duckdb.DuckDBPyConnection) -> str | None:
 # filter that keeps few rows costs about one scan of the store in all.
 FIRST_SPAN = timedelta(minutes=2)
 SPAN_GROWTH = 8
+
+
+def nothing_can_match(con: duckdb.DuckDBPyConnection, needs: Sequence[str]) -> bool:
+    """No endpoint meets one of a filter's `endpoint_needs`: no row can match (a source without an
+    endpoints table, or a need it cannot bind: not known, so False)."""
+    if not needs:
+        return False
+    try:
+        row = _first(con, queries.endpoints_meet_sql(list(needs)))
+    except duckdb.Error:
+        return False
+    return row is not None and row[0] is False
 
 
 def newest_first(con: duckdb.DuckDBPyConnection, kind: str, sql: Callable[[str | None], str],
@@ -661,15 +680,15 @@ class LiveSource(DataSource):
         finally:
             cur.close()
 
-    def recent(self, where: str | None, limit: int) -> pa.Table:
-        seq = self.tap.seq
+    def recent(self, where: str | None, limit: int, needs: Sequence[str] = ()) -> pa.Table:
+        seq = self.tap.seq  # the live store is small: `needs` would save little
         with self.connect() as con:
             table = con.sql(queries.recent_sql(self.stream_kind, where, limit)).to_arrow_table()
         self._after_seq = seq
         self._after_time = pc.max(table.column("time")).as_py() if table.num_rows else None
         return table
 
-    def recent_flows(self, where: str | None, limit: int) -> pa.Table:
+    def recent_flows(self, where: str | None, limit: int, needs: Sequence[str] = ()) -> pa.Table:
         seq = self.tap.seq
         with self.connect() as con:
             table = con.sql(queries.flows_view_sql(self.stream_kind, where, limit)).to_arrow_table()
