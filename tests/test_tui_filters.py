@@ -155,7 +155,7 @@ def test_endpoint_needs_are_what_some_endpoint_must_meet(text: str, needs: tuple
 def test_a_filter_its_endpoints_rule_out_keeps_no_row(source: StoreSource) -> None:
     """`nothing_can_match` never rules out a filter that keeps rows (the needs are necessary), and
     rules out the ones naming endpoints the recording lacks."""
-    from flowtui.tui.sources import nothing_can_match
+    from flowtui.tui.sources import endpoint_ids, nothing_can_match
 
     pod = next(r for r in source.recent(None, 500).to_pylist() if r["dst_type"] == "wep" and r["dst_labels"])
     real = [f"pod:{pod['dst_namespace']}/{pod['dst_name']}", f"to-pod:{pod['dst_name']}", f"ns:{pod['dst_namespace']}",
@@ -165,6 +165,6 @@ def test_a_filter_its_endpoints_rule_out_keeps_no_row(source: StoreSource) -> No
         for text in real + absent:
             f = compile_filter(text)
             kept = source.query(queries.filtered(queries.stream_sql(source.stream_kind), f.where)).num_rows
-            ruled_out = nothing_can_match(con, f.endpoint_needs)
+            ruled_out = nothing_can_match(endpoint_ids(con, f.endpoint_needs))
             assert not (ruled_out and kept), text
             assert ruled_out == (text in absent), text

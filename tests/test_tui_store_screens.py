@@ -246,3 +246,27 @@ def test_a_filter_no_endpoint_meets_reads_no_flows(store: Path, text: str, monke
     assert want_flows.num_rows == want_rows.num_rows == 0
     assert got_flows == want_flows and got_rows == want_rows  # same (empty) tables, same columns
     assert seen == [("false", None), ("false", None)]
+
+
+def test_endpoint_terms_reach_the_flows_as_ids(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ns:ns2` reads the flow rows with an end among ns2's endpoint ids (integers on the flows
+    table, before any join), then the filter as written."""
+    f = compile_filter("ns:ns2")
+    seen: list[str | None] = []
+    real = queries.flows_view_sql
+
+    def spy(kind: str, where: str | None, limit: int, since: str | None = None) -> str:
+        seen.append(where)
+        return real(kind, where, limit, since)
+
+    monkeypatch.setattr(queries, "flows_view_sql", spy)
+    src = StoreSource(store)
+    try:
+        assert src.stream_kind == "flows"
+        ns2 = src.query("SELECT id FROM endpoints WHERE namespace = 'ns2' ORDER BY id").to_pylist()
+        ids = [int(r["id"]) for r in ns2]
+        src.recent_flows(f.where, 10, f.endpoint_needs)
+    finally:
+        src.close()
+    listed = ", ".join(map(str, ids))
+    assert ids and seen and all(w == f"(_src_ep IN ({listed}) OR _dst_ep IN ({listed})) AND ({f.where})" for w in seen)

@@ -130,14 +130,21 @@ def filtered(base: str, where: str | None) -> str:
     return f"SELECT * FROM ({base}\n) AS stream" + (f"\nWHERE {where}" if where else "")
 
 
-ENDPOINT_ROWS = "SELECT type AS ep_type, namespace AS ep_namespace, name AS ep_name, labels AS ep_labels FROM endpoints"
+ENDPOINT_ROWS = ("SELECT id, type AS ep_type, namespace AS ep_namespace, name AS ep_name, labels AS ep_labels "
+                 "FROM endpoints")
 
 
-def endpoints_meet_sql(needs: tuple[str, ...] | list[str]) -> str:
-    """One boolean: some endpoint meets each of `needs` (`CompiledFilter.endpoint_needs`). False:
-    no stream row can match the filter, which the endpoints table (thousands of rows) answers
-    where the flows (millions) would be read to the first row to find nothing."""
-    return "SELECT " + " AND ".join(f"EXISTS (SELECT 1 FROM ({ENDPOINT_ROWS}) WHERE {n})" for n in needs)
+def endpoint_ids_sql(need: str) -> str:
+    """The ids of the endpoints that meet `need` (one of `CompiledFilter.endpoint_needs`)."""
+    return f"SELECT id FROM ({ENDPOINT_ROWS}) WHERE {need} ORDER BY id"
+
+
+def with_endpoint_ids(where: str | None, ids: list[list[int]]) -> str:
+    """`where` over `flow_rows`, first keeping the rows with an end among each list of `ids` (the
+    endpoints that meet each need: no other row can match): integers on the flows table itself,
+    compared before any join, where the filter compares the joined endpoints' strings per row."""
+    parts = [f"(_src_ep IN ({', '.join(map(str, i))}) OR _dst_ep IN ({', '.join(map(str, i))}))" for i in ids]
+    return " AND ".join(parts + ([f"({where})"] if where else []))
 
 
 def recent_sql(kind: str, where: str | None, limit: int, since: str | None = None) -> str:

@@ -179,9 +179,11 @@ class DataSource:
     def recent(self, where: str | None, limit: int, needs: Sequence[str] = ()) -> pa.Table:
         """The newest `limit` matching stream rows; `needs`: the filter's `endpoint_needs`."""
         with self.connect() as con:
-            if nothing_can_match(con, needs):  # the same (empty) answer; DuckDB reads nothing for `false`
+            ids = endpoint_ids(con, needs)
+            if nothing_can_match(ids):  # the same (empty) answer: DuckDB reads nothing for `WHERE false`
                 table = con.sql(queries.recent_sql(self.stream_kind, "false", limit)).to_arrow_table()
             else:
+                where = self._narrowed(where, ids)
                 table = newest_first(con, self.stream_kind, lambda since: queries.recent_sql(
                     self.stream_kind, where, limit, since), lambda t, _since: t.num_rows >= limit)
         self._after_recent(table)
@@ -191,13 +193,21 @@ class DataSource:
         """The newest `limit` matching flows, reduced for `FlowTable.append_reduced` (the flows
         view's first load; `tail` follows with stream rows as for the events view)."""
         with self.connect() as con:
-            if nothing_can_match(con, needs):
+            ids = endpoint_ids(con, needs)
+            if nothing_can_match(ids):
                 table = con.sql(queries.flows_view_sql(self.stream_kind, "false", limit)).to_arrow_table()
             else:
+                where = self._narrowed(where, ids)
                 table = newest_first(con, self.stream_kind, lambda since: queries.flows_view_sql(
                     self.stream_kind, where, limit, since), lambda t, since: _flow_count(t, since) >= limit)
         self._after_recent(table)
         return table
+
+    def _narrowed(self, where: str | None, ids: list[list[int]] | None) -> str | None:
+        """`where`, over stored flow rows first kept by their endpoint ids (`queries.with_endpoint_ids`)."""
+        if ids and self.stream_kind == "flows" and sum(map(len, ids)) <= MAX_ENDPOINT_IDS:
+            return queries.with_endpoint_ids(where, ids)
+        return where
 
     def _after_recent(self, table: pa.Table) -> None:
         pass
@@ -326,16 +336,24 @@ FIRST_SPAN = timedelta(minutes=2)
 SPAN_GROWTH = 8
 
 
-def nothing_can_match(con: duckdb.DuckDBPyConnection, needs: Sequence[str]) -> bool:
-    """No endpoint meets one of a filter's `endpoint_needs`: no row can match (a source without an
-    endpoints table, or a need it cannot bind: not known, so False)."""
+# Endpoint ids written into a flows query (`queries.with_endpoint_ids`); more: the filter alone.
+MAX_ENDPOINT_IDS = 5000
+
+
+def endpoint_ids(con: duckdb.DuckDBPyConnection, needs: Sequence[str]) -> list[list[int]] | None:
+    """Per one of a filter's `endpoint_needs`, the ids of the endpoints that meet it (None: no
+    needs, or a source without an endpoints table)."""
     if not needs:
-        return False
+        return None
     try:
-        row = _first(con, queries.endpoints_meet_sql(list(needs)))
+        return [[int(r[0]) for r in con.execute(queries.endpoint_ids_sql(n)).fetchall()] for n in needs]
     except duckdb.Error:
-        return False
-    return row is not None and row[0] is False
+        return None
+
+
+def nothing_can_match(ids: list[list[int]] | None) -> bool:
+    """No endpoint meets one of the needs (`endpoint_ids`): no row can match the filter."""
+    return ids is not None and any(not i for i in ids)
 
 
 def newest_first(con: duckdb.DuckDBPyConnection, kind: str, sql: Callable[[str | None], str],
