@@ -7,9 +7,10 @@ after 10M events; or (`--pages`) the first page of each screen over a large stor
 `--pages`: a flow store of `--rows` flow rows (`bench_queries.py`'s generator and writer, rollups
 kept by the writer; `--db` keeps it and reuses it), opened as `flowtui tui --db` opens it
 (`StoreSource`, replay). Timed, after a warm-up, best and median of `--repeat`: the Flows screen's
-first page (`recent_flows`, 200 flows; `_5000`: the 5,000 that replace it) with three filters
-(`ns:ns-001`: common; `verdict:deny ns:ns-001`: rarer; `pod:ns-001/none`: matches nothing, so the
-window grows over the whole store),
+first page (`recent_flows`, 200 flows; `_5000`: the 5,000 that replace it) with four filters
+(`ns:ns-001`: common; `verdict:deny ns:ns-001`: rarer; `pod:ns-001/none`: no such endpoint, answered
+from the endpoints table; `pod:ns-000/pod-00000 label:app=app-1`: endpoints that never talk, so the
+window grows over the whole store, reading the rows of those endpoints' ids),
 the Conversations screen's first page (pairs from the rollups) and its details (services, logged
 flows, policies of the pairs shown, which fill in after), and the Policies screen's store part
 (`relations`, rule hits from `rule_hits_all`, the rules and the stored counters, hits per rule).
@@ -196,7 +197,9 @@ async def drive(app: Any, producer: Producer, keys: int, marks: list[int], view:
     }
 
 
-FLOW_FILTERS = {"flows_ns": "ns:ns-001", "flows_deny_ns": "verdict:deny ns:ns-001", "flows_nothing": "pod:ns-001/none"}
+# flows_nothing: no such pod; flows_no_pair: both endpoints exist, no flow between them
+FLOW_FILTERS = {"flows_ns": "ns:ns-001", "flows_deny_ns": "verdict:deny ns:ns-001", "flows_nothing": "pod:ns-001/none",
+                "flows_no_pair": "pod:ns-000/pod-00000 label:app=app-1"}
 
 
 def _timed(fn: Any, repeat: int) -> dict[str, Any]:
