@@ -7,9 +7,10 @@ after 10M events; or (`--pages`) the first page of each screen over a large stor
 `--pages`: a flow store of `--rows` flow rows (`bench_queries.py`'s generator and writer, rollups
 kept by the writer; `--db` keeps it and reuses it), opened as `flowtui tui --db` opens it
 (`StoreSource`, replay). Timed, after a warm-up, best and median of `--repeat`: the Flows screen's
-first page (`recent_flows`, 200 flows; `_5000`: the 5,000 that replace it) with three filters
-(`ns:ns-001`: common; `verdict:deny ns:ns-001`: rarer; `pod:ns-001/none`: matches nothing, so the
-window grows over the whole store),
+first page (`recent_flows`, 200 flows; `_5000`: the 5,000 that replace it) with four filters
+(`ns:ns-001`: common; `verdict:deny ns:ns-001`: rarer; `pod:ns-001/none`: no such endpoint, answered
+from the endpoints table; `pod:ns-000/pod-00000 label:app=app-1`: endpoints that never talk, so the
+window grows over the whole store, reading the rows of those endpoints' ids),
 the Conversations screen's first page (pairs from the rollups) and its details (services, logged
 flows, policies of the pairs shown, which fill in after), and the Policies screen's store part
 (`relations`, rule hits from `rule_hits_all`, the rules and the stored counters, hits per rule).
@@ -196,7 +197,9 @@ async def drive(app: Any, producer: Producer, keys: int, marks: list[int], view:
     }
 
 
-FLOW_FILTERS = {"flows_ns": "ns:ns-001", "flows_deny_ns": "verdict:deny ns:ns-001", "flows_nothing": "pod:ns-001/none"}
+# flows_nothing: no such pod; flows_no_pair: both endpoints exist, no flow between them
+FLOW_FILTERS = {"flows_ns": "ns:ns-001", "flows_deny_ns": "verdict:deny ns:ns-001", "flows_nothing": "pod:ns-001/none",
+                "flows_no_pair": "pod:ns-000/pod-00000 label:app=app-1"}
 
 
 def _timed(fn: Any, repeat: int) -> dict[str, Any]:
@@ -241,10 +244,11 @@ def first_pages(args: argparse.Namespace) -> dict[str, Any]:
 
             pages: dict[str, Any] = {}
             for name, text in FLOW_FILTERS.items():
-                where = compile_filter(text).where
-                pages[name] = _timed(lambda where=where: src.recent_flows(where, FIRST_PAGE), args.repeat)
+                f = compile_filter(text)
+                pages[name] = _timed(lambda f=f: src.recent_flows(f.where, FIRST_PAGE, f.endpoint_needs), args.repeat)
                 pages[name]["filter"] = text
-                pages[name + "_5000"] = _timed(lambda where=where: src.recent_flows(where, RECENT_LIMIT), args.repeat)
+                pages[name + "_5000"] = _timed(lambda f=f: src.recent_flows(f.where, RECENT_LIMIT, f.endpoint_needs),
+                                               args.repeat)
             pages["conversations"] = _timed(lambda: src.conversations(None), args.repeat)
             shown = src.conversations(None)
             pages["conversation_details"] = _timed(lambda: src.conversation_details(shown, None), args.repeat)

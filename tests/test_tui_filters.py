@@ -137,3 +137,34 @@ def test_compiled_sql_binds_for_every_key() -> None:
              "--from-ip 10.0.0.1", "!verdict:allow x", "fd00::1", "to:hep:h"]
     for text in texts:
         binds(compile_filter(text).where)
+
+
+@pytest.mark.parametrize(("text", "needs"), [
+    ("pod:ns-001/none", ("ep_type = 'wep' AND ep_name = 'none' AND ep_namespace = 'ns-001'",)),
+    ("verdict:deny ns:a,b", ("((ep_namespace = 'a') OR (ep_namespace = 'b'))",)),
+    ("--to-pod web label:app=x", ("ep_type = 'wep' AND ep_name = 'web'", "list_contains(ep_labels, 'app=x')")),
+    ("from:node:n1 type:hep", ("ep_type = 'node' AND ep_name = 'n1'", "ep_type = 'hep'")),
+    # no need: a negated term or filter keeps rows without the endpoint; an address is no endpoint
+    ("-pod:a/b", ()), ("!pod:a/b", ()), ("not ns:a", ()), ("from:10.0.0.1", ()), ("to:ns/p,10.0.0.0/8", ()),
+    ("frontend", ()), ("port:80 node:n1 policy:p", ()),
+])
+def test_endpoint_needs_are_what_some_endpoint_must_meet(text: str, needs: tuple[str, ...]) -> None:
+    assert compile_filter(text).endpoint_needs == needs
+
+
+def test_a_filter_its_endpoints_rule_out_keeps_no_row(source: StoreSource) -> None:
+    """`nothing_can_match` never rules out a filter that keeps rows (the needs are necessary), and
+    rules out the ones naming endpoints the recording lacks."""
+    from flowtui.tui.sources import endpoint_ids, nothing_can_match
+
+    pod = next(r for r in source.recent(None, 500).to_pylist() if r["dst_type"] == "wep" and r["dst_labels"])
+    real = [f"pod:{pod['dst_namespace']}/{pod['dst_name']}", f"to-pod:{pod['dst_name']}", f"ns:{pod['dst_namespace']}",
+            f"label:{pod['dst_labels'][0]}", f"from-ns:{pod['dst_namespace']} verdict:deny", "type:wep,hep"]
+    absent = ["pod:nowhere/none", f"ns:{pod['dst_namespace']} label:no-such=label", "to:node:no-such-node"]
+    with source.connect() as con:
+        for text in real + absent:
+            f = compile_filter(text)
+            kept = source.query(queries.filtered(queries.stream_sql(source.stream_kind), f.where)).num_rows
+            ruled_out = nothing_can_match(endpoint_ids(con, f.endpoint_needs))
+            assert not (ruled_out and kept), text
+            assert ruled_out == (text in absent), text

@@ -63,6 +63,9 @@ class CompiledFilter:
     where: str | None  # None: everything
     negated: bool = False
     terms: tuple[str, ...] = field(default=())
+    # Conditions over one endpoint (`queries.ENDPOINT_ROWS`: ep_type, ep_namespace, ep_name, ep_labels),
+    # one per endpoint term: no endpoint meeting one of them, no row can match (`endpoint_needs`).
+    endpoint_needs: tuple[str, ...] = field(default=())
 
     @property
     def empty(self) -> bool:
@@ -269,6 +272,11 @@ def known_key(key: str) -> bool:
 
 
 def _term_sql(key: str, values: str, raw: str) -> str:
+    handler, vals = _handler(key, values, raw)
+    return _any([handler(v, _sides(key.lower())) for v in vals])
+
+
+def _handler(key: str, values: str, raw: str) -> tuple[Handler, list[str]]:
     key = key.lower()
     handler = KEYS.get(key) or (KEYS.get(_base(key)) if _base(key) != key else None)
     if handler is None:
@@ -276,8 +284,22 @@ def _term_sql(key: str, values: str, raw: str) -> str:
     vals = [v for v in values.split(",") if v != ""]
     if not vals:
         raise FilterError(f"{raw!r}: give a value after {key}:", raw)
-    sides = _sides(key)
-    return _any([handler(v, sides) for v in vals])
+    return handler, vals
+
+
+# Terms that hold only for a row with an endpoint (src or dst) of these attributes: every one of
+# them is false on a missing endpoint (NULL columns), so a row they keep has a row of `endpoints`.
+ENDPOINT_HANDLERS = (_namespace, _pod, _label, _type, _endpoint)
+
+
+def _endpoint_need(key: str, values: str, raw: str) -> str | None:
+    """What some endpoint must meet for the term to keep any row, over `ep_*` columns (either side
+    of a term stands for both: a necessary condition, not the term), or None: not an endpoint term."""
+    handler, vals = _handler(key, values, raw)
+    if handler not in ENDPOINT_HANDLERS:
+        return None
+    need = _any([handler(v, ("ep",)) for v in vals])
+    return None if "ep_ip" in need else need  # `from:10.0.0.1`: an address, not an endpoint
 
 
 def _free_text(text: str) -> str:
@@ -298,6 +320,7 @@ def compile_filter(text: str) -> CompiledFilter:
         raise FilterError(f"unbalanced quotes: {exc}", text) from None
     terms: list[str] = []
     described: list[str] = []
+    needs: list[str] = []
     i = 0
     negate_next = False
     while i < len(tokens):
@@ -318,14 +341,17 @@ def compile_filter(text: str) -> CompiledFilter:
                 i += 1
                 raw = f"{tok} {value}"
             sql = _term_sql(key, value, raw)
+            need = None if neg else _endpoint_need(key, value, raw)
         else:
             if tok.startswith(("-", "!")) and len(tok) > 1:
                 neg, tok = True, tok[1:]
             key, colon, value = tok.partition(":")
             if not colon and "=" in tok and known_key(tok.partition("=")[0].lower()):
                 key, colon, value = tok.partition("=")
+            need = None
             if colon and known_key(key.lower()):
                 sql = _term_sql(key, value, raw)
+                need = None if neg else _endpoint_need(key, value, raw)
             elif colon and key and not _looks_like_ip(tok) and key.lower() not in TYPES:
                 raise FilterError(f"unknown key {key!r} in {raw!r} (press ? for the filter keys)", raw)
             elif _looks_like_ip(tok):
@@ -333,6 +359,8 @@ def compile_filter(text: str) -> CompiledFilter:
             else:
                 sql = _free_text(tok)
         term = f"coalesce(({sql}), false)"
+        if need is not None:
+            needs.append(need)
         terms.append(f"NOT {term}" if neg else term)
         described.append(("not " if neg else "") + raw.lstrip("-!"))
     if negate_next:
@@ -342,7 +370,7 @@ def compile_filter(text: str) -> CompiledFilter:
     where = " AND ".join(terms)
     if negated:
         where = f"NOT ({where})"
-    return CompiledFilter(text, where, negated, tuple(described))
+    return CompiledFilter(text, where, negated, tuple(described), () if negated else tuple(needs))
 
 
 HELP = __doc__ or ""

@@ -130,6 +130,23 @@ def filtered(base: str, where: str | None) -> str:
     return f"SELECT * FROM ({base}\n) AS stream" + (f"\nWHERE {where}" if where else "")
 
 
+ENDPOINT_ROWS = ("SELECT id, type AS ep_type, namespace AS ep_namespace, name AS ep_name, labels AS ep_labels "
+                 "FROM endpoints")
+
+
+def endpoint_ids_sql(need: str) -> str:
+    """The ids of the endpoints that meet `need` (one of `CompiledFilter.endpoint_needs`)."""
+    return f"SELECT id FROM ({ENDPOINT_ROWS}) WHERE {need} ORDER BY id"
+
+
+def with_endpoint_ids(where: str | None, ids: list[list[int]]) -> str:
+    """`where` over `flow_rows`, first keeping the rows with an end among each list of `ids` (the
+    endpoints that meet each need: no other row can match): integers on the flows table itself,
+    compared before any join, where the filter compares the joined endpoints' strings per row."""
+    parts = [f"(_src_ep IN ({', '.join(map(str, i))}) OR _dst_ep IN ({', '.join(map(str, i))}))" for i in ids]
+    return " AND ".join(parts + ([f"({where})"] if where else []))
+
+
 def recent_sql(kind: str, where: str | None, limit: int, since: str | None = None) -> str:
     """The newest `limit` matching stream rows (newer than `since`, if given), oldest first."""
     inner = f"SELECT * FROM ({stream_where(kind, where, since)})" + f"\nORDER BY time DESC LIMIT {int(limit)}"

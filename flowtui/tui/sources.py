@@ -176,21 +176,38 @@ class DataSource:
         raise NotImplementedError
         yield  # pragma: no cover
 
-    def recent(self, where: str | None, limit: int) -> pa.Table:
+    def recent(self, where: str | None, limit: int, needs: Sequence[str] = ()) -> pa.Table:
+        """The newest `limit` matching stream rows; `needs`: the filter's `endpoint_needs`."""
         with self.connect() as con:
-            table = newest_first(con, self.stream_kind, lambda since: queries.recent_sql(
-                self.stream_kind, where, limit, since), lambda t, _since: t.num_rows >= limit)
+            ids = endpoint_ids(con, needs)
+            if nothing_can_match(ids):  # the same (empty) answer: DuckDB reads nothing for `WHERE false`
+                table = con.sql(queries.recent_sql(self.stream_kind, "false", limit)).to_arrow_table()
+            else:
+                where = self._narrowed(where, ids)
+                table = newest_first(con, self.stream_kind, lambda since: queries.recent_sql(
+                    self.stream_kind, where, limit, since), lambda t, _since: t.num_rows >= limit)
         self._after_recent(table)
         return table
 
-    def recent_flows(self, where: str | None, limit: int) -> pa.Table:
+    def recent_flows(self, where: str | None, limit: int, needs: Sequence[str] = ()) -> pa.Table:
         """The newest `limit` matching flows, reduced for `FlowTable.append_reduced` (the flows
         view's first load; `tail` follows with stream rows as for the events view)."""
         with self.connect() as con:
-            table = newest_first(con, self.stream_kind, lambda since: queries.flows_view_sql(
-                self.stream_kind, where, limit, since), lambda t, since: _flow_count(t, since) >= limit)
+            ids = endpoint_ids(con, needs)
+            if nothing_can_match(ids):
+                table = con.sql(queries.flows_view_sql(self.stream_kind, "false", limit)).to_arrow_table()
+            else:
+                where = self._narrowed(where, ids)
+                table = newest_first(con, self.stream_kind, lambda since: queries.flows_view_sql(
+                    self.stream_kind, where, limit, since), lambda t, since: _flow_count(t, since) >= limit)
         self._after_recent(table)
         return table
+
+    def _narrowed(self, where: str | None, ids: list[list[int]] | None) -> str | None:
+        """`where`, over stored flow rows first kept by their endpoint ids (`queries.with_endpoint_ids`)."""
+        if ids and self.stream_kind == "flows" and sum(map(len, ids)) <= MAX_ENDPOINT_IDS:
+            return queries.with_endpoint_ids(where, ids)
+        return where
 
     def _after_recent(self, table: pa.Table) -> None:
         pass
@@ -317,6 +334,26 @@ def _pairs_until(con: duckdb.DuckDBPyConnection) -> str | None:
 # filter that keeps few rows costs about one scan of the store in all.
 FIRST_SPAN = timedelta(minutes=2)
 SPAN_GROWTH = 8
+
+
+# Endpoint ids written into a flows query (`queries.with_endpoint_ids`); more: the filter alone.
+MAX_ENDPOINT_IDS = 5000
+
+
+def endpoint_ids(con: duckdb.DuckDBPyConnection, needs: Sequence[str]) -> list[list[int]] | None:
+    """Per one of a filter's `endpoint_needs`, the ids of the endpoints that meet it (None: no
+    needs, or a source without an endpoints table)."""
+    if not needs:
+        return None
+    try:
+        return [[int(r[0]) for r in con.execute(queries.endpoint_ids_sql(n)).fetchall()] for n in needs]
+    except duckdb.Error:
+        return None
+
+
+def nothing_can_match(ids: list[list[int]] | None) -> bool:
+    """No endpoint meets one of the needs (`endpoint_ids`): no row can match the filter."""
+    return ids is not None and any(not i for i in ids)
 
 
 def newest_first(con: duckdb.DuckDBPyConnection, kind: str, sql: Callable[[str | None], str],
@@ -661,15 +698,15 @@ class LiveSource(DataSource):
         finally:
             cur.close()
 
-    def recent(self, where: str | None, limit: int) -> pa.Table:
-        seq = self.tap.seq
+    def recent(self, where: str | None, limit: int, needs: Sequence[str] = ()) -> pa.Table:
+        seq = self.tap.seq  # the live store is small: `needs` would save little
         with self.connect() as con:
             table = con.sql(queries.recent_sql(self.stream_kind, where, limit)).to_arrow_table()
         self._after_seq = seq
         self._after_time = pc.max(table.column("time")).as_py() if table.num_rows else None
         return table
 
-    def recent_flows(self, where: str | None, limit: int) -> pa.Table:
+    def recent_flows(self, where: str | None, limit: int, needs: Sequence[str] = ()) -> pa.Table:
         seq = self.tap.seq
         with self.connect() as con:
             table = con.sql(queries.flows_view_sql(self.stream_kind, where, limit)).to_arrow_table()

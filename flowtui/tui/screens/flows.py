@@ -96,16 +96,16 @@ class FlowsScreen(DashboardScreen):
     def reload(self) -> None:
         self.generation += 1
         self._title()
-        self.load_recent(self.generation, self.dash.filter.where, self.view)
+        self.load_recent(self.generation, self.dash.filter.where, self.view, self.dash.filter.endpoint_needs)
 
     @work(thread=True, group="flows-load", exclusive=True, exit_on_error=False, description="loading the newest flows")
-    def load_recent(self, generation: int, where: str | None, view: str) -> None:
+    def load_recent(self, generation: int, where: str | None, view: str, needs: tuple[str, ...] = ()) -> None:
         for limit in (FIRST_PAGE, RECENT_LIMIT):
             if view == "flows":
-                rows = self.dash.source.recent_flows(where, limit)
+                rows = self.dash.source.recent_flows(where, limit, needs)
                 found = rows.num_rows and len(set(zip(*(rows.column(k).to_pylist() for k in KEY), strict=True)))
             else:
-                rows = self.dash.source.recent(where, limit)
+                rows = self.dash.source.recent(where, limit, needs)
                 found = rows.num_rows
             self.post_message(FlowsArrived(rows, reset=True, generation=generation, reduced=view == "flows"))
             if found < limit:  # that was everything
