@@ -253,6 +253,49 @@ def address_intervals(tests: Tests, version: int) -> tuple[list[int], list[froze
     return starts, [frozenset(m) for m in members]
 
 
+def _test_hash(t: int) -> int:
+    """A fixed pseudo-random 64-bit value per test (splitmix64 of its index): deterministic, so a
+    compile's choices do not depend on the process."""
+    z = (t + 1) * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return z ^ (z >> 31)
+
+
+def classes_at_least(tests: Tests, version: int) -> int:
+    """A lower bound on the peer classes `address_intervals` gives (its distinct signatures),
+    without building them: one sweep over the tests' boundaries, the signature of each
+    elementary interval kept as the XOR of its tests' hashes (each test's ranges merged first,
+    so a test toggles in and out exactly once per range). Equal signatures hash alike, so the
+    distinct hashes are never more than the classes; two signatures colliding only make the
+    count smaller (a bound still), which 64-bit hashes make unlikely: the bound is the class
+    count in practice. Cost: sorting the boundaries, not every test times the intervals it
+    covers."""
+    top = SPACE[version]
+    toggles: dict[int, int] = {}
+    for t, ranges in enumerate(tests):
+        h = _test_hash(t)
+        end = -2
+        for first, last in sorted((f, la) for v, f, la in ranges if v == version):
+            if first <= end + 1:  # overlapping or adjacent: extend the open range
+                if last > end:
+                    toggles[end + 1] = toggles.get(end + 1, 0) ^ h
+                    if last < top:
+                        toggles[last + 1] = toggles.get(last + 1, 0) ^ h
+                    end = last
+                continue
+            toggles[first] = toggles.get(first, 0) ^ h
+            if last < top:
+                toggles[last + 1] = toggles.get(last + 1, 0) ^ h
+            end = last
+    seen = set() if 0 in toggles else {0}  # the space before the first boundary: in no test
+    current = 0
+    for at in sorted(toggles):
+        current ^= toggles[at]
+        seen.add(current)
+    return len(seen)
+
+
 def _split(space_last: int, bounds: set[int]) -> Intervals:
     starts = sorted(b for b in bounds | {0} if 0 <= b <= space_last)
     return [(s, (starts[i + 1] - 1) if i + 1 < len(starts) else space_last) for i, s in enumerate(starts)]
