@@ -28,7 +28,7 @@ from enforcer.model import EntityRule, ICMPMatch, IPAddress, NamedPort, PortRang
 from enforcer.nft import decision
 from enforcer.nft.compiler import CompiledNode, CompileOptions, compile_node
 from enforcer.nft.decision import DEFAULT_BUDGET, PORT_PROTOCOLS, MembershipIndex, memberships
-from enforcer.nft.decision_space import SPACE, address_intervals, classes_at_least
+from enforcer.nft.decision_space import SPACE, address_intervals, classes_at_least, merged_ranges
 from enforcer.nft.ir import Table
 from enforcer.nft.regions import Box, Outcome, RegionRule, TierRules, bits, profile_pos, rewalk, walk_traced
 from enforcer.resolve import ClusterState
@@ -317,7 +317,7 @@ def test_the_class_bound_never_exceeds_the_classes(raw: list[list[tuple[int, int
         tests[0].append((4, 50, SPACE[4]))
     for version in (4, 6):
         classes = len(set(address_intervals(tests, version)[1]))
-        bound = classes_at_least(tests, version)
+        bound = classes_at_least([merged_ranges(t, version) for t in tests], version)
         assert 1 <= bound <= classes
         assert bound == classes
 
@@ -345,7 +345,7 @@ def test_the_class_bound_refuses_without_building_and_changes_no_layout(monkeypa
         return [(c.chain, c.layout, c.elements) for c in compiled.layouts], len(built)
 
     bounded, with_bound = layouts()
-    monkeypatch.setattr(decision, "classes_at_least", lambda tests, version: 1)
+    monkeypatch.setattr(decision, "classes_at_least", lambda merged, version: 1)
     unbounded, without = layouts()
     assert bounded == unbounded
     assert any(layout == "walk" for _, layout, _ in bounded)

@@ -318,7 +318,8 @@ def _space(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
     # cells are over the budget (often what is left of the node's) even at a lower bound on its
     # classes is refused before they are built. The bound never exceeds the classes, so a chain
     # that fits is never refused here.
-    least = sum(classes_at_least(tests.ranges, v) * per_class[v] for v in (4, 6))
+    merged = ev.state.caches.setdefault("decision.merged_ranges", {})
+    least = sum(classes_at_least(tests.merged(v, merged), v) * per_class[v] for v in (4, 6))
     if least > budget:
         return f"decision space of at least {least} cells > budget {budget}"
     families = {v: _family(ev, rules, v, local[v], tests, ports, icmp) for v in (4, 6)}

@@ -108,6 +108,20 @@ class AddressTests:
             self.index[key] = len(self.ranges)
             self.ranges.append(list(ranges))
 
+    def merged(self, version: int, cache: dict[tuple[object, int], tuple[tuple[int, int], ...]]
+               ) -> list[tuple[tuple[int, int], ...]]:
+        """Each test's `merged_ranges`, kept in `cache` by the test's key (which fixes its ranges):
+        the chains of a node test the same sets and nets over and over."""
+        if len(cache) >= _SELECTOR_CACHE:
+            cache.clear()
+        out = []
+        for key, ranges in zip(self.index, self.ranges, strict=True):
+            found = cache.get((key, version))
+            if found is None:
+                found = cache[(key, version)] = merged_ranges(ranges, version)
+            out.append(found)
+        return out
+
 
 def _net_ranges(nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> Iterator[tuple[int, int, int]]:
     for net in nets:
@@ -262,32 +276,35 @@ def _test_hash(t: int) -> int:
     return z ^ (z >> 31)
 
 
-def classes_at_least(tests: Tests, version: int) -> int:
+def merged_ranges(ranges: Iterable[tuple[int, int, int]], version: int) -> tuple[tuple[int, int], ...]:
+    """A test's `version` ranges sorted, overlapping and adjacent ones joined."""
+    out: list[tuple[int, int]] = []
+    for first, last in sorted((f, la) for v, f, la in ranges if v == version):
+        if out and first <= out[-1][1] + 1:
+            if last > out[-1][1]:
+                out[-1] = (out[-1][0], last)
+        else:
+            out.append((first, last))
+    return tuple(out)
+
+
+def classes_at_least(merged: Iterable[tuple[tuple[int, int], ...]], version: int) -> int:
     """A lower bound on the peer classes `address_intervals` gives (its distinct signatures),
-    without building them: one sweep over the tests' boundaries, the signature of each
-    elementary interval kept as the XOR of its tests' hashes (each test's ranges merged first,
-    so a test toggles in and out exactly once per range). Equal signatures hash alike, so the
-    distinct hashes are never more than the classes; two signatures colliding only make the
-    count smaller (a bound still), which 64-bit hashes make unlikely: the bound is the class
-    count in practice. Cost: sorting the boundaries, not every test times the intervals it
+    without building them, from each test's `merged_ranges`: one sweep over their boundaries,
+    the signature of each elementary interval kept as the XOR of its tests' hashes (a test's
+    merged ranges toggle it in and out once each). Equal signatures hash alike, so the distinct
+    hashes are never more than the classes; two signatures colliding only make the count smaller
+    (a bound still), which 64-bit hashes make unlikely: the bound is the class count in
+    practice. Cost: one dictionary update per range, not every test times the intervals it
     covers."""
     top = SPACE[version]
     toggles: dict[int, int] = {}
-    for t, ranges in enumerate(tests):
+    for t, spans in enumerate(merged):
         h = _test_hash(t)
-        end = -2
-        for first, last in sorted((f, la) for v, f, la in ranges if v == version):
-            if first <= end + 1:  # overlapping or adjacent: extend the open range
-                if last > end:
-                    toggles[end + 1] = toggles.get(end + 1, 0) ^ h
-                    if last < top:
-                        toggles[last + 1] = toggles.get(last + 1, 0) ^ h
-                    end = last
-                continue
+        for first, last in spans:
             toggles[first] = toggles.get(first, 0) ^ h
             if last < top:
                 toggles[last + 1] = toggles.get(last + 1, 0) ^ h
-            end = last
     seen = set() if 0 in toggles else {0}  # the space before the first boundary: in no test
     current = 0
     for at in sorted(toggles):
