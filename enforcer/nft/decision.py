@@ -87,9 +87,10 @@ from enforcer.nft.decision_space import (
 from enforcer.nft.decision_walks import BoxesOf, Key, PolicyRules, Walks, axis_map, skeleton, walk_again, walk_all
 from enforcer.nft.regions import Outcome
 
-__all__ = ["CLASS_FIELD", "WALK_CAUSES", "ChainLayout", "DecisionChain", "DecisionMemo", "MembershipIndex",
-           "Outcome", "DEFAULT_BUDGET", "NODE_BUDGET", "PORT_PROTOCOLS", "RuleList", "Tests", "address_tests",
-           "chain_tag", "decide", "local_named_ports", "memberships", "outcome_name", "tests_own_named_port"]
+__all__ = ["AddressTests", "CLASS_FIELD", "WALK_CAUSES", "ChainLayout", "DecisionChain", "DecisionMemo",
+           "MembershipIndex", "Outcome", "DEFAULT_BUDGET", "NODE_BUDGET", "PORT_PROTOCOLS", "RuleList", "Tests",
+           "address_tests", "chain_tag", "decide", "local_named_ports", "memberships", "outcome_name",
+           "tests_own_named_port"]
 
 # Default cells per endpoint chain (see README "Decision maps" for the measurements behind it).
 # The region walk makes compile cost grow with rules × regions; cells bound the rendering and

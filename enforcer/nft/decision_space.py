@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from enforcer.model import EntityRule, IPAddress, NamedPort, PortRange, Rule
@@ -177,24 +177,18 @@ class MembershipIndex:
     compile's 480 rule lists, 3x the whole rule walk's compile — while an endpoint's key needs
     only its own one or two addresses."""
 
-    def __init__(self, tests: Tests) -> None:
+    def __init__(self, tests: Tests,
+                 merged: Callable[[int], list[tuple[tuple[int, int], ...]]] | None = None) -> None:
         self.tests = tests
+        # Each test's merged ranges of a version (AddressTests.merged, kept by the tests' keys
+        # across rule lists), when the caller has them: else merged here.
+        self._merged = merged
         self._by_version: dict[int, list[tuple[int, list[int], list[int]]]] = {}
 
     def _index(self, version: int) -> list[tuple[int, list[int], list[int]]]:
-        out = []
-        for t, ranges in enumerate(self.tests):
-            firsts: list[int] = []
-            lasts: list[int] = []
-            for first, last in sorted((f, la) for v, f, la in ranges if v == version):
-                if lasts and first <= lasts[-1] + 1:
-                    lasts[-1] = max(lasts[-1], last)
-                else:
-                    firsts.append(first)
-                    lasts.append(last)
-            if firsts:
-                out.append((t, firsts, lasts))
-        return out
+        spans = self._merged(version) if self._merged is not None else \
+            [merged_ranges(ranges, version) for ranges in self.tests]
+        return [(t, [f for f, _ in m], [la for _, la in m]) for t, m in enumerate(spans) if m]
 
     def of(self, ips: tuple[IPAddress, ...]) -> tuple[frozenset[int], ...]:
         out = []
