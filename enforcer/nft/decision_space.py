@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from enforcer.model import EntityRule, IPAddress, NamedPort, PortRange, Rule
@@ -36,7 +36,7 @@ def _sides(rule: Rule, direction: str) -> tuple[EntityRule, EntityRule]:
 
 
 RuleList = list[tuple[Rule, str | None]]  # (rule, its policy's namespace)
-Tests = list[list[tuple[int, int, int]]]  # per address test: its (version, first, last) ranges
+Tests = list[Sequence[tuple[int, int, int]]]  # per address test: its (version, first, last) ranges
 
 
 def unsupported(rules: RuleList) -> str | None:
@@ -106,7 +106,7 @@ class AddressTests:
     def add(self, key: object, ranges: Iterable[tuple[int, int, int]]) -> None:
         if key not in self.index:
             self.index[key] = len(self.ranges)
-            self.ranges.append(list(ranges))
+            self.ranges.append(tuple(ranges))  # a set's kept ranges (_set_ranges) are not copied
 
     def merged(self, version: int, cache: dict[tuple[object, int], tuple[tuple[int, int], ...]]
                ) -> list[tuple[tuple[int, int], ...]]:
@@ -157,8 +157,21 @@ def address_tests(state: ClusterState, rules: RuleList, direction: str, *, peer:
         if peer:
             for np in _named(side):
                 for ips in _named_groups(state, side, namespace, rule.protocol, np.name).values():
-                    tests.add(("named", ips), ((ip.version, int(ip), int(ip)) for ip in ips))
+                    tests.add(("named", ips), _host_ranges(state, ips))
     return tests
+
+
+def _host_ranges(state: ClusterState, ips: frozenset[IPAddress]) -> tuple[tuple[int, int, int], ...]:
+    """A named port's member group as ranges, once per group for the state's life (its groups
+    are kept, _named_port, and every chain naming the port asks)."""
+    cache: dict[int, tuple[frozenset[IPAddress], tuple[tuple[int, int, int], ...]]] = state.caches.setdefault(
+        "decision.host_ranges", {})
+    found = cache.get(id(ips))
+    if found is None or found[0] is not ips:
+        if len(cache) >= _SELECTOR_CACHE:
+            cache.clear()
+        found = cache[id(ips)] = (ips, tuple((ip.version, int(ip), int(ip)) for ip in ips))
+    return found[1]
 
 
 def memberships(tests: Tests, ips: tuple[IPAddress, ...]) -> tuple[frozenset[int], ...]:
