@@ -303,8 +303,8 @@ def _space(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
     ports = port_intervals(ev.state, rules)
     # Every peer class has the same cells: with one class (the fewest), the space is already
     # over the budget, and the address tests (the costly part) need not be built.
-    per_class = {v: _cells_per_class(rules, ports, icmp, v) for v in (4, 6)}
-    least = sum(per_class.values())
+    cells = {v: _cells_per_class(rules, ports, icmp, v) for v in (4, 6)}  # per family, at least
+    least = sum(cells.values())
     if least > budget:
         return f"decision space of at least {least} cells > budget {budget}"
     own = stage.endpoint.ips
@@ -320,9 +320,11 @@ def _space(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
     # classes is refused before they are built. The bound never exceeds the classes, so a chain
     # that fits is never refused here.
     merged = ev.state.caches.setdefault("decision.merged_ranges", {})
-    least = sum(classes_at_least(tests.merged(v, merged), v) * per_class[v] for v in (4, 6))
-    if least > budget:
-        return f"decision space of at least {least} cells > budget {budget}"
+    for version in (4, 6):  # one family's bound may do (the other has a class at least)
+        cells[version] *= classes_at_least(tests.merged(version, merged), version)
+        least = sum(cells.values())
+        if least > budget:
+            return f"decision space of at least {least} cells > budget {budget}"
     families = {v: _family(ev, rules, v, local[v], tests, ports, icmp) for v in (4, 6)}
     total = sum(f.cells() for f, _, _ in families.values())
     if total > budget:
