@@ -356,17 +356,36 @@ def port_intervals(state: ClusterState, rules: RuleList) -> dict[int, tuple[Inte
     does not split UDP's ports)."""
     bounds: dict[tuple[int, bool], set[int]] = {(p, source): set() for p in PORT_PROTOCOLS for source in (True, False)}
     for rule, namespace in rules:
-        protos = [p for p in PORT_PROTOCOLS if _may_match(rule, p)]
-        for source, entity in ((True, rule.source), (False, rule.destination)):
-            for port in (*entity.ports, *entity.not_ports):
-                if isinstance(port, PortRange):
-                    for p in protos:
-                        bounds[p, source].update((port.first, port.last + 1))
-                    continue
-                for pr, number in _named_groups(state, entity, namespace, rule.protocol, port.name):
-                    if pr in protos:
-                        bounds[pr, source].update((number, number + 1))
+        for axis, at in _rule_port_bounds(state, rule, namespace):
+            bounds[axis].update(at)
     return {p: (_split(65535, bounds[p, True]), _split(65535, bounds[p, False])) for p in PORT_PROTOCOLS}
+
+
+def _rule_port_bounds(state: ClusterState, rule: Rule, namespace: str | None
+                      ) -> tuple[tuple[tuple[int, bool], tuple[int, ...]], ...]:
+    """Where one rule splits each (port protocol, source side) axis, once per rule for the
+    state's life (a node's rule lists repeat the same policies' rules)."""
+    cache: dict[tuple[int, str | None], tuple[Rule, tuple[tuple[tuple[int, bool], tuple[int, ...]], ...]]] = \
+        state.caches.setdefault("decision.rule_port_bounds", {})
+    found = cache.get((id(rule), namespace))
+    if found is not None and found[0] is rule:
+        return found[1]
+    bounds: dict[tuple[int, bool], set[int]] = {}
+    protos = [p for p in PORT_PROTOCOLS if _may_match(rule, p)]
+    for source, entity in ((True, rule.source), (False, rule.destination)):
+        for port in (*entity.ports, *entity.not_ports):
+            if isinstance(port, PortRange):
+                for p in protos:
+                    bounds.setdefault((p, source), set()).update((port.first, port.last + 1))
+                continue
+            for pr, number in _named_groups(state, entity, namespace, rule.protocol, port.name):
+                if pr in protos:
+                    bounds.setdefault((pr, source), set()).update((number, number + 1))
+    out = tuple((axis, tuple(sorted(at))) for axis, at in bounds.items())
+    if len(cache) >= _SELECTOR_CACHE:
+        cache.clear()
+    cache[(id(rule), namespace)] = (rule, out)
+    return out
 
 
 def icmp_intervals(rules: RuleList) -> tuple[Intervals, Intervals] | None:
