@@ -16,6 +16,7 @@ import random
 import re
 from dataclasses import replace
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,8 +25,10 @@ from enforcer.evaluate.flow import Flow
 from enforcer.evaluate.path import Stage
 from enforcer.lab.names import cali_name
 from enforcer.model import EntityRule, ICMPMatch, IPAddress, NamedPort, PortRange, ResourceSet, Rule
+from enforcer.nft import decision
 from enforcer.nft.compiler import CompiledNode, CompileOptions, compile_node
 from enforcer.nft.decision import DEFAULT_BUDGET, PORT_PROTOCOLS, MembershipIndex, memberships
+from enforcer.nft.decision_space import SPACE, address_intervals, classes_at_least, merged_ranges
 from enforcer.nft.ir import Table
 from enforcer.nft.regions import Box, Outcome, RegionRule, TierRules, bits, profile_pos, rewalk, walk_traced
 from enforcer.resolve import ClusterState
@@ -299,6 +302,54 @@ def test_the_membership_index_answers_as_the_scan(raw: list[list[tuple[int, int,
     tests = [[(v, first, first + width) for v, first, width in ranges] for ranges in raw]
     ips = tuple(ipaddress.IPv4Address(x) if v == 4 else ipaddress.IPv6Address(x) for v, x in addrs)
     assert MembershipIndex(tests).of(ips) == memberships(tests, ips)
+
+
+@given(st.lists(st.lists(st.tuples(st.sampled_from((4, 6)), st.integers(0, 60), st.integers(0, 12)), max_size=5),
+                max_size=8),
+       st.booleans())
+def test_the_class_bound_never_exceeds_the_classes(raw: list[list[tuple[int, int, int]]], to_top: bool) -> None:
+    """decision._space refuses a chain on `classes_at_least` before building its classes: the
+    bound must never exceed the classes address_intervals builds (or a chain that fits would be
+    refused). Tests overlap, nest, touch, repeat, start at 0 and (to_top) reach the space's end;
+    with 64-bit hashes the bound is the class count itself on these."""
+    tests = [[(v, first, first + width) for v, first, width in ranges] for ranges in raw]
+    if to_top and tests:
+        tests[0].append((4, 50, SPACE[4]))
+    for version in (4, 6):
+        classes = len(set(address_intervals(tests, version)[1]))
+        bound = classes_at_least([merged_ranges(t, version) for t in tests], version)
+        assert 1 <= bound <= classes
+        assert bound == classes
+
+
+def test_the_class_bound_refuses_without_building_and_changes_no_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the node's budget nearly spent, chains whose cells are over what is left even at the
+    class bound are refused before their classes are built (fewer `_family` builds), and every
+    chain gets the layout and elements it gets when the classes are always built."""
+    built: list[int] = []
+    family = decision._family
+
+    def counted(*args: object, **kwargs: object) -> object:
+        built.append(1)
+        return family(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decision, "_family", counted)
+    res, node, roomy = roomy_compile(5, pods=6, policies=10)
+    decided = sorted(c.elements for c in roomy.layouts if c.layout == "decision")
+    assert len(decided) >= 2
+    options = CompileOptions(decision_budget=DEFAULT_BUDGET, decision_node_budget=decided[-1] + 1)
+
+    def layouts() -> tuple[list[tuple[str, str, int]], int]:
+        built.clear()
+        compiled = compile_node(ClusterState(res), node, options)
+        return [(c.chain, c.layout, c.elements) for c in compiled.layouts], len(built)
+
+    bounded, with_bound = layouts()
+    monkeypatch.setattr(decision, "classes_at_least", lambda merged, version: 1)
+    unbounded, without = layouts()
+    assert bounded == unbounded
+    assert any(layout == "walk" for _, layout, _ in bounded)
+    assert with_bound < without, (with_bound, without)
 
 
 def test_the_nodes_budget_goes_to_the_costliest_walks_first() -> None:

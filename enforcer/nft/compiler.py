@@ -44,6 +44,7 @@ import ipaddress
 import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 from enforcer.evaluate.evaluator import ICMPV6_INFRA_TYPES, Evaluator, Hit, StageTier
 from enforcer.evaluate.path import Family, Stage
@@ -863,7 +864,13 @@ class _NodeCompiler:
             profiles = [self.state.profiles[n] for n in stage.endpoint.profiles if n in self.state.profiles]
             rules = [(r, p.namespace) for p in policies for r in p.rules(stage.direction)]
             rules += [(r, None) for prof in profiles for r in prof.rules(stage.direction)]
-            tests = decision.address_tests(self.state, rules, stage.direction, peer=False).ranges
+            own = decision.address_tests(self.state, rules, stage.direction, peer=False)
+            tests = own.ranges
+            # The tests' keys, for the membership index to reuse their merged ranges (_memberships).
+            owns: dict[int, decision.AddressTests] = self.state.caches.setdefault("nft.own_tests", {})
+            if len(owns) >= KEPT_MAX:
+                owns.clear()
+            owns[id(tests)] = own
             if len(kept) >= KEPT_MAX:
                 kept.clear()
             found = self._rules_of[key] = kept[ckey] = (policies, rules, tests)
@@ -910,7 +917,10 @@ class _NodeCompiler:
         if index is None or index.tests is not tests:
             if len(indexes) >= KEPT_MAX:
                 indexes.clear()
-            index = indexes[id(tests)] = decision.MembershipIndex(tests)
+            own = self.state.caches.get("nft.own_tests", {}).get(id(tests))
+            merged = partial(own.merged, cache=self.state.caches.setdefault("decision.merged_ranges", {})) \
+                if own is not None and own.ranges is tests else None
+            index = indexes[id(tests)] = decision.MembershipIndex(tests, merged)
         found = tuple(sorted(tuple(sorted(m)) for m in index.of(ips)))
         if len(kept) >= KEPT_MAX:
             kept.clear()

@@ -72,6 +72,7 @@ from enforcer.nft.decision_space import (
     Tests,
     address_intervals,
     address_tests,
+    classes_at_least,
     icmp_boxes,
     icmp_intervals,
     local_named_ports,
@@ -86,9 +87,10 @@ from enforcer.nft.decision_space import (
 from enforcer.nft.decision_walks import BoxesOf, Key, PolicyRules, Walks, axis_map, skeleton, walk_again, walk_all
 from enforcer.nft.regions import Outcome
 
-__all__ = ["CLASS_FIELD", "WALK_CAUSES", "ChainLayout", "DecisionChain", "DecisionMemo", "MembershipIndex",
-           "Outcome", "DEFAULT_BUDGET", "NODE_BUDGET", "PORT_PROTOCOLS", "RuleList", "Tests", "address_tests",
-           "chain_tag", "decide", "local_named_ports", "memberships", "outcome_name", "tests_own_named_port"]
+__all__ = ["AddressTests", "CLASS_FIELD", "WALK_CAUSES", "ChainLayout", "DecisionChain", "DecisionMemo",
+           "MembershipIndex", "Outcome", "DEFAULT_BUDGET", "NODE_BUDGET", "PORT_PROTOCOLS", "RuleList", "Tests",
+           "address_tests", "chain_tag", "decide", "local_named_ports", "memberships", "outcome_name",
+           "tests_own_named_port"]
 
 # Default cells per endpoint chain (see README "Decision maps" for the measurements behind it).
 # The region walk makes compile cost grow with rules × regions; cells bound the rendering and
@@ -301,7 +303,8 @@ def _space(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
     ports = port_intervals(ev.state, rules)
     # Every peer class has the same cells: with one class (the fewest), the space is already
     # over the budget, and the address tests (the costly part) need not be built.
-    least = sum(_cells_per_class(rules, ports, icmp, v) for v in (4, 6))
+    cells = {v: _cells_per_class(rules, ports, icmp, v) for v in (4, 6)}  # per family, at least
+    least = sum(cells.values())
     if least > budget:
         return f"decision space of at least {least} cells > budget {budget}"
     own = stage.endpoint.ips
@@ -312,6 +315,16 @@ def _space(ev: Evaluator, stage: Stage, rules: RuleList, local: dict[int, IPAddr
         if len(same) > 1 and len(set(memberships(own_tests, same))) > 1:
             return f"the endpoint's IPv{version} addresses differ in the rules' tests"
     tests = address_tests(ev.state, rules, direction)
+    # The peer classes cost every test times the intervals it covers to build: a chain whose
+    # cells are over the budget (often what is left of the node's) even at a lower bound on its
+    # classes is refused before they are built. The bound never exceeds the classes, so a chain
+    # that fits is never refused here.
+    merged = ev.state.caches.setdefault("decision.merged_ranges", {})
+    for version in (4, 6):  # one family's bound may do (the other has a class at least)
+        cells[version] *= classes_at_least(tests.merged(version, merged), version)
+        least = sum(cells.values())
+        if least > budget:
+            return f"decision space of at least {least} cells > budget {budget}"
     families = {v: _family(ev, rules, v, local[v], tests, ports, icmp) for v in (4, 6)}
     total = sum(f.cells() for f, _, _ in families.values())
     if total > budget:

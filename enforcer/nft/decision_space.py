@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from enforcer.model import EntityRule, IPAddress, NamedPort, PortRange, Rule
@@ -36,7 +36,7 @@ def _sides(rule: Rule, direction: str) -> tuple[EntityRule, EntityRule]:
 
 
 RuleList = list[tuple[Rule, str | None]]  # (rule, its policy's namespace)
-Tests = list[list[tuple[int, int, int]]]  # per address test: its (version, first, last) ranges
+Tests = list[Sequence[tuple[int, int, int]]]  # per address test: its (version, first, last) ranges
 
 
 def unsupported(rules: RuleList) -> str | None:
@@ -106,7 +106,21 @@ class AddressTests:
     def add(self, key: object, ranges: Iterable[tuple[int, int, int]]) -> None:
         if key not in self.index:
             self.index[key] = len(self.ranges)
-            self.ranges.append(list(ranges))
+            self.ranges.append(tuple(ranges))  # a set's kept ranges (_set_ranges) are not copied
+
+    def merged(self, version: int, cache: dict[tuple[object, int], tuple[tuple[int, int], ...]]
+               ) -> list[tuple[tuple[int, int], ...]]:
+        """Each test's `merged_ranges`, kept in `cache` by the test's key (which fixes its ranges):
+        the chains of a node test the same sets and nets over and over."""
+        if len(cache) >= _SELECTOR_CACHE:
+            cache.clear()
+        out = []
+        for key, ranges in zip(self.index, self.ranges, strict=True):
+            found = cache.get((key, version))
+            if found is None:
+                found = cache[(key, version)] = merged_ranges(ranges, version)
+            out.append(found)
+        return out
 
 
 def _net_ranges(nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> Iterator[tuple[int, int, int]]:
@@ -132,19 +146,53 @@ def address_tests(state: ClusterState, rules: RuleList, direction: str, *, peer:
     side, the addresses declaring a named port alike (protocol and number) are a test too."""
     tests = AddressTests()
     for rule, namespace in rules:
-        side = _sides(rule, direction)[0 if peer else 1]
-        for net in (*side.nets, *side.not_nets):
-            tests.add(("net", net), _net_ranges((net,)))
-        for sel in (_selector(state, side, namespace), side.not_selector):
-            if sel is None:
-                continue
-            ipset = state.ipset(sel)
-            tests.add(("set", ipset), _set_ranges(state, ipset))
-        if peer:
-            for np in _named(side):
-                for ips in _named_groups(state, side, namespace, rule.protocol, np.name).values():
-                    tests.add(("named", ips), ((ip.version, int(ip), int(ip)) for ip in ips))
+        for key, ranges in _rule_tests(state, rule, namespace, direction, peer):
+            tests.add(key, ranges)
     return tests
+
+
+def _rule_tests(state: ClusterState, rule: Rule, namespace: str | None, direction: str, peer: bool
+                ) -> tuple[tuple[object, tuple[tuple[int, int, int], ...]], ...]:
+    """One rule's address tests on a side (key and ranges), once per rule for the state's life:
+    a node's rule lists repeat the same policies' rules (1,000 policies over 1,000 pods: 600
+    lists, 600,000 rule visits)."""
+    cache: dict[tuple[int, str | None, str, bool], tuple[Rule, tuple[tuple[object, tuple[tuple[int, int, int], ...]],
+                                                                    ...]]] = state.caches.setdefault(
+        "decision.rule_tests", {})
+    ckey = (id(rule), namespace, direction, peer)
+    found = cache.get(ckey)
+    if found is not None and found[0] is rule:
+        return found[1]
+    out: list[tuple[object, tuple[tuple[int, int, int], ...]]] = []
+    side = _sides(rule, direction)[0 if peer else 1]
+    for net in (*side.nets, *side.not_nets):
+        out.append((("net", net), tuple(_net_ranges((net,)))))
+    for sel in (_selector(state, side, namespace), side.not_selector):
+        if sel is None:
+            continue
+        ipset = state.ipset(sel)
+        out.append((("set", ipset), _set_ranges(state, ipset)))
+    if peer:
+        for np in _named(side):
+            for ips in _named_groups(state, side, namespace, rule.protocol, np.name).values():
+                out.append((("named", ips), _host_ranges(state, ips)))
+    if len(cache) >= _SELECTOR_CACHE:
+        cache.clear()
+    cache[ckey] = (rule, tuple(out))
+    return tuple(out)
+
+
+def _host_ranges(state: ClusterState, ips: frozenset[IPAddress]) -> tuple[tuple[int, int, int], ...]:
+    """A named port's member group as ranges, once per group for the state's life (its groups
+    are kept, _named_port, and every chain naming the port asks)."""
+    cache: dict[int, tuple[frozenset[IPAddress], tuple[tuple[int, int, int], ...]]] = state.caches.setdefault(
+        "decision.host_ranges", {})
+    found = cache.get(id(ips))
+    if found is None or found[0] is not ips:
+        if len(cache) >= _SELECTOR_CACHE:
+            cache.clear()
+        found = cache[id(ips)] = (ips, tuple((ip.version, int(ip), int(ip)) for ip in ips))
+    return found[1]
 
 
 def memberships(tests: Tests, ips: tuple[IPAddress, ...]) -> tuple[frozenset[int], ...]:
@@ -163,24 +211,18 @@ class MembershipIndex:
     compile's 480 rule lists, 3x the whole rule walk's compile — while an endpoint's key needs
     only its own one or two addresses."""
 
-    def __init__(self, tests: Tests) -> None:
+    def __init__(self, tests: Tests,
+                 merged: Callable[[int], list[tuple[tuple[int, int], ...]]] | None = None) -> None:
         self.tests = tests
+        # Each test's merged ranges of a version (AddressTests.merged, kept by the tests' keys
+        # across rule lists), when the caller has them: else merged here.
+        self._merged = merged
         self._by_version: dict[int, list[tuple[int, list[int], list[int]]]] = {}
 
     def _index(self, version: int) -> list[tuple[int, list[int], list[int]]]:
-        out = []
-        for t, ranges in enumerate(self.tests):
-            firsts: list[int] = []
-            lasts: list[int] = []
-            for first, last in sorted((f, la) for v, f, la in ranges if v == version):
-                if lasts and first <= lasts[-1] + 1:
-                    lasts[-1] = max(lasts[-1], last)
-                else:
-                    firsts.append(first)
-                    lasts.append(last)
-            if firsts:
-                out.append((t, firsts, lasts))
-        return out
+        spans = self._merged(version) if self._merged is not None else \
+            [merged_ranges(ranges, version) for ranges in self.tests]
+        return [(t, [f for f, _ in m], [la for _, la in m]) for t, m in enumerate(spans) if m]
 
     def of(self, ips: tuple[IPAddress, ...]) -> tuple[frozenset[int], ...]:
         out = []
@@ -253,6 +295,52 @@ def address_intervals(tests: Tests, version: int) -> tuple[list[int], list[froze
     return starts, [frozenset(m) for m in members]
 
 
+def _test_hash(t: int) -> int:
+    """A fixed pseudo-random 64-bit value per test (splitmix64 of its index): deterministic, so a
+    compile's choices do not depend on the process."""
+    z = (t + 1) * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return z ^ (z >> 31)
+
+
+def merged_ranges(ranges: Iterable[tuple[int, int, int]], version: int) -> tuple[tuple[int, int], ...]:
+    """A test's `version` ranges sorted, overlapping and adjacent ones joined."""
+    out: list[tuple[int, int]] = []
+    for first, last in sorted((f, la) for v, f, la in ranges if v == version):
+        if out and first <= out[-1][1] + 1:
+            if last > out[-1][1]:
+                out[-1] = (out[-1][0], last)
+        else:
+            out.append((first, last))
+    return tuple(out)
+
+
+def classes_at_least(merged: Iterable[tuple[tuple[int, int], ...]], version: int) -> int:
+    """A lower bound on the peer classes `address_intervals` gives (its distinct signatures),
+    without building them, from each test's `merged_ranges`: one sweep over their boundaries,
+    the signature of each elementary interval kept as the XOR of its tests' hashes (a test's
+    merged ranges toggle it in and out once each). Equal signatures hash alike, so the distinct
+    hashes are never more than the classes; two signatures colliding only make the count smaller
+    (a bound still), which 64-bit hashes make unlikely: the bound is the class count in
+    practice. Cost: one dictionary update per range, not every test times the intervals it
+    covers."""
+    top = SPACE[version]
+    toggles: dict[int, int] = {}
+    for t, spans in enumerate(merged):
+        h = _test_hash(t)
+        for first, last in spans:
+            toggles[first] = toggles.get(first, 0) ^ h
+            if last < top:
+                toggles[last + 1] = toggles.get(last + 1, 0) ^ h
+    seen = set() if 0 in toggles else {0}  # the space before the first boundary: in no test
+    current = 0
+    for at in sorted(toggles):
+        current ^= toggles[at]
+        seen.add(current)
+    return len(seen)
+
+
 def _split(space_last: int, bounds: set[int]) -> Intervals:
     starts = sorted(b for b in bounds | {0} if 0 <= b <= space_last)
     return [(s, (starts[i + 1] - 1) if i + 1 < len(starts) else space_last) for i, s in enumerate(starts)]
@@ -268,17 +356,36 @@ def port_intervals(state: ClusterState, rules: RuleList) -> dict[int, tuple[Inte
     does not split UDP's ports)."""
     bounds: dict[tuple[int, bool], set[int]] = {(p, source): set() for p in PORT_PROTOCOLS for source in (True, False)}
     for rule, namespace in rules:
-        protos = [p for p in PORT_PROTOCOLS if _may_match(rule, p)]
-        for source, entity in ((True, rule.source), (False, rule.destination)):
-            for port in (*entity.ports, *entity.not_ports):
-                if isinstance(port, PortRange):
-                    for p in protos:
-                        bounds[p, source].update((port.first, port.last + 1))
-                    continue
-                for pr, number in _named_groups(state, entity, namespace, rule.protocol, port.name):
-                    if pr in protos:
-                        bounds[pr, source].update((number, number + 1))
+        for axis, at in _rule_port_bounds(state, rule, namespace):
+            bounds[axis].update(at)
     return {p: (_split(65535, bounds[p, True]), _split(65535, bounds[p, False])) for p in PORT_PROTOCOLS}
+
+
+def _rule_port_bounds(state: ClusterState, rule: Rule, namespace: str | None
+                      ) -> tuple[tuple[tuple[int, bool], tuple[int, ...]], ...]:
+    """Where one rule splits each (port protocol, source side) axis, once per rule for the
+    state's life (a node's rule lists repeat the same policies' rules)."""
+    cache: dict[tuple[int, str | None], tuple[Rule, tuple[tuple[tuple[int, bool], tuple[int, ...]], ...]]] = \
+        state.caches.setdefault("decision.rule_port_bounds", {})
+    found = cache.get((id(rule), namespace))
+    if found is not None and found[0] is rule:
+        return found[1]
+    bounds: dict[tuple[int, bool], set[int]] = {}
+    protos = [p for p in PORT_PROTOCOLS if _may_match(rule, p)]
+    for source, entity in ((True, rule.source), (False, rule.destination)):
+        for port in (*entity.ports, *entity.not_ports):
+            if isinstance(port, PortRange):
+                for p in protos:
+                    bounds.setdefault((p, source), set()).update((port.first, port.last + 1))
+                continue
+            for pr, number in _named_groups(state, entity, namespace, rule.protocol, port.name):
+                if pr in protos:
+                    bounds.setdefault((pr, source), set()).update((number, number + 1))
+    out = tuple((axis, tuple(sorted(at))) for axis, at in bounds.items())
+    if len(cache) >= _SELECTOR_CACHE:
+        cache.clear()
+    cache[(id(rule), namespace)] = (rule, out)
+    return out
 
 
 def icmp_intervals(rules: RuleList) -> tuple[Intervals, Intervals] | None:
