@@ -17,19 +17,18 @@ import pyarrow as pa
 import pytest
 
 from flowtui.query.library import REPO_QUERIES, discover
-from flowtui.query.run import run_sql
 from flowtui.store import schema
 from flowtui.store.duckdb_store import DuckStore, Retention
 from tests.test_store_rollups import (
     KIND_RULES,
     NAMED_PARAMS,
     RAW_PAIRS,
-    RAW_QUERIES,
     T0,
     assert_totals_exact,
     endpoint_rows,
     insert,
     kind_rule_rows,
+    named_and_raw,
     pairs,
     random_flows,
 )
@@ -101,14 +100,10 @@ def assert_named_queries_exact(store: DuckStore, windows: list[dict[str, str]] |
     for name, param_sets in NAMED_PARAMS.items():
         if windows is not None and name not in ("new_talkers", "unused_rules"):
             param_sets = windows
-        raw = (RAW_QUERIES / f"{name}.sql").read_text()
         nonempty = 0
         for params in param_sets:
-            params = {"rows": "100000", **params}
-            reset = tuple(p.name for p in queries[name].params)
-            got = sorted(run_sql(store.con, queries[name].sql, params, reset).to_pylist(), key=repr)
-            want = sorted(run_sql(store.con, raw, params, reset).to_pylist(), key=repr)
-            assert got == want, (name, params)
+            got, want = named_and_raw(store.con, queries, name, params)
+            assert got == want, (name, {"rows": "100000", **params})
             nonempty += bool(got)
         assert nonempty, (name, "every answer empty: the comparison would prove nothing")
     for params in windows or [{}]:

@@ -249,6 +249,17 @@ def kind_rule_rows() -> list[dict[str, Any]]:
     ]
 
 
+def named_and_raw(con: Any, queries: dict[str, Any], name: str, params: dict[str, str]
+                  ) -> tuple[list[Any], list[Any]]:
+    """A named query's rows and its straightforward SQL's over the raw flows, each sorted (every
+    row: ties in ORDER BY may come in any order)."""
+    params = {"rows": "100000", **params}
+    reset = tuple(p.name for p in queries[name].params)  # the previous call's variables
+    raw = (RAW_QUERIES / f"{name}.sql").read_text()
+    return (sorted(run_sql(con, queries[name].sql, params, reset).to_pylist(), key=repr),
+            sorted(run_sql(con, raw, params, reset).to_pylist(), key=repr))
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_every_named_query_equals_its_straightforward_sql(tmp_path: Path, seed: int) -> None:
     rng = random.Random(100 + seed)
@@ -282,14 +293,10 @@ def test_every_named_query_equals_its_straightforward_sql(tmp_path: Path, seed: 
         def compare(stage: str, con: Any = None) -> None:
             con = con or store.con
             for name, param_sets in NAMED_PARAMS.items():
-                raw = (RAW_QUERIES / f"{name}.sql").read_text()
                 nonempty = 0
                 for params in param_sets:
-                    params = {"rows": "100000", **params}  # every row: ties in ORDER BY may come in any order
-                    reset = tuple(p.name for p in queries[name].params)  # the previous call's variables
-                    got = sorted(run_sql(con, queries[name].sql, params, reset).to_pylist(), key=repr)
-                    want = sorted(run_sql(con, raw, params, reset).to_pylist(), key=repr)
-                    assert got == want, (stage, name, params)
+                    got, want = named_and_raw(con, queries, name, params)
+                    assert got == want, (stage, name, {"rows": "100000", **params})
                     nonempty += bool(got)
                 assert nonempty, (stage, name, "every answer empty: the comparison would prove nothing")
 

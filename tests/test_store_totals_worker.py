@@ -20,19 +20,18 @@ import duckdb
 import pytest
 
 from flowtui.query.library import REPO_QUERIES, discover
-from flowtui.query.run import run_sql
 from flowtui.store import schema, totals
 from flowtui.store.duckdb_store import DuckStore, TotalsBusy
 from tests.test_store_fold import _batches, _table
 from tests.test_store_rollups import (
     KIND_RULES,
     NAMED_PARAMS,
-    RAW_QUERIES,
     T0,
     assert_hours_exact,
     assert_totals_exact,
     endpoint_rows,
     kind_rule_rows,
+    named_and_raw,
     random_flows,
 )
 
@@ -106,13 +105,9 @@ def assert_exact(reader: Reader) -> int:
     queries = discover([REPO_QUERIES])
     nonempty = 0
     for name, param_sets in NAMED_PARAMS.items():
-        raw = (RAW_QUERIES / f"{name}.sql").read_text()
         for params in param_sets:
-            params = {"rows": "100000", **params}
-            reset = tuple(p.name for p in queries[name].params)
-            got = sorted(run_sql(reader.con, queries[name].sql, params, reset).to_pylist(), key=repr)
-            want = sorted(run_sql(reader.con, raw, params, reset).to_pylist(), key=repr)
-            assert got == want, (name, params)
+            got, want = named_and_raw(reader.con, queries, name, params)
+            assert got == want, (name, {"rows": "100000", **params})
             nonempty += bool(got)
     return nonempty
 
